@@ -1,0 +1,69 @@
+# sqlnotify-lua — build, test, demo, install.
+#   make                      build build/sqlnotify-lua and build/sqlnotify/core.so
+#   make check [SANITIZE=address]   install missing packages, start PostgreSQL, run every spec
+#   make demo                 run scripts/examples/demo.lua on a throwaway SQLite file
+#   make bench                measure against a bare libpq listener
+#   make install PREFIX=/dir  bin/, lib/lua/5.4/, share/lua/5.4/ under /dir
+
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+LIBDIR  ?= $(PREFIX)/lib/lua/5.4
+LUADIR  ?= $(PREFIX)/share/lua/5.4
+
+CC      ?= cc
+PKGS    := lua5.4 libpq sqlite3
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC -Wall -Wextra -Werror -Isrc $(PKG_CFLAGS)
+DB_LIBS := -lpq -lsqlite3 -lev
+
+ifneq ($(SANITIZE),)
+BUILD   ?= build-$(SANITIZE)
+CFLAGS  += -fsanitize=$(SANITIZE),undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=$(SANITIZE),undefined
+else
+BUILD   ?= build
+endif
+
+HOST    := $(BUILD)/sqlnotify-lua
+MODULE  := $(BUILD)/sqlnotify/core.so
+OBJS    := $(BUILD)/core.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+HEADERS := src/dialect.h src/sqlnotify.h
+
+all: $(HOST) $(MODULE)
+
+$(BUILD)/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: dialects/%.c src/dialect.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(HOST): $(BUILD)/host.o $(OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ -llua5.4 $(DB_LIBS) -lm
+
+# The module takes its Lua symbols from the interpreter that loads it.
+$(MODULE): $(OBJS)
+	@mkdir -p $(BUILD)/sqlnotify
+	$(CC) $(LDFLAGS) -shared -o $@ $^ $(DB_LIBS)
+
+check:
+	@SANITIZE="$(SANITIZE)" BUILD="$(BUILD)" sh tools/check.sh
+
+demo: all
+	@sh tools/demo.sh $(HOST)
+
+bench: all
+	@sh bench/run.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/sqlnotify $(DESTDIR)$(LUADIR)/sqlnotify
+	install -m 755 $(HOST) $(DESTDIR)$(BINDIR)/sqlnotify-lua
+	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sqlnotify/core.so
+	install -m 644 lua/sqlnotify/*.lua $(DESTDIR)$(LUADIR)/sqlnotify/
+
+clean:
+	rm -rf build build-*
+
+.PHONY: all check demo bench install clean

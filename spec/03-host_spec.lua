@@ -1,0 +1,223 @@
+-- The sqlnotify-lua host end to end: options, exit codes, arg, auto-start, signals,
+-- and an installed host running a script that uses the API on odd names, with
+-- writes from psql, checked by its exact stdout.
+local H = require("helper")
+
+local S = "spec03"
+local LONG = "a_table_name_long_enough_that_its_channel_must_be_hashed_down"
+
+local function run(args)
+  local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+  local argv = {}
+  for i, a in ipairs(args) do argv[i] = H.shell_quote(a) end
+  local ok, _, code = os.execute("env -u LD_PRELOAD " .. H.shell_quote(H.host_bin) .. " " .. table.concat(argv, " ")
+    .. " >" .. out .. " 2>" .. err)
+  return ok and 0 or code, H.slurp(out), H.slurp(err)
+end
+
+local function script_file(text)
+  local path = H.tmpfile(".lua")
+  H.spit(path, text)
+  return path
+end
+
+describe("sqlnotify-lua", function()
+  describe("command line", function()
+    it("prints its version", function()
+      local code, out = run { "--version" }
+      assert.are.equal(0, code)
+      assert.matches("^sqlnotify%-lua %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)\n$", out)
+    end)
+
+    it("prints help with usage, options, an example and exit codes", function()
+      local code, out = run { "-h" }
+      assert.are.equal(0, code)
+      assert.matches("usage: sqlnotify%-lua %[options%] script%.lua", out)
+      assert.matches("%-%-log%-level LEVEL", out)
+      assert.matches("example:", out)
+      assert.matches("exit status: 0 clean stop, 1 the script failed at start%-up, 2 usage error", out)
+    end)
+
+    it("exits 2 with a one-line reason on a bad option, a bad level or no script", function()
+      local code, out, err = run { "--bogus", "x.lua" }
+      assert.are.same({ 2, "", "sqlnotify: unknown option --bogus (try --help)\n" }, { code, out, err })
+      code, _, err = run { "-l", "loud", "x.lua" }
+      assert.are.same({ 2, 'sqlnotify: unknown log level "loud"; use error, warn, info or debug (try --help)\n' },
+        { code, err })
+      code, _, err = run {}
+      assert.are.same({ 2, "sqlnotify: no script given (try --help)\n" }, { code, err })
+      code, _, err = run { "--log-level" }
+      assert.are.same({ 2, "sqlnotify: option --log-level needs a value (try --help)\n" }, { code, err })
+    end)
+
+    it("exits 1 with file:line when the script does not load or fails", function()
+      local bad = script_file("local x = = 1\n")
+      local code, _, err = run { bad }
+      assert.are.equal(1, code)
+      assert.matches("sqlnotify: " .. bad:gsub("%p", "%%%0") .. ":1: unexpected symbol near '='", err)
+      local raising = script_file("local a = 1\nerror('nope')\n")
+      code, _, err = run { raising }
+      assert.are.equal(1, code)
+      assert.matches("sqlnotify: " .. raising:gsub("%p", "%%%0") .. ":2: nope\nstack traceback:", err)
+      code, _, err = run { "/nonexistent/script.lua" }
+      assert.are.equal(1, code)
+      assert.matches("sqlnotify: cannot open /nonexistent/script%.lua", err)
+    end)
+
+    it("sets arg as lua does and passes script arguments", function()
+      local path = script_file("print(arg[0], arg[1], arg[2], select('#', ...), ...)\n")
+      local code, out = run { "-l", "error", path, "one", "two" }
+      assert.are.equal(0, code)
+      assert.are.equal(path .. "\tone\ttwo\t2\tone\ttwo\n", out)
+    end)
+
+    it("exits 0 when the script stops the loop", function()
+      local path = script_file([[
+        local sqlnotify = require("sqlnotify")
+        sqlnotify.after(0.01, function() print("tick"); sqlnotify.stop() end)
+        sqlnotify.run() -- returns at once under the host; the host runs the loop
+        print("loaded")
+      ]])
+      local code, out = run { path }
+      assert.are.equal(0, code)
+      assert.are.equal("loaded\ntick\n", out)
+    end)
+  end)
+
+  describe("end to end on PostgreSQL", function()
+    local prefix
+
+    setup(function()
+      H.fresh_schema(S)
+      H.psql(string.format([[
+        SET search_path = spec03;
+        CREATE TABLE "Mixed Case ""quoted"" tablé" ("Select" int PRIMARY KEY, "e mail" text, "naïve" text, "it's" int);
+        CREATE TABLE "%s" (id bigint PRIMARY KEY, v text);
+        CREATE TABLE "order" ("from" int, "to" int, qty int, PRIMARY KEY ("from", "to"));
+      ]], LONG))
+      prefix = H.tmpdir() .. "/prefix"
+      assert(os.execute("env -u LD_PRELOAD make -s install BUILD=" .. H.build .. " PREFIX=" .. prefix .. " >/dev/null"))
+    end)
+
+    teardown(function() H.drop_schema(S) end)
+
+    it("prints exactly the expected events for writes from another client (installed host)", function()
+      local script = [==[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier{ url = os.getenv("PG"), use_logger = true })
+        local odd = { schema = "spec03", table = 'Mixed Case "quoted" tablé' }
+        local LONG = "spec03." .. arg[1]
+        local seen, expected = 0, tonumber(arg[2])
+
+        local function show(ev)
+          local id = type(ev.id) == "table" and table.concat(ev.id, ",") or tostring(ev.id)
+          local keys = {}
+          for k in pairs(ev.extra_columns) do keys[#keys + 1] = k end
+          table.sort(keys)
+          for i, k in ipairs(keys) do keys[i] = k .. "=" .. tostring(ev.extra_columns[k]) end
+          print(string.format("%s %s.%s id=%s [%s] via %s", ev.operation, ev.schema, ev.table, id,
+            table.concat(keys, " "), #ev.channel <= 63 and "ok-channel" or ev.channel))
+          seen = seen + 1
+          if seen == expected then
+            sqlnotify.after(0.2, function() n:stop(); n:cleanup(); sqlnotify.stop() end)
+          end
+        end
+
+        n:watch(odd, sqlnotify.INSERT, { extra_columns = { "e mail", "naïve", "it's" } })
+         :watch(odd, sqlnotify.Operation.UPDATE, { extra_columns = { "e mail" }, trigger_columns = { "e mail" } })
+         :watch(odd, "delete", { channel_label = "odd deletes" })
+         :watch(LONG, "insert", { extra_columns = { "v" } })
+         :watch("spec03.order", "insert", { extra_columns = { "qty" } })
+         :watch("spec03.order", "update", { primary_keys = { "to", "from" } })
+        n:subscribe(odd, "insert", show)
+        n:subscribe(odd, "update", show)
+        n:subscribe(odd, "delete", { channel_label = "odd deletes" }, show)
+        n:subscribe(LONG, "insert", { filters = { { column = "v", value = "keep" } } }, show)
+        local dropped = n:subscribe("spec03.order", "insert", function() print("never") end)
+        dropped:unsubscribe()
+        n:subscribe("spec03.order", "insert", show)
+        n:subscribe("spec03.order", "update", show)
+        assert(n.dialect_name == "postgresql")
+        assert(#n:query("SELECT $1::text AS x", "q") == 1)
+        local ticks = 0
+        local t = sqlnotify.every(0.01, function() ticks = ticks + 1 end)
+        sqlnotify.after(0, function()
+          assert(sqlnotify.now() > 0)
+          n:notify(odd, "insert", { ["Select"] = 0, ["e mail"] = "from notify" })
+          print("ready")
+        end)
+        sqlnotify.after(0.05, function() t:stop() end)
+      ]==]
+      local path = script_file(script)
+      local writes = string.format([[
+        SET search_path = spec03;
+        INSERT INTO "Mixed Case ""quoted"" tablé" VALUES (1, 'a@x', 'ça', 5);
+        UPDATE "Mixed Case ""quoted"" tablé" SET "naïve" = 'no change to e mail' WHERE "Select" = 1;
+        UPDATE "Mixed Case ""quoted"" tablé" SET "e mail" = 'b@x' WHERE "Select" = 1;
+        INSERT INTO "%s" VALUES (1, 'drop'), (2, 'keep');
+        INSERT INTO "order" VALUES (4, 2, 9);
+        UPDATE "order" SET qty = 10;
+        DELETE FROM "Mixed Case ""quoted"" tablé";
+      ]], LONG)
+      -- run from another directory with no environment variable but the URL the script reads
+      local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+      local cmd = string.format("cd / && env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
+        .. "PG=%s %s/bin/sqlnotify-lua %s %s 7 >%s 2>%s & echo $!",
+        H.shell_quote(H.pg_url), prefix, H.shell_quote(path), LONG, out, err)
+      local p = io.popen(cmd)
+      p:close()
+      local deadline = H.now() + 10
+      while not H.slurp(out):find("ready\n") and H.now() < deadline do H.sleep(0.01) end
+      assert.matches("ready\n", H.slurp(out), nil, true)
+      H.psql(writes)
+      deadline = H.now() + 10
+      while not H.slurp(err):find("stopping") and select(2, H.slurp(out):gsub("\n", "")) < 8 and H.now() < deadline do
+        H.sleep(0.02)
+      end
+      H.sleep(0.5)
+      assert.are.equal(table.concat({
+        "ready",
+        'insert spec03.Mixed Case "quoted" tablé id=0 [e mail=from notify] via ok-channel',
+        'insert spec03.Mixed Case "quoted" tablé id=1 [e mail=a@x it\'s=5 naïve=ça] via ok-channel',
+        'update spec03.Mixed Case "quoted" tablé id=1 [e mail=b@x] via ok-channel',
+        "insert spec03." .. LONG .. " id=2 [v=keep] via ok-channel",
+        "insert spec03.order id=4,2 [qty=9] via ok-channel",
+        "update spec03.order id=2,4 [] via ok-channel",
+        'delete spec03.Mixed Case "quoted" tablé id=1 [] via ok-channel',
+      }, "\n") .. "\n", H.slurp(out))
+      assert.is_nil(H.slurp(err):find("error", 1, true), H.slurp(err))
+      -- the script cleaned up its triggers
+      assert.are.equal("0", H.psql([[SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'spec03' AND NOT t.tgisinternal]]):match("%d+"))
+    end)
+
+    it("starts the notifiers a script did not start, reads DATABASE_URL, and exits 0 on SIGTERM", function()
+      local p = H.host([[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier())
+        n:watch("spec03.order", "delete")
+        n:subscribe("spec03.order", "delete", function(ev) print("deleted " .. table.concat(ev.id, ",")) end)
+        sqlnotify.after(0, function() print("ready") end)
+      ]], {}, "DATABASE_URL=" .. H.shell_quote(H.pg_url))
+      assert.is_true(p:wait_for("ready\n"), p:stderr())
+      H.psql('INSERT INTO spec03."order" VALUES (7, 8, 1); DELETE FROM spec03."order" WHERE "from" = 7;')
+      assert.is_true(p:wait_for("deleted 7,8\n"), p:stderr())
+      p:kill("TERM")
+      assert.are.equal(0, p:wait())
+      assert.are.equal("ready\ndeleted 7,8\n", p:stdout())
+      assert.matches("sqlnotify: SIGTERM received, stopping", p:stderr())
+      p:assert_clean()
+    end)
+
+    it("exits 1 when a notifier cannot start, naming the database without the password", function()
+      local path = script_file([[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier{ url = "postgresql://root:hunter2@127.0.0.1:1/test" })
+      ]])
+      local code, _, err = run { path }
+      assert.are.equal(1, code)
+      assert.matches('sqlnotify: cannot connect to database "test" on 127%.0%.0%.1:1', err)
+      assert.is_nil(err:find("hunter2", 1, true))
+    end)
+  end)
+end)

@@ -1,0 +1,182 @@
+-- spec/helper.lua — what every spec shares: paths to the build, a psql client for
+-- writes made by "another client", schemas and SQLite files per spec file, a way to
+-- run the loop until events arrived, and the real host binary run on a script.
+local system = require("system")
+
+local H = {}
+
+H.root = os.getenv("PWD") or "."
+H.build = os.getenv("SQLNOTIFY_BUILD") or "build"
+H.pg_url = os.getenv("SQLNOTIFY_TEST_PG_URL") or "postgresql://root@127.0.0.1/test"
+H.host_bin = H.root .. "/" .. H.build .. "/sqlnotify-lua"
+
+package.path = H.root .. "/lua/?.lua;" .. H.root .. "/lua/?/init.lua;" .. H.root .. "/spec/?.lua;" .. package.path
+package.cpath = H.root .. "/" .. H.build .. "/?.so;" .. package.cpath
+
+local sqlnotify = require("sqlnotify")
+sqlnotify.VERBOSE_TESTS = os.getenv("SQLNOTIFY_VERBOSE")
+
+H.sleep = system.sleep
+H.now = system.gettime
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+H.shell_quote = q
+
+local tmpdir
+function H.tmpdir()
+  if not tmpdir then
+    local p = io.popen("mktemp -d /tmp/sqlnotify-spec.XXXXXX")
+    tmpdir = p:read("l")
+    p:close()
+  end
+  return tmpdir
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+H.slurp = slurp
+
+local function spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+H.spit = spit
+
+local counter = 0
+local function tmpfile(suffix)
+  counter = counter + 1
+  return H.tmpdir() .. "/f" .. counter .. (suffix or "")
+end
+H.tmpfile = tmpfile
+
+-- Run SQL through psql (a separate client and connection). Returns its output;
+-- raises with psql's message when a statement fails.
+function H.psql(sql, url)
+  local file = tmpfile(".sql")
+  spit(file, sql)
+  local out = tmpfile(".out")
+  local ok = os.execute("env -u LD_PRELOAD psql -X -q -At -v ON_ERROR_STOP=1 " .. q(url or H.pg_url)
+    .. " -f " .. q(file) .. " >" .. q(out) .. " 2>&1")
+  local text = slurp(out)
+  if not ok then error("psql failed: " .. text, 2) end
+  return text
+end
+
+-- A fresh schema of this name (dropped with everything in it first).
+function H.fresh_schema(name)
+  H.psql(string.format('DROP SCHEMA IF EXISTS "%s" CASCADE; CREATE SCHEMA "%s";', name, name))
+  return name
+end
+
+function H.drop_schema(name)
+  H.psql(string.format('DROP SCHEMA IF EXISTS "%s" CASCADE;', name))
+end
+
+-- A notifier on the test database, asserting it connected.
+function H.pg_notifier(opts)
+  opts = opts or {}
+  opts.url = opts.url or H.pg_url
+  opts.use_logger = opts.use_logger or (os.getenv("SQLNOTIFY_VERBOSE") ~= nil)
+  local n, err = sqlnotify.notifier(opts)
+  assert(n, err)
+  return n
+end
+
+-- Run the loop until cond() is true or timeout seconds passed. Returns cond().
+function H.run_until(cond, timeout)
+  timeout = timeout or 10
+  if cond() then return true end
+  local deadline = H.now() + timeout
+  local t = sqlnotify.every(0.005, function()
+    if cond() or H.now() > deadline then sqlnotify.stop() end
+  end)
+  sqlnotify.run()
+  t:stop()
+  return cond()
+end
+
+-- Run the loop for a while (to see that nothing more arrives).
+function H.run_for(seconds)
+  local t = sqlnotify.after(seconds, sqlnotify.stop)
+  sqlnotify.run()
+  t:stop()
+end
+
+-- ===== the real binary =====
+
+local Proc = {}
+Proc.__index = Proc
+
+-- Start the host on a script (text); returns a process with files for stdout/stderr.
+function H.host(script, args, env)
+  local path = tmpfile(".lua")
+  spit(path, script)
+  local p = setmetatable({ script = path, out = tmpfile(".stdout"), err = tmpfile(".stderr"),
+    pidfile = tmpfile(".pid"), rcfile = tmpfile(".rc") }, Proc)
+  local argv = {}
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = q(a) end
+  -- The sanitizer build checks the host for leaks; lua5.4 running busted is not ours to check.
+  local envs = "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 " .. (env or "")
+  local cmd = string.format("(%s %s %s %s >%s 2>%s; echo $? >%s) & echo $! >%s",
+    envs, q(H.host_bin), q(path), table.concat(argv, " "), q(p.out), q(p.err), q(p.rcfile), q(p.pidfile))
+  -- The pid of the subshell; the host is its only child.
+  assert(os.execute("env -u LD_PRELOAD sh -c " .. q(cmd)))
+  p.pid = slurp(p.pidfile):match("%d+")
+  return p
+end
+
+function Proc:stdout() return slurp(self.out) end
+function Proc:stderr() return slurp(self.err) end
+
+-- Wait until stdout (or stderr with which = "err") matches pattern; true or false at timeout.
+function Proc:wait_for(pattern, timeout, which)
+  local deadline = H.now() + (timeout or 10)
+  repeat
+    local text = which == "err" and self:stderr() or self:stdout()
+    if text:find(pattern) then return true end
+    if self:exited() then
+      text = which == "err" and self:stderr() or self:stdout()
+      return text:find(pattern) ~= nil
+    end
+    H.sleep(0.01)
+  until H.now() > deadline
+  return false
+end
+
+function Proc:exited()
+  return slurp(self.rcfile):match("%d+") ~= nil
+end
+
+-- Wait for the host to exit; returns its exit status (nil at timeout, after killing it).
+function Proc:wait(timeout)
+  local deadline = H.now() + (timeout or 15)
+  while not self:exited() do
+    if H.now() > deadline then
+      self:kill("KILL")
+      return nil
+    end
+    H.sleep(0.01)
+  end
+  return tonumber(slurp(self.rcfile):match("%d+"))
+end
+
+function Proc:kill(sig)
+  -- The host is the child of the subshell whose pid we know.
+  os.execute(string.format("pkill -%s -P %s 2>/dev/null", sig or "TERM", self.pid))
+end
+
+-- Fail on any sanitizer report in the host's stderr.
+function Proc:assert_clean()
+  local err = self:stderr()
+  if err:find("AddressSanitizer") or err:find("LeakSanitizer") or err:find("runtime error:") then
+    error("sanitizer report from the host:\n" .. err, 2)
+  end
+end
+
+return H

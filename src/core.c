@@ -1,0 +1,799 @@
+/*
+ * core.c — the Lua binding `sqlnotify.core`: database handles over the dialect
+ * interface, the libev loop, timers, the log, and the one way events and
+ * callbacks enter Lua. The public API, validation and dispatch are in
+ * lua/sqlnotify/init.lua; this file only moves data between C and Lua.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "dialect.h"
+#include "sqlnotify.h"
+
+/* ===== dialects: adding a database is one line here ===== */
+
+extern const sn_dialect sn_postgresql_dialect;
+extern const sn_dialect sn_sqlite_dialect;
+
+static const sn_dialect *const dialects[] = {
+    &sn_postgresql_dialect,
+    &sn_sqlite_dialect,
+    NULL,
+};
+
+/* ===== log ===== */
+
+static int log_level = SN_LOG_INFO;
+static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
+
+int sn_log_level_get(void) { return log_level; }
+void sn_log_level_set(int level) { log_level = level; }
+
+int sn_log_level_parse(const char *name)
+{
+    for (int i = 0; level_names[i]; i++)
+        if (strcmp(name, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+void sn_log(int level, const char *fmt, ...)
+{
+    if (level > log_level)
+        return;
+    struct timespec ts;
+    struct tm tm;
+    char when[32];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+
+    va_list ap;
+    va_start(ap, fmt);
+    flockfile(stderr);
+    fprintf(stderr, "%s.%03ldZ %-5s sqlnotify: ", when, ts.tv_nsec / 1000000L, level_names[level]);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    funlockfile(stderr);
+    va_end(ap);
+}
+
+/* ===== entering Lua ===== */
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int sn_pcall(lua_State *L, int nargs, int nresults)
+{
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int status = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    return status;
+}
+
+/* The main thread of L's state: callbacks must never run on a coroutine that may be dead. */
+static lua_State *main_thread(lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    lua_State *M = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    return M;
+}
+
+/* From a libev/driver callback: call and log a failure; the loop goes on. */
+static void callback(lua_State *L, int nargs, const char *what)
+{
+    if (sn_pcall(L, nargs, 0) != LUA_OK) {
+        sn_log(SN_LOG_ERROR, "%s failed: %s", what, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+/* ===== loop ===== */
+
+static int host_mode;
+static int stop_requested;
+static ev_signal sigint_w, sigterm_w;
+
+struct ev_loop *sn_loop(void) { return EV_DEFAULT; }
+void sn_set_host_mode(int on) { host_mode = on; }
+
+static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)revents;
+    sn_log(SN_LOG_INFO, "%s received, stopping", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
+    ev_break(loop, EVBREAK_ALL);
+}
+
+void sn_run_loop(void)
+{
+    struct ev_loop *loop = sn_loop();
+    if (stop_requested) {
+        stop_requested = 0;
+        return;
+    }
+    ev_signal_init(&sigint_w, on_stop_signal, SIGINT);
+    ev_signal_init(&sigterm_w, on_stop_signal, SIGTERM);
+    ev_signal_start(loop, &sigint_w);
+    ev_signal_start(loop, &sigterm_w);
+    /* Signal watchers must not keep the loop alive on their own. */
+    ev_unref(loop);
+    ev_unref(loop);
+    ev_run(loop, 0);
+    ev_ref(loop);
+    ev_ref(loop);
+    ev_signal_stop(loop, &sigint_w);
+    ev_signal_stop(loop, &sigterm_w);
+    stop_requested = 0;
+}
+
+static int l_run(lua_State *L)
+{
+    (void)L;
+    if (!host_mode)
+        sn_run_loop();
+    return 0;
+}
+
+static int l_stop(lua_State *L)
+{
+    (void)L;
+    struct ev_loop *loop = sn_loop();
+    if (ev_depth(loop) > 0)
+        ev_break(loop, EVBREAK_ALL);
+    else
+        stop_requested = 1; /* stop before run: the next run returns at once */
+    return 0;
+}
+
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    /* Microsecond resolution, as the API promises. */
+    lua_pushnumber(L, (double)ts.tv_sec + (double)(ts.tv_nsec / 1000) / 1e6);
+    return 1;
+}
+
+/* ===== timers ===== */
+
+#define TIMER_META "sqlnotify.timer"
+
+typedef struct sn_timer {
+    ev_timer w;
+    lua_State *L;
+    int fn_ref;
+    int self_ref; /* set while active: an active timer keeps its Lua object alive */
+    int repeat;
+} sn_timer;
+
+static void timer_release(sn_timer *t)
+{
+    if (t->L == NULL)
+        return;
+    ev_timer_stop(sn_loop(), &t->w);
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
+    luaL_unref(t->L, LUA_REGISTRYINDEX, t->self_ref);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+    t->L = NULL;
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sn_timer *t = (sn_timer *)w;
+    lua_State *L = t->L;
+    int self_ref = t->self_ref;
+    /* Hold the timer while its callback runs: the callback may stop it. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, self_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    callback(L, 0, "timer callback");
+    if (!t->repeat)
+        timer_release(t);
+    lua_pop(L, 1);
+}
+
+static int new_timer(lua_State *L, int repeat)
+{
+    double after = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_argcheck(L, after >= 0, 1, "sqlnotify: seconds must not be negative");
+    if (repeat)
+        luaL_argcheck(L, after > 0, 1, "sqlnotify: every() needs a period above zero");
+    sn_timer *t = lua_newuserdatauv(L, sizeof *t, 0);
+    memset(t, 0, sizeof *t);
+    t->fn_ref = t->self_ref = LUA_NOREF;
+    luaL_setmetatable(L, TIMER_META);
+    t->L = main_thread(L);
+    t->repeat = repeat;
+    lua_pushvalue(L, 2);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    ev_timer_init(&t->w, on_timer, after, repeat ? after : 0.);
+    ev_timer_start(sn_loop(), &t->w);
+    return 1;
+}
+
+static int l_after(lua_State *L) { return new_timer(L, 0); }
+static int l_every(lua_State *L) { return new_timer(L, 1); }
+
+static int timer_stop(lua_State *L)
+{
+    timer_release(luaL_checkudata(L, 1, TIMER_META));
+    return 0;
+}
+
+static int timer_active(lua_State *L)
+{
+    sn_timer *t = luaL_checkudata(L, 1, TIMER_META);
+    lua_pushboolean(L, t->L != NULL && ev_is_active(&t->w));
+    return 1;
+}
+
+static const luaL_Reg timer_meth[] = {
+    {"stop", timer_stop},
+    {"active", timer_active},
+    {NULL, NULL},
+};
+
+static const luaL_Reg timer_metameth[] = {
+    {"__index", NULL},
+    {"__gc", timer_stop},
+    {"__close", timer_stop},
+    {NULL, NULL},
+};
+
+static void createtimermeta(lua_State *L)
+{
+    luaL_newmetatable(L, TIMER_META);
+    luaL_setfuncs(L, timer_metameth, 0);
+    luaL_newlibtable(L, timer_meth);
+    luaL_setfuncs(L, timer_meth, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+/* ===== database handles ===== */
+
+#define CONN_META "sqlnotify.conn"
+
+/* The C side of a connection: what the driver's sink points at. Kept apart from
+ * the Lua userdata so a connection can outlive one Lua state (reload). */
+typedef struct sn_link {
+    const sn_dialect *d;
+    sn_conn *conn;
+    sn_sink sink;
+    struct sn_handle *receiver; /* the handle whose Lua state gets events, or NULL */
+    int logger;
+} sn_link;
+
+typedef struct sn_handle {
+    sn_link *link;     /* NULL once closed */
+    lua_State *L;      /* main thread */
+    int dispatch_ref;  /* function(batch, n, timestamp) */
+    int self_ref;      /* set while listening */
+} sn_handle;
+
+static void link_log(void *ud, int level, const char *msg)
+{
+    sn_link *k = ud;
+    if (k->logger || level == SN_LOG_ERROR)
+        sn_log(level, "%s", msg);
+}
+
+/* Runs under sn_pcall: builds the batch table and calls the Lua dispatcher once. */
+static int deliver_batch(lua_State *L)
+{
+    sn_handle *h = lua_touserdata(L, 1);
+    const sn_event *ev = lua_touserdata(L, 2);
+    lua_Integer n = lua_tointeger(L, 3);
+    lua_Number ts = lua_tonumber(L, 4);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->dispatch_ref);
+    lua_createtable(L, (int)(2 * n), 0);
+    for (lua_Integer i = 0; i < n; i++) {
+        lua_pushstring(L, ev[i].channel);
+        lua_rawseti(L, -2, 2 * i + 1);
+        lua_pushlstring(L, ev[i].payload, ev[i].payload_len);
+        lua_rawseti(L, -2, 2 * i + 2);
+    }
+    lua_pushinteger(L, n);
+    lua_pushnumber(L, ts);
+    lua_call(L, 3, 0);
+    return 0;
+}
+
+static void link_deliver(void *ud, const sn_event *events, size_t n)
+{
+    sn_link *k = ud;
+    sn_handle *h = k->receiver;
+    if (h == NULL || h->dispatch_ref == LUA_NOREF || n == 0)
+        return;
+    lua_State *L = h->L;
+    lua_pushcfunction(L, deliver_batch);
+    lua_pushlightuserdata(L, h);
+    lua_pushlightuserdata(L, (void *)events);
+    lua_pushinteger(L, (lua_Integer)n);
+    l_now(L);
+    callback(L, 4, "event dispatch");
+}
+
+static void handle_release(sn_handle *h)
+{
+    if (h->link == NULL)
+        return;
+    sn_link *k = h->link;
+    h->link = NULL;
+    k->d->close(k->conn);
+    free(k);
+    if (h->L) {
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
+    }
+    h->dispatch_ref = h->self_ref = LUA_NOREF;
+}
+
+static sn_handle *check_handle(lua_State *L)
+{
+    sn_handle *h = luaL_checkudata(L, 1, CONN_META);
+    if (h->link == NULL)
+        luaL_error(L, "sqlnotify: this notifier's connection is closed");
+    return h;
+}
+
+/* Outside-world failure: nil, "sqlnotify: ..." */
+static int fail(lua_State *L, const char *err)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "sqlnotify: %s", err);
+    return 2;
+}
+
+/* "postgresql+asyncpg://..." -> dialect "postgresql", url "postgresql://..." */
+static const sn_dialect *find_dialect(const char *url, luaL_Buffer *b)
+{
+    const char *sep = strstr(url, "://");
+    if (sep == NULL)
+        return NULL;
+    const char *plus = memchr(url, '+', (size_t)(sep - url));
+    size_t schemelen = (size_t)((plus ? plus : sep) - url);
+    for (int i = 0; dialects[i]; i++)
+        for (const char *const *s = dialects[i]->schemes; *s; s++)
+            if (strlen(*s) == schemelen && strncmp(*s, url, schemelen) == 0) {
+                luaL_addlstring(b, url, schemelen);
+                luaL_addstring(b, sep);
+                return dialects[i];
+            }
+    return NULL;
+}
+
+/* core.open(url, {use_logger=, retention=}) -> handle | nil, err */
+static int l_open(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    int logger = 1;
+    sn_options opt = {.retention = 3600, .application = "sqlnotify"};
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "use_logger");
+        logger = lua_isnil(L, -1) || lua_toboolean(L, -1);
+        lua_getfield(L, 2, "retention");
+        if (lua_isnumber(L, -1))
+            opt.retention = lua_tonumber(L, -1);
+        lua_pop(L, 2);
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    const sn_dialect *d = find_dialect(url, &b);
+    luaL_pushresult(&b);
+    if (d == NULL) {
+        const char *sep = strstr(url, "://");
+        return luaL_error(L, "sqlnotify: unsupported database URL scheme \"%s\" (expected postgresql:// or sqlite://)",
+                          sep ? lua_pushlstring(L, url, (size_t)(sep - url)) : "none");
+    }
+    const char *clean = lua_tostring(L, -1);
+
+    /* Closed first, then the resource: an error half way leaves nothing behind. */
+    sn_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+    h->link = NULL;
+    h->L = main_thread(L);
+    h->dispatch_ref = h->self_ref = LUA_NOREF;
+    luaL_setmetatable(L, CONN_META);
+
+    sn_link *k = calloc(1, sizeof *k);
+    if (k == NULL)
+        return luaL_error(L, "sqlnotify: out of memory");
+    k->d = d;
+    k->logger = logger;
+    k->sink.ud = k;
+    k->sink.deliver = link_deliver;
+    k->sink.log = link_log;
+    char err[1024] = "";
+    k->conn = d->open(clean, sn_loop(), &k->sink, &opt, err, sizeof err);
+    if (k->conn == NULL) {
+        free(k);
+        return fail(L, err);
+    }
+    k->receiver = h;
+    h->link = k;
+    return 1;
+}
+
+static int h_dialect(lua_State *L)
+{
+    lua_pushstring(L, check_handle(L)->link->d->name);
+    return 1;
+}
+
+static int h_target(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    lua_pushstring(L, k->d->target(k->conn));
+    return 1;
+}
+
+static int h_max_payload(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_handle(L)->link->d->max_payload);
+    return 1;
+}
+
+static void push_value(lua_State *L, const sn_value *v)
+{
+    switch (v->type) {
+    case SN_BOOL: lua_pushboolean(L, (int)v->i); break;
+    case SN_INT: lua_pushinteger(L, (lua_Integer)v->i); break;
+    case SN_FLOAT: lua_pushnumber(L, v->d); break;
+    case SN_TEXT: lua_pushlstring(L, v->s, v->len); break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* Runs under lua_pcall so a memory error cannot leak the result. */
+static int push_result(lua_State *L)
+{
+    const sn_result *r = lua_touserdata(L, 1);
+    int keyed = lua_toboolean(L, 2);
+    lua_createtable(L, r->nrows, 0);
+    for (int i = 0; i < r->nrows; i++) {
+        const sn_value *row = r->cells + (size_t)i * (size_t)r->ncols;
+        lua_createtable(L, keyed ? 0 : r->ncols, keyed ? r->ncols : 0);
+        for (int c = 0; c < r->ncols; c++) {
+            if (row[c].type == SN_NULL)
+                continue;
+            push_value(L, &row[c]);
+            if (keyed)
+                lua_setfield(L, -2, r->names[c]);
+            else
+                lua_rawseti(L, -2, c + 1);
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* Replace r by its Lua rows on top of L (or raise after freeing it). */
+static int return_result(lua_State *L, sn_result *r, int keyed)
+{
+    lua_pushcfunction(L, push_result);
+    lua_pushlightuserdata(L, r);
+    lua_pushboolean(L, keyed);
+    int status = lua_pcall(L, 2, 1, 0);
+    sn_result_free(r);
+    if (status != LUA_OK)
+        return lua_error(L);
+    return 1;
+}
+
+/* h:describe(schema|nil, table) -> rows of {kind, a, b, n} | nil, err */
+static int h_describe(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *schema = luaL_optstring(L, 2, NULL);
+    const char *table = luaL_checkstring(L, 3);
+    sn_result *r = NULL;
+    char err[1024] = "";
+    if (k->d->describe(k->conn, schema, table, &r, err, sizeof err) != 0)
+        return fail(L, err);
+    return return_result(L, r, 0);
+}
+
+/* An array field of strings as a C array living in a userdata on the stack. */
+static const char *const *string_array(lua_State *L, int t, const char *field, int *n)
+{
+    lua_getfield(L, t, field);
+    int len = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 0;
+    const char **a = lua_newuserdatauv(L, sizeof *a * (size_t)(len + 1), 0);
+    for (int i = 0; i < len; i++) {
+        lua_geti(L, -2, i + 1);
+        a[i] = lua_tostring(L, -1);
+        if (a[i] == NULL)
+            luaL_error(L, "sqlnotify: %s[%d] must be a string", field, i + 1);
+        lua_pop(L, 1); /* still referenced by the table below */
+    }
+    a[len] = NULL;
+    *n = len;
+    return a;
+}
+
+static const char *string_field(lua_State *L, int t, const char *field)
+{
+    lua_getfield(L, t, field);
+    const char *s = lua_tostring(L, -1);
+    if (s == NULL)
+        luaL_error(L, "sqlnotify: watch field '%s' must be a string", field);
+    return s; /* kept alive on the stack */
+}
+
+/* The watch table built by init.lua, read into an sn_watch valid while it is on the stack. */
+static void check_watch(lua_State *L, int t, sn_watch *w)
+{
+    luaL_checktype(L, t, LUA_TTABLE);
+    memset(w, 0, sizeof *w);
+    w->schema = string_field(L, t, "schema");
+    w->table = string_field(L, t, "table");
+    w->channel = string_field(L, t, "channel");
+    w->marker = string_field(L, t, "marker");
+    lua_getfield(L, t, "opcode");
+    w->op = (int)lua_tointeger(L, -1);
+    lua_getfield(L, t, "overflow");
+    w->overflow = lua_toboolean(L, -1);
+    w->pk = string_array(L, t, "pk", &w->npk);
+    w->extra = string_array(L, t, "extra", &w->nextra);
+    w->trigger_cols = string_array(L, t, "trigger", &w->ntrigger);
+}
+
+static int h_install(lua_State *L)
+{
+    static const char *const status_names[] = {"unchanged", "created", "replaced", "kept"};
+    sn_link *k = check_handle(L)->link;
+    sn_watch w;
+    check_watch(L, 2, &w);
+    int replace = lua_toboolean(L, 3);
+    char err[1024] = "";
+    int st = k->d->install(k->conn, &w, replace, err, sizeof err);
+    if (st < 0 || st > SN_INSTALL_KEPT)
+        return fail(L, err);
+    lua_pushstring(L, status_names[st]);
+    return 1;
+}
+
+static int h_uninstall(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    sn_watch w;
+    check_watch(L, 2, &w);
+    char err[1024] = "";
+    if (k->d->uninstall(k->conn, &w, err, sizeof err) != 0)
+        return fail(L, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int h_uninstall_all(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    char err[1024] = "";
+    int n = k->d->uninstall_all(k->conn, err, sizeof err);
+    if (n < 0)
+        return fail(L, err);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int h_set_dispatch(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->dispatch_ref);
+    lua_pushvalue(L, 2);
+    h->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static int h_listen(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    const char *channel = luaL_checkstring(L, 2);
+    char err[1024] = "";
+    if (h->link->d->listen(h->link->conn, channel, err, sizeof err) != 0)
+        return fail(L, err);
+    if (h->self_ref == LUA_NOREF) { /* a listening handle stays alive */
+        lua_pushvalue(L, 1);
+        h->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int h_unlisten(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    h->link->d->unlisten(h->link->conn, luaL_checkstring(L, 2));
+    return 0;
+}
+
+static int h_stop(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    h->link->d->stop(h->link->conn);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
+    h->self_ref = LUA_NOREF;
+    return 0;
+}
+
+static int h_notify(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *channel = luaL_checkstring(L, 2);
+    size_t len;
+    const char *payload = luaL_checklstring(L, 3, &len);
+    int overflow = lua_toboolean(L, 4);
+    char err[1024] = "";
+    if (k->d->notify(k->conn, channel, payload, len, overflow, err, sizeof err) != 0)
+        return fail(L, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* h:query(sql, ...) -> rows | nil, err */
+static int h_query(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *sql = luaL_checkstring(L, 2);
+    int nparams = lua_gettop(L) - 2;
+    sn_value *params = lua_newuserdatauv(L, sizeof *params * (size_t)(nparams + 1), 0);
+    for (int i = 0; i < nparams; i++) {
+        int idx = i + 3;
+        sn_value *v = &params[i];
+        memset(v, 0, sizeof *v);
+        switch (lua_type(L, idx)) {
+        case LUA_TNIL: v->type = SN_NULL; break;
+        case LUA_TBOOLEAN: v->type = SN_BOOL; v->i = lua_toboolean(L, idx); break;
+        case LUA_TNUMBER:
+            if (lua_isinteger(L, idx)) {
+                v->type = SN_INT;
+                v->i = (int64_t)lua_tointeger(L, idx);
+            } else {
+                v->type = SN_FLOAT;
+                v->d = (double)lua_tonumber(L, idx);
+            }
+            break;
+        case LUA_TSTRING:
+            v->type = SN_TEXT;
+            v->s = (char *)lua_tolstring(L, idx, &v->len);
+            break;
+        default:
+            return luaL_error(L, "sqlnotify: query parameter %d is a %s; use nil, a boolean, a number or a string",
+                              i + 1, luaL_typename(L, idx));
+        }
+    }
+    sn_result *r = NULL;
+    char err[1024] = "";
+    if (k->d->query(k->conn, sql, nparams, params, &r, err, sizeof err) != 0)
+        return fail(L, err);
+    return return_result(L, r, 1);
+}
+
+/* h:log(level, message): through this connection's logger setting. */
+static int h_log(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    int level = luaL_checkoption(L, 2, NULL, level_names);
+    link_log(h->link, level, luaL_checkstring(L, 3));
+    return 0;
+}
+
+static int h_close(lua_State *L)
+{
+    handle_release(luaL_checkudata(L, 1, CONN_META));
+    return 0;
+}
+
+static const luaL_Reg conn_meth[] = {
+    {"dialect", h_dialect},
+    {"target", h_target},
+    {"max_payload", h_max_payload},
+    {"describe", h_describe},
+    {"install", h_install},
+    {"uninstall", h_uninstall},
+    {"uninstall_all", h_uninstall_all},
+    {"set_dispatch", h_set_dispatch},
+    {"listen", h_listen},
+    {"unlisten", h_unlisten},
+    {"stop", h_stop},
+    {"notify", h_notify},
+    {"query", h_query},
+    {"log", h_log},
+    {"close", h_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg conn_metameth[] = {
+    {"__index", NULL},
+    {"__gc", h_close},
+    {"__close", h_close},
+    {NULL, NULL},
+};
+
+static void createconnmeta(lua_State *L)
+{
+    luaL_newmetatable(L, CONN_META);
+    luaL_setfuncs(L, conn_metameth, 0);
+    luaL_newlibtable(L, conn_meth);
+    luaL_setfuncs(L, conn_meth, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+}
+
+/* ===== module ===== */
+
+static int l_hash(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char hex[17];
+    sn_hash_hex(s, len, hex);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+static int l_log(lua_State *L)
+{
+    int level = luaL_checkoption(L, 1, NULL, level_names);
+    sn_log(level, "%s", luaL_checkstring(L, 2));
+    return 0;
+}
+
+/* log_level([name]) -> current name */
+static int l_log_level(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1))
+        log_level = luaL_checkoption(L, 1, NULL, level_names);
+    lua_pushstring(L, level_names[log_level]);
+    return 1;
+}
+
+static const luaL_Reg corelib[] = {
+    {"open", l_open},
+    {"run", l_run},
+    {"stop", l_stop},
+    {"now", l_now},
+    {"after", l_after},
+    {"every", l_every},
+    {"hash", l_hash},
+    {"log", l_log},
+    {"log_level", l_log_level},
+    {NULL, NULL},
+};
+
+int luaopen_sqlnotify_core(lua_State *L)
+{
+    createtimermeta(L);
+    createconnmeta(L);
+    luaL_newlib(L, corelib);
+    lua_pushstring(L, SQLNOTIFY_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}

@@ -1,0 +1,254 @@
+/*
+ * dialect.h — the one interface between the sqlnotify runtime and a database driver.
+ *
+ * A driver (dialects/<name>.c) includes only this header, its database's client
+ * library and libev. It is `static` everywhere except its descriptor, a
+ * `const sn_dialect sn_<name>_dialect`, registered by one line in src/core.c.
+ * All SQL lives in the driver. Lua is never touched here.
+ *
+ * Threading: everything runs on the one libev loop thread. Blocking calls (open,
+ * describe, install, notify, query) are made from Lua at the caller's request;
+ * listening is driven by libev watchers the driver owns.
+ */
+#ifndef SQLNOTIFY_DIALECT_H
+#define SQLNOTIFY_DIALECT_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ev.h>
+
+enum sn_op { SN_INSERT = 0, SN_UPDATE = 1, SN_DELETE = 2 };
+enum sn_level { SN_LOG_ERROR = 0, SN_LOG_WARN = 1, SN_LOG_INFO = 2, SN_LOG_DEBUG = 3 };
+enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
+
+/* Result of install(). */
+enum sn_install {
+    SN_INSTALL_ERROR = -1,
+    SN_INSTALL_UNCHANGED = 0, /* marker matched: no DDL issued, no lock taken */
+    SN_INSTALL_CREATED = 1,   /* nothing was there */
+    SN_INSTALL_REPLACED = 2,  /* marker differed and replace was asked */
+    SN_INSTALL_KEPT = 3       /* marker differed, replace not asked: left as it was */
+};
+
+/* A value crossing the interface: query parameters and result cells. */
+typedef struct sn_value {
+    int type;          /* enum sn_type */
+    int64_t i;         /* SN_INT, SN_BOOL (0/1) */
+    double d;          /* SN_FLOAT */
+    char *s;           /* SN_TEXT: NUL-terminated, len bytes (may hold NULs) */
+    size_t len;
+} sn_value;
+
+/* A query result: nrows x ncols cells, row-major. Owned by whoever receives it;
+ * free with sn_result_free. Built with the helpers below. */
+typedef struct sn_result {
+    int nrows, ncols, cap;
+    char **names;      /* ncols column names */
+    sn_value *cells;   /* nrows * ncols */
+} sn_result;
+
+/* One raw notification: copied by the receiver before deliver() returns. */
+typedef struct sn_event {
+    const char *channel;
+    const char *payload;
+    size_t payload_len;
+} sn_event;
+
+/* Where a connection sends what it receives. Set at open, valid until close. */
+typedef struct sn_sink {
+    void *ud;
+    /* A batch of events in commit order. The one path every mode of a driver feeds. */
+    void (*deliver)(void *ud, const sn_event *events, size_t n);
+    /* A log line (no trailing newline, no "sqlnotify:" prefix, never a password). */
+    void (*log)(void *ud, int level, const char *msg);
+} sn_sink;
+
+/* What one watch asks for. All names are literal catalog names; the driver quotes. */
+typedef struct sn_watch {
+    const char *schema;          /* resolved schema ("main" on SQLite) */
+    const char *table;
+    int op;                      /* enum sn_op */
+    const char *channel;         /* at most 63 bytes, computed by the runtime */
+    const char *const *pk;       /* primary key columns, in key order */
+    int npk;
+    const char *const *extra;    /* extra columns */
+    int nextra;
+    const char *const *trigger_cols; /* UPDATE only: fire only when one really changed */
+    int ntrigger;
+    int overflow;                /* payloads over max_payload go through the overflow table */
+    const char *marker;          /* hash of the watch and the table's columns (hex) */
+} sn_watch;
+
+/* Per-connection options from the notifier. */
+typedef struct sn_options {
+    double retention;            /* seconds: overflow rows / change-log rows older than this are
+                                    pruned by a timer the driver runs (default 3600) */
+    const char *application;     /* a name for the database's view of the session ("sqlnotify") */
+} sn_options;
+
+typedef struct sn_conn sn_conn;  /* defined by each driver */
+
+typedef struct sn_dialect {
+    const char *name;              /* "postgresql", "sqlite" */
+    const char *const *schemes;    /* URL schemes, NULL-terminated: {"postgresql", "postgres", NULL} */
+    size_t max_payload;            /* largest notification payload in bytes; 0: no limit */
+
+    /* Connect (blocking). url has any "+driver" suffix already removed from its scheme.
+     * The sink receives events and logs until close. NULL and err on failure; err names
+     * the database and host, never the password. */
+    sn_conn *(*open)(const char *url, struct ev_loop *loop, const sn_sink *sink,
+                     const sn_options *opt, char *err, size_t errlen);
+    /* Stop every watcher, close every connection, free. Safe with NULL. */
+    void (*close)(sn_conn *c);
+    /* "database \"test\" on 127.0.0.1:5432" — for messages; no password. */
+    const char *(*target)(sn_conn *c);
+
+    /* Catalog. schema may be NULL (PostgreSQL: search_path; SQLite: main).
+     * Rows of 4 text columns (kind, a, b, n):
+     *   ("table",  schema, table, NULL)    exactly one row when the table exists, first
+     *   ("column", name,   type,  ordinal) every column, in table order
+     *   ("pk",     name,   NULL,  position) primary key columns, in key order
+     *   ("unique", name,   index, position) columns of each unique index/constraint
+     * No rows at all: the table does not exist. -1 and err on failure. */
+    int (*describe)(sn_conn *c, const char *schema, const char *table,
+                    sn_result **out, char *err, size_t errlen);
+
+    /* Triggers. install returns enum sn_install. */
+    int (*install)(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen);
+    int (*uninstall)(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+    /* Drop every sqlnotify trigger and function in the database (found by marker).
+     * Returns how many triggers were dropped, or -1. */
+    int (*uninstall_all)(sn_conn *c, char *err, size_t errlen);
+
+    /* Listening. listen adds a channel; the first call brings the listener up. It returns
+     * only once the channel is really being listened on, so every commit after it is seen.
+     * 0, or -1 and err. */
+    int (*listen)(sn_conn *c, const char *channel, char *err, size_t errlen);
+    void (*unlisten)(sn_conn *c, const char *channel);
+    /* Stop listening to everything and release the listener; triggers stay. */
+    void (*stop)(sn_conn *c);
+
+    /* Send a payload on a channel as the triggers would (blocking). A payload over
+     * max_payload goes through the overflow table when overflow is set; else -1. */
+    int (*notify)(sn_conn *c, const char *channel, const char *payload, size_t len,
+                  int overflow, char *err, size_t errlen);
+    /* One statement with parameters ($1.. or ?), on the query connection (blocking). */
+    int (*query)(sn_conn *c, const char *sql, int nparams, const sn_value *params,
+                  sn_result **out, char *err, size_t errlen);
+} sn_dialect;
+
+/* ===== helpers shared by drivers and the runtime ===== */
+
+/* FNV-1a, 64 bit: stable names and markers across runs and machines. */
+static inline uint64_t sn_hash64(const void *data, size_t len, uint64_t h)
+{
+    const unsigned char *p = data;
+    if (h == 0)
+        h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* 16 lower-case hex digits and a NUL into out[17]. */
+static inline void sn_hash_hex(const void *data, size_t len, char out[17])
+{
+    snprintf(out, 17, "%016llx", (unsigned long long)sn_hash64(data, len, 0));
+}
+
+static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    sink->log(sink->ud, level, buf);
+}
+
+static inline void sn_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static inline sn_result *sn_result_new(int ncols)
+{
+    sn_result *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->ncols = ncols;
+    r->names = calloc(ncols > 0 ? (size_t)ncols : 1, sizeof *r->names);
+    if (!r->names) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Set a copy of a column name. 0, or -1 out of memory. */
+static inline int sn_result_name(sn_result *r, int col, const char *name)
+{
+    free(r->names[col]);
+    r->names[col] = strdup(name ? name : "");
+    return r->names[col] ? 0 : -1;
+}
+
+/* Append a row of SN_NULL cells; NULL out of memory. */
+static inline sn_value *sn_result_row(sn_result *r)
+{
+    if (r->nrows == r->cap) {
+        int cap = r->cap ? r->cap * 2 : 16;
+        size_t cells = (size_t)cap * (size_t)(r->ncols > 0 ? r->ncols : 1);
+        sn_value *v = realloc(r->cells, cells * sizeof *v);
+        if (!v)
+            return NULL;
+        r->cells = v;
+        r->cap = cap;
+    }
+    sn_value *row = r->cells + (size_t)r->nrows * (size_t)r->ncols;
+    memset(row, 0, (size_t)r->ncols * sizeof *row);
+    r->nrows++;
+    return row;
+}
+
+/* Make v a copy of len bytes of text. 0, or -1 out of memory. */
+static inline int sn_value_text(sn_value *v, const char *s, size_t len)
+{
+    v->s = malloc(len + 1);
+    if (!v->s) {
+        v->type = SN_NULL;
+        return -1;
+    }
+    memcpy(v->s, s, len);
+    v->s[len] = '\0';
+    v->len = len;
+    v->type = SN_TEXT;
+    return 0;
+}
+
+static inline void sn_result_free(sn_result *r)
+{
+    if (!r)
+        return;
+    for (int c = 0; c < r->ncols; c++)
+        free(r->names[c]);
+    for (size_t i = 0; i < (size_t)r->nrows * (size_t)r->ncols; i++)
+        if (r->cells[i].type == SN_TEXT)
+            free(r->cells[i].s);
+    free(r->names);
+    free(r->cells);
+    free(r);
+}
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * sqlnotify.h — what the host (host.c) and the Lua binding (core.c) share:
+ * the log, the one way into Lua from callbacks, and the loop.
+ */
+#ifndef SQLNOTIFY_H
+#define SQLNOTIFY_H
+
+#include <lua.h>
+#include <ev.h>
+
+#define SQLNOTIFY_VERSION "0.1.0"
+
+int luaopen_sqlnotify_core(lua_State *L);
+
+/* Log a line on stderr: time, level, "sqlnotify: ", message. Lines above the
+ * current level are dropped. */
+void sn_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int sn_log_level_get(void);
+void sn_log_level_set(int level);
+int sn_log_level_parse(const char *name); /* -1 when unknown */
+
+struct ev_loop *sn_loop(void);
+
+/* Call the function under nargs arguments with a traceback handler, on L.
+ * Returns the lua_pcall status; on error the message (with traceback) is on top. */
+int sn_pcall(lua_State *L, int nargs, int nresults);
+
+/* Host mode: sqlnotify.run() returns at once (the host runs the loop itself). */
+void sn_set_host_mode(int on);
+/* Run the loop until sqlnotify.stop(), SIGINT or SIGTERM. */
+void sn_run_loop(void);
+
+#endif
