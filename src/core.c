@@ -232,6 +232,8 @@ static int new_timer(lua_State *L, int repeat)
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
     t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* From the real now: the loop's cached time is stale after blocking work in Lua. */
+    ev_now_update(sn_loop());
     ev_timer_init(&t->w, on_timer, after, repeat ? after : 0.);
     ev_timer_start(sn_loop(), &t->w);
     return 1;
