@@ -43,15 +43,20 @@
 #define PRUNE_STATEMENTS 4       /* DELETEs per prune tick */
 #define PRUNE_HURRY 0.01         /* next tick when a tick ended with rows left to prune */
 #define POLL_INTERVAL 1.0        /* safety-net poll when no file event arrives */
-#define BUSY_RETRY_MIN 0.002     /* reader retry after SQLITE_BUSY, doubling... */
+#define BUSY_RETRY_MIN 0.001     /* reader retry after SQLITE_BUSY, doubling... */
 #define BUSY_RETRY_MAX 0.020     /* ...up to this */
 #define ERROR_RETRY 0.25         /* reader retry after any other error */
 #define ARENA_KEEP (8u << 20)    /* batch buffers larger than this are released after use */
 
-/* After a file event, look again a little later: a WAL writer updates the shared
- * index header (an mmap write, no inotify event) after the WAL write that woke us,
- * so the first look may still see the old data_version. */
-static const double settle_delays[] = {0.0005, 0.002, 0.008, 0.032, 0.128};
+/* After a file event, look again a few times: the write that woke us comes before the
+ * commit is visible (a WAL writer still has to fsync and then update the shared index
+ * header, an mmap write that raises no inotify event; a rollback-journal writer still
+ * holds its lock), and nothing signals that moment. Dense first, since fsync usually
+ * takes a millisecond or two, then backing off; each look is one PRAGMA data_version.
+ * Gaps between looks, in whole milliseconds: libev's epoll and poll backends cannot
+ * wait for less. Looks at 1, 2, 3, 4, 6, 10, 18 ... 258 ms after the last event. */
+static const double settle_delays[] = {0.001, 0.001, 0.001, 0.001, 0.002, 0.004,
+                                       0.008, 0.016, 0.032, 0.064, 0.128};
 #define NSETTLE (sizeof settle_delays / sizeof settle_delays[0])
 
 struct chan {
@@ -330,11 +335,11 @@ static void kick(sn_conn *c, double delay)
 static void read_failed(sn_conn *c, int rc)
 {
     if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
+        if (c->busy_delay <= 0)
+            sn_logf(&c->sink, SN_LOG_DEBUG, "%s is locked by a writer; retrying", c->target);
         c->busy_delay = c->busy_delay <= 0 ? BUSY_RETRY_MIN
                         : c->busy_delay * 2 > BUSY_RETRY_MAX ? BUSY_RETRY_MAX
                         : c->busy_delay * 2;
-        sn_logf(&c->sink, SN_LOG_DEBUG, "%s is locked; reading again in %.0f ms",
-                c->target, c->busy_delay * 1000);
         kick(c, c->busy_delay);
         return;
     }
@@ -480,7 +485,7 @@ static int check(sn_conn *c)
     }
     sqlite3_int64 dv = sqlite3_column_int64(c->dv_stmt, 0);
     sqlite3_reset(c->dv_stmt);
-    if (dv == c->dv && !c->busy_delay && !c->last_err)
+    if (dv == c->dv && c->busy_delay <= 0 && !c->last_err)
         return 1;
 
     unsigned gen = c->gen;
@@ -522,13 +527,15 @@ static int check(sn_conn *c)
 
 static void kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    (void)loop, (void)revents;
+    (void)loop;
+    (void)revents;
     check(t->data);
 }
 
 static void poll_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    (void)loop, (void)revents;
+    (void)loop;
+    (void)revents;
     check(t->data);
 }
 
@@ -603,7 +610,8 @@ static void inotify_cb(struct ev_loop *loop, ev_io *w, int revents)
     sn_conn *c = w->data;
     _Alignas(struct inotify_event) char buf[4096];
     int wake = 0;
-    (void)loop, (void)revents;
+    (void)loop;
+    (void)revents;
 
     for (;;) {
         ssize_t n = read(c->ifd, buf, sizeof buf);
@@ -643,7 +651,8 @@ static int inotify_start(sn_conn *c)
 
 static void stat_cb(struct ev_loop *loop, ev_stat *w, int revents)
 {
-    (void)loop, (void)revents;
+    (void)loop;
+    (void)revents;
     file_changed(w->data);
 }
 
@@ -655,8 +664,9 @@ static void watch_files_start(sn_conn *c)
     sn_logf(&c->sink, SN_LOG_DEBUG, "inotify unavailable (%s); watching %s with stat()",
             strerror(errno), c->target);
 #endif
-    ev_stat_init(&c->st_db, stat_cb, c->file, 0.);
-    ev_stat_init(&c->st_wal, stat_cb, c->wal, 0.);
+    /* libev's smallest stat() polling interval; the slow poll still backs it up */
+    ev_stat_init(&c->st_db, stat_cb, c->file, 0.1);
+    ev_stat_init(&c->st_wal, stat_cb, c->wal, 0.1);
     c->st_db.data = c->st_wal.data = c;
     ev_stat_start(c->loop, &c->st_db);
     ev_stat_start(c->loop, &c->st_wal);
@@ -708,8 +718,12 @@ static int set_paths(sn_conn *c)
 
 static void free_paths(sn_conn *c)
 {
-    free(c->file), free(c->wal), free(c->dir);
-    free(c->base), free(c->walbase), free(c->journalbase);
+    free(c->file);
+    free(c->wal);
+    free(c->dir);
+    free(c->base);
+    free(c->walbase);
+    free(c->journalbase);
     c->file = c->wal = c->dir = c->base = c->walbase = c->journalbase = NULL;
 }
 
@@ -750,9 +764,10 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
     }
     if (prepare(c->rd, "PRAGMA data_version", &c->dv_stmt, err, errlen) ||
         prepare(c->rd, "SELECT seq, channel, payload FROM " CHANGES_TABLE
-                       " WHERE seq > ?1 ORDER BY seq LIMIT 5000",
+                       " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 &c->fetch_stmt, err, errlen))
         goto fail;
+    sqlite3_bind_int(c->fetch_stmt, 2, FETCH_LIMIT);   /* bindings survive resets */
     c->gen++;
     watch_files_start(c);
 
@@ -815,7 +830,9 @@ static sn_conn *sq_open(const char *url, struct ev_loop *loop, const sn_sink *si
     sn_conn *c = calloc(1, sizeof *c);
     char *target = malloc(strlen(path) + 32);
     if (!c || !target) {
-        free(c), free(target), free(path);
+        free(c);
+        free(target);
+        free(path);
         sn_seterr(err, errlen, "out of memory");
         return NULL;
     }
@@ -920,10 +937,12 @@ static int sq_describe(sn_conn *c, const char *schema, const char *table, sn_res
                        char *err, size_t errlen)
 {
     static const char *const names[4] = {"kind", "a", "b", "n"};
-    /* Real tables only: not views, not SQLite's own tables, not our change log. */
+    /* Real tables only, the kinds a trigger can be put on: not views, not virtual
+     * tables, not SQLite's own tables, not our change log. */
     static const char table_sql[] =
-        "SELECT name, 'main', NULL FROM main.sqlite_master WHERE type = 'table' AND name = ?1 "
-        "AND name <> '" CHANGES_TABLE "' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'";
+        "SELECT 'main', name, NULL FROM main.sqlite_master WHERE type = 'table' AND name = ?1 "
+        "AND name <> '" CHANGES_TABLE "' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+        "AND sql NOT LIKE 'CREATE VIRTUAL TABLE%'";
     /* table_xinfo rather than table_info: generated columns are readable in triggers */
     static const char column_sql[] =
         "SELECT name, type, cid + 1 FROM pragma_table_xinfo(?1, 'main') "
@@ -1054,7 +1073,7 @@ static int sq_install(sn_conn *c, const sn_watch *w, int replace_changed, char *
 {
     char name[27], comment[256], why[512];
     char *old = NULL, *ddl = NULL;
-    int found, nested, result;
+    int found, nested = 0, result;
 
     if (w->op < SN_INSERT || w->op > SN_DELETE) {
         sn_seterr(err, errlen, "unknown operation %d", w->op);
@@ -1098,8 +1117,11 @@ static int sq_install(sn_conn *c, const sn_watch *w, int replace_changed, char *
         result = found ? SN_INSTALL_REPLACED : SN_INSTALL_CREATED;
         if (found) {
             char *drop = sqlite3_mprintf("DROP TRIGGER \"%w\"", name);
-            int bad = !drop ? (snprintf(why, sizeof why, "out of memory"), 1)
-                            : exec_sql(c->db, drop, why, sizeof why);
+            if (!drop) {
+                snprintf(why, sizeof why, "out of memory");
+                goto fail_txn;
+            }
+            int bad = exec_sql(c->db, drop, why, sizeof why);
             sqlite3_free(drop);
             if (bad)
                 goto fail_txn;
@@ -1158,7 +1180,9 @@ static int sq_uninstall_all(sn_conn *c, char *err, size_t errlen)
 {
     char why[512];
     sqlite3_stmt *st = NULL;
-    int nested, count = 0, rc;
+    sqlite3_str *drops;
+    char *sql;
+    int nested = 0, count = 0, rc, oom;
 
     if (txn_begin(c->db, &nested, why, sizeof why))
         goto fail;
@@ -1166,7 +1190,7 @@ static int sq_uninstall_all(sn_conn *c, char *err, size_t errlen)
                        "AND instr(sql, 'sqlnotify:') > 0", &st, why, sizeof why))
         goto fail_txn;
     /* Dropping while stepping over sqlite_master is not allowed: collect, then drop. */
-    sqlite3_str *drops = sqlite3_str_new(c->db);
+    drops = sqlite3_str_new(c->db);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         sqlite3_str_appendf(drops, "DROP TRIGGER IF EXISTS \"%w\";",
                             (const char *)sqlite3_column_text(st, 0));
@@ -1175,8 +1199,8 @@ static int sq_uninstall_all(sn_conn *c, char *err, size_t errlen)
     if (rc != SQLITE_DONE)
         snprintf(why, sizeof why, "%s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
-    int oom = sqlite3_str_errcode(drops) != SQLITE_OK;
-    char *sql = sqlite3_str_finish(drops);
+    oom = sqlite3_str_errcode(drops) != SQLITE_OK;
+    sql = sqlite3_str_finish(drops);
     if (rc != SQLITE_DONE || oom) {
         if (oom)
             snprintf(why, sizeof why, "out of memory");

@@ -10,7 +10,7 @@ local function run(args)
   local out, err = H.tmpfile(".out"), H.tmpfile(".err")
   local argv = {}
   for i, a in ipairs(args) do argv[i] = H.shell_quote(a) end
-  local ok, _, code = os.execute("env -u LD_PRELOAD " .. H.shell_quote(H.host_bin) .. " " .. table.concat(argv, " ")
+  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. H.shell_quote(H.host_bin) .. " " .. table.concat(argv, " ")
     .. " >" .. out .. " 2>" .. err)
   return ok and 0 or code, H.slurp(out), H.slurp(err)
 end
@@ -96,7 +96,8 @@ describe("sqlnotify-lua", function()
         CREATE TABLE "order" ("from" int, "to" int, qty int, PRIMARY KEY ("from", "to"));
       ]], LONG))
       prefix = H.tmpdir() .. "/prefix"
-      assert(os.execute("env -u LD_PRELOAD make -s install BUILD=" .. H.build .. " PREFIX=" .. prefix .. " >/dev/null"))
+      assert(H.sh("make -s install BUILD=" .. H.build .. " SANITIZE=" .. (os.getenv("SANITIZE") or "")
+        .. " PREFIX=" .. prefix .. " >/dev/null"))
     end)
 
     teardown(function() H.drop_schema(S) end)
@@ -161,11 +162,9 @@ describe("sqlnotify-lua", function()
       ]], LONG)
       -- run from another directory with no environment variable but the URL the script reads
       local out, err = H.tmpfile(".out"), H.tmpfile(".err")
-      local cmd = string.format("cd / && env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
-        .. "PG=%s %s/bin/sqlnotify-lua %s %s 7 >%s 2>%s & echo $!",
-        H.shell_quote(H.pg_url), prefix, H.shell_quote(path), LONG, out, err)
-      local p = io.popen(cmd)
-      p:close()
+      assert(H.sh(string.format("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
+        .. "PG=%s %s/bin/sqlnotify-lua %s %s 7 >%s 2>%s </dev/null &",
+        H.shell_quote(H.pg_url), prefix, H.shell_quote(path), LONG, out, err)))
       local deadline = H.now() + 10
       while not H.slurp(out):find("ready\n") and H.now() < deadline do H.sleep(0.01) end
       assert.matches("ready\n", H.slurp(out), nil, true)

@@ -25,7 +25,7 @@ H.shell_quote = q
 local tmpdir
 function H.tmpdir()
   if not tmpdir then
-    local p = io.popen("mktemp -d /tmp/sqlnotify-spec.XXXXXX")
+    local p = io.popen("env -u LD_PRELOAD mktemp -d /tmp/sqlnotify-spec.XXXXXX")
     tmpdir = p:read("l")
     p:close()
   end
@@ -48,6 +48,12 @@ local function spit(path, s)
 end
 H.spit = spit
 
+-- Run a shell command without the sanitizer runtimes that make check preloads into
+-- lua5.4 (they hang ordinary tools such as pkill). Returns os.execute's results.
+function H.sh(cmd)
+  return os.execute("env -u LD_PRELOAD sh -c " .. q(cmd))
+end
+
 local counter = 0
 local function tmpfile(suffix)
   counter = counter + 1
@@ -61,7 +67,7 @@ function H.psql(sql, url)
   local file = tmpfile(".sql")
   spit(file, sql)
   local out = tmpfile(".out")
-  local ok = os.execute("env -u LD_PRELOAD psql -X -q -At -v ON_ERROR_STOP=1 " .. q(url or H.pg_url)
+  local ok = H.sh("psql -X -q -At -v ON_ERROR_STOP=1 " .. q(url or H.pg_url)
     .. " -f " .. q(file) .. " >" .. q(out) .. " 2>&1")
   local text = slurp(out)
   if not ok then error("psql failed: " .. text, 2) end
@@ -123,11 +129,16 @@ function H.host(script, args, env)
   for _, a in ipairs(args or {}) do argv[#argv + 1] = q(a) end
   -- The sanitizer build checks the host for leaks; lua5.4 running busted is not ours to check.
   local envs = "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 " .. (env or "")
-  local cmd = string.format("(%s %s %s %s >%s 2>%s; echo $? >%s) & echo $! >%s",
-    envs, q(H.host_bin), q(path), table.concat(argv, " "), q(p.out), q(p.err), q(p.rcfile), q(p.pidfile))
-  -- The pid of the subshell; the host is its only child.
-  assert(os.execute("env -u LD_PRELOAD sh -c " .. q(cmd)))
-  p.pid = slurp(p.pidfile):match("%d+")
+  -- A detached shell starts the host, records its pid, waits for it and records its status.
+  local inner = string.format("%s %s %s %s >%s 2>%s </dev/null & echo $! >%s; wait $!; echo $? >%s",
+    envs, q(H.host_bin), q(path), table.concat(argv, " "), q(p.out), q(p.err), q(p.pidfile), q(p.rcfile))
+  assert(H.sh("sh -c " .. q(inner) .. " >/dev/null 2>&1 </dev/null &"))
+  local deadline = H.now() + 5
+  repeat
+    p.pid = slurp(p.pidfile):match("%d+")
+    if not p.pid then H.sleep(0.005) end
+  until p.pid or H.now() > deadline
+  assert(p.pid, "the host did not start")
   return p
 end
 
@@ -167,8 +178,7 @@ function Proc:wait(timeout)
 end
 
 function Proc:kill(sig)
-  -- The host is the child of the subshell whose pid we know.
-  os.execute(string.format("pkill -%s -P %s 2>/dev/null", sig or "TERM", self.pid))
+  H.sh(string.format("kill -%s %s 2>/dev/null", sig or "TERM", self.pid))
 end
 
 -- Fail on any sanitizer report in the host's stderr.
