@@ -433,11 +433,21 @@ end
 
 local function by_seq(a, b) return a.seq < b.seq end
 
+local ERROR_LOG_INTERVAL = 10 -- seconds between two reports of one handler's failures
+
+-- A handler that fails on every event costs one log line per interval, not a flood.
 function Notifier:_call(sub, ev)
   local ok, err = xpcall(sub.handler, traceback, ev)
-  if not ok then
-    self:_log("error", "handler for %s on %s failed: %s", ev.operation, sub.watch.name, tostring(err))
+  if ok then return end
+  local now = core.now()
+  if now < (sub.next_error_log or 0) then
+    sub.suppressed = (sub.suppressed or 0) + 1
+    return
   end
+  local more = sub.suppressed and sub.suppressed > 0
+    and fmt(" (and %d more failure(s) of this handler since the last report)", sub.suppressed) or ""
+  self:_log("error", "handler for %s on %s failed%s: %s", ev.operation, sub.watch.name, more, tostring(err))
+  sub.next_error_log, sub.suppressed = now + ERROR_LOG_INTERVAL, 0
 end
 
 -- Subscribers of one event, in subscription order, filters applied.
