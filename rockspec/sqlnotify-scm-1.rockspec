@@ -18,7 +18,7 @@ dependencies = {
   "lua-cjson",
 }
 external_dependencies = {
-  LIBPQ = { header = "libpq-fe.h" },
+  LIBPQ = { header = "postgresql/libpq-fe.h" },
   SQLITE = { header = "sqlite3.h" },
   LIBEV = { header = "ev.h" },
 }

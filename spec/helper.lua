@@ -120,8 +120,8 @@ local Proc = {}
 Proc.__index = Proc
 
 -- Start the host on a script (text); returns a process with files for stdout/stderr.
-function H.host(script, args, env)
-  local path = tmpfile(".lua")
+function H.host(script, args, env, path)
+  path = path or tmpfile(".lua")
   spit(path, script)
   local p = setmetatable({ script = path, out = tmpfile(".stdout"), err = tmpfile(".stderr"),
     pidfile = tmpfile(".pid"), rcfile = tmpfile(".rc") }, Proc)
@@ -130,8 +130,9 @@ function H.host(script, args, env)
   -- The sanitizer build checks the host for leaks; lua5.4 running busted is not ours to check.
   local envs = "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 " .. (env or "")
   -- A detached shell starts the host, records its pid, waits for it and records its status.
-  local inner = string.format("%s %s %s %s >%s 2>%s </dev/null & echo $! >%s; wait $!; echo $? >%s",
-    envs, q(H.host_bin), q(path), table.concat(argv, " "), q(p.out), q(p.err), q(p.pidfile), q(p.rcfile))
+  local inner = string.format("%s %s %s %s %s >%s 2>%s </dev/null & echo $! >%s; wait $!; echo $? >%s",
+    envs, q(H.host_bin), table.concat(H.host_options or {}, " "), q(path), table.concat(argv, " "),
+    q(p.out), q(p.err), q(p.pidfile), q(p.rcfile))
   assert(H.sh("sh -c " .. q(inner) .. " >/dev/null 2>&1 </dev/null &"))
   local deadline = H.now() + 5
   repeat

@@ -289,8 +289,19 @@ typedef struct sn_link {
     sn_conn *conn;
     sn_sink sink;
     struct sn_handle *receiver; /* the handle whose Lua state gets events, or NULL */
+    struct sn_handle *pending;  /* the handle that takes over when a reload commits */
     int logger;
+    int refs;                   /* handles (in one or two Lua states) using this link */
+    unsigned gen;               /* the generation of the Lua state that owns it */
+    int index;                  /* n-th notifier on this URL in its generation */
+    char *url;
+    struct sn_link *next;
 } sn_link;
+
+/* Every live link, so a reloaded script's notifiers can adopt the connections of the
+ * script they replace instead of opening new ones. */
+static sn_link *links;
+static unsigned generation;
 
 typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
@@ -342,14 +353,31 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
     callback(L, 4, "event dispatch");
 }
 
+static void link_unref(sn_link *k, sn_handle *h)
+{
+    if (k->receiver == h)
+        k->receiver = NULL;
+    if (k->pending == h)
+        k->pending = NULL;
+    if (--k->refs > 0)
+        return;
+    for (sn_link **p = &links; *p; p = &(*p)->next)
+        if (*p == k) {
+            *p = k->next;
+            break;
+        }
+    k->d->close(k->conn);
+    free(k->url);
+    free(k);
+}
+
 static void handle_release(sn_handle *h)
 {
     if (h->link == NULL)
         return;
     sn_link *k = h->link;
     h->link = NULL;
-    k->d->close(k->conn);
-    free(k);
+    link_unref(k, h);
     if (h->L) {
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
@@ -423,9 +451,27 @@ static int l_open(lua_State *L)
     h->dispatch_ref = h->self_ref = LUA_NOREF;
     luaL_setmetatable(L, CONN_META);
 
+    int index = 0;
+    for (sn_link *k = links; k; k = k->next)
+        if (k->gen == generation && strcmp(k->url, url) == 0)
+            index++;
+    /* A reloaded script's n-th notifier on a URL takes over the old script's n-th:
+     * same connections, same LISTENs, nothing missed in between. */
+    for (sn_link *k = links; k && generation > 0; k = k->next)
+        if (k->gen == generation - 1 && k->index == index && strcmp(k->url, url) == 0) {
+            k->gen = generation;
+            k->pending = h;
+            k->logger = logger;
+            k->refs++;
+            h->link = k;
+            return 1;
+        }
+
     sn_link *k = calloc(1, sizeof *k);
-    if (k == NULL)
+    if (k == NULL || (k->url = strdup(url)) == NULL) {
+        free(k);
         return luaL_error(L, "sqlnotify: out of memory");
+    }
     k->d = d;
     k->logger = logger;
     k->sink.ud = k;
@@ -434,12 +480,43 @@ static int l_open(lua_State *L)
     char err[1024] = "";
     k->conn = d->open(clean, sn_loop(), &k->sink, &opt, err, sizeof err);
     if (k->conn == NULL) {
+        free(k->url);
         free(k);
         return fail(L, err);
     }
     k->receiver = h;
+    k->refs = 1;
+    k->gen = generation;
+    k->index = index;
+    k->next = links;
+    links = k;
     h->link = k;
     return 1;
+}
+
+/* ===== reload: a new Lua state takes over the connections of the old one ===== */
+
+void sn_reload_begin(void) { generation++; }
+
+/* The new state loaded: its handles receive from now on. */
+void sn_reload_commit(void)
+{
+    for (sn_link *k = links; k; k = k->next)
+        if (k->gen == generation && k->pending) {
+            k->receiver = k->pending;
+            k->pending = NULL;
+        }
+}
+
+/* The new state failed and was closed: the old one keeps what it had. */
+void sn_reload_rollback(void)
+{
+    generation--;
+    for (sn_link *k = links; k; k = k->next)
+        if (k->gen == generation + 1) {
+            k->gen = generation;
+            k->pending = NULL;
+        }
 }
 
 static int h_dialect(lua_State *L)

@@ -3,8 +3,10 @@
  * state with the sqlnotify module built in, starts the notifiers the script did
  * not start, and runs the libev loop until SIGINT/SIGTERM or sqlnotify.stop().
  */
+#include <dirent.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#ifdef __linux__
+#include <sys/inotify.h>
+#endif
 
 #include "dialect.h"
 #include "sqlnotify.h"
@@ -118,6 +123,200 @@ static int run_script(lua_State *L, const char *path, char **argv, int argc, int
     return 0;
 }
 
+/* ===== states and reload ===== */
+
+static struct {
+    char **argv;
+    int argc, script;
+    lua_State *L;          /* the state whose handlers run */
+    ev_stat *files;        /* --reload: the script and the Lua files beside it */
+    int nfiles;
+    ev_timer settle;       /* a change starts this; the reload runs when it fires */
+    ev_signal hup;
+    int infd;              /* inotify on the script's directory, or -1 */
+    ev_io inw;
+} host = {.infd = -1};
+
+/* A fresh state with the module built in, the script run and its notifiers started.
+ * NULL when the script failed (already logged). */
+static lua_State *new_state(void)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        sn_log(SN_LOG_ERROR, "cannot create a Lua state: out of memory");
+        return NULL;
+    }
+    luaL_openlibs(L);
+    set_paths(L);
+    preload_core(L);
+    if (run_script(L, host.argv[host.script], host.argv, host.argc, host.script) != 0) {
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+/* Run the script again in a new state; swap only if it loaded. Events that arrive
+ * meanwhile wait in the connections, which the new state adopts, and go to it. */
+static void reload(const char *why)
+{
+    sn_log(SN_LOG_INFO, "reloading %s (%s)", host.argv[host.script], why);
+    sn_reload_begin();
+    lua_State *L = new_state();
+    if (L == NULL) {
+        sn_reload_rollback();
+        sn_log(SN_LOG_ERROR, "reload failed; the previous handlers keep running");
+        return;
+    }
+    sn_reload_commit();
+    lua_close(host.L);
+    host.L = L;
+    sn_log(SN_LOG_INFO, "reloaded %s", host.argv[host.script]);
+}
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    reload("SIGHUP");
+}
+
+static void on_settled(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    reload("a file changed");
+}
+
+/* Editors write in several steps: wait until the files are quiet for a moment. */
+static void on_file_change(struct ev_loop *loop, ev_stat *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    ev_timer_stop(loop, &host.settle);
+    ev_timer_set(&host.settle, 0.1, 0.);
+    ev_timer_start(loop, &host.settle);
+}
+
+static int is_lua_file(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 4 && strcmp(name + n - 4, ".lua") == 0 && name[0] != '.';
+}
+
+#ifdef __linux__
+static void on_inotify(struct ev_loop *loop, ev_io *w, int revents)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    int hit = 0;
+    while ((n = read(w->fd, buf, sizeof buf)) > 0)
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *e = (const struct inotify_event *)p;
+            if (e->len > 0 && is_lua_file(e->name))
+                hit = 1;
+            p += sizeof *e + e->len;
+        }
+    if (hit)
+        on_file_change(loop, NULL, revents);
+}
+
+/* inotify on the directory sees every write to a Lua file in it. ev_stat compares
+ * stat() data at one-second resolution and misses a same-size rewrite within a second. */
+static int watch_dir_inotify(struct ev_loop *loop, const char *dir)
+{
+    host.infd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (host.infd < 0)
+        return -1;
+    if (inotify_add_watch(host.infd, dir, IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_CREATE | IN_DELETE) < 0) {
+        close(host.infd);
+        host.infd = -1;
+        return -1;
+    }
+    ev_io_init(&host.inw, on_inotify, host.infd, EV_READ);
+    ev_io_start(loop, &host.inw);
+    ev_unref(loop); /* watching files alone does not keep the program running */
+    sn_log(SN_LOG_INFO, "--reload: watching the Lua files in %s", dir);
+    return 0;
+}
+#endif
+
+/* Watch the script and every Lua file in its directory: inotify on Linux, else ev_stat
+ * on each file and on the directory (so files replaced by rename are seen). */
+static void watch_files(struct ev_loop *loop)
+{
+    const char *script = host.argv[host.script];
+    char dir[PATH_MAX];
+    const char *slash = strrchr(script, '/');
+    if (slash)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - script), script);
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (dir[0] == '\0')
+        snprintf(dir, sizeof dir, "/");
+#ifdef __linux__
+    if (watch_dir_inotify(loop, dir) == 0)
+        return;
+#endif
+
+    int cap = 2;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        cap += is_lua_file(e->d_name);
+    if (d)
+        rewinddir(d);
+    host.files = calloc((size_t)cap, sizeof *host.files);
+    char **paths = calloc((size_t)cap, sizeof *paths);
+    if (host.files == NULL || paths == NULL) {
+        sn_log(SN_LOG_ERROR, "out of memory: --reload is off");
+        free(paths);
+        if (d)
+            closedir(d);
+        return;
+    }
+    int n = 0;
+    paths[n++] = strdup(script);
+    paths[n++] = strdup(dir);
+    while (d && (e = readdir(d)) != NULL && n < cap)
+        if (is_lua_file(e->d_name) && asprintf(&paths[n], "%s/%s", dir, e->d_name) >= 0)
+            n++;
+    if (d)
+        closedir(d);
+    for (int i = 0; i < n; i++) {
+        if (paths[i] == NULL)
+            continue;
+        ev_stat_init(&host.files[host.nfiles], on_file_change, paths[i], 0.);
+        ev_stat_start(loop, &host.files[host.nfiles]);
+        ev_unref(loop); /* watching files alone does not keep the program running */
+        host.nfiles++;
+    }
+    free(paths); /* the strings now belong to the watchers */
+    sn_log(SN_LOG_INFO, "--reload: watching %d file(s) in %s", host.nfiles - 1, dir);
+}
+
+static void unwatch_files(struct ev_loop *loop)
+{
+#ifdef __linux__
+    if (host.infd >= 0) {
+        ev_ref(loop);
+        ev_io_stop(loop, &host.inw);
+        close(host.infd);
+        host.infd = -1;
+    }
+#endif
+    for (int i = 0; i < host.nfiles; i++) {
+        ev_ref(loop);
+        ev_stat_stop(loop, &host.files[i]);
+        free((char *)host.files[i].path);
+    }
+    free(host.files);
+    host.files = NULL;
+    host.nfiles = 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -127,13 +326,13 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int reload = 0;
+    int reload_on_change = 0;
     opterr = 0;
     int c;
     /* '+': options end at the script; what follows belongs to it. */
     while ((c = getopt_long(argc, argv, "+:rl:vh", longopts, NULL)) != -1) {
         switch (c) {
-        case 'r': reload = 1; break;
+        case 'r': reload_on_change = 1; break;
         case 'l': {
             int level = sn_log_level_parse(optarg);
             if (level < 0)
@@ -149,25 +348,34 @@ int main(int argc, char **argv)
     }
     if (optind >= argc)
         return usage_error("%s", "no script given");
-    (void)reload;
 
-    lua_State *L = luaL_newstate();
-    if (L == NULL) {
-        sn_log(SN_LOG_ERROR, "cannot create a Lua state: out of memory");
-        return 1;
-    }
     /* Events printed by a watcher are read by pipes and tails as they happen. */
     setvbuf(stdout, NULL, _IOLBF, 0);
-    luaL_openlibs(L);
-    set_paths(L);
-    preload_core(L);
     sn_set_host_mode(1);
+    host.argv = argv;
+    host.argc = argc;
+    host.script = optind;
+    struct ev_loop *loop = sn_loop();
+    ev_timer_init(&host.settle, on_settled, 0.1, 0.);
+    if (reload_on_change)
+        watch_files(loop); /* before the first load: an edit made while it runs is not missed */
+    host.L = new_state();
+    if (host.L == NULL) {
+        unwatch_files(loop);
+        return 1;
+    }
+    ev_signal_init(&host.hup, on_hup, SIGHUP);
+    ev_signal_start(loop, &host.hup);
+    ev_unref(loop);
 
-    int status = run_script(L, argv[optind], argv, argc, optind);
-    if (status == 0)
-        sn_run_loop();
+    sn_run_loop();
+
+    unwatch_files(loop);
+    ev_timer_stop(loop, &host.settle);
+    ev_ref(loop);
+    ev_signal_stop(loop, &host.hup);
     fflush(stdout);
-    lua_close(L);
-    ev_loop_destroy(sn_loop());
-    return status;
+    lua_close(host.L);
+    ev_loop_destroy(loop);
+    return 0;
 }

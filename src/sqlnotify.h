@@ -30,4 +30,12 @@ void sn_set_host_mode(int on);
 /* Run the loop until sqlnotify.stop(), SIGINT or SIGTERM. */
 void sn_run_loop(void);
 
+/* Reload: begin before running the new script in a new state; commit when it loaded
+ * (its notifiers receive from then on; close the old state after); rollback after
+ * closing a new state that failed. A new notifier adopts the connection of the old
+ * state's notifier with the same URL and position. */
+void sn_reload_begin(void);
+void sn_reload_commit(void);
+void sn_reload_rollback(void);
+
 #endif
