@@ -1,0 +1,30 @@
+-- JSON lines: every change on the tables named on the command line, one JSON object a line
+-- on stdout, for piping into jq, a log shipper or another program. Logs stay on stderr.
+--
+-- Run it:
+--   DATABASE_URL=postgresql://root@127.0.0.1/test build/sqlnotify-lua -l warn scripts/examples/jsonl.lua users orders | jq .
+--   DATABASE_URL=sqlite:///app.db build/sqlnotify-lua scripts/examples/jsonl.lua tasks
+-- Each table is watched for insert, update and delete, with its primary key only.
+local sqlnotify = require("sqlnotify")
+local cjson = require("cjson")
+
+if #arg == 0 then
+  io.stderr:write("usage: sqlnotify-lua scripts/examples/jsonl.lua TABLE [TABLE...]\n")
+  os.exit(2)
+end
+
+local n = assert(sqlnotify.notifier())
+local function emit(ev)
+  io.write(cjson.encode({
+    schema = ev.schema, table = ev.table, operation = ev.operation, id = ev.id,
+    extra_columns = next(ev.extra_columns) and ev.extra_columns or nil,
+    timestamp = ev.timestamp, truncated = ev.truncated or nil,
+  }), "\n")
+  io.flush()
+end
+for _, t in ipairs(arg) do
+  for _, op in ipairs { sqlnotify.INSERT, sqlnotify.UPDATE, sqlnotify.DELETE } do
+    n:watch(t, op)
+    n:subscribe(t, op, emit)
+  end
+end
