@@ -260,7 +260,10 @@ static double prune_interval(const sn_conn *c)
 
 /* Delete rows older than the retention, a few small batches per tick. Housekeeping
  * must not stall the loop: it gives up at once when someone holds the lock, and it
- * stays out of a transaction the user opened through query(). */
+ * stays out of a transaction the user opened through query(). While listening, only
+ * rows our reader has already read go: libev runs a due timer before the file event
+ * of the same loop iteration, so after the loop was held up (a long handler, a
+ * blocking call) rows past the retention may not have been delivered yet. */
 static void prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sn_conn *c = t->data;
@@ -271,11 +274,13 @@ static void prune_cb(struct ev_loop *loop, ev_timer *t, int revents)
         sqlite3_stmt *st = NULL;
         const char *sql =
             "DELETE FROM " CHANGES_TABLE " WHERE seq IN (SELECT seq FROM " CHANGES_TABLE
-            " WHERE created_at < (julianday('now') - 2440587.5) * 86400.0 - ?1 LIMIT ?2)";
+            " WHERE created_at < (julianday('now') - 2440587.5) * 86400.0 - ?1 AND seq <= ?3"
+            " LIMIT ?2)";
         sqlite3_busy_timeout(c->db, 0);
         if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) == SQLITE_OK) {
             sqlite3_bind_double(st, 1, c->retention);
             sqlite3_bind_int(st, 2, PRUNE_BATCH);
+            sqlite3_bind_int64(st, 3, c->rd ? c->cursor : INT64_MAX);
             for (int i = 0; i < PRUNE_STATEMENTS; i++) {
                 int rc = sqlite3_step(st);
                 int n = sqlite3_changes(c->db);
