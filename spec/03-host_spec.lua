@@ -39,6 +39,7 @@ describe("sqlnotify-lua", function()
     end)
 
     it("exits 2 with a one-line reason on a bad option, a bad level or no script", function()
+      local _
       local code, out, err = run { "--bogus", "x.lua" }
       assert.are.same({ 2, "", "sqlnotify: unknown option --bogus (try --help)\n" }, { code, out, err })
       code, _, err = run { "-l", "loud", "x.lua" }
