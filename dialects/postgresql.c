@@ -34,6 +34,7 @@
 #define BACKOFF_CAP 10.0
 #define CONNECT_TIMEOUT 15.0 /* per attempt, unless the URL sets connect_timeout */
 #define PRUNE_EVERY 60.0
+#define PRUNE_LOCK_TIMEOUT "100ms" /* longest the loop waits for a lock on the overflow table */
 #define JSON_CHUNK 50        /* pairs per jsonb_build_object(): functions take <= 100 args */
 
 enum ln_state {
@@ -197,10 +198,23 @@ static void on_listener_notice(void *arg, const PGresult *res)
  * (the URL is expanded at the dbname position, after them). */
 static PGconn *pg_connect(const sn_conn *c, int async)
 {
-    const char *kw[4], *val[4];
+    const char *kw[9], *val[9];
     int n = 0;
     kw[n] = "client_encoding"; /* names and payloads cross the interface as UTF-8 */
     val[n++] = "UTF8";
+    /* A network that silently drops everything leaves an idle listener waiting for hours
+     * (the kernel's keepalive starts after 2 h): probe after 10 s idle, give up after 3
+     * unanswered probes 5 s apart, and fail a send nobody acknowledges within 25 s. */
+    kw[n] = "keepalives_idle";
+    val[n++] = "10";
+    kw[n] = "keepalives_interval";
+    val[n++] = "5";
+    kw[n] = "keepalives_count";
+    val[n++] = "3";
+    if (PQlibVersion() >= 120000) { /* tcp_user_timeout is new in libpq 12 */
+        kw[n] = "tcp_user_timeout";
+        val[n++] = "25000";
+    }
     if (c->app) {
         kw[n] = "application_name";
         val[n++] = c->app;
@@ -406,17 +420,28 @@ static void prune_cb(struct ev_loop *loop, ev_timer *w, int revents)
         if (!c->overflow_ready)
             return;
     }
+    /* The loop waits for this DELETE: another session locking the table (REINDEX, VACUUM
+     * FULL, ALTER) must not stall every delivery. Give up quickly; the next tick retries. */
+    if (db_script(c, "BEGIN; SET LOCAL lock_timeout = '" PRUNE_LOCK_TIMEOUT "'", NULL, err, sizeof err) < 0) {
+        sn_logf(&c->sink, SN_LOG_WARN, "cannot prune " OVERFLOW_TABLE " on %s: %s", c->target, err);
+        return;
+    }
     snprintf(secs, sizeof secs, "%.17g", c->retention);
     const char *vals[1] = {secs};
     PGresult *res = db_run(c,
                            "DELETE FROM " OVERFLOW_TABLE " WHERE created_at < "
                            "pg_catalog.now() - pg_catalog.make_interval(secs => $1::float8)",
                            1, vals, 0, state, err, sizeof err);
-    if (res == NULL) {
+    if (res == NULL || db_script(c, "COMMIT", state, err, sizeof err) < 0) {
+        if (PQstatus(c->db) == CONNECTION_OK && PQtransactionStatus(c->db) != PQTRANS_IDLE)
+            PQclear(PQexec(c->db, "ROLLBACK"));
         if (strcmp(state, "42P01") == 0)
             c->overflow_ready = 0; /* dropped behind our back: wait for it to come back */
+        else if (strcmp(state, "55P03") == 0)
+            sn_logf(&c->sink, SN_LOG_DEBUG, OVERFLOW_TABLE " on %s is locked; pruning it later", c->target);
         else
             sn_logf(&c->sink, SN_LOG_WARN, "cannot prune " OVERFLOW_TABLE " on %s: %s", c->target, err);
+        PQclear(res);
         return;
     }
     if (strcmp(PQcmdTuples(res), "0") != 0)

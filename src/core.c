@@ -317,7 +317,9 @@ static void link_log(void *ud, int level, const char *msg)
         sn_log(level, "%s", msg);
 }
 
-/* Runs under sn_pcall: builds the batch table and calls the Lua dispatcher once. */
+/* Runs under sn_pcall: fills the handle's batch table and calls the Lua dispatcher
+ * once. A small table is reused from batch to batch (entries past 2n are stale and
+ * ignored), and a channel repeated by consecutive events is pushed once. */
 static int deliver_batch(lua_State *L)
 {
     sn_handle *h = lua_touserdata(L, 1);
@@ -325,16 +327,34 @@ static int deliver_batch(lua_State *L)
     lua_Integer n = lua_tointeger(L, 3);
     lua_Number ts = lua_tonumber(L, 4);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->dispatch_ref);
-    lua_createtable(L, (int)(2 * n), 0);
-    for (lua_Integer i = 0; i < n; i++) {
-        lua_pushstring(L, ev[i].channel);
-        lua_rawseti(L, -2, 2 * i + 1);
-        lua_pushlstring(L, ev[i].payload, ev[i].payload_len);
-        lua_rawseti(L, -2, 2 * i + 2);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, h) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, (int)(2 * n), 0);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
     }
+    int batch = lua_gettop(L);
+    const char *prev = NULL;
+    lua_pushnil(L); /* slot of the previous channel string */
+    for (lua_Integer i = 0; i < n; i++) {
+        if (prev == NULL || strcmp(prev, ev[i].channel) != 0) {
+            lua_pushstring(L, ev[i].channel);
+            lua_replace(L, batch + 1);
+            prev = ev[i].channel;
+        }
+        lua_pushvalue(L, batch + 1);
+        lua_rawseti(L, batch, 2 * i + 1);
+        lua_pushlstring(L, ev[i].payload, ev[i].payload_len);
+        lua_rawseti(L, batch, 2 * i + 2);
+    }
+    lua_settop(L, batch);
     lua_pushinteger(L, n);
     lua_pushnumber(L, ts);
     lua_call(L, 3, 0);
+    if (n > 256) { /* do not keep a big batch's payloads alive until the next one */
+        lua_pushnil(L);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
+    }
     return 0;
 }
 
@@ -379,6 +399,8 @@ static void handle_release(sn_handle *h)
     h->link = NULL;
     link_unref(k, h);
     if (h->L) {
+        lua_pushnil(h->L);
+        lua_rawsetp(h->L, LUA_REGISTRYINDEX, h);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
     }

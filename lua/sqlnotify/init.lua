@@ -389,6 +389,21 @@ end
 
 -- ===== dispatch =====
 
+local TRUNCATED_LOG_INTERVAL = 10 -- seconds between two warnings about one channel's truncated rows
+
+-- A truncated row is the user's data lost on the way: say so, once per channel and interval.
+function Notifier:_warn_truncated(w, channel, now)
+  if now < (w.next_truncated_log or 0) then
+    w.truncated_suppressed = (w.truncated_suppressed or 0) + 1
+    return
+  end
+  local more = (w.truncated_suppressed or 0) > 0
+    and fmt(" (and %d more since the last report)", w.truncated_suppressed) or ""
+  self:_log("warn", "row too large for a notification on channel %s; delivered its key only (%s)%s", channel,
+    w.overflow and "the overflow table could not be written" or "use_overflow_table = true sends it whole", more)
+  w.next_truncated_log, w.truncated_suppressed = now + TRUNCATED_LOG_INTERVAL, 0
+end
+
 -- The event table of a payload, or nil after logging why it is skipped.
 function Notifier:_event(w, channel, payload, ts)
   local obj, err = json.decode(payload)
@@ -416,6 +431,7 @@ function Notifier:_event(w, channel, payload, ts)
   if type(x) == "table" then
     for _, c in ipairs(w.extra) do extra[c] = norm(x[c]) end
   end
+  if truncated then self:_warn_truncated(w, channel, ts) end
   return {
     schema = w.schema, table = w.table, operation = w.op, id = id, extra_columns = extra,
     channel = channel, timestamp = ts, truncated = truncated,
