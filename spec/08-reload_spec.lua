@@ -51,7 +51,7 @@ describe("reload", function()
     local p = start(script("v1"))
     assert.is_true(p:wait_for("v1 loaded\n"), p:stderr())
     -- 600 single-row commits from another client, while the script is rewritten
-    assert(H.sh("psql -X -q " .. H.shell_quote(H.pg_url) .. [[ -c "DO \$\$ BEGIN FOR i IN 1..600 LOOP
+    assert(H.sh(H.psql_bin .. " -X -q " .. H.shell_quote(H.pg_url) .. [[ -c "DO \$\$ BEGIN FOR i IN 1..600 LOOP
       INSERT INTO spec08.t VALUES (i); COMMIT; PERFORM pg_sleep(0.002); END LOOP; END \$\$" >/dev/null 2>&1 &]]))
     assert.is_true(p:wait_for("v1 100\n"), p:stdout())
     local t0 = H.now()

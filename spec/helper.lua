@@ -61,13 +61,24 @@ local function tmpfile(suffix)
 end
 H.tmpfile = tmpfile
 
+-- The real psql, not Debian's wrapper: the wrapper refuses to run at all while any cluster
+-- it knows of is half made (the reliability spec creates and drops one).
+local PSQL = "psql"
+do
+  local p = io.popen("env -u LD_PRELOAD sh -c 'ls -d /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -1'")
+  local found = p:read("l")
+  p:close()
+  if found and found ~= "" then PSQL = found end
+end
+H.psql_bin = PSQL
+
 -- Run SQL through psql (a separate client and connection). Returns its output;
 -- raises with psql's message when a statement fails.
 function H.psql(sql, url)
   local file = tmpfile(".sql")
   spit(file, sql)
   local out = tmpfile(".out")
-  local ok = H.sh("psql -X -q -At -v ON_ERROR_STOP=1 " .. q(url or H.pg_url)
+  local ok = H.sh(PSQL .. " -X -q -At -v ON_ERROR_STOP=1 " .. q(url or H.pg_url)
     .. " -f " .. q(file) .. " >" .. q(out) .. " 2>&1")
   local text = slurp(out)
   if not ok then error("psql failed: " .. text, 2) end
