@@ -114,15 +114,27 @@ static void callback(lua_State *L, int nargs, const char *what)
 
 static int host_mode;
 static int stop_requested;
-static ev_signal sigint_w, sigterm_w;
+static volatile sig_atomic_t stop_signal;
+static ev_async stop_async;
 
 struct ev_loop *sn_loop(void) { return EV_DEFAULT; }
 void sn_set_host_mode(int on) { host_mode = on; }
 
-static void on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+/* SIGINT/SIGTERM are taken by our own handler, not an ev_signal watcher: libev sees a
+ * signal only between callbacks, and dispatch must stop after the handler in progress,
+ * not after the rest of a batch of thousands. The flag is read by dispatch (stopping()),
+ * the async watcher breaks the loop. */
+static void on_signal(int sig)
 {
+    stop_signal = sig;
+    ev_async_send(EV_DEFAULT, &stop_async);
+}
+
+static void on_stop_async(struct ev_loop *loop, ev_async *w, int revents)
+{
+    (void)w;
     (void)revents;
-    sn_log(SN_LOG_INFO, "%s received, stopping", w->signum == SIGINT ? "SIGINT" : "SIGTERM");
+    sn_log(SN_LOG_INFO, "%s received, stopping", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -133,19 +145,30 @@ void sn_run_loop(void)
         stop_requested = 0;
         return;
     }
-    ev_signal_init(&sigint_w, on_stop_signal, SIGINT);
-    ev_signal_init(&sigterm_w, on_stop_signal, SIGTERM);
-    ev_signal_start(loop, &sigint_w);
-    ev_signal_start(loop, &sigterm_w);
-    /* Signal watchers must not keep the loop alive on their own. */
-    ev_unref(loop);
-    ev_unref(loop);
+    stop_signal = 0;
+    ev_async_init(&stop_async, on_stop_async);
+    ev_async_start(loop, &stop_async);
+    ev_unref(loop); /* it must not keep the loop alive on its own */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     ev_run(loop, 0);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     ev_ref(loop);
-    ev_ref(loop);
-    ev_signal_stop(loop, &sigint_w);
-    ev_signal_stop(loop, &sigterm_w);
+    ev_async_stop(loop, &stop_async);
     stop_requested = 0;
+}
+
+/* core.stopping(): a stop signal arrived; dispatch delivers nothing more. */
+static int l_stopping(lua_State *L)
+{
+    lua_pushboolean(L, stop_signal != 0);
+    return 1;
 }
 
 static int l_run(lua_State *L)
@@ -1182,6 +1205,7 @@ static const luaL_Reg corelib[] = {
     {"every", l_every},
     {"hash", l_hash},
     {"decode", l_decode},
+    {"stopping", l_stopping},
     {"log", l_log},
     {"log_level", l_log_level},
     {NULL, NULL},

@@ -18,7 +18,7 @@ local MAX_CHANNEL = 63 -- PostgreSQL's NAMEDATALEN - 1; used on every dialect so
 local null = json.null
 
 local fmt, concat, sort = string.format, table.concat, table.sort
-local decode = core.decode
+local decode, stopping = core.decode, core.stopping
 local traceback = debug.traceback
 
 local all_notifiers = {}
@@ -78,9 +78,11 @@ local function rate_limit(state, now, interval)
   return suppressed
 end
 
+-- Payload text for a log line: at most 200 bytes, control characters escaped, so that
+-- whoever sends a payload cannot write lines of their own into the log.
 local function shorten(s)
-  if #s > 200 then return s:sub(1, 200) .. fmt("... (%d bytes)", #s) end
-  return s
+  local cut = #s > 200 and fmt("... (%d bytes)", #s) or ""
+  return s:sub(1, 200):gsub("[%c\\]", function(c) return fmt("\\x%02x", c:byte()) end) .. cut
 end
 
 -- ===== names =====
@@ -579,6 +581,7 @@ end
 function Notifier:_dispatch(batch, n, ts)
   local by_channel, subs = self._by_channel, self._subs
   for i = 1, 2 * n, 2 do
+    if stopping() then return end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
     local chan = w and subs[channel]
