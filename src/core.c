@@ -1079,32 +1079,35 @@ static int name_index(lua_State *L, int names, lua_Integer n)
     return 0;
 }
 
-/* {"col": scalar, ...} into the table at dest: by position in names (array) or by name. */
+/* {"col": scalar, ...} into the table at dest: by position in names (array) or by name.
+ * Returns how many of the names were present (null counts), or -1: not ours. */
 static int jobject(lua_State *L, jcur *c, int names, lua_Integer n, int dest, int by_position)
 {
-    int base = lua_gettop(L);
+    int base = lua_gettop(L), seen = 0;
     if (!jexpect(c, '{'))
-        return 0;
+        return -1;
     if (jexpect(c, '}'))
-        return 1;
+        return 0;
     do {
         if (!jexpect(c, '"') || !jstring(L, c))
-            return 0;
+            return -1;
         if (!jexpect(c, ':'))
-            return 0;
+            return -1;
         int at = name_index(L, names, n);
         if (!jvalue(L, c))
-            return 0;
+            return -1;
+        seen += at > 0;
         if (at > 0 && by_position)
             lua_rawseti(L, dest, at);
         else if (at > 0)
             lua_rawset(L, dest);
         lua_settop(L, base); /* drop what was not stored */
     } while (jexpect(c, ','));
-    return jexpect(c, '}');
+    return jexpect(c, '}') ? seen : -1;
 }
 
-/* core.decode(payload, pk, extra) -> true, id, extra_columns, truncated, has_id | false */
+/* core.decode(payload, pk, extra) -> true, id, extra_columns, truncated, has_id, keys_complete
+ * | false. keys_complete: every primary key column is present (a NULL unique key counts). */
 static int l_decode(lua_State *L)
 {
     size_t len;
@@ -1115,7 +1118,7 @@ static int l_decode(lua_State *L)
     lua_settop(L, 3);
     lua_createtable(L, (int)npk, 0);        /* 4: the key values, by position */
     lua_createtable(L, 0, (int)nextra);     /* 5: extra_columns */
-    int truncated = 0, has_id = 0;
+    int truncated = 0, has_id = 0, keys = 0;
     jcur c = {s, s + len};
     if (!jexpect(&c, '{'))
         goto general;
@@ -1131,13 +1134,13 @@ static int l_decode(lua_State *L)
                 goto general;
             if (which == 1) {
                 has_id = 1;
-                if (!jobject(L, &c, 2, npk, 4, 1))
+                if ((keys = jobject(L, &c, 2, npk, 4, 1)) < 0)
                     goto general;
             } else if (which == 2) {
                 jskip(&c);
                 if (c.end - c.p >= 4 && memcmp(c.p, "null", 4) == 0)
                     c.p += 4;
-                else if (!jobject(L, &c, 3, nextra, 5, 0))
+                else if (jobject(L, &c, 3, nextra, 5, 0) < 0)
                     goto general;
             } else {
                 if (!jvalue(L, &c))
@@ -1162,7 +1165,8 @@ static int l_decode(lua_State *L)
     lua_pushvalue(L, 5);
     lua_pushboolean(L, truncated);
     lua_pushboolean(L, has_id);
-    return 5;
+    lua_pushboolean(L, keys == npk);
+    return 6;
 general:
     lua_pushboolean(L, 0);
     return 1;

@@ -430,22 +430,13 @@ end
 -- The event table of a payload, or nil after logging why it is skipped.
 function Notifier:_event(w, channel, payload, ts)
   -- The shape our triggers send is decoded by the binding; anything else goes the general way.
-  local fast, id, extra, truncated, has_id = decode(payload, w.pk, w.extra)
+  local fast, id, extra, truncated, has_id, keys_complete = decode(payload, w.pk, w.extra)
   if fast then
-    if has_id then
-      local pk = w.pk
-      local missing = #pk == 1 and id == nil and pk[1]
-      if #pk > 1 then
-        for i = 1, #pk do
-          if id[i] == nil then missing = pk[i] break end
-        end
-      end
-      if missing then
-        self:_log("warn", "skipping payload without a value for primary key %q on channel %s: %s", missing, channel,
-          shorten(payload))
-        return nil
-      end
-    elseif not truncated then
+    if has_id and not keys_complete then
+      self:_log("warn", "skipping payload without every primary key column (%s) on channel %s: %s",
+        concat(w.pk, ", "), channel, shorten(payload))
+      return nil
+    elseif not has_id and not truncated then
       self:_log("warn", "skipping payload without a primary key object on channel %s: %s", channel, shorten(payload))
       return nil
     end
@@ -477,7 +468,7 @@ function Notifier:_event_general(w, channel, payload, ts)
     local pk = w.pk
     for i = 1, #pk do
       local v = ids[pk[i]]
-      if v == nil or v == null or type(v) == "table" then
+      if v == nil or type(v) == "table" then -- null is a value: a NULL in a unique key
         self:_log("warn", "skipping payload without a value for primary key %q on channel %s: %s", pk[i], channel,
           shorten(payload))
         return nil
