@@ -2,7 +2,8 @@
 -- on stdout, for piping into jq, a log shipper or another program. Logs stay on stderr.
 --
 -- Run it:
---   DATABASE_URL=postgresql://root@127.0.0.1/test build/sqlnotify-lua -l warn scripts/examples/jsonl.lua users orders | jq .
+--   export DATABASE_URL=postgresql://root@127.0.0.1/test
+--   build/sqlnotify-lua -l warn scripts/examples/jsonl.lua users orders | jq .
 --   DATABASE_URL=sqlite:///app.db build/sqlnotify-lua scripts/examples/jsonl.lua tasks
 -- Each table is watched for insert, update and delete, with its primary key only.
 local sqlnotify = require("sqlnotify")
