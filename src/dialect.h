@@ -51,7 +51,8 @@ typedef struct sn_result {
     sn_value *cells;   /* nrows * ncols */
 } sn_result;
 
-/* One raw notification: copied by the receiver before deliver() returns. */
+/* One raw notification: copied by the receiver before deliver() returns. (The planned
+ * durable mode adds a sequence number here for its consumer cursor.) */
 typedef struct sn_event {
     const char *channel;
     const char *payload;
@@ -61,7 +62,9 @@ typedef struct sn_event {
 /* Where a connection sends what it receives. Set at open, valid until close. */
 typedef struct sn_sink {
     void *ud;
-    /* A batch of events in commit order. The one path every mode of a driver feeds. */
+    /* A batch of events in commit order. The one path every mode of a driver feeds.
+     * The receiver may call back into the driver from inside it (query, notify, listen,
+     * unlisten, stop, even close): drivers must allow that. */
     void (*deliver)(void *ud, const sn_event *events, size_t n);
     /* A log line (no trailing newline, no "sqlnotify:" prefix, never a password). */
     void (*log)(void *ud, int level, const char *msg);
@@ -108,9 +111,10 @@ typedef struct sn_dialect {
     const char *(*target)(sn_conn *c);
 
     /* Catalog. schema may be NULL (PostgreSQL: search_path; SQLite: main).
-     * Rows of 4 text columns (kind, a, b, n):
+     * Rows of 4 text columns (kind, a, b, n), n in decimal text:
      *   ("table",  schema, table, NULL)    exactly one row when the table exists, first
-     *   ("column", name,   type,  ordinal) every column, in table order
+     *   ("column", name,   type,  ordinal) every column, in table order (the ordinal may
+     *                                      have gaps where columns were dropped)
      *   ("pk",     name,   NULL,  position) primary key columns, in key order
      *   ("unique", name,   index, position) columns of each unique index/constraint
      * No rows at all: the table does not exist. -1 and err on failure. */
