@@ -85,6 +85,34 @@ describe("sqlnotify-lua", function()
     end)
   end)
 
+  describe("examples", function()
+    it("runs the JSON-lines example on SQLite: one JSON object a line for writes from another process", function()
+      local cjson = require("cjson")
+      local db = H.tmpfile(".db")
+      assert(H.sh("sqlite3 " .. H.shell_quote(db) .. " 'CREATE TABLE tasks (id INTEGER PRIMARY KEY, t TEXT)'"))
+      local p = H.host(H.slurp(H.root .. "/scripts/examples/jsonl.lua"), { "tasks" }, "DATABASE_URL=sqlite:///" .. db)
+      assert.is_true(p:wait_for("listening on 3 channel", 10, "err"), p:stderr())
+      assert(H.sh("sqlite3 " .. H.shell_quote(db) .. [[ ".timeout 5000" "INSERT INTO tasks VALUES (7, 'a');
+        UPDATE tasks SET t = 'b'; DELETE FROM tasks;"]]))
+      assert.is_true(p:wait_for('"delete"'), p:stdout())
+      p:kill("TERM")
+      assert.are.equal(0, p:wait())
+      local events = {}
+      for line in p:stdout():gmatch("[^\n]+") do
+        local ev = cjson.decode(line)
+        assert.are.equal("number", type(ev.timestamp))
+        ev.timestamp = nil
+        events[#events + 1] = ev
+      end
+      assert.are.same({
+        { schema = "main", table = "tasks", operation = "insert", id = 7 },
+        { schema = "main", table = "tasks", operation = "update", id = 7 },
+        { schema = "main", table = "tasks", operation = "delete", id = 7 },
+      }, events)
+      p:assert_clean()
+    end)
+  end)
+
   describe("end to end on PostgreSQL", function()
     local prefix
 
