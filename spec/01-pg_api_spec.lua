@@ -15,11 +15,7 @@ local function setup_tables()
   ]])
 end
 
-local function collector()
-  local got = {}
-  local function handler(ev) got[#got + 1] = ev end
-  return got, handler
-end
+local collector = H.collector
 
 describe("sqlnotify (PostgreSQL API)", function()
   local n

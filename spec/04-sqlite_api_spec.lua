@@ -23,11 +23,7 @@ local function sqlite_notifier(path, opts)
   return n
 end
 
-local function collector()
-  local got = {}
-  local function handler(ev) got[#got + 1] = ev end
-  return got, handler
-end
+local collector = H.collector
 
 -- Run statements on the notifier's own query connection, asserting each succeeds.
 local function exec(n, ...)

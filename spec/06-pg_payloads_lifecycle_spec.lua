@@ -37,11 +37,7 @@ local function setup_tables()
   ]])
 end
 
-local function collector()
-  local got = {}
-  local function handler(ev) got[#got + 1] = ev end
-  return got, handler
-end
+local collector = H.collector
 
 -- Events reduced to what a test compares: id, truncated and the extra columns.
 local function brief(events)

@@ -9,6 +9,8 @@ H.root = os.getenv("PWD") or "."
 H.build = os.getenv("SQLNOTIFY_BUILD") or "build"
 H.pg_url = os.getenv("SQLNOTIFY_TEST_PG_URL") or "postgresql://root@127.0.0.1/test"
 H.host_bin = H.root .. "/" .. H.build .. "/sqlnotify-lua"
+-- e.g. SQLNOTIFY_HOST_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" to check the host
+H.host_wrapper = os.getenv("SQLNOTIFY_HOST_WRAPPER") and (os.getenv("SQLNOTIFY_HOST_WRAPPER") .. " ") or ""
 
 package.path = H.root .. "/lua/?.lua;" .. H.root .. "/lua/?/init.lua;" .. H.root .. "/spec/?.lua;" .. package.path
 package.cpath = H.root .. "/" .. H.build .. "/?.so;" .. package.cpath
@@ -105,6 +107,13 @@ function H.pg_notifier(opts)
   return n
 end
 
+-- A list that fills with the events a handler receives, and that handler.
+function H.collector()
+  local got = {}
+  local function handler(ev) got[#got + 1] = ev end
+  return got, handler
+end
+
 -- Run the loop until cond() is true or timeout seconds passed. Returns cond().
 function H.run_until(cond, timeout)
   timeout = timeout or 10
@@ -142,7 +151,7 @@ function H.host(script, args, env, path)
   local envs = "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 " .. (env or "")
   -- A detached shell starts the host, records its pid, waits for it and records its status.
   local inner = string.format("%s %s %s %s %s >%s 2>%s </dev/null & echo $! >%s; wait $!; echo $? >%s",
-    envs, q(H.host_bin), table.concat(H.host_options or {}, " "), q(path), table.concat(argv, " "),
+    envs, H.host_wrapper .. q(H.host_bin), table.concat(H.host_options or {}, " "), q(path), table.concat(argv, " "),
     q(p.out), q(p.err), q(p.pidfile), q(p.rcfile))
   assert(H.sh("sh -c " .. q(inner) .. " >/dev/null 2>&1 </dev/null &"))
   local deadline = H.now() + 5
