@@ -11,7 +11,8 @@ local function script(version, extra)
     n:watch("spec08.t", "insert")
     n:subscribe("spec08.t", "insert", function(ev) print(V .. " " .. ev.id) end)
     %s
-    print(V .. " loaded")
+    -- once the loop runs: the host has started the notifier (trigger installed, LISTENing)
+    sqlnotify.after(0, function() print(V .. " loaded") end)
   ]], version, extra or "")
 end
 
