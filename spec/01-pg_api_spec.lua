@@ -46,6 +46,18 @@ describe("sqlnotify (PostgreSQL API)", function()
     end)
   end)
 
+  describe("log_level", function()
+    it("gets and sets the level, refusing an unknown one", function()
+      local was = sqlnotify.log_level()
+      assert.are.equal("info", was)
+      assert.are.equal("debug", sqlnotify.log_level("debug"))
+      assert.are.equal("debug", sqlnotify.log_level())
+      assert.has_error(function() sqlnotify.log_level("loud") end,
+        'sqlnotify: unknown log level "loud" (use error, warn, info or debug)')
+      assert.are.equal("info", sqlnotify.log_level(was))
+    end)
+  end)
+
   describe("notifier", function()
     it("reports its dialect", function()
       assert.are.equal("postgresql", n.dialect_name)

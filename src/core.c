@@ -1184,13 +1184,6 @@ static int l_hash(lua_State *L)
     return 1;
 }
 
-static int l_log(lua_State *L)
-{
-    int level = luaL_checkoption(L, 1, NULL, level_names);
-    sn_log(level, "%s", luaL_checkstring(L, 2));
-    return 0;
-}
-
 /* log_level([name]) -> current name */
 static int l_log_level(lua_State *L)
 {
@@ -1210,7 +1203,6 @@ static const luaL_Reg corelib[] = {
     {"hash", l_hash},
     {"decode", l_decode},
     {"stopping", l_stopping},
-    {"log", l_log},
     {"log_level", l_log_level},
     {NULL, NULL},
 };

@@ -689,6 +689,15 @@ end
 M.run = core.run
 M.stop = core.stop
 M.now = core.now
+local LEVELS = { error = true, warn = true, info = true, debug = true }
+
+--- sqlnotify.log_level([level]) -> the current level ("error", "warn", "info" or "debug")
+function M.log_level(level)
+  if level ~= nil and not LEVELS[level] then
+    fail(2, "unknown log level %s (use error, warn, info or debug)", fmt("%q", tostring(level)))
+  end
+  return core.log_level(level)
+end
 
 local function check_timer_args(name, seconds, fn)
   if type(seconds) ~= "number" then fail(3, "%s needs a number of seconds, got %s", name, type(seconds)) end
