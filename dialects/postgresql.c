@@ -928,39 +928,37 @@ static void sb_drops(sbuf *b, PGconn *db, const PGresult *res, int triggers)
     }
 }
 
+/* Run sql (listing our triggers or functions) and drop what it found, in the open
+ * transaction. How many were dropped, or -1 with err. */
+static int drop_found(sn_conn *c, const char *sql, int triggers, char *err, size_t errlen)
+{
+    sbuf b = {0};
+    PGresult *res = db_run(c, sql, 0, NULL, 0, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    int n = PQntuples(res);
+    sb_drops(&b, c->db, res, triggers);
+    PQclear(res);
+    if (b.fail) {
+        sn_seterr(err, errlen, "%s", b.fail);
+        n = -1;
+    } else if (b.len > 0 && db_script(c, b.p, NULL, err, errlen) < 0) {
+        n = -1;
+    }
+    free(b.p);
+    return n;
+}
+
 static int pg_uninstall_all(sn_conn *c, char *err, size_t errlen)
 {
-    int dropped = -1, ntrig = 0;
-    sbuf b = {0};
-    PGresult *res;
+    int dropped = -1;
     if (db_script(c, "BEGIN", NULL, err, errlen) < 0)
         return -1;
     /* Triggers first: a function cannot go while a trigger uses it. */
-    if ((res = db_run(c, our_triggers_sql, 0, NULL, 0, NULL, err, errlen)) == NULL)
-        goto done;
-    ntrig = PQntuples(res);
-    sb_drops(&b, c->db, res, 1);
-    PQclear(res);
-    if (b.fail)
-        goto oom;
-    if (b.len > 0 && db_script(c, b.p, NULL, err, errlen) < 0)
-        goto done;
-    b.len = 0;
-    if ((res = db_run(c, our_functions_sql, 0, NULL, 0, NULL, err, errlen)) == NULL)
-        goto done;
-    sb_drops(&b, c->db, res, 0);
-    PQclear(res);
-    if (b.fail)
-        goto oom;
-    if (b.len > 0 && db_script(c, b.p, NULL, err, errlen) < 0)
-        goto done;
-    if (db_script(c, "COMMIT", NULL, err, errlen) == 0)
+    int ntrig = drop_found(c, our_triggers_sql, 1, err, errlen);
+    if (ntrig >= 0 && drop_found(c, our_functions_sql, 0, err, errlen) >= 0 &&
+        db_script(c, "COMMIT", NULL, err, errlen) == 0)
         dropped = ntrig;
-    goto done;
-oom:
-    sn_seterr(err, errlen, "%s", b.fail);
-done:
-    free(b.p);
     if (PQstatus(c->db) == CONNECTION_OK && PQtransactionStatus(c->db) != PQTRANS_IDLE)
         PQclear(PQexec(c->db, "ROLLBACK"));
     return dropped;
