@@ -328,7 +328,7 @@ function Notifier:_find_watch(t, op, label, level)
     fail(level + 1, "no watch for %s on %s%s (call watch first)", op, info.name,
       label and fmt(" with channel_label %q", label) or "")
   end
-  return w
+  return w, info
 end
 
 local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true }
@@ -348,11 +348,10 @@ function Notifier:subscribe(t, op, opts, handler)
   if not callable(handler) then
     fail(2, "subscribe needs a handler function, got %s", type(handler))
   end
-  local w = self:_find_watch(t, op, opts.channel_label, 2)
+  local w, info = self:_find_watch(t, op, opts.channel_label, 2)
   local filters = {}
   if opts.filters ~= nil then
     if type(opts.filters) ~= "table" then fail(2, "filters must be a list of {column=, value=}") end
-    local info = self:_table({ schema = w.schema, table = w.table }, 2)
     for i, f in ipairs(opts.filters) do
       if type(f) ~= "table" or type(f.column) ~= "string" then
         fail(2, "filters[%d] must be {column = name, value = v}", i)
@@ -427,6 +426,15 @@ function Notifier:_warn_truncated(w, channel, now)
     suppressed > 0 and fmt(" (and %d more since the last report)", suppressed) or "")
 end
 
+-- The event handed to handlers, from either decoding path.
+function Notifier:_make_event(w, channel, ts, id, extra, truncated)
+  if truncated then self:_warn_truncated(w, channel, ts) end
+  return {
+    schema = w.schema, table = w.table, operation = w.op, id = id, extra_columns = extra,
+    channel = channel, timestamp = ts, truncated = truncated,
+  }
+end
+
 -- The event table of a payload, or nil after logging why it is skipped.
 function Notifier:_event(w, channel, payload, ts)
   -- The shape our triggers send is decoded by the binding; anything else goes the general way.
@@ -440,11 +448,7 @@ function Notifier:_event(w, channel, payload, ts)
       self:_log("warn", "skipping payload without a primary key object on channel %s: %s", channel, shorten(payload))
       return nil
     end
-    if truncated then self:_warn_truncated(w, channel, ts) end
-    return {
-      schema = w.schema, table = w.table, operation = w.op, id = id, extra_columns = extra,
-      channel = channel, timestamp = ts, truncated = truncated,
-    }
+    return self:_make_event(w, channel, ts, id, extra, truncated)
   end
   return self:_event_general(w, channel, payload, ts)
 end
@@ -485,12 +489,7 @@ function Notifier:_event_general(w, channel, payload, ts)
   if type(x) == "table" then
     for _, c in ipairs(w.extra) do extra[c] = norm(x[c], payload, c) end
   end
-  if truncated then self:_warn_truncated(w, channel, ts) end
-  return {
-    schema = w.schema, table = w.table, operation = w.op, id = id,
-    extra_columns = extra,
-    channel = channel, timestamp = ts, truncated = truncated,
-  }
+  return self:_make_event(w, channel, ts, id, extra, truncated)
 end
 
 local function event_value(w, ev, col)
@@ -518,6 +517,15 @@ end
 function Notifier:_call(sub, ev)
   local ok, err = xpcall(sub.handler, traceback, ev)
   if not ok then self:_handler_failed(sub, ev, err) end
+end
+
+local function matches(sub, w, ev)
+  local filters = sub.filters
+  for i = 1, #filters do
+    local f = filters[i]
+    if event_value(w, ev, f.column) ~= f.value then return false end
+  end
+  return true
 end
 
 -- Subscribers of one event, in subscription order, filters applied.
@@ -549,24 +557,16 @@ function Notifier:_deliver(chan, w, ev)
   local n = #cands
   if n == 1 then
     local sub = cands[1]
-    if sub.active and self:_matches(sub, w, ev) then self:_call(sub, ev) end
+    if sub.active and matches(sub, w, ev) then self:_call(sub, ev) end
     return
   end
   local list = table.move(cands, 1, n, 1, {})
   for i = 1, n do
     local sub = list[i]
-    if sub.active and self:_matches(sub, w, ev) then self:_call(sub, ev) end
+    if sub.active and matches(sub, w, ev) then self:_call(sub, ev) end
   end
 end
 
-function Notifier._matches(_, sub, w, ev)
-  local filters = sub.filters
-  for i = 1, #filters do
-    local f = filters[i]
-    if event_value(w, ev, f.column) ~= f.value then return false end
-  end
-  return true
-end
 
 -- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload.
 function Notifier:_dispatch(batch, n, ts)
@@ -580,10 +580,7 @@ function Notifier:_dispatch(batch, n, ts)
       local ev = self:_event(w, channel, batch[i + 1], ts)
       local all = chan.all
       if ev and chan.n == 1 and #all == 1 then
-        -- the common case, one subscriber without filters: no list building at all
-        local sub = all[1]
-        local ok, err = xpcall(sub.handler, traceback, ev)
-        if not ok then self:_handler_failed(sub, ev, err) end
+        self:_call(all[1], ev) -- the common case, one subscriber without filters: no list building
       elseif ev then
         self:_deliver(chan, w, ev)
       end
