@@ -271,16 +271,8 @@ static int timer_stop(lua_State *L)
     return 0;
 }
 
-static int timer_active(lua_State *L)
-{
-    sn_timer *t = luaL_checkudata(L, 1, TIMER_META);
-    lua_pushboolean(L, t->L != NULL && ev_is_active(&t->w));
-    return 1;
-}
-
 static const luaL_Reg timer_meth[] = {
     {"stop", timer_stop},
-    {"active", timer_active},
     {NULL, NULL},
 };
 
