@@ -25,6 +25,56 @@ enum sn_op { SN_INSERT = 0, SN_UPDATE = 1, SN_DELETE = 2 };
 enum sn_level { SN_LOG_ERROR = 0, SN_LOG_WARN = 1, SN_LOG_INFO = 2, SN_LOG_DEBUG = 3 };
 enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
 
+/* ===== the wire format: the one description every part follows =====
+ *
+ * Trigger payload (every dialect; the PostgreSQL and SQLite trigger generators, the
+ * binding's decoder and n:notify's encoder all follow this). One JSON object, UTF-8:
+ *
+ *   "id":  {pk_col: value, ...}   the key of NEW (OLD for DELETE), in any key order.
+ *                                 Absent only in a truncated payload that could not
+ *                                 carry even the key.
+ *   "x":   {col: value, ...}      extra_columns: NEW values (OLD for DELETE). Omitted
+ *                                 or {} when the watch has none.
+ *   "o":   {col: value, ...}      UPDATE with old_columns: the OLD values. Omitted otherwise.
+ *   "oid": {pk_col: value, ...}   UPDATE that changed the key: the OLD key. Omitted when
+ *                                 the key did not change.
+ *   "t":   true                   truncated: the row did not fit the notification limit
+ *                                 (or the trigger could not encode it); only "id" (and
+ *                                 "oid") is sent. Omitted otherwise.
+ *
+ * Any other top-level key, a duplicate key, a non-object where an object is due, or a
+ * key column missing from "id" makes the payload malformed: logged and skipped.
+ *
+ * Values inside "id", "x", "o", "oid":
+ *   SQL NULL            null. A key present with null is a carried column that is NULL;
+ *                       a key absent is a column not carried (or dropped since).
+ *   boolean             true / false
+ *   integer types       a JSON integer, exact (PostgreSQL int2/int4/int8, SQLite INTEGER);
+ *                       decoded to a Lua integer whatever the column is called.
+ *   float types         a JSON number that reads back to the same double (PostgreSQL
+ *                       float4/float8; SQLite REAL, printed with 17 significant digits).
+ *                       Infinities and NaN: the strings "Infinity", "-Infinity", "NaN".
+ *   PostgreSQL numeric  a JSON number with every digit (or "NaN", "Infinity", "-Infinity").
+ *   bytes               PostgreSQL bytea and SQLite BLOB values: the string "\x" followed
+ *                       by lower-case hex.
+ *   anything else       PostgreSQL: what to_jsonb() gives (text, json, arrays, timestamps
+ *                       as ISO 8601 text); SQLite: TEXT as a string.
+ * The decoder knows each carried column's catalog type class (sn_class below) and turns,
+ * for a float column, "Infinity"/"-Infinity"/"NaN" into the float; for a bytes column,
+ * "\x<hex>" into the raw bytes; for a numeric column, any value into a Lua string of its
+ * exact text. Everything else decodes by its JSON type.
+ *
+ * PostgreSQL overflow reference: a notification whose payload is exactly
+ * "sqlnotify:overflow:<decimal id>" names a row of the overflow table holding the whole
+ * payload; it is fetched by id AND channel.
+ */
+enum sn_class {
+    SN_CLASS_PLAIN = 0,   /* decode by JSON type */
+    SN_CLASS_FLOAT = 1,   /* "Infinity", "-Infinity", "NaN" strings are floats */
+    SN_CLASS_NUMERIC = 2, /* exact decimal: a Lua string of the value's text */
+    SN_CLASS_BYTES = 3    /* "\x<hex>" is raw bytes */
+};
+
 /* Result of install(). */
 enum sn_install {
     SN_INSTALL_ERROR = -1,
@@ -51,12 +101,12 @@ typedef struct sn_result {
     sn_value *cells;   /* nrows * ncols */
 } sn_result;
 
-/* One raw notification: copied by the receiver before deliver() returns. (The planned
- * durable mode adds a sequence number here for its consumer cursor.) */
+/* One raw notification: copied by the receiver before deliver() returns. */
 typedef struct sn_event {
     const char *channel;
     const char *payload;
     size_t payload_len;
+    int64_t seq;       /* durable mode: the journal position; 0 in live mode */
 } sn_event;
 
 /* Where a connection sends what it receives. Set at open, valid until close. */
@@ -68,6 +118,10 @@ typedef struct sn_sink {
     void (*deliver)(void *ud, const sn_event *events, size_t n);
     /* A log line (no trailing newline, no "sqlnotify:" prefix, never a password). */
     void (*log)(void *ud, int level, const char *msg);
+    /* The listener is back after an outage of `outage` seconds and listens on every
+     * channel again; may_have_missed is 1 when events committed meanwhile may be lost
+     * (live mode). NULL: not wanted. */
+    void (*reconnected)(void *ud, double outage, int may_have_missed);
 } sn_sink;
 
 /* What one watch asks for. All names are literal catalog names; the driver quotes. */
@@ -75,6 +129,7 @@ typedef struct sn_watch {
     const char *schema;          /* resolved schema ("main" on SQLite) */
     const char *table;
     int op;                      /* enum sn_op */
+    const char *label;           /* channel_label, or NULL */
     const char *channel;         /* at most 63 bytes, computed by the runtime */
     const char *const *pk;       /* primary key columns, in key order */
     int npk;
@@ -82,6 +137,8 @@ typedef struct sn_watch {
     int nextra;
     const char *const *trigger_cols; /* UPDATE only: fire only when one really changed */
     int ntrigger;
+    const char *const *old_cols; /* UPDATE only: columns whose OLD values go in "o" */
+    int nold;
     int overflow;                /* payloads over max_payload go through the overflow table */
     const char *marker;          /* hash of the watch and the table's columns (hex) */
 } sn_watch;
@@ -91,6 +148,7 @@ typedef struct sn_options {
     double retention;            /* seconds: overflow rows / change-log rows older than this are
                                     pruned by a timer the driver runs (default 3600) */
     const char *application;     /* a name for the database's view of the session ("sqlnotify") */
+    const char *overflow_schema; /* PostgreSQL: schema of the overflow table; NULL: the driver's default */
 } sn_options;
 
 typedef struct sn_conn sn_conn;  /* defined by each driver */
@@ -127,6 +185,20 @@ typedef struct sn_dialect {
     /* Drop every sqlnotify trigger and function in the database (found by marker).
      * Returns how many triggers were dropped, or -1. */
     int (*uninstall_all)(sn_conn *c, char *err, size_t errlen);
+
+    /* Drop every sqlnotify trigger and function (found by marker) on one table, or in the
+     * whole database when table is NULL (schema NULL: search_path / main). Returns how
+     * many triggers were dropped, or -1. NULL: not supported. */
+    int (*drop)(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
+    /* Every sqlnotify trigger in the database, rows of text columns
+     *   (schema, table, operation, channel, trigger, function, columns, installed)
+     * columns: a human-readable summary ("id | x: email, name | when: plan"), installed: the
+     * install time as ISO 8601 text when known, else NULL. -1 and err on failure. NULL: not
+     * supported. */
+    int (*list)(sn_conn *c, sn_result **out, char *err, size_t errlen);
+    /* Whether the watch's trigger (and function) is installed with this watch's marker:
+     * 1 yes, 0 missing or replaced by someone else, -1 and err on failure. NULL: not supported. */
+    int (*verify)(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
 
     /* Listening. listen adds a channel; the first call brings the listener up. It returns
      * only once the channel is really being listened on, so every commit after it is seen.
