@@ -322,6 +322,7 @@ typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
     lua_State *L;      /* main thread */
     int dispatch_ref;  /* function(batch, n, timestamp) */
+    int reconnected_ref; /* function(outage, may_have_missed), or LUA_NOREF */
     int self_ref;      /* set while listening */
 } sn_handle;
 
@@ -388,6 +389,30 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
     callback(L, 4, "event dispatch");
 }
 
+static int call_reconnected(lua_State *L)
+{
+    sn_handle *h = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->reconnected_ref);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_call(L, 2, 0);
+    return 0;
+}
+
+static void link_reconnected(void *ud, double outage, int may_have_missed)
+{
+    sn_link *k = ud;
+    sn_handle *h = k->receiver;
+    if (h == NULL || h->reconnected_ref == LUA_NOREF)
+        return;
+    lua_State *L = h->L;
+    lua_pushcfunction(L, call_reconnected);
+    lua_pushlightuserdata(L, h);
+    lua_pushnumber(L, outage);
+    lua_pushboolean(L, may_have_missed);
+    callback(L, 3, "reconnect notice");
+}
+
 static void link_unref(sn_link *k, sn_handle *h)
 {
     if (k->receiver == h)
@@ -417,9 +442,10 @@ static void handle_release(sn_handle *h)
         lua_pushnil(h->L);
         lua_rawsetp(h->L, LUA_REGISTRYINDEX, h);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->reconnected_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
     }
-    h->dispatch_ref = h->self_ref = LUA_NOREF;
+    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
 }
 
 static sn_handle *check_handle(lua_State *L)
@@ -456,7 +482,7 @@ static const sn_dialect *find_dialect(const char *url, luaL_Buffer *b)
     return NULL;
 }
 
-/* core.open(url, {use_logger=, retention=}) -> handle | nil, err */
+/* core.open(url, {use_logger=, retention=, overflow_schema=}) -> handle | nil, err */
 static int l_open(lua_State *L)
 {
     const char *url = luaL_checkstring(L, 1);
@@ -468,7 +494,8 @@ static int l_open(lua_State *L)
         lua_getfield(L, 2, "retention");
         if (lua_isnumber(L, -1))
             opt.retention = lua_tonumber(L, -1);
-        lua_pop(L, 2);
+        lua_getfield(L, 2, "overflow_schema"); /* stays on the stack: opt points into it */
+        opt.overflow_schema = lua_tostring(L, -1);
     }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
@@ -485,7 +512,7 @@ static int l_open(lua_State *L)
     sn_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
     h->link = NULL;
     h->L = main_thread(L);
-    h->dispatch_ref = h->self_ref = LUA_NOREF;
+    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
     luaL_setmetatable(L, CONN_META);
 
     int index = 0;
@@ -514,6 +541,7 @@ static int l_open(lua_State *L)
     k->sink.ud = k;
     k->sink.deliver = link_deliver;
     k->sink.log = link_log;
+    k->sink.reconnected = link_reconnected;
     char err[1024] = "";
     k->conn = d->open(clean, sn_loop(), &k->sink, &opt, err, sizeof err);
     if (k->conn == NULL) {
@@ -671,6 +699,8 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     w->table = string_field(L, t, "table");
     w->channel = string_field(L, t, "channel");
     w->marker = string_field(L, t, "marker");
+    lua_getfield(L, t, "label");
+    w->label = lua_tostring(L, -1); /* NULL when absent; kept alive on the stack */
     lua_getfield(L, t, "opcode");
     w->op = (int)lua_tointeger(L, -1);
     lua_getfield(L, t, "overflow");
@@ -678,6 +708,7 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     w->pk = string_array(L, t, "pk", &w->npk);
     w->extra = string_array(L, t, "extra", &w->nextra);
     w->trigger_cols = string_array(L, t, "trigger", &w->ntrigger);
+    w->old_cols = string_array(L, t, "old", &w->nold);
 }
 
 static int h_install(lua_State *L)
@@ -716,6 +747,68 @@ static int h_uninstall_all(lua_State *L)
         return fail(L, err);
     lua_pushinteger(L, n);
     return 1;
+}
+
+/* h:drop([schema], [table]) -> count | nil, err: every sqlnotify trigger on one table, or all */
+static int h_drop(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *schema = luaL_optstring(L, 2, NULL);
+    const char *table = luaL_optstring(L, 3, NULL);
+    char err[1024] = "";
+    if (k->d->drop == NULL)
+        return luaL_error(L, "sqlnotify: the %s dialect cannot drop triggers by table", k->d->name);
+    int n = k->d->drop(k->conn, schema, table, err, sizeof err);
+    if (n < 0)
+        return fail(L, err);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+/* h:list() -> rows | nil, err: every sqlnotify trigger in the database */
+static int h_list(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    sn_result *r = NULL;
+    char err[1024] = "";
+    if (k->d->list == NULL)
+        return luaL_error(L, "sqlnotify: the %s dialect cannot list its triggers", k->d->name);
+    if (k->d->list(k->conn, &r, err, sizeof err) != 0)
+        return fail(L, err);
+    return return_result(L, r, 0);
+}
+
+/* h:verify(watch) -> true | false | nil, err: is our trigger there, with this watch's marker */
+static int h_verify(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    sn_watch w;
+    check_watch(L, 2, &w);
+    char err[1024] = "";
+    if (k->d->verify == NULL) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    int st = k->d->verify(k->conn, &w, err, sizeof err);
+    if (st < 0)
+        return fail(L, err);
+    lua_pushboolean(L, st);
+    return 1;
+}
+
+/* h:set_reconnected(fn | nil): fn(outage_seconds, may_have_missed) after a listener outage */
+static int h_set_reconnected(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->reconnected_ref);
+    h->reconnected_ref = LUA_NOREF;
+    if (!lua_isnoneornil(L, 2)) {
+        lua_pushvalue(L, 2);
+        h->reconnected_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
 }
 
 static int h_set_dispatch(lua_State *L)
@@ -835,7 +928,11 @@ static const luaL_Reg conn_meth[] = {
     {"install", h_install},
     {"uninstall", h_uninstall},
     {"uninstall_all", h_uninstall_all},
+    {"drop", h_drop},
+    {"list", h_list},
+    {"verify", h_verify},
     {"set_dispatch", h_set_dispatch},
+    {"set_reconnected", h_set_reconnected},
     {"listen", h_listen},
     {"unlisten", h_unlisten},
     {"stop", h_stop},
