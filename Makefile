@@ -51,7 +51,10 @@ $(MODULE): $(OBJS)
 check:
 	@SANITIZE="$(SANITIZE)" BUILD="$(BUILD)" sh tools/check.sh
 
-demo: all
+# The first command on a fresh machine: install what the build needs, then build and run.
+demo:
+	@sh tools/deps.sh build
+	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh $(HOST)
 
 bench: all
