@@ -27,7 +27,7 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-OBJS    := $(BUILD)/core.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+OBJS    := $(BUILD)/core.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
 HEADERS := src/dialect.h src/sqlnotify.h
 
 all: $(HOST) $(MODULE)
