@@ -2,6 +2,7 @@
 #   make                      build build/sqlnotify-lua and build/sqlnotify/core.so
 #   make check [SANITIZE=address]   install missing packages, start PostgreSQL, run every spec
 #   make demo                 run scripts/examples/demo.lua on a throwaway SQLite file
+#   make demo-live            serve scripts/examples/live.lua (changes in the browser) until Ctrl-C
 #   make bench                measure against a bare libpq listener
 #   make install PREFIX=/dir  bin/, lib/lua/5.4/, share/lua/5.4/ under /dir
 
@@ -54,6 +55,9 @@ check:
 demo: all
 	@sh tools/demo.sh $(HOST)
 
+demo-live:
+	@SANITIZE="$(SANITIZE)" sh tools/demo-live.sh $(BUILD)
+
 bench: all
 	@sh bench/run.sh $(BUILD)
 
@@ -66,4 +70,4 @@ install: all
 clean:
 	rm -rf build build-*
 
-.PHONY: all check demo bench install clean
+.PHONY: all check demo demo-live bench install clean
