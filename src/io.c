@@ -225,8 +225,9 @@ static void step_controller(lua_State *L)
     lua_settop(L, 1);
 }
 
-/* Runs under sn_pcall with (cq, always): steps the controller (always, or when it is
- * runnable now) and returns the seconds until its next deadline, or nil. */
+/* Runs under sn_pcall with (cq, step): steps the controller (when step is true, or
+ * else only when it is runnable now) and returns the seconds until its next deadline,
+ * or nil. */
 static int bridge_turn(lua_State *L)
 {
     int step = lua_toboolean(L, 2);
@@ -242,14 +243,14 @@ static int bridge_turn(lua_State *L)
     return 1;
 }
 
-static void bridge_run(sn_bridge *b, int always)
+static void bridge_run(sn_bridge *b, int step)
 {
     lua_State *L = b->L;
     struct ev_loop *loop = sn_loop();
     lua_rawgeti(L, LUA_REGISTRYINDEX, b->self_ref); /* hold: a coroutine may stop the bridge */
     lua_pushcfunction(L, bridge_turn);
     lua_rawgeti(L, LUA_REGISTRYINDEX, b->cq_ref);
-    lua_pushboolean(L, always);
+    lua_pushboolean(L, step);
     int status = sn_pcall(L, 2, 1);
     if (status != LUA_OK)
         sn_log(SN_LOG_ERROR, "cqueues controller failed: %s", lua_tostring(L, -1));

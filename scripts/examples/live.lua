@@ -137,7 +137,7 @@ source.onmessage = (m) => {
   Object.keys(ev.row).forEach(column);
   const tr = document.createElement("tr");
   tr.className = ev.op + " fresh"; tr.dataset.key = key; tr.dataset.event = m.lastEventId;
-  cell(tr, ev.op);
+  cell(tr, ev.truncated ? ev.op + " (row too large to send)" : ev.op);
   for (const c of cols) cell(tr, ev.row[c] === undefined ? "" : String(ev.row[c]));
   const old = byKey.get(key);
   if (old) old.remove();
