@@ -2,6 +2,7 @@
 #   make                      build build/sqlnotify-lua and build/sqlnotify/core.so
 #   make check [SANITIZE=address]   install missing packages, start PostgreSQL, run every spec
 #   make demo                 run scripts/examples/demo.lua on a throwaway SQLite file
+#   make demo-live            serve scripts/examples/live.lua (changes in the browser) until Ctrl-C
 #   make bench                measure against a bare libpq listener
 #   make install PREFIX=/dir  bin/, lib/lua/5.4/, share/lua/5.4/ under /dir
 
@@ -27,7 +28,7 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-OBJS    := $(BUILD)/core.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+OBJS    := $(BUILD)/core.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
 HEADERS := src/dialect.h src/sqlnotify.h
 
 all: $(HOST) $(MODULE)
@@ -57,6 +58,9 @@ demo:
 	@$(MAKE) --no-print-directory all
 	@sh tools/demo.sh $(HOST)
 
+demo-live:
+	@SANITIZE="$(SANITIZE)" sh tools/demo-live.sh $(BUILD)
+
 bench: all
 	@sh bench/run.sh $(BUILD)
 
@@ -69,4 +73,4 @@ install: all
 clean:
 	rm -rf build build-*
 
-.PHONY: all check demo bench install clean
+.PHONY: all check demo demo-live bench install clean

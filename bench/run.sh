@@ -242,3 +242,4 @@ echo "events per run (all must be equal to what was written: $LAT_N latency, $BU
 echo "  PG lat: bare $(counts "$B" sqlnotify_bench_lat 1)/ host $(counts "$H" sqlnotify_bench_lat 1)  PG bulk: bare $(counts "$B" sqlnotify_bench_bulk 0)/ host $(counts "$H" sqlnotify_bench_bulk 0)"
 echo "  SQLite lat: $(counts "$S" sqlnotify_bench_lat 1) SQLite bulk: $(counts "$S" sqlnotify_bench_bulk 0)"
 echo "bench took ${ELAPSED} s; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine widens p99 and the spread)"
+sh bench/live.sh "$BUILD" || die "the live example bench (bench/live.sh) failed"

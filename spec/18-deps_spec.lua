@@ -41,7 +41,7 @@ describe("tools/deps.sh", function()
   end)
 
   it("refuses an unknown target with a usage line", function()
-    assert.are.equal("usage: tools/deps.sh build|check\nexit=2\n", run("nonsense"))
+    assert.are.equal("usage: tools/deps.sh build|live|check\nexit=2\n", run("nonsense"))
   end)
 
   it("runs before the build in make demo", function()

@@ -23,6 +23,7 @@
 
 extern const sn_dialect sn_postgresql_dialect;
 extern const sn_dialect sn_sqlite_dialect;
+void sn_io_open(lua_State *L); /* io.c: sqlnotify.io, sqlnotify.cqueues, sqlnotify.step */
 
 static const sn_dialect *const dialects[] = {
     &sn_postgresql_dialect,
@@ -1301,6 +1302,7 @@ int luaopen_sqlnotify_core(lua_State *L)
     createtimermeta(L);
     createconnmeta(L);
     luaL_newlib(L, corelib);
+    sn_io_open(L);
     lua_pushstring(L, SQLNOTIFY_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -1,5 +1,5 @@
 #!/bin/sh
-# tools/deps.sh build|check — install the Debian packages the build (and, for check, the
+# tools/deps.sh build|live|check — install the Debian packages the build (and, for check, the
 # specs) need, through apt only, saying what it installs. Shared by make demo and make check,
 # so the README's two commands are all the set-up a fresh machine needs.
 set -u
@@ -7,8 +7,9 @@ what=${1:-build}
 build="lua5.4 liblua5.4-dev libpq-dev libsqlite3-dev libev-dev lua-cjson pkg-config make gcc"
 case "$what" in
   build) need=$build ;;
-  check) need="$build lua-busted luarocks sqlite3 postgresql-client" ;;
-  *) echo "usage: tools/deps.sh build|check" >&2; exit 2 ;;
+  live) need="$build lua-cqueues" ;;
+  check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues" ;;
+  *) echo "usage: tools/deps.sh build|live|check" >&2; exit 2 ;;
 esac
 missing=""
 for p in $need; do

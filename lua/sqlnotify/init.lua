@@ -714,6 +714,9 @@ function M.every(seconds, fn)
   return core.every(seconds, fn)
 end
 
+-- sqlnotify.io(fd, mode, fn), sqlnotify.cqueues(cq), sqlnotify.step(): validated in src/io.c
+M.io, M.cqueues, M.step = core.io, core.cqueues, core.step
+
 -- The host calls this after the script ran: start what the script created and did not start.
 function M._autostart()
   for _, n in ipairs(all_notifiers) do

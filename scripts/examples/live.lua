@@ -1,0 +1,251 @@
+-- Every change of one table, live in the browser: one HTML page and a Server-Sent Events
+-- stream, served with cqueues sockets beside the handlers. Each change goes to every
+-- connected browser as one JSON event with an id; a browser that reconnects sends the
+-- last id it saw (Last-Event-ID) and is sent what it missed, from a ring of recent events.
+--
+-- Run it:  make demo-live          (a throwaway SQLite file, writes from a timer)
+--   or:    sqlnotify-lua scripts/examples/live.lua [--demo] [URL [TABLE [PORT]]]
+--   e.g.   sqlnotify-lua scripts/examples/live.lua postgresql://localhost/shop public.orders 8080
+-- then open the printed http://127.0.0.1:PORT/ in a browser.
+--   URL    default $DATABASE_URL          TABLE  default $LIVE_TABLE, else "items"
+--   PORT   default $LIVE_PORT, else 8080 (0: any free port)   address: $LIVE_HOST, else 127.0.0.1
+--   $LIVE_RING  how many recent events a reconnecting browser can catch up on (default 10000)
+--   --demo      create TABLE if it is missing and change a row of it every second
+-- Needs lua-cqueues and lua-cjson (Debian packages).
+local sqlnotify = require("sqlnotify")
+local cqueues = require("cqueues")
+local condition = require("cqueues.condition")
+local socket = require("cqueues.socket")
+local cjson = require("cjson")
+
+io.stdout:setvbuf("line")
+
+local args, demo = {}, false
+for _, a in ipairs(arg) do
+  if a == "--demo" then demo = true else args[#args + 1] = a end
+end
+local URL = args[1] or os.getenv("DATABASE_URL")
+local TABLE = args[2] or os.getenv("LIVE_TABLE") or "items"
+local PORT = tonumber(args[3] or os.getenv("LIVE_PORT") or 8080)
+local HOST = os.getenv("LIVE_HOST") or "127.0.0.1"
+local RING = math.tointeger(tonumber(os.getenv("LIVE_RING") or 10000))
+local HEARTBEAT = 15 -- seconds: a comment line keeps proxies open and finds dead clients
+if not URL then error("live.lua: give a database URL (argument or DATABASE_URL)", 0) end
+if not PORT or not RING or RING < 1 then error("live.lua: PORT and LIVE_RING must be integers", 0) end
+
+local n = assert(sqlnotify.notifier { url = URL })
+local schema, name = TABLE:match("^([^.]+)%.(.+)$")
+if not schema then name = TABLE end
+
+local function quote(id) return '"' .. id:gsub('"', '""') .. '"' end
+local qtable = (schema and quote(schema) .. "." or "") .. quote(name)
+
+if demo then
+  assert(n:query("CREATE TABLE IF NOT EXISTS " .. qtable .. (n.dialect_name == "postgresql"
+    and " (id bigserial PRIMARY KEY, name text NOT NULL, qty integer NOT NULL DEFAULT 0)"
+    or " (id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER NOT NULL DEFAULT 0)")))
+end
+
+-- Every column of the table travels with each event.
+local columns_sql = {
+  postgresql = [[SELECT attname AS name FROM pg_attribute
+    WHERE attrelid = to_regclass(CASE WHEN $1 = '' THEN quote_ident($2)
+                                      ELSE quote_ident($1) || '.' || quote_ident($2) END)
+      AND attnum > 0 AND NOT attisdropped ORDER BY attnum]],
+  sqlite = "SELECT name FROM pragma_table_info(?2) WHERE ?1 = ?1 ORDER BY cid",
+}
+local rows = assert(n:query(columns_sql[n.dialect_name], schema or "", name))
+local columns = {}
+for i, r in ipairs(rows) do columns[i] = r.name end
+if #columns == 0 then error("live.lua: no table " .. TABLE, 0) end
+
+-- ===== the ring of recent events =====
+-- Event ids are "<boot>-<n>": n counts the events of this process, boot tells this process
+-- from an earlier one, whose n would mean other events. (With a durable consumer the id
+-- would be the journal's event.seq, and a browser older than the ring would be caught up
+-- from the journal instead of being told it missed events.)
+local BOOT = string.format("%x", math.floor(sqlnotify.now() * 1e6))
+local ring, head = {}, 0 -- ring[(i - 1) % RING + 1] is the text of event i; head the last i
+local arrived = condition.new()
+
+-- cjson writes numbers with 14 significant digits: larger integers go as strings, exact.
+local function exact(v)
+  if math.type(v) == "integer" and (v >= 1e14 or v <= -1e14) then return tostring(v) end
+  return v
+end
+
+local function publish(ev)
+  local row = {}
+  for k, v in pairs(ev.extra_columns) do row[k] = exact(v) end
+  local id = ev.id
+  if type(id) == "table" then
+    local t = {}
+    for i, v in ipairs(id) do t[i] = exact(v) end
+    id = t
+  else
+    id = exact(id)
+  end
+  head = head + 1
+  -- "at": when the host received the change, to the microsecond
+  ring[(head - 1) % RING + 1] = string.format(
+    'id: %s-%d\ndata: {"op":"%s","table":%s,"id":%s,"row":%s,"at":%.6f%s}\n\n', BOOT, head, ev.operation,
+    cjson.encode(ev.table), cjson.encode(id), cjson.encode(row), ev.timestamp,
+    ev.truncated and ',"truncated":true' or "")
+  arrived:signal() -- wakes every stream; they write from the socket coroutines, not here
+end
+
+for _, op in ipairs { sqlnotify.INSERT, sqlnotify.UPDATE, sqlnotify.DELETE } do
+  n:watch(TABLE, op, { extra_columns = columns })
+  n:subscribe(TABLE, op, publish)
+end
+
+-- ===== HTTP =====
+
+local PAGE = [[<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>live: {{TABLE}}</title>
+<style>
+body { font: 15px/1.4 system-ui, sans-serif; margin: 2em; color: #1d2330; }
+h1 { font-size: 1.3em; } code { background: #eef1f6; padding: 0 .3em; border-radius: 3px; }
+#status { color: #56607a; } #status.live::before { content: "\25CF  "; color: #1a9c4a; }
+table { border-collapse: collapse; margin-top: 1em; min-width: 30em; }
+th, td { border-bottom: 1px solid #dde2ea; padding: .35em .8em; text-align: left; }
+th { background: #f4f6fa; font-weight: 600; }
+tr.insert td:first-child { color: #1a9c4a; } tr.update td:first-child { color: #b07a00; }
+tr.delete { color: #9aa2b4; text-decoration: line-through; }
+tr.fresh { animation: fresh 1.5s ease-out; }
+@keyframes fresh { from { background: #fff3b0; } to { background: transparent; } }
+</style></head><body>
+<h1>Changes of <code>{{TABLE}}</code>, live</h1>
+<p id="status">connecting&hellip;</p>
+<table><thead><tr id="head"><th>change</th></tr></thead><tbody id="rows"></tbody></table>
+<script>
+const head = document.getElementById("head"), body = document.getElementById("rows"),
+      status = document.getElementById("status"), byKey = new Map(), cols = [];
+let changes = 0;
+function show(text, live) { status.textContent = text; status.className = live ? "live" : ""; }
+function cell(tr, text, tag) {
+  const td = document.createElement(tag || "td"); td.textContent = text; tr.appendChild(td);
+}
+function column(c) { if (!cols.includes(c)) { cols.push(c); cell(head, c, "th"); } }
+{{COLUMNS}}.forEach(column);
+const source = new EventSource("events");
+source.onopen = () => show("live: " + changes + " changes", true);
+source.onerror = () => show("reconnecting\u2026", false);
+source.addEventListener("reset", () => show("some changes were missed while away; showing new ones", true));
+source.onmessage = (m) => {
+  const ev = JSON.parse(m.data), key = JSON.stringify(ev.id);
+  Object.keys(ev.row).forEach(column);
+  const tr = document.createElement("tr");
+  tr.className = ev.op + " fresh"; tr.dataset.key = key; tr.dataset.event = m.lastEventId;
+  cell(tr, ev.truncated ? ev.op + " (row too large to send)" : ev.op);
+  for (const c of cols) cell(tr, ev.row[c] === undefined ? "" : String(ev.row[c]));
+  const old = byKey.get(key);
+  if (old) old.remove();
+  byKey.set(key, tr);
+  body.insertBefore(tr, body.firstChild);
+  changes++; show("live: " + changes + " changes", true);
+};
+</script></body></html>
+]]
+-- The table's name goes into HTML, its column names into the script (as JSON, with "<" escaped).
+PAGE = PAGE:gsub("{{(%u+)}}", {
+  TABLE = (TABLE:gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;" })),
+  COLUMNS = (cjson.encode(columns):gsub("<", "\\u003c")),
+})
+
+local streams = 0
+
+-- The events after Last-Event-ID, or nil when they are no longer all in the ring (or the
+-- id is from another process): the browser is then told it missed some.
+local function resume_from(last)
+  if not last then return head end
+  local boot, i = last:match("^(%x+)%-(%d+)$")
+  i = math.tointeger(tonumber(i))
+  if boot ~= BOOT or not i or i > head or i < head - RING then return nil end
+  return i
+end
+
+local function stream(con, last)
+  local pos = resume_from(last)
+  con:write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    .. "Connection: close\r\n\r\nretry: 1000\n\n")
+  if not pos then
+    con:write("event: reset\ndata: {}\n\n")
+    pos = head
+  end
+  streams = streams + 1
+  print(string.format("live: stream opened (%d open)", streams))
+  local ok = con:flush()
+  while ok do
+    if pos < head then
+      if head - pos > RING then break end -- too slow to keep up: it reconnects and is told it missed some
+      local parts = {}
+      for i = pos + 1, head do parts[#parts + 1] = ring[(i - 1) % RING + 1] end
+      pos = head
+      ok = con:write(table.concat(parts)) and con:flush()
+    elseif not arrived:wait(HEARTBEAT) then
+      ok = con:write(": keepalive\n\n") and con:flush()
+    end
+  end
+  streams = streams - 1
+  print(string.format("live: stream closed (%d open)", streams))
+end
+
+local function serve(con)
+  con:setmode("tl", "bf")
+  con:settimeout(10) -- a request, or a write to a browser that stopped reading
+  local request = con:read("*l")
+  local method, path = (request or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
+  local last
+  while true do
+    local line = con:read("*l")
+    if not line or line == "" then break end
+    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+    if k and k:lower() == "last-event-id" then last = v end
+  end
+  path = path and path:gsub("%?.*", "")
+  if method == "GET" and path == "/events" then
+    stream(con, last)
+  elseif method == "GET" and path == "/" then
+    con:write("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: " .. #PAGE
+      .. "\r\nConnection: close\r\n\r\n" .. PAGE)
+  elseif method then
+    con:write("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+      .. "Connection: close\r\n\r\nnot found\n")
+  end
+  con:flush()
+  con:close()
+end
+
+local cq = cqueues.new()
+local server = socket.listen { host = HOST, port = PORT, reuseaddr = true }
+local listening, why = pcall(server.listen, server)
+if not listening then error(string.format("live.lua: cannot serve on %s:%d: %s", HOST, PORT, why), 0) end
+local _, addr, port = server:localname()
+cq:wrap(function()
+  while true do
+    local con = server:accept()
+    if con then cq:wrap(serve, con) else cqueues.sleep(0.1) end -- e.g. out of file descriptors
+  end
+end)
+sqlnotify.cqueues(cq)
+print(string.format("live: %s on http://%s:%d/ (%d columns, last %d events kept for reconnects)",
+  TABLE, addr, port, #columns, RING))
+
+if demo then
+  local names = { "apples", "pears", "plums", "figs", "limes", "dates", "kiwis", "mangos" }
+  local k = 0
+  sqlnotify.every(1, function()
+    k = k + 1
+    local ok, err
+    if k % 5 == 0 then
+      ok, err = n:query("DELETE FROM " .. qtable .. " WHERE id = (SELECT min(id) FROM " .. qtable .. ")")
+    elseif k % 3 == 0 then
+      ok, err = n:query("UPDATE " .. qtable .. " SET qty = qty + 1 WHERE id = (SELECT max(id) FROM " .. qtable .. ")")
+    else
+      local p = n.dialect_name == "postgresql" and "$1, $2" or "?, ?"
+      ok, err = n:query("INSERT INTO " .. qtable .. " (name, qty) VALUES (" .. p .. ")", names[k % #names + 1], k)
+    end
+    if not ok then print("live: demo write failed: " .. tostring(err)) end
+  end)
+end
