@@ -149,6 +149,14 @@ typedef struct sn_options {
                                     pruned by a timer the driver runs (default 3600) */
     const char *application;     /* a name for the database's view of the session ("sqlnotify") */
     const char *overflow_schema; /* PostgreSQL: schema of the overflow table; NULL: the driver's default */
+    /* Durable mode (SPEC §3): a consumer name makes every watch of this connection durable:
+     * triggers append to the journal, the reader delivers from the consumer's cursor (kept in
+     * the database) and events carry seq. NULL: live mode (start at the end, no cursor). */
+    const char *consumer;
+    int start_at_beginning;      /* a consumer seen for the first time starts at the journal's
+                                    beginning (1) or its end (0, the default) */
+    double consumer_retention;   /* seconds a consumer that stopped coming holds journal rows
+                                    back (default 7 days) */
 } sn_options;
 
 typedef struct sn_conn sn_conn;  /* defined by each driver */
@@ -212,6 +220,19 @@ typedef struct sn_dialect {
      * max_payload goes through the overflow table when overflow is set; else -1. */
     int (*notify)(sn_conn *c, const char *channel, const char *payload, size_t len,
                   int overflow, char *err, size_t errlen);
+    /* Durable mode. The runtime calls ack after the handlers of every delivered event up to
+     * and including the one with this seq returned; the driver advances the consumer's cursor
+     * (without blocking the loop) and may then deliver more. Events delivered but never acked
+     * (a crash, a stop mid-batch) are delivered again. NULL or never called in live mode. */
+    void (*ack)(sn_conn *c, int64_t seq);
+    /* Every consumer of the database's journal: rows of
+     *   (name, lag_events, lag_seconds, members, last_seen)   (numbers as decimal text,
+     *   last_seen ISO 8601). -1 and err on failure. NULL: no durable mode. */
+    int (*consumers)(sn_conn *c, sn_result **out, char *err, size_t errlen);
+    /* Forget a consumer and release the journal rows only it held. 1 dropped, 0 no such
+     * consumer, -1 and err. */
+    int (*drop_consumer)(sn_conn *c, const char *name, char *err, size_t errlen);
+
     /* One statement with parameters ($1.. or ?), on the query connection (blocking). */
     int (*query)(sn_conn *c, const char *sql, int nparams, const sn_value *params,
                   sn_result **out, char *err, size_t errlen);
