@@ -102,10 +102,16 @@ static lua_State *main_thread(lua_State *L)
     return M;
 }
 
-/* From a libev/driver callback: call and log a failure; the loop goes on. */
+/* From a libev/driver callback: call and log a failure; the loop goes on. The depth
+ * tells run() it was called from inside a handler or callback. */
+static int callback_depth;
+
 static void callback(lua_State *L, int nargs, const char *what)
 {
-    if (sn_pcall(L, nargs, 0) != LUA_OK) {
+    callback_depth++;
+    int status = sn_pcall(L, nargs, 0);
+    callback_depth--;
+    if (status != LUA_OK) {
         sn_log(SN_LOG_ERROR, "%s failed: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
@@ -113,13 +119,43 @@ static void callback(lua_State *L, int nargs, const char *what)
 
 /* ===== loop ===== */
 
-static int host_mode;
+static int host_mode, host_loading;
 static int stop_requested;
 static volatile sig_atomic_t stop_signal;
+static struct ev_loop *loop;
 static ev_async stop_async;
 
-struct ev_loop *sn_loop(void) { return EV_DEFAULT; }
+static void on_stop_async(struct ev_loop *l, ev_async *w, int revents);
+
+/* A loop of our own, not libev's default one: the default loop reaps every child
+ * process (io.popen():close() would fail), and ours can be embedded elsewhere. */
+struct ev_loop *sn_loop(void)
+{
+    if (loop == NULL) {
+        loop = ev_loop_new(EVFLAG_AUTO);
+        if (loop == NULL) {
+            sn_log(SN_LOG_ERROR, "cannot create the event loop");
+            abort();
+        }
+        ev_async_init(&stop_async, on_stop_async);
+        ev_async_start(loop, &stop_async);
+        ev_unref(loop); /* it must not keep the loop alive on its own */
+    }
+    return loop;
+}
+
+void sn_loop_destroy(void)
+{
+    if (loop == NULL)
+        return;
+    ev_ref(loop);
+    ev_async_stop(loop, &stop_async);
+    ev_loop_destroy(loop);
+    loop = NULL;
+}
+
 void sn_set_host_mode(int on) { host_mode = on; }
+void sn_set_loading(int on) { host_loading = on; }
 
 /* SIGINT/SIGTERM are taken by our own handler, not an ev_signal watcher: libev sees a
  * signal only between callbacks, and dispatch must stop after the handler in progress,
@@ -128,28 +164,29 @@ void sn_set_host_mode(int on) { host_mode = on; }
 static void on_signal(int sig)
 {
     stop_signal = sig;
-    ev_async_send(EV_DEFAULT, &stop_async);
+    ev_async_send(loop, &stop_async);
 }
 
-static void on_stop_async(struct ev_loop *loop, ev_async *w, int revents)
+static void on_stop_async(struct ev_loop *l, ev_async *w, int revents)
 {
     (void)w;
     (void)revents;
+    if (stop_signal == 0)
+        return;
     sn_log(SN_LOG_INFO, "%s received, stopping", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
-    ev_break(loop, EVBREAK_ALL);
+    ev_break(l, EVBREAK_ALL);
 }
 
 void sn_run_loop(void)
 {
-    struct ev_loop *loop = sn_loop();
+    struct ev_loop *l = sn_loop();
     if (stop_requested) {
         stop_requested = 0;
         return;
     }
+    if (ev_depth(l) > 0) /* never nested: run() refuses before this */
+        return;
     stop_signal = 0;
-    ev_async_init(&stop_async, on_stop_async);
-    ev_async_start(loop, &stop_async);
-    ev_unref(loop); /* it must not keep the loop alive on its own */
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -157,11 +194,9 @@ void sn_run_loop(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    ev_run(loop, 0);
+    ev_run(l, 0);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    ev_ref(loop);
-    ev_async_stop(loop, &stop_async);
     stop_requested = 0;
 }
 
@@ -172,9 +207,13 @@ static int l_stopping(lua_State *L)
     return 1;
 }
 
+/* Running the loop from inside one of its callbacks would re-enter a driver's drain
+ * of a batch the outer call still holds: refuse it. The host runs the loop itself, so
+ * a script's run() returns at once there (also while a reload loads it, inside the loop). */
 static int l_run(lua_State *L)
 {
-    (void)L;
+    if (callback_depth > 0 || (ev_depth(sn_loop()) > 0 && !host_loading))
+        return luaL_error(L, "sqlnotify: run() called from inside a handler or callback; the loop is already running");
     if (!host_mode)
         sn_run_loop();
     return 0;
@@ -183,9 +222,9 @@ static int l_run(lua_State *L)
 static int l_stop(lua_State *L)
 {
     (void)L;
-    struct ev_loop *loop = sn_loop();
-    if (ev_depth(loop) > 0)
-        ev_break(loop, EVBREAK_ALL);
+    struct ev_loop *l = sn_loop();
+    if (ev_depth(l) > 0)
+        ev_break(l, EVBREAK_ALL);
     else
         stop_requested = 1; /* stop before run: the next run returns at once */
     return 0;
@@ -298,12 +337,15 @@ static void createtimermeta(lua_State *L)
 
 #define CONN_META "sqlnotify.conn"
 
+/* The Lua functions a handle calls live in its user values, not in the registry: a
+ * notifier whose dispatch function refers back to it (handle -> function -> notifier ->
+ * handle) is then an ordinary cycle the collector frees. Only a listening handle is
+ * anchored (self_ref), and with it what it calls. */
+enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, HANDLE_NUV = 3 };
 
 typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
     lua_State *L;      /* main thread */
-    int dispatch_ref;  /* function(batch, n, timestamp) */
-    int reconnected_ref; /* function(outage, may_have_missed), or LUA_NOREF */
     int self_ref;      /* set while listening */
 } sn_handle;
 
@@ -314,21 +356,21 @@ static void link_log(void *ud, int level, const char *msg)
         sn_log(level, "%s", msg);
 }
 
-/* Runs under sn_pcall: fills the handle's batch table and calls the Lua dispatcher
- * once. A small table is reused from batch to batch (entries past 2n are stale and
- * ignored), and a channel repeated by consecutive events is pushed once. */
+/* Runs under sn_pcall with the handle at 1: fills its batch table and calls its
+ * dispatch function once. A small table is reused from batch to batch (entries past
+ * 2n are stale and ignored), and a channel repeated by consecutive events is pushed once. */
 static int deliver_batch(lua_State *L)
 {
-    sn_handle *h = lua_touserdata(L, 1);
     const sn_event *ev = lua_touserdata(L, 2);
     lua_Integer n = lua_tointeger(L, 3);
     lua_Number ts = lua_tonumber(L, 4);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->dispatch_ref);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, h) != LUA_TTABLE) {
+    if (lua_getiuservalue(L, 1, UV_DISPATCH) != LUA_TFUNCTION)
+        return 0;
+    if (lua_getiuservalue(L, 1, UV_BATCH) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_createtable(L, (int)(2 * n), 0);
         lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
+        lua_setiuservalue(L, 1, UV_BATCH);
     }
     int batch = lua_gettop(L);
     const char *prev = NULL;
@@ -350,20 +392,21 @@ static int deliver_batch(lua_State *L)
     lua_call(L, 3, 0);
     if (n > 256) { /* do not keep a big batch's payloads alive until the next one */
         lua_pushnil(L);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
+        lua_setiuservalue(L, 1, UV_BATCH);
     }
     return 0;
 }
 
+/* Events reach a handle only while it listens (and is thereby anchored). */
 static void link_deliver(void *ud, const sn_event *events, size_t n)
 {
     sn_link *k = ud;
     sn_handle *h = k->receiver;
-    if (h == NULL || h->dispatch_ref == LUA_NOREF || n == 0)
+    if (h == NULL || h->self_ref == LUA_NOREF || n == 0)
         return;
     lua_State *L = h->L;
     lua_pushcfunction(L, deliver_batch);
-    lua_pushlightuserdata(L, h);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_pushlightuserdata(L, (void *)events);
     lua_pushinteger(L, (lua_Integer)n);
     l_now(L);
@@ -372,8 +415,8 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
 
 static int call_reconnected(lua_State *L)
 {
-    sn_handle *h = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->reconnected_ref);
+    if (lua_getiuservalue(L, 1, UV_RECONNECTED) != LUA_TFUNCTION)
+        return 0;
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
     lua_call(L, 2, 0);
@@ -384,31 +427,31 @@ static void link_reconnected(void *ud, double outage, int may_have_missed)
 {
     sn_link *k = ud;
     sn_handle *h = k->receiver;
-    if (h == NULL || h->reconnected_ref == LUA_NOREF)
+    if (h == NULL || h->self_ref == LUA_NOREF)
         return;
     lua_State *L = h->L;
     lua_pushcfunction(L, call_reconnected);
-    lua_pushlightuserdata(L, h);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_pushnumber(L, outage);
     lua_pushboolean(L, may_have_missed);
     callback(L, 3, "reconnect notice");
 }
 
-static void handle_release(sn_handle *h)
+/* close, __gc and __close: release the link and everything the handle holds. */
+static void handle_release(lua_State *L, int idx)
 {
+    sn_handle *h = lua_touserdata(L, idx);
     if (h->link == NULL)
         return;
     sn_link *k = h->link;
     h->link = NULL;
     sn_link_unref(k, h);
-    if (h->L) {
-        lua_pushnil(h->L);
-        lua_rawsetp(h->L, LUA_REGISTRYINDEX, h);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->reconnected_ref);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
+    h->self_ref = LUA_NOREF;
+    for (int i = 1; i <= HANDLE_NUV; i++) {
+        lua_pushnil(L);
+        lua_setiuservalue(L, idx, i);
     }
-    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
 }
 
 static sn_handle *check_handle(lua_State *L)
@@ -472,10 +515,10 @@ static int l_open(lua_State *L)
     const char *clean = lua_tostring(L, -1);
 
     /* Closed first, then the resource: an error half way leaves nothing behind. */
-    sn_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+    sn_handle *h = lua_newuserdatauv(L, sizeof *h, HANDLE_NUV);
     h->link = NULL;
     h->L = main_thread(L);
-    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
+    h->self_ref = LUA_NOREF;
     luaL_setmetatable(L, CONN_META);
     /* A reloaded script's n-th notifier on a URL takes over the old script's n-th:
      * same connections, same LISTENs, nothing missed in between. */
@@ -723,25 +766,21 @@ static int h_verify(lua_State *L)
 /* h:set_reconnected(fn | nil): fn(outage_seconds, may_have_missed) after a listener outage */
 static int h_set_reconnected(lua_State *L)
 {
-    sn_handle *h = check_handle(L);
+    check_handle(L);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, h->reconnected_ref);
-    h->reconnected_ref = LUA_NOREF;
-    if (!lua_isnoneornil(L, 2)) {
-        lua_pushvalue(L, 2);
-        h->reconnected_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_RECONNECTED);
     return 0;
 }
 
+/* h:set_dispatch(fn): fn(batch, n, timestamp) for every batch of events */
 static int h_set_dispatch(lua_State *L)
 {
-    sn_handle *h = check_handle(L);
+    check_handle(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, h->dispatch_ref);
-    lua_pushvalue(L, 2);
-    h->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_DISPATCH);
     return 0;
 }
 
@@ -840,7 +879,8 @@ static int h_log(lua_State *L)
 
 static int h_close(lua_State *L)
 {
-    handle_release(luaL_checkudata(L, 1, CONN_META));
+    luaL_checkudata(L, 1, CONN_META);
+    handle_release(L, 1);
     return 0;
 }
 
