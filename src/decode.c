@@ -670,7 +670,7 @@ static int columns(dec *d, const target *t)
                 return 0;
             int at = find(cols, t->n, k, klen, &hint);
             if (r == 2)
-                lua_pop(L, 1); /* k stays valid: the name in the plan is the same string */
+                lua_pop(L, 1); /* the unescaped key: from here on the name is the plan's */
             if (at >= 0) {
                 k = cols[at].name;
                 if (seen[at / 8] & (1u << (at % 8))) {
