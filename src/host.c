@@ -55,14 +55,18 @@ static int usage_error(const char *fmt, const char *what)
     return 2;
 }
 
-/* A start-up failure as one line: what follows the last "sqlnotify: " (a position or a
- * repeated prefix before it is dropped), up to the first newline (no traceback). */
+/* A start-up failure as one line: from the first "sqlnotify: " on (a position before it
+ * and repeated prefixes dropped), up to the first newline (no traceback). */
 static void log_failure(const char *msg)
 {
+    static const char prefix[] = "sqlnotify: ";
     if (msg == NULL)
         msg = "(error object is not a string)";
-    for (const char *p = strstr(msg, "sqlnotify: "); p; p = strstr(p + 1, "sqlnotify: "))
-        msg = p + strlen("sqlnotify: ");
+    const char *p = strstr(msg, prefix);
+    if (p)
+        msg = p;
+    while (strncmp(msg, prefix, sizeof prefix - 1) == 0)
+        msg += sizeof prefix - 1;
     sn_log(SN_LOG_ERROR, "%.*s", (int)strcspn(msg, "\n"), msg);
 }
 
@@ -362,37 +366,48 @@ static void quit(struct ev_loop *loop)
 
 /* ===== tools: --lua-path, --list, --drop ===== */
 
+/* export name='value', quoted for sh. */
+static void print_export(const char *name, const char *value)
+{
+    printf("export %s='", name);
+    for (const char *p = value; *p; p++)
+        if (*p == '\'')
+            fputs("'\\''", stdout);
+        else
+            putchar(*p);
+    printf("'\n");
+}
+
 /* Where this binary's Lua files and module are: an install (PREFIX/bin beside
- * PREFIX/share/lua/5.4 and PREFIX/lib/lua/5.4) or the source tree (build/ beside lua/). */
+ * PREFIX/share/lua/5.4 and PREFIX/lib/lua/5.4) or the source tree (build/ beside lua/).
+ * ";;" keeps Lua's default paths (lua-cjson) after ours. */
 static int print_lua_path(void)
 {
-    char exe[PATH_MAX], prefix[PATH_MAX + 4], probe[PATH_MAX + 64];
+    char exe[PATH_MAX], root[PATH_MAX], probe[PATH_MAX + 64], path[3 * PATH_MAX], cpath[2 * PATH_MAX];
     if (realpath("/proc/self/exe", exe) == NULL) {
         sn_log(SN_LOG_ERROR, "cannot find where sqlnotify-lua is installed");
         return 1;
     }
     *strrchr(exe, '/') = '\0'; /* PREFIX/bin */
-    snprintf(prefix, sizeof prefix, "%s", exe);
-    char *slash = strrchr(prefix, '/');
-    if (slash && slash != prefix)
-        *slash = '\0';
-    else
-        snprintf(prefix, sizeof prefix, "/");
-    const char *root = strcmp(prefix, "/") == 0 ? "" : prefix;
+    snprintf(root, sizeof root, "%s", exe);
+    *strrchr(root, '/') = '\0'; /* PREFIX, "" for / */
     snprintf(probe, sizeof probe, "%s/share/lua/5.4/sqlnotify/init.lua", root);
     if (access(probe, R_OK) == 0) {
-        printf("export LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;'\n", root, root);
-        printf("export LUA_CPATH='%s/lib/lua/5.4/?.so;;'\n", root);
-        return 0;
+        snprintf(path, sizeof path, "%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;", root, root);
+        snprintf(cpath, sizeof cpath, "%s/lib/lua/5.4/?.so;;", root);
+    } else {
+        snprintf(probe, sizeof probe, "%s/lua/sqlnotify/init.lua", root);
+        if (access(probe, R_OK) != 0) {
+            sn_log(SN_LOG_ERROR, "no Lua files beside %s (looked in %s/share/lua/5.4)", exe, root);
+            return 1;
+        }
+        /* run from the source tree's build directory */
+        snprintf(path, sizeof path, "%s/lua/?.lua;%s/lua/?/init.lua;;", root, root);
+        snprintf(cpath, sizeof cpath, "%s/?.so;;", exe);
     }
-    snprintf(probe, sizeof probe, "%s/lua/sqlnotify/init.lua", root);
-    if (access(probe, R_OK) == 0) { /* run from the source tree's build directory */
-        printf("export LUA_PATH='%s/lua/?.lua;%s/lua/?/init.lua;;'\n", root, root);
-        printf("export LUA_CPATH='%s/?.so;;'\n", exe);
-        return 0;
-    }
-    sn_log(SN_LOG_ERROR, "no Lua files beside %s (looked in %s/share/lua/5.4)", exe, root);
-    return 1;
+    print_export("LUA_PATH", path);
+    print_export("LUA_CPATH", cpath);
+    return 0;
 }
 
 /* --list URL / --drop URL [table]: sqlnotify.cli's function, whose result is the exit status. */
