@@ -28,8 +28,8 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-OBJS    := $(BUILD)/core.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
-HEADERS := src/dialect.h src/sqlnotify.h
+OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 all: $(HOST) $(MODULE)
 

@@ -6,11 +6,12 @@ local H = require("helper")
 local S = "spec03"
 local LONG = "a_table_name_long_enough_that_its_channel_must_be_hashed_down"
 
-local function run(args)
+-- Run the host to its end; env: "NAME=value ..." for its environment.
+local function run(args, env)
   local out, err = H.tmpfile(".out"), H.tmpfile(".err")
   local argv = {}
   for i, a in ipairs(args) do argv[i] = H.shell_quote(a) end
-  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. H.host_wrapper .. H.shell_quote(H.host_bin) .. " " .. table.concat(argv, " ")
+  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. (env or "") .. " " .. H.host_wrapper .. H.shell_quote(H.host_bin) .. " " .. table.concat(argv, " ")
     .. " >" .. out .. " 2>" .. err)
   return ok and 0 or code, H.slurp(out), H.slurp(err)
 end
@@ -82,6 +83,52 @@ describe("sqlnotify-lua", function()
       local code, out = run { path }
       assert.are.equal(0, code)
       assert.are.equal("loaded\ntick\n", out)
+    end)
+
+    it("survives a SIGHUP while the script loads, and reloads once the loop runs", function()
+      local flag = H.tmpfile(".flag")
+      local p = H.host(string.format([[
+        local sqlnotify = require("sqlnotify")
+        print("loading")
+        local deadline = os.time() + 30
+        while os.time() < deadline do -- busy: a signal arrives while the script runs
+          local f = io.open(%q)
+          if f then f:close() break end
+        end
+        sqlnotify.after(0, function() print("running") end)
+      ]], flag))
+      assert.is_true(p:wait_for("loading\n"), p:stderr())
+      p:kill("HUP")
+      H.spit(flag, "")
+      assert.is_true(p:wait_for("loading\n.*running\n"), p:stderr())
+      assert.is_true(p:wait_for("reloaded ", 10, "err"), p:stderr())
+      p:kill("TERM")
+      assert.are.equal(0, p:wait())
+      local out = p:stdout()
+      assert.are.equal(2, select(2, out:gsub("loading\n", "")), out)
+      assert.matches("running\n$", out)
+      assert.matches("reloading .- %(SIGHUP%)", p:stderr())
+      p:assert_clean()
+    end)
+
+    it("prints --help for the tools and refuses their misuse with exit 2", function()
+      local code, out = run { "--help" }
+      assert.are.equal(0, code)
+      assert.matches("sqlnotify%-lua %-%-list URL | %-%-drop URL %[table%] | %-%-lua%-path", out)
+      assert.matches("  %-%-list URL  ", out)
+      assert.matches("  %-%-drop URL %[table%]  ", out)
+      assert.matches("  %-%-lua%-path  ", out)
+      local _, err
+      code, _, err = run { "--list" }
+      assert.are.same({ 2, "sqlnotify: option --list needs a value (try --help)\n" }, { code, err })
+      code, _, err = run { "--drop", "sqlite:///x.db", "t", "u" }
+      assert.are.same({ 2, 'sqlnotify: unexpected argument "u" (try --help)\n' }, { code, err })
+      code, _, err = run { "--list", "sqlite:///x.db", "t" }
+      assert.are.same({ 2, 'sqlnotify: unexpected argument "t" (try --help)\n' }, { code, err })
+      code, _, err = run { "--list", "sqlite:///x.db", "--drop", "sqlite:///x.db" }
+      assert.are.same({ 2, "sqlnotify: give one of --list and --drop (try --help)\n" }, { code, err })
+      code, _, err = run { "--lua-path", "x.lua" }
+      assert.are.same({ 2, "sqlnotify: --lua-path takes nothing else (try --help)\n" }, { code, err })
     end)
   end)
 
@@ -237,15 +284,103 @@ describe("sqlnotify-lua", function()
       p:assert_clean()
     end)
 
-    it("exits 1 when a notifier cannot start, naming the database without the password", function()
+    it("exits 1 with one line when the script cannot connect, naming the database without the password", function()
       local path = script_file([[
         local sqlnotify = require("sqlnotify")
         local n = assert(sqlnotify.notifier{ url = "postgresql://root:hunter2@127.0.0.1:1/test" })
       ]])
       local code, _, err = run { path }
       assert.are.equal(1, code)
-      assert.matches('sqlnotify: cannot connect to database "test" on 127%.0%.0%.1:1', err)
+      assert.matches('sqlnotify: [^\n]*cannot connect to database "test" on 127%.0%.0%.1:1', err)
       assert.is_nil(err:find("hunter2", 1, true))
+    end)
+
+    it("exits 1 with one line, no traceback, when a notifier the host starts cannot start", function()
+      -- the watch is validated while its table exists; the host's start then finds it gone
+      local path = script_file([[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier{ url = os.getenv("PG") })
+        assert(n:query("CREATE TABLE spec03.gone (id int PRIMARY KEY)"))
+        n:watch("spec03.gone", "insert")
+        assert(n:query("DROP TABLE spec03.gone"))
+        print("loaded")
+      ]])
+      local code, out, err = run({ path }, "PG=" .. H.shell_quote(H.pg_url))
+      assert.are.equal(1, code)
+      assert.are.equal("loaded\n", out)
+      assert.matches("^%S+ error sqlnotify: [^\n]*gone[^\n]*\n$", err)
+      assert.is_nil(err:find("sqlnotify: sqlnotify:", 1, true), err)
+    end)
+
+    it("fails a handler that calls sqlnotify.run() with a clear error, and goes on delivering", function()
+      H.psql("CREATE TABLE spec03.nest (id int PRIMARY KEY)")
+      local p = H.host([[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier())
+        n:watch("spec03.nest", "insert")
+        n:subscribe("spec03.nest", "insert", function(ev)
+          print(ev.id)
+          sqlnotify.run()
+          print("not reached")
+        end)
+        sqlnotify.after(0, function() print("ready") end)
+      ]], {}, "DATABASE_URL=" .. H.shell_quote(H.pg_url))
+      assert.is_true(p:wait_for("ready\n"), p:stderr())
+      H.psql("INSERT INTO spec03.nest VALUES (1), (2); INSERT INTO spec03.nest VALUES (3);")
+      assert.is_true(p:wait_for("3\n"), p:stdout())
+      p:kill("TERM")
+      assert.are.equal(0, p:wait())
+      assert.are.equal("ready\n1\n2\n3\n", p:stdout())
+      assert.matches('handler for insert on "spec03"."nest" failed[^\n]*: sqlnotify: run%(%) called from inside a '
+        .. "handler or callback; the loop is already running\n", p:stderr())
+      p:assert_clean()
+    end)
+
+    it("lists the triggers with --list URL and drops one table's with --drop URL table", function()
+      H.psql("CREATE TABLE spec03.listed (id int PRIMARY KEY)")
+      local n = H.pg_notifier()
+      n:watch("spec03.listed", "insert")
+      assert(n:start())
+      n:close()
+      local function triggers()
+        return H.psql([[SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_namespace s ON s.oid = c.relnamespace
+          WHERE s.nspname = 'spec03' AND c.relname = 'listed' AND NOT t.tgisinternal]]):match("%d+")
+      end
+      assert.are.equal("1", triggers())
+      local code, out, err = run { "--list", H.pg_url }
+      assert.are.equal(0, code, err)
+      assert.matches("listed", out)
+      assert.matches("insert", out)
+      code, out, err = run { "--drop", H.pg_url, "spec03.listed" }
+      assert.are.equal(0, code, err .. out)
+      assert.are.equal("0", triggers())
+    end)
+  end)
+  describe("installed with make install", function()
+    it("prints with --lua-path the LUA_PATH and LUA_CPATH lines with which plain lua5.4 finds it", function()
+      local prefix = H.tmpdir() .. "/luapath"
+      local log = H.tmpfile(".log")
+      -- a plain build, as a user gets it, even inside make check SANITIZE=address
+      assert(H.sh("env -u SANITIZE -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s install BUILD="
+        .. H.shell_quote(H.tmpdir() .. "/luapath-build") .. " PREFIX=" .. H.shell_quote(prefix) .. " >" .. log
+        .. " 2>&1"), H.slurp(log))
+      local out = H.tmpfile(".out")
+      assert(H.sh(H.shell_quote(prefix .. "/bin/sqlnotify-lua") .. " --lua-path >" .. out))
+      assert.are.equal(string.format("export LUA_PATH='%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;'\n"
+        .. "export LUA_CPATH='%s/lib/lua/5.4/?.so;;'\n", prefix, prefix, prefix), H.slurp(out))
+      local probe = script_file([[
+        local sqlnotify = require("sqlnotify")
+        print(sqlnotify.VERSION, package.searchpath("sqlnotify", package.path),
+          package.searchpath("sqlnotify.core", package.cpath))
+      ]])
+      assert(H.sh("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 sh -c "
+        .. H.shell_quote('eval "$(' .. H.shell_quote(prefix .. "/bin/sqlnotify-lua") .. ' --lua-path)" && lua5.4 '
+        .. H.shell_quote(probe)) .. " >" .. out .. " 2>&1"), H.slurp(out))
+      local version = H.slurp(out):match("^(%S+)\t")
+      assert.are.equal(string.format("%s\t%s/share/lua/5.4/sqlnotify/init.lua\t%s/lib/lua/5.4/sqlnotify/core.so\n",
+        version, prefix, prefix), H.slurp(out))
+      assert.matches("^%d+%.%d+%.%d+$", version)
     end)
   end)
 end)

@@ -17,6 +17,7 @@
 #include <lualib.h>
 
 #include "dialect.h"
+#include "binding.h"
 #include "sqlnotify.h"
 
 /* ===== dialects: adding a database is one line here ===== */
@@ -102,10 +103,16 @@ static lua_State *main_thread(lua_State *L)
     return M;
 }
 
-/* From a libev/driver callback: call and log a failure; the loop goes on. */
+/* From a libev/driver callback: call and log a failure; the loop goes on. The depth
+ * tells run() it was called from inside a handler or callback. */
+static int callback_depth;
+
 static void callback(lua_State *L, int nargs, const char *what)
 {
-    if (sn_pcall(L, nargs, 0) != LUA_OK) {
+    callback_depth++;
+    int status = sn_pcall(L, nargs, 0);
+    callback_depth--;
+    if (status != LUA_OK) {
         sn_log(SN_LOG_ERROR, "%s failed: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
@@ -113,13 +120,43 @@ static void callback(lua_State *L, int nargs, const char *what)
 
 /* ===== loop ===== */
 
-static int host_mode;
+static int host_mode, host_loading;
 static int stop_requested;
 static volatile sig_atomic_t stop_signal;
+static struct ev_loop *loop;
 static ev_async stop_async;
 
-struct ev_loop *sn_loop(void) { return EV_DEFAULT; }
+static void on_stop_async(struct ev_loop *l, ev_async *w, int revents);
+
+/* A loop of our own, not libev's default one: the default loop reaps every child
+ * process (io.popen():close() would fail), and ours can be embedded elsewhere. */
+struct ev_loop *sn_loop(void)
+{
+    if (loop == NULL) {
+        loop = ev_loop_new(EVFLAG_AUTO);
+        if (loop == NULL) {
+            sn_log(SN_LOG_ERROR, "cannot create the event loop");
+            abort();
+        }
+        ev_async_init(&stop_async, on_stop_async);
+        ev_async_start(loop, &stop_async);
+        ev_unref(loop); /* it must not keep the loop alive on its own */
+    }
+    return loop;
+}
+
+void sn_loop_destroy(void)
+{
+    if (loop == NULL)
+        return;
+    ev_ref(loop);
+    ev_async_stop(loop, &stop_async);
+    ev_loop_destroy(loop);
+    loop = NULL;
+}
+
 void sn_set_host_mode(int on) { host_mode = on; }
+void sn_set_loading(int on) { host_loading = on; }
 
 /* SIGINT/SIGTERM are taken by our own handler, not an ev_signal watcher: libev sees a
  * signal only between callbacks, and dispatch must stop after the handler in progress,
@@ -128,28 +165,29 @@ void sn_set_host_mode(int on) { host_mode = on; }
 static void on_signal(int sig)
 {
     stop_signal = sig;
-    ev_async_send(EV_DEFAULT, &stop_async);
+    ev_async_send(loop, &stop_async);
 }
 
-static void on_stop_async(struct ev_loop *loop, ev_async *w, int revents)
+static void on_stop_async(struct ev_loop *l, ev_async *w, int revents)
 {
     (void)w;
     (void)revents;
+    if (stop_signal == 0)
+        return;
     sn_log(SN_LOG_INFO, "%s received, stopping", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
-    ev_break(loop, EVBREAK_ALL);
+    ev_break(l, EVBREAK_ALL);
 }
 
 void sn_run_loop(void)
 {
-    struct ev_loop *loop = sn_loop();
+    struct ev_loop *l = sn_loop();
     if (stop_requested) {
         stop_requested = 0;
         return;
     }
+    if (ev_depth(l) > 0) /* never nested: run() refuses before this */
+        return;
     stop_signal = 0;
-    ev_async_init(&stop_async, on_stop_async);
-    ev_async_start(loop, &stop_async);
-    ev_unref(loop); /* it must not keep the loop alive on its own */
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -157,11 +195,9 @@ void sn_run_loop(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    ev_run(loop, 0);
+    ev_run(l, 0);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    ev_ref(loop);
-    ev_async_stop(loop, &stop_async);
     stop_requested = 0;
 }
 
@@ -172,9 +208,13 @@ static int l_stopping(lua_State *L)
     return 1;
 }
 
+/* Running the loop from inside one of its callbacks would re-enter a driver's drain
+ * of a batch the outer call still holds: refuse it. The host runs the loop itself, so
+ * a script's run() returns at once there (also while a reload loads it, inside the loop). */
 static int l_run(lua_State *L)
 {
-    (void)L;
+    if (callback_depth > 0 || (ev_depth(sn_loop()) > 0 && !host_loading))
+        return luaL_error(L, "sqlnotify: run() called from inside a handler or callback; the loop is already running");
     if (!host_mode)
         sn_run_loop();
     return 0;
@@ -183,9 +223,9 @@ static int l_run(lua_State *L)
 static int l_stop(lua_State *L)
 {
     (void)L;
-    struct ev_loop *loop = sn_loop();
-    if (ev_depth(loop) > 0)
-        ev_break(loop, EVBREAK_ALL);
+    struct ev_loop *l = sn_loop();
+    if (ev_depth(l) > 0)
+        ev_break(l, EVBREAK_ALL);
     else
         stop_requested = 1; /* stop before run: the next run returns at once */
     return 0;
@@ -298,32 +338,15 @@ static void createtimermeta(lua_State *L)
 
 #define CONN_META "sqlnotify.conn"
 
-/* The C side of a connection: what the driver's sink points at. Kept apart from
- * the Lua userdata so a connection can outlive one Lua state (reload). */
-typedef struct sn_link {
-    const sn_dialect *d;
-    sn_conn *conn;
-    sn_sink sink;
-    struct sn_handle *receiver; /* the handle whose Lua state gets events, or NULL */
-    struct sn_handle *pending;  /* the handle that takes over when a reload commits */
-    int logger;
-    int refs;                   /* handles (in one or two Lua states) using this link */
-    unsigned gen;               /* the generation of the Lua state that owns it */
-    int index;                  /* n-th notifier on this URL in its generation */
-    char *url;
-    struct sn_link *next;
-} sn_link;
-
-/* Every live link, so a reloaded script's notifiers can adopt the connections of the
- * script they replace instead of opening new ones. */
-static sn_link *links;
-static unsigned generation;
+/* The Lua functions a handle calls live in its user values, not in the registry: a
+ * notifier whose dispatch function refers back to it (handle -> function -> notifier ->
+ * handle) is then an ordinary cycle the collector frees. Only a listening handle is
+ * anchored (self_ref), and with it what it calls. */
+enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, HANDLE_NUV = 3 };
 
 typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
     lua_State *L;      /* main thread */
-    int dispatch_ref;  /* function(batch, n, timestamp) */
-    int reconnected_ref; /* function(outage, may_have_missed), or LUA_NOREF */
     int self_ref;      /* set while listening */
 } sn_handle;
 
@@ -334,21 +357,21 @@ static void link_log(void *ud, int level, const char *msg)
         sn_log(level, "%s", msg);
 }
 
-/* Runs under sn_pcall: fills the handle's batch table and calls the Lua dispatcher
- * once. A small table is reused from batch to batch (entries past 2n are stale and
- * ignored), and a channel repeated by consecutive events is pushed once. */
+/* Runs under sn_pcall with the handle at 1: fills its batch table and calls its
+ * dispatch function once. A small table is reused from batch to batch (entries past
+ * 2n are stale and ignored), and a channel repeated by consecutive events is pushed once. */
 static int deliver_batch(lua_State *L)
 {
-    sn_handle *h = lua_touserdata(L, 1);
     const sn_event *ev = lua_touserdata(L, 2);
     lua_Integer n = lua_tointeger(L, 3);
     lua_Number ts = lua_tonumber(L, 4);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->dispatch_ref);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, h) != LUA_TTABLE) {
+    if (lua_getiuservalue(L, 1, UV_DISPATCH) != LUA_TFUNCTION)
+        return 0;
+    if (lua_getiuservalue(L, 1, UV_BATCH) != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_createtable(L, (int)(2 * n), 0);
         lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
+        lua_setiuservalue(L, 1, UV_BATCH);
     }
     int batch = lua_gettop(L);
     const char *prev = NULL;
@@ -370,20 +393,21 @@ static int deliver_batch(lua_State *L)
     lua_call(L, 3, 0);
     if (n > 256) { /* do not keep a big batch's payloads alive until the next one */
         lua_pushnil(L);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, h);
+        lua_setiuservalue(L, 1, UV_BATCH);
     }
     return 0;
 }
 
+/* Events reach a handle only while it listens (and is thereby anchored). */
 static void link_deliver(void *ud, const sn_event *events, size_t n)
 {
     sn_link *k = ud;
     sn_handle *h = k->receiver;
-    if (h == NULL || h->dispatch_ref == LUA_NOREF || n == 0)
+    if (h == NULL || h->self_ref == LUA_NOREF || n == 0)
         return;
     lua_State *L = h->L;
     lua_pushcfunction(L, deliver_batch);
-    lua_pushlightuserdata(L, h);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_pushlightuserdata(L, (void *)events);
     lua_pushinteger(L, (lua_Integer)n);
     l_now(L);
@@ -392,8 +416,8 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
 
 static int call_reconnected(lua_State *L)
 {
-    sn_handle *h = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->reconnected_ref);
+    if (lua_getiuservalue(L, 1, UV_RECONNECTED) != LUA_TFUNCTION)
+        return 0;
     lua_pushvalue(L, 2);
     lua_pushvalue(L, 3);
     lua_call(L, 2, 0);
@@ -404,49 +428,31 @@ static void link_reconnected(void *ud, double outage, int may_have_missed)
 {
     sn_link *k = ud;
     sn_handle *h = k->receiver;
-    if (h == NULL || h->reconnected_ref == LUA_NOREF)
+    if (h == NULL || h->self_ref == LUA_NOREF)
         return;
     lua_State *L = h->L;
     lua_pushcfunction(L, call_reconnected);
-    lua_pushlightuserdata(L, h);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_pushnumber(L, outage);
     lua_pushboolean(L, may_have_missed);
     callback(L, 3, "reconnect notice");
 }
 
-static void link_unref(sn_link *k, sn_handle *h)
+/* close, __gc and __close: release the link and everything the handle holds. */
+static void handle_release(lua_State *L, int idx)
 {
-    if (k->receiver == h)
-        k->receiver = NULL;
-    if (k->pending == h)
-        k->pending = NULL;
-    if (--k->refs > 0)
-        return;
-    for (sn_link **p = &links; *p; p = &(*p)->next)
-        if (*p == k) {
-            *p = k->next;
-            break;
-        }
-    k->d->close(k->conn);
-    free(k->url);
-    free(k);
-}
-
-static void handle_release(sn_handle *h)
-{
+    sn_handle *h = lua_touserdata(L, idx);
     if (h->link == NULL)
         return;
     sn_link *k = h->link;
     h->link = NULL;
-    link_unref(k, h);
-    if (h->L) {
-        lua_pushnil(h->L);
-        lua_rawsetp(h->L, LUA_REGISTRYINDEX, h);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->dispatch_ref);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->reconnected_ref);
-        luaL_unref(h->L, LUA_REGISTRYINDEX, h->self_ref);
+    sn_link_unref(k, h);
+    luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
+    h->self_ref = LUA_NOREF;
+    for (int i = 1; i <= HANDLE_NUV; i++) {
+        lua_pushnil(L);
+        lua_setiuservalue(L, idx, i);
     }
-    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
 }
 
 static sn_handle *check_handle(lua_State *L)
@@ -510,27 +516,18 @@ static int l_open(lua_State *L)
     const char *clean = lua_tostring(L, -1);
 
     /* Closed first, then the resource: an error half way leaves nothing behind. */
-    sn_handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+    sn_handle *h = lua_newuserdatauv(L, sizeof *h, HANDLE_NUV);
     h->link = NULL;
     h->L = main_thread(L);
-    h->dispatch_ref = h->reconnected_ref = h->self_ref = LUA_NOREF;
+    h->self_ref = LUA_NOREF;
     luaL_setmetatable(L, CONN_META);
-
-    int index = 0;
-    for (sn_link *k = links; k; k = k->next)
-        if (k->gen == generation && strcmp(k->url, url) == 0)
-            index++;
     /* A reloaded script's n-th notifier on a URL takes over the old script's n-th:
      * same connections, same LISTENs, nothing missed in between. */
-    for (sn_link *k = links; k && generation > 0; k = k->next)
-        if (k->gen == generation - 1 && k->index == index && strcmp(k->url, url) == 0) {
-            k->gen = generation;
-            k->pending = h;
-            k->logger = logger;
-            k->refs++;
-            h->link = k;
-            return 1;
-        }
+    sn_link *old = sn_link_adopt(url, h, logger);
+    if (old) {
+        h->link = old;
+        return 1;
+    }
 
     sn_link *k = calloc(1, sizeof *k);
     if (k == NULL || (k->url = strdup(url)) == NULL) {
@@ -550,39 +547,9 @@ static int l_open(lua_State *L)
         free(k);
         return fail(L, err);
     }
-    k->receiver = h;
-    k->refs = 1;
-    k->gen = generation;
-    k->index = index;
-    k->next = links;
-    links = k;
+    sn_link_add(k, h);
     h->link = k;
     return 1;
-}
-
-/* ===== reload: a new Lua state takes over the connections of the old one ===== */
-
-void sn_reload_begin(void) { generation++; }
-
-/* The new state loaded: its handles receive from now on. */
-void sn_reload_commit(void)
-{
-    for (sn_link *k = links; k; k = k->next)
-        if (k->gen == generation && k->pending) {
-            k->receiver = k->pending;
-            k->pending = NULL;
-        }
-}
-
-/* The new state failed and was closed: the old one keeps what it had. */
-void sn_reload_rollback(void)
-{
-    generation--;
-    for (sn_link *k = links; k; k = k->next)
-        if (k->gen == generation + 1) {
-            k->gen = generation;
-            k->pending = NULL;
-        }
 }
 
 static int h_dialect(lua_State *L)
@@ -800,25 +767,21 @@ static int h_verify(lua_State *L)
 /* h:set_reconnected(fn | nil): fn(outage_seconds, may_have_missed) after a listener outage */
 static int h_set_reconnected(lua_State *L)
 {
-    sn_handle *h = check_handle(L);
+    check_handle(L);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, h->reconnected_ref);
-    h->reconnected_ref = LUA_NOREF;
-    if (!lua_isnoneornil(L, 2)) {
-        lua_pushvalue(L, 2);
-        h->reconnected_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_RECONNECTED);
     return 0;
 }
 
+/* h:set_dispatch(fn): fn(batch, n, timestamp) for every batch of events */
 static int h_set_dispatch(lua_State *L)
 {
-    sn_handle *h = check_handle(L);
+    check_handle(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, h->dispatch_ref);
-    lua_pushvalue(L, 2);
-    h->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_DISPATCH);
     return 0;
 }
 
@@ -917,7 +880,8 @@ static int h_log(lua_State *L)
 
 static int h_close(lua_State *L)
 {
-    handle_release(luaL_checkudata(L, 1, CONN_META));
+    luaL_checkudata(L, 1, CONN_META);
+    handle_release(L, 1);
     return 0;
 }
 
@@ -961,307 +925,6 @@ static void createconnmeta(lua_State *L)
     lua_pop(L, 1);
 }
 
-/* ===== payload decoding: the fast path ===== */
-
-/* Our triggers send {"id": {<pk>: v, ...}, "x": {<extra>: v, ...}} (with "t": true when
- * truncated). Decoding that one shape here, straight into presized tables and with
- * integers kept integers, takes about a third off the cost of an event. Anything else
- * (a nested value, an unknown key, bad syntax, a hostile payload) makes decode()
- * return false, and the caller takes the general path through lua-cjson. */
-
-typedef struct jcur {
-    const char *p, *end;
-} jcur;
-
-static void jskip(jcur *c)
-{
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
-        c->p++;
-}
-
-static int jexpect(jcur *c, char ch)
-{
-    jskip(c);
-    if (c->p < c->end && *c->p == ch) {
-        c->p++;
-        return 1;
-    }
-    return 0;
-}
-
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
-
-static int jhex4(jcur *c, unsigned *out)
-{
-    if (c->end - c->p < 4)
-        return 0;
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = hexval((unsigned char)c->p[i]);
-        if (h < 0)
-            return 0;
-        v = v << 4 | (unsigned)h;
-    }
-    c->p += 4;
-    *out = v;
-    return 1;
-}
-
-static void put_utf8(luaL_Buffer *b, unsigned cp)
-{
-    char u[4];
-    int n;
-    if (cp < 0x80) { u[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { u[0] = (char)(0xC0 | cp >> 6); u[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
-    else if (cp < 0x10000) {
-        u[0] = (char)(0xE0 | cp >> 12); u[1] = (char)(0x80 | (cp >> 6 & 0x3F)); u[2] = (char)(0x80 | (cp & 0x3F)); n = 3;
-    } else {
-        u[0] = (char)(0xF0 | cp >> 18); u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-        u[2] = (char)(0x80 | (cp >> 6 & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4;
-    }
-    luaL_addlstring(b, u, (size_t)n);
-}
-
-/* A JSON string (after its opening quote) pushed as a Lua string. 0: not ours. */
-static int jstring(lua_State *L, jcur *c)
-{
-    const char *start = c->p;
-    while (c->p < c->end && *c->p != '"' && *c->p != '\\' && (unsigned char)*c->p >= 0x20)
-        c->p++;
-    if (c->p < c->end && *c->p == '"') { /* no escapes: the common case */
-        lua_pushlstring(L, start, (size_t)(c->p - start));
-        c->p++;
-        return 1;
-    }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    luaL_addlstring(&b, start, (size_t)(c->p - start));
-    while (c->p < c->end) {
-        unsigned char ch = (unsigned char)*c->p++;
-        if (ch == '"') {
-            luaL_pushresult(&b);
-            return 1;
-        }
-        if (ch < 0x20)
-            break;
-        if (ch != '\\') {
-            luaL_addchar(&b, (char)ch);
-            continue;
-        }
-        if (c->p >= c->end)
-            break;
-        unsigned cp;
-        switch (*c->p++) {
-        case '"': luaL_addchar(&b, '"'); break;
-        case '\\': luaL_addchar(&b, '\\'); break;
-        case '/': luaL_addchar(&b, '/'); break;
-        case 'b': luaL_addchar(&b, '\b'); break;
-        case 'f': luaL_addchar(&b, '\f'); break;
-        case 'n': luaL_addchar(&b, '\n'); break;
-        case 'r': luaL_addchar(&b, '\r'); break;
-        case 't': luaL_addchar(&b, '\t'); break;
-        case 'u':
-            if (!jhex4(c, &cp))
-                goto bad;
-            if (cp >= 0xD800 && cp <= 0xDBFF) { /* a surrogate pair */
-                unsigned lo;
-                if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u')
-                    goto bad;
-                c->p += 2;
-                if (!jhex4(c, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                    goto bad;
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                goto bad;
-            }
-            put_utf8(&b, cp);
-            break;
-        default: goto bad;
-        }
-    }
-bad:
-    luaL_pushresult(&b);
-    lua_pop(L, 1);
-    return 0;
-}
-
-/* A JSON number pushed as cjson plus our normalisation would give it: integral values
- * as integers (exactly, up to 64 bits), others as floats. 0: not a number. */
-static int jnumber(lua_State *L, jcur *c)
-{
-    const char *start = c->p;
-    int integral = 1;
-    if (c->p < c->end && *c->p == '-')
-        c->p++;
-    if (c->p >= c->end || *c->p < '0' || *c->p > '9')
-        return 0;
-    while (c->p < c->end && ((*c->p >= '0' && *c->p <= '9') || *c->p == '.' || *c->p == 'e' || *c->p == 'E' ||
-                             *c->p == '+' || *c->p == '-')) {
-        if (*c->p == '.' || *c->p == 'e' || *c->p == 'E')
-            integral = 0;
-        c->p++;
-    }
-    char buf[64];
-    size_t len = (size_t)(c->p - start);
-    if (len >= sizeof buf)
-        return 0;
-    memcpy(buf, start, len);
-    buf[len] = '\0';
-    char *stop;
-    if (integral) {
-        errno = 0;
-        long long v = strtoll(buf, &stop, 10);
-        if (*stop == '\0' && errno == 0) {
-            lua_pushinteger(L, (lua_Integer)v);
-            return 1;
-        }
-    }
-    double d = strtod(buf, &stop);
-    if (*stop != '\0')
-        return 0;
-    if (d > -9007199254740992.0 && d < 9007199254740992.0 && d == (double)(long long)d)
-        lua_pushinteger(L, (lua_Integer)d);
-    else
-        lua_pushnumber(L, d);
-    return 1;
-}
-
-/* A scalar value pushed (nil for null). 0: not ours (nested, or bad). */
-static int jvalue(lua_State *L, jcur *c)
-{
-    jskip(c);
-    if (c->p >= c->end)
-        return 0;
-    switch (*c->p) {
-    case '"': c->p++; return jstring(L, c);
-    case 't':
-        if (c->end - c->p >= 4 && memcmp(c->p, "true", 4) == 0) { c->p += 4; lua_pushboolean(L, 1); return 1; }
-        return 0;
-    case 'f':
-        if (c->end - c->p >= 5 && memcmp(c->p, "false", 5) == 0) { c->p += 5; lua_pushboolean(L, 0); return 1; }
-        return 0;
-    case 'n':
-        if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) { c->p += 4; lua_pushnil(L); return 1; }
-        return 0;
-    default: return jnumber(L, c);
-    }
-}
-
-/* Position (1-based) of the key on top of the stack in the name list at index names, or 0. */
-static int name_index(lua_State *L, int names, lua_Integer n)
-{
-    size_t klen;
-    const char *k = lua_tolstring(L, -1, &klen);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, names, i);
-        size_t len;
-        const char *name = lua_tolstring(L, -1, &len);
-        lua_pop(L, 1);
-        if (name && len == klen && memcmp(name, k, len) == 0)
-            return (int)i;
-    }
-    return 0;
-}
-
-/* {"col": scalar, ...} into the table at dest: by position in names (array) or by name.
- * Returns how many of the names were present (null counts), or -1: not ours. */
-static int jobject(lua_State *L, jcur *c, int names, lua_Integer n, int dest, int by_position)
-{
-    int base = lua_gettop(L), seen = 0;
-    if (!jexpect(c, '{'))
-        return -1;
-    if (jexpect(c, '}'))
-        return 0;
-    do {
-        if (!jexpect(c, '"') || !jstring(L, c))
-            return -1;
-        if (!jexpect(c, ':'))
-            return -1;
-        int at = name_index(L, names, n);
-        if (!jvalue(L, c))
-            return -1;
-        seen += at > 0;
-        if (at > 0 && by_position)
-            lua_rawseti(L, dest, at);
-        else if (at > 0)
-            lua_rawset(L, dest);
-        lua_settop(L, base); /* drop what was not stored */
-    } while (jexpect(c, ','));
-    return jexpect(c, '}') ? seen : -1;
-}
-
-/* core.decode(payload, pk, extra) -> true, id, extra_columns, truncated, has_id, keys_complete
- * | false. keys_complete: every primary key column is present (a NULL unique key counts). */
-static int l_decode(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_Integer npk = luaL_len(L, 2), nextra = luaL_len(L, 3);
-    lua_settop(L, 3);
-    lua_createtable(L, (int)npk, 0);        /* 4: the key values, by position */
-    lua_createtable(L, 0, (int)nextra);     /* 5: extra_columns */
-    int truncated = 0, has_id = 0, keys = 0;
-    jcur c = {s, s + len};
-    if (!jexpect(&c, '{'))
-        goto general;
-    if (!jexpect(&c, '}')) {
-        do {
-            if (!jexpect(&c, '"') || !jstring(L, &c))
-                goto general;
-            size_t klen;
-            const char *k = lua_tolstring(L, -1, &klen);
-            int which = klen == 2 && memcmp(k, "id", 2) == 0 ? 1 : klen == 1 && *k == 'x' ? 2 : klen == 1 && *k == 't' ? 3 : 0;
-            lua_settop(L, 5);
-            if (which == 0 || !jexpect(&c, ':'))
-                goto general;
-            if (which == 1) {
-                has_id = 1;
-                if ((keys = jobject(L, &c, 2, npk, 4, 1)) < 0)
-                    goto general;
-            } else if (which == 2) {
-                jskip(&c);
-                if (c.end - c.p >= 4 && memcmp(c.p, "null", 4) == 0)
-                    c.p += 4;
-                else if (jobject(L, &c, 3, nextra, 5, 0) < 0)
-                    goto general;
-            } else {
-                if (!jvalue(L, &c))
-                    goto general;
-                truncated = lua_toboolean(L, -1);
-                lua_settop(L, 5);
-            }
-        } while (jexpect(&c, ','));
-        if (!jexpect(&c, '}'))
-            goto general;
-    }
-    jskip(&c);
-    if (c.p != c.end)
-        goto general;
-    lua_pushboolean(L, 1);
-    if (!has_id)
-        lua_pushnil(L);
-    else if (npk == 1)
-        lua_rawgeti(L, 4, 1);
-    else
-        lua_pushvalue(L, 4);
-    lua_pushvalue(L, 5);
-    lua_pushboolean(L, truncated);
-    lua_pushboolean(L, has_id);
-    lua_pushboolean(L, keys == npk);
-    return 6;
-general:
-    lua_pushboolean(L, 0);
-    return 1;
-}
-
 /* ===== module ===== */
 
 static int l_hash(lua_State *L)
@@ -1291,7 +954,7 @@ static const luaL_Reg corelib[] = {
     {"after", l_after},
     {"every", l_every},
     {"hash", l_hash},
-    {"decode", l_decode},
+
     {"stopping", l_stopping},
     {"log_level", l_log_level},
     {NULL, NULL},
@@ -1303,6 +966,7 @@ int luaopen_sqlnotify_core(lua_State *L)
     createconnmeta(L);
     luaL_newlib(L, corelib);
     sn_io_open(L);
+    sn_decode_open(L);
     lua_pushstring(L, SQLNOTIFY_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -24,6 +24,7 @@
 
 static const char usage_text[] =
     "usage: sqlnotify-lua [options] script.lua [script args...]\n"
+    "       sqlnotify-lua --list URL | --drop URL [table] | --lua-path\n"
     "\n"
     "Run a Lua watcher script that reacts to INSERT, UPDATE and DELETE on database tables.\n"
     "\n"
@@ -33,10 +34,18 @@ static const char usage_text[] =
     "  -v, --version          print the version and exit\n"
     "  -h, --help             print this help and exit\n"
     "\n"
+    "tools:\n"
+    "  --list URL             print every sqlnotify trigger in the database\n"
+    "  --drop URL [table]     drop the sqlnotify triggers and functions on one table\n"
+    "                         (\"schema.table\"), or in the whole database\n"
+    "  --lua-path             print the LUA_PATH and LUA_CPATH lines with which plain lua5.4\n"
+    "                         finds this installation: eval \"$(sqlnotify-lua --lua-path)\"\n"
+    "\n"
     "example:\n"
     "  sqlnotify-lua scripts/examples/postgresql.lua\n"
     "\n"
-    "exit status: 0 clean stop, 1 the script failed at start-up, 2 usage error\n";
+    "exit status: 0 clean stop, 1 the script failed at start-up, 2 usage error\n"
+    "             (--list, --drop: 0 done, 1 failed, 2 usage error)\n";
 
 static int usage_error(const char *fmt, const char *what)
 {
@@ -44,6 +53,21 @@ static int usage_error(const char *fmt, const char *what)
     fprintf(stderr, fmt, what);
     fprintf(stderr, " (try --help)\n");
     return 2;
+}
+
+/* A start-up failure as one line: from the first "sqlnotify: " on (a position before it
+ * and repeated prefixes dropped), up to the first newline (no traceback). */
+static void log_failure(const char *msg)
+{
+    static const char prefix[] = "sqlnotify: ";
+    if (msg == NULL)
+        msg = "(error object is not a string)";
+    const char *p = strstr(msg, prefix);
+    if (p)
+        msg = p;
+    while (strncmp(msg, prefix, sizeof prefix - 1) == 0)
+        msg += sizeof prefix - 1;
+    sn_log(SN_LOG_ERROR, "%.*s", (int)strcspn(msg, "\n"), msg);
 }
 
 /* Lua files installed beside the binary (PREFIX/bin -> PREFIX/share/lua/5.4), or the
@@ -109,14 +133,21 @@ static int run_script(lua_State *L, const char *path, char **argv, int argc, int
         sn_log(SN_LOG_ERROR, "%s", lua_tostring(L, -1));
         return 1;
     }
-    /* Start every notifier the script created and did not start. */
+    /* Start every notifier the script created and did not start. A failure there is the
+     * database's (no right to create a trigger, a table gone): one line, no traceback. */
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, "sqlnotify");
     if (lua_istable(L, -1)) {
         lua_getfield(L, -1, "_autostart");
-        if (lua_isfunction(L, -1) && sn_pcall(L, 0, 0) != LUA_OK) {
-            sn_log(SN_LOG_ERROR, "%s", lua_tostring(L, -1));
-            return 1;
+        if (lua_isfunction(L, -1)) {
+            if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+                log_failure(lua_tostring(L, -1));
+                return 1;
+            }
+            if (lua_isnil(L, -2) && !lua_isnil(L, -1)) { /* nil, message */
+                log_failure(lua_tostring(L, -1));
+                return 1;
+            }
         }
     }
     lua_settop(L, 0);
@@ -149,7 +180,10 @@ static lua_State *new_state(void)
     luaL_openlibs(L);
     set_paths(L);
     preload_core(L);
-    if (run_script(L, host.argv[host.script], host.argv, host.argc, host.script) != 0) {
+    sn_set_loading(1);
+    int failed = run_script(L, host.argv[host.script], host.argv, host.argc, host.script);
+    sn_set_loading(0);
+    if (failed) {
         lua_close(L);
         return NULL;
     }
@@ -317,16 +351,111 @@ static void unwatch_files(struct ev_loop *loop)
     host.nfiles = 0;
 }
 
+/* Stop what the host started, close the state, free the loop. */
+static void quit(struct ev_loop *loop)
+{
+    unwatch_files(loop);
+    ev_timer_stop(loop, &host.settle);
+    ev_ref(loop);
+    ev_signal_stop(loop, &host.hup);
+    if (host.L)
+        lua_close(host.L);
+    host.L = NULL;
+    sn_loop_destroy();
+}
+
+/* ===== tools: --lua-path, --list, --drop ===== */
+
+/* export name='value', quoted for sh. */
+static void print_export(const char *name, const char *value)
+{
+    printf("export %s='", name);
+    for (const char *p = value; *p; p++)
+        if (*p == '\'')
+            fputs("'\\''", stdout);
+        else
+            putchar(*p);
+    printf("'\n");
+}
+
+/* Where this binary's Lua files and module are: an install (PREFIX/bin beside
+ * PREFIX/share/lua/5.4 and PREFIX/lib/lua/5.4) or the source tree (build/ beside lua/).
+ * ";;" keeps Lua's default paths (lua-cjson) after ours. */
+static int print_lua_path(void)
+{
+    char exe[PATH_MAX], root[PATH_MAX], probe[PATH_MAX + 64], path[3 * PATH_MAX], cpath[2 * PATH_MAX];
+    if (realpath("/proc/self/exe", exe) == NULL) {
+        sn_log(SN_LOG_ERROR, "cannot find where sqlnotify-lua is installed");
+        return 1;
+    }
+    *strrchr(exe, '/') = '\0'; /* PREFIX/bin */
+    snprintf(root, sizeof root, "%s", exe);
+    *strrchr(root, '/') = '\0'; /* PREFIX, "" for / */
+    snprintf(probe, sizeof probe, "%s/share/lua/5.4/sqlnotify/init.lua", root);
+    if (access(probe, R_OK) == 0) {
+        snprintf(path, sizeof path, "%s/share/lua/5.4/?.lua;%s/share/lua/5.4/?/init.lua;;", root, root);
+        snprintf(cpath, sizeof cpath, "%s/lib/lua/5.4/?.so;;", root);
+    } else {
+        snprintf(probe, sizeof probe, "%s/lua/sqlnotify/init.lua", root);
+        if (access(probe, R_OK) != 0) {
+            sn_log(SN_LOG_ERROR, "no Lua files beside %s (looked in %s/share/lua/5.4)", exe, root);
+            return 1;
+        }
+        /* run from the source tree's build directory */
+        snprintf(path, sizeof path, "%s/lua/?.lua;%s/lua/?/init.lua;;", root, root);
+        snprintf(cpath, sizeof cpath, "%s/?.so;;", exe);
+    }
+    print_export("LUA_PATH", path);
+    print_export("LUA_CPATH", cpath);
+    return 0;
+}
+
+/* --list URL / --drop URL [table]: sqlnotify.cli's function, whose result is the exit status. */
+static int run_tool(const char *fn, const char *url, const char *table)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        sn_log(SN_LOG_ERROR, "cannot create a Lua state: out of memory");
+        return 1;
+    }
+    luaL_openlibs(L);
+    set_paths(L);
+    preload_core(L);
+    int status = 1;
+    lua_getglobal(L, "require");
+    lua_pushstring(L, "sqlnotify.cli");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        log_failure(lua_tostring(L, -1));
+    } else {
+        lua_getfield(L, -1, fn);
+        lua_pushstring(L, url);
+        lua_pushstring(L, table);
+        if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+            log_failure(lua_tostring(L, -1));
+        else
+            status = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : lua_isnil(L, -1) ? 0 : 1;
+    }
+    fflush(stdout);
+    lua_close(L);
+    sn_loop_destroy();
+    return status;
+}
+
 int main(int argc, char **argv)
 {
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP };
     static const struct option longopts[] = {
         {"reload", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"lua-path", no_argument, NULL, OPT_LUA_PATH},
+        {"list", required_argument, NULL, OPT_LIST},
+        {"drop", required_argument, NULL, OPT_DROP},
         {NULL, 0, NULL, 0},
     };
-    int reload_on_change = 0;
+    int reload_on_change = 0, lua_path = 0;
+    const char *tool = NULL, *tool_url = NULL;
     opterr = 0;
     int c;
     /* '+': options end at the script; what follows belongs to it. */
@@ -342,9 +471,30 @@ int main(int argc, char **argv)
         }
         case 'v': printf("sqlnotify-lua %s (%s)\n", SQLNOTIFY_VERSION, LUA_RELEASE); return 0;
         case 'h': fputs(usage_text, stdout); return 0;
+        case OPT_LUA_PATH: lua_path = 1; break;
+        case OPT_LIST:
+        case OPT_DROP:
+            if (tool)
+                return usage_error("%s", "give one of --list and --drop");
+            tool = c == OPT_LIST ? "list" : "drop";
+            tool_url = optarg;
+            break;
         case ':': return usage_error("option %s needs a value", argv[optind - 1]);
         default: return usage_error("unknown option %s", argv[optind - 1]);
         }
+    }
+    if (lua_path) {
+        if (tool || optind < argc)
+            return usage_error("%s", "--lua-path takes nothing else");
+        return print_lua_path();
+    }
+    if (tool) {
+        int max = strcmp(tool, "drop") == 0 ? 1 : 0; /* --drop URL [table] */
+        if (argc - optind > max)
+            return usage_error("unexpected argument \"%s\"", argv[optind + max]);
+        if (reload_on_change)
+            return usage_error("--reload does not go with --%s", tool);
+        return run_tool(tool, tool_url, optind < argc ? argv[optind] : NULL);
     }
     if (optind >= argc)
         return usage_error("%s", "no script given");
@@ -357,25 +507,22 @@ int main(int argc, char **argv)
     host.script = optind;
     struct ev_loop *loop = sn_loop();
     ev_timer_init(&host.settle, on_settled, 0.1, 0.);
-    if (reload_on_change)
-        watch_files(loop); /* before the first load: an edit made while it runs is not missed */
-    host.L = new_state();
-    if (host.L == NULL) {
-        unwatch_files(loop);
-        return 1;
-    }
+    /* Before the first load: a SIGHUP while it runs must not kill the host (it reloads
+     * once the loop runs), and an edit made meanwhile is not missed. */
     ev_signal_init(&host.hup, on_hup, SIGHUP);
     ev_signal_start(loop, &host.hup);
     ev_unref(loop);
+    if (reload_on_change)
+        watch_files(loop);
+    host.L = new_state();
+    if (host.L == NULL) {
+        quit(loop);
+        return 1;
+    }
 
     sn_run_loop();
 
-    unwatch_files(loop);
-    ev_timer_stop(loop, &host.settle);
-    ev_ref(loop);
-    ev_signal_stop(loop, &host.hup);
     fflush(stdout);
-    lua_close(host.L);
-    ev_loop_destroy(loop);
+    quit(loop);
     return 0;
 }

@@ -19,7 +19,9 @@ int sn_log_level_get(void);
 void sn_log_level_set(int level);
 int sn_log_level_parse(const char *name); /* -1 when unknown */
 
+/* The loop: our own (ev_loop_new), created on first use. */
 struct ev_loop *sn_loop(void);
+void sn_loop_destroy(void);
 
 /* Call the function under nargs arguments with a traceback handler, on L.
  * Returns the lua_pcall status; on error the message (with traceback) is on top. */
@@ -27,6 +29,9 @@ int sn_pcall(lua_State *L, int nargs, int nresults);
 
 /* Host mode: sqlnotify.run() returns at once (the host runs the loop itself). */
 void sn_set_host_mode(int on);
+/* Host mode: the host is loading a script (a reload runs inside the loop), so run()
+ * returns at once instead of refusing to nest. */
+void sn_set_loading(int on);
 /* Run the loop until sqlnotify.stop(), SIGINT or SIGTERM. */
 void sn_run_loop(void);
 

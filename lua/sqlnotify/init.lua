@@ -15,7 +15,6 @@ M.VERSION = core.version
 
 local OPCODES = { insert = 0, update = 1, delete = 2 }
 local MAX_CHANNEL = 63 -- PostgreSQL's NAMEDATALEN - 1; used on every dialect so names agree
-local null = json.null
 
 local fmt, concat, sort = string.format, table.concat, table.sort
 local decode, stopping = core.decode, core.stopping
@@ -50,20 +49,6 @@ local function check_op(op, level)
       type(op) == "string" and fmt("%q", op) or tostring(op))
   end
   return name
-end
-
--- JSON has one number type and lua-cjson decodes every number as a float: give
--- integral values back their integer subtype so ids print and compare as integers.
--- Beyond 2^53 a double has lost digits: read those back from the payload text.
-local EXACT = 2 ^ 53
-local function norm(v, payload, key)
-  if v == null then return nil end
-  if math.type(v) ~= "float" then return v end
-  if v >= EXACT or v <= -EXACT then
-    local digits = payload:match('"' .. key:gsub("%p", "%%%0") .. '"%s*:%s*(%-?%d+)[,}%s]')
-    return digits and math.tointeger(tonumber(digits)) or v
-  end
-  return math.tointeger(v) or v
 end
 
 -- Runs the rate limit of one log: the number of reports suppressed since the last one,
@@ -426,70 +411,22 @@ function Notifier:_warn_truncated(w, channel, now)
     suppressed > 0 and fmt(" (and %d more since the last report)", suppressed) or "")
 end
 
--- The event handed to handlers, from either decoding path.
-function Notifier:_make_event(w, channel, ts, id, extra, truncated)
-  if truncated then self:_warn_truncated(w, channel, ts) end
-  return {
-    schema = w.schema, table = w.table, operation = w.op, id = id, extra_columns = extra,
-    channel = channel, timestamp = ts, truncated = truncated,
-  }
-end
-
--- The event table of a payload, or nil after logging why it is skipped.
+-- The event of a payload, decoded by the binding (the one decoder of the wire format in
+-- src/dialect.h, with a plan made once per watch), or nil after logging why it is skipped.
 function Notifier:_event(w, channel, payload, ts)
-  -- The shape our triggers send is decoded by the binding; anything else goes the general way.
-  local fast, id, extra, truncated, has_id, keys_complete = decode(payload, w.pk, w.extra)
-  if fast then
-    if has_id and not keys_complete then
-      self:_log("warn", "skipping payload without every primary key column (%s) on channel %s: %s",
-        concat(w.pk, ", "), channel, shorten(payload))
-      return nil
-    elseif not has_id and not truncated then
-      self:_log("warn", "skipping payload without a primary key object on channel %s: %s", channel, shorten(payload))
-      return nil
-    end
-    return self:_make_event(w, channel, ts, id, extra, truncated)
+  local plan = w.plan
+  if not plan then
+    plan = core.plan(w, w.info or self:_table({ schema = w.schema, table = w.table }, 1), self.dialect_name,
+      self._nulls)
+    w.plan = plan
   end
-  return self:_event_general(w, channel, payload, ts)
-end
-
--- Any payload through lua-cjson: the same event, or nil after logging why it is skipped.
-function Notifier:_event_general(w, channel, payload, ts)
-  local obj, err = json.decode(payload)
-  if type(obj) ~= "table" then
-    self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel,
-      err or "not a JSON object", shorten(payload))
+  local ev, why = decode(plan, payload, channel, ts)
+  if not ev then
+    self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
     return nil
   end
-  local ids, x, truncated = obj.id, obj.x, obj.t == true
-  if (ids ~= nil and type(ids) ~= "table") or (x ~= nil and x ~= null and type(x) ~= "table")
-      or (ids == nil and not truncated) then
-    self:_log("warn", "skipping payload without a primary key object on channel %s: %s", channel, shorten(payload))
-    return nil
-  end
-  local id
-  if ids ~= nil then
-    local pk = w.pk
-    for i = 1, #pk do
-      local v = ids[pk[i]]
-      if v == nil or type(v) == "table" then -- null is a value: a NULL in a unique key
-        self:_log("warn", "skipping payload without a value for primary key %q on channel %s: %s", pk[i], channel,
-          shorten(payload))
-        return nil
-      end
-    end
-    if #pk == 1 then
-      id = norm(ids[pk[1]], payload, pk[1])
-    else
-      id = {}
-      for i = 1, #pk do id[i] = norm(ids[pk[i]], payload, pk[i]) end
-    end
-  end
-  local extra = {}
-  if type(x) == "table" then
-    for _, c in ipairs(w.extra) do extra[c] = norm(x[c], payload, c) end
-  end
-  return self:_make_event(w, channel, ts, id, extra, truncated)
+  if ev.truncated then self:_warn_truncated(w, channel, ts) end
+  return ev
 end
 
 local function event_value(w, ev, col)
