@@ -89,7 +89,7 @@ local function pg_value(ctype, v)
     elseif tv == "string" and tonumber(v) then
       return v
     end
-    if tv == "number" then
+    if tv == "number" and not scale then
       return nil, "numeric values arrive as strings of their exact text; give the value as that text"
     end
   elseif class == "boolean" then
