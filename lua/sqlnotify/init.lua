@@ -860,7 +860,10 @@ function Notifier:_verify()
   for _, w in ipairs(self._watches) do
     local ok, err = self._h:verify(w)
     if ok == nil then
-      self:_log("warn", "cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
+      local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
+      self:_log("warn", "%s", msg)
+      self:_emit_error(msg, { source = "verify", schema = w.schema, table = w.table, operation = w.op,
+        channel = w.channel })
     elseif not ok and not w.lost then
       w.lost = true
       local msg = fmt("trigger for %s on %s was replaced or dropped by someone else (another watcher of this table "
