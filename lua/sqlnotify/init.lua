@@ -900,7 +900,7 @@ local NOTIFY_OPTIONS = { channel_label = true, use_overflow_table = true, old = 
 
 -- sqlnotify.null goes out as JSON null.
 local function json_value(v)
-  if v == M.null then return null end
+  if v == M.null then return json.null end
   return v
 end
 
