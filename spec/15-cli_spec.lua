@@ -26,11 +26,13 @@ local function call(f, ...)
   return code, out:text(), err:text()
 end
 
+-- The lines starting with prefix, sorted (the columns are aligned, so by table and operation).
 local function lines_of(text, prefix)
   local out = {}
   for l in text:gmatch("[^\n]+") do
     if l:sub(1, #prefix) == prefix then out[#out + 1] = l end
   end
+  table.sort(out)
   return out
 end
 
@@ -139,8 +141,9 @@ describe("sqlnotify.cli on SQLite", function()
     assert.are.same({ 0, "" }, { code, err })
     local mine = lines_of(out, "main ")
     assert.are.equal(2, #mine, out)
-    assert.matches("^main%s+tasks%s+insert%s+sqlnotify_main_tasks_insert%s+", mine[1])
-    assert.matches("^main%s+tasks%s+delete%s+sqlnotify_main_tasks_delete%s+", mine[2])
+    assert.matches("^main%s+tasks%s+delete%s+sqlnotify_main_tasks_delete%s+", mine[1])
+    assert.matches("^main%s+tasks%s+insert%s+sqlnotify_main_tasks_insert%s+", mine[2])
+    assert.matches("title", mine[2])
     code, out, err = call(cli.drop, url)
     assert.are.same({ 0, "dropped 2 sqlnotify trigger(s) in " .. target .. "\n", "" }, { code, out, err })
     assert.are.same({}, assert(n:query("SELECT name FROM sqlite_master WHERE type = 'trigger'")))
