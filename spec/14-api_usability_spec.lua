@@ -389,11 +389,11 @@ describe("sqlnotify usability", function()
       assert(n:start())
       H.psql("INSERT INTO spec14.items (sku) VALUES ('a'), ('b');")
       assert.is_true(H.run_until(function() return #errors == 2 end))
-      assert.are.equal('handler thrower for insert on "spec14"."items" failed for id 1: boom', errors[1][1])
+      assert.are.equal('handler "thrower" for insert on "spec14"."items" failed for id 1: boom', errors[1][1])
       local c = errors[1][2]
       assert.are.same({ "handler", 1, "boom", "insert" }, { c.source, c.event.id, c.error, c.event.operation })
       assert.matches("^boom\nstack traceback:\n", c.traceback)
-      assert.matches('^handler thrower for insert on "spec14"%."items" failed for id 2: table: ', errors[2][1])
+      assert.matches('^handler "thrower" for insert on "spec14"%."items" failed for id 2: table: ', errors[2][1])
       assert.are.same({ code = 2 }, errors[2][2].error)
     end)
 
@@ -419,7 +419,7 @@ describe("sqlnotify usability", function()
   describe("handler failures", function()
     local function failures(logs)
       local out = {}
-      for _, l in ipairs(grep(logs, "handler #1")) do out[#out + 1] = (l:gsub("\nstack traceback:.*", "")) end
+      for _, l in ipairs(grep(logs, "handler for insert")) do out[#out + 1] = (l:gsub("\nstack traceback:.*", "")) end
       return out
     end
 
@@ -443,8 +443,8 @@ describe("sqlnotify usability", function()
     end
 
     local expected = {
-      'error handler #1 for insert on "spec14"."items" failed for id 1: bad 1',
-      'error handler #1 for insert on "spec14"."items": 2 more failure(s) since the last report',
+      'error handler for insert on "spec14"."items" failed for id 1: bad 1',
+      'error handler for insert on "spec14"."items": 2 more failure(s) since the last report',
     }
 
     it("name the subscriber and the row's id, and print the count held back at stop", function()
@@ -471,10 +471,10 @@ describe("sqlnotify usability", function()
       H.psql("INSERT INTO spec14.items (sku) VALUES ('a'), ('b');")
       assert.is_true(H.run_until(function() return calls == 2 end))
       local lines = {}
-      for _, l in ipairs(grep(logs, "handler audit")) do lines[#lines + 1] = (l:gsub("\nstack traceback:.*", "")) end
+      for _, l in ipairs(grep(logs, 'handler "audit"')) do lines[#lines + 1] = (l:gsub("\nstack traceback:.*", "")) end
       assert.are.same({
-        'error handler audit for insert on "spec14"."items" failed for id 1: a',
-        'error handler audit for insert on "spec14"."items": 1 more failure(s) since the last report',
+        'error handler "audit" for insert on "spec14"."items" failed for id 1: a',
+        'error handler "audit" for insert on "spec14"."items": 1 more failure(s) since the last report',
       }, lines)
     end)
   end)

@@ -483,7 +483,8 @@ function Notifier:subscribe(t, op, opts, handler)
   self._seq = self._seq + 1
   local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
     name = opts.name or fmt("#%d", self._seq) }
-  sub.what = fmt("handler %s for %s on %s", sub.name, op, w.name)
+  sub.what = opts.name and fmt("handler %q for %s on %s", opts.name, op, w.name)
+    or fmt("handler for %s on %s", op, w.name)
   local chan = self._subs[w.channel]
   if not chan then
     chan = { all = {}, by = {}, cols = {}, n = 0 }
@@ -961,7 +962,9 @@ end
 
 --- sqlnotify.run(): the loop, until sqlnotify.stop() or SIGINT/SIGTERM (the host runs its own).
 function M.run()
-  core.run()
+  -- core.run's errors name its caller's line: re-raised from here, that stays the script's
+  local ok, err = pcall(core.run)
+  if not ok then error(err, 2) end
   if not in_host() then M._finish() end
 end
 
