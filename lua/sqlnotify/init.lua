@@ -57,9 +57,9 @@ local function one_line(err)
 end
 M._one_line = one_line
 
--- A URL for a message: whatever sits between "://" (or the start) and "@" loses its password.
+-- A URL without a scheme for a message: "user:password@host" loses its password.
 local function scrub_url(url)
-  return (url:gsub("^(%a[%w+.-]*://[^:/@]*):[^@/]*@", "%1:***@"):gsub("^([^:/@]*):[^@/]*@", "%1:***@"))
+  return (url:gsub("^([^:/@]*):[^@/]*@", "%1:***@"))
 end
 
 local function qname(schema, table)
@@ -418,7 +418,10 @@ function Notifier:watch(t, op, opts)
   -- nothing behind and the same watch can be made again once the cause is fixed.
   if self._started then
     local ok, err = self:_install(w)
-    if ok then ok, err = self._h:listen(channel) end
+    if ok then
+      ok, err = self._h:listen(channel)
+      if not ok then self._h:uninstall(w) end -- best effort: the error below is what matters
+    end
     if not ok then
       self:_forget_table(info)
       error(one_line(err), 2)
