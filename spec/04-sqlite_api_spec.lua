@@ -157,8 +157,9 @@ describe("sqlnotify (SQLite API)", function()
           'sqlnotify: trigger_columns only applies to UPDATE watches, not insert on "main"."users"' },
         { function() n:watch("users", "delete", { trigger_columns = { "email" } }) end,
           'sqlnotify: trigger_columns only applies to UPDATE watches, not delete on "main"."users"' },
-        { function() n:watch("keyless", "insert") end,
-          'sqlnotify: table "main"."keyless" has no primary key; pass primary_keys naming a unique key' },
+        { function() n:watch("keyless", "update") end,
+          'sqlnotify: table "main"."keyless" has no primary key; update watches need one (pass primary_keys naming a unique key); '
+            .. 'only INSERT can be watched without a key' },
         { function() n:subscribe("users", "delete", function() end) end,
           'sqlnotify: no watch for delete on "main"."users" (call watch first)' },
         { function() n:subscribe("order_items", "insert", function() end) end,
