@@ -13,7 +13,7 @@ local W1 = { schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { 
 local function decoder()
   local logs = {}
   local self = setmetatable({ _log = function(_, level, ...) logs[#logs + 1] = level .. " " .. string.format(...) end },
-    { __index = getmetatable(sqlnotify.notifier{ url = "sqlite:///" .. H.tmpfile(".db"), use_logger = false }) })
+    { __index = getmetatable(sqlnotify.notifier{ url = "sqlite:///" .. H.tmpfile(".db") .. "?mode=rwc", use_logger = false }) })
   return self, logs
 end
 
