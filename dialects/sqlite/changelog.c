@@ -299,7 +299,9 @@ int sqd_schema_check(sn_conn *c)
         return -1;
     if (c->rd) {
         char *sql = sqd_log_sql(c->db);
-        if (sql && c->log_sql && strcmp(sql, c->log_sql) != 0)
+        /* made again by another process: its seq may restart below our cursor (when we
+         * made it, it continues past our cursor) */
+        if (sql && c->log_sql && strcmp(sql, c->log_sql) != 0 && !created)
             sqd_reader_rewind(c);
         if (sql) {
             free(c->log_sql);

@@ -283,9 +283,12 @@ void sqd_reader_rewind(sn_conn *c)
             sqd_log_end(c->db, &start, NULL, 0);
         sqlite3_finalize(st);
     }
-    sn_logf(&c->sink, SN_LOG_ERROR, "events lost: the change log of %s was dropped and made "
-            "again; what this reader had not read of the old one is gone", c->target);
-    c->cursor = start;
+    sn_logf(&c->sink, SN_LOG_WARN, "the change log of %s was dropped and made again by "
+            "another process; reading the new one from its start", c->target);
+    /* Only ever back: rows between our cursor and a higher start were in the old log,
+     * unread by us, and the gap check reports them. */
+    if (start < c->cursor)
+        c->cursor = start;
     for (int i = 0; i < c->nchans; i++)
         if (c->chans[i].from > start)
             c->chans[i].from = start;

@@ -157,7 +157,7 @@ void sqd_reader_close(sn_conn *c);
 /* Open them again on the file now at the path, continuing from the cursor (or the new
  * log's end when that is lower). 0, or -1 and err. */
 int sqd_reader_reopen(sn_conn *c, char *err, size_t errlen);
-/* The log under the reader was dropped and made again: read the new one from its start. */
+/* The log under the reader was made again by another process: read it from its start. */
 void sqd_reader_rewind(sn_conn *c);
 
 #pragma GCC visibility pop
