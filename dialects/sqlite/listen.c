@@ -557,6 +557,8 @@ static int reader_open(sn_conn *c, int fresh, char *err, size_t errlen)
         goto fail;
     if (fresh || end < c->cursor)
         c->cursor = end;
+    if (!fresh)
+        c->dv = -1;   /* a new file may hold rows past the cursor already: read at once */
     for (int i = 0; i < c->nchans; i++)
         if (c->chans[i].from > c->cursor)
             c->chans[i].from = c->cursor;
