@@ -160,7 +160,7 @@ char *sqd_log_sql(sqlite3 *db)
 
 /* ===== readers ===== */
 
-int sqd_heartbeat(sn_conn *c, int wait)
+int sqd_heartbeat(sn_conn *c)
 {
     sqlite3_stmt *st;
     if (!c->rd)
@@ -177,12 +177,8 @@ int sqd_heartbeat(sn_conn *c, int wait)
     sqlite3_bind_int64(st, 2, c->cursor);
     sqlite3_bind_double(st, 3, READER_TIMEOUT);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)getpid());
-    if (!wait)
-        sqlite3_busy_timeout(c->db, 0);
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (!wait)
-        sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
@@ -270,20 +266,19 @@ static int prune(sn_conn *c, int *more)
 
 /* ===== schema changes ===== */
 
-int sqd_schema_check(sn_conn *c)
+/* The caller has set the busy timeout to 0: a locked file means "again soon". */
+static int schema_check(sn_conn *c)
 {
     char why[512];
     int created = 0, rc;
 
-    if (!c->db || !sqlite3_get_autocommit(c->db))
-        return 0;   /* the caller's transaction is open: the next check does it */
     sqlite3_int64 v = one_int(c->db, "PRAGMA schema_version", -1);
-    if (v < 0 || v == c->schema_seen)
+    if (v < 0)
+        return -1;   /* locked by a writer */
+    if (v == c->schema_seen)
         return 0;
-    sqlite3_busy_timeout(c->db, 0);   /* never stall the loop: retried soon instead */
     if (sqd_ensure_tables(c, &created, why, sizeof why)) {
         rc = sqlite3_errcode(c->db);
-        sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
         if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
             sn_logf(&c->sink, SN_LOG_ERROR, "cannot create the change log of %s again: %s",
                     c->target, why);
@@ -294,7 +289,6 @@ int sqd_schema_check(sn_conn *c)
                 "dropped; created it again (writes to watched tables failed while it was "
                 "missing)", c->target);
     rc = sqd_repair_triggers(c);
-    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     if (rc != SQLITE_OK)
         return -1;
     if (c->rd) {
@@ -310,6 +304,16 @@ int sqd_schema_check(sn_conn *c)
     }
     c->schema_seen = one_int(c->db, "PRAGMA schema_version", -1);
     return 0;
+}
+
+int sqd_schema_check(sn_conn *c)
+{
+    if (!c->db || !sqlite3_get_autocommit(c->db))
+        return 0;   /* the caller's transaction is open: the next check does it */
+    sqlite3_busy_timeout(c->db, 0);   /* never stall the loop: retried soon instead */
+    int rc = schema_check(c);
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    return rc;
 }
 
 /* ===== housekeeping ===== */
@@ -342,12 +346,12 @@ static void house_cb(struct ev_loop *loop, ev_timer *t, int revents)
         more = rc < 0 && !c->replaced_logged;
     }
     if (c->db && sqlite3_get_autocommit(c->db)) {
-        if (sqd_schema_check(c))
+        sqlite3_busy_timeout(c->db, 0);
+        if (schema_check(c))
             more = 1;
-        rc = sqd_heartbeat(c, 0);
+        rc = sqd_heartbeat(c);
         if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
             more = 1;
-        sqlite3_busy_timeout(c->db, 0);
         rc = prune(c, &more);
         if (rc == SQLITE_OK)
             rc = forget_dead_readers(c);

@@ -604,7 +604,7 @@ int sqd_reader_reopen(sn_conn *c, char *err, size_t errlen)
     if (reader_open(c, 0, err, errlen))
         return -1;
     reader_timers_start(c);
-    sqd_heartbeat(c, 1);
+    sqd_heartbeat(c);
     return 0;
 }
 
@@ -619,7 +619,7 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
         c->reader_id = 1;
     /* Registered at once, so others prune nothing past us from now on; if the lock
      * cannot be had (a transaction of the caller's is open), the next tick does it. */
-    if (sqd_heartbeat(c, 1) != SQLITE_OK)
+    if (sqd_heartbeat(c) != SQLITE_OK)
         sn_logf(&c->sink, SN_LOG_DEBUG, "%s: reader position not written yet: %s", c->target,
                 sqlite3_errmsg(c->db));
     c->schema_seen = -1;

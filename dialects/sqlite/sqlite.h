@@ -123,9 +123,10 @@ int sqd_ensure_tables(sn_conn *c, int *recreated, char *err, size_t errlen);
 int sqd_log_end(sqlite3 *db, sqlite3_int64 *out, char *err, size_t errlen);
 /* The CREATE TABLE text of the log (malloc'd), NULL if missing or on error. */
 char *sqd_log_sql(sqlite3 *db);
-/* Write our reader row (position, heartbeat). wait: use the busy timeout. 0, or an
+/* Write our reader row (position, heartbeat), waiting as long as the connection's busy
+ * timeout says (0 in the loop). 0, or an
  * SQLite result code. */
-int sqd_heartbeat(sn_conn *c, int wait);
+int sqd_heartbeat(sn_conn *c);
 void sqd_reader_forget(sn_conn *c);
 void sqd_house_start(sn_conn *c);
 void sqd_house_reschedule(sn_conn *c, int hurry);
