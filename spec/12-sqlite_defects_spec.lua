@@ -106,7 +106,7 @@ end
 local function wait_until(cond, what, timeout)
   local deadline = H.now() + (timeout or 20)
   while not cond() do
-    assert(H.now() < deadline, "timed out waiting for " .. what)
+    assert(H.now() < deadline, "timed out waiting for " .. (type(what) == "function" and what() or what))
     H.sleep(0.01)
   end
 end
@@ -597,7 +597,8 @@ describe("SQLite defects", function()
           .. "named by the update watch on channel sqlnotify_main_items_update: its events no longer carry them "
           .. "and, with no trigger column left, it fires no more; declare the watch again with the new names",
       }
-      wait_until(function() return has_line(p, want[1]) and has_line(p, want[2]) end, "the repair", 10)
+      wait_until(function() return has_line(p, want[1]) and has_line(p, want[2]) end,
+        function() return "the repair: " .. p:stderr() end)
       cli(path, "INSERT INTO items VALUES (1, 'one', 5); UPDATE items SET amount = 6;")
       assert.are.equal("ready\ninsert 1 [name=one]\n", wait_lines(p, 2))
       assert.are.equal('{"id":{"id":1},"x":{"name":"one"}}\n', cli(path, "SELECT payload FROM sqlnotify_changes;"))
@@ -636,7 +637,8 @@ describe("SQLite defects", function()
       cli(path, "DROP TABLE sqlnotify_changes;")
       local want = 'warn  sqlnotify: the change log table sqlnotify_changes of SQLite database "' .. path
         .. '" was dropped; created it again (writes to watched tables failed while it was missing)'
-      wait_until(function() return has_line(p, want) end, "the change log to be made again", 10)
+      wait_until(function() return has_line(p, want) end,
+        function() return "the change log to be made again: " .. p:stderr() end)
       cli(path, "INSERT INTO items VALUES (3, 'c', 3);")
       assert.are.equal("ready\ninsert 1 [name=a qty=1]\ninsert 2 [name=b qty=2]\ninsert 3 [name=c qty=3]\n",
         wait_lines(p, 4))

@@ -302,7 +302,9 @@ static int schema_check(sn_conn *c)
             c->log_sql = sql;
         }
     }
-    c->schema_seen = one_int(c->db, "PRAGMA schema_version", -1);
+    /* The version we started from, not a fresh read: a change committed while we looked
+     * (by another process, or our own repair) is looked at by the next check. */
+    c->schema_seen = v;
     return 0;
 }
 
