@@ -28,7 +28,9 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+SQLITE_OBJS := $(BUILD)/sqlite-conn.o $(BUILD)/sqlite-changelog.o $(BUILD)/sqlite-triggers.o \
+               $(BUILD)/sqlite-listen.o
+OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/postgresql.o $(SQLITE_OBJS)
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 all: $(HOST) $(MODULE)
@@ -38,6 +40,10 @@ $(BUILD)/%.o: src/%.c $(HEADERS)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: dialects/%.c src/dialect.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
