@@ -397,6 +397,26 @@ describe("sqlnotify usability", function()
       assert.are.same({ code = 2 }, errors[2][2].error)
     end)
 
+    it("error: gets the connection's own error lines from the loop, with source \"database\"", function()
+      local path = H.tmpfile(".db")
+      local m = assert(sqlnotify.notifier{ url = sqlite_url(path) .. "?mode=rwc", use_logger = false })
+      finally(function() m:close() end)
+      assert(m:query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+      m:watch("t", "insert")
+      local got, errors = {}, {}
+      m:subscribe("t", "insert", function(ev) got[#got + 1] = ev.id end)
+      m:on("error", function(message, context) errors[#errors + 1] = { message, context.source } end)
+      assert(m:start())
+      -- another process removes rows before this reader read them: a gap the reader reports
+      assert(H.sh(fmt("sqlite3 %s %s", H.shell_quote(path), H.shell_quote(
+        "BEGIN; INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b'); INSERT INTO t VALUES (3, 'c');"
+        .. " DELETE FROM sqlnotify_changes WHERE seq = 2; COMMIT;"))))
+      assert.is_true(H.run_until(function() return #got == 2 and #errors == 1 end))
+      assert.are.same({ 1, 3 }, got)
+      assert.are.same({ 'sqlnotify: events lost: row 2 of the change log of SQLite database "' .. path
+        .. '" was removed before this reader read it', "database" }, errors[1])
+    end)
+
     it("reconnect: gets the outage and whether events may have been missed", function()
       -- needs the PostgreSQL driver to call sink.reconnected (pg branch)
       local app = "spec14_rc_" .. math.random(1e9)

@@ -791,6 +791,14 @@ function Notifier:on(name, fn)
   if not callable(fn) then fail(2, "on(%q) needs a handler function, got %s", name, type(fn)) end
   local list = self._on[name]
   list[#list + 1] = fn
+  if name == "error" and #list == 1 then
+    -- the connection's own error lines (connection lost, a failed fetch) come from the loop
+    local ref = setmetatable({ self }, { __mode = "v" })
+    self._h:set_error(function(message)
+      local me = ref[1]
+      if me then me:_emit_error(message, { source = "database" }) end
+    end)
+  end
   return self
 end
 
