@@ -27,7 +27,8 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-OBJS    := $(BUILD)/core.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
+PG_SRCS := $(wildcard dialects/postgresql/*.c)
+OBJS    := $(BUILD)/core.o $(PG_SRCS:dialects/postgresql/%.c=$(BUILD)/pg_%.o) $(BUILD)/sqlite.o
 HEADERS := src/dialect.h src/sqlnotify.h
 
 all: $(HOST) $(MODULE)
@@ -37,6 +38,11 @@ $(BUILD)/%.o: src/%.c $(HEADERS)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: dialects/%.c src/dialect.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The PostgreSQL driver is a folder: dialects/postgresql/x.c -> $(BUILD)/pg_x.o
+$(BUILD)/pg_%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
