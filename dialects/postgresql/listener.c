@@ -609,6 +609,8 @@ int pg_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
             rc = ln_exec(c, sql, err, errlen);
         }
         free(sql);
+        if (rc == -2) /* found lost on the way: one attempt to come back at once */
+            rc = ln_up_now(c, err, errlen);
     } else {
         rc = ln_up_now(c, err, errlen); /* LISTENs the new channel with the others */
     }

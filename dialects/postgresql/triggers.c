@@ -19,10 +19,12 @@
  * "sqlnotify:1:<marker>") are found and replaced.
  *
  * The function reads only the columns it sends (key, extra, trigger and old columns),
- * never the whole row, inside a block that catches every error: a watched column renamed
- * or dropped since install, or a value jsonb cannot hold, sends the key marked truncated
- * ("t": true) instead of failing the user's write. A dropped trigger column counts as
- * unchanged.
+ * never the whole row, inside a block that catches every error. A plan that no longer
+ * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE;
+ * a watched column renamed or dropped, or a value jsonb cannot hold, sends the key
+ * marked truncated ("t": true); a trigger column that is gone counts as unchanged. The
+ * user's write never fails here. Floats go out with extra_float_digits = 1 (a SET on the
+ * function, only when the watch carries a float column).
  */
 #include "pg.h"
 
@@ -104,7 +106,7 @@ static void quote_table(pg_sbuf *b, const char *schema, const char *table)
 /* ===== what the catalog says about the watched table ===== */
 
 typedef struct tinfo {
-    PGresult *res; /* rows: relid, relkind, namespace oid, column, is bytea */
+    PGresult *res; /* rows: relid, relkind, namespace oid, column, is bytea, is float */
     const char *relid, *nspid;
     char relkind;
 } tinfo;
@@ -112,7 +114,10 @@ typedef struct tinfo {
 static const char table_sql[] =
     "SELECT c.oid::text, c.relkind::text, c.relnamespace::text, a.attname::text,"
     " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) ="
-    "   'pg_catalog.bytea'::pg_catalog.regtype::pg_catalog.oid"
+    "   'pg_catalog.bytea'::pg_catalog.regtype::pg_catalog.oid,"
+    " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) IN ('pg_catalog.float4'::pg_catalog.regtype,"
+    "   'pg_catalog.float8'::pg_catalog.regtype, 'pg_catalog._float4'::pg_catalog.regtype,"
+    "   'pg_catalog._float8'::pg_catalog.regtype)"
     " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
     " LEFT JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid"
@@ -139,6 +144,15 @@ static int is_bytea(const tinfo *t, const char *col)
     for (int i = 0; i < PQntuples(t->res); i++)
         if (strcmp(PQgetvalue(t->res, i, 3), col) == 0)
             return PQgetvalue(t->res, i, 4)[0] == 't';
+    return 0;
+}
+
+static int is_float(const tinfo *t, const char *const *cols, int n)
+{
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < PQntuples(t->res); i++)
+            if (strcmp(PQgetvalue(t->res, i, 3), cols[k]) == 0 && PQgetvalue(t->res, i, 5)[0] == 't')
+                return 1;
     return 0;
 }
 
@@ -414,6 +428,7 @@ typedef struct plan {
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
     pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
+    const char *config; /* the function's SET clause as pg_proc.proconfig shows it, or "" */
 } plan;
 
 static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
@@ -433,7 +448,13 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
         sn_seterr(err, errlen, "%s", fail);
         return -1;
     }
-    sn_hash_hex(p->body.p, p->body.len, hex);
+    /* Floats are sent as float8out writes them, which the writer's extra_float_digits decides:
+     * 1 (the default since PostgreSQL 12) gives the shortest text that reads back the same. */
+    int fl = is_float(t, w->pk, w->npk) || is_float(t, w->extra, w->nextra) ||
+             (w->op == SN_UPDATE && (is_float(t, w->old_cols, w->nold) || is_float(t, w->trigger_cols, w->ntrigger)));
+    p->config = fl ? "extra_float_digits=1" : "";
+    snprintf(hex, sizeof hex, "%016llx",
+             (unsigned long long)sn_hash64(p->config, strlen(p->config), sn_hash64(p->body.p, p->body.len, 0)));
     pg_sb_add(&p->markline, MARK_V2 "marker=");
     pg_sb_add(&p->markline, w->marker);
     pg_sb_add(&p->markline, ".");
@@ -476,7 +497,8 @@ static void sb_comment(pg_sbuf *b, const sn_watch *w, const plan *p)
 static const char state_sql[] =
     "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
     " p.oid IS NOT NULL, pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosrc,"
-    " t.tgfoid = p.oid, t.tgtype::int, t.tgenabled::text"
+    " t.tgfoid = p.oid, t.tgtype::int, t.tgenabled::text,"
+    " COALESCE(pg_catalog.array_to_string(p.proconfig, ','), '')"
     " FROM (SELECT 1) x"
     " LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = $1::pg_catalog.oid AND t.tgname::text = $3"
     " LEFT JOIN pg_catalog.pg_proc p ON p.pronamespace = $2::pg_catalog.oid"
@@ -511,7 +533,8 @@ static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
         int same = PQgetvalue(res, 0, 2)[0] == 't' &&
                    starts_line(PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3), p->markline.p) &&
                    strcmp(PQgetvalue(res, 0, 4), p->body.p) == 0 && PQgetvalue(res, 0, 5)[0] == 't' &&
-                   type == (TGT_ROW | op_bits[w->op]) && (en == 'O' || en == 'A');
+                   type == (TGT_ROW | op_bits[w->op]) && (en == 'O' || en == 'A') &&
+                   strcmp(PQgetvalue(res, 0, 8), p->config) == 0;
         st = same ? ST_SAME : ST_DAMAGED;
     }
     PQclear(res);
@@ -647,7 +670,10 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
     if (create) {
         pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
         pg_sb_add(b, fn.p);
-        pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql AS ");
+        pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql ");
+        if (*p->config)
+            pg_sb_add(b, "SET extra_float_digits = 1 ");
+        pg_sb_add(b, "AS ");
         pg_sb_quote(b, db, p->body.p, 0);
         pg_sb_add(b, ";\nDROP TRIGGER IF EXISTS ");
         pg_sb_quote(b, db, p->name, 1);
@@ -985,7 +1011,7 @@ int pg_list(sn_conn *c, sn_result **out, char *err, size_t errlen)
         " JOIN pg_catalog.pg_description d ON d.objoid = t.oid AND d.objsubid = 0"
         "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
         " WHERE d.description LIKE '" MARK_ANY "%'"
-        " ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\", 3, 4 COLLATE \"C\"";
+        " ORDER BY n.nspname COLLATE \"C\", c.relname COLLATE \"C\", t.tgtype, t.tgname COLLATE \"C\"";
     static const char *const names[] = {"schema", "table",    "operation", "channel",
                                         "trigger", "function", "columns",   "installed"};
     *out = NULL;
