@@ -291,6 +291,11 @@ describe("the PostgreSQL driver", function()
       assert(n:query("INSERT INTO spec11.a (id, v) VALUES (1, 'in the transaction')"))
       n:watch(S .. ".b", "insert") -- installs its trigger now
       n:subscribe(S .. ".b", "insert", handler)
+      assert(n:query("ROLLBACK"))
+      assert.are.equal(0, count("SELECT count(*) FROM spec11.a"))
+      -- the same for a list and a drop
+      assert(n:query("BEGIN"))
+      assert(n:query("INSERT INTO spec11.a (id, v) VALUES (2, 'in the transaction')"))
       assert.is_true(#assert(n._h:list()) >= 3)
       assert.are.equal(1, n._h:drop(S, "c"))
       assert.are.same({ { n = 1 } }, n:query("SELECT count(*)::int AS n FROM spec11.a"))

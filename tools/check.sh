@@ -10,7 +10,7 @@ PG_URL=${SQLNOTIFY_TEST_PG_URL:-postgresql://root@127.0.0.1/test}
 say() { echo "check: $*"; }
 
 # ----- packages -----
-need="lua5.4 liblua5.4-dev libpq-dev libsqlite3-dev libev-dev lua-cjson lua-busted luarocks pkg-config make gcc sqlite3 postgresql-client"
+need="lua5.4 liblua5.4-dev libpq-dev libsqlite3-dev libev-dev lua-cjson lua-busted luarocks pkg-config make gcc sqlite3 postgresql-client socat"
 missing=""
 for p in $need; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
