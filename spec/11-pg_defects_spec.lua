@@ -80,12 +80,6 @@ local function triggers_on(schema, tbl)
     WHERE t.tgrelid = '%s.%s'::regclass AND NOT t.tgisinternal ORDER BY 1]], schema, tbl))
 end
 
-local function errors_of(f)
-  local ok, e = pcall(f)
-  assert.is_false(ok, "expected an error")
-  return (tostring(e):gsub("^[^:]+:%d+: ", ""))
-end
-
 describe("the PostgreSQL driver", function()
   local made
 

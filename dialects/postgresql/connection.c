@@ -11,8 +11,9 @@
  * Nothing waits without a deadline: a connection attempt gets connect_timeout (the
  * URL's, default 10 s), a statement sqlnotify_statement_timeout (default 30 s). A
  * statement past its deadline closes its connection: PQcancel would itself block on
- * a server that does not answer. Passwords never reach a message: everything that
- * came from the connection string is scrubbed.
+ * a server that does not answer. (A host name is resolved by the system's resolver, with
+ * its own timeouts; connect_timeout=0 means our default here, not "forever".) Passwords
+ * never reach a message: everything that came from the connection string is scrubbed.
  */
 #include "pg.h"
 
@@ -51,26 +52,34 @@ void pg_one_line(char *dst, size_t n, const char *src)
 
 /* ===== passwords ===== */
 
-/* Replace every password text we know of by "***", in place. */
+/* Replace every password text we know of by "***", in place (msg holds n bytes). */
 void pg_scrub(const sn_conn *c, char *msg, size_t n)
 {
-    for (int i = 0; i < 4; i++) {
-        const char *s = c->secrets[i];
-        size_t sl = s ? strlen(s) : 0;
-        if (sl < 2) /* a one-character "password" would mangle every message */
-            continue;
-        char *at;
-        size_t from = 0;
-        while ((at = strstr(msg + from, s)) != NULL) {
-            size_t pos = (size_t)(at - msg), rest = strlen(at + sl);
-            if (pos + 3 + rest + 1 > n)
-                rest = n > pos + 4 ? n - pos - 4 : 0;
-            memmove(msg + pos + 3, at + sl, rest);
-            memcpy(msg + pos, "***", 3);
-            msg[pos + 3 + rest] = '\0';
-            from = pos + 3;
+    size_t len = strlen(msg), k = 0;
+    char *out = malloc(len + 1 > n ? len + 1 : n);
+    if (out == NULL) {
+        msg[0] = '\0'; /* better nothing than a password */
+        return;
+    }
+    for (const char *p = msg; *p && k + 1 < n;) {
+        size_t hit = 0;
+        for (int i = 0; i < 4 && !hit; i++) {
+            size_t sl = c->secrets[i] ? strlen(c->secrets[i]) : 0;
+            /* a one-character "password" would mangle every message */
+            if (sl >= 2 && strncmp(p, c->secrets[i], sl) == 0)
+                hit = sl;
+        }
+        if (hit) {
+            for (int s = 0; s < 3 && k + 1 < n; s++)
+                out[k++] = '*';
+            p += hit;
+        } else {
+            out[k++] = *p++;
         }
     }
+    out[k] = '\0';
+    memcpy(msg, out, k + 1);
+    free(out);
 }
 
 static int add_secret(sn_conn *c, const char *s, size_t len)
