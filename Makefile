@@ -28,9 +28,10 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-SQLITE_OBJS := $(BUILD)/sqlite-conn.o $(BUILD)/sqlite-changelog.o $(BUILD)/sqlite-triggers.o \
-               $(BUILD)/sqlite-listen.o
-OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/postgresql.o $(SQLITE_OBJS)
+# Each driver is a folder: dialects/<name>/x.c -> $(BUILD)/<name>-x.o
+PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dialects/postgresql/*.c))
+SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
+OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 all: $(HOST) $(MODULE)
@@ -39,7 +40,7 @@ $(BUILD)/%.o: src/%.c $(HEADERS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/%.o: dialects/%.c src/dialect.h
+$(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
