@@ -4,15 +4,9 @@
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
-local files = 0
 
 -- A fresh database file under the spec's temporary directory, with the tables.
-local function fresh_db()
-  files = files + 1
-  local path = H.tmpdir() .. "/api04-" .. files .. ".db"
-  H.sh("rm -f " .. H.shell_quote(path) .. "*")
-  return path
-end
+local function fresh_db() return H.fresh_sqlite("api04") end
 
 local function sqlite_notifier(path, opts)
   opts = opts or {}

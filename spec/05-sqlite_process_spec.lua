@@ -7,24 +7,10 @@ local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
 local q = H.shell_quote
-local files = 0
 
-local function fresh_db()
-  files = files + 1
-  local path = H.tmpdir() .. "/proc05-" .. files .. ".db"
-  H.sh("rm -f " .. q(path) .. "*")
-  return path
-end
+local function fresh_db() return H.fresh_sqlite("proc05") end
 
--- Run SQL in the sqlite3 CLI, another process; raises with its output on failure.
-local function cli(path, sql)
-  local file, out = H.tmpfile(".sql"), H.tmpfile(".out")
-  H.spit(file, ".timeout 5000\n.bail on\n" .. sql .. "\n")
-  local ok = H.sh("sqlite3 " .. q(path) .. " <" .. q(file) .. " >" .. q(out) .. " 2>&1")
-  local text = H.slurp(out)
-  if not ok then error("sqlite3 failed: " .. text, 2) end
-  return text
-end
+local cli = H.sqlite_cli
 
 -- The same in the background; returns a function that tells whether it finished (and
 -- raises if it failed).

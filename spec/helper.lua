@@ -63,6 +63,26 @@ local function tmpfile(suffix)
 end
 H.tmpfile = tmpfile
 
+-- A path for a new SQLite file under the spec's temporary directory (nothing there yet):
+-- prefix names the spec file, a counter the test.
+local db_files = 0
+function H.fresh_sqlite(prefix)
+  db_files = db_files + 1
+  local path = H.tmpdir() .. "/" .. prefix .. "-" .. db_files .. ".db"
+  H.sh("rm -f " .. q(path) .. "*")
+  return path
+end
+
+-- Run SQL in the sqlite3 CLI, another process; raises with its output on failure.
+function H.sqlite_cli(path, sql)
+  local file, out = tmpfile(".sql"), tmpfile(".out")
+  spit(file, ".timeout 5000\n.bail on\n" .. sql .. "\n")
+  local ok = H.sh("sqlite3 " .. q(path) .. " <" .. q(file) .. " >" .. q(out) .. " 2>&1")
+  local text = slurp(out)
+  if not ok then error("sqlite3 failed: " .. text, 2) end
+  return text
+end
+
 -- The real psql, not Debian's wrapper: the wrapper refuses to run at all while any cluster
 -- it knows of is half made (the reliability spec creates and drops one).
 local PSQL = "psql"
