@@ -204,14 +204,29 @@ static const char *shown(char *out, size_t outlen, const char *s, size_t len)
     return out;
 }
 
-static void ws(dec *d)
+/* JSON whitespace: space, \n, \r, \t. Bytes above ' ' never are, so one compare ends
+ * the common case (the next byte is what we want). */
+static inline int is_ws(unsigned char ch)
 {
-    while (d->p < d->end && (*d->p == ' ' || *d->p == '\n' || *d->p == '\r' || *d->p == '\t'))
-        d->p++;
+    return ch <= ' ' && (ch == ' ' || ch == '\n' || ch == '\r' || ch == '\t');
 }
 
-static int expect(dec *d, char ch)
+static inline void ws(dec *d)
 {
+    const char *p = d->p, *e = d->end;
+    while (p < e && is_ws((unsigned char)*p))
+        p++;
+    d->p = p;
+}
+
+/* Inlined, the expected byte first: PostgreSQL's jsonb text has no space before ':',
+ * ',' or '}' and one after ':' and ',', so most calls end at the first compare. */
+static inline int expect(dec *d, char ch)
+{
+    if (d->p < d->end && *d->p == ch) {
+        d->p++;
+        return 1;
+    }
     ws(d);
     if (d->p < d->end && *d->p == ch) {
         d->p++;
@@ -219,6 +234,16 @@ static int expect(dec *d, char ch)
     }
     return 0;
 }
+
+/* Bytes that end the plain run of a string: '"', '\\' and control characters. A table
+ * is one load and one test per byte instead of three compares. */
+static const unsigned char str_stop[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1, [0x07] = 1,
+    [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1, [0x0e] = 1, [0x0f] = 1,
+    [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1, [0x15] = 1, [0x16] = 1, [0x17] = 1,
+    [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1, [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1,
+    ['"'] = 1, ['\\'] = 1,
+};
 
 static int hexval(int ch)
 {
@@ -266,17 +291,27 @@ static void put_utf8(luaL_Buffer *b, unsigned cp)
 /* A JSON string, its opening quote read. Without escapes (the common case) it is a span
  * of the payload: *s, *len, returns 1. With escapes it is unescaped into a Lua string
  * pushed on the stack: returns 2 (*s, *len point into it). 0: malformed. */
-static int string(dec *d, const char **s, size_t *len)
+static int string_slow(dec *d, const char *begin, const char **s, size_t *len);
+
+static inline int string(dec *d, const char **s, size_t *len)
 {
-    const char *begin = d->p;
-    while (d->p < d->end && *d->p != '"' && *d->p != '\\' && (unsigned char)*d->p >= 0x20)
-        d->p++;
-    if (d->p < d->end && *d->p == '"') {
+    const char *begin = d->p, *p = d->p, *e = d->end;
+    while (p < e && !str_stop[(unsigned char)*p])
+        p++;
+    d->p = p;
+    if (p < e && *p == '"') {
         *s = begin;
-        *len = (size_t)(d->p - begin);
+        *len = (size_t)(p - begin);
         d->p++;
         return 1;
     }
+    return string_slow(d, begin, s, len);
+}
+
+/* Escapes, control characters, the end of the payload: out of line, so that the common
+ * case above is inlined without this one's frame (a luaL_Buffer). d->p is at the stop. */
+static __attribute__((noinline)) int string_slow(dec *d, const char *begin, const char **s, size_t *len)
+{
     const char *escape = d->p;
     luaL_Buffer b;
     luaL_buffinit(d->L, &b);
@@ -604,6 +639,24 @@ static int value(dec *d, int cls, int skip, int depth)
         luaL_checkstack(L, 4, "payload nesting");
         return object(d, skip, depth);
     default: {
+        /* a plain integer of up to 18 digits (keys, counters): read in one pass. Anything
+         * else (fractions, exponents, leading zeros, long ones, errors) takes the full path */
+        if (cls == SN_CLASS_PLAIN && !skip) {
+            const char *p = d->p, *e = d->end;
+            int neg = p < e && *p == '-';
+            p += neg;
+            if (p < e && *p >= '1' && *p <= '9') {
+                const char *digits = p;
+                lua_Integer v = 0;
+                while (p < e && *p >= '0' && *p <= '9' && p - digits < 18) /* no overflow */
+                    v = v * 10 + (*p++ - '0');
+                if (p >= e || ((*p < '0' || *p > '9') && *p != '.' && *p != 'e' && *p != 'E')) {
+                    lua_pushinteger(L, neg ? -v : v);
+                    d->p = p;
+                    return 1;
+                }
+            }
+        }
         size_t len = 0;
         int integral = 0;
         if (!number_span(d, &len, &integral))
@@ -687,27 +740,35 @@ static int columns(dec *d, const target *t)
                 char name[200];
                 return bad(d, "key column \"%s\" in \"%s\" is not a scalar", shown(name, sizeof name, k, klen), t->what);
             }
-            r = value(d, at >= 0 ? cols[at].cls : SN_CLASS_PLAIN, at < 0, 0);
+            if (at < 0) {
+                if (value(d, SN_CLASS_PLAIN, 1, 0) < 0)
+                    return 0;
+                continue;
+            }
+            /* the plan's name under the value, for one lua_rawset without copies */
+            if (t->byname)
+                lua_rawgeti(L, d->names, t->first + at + 1);
+            r = value(d, cols[at].cls, 0, 0);
             if (r < 0)
                 return 0;
-            if (at < 0)
-                continue;
             if (r == 0) {
-                if (!d->pl->nulls)
-                    continue; /* NULL: absent */
+                if (!d->pl->nulls) { /* NULL: absent */
+                    if (t->byname)
+                        lua_pop(L, 1);
+                    continue;
+                }
                 lua_pushlightuserdata(L, NULL);
             }
-            if (t->byname) {
-                lua_rawgeti(L, d->names, t->first + at + 1);
-                lua_pushvalue(L, -2);
-                lua_rawset(L, t->byname);
+            if (t->id) {
+                if (t->byname)
+                    lua_pushvalue(L, -1);
+                if (t->n == 1)
+                    lua_replace(L, t->id);
+                else
+                    lua_rawseti(L, t->id, at + 1);
             }
-            if (t->id == 0)
-                lua_pop(L, 1);
-            else if (t->n == 1)
-                lua_replace(L, t->id);
-            else
-                lua_rawseti(L, t->id, at + 1);
+            if (t->byname)
+                lua_rawset(L, t->byname);
         } while (expect(d, ','));
         if (!expect(d, '}'))
             return bad_syntax(d, "a missing ',' or '}'");
@@ -808,10 +869,30 @@ static int payload(dec *d)
     return 1 + truncated;
 }
 
+/* Upvalues of core.decode: the plan metatable, then the event's field names, interned
+ * once so that each event sets its fields with lua_rawset instead of lua_setfield
+ * (which hashes or looks up each C string again). */
+enum { U_META = 1, U_SCHEMA, U_TABLE, U_OPERATION, U_ID, U_KEY, U_EXTRA, U_OLD, U_OLD_ID, U_CHANNEL,
+       U_TIMESTAMP, U_TRUNCATED, U_N = U_TRUNCATED };
+static const char *const event_fields[] = {"schema", "table", "operation", "id", "key", "extra_columns", "old",
+                                           "old_id", "channel", "timestamp", "truncated"};
+
+/* event[upvalue u] = the value at stack index v */
+static void set_field(lua_State *L, int ev, int u, int v)
+{
+    lua_pushvalue(L, lua_upvalueindex(u));
+    lua_pushvalue(L, v);
+    lua_rawset(L, ev);
+}
+
 /* core.decode(plan, payload, channel, timestamp) -> event | nil, reason */
 static int l_decode(lua_State *L)
 {
-    sn_plan *pl = luaL_checkudata(L, A_PLAN, PLAN_META);
+    /* luaL_checkudata's registry lookup by name, without the lookup: same check */
+    sn_plan *pl = lua_touserdata(L, A_PLAN);
+    if (pl == NULL || !lua_getmetatable(L, A_PLAN) || !lua_rawequal(L, -1, lua_upvalueindex(U_META)))
+        luaL_typeerror(L, A_PLAN, PLAN_META);
+    lua_pop(L, 1);
     size_t len;
     const char *s = luaL_checklstring(L, A_PAYLOAD, &len);
     luaL_checktype(L, A_CHANNEL, LUA_TSTRING);
@@ -830,7 +911,13 @@ static int l_decode(lua_State *L)
     else
         lua_pushnil(L);
     lua_pushnil(L);                               /* S_OLDID */
-    dec d = {.L = L, .start = s, .p = s, .end = s + len, .pl = pl, .names = S_NAMES};
+    dec d; /* field by field: an initializer would clear all of why[] on every event */
+    d.L = L;
+    d.start = d.p = s;
+    d.end = s + len;
+    d.pl = pl;
+    d.names = S_NAMES;
+    d.seen = 0;
     d.why[0] = '\0';
     int r = payload(&d);
     if (r == 0) {
@@ -841,34 +928,24 @@ static int l_decode(lua_State *L)
     lua_settop(L, S_OLDID);
     int truncated = r == 2;
     int ev = S_EVENT;
-    lua_rawgeti(L, S_NAMES, pl->ncols + 1);
-    lua_setfield(L, ev, "schema");
-    lua_rawgeti(L, S_NAMES, pl->ncols + 2);
-    lua_setfield(L, ev, "table");
-    lua_rawgeti(L, S_NAMES, pl->ncols + 3);
-    lua_setfield(L, ev, "operation");
-    if (pl->npk > 0 && (d.seen & K_ID)) {
-        lua_pushvalue(L, S_ID);
-        lua_setfield(L, ev, "id");
+    for (int f = 0; f < 3; f++) { /* schema, table, operation */
+        lua_pushvalue(L, lua_upvalueindex(U_SCHEMA + f));
+        lua_rawgeti(L, S_NAMES, pl->ncols + 1 + f);
+        lua_rawset(L, ev);
     }
-    lua_pushvalue(L, S_KEY);
-    lua_setfield(L, ev, "key");
-    lua_pushvalue(L, S_EXTRA);
-    lua_setfield(L, ev, "extra_columns");
-    if (pl->has_old) {
-        lua_pushvalue(L, S_OLD);
-        lua_setfield(L, ev, "old");
-    }
-    if (pl->npk > 0 && (d.seen & K_OID)) {
-        lua_pushvalue(L, S_OLDID);
-        lua_setfield(L, ev, "old_id");
-    }
-    lua_pushvalue(L, A_CHANNEL);
-    lua_setfield(L, ev, "channel");
-    lua_pushvalue(L, A_TS);
-    lua_setfield(L, ev, "timestamp");
+    if (pl->npk > 0 && (d.seen & K_ID))
+        set_field(L, ev, U_ID, S_ID);
+    set_field(L, ev, U_KEY, S_KEY);
+    set_field(L, ev, U_EXTRA, S_EXTRA);
+    if (pl->has_old)
+        set_field(L, ev, U_OLD, S_OLD);
+    if (pl->npk > 0 && (d.seen & K_OID))
+        set_field(L, ev, U_OLD_ID, S_OLDID);
+    set_field(L, ev, U_CHANNEL, A_CHANNEL);
+    set_field(L, ev, U_TIMESTAMP, A_TS);
+    lua_pushvalue(L, lua_upvalueindex(U_TRUNCATED));
     lua_pushboolean(L, truncated);
-    lua_setfield(L, ev, "truncated");
+    lua_rawset(L, ev);
     lua_pushvalue(L, ev);
     return 1;
 }
@@ -877,14 +954,16 @@ static int l_decode(lua_State *L)
 
 static const luaL_Reg decodelib[] = {
     {"plan", l_plan},
-    {"decode", l_decode},
     {NULL, NULL},
 };
 
 void sn_decode_open(lua_State *L)
 {
     luaL_newmetatable(L, PLAN_META);
-    lua_pop(L, 1);
+    for (int u = U_SCHEMA; u <= U_N; u++)
+        lua_pushstring(L, event_fields[u - U_SCHEMA]);
+    lua_pushcclosure(L, l_decode, U_N);
+    lua_setfield(L, -2, "decode");
     luaL_setfuncs(L, decodelib, 0);
     lua_pushlightuserdata(L, NULL); /* equal to lua-cjson's null: one sentinel for both */
     lua_setfield(L, -2, "null");
