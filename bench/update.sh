@@ -24,7 +24,9 @@ SQL
 PID=$!
 wait_lines() { # PATTERN COUNT
   i=0
-  while [ "$(grep -c "$1" "$TMP/out" 2>/dev/null || true)" -lt "$2" ]; do
+  while :; do
+    c=$(grep -c "$1" "$TMP/out" 2>/dev/null) || true   # no file yet: no count at all
+    [ "${c:-0}" -lt "$2" ] || break
     i=$((i + 1)); [ $i -lt 2400 ] || { echo "bench: update.lua stalled: $(tail -3 "$TMP/err")" >&2; exit 1; }
     sleep 0.05
   done
