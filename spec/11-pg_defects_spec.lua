@@ -385,8 +385,13 @@ describe("the PostgreSQL driver", function()
       local app = "spec11_loss_" .. math.random(1e9)
       local r = track(raw(url_with(H.pg_url, "application_name=" .. app)))
       assert(r.h:listen("sqlnotify_spec11_c1"))
-      local pid = H.psql(fmt([[SELECT pid FROM pg_stat_activity WHERE application_name = '%s'
-        AND query LIKE 'LISTEN%%']], app)):match("^(%d+)\n$")
+      -- the statistics view can lag behind a statement that just ran: wait for it
+      local pid, deadline = nil, H.now() + 10
+      repeat
+        pid = H.psql(fmt([[SELECT pid FROM pg_stat_activity WHERE application_name = '%s'
+          AND query LIKE 'LISTEN%%']], app)):match("^(%d+)\n$")
+        if not pid then H.sleep(0.02) end
+      until pid or H.now() > deadline
       assert(pid, "the listener's backend is not in pg_stat_activity")
       -- the loop does not run meanwhile: the notification and the server's goodbye wait in our socket
       H.psql(fmt([[SELECT pg_notify('sqlnotify_spec11_c1', 'before the loss'); SELECT pg_sleep(0.3);
