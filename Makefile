@@ -31,6 +31,15 @@ MODULE  := $(BUILD)/sqlnotify/core.so
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/postgresql.o $(BUILD)/sqlite.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
+# MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.
+MYSQL_CFLAGS := $(shell pkg-config --cflags libmariadb 2>/dev/null || mariadb_config --cflags 2>/dev/null)
+MYSQL_LIBS := $(shell pkg-config --libs libmariadb 2>/dev/null || mariadb_config --libs 2>/dev/null)
+ifneq ($(MYSQL_LIBS),)
+OBJS    += $(patsubst dialects/mysql/%.c,$(BUILD)/mysql_%.o,$(wildcard dialects/mysql/*.c))
+CFLAGS  += -DSN_HAVE_MYSQL
+DB_LIBS += $(MYSQL_LIBS)
+endif
+
 all: $(HOST) $(MODULE)
 
 $(BUILD)/%.o: src/%.c $(HEADERS)
@@ -40,6 +49,10 @@ $(BUILD)/%.o: src/%.c $(HEADERS)
 $(BUILD)/%.o: dialects/%.c src/dialect.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/mysql_%.o: dialects/mysql/%.c dialects/mysql/my.h src/dialect.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(MYSQL_CFLAGS) -c -o $@ $<
 
 $(HOST): $(BUILD)/host.o $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ -llua5.4 $(DB_LIBS) -lm

@@ -181,6 +181,7 @@ end
 
 local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
+  consumer = true, start_at = true,
 }
 
 --- sqlnotify.notifier{url=, revoke_on_model_change=, cleanup_on_start=, use_logger=, retention=}
@@ -194,7 +195,15 @@ function M.notifier(opts)
   if opts.retention ~= nil and (type(opts.retention) ~= "number" or opts.retention <= 0) then
     fail(2, "retention must be a number of seconds above zero")
   end
-  local h, err = core.open(url, { use_logger = opts.use_logger ~= false, retention = opts.retention })
+  if opts.consumer ~= nil and (type(opts.consumer) ~= "string" or opts.consumer == "") then
+    fail(2, "consumer must be a non-empty string")
+  end
+  if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" then
+    fail(2, "start_at must be \"end\" or \"beginning\", got %s",
+      type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
+  end
+  local h, err = core.open(url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
+    consumer = opts.consumer, start_at = opts.start_at })
   if not h then return nil, err end
   local self = setmetatable({
     _h = h,
@@ -210,7 +219,7 @@ function M.notifier(opts)
     _started = false,
     _ever_started = false,
   }, Notifier)
-  h:set_dispatch(function(batch, n, ts) return self:_dispatch(batch, n, ts) end)
+  h:set_dispatch(function(batch, n, ts, seqs) return self:_dispatch(batch, n, ts, seqs) end)
   all_notifiers[#all_notifiers + 1] = self
   return self
 end
@@ -505,16 +514,18 @@ function Notifier:_deliver(chan, w, ev)
 end
 
 
--- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload.
-function Notifier:_dispatch(batch, n, ts)
+-- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload, seqs[i] its
+-- journal position (durable mode). Returns how many events it went through.
+function Notifier:_dispatch(batch, n, ts, seqs)
   local by_channel, subs = self._by_channel, self._subs
   for i = 1, 2 * n, 2 do
-    if stopping() then return end -- SIGINT/SIGTERM arrived: no handler starts after it
+    if stopping() then return (i - 1) // 2 end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
     local chan = w and subs[channel]
     if chan and chan.n > 0 and self._started then
       local ev = self:_event(w, channel, batch[i + 1], ts)
+      if ev and seqs then ev.seq = seqs[(i + 1) // 2] end
       local all = chan.all
       if ev and chan.n == 1 and #all == 1 then
         self:_call(all[1], ev) -- the common case, one subscriber without filters: no list building
@@ -523,6 +534,7 @@ function Notifier:_dispatch(batch, n, ts)
       end
     end
   end
+  return n
 end
 
 -- ===== lifecycle =====
@@ -609,6 +621,25 @@ function Notifier:notify(t, op, payload, opts)
       #text, max, self.dialect_name)
   end
   return self._h:notify(w.channel, text, overflow)
+end
+
+--- n:consumers() -> { {name=, lag_events=, lag_seconds=, members=, last_seen=}, ... } | nil, message
+function Notifier:consumers()
+  check_notifier(self, 2)
+  local rows, err = self._h:consumers()
+  if not rows then return nil, err end
+  for i, r in ipairs(rows) do
+    rows[i] = { name = r[1], lag_events = math.tointeger(tonumber(r[2])), lag_seconds = tonumber(r[3]),
+      members = math.tointeger(tonumber(r[4])), last_seen = r[5] }
+  end
+  return rows
+end
+
+--- n:drop_consumer(name) -> true (dropped) | false (no such consumer) | nil, message
+function Notifier:drop_consumer(name)
+  check_notifier(self, 2)
+  if type(name) ~= "string" or name == "" then fail(2, "drop_consumer needs a consumer name") end
+  return self._h:drop_consumer(name)
 end
 
 --- n:query(sql, ...) -> rows | nil, message. One statement, parameters $1.. (PostgreSQL) or ? (SQLite).
