@@ -18,10 +18,14 @@
  * values as "\x" + lower-case hex; JSON as JSON; the rest as MySQL's text (DATETIME as
  * "2024-01-02 03:04:05.000000").
  *
- * The body catches every error (a column renamed or dropped since install, a journal that
- * is gone): it sends the key alone, truncated ("t": true), or, if even the key cannot be
- * read, {"t": true}; a user's write never fails because of us. Lock waits, deadlocks and
- * a killed statement are raised again: they roll the user's statement back anyway.
+ * The body catches every error, so a user's write never fails because of us: when the one
+ * JSON_OBJECT per part fails (a column renamed or dropped since install, a value the journal
+ * refuses), a slow path reads each column on its own and sends what is left (a column gone
+ * is absent, a trigger column gone counts as unchanged; a key that cannot be read sends
+ * {"t": true}); a journal that is gone sends nothing. Lock waits, deadlocks and a killed
+ * statement are raised again: they roll the user's statement back anyway. A row whose
+ * payload would not fit max_allowed_packet (the reader could not fetch it) sends its key,
+ * truncated.
  */
 #include "my.h"
 
@@ -345,10 +349,91 @@ static void journal_insert(my_sbuf *b, sn_conn *c, const sn_watch *w, const char
     my_sb_addf(b, ", %s);\n", payload_sql);
 }
 
-/* Everything after the marker line. */
+/* Run stmt (which sets t) in a block of its own: t is NULL when it failed. (A SET that
+ * fails leaves NULL in its variable, so each read goes through t.) */
+static void guarded(my_sbuf *b, const char *stmt)
+{
+    my_sb_add(b, "SET t = NULL;\nBEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET t = NULL; ");
+    my_sb_add(b, stmt);
+    my_sb_add(b, " END;\n");
+}
+
+/* The slow path, taken only when the fast one failed (a column renamed or dropped since
+ * install, a value the journal refused): every column read on its own, so what is left
+ * still goes out. A key that cannot be read sends {"t":true}. */
+static void fallback(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
+{
+    const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
+    my_sbuf s = {0};
+    my_sb_add(b, "BEGIN\n"
+                 "DECLARE k LONGTEXT CHARACTER SET utf8mb4 DEFAULT NULL;\n"
+                 "DECLARE x, o LONGTEXT CHARACTER SET utf8mb4 DEFAULT '{}';\n"
+                 "DECLARE d LONGTEXT CHARACTER SET utf8mb4 DEFAULT '';\n"
+                 "DECLARE t LONGTEXT CHARACTER SET utf8mb4;\n");
+    int when = w->op == SN_UPDATE && w->ntrigger > 0;
+    my_sb_addf(b, "DECLARE f INT DEFAULT %d;\n", when ? 0 : 1);
+    my_sb_add(&s, "SET t = ");
+    object(&s, ci, w, row, w->pk, w->npk);
+    my_sb_add(&s, ";");
+    guarded(b, s.s ? s.s : "");
+    my_sb_add(b, "SET k = t;\n");
+    if (w->op == SN_UPDATE && w->npk > 0) {
+        s.len = 0;
+        my_sb_add(&s, "IF ");
+        changed(&s, w->pk, w->npk);
+        my_sb_add(&s, " THEN SET t = CONCAT(',\"oid\":', ");
+        object(&s, ci, w, "OLD", w->pk, w->npk);
+        my_sb_add(&s, "); ELSE SET t = ''; END IF;");
+        guarded(b, s.s ? s.s : "");
+        my_sb_add(b, "SET d = COALESCE(t, '');\n");
+    }
+    for (int l = 0; l < 2; l++) {
+        const char *const *cols = l == 0 ? w->extra : w->old_cols;
+        int n = l == 0 ? w->nextra : w->op == SN_UPDATE ? w->nold : 0;
+        for (int i = 0; i < n; i++) {
+            s.len = 0;
+            my_sb_add(&s, "SET t = ");
+            object(&s, ci, w, l == 0 ? row : "OLD", &cols[i], 1);
+            my_sb_add(&s, ";");
+            guarded(b, s.s ? s.s : "");
+            my_sb_addf(b, "IF t IS NOT NULL THEN SET %s = JSON_MERGE_PRESERVE(%s, t); END IF;\n", l == 0 ? "x" : "o",
+                       l == 0 ? "x" : "o");
+        }
+    }
+    for (int i = 0; when && i < w->ntrigger; i++) { /* a trigger column gone counts as unchanged */
+        s.len = 0;
+        my_sb_add(&s, "IF ");
+        changed(&s, &w->trigger_cols[i], 1);
+        my_sb_add(&s, " THEN SET f = 1; END IF;");
+        guarded(b, s.s ? s.s : "");
+    }
+    const char *key_only = "IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d, ',\"t\":true}'))";
+    my_sb_add(b, "IF f THEN\n");
+    my_sb_add(b, "SET p = IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d");
+    if (w->nextra > 0)
+        my_sb_add(b, ", ',\"x\":', x");
+    if (w->op == SN_UPDATE && w->nold > 0)
+        my_sb_add(b, ", ',\"o\":', o");
+    my_sb_add(b, ", '}'));\n");
+    my_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", key_only);
+    my_sb_add(b, "BEGIN\n"
+                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
+                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN END;\n"); /* the journal is gone: nothing to do */
+    journal_insert(b, c, w, key_only);
+    my_sb_add(b, "END;\n");
+    journal_insert(b, c, w, "p");
+    my_sb_add(b, "END;\nEND IF;\nEND;\n");
+    if (s.oom)
+        b->oom = 1;
+    my_sb_free(&s);
+}
+
+/* Everything after the marker line: the fast path (one JSON_OBJECT per part), and the
+ * handler that takes the slow path when it fails. Lock waits, deadlocks and a killed
+ * statement are raised again: they roll the user's statement back anyway. */
 static void body_rest(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
 {
-    my_sbuf key = {0}, full = {0};
+    my_sbuf key = {0}, full = {0}, trunc = {0};
     key_parts(&key, ci, w);
     my_sb_add(&full, key.s ? key.s : "");
     const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
@@ -360,20 +445,14 @@ static void body_rest(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *
         my_sb_add(&full, ", ',\"o\":', ");
         object(&full, ci, w, "OLD", w->old_cols, w->nold);
     }
+    my_sb_addf(&trunc, "CONCAT(%s, ',\"t\":true}')", key.s ? key.s : "");
     my_sb_add(b, "DECLARE p LONGTEXT CHARACTER SET utf8mb4;\n"
                  "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
-                 "DECLARE e INT DEFAULT 0;\n"
+                 "DECLARE e INT;\n"
                  "GET DIAGNOSTICS CONDITION 1 e = MYSQL_ERRNO;\n"
-                 "IF e IN (1205, 1213, 1317, 1969, 3024) THEN RESIGNAL; END IF;\n"
-                 "BEGIN\n"
-                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
-                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN END;\n");
-    journal_insert(b, c, w, "'{\"t\":true}'");
+                 "IF e IN (1205, 1213, 1317, 1969, 3024) THEN RESIGNAL; END IF;\n");
+    fallback(b, c, w, ci);
     my_sb_add(b, "END;\n");
-    my_sbuf trunc = {0};
-    my_sb_addf(&trunc, "CONCAT(%s, ',\"t\":true}')", key.s ? key.s : "");
-    journal_insert(b, c, w, trunc.s ? trunc.s : "");
-    my_sb_add(b, "END;\nEND;\n");
     if (w->op == SN_UPDATE && w->ntrigger > 0) {
         my_sb_add(b, "IF ");
         changed(b, w->trigger_cols, w->ntrigger);
