@@ -30,7 +30,7 @@ local function sql(text)
   local file = H.tmpfile(".sql")
   H.spit(file, text)
   local out = H.tmpfile(".out")
-  local ok = H.sh(fmt("MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s -N -B %s <%s >%s 2>&1", q(pass), q(host),
+  local ok = H.sh(fmt("MYSQL_PWD=%s mariadb --default-character-set=utf8mb4 --protocol=tcp -h %s -P %s -u %s -N -B %s <%s >%s 2>&1", q(pass), q(host),
     q(port), q(user), q(DB), q(file), q(out)))
   local res = H.slurp(out)
   if not ok then error("mariadb failed: " .. res, 2) end
@@ -87,3 +87,288 @@ require("cases.api")({
     bad_message = fmt("sqlnotify: Table '%s.s19_no_such_table' doesn't exist", DB),
   },
 }, _ENV)
+
+-- ===== what is MySQL's own =====
+
+local collector = H.collector
+
+-- Events reduced to what a test compares.
+local function brief(events)
+  local out = {}
+  for i, ev in ipairs(events) do out[i] = { id = ev.id, truncated = ev.truncated, x = ev.extra_columns } end
+  return out
+end
+
+describe("sqlnotify (MySQL/MariaDB)", function()
+  local open = {}
+  local function N(opts)
+    local n = notifier(opts)
+    open[#open + 1] = n
+    return n
+  end
+
+  after_each(function()
+    for _, n in ipairs(open) do
+      if not n._closed then
+        n:cleanup()
+        n:close()
+      end
+    end
+    open = {}
+  end)
+
+  describe("URLs", function()
+    it("honours unix_socket and a driver suffix, and names the socket in its target", function()
+      local socket = sql("SELECT @@socket"):match("[^\n]+")
+      local n = N{ url = fmt("mariadb+mariadbconnector://%s@localhost/%s?unix_socket=%s", user, DB, socket) }
+      assert.are.equal("mysql", n.dialect_name)
+      assert.are.equal(fmt('database "%s" on socket %s', DB, socket), n._h:target())
+      assert.are.same({ { one = 1 } }, n:query("SELECT 1 AS one"))
+    end)
+
+    it("refuses an unknown parameter, a bad number and a URL without a database, by name", function()
+      local cases = {
+        { URL .. "?sslmode=require", 'sqlnotify: unknown MySQL URL parameter "sslmode" (known: unix_socket,'
+          .. " connect_timeout, read_timeout, ssl, ssl_ca, ssl_cert, ssl_key, ssl_verify_server_cert, charset)" },
+        { URL .. "?connect_timeout=soon",
+          'sqlnotify: MySQL URL parameter connect_timeout must be a whole number of seconds from 1 to 86400, got "soon"' },
+        { URL .. "?charset=latin1",
+          'sqlnotify: MySQL URL parameter charset must be utf8mb4 (every session is), got "latin1"' },
+        { URL:gsub("/[^/]*$", "/"),
+          "sqlnotify: the MySQL URL names no database (mysql://user@host:3306/db): the journal lives there" },
+      }
+      for i, case in ipairs(cases) do
+        local n, err = sqlnotify.notifier{ url = case[1], use_logger = false }
+        assert.is_nil(n, "case " .. i)
+        assert.are.equal(case[2], err, "case " .. i)
+      end
+    end)
+
+    it("never shows the password of a refused login", function()
+      local n, err = sqlnotify.notifier{ url = fmt("mysql://%s:s3cretpw@%s:%s/%s", user, host, port, DB), use_logger = false }
+      if n then n:close() end -- a server that lets anyone in
+      assert.is_nil(n)
+      assert.matches(fmt('^sqlnotify: cannot connect to database "%s" on %s:%s: ', DB, host:gsub("%.", "%%."), port), err)
+      assert.is_nil(err:find("s3cretpw", 1, true))
+    end)
+  end)
+
+  describe("catalog", function()
+    before_each(function()
+      sql([[DROP VIEW IF EXISTS s19_v; DROP TABLE IF EXISTS s19_cat;
+        CREATE TABLE s19_cat (id int, code varchar(20), a int, b int, note text, PRIMARY KEY (id),
+          UNIQUE KEY by_code (code), UNIQUE KEY pair (b, a), UNIQUE KEY prefix (note(10)), KEY plain (a));
+        CREATE VIEW s19_v AS SELECT id, code FROM s19_cat;]])
+    end)
+    teardown(function() sql("DROP VIEW IF EXISTS s19_v; DROP TABLE IF EXISTS s19_cat;") end)
+
+    it("describes columns in order, the primary key and whole-column unique indexes", function()
+      local n = N()
+      local rows = assert(n._h:describe(DB, "s19_cat"))
+      local shape = {}
+      for i, r in ipairs(rows) do shape[i] = table.concat({ r[1], r[2] or "-", r[1] == "column" and "" or (r[3] or "-"),
+        r[4] or "-" }, " ") end
+      assert.are.same({
+        "table " .. DB .. " s19_cat -",
+        "column id  1", "column code  2", "column a  3", "column b  4", "column note  5",
+        "pk id - 1",
+        "unique code by_code 1",
+        "unique b pair 1", "unique a pair 2",
+      }, shape)
+      assert.are.same({}, assert(n._h:describe(DB, "S19_CAT"))) -- names are taken literally
+    end)
+
+    it("marks a view, and refuses a trigger on it with a line saying what to watch", function()
+      local n = N()
+      local rows = assert(n._h:describe(DB, "s19_v"))
+      assert.are.same({ "table", DB, "s19_v", "view" }, rows[1])
+      local ok, err = n._h:install({ schema = DB, table = "s19_v", op = "insert", opcode = 0, channel = "sqlnotify_s19_v",
+        marker = "0", pk = { "id" }, extra = {}, trigger = {}, old = {} }, true)
+      assert.is_nil(ok)
+      assert.are.equal(fmt('sqlnotify: cannot create the trigger for insert on "%s"."s19_v": it is a view, and MySQL has'
+        .. " no triggers on views (watch the table it reads from)", DB), err)
+    end)
+  end)
+
+  describe("values", function()
+    before_each(function()
+      sql([[DROP TABLE IF EXISTS s19_types;
+        CREATE TABLE s19_types (k varbinary(8), n int, d double, f float, m decimal(30,6), b blob, bt bit(5),
+          js json, dt datetime(6), tb tinyint(1), e enum('a','b'), s varchar(20), PRIMARY KEY (k, n))
+          CHARACTER SET utf8mb4;]])
+    end)
+    teardown(function() sql("DROP TABLE IF EXISTS s19_types") end)
+
+    it("sends each type as the wire format says: bytes, exact decimals, FLOAT widened, BIT and JSON", function()
+      local got, handler = collector()
+      local n = N()
+      local all = { "d", "f", "m", "b", "bt", "js", "dt", "tb", "e", "s" }
+      n:watch(DB .. ".s19_types", "insert", { extra_columns = all })
+      n:subscribe(DB .. ".s19_types", "insert", handler)
+      assert(n:start())
+      sql([[INSERT INTO s19_types VALUES (x'00ff0a', 1, 0.1, 0.1, 123456789012345.123456, x'000102ff', b'101',
+          '{"a": [1, 2]}', '2024-01-02 03:04:05.123456', 1, 'b', 'hé€😀"\\');
+        INSERT INTO s19_types (k, n) VALUES ('', 2);]])
+      assert.is_true(H.run_until(function() return #got == 2 end))
+      assert.are.same({ "\0\255\n", 1 }, got[1].id)
+      local x = got[1].extra_columns
+      assert.are.equal(0.1, x.d)
+      assert.are.equal(0.10000000149011612, x.f) -- the FLOAT's own value, as a double
+      assert.are.equal("123456789012345.123456", x.m)
+      assert.are.equal("\0\1\2\255", x.b)
+      assert.are.equal(5, x.bt)
+      assert.are.same({ 1, 2 }, { x.js.a[1], x.js.a[2] }) -- JSON arrives as JSON
+      assert.are.equal("2024-01-02 03:04:05.123456", x.dt)
+      assert.are.equal(1, x.tb)
+      assert.are.equal("b", x.e)
+      assert.are.equal('hé€😀"\\', x.s)
+      assert.are.same({ "", 2 }, got[2].id)
+      assert.are.same({}, got[2].extra_columns) -- NULLs: absent
+    end)
+  end)
+
+  describe("odd names", function()
+    local ODD = "s19 odd `tick` sélect"
+    before_each(function()
+      sql(fmt([[DROP TABLE IF EXISTS %s; DROP TABLE IF EXISTS `s19.dot`;
+        CREATE TABLE %s (`select` int, `my col` varchar(20), `ünï` varchar(20), ```q``` int, PRIMARY KEY (`select`, `my col`))
+          CHARACTER SET utf8mb4;
+        CREATE TABLE `s19.dot` (id int PRIMARY KEY, `order` int);]], t(ODD), t(ODD)))
+    end)
+    teardown(function() sql(fmt("DROP TABLE IF EXISTS %s; DROP TABLE IF EXISTS `s19.dot`;", t(ODD))) end)
+
+    it("watches tables and columns named with backticks, spaces, unicode, dots and reserved words", function()
+      local got, handler = collector()
+      local n = N()
+      local odd = { schema = DB, table = ODD }
+      local label = "étiquette très longue qui dépasse soixante-trois octets une fois écrite en UTF-8"
+      n:watch(odd, "insert", { extra_columns = { "ünï", "`q`" } })
+      n:watch(odd, "update", { extra_columns = { "ünï" }, trigger_columns = { "`q`" }, channel_label = label })
+      n:watch(odd, "delete")
+      n:watch({ schema = DB, table = "s19.dot" }, "insert", { extra_columns = { "order" } })
+      n:subscribe(odd, "insert", handler)
+      n:subscribe(odd, "update", { channel_label = label }, handler)
+      n:subscribe(odd, "delete", handler)
+      n:subscribe({ schema = DB, table = "s19.dot" }, "insert", handler)
+      assert(n:start())
+      sql(fmt([[INSERT INTO %s VALUES (1, 'a b', 'ü', 7);
+        UPDATE %s SET `ünï` = 'changed' WHERE `select` = 1;
+        UPDATE %s SET ```q``` = 8 WHERE `select` = 1;
+        DELETE FROM %s;
+        INSERT INTO `s19.dot` VALUES (3, 4);]], t(ODD), t(ODD), t(ODD), t(ODD)))
+      assert.is_true(H.run_until(function() return #got == 4 end))
+      H.run_for(0.1)
+      assert.are.same({
+        { id = { 1, "a b" }, truncated = false, x = { ["ünï"] = "ü", ["`q`"] = 7 } },
+        { id = { 1, "a b" }, truncated = false, x = { ["ünï"] = "changed" } },
+        { id = { 1, "a b" }, truncated = false, x = {} },
+        { id = 3, truncated = false, x = { order = 4 } },
+      }, brief(got))
+      assert.is_true(#got[2].channel <= 63)
+      assert.are.equal(ODD, got[1].table)
+      for _, r in ipairs(assert(n._h:list())) do
+        assert.is_true(#r[5] <= 63, r[5])
+        assert.matches("^sqlnotify_s19", r[5])
+      end
+    end)
+  end)
+
+  describe("ALTER TABLE on a watched table", function()
+    before_each(function()
+      sql([[DROP TABLE IF EXISTS s19_alter;
+        CREATE TABLE s19_alter (id int PRIMARY KEY, email varchar(50), name varchar(50), age int);]])
+    end)
+    teardown(function() sql("DROP TABLE IF EXISTS s19_alter") end)
+
+    it("never fails the table's writes, and events keep flowing without the columns that went", function()
+      local ins, hi = collector()
+      local upd, hu = collector()
+      local n = N()
+      local T = DB .. ".s19_alter"
+      n:watch(T, "insert", { extra_columns = { "email", "name", "age" } })
+      n:watch(T, "update", { trigger_columns = { "email" }, extra_columns = { "email" } })
+      n:subscribe(T, "insert", hi)
+      n:subscribe(T, "update", hu)
+      assert(n:start())
+      sql([[
+        ALTER TABLE s19_alter ADD COLUMN nick varchar(10);
+        INSERT INTO s19_alter VALUES (1, 'a@x', 'Ann', 30, 'an');
+        UPDATE s19_alter SET email = 'a2@x' WHERE id = 1;
+        ALTER TABLE s19_alter RENAME COLUMN name TO full_name;
+        INSERT INTO s19_alter (id, email, full_name, age) VALUES (2, 'b@x', 'Bob', 31);
+        ALTER TABLE s19_alter MODIFY COLUMN age bigint;
+        INSERT INTO s19_alter (id, email, full_name, age) VALUES (3, 'c@x', 'Cy', 32);
+        ALTER TABLE s19_alter DROP COLUMN email;
+        INSERT INTO s19_alter (id, full_name, age) VALUES (4, 'Di', 33);
+        UPDATE s19_alter SET full_name = 'Dee', age = 34 WHERE id = 4;
+      ]])
+      assert.is_true(H.run_until(function() return #ins == 4 and #upd == 1 end))
+      H.run_for(0.2)
+      assert.are.same({
+        { id = 1, truncated = false, x = { email = "a@x", name = "Ann", age = 30 } },
+        { id = 2, truncated = false, x = { email = "b@x", age = 31 } },
+        { id = 3, truncated = false, x = { email = "c@x", age = 32 } },
+        { id = 4, truncated = false, x = { age = 33 } },
+      }, brief(ins))
+      -- the update watch fires only when email changed: there is no email any more
+      assert.are.same({ { id = 1, truncated = false, x = { email = "a2@x" } } }, brief(upd))
+      assert.are.equal("1\tAnn\t30\tan\n2\tBob\t31\tNULL\n3\tCy\t32\tNULL\n4\tDee\t34\tNULL\n",
+        sql("SELECT id, full_name, age, nick FROM s19_alter ORDER BY id"))
+    end)
+
+    it("has the next start re-create the trigger for the table as it is now", function()
+      local n1 = N()
+      n1:watch(DB .. ".s19_alter", "insert", { extra_columns = { "email", "name" } })
+      assert(n1:start())
+      n1:close()
+      sql("ALTER TABLE s19_alter DROP COLUMN age")
+      local n2 = N()
+      n2:watch(DB .. ".s19_alter", "insert", { extra_columns = { "email", "name" } })
+      local w = n2._watches[1]
+      assert.is_false(n2._h:verify(w)) -- the table's columns are part of the marker
+      assert(n2:start())
+      assert.is_true(n2._h:verify(w))
+    end)
+
+    it("lets writes succeed while the journal is gone, and the reader makes it again", function()
+      local got, handler = collector()
+      local n = N()
+      n:watch(DB .. ".s19_alter", "insert")
+      n:subscribe(DB .. ".s19_alter", "insert", handler)
+      assert(n:start())
+      sql("DROP TABLE sqlnotify_journal; INSERT INTO s19_alter (id) VALUES (1);")
+      assert.is_true(H.run_until(function()
+        return sql("SHOW TABLES LIKE 'sqlnotify_journal'"):find("sqlnotify_journal") ~= nil
+      end))
+      sql("INSERT INTO s19_alter (id) VALUES (2)")
+      assert.is_true(H.run_until(function() return #got == 1 end))
+      assert.are.equal(2, got[1].id)
+      assert.are.equal("1\n2\n", sql("SELECT id FROM s19_alter ORDER BY id"))
+    end)
+  end)
+
+  describe("old values", function()
+    before_each(function()
+      sql([[DROP TABLE IF EXISTS s19_old;
+        CREATE TABLE s19_old (id int PRIMARY KEY, email varchar(50), plan varchar(10));
+        INSERT INTO s19_old VALUES (1, 'a@x', 'free');]])
+    end)
+    teardown(function() sql("DROP TABLE IF EXISTS s19_old") end)
+
+    it("sends the OLD values of old_columns and the old key when the key changed", function()
+      local got, handler = collector()
+      local n = N()
+      n:watch(DB .. ".s19_old", "update", { extra_columns = { "email" } })
+      n._watches[1].old = { "plan" } -- old_columns, as the API passes them
+      n:subscribe(DB .. ".s19_old", "update", handler)
+      assert(n:start())
+      sql("UPDATE s19_old SET plan = 'pro' WHERE id = 1; UPDATE s19_old SET id = 2 WHERE id = 1;")
+      assert.is_true(H.run_until(function() return #got == 2 end))
+      assert.are.same({ plan = "free" }, got[1].old)
+      assert.is_nil(got[1].old_id)
+      assert.are.equal(2, got[2].id)
+      assert.are.same({ plan = "pro" }, got[2].old)
+      assert.are.equal(1, got[2].old_id)
+    end)
+  end)
+end)

@@ -117,7 +117,9 @@ done:
 
 /* ===== the journal's tables ===== */
 
-int my_journal_ensure(sn_conn *c, char *err, size_t errlen)
+int my_journal_ensure(sn_conn *c, char *err, size_t errlen) { return my_journal_make(c, 0, err, errlen); }
+
+int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
 {
     if (c->journal_ok)
         return 0;
@@ -132,6 +134,8 @@ int my_journal_ensure(sn_conn *c, char *err, size_t errlen)
                " created_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))"
                ") ENGINE=InnoDB COMMENT='sqlnotify: the change journal its triggers write'",
                c->journal);
+    if (first_id > 1)
+        my_sb_addf(&b, " AUTO_INCREMENT = %lld", (long long)first_id);
     rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
     b.len = 0;
     my_sb_addf(&b,

@@ -155,6 +155,8 @@ void my_conn_free(sn_conn *c);  /* finish a close asked for from inside deliver 
 /* catalog.c */
 int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **out, char *err, size_t errlen);
 int my_journal_ensure(sn_conn *c, char *err, size_t errlen);
+/* The same; a journal made anew starts its ids at first_id (when above 1). */
+int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen);
 const char *my_schema(sn_conn *c, const char *schema, char *err, size_t errlen);
 
 /* triggers.c */

@@ -221,6 +221,18 @@ static void failed(sn_conn *c, const char *what)
         return;
     }
     double now = my_now();
+    if (mysql_errno(r->m) == 1146) { /* a table of the journal was dropped: make it again */
+        char err[512];
+        c->journal_ok = 0;
+        /* Its ids go on well above every position anyone could hold (ours, the consumers'),
+         * or readers would wait above the rows the new table writes. */
+        if (my_journal_make(c, r->st.high + 1000000, err, sizeof err) == 0) {
+            sn_logf(&c->sink, SN_LOG_WARN, "the journal's tables in database \"%s\" were dropped; made them again"
+                    " (changes written meanwhile are lost)", c->p.db);
+            later(c, r->locked || !durable(c) ? NEXT_POLL : NEXT_LOCK, 0);
+            return;
+        }
+    }
     if (now - r->err_logged >= 30) {
         if (r->err_suppressed)
             sn_logf(&c->sink, SN_LOG_ERROR, "%s failed: %s (and %d more failure(s) since the last report)", what,
