@@ -111,8 +111,9 @@ describe("sqlnotify (PostgreSQL API)", function()
           'sqlnotify: primary_keys {email} of table "spec01"."users" is not its primary key or a unique key' },
         { function() n:watch(S .. ".users", "insert", { trigger_columns = { "email" } }) end,
           'sqlnotify: trigger_columns only applies to UPDATE watches, not insert on "spec01"."users"' },
-        { function() n:watch(S .. ".keyless", "insert") end,
-          'sqlnotify: table "spec01"."keyless" has no primary key; pass primary_keys naming a unique key' },
+        { function() n:watch(S .. ".keyless", "update") end,
+          'sqlnotify: table "spec01"."keyless" has no primary key; update watches need one (pass primary_keys naming a unique key); '
+            .. 'only INSERT can be watched without a key' },
         { function() n:watch(S .. ".users", "insert", { extra_colums = { "email" } }) end,
           'sqlnotify: unknown watch option "extra_colums"' },
         { function() n:subscribe(S .. ".users", "delete", function() end) end,

@@ -16,7 +16,7 @@ end
 
 local function sqlite_notifier(path, opts)
   opts = opts or {}
-  opts.url = opts.url or ("sqlite:///" .. path)
+  opts.url = opts.url or ("sqlite:///" .. path .. "?mode=rwc")
   if opts.use_logger == nil then opts.use_logger = os.getenv("SQLNOTIFY_VERBOSE") ~= nil end
   local n, err = sqlnotify.notifier(opts)
   assert(n, err)
@@ -77,15 +77,15 @@ describe("sqlnotify (SQLite API)", function()
   end)
 
   describe("notifier", function()
-    it("reports its dialect and creates the change log", function()
+    it("reports its dialect and creates the change log and the readers table", function()
       assert.are.equal("sqlite", n.dialect_name)
-      assert.are.same({ { name = "sqlnotify_changes" } },
-        assert(n:query("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'sqlnotify%'")))
+      assert.are.same({ { name = "sqlnotify_changes" }, { name = "sqlnotify_readers" } },
+        assert(n:query("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'sqlnotify%' ORDER BY name")))
     end)
 
     it("opens sqlite:////abs/path.db at the absolute path", function()
       local abs = fresh_db()
-      local m = another{ url = "sqlite:///" .. abs }
+      local m = another{ url = "sqlite:///" .. abs .. "?mode=rwc" }
       assert.are.equal("sqlite", m.dialect_name)
       assert(m:query("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
       local f = io.open(abs, "rb")
@@ -99,7 +99,7 @@ describe("sqlnotify (SQLite API)", function()
       local up = H.root:gsub("[^/]+", ".."):gsub("^/", "")
       local rel = up .. abs
       assert.are.equal("/", abs:sub(1, 1))
-      local m = another{ url = "sqlite:///" .. rel }
+      local m = another{ url = "sqlite:///" .. rel .. "?mode=rwc" }
       assert(m:query("CREATE TABLE made_here (id INTEGER PRIMARY KEY)"))
       local check = another{ url = "sqlite:///" .. abs }
       assert.are.same({ { name = "made_here" } },
@@ -124,12 +124,36 @@ describe("sqlnotify (SQLite API)", function()
           "sqlnotify: an in-memory SQLite database cannot be watched: "
             .. "the listener's own connection would not see it (use a file)" },
         { "sqlite:////nonexistent/dir/x.db",
+          'sqlnotify: SQLite database file "/nonexistent/dir/x.db" does not exist '
+            .. "(add ?mode=rwc to the URL to create it)" },
+        { "sqlite:////nonexistent/dir/x.db?mode=rwc",
           'sqlnotify: cannot open SQLite database "/nonexistent/dir/x.db": unable to open database file' },
+        { "sqlite:///" .. H.tmpdir() .. "/typo.db",
+          'sqlnotify: SQLite database file "' .. H.tmpdir() .. '/typo.db" does not exist '
+            .. "(add ?mode=rwc to the URL to create it)" },
+        { "sqlite:///" .. path .. "?mode=ro",
+          'sqlnotify: unsupported mode "ro" in SQLite URL "sqlite:///' .. path .. '?mode=ro" '
+            .. "(use mode=rw or mode=rwc: sqlnotify writes its change log and triggers to the file)" },
+        { "sqlite:///" .. path .. "?mode=rw&cache=shared",
+          'sqlnotify: unknown parameter "cache=shared" in SQLite URL "sqlite:///' .. path
+            .. '?mode=rw&cache=shared" (known: mode=rw, mode=rwc)' },
       }
       for i, case in ipairs(cases) do
         local m, err = sqlnotify.notifier{ url = case[1], use_logger = false }
         assert.is_nil(m, "case " .. i)
         assert.are.equal(case[2], err, "case " .. i)
+      end
+      -- nothing was created by the refused URLs
+      assert.is_nil(io.open(H.tmpdir() .. "/typo.db", "rb"))
+    end)
+
+    it("opens an existing file with mode=rw or no mode, and creates one only with mode=rwc", function()
+      local made = fresh_db()
+      local m = another{ url = "sqlite:///" .. made .. "?mode=rwc" }
+      assert(m:query("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+      for _, url in ipairs { "sqlite:///" .. made, "sqlite:///" .. made .. "?mode=rw", "sqlite:///" .. made .. "?" } do
+        local o = another{ url = url }
+        assert.are.same({ { name = "t" } }, assert(o:query("SELECT name FROM sqlite_master WHERE name = 't'")))
       end
     end)
   end)
@@ -157,8 +181,9 @@ describe("sqlnotify (SQLite API)", function()
           'sqlnotify: trigger_columns only applies to UPDATE watches, not insert on "main"."users"' },
         { function() n:watch("users", "delete", { trigger_columns = { "email" } }) end,
           'sqlnotify: trigger_columns only applies to UPDATE watches, not delete on "main"."users"' },
-        { function() n:watch("keyless", "insert") end,
-          'sqlnotify: table "main"."keyless" has no primary key; pass primary_keys naming a unique key' },
+        { function() n:watch("keyless", "update") end,
+          'sqlnotify: table "main"."keyless" has no primary key; update watches need one (pass primary_keys naming a unique key); '
+            .. 'only INSERT can be watched without a key' },
         { function() n:subscribe("users", "delete", function() end) end,
           'sqlnotify: no watch for delete on "main"."users" (call watch first)' },
         { function() n:subscribe("order_items", "insert", function() end) end,
@@ -366,7 +391,7 @@ describe("sqlnotify (SQLite API)", function()
       assert.are.same({ email = "l@example.com" }, got[1].extra_columns)
     end)
 
-    it("sends a large row whole (the change log has no payload limit), and a BLOB as hex", function()
+    it("sends a large row whole (the change log has no payload limit), and a BLOB as \\x and hex", function()
       local got, handler = collector()
       exec(n, "CREATE TABLE files (id INTEGER PRIMARY KEY, body TEXT, raw BLOB)")
       n:watch("files", "insert", { extra_columns = { "body", "raw" } })
@@ -377,7 +402,11 @@ describe("sqlnotify (SQLite API)", function()
       assert.are.equal(9, got[1].id)
       assert.is_false(got[1].truncated)
       assert.are.equal(string.rep("x", 20000), got[1].extra_columns.body)
-      assert.are.equal("00FF10", got[1].extra_columns.raw)
+      -- the wire text (dialect.h); the binding turns it into the raw bytes for a BLOB column
+      assert.are.equal('{"id":{"id":9},"x":{"body":"' .. string.rep("x", 20000) .. '","raw":"\\\\x00ff10"}}',
+        assert(n:query("SELECT payload FROM sqlnotify_changes"))[1].payload)
+      local raw = got[1].extra_columns.raw
+      assert.is_true(raw == "\0\255\16" or raw == "\\x00ff10", raw)
     end)
 
     it("delivers every event to each of two notifiers on one file", function()
@@ -615,7 +644,7 @@ describe("sqlnotify (SQLite API)", function()
       assert(m:start())
       local names = trigger_names(m)
       assert.are.equal(2, #names)
-      assert.is_truthy(names[1]:match("^sqlnotify_%x+$") and names[2] == "users_own")
+      assert.is_truthy(names[1]:match("^sqlnotify_users_delete_%x+$") and names[2] == "users_own")
       m:cleanup()
       assert.are.same({ "users_own" }, trigger_names(m))
     end)

@@ -421,10 +421,13 @@ describe("reliability (the real host)", function()
       assert.are.equal(0, p:wait())
       assert.are.equal("ready\nthird 250\nthird 500\nthird 750\ngot 1000\nthird 1000\n", p:stdout())
       local err = p:stderr()
-      assert.are.equal(1, count(err, " sqlnotify: handler for insert on "), err)
+      -- one report with the row's id, and the count of the others when the host stops
+      assert.are.equal(2, count(err, " sqlnotify: handler for insert on "), err)
       assert.are.equal(0, count(err, "Z warn "), err)
-      assert.matches('Z error sqlnotify: handler for insert on "spec07"%."other" failed: [^\n]*:4: boom 1\n'
+      assert.matches('Z error sqlnotify: handler for insert on "spec07"%."other" failed for id 1: [^\n]*:4: boom 1\n'
         .. "stack traceback:\n", err)
+      assert.matches('Z error sqlnotify: handler for insert on "spec07"%."other": 999 more failure%(s%) since the '
+        .. "last report\n", err)
       p:assert_clean()
     end)
   end)

@@ -311,7 +311,7 @@ describe("values through real triggers", function()
 
   it("on SQLite", function()
     local path = H.tmpfile(".db")
-    local n = assert(sqlnotify.notifier { url = "sqlite:///" .. path, use_logger = false })
+    local n = assert(sqlnotify.notifier { url = "sqlite:///" .. path .. "?mode=rwc", use_logger = false })
     finally(function() n:close() end)
     assert(n:query([[CREATE TABLE v ("a""b" INTEGER PRIMARY KEY, big INTEGER, f REAL, r DOUBLE, n TEXT, by BLOB,
       t TEXT, z INTEGER)]]))

@@ -10,6 +10,8 @@
 
 #include "dialect.h"
 
+#define SN_ERRQ 8 /* error lines a link keeps for n:on("error") until the loop hands them over */
+
 struct sn_handle;
 
 /* The C side of a connection: what the driver's sink points at. Kept apart from
@@ -25,8 +27,17 @@ typedef struct sn_link {
     unsigned gen;               /* the generation of the Lua state that owns it */
     int index;                  /* n-th notifier on this URL in its generation */
     char *url;
+    /* Error lines for the receiver's n:on("error") hooks. They are handed to Lua from a
+     * zero-delay timer, never from inside the driver call that logged them: that call may
+     * have come from Lua itself, even from a coroutine. */
+    char *errq[SN_ERRQ];
+    int nerrq, errdropped;
+    ev_timer errt;
     struct sn_link *next;
 } sn_link;
+
+/* core.c: release what the link holds for the Lua side (the error queue and its timer). */
+void sn_link_release_hooks(sn_link *k);
 
 /* reload.c: the registry of live links. */
 

@@ -348,19 +348,80 @@ static void createtimermeta(lua_State *L)
  * notifier whose dispatch function refers back to it (handle -> function -> notifier ->
  * handle) is then an ordinary cycle the collector frees. Only a listening handle is
  * anchored (self_ref), and with it what it calls. */
-enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, HANDLE_NUV = 3 };
+enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, UV_ERROR = 4, HANDLE_NUV = 4 };
 
 typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
     lua_State *L;      /* main thread */
     int self_ref;      /* set while listening */
+    int want_errors;   /* an error function is set (UV_ERROR) */
 } sn_handle;
+
+static int call_error(lua_State *L)
+{
+    if (lua_getiuservalue(L, 1, UV_ERROR) != LUA_TFUNCTION)
+        return 0;
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+/* The zero timer: hand the queued error lines to the receiving handle's error function. */
+static void on_errq(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sn_link *k = w->data;
+    char *q[SN_ERRQ];
+    int n = k->nerrq, dropped = k->errdropped;
+    memcpy(q, k->errq, sizeof q);
+    k->nerrq = k->errdropped = 0;
+    for (int i = 0; i < n; i++) {
+        sn_handle *h = k->receiver; /* looked up each time: a hook may close the notifier */
+        if (h != NULL && h->self_ref != LUA_NOREF && h->link == k) {
+            lua_State *L = h->L;
+            lua_pushcfunction(L, call_error);
+            lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
+            if (i == n - 1 && dropped > 0)
+                lua_pushfstring(L, "%s (and %d more error(s) before it)", q[i], dropped);
+            else
+                lua_pushstring(L, q[i]);
+            callback(L, 2, "error hook");
+        }
+        free(q[i]);
+    }
+}
 
 static void link_log(void *ud, int level, const char *msg)
 {
     sn_link *k = ud;
     if (k->logger || level == SN_LOG_ERROR)
         sn_log(level, "%s", msg);
+    if (level != SN_LOG_ERROR || k->receiver == NULL || !k->receiver->want_errors)
+        return;
+    if (k->nerrq == SN_ERRQ) {
+        k->errdropped++;
+        return;
+    }
+    size_t len = strlen(msg) + 1;
+    char *copy = malloc(len + 11);
+    if (copy == NULL)
+        return;
+    snprintf(copy, len + 11, "sqlnotify: %s", msg);
+    k->errq[k->nerrq++] = copy;
+    if (!ev_is_active(&k->errt)) {
+        ev_timer_init(&k->errt, on_errq, 0., 0.);
+        k->errt.data = k;
+        ev_timer_start(sn_loop(), &k->errt);
+    }
+}
+
+void sn_link_release_hooks(sn_link *k)
+{
+    ev_timer_stop(sn_loop(), &k->errt);
+    for (int i = 0; i < k->nerrq; i++)
+        free(k->errq[i]);
+    k->nerrq = 0;
 }
 
 /* Runs under sn_pcall with the handle at 1: fills its batch table and calls its
@@ -473,6 +534,7 @@ static void handle_release(lua_State *L, int idx)
     sn_link_unref(k, h);
     luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
     h->self_ref = LUA_NOREF;
+    h->want_errors = 0;
     for (int i = 1; i <= HANDLE_NUV; i++) {
         lua_pushnil(L);
         lua_setiuservalue(L, idx, i);
@@ -557,6 +619,7 @@ static int l_open(lua_State *L)
     h->link = NULL;
     h->L = main_thread(L);
     h->self_ref = LUA_NOREF;
+    h->want_errors = 0;
     luaL_setmetatable(L, CONN_META);
     /* A reloaded script's n-th notifier on a URL takes over the old script's n-th:
      * same connections, same LISTENs, nothing missed in between. */
@@ -829,6 +892,18 @@ static int h_drop_consumer(lua_State *L)
     return 1;
 }
 
+/* h:set_error(fn | nil): fn(message) for each error line this connection logs, from the loop */
+static int h_set_error(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    h->want_errors = !lua_isnoneornil(L, 2);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_ERROR); /* pops the function */
+    return 0;
+}
+
 /* h:set_reconnected(fn | nil): fn(outage_seconds, may_have_missed) after a listener outage */
 static int h_set_reconnected(lua_State *L)
 {
@@ -940,7 +1015,9 @@ static int h_log(lua_State *L)
 {
     sn_handle *h = check_handle(L);
     int level = luaL_checkoption(L, 2, NULL, level_names);
-    link_log(h->link, level, luaL_checkstring(L, 3));
+    /* printed only: the Lua side tells its own error hooks itself */
+    if (h->link->logger || level == SN_LOG_ERROR)
+        sn_log(level, "%s", luaL_checkstring(L, 3));
     return 0;
 }
 
@@ -966,6 +1043,7 @@ static const luaL_Reg conn_meth[] = {
     {"drop_consumer", h_drop_consumer},
     {"set_dispatch", h_set_dispatch},
     {"set_reconnected", h_set_reconnected},
+    {"set_error", h_set_error},
     {"listen", h_listen},
     {"unlisten", h_unlisten},
     {"stop", h_stop},

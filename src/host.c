@@ -190,6 +190,17 @@ static lua_State *new_state(void)
     return L;
 }
 
+/* The state is about to close: let the module print what its rate limits held back. */
+static void finish_state(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "sqlnotify") == LUA_TTABLE && lua_getfield(L, -1, "_finish") == LUA_TFUNCTION) {
+        if (sn_pcall(L, 0, 0) != LUA_OK)
+            sn_log(SN_LOG_ERROR, "%s", lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+}
+
 /* Run the script again in a new state; swap only if it loaded. Events that arrive
  * meanwhile wait in the connections, which the new state adopts, and go to it. */
 static void reload(const char *why)
@@ -203,6 +214,7 @@ static void reload(const char *why)
         return;
     }
     sn_reload_commit();
+    finish_state(host.L);
     lua_close(host.L);
     host.L = L;
     sn_log(SN_LOG_INFO, "reloaded %s", host.argv[host.script]);
@@ -358,8 +370,10 @@ static void quit(struct ev_loop *loop)
     ev_timer_stop(loop, &host.settle);
     ev_ref(loop);
     ev_signal_stop(loop, &host.hup);
-    if (host.L)
+    if (host.L) {
+        finish_state(host.L);
         lua_close(host.L);
+    }
     host.L = NULL;
     sn_loop_destroy();
 }

@@ -62,6 +62,7 @@ void sn_link_unref(sn_link *k, struct sn_handle *h)
             break;
         }
     k->d->close(k->conn);
+    sn_link_release_hooks(k);
     free(k->url);
     free(k);
 }

@@ -3,6 +3,7 @@
 -- The C binding (sqlnotify.core) moves bytes; everything a user sees is here.
 
 local core = require("sqlnotify.core")
+local filters = require("sqlnotify.filters")
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
@@ -17,15 +18,47 @@ local OPCODES = { insert = 0, update = 1, delete = 2 }
 local MAX_CHANNEL = 63 -- PostgreSQL's NAMEDATALEN - 1; used on every dialect so names agree
 
 local fmt, concat, sort = string.format, table.concat, table.sort
+local show, show_id = filters.show, filters.show_id
 local decode, stopping = core.decode, core.stopping
 local traceback = debug.traceback
 
-local all_notifiers = {}
+-- Every notifier, by creation number. Weak: this list must not keep one alive (n = nil;
+-- collectgarbage() closes it). A listening notifier is held by `listening` until it stops.
+local all_notifiers = setmetatable({}, { __mode = "k" })
+local created = 0
+local listening = {} -- luacheck: ignore 241 (held, never read)
+-- Under the host, a notifier the script made but did not keep in a variable must still be
+-- started after the script ran: held here until _autostart. Plain Lua starts nothing itself.
+local pending_autostart = {}
+
+-- SQL NULL where the caller asked to see it (notifier option nulls = true; filter values).
+M.null = filters.null
+
+-- The host links the core in and preloads it; a plain Lua state loads it from a .so.
+local function in_host()
+  if core.host_mode then return core.host_mode() end
+  return package.preload["sqlnotify.core"] ~= nil
+end
 
 -- ===== small helpers =====
 
 local function fail(level, ...)
   error("sqlnotify: " .. fmt(...), level + 1)
+end
+
+-- An error from the outside world as one line with one "sqlnotify: " prefix.
+local function one_line(err)
+  err = tostring(err)
+  local at = err:find("sqlnotify: ", 1, true)
+  if at then err = err:sub(at) end
+  while err:sub(1, 11) == "sqlnotify: " do err = err:sub(12) end
+  return "sqlnotify: " .. (err:gsub("%s*\n%s*", " "):gsub("%s+$", ""))
+end
+M._one_line = one_line
+
+-- A URL without a scheme for a message: "user:password@host" loses its password.
+local function scrub_url(url)
+  return (url:gsub("^([^:/@]*):[^@/]*@", "%1:***@"))
 end
 
 local function qname(schema, table)
@@ -52,10 +85,15 @@ local function check_op(op, level)
 end
 
 -- Runs the rate limit of one log: the number of reports suppressed since the last one,
--- or nil while this one is to be suppressed.
-local function rate_limit(state, now, interval)
+-- or nil while this one is to be suppressed. A state with suppressed reports is listed in
+-- pending (when given) so that the count is printed at stop even if no report follows.
+local function rate_limit(state, now, interval, pending)
   if now < (state.next_log or 0) then
     state.suppressed = (state.suppressed or 0) + 1
+    if pending and not pending[state] then
+      pending[#pending + 1] = state
+      pending[state] = true
+    end
     return nil
   end
   local suppressed = state.suppressed or 0
@@ -87,13 +125,30 @@ local function split_name(t, level)
   return nil, t
 end
 
--- A channel name of at most 63 bytes: readable prefix, hash of the whole when cut.
-local function channel_name(full)
-  if #full <= MAX_CHANNEL then return full end
-  local cut = MAX_CHANNEL - 17
+-- A readable prefix of at most 46 bytes, "_" and a 16-digit hash: 63 bytes at most.
+local function hashed_name(readable, hash)
+  local cut = math.min(#readable, MAX_CHANNEL - 17)
   -- never cut inside a UTF-8 sequence
-  while cut > 0 and (full:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-  return full:sub(1, cut) .. "_" .. core.hash(full)
+  while cut > 0 and (readable:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+  return readable:sub(1, cut) .. "_" .. hash
+end
+
+-- The default channel of a watch. Joined plainly only when no name can hide an "_" or
+-- anything else that would let two tuples read the same ("x_y"."t" and "x"."y_t"); any
+-- other name gets a hash of the tuple itself.
+local function default_channel(schema, table, op)
+  local full = "sqlnotify_" .. schema .. "_" .. table .. "_" .. op
+  if #full <= MAX_CHANNEL and schema:find("^[A-Za-z0-9]+$") and table:find("^[A-Za-z0-9]+$") then
+    return full
+  end
+  return hashed_name(full, core.hash(concat({ schema, table, op }, "\0")))
+end
+
+-- A labelled watch's channel: sqlnotify_<label>, hashed down past 63 bytes.
+local function label_channel(label)
+  local full = "sqlnotify_" .. label
+  if #full <= MAX_CHANNEL then return full end
+  return hashed_name(full, core.hash(full))
 end
 
 -- ===== catalog =====
@@ -122,13 +177,18 @@ function Notifier:_table(t, level)
     fail(level + 1, "unknown table %q%s", table,
       self.dialect_name == "postgresql" and " (not found in search_path)" or "")
   end
-  info = { schema = rows[1][2], table = rows[1][3], columns = {}, colnames = {}, types = {}, pk = {}, uniques = {} }
+  if rows[1][4] == "view" then
+    fail(level + 1, "%s is a view; views cannot be watched (watch the tables under it)", qname(rows[1][2], rows[1][3]))
+  end
+  info = { schema = rows[1][2], table = rows[1][3], columns = {}, colnames = {}, types = {}, pk = {}, uniques = {},
+    type_of = {} }
   for i = 2, #rows do
     local kind, a, b = rows[i][1], rows[i][2], rows[i][3]
     if kind == "column" then
       info.columns[a] = true
       info.colnames[#info.colnames + 1] = a
       info.types[#info.types + 1] = b or ""
+      info.type_of[a] = b or ""
     elseif kind == "pk" then
       info.pk[#info.pk + 1] = a
     elseif kind == "unique" then
@@ -181,10 +241,14 @@ end
 
 local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
+  verify_interval = true, nulls = true, overflow_schema = true,
   consumer = true, start_at = true,
 }
 
---- sqlnotify.notifier{url=, revoke_on_model_change=, cleanup_on_start=, use_logger=, retention=}
+local DEFAULT_VERIFY_INTERVAL = 60 -- seconds between two checks that our triggers are still ours
+
+--- sqlnotify.notifier{url=, revoke_on_model_change=, cleanup_on_start=, use_logger=, retention=,
+---   verify_interval=, nulls=, overflow_schema=}
 -- Returns the notifier, or nil and a message when the database cannot be reached.
 function M.notifier(opts)
   opts = check_options(opts, NOTIFIER_OPTIONS, "notifier", 2)
@@ -192,6 +256,9 @@ function M.notifier(opts)
   if url == nil then url = os.getenv("DATABASE_URL") end
   if url == nil then fail(2, "no url given and DATABASE_URL is not set") end
   if type(url) ~= "string" then fail(2, "url must be a string, got %s", type(url)) end
+  if not url:find("://", 1, true) then
+    fail(2, "database URL %q has no scheme (expected postgresql://..., sqlite:///path.db)", scrub_url(url))
+  end
   if opts.retention ~= nil and (type(opts.retention) ~= "number" or opts.retention <= 0) then
     fail(2, "retention must be a number of seconds above zero")
   end
@@ -202,26 +269,61 @@ function M.notifier(opts)
     fail(2, "start_at must be \"end\" or \"beginning\", got %s",
       type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
   end
-  local h, err = core.open(url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
-    consumer = opts.consumer, start_at = opts.start_at })
+  local verify = opts.verify_interval
+  if verify == nil then verify = DEFAULT_VERIFY_INTERVAL end
+  if verify ~= false and (type(verify) ~= "number" or verify <= 0 or verify ~= verify) then
+    fail(2, "verify_interval must be a number of seconds above zero, or false")
+  end
+  if opts.nulls ~= nil and type(opts.nulls) ~= "boolean" then fail(2, "nulls must be a boolean") end
+  if opts.overflow_schema ~= nil and (type(opts.overflow_schema) ~= "string" or opts.overflow_schema == "") then
+    fail(2, "overflow_schema must be a non-empty string")
+  end
+  -- core.open raises on a URL it cannot use: report that at the caller's line too.
+  local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
+    overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at })
+  if not ok then error(one_line(h), 2) end
   if not h then return nil, err end
   local self = setmetatable({
     _h = h,
     dialect_name = h:dialect(),
     _revoke = opts.revoke_on_model_change ~= false,
     _cleanup_on_start = opts.cleanup_on_start == true,
+    _nulls = opts.nulls == true,
+    _verify_interval = verify,
     _tables = {},
     _watches = {},     -- in watch order
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- channel -> watch
-    _subs = {},        -- channel -> { all = {...}, by = {col -> {value -> {...}}}, cols = {...}, n = count }
+    _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count }
+    _on = { reconnect = {}, error = {} },
+    _reports = {},     -- rate-limit states with suppressed reports, printed at stop
     _seq = 0,
     _started = false,
     _ever_started = false,
   }, Notifier)
-  h:set_dispatch(function(batch, n, ts, seqs) return self:_dispatch(batch, n, ts, seqs) end)
-  all_notifiers[#all_notifiers + 1] = self
+  -- The binding keeps these functions; through a weak reference they do not keep the notifier.
+  local ref = setmetatable({ self }, { __mode = "v" })
+  h:set_dispatch(function(batch, n, ts, seqs)
+    local me = ref[1]
+    if me then return me:_dispatch(batch, n, ts, seqs) end
+    return n
+  end)
+  h:set_reconnected(function(outage, may_have_missed)
+    local me = ref[1]
+    if me then return me:_reconnected(outage, may_have_missed) end
+  end)
+  created = created + 1
+  all_notifiers[self] = created
+  if in_host() then pending_autostart[#pending_autostart + 1] = self end
   return self
+end
+
+-- Notifiers still alive, in creation order.
+local function live_notifiers()
+  local list = {}
+  for n in pairs(all_notifiers) do list[#list + 1] = n end
+  sort(list, function(a, b) return all_notifiers[a] < all_notifiers[b] end)
+  return list
 end
 
 function Notifier:_log(level, ...)
@@ -234,9 +336,18 @@ end
 
 local WATCH_OPTIONS = {
   extra_columns = true, trigger_columns = true, primary_keys = true, channel_label = true, use_overflow_table = true,
+  old_columns = true,
 }
 
---- n:watch(table, operation, {extra_columns=, trigger_columns=, primary_keys=, channel_label=, use_overflow_table=})
+-- Drop what the cache knows of a table: its catalog may have changed.
+function Notifier:_forget_table(info)
+  for k, v in pairs(self._tables) do
+    if v == info then self._tables[k] = nil end
+  end
+end
+
+--- n:watch(table, operation, {extra_columns=, trigger_columns=, old_columns=, primary_keys=, channel_label=,
+---   use_overflow_table=})
 function Notifier:watch(t, op, opts)
   check_notifier(self, 2)
   op = check_op(op, 2)
@@ -246,6 +357,10 @@ function Notifier:watch(t, op, opts)
   local trigger = check_columns(info, opts.trigger_columns, "trigger_columns", 2)
   if #trigger > 0 and op ~= M.UPDATE then
     fail(2, "trigger_columns only applies to UPDATE watches, not %s on %s", op, info.name)
+  end
+  local old = check_columns(info, opts.old_columns, "old_columns", 2)
+  if opts.old_columns ~= nil and op ~= M.UPDATE then
+    fail(2, "old_columns only applies to UPDATE watches, not %s on %s", op, info.name)
   end
   local pk
   if opts.primary_keys ~= nil then
@@ -257,7 +372,11 @@ function Notifier:watch(t, op, opts)
     end
   else
     pk = info.pk
-    if #pk == 0 then fail(2, "table %s has no primary key; pass primary_keys naming a unique key", info.name) end
+    -- An append-only table needs no key to be told of new rows; updates and deletes do.
+    if #pk == 0 and op ~= M.INSERT then
+      fail(2, "table %s has no primary key; %s watches need one (pass primary_keys naming a unique key); "
+        .. "only INSERT can be watched without a key", info.name, op)
+    end
   end
   local label = opts.channel_label
   if label ~= nil and (type(label) ~= "string" or label == "") then
@@ -266,19 +385,21 @@ function Notifier:watch(t, op, opts)
   if opts.use_overflow_table ~= nil and type(opts.use_overflow_table) ~= "boolean" then
     fail(2, "use_overflow_table must be a boolean")
   end
-  local channel = channel_name("sqlnotify_" .. (label or (info.schema .. "_" .. info.table .. "_" .. op)))
+  local channel = label and label_channel(label) or default_channel(info.schema, info.table, op)
 
   local w = {
     schema = info.schema, table = info.table, name = info.name, op = op, opcode = OPCODES[op],
-    channel = channel, label = label, pk = pk, extra = extra, trigger = trigger,
-    overflow = opts.use_overflow_table == true, pkindex = {}, carried = {}, truncated_log = {},
+    channel = channel, label = label, pk = pk, extra = extra, trigger = trigger, old = old, info = info,
+    overflow = opts.use_overflow_table == true, pkindex = {}, carried = {}, oldset = {},
+    truncated_log = { what = "truncated", channel = channel },
   }
   for i, c in ipairs(pk) do w.pkindex[c] = i; w.carried[c] = true end
   for _, c in ipairs(extra) do w.carried[c] = true end
+  for _, c in ipairs(old) do w.oldset[c] = true end
   -- The marker changes when the watch or the table's columns change (revoke_on_model_change).
   w.marker = core.hash(concat({
-    "v1", w.schema, w.table, op, channel, concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
-    tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
+    "v2", w.schema, w.table, op, channel, concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
+    concat(old, "\1"), tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
   }, "\0"))
 
   local other = self._by_channel[channel]
@@ -287,14 +408,22 @@ function Notifier:watch(t, op, opts)
     fail(2, "channel %q is already used by the %s watch on %s; give this watch its own channel_label",
       channel, other.op, other.name)
   end
+  -- After start: installed and listened to before it is registered, so a failure leaves
+  -- nothing behind and the same watch can be made again once the cause is fixed.
+  if self._started then
+    local ok, err = self:_install(w)
+    if ok then
+      ok, err = self._h:listen(channel)
+      if not ok then self._h:uninstall(w) end -- best effort: the error below is what matters
+    end
+    if not ok then
+      self:_forget_table(info)
+      error(one_line(err), 2)
+    end
+  end
   self._watches[#self._watches + 1] = w
   self._by_channel[channel] = w
   self._by_key[watch_key(w.schema, w.table, op, label)] = w
-  if self._started then
-    local ok, err = self:_install(w)
-    if ok then ok, err = self._h:listen(channel) end
-    if not ok then fail(2, "%s", (err:gsub("^sqlnotify: ", ""))) end
-  end
   return self
 end
 
@@ -304,6 +433,7 @@ function Notifier:_install(w)
   if status == "created" or status == "replaced" then
     self:_log("info", "trigger for %s on %s %s (channel %s)", w.op, w.name, status, w.channel)
   elseif status == "kept" then
+    w.lost = true -- not this watch's trigger, and said so here: the periodic check stays quiet
     self:_log("warn",
       "trigger for %s on %s differs from this watch; kept as it is because revoke_on_model_change is false",
       w.op, w.name)
@@ -325,7 +455,7 @@ function Notifier:_find_watch(t, op, label, level)
   return w, info
 end
 
-local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true }
+local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true, name = true }
 
 local function callable(f)
   if type(f) == "function" then return true end
@@ -334,6 +464,7 @@ local function callable(f)
 end
 
 --- n:subscribe(table, operation, [opts,] handler) -> subscription
+--   opts: filters = {{column=, value=, old=}, ...}, channel_label=, name= (for debug logs)
 function Notifier:subscribe(t, op, opts, handler)
   check_notifier(self, 2)
   if handler == nil and callable(opts) then opts, handler = nil, opts end
@@ -342,42 +473,31 @@ function Notifier:subscribe(t, op, opts, handler)
   if not callable(handler) then
     fail(2, "subscribe needs a handler function, got %s", type(handler))
   end
+  if opts.name ~= nil and type(opts.name) ~= "string" then fail(2, "subscribe name must be a string") end
   local w, info = self:_find_watch(t, op, opts.channel_label, 2)
-  local filters = {}
-  if opts.filters ~= nil then
-    if type(opts.filters) ~= "table" then fail(2, "filters must be a list of {column=, value=}") end
-    for i, f in ipairs(opts.filters) do
-      if type(f) ~= "table" or type(f.column) ~= "string" then
-        fail(2, "filters[%d] must be {column = name, value = v}", i)
-      end
-      if not info.columns[f.column] then
-        fail(2, "unknown column %q in filters of table %s", f.column, w.name)
-      end
-      if not w.carried[f.column] then
-        fail(2, "filter column %q is not carried by the %s watch on %s (add it to extra_columns)", f.column, op, w.name)
-      end
-      if f.value == nil or f.value ~= f.value then fail(2, "filters[%d] needs a value", i) end
-      filters[i] = { column = f.column, value = f.value }
-    end
-  end
+  local checked = filters.check(opts.filters, w, info, self.dialect_name,
+    function(...) self:_log("warn", ...) end, 2)
   self._seq = self._seq + 1
-  local sub = { seq = self._seq, handler = handler, filters = filters, watch = w, active = true }
+  local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
+    name = opts.name or fmt("#%d", self._seq) }
+  sub.what = opts.name and fmt("handler %q for %s on %s", opts.name, op, w.name)
+    or fmt("handler for %s on %s", op, w.name)
   local chan = self._subs[w.channel]
   if not chan then
     chan = { all = {}, by = {}, cols = {}, n = 0 }
     self._subs[w.channel] = chan
   end
   local list
-  if #filters == 0 then
+  if #checked == 0 then
     list = chan.all
   else
     -- Index by the first filter: dispatch looks up one value instead of scanning.
-    local f = filters[1]
-    local byv = chan.by[f.column]
+    local f = checked[1]
+    local byv = chan.by[f.key]
     if not byv then
       byv = {}
-      chan.by[f.column] = byv
-      chan.cols[#chan.cols + 1] = f.column
+      chan.by[f.key] = byv
+      chan.cols[#chan.cols + 1] = f
     end
     list = byv[f.value]
     if not list then
@@ -413,7 +533,7 @@ local TRUNCATED_LOG_INTERVAL = 10 -- seconds between two warnings about one chan
 
 -- A truncated row is the user's data lost on the way: say so, once per channel and interval.
 function Notifier:_warn_truncated(w, channel, now)
-  local suppressed = rate_limit(w.truncated_log, now, TRUNCATED_LOG_INTERVAL)
+  local suppressed = rate_limit(w.truncated_log, now, TRUNCATED_LOG_INTERVAL, self._reports)
   if not suppressed then return end
   self:_log("warn", "row too large for a notification on channel %s; delivered its key only (%s)%s", channel,
     w.overflow and "the overflow table could not be written" or "use_overflow_table = true sends it whole",
@@ -438,50 +558,57 @@ function Notifier:_event(w, channel, payload, ts)
   return ev
 end
 
-local function event_value(w, ev, col)
-  local i = w.pkindex[col]
-  if i then
-    if #w.pk == 1 then return ev.id end
-    return ev.id and ev.id[i]
-  end
-  return ev.extra_columns[col]
-end
-
 local function by_seq(a, b) return a.seq < b.seq end
 
 local ERROR_LOG_INTERVAL = 10 -- seconds between two reports of one handler's failures
 
--- A handler that fails on every event costs one log line per interval, not a flood.
-function Notifier:_handler_failed(sub, ev, err)
-  local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL)
-  if not suppressed then return end
-  self:_log("error", "handler for %s on %s failed%s: %s", ev.operation, sub.watch.name,
-    suppressed > 0 and fmt(" (and %d more failure(s) of this handler since the last report)", suppressed) or "",
-    tostring(err))
+-- The error a handler raised, beside the traceback xpcall returns.
+local raised
+local mismatch, event_value = filters.mismatch, filters.event_value
+local function with_traceback(e)
+  raised = e
+  return traceback(tostring(e), 2)
+end
+
+-- Every n:on("error") handler, with a message and a table saying where it came from.
+function Notifier:_emit_error(message, context)
+  local fns = self._on.error
+  for i = 1, #fns do
+    local ok, err = xpcall(fns[i], with_traceback, message, context)
+    if not ok then self:_log("error", "error handler failed: %s", err) end
+  end
+end
+
+-- A handler that fails on every event costs one log line per interval, not a flood;
+-- the count of those not reported is printed with the next report or at stop.
+function Notifier:_handler_failed(sub, ev, err, raw)
+  local id = show_id(ev.id)
+  local head = fmt("%s failed%s", sub.what, id and " for id " .. id or "")
+  local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL, self._reports)
+  if suppressed then
+    self:_log("error", "%s%s: %s", head,
+      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", err)
+  end
+  if #self._on.error > 0 then
+    self:_emit_error(head .. ": " .. tostring(raw),
+      { source = "handler", event = ev, subscription = sub, error = raw, traceback = err })
+  end
 end
 
 function Notifier:_call(sub, ev)
-  local ok, err = xpcall(sub.handler, traceback, ev)
-  if not ok then self:_handler_failed(sub, ev, err) end
-end
-
-local function matches(sub, w, ev)
-  local filters = sub.filters
-  for i = 1, #filters do
-    local f = filters[i]
-    if event_value(w, ev, f.column) ~= f.value then return false end
-  end
-  return true
+  local ok, err = xpcall(sub.handler, with_traceback, ev)
+  if not ok then self:_handler_failed(sub, ev, err, raised) end
 end
 
 -- Subscribers of one event, in subscription order, filters applied.
 function Notifier:_deliver(chan, w, ev)
-  local cands = chan.all
+  local cands, nulls = chan.all, self._nulls
   if #chan.cols > 0 then
     local merged, sources = nil, #cands > 0 and 1 or 0
-    for _, col in ipairs(chan.cols) do
-      local v = event_value(w, ev, col)
-      local list = v ~= nil and v == v and chan.by[col][v]
+    for _, f in ipairs(chan.cols) do
+      local v, known = event_value(w, ev, f)
+      if known and v == nil and not nulls then v = M.null end
+      local list = v ~= nil and v == v and chan.by[f.key][v]
       if list and #list > 0 then
         if sources == 0 then
           cands = list
@@ -503,21 +630,48 @@ function Notifier:_deliver(chan, w, ev)
   local n = #cands
   if n == 1 then
     local sub = cands[1]
-    if sub.active and matches(sub, w, ev) then self:_call(sub, ev) end
+    if sub.active and not mismatch(sub, w, ev, nulls) then self:_call(sub, ev) end
     return
   end
   local list = table.move(cands, 1, n, 1, {})
   for i = 1, n do
     local sub = list[i]
-    if sub.active and matches(sub, w, ev) then self:_call(sub, ev) end
+    if sub.active and not mismatch(sub, w, ev, nulls) then self:_call(sub, ev) end
   end
 end
 
+-- -l debug: the same delivery, every subscriber of the channel looked at, and one line
+-- saying which ran and which filter kept each other one out.
+function Notifier:_deliver_debug(chan, w, ev)
+  local subs = table.move(chan.all, 1, #chan.all, 1, {})
+  for _, byv in pairs(chan.by) do
+    for _, list in pairs(byv) do table.move(list, 1, #list, #subs + 1, subs) end
+  end
+  sort(subs, by_seq)
+  local ran, skipped = {}, {}
+  for _, sub in ipairs(subs) do
+    if sub.active then
+      local f, v, known = mismatch(sub, w, ev, self._nulls)
+      if f then
+        skipped[#skipped + 1] = fmt("%s (%s%s is %s, not %s)", sub.name, f.old and "old " or "", f.column,
+          known and show(v == nil and M.null or v) or "not in the event", show(f.value))
+      else
+        ran[#ran + 1] = sub.name
+        self:_call(sub, ev)
+      end
+    end
+  end
+  local id = show_id(ev.id)
+  self:_log("debug", "event %s on %s%s (channel %s): ran %s%s", w.op, w.name, id and " id " .. id or "",
+    ev.channel or w.channel, #ran > 0 and concat(ran, ", ") or "none",
+    #skipped > 0 and "; filters did not match: " .. concat(skipped, ", ") or "")
+end
 
 -- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload, seqs[i] its
 -- journal position (durable mode). Returns how many events it went through.
 function Notifier:_dispatch(batch, n, ts, seqs)
   local by_channel, subs = self._by_channel, self._subs
+  local debug = core.log_level() == "debug"
   for i = 1, 2 * n, 2 do
     if stopping() then return (i - 1) // 2 end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
@@ -527,11 +681,15 @@ function Notifier:_dispatch(batch, n, ts, seqs)
       local ev = self:_event(w, channel, batch[i + 1], ts)
       if ev and seqs then ev.seq = seqs[(i + 1) // 2] end
       local all = chan.all
-      if ev and chan.n == 1 and #all == 1 then
+      if ev and debug then
+        self:_deliver_debug(chan, w, ev)
+      elseif ev and chan.n == 1 and #all == 1 then
         self:_call(all[1], ev) -- the common case, one subscriber without filters: no list building
       elseif ev then
         self:_deliver(chan, w, ev)
       end
+    elseif debug and w and self._started then
+      self:_log("debug", "event %s on %s (channel %s): no subscriber", w.op, w.name, channel)
     end
   end
   return n
@@ -546,20 +704,55 @@ function Notifier:start()
   local h = self._h
   if self._cleanup_on_start then
     local n, err = h:uninstall_all()
-    if not n then return nil, err end
+    if not n then return nil, one_line(err) end
     self:_log("info", "cleanup_on_start: dropped %d sqlnotify trigger(s)", n)
   end
   for _, w in ipairs(self._watches) do
     local ok, err = self:_install(w)
-    if not ok then return nil, err end
+    if not ok then return nil, one_line(err) end
   end
   for _, w in ipairs(self._watches) do
     local ok, err = h:listen(w.channel)
-    if not ok then return nil, err end
+    if not ok then return nil, one_line(err) end
   end
   self._started, self._ever_started = true, true
+  listening[self] = true -- a listening notifier lives until stop or close
+  if self._verify_interval then
+    local ref = setmetatable({ self }, { __mode = "v" })
+    self._verify_timer = core.every(self._verify_interval, function()
+      local me = ref[1]
+      if me then me:_verify() end
+    end)
+  end
   self:_log("info", "listening on %d channel(s) of %s", #self._watches, h:target())
   return self
+end
+
+-- Print the counts of reports the rate limits held back (handler failures, truncated rows).
+function Notifier:_flush_reports()
+  local reports = self._reports
+  if #reports == 0 then return end
+  self._reports = {}
+  for _, st in ipairs(reports) do
+    local n = st.suppressed or 0
+    st.suppressed = 0
+    if n > 0 and st.what == "truncated" then
+      self:_log("warn", "%d more row(s) too large for a notification on channel %s since the last report", n,
+        st.channel)
+    elseif n > 0 then
+      self:_log("error", "%s: %d more failure(s) since the last report", st.what, n)
+    end
+  end
+end
+
+-- Not listening any more: release what kept it alive and running.
+function Notifier:_quiet()
+  self._started = false
+  listening[self] = nil
+  if self._verify_timer then
+    self._verify_timer:stop()
+    self._verify_timer = nil
+  end
 end
 
 --- n:stop(): stop listening; triggers stay.
@@ -567,7 +760,8 @@ function Notifier:stop()
   check_notifier(self, 2)
   if not self._started then return self end
   self._h:stop()
-  self._started = false
+  self:_quiet()
+  self:_flush_reports()
   return self
 end
 
@@ -576,7 +770,7 @@ function Notifier:cleanup()
   check_notifier(self, 2)
   for _, w in ipairs(self._watches) do
     local ok, err = self._h:uninstall(w)
-    if not ok then return nil, err end
+    if not ok then return nil, one_line(err) end
   end
   return true
 end
@@ -584,15 +778,96 @@ end
 --- n:close(): stop and release the connections (also done by the garbage collector).
 function Notifier:close()
   if self._closed then return end
-  self._started = false
+  self:_quiet()
+  self:_flush_reports()
   self._closed = true
   self._h:close()
 end
 
-local NOTIFY_OPTIONS = { channel_label = true, use_overflow_table = true }
+-- A notifier nobody holds: its counts are printed and its connections closed. The
+-- handle's own finalizer runs after this one (it was made first).
+function Notifier:__gc()
+  pcall(Notifier.close, self)
+end
 
---- n:notify(table, operation, payload, {channel_label=, use_overflow_table=})
--- payload is a row: {column = value}; it must carry the primary key(s).
+-- ===== checks and hooks =====
+
+local ON_EVENTS = { reconnect = true, error = true }
+
+--- n:on("reconnect", fn(outage_seconds, may_have_missed)) / n:on("error", fn(message, context)) -> n
+function Notifier:on(name, fn)
+  check_notifier(self, 2)
+  if not ON_EVENTS[name] then
+    fail(2, "unknown notifier event %s (use \"reconnect\" or \"error\")", show(name))
+  end
+  if not callable(fn) then fail(2, "on(%q) needs a handler function, got %s", name, type(fn)) end
+  local list = self._on[name]
+  list[#list + 1] = fn
+  if name == "error" and #list == 1 then
+    -- the connection's own error lines (connection lost, a failed fetch) come from the loop
+    local ref = setmetatable({ self }, { __mode = "v" })
+    self._h:set_error(function(message)
+      local me = ref[1]
+      if me then me:_emit_error(message, { source = "database" }) end
+    end)
+  end
+  return self
+end
+
+-- Is every trigger still ours? Another process watching the same table and operation with
+-- other options, or a hand-made DROP, takes it away; say so once, loudly.
+function Notifier:_verify()
+  if not self._started or self._closed then return end
+  for _, w in ipairs(self._watches) do
+    local ok, err = self._h:verify(w)
+    if ok == nil then
+      local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
+      self:_log("warn", "%s", msg)
+      self:_emit_error(msg, { source = "verify", schema = w.schema, table = w.table, operation = w.op,
+        channel = w.channel })
+    elseif not ok and not w.lost then
+      w.lost = true
+      local msg = fmt("trigger for %s on %s was replaced or dropped by someone else (another watcher of this table "
+        .. "and operation with other options, or a DROP); its events may be missing or wrong until this notifier "
+        .. "is started again", w.op, w.name)
+      self:_log("error", "%s", msg)
+      self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
+        channel = w.channel })
+    elseif ok and w.lost then
+      w.lost = false
+      self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
+    end
+  end
+end
+
+-- The listener is back after an outage: check the triggers, then tell the script.
+function Notifier:_reconnected(outage, may_have_missed)
+  if self._closed then return end
+  self:_verify()
+  local fns = self._on.reconnect
+  for i = 1, #fns do
+    local ok, err = xpcall(fns[i], with_traceback, outage, may_have_missed)
+    if not ok then
+      local msg = "reconnect handler failed: " .. tostring(raised)
+      self:_log("error", "reconnect handler failed: %s", err)
+      self:_emit_error(msg, { source = "reconnect", error = raised, traceback = err })
+    end
+  end
+end
+
+-- ===== notify and query =====
+
+local NOTIFY_OPTIONS = { channel_label = true, use_overflow_table = true, old = true }
+
+-- sqlnotify.null goes out as JSON null.
+local function json_value(v)
+  if v == M.null then return json.null end
+  return v
+end
+
+--- n:notify(table, operation, payload, {channel_label=, use_overflow_table=, old=})
+-- payload is a row: {column = value}; it must carry the primary key(s). old (UPDATE):
+-- {column = value} of the watch's old_columns.
 function Notifier:notify(t, op, payload, opts)
   check_notifier(self, 2)
   op = check_op(op, 2)
@@ -606,12 +881,25 @@ function Notifier:notify(t, op, payload, opts)
     if type(k) ~= "string" or not w.carried[k] then
       fail(2, "notify payload has column %q that the %s watch on %s does not carry", tostring(k), op, w.name)
     end
-    if w.pkindex[k] then ids[k] = v else x[k] = v end
+    if w.pkindex[k] then ids[k] = json_value(v) else x[k] = json_value(v) end
   end
   for _, c in ipairs(w.pk) do
     if ids[c] == nil then fail(2, "notify payload lacks primary key column %q of %s", c, w.name) end
   end
-  local text, err = json.encode({ id = ids, x = next(x) and x or nil })
+  local old
+  if opts.old ~= nil then
+    if type(opts.old) ~= "table" then
+      fail(2, "notify old must be a table of column = value, got %s", type(opts.old))
+    end
+    old = {}
+    for k, v in pairs(opts.old) do
+      if type(k) ~= "string" or not w.oldset[k] then
+        fail(2, "notify old has column %q that is not in old_columns of the %s watch on %s", tostring(k), op, w.name)
+      end
+      old[k] = json_value(v)
+    end
+  end
+  local text, err = json.encode({ id = ids, x = next(x) and x or nil, o = old })
   if not text then fail(2, "notify payload cannot be sent as JSON: %s", err) end
   local overflow = opts.use_overflow_table
   if overflow == nil then overflow = w.overflow end
@@ -651,7 +939,14 @@ end
 
 -- ===== loop =====
 
-M.run = core.run
+--- sqlnotify.run(): the loop, until sqlnotify.stop() or SIGINT/SIGTERM (the host runs its own).
+function M.run()
+  -- core.run's errors name its caller's line: re-raised from here, that stays the script's
+  local ok, err = pcall(core.run)
+  if not ok then error(err, 2) end
+  if not in_host() then M._finish() end
+end
+
 M.stop = core.stop
 M.now = core.now
 local LEVELS = { error = true, warn = true, info = true, debug = true }
@@ -686,12 +981,23 @@ end
 M.io, M.cqueues, M.step = core.io, core.cqueues, core.step
 
 -- The host calls this after the script ran: start what the script created and did not start.
+-- A failure is raised as one line (the host prints it as it is).
 function M._autostart()
-  for _, n in ipairs(all_notifiers) do
+  local list = live_notifiers()
+  pending_autostart = {}
+  for _, n in ipairs(list) do
     if not n._ever_started and not n._closed then
       local ok, err = n:start()
-      if not ok then error(err, 0) end
+      if not ok then error(one_line(err), 0) end
     end
+  end
+end
+
+-- The loop ended (the host calls this before it exits; sqlnotify.run() when it returns):
+-- print what the rate limits held back.
+function M._finish()
+  for _, n in ipairs(live_notifiers()) do
+    if not n._closed then n:_flush_reports() end
   end
 end
 

@@ -7,7 +7,7 @@ local sqlnotify = require("sqlnotify")
 
 local path = arg[1] or os.tmpname()
 os.remove(path)
-local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. path, use_logger = false })
+local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. path .. "?mode=rwc", use_logger = false })
 assert(n:query("CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0)"))
 
 n:watch("tasks", sqlnotify.INSERT, { extra_columns = { "title" } })

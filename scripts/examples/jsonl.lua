@@ -5,7 +5,8 @@
 --   export DATABASE_URL=postgresql://root@127.0.0.1/test
 --   build/sqlnotify-lua -l warn scripts/examples/jsonl.lua users orders | jq .
 --   DATABASE_URL=sqlite:///app.db build/sqlnotify-lua scripts/examples/jsonl.lua tasks
--- Each table is watched for insert, update and delete, with its primary key only.
+-- Each table is watched for insert, update and delete, with its primary key only (a table
+-- without a key for insert only: its events have no id).
 local sqlnotify = require("sqlnotify")
 local cjson = require("cjson")
 
@@ -24,8 +25,17 @@ local function emit(ev)
   io.flush()
 end
 for _, t in ipairs(arg) do
-  for _, op in ipairs { sqlnotify.INSERT, sqlnotify.UPDATE, sqlnotify.DELETE } do
-    n:watch(t, op)
-    n:subscribe(t, op, emit)
+  n:watch(t, sqlnotify.INSERT)
+  n:subscribe(t, sqlnotify.INSERT, emit)
+  -- A table without a key (an append-only log) can be watched for inserts only.
+  local ok, err = pcall(n.watch, n, t, sqlnotify.UPDATE)
+  if ok then
+    n:watch(t, sqlnotify.DELETE)
+    n:subscribe(t, sqlnotify.UPDATE, emit)
+    n:subscribe(t, sqlnotify.DELETE, emit)
+  elseif tostring(err):find("has no primary key", 1, true) then
+    io.stderr:write(t, ": no primary key; only inserts are reported\n")
+  else
+    error(err, 0)
   end
 end

@@ -1,0 +1,60 @@
+/*
+ * catalog.c — describe(): a table's columns and keys from the live catalog, on the
+ * control connection (catalog reads only: no lock on the table).
+ */
+#include "pg.h"
+
+/* Names compare as text (a name longer than 63 bytes must not match its truncation); the
+ * ::name comparison beside it lets the catalog indexes be used. Views and materialized
+ * views are described too, marked "view", so the caller can say why they cannot be
+ * watched. Keys: every valid unique index without a WHERE clause or expressions (a
+ * UNIQUE constraint is one of them; so is the primary key). */
+static const char describe_sql[] =
+    "WITH t AS ("
+    " SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relkind"
+    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relname = $2::text::name AND c.relname::text = $2::text"
+    "   AND c.relkind IN ('r', 'p', 'v', 'm')"
+    "   AND CASE WHEN $1::text IS NULL THEN pg_catalog.pg_table_is_visible(c.oid)"
+    "            ELSE n.nspname::text = $1::text END"
+    "), k AS ("
+    " SELECT i.indexrelid, i.indisprimary, x.attnum, x.ord"
+    " FROM t JOIN pg_catalog.pg_index i ON i.indrelid = t.oid"
+    " CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS x(attnum, ord)"
+    " WHERE i.indisunique AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL"
+    "   AND x.ord <= i.indnkeyatts"
+    ")"
+    " SELECT kind, a, b, n FROM ("
+    "  SELECT 0 AS s1, ''::text AS s2, 0::bigint AS s3, 'table'::text AS kind, t.nsp AS a, t.rel AS b,"
+    "         CASE WHEN t.relkind IN ('v', 'm') THEN 'view' END AS n FROM t"
+    "  UNION ALL"
+    "  SELECT 1, '', a.attnum, 'column', a.attname::text,"
+    "         pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnum::text"
+    "  FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid"
+    "  WHERE a.attnum > 0 AND NOT a.attisdropped"
+    "  UNION ALL"
+    "  SELECT 2, '', k.ord, 'pk', a.attname::text, NULL, k.ord::text"
+    "  FROM t JOIN k ON k.indisprimary"
+    "  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
+    "  UNION ALL"
+    "  SELECT 3, ic.relname::text, k.ord, 'unique', a.attname::text, ic.relname::text, k.ord::text"
+    "  FROM t JOIN k ON true JOIN pg_catalog.pg_class ic ON ic.oid = k.indexrelid"
+    "  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
+    " ) s ORDER BY s1, s2 COLLATE \"C\", s3";
+
+int pg_describe(sn_conn *c, const char *schema, const char *table, sn_result **out, char *err,
+                size_t errlen)
+{
+    const char *vals[2] = {schema, table};
+    *out = NULL;
+    PGresult *res = pg_exec(c, &c->ctl, describe_sql, 2, vals, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    *out = pg_result_copy(res, 0);
+    PQclear(res);
+    if (*out == NULL) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,1054 @@
+/*
+ * triggers.c — one AFTER ... FOR EACH ROW trigger and one plpgsql function per watch:
+ * the generator, install, uninstall, drop, list and verify.
+ *
+ * Names come from the tuple (schema, table, operation, label), each part hashed with its
+ * length, never from a joined string: `sqlnotify_<table prefix>_<op>_<12 hex>`, at most
+ * 63 bytes, the function beside the table in its schema. Trigger and function carry the
+ * same comment, our marker:
+ *
+ *   sqlnotify:2 marker=<watch marker>.<hash of the function body>
+ *   installed=<ISO 8601 UTC>
+ *   channel=<byte length>:<channel>
+ *   columns=<id | x: ... | when: ... | old: ...>
+ *
+ * A trigger counts as ours, unchanged, only when both comments carry this watch's marker
+ * line, the function's source is the one we would generate and the trigger calls it
+ * (CREATE OR REPLACE FUNCTION by hand keeps the comment: the source catches it).
+ * Installs of the first naming (`sqlnotify_<16 hex of the channel>`, comment
+ * "sqlnotify:1:<marker>") are found and replaced.
+ *
+ * The function reads only the columns it sends (key, extra, trigger and old columns),
+ * never the whole row, inside a block that catches every error. A plan that no longer
+ * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE;
+ * a watched column renamed or dropped, or a value jsonb cannot hold, sends the key
+ * marked truncated ("t": true); a trigger column that is gone counts as unchanged. The
+ * user's write never fails here. Floats go out with extra_float_digits = 1 (a SET on the
+ * function, only when the watch carries a float column).
+ */
+#include "pg.h"
+
+#include <time.h>
+
+#define MARK_ANY "sqlnotify:"
+#define MARK_V1 "sqlnotify:1:"
+#define MARK_V2 "sqlnotify:2 "
+#define JSON_CHUNK 50 /* pairs per jsonb_build_object(): functions take <= 100 args */
+
+static const char *const op_names[] = {"insert", "update", "delete"};
+static const char *const op_sql[] = {"INSERT", "UPDATE", "DELETE"};
+
+/* pg_trigger.tgtype bits */
+#define TGT_ROW 1
+#define TGT_BEFORE 2
+#define TGT_INSERT 4
+#define TGT_DELETE 8
+#define TGT_UPDATE 16
+#define TGT_TRUNCATE 32
+#define TGT_INSTEAD 64
+static const int op_bits[] = {TGT_INSERT, TGT_UPDATE, TGT_DELETE};
+
+static const char *tgtype_op(int t)
+{
+    return t & TGT_INSERT ? "insert" : t & TGT_UPDATE ? "update" : t & TGT_DELETE ? "delete" : "truncate";
+}
+
+/* ===== names ===== */
+
+static uint64_t tuple_hash(const sn_watch *w)
+{
+    const char *parts[4] = {w->schema, w->table, op_names[w->op], w->label};
+    uint64_t h = 0;
+    for (int i = 0; i < 4; i++) {
+        char head[32];
+        size_t n = parts[i] ? strlen(parts[i]) : 0;
+        int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
+        h = sn_hash64(head, (size_t)k, h);
+        h = sn_hash64(parts[i] ? parts[i] : "", n, h);
+    }
+    return h;
+}
+
+/* sqlnotify_<table prefix>_<op>_<12 hex>: the table's letters, digits, '_' and non-ASCII
+ * bytes (other bytes as '_'), cut on a character boundary so the whole fits 63 bytes. */
+static void watch_name(const sn_watch *w, char name[64])
+{
+    char prefix[34];
+    size_t k = 0, max = 63 - strlen("sqlnotify_") - 1 - strlen(op_names[w->op]) - 1 - 12;
+    for (const unsigned char *p = (const unsigned char *)w->table; *p && k < max; p++) {
+        unsigned char ch = *p;
+        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                   ch == '_' || ch >= 0x80;
+        prefix[k++] = keep ? (char)ch : '_';
+    }
+    while (k > 0 && ((unsigned char)w->table[k] & 0xC0) == 0x80)
+        k--; /* never end inside a UTF-8 sequence */
+    prefix[k] = '\0';
+    snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, op_names[w->op],
+             (unsigned long long)(tuple_hash(w) >> 16));
+}
+
+/* The first naming: a hash of the channel alone. */
+static void old_name(const sn_watch *w, char name[32])
+{
+    char hex[17];
+    sn_hash_hex(w->channel, strlen(w->channel), hex);
+    snprintf(name, 32, "sqlnotify_%s", hex);
+}
+
+static void quote_table(pg_sbuf *b, const char *schema, const char *table)
+{
+    pg_sb_luaq(b, schema);
+    pg_sb_add(b, ".");
+    pg_sb_luaq(b, table);
+}
+
+/* ===== what the catalog says about the watched table ===== */
+
+typedef struct tinfo {
+    PGresult *res; /* rows: relid, relkind, namespace oid, column, is bytea, is float */
+    const char *relid, *nspid;
+    char relkind;
+} tinfo;
+
+static const char table_sql[] =
+    "SELECT c.oid::text, c.relkind::text, c.relnamespace::text, a.attname::text,"
+    " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) ="
+    "   'pg_catalog.bytea'::pg_catalog.regtype::pg_catalog.oid,"
+    " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) IN ('pg_catalog.float4'::pg_catalog.regtype,"
+    "   'pg_catalog.float8'::pg_catalog.regtype, 'pg_catalog._float4'::pg_catalog.regtype,"
+    "   'pg_catalog._float8'::pg_catalog.regtype)"
+    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+    " LEFT JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid"
+    " WHERE n.nspname::text = $1 AND c.relname = $2::text::name AND c.relname::text = $2";
+
+/* 1 found, 0 no such table, -1 and err. */
+static int table_info(sn_conn *c, const sn_watch *w, tinfo *t, char *err, size_t errlen)
+{
+    const char *vals[2] = {w->schema, w->table};
+    memset(t, 0, sizeof *t);
+    t->res = pg_exec(c, &c->ctl, table_sql, 2, vals, PG_RETRY, NULL, err, errlen);
+    if (t->res == NULL)
+        return -1;
+    if (PQntuples(t->res) == 0)
+        return 0;
+    t->relid = PQgetvalue(t->res, 0, 0);
+    t->relkind = PQgetvalue(t->res, 0, 1)[0];
+    t->nspid = PQgetvalue(t->res, 0, 2);
+    return 1;
+}
+
+static int is_bytea(const tinfo *t, const char *col)
+{
+    for (int i = 0; i < PQntuples(t->res); i++)
+        if (strcmp(PQgetvalue(t->res, i, 3), col) == 0)
+            return PQgetvalue(t->res, i, 4)[0] == 't';
+    return 0;
+}
+
+static int is_float(const tinfo *t, const char *const *cols, int n)
+{
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < PQntuples(t->res); i++)
+            if (strcmp(PQgetvalue(t->res, i, 3), cols[k]) == 0 && PQgetvalue(t->res, i, 5)[0] == 't')
+                return 1;
+    return 0;
+}
+
+/* ===== the generator ===== */
+
+/* One column's value as jsonb_build_object takes it: bytea as "\x<hex>" whatever
+ * bytea_output says; every other type as to_jsonb would give it. */
+static void sb_value(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *col)
+{
+    int bytes = is_bytea(t, col);
+    if (bytes)
+        pg_sb_add(b, "E'\\\\x' || pg_catalog.encode(");
+    pg_sb_add(b, rec);
+    pg_sb_add(b, ".");
+    pg_sb_quote(b, db, col, 1);
+    if (bytes)
+        pg_sb_add(b, ", 'hex')");
+}
+
+/* jsonb_build_object('c', REC."c", ...) for a list of columns; '{}' for none. */
+static void sb_object(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *const *cols, int n)
+{
+    if (n <= 0) {
+        pg_sb_add(b, "'{}'::jsonb");
+        return;
+    }
+    for (int i = 0; i < n; i += JSON_CHUNK) {
+        if (i > 0)
+            pg_sb_add(b, " || ");
+        pg_sb_add(b, "pg_catalog.jsonb_build_object(");
+        for (int k = i; k < n && k < i + JSON_CHUNK; k++) {
+            if (k > i)
+                pg_sb_add(b, ", ");
+            pg_sb_quote(b, db, cols[k], 0);
+            pg_sb_add(b, "::text, ");
+            sb_value(b, db, t, rec, cols[k]);
+        }
+        pg_sb_add(b, ")");
+    }
+}
+
+/* OLD."k1" IS DISTINCT FROM NEW."k1" OR ... */
+static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
+{
+    for (int i = 0; i < w->npk; i++) {
+        if (i > 0)
+            pg_sb_add(b, " OR ");
+        pg_sb_add(b, oldr);
+        pg_sb_add(b, ".");
+        pg_sb_quote(b, db, w->pk[i], 1);
+        pg_sb_add(b, " IS DISTINCT FROM ");
+        pg_sb_add(b, newr);
+        pg_sb_add(b, ".");
+        pg_sb_quote(b, db, w->pk[i], 1);
+    }
+}
+
+/* to_jsonb(OLD."c") IS DISTINCT FROM to_jsonb(NEW."c"): works for every type, also those
+ * without an equality operator (json, point). */
+static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr)
+{
+    pg_sb_add(b, "pg_catalog.to_jsonb(");
+    pg_sb_add(b, oldr);
+    pg_sb_add(b, ".");
+    pg_sb_quote(b, db, col, 1);
+    pg_sb_add(b, ") IS DISTINCT FROM pg_catalog.to_jsonb(");
+    pg_sb_add(b, newr);
+    pg_sb_add(b, ".");
+    pg_sb_quote(b, db, col, 1);
+    pg_sb_add(b, ")");
+}
+
+/* The payload object from records rec (NEW, or OLD for DELETE) and oldr (UPDATE):
+ * jsonb_build_object('id', <k>, 'x', <extra>[, 'o', <old>]), the "oid" added after. */
+static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *k,
+                       const char *rec, const char *oldr)
+{
+    int nold = w->op == SN_UPDATE ? w->nold : 0;
+    pg_sb_add(b, "pg_catalog.jsonb_build_object('id', ");
+    pg_sb_add(b, k);
+    pg_sb_add(b, ", 'x', ");
+    sb_object(b, db, t, rec, w->extra, w->nextra);
+    if (nold) {
+        pg_sb_add(b, ", 'o', ");
+        sb_object(b, db, t, oldr, w->old_cols, nold);
+    }
+    pg_sb_add(b, ")");
+}
+
+/* A statement for EXECUTE ... USING, as a literal: planned when it runs, so it fits the
+ * table as it is now. In it $1 is NEW (OLD for DELETE) and $2 is OLD (UPDATE). */
+static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, int payload)
+{
+    pg_sbuf s = {0};
+    int keycheck = w->op == SN_UPDATE && w->npk > 0;
+    pg_sb_add(&s, "SELECT ");
+    if (payload) {
+        sb_payload(&s, db, w, t, "s.k", "($1)", "($2)");
+        pg_sb_add(&s, " || CASE WHEN s.ok IS NULL THEN '{}'::jsonb"
+                      " ELSE pg_catalog.jsonb_build_object('oid', s.ok) END, ");
+    }
+    pg_sb_add(&s, "s.k, s.ok FROM (SELECT ");
+    sb_object(&s, db, t, "($1)", w->pk, w->npk);
+    pg_sb_add(&s, " AS k, ");
+    if (keycheck) {
+        pg_sb_add(&s, "CASE WHEN ");
+        sb_key_changed(&s, db, w, "($2)", "($1)");
+        pg_sb_add(&s, " THEN ");
+        sb_object(&s, db, t, "($2)", w->pk, w->npk);
+        pg_sb_add(&s, " END");
+    } else {
+        pg_sb_add(&s, "NULL::jsonb");
+    }
+    pg_sb_add(&s, " AS ok) s");
+    if (s.fail)
+        b->fail = s.fail;
+    else
+        pg_sb_quote(b, db, s.p, 0);
+    free(s.p);
+}
+
+/* The plpgsql body. The first block reads only the columns the watch sends, through
+ * plans cached for the session. When it fails (a column renamed, dropped or retyped
+ * since the session planned it, a value jsonb cannot hold), the same payload is built
+ * again by EXECUTE, planned now; if that fails too, the key alone goes, truncated. A
+ * user's write never fails here. */
+static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table)
+{
+    const char *rec = w->op == SN_DELETE ? "OLD" : "NEW";
+    const char *using = w->op == SN_UPDATE ? " USING NEW, OLD" : w->op == SN_DELETE ? " USING OLD" : " USING NEW";
+    int upd = w->op == SN_UPDATE;
+    int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0;
+
+    pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
+    if (ntrig)
+        pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
+    pg_sb_add(b, "BEGIN\n  BEGIN\n");
+    if (ntrig) {
+        pg_sb_add(b, "    IF NOT (");
+        for (int i = 0; i < ntrig; i++) {
+            if (i > 0)
+                pg_sb_add(b, "\n        OR ");
+            sb_col_changed(b, db, w->trigger_cols[i], "OLD", "NEW");
+        }
+        pg_sb_add(b, ") THEN\n      RETURN NULL;\n    END IF;\n");
+    }
+    pg_sb_add(b, "    sn_k := ");
+    sb_object(b, db, t, rec, w->pk, w->npk);
+    pg_sb_add(b, ";\n");
+    if (keycheck) {
+        pg_sb_add(b, "    IF ");
+        sb_key_changed(b, db, w, "OLD", "NEW");
+        pg_sb_add(b, " THEN\n      sn_ok := ");
+        sb_object(b, db, t, "OLD", w->pk, w->npk);
+        pg_sb_add(b, ";\n    END IF;\n");
+    }
+    pg_sb_add(b, "    sn_v := ");
+    sb_payload(b, db, w, t, "sn_k", rec, "OLD");
+    pg_sb_add(b, ";\n");
+    if (keycheck)
+        pg_sb_add(b, "    IF sn_ok IS NOT NULL THEN\n"
+                     "      sn_v := sn_v || pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                     "    END IF;\n");
+    pg_sb_add(b, "    sn_p := sn_v::text;\n"
+                 "  EXCEPTION WHEN OTHERS THEN\n"
+                 "    sn_p := NULL;\n"
+                 "  END;\n"
+                 "  IF sn_p IS NULL THEN\n");
+    /* A trigger column that cannot be read any more counts as unchanged. */
+    for (int i = 0; i < ntrig; i++) {
+        pg_sbuf s = {0};
+        pg_sb_add(&s, "SELECT ");
+        sb_col_changed(&s, db, w->trigger_cols[i], "($2)", "($1)");
+        pg_sb_add(b, "    BEGIN\n      EXECUTE ");
+        if (s.fail)
+            b->fail = s.fail;
+        else
+            pg_sb_quote(b, db, s.p, 0);
+        free(s.p);
+        pg_sb_add(b, " INTO sn_d");
+        pg_sb_add(b, using);
+        pg_sb_add(b, ";\n      sn_c := sn_c OR sn_d;\n"
+                     "    EXCEPTION WHEN OTHERS THEN\n      NULL;\n    END;\n");
+    }
+    if (ntrig)
+        pg_sb_add(b, "    IF NOT sn_c THEN\n      RETURN NULL;\n    END IF;\n");
+    pg_sb_add(b, "    sn_k := NULL;\n    sn_ok := NULL;\n    BEGIN\n      EXECUTE ");
+    sb_dynamic(b, db, w, t, 1);
+    pg_sb_add(b, " INTO sn_v, sn_k, sn_ok");
+    pg_sb_add(b, using);
+    pg_sb_add(b, ";\n      sn_p := sn_v::text;\n"
+                 "    EXCEPTION WHEN OTHERS THEN\n"
+                 "      BEGIN\n        EXECUTE ");
+    sb_dynamic(b, db, w, t, 0);
+    pg_sb_add(b, " INTO sn_k, sn_ok");
+    pg_sb_add(b, using);
+    pg_sb_add(b, ";\n"
+                 "      EXCEPTION WHEN OTHERS THEN\n"
+                 "        sn_k := NULL;\n"
+                 "        sn_ok := NULL;\n"
+                 "      END;\n"
+                 "    END;\n"
+                 "  END IF;\n"
+                 "  IF pg_catalog.octet_length(sn_p) > " PG_MAX_PAYLOAD_STR " THEN\n");
+    if (ovf_table) {
+        /* A missing table or privilege must not fail the write: fall back to the key. */
+        pg_sb_add(b, "    BEGIN\n      INSERT INTO ");
+        pg_sb_add(b, ovf_table);
+        pg_sb_add(b, " (channel, payload) VALUES (");
+        pg_sb_quote(b, db, w->channel, 0);
+        pg_sb_add(b, ", sn_v) RETURNING id INTO sn_id;\n"
+                     "      sn_p := '" PG_OVERFLOW_REF "' || sn_id;\n"
+                     "    EXCEPTION WHEN OTHERS THEN\n"
+                     "      sn_p := NULL;\n"
+                     "    END;\n");
+    } else {
+        pg_sb_add(b, "    sn_p := NULL;\n");
+    }
+    pg_sb_add(b, "  END IF;\n"
+                 "  IF sn_p IS NULL THEN\n"
+                 "    sn_p := '{\"t\": true}';\n"
+                 "    IF sn_k IS NOT NULL THEN\n"
+                 "      sn_v := pg_catalog.jsonb_build_object('id', sn_k, 't', true);\n"
+                 "      IF sn_ok IS NOT NULL THEN\n"
+                 "        sn_v := sn_v || pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                 "      END IF;\n"
+                 "      IF pg_catalog.octet_length(sn_v::text) <= " PG_MAX_PAYLOAD_STR " THEN\n"
+                 "        sn_p := sn_v::text;\n"
+                 "      END IF;\n"
+                 "    END IF;\n"
+                 "  END IF;\n"
+                 "  PERFORM pg_catalog.pg_notify(");
+    pg_sb_quote(b, db, w->channel, 0);
+    pg_sb_add(b, ", sn_p);\n  RETURN NULL;\nEND");
+}
+
+static void sb_list(pg_sbuf *b, const char *const *cols, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            pg_sb_add(b, ", ");
+        pg_sb_add(b, cols[i]);
+    }
+}
+
+/* "id | x: email, name | when: plan | old: plan | overflow" */
+static void sb_summary(pg_sbuf *b, const sn_watch *w)
+{
+    if (w->npk > 0)
+        sb_list(b, w->pk, w->npk);
+    else
+        pg_sb_add(b, "(no key)");
+    if (w->nextra > 0) {
+        pg_sb_add(b, " | x: ");
+        sb_list(b, w->extra, w->nextra);
+    }
+    if (w->op == SN_UPDATE && w->ntrigger > 0) {
+        pg_sb_add(b, " | when: ");
+        sb_list(b, w->trigger_cols, w->ntrigger);
+    }
+    if (w->op == SN_UPDATE && w->nold > 0) {
+        pg_sb_add(b, " | old: ");
+        sb_list(b, w->old_cols, w->nold);
+    }
+    if (w->overflow)
+        pg_sb_add(b, " | overflow");
+}
+
+/* What a watch's trigger is made of: its name, function body and marker line. */
+typedef struct plan {
+    char name[64], old[32];
+    pg_sbuf body;
+    pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
+    pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
+    const char *ovf_schema;
+    const char *config; /* the function's SET clause as pg_proc.proconfig shows it, or "" */
+} plan;
+
+static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
+{
+    char hex[17];
+    pg_sbuf ovf = {0};
+    memset(p, 0, sizeof *p);
+    watch_name(w, p->name);
+    old_name(w, p->old);
+    p->ovf_schema = pg_overflow_schema_for(c, w->schema);
+    if (w->overflow)
+        pg_sb_qname(&ovf, c->ctl.conn, p->ovf_schema, PG_OVERFLOW_TABLE);
+    sb_body(&p->body, c->ctl.conn, w, t, w->overflow ? ovf.p : NULL);
+    const char *fail = ovf.fail ? ovf.fail : p->body.fail;
+    free(ovf.p);
+    if (fail) {
+        sn_seterr(err, errlen, "%s", fail);
+        return -1;
+    }
+    /* Floats are sent as float8out writes them, which the writer's extra_float_digits decides:
+     * 1 (the default since PostgreSQL 12) gives the shortest text that reads back the same. */
+    int fl = is_float(t, w->pk, w->npk) || is_float(t, w->extra, w->nextra) ||
+             (w->op == SN_UPDATE && (is_float(t, w->old_cols, w->nold) || is_float(t, w->trigger_cols, w->ntrigger)));
+    p->config = fl ? "extra_float_digits=1" : "";
+    snprintf(hex, sizeof hex, "%016llx",
+             (unsigned long long)sn_hash64(p->config, strlen(p->config), sn_hash64(p->body.p, p->body.len, 0)));
+    pg_sb_add(&p->markline, MARK_V2 "marker=");
+    pg_sb_add(&p->markline, w->marker);
+    pg_sb_add(&p->markline, ".");
+    pg_sb_add(&p->markline, hex);
+    pg_sb_addf(&p->chanline, "\nchannel=%zu:", strlen(w->channel));
+    pg_sb_add(&p->chanline, w->channel);
+    pg_sb_add(&p->chanline, "\n");
+    if (p->markline.fail || p->chanline.fail) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void plan_free(plan *p)
+{
+    free(p->body.p);
+    free(p->markline.p);
+    free(p->chanline.p);
+}
+
+/* The comment on both: the marker line, then what list() shows. */
+static void sb_comment(pg_sbuf *b, const sn_watch *w, const plan *p)
+{
+    char when[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    pg_sb_add(b, p->markline.p);
+    pg_sb_add(b, "\ninstalled=");
+    pg_sb_add(b, when);
+    pg_sb_add(b, p->chanline.p); /* "\nchannel=...\n" */
+    pg_sb_add(b, "columns=");
+    sb_summary(b, w);
+}
+
+/* ===== the state of what is installed ===== */
+
+static const char state_sql[] =
+    "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
+    " p.oid IS NOT NULL, pg_catalog.obj_description(p.oid, 'pg_proc'), p.prosrc,"
+    " t.tgfoid = p.oid, t.tgtype::int, t.tgenabled::text,"
+    " COALESCE(pg_catalog.array_to_string(p.proconfig, ','), '')"
+    " FROM (SELECT 1) x"
+    " LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = $1::pg_catalog.oid AND t.tgname::text = $3"
+    " LEFT JOIN pg_catalog.pg_proc p ON p.pronamespace = $2::pg_catalog.oid"
+    "  AND p.proname = $3::text::name AND p.pronargs = 0";
+
+enum { ST_NONE, ST_SAME, ST_DAMAGED, ST_OTHER };
+
+static int starts_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+    return text && strncmp(text, line, n) == 0 && text[n] == '\n';
+}
+
+/* Our trigger by its name: ST_NONE, ST_SAME (nothing to do), ST_DAMAGED (our marker, but
+ * the function or the trigger was changed behind us), ST_OTHER (another watch's marker,
+ * an older version, or not ours); -1 and err. */
+static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, char *err,
+                         size_t errlen)
+{
+    const char *vals[3] = {t->relid, t->nspid, p->name};
+    PGresult *res = pg_exec(c, &c->ctl, state_sql, 3, vals, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    int st;
+    if (PQgetvalue(res, 0, 0)[0] != 't') {
+        st = ST_NONE;
+    } else if (!starts_line(PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1), p->markline.p)) {
+        st = ST_OTHER;
+    } else {
+        int type = atoi(PQgetvalue(res, 0, 6));
+        char en = PQgetvalue(res, 0, 7)[0];
+        int same = PQgetvalue(res, 0, 2)[0] == 't' &&
+                   starts_line(PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3), p->markline.p) &&
+                   strcmp(PQgetvalue(res, 0, 4), p->body.p) == 0 && PQgetvalue(res, 0, 5)[0] == 't' &&
+                   type == (TGT_ROW | op_bits[w->op]) && (en == 'O' || en == 'A') &&
+                   strcmp(PQgetvalue(res, 0, 8), p->config) == 0;
+        st = same ? ST_SAME : ST_DAMAGED;
+    }
+    PQclear(res);
+    return st;
+}
+
+/* Our other triggers on this channel, and first-naming installs of this watch. */
+static const char related_sql[] =
+    "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgtype::int,"
+    " t.tgrelid = $1::pg_catalog.oid, d.description LIKE '" MARK_V1 "%',"
+    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u WHERE u.tgfoid = t.tgfoid)::int,"
+    " fn.nspname::text, p.proname::text"
+    " FROM pg_catalog.pg_trigger t"
+    " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_catalog.pg_description d ON d.objoid = t.oid AND d.objsubid = 0"
+    "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
+    " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
+    " JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace"
+    " WHERE (d.description LIKE '" MARK_V2 "%' AND pg_catalog.strpos(d.description, $2) > 0)"
+    "  OR (t.tgname::text = $3 AND d.description LIKE '" MARK_V1 "%')";
+
+/* Refuse a channel another table's or operation's watch uses; add the DROPs of
+ * first-naming installs of this watch to *drops. 1 ok, 0 refused (err), -1 failed (err). */
+static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, pg_sbuf *drops,
+                         char *err, size_t errlen)
+{
+    const char *vals[3] = {t->relid, p->chanline.p, p->old};
+    PGresult *res = pg_exec(c, &c->ctl, related_sql, 3, vals, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    int rc = 1;
+    for (int i = 0; i < PQntuples(res) && rc == 1; i++) {
+        int type = atoi(PQgetvalue(res, i, 3));
+        int here = PQgetvalue(res, i, 4)[0] == 't' && (type & op_bits[w->op]);
+        if (here && strcmp(PQgetvalue(res, i, 2), p->name) == 0)
+            continue; /* our own */
+        if (here && PQgetvalue(res, i, 5)[0] == 't') {
+            pg_sb_add(drops, "DROP TRIGGER IF EXISTS ");
+            pg_sb_quote(drops, c->ctl.conn, PQgetvalue(res, i, 2), 1);
+            pg_sb_add(drops, " ON ");
+            pg_sb_qname(drops, c->ctl.conn, w->schema, w->table);
+            pg_sb_add(drops, ";\n");
+            if (atoi(PQgetvalue(res, i, 6)) <= 1) { /* a shared function stays for its other trigger */
+                pg_sb_add(drops, "DROP FUNCTION IF EXISTS ");
+                pg_sb_qname(drops, c->ctl.conn, PQgetvalue(res, i, 7), PQgetvalue(res, i, 8));
+                pg_sb_add(drops, "();\n");
+            }
+            continue;
+        }
+        if (here)
+            continue; /* another name on this table and operation: not a clash of channels */
+        pg_sbuf m = {0};
+        pg_sb_add(&m, "channel ");
+        pg_sb_luaq(&m, w->channel);
+        pg_sb_add(&m, " is already used by the ");
+        pg_sb_add(&m, tgtype_op(type));
+        pg_sb_add(&m, " watch on ");
+        quote_table(&m, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        pg_sb_add(&m, "; give this watch its own channel_label");
+        sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
+        free(m.p);
+        rc = 0;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* ===== install ===== */
+
+/* "cannot create the trigger for insert on "s"."t": <why> (<what to do>)" */
+static void install_err(sn_conn *c, const sn_watch *w, const char *state, const char *why, char *err,
+                        size_t errlen)
+{
+    pg_sbuf m = {0}, tbl = {0};
+    char you[200] = "<you>", e2[200];
+    pg_sb_qname(&tbl, c->ctl.conn, w->schema, w->table);
+    if (strcmp(state, "42501") == 0) {
+        PGresult *r = pg_exec(c, &c->ctl, "SELECT pg_catalog.quote_ident(current_user)", 0, NULL, 0, NULL, e2,
+                              sizeof e2);
+        if (r)
+            snprintf(you, sizeof you, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    pg_sb_add(&m, "cannot create the trigger for ");
+    pg_sb_add(&m, op_names[w->op]);
+    pg_sb_add(&m, " on ");
+    quote_table(&m, w->schema, w->table);
+    pg_sb_add(&m, ": ");
+    pg_sb_add(&m, why);
+    if (strcmp(state, "42501") == 0) {
+        if (strstr(why, "must be owner of table") || strstr(why, "must be owner of relation")) {
+            pg_sb_add(&m, " (run as the table's owner, or ALTER TABLE ");
+            pg_sb_add(&m, tbl.p);
+            pg_sb_addf(&m, " OWNER TO %s)", you);
+        } else if (strstr(why, "permission denied for schema")) {
+            pg_sb_add(&m, " (GRANT USAGE, CREATE ON SCHEMA ");
+            pg_sb_quote(&m, c->ctl.conn, w->schema, 1);
+            pg_sb_addf(&m, " TO %s)", you);
+        } else if (strstr(why, "permission denied for table") || strstr(why, "permission denied for relation")) {
+            pg_sb_add(&m, " (run as the table's owner, or GRANT TRIGGER ON ");
+            pg_sb_add(&m, tbl.p);
+            pg_sb_addf(&m, " TO %s)", you);
+        } else if (strstr(why, "must be owner of function")) {
+            pg_sb_addf(&m, " (a function of this watch's name belongs to another role: run as its owner, "
+                           "or have it dropped)");
+        } else {
+            pg_sb_add(&m, " (run as the table's owner)");
+        }
+    } else if (strcmp(state, "55P03") == 0) {
+        pg_sb_add(&m, " (another session holds a lock on the table; start again once it is done)");
+    }
+    sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
+    free(m.p);
+    free(tbl.p);
+}
+
+/* BEGIN; drops; function; trigger; comments; COMMIT */
+static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const plan *p, const char *drops,
+                              int create)
+{
+    PGconn *db = c->ctl.conn;
+    pg_sbuf fn = {0}, tbl = {0}, comment = {0};
+    pg_sb_qname(&fn, db, w->schema, p->name);
+    pg_sb_add(&fn, "()");
+    pg_sb_qname(&tbl, db, w->schema, w->table);
+    sb_comment(&comment, w, p);
+    b->fail = fn.fail ? fn.fail : tbl.fail ? tbl.fail : comment.fail;
+
+    /* DDL waits for a lock on the user's table: let the server give up before our deadline. */
+    pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
+    pg_sb_add(b, drops);
+    if (create) {
+        pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
+        pg_sb_add(b, fn.p);
+        pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql ");
+        if (*p->config)
+            pg_sb_add(b, "SET extra_float_digits = 1 ");
+        pg_sb_add(b, "AS ");
+        pg_sb_quote(b, db, p->body.p, 0);
+        pg_sb_add(b, ";\nDROP TRIGGER IF EXISTS ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, ";\nCREATE TRIGGER ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " AFTER ");
+        pg_sb_add(b, op_sql[w->op]);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION ");
+        pg_sb_add(b, fn.p);
+        pg_sb_add(b, ";\nCOMMENT ON FUNCTION ");
+        pg_sb_add(b, fn.p);
+        pg_sb_add(b, " IS ");
+        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
+        pg_sb_add(b, ";\nCOMMENT ON TRIGGER ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, " IS ");
+        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
+        pg_sb_add(b, ";\n");
+    }
+    pg_sb_add(b, "COMMIT");
+    free(fn.p);
+    free(tbl.p);
+    free(comment.p);
+}
+
+/* A watch the driver cannot take as given: one line saying why, or NULL. */
+static const char *watch_problem(const sn_watch *w)
+{
+    if (w->op < SN_INSERT || w->op > SN_DELETE)
+        return "unknown operation";
+    if (w->npk == 0 && w->op != SN_INSERT)
+        return "a table without a key can only be watched for INSERT";
+    return NULL;
+}
+
+int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
+{
+    const char *bad = watch_problem(w);
+    if (bad) {
+        sn_seterr(err, errlen, "%s", bad);
+        return SN_INSTALL_ERROR;
+    }
+    int rc = SN_INSTALL_ERROR;
+    /* Two rounds at most: another process may create it between our lookup and our DDL. */
+    for (int round = 0; round < 2 && rc == SN_INSTALL_ERROR; round++) {
+        tinfo t;
+        plan p;
+        pg_sbuf drops = {0}, script = {0};
+        char state[6] = "", why[900];
+        int found = table_info(c, w, &t, err, errlen);
+        if (found <= 0) {
+            if (found == 0)
+                install_err(c, w, "", "no such table", err, errlen);
+            PQclear(t.res);
+            return SN_INSTALL_ERROR;
+        }
+        if (t.relkind == 'v' || t.relkind == 'm') {
+            install_err(c, w, "",
+                        t.relkind == 'v' ? "it is a view; views cannot be watched (watch the tables it reads from)"
+                                         : "it is a materialized view; views cannot be watched (watch the "
+                                           "tables it reads from)",
+                        err, errlen);
+            PQclear(t.res);
+            return SN_INSTALL_ERROR;
+        }
+        if (plan_make(c, w, &t, &p, err, errlen) < 0)
+            goto next;
+        int related = check_related(c, w, &t, &p, &drops, err, errlen);
+        if (related <= 0) {
+            round = 2; /* a refusal or a failed lookup is final */
+            goto next;
+        }
+        int st = trigger_state(c, w, &t, &p, err, errlen);
+        if (st < 0)
+            goto next;
+        int create = st == ST_NONE || st == ST_DAMAGED || (st == ST_OTHER && replace_changed);
+        if (drops.fail) {
+            sn_seterr(err, errlen, "%s", drops.fail);
+            goto next;
+        }
+        if (create || drops.len > 0) {
+            sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create);
+            if (script.fail) {
+                sn_seterr(err, errlen, "%s", script.fail);
+                goto next;
+            }
+            if (pg_script(c, script.p, state, why, sizeof why) < 0) {
+                install_err(c, w, state, why, err, errlen);
+                /* A concurrent installer fails us on the function or the trigger ("already
+                 * exists", "tuple concurrently updated"): look again, it may now be there. */
+                if (strcmp(state, "42501") == 0 || strcmp(state, "55P03") == 0 || strcmp(state, "42809") == 0)
+                    round = 2;
+                goto next;
+            }
+        }
+        rc = st == ST_NONE && drops.len == 0 ? SN_INSTALL_CREATED
+             : create || drops.len > 0       ? SN_INSTALL_REPLACED
+             : st == ST_SAME                 ? SN_INSTALL_UNCHANGED
+                                             : SN_INSTALL_KEPT;
+        if (pg_route_set(c, w->channel, p.ovf_schema) < 0) {
+            sn_seterr(err, errlen, "out of memory");
+            rc = SN_INSTALL_ERROR;
+        } else if (w->overflow && pg_overflow_ensure(c, p.ovf_schema, err, errlen) < 0) {
+            rc = SN_INSTALL_ERROR;
+        }
+    next:
+        plan_free(&p);
+        free(drops.p);
+        free(script.p);
+        PQclear(t.res);
+    }
+    return rc;
+}
+
+int pg_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    tinfo t;
+    plan p;
+    const char *bad = watch_problem(w);
+    if (bad) {
+        sn_seterr(err, errlen, "%s", bad);
+        return -1;
+    }
+    int found = table_info(c, w, &t, err, errlen), rc = found;
+    if (found == 1) {
+        rc = plan_make(c, w, &t, &p, err, errlen);
+        if (rc == 0) {
+            int st = trigger_state(c, w, &t, &p, err, errlen);
+            rc = st < 0 ? -1 : st == ST_SAME;
+        }
+        plan_free(&p);
+    }
+    PQclear(t.res);
+    return rc;
+}
+
+/* ===== uninstall, drop ===== */
+
+int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    char name[64], old[32];
+    const char *bad = watch_problem(w);
+    if (bad) {
+        sn_seterr(err, errlen, "%s", bad);
+        return -1;
+    }
+    watch_name(w, name);
+    old_name(w, old);
+    /* Only what is there: no DDL (and no lock on the table) when nothing is. */
+    static const char sql[] =
+        "SELECT t.tgname::text, (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u"
+        "  WHERE u.tgfoid = t.tgfoid)::int, fn.nspname::text, p.proname::text"
+        " FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace"
+        " JOIN pg_catalog.pg_description d ON d.objoid = t.oid AND d.objsubid = 0"
+        "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
+        " WHERE n.nspname::text = $1 AND c.relname = $2::text::name AND c.relname::text = $2"
+        "  AND d.description LIKE '" MARK_ANY "%' AND t.tgname::text IN ($3, $4)"
+        " UNION ALL"
+        " SELECT NULL, 0, n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname::text = $1 AND p.proname::text = $3 AND p.pronargs = 0"
+        "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u WHERE u.tgfoid = p.oid)";
+    const char *vals[4] = {w->schema, w->table, name, old};
+    PGresult *res = pg_exec(c, &c->ctl, sql, 4, vals, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    pg_sbuf b = {0};
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (!PQgetisnull(res, i, 0)) {
+            pg_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+            pg_sb_quote(&b, c->ctl.conn, PQgetvalue(res, i, 0), 1);
+            pg_sb_add(&b, " ON ");
+            pg_sb_qname(&b, c->ctl.conn, w->schema, w->table);
+            pg_sb_add(&b, ";\n");
+        }
+        if (atoi(PQgetvalue(res, i, 1)) <= 1) {
+            pg_sb_add(&b, "DROP FUNCTION IF EXISTS ");
+            pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
+            pg_sb_add(&b, "();\n");
+        }
+    }
+    PQclear(res);
+    int rc = 0;
+    if (b.fail) {
+        sn_seterr(err, errlen, "%s", b.fail);
+        rc = -1;
+    } else if (b.len > 0) {
+        pg_sbuf s = {0};
+        pg_sb_addf(&s, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
+        pg_sb_add(&s, b.p);
+        pg_sb_add(&s, "COMMIT");
+        rc = s.fail ? -1 : pg_script(c, s.p, NULL, err, errlen);
+        if (s.fail)
+            sn_seterr(err, errlen, "%s", s.fail);
+        free(s.p);
+    }
+    free(b.p);
+    return rc;
+}
+
+/* Our triggers in scope: every one (schema and table NULL), one schema's (table NULL), or
+ * one table's (schema NULL: as search_path finds it). */
+static const char scope_triggers_sql[] =
+    "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgfoid::text"
+    " FROM pg_catalog.pg_trigger t"
+    " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_catalog.pg_description d ON d.objoid = t.oid AND d.objsubid = 0"
+    "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
+    " WHERE d.description LIKE '" MARK_ANY "%'"
+    "  AND CASE WHEN $2::text IS NOT NULL THEN c.relname::text = $2 AND CASE WHEN $1::text IS NULL"
+    "        THEN pg_catalog.pg_table_is_visible(c.oid) ELSE n.nspname::text = $1 END"
+    "   WHEN $1::text IS NOT NULL THEN n.nspname::text = $1 ELSE true END";
+
+/* Our functions no trigger uses any more: those of the dropped triggers, and in a
+ * schema-wide or database-wide drop every one left over in scope (a dropped table leaves
+ * its function behind). */
+static const char scope_functions_sql[] =
+    "SELECT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+    " JOIN pg_catalog.pg_description d ON d.objoid = p.oid AND d.objsubid = 0"
+    "  AND d.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass"
+    " WHERE d.description LIKE '" MARK_ANY "%' AND p.pronargs = 0"
+    "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u WHERE u.tgfoid = p.oid)"
+    "  AND (p.oid = ANY ($3::pg_catalog.oid[])"
+    "   OR ($2::text IS NULL AND ($1::text IS NULL OR n.nspname::text = $1)))";
+
+int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+{
+    const char *vals[3] = {schema, table, NULL};
+    pg_sbuf b = {0}, oids = {0};
+    int dropped = -1;
+    if (pg_script(c, "BEGIN", NULL, err, errlen) < 0)
+        return -1;
+    PGresult *res = pg_exec(c, &c->ctl, scope_triggers_sql, 2, vals, 0, NULL, err, errlen);
+    if (res == NULL)
+        goto out;
+    pg_sb_add(&oids, "{");
+    for (int i = 0; i < PQntuples(res); i++) {
+        pg_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+        pg_sb_quote(&b, c->ctl.conn, PQgetvalue(res, i, 2), 1);
+        pg_sb_add(&b, " ON ");
+        pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        pg_sb_add(&b, ";\n");
+        pg_sb_add(&oids, i ? "," : "");
+        pg_sb_add(&oids, PQgetvalue(res, i, 3));
+    }
+    pg_sb_add(&oids, "}");
+    int n = PQntuples(res);
+    PQclear(res);
+    if (b.fail || oids.fail) {
+        sn_seterr(err, errlen, "%s", b.fail ? b.fail : oids.fail);
+        goto out;
+    }
+    if (b.len > 0 && pg_script(c, b.p, NULL, err, errlen) < 0)
+        goto out;
+    b.len = 0;
+    vals[2] = oids.p;
+    res = pg_exec(c, &c->ctl, scope_functions_sql, 3, vals, 0, NULL, err, errlen);
+    if (res == NULL)
+        goto out;
+    for (int i = 0; i < PQntuples(res); i++) {
+        pg_sb_add(&b, "DROP FUNCTION IF EXISTS ");
+        pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        pg_sb_add(&b, "();\n");
+    }
+    PQclear(res);
+    if (b.fail) {
+        sn_seterr(err, errlen, "%s", b.fail);
+        goto out;
+    }
+    if (b.len > 0 && pg_script(c, b.p, NULL, err, errlen) < 0)
+        goto out;
+    if (pg_script(c, "COMMIT", NULL, err, errlen) == 0)
+        dropped = n;
+out:
+    if (c->ctl.conn && PQtransactionStatus(c->ctl.conn) != PQTRANS_IDLE) {
+        char e2[256];
+        PQclear(pg_exec(c, &c->ctl, "ROLLBACK", 0, NULL, 0, NULL, e2, sizeof e2));
+    }
+    free(b.p);
+    free(oids.p);
+    return dropped;
+}
+
+int pg_uninstall_all(sn_conn *c, char *err, size_t errlen)
+{
+    return pg_drop(c, NULL, NULL, err, errlen);
+}
+
+/* ===== list ===== */
+
+/* The value of "key=" in a marker comment: the rest of its line; for channel= the
+ * length-prefixed text. NULL when absent. */
+static int comment_field(const char *text, const char *key, const char **val, size_t *len)
+{
+    char pat[32];
+    snprintf(pat, sizeof pat, "\n%s=", key);
+    const char *p = strstr(text, pat);
+    if (p == NULL)
+        return 0;
+    p += strlen(pat);
+    if (strcmp(key, "channel") == 0) {
+        char *end;
+        unsigned long n = strtoul(p, &end, 10);
+        if (*end != ':' || strlen(end + 1) < n)
+            return 0;
+        *val = end + 1;
+        *len = n;
+        return 1;
+    }
+    *val = p;
+    *len = strcspn(p, "\n");
+    return 1;
+}
+
+int pg_list(sn_conn *c, sn_result **out, char *err, size_t errlen)
+{
+    static const char sql[] =
+        "SELECT n.nspname::text, c.relname::text, t.tgtype::int, t.tgname::text,"
+        " t.tgfoid::pg_catalog.regprocedure::text, d.description"
+        " FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_description d ON d.objoid = t.oid AND d.objsubid = 0"
+        "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
+        " WHERE d.description LIKE '" MARK_ANY "%'"
+        " ORDER BY n.nspname COLLATE \"C\", c.relname COLLATE \"C\", t.tgtype, t.tgname COLLATE \"C\"";
+    static const char *const names[] = {"schema", "table",    "operation", "channel",
+                                        "trigger", "function", "columns",   "installed"};
+    *out = NULL;
+    PGresult *res = pg_exec(c, &c->ctl, sql, 0, NULL, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    sn_result *r = sn_result_new(8);
+    int ok = r != NULL;
+    for (int i = 0; ok && i < 8; i++)
+        ok = sn_result_name(r, i, names[i]) == 0;
+    for (int i = 0; ok && i < PQntuples(res); i++) {
+        sn_value *row = sn_result_row(r);
+        if (row == NULL) {
+            ok = 0;
+            break;
+        }
+        const char *text = PQgetvalue(res, i, 5), *v;
+        const char *op = tgtype_op(atoi(PQgetvalue(res, i, 2)));
+        size_t len;
+        ok = sn_value_text(&row[0], PQgetvalue(res, i, 0), strlen(PQgetvalue(res, i, 0))) == 0 &&
+             sn_value_text(&row[1], PQgetvalue(res, i, 1), strlen(PQgetvalue(res, i, 1))) == 0 &&
+             sn_value_text(&row[2], op, strlen(op)) == 0 &&
+             sn_value_text(&row[4], PQgetvalue(res, i, 3), strlen(PQgetvalue(res, i, 3))) == 0 &&
+             sn_value_text(&row[5], PQgetvalue(res, i, 4), strlen(PQgetvalue(res, i, 4))) == 0;
+        if (ok && comment_field(text, "channel", &v, &len))
+            ok = sn_value_text(&row[3], v, len) == 0;
+        if (ok && comment_field(text, "columns", &v, &len))
+            ok = sn_value_text(&row[6], v, len) == 0;
+        if (ok && comment_field(text, "installed", &v, &len))
+            ok = sn_value_text(&row[7], v, len) == 0;
+    }
+    PQclear(res);
+    if (!ok) {
+        sn_result_free(r);
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    *out = r;
+    return 0;
+}

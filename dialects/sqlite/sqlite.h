@@ -1,0 +1,166 @@
+/*
+ * dialects/sqlite/sqlite.h — what the files of the SQLite driver share.
+ *
+ * SQLite has no NOTIFY, so triggers append every change to a log table,
+ * sqlnotify_changes (seq, channel, payload, created_at), and listeners read past a
+ * cursor. Every process watching a file reads the same rows (broadcast). Each
+ * listening reader records its position and a heartbeat in sqlnotify_readers; rows
+ * are pruned only past the retention and below every live reader's position.
+ *
+ *   conn.c      URL, open/close, reopening a replaced file, notify, query, descriptor
+ *   changelog.c the log and readers tables, heartbeats, pruning, schema-change repair
+ *   triggers.c  catalog (describe), trigger names, generation, install, drop, list, verify
+ *   listen.c    the reader: reading batches, gaps, file-change wake-ups
+ *
+ * Two connections per sn_conn: the query connection (blocking calls, busy timeout)
+ * and, once listen() is called, the reader (never blocks: busy timeout 0, retried on
+ * a timer). Nothing here is visible outside the driver but sn_sqlite_dialect.
+ */
+#ifndef SQLNOTIFY_SQLITE_H
+#define SQLNOTIFY_SQLITE_H
+
+#include "dialect.h"
+
+#include <sqlite3.h>
+#include <ev.h>
+#include <sys/types.h>
+
+#pragma GCC visibility push(hidden)
+
+/* Bump when the generated trigger SQL changes, so old triggers count as changed. */
+#define SQL_VERSION 2
+#define MARKER_PREFIX "/* sqlnotify:"
+
+#define CHANGES_TABLE "sqlnotify_changes"
+#define READERS_TABLE "sqlnotify_readers"
+#define NOW_SQL "((julianday('now') - 2440587.5) * 86400.0)"
+
+#define BUSY_TIMEOUT_MS 5000     /* query connection: blocking calls may wait this long */
+#define FETCH_LIMIT 5000         /* rows per read of the change log */
+#define PRUNE_BATCH 1000         /* rows per DELETE: keeps each write lock short */
+#define PRUNE_STATEMENTS 4       /* DELETEs per housekeeping tick */
+#define HOUSE_HURRY 0.01         /* next tick when one was cut short (busy, rows left) */
+#define READER_TIMEOUT 600.0     /* a reader silent this long no longer holds rows back */
+#define POLL_INTERVAL 1.0        /* safety-net poll when no file event arrives */
+#define BUSY_RETRY_MIN 0.001     /* reader retry after SQLITE_BUSY, doubling... */
+#define BUSY_RETRY_MAX 0.020     /* ...up to this */
+#define ERROR_RETRY 0.25         /* reader retry after any other error */
+#define ARENA_KEEP (8u << 20)    /* batch buffers larger than this are released after use */
+
+struct chan {
+    char *name;
+    size_t len;
+    sqlite3_int64 from;          /* rows at or below this seq predate the listen() */
+};
+
+struct sn_conn {
+    struct ev_loop *loop;
+    sn_sink sink;
+    double retention;
+    char *path;                  /* as written in the URL */
+    char *target;
+    sqlite3 *db;                 /* query connection */
+    sqlite3_stmt *notify_stmt;
+    ev_timer house;              /* heartbeat, pruning, schema and file checks */
+    dev_t dev;                   /* the file the connections are on */
+    ino_t ino;
+    int replaced_logged;         /* a reopen failed: logged once until it works */
+    sqlite3_int64 schema_seen;   /* PRAGMA schema_version last checked; -1: never */
+
+    /* listening; rd != NULL while listening */
+    sqlite3 *rd;
+    sqlite3_stmt *dv_stmt, *sv_stmt, *fetch_stmt;
+    unsigned gen;                /* bumped each time a reader is opened */
+    sqlite3_int64 cursor, dv;
+    sqlite3_int64 reader_id;     /* our row in sqlnotify_readers */
+    char *log_sql;               /* CREATE TABLE text of the log we read: its identity */
+    struct chan *chans;
+    int nchans, capchans;
+    char *file, *wal, *dir, *base, *walbase, *journalbase;
+    int ifd, wd_dir, wd_db, wd_wal;
+    int file_suspect;            /* the directory saw the database file replaced */
+    ev_io iow;
+    ev_stat st_db, st_wal;
+    ev_timer poll, kick, settle;
+    size_t settle_stage;
+    double busy_delay;
+    char *last_err;              /* last reader error logged, to log each outage once */
+
+    /* the batch being delivered: strings copied out so the read transaction ends
+     * before the handlers run */
+    char *arena;
+    size_t arena_len, arena_cap;
+    sn_event *events;
+    size_t *offs;
+    size_t evcap;
+
+    int depth;                   /* > 0 while inside a sink callback */
+    int dead;                    /* close() was called inside one: free on the way out */
+};
+
+/* ===== conn.c ===== */
+char *sqd_strdup(const char *s);
+int sqd_exec(sqlite3 *db, const char *sql, char *err, size_t errlen);
+int sqd_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, size_t errlen);
+int sqd_txn_begin(sqlite3 *db, int *nested, char *err, size_t errlen);
+int sqd_txn_commit(sqlite3 *db, int nested, char *err, size_t errlen);
+void sqd_txn_rollback(sqlite3 *db, int nested);
+void sqd_timer_start_unref(struct ev_loop *loop, ev_timer *t);
+void sqd_timer_stop_unref(struct ev_loop *loop, ev_timer *t);
+/* 1 if the path now names another file than the one the connections are on. */
+int sqd_file_replaced(sn_conn *c);
+/* Reopen both connections on the file now at the path. 0, or -1 (logged; retried later). */
+int sqd_reopen(sn_conn *c);
+void sqd_free_conn(sn_conn *c);
+
+/* ===== changelog.c ===== */
+/* Create the log and readers tables if missing (a log recreated after a DROP continues
+ * its seq past every known position). *recreated is set when the log had to be made
+ * again. 0, or -1 and err. */
+int sqd_ensure_tables(sn_conn *c, int *recreated, char *err, size_t errlen);
+/* The seq the next reader starts after: the log's end (MAX(seq), or the AUTOINCREMENT
+ * counter when pruning emptied it). 0, or -1 and err. */
+int sqd_log_end(sqlite3 *db, sqlite3_int64 *out, char *err, size_t errlen);
+/* The CREATE TABLE text of the log (malloc'd), NULL if missing or on error. */
+char *sqd_log_sql(sqlite3 *db);
+/* Write our reader row (position, heartbeat), waiting as long as the connection's busy
+ * timeout says (0 in the loop). 0, or an
+ * SQLite result code. */
+int sqd_heartbeat(sn_conn *c);
+void sqd_reader_forget(sn_conn *c);
+void sqd_house_start(sn_conn *c);
+void sqd_house_reschedule(sn_conn *c, int hurry);
+/* Look at the schema: recreate a dropped log, repair triggers after renames, notice a
+ * recreated log under a reader. Cheap when nothing changed. 0, or -1 to be retried. */
+int sqd_schema_check(sn_conn *c);
+
+/* ===== triggers.c ===== */
+int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **out,
+                 char *err, size_t errlen);
+int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen);
+int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+int sqd_uninstall_all(sn_conn *c, char *err, size_t errlen);
+int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
+int sqd_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
+int sqd_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+/* Regenerate our triggers whose table lost a column they name (renamed or dropped).
+ * 0, or an SQLite result code (SQLITE_BUSY: try again later). */
+int sqd_repair_triggers(sn_conn *c);
+
+/* ===== listen.c ===== */
+int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
+void sqd_unlisten(sn_conn *c, const char *channel);
+void sqd_stop_listening(sn_conn *c);
+/* Schedule a check of the log after delay seconds unless one is due sooner. */
+void sqd_kick(sn_conn *c, double delay);
+/* Close the reader's connection and file watches, keeping cursor and channels. */
+void sqd_reader_close(sn_conn *c);
+/* Open them again on the file now at the path, continuing from the cursor (or the new
+ * log's end when that is lower). 0, or -1 and err. */
+int sqd_reader_reopen(sn_conn *c, char *err, size_t errlen);
+/* The log under the reader was made again by another process: read it from its start. */
+void sqd_reader_rewind(sn_conn *c);
+
+#pragma GCC visibility pop
+
+#endif
