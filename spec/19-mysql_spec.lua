@@ -372,3 +372,368 @@ describe("sqlnotify (MySQL/MariaDB)", function()
     end)
   end)
 end)
+
+-- ===== the journal: late commits, durable consumers, pruning (through the real host) =====
+
+-- A host script: prints "who k id seq" for each insert into the table arg[2].
+local READER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, consumer, start_at, retention = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5])
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer ~= "-" and consumer or nil,
+  start_at = start_at ~= "-" and start_at or nil, retention = retention })
+n:watch(tbl, "insert", { extra_columns = { "who", "k" } })
+n:subscribe(tbl, "insert", function(ev)
+  io.write(string.format("%s %d %d %d\n", ev.extra_columns.who, ev.extra_columns.k, ev.id, ev.seq or 0))
+end)
+assert(n:start())
+print("ready")
+]]
+
+local function reader(tbl, consumer, start_at, retention)
+  local p = H.host(READER, { URL, DB .. "." .. tbl, consumer or "-", start_at or "-", tostring(retention or 3600) })
+  assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+  return p
+end
+
+-- The events a host printed: list of {who=, k=, id=, seq=}.
+local function events(p)
+  local out = {}
+  for who, k, id, seq in p:stdout():gmatch("(%a) (%d+) (%d+) (%d+)\n") do
+    out[#out + 1] = { who = who, k = tonumber(k), id = tonumber(id), seq = tonumber(seq) }
+  end
+  return out
+end
+
+local function wait_events(p, n, timeout)
+  local deadline = H.now() + (timeout or 60)
+  while #events(p) < n and H.now() < deadline and not p:exited() do H.sleep(0.02) end
+  return #events(p) >= n
+end
+
+local function stop(p)
+  p:kill("TERM")
+  assert.are.equal(0, p:wait(), p:stderr())
+  p:assert_clean()
+end
+
+local function fresh(tbl)
+  sql(fmt([[DROP TABLE IF EXISTS %s;
+    CREATE TABLE %s (id bigint AUTO_INCREMENT PRIMARY KEY, who char(1) NOT NULL, k int NOT NULL);]], tbl, tbl))
+end
+
+-- "who k" -> how many times it arrived
+local function tally(list)
+  local seen = {}
+  for _, e in ipairs(list) do
+    local key = e.who .. " " .. e.k
+    seen[key] = (seen[key] or 0) + 1
+  end
+  return seen
+end
+
+-- Two writers, each on its own session: A takes an id and holds it open while B commits a
+-- later one, 1000 times; every 10th time both wait a little so the reader looks in between;
+-- every 100th time B also inserts a row it rolls back (an id that never comes).
+local function interleaved_writers(tbl)
+  local wa, wb = notifier(), notifier()
+  for i = 1, 1000 do
+    assert(wa:query("BEGIN"))
+    assert(wa:query(fmt("INSERT INTO %s (who, k) VALUES ('a', %d)", tbl, i)))
+    assert(wb:query(fmt("INSERT INTO %s (who, k) VALUES ('b', %d)", tbl, i)))
+    if i % 100 == 50 then
+      assert(wb:query("BEGIN"))
+      assert(wb:query(fmt("INSERT INTO %s (who, k) VALUES ('x', %d)", tbl, i)))
+      assert(wb:query("ROLLBACK"))
+    end
+    if i % 10 == 0 then H.sleep(0.02) end
+    assert(wa:query("COMMIT"))
+  end
+  wa:close()
+  wb:close()
+end
+
+-- How many events came after one with a higher id: late commits the reader did not skip.
+local function late(list)
+  local high, n = 0, 0
+  for _, e in ipairs(list) do
+    if e.id < high then n = n + 1 end
+    if e.id > high then high = e.id end
+  end
+  return n
+end
+
+describe("sqlnotify (MySQL/MariaDB journal)", function()
+  local procs = {}
+  local function track(p)
+    procs[#procs + 1] = p
+    return p
+  end
+  after_each(function()
+    for _, p in ipairs(procs) do
+      if not p:exited() then p:kill("KILL"); p:wait() end
+    end
+    procs = {}
+  end)
+
+  describe("late commits", function()
+    it("delivers every row of two writers with interleaved commits exactly once, none skipped (live)", function()
+      fresh("s19_w1")
+      local p = track(reader("s19_w1"))
+      interleaved_writers("s19_w1")
+      assert.is_true(wait_events(p, 2000), "events: " .. #events(p) .. "\n" .. p:stderr())
+      H.run_for(0.3) -- room for anything that should not come
+      stop(p)
+      local got = events(p)
+      assert.are.equal(2000, #got)
+      local seen = tally(got)
+      for i = 1, 1000 do
+        assert.are.equal(1, seen["a " .. i], "a " .. i)
+        assert.are.equal(1, seen["b " .. i], "b " .. i)
+      end
+      assert.is_true(late(got) > 0, "the reader never saw a later id before an earlier one")
+      print(fmt("\n  live: 2000 rows, %d delivered after a higher id", late(got)))
+    end)
+
+    it("delivers every row of two writers with interleaved commits at least once, none skipped (durable)", function()
+      fresh("s19_w2")
+      local p = track(reader("s19_w2", "s19_interleaved", "end"))
+      interleaved_writers("s19_w2")
+      assert.is_true(wait_events(p, 2000), "events: " .. #events(p) .. "\n" .. p:stderr())
+      stop(p)
+      local got = events(p)
+      local seen = tally(got)
+      for i = 1, 1000 do
+        assert.is_true((seen["a " .. i] or 0) >= 1, "a " .. i)
+        assert.is_true((seen["b " .. i] or 0) >= 1, "b " .. i)
+      end
+      local seqs = {}
+      for _, e in ipairs(got) do
+        assert.is_true(e.seq > 0)
+        seqs[e.seq] = (seqs[e.seq] or e.who .. " " .. e.k)
+        assert.are.equal(e.who .. " " .. e.k, seqs[e.seq]) -- one position, one change
+      end
+      assert.is_nil(seen["x 50"])
+      print(fmt("\n  durable: %d events for 2000 rows, %d delivered after a higher id", #got, late(got)))
+    end)
+
+    it("does not hold back rows committed after a transaction left open; its own row comes when it commits", function()
+      fresh("s19_w3")
+      local p = track(reader("s19_w3"))
+      local wa = notifier()
+      assert(wa:query("BEGIN"))
+      assert(wa:query("INSERT INTO s19_w3 (who, k) VALUES ('a', 1)"))
+      for i = 1, 50 do sql(fmt("INSERT INTO s19_w3 (who, k) VALUES ('b', %d)", i)) end
+      assert.is_true(wait_events(p, 50))
+      assert.is_nil(tally(events(p))["a 1"])
+      assert(wa:query("COMMIT"))
+      wa:close()
+      assert.is_true(wait_events(p, 51))
+      local got = events(p)
+      assert.are.same({ who = "a", k = 1 }, { who = got[51].who, k = got[51].k })
+      assert.is_true(got[51].id < got[1].id) -- the lowest id, delivered last
+      stop(p)
+    end)
+  end)
+
+  describe("durable consumers", function()
+    local admin
+    before_each(function() admin = notifier() end)
+    after_each(function()
+      for _, c in ipairs(assert(admin:consumers())) do
+        if c.name:find("^s19_") then admin:drop_consumer(c.name) end
+      end
+      admin:close()
+    end)
+
+    local function consumer(name)
+      for _, c in ipairs(assert(admin:consumers())) do
+        if c.name == name then return c end
+      end
+    end
+
+    it("catches up after downtime, in commit order, from where it stopped", function()
+      fresh("s19_d1")
+      local p = track(reader("s19_d1", "s19_catchup"))
+      sql("INSERT INTO s19_d1 (who, k) VALUES ('a', 0)")
+      assert.is_true(wait_events(p, 1))
+      stop(p)
+      local c = consumer("s19_catchup")
+      assert.are.equal(0, c.members)
+      local inserts = {}
+      for i = 1, 500 do inserts[i] = fmt("INSERT INTO s19_d1 (who, k) VALUES ('a', %d);", i) end
+      sql(table.concat(inserts, "\n"))
+      assert.are.equal(500, consumer("s19_catchup").lag_events) -- every row after its position
+      p = track(reader("s19_d1", "s19_catchup"))
+      assert.is_true(wait_events(p, 500))
+      assert.are.equal(1, consumer("s19_catchup").members)
+      H.run_for(0.2)
+      stop(p)
+      local got = events(p)
+      assert.are.equal(500, #got)
+      for i, e in ipairs(got) do assert.are.equal(i, e.k) end
+      assert.are.equal(0, consumer("s19_catchup").lag_events)
+    end)
+
+    it("starts a new consumer at the end or at the beginning of the journal", function()
+      fresh("s19_d2")
+      sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 1), ('a', 2)")
+      local p0 = track(reader("s19_d2")) -- installs the trigger
+      stop(p0)
+      sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 3), ('a', 4)")
+      local pe = track(reader("s19_d2", "s19_end", "end"))
+      local pb = track(reader("s19_d2", "s19_begin", "beginning"))
+      sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 5)")
+      assert.is_true(wait_events(pe, 1) and wait_events(pb, 3))
+      H.run_for(0.2)
+      stop(pe)
+      stop(pb)
+      local function ks(list) local o = {} for i, e in ipairs(list) do o[i] = e.k end return o end
+      assert.are.same({ 5 }, ks(events(pe)))
+      assert.are.same({ 3, 4, 5 }, ks(events(pb))) -- 1 and 2 came before the trigger
+    end)
+
+    it("gives every event to each of two consumers, lists them and forgets a dropped one", function()
+      fresh("s19_d3")
+      local p1 = track(reader("s19_d3", "s19_one", "end"))
+      local p2 = track(reader("s19_d3", "s19_two", "end"))
+      local rows = {}
+      for i = 1, 100 do rows[i] = fmt("('a', %d)", i) end
+      sql("INSERT INTO s19_d3 (who, k) VALUES " .. table.concat(rows, ", "))
+      assert.is_true(wait_events(p1, 100) and wait_events(p2, 100))
+      stop(p1)
+      stop(p2)
+      assert.are.equal(100, #events(p1))
+      assert.are.equal(100, #events(p2))
+      local names = {}
+      for _, c in ipairs(assert(admin:consumers())) do
+        if c.name:find("^s19_") then
+          names[#names + 1] = c.name
+          assert.are.equal(0, c.lag_events)
+          assert.are.equal(0, c.members)
+          assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d", c.last_seen)
+        end
+      end
+      assert.are.same({ "s19_one", "s19_two" }, names)
+      assert.is_true(admin:drop_consumer("s19_one"))
+      assert.is_false(admin:drop_consumer("s19_one"))
+      assert.is_nil(consumer("s19_one"))
+    end)
+
+    it("keeps a second process with the same consumer on standby, which takes over when the first dies", function()
+      fresh("s19_d4")
+      local p1 = track(reader("s19_d4", "s19_group", "end"))
+      local p2 = track(reader("s19_d4", "s19_group", "end"))
+      assert.is_true(p2:wait_for('consumer "s19_group" is being read by another process; this one stands by', 10, "err"))
+      sql("INSERT INTO s19_d4 (who, k) VALUES ('a', 1)")
+      assert.is_true(wait_events(p1, 1))
+      p1:kill("KILL")
+      p1:wait()
+      sql("INSERT INTO s19_d4 (who, k) VALUES ('a', 2)")
+      assert.is_true(p2:wait_for('consumer "s19_group": took over', 20, "err"))
+      assert.is_true(wait_events(p2, 1))
+      stop(p2)
+      local ks = {}
+      for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
+      assert.are.same({ 2 }, ks) -- 1 was handled and saved before the first died
+    end)
+
+    it("loses nothing when the host is killed with kill -9 while another process writes 2,000 rows", function()
+      fresh("s19_d5")
+      local p = track(reader("s19_d5", "s19_kill", "end"))
+      local lines = {}
+      for i = 1, 2000 do
+        lines[#lines + 1] = fmt("INSERT INTO s19_d5 (who, k) VALUES ('a', %d);", i)
+        if i % 20 == 0 then lines[#lines + 1] = "DO SLEEP(0.02);" end
+      end
+      local file, done = H.tmpfile(".sql"), H.tmpfile(".done")
+      H.spit(file, table.concat(lines, "\n"))
+      H.sh(fmt("(MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s %s <%s >/dev/null 2>&1; echo $? >%s) &",
+        q(pass), q(host), q(port), q(user), q(DB), q(file), q(done)))
+      assert.is_true(wait_events(p, 300))
+      p:kill("KILL")
+      p:wait()
+      local first = events(p)
+      local p2 = track(reader("s19_d5", "s19_kill", "end"))
+      local deadline = H.now() + 60
+      while H.slurp(done) == "" and H.now() < deadline do H.sleep(0.05) end
+      assert.are.equal("0\n", H.slurp(done))
+      local function all()
+        local seen = tally(first)
+        for _, e in ipairs(events(p2)) do seen[e.who .. " " .. e.k] = (seen[e.who .. " " .. e.k] or 0) + 1 end
+        for i = 1, 2000 do if not seen["a " .. i] then return false, seen end end
+        return true, seen
+      end
+      deadline = H.now() + 60
+      while not all() and H.now() < deadline do H.sleep(0.05) end
+      local ok, seen = all()
+      assert.is_true(ok, "missing rows after the restart")
+      stop(p2)
+      local dup = 0
+      for _, c in pairs(seen) do dup = dup + c - 1 end
+      print(fmt("\n  kill -9 after %d events; every one of 2000 rows delivered, %d twice", #first, dup))
+      assert.is_true(dup <= 5000) -- at most the batch in flight
+      local second = events(p2)
+      for i = 2, #second do assert.is_true(second[i].k > second[i - 1].k, "commit order after the restart") end
+    end)
+
+    it("tells a consumer that was away past the journal's retention which rows it missed", function()
+      fresh("s19_d6")
+      for _, c in ipairs(assert(admin:consumers())) do admin:drop_consumer(c.name) end -- nobody else holds rows
+      local p = track(reader("s19_d6", "s19_gone", "end"))
+      sql("INSERT INTO s19_d6 (who, k) VALUES ('a', 1)")
+      assert.is_true(wait_events(p, 1))
+      stop(p)
+      sql([[UPDATE sqlnotify_consumers SET last_seen = last_seen - INTERVAL 8 DAY WHERE name = 's19_gone';
+        INSERT INTO s19_d6 (who, k) VALUES ('a', 2), ('a', 3);]])
+      local ids = sql("SELECT MIN(id), MAX(id) FROM sqlnotify_journal"):match("(%d+)\t(%d+)")
+      assert.is_truthy(ids)
+      -- a live reader with a retention of 1 s prunes what nobody holds any more
+      local pruner = track(reader("s19_d6", nil, nil, 1))
+      assert.is_true(H.run_until(function()
+        return tonumber(sql("SELECT COUNT(*) FROM sqlnotify_journal WHERE created_at < UTC_TIMESTAMP(6)"
+          .. " - INTERVAL 5 SECOND"):match("%d+")) == 0
+      end, 60))
+      stop(pruner)
+      local p2 = track(reader("s19_d6", "s19_gone"))
+      assert.is_true(p2:wait_for('consumer "s19_gone" was away longer than the journal kept its rows: ids %d+ to %d+'
+        .. " were pruned before it read them and are not delivered", 20, "err"))
+      sql("INSERT INTO s19_d6 (who, k) VALUES ('a', 4)")
+      assert.is_true(wait_events(p2, 1))
+      stop(p2)
+      local ks = {}
+      for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
+      assert.are.same({ 4 }, ks)
+    end)
+  end)
+
+  describe("the host's tools", function()
+    it("lists the triggers with --list URL and drops one table's with --drop URL table", function()
+      fresh("s19_listed")
+      local n = notifier()
+      n:watch(DB .. ".s19_listed", "insert")
+      n:watch(DB .. ".s19_listed", "delete", { channel_label = "s19 gone" })
+      assert(n:start())
+      n:close()
+      local function run(args)
+        local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+        local argv = {}
+        for i, a in ipairs(args) do argv[i] = q(a) end
+        local ok, _, code = H.sh(fmt("%s %s >%s 2>%s", q(H.host_bin), table.concat(argv, " "), q(out), q(err)))
+        return ok and 0 or code, H.slurp(out), H.slurp(err)
+      end
+      local code, out, err = run { "--list", URL }
+      assert.are.equal(0, code, err)
+      assert.matches("s19_listed", out)
+      assert.matches("sqlnotify_s19 gone", out)
+      local triggers = function()
+        return count(fmt("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = '%s'"
+          .. " AND EVENT_OBJECT_TABLE = 's19_listed'", DB))
+      end
+      assert.are.equal(2, triggers())
+      code, out, err = run { "--drop", URL, DB .. ".s19_listed" }
+      assert.are.equal(0, code, err .. out)
+      assert.are.equal(0, triggers())
+    end)
+  end)
+end)
