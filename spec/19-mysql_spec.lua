@@ -536,6 +536,43 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
     end)
   end)
 
+  describe("connections", function()
+    it("reconnects when its connections are killed, says so, and delivers what was written meanwhile", function()
+      fresh("s19_c1")
+      local p = track(reader("s19_c1"))
+      sql("INSERT INTO s19_c1 (who, k) VALUES ('a', 1)")
+      assert.is_true(wait_events(p, 1))
+      local ids = sql(fmt("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '%s' AND ID <> CONNECTION_ID()", DB))
+      for id in ids:gmatch("%d+") do pcall(sql, "KILL CONNECTION " .. id) end
+      for i = 2, 11 do sql(fmt("INSERT INTO s19_c1 (who, k) VALUES ('a', %d)", i)) end
+      assert.is_true(wait_events(p, 11), p:stderr())
+      assert.is_true(p:wait_for("lost the journal reader's connection to database \"" .. DB, 10, "err"))
+      assert.is_true(p:wait_for("journal reader reconnected to database \"" .. DB, 10, "err"))
+      H.run_for(0.2)
+      stop(p)
+      local ks = {}
+      for i, e in ipairs(events(p)) do ks[i] = e.k end
+      assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }, ks)
+    end)
+
+    it("keeps a durable consumer's position across a reload of the script (SIGHUP)", function()
+      fresh("s19_c2")
+      local p = track(reader("s19_c2", "s19_reload", "end"))
+      sql("INSERT INTO s19_c2 (who, k) VALUES ('a', 1), ('a', 2)")
+      assert.is_true(wait_events(p, 2))
+      p:kill("HUP")
+      assert.is_true(p:wait_for("ready\n.*ready\n", 20), p:stderr())
+      sql("INSERT INTO s19_c2 (who, k) VALUES ('a', 3), ('a', 4)")
+      assert.is_true(wait_events(p, 4))
+      H.run_for(0.2)
+      stop(p)
+      local ks = {}
+      for i, e in ipairs(events(p)) do ks[i] = e.k end
+      assert.are.same({ 1, 2, 3, 4 }, ks)
+      notifier():drop_consumer("s19_reload")
+    end)
+  end)
+
   describe("durable consumers", function()
     local admin
     before_each(function() admin = notifier() end)
