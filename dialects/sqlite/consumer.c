@@ -221,6 +221,32 @@ static void lost_lease(sn_conn *c)
             "did not renew its lease in time); this one stands by", c->consumer);
 }
 
+/* Our row is gone (n:drop_consumer() while we read): we go on, so record it again where
+ * we stand, holding the lease. SQLITE_OK, or anything else when the row is there (then
+ * someone else holds it). */
+static int record_again(sn_conn *c)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c->rd, "INSERT INTO " CONSUMERS_TABLE " (name, position, last_seen, "
+                           "holder, holder_pid, holder_host, heartbeat) VALUES (?1, ?2, " NOW_SQL
+                           ", ?3, ?4, ?5, " NOW_SQL ") ON CONFLICT (name) DO NOTHING",
+                           -1, &st, NULL) != SQLITE_OK)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->pos_pending);
+    sqlite3_bind_int64(st, 3, c->holder_id);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)getpid());
+    sqlite3_bind_text(st, 5, c->host, -1, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK || sqlite3_changes(c->rd) != 1)
+        return SQLITE_ERROR;
+    sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" was dropped while this process read it; "
+            "recorded it again after row %lld", c->consumer, (long long)c->pos_pending);
+    c->acked = c->pos_pending;
+    c->save_failed = 0;
+    return SQLITE_OK;
+}
+
 /* Write the position (and renew the lease). 0, or -1: busy, retried later. */
 static int save(sn_conn *c, int release)
 {
@@ -245,7 +271,7 @@ static int save(sn_conn *c, int release)
         return -1;
     }
     if (sqlite3_changes(c->rd) != 1) {
-        if (!release)
+        if (!release && record_again(c) != SQLITE_OK)
             lost_lease(c);
         return 0;
     }
