@@ -119,9 +119,19 @@ static void became_active(sn_conn *c, sqlite3_int64 position)
             first = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
-    if (first < 0 && sqd_log_end(c->rd, &end, NULL, 0) == 0)
+    if (sqd_log_end(c->rd, &end, NULL, 0) != 0)
+        end = position;
+    if (first < 0)
         first = end + 1;   /* empty: everything up to the end was removed or read */
     c->active = 1;
+    if (position > end) {
+        /* an older copy of the file: rows past the end would be skipped below the position */
+        sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" stands at row %lld, past the end of the "
+                "change log of %s (row %lld): the file was restored from an older copy; reading "
+                "from the log's end", c->consumer, (long long)position, c->target, (long long)end);
+        position = end;
+        c->save_failed = 1;
+    }
     c->acked = c->pos_pending = c->cursor = position;
     if (first > position + 1) {
         sn_logf(&c->sink, SN_LOG_ERROR, "consumer \"%s\" was away longer than the change log of "
@@ -252,10 +262,10 @@ static int save(sn_conn *c, int release)
 {
     sqlite3_stmt *st;
     const char *sql = release
-        ? "UPDATE " CONSUMERS_TABLE " SET position = max(position, ?2), last_seen = " NOW_SQL
+        ? "UPDATE " CONSUMERS_TABLE " SET position = ?2, last_seen = " NOW_SQL
           ", holder = NULL, holder_pid = NULL, holder_host = NULL, heartbeat = NULL "
           "WHERE name = ?1 AND holder = ?3"
-        : "UPDATE " CONSUMERS_TABLE " SET position = max(position, ?2), last_seen = " NOW_SQL
+        : "UPDATE " CONSUMERS_TABLE " SET position = ?2, last_seen = " NOW_SQL
           ", heartbeat = " NOW_SQL " WHERE name = ?1 AND holder = ?3";
     if (sqlite3_prepare_v2(c->rd, sql, -1, &st, NULL) != SQLITE_OK)
         return -1;
