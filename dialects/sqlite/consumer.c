@@ -213,7 +213,8 @@ void sqd_consumer_try_lease(sn_conn *c)
     if (c->standby_pid)
         sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\": took over from the process that was "
                 "reading it (pid %lld, %s); continuing after row %lld", c->consumer,
-                (long long)pid, dead ? "gone" : expired ? "its lease ran out" : "it stopped",
+                (long long)(free_ && c->standby_pid > 0 ? c->standby_pid : pid),
+                dead ? "gone" : expired ? "its lease ran out" : "it stopped",
                 (long long)position);
     c->standby_pid = 0;
     became_active(c, position);
