@@ -34,6 +34,15 @@ SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dia
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
+# MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.
+MYSQL_CFLAGS := $(shell pkg-config --cflags libmariadb 2>/dev/null || mariadb_config --cflags 2>/dev/null)
+MYSQL_LIBS := $(shell pkg-config --libs libmariadb 2>/dev/null || mariadb_config --libs 2>/dev/null)
+ifneq ($(MYSQL_LIBS),)
+OBJS    += $(patsubst dialects/mysql/%.c,$(BUILD)/mysql-%.o,$(wildcard dialects/mysql/*.c))
+CFLAGS  += -DSN_HAVE_MYSQL
+DB_LIBS += $(MYSQL_LIBS)
+endif
+
 all: $(HOST) $(MODULE)
 
 $(BUILD)/%.o: src/%.c $(HEADERS)
@@ -47,6 +56,10 @@ $(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h
 $(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/mysql-%.o: dialects/mysql/%.c dialects/mysql/my.h src/dialect.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(MYSQL_CFLAGS) -c -o $@ $<
 
 $(HOST): $(BUILD)/host.o $(OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ -llua5.4 $(DB_LIBS) -lm

@@ -24,11 +24,17 @@
 
 extern const sn_dialect sn_postgresql_dialect;
 extern const sn_dialect sn_sqlite_dialect;
+#ifdef SN_HAVE_MYSQL
+extern const sn_dialect sn_mysql_dialect;
+#endif
 void sn_io_open(lua_State *L); /* io.c: sqlnotify.io, sqlnotify.cqueues, sqlnotify.step */
 
 static const sn_dialect *const dialects[] = {
     &sn_postgresql_dialect,
     &sn_sqlite_dialect,
+#ifdef SN_HAVE_MYSQL
+    &sn_mysql_dialect,
+#endif
     NULL,
 };
 
@@ -419,8 +425,9 @@ void sn_link_release_hooks(sn_link *k)
 }
 
 /* Runs under sn_pcall with the handle at 1: fills its batch table and calls its
- * dispatch function once. A small table is reused from batch to batch (entries past
- * 2n are stale and ignored), and a channel repeated by consecutive events is pushed once. */
+ * dispatch function once, storing how many events it handled through the pointer at 5.
+ * A small table is reused from batch to batch (entries past 2n are stale and ignored),
+ * and a channel repeated by consecutive events is pushed once. */
 static int deliver_batch(lua_State *L)
 {
     const sn_event *ev = lua_touserdata(L, 2);
@@ -451,7 +458,17 @@ static int deliver_batch(lua_State *L)
     lua_settop(L, batch);
     lua_pushinteger(L, n);
     lua_pushnumber(L, ts);
-    lua_call(L, 3, 0);
+    if (n > 0 && ev[0].seq > 0) { /* durable mode: the journal positions, for event.seq */
+        lua_createtable(L, (int)n, 0);
+        for (lua_Integer i = 0; i < n; i++) {
+            lua_pushinteger(L, (lua_Integer)ev[i].seq);
+            lua_rawseti(L, -2, i + 1);
+        }
+    } else {
+        lua_pushnil(L);
+    }
+    lua_call(L, 4, 1);
+    *(lua_Integer *)lua_touserdata(L, 5) = lua_tointeger(L, -1); /* how many it handled */
     if (n > 256) { /* do not keep a big batch's payloads alive until the next one */
         lua_pushnil(L);
         lua_setiuservalue(L, 1, UV_BATCH);
@@ -467,12 +484,19 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
     if (h == NULL || h->self_ref == LUA_NOREF || n == 0)
         return;
     lua_State *L = h->L;
+    lua_Integer handled = 0;
     lua_pushcfunction(L, deliver_batch);
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lua_pushlightuserdata(L, (void *)events);
     lua_pushinteger(L, (lua_Integer)n);
     l_now(L);
-    callback(L, 4, "event dispatch");
+    lua_pushlightuserdata(L, &handled);
+    k->refs++; /* a handler may close the handle: the link stays until the ack is sent */
+    callback(L, 5, "event dispatch");
+    /* Durable mode: the cursor moves past what the handlers finished, and no further. */
+    if (k->d->ack && handled > 0 && (size_t)handled <= n && events[handled - 1].seq > 0)
+        k->d->ack(k->conn, events[handled - 1].seq);
+    sn_link_unref(k, NULL);
 }
 
 static int call_reconnected(lua_State *L)
@@ -551,7 +575,8 @@ static const sn_dialect *find_dialect(const char *url, luaL_Buffer *b)
     return NULL;
 }
 
-/* core.open(url, {use_logger=, retention=, overflow_schema=}) -> handle | nil, err */
+/* core.open(url, {use_logger=, retention=, overflow_schema=, consumer=, start_at=, consumer_retention=})
+ * -> handle | nil, err */
 static int l_open(lua_State *L)
 {
     const char *url = luaL_checkstring(L, 1);
@@ -565,6 +590,13 @@ static int l_open(lua_State *L)
             opt.retention = lua_tonumber(L, -1);
         lua_getfield(L, 2, "overflow_schema"); /* stays on the stack: opt points into it */
         opt.overflow_schema = lua_tostring(L, -1);
+        lua_getfield(L, 2, "consumer"); /* durable mode; stays on the stack too */
+        opt.consumer = lua_tostring(L, -1);
+        lua_getfield(L, 2, "start_at");
+        opt.start_at_beginning = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "beginning") == 0;
+        lua_getfield(L, 2, "consumer_retention");
+        if (lua_isnumber(L, -1))
+            opt.consumer_retention = lua_tonumber(L, -1);
     }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
@@ -572,6 +604,11 @@ static int l_open(lua_State *L)
     luaL_pushresult(&b);
     if (d == NULL) {
         const char *sep = strstr(url, "://");
+#ifndef SN_HAVE_MYSQL
+        size_t n = strcspn(url, "+:");
+        if ((n == 5 && strncmp(url, "mysql", 5) == 0) || (n == 7 && strncmp(url, "mariadb", 7) == 0))
+            return luaL_error(L, "sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)");
+#endif
         return luaL_error(L, "sqlnotify: unsupported database URL scheme \"%s\" (expected postgresql:// or sqlite://)",
                           sep ? lua_pushlstring(L, url, (size_t)(sep - url)) : "none");
     }
@@ -827,6 +864,34 @@ static int h_verify(lua_State *L)
     return 1;
 }
 
+/* h:consumers() -> rows of {name, lag_events, lag_seconds, members, last_seen} | nil, err */
+static int h_consumers(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    sn_result *r = NULL;
+    char err[1024] = "";
+    if (k->d->consumers == NULL)
+        return luaL_error(L, "sqlnotify: the %s dialect has no durable consumers", k->d->name);
+    if (k->d->consumers(k->conn, &r, err, sizeof err) != 0)
+        return fail(L, err);
+    return return_result(L, r, 0);
+}
+
+/* h:drop_consumer(name) -> true (dropped) | false (no such consumer) | nil, err */
+static int h_drop_consumer(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *name = luaL_checkstring(L, 2);
+    char err[1024] = "";
+    if (k->d->drop_consumer == NULL)
+        return luaL_error(L, "sqlnotify: the %s dialect has no durable consumers", k->d->name);
+    int st = k->d->drop_consumer(k->conn, name, err, sizeof err);
+    if (st < 0)
+        return fail(L, err);
+    lua_pushboolean(L, st);
+    return 1;
+}
+
 /* h:set_error(fn | nil): fn(message) for each error line this connection logs, from the loop */
 static int h_set_error(lua_State *L)
 {
@@ -850,7 +915,8 @@ static int h_set_reconnected(lua_State *L)
     return 0;
 }
 
-/* h:set_dispatch(fn): fn(batch, n, timestamp) for every batch of events */
+/* h:set_dispatch(fn): fn(batch, n, timestamp, seqs) -> handled, for every batch of events (seqs: the
+ * journal positions in durable mode, else nil; handled: how many events it went through) */
 static int h_set_dispatch(lua_State *L)
 {
     check_handle(L);
@@ -973,6 +1039,8 @@ static const luaL_Reg conn_meth[] = {
     {"drop", h_drop},
     {"list", h_list},
     {"verify", h_verify},
+    {"consumers", h_consumers},
+    {"drop_consumer", h_drop_consumer},
     {"set_dispatch", h_set_dispatch},
     {"set_reconnected", h_set_reconnected},
     {"set_error", h_set_error},

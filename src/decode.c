@@ -68,6 +68,23 @@ static int sqlite_class(const char *t)
     return SN_CLASS_PLAIN; /* NUMERIC, DECIMAL: SQLite keeps them as integers or reals */
 }
 
+/* MySQL and MariaDB: information_schema's COLUMN_TYPE ("double", "decimal(10,2)", "varbinary(16)"). */
+static int mysql_class(const char *t)
+{
+    static const char *const bytes[] = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry",
+                                        "point", "linestring", "polygon", "multipoint", "multilinestring",
+                                        "multipolygon", "geometrycollection", "geomcollection", NULL};
+    size_t n = strcspn(t, "( ");
+    if ((n == 5 && strncmp(t, "float", 5) == 0) || (n == 6 && strncmp(t, "double", 6) == 0))
+        return SN_CLASS_FLOAT;
+    if ((n == 7 && strncmp(t, "decimal", 7) == 0) || (n == 7 && strncmp(t, "numeric", 7) == 0))
+        return SN_CLASS_NUMERIC;
+    for (int i = 0; bytes[i]; i++)
+        if (strlen(bytes[i]) == n && strncmp(t, bytes[i], n) == 0)
+            return SN_CLASS_BYTES;
+    return SN_CLASS_PLAIN;
+}
+
 /* The number of strings in the list at t[field] (absent: 0), checked. */
 static int list_len(lua_State *L, int t, const char *field)
 {
@@ -110,12 +127,12 @@ static int l_plan(lua_State *L)
     lua_getfield(L, 2, "colnames"); /* 7 */
     lua_getfield(L, 2, "types");    /* 8 */
     luaL_argexpected(L, lua_istable(L, 7) && lua_istable(L, 8), 2, "table info with colnames and types");
-    int sqlite = strcmp(dialect, "sqlite") == 0;
+    int sqlite = strcmp(dialect, "sqlite") == 0, mysql = strcmp(dialect, "mysql") == 0;
     for (lua_Integer i = 1, n = luaL_len(L, 7); i <= n; i++) {
         lua_geti(L, 7, i);
         lua_geti(L, 8, i);
         const char *type = lua_tostring(L, -1);
-        int cls = type == NULL ? SN_CLASS_PLAIN : sqlite ? sqlite_class(type) : pg_class(type);
+        int cls = type == NULL ? SN_CLASS_PLAIN : sqlite ? sqlite_class(type) : mysql ? mysql_class(type) : pg_class(type);
         lua_pop(L, 1);
         lua_pushinteger(L, cls);
         lua_rawset(L, 6);

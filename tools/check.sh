@@ -46,6 +46,8 @@ if ! psql "$PG_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "0 passed, 1 failed"; exit 1
 fi
 
+sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the MySQL specs
+
 # ----- build -----
 make --no-print-directory SANITIZE="$SANITIZE" BUILD="$BUILD" all || { echo "0 passed, 1 failed"; exit 1; }
 

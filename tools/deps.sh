@@ -8,7 +8,7 @@ build="lua5.4 liblua5.4-dev libpq-dev libsqlite3-dev libev-dev lua-cjson pkg-con
 case "$what" in
   build) need=$build ;;
   live) need="$build lua-cqueues" ;;
-  check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat" ;;
+  check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat libmariadb-dev mariadb-client" ;;
   *) echo "usage: tools/deps.sh build|live|check" >&2; exit 2 ;;
 esac
 missing=""

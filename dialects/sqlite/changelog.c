@@ -6,7 +6,8 @@
  * Pruning never removes a row a live reader has not read: each listening reader
  * keeps (id, position, heartbeat, timeout) in sqlnotify_readers, and rows go only
  * when they are past this process's retention AND at or below the lowest position
- * of the readers whose heartbeat is younger than their timeout. A reader that stops
+ * of the readers whose heartbeat is younger than their timeout, and of the durable
+ * consumers seen within the consumer retention. A reader that stops
  * sending heartbeats (killed, stopped) holds rows back for its timeout, then not.
  */
 #include "sqlite.h"
@@ -108,6 +109,10 @@ int sqd_ensure_tables(sn_conn *c, int *created, char *err, size_t errlen)
         /* A log made again after a DROP continues past every position known, so the
          * readers' cursors stay below the new rows. */
         sqlite3_int64 floor = one_int(db, "SELECT max(position) FROM " READERS_TABLE, 0);
+        sqlite3_int64 kept = table_exists(db, CONSUMERS_TABLE)
+            ? one_int(db, "SELECT max(position) FROM " CONSUMERS_TABLE, 0) : 0;
+        if (kept > floor)
+            floor = kept;
         if (c->rd && c->cursor > floor)
             floor = c->cursor;
         if (floor > 0) {
@@ -174,7 +179,7 @@ int sqd_heartbeat(sn_conn *c)
                            -1, &st, NULL) != SQLITE_OK)
         return sqlite3_errcode(c->db);
     sqlite3_bind_int64(st, 1, c->reader_id);
-    sqlite3_bind_int64(st, 2, c->cursor);
+    sqlite3_bind_int64(st, 2, sqd_held(c));
     sqlite3_bind_double(st, 3, READER_TIMEOUT);
     sqlite3_bind_int64(st, 4, (sqlite3_int64)getpid());
     int rc = sqlite3_step(st);
@@ -238,17 +243,25 @@ static int forget_dead_readers(sn_conn *c)
 static int prune(sn_conn *c, int *more)
 {
     sqlite3_stmt *st = NULL;
-    const char *sql =
-        "DELETE FROM " CHANGES_TABLE " WHERE seq IN (SELECT seq FROM " CHANGES_TABLE
-        " WHERE created_at < " NOW_SQL " - ?1 AND seq <= ?3 AND seq <= "
-        "(SELECT coalesce(min(position), ?3) FROM " READERS_TABLE
-        "  WHERE heartbeat >= " NOW_SQL " - timeout) LIMIT ?2)";
+#define PRUNE_SQL(consumers) \
+        "DELETE FROM " CHANGES_TABLE " WHERE seq IN (SELECT seq FROM " CHANGES_TABLE \
+        " WHERE created_at < " NOW_SQL " - ?1 AND seq <= ?3 AND seq <= " \
+        "(SELECT coalesce(min(position), ?3) FROM " READERS_TABLE \
+        "  WHERE heartbeat >= " NOW_SQL " - timeout) " consumers "LIMIT ?2)"
+    /* made by the first durable notifier on the file */
+    const char *sql = table_exists(c->db, CONSUMERS_TABLE)
+        ? PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE
+                    " WHERE last_seen >= " NOW_SQL " - ?4) ")
+        : PRUNE_SQL("AND ?4 IS NOT NULL ");
+#undef PRUNE_SQL
     if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) != SQLITE_OK)
         return sqlite3_errcode(c->db);
     sqlite3_bind_double(st, 1, c->retention);
     sqlite3_bind_int(st, 2, PRUNE_BATCH);
     /* Our own reader counts even if its row is missing (written at the next tick). */
-    sqlite3_bind_int64(st, 3, c->rd ? c->cursor : INT64_MAX);
+    sqlite3_bind_int64(st, 3, c->rd ? sqd_held(c) : INT64_MAX);
+    /* consumers not seen for their retention stop holding rows back */
+    sqlite3_bind_double(st, 4, c->consumer_retention);
     int rc = SQLITE_DONE;
     for (int i = 0; i < PRUNE_STATEMENTS; i++) {
         rc = sqlite3_step(st);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* ===== small helpers ===== */
 
@@ -255,6 +256,7 @@ int sqd_reopen(sn_conn *c)
 
 void sqd_free_conn(sn_conn *c)
 {
+    free(c->consumer);
     free(c->arena);
     free(c->events);
     free(c->offs);
@@ -292,6 +294,23 @@ static sn_conn *sq_open(const char *url, struct ev_loop *loop, const sn_sink *si
     c->path = path;
     c->target = target;
     c->retention = opt && opt->retention > 0 ? opt->retention : 3600;
+    c->consumer_retention = opt && opt->consumer_retention > 0 ? opt->consumer_retention
+                                                               : DEFAULT_CONSUMER_RETENTION;
+    if (opt && opt->consumer) {
+        c->consumer = sqd_strdup(opt->consumer);
+        if (!c->consumer) {
+            free(target);
+            free(path);
+            free(c);
+            sn_seterr(err, errlen, "out of memory");
+            return NULL;
+        }
+        c->start_beginning = opt->start_at_beginning;
+        if (gethostname(c->host, sizeof c->host - 1) != 0)
+            strcpy(c->host, "?");
+        sqlite3_randomness(sizeof c->holder_id, &c->holder_id);
+        c->holder_id &= INT64_MAX;
+    }
     c->ifd = c->wd_dir = c->wd_db = c->wd_wal = -1;
     c->schema_seen = -1;
 
@@ -528,6 +547,11 @@ static void sq_stop(sn_conn *c)
     sqd_stop_listening(c);
 }
 
+static void sq_ack(sn_conn *c, int64_t seq)
+{
+    sqd_consumer_ack(c, seq);
+}
+
 static const char *const sqlite_schemes[] = {"sqlite", NULL};
 
 #pragma GCC visibility push(default)
@@ -549,6 +573,9 @@ const sn_dialect sn_sqlite_dialect = {
     .unlisten = sq_unlisten,
     .stop = sq_stop,
     .notify = sq_notify,
+    .ack = sq_ack,
+    .consumers = sqd_consumers,
+    .drop_consumer = sqd_drop_consumer,
     .query = sq_query,
 };
 #pragma GCC visibility pop

@@ -140,6 +140,12 @@ static int batch_add(sn_conn *c, size_t n, const char *ch, size_t chlen, const c
  * inserts give their numbers back. A hole is rows removed before we read them. */
 static void report_gap(sn_conn *c, sqlite3_int64 from, sqlite3_int64 to)
 {
+    if (c->consumer) {
+        sn_logf(&c->sink, SN_LOG_ERROR, "events lost: rows %lld to %lld of the change log of %s "
+                "were removed before consumer \"%s\" read them", (long long)from, (long long)to,
+                c->target, c->consumer);
+        return;
+    }
     if (from == to)
         sn_logf(&c->sink, SN_LOG_ERROR, "events lost: row %lld of the change log of %s was "
                 "removed before this reader read it", (long long)from, c->target);
@@ -184,6 +190,8 @@ static int fetch_batch(sn_conn *c, size_t *kept)
             sqd_kick(c, ERROR_RETRY);
             return -1;
         }
+        c->events[n].seq = c->consumer ? seq : 0;
+        c->batch_last = seq;
         n++;
     }
     if (rc != SQLITE_DONE) {
@@ -195,7 +203,7 @@ static int fetch_batch(sn_conn *c, size_t *kept)
     /* reset before delivering: ends the read transaction, so handlers running long
      * never hold off writers or checkpoints */
     sqlite3_reset(st);
-    c->cursor = last;
+    c->cursor = c->batch_end = last;
     *kept = n;
     return rows;
 }
@@ -207,6 +215,12 @@ static int check(sn_conn *c)
 {
     if (!c->rd || c->depth)
         return 1;
+    if (c->consumer && !c->active)
+        return 1;   /* standing by: the lease timer takes over when it can */
+    if (c->consumer && c->save_failed && sqd_consumer_flush(c)) {
+        sqd_kick(c, BUSY_RETRY_MAX);   /* no new batch before the last one is saved */
+        return 1;
+    }
     if (c->file_suspect) {
         c->file_suspect = 0;
         if (sqd_file_replaced(c) && sqd_reopen(c) == 1)
@@ -240,6 +254,8 @@ static int check(sn_conn *c)
         int rows = fetch_batch(c, &n);
         if (rows < 0)
             return 1;   /* dv not recorded: the retry reads again */
+        if (c->consumer && !n && rows > 0 && c->pos_pending < c->batch_end)
+            c->pos_pending = c->batch_end;   /* only other channels' rows: saved with the lease */
         if (n) {
             for (size_t i = 0; i < n; i++) {
                 c->events[i].channel = c->arena + c->offs[2 * i];
@@ -260,6 +276,19 @@ static int check(sn_conn *c)
             /* a handler stopped (or stopped and restarted) listening */
             if (!c->rd || c->gen != gen)
                 return 1;
+            if (c->consumer) {
+                if (!c->active)
+                    return 1;   /* lost the lease meanwhile: the new holder goes on */
+                if (c->pos_pending < c->batch_end) {
+                    /* not all handled (stopping): what was not is read again */
+                    c->cursor = c->pos_pending;
+                    return 1;
+                }
+                if (c->save_failed) {
+                    sqd_kick(c, BUSY_RETRY_MIN);   /* saved by check() before the next batch */
+                    return 1;
+                }
+            }
         }
         if (rows < FETCH_LIMIT)
             break;
@@ -612,6 +641,10 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
 {
     if (reader_open(c, 1, err, errlen))
         return -1;
+    if (c->consumer && sqd_consumer_register(c, err, errlen)) {
+        sqd_reader_close(c);
+        return -1;
+    }
     reader_timers_start(c);
     sqlite3_randomness(sizeof c->reader_id, &c->reader_id);
     c->reader_id &= INT64_MAX;
@@ -622,6 +655,10 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
     if (sqd_heartbeat(c) != SQLITE_OK)
         sn_logf(&c->sink, SN_LOG_DEBUG, "%s: reader position not written yet: %s", c->target,
                 sqlite3_errmsg(c->db));
+    if (c->consumer) {
+        sqd_consumer_try_lease(c);   /* holder now, or standing by (said so) */
+        sqd_kick_lease(c, LEASE_BEAT);
+    }
     c->schema_seen = -1;
     sqd_house_reschedule(c, 0);
     return 0;
@@ -630,6 +667,8 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
 /* Safe in any state, also half way through start_listening. */
 void sqd_stop_listening(sn_conn *c)
 {
+    if (c->rd)
+        sqd_consumer_stop(c);
     if (c->rd)
         sqd_reader_forget(c);
     sqd_reader_close(c);
@@ -657,7 +696,8 @@ int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         goto oom;
     /* A channel added later starts at the log's end too, as a LISTEN would. */
     sqlite3_busy_timeout(c->rd, BUSY_TIMEOUT_MS);
-    int bad = sqd_log_end(c->rd, &ch.from, err, errlen);
+    /* A durable consumer reads everything past its position. */
+    int bad = c->consumer ? 0 : sqd_log_end(c->rd, &ch.from, err, errlen);
     sqlite3_busy_timeout(c->rd, 0);
     if (bad) {
         free(ch.name);

@@ -11,6 +11,7 @@
  *   changelog.c the log and readers tables, heartbeats, pruning, schema-change repair
  *   triggers.c  catalog (describe), trigger names, generation, install, drop, list, verify
  *   listen.c    the reader: reading batches, gaps, file-change wake-ups
+ *   consumer.c  durable mode: consumers' positions and leases in sqlnotify_consumers
  *
  * Two connections per sn_conn: the query connection (blocking calls, busy timeout)
  * and, once listen() is called, the reader (never blocks: busy timeout 0, retried on
@@ -33,6 +34,7 @@
 
 #define CHANGES_TABLE "sqlnotify_changes"
 #define READERS_TABLE "sqlnotify_readers"
+#define CONSUMERS_TABLE "sqlnotify_consumers"
 #define NOW_SQL "((julianday('now') - 2440587.5) * 86400.0)"
 
 #define BUSY_TIMEOUT_MS 5000     /* query connection: blocking calls may wait this long */
@@ -46,6 +48,10 @@
 #define BUSY_RETRY_MAX 0.020     /* ...up to this */
 #define ERROR_RETRY 0.25         /* reader retry after any other error */
 #define ARENA_KEEP (8u << 20)    /* batch buffers larger than this are released after use */
+#define LEASE_BEAT 1.0           /* durable: the holder renews its lease, a standby looks */
+#define LEASE_TIMEOUT 10.0       /* a lease not renewed this long may be taken over */
+#define SAVE_BUSY_MS 50          /* longest wait for the lock when saving a position */
+#define DEFAULT_CONSUMER_RETENTION (7 * 86400.0)
 
 struct chan {
     char *name;
@@ -94,6 +100,21 @@ struct sn_conn {
     size_t *offs;
     size_t evcap;
 
+    /* durable mode (consumer.c); consumer == NULL: live */
+    char *consumer;
+    int start_beginning;
+    double consumer_retention;
+    char host[256];              /* gethostname(): a holder pid is only checked on its host */
+    sqlite3_int64 holder_id;     /* random: our lease */
+    int active;                  /* we hold the lease: read and deliver */
+    sqlite3_int64 standby_pid;   /* != 0 while standing by (the holder, or -1) */
+    sqlite3_int64 acked;         /* position saved in the file */
+    sqlite3_int64 pos_pending;   /* handled up to here, saved or to be saved */
+    int save_failed;             /* pos_pending not saved yet (busy): no new batch before */
+    sqlite3_int64 batch_last;    /* seq of the last event of the batch being delivered */
+    sqlite3_int64 batch_end;     /* the cursor after that batch */
+    ev_timer lease;
+
     int depth;                   /* > 0 while inside a sink callback */
     int dead;                    /* close() was called inside one: free on the way out */
 };
@@ -133,6 +154,27 @@ void sqd_house_reschedule(sn_conn *c, int hurry);
 /* Look at the schema: recreate a dropped log, repair triggers after renames, notice a
  * recreated log under a reader. Cheap when nothing changed. 0, or -1 to be retried. */
 int sqd_schema_check(sn_conn *c);
+
+/* ===== consumer.c ===== */
+/* Where pruning must stop for this reader: a consumer's saved position, else the cursor. */
+static inline sqlite3_int64 sqd_held(const sn_conn *c)
+{
+    return c->consumer ? c->acked : c->cursor;
+}
+/* Make the consumer's row if it has none (start_at); blocking, on the reader. */
+int sqd_consumer_register(sn_conn *c, char *err, size_t errlen);
+/* Take the lease when free, expired or its holder is gone; else stand by (logged once). */
+void sqd_consumer_try_lease(sn_conn *c);
+/* (Re)start the lease timer: first run after delay seconds. */
+void sqd_kick_lease(sn_conn *c, double delay);
+/* Save pos_pending and renew the lease. 0, or -1 (busy: retried). */
+int sqd_consumer_flush(sn_conn *c);
+void sqd_consumer_ack(sn_conn *c, sqlite3_int64 seq);
+/* Save and give the lease up; stop the timer. */
+void sqd_consumer_release(sn_conn *c);
+void sqd_consumer_stop(sn_conn *c);
+int sqd_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
+int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 
 /* ===== triggers.c ===== */
 int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **out,

@@ -698,7 +698,7 @@ int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **
     static const char table_sql[] =
         "SELECT 'main', name, CASE type WHEN 'view' THEN 'view' END FROM main.sqlite_master "
         "WHERE type IN ('table', 'view') AND name = ?1 "
-        "AND name NOT IN ('" CHANGES_TABLE "', '" READERS_TABLE "') "
+        "AND name NOT IN ('" CHANGES_TABLE "', '" READERS_TABLE "', '" CONSUMERS_TABLE "') "
         "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
         "AND sql NOT LIKE 'CREATE VIRTUAL TABLE%'";
     /* table_xinfo rather than table_info: generated columns are readable in triggers */

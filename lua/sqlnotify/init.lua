@@ -242,6 +242,7 @@ end
 local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
   verify_interval = true, nulls = true, overflow_schema = true,
+  consumer = true, start_at = true,
 }
 
 local DEFAULT_VERIFY_INTERVAL = 60 -- seconds between two checks that our triggers are still ours
@@ -261,6 +262,13 @@ function M.notifier(opts)
   if opts.retention ~= nil and (type(opts.retention) ~= "number" or opts.retention <= 0) then
     fail(2, "retention must be a number of seconds above zero")
   end
+  if opts.consumer ~= nil and (type(opts.consumer) ~= "string" or opts.consumer == "") then
+    fail(2, "consumer must be a non-empty string")
+  end
+  if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" then
+    fail(2, "start_at must be \"end\" or \"beginning\", got %s",
+      type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
+  end
   local verify = opts.verify_interval
   if verify == nil then verify = DEFAULT_VERIFY_INTERVAL end
   if verify ~= false and (type(verify) ~= "number" or verify <= 0 or verify ~= verify) then
@@ -272,7 +280,7 @@ function M.notifier(opts)
   end
   -- core.open raises on a URL it cannot use: report that at the caller's line too.
   local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
-    overflow_schema = opts.overflow_schema })
+    overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at })
   if not ok then error(one_line(h), 2) end
   if not h then return nil, err end
   local self = setmetatable({
@@ -295,9 +303,10 @@ function M.notifier(opts)
   }, Notifier)
   -- The binding keeps these functions; through a weak reference they do not keep the notifier.
   local ref = setmetatable({ self }, { __mode = "v" })
-  h:set_dispatch(function(batch, n, ts)
+  h:set_dispatch(function(batch, n, ts, seqs)
     local me = ref[1]
-    if me then return me:_dispatch(batch, n, ts) end
+    if me then return me:_dispatch(batch, n, ts, seqs) end
+    return n
   end)
   h:set_reconnected(function(outage, may_have_missed)
     local me = ref[1]
@@ -658,17 +667,19 @@ function Notifier:_deliver_debug(chan, w, ev)
     #skipped > 0 and "; filters did not match: " .. concat(skipped, ", ") or "")
 end
 
--- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload.
-function Notifier:_dispatch(batch, n, ts)
+-- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload, seqs[i] its
+-- journal position (durable mode). Returns how many events it went through.
+function Notifier:_dispatch(batch, n, ts, seqs)
   local by_channel, subs = self._by_channel, self._subs
   local debug = core.log_level() == "debug"
   for i = 1, 2 * n, 2 do
-    if stopping() then return end -- SIGINT/SIGTERM arrived: no handler starts after it
+    if stopping() then return (i - 1) // 2 end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
     local chan = w and subs[channel]
     if chan and chan.n > 0 and self._started then
       local ev = self:_event(w, channel, batch[i + 1], ts)
+      if ev and seqs then ev.seq = seqs[(i + 1) // 2] end
       local all = chan.all
       if ev and debug then
         self:_deliver_debug(chan, w, ev)
@@ -681,6 +692,7 @@ function Notifier:_dispatch(batch, n, ts)
       self:_log("debug", "event %s on %s (channel %s): no subscriber", w.op, w.name, channel)
     end
   end
+  return n
 end
 
 -- ===== lifecycle =====
@@ -897,6 +909,25 @@ function Notifier:notify(t, op, payload, opts)
       #text, max, self.dialect_name)
   end
   return self._h:notify(w.channel, text, overflow)
+end
+
+--- n:consumers() -> { {name=, lag_events=, lag_seconds=, members=, last_seen=}, ... } | nil, message
+function Notifier:consumers()
+  check_notifier(self, 2)
+  local rows, err = self._h:consumers()
+  if not rows then return nil, err end
+  for i, r in ipairs(rows) do
+    rows[i] = { name = r[1], lag_events = math.tointeger(tonumber(r[2])), lag_seconds = tonumber(r[3]),
+      members = math.tointeger(tonumber(r[4])), last_seen = r[5] }
+  end
+  return rows
+end
+
+--- n:drop_consumer(name) -> true (dropped) | false (no such consumer) | nil, message
+function Notifier:drop_consumer(name)
+  check_notifier(self, 2)
+  if type(name) ~= "string" or name == "" then fail(2, "drop_consumer needs a consumer name") end
+  return self._h:drop_consumer(name)
 end
 
 --- n:query(sql, ...) -> rows | nil, message. One statement, parameters $1.. (PostgreSQL) or ? (SQLite).

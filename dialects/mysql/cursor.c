@@ -1,0 +1,301 @@
+/*
+ * cursor.c — where a journal reader stands, and the durable consumers' rows.
+ *
+ * An AUTO_INCREMENT value is taken when a row is inserted, not when its transaction
+ * commits, so a reader can see id 11 while id 10 is still uncommitted (or rolled back, and
+ * never coming). A reader therefore stands at `high`, the highest id it handled, plus the
+ * list of ids below it it has not seen yet ("pending", as ranges). Each fetch asks for
+ * ids above high and for the pending ones; a pending id is handled when it shows up, and
+ * dropped once it is certain it never will (see reader.c: a locking probe finds no
+ * transaction holding it, after a grace time). A durable consumer's row keeps both:
+ * pos = high and pending as text ("lo-hi,id,..."), and low, the lowest id it still waits
+ * for, by which pruning knows what it may remove.
+ */
+#include "my.h"
+
+#include <errno.h>
+
+#define START_WINDOW 10000 /* ids below the end in which a starting reader looks for open gaps */
+
+/* ===== the state ===== */
+
+static int reserve(my_state *s, int n)
+{
+    if (n <= s->cap)
+        return 0;
+    int cap = s->cap ? s->cap * 2 : 16;
+    while (cap < n)
+        cap *= 2;
+    my_range *r = realloc(s->r, (size_t)cap * sizeof *r);
+    if (r == NULL)
+        return -1;
+    s->r = r;
+    s->cap = cap;
+    return 0;
+}
+
+static int insert_at(my_state *s, int i, my_range v)
+{
+    if (reserve(s, s->n + 1) < 0)
+        return -1;
+    memmove(&s->r[i + 1], &s->r[i], (size_t)(s->n - i) * sizeof *s->r);
+    s->r[i] = v;
+    s->n++;
+    return 0;
+}
+
+void my_state_drop(my_state *s, int i)
+{
+    memmove(&s->r[i], &s->r[i + 1], (size_t)(s->n - i - 1) * sizeof *s->r);
+    s->n--;
+}
+
+int my_state_see(my_state *s, int64_t id, double now)
+{
+    if (id > s->high) {
+        if (id > s->high + 1 && insert_at(s, s->n, (my_range){s->high + 1, id - 1, now, 0}) < 0)
+            return -1;
+        s->high = id;
+        return 0;
+    }
+    int lo = 0, hi = s->n - 1; /* the range holding id, by bisection */
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        my_range *r = &s->r[mid];
+        if (id < r->lo) {
+            hi = mid - 1;
+        } else if (id > r->hi) {
+            lo = mid + 1;
+        } else {
+            if (r->lo == r->hi)
+                my_state_drop(s, mid);
+            else if (id == r->lo)
+                r->lo++;
+            else if (id == r->hi)
+                r->hi--;
+            else {
+                my_range upper = *r;
+                upper.lo = id + 1;
+                r->hi = id - 1;
+                return insert_at(s, mid + 1, upper);
+            }
+            return 0;
+        }
+    }
+    return 0; /* seen already */
+}
+
+void my_state_free(my_state *s)
+{
+    free(s->r);
+    memset(s, 0, sizeof *s);
+}
+
+int64_t my_state_low(const my_state *s) { return s->n > 0 ? s->r[0].lo : s->high + 1; }
+
+void my_state_pending_text(const my_state *s, my_sbuf *b)
+{
+    my_sb_addn(b, "", 0);
+    for (int i = 0; i < s->n; i++) {
+        if (s->r[i].lo == s->r[i].hi)
+            my_sb_addf(b, "%s%lld", i ? "," : "", (long long)s->r[i].lo);
+        else
+            my_sb_addf(b, "%s%lld-%lld", i ? "," : "", (long long)s->r[i].lo, (long long)s->r[i].hi);
+    }
+}
+
+/* Ranges ascending, disjoint and below high, or -1 (the caller then waits for nothing). */
+int my_state_parse_pending(my_state *s, const char *text, double now)
+{
+    s->n = 0;
+    const char *p = text;
+    int64_t last = 0;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long long lo = strtoll(p, &end, 10), hi = lo;
+        if (end == p || errno)
+            goto bad;
+        p = end;
+        if (*p == '-') {
+            hi = strtoll(p + 1, &end, 10);
+            if (end == p + 1 || errno)
+                goto bad;
+            p = end;
+        }
+        if (lo <= last || hi < lo || hi >= s->high || insert_at(s, s->n, (my_range){lo, hi, now, 0}) < 0)
+            goto bad;
+        last = hi;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            goto bad;
+    }
+    return 0;
+bad:
+    s->n = 0;
+    return -1;
+}
+
+int my_state_at_end(sn_conn *c, my_state *s, char *err, size_t errlen)
+{
+    my_sbuf b = {0};
+    MYSQL_RES *res = NULL;
+    my_sb_addf(&b, "SELECT id FROM %s WHERE id > (SELECT COALESCE(MAX(id), 0) - %d FROM %s) ORDER BY id", c->journal,
+               START_WINDOW, c->journal);
+    int rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, &res, err, errlen);
+    my_sb_free(&b);
+    if (rc < 0)
+        return -1;
+    my_state_free(s);
+    MYSQL_ROW row;
+    double now = my_now();
+    int first = 1;
+    while ((row = mysql_fetch_row(res)) != NULL) {
+        int64_t id = atoll(row[0]);
+        if (first) /* the gaps below the first id are not ours to wait for */
+            s->high = id - 1;
+        first = 0;
+        if (my_state_see(s, id, now) < 0) {
+            mysql_free_result(res);
+            sn_seterr(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    mysql_free_result(res);
+    return 0;
+}
+
+/* ===== consumers ===== */
+
+void my_lock_name(sn_conn *c, const char *consumer, char out[65])
+{
+    my_sbuf b = {0};
+    my_sb_add(&b, c->p.db);
+    my_sb_addn(&b, "", 1);
+    my_sb_add(&b, consumer);
+    snprintf(out, 65, "sqlnotify:consumer:%016llx",
+             (unsigned long long)sn_hash64(b.s ? b.s : "", b.s ? b.len : 0, 0));
+    my_sb_free(&b);
+}
+
+int my_consumer_register(sn_conn *c, char *err, size_t errlen)
+{
+    sn_result *r = NULL;
+    const char *args[4] = {c->consumer};
+    if (my_journal_ensure(c, err, errlen) < 0)
+        return -1;
+    my_sbuf sql = {0};
+    my_sb_addf(&sql, "SELECT pos FROM %s WHERE name = ?", c->consumers);
+    int rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+    int exists = rc == 0 && r->nrows > 0;
+    sn_result_free(r);
+    r = NULL;
+    if (rc < 0 || exists) {
+        my_sb_free(&sql);
+        return rc;
+    }
+    my_state s = {0};
+    if (!c->start_beginning && my_state_at_end(c, &s, err, errlen) < 0) {
+        my_sb_free(&sql);
+        return -1;
+    }
+    char pos[24], low[24];
+    my_sbuf pending = {0};
+    my_state_pending_text(&s, &pending);
+    snprintf(pos, sizeof pos, "%lld", (long long)s.high);
+    snprintf(low, sizeof low, "%lld", (long long)my_state_low(&s));
+    args[1] = pos;
+    args[2] = pending.s ? pending.s : "";
+    args[3] = low;
+    sql.len = 0;
+    my_sb_addf(&sql, "INSERT IGNORE INTO %s (name, pos, pending, low) VALUES (?, ?, ?, ?)", c->consumers);
+    rc = sql.oom || pending.oom ? -1 : my_query(c, sql.s, 4, args, &r, err, errlen);
+    if (rc == 0)
+        sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is new: it starts at the %s of the journal (id %lld)",
+                c->consumer, c->start_beginning ? "beginning" : "end", (long long)s.high);
+    sn_result_free(r);
+    my_sb_free(&sql);
+    my_sb_free(&pending);
+    my_state_free(&s);
+    return rc;
+}
+
+static int text_cell(sn_value *v, const char *s) { return s ? sn_value_text(v, s, strlen(s)) : 0; }
+
+int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
+{
+    static const char *const names[] = {"name", "lag_events", "lag_seconds", "members", "last_seen"};
+    *out = NULL;
+    if (my_journal_ensure(c, err, errlen) < 0)
+        return -1;
+    my_sbuf sql = {0};
+    MYSQL_RES *res = NULL;
+    my_sb_addf(&sql,
+               "SELECT c.name, (SELECT COUNT(*) FROM %s j WHERE j.id > c.pos),"
+               " COALESCE(TIMESTAMPDIFF(MICROSECOND, (SELECT MIN(j.created_at) FROM %s j WHERE j.id > c.pos),"
+               " UTC_TIMESTAMP(6)) / 1e6, 0),"
+               " DATE_FORMAT(c.last_seen, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') FROM %s c ORDER BY c.name",
+               c->journal, c->journal, c->consumers);
+    int rc = sql.oom ? -1 : my_exec(c, c->q, sql.s, sql.len, &res, err, errlen);
+    my_sb_free(&sql);
+    if (rc < 0)
+        return -1;
+    sn_result *r = sn_result_new(5);
+    int ok = r != NULL;
+    for (int i = 0; ok && i < 5; i++)
+        ok = sn_result_name(r, i, names[i]) == 0;
+    MYSQL_ROW row;
+    while (ok && (row = mysql_fetch_row(res)) != NULL) {
+        char lock[65], members[4] = "0", lag[48];
+        my_lock_name(c, row[0], lock);
+        MYSQL_RES *lr = NULL;
+        my_sbuf q = {0};
+        my_sb_add(&q, "SELECT IS_USED_LOCK(");
+        my_sb_lit(&q, lock, strlen(lock));
+        my_sb_add(&q, ")");
+        if (!q.oom && my_exec(c, c->q, q.s, q.len, &lr, err, errlen) == 0) {
+            MYSQL_ROW l = mysql_fetch_row(lr);
+            if (l && l[0])
+                members[0] = '1';
+            mysql_free_result(lr);
+        }
+        my_sb_free(&q);
+        snprintf(lag, sizeof lag, "%.3f", row[2] ? atof(row[2]) : 0.0);
+        sn_value *cells = sn_result_row(r);
+        ok = cells && text_cell(&cells[0], row[0]) == 0 && text_cell(&cells[1], row[1]) == 0 &&
+             text_cell(&cells[2], lag) == 0 && text_cell(&cells[3], members) == 0 && text_cell(&cells[4], row[3]) == 0;
+    }
+    mysql_free_result(res);
+    if (!ok) {
+        sn_result_free(r);
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
+{
+    if (my_journal_ensure(c, err, errlen) < 0)
+        return -1;
+    my_sbuf sql = {0};
+    sn_result *r = NULL;
+    const char *args[1] = {name};
+    my_sb_addf(&sql, "SELECT name FROM %s WHERE name = ?", c->consumers);
+    int rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+    int found = rc == 0 && r->nrows > 0;
+    sn_result_free(r);
+    r = NULL;
+    if (rc == 0 && found) {
+        sql.len = 0;
+        my_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
+        rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+        sn_result_free(r);
+    }
+    if (sql.oom)
+        sn_seterr(err, errlen, "out of memory");
+    my_sb_free(&sql);
+    return rc < 0 ? -1 : found;
+}

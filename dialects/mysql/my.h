@@ -1,0 +1,185 @@
+/*
+ * my.h — private to the MySQL/MariaDB driver (dialects/mysql/): the connection, the
+ * journal reader's state, and how the driver's files reach each other. Nothing here is
+ * seen outside this folder; the dialect interface (src/dialect.h) is the only way in.
+ *
+ *   connection.c  URL, connections, n:notify, n:query, the dialect descriptor
+ *   sql.c         building SQL text: identifiers, literals, hex
+ *   catalog.c     describe, and the journal's tables
+ *   triggers.c    trigger generation, install, uninstall, drop, list, verify
+ *   reader.c      the non-blocking journal reader on the libev loop
+ *   cursor.c      where a reader stands: pending ids, the start position, consumers
+ */
+#ifndef SQLNOTIFY_MY_H
+#define SQLNOTIFY_MY_H
+
+#include <mysql.h>
+
+#include "dialect.h"
+
+#define MY_JOURNAL "sqlnotify_journal"
+#define MY_CONSUMERS "sqlnotify_consumers"
+#define MY_PRUNED "sqlnotify_pruned"
+
+/* ===== SQL text ===== */
+
+typedef struct my_sbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} my_sbuf;
+
+void my_sb_add(my_sbuf *b, const char *s);
+void my_sb_addn(my_sbuf *b, const char *s, size_t n);
+void my_sb_addf(my_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void my_sb_ident(my_sbuf *b, const char *name);                     /* `name`, backticks doubled */
+void my_sb_qname(my_sbuf *b, const char *schema, const char *name); /* `schema`.`name` */
+void my_sb_lit(my_sbuf *b, const char *s, size_t n);                /* 'text', escaped */
+void my_sb_hex(my_sbuf *b, const char *s, size_t n);                /* lower-case hex digits */
+void my_sb_free(my_sbuf *b);
+/* Lower-case hex of s into a new string (NULL out of memory); the reverse, 0 or -1. */
+char *my_hex(const char *s, size_t n);
+int my_unhex(const char *hex, size_t n, my_sbuf *out);
+
+/* ===== the journal reader's position ===== */
+
+/* Ids below `high` not seen yet: an AUTO_INCREMENT value is taken at insert, not at
+ * commit, so a row with a lower id can become visible after one with a higher id. */
+typedef struct my_range {
+    int64_t lo, hi;
+    double seen;   /* when the gap was first seen (monotonic seconds) */
+    double probed; /* when it was last probed for a holder, 0 never */
+} my_range;
+
+typedef struct my_state {
+    int64_t high;  /* every id <= high was handled, except those in r */
+    my_range *r;   /* ascending, disjoint, all below high */
+    int n, cap;
+} my_state;
+
+/* 0, or -1 out of memory. */
+int my_state_see(my_state *s, int64_t id, double now);
+void my_state_drop(my_state *s, int i);
+void my_state_free(my_state *s);
+/* The lowest id the state still waits for: the first pending id, else high + 1. */
+int64_t my_state_low(const my_state *s);
+/* "lo-hi,id,..." */
+void my_state_pending_text(const my_state *s, my_sbuf *b);
+int my_state_parse_pending(my_state *s, const char *text, double now);
+/* The end of the journal: the last visible id, with the gaps among the last ids as
+ * pending (rows that may still commit). 0, or -1 and err. */
+int my_state_at_end(sn_conn *c, my_state *s, char *err, size_t errlen);
+
+/* ===== the reader ===== */
+
+typedef struct my_reader {
+    int on;              /* listen() was called and stop() was not */
+    MYSQL *m;            /* its own connection, non-blocking */
+    int call;            /* the connector call in flight (enum in reader.c) */
+    int status;          /* the connector's wait status for it */
+    int syncing;         /* driven by poll() at stop, not by the loop */
+    int sync_ok;
+    void (*done)(sn_conn *c, int ok); /* what runs when the statement finished */
+    MYSQL_RES *res;      /* the result of the last statement */
+    MYSQL *ret_conn;     /* result slots of the connector's calls */
+    int ret_int;
+    ev_io io;
+    ev_timer timeout;    /* the connector's own timeouts */
+    ev_timer tick;       /* the next poll, lock attempt or reconnect */
+    int next;            /* which of them */
+    my_sbuf sql;         /* the statement in flight */
+
+    my_state st;         /* where we stand (durable: also what is saved) */
+    int started;         /* st holds a start position */
+    char **chans;        /* channels listened on */
+    int nchan;
+    double interval;     /* the adaptive poll interval */
+    double down_since;   /* when the connection was lost, 0 while up */
+    double backoff;
+    int locked;          /* durable: this process holds the consumer's lock */
+    int standby_said;
+    int dirty;           /* durable: st changed since it was saved */
+    int stop_pending;    /* stop() from inside deliver */
+    double last_save;
+    int64_t probe_lo;    /* the gap being probed */
+    double next_prune;
+    int prune_lock;      /* this session prunes for the database */
+    int prune_off;       /* pruning failed for a reason that will not pass (rights) */
+    int prune_rounds;
+    long long prune_last, prune_cut;
+    double err_logged;   /* rate limit of repeated statement errors */
+    int err_suppressed;
+    /* the batch being delivered */
+    int64_t *ids;        /* every row fetched, ascending */
+    sn_event *ev;        /* those on our channels */
+    int *ev_row;         /* the row of each event */
+    size_t nrows, nev, cap;
+    long acked;          /* the last row the runtime acknowledged, -1 none */
+    char lockname[65];
+} my_reader;
+
+/* ===== connections ===== */
+
+typedef struct my_params {
+    char *host, *user, *pass, *db, *socket, *ssl_ca, *ssl_cert, *ssl_key;
+    unsigned port, connect_timeout, read_timeout;
+    int ssl, ssl_verify;
+} my_params;
+
+struct sn_conn {
+    struct ev_loop *loop;
+    sn_sink sink;
+    my_params p;
+    char target[320];
+    char *consumer;          /* durable mode, or NULL */
+    int start_beginning;
+    double retention, consumer_retention;
+    MYSQL *q;                /* our own statements (blocking, with deadlines) */
+    MYSQL *uq;               /* n:query: a session of the user's own, opened on first use */
+    int mariadb;             /* the server is MariaDB (else MySQL) */
+    int journal_ok;          /* the journal's tables exist */
+    char *journal, *consumers, *pruned; /* quoted `db`.`table` names */
+    int in_deliver, closing; /* close() from inside deliver waits for it to return */
+    my_reader r;
+};
+
+/* connection.c */
+MYSQL *my_connect(sn_conn *c, int nonblocking, char *err, size_t errlen);
+int my_exec(sn_conn *c, MYSQL *m, const char *sql, size_t len, MYSQL_RES **res, char *err, size_t errlen);
+int my_query(sn_conn *c, const char *sql, int n, const char *const *texts, sn_result **out, char *err, size_t errlen);
+double my_now(void); /* monotonic seconds */
+double my_wall(void);
+int my_conn_lost(unsigned err); /* the error means the connection is gone */
+void my_conn_free(sn_conn *c);  /* finish a close asked for from inside deliver */
+
+/* catalog.c */
+int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **out, char *err, size_t errlen);
+int my_journal_ensure(sn_conn *c, char *err, size_t errlen);
+/* The same; a journal made anew starts its ids at first_id (when above 1). */
+int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen);
+const char *my_schema(sn_conn *c, const char *schema, char *err, size_t errlen);
+
+/* triggers.c */
+int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen);
+int my_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+int my_uninstall_all(sn_conn *c, char *err, size_t errlen);
+int my_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
+int my_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
+int my_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+
+/* reader.c */
+int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
+void my_unlisten(sn_conn *c, const char *channel);
+void my_stop(sn_conn *c);
+void my_ack(sn_conn *c, int64_t seq);
+void my_reader_close(sn_conn *c);
+
+/* cursor.c */
+int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
+int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
+/* Durable: make the consumer's row if it has none (start_at), on the blocking connection. */
+int my_consumer_register(sn_conn *c, char *err, size_t errlen);
+/* The server-wide lock a consumer's reader holds: one process reads a consumer at a time. */
+void my_lock_name(sn_conn *c, const char *consumer, char out[65]);
+
+#endif

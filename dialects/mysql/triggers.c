@@ -1,0 +1,799 @@
+/*
+ * triggers.c — one AFTER ... FOR EACH ROW trigger per watch, appending the payload of the
+ * wire format (src/dialect.h) to the journal: the generator, install, uninstall, drop,
+ * list and verify.
+ *
+ * Names come from the tuple (schema, table, operation, label), each part hashed with its
+ * length: `sqlnotify_<table prefix>_<op>_<12 hex>`, at most 63 bytes (MySQL allows 64
+ * characters; trigger names are per schema). The body's first line is our marker:
+ *
+ *   / * sqlnotify:1 marker=<watch marker>.<hash of the rest of the body> journal=<hex db>
+ *       channel=<hex> installed=<ISO 8601 UTC> columns=<hex of "id | x: ... | when: ..."> * /
+ *
+ * A trigger is ours, unchanged, when the marker is this watch's and the rest of the body
+ * hashes as recorded (an edited trigger does not). Values: integers and DOUBLE as the
+ * server prints them (DOUBLE with up to 17 significant digits, which read back exactly);
+ * FLOAT widened to DOUBLE first (the server prints a FLOAT with 6 digits); DECIMAL as a
+ * JSON number with every digit; BIT as an integer; BINARY, VARBINARY, BLOB and spatial
+ * values as "\x" + lower-case hex; JSON as JSON; the rest as MySQL's text (DATETIME as
+ * "2024-01-02 03:04:05.000000").
+ *
+ * The body catches every error, so a user's write never fails because of us: when the one
+ * JSON_OBJECT per part fails (a column renamed or dropped since install, a value the journal
+ * refuses), a slow path reads each column on its own and sends what is left (a column gone
+ * is absent, a trigger column gone counts as unchanged; a key that cannot be read sends
+ * {"t": true}); a journal that is gone sends nothing. Lock waits, deadlocks and a killed
+ * statement are raised again: they roll the user's statement back anyway. A row whose
+ * payload would not fit max_allowed_packet (the reader could not fetch it) sends its key,
+ * truncated.
+ */
+#include "my.h"
+
+#include <ctype.h>
+#include <strings.h>
+#include <time.h>
+
+#define MARK "/* sqlnotify:1 "
+
+static const char *const op_names[] = {"insert", "update", "delete"};
+static const char *const op_sql[] = {"INSERT", "UPDATE", "DELETE"};
+
+/* ===== names ===== */
+
+static uint64_t tuple_hash(const sn_watch *w)
+{
+    const char *parts[4] = {w->schema, w->table, op_names[w->op], w->label};
+    uint64_t h = 0;
+    for (int i = 0; i < 4; i++) {
+        char head[32];
+        size_t n = parts[i] ? strlen(parts[i]) : 0;
+        int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
+        h = sn_hash64(head, (size_t)k, h);
+        h = sn_hash64(parts[i] ? parts[i] : "", n, h);
+    }
+    return h;
+}
+
+/* The table's letters, digits and '_' (others as '_'), cut to fit 63 bytes on a UTF-8
+ * character boundary. */
+static void trigger_name(const sn_watch *w, char name[64])
+{
+    char prefix[40];
+    size_t k = 0, max = 63 - strlen("sqlnotify_") - 1 - strlen(op_names[w->op]) - 1 - 12;
+    for (const unsigned char *p = (const unsigned char *)w->table; *p && k < max; p++) {
+        unsigned char ch = *p;
+        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                   ch >= 0x80;
+        prefix[k++] = keep ? (char)ch : '_';
+    }
+    while (k > 0 && ((unsigned char)w->table[k] & 0xC0) == 0x80)
+        k--;
+    prefix[k] = '\0';
+    snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, op_names[w->op], (unsigned long long)(tuple_hash(w) >> 16));
+}
+
+/* "schema"."table" as Lua's %q writes names, for messages that must match the runtime's. */
+static void lua_quoted(my_sbuf *b, const char *s)
+{
+    my_sb_add(b, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            my_sb_addf(b, "\\%c", *p);
+        else if (*p == '\n')
+            my_sb_add(b, "\\\n");
+        else if (*p == '\r')
+            my_sb_add(b, "\\r");
+        else if (*p < 0x20 || *p == 0x7f)
+            my_sb_addf(b, isdigit(p[1]) ? "\\%03d" : "\\%d", *p);
+        else
+            my_sb_addn(b, (const char *)p, 1);
+    }
+    my_sb_add(b, "\"");
+}
+
+static void lua_table(my_sbuf *b, const char *schema, const char *table)
+{
+    lua_quoted(b, schema);
+    my_sb_add(b, ".");
+    lua_quoted(b, table);
+}
+
+/* ===== our triggers, as the catalog has them ===== */
+
+typedef struct ours {
+    char *schema, *name, *table, *op, *body, *created;
+    char *marker;                 /* "<watch marker>.<body hash>" */
+    char *journal, *channel, *installed, *columns; /* decoded */
+    int intact;                   /* the rest of the body hashes as its marker says */
+} ours;
+
+typedef struct ours_list {
+    ours *v;
+    int n;
+} ours_list;
+
+static void ours_clear(ours *o)
+{
+    free(o->schema), free(o->name), free(o->table), free(o->op), free(o->body), free(o->created);
+    free(o->marker), free(o->journal), free(o->channel), free(o->installed), free(o->columns);
+    memset(o, 0, sizeof *o);
+}
+
+static void ours_free(ours_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        ours_clear(&l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+static char *dup_text(const sn_result *r, int row, int col)
+{
+    const sn_value *v = &r->cells[(size_t)row * (size_t)r->ncols + (size_t)col];
+    return v->type == SN_TEXT ? strdup(v->s) : NULL;
+}
+
+/* The value of key= in the marker line (up to the next space), decoded from hex when asked. */
+static char *field(const char *line, const char *end, const char *key, int hex)
+{
+    size_t klen = strlen(key);
+    for (const char *p = line; p && p < end; p = memchr(p, ' ', (size_t)(end - p)), p = p ? p + 1 : NULL) {
+        if ((size_t)(end - p) > klen && memcmp(p, key, klen) == 0 && p[klen] == '=') {
+            const char *v = p + klen + 1;
+            const char *ve = memchr(v, ' ', (size_t)(end - v));
+            size_t n = (size_t)((ve ? ve : end) - v);
+            if (!hex) {
+                char *s = malloc(n + 1);
+                if (s) {
+                    memcpy(s, v, n);
+                    s[n] = '\0';
+                }
+                return s;
+            }
+            my_sbuf b = {0};
+            if (my_unhex(v, n, &b) < 0) {
+                my_sb_free(&b);
+                return NULL;
+            }
+            return b.s;
+        }
+    }
+    return NULL;
+}
+
+static uint64_t body_hash(const char *rest) { return sn_hash64(rest, strlen(rest), 0); }
+
+/* Parse the marker line; 0 when the body is not ours. */
+static int parse_marker(ours *o)
+{
+    const char *m = o->body ? strstr(o->body, MARK) : NULL;
+    if (m == NULL)
+        return 0;
+    const char *line = m + strlen(MARK);
+    const char *end = strstr(line, "*/");
+    if (end == NULL)
+        return 0;
+    o->marker = field(line, end, "marker", 0);
+    o->journal = field(line, end, "journal", 1);
+    o->channel = field(line, end, "channel", 1);
+    o->installed = field(line, end, "installed", 0);
+    o->columns = field(line, end, "columns", 1);
+    if (o->marker == NULL || o->journal == NULL || o->channel == NULL)
+        return 0;
+    const char *rest = end + 2;
+    if (*rest == '\n')
+        rest++;
+    const char *dot = strrchr(o->marker, '.');
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)body_hash(rest));
+    o->intact = dot && strcmp(dot + 1, hex) == 0;
+    return 1;
+}
+
+/* Our triggers writing to this database's journal; schema and table narrow it (NULL: any). */
+static int find_ours(sn_conn *c, const char *schema, const char *table, ours_list *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    sn_result *r = NULL;
+    my_sbuf sql = {0};
+    const char *args[2];
+    int n = 0;
+    my_sb_add(&sql, "SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT,"
+                    " DATE_FORMAT(CREATED, '%Y-%m-%dT%H:%i:%s') FROM information_schema.TRIGGERS"
+                    " WHERE ACTION_STATEMENT LIKE '%/* sqlnotify:1 %'");
+    if (schema) {
+        my_sb_add(&sql, " AND TRIGGER_SCHEMA = ?");
+        args[n++] = schema;
+    }
+    if (table) {
+        my_sb_add(&sql, " AND EVENT_OBJECT_TABLE = ?");
+        args[n++] = table;
+    }
+    my_sb_add(&sql, " ORDER BY TRIGGER_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME");
+    if (sql.oom) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = my_query(c, sql.s, n, args, &r, err, errlen);
+    my_sb_free(&sql);
+    if (rc < 0)
+        return -1;
+    out->v = calloc((size_t)r->nrows + 1, sizeof *out->v);
+    if (out->v == NULL) {
+        sn_result_free(r);
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < r->nrows; i++) {
+        ours *o = &out->v[out->n];
+        memset(o, 0, sizeof *o);
+        o->schema = dup_text(r, i, 0);
+        o->name = dup_text(r, i, 1);
+        o->table = dup_text(r, i, 2);
+        o->op = dup_text(r, i, 3);
+        o->body = dup_text(r, i, 4);
+        o->created = dup_text(r, i, 5);
+        out->n++;
+        /* information_schema compares names without case: keep exact matches only */
+        int keep = o->schema && o->name && o->table && o->op && parse_marker(o) && strcmp(o->journal, c->p.db) == 0 &&
+                   (!schema || strcmp(o->schema, schema) == 0) && (!table || strcmp(o->table, table) == 0);
+        if (!keep) {
+            ours_clear(o);
+            out->n--;
+        }
+    }
+    sn_result_free(r);
+    return 0;
+}
+
+/* ===== the body ===== */
+
+typedef struct colinfo {
+    sn_result *r; /* rows: TABLE_NAME, COLUMN_NAME, DATA_TYPE */
+    const char *table_type;
+    sn_result *t;
+} colinfo;
+
+static const char *data_type(const colinfo *ci, const sn_watch *w, const char *col)
+{
+    for (int i = 0; ci->r && i < ci->r->nrows; i++) {
+        const sn_value *row = &ci->r->cells[(size_t)i * 3];
+        if (row[0].type == SN_TEXT && row[1].type == SN_TEXT && row[2].type == SN_TEXT &&
+            strcmp(row[0].s, w->table) == 0 && strcmp(row[1].s, col) == 0)
+            return row[2].s;
+    }
+    return "";
+}
+
+static int in_list(const char *t, const char *const *list)
+{
+    for (; *list; list++)
+        if (strcmp(t, *list) == 0)
+            return 1;
+    return 0;
+}
+
+static const char *const bytes_types[] = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob",
+                                          "geometry", "point", "linestring", "polygon", "multipoint",
+                                          "multilinestring", "multipolygon", "geometrycollection", "geomcollection",
+                                          NULL};
+
+/* A column's value as the wire format wants it. */
+static void value(my_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *col)
+{
+    const char *t = data_type(ci, w, col);
+    if (in_list(t, bytes_types)) {
+        my_sb_add(b, "CONCAT('\\\\x', LOWER(HEX(");
+        my_sb_addf(b, "%s.", row);
+        my_sb_ident(b, col);
+        my_sb_add(b, ")))");
+        return;
+    }
+    int widen = strcmp(t, "float") == 0, bit = strcmp(t, "bit") == 0;
+    if (widen || bit)
+        my_sb_add(b, "(");
+    my_sb_addf(b, "%s.", row);
+    my_sb_ident(b, col);
+    if (widen || bit)
+        my_sb_add(b, widen ? " + 0e0)" : " + 0)");
+}
+
+static void object(my_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *const *cols, int n)
+{
+    my_sb_add(b, "JSON_OBJECT(");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            my_sb_add(b, ", ");
+        my_sb_lit(b, cols[i], strlen(cols[i]));
+        my_sb_add(b, ", ");
+        value(b, ci, w, row, cols[i]);
+    }
+    my_sb_add(b, ")");
+}
+
+/* OLD and NEW differ, NULL-safe, and byte for byte (a case-insensitive collation calls
+ * 'a' and 'A' equal). */
+static void changed(my_sbuf *b, const char *const *cols, int n)
+{
+    for (int i = 0; i < n; i++) {
+        my_sb_add(b, i ? " OR " : "");
+        my_sb_add(b, "NOT (OLD.");
+        my_sb_ident(b, cols[i]);
+        my_sb_add(b, " <=> NEW.");
+        my_sb_ident(b, cols[i]);
+        my_sb_add(b, ") OR NOT (CAST(OLD.");
+        my_sb_ident(b, cols[i]);
+        my_sb_add(b, " AS BINARY) <=> CAST(NEW.");
+        my_sb_ident(b, cols[i]);
+        my_sb_add(b, " AS BINARY))");
+    }
+}
+
+static void key_parts(my_sbuf *b, const colinfo *ci, const sn_watch *w)
+{
+    my_sb_add(b, "'{\"id\":', ");
+    object(b, ci, w, w->op == SN_DELETE ? "OLD" : "NEW", w->pk, w->npk);
+    if (w->op == SN_UPDATE && w->npk > 0) { /* the old key, when the key changed */
+        my_sb_add(b, ", IF(");
+        changed(b, w->pk, w->npk);
+        my_sb_add(b, ", CONCAT(',\"oid\":', ");
+        object(b, ci, w, "OLD", w->pk, w->npk);
+        my_sb_add(b, "), '')");
+    }
+}
+
+static void journal_insert(my_sbuf *b, sn_conn *c, const sn_watch *w, const char *payload_sql)
+{
+    my_sb_addf(b, "INSERT INTO %s (channel, payload) VALUES (", c->journal);
+    my_sb_lit(b, w->channel, strlen(w->channel));
+    my_sb_addf(b, ", %s);\n", payload_sql);
+}
+
+/* Run stmt (which sets t) in a block of its own: t is NULL when it failed. (A SET that
+ * fails leaves NULL in its variable, so each read goes through t.) */
+static void guarded(my_sbuf *b, const char *stmt)
+{
+    my_sb_add(b, "SET t = NULL;\nBEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET t = NULL; ");
+    my_sb_add(b, stmt);
+    my_sb_add(b, " END;\n");
+}
+
+/* The slow path, taken only when the fast one failed (a column renamed or dropped since
+ * install, a value the journal refused): every column read on its own, so what is left
+ * still goes out. A key that cannot be read sends {"t":true}. */
+static void fallback(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
+{
+    const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
+    my_sbuf s = {0};
+    my_sb_add(b, "BEGIN\n"
+                 "DECLARE k LONGTEXT CHARACTER SET utf8mb4 DEFAULT NULL;\n"
+                 "DECLARE x, o LONGTEXT CHARACTER SET utf8mb4 DEFAULT '{}';\n"
+                 "DECLARE d LONGTEXT CHARACTER SET utf8mb4 DEFAULT '';\n"
+                 "DECLARE t LONGTEXT CHARACTER SET utf8mb4;\n");
+    int when = w->op == SN_UPDATE && w->ntrigger > 0;
+    my_sb_addf(b, "DECLARE f INT DEFAULT %d;\n", when ? 0 : 1);
+    my_sb_add(&s, "SET t = ");
+    object(&s, ci, w, row, w->pk, w->npk);
+    my_sb_add(&s, ";");
+    guarded(b, s.s ? s.s : "");
+    my_sb_add(b, "SET k = t;\n");
+    if (w->op == SN_UPDATE && w->npk > 0) {
+        s.len = 0;
+        my_sb_add(&s, "IF ");
+        changed(&s, w->pk, w->npk);
+        my_sb_add(&s, " THEN SET t = CONCAT(',\"oid\":', ");
+        object(&s, ci, w, "OLD", w->pk, w->npk);
+        my_sb_add(&s, "); ELSE SET t = ''; END IF;");
+        guarded(b, s.s ? s.s : "");
+        my_sb_add(b, "SET d = COALESCE(t, '');\n");
+    }
+    for (int l = 0; l < 2; l++) {
+        const char *const *cols = l == 0 ? w->extra : w->old_cols;
+        int n = l == 0 ? w->nextra : w->op == SN_UPDATE ? w->nold : 0;
+        for (int i = 0; i < n; i++) {
+            s.len = 0;
+            my_sb_add(&s, "SET t = ");
+            object(&s, ci, w, l == 0 ? row : "OLD", &cols[i], 1);
+            my_sb_add(&s, ";");
+            guarded(b, s.s ? s.s : "");
+            my_sb_addf(b, "IF t IS NOT NULL THEN SET %s = JSON_MERGE_PRESERVE(%s, t); END IF;\n", l == 0 ? "x" : "o",
+                       l == 0 ? "x" : "o");
+        }
+    }
+    for (int i = 0; when && i < w->ntrigger; i++) { /* a trigger column gone counts as unchanged */
+        s.len = 0;
+        my_sb_add(&s, "IF ");
+        changed(&s, &w->trigger_cols[i], 1);
+        my_sb_add(&s, " THEN SET f = 1; END IF;");
+        guarded(b, s.s ? s.s : "");
+    }
+    const char *key_only = "IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d, ',\"t\":true}'))";
+    my_sb_add(b, "IF f THEN\n");
+    my_sb_add(b, "SET p = IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d");
+    if (w->nextra > 0)
+        my_sb_add(b, ", ',\"x\":', x");
+    if (w->op == SN_UPDATE && w->nold > 0)
+        my_sb_add(b, ", ',\"o\":', o");
+    my_sb_add(b, ", '}'));\n");
+    my_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", key_only);
+    my_sb_add(b, "BEGIN\n"
+                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
+                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN END;\n"); /* the journal is gone: nothing to do */
+    journal_insert(b, c, w, key_only);
+    my_sb_add(b, "END;\n");
+    journal_insert(b, c, w, "p");
+    my_sb_add(b, "END;\nEND IF;\nEND;\n");
+    if (s.oom)
+        b->oom = 1;
+    my_sb_free(&s);
+}
+
+/* Everything after the marker line: the fast path (one JSON_OBJECT per part), and the
+ * handler that takes the slow path when it fails. Lock waits, deadlocks and a killed
+ * statement are raised again: they roll the user's statement back anyway. */
+static void body_rest(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
+{
+    my_sbuf key = {0}, full = {0}, trunc = {0};
+    key_parts(&key, ci, w);
+    my_sb_add(&full, key.s ? key.s : "");
+    const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
+    if (w->nextra > 0) {
+        my_sb_add(&full, ", ',\"x\":', ");
+        object(&full, ci, w, row, w->extra, w->nextra);
+    }
+    if (w->op == SN_UPDATE && w->nold > 0) {
+        my_sb_add(&full, ", ',\"o\":', ");
+        object(&full, ci, w, "OLD", w->old_cols, w->nold);
+    }
+    my_sb_addf(&trunc, "CONCAT(%s, ',\"t\":true}')", key.s ? key.s : "");
+    my_sb_add(b, "DECLARE p LONGTEXT CHARACTER SET utf8mb4;\n"
+                 "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
+                 "DECLARE e INT;\n"
+                 "GET DIAGNOSTICS CONDITION 1 e = MYSQL_ERRNO;\n"
+                 "IF e IN (1205, 1213, 1317, 1969, 3024) THEN RESIGNAL; END IF;\n");
+    fallback(b, c, w, ci);
+    my_sb_add(b, "END;\n");
+    if (w->op == SN_UPDATE && w->ntrigger > 0) {
+        my_sb_add(b, "IF ");
+        changed(b, w->trigger_cols, w->ntrigger);
+        my_sb_add(b, " THEN\n");
+    }
+    my_sb_addf(b, "SET p = CONCAT(%s, '}');\n", full.s ? full.s : "");
+    my_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", trunc.s ? trunc.s : "");
+    journal_insert(b, c, w, "p");
+    if (w->op == SN_UPDATE && w->ntrigger > 0)
+        my_sb_add(b, "END IF;\n");
+    my_sb_add(b, "END");
+    if (key.oom || full.oom || trunc.oom)
+        b->oom = 1;
+    my_sb_free(&key);
+    my_sb_free(&full);
+    my_sb_free(&trunc);
+}
+
+static void summary(my_sbuf *b, const sn_watch *w)
+{
+    const char *const *lists[4] = {w->pk, w->extra, w->trigger_cols, w->old_cols};
+    const int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
+    static const char *const heads[4] = {"", " | x: ", " | when: ", " | old: "};
+    for (int l = 0; l < 4; l++) {
+        if (l > 0 && ns[l] == 0)
+            continue;
+        my_sb_add(b, heads[l]);
+        for (int i = 0; i < ns[l]; i++) {
+            my_sb_add(b, i ? ", " : "");
+            my_sb_add(b, lists[l][i]);
+        }
+    }
+}
+
+/* The whole CREATE TRIGGER statement. */
+static void create_sql(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int or_replace)
+{
+    my_sbuf rest = {0}, sum = {0};
+    body_rest(&rest, c, w, ci);
+    summary(&sum, w);
+    char when[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    my_sb_addf(b, "CREATE %sTRIGGER ", or_replace ? "OR REPLACE " : "");
+    my_sb_qname(b, w->schema, name);
+    my_sb_addf(b, " AFTER %s ON ", op_sql[w->op]);
+    my_sb_qname(b, w->schema, w->table);
+    my_sb_addf(b, " FOR EACH ROW BEGIN\n" MARK "marker=%s.%016llx journal=", w->marker,
+               (unsigned long long)body_hash(rest.s ? rest.s : ""));
+    my_sb_hex(b, c->p.db, strlen(c->p.db));
+    my_sb_add(b, " channel=");
+    my_sb_hex(b, w->channel, strlen(w->channel));
+    my_sb_addf(b, " installed=%s columns=", when);
+    my_sb_hex(b, sum.s ? sum.s : "", sum.len);
+    my_sb_add(b, " */\n");
+    my_sb_addn(b, rest.s ? rest.s : "", rest.len);
+    if (rest.oom || sum.oom)
+        b->oom = 1;
+    my_sb_free(&rest);
+    my_sb_free(&sum);
+}
+
+/* ===== install ===== */
+
+static void cannot(my_sbuf *b, const sn_watch *w, const char *verb)
+{
+    my_sb_addf(b, "cannot %s the trigger for %s on ", verb, op_names[w->op]);
+    lua_table(b, w->schema, w->table);
+    my_sb_add(b, ": ");
+}
+
+/* The server's refusal, with what to grant or change where we can tell. */
+static void install_error(sn_conn *c, const sn_watch *w, MYSQL *m, char *err, size_t errlen)
+{
+    my_sbuf b = {0};
+    unsigned e = mysql_errno(m);
+    cannot(&b, w, "create");
+    my_sb_add(&b, mysql_error(m));
+    if (e == 1142 || e == 1044) {
+        my_sb_add(&b, " (GRANT TRIGGER ON ");
+        my_sb_qname(&b, w->schema, w->table);
+        my_sb_addf(&b, " TO the user of %s, or run as the table's owner)", c->target);
+    } else if (e == 1419) {
+        my_sb_add(&b, " (with binary logging on: SET GLOBAL log_bin_trust_function_creators = 1, or run as a user"
+                      " with SUPER)");
+    } else if (e == 1227) {
+        my_sb_add(&b, " (run as a user with the TRIGGER privilege on the table)");
+    }
+    sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+    my_sb_free(&b);
+}
+
+static int load_columns(sn_conn *c, const sn_watch *w, colinfo *ci, char *err, size_t errlen)
+{
+    const char *args[2] = {w->schema, w->table};
+    memset(ci, 0, sizeof *ci);
+    if (my_query(c, "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                 2, args, &ci->t, err, errlen) < 0)
+        return -1;
+    for (int i = 0; i < ci->t->nrows; i++) {
+        const sn_value *row = &ci->t->cells[(size_t)i * 2];
+        if (row[0].type == SN_TEXT && strcmp(row[0].s, w->table) == 0 && row[1].type == SN_TEXT)
+            ci->table_type = row[1].s;
+    }
+    if (ci->table_type == NULL)
+        return 0;
+    return my_query(c,
+                    "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    2, args, &ci->r, err, errlen);
+}
+
+static void colinfo_free(colinfo *ci)
+{
+    sn_result_free(ci->r);
+    sn_result_free(ci->t);
+}
+
+static int run(sn_conn *c, const char *sql, char *err, size_t errlen)
+{
+    return my_exec(c, c->q, sql, strlen(sql), NULL, err, errlen);
+}
+
+/* Replace a trigger without a moment in which writes go unseen: MariaDB's CREATE OR
+ * REPLACE does it under one lock; MySQL drops and creates under LOCK TABLES. */
+static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int replace, char *err,
+                  size_t errlen)
+{
+    my_sbuf b = {0};
+    int rc;
+    if (replace && !c->mariadb) {
+        my_sbuf lock = {0}, drop = {0};
+        my_sb_add(&lock, "LOCK TABLES ");
+        my_sb_qname(&lock, w->schema, w->table);
+        my_sb_addf(&lock, " WRITE, %s WRITE", c->journal);
+        my_sb_add(&drop, "DROP TRIGGER IF EXISTS ");
+        my_sb_qname(&drop, w->schema, name);
+        create_sql(&b, c, w, ci, name, 0);
+        rc = lock.oom || drop.oom || b.oom ? -1 : 0;
+        if (rc == 0 && (rc = run(c, lock.s, err, errlen)) == 0) {
+            if ((rc = run(c, drop.s, err, errlen)) == 0 && (rc = run(c, b.s, err, errlen)) < 0)
+                install_error(c, w, c->q, err, errlen);
+            char ignored[256];
+            run(c, "UNLOCK TABLES", ignored, sizeof ignored);
+        }
+        my_sb_free(&lock);
+        my_sb_free(&drop);
+    } else {
+        create_sql(&b, c, w, ci, name, replace);
+        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+        if (rc < 0 && !b.oom)
+            install_error(c, w, c->q, err, errlen);
+    }
+    if (b.oom)
+        sn_seterr(err, errlen, "out of memory");
+    my_sb_free(&b);
+    return rc;
+}
+
+int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen)
+{
+    char name[64];
+    colinfo ci;
+    ours_list all = {0};
+    int rc = SN_INSTALL_ERROR;
+    trigger_name(w, name);
+    if (my_journal_ensure(c, err, errlen) < 0)
+        return SN_INSTALL_ERROR;
+    if (load_columns(c, w, &ci, err, errlen) < 0)
+        goto done;
+    if (ci.table_type == NULL || strcmp(ci.table_type, "VIEW") == 0) {
+        my_sbuf b = {0};
+        cannot(&b, w, "create");
+        if (ci.table_type == NULL)
+            my_sb_add(&b, "there is no such table");
+        else
+            my_sb_add(&b, "it is a view, and MySQL has no triggers on views (watch the table it reads from)");
+        sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+        my_sb_free(&b);
+        goto done;
+    }
+    if (find_ours(c, NULL, NULL, &all, err, errlen) < 0)
+        goto done;
+    const ours *mine = NULL;
+    for (int i = 0; i < all.n; i++) {
+        const ours *o = &all.v[i];
+        int same_watch = strcmp(o->schema, w->schema) == 0 && strcmp(o->name, name) == 0;
+        if (same_watch) {
+            mine = o;
+        } else if (strcmp(o->channel, w->channel) == 0 &&
+                   !(strcmp(o->schema, w->schema) == 0 && strcmp(o->table, w->table) == 0 &&
+                     strcasecmp(o->op, op_sql[w->op]) == 0)) {
+            my_sbuf b = {0};
+            char op[16];
+            snprintf(op, sizeof op, "%s", o->op);
+            for (char *p = op; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+            my_sb_add(&b, "channel ");
+            lua_quoted(&b, w->channel);
+            my_sb_addf(&b, " is already used by the %s watch on ", op);
+            lua_table(&b, o->schema, o->table);
+            my_sb_add(&b, "; give this watch its own channel_label");
+            sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+            my_sb_free(&b);
+            goto done;
+        }
+    }
+    if (mine == NULL) {
+        /* A trigger of this name that is not ours: never touch it. */
+        sn_result *r = NULL;
+        const char *args[2] = {w->schema, name};
+        if (my_query(c, "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME = ?",
+                     2, args, &r, err, errlen) < 0)
+            goto done;
+        int taken = r->nrows > 0;
+        sn_result_free(r);
+        if (taken) {
+            my_sbuf b = {0};
+            cannot(&b, w, "create");
+            my_sb_addf(&b, "a trigger named %s that sqlnotify did not make is in the way", name);
+            sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+            my_sb_free(&b);
+            goto done;
+        }
+        rc = create(c, w, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_CREATED;
+        goto done;
+    }
+    const char *dot = strrchr(mine->marker, '.');
+    int same_marker = dot && (size_t)(dot - mine->marker) == strlen(w->marker) &&
+                      memcmp(mine->marker, w->marker, strlen(w->marker)) == 0;
+    if (same_marker && mine->intact)
+        rc = SN_INSTALL_UNCHANGED;
+    else if (!replace)
+        rc = SN_INSTALL_KEPT;
+    else
+        rc = create(c, w, &ci, name, 1, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_REPLACED;
+done:
+    colinfo_free(&ci);
+    ours_free(&all);
+    return rc;
+}
+
+/* ===== uninstall, drop, list, verify ===== */
+
+static int drop_one(sn_conn *c, const char *schema, const char *name, char *err, size_t errlen)
+{
+    my_sbuf b = {0};
+    my_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+    my_sb_qname(&b, schema, name);
+    int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : run(c, b.s, err, errlen);
+    my_sb_free(&b);
+    return rc;
+}
+
+int my_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    char name[64];
+    ours_list l;
+    trigger_name(w, name);
+    if (find_ours(c, w->schema, w->table, &l, err, errlen) < 0)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < l.n && rc == 0; i++)
+        if (strcmp(l.v[i].name, name) == 0)
+            rc = drop_one(c, l.v[i].schema, l.v[i].name, err, errlen);
+    ours_free(&l);
+    return rc;
+}
+
+int my_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+{
+    ours_list l;
+    if (table && schema == NULL)
+        schema = c->p.db;
+    if (find_ours(c, schema, table, &l, err, errlen) < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < l.n; i++) {
+        if (drop_one(c, l.v[i].schema, l.v[i].name, err, errlen) < 0) {
+            n = -1;
+            break;
+        }
+        n++;
+    }
+    ours_free(&l);
+    return n;
+}
+
+int my_uninstall_all(sn_conn *c, char *err, size_t errlen) { return my_drop(c, NULL, NULL, err, errlen); }
+
+int my_list(sn_conn *c, sn_result **out, char *err, size_t errlen)
+{
+    static const char *const names[] = {"schema", "table", "operation", "channel", "trigger", "function", "columns",
+                                        "installed"};
+    ours_list l;
+    *out = NULL;
+    if (find_ours(c, NULL, NULL, &l, err, errlen) < 0)
+        return -1;
+    sn_result *r = sn_result_new(8);
+    int ok = r != NULL;
+    for (int i = 0; ok && i < 8; i++)
+        ok = sn_result_name(r, i, names[i]) == 0;
+    for (int i = 0; ok && i < l.n; i++) {
+        const ours *o = &l.v[i];
+        char op[16];
+        snprintf(op, sizeof op, "%s", o->op);
+        for (char *p = op; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        const char *v[8] = {o->schema, o->table, op, o->channel, o->name, NULL, o->columns,
+                            o->installed ? o->installed : o->created};
+        sn_value *row = sn_result_row(r);
+        for (int k = 0; ok && k < 8; k++)
+            ok = row != NULL && (v[k] == NULL || sn_value_text(&row[k], v[k], strlen(v[k])) == 0);
+    }
+    ours_free(&l);
+    if (!ok) {
+        sn_result_free(r);
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+int my_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    char name[64];
+    ours_list l;
+    trigger_name(w, name);
+    if (find_ours(c, w->schema, w->table, &l, err, errlen) < 0)
+        return -1;
+    int ok = 0;
+    for (int i = 0; i < l.n; i++) {
+        const ours *o = &l.v[i];
+        const char *dot = strrchr(o->marker, '.');
+        if (strcmp(o->name, name) == 0 && o->intact && dot && (size_t)(dot - o->marker) == strlen(w->marker) &&
+            memcmp(o->marker, w->marker, strlen(w->marker)) == 0)
+            ok = 1;
+    }
+    ours_free(&l);
+    return ok;
+}

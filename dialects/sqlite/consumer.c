@@ -1,0 +1,443 @@
+/*
+ * dialects/sqlite/consumer.c — durable consumers: a named cursor kept in the file
+ * (sqlnotify_consumers), advanced only when the runtime acknowledges what the handlers
+ * finished, and a lease in the same row so one process at a time reads a consumer.
+ *
+ * The lease is (holder, holder_pid, holder_host, heartbeat). The holder renews it every
+ * LEASE_BEAT; a standby process takes it when it is free, when its heartbeat is older
+ * than LEASE_TIMEOUT, or at once when the holder's pid is gone on this host (kill -9).
+ * Every write of the holder is fenced by `holder = me`: a holder whose lease was taken
+ * (stalled past the timeout) notices at its next write and stands by.
+ *
+ * Every write here goes through the reader's own connection, never the query connection,
+ * so it cannot join (or commit) a transaction the user opened with n:query(), and it waits
+ * for the lock at most SAVE_BUSY_MS: a busy file is retried from the loop instead.
+ */
+#include "sqlite.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ===== small helpers ===== */
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* 1 when the lease's holder is a process of this host that no longer exists. */
+static int holder_gone(const sn_conn *c, sqlite3_int64 pid, const char *host)
+{
+    if (pid <= 0 || !host || strcmp(host, c->host) != 0)
+        return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Run with the short busy timeout on the reader's connection. */
+static void short_wait(sn_conn *c, int on)
+{
+    sqlite3_busy_timeout(c->rd, on ? SAVE_BUSY_MS : 0);
+}
+
+/* ===== registering ===== */
+
+static int have_table(sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    int yes = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = '"
+                           CONSUMERS_TABLE "'", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(st);
+    yes = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+    sqlite3_finalize(st);
+    return yes;
+}
+
+/* Made by the first durable notifier on a file: live-only files never get it. */
+static int ensure_table(sqlite3 *db, char *err, size_t errlen)
+{
+    int have = have_table(db);
+    if (have == 1)
+        return 0;
+    return sqd_exec(db, "CREATE TABLE IF NOT EXISTS " CONSUMERS_TABLE " ("
+                    "name TEXT PRIMARY KEY, "        /* the consumer */
+                    "position INTEGER NOT NULL, "    /* every seq at or below it was handled */
+                    "last_seen REAL NOT NULL, "      /* unix time; away past its retention: rows go */
+                    "holder INTEGER, "               /* lease: random id of the reading process, or NULL */
+                    "holder_pid INTEGER, "
+                    "holder_host TEXT, "
+                    "heartbeat REAL, "               /* the lease's last renewal */
+                    "since REAL NOT NULL DEFAULT " NOW_SQL ")", err, errlen);
+}
+
+int sqd_consumer_register(sn_conn *c, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    /* Start at the end: the last seq handed out. At the beginning: before the oldest row. */
+    const char *sql =
+        "INSERT INTO " CONSUMERS_TABLE " (name, position, last_seen) VALUES (?1, "
+        "CASE WHEN ?2 THEN coalesce((SELECT min(seq) - 1 FROM " CHANGES_TABLE "), ?3) ELSE ?3 END, "
+        NOW_SQL ") ON CONFLICT (name) DO NOTHING";
+    sqlite3_int64 end = 0;
+    sqlite3_busy_timeout(c->rd, BUSY_TIMEOUT_MS);   /* listen() is a blocking call */
+    int bad = ensure_table(c->rd, err, errlen) || sqd_log_end(c->rd, &end, err, errlen) || sqd_prepare(c->rd, sql, &st, err, errlen);
+    if (!bad) {
+        sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, c->start_beginning);
+        sqlite3_bind_int64(st, 3, end);
+        if (step_done(st) != SQLITE_OK) {
+            sn_seterr(err, errlen, "cannot record consumer \"%s\": %s", c->consumer,
+                      sqlite3_errmsg(c->rd));
+            bad = 1;
+        } else if (sqlite3_changes(c->rd) == 1) {
+            sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is new: it starts at the %s of the "
+                    "change log of %s", c->consumer, c->start_beginning ? "beginning" : "end",
+                    c->target);
+        }
+    }
+    sqlite3_busy_timeout(c->rd, 0);
+    return bad ? -1 : 0;
+}
+
+/* ===== the lease ===== */
+
+/* We hold the lease now: read from the consumer's position; say loudly what pruning
+ * removed while it was away. */
+static void became_active(sn_conn *c, sqlite3_int64 position)
+{
+    sqlite3_stmt *st;
+    sqlite3_int64 first = -1, end = position;
+    if (sqlite3_prepare_v2(c->rd, "SELECT min(seq) FROM " CHANGES_TABLE, -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+            first = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    if (sqd_log_end(c->rd, &end, NULL, 0) != 0)
+        end = position;
+    if (first < 0)
+        first = end + 1;   /* empty: everything up to the end was removed or read */
+    c->active = 1;
+    if (position > end) {
+        /* an older copy of the file: rows past the end would be skipped below the position */
+        sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" stands at row %lld, past the end of the "
+                "change log of %s (row %lld): the file was restored from an older copy; reading "
+                "from the log's end", c->consumer, (long long)position, c->target, (long long)end);
+        position = end;
+        c->save_failed = 1;
+    }
+    c->acked = c->pos_pending = c->cursor = position;
+    if (first > position + 1) {
+        sn_logf(&c->sink, SN_LOG_ERROR, "consumer \"%s\" was away longer than the change log of "
+                "%s kept its rows: rows %lld to %lld (%lld changes) were pruned before it read "
+                "them and are not delivered", c->consumer, c->target, (long long)position + 1,
+                (long long)first - 1, (long long)(first - 1 - position));
+        c->cursor = c->pos_pending = first - 1;
+        c->save_failed = 1;   /* written with the next save */
+    }
+    for (int i = 0; i < c->nchans; i++)
+        c->chans[i].from = 0;   /* a durable consumer reads everything past its position */
+    c->dv = -1;               /* read at once: rows may be waiting (catch-up) */
+    sqd_kick(c, 0);
+}
+
+/* Take the lease if it is free, expired or its holder died. Never waits long. */
+void sqd_consumer_try_lease(sn_conn *c)
+{
+    sqlite3_stmt *st;
+    if (!c->rd || !c->consumer || c->active)
+        return;
+    short_wait(c, 1);
+    if (sqlite3_prepare_v2(c->rd, "SELECT holder, holder_pid, holder_host, " NOW_SQL
+                           " - heartbeat, position FROM " CONSUMERS_TABLE " WHERE name = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {   /* dropped since: record it again where we stand */
+        sqlite3_finalize(st);
+        st = NULL;
+        if (sqlite3_prepare_v2(c->rd, "INSERT INTO " CONSUMERS_TABLE " (name, position, "
+                               "last_seen) VALUES (?1, ?2, " NOW_SQL ") ON CONFLICT (name) DO "
+                               "NOTHING", -1, &st, NULL) == SQLITE_OK) {
+            sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, c->pos_pending);
+            if (step_done(st) == SQLITE_OK)
+                sqd_kick_lease(c, 0);
+        }
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        sqlite3_finalize(st);
+        goto out;
+    }
+    int free_ = sqlite3_column_type(st, 0) == SQLITE_NULL;
+    sqlite3_int64 holder = sqlite3_column_int64(st, 0);
+    sqlite3_int64 pid = sqlite3_column_int64(st, 1);
+    const char *host = (const char *)sqlite3_column_text(st, 2);
+    double age = sqlite3_column_double(st, 3);
+    sqlite3_int64 position = sqlite3_column_int64(st, 4);
+    int expired = !free_ && (holder == c->holder_id || age > LEASE_TIMEOUT);
+    int dead = !free_ && !expired && holder_gone(c, pid, host);
+    sqlite3_finalize(st);
+    if (!free_ && !expired && !dead) {
+        if (!c->standby_pid)
+            sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" is being read by another process "
+                    "(pid %lld); this one stands by and takes over when it stops", c->consumer,
+                    (long long)pid);
+        c->standby_pid = pid ? pid : -1;
+        c->acked = c->pos_pending = position;   /* what we hold back meanwhile */
+        goto out;
+    }
+    /* compare and swap: only if nobody took it since we looked */
+    if (sqlite3_prepare_v2(c->rd, "UPDATE " CONSUMERS_TABLE " SET holder = ?2, holder_pid = ?3, "
+                           "holder_host = ?4, heartbeat = " NOW_SQL ", last_seen = " NOW_SQL
+                           " WHERE name = ?1 AND holder IS ?5", -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->holder_id);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)getpid());
+    sqlite3_bind_text(st, 4, c->host, -1, SQLITE_STATIC);
+    if (free_)
+        sqlite3_bind_null(st, 5);
+    else
+        sqlite3_bind_int64(st, 5, holder);
+    if (step_done(st) != SQLITE_OK || sqlite3_changes(c->rd) != 1)
+        goto out;
+    if (c->standby_pid)
+        sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\": took over from the process that was "
+                "reading it (pid %lld, %s); continuing after row %lld", c->consumer,
+                (long long)(free_ && c->standby_pid > 0 ? c->standby_pid : pid),
+                dead ? "gone" : expired ? "its lease ran out" : "it stopped",
+                (long long)position);
+    c->standby_pid = 0;
+    became_active(c, position);
+out:
+    short_wait(c, 0);
+}
+
+/* Our lease is gone (taken over, or the row changed hands): stop delivering. */
+static void lost_lease(sn_conn *c)
+{
+    c->active = 0;
+    c->save_failed = 0;
+    c->standby_pid = -1;
+    sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\": another process took it over (this one "
+            "did not renew its lease in time); this one stands by", c->consumer);
+}
+
+/* Our row is gone (n:drop_consumer() while we read): we go on, so record it again where
+ * we stand, holding the lease. SQLITE_OK, or anything else when the row is there (then
+ * someone else holds it). */
+static int record_again(sn_conn *c)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c->rd, "INSERT INTO " CONSUMERS_TABLE " (name, position, last_seen, "
+                           "holder, holder_pid, holder_host, heartbeat) VALUES (?1, ?2, " NOW_SQL
+                           ", ?3, ?4, ?5, " NOW_SQL ") ON CONFLICT (name) DO NOTHING",
+                           -1, &st, NULL) != SQLITE_OK)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->pos_pending);
+    sqlite3_bind_int64(st, 3, c->holder_id);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)getpid());
+    sqlite3_bind_text(st, 5, c->host, -1, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK || sqlite3_changes(c->rd) != 1)
+        return SQLITE_ERROR;
+    sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" was dropped while this process read it; "
+            "recorded it again after row %lld", c->consumer, (long long)c->pos_pending);
+    c->acked = c->pos_pending;
+    c->save_failed = 0;
+    return SQLITE_OK;
+}
+
+/* Write the position (and renew the lease). 0, or -1: busy, retried later. */
+static int save(sn_conn *c, int release)
+{
+    sqlite3_stmt *st;
+    const char *sql = release
+        ? "UPDATE " CONSUMERS_TABLE " SET position = ?2, last_seen = " NOW_SQL
+          ", holder = NULL, holder_pid = NULL, holder_host = NULL, heartbeat = NULL "
+          "WHERE name = ?1 AND holder = ?3"
+        : "UPDATE " CONSUMERS_TABLE " SET position = ?2, last_seen = " NOW_SQL
+          ", heartbeat = " NOW_SQL " WHERE name = ?1 AND holder = ?3";
+    if (sqlite3_prepare_v2(c->rd, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->pos_pending);
+    sqlite3_bind_int64(st, 3, c->holder_id);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED && !c->save_failed)
+            sn_logf(&c->sink, SN_LOG_WARN, "saving the position of consumer \"%s\" in %s failed: "
+                    "%s; retrying", c->consumer, c->target, sqlite3_errmsg(c->rd));
+        c->save_failed = 1;
+        return -1;
+    }
+    if (sqlite3_changes(c->rd) != 1) {
+        if (!release && record_again(c) != SQLITE_OK)
+            lost_lease(c);
+        return 0;
+    }
+    c->acked = c->pos_pending;
+    c->save_failed = 0;
+    return 0;
+}
+
+int sqd_consumer_flush(sn_conn *c)
+{
+    if (!c->rd || !c->active)
+        return 0;
+    short_wait(c, 1);
+    int rc = save(c, 0);
+    short_wait(c, 0);
+    return rc;
+}
+
+void sqd_consumer_ack(sn_conn *c, sqlite3_int64 seq)
+{
+    if (!c || c->dead || !c->rd || !c->consumer || !c->active)
+        return;
+    /* The last event of the batch: the rows after it (other channels) were read too. */
+    sqlite3_int64 pos = seq == c->batch_last ? c->batch_end : seq;
+    if (pos <= c->pos_pending)
+        return;
+    c->pos_pending = pos;
+    sqd_consumer_flush(c);
+}
+
+/* Stop reading: save where we are and give the lease up, so a standby takes over at once. */
+void sqd_consumer_release(sn_conn *c)
+{
+    if (!c->rd || !c->consumer || !c->active)
+        return;
+    sqlite3_busy_timeout(c->rd, 200);
+    save(c, 1);
+    sqlite3_busy_timeout(c->rd, 0);
+    c->active = 0;
+}
+
+static void lease_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sn_conn *c = t->data;
+    (void)loop;
+    (void)revents;
+    if (c->depth)
+        return;   /* inside a handler: the batch is ours until it is acked */
+    if (c->active) {
+        if (sqd_consumer_flush(c) == 0 && !c->active)
+            sqd_consumer_try_lease(c);   /* the row was dropped: make it again */
+        else if (c->save_failed)
+            sqd_kick(c, BUSY_RETRY_MAX);
+    } else {
+        sqd_consumer_try_lease(c);
+    }
+}
+
+void sqd_kick_lease(sn_conn *c, double delay)
+{
+    if (!c->consumer)
+        return;
+    if (ev_is_active(&c->lease))
+        sqd_timer_stop_unref(c->loop, &c->lease);
+    ev_timer_init(&c->lease, lease_cb, delay, LEASE_BEAT);
+    c->lease.data = c;
+    sqd_timer_start_unref(c->loop, &c->lease);
+}
+
+void sqd_consumer_stop(sn_conn *c)
+{
+    sqd_consumer_release(c);
+    sqd_timer_stop_unref(c->loop, &c->lease);
+    c->standby_pid = 0;
+}
+
+/* ===== dialect: consumers, drop_consumer ===== */
+
+int sqd_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
+{
+    static const char *const names[] = {"name", "lag_events", "lag_seconds", "members", "last_seen"};
+    sqlite3_stmt *st;
+    *out = NULL;
+    if (have_table(c->db) == 0) {   /* no durable notifier ever ran on this file */
+        sn_result *r = sn_result_new(5);
+        for (int i = 0; r && i < 5; i++)
+            if (sn_result_name(r, i, names[i])) {
+                sn_result_free(r);
+                r = NULL;
+            }
+        if (!r)
+            sn_seterr(err, errlen, "out of memory");
+        *out = r;
+        return r ? 0 : -1;
+    }
+    if (sqd_prepare(c->db,
+                    "SELECT k.name, (SELECT count(*) FROM " CHANGES_TABLE " l WHERE l.seq > k.position), "
+                    "coalesce(" NOW_SQL " - (SELECT min(created_at) FROM " CHANGES_TABLE
+                    " l WHERE l.seq > k.position), 0), "
+                    "k.holder IS NOT NULL AND k.heartbeat >= " NOW_SQL " - ?1, k.holder_pid, k.holder_host, "
+                    "strftime('%Y-%m-%dT%H:%M:%fZ', k.last_seen, 'unixepoch') "
+                    "FROM " CONSUMERS_TABLE " k ORDER BY k.name", &st, err, errlen))
+        return -1;
+    sqlite3_bind_double(st, 1, LEASE_TIMEOUT);
+    sn_result *r = sn_result_new(5);
+    int ok = r != NULL, rc;
+    for (int i = 0; ok && i < 5; i++)
+        ok = sn_result_name(r, i, names[i]) == 0;
+    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char lag[48], members[4];
+        const char *host = (const char *)sqlite3_column_text(st, 5);
+        int live = sqlite3_column_int(st, 3) && !holder_gone(c, sqlite3_column_int64(st, 4), host);
+        snprintf(lag, sizeof lag, "%.3f", sqlite3_column_double(st, 2));
+        snprintf(members, sizeof members, "%d", live);
+        sn_value *row = sn_result_row(r);
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *events = (const char *)sqlite3_column_text(st, 1);
+        const char *seen = (const char *)sqlite3_column_text(st, 6);
+        ok = row && name && events && seen &&
+             sn_value_text(&row[0], name, strlen(name)) == 0 &&
+             sn_value_text(&row[1], events, strlen(events)) == 0 &&
+             sn_value_text(&row[2], lag, strlen(lag)) == 0 &&
+             sn_value_text(&row[3], members, strlen(members)) == 0 &&
+             sn_value_text(&row[4], seen, strlen(seen)) == 0;
+    }
+    if (!ok) {
+        sn_seterr(err, errlen, "out of memory");
+    } else if (rc != SQLITE_DONE) {
+        sn_seterr(err, errlen, "%s", sqlite3_errmsg(c->db));
+        ok = 0;
+    }
+    sqlite3_finalize(st);
+    if (!ok) {
+        sn_result_free(r);
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+/* On the query connection: a blocking call of the user's, inside their transaction if
+ * they opened one (then it goes or stays with it). */
+int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    if (have_table(c->db) == 0)
+        return 0;
+    if (sqd_prepare(c->db, "DELETE FROM " CONSUMERS_TABLE " WHERE name = ?1", &st, err, errlen))
+        return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    if (step_done(st) != SQLITE_OK) {
+        sn_seterr(err, errlen, "cannot drop consumer \"%s\": %s", name, sqlite3_errmsg(c->db));
+        return -1;
+    }
+    int n = sqlite3_changes(c->db);
+    sqd_house_reschedule(c, 1);   /* prune what it held back soon */
+    return n > 0;
+}
