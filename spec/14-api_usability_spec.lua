@@ -599,6 +599,8 @@ describe("sqlnotify usability", function()
       assert.are.equal("sqlnotify: nulls must be a boolean", err_of(function() H.pg_notifier{ nulls = 1 } end))
       assert.are.equal("sqlnotify: verify_interval must be a number of seconds above zero, or false",
         err_of(function() H.pg_notifier{ verify_interval = 0 } end))
+      assert.are.equal("sqlnotify: consumer_retention must be a number of seconds above zero",
+        err_of(function() H.pg_notifier{ consumer = "c", consumer_retention = "1 week" } end))
     end)
   end)
 

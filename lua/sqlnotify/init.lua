@@ -242,7 +242,7 @@ end
 local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
   verify_interval = true, nulls = true, overflow_schema = true,
-  consumer = true, start_at = true,
+  consumer = true, start_at = true, consumer_retention = true,
 }
 
 local DEFAULT_VERIFY_INTERVAL = 60 -- seconds between two checks that our triggers are still ours
@@ -265,6 +265,9 @@ function M.notifier(opts)
   if opts.consumer ~= nil and (type(opts.consumer) ~= "string" or opts.consumer == "") then
     fail(2, "consumer must be a non-empty string")
   end
+  if opts.consumer_retention ~= nil and (type(opts.consumer_retention) ~= "number" or opts.consumer_retention <= 0) then
+    fail(2, "consumer_retention must be a number of seconds above zero")
+  end
   if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" then
     fail(2, "start_at must be \"end\" or \"beginning\", got %s",
       type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
@@ -280,7 +283,8 @@ function M.notifier(opts)
   end
   -- core.open raises on a URL it cannot use: report that at the caller's line too.
   local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
-    overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at })
+    overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at,
+    consumer_retention = opts.consumer_retention })
   if not ok then error(one_line(h), 2) end
   if not h then return nil, err end
   local self = setmetatable({
