@@ -48,12 +48,6 @@ end
 
 local function t(name) return fmt("`%s`.`%s`", DB, (name:gsub("`", "``"))) end
 
-local function err_of(f, ...)
-  local ok, e = pcall(f, ...)
-  assert.is_false(ok)
-  return (tostring(e):gsub("^[^:]+:%d+: ", ""))
-end
-
 -- ===== the cases every dialect shares =====
 
 require("cases.api")({
