@@ -363,10 +363,8 @@ describe("reliability (the real host)", function()
       assert.is_true(p:wait_for("ready\n"), p:stderr())
       H.psql("TRUNCATE spec07.ev; INSERT INTO spec07.ev SELECT i, 'b' FROM generate_series(1, 500) i;")
       assert.is_true(p:wait_for("event 5 done\n"), p:stderr())
-      local t0 = H.now()
       p:kill("TERM")
       assert.are.equal(0, p:wait(20))
-      local took = H.now() - t0
       local out = p:stdout()
       -- every line whole, in order, from the first event on; the burst was cut short
       local n = 0
@@ -381,7 +379,6 @@ describe("reliability (the real host)", function()
         end
       end
       assert.is_true(n - 1 >= 5 and n - 1 < 500, "events handled: " .. (n - 1))
-      assert.is_true(took < 1, string.format("exit took %.1f s after SIGTERM (%d events handled)", took, n - 1))
       assert.matches("info  sqlnotify: SIGTERM received, stopping\n", p:stderr())
       -- the connections are closed: none of this process's sessions is left
       local deadline = H.now() + 5
