@@ -147,6 +147,19 @@ describe("sqlnotify (MySQL/MariaDB)", function()
     end)
   end)
 
+  describe("a build without MariaDB Connector/C", function()
+    it("answers a mysql:// URL with what to install", function()
+      local build = H.tmpdir() .. "/no-mysql"
+      assert(H.sh("make -s all SANITIZE= BUILD=" .. q(build) .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
+      local script, out = H.tmpfile(".lua"), H.tmpfile(".out")
+      H.spit(script, [[print(select(2, pcall(require("sqlnotify").notifier, { url = "mariadb+pymysql://u@h/db" })))]])
+      assert(H.sh(fmt("LUA_PATH=%s %s %s >%s 2>&1", q(H.root .. "/lua/?.lua;" .. H.root .. "/lua/?/init.lua;;"),
+        q(build .. "/sqlnotify-lua"), q(script), q(out))))
+      assert.are.equal("sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)\n",
+        H.slurp(out))
+    end)
+  end)
+
   describe("catalog", function()
     before_each(function()
       sql([[DROP VIEW IF EXISTS s19_v; DROP TABLE IF EXISTS s19_cat;
