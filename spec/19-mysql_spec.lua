@@ -48,12 +48,6 @@ end
 
 local function t(name) return fmt("`%s`.`%s`", DB, (name:gsub("`", "``"))) end
 
-local function err_of(f, ...)
-  local ok, e = pcall(f, ...)
-  assert.is_false(ok)
-  return (tostring(e):gsub("^[^:]+:%d+: ", ""))
-end
-
 -- ===== the cases every dialect shares =====
 
 require("cases.api")({
@@ -150,6 +144,19 @@ describe("sqlnotify (MySQL/MariaDB)", function()
       assert.is_nil(n)
       assert.matches(fmt('^sqlnotify: cannot connect to database "%s" on %s:%s: ', DB, host:gsub("%.", "%%."), port), err)
       assert.is_nil(err:find("s3cretpw", 1, true))
+    end)
+  end)
+
+  describe("a build without MariaDB Connector/C", function()
+    it("answers a mysql:// URL with what to install", function()
+      local build = H.tmpdir() .. "/no-mysql"
+      assert(H.sh("make -s all SANITIZE= BUILD=" .. q(build) .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
+      local script, out = H.tmpfile(".lua"), H.tmpfile(".out")
+      H.spit(script, [[print(select(2, pcall(require("sqlnotify").notifier, { url = "mariadb+pymysql://u@h/db" })))]])
+      assert(H.sh(fmt("LUA_PATH=%s %s %s >%s 2>&1", q(H.root .. "/lua/?.lua;" .. H.root .. "/lua/?/init.lua;;"),
+        q(build .. "/sqlnotify-lua"), q(script), q(out))))
+      assert.are.equal("sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)\n",
+        H.slurp(out))
     end)
   end)
 

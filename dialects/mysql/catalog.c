@@ -9,12 +9,7 @@
  */
 #include "my.h"
 
-const char *my_schema(sn_conn *c, const char *schema, char *err, size_t errlen)
-{
-    (void)err;
-    (void)errlen;
-    return schema ? schema : c->p.db;
-}
+const char *my_schema(sn_conn *c, const char *schema) { return schema ? schema : c->p.db; }
 
 static const char *cell(const sn_result *r, int row, int col)
 {
@@ -49,7 +44,7 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
     sn_result *r = sn_result_new(4);
     int rc = -1;
     *out = NULL;
-    schema = my_schema(c, schema, err, errlen);
+    schema = my_schema(c, schema);
     const char *args[2] = {schema, table};
     if (r == NULL)
         goto oom;

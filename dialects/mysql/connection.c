@@ -254,8 +254,8 @@ static void set_target(sn_conn *c)
 
 /* ===== sessions ===== */
 
-/* A configured, unconnected handle. */
-static MYSQL *new_handle(sn_conn *c, int nonblocking)
+/* A configured, unconnected handle; ours gets our session settings. */
+static MYSQL *new_handle(sn_conn *c, int nonblocking, int ours)
 {
     MYSQL *m = mysql_init(NULL);
     if (m == NULL)
@@ -267,7 +267,7 @@ static MYSQL *new_handle(sn_conn *c, int nonblocking)
     mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &p->read_timeout);
     mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &p->read_timeout);
     mysql_options(m, MYSQL_OPT_LOCAL_INFILE, &zero);
-    for (int i = 0; session_sql[i]; i++)
+    for (int i = 0; ours && session_sql[i]; i++)
         mysql_options(m, MYSQL_INIT_COMMAND, session_sql[i]);
     if (p->ssl_ca)
         mysql_options(m, MYSQL_OPT_SSL_CA, p->ssl_ca);
@@ -288,9 +288,9 @@ static MYSQL *new_handle(sn_conn *c, int nonblocking)
     return m;
 }
 
-MYSQL *my_connect(sn_conn *c, int nonblocking, char *err, size_t errlen)
+static MYSQL *connect_as(sn_conn *c, int nonblocking, int ours, char *err, size_t errlen)
 {
-    MYSQL *m = new_handle(c, nonblocking);
+    MYSQL *m = new_handle(c, nonblocking, ours);
     if (m == NULL) {
         sn_seterr(err, errlen, "out of memory");
         return NULL;
@@ -309,6 +309,14 @@ MYSQL *my_connect(sn_conn *c, int nonblocking, char *err, size_t errlen)
     mysql_options(m, MYSQL_OPT_RECONNECT, &on);
     return m;
 }
+
+MYSQL *my_connect(sn_conn *c, int nonblocking, char *err, size_t errlen)
+{
+    return connect_as(c, nonblocking, 1, err, errlen);
+}
+
+/* n:query's session is the user's: the server's defaults for sql_mode, time_zone and isolation. */
+MYSQL *my_connect_user(sn_conn *c, char *err, size_t errlen) { return connect_as(c, 0, 0, err, errlen); }
 
 /* Run one statement; with res, keep its rows. 0, or -1 and err (the server's message). */
 int my_exec(sn_conn *c, MYSQL *m, const char *sql, size_t len, MYSQL_RES **res, char *err, size_t errlen)
@@ -599,7 +607,7 @@ static int d_query(sn_conn *c, const char *sql, int nparams, const sn_value *par
                    size_t errlen)
 {
     *out = NULL;
-    if (c->uq == NULL && (c->uq = my_connect(c, 0, err, errlen)) == NULL)
+    if (c->uq == NULL && (c->uq = my_connect_user(c, err, errlen)) == NULL)
         return -1;
     if (nparams == 0)
         return query_text(c->uq, sql, out, err, errlen);

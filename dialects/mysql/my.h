@@ -144,7 +144,10 @@ struct sn_conn {
 };
 
 /* connection.c */
+/* A connection: ours (our session settings; nonblocking: configured, not yet connected, for the
+ * reader) or, with user set, a plain session for n:query. */
 MYSQL *my_connect(sn_conn *c, int nonblocking, char *err, size_t errlen);
+MYSQL *my_connect_user(sn_conn *c, char *err, size_t errlen);
 int my_exec(sn_conn *c, MYSQL *m, const char *sql, size_t len, MYSQL_RES **res, char *err, size_t errlen);
 int my_query(sn_conn *c, const char *sql, int n, const char *const *texts, sn_result **out, char *err, size_t errlen);
 double my_now(void); /* monotonic seconds */
@@ -157,7 +160,7 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
 int my_journal_ensure(sn_conn *c, char *err, size_t errlen);
 /* The same; a journal made anew starts its ids at first_id (when above 1). */
 int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen);
-const char *my_schema(sn_conn *c, const char *schema, char *err, size_t errlen);
+const char *my_schema(sn_conn *c, const char *schema); /* NULL: the URL's database */
 
 /* triggers.c */
 int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen);

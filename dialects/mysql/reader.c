@@ -262,8 +262,20 @@ static void connected(sn_conn *c, int ok)
         double outage = my_now() - r->down_since;
         r->down_since = 0;
         sn_logf(&c->sink, SN_LOG_INFO, "journal reader reconnected to %s after %.1f s", c->target, outage);
-        if (c->sink.reconnected)
-            c->sink.reconnected(c->sink.ud, outage, 0); /* the journal kept what was written meanwhile */
+        if (c->sink.reconnected) { /* the journal kept what was written meanwhile */
+            c->in_deliver = 1;      /* the notice may stop or close us: done once it returned */
+            c->sink.reconnected(c->sink.ud, outage, 0);
+            c->in_deliver = 0;
+            if (c->closing) {
+                my_conn_free(c);
+                return;
+            }
+            if (r->stop_pending) {
+                r->stop_pending = 0;
+                my_stop(c);
+                return;
+            }
+        }
     }
     r->backoff = 0;
     if (durable(c))

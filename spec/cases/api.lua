@@ -24,7 +24,7 @@ local sqlnotify = require("sqlnotify")
 local fmt = string.format
 
 return function(D, env)
-  local _ENV = env
+  local _ENV = env -- luacheck: ignore 211
   local S, P = D.schema, D.prefix or ""
   local QS = fmt("%q", S)
   local collector = H.collector
