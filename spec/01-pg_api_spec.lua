@@ -71,7 +71,7 @@ describe("sqlnotify (PostgreSQL API)", function()
 
     it("refuses an unknown URL scheme", function()
       assert.has_error(function() sqlnotify.notifier{ url = "oracle://x/y" } end,
-        'sqlnotify: unsupported database URL scheme "oracle" (expected postgresql:// or sqlite://)')
+        'sqlnotify: unsupported database URL scheme "oracle" (expected postgresql://, mysql:// or sqlite://)')
     end)
 
     it("refuses an unknown option", function()

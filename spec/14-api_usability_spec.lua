@@ -502,11 +502,11 @@ describe("sqlnotify usability", function()
   describe("database URLs", function()
     it("without a scheme are refused at the caller's line, never showing a password", function()
       local cases = {
-        { "", 'sqlnotify: database URL "" has no scheme (expected postgresql://..., sqlite:///path.db)' },
+        { "", 'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)' },
         { "/var/db/app.db", 'sqlnotify: database URL "/var/db/app.db" has no scheme (expected postgresql://..., '
-          .. "sqlite:///path.db)" },
+          .. "mysql://..., sqlite:///path.db)" },
         { "root:hunter2@localhost/db", 'sqlnotify: database URL "root:***@localhost/db" has no scheme (expected '
-          .. "postgresql://..., sqlite:///path.db)" },
+          .. "postgresql://..., mysql://..., sqlite:///path.db)" },
       }
       for _, c in ipairs(cases) do
         local line = debug.getinfo(1, "l").currentline + 1
@@ -518,7 +518,7 @@ describe("sqlnotify usability", function()
       local ok, e = pcall(function() sqlnotify.notifier{ url = "oracle://u:pw@x/y" } end)
       assert.is_false(ok)
       assert.are.equal("spec/14-api_usability_spec.lua:" .. line
-        .. ': sqlnotify: unsupported database URL scheme "oracle" (expected postgresql:// or sqlite://)', e)
+        .. ': sqlnotify: unsupported database URL scheme "oracle" (expected postgresql://, mysql:// or sqlite://)', e)
     end)
   end)
 

@@ -100,7 +100,7 @@ describe("sqlnotify.cli on PostgreSQL", function()
     assert.are.same({ 1, "", 'sqlnotify: unknown table "spec15"."nosuch"\n' }, { code, out, err })
     code, out, err = call(cli.list, "")
     assert.are.same({ 1, "",
-      'sqlnotify: database URL "" has no scheme (expected postgresql://..., sqlite:///path.db)\n' }, { code, out, err })
+      'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)\n' }, { code, out, err })
     code, out, err = call(cli.list, "postgresql://root:hunter2@127.0.0.1:1/nodb")
     assert.are.equal(1, code)
     assert.are.equal("", out)
@@ -120,7 +120,7 @@ describe("sqlnotify.cli on PostgreSQL", function()
       assert.are.same({ 1, "", 'sqlnotify: unknown table "spec15"."nosuch"\n' }, { code, out, err })
       code, out, err = host { "--list", "" }
       assert.are.same({ 1, "",
-        'sqlnotify: database URL "" has no scheme (expected postgresql://..., sqlite:///path.db)\n' }, { code, out, err })
+        'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)\n' }, { code, out, err })
     end)
   end)
 end)

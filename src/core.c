@@ -609,7 +609,7 @@ static int l_open(lua_State *L)
         if ((n == 5 && strncmp(url, "mysql", 5) == 0) || (n == 7 && strncmp(url, "mariadb", 7) == 0))
             return luaL_error(L, "sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)");
 #endif
-        return luaL_error(L, "sqlnotify: unsupported database URL scheme \"%s\" (expected postgresql:// or sqlite://)",
+        return luaL_error(L, "sqlnotify: unsupported database URL scheme \"%s\" (expected postgresql://, mysql:// or sqlite://)",
                           sep ? lua_pushlstring(L, url, (size_t)(sep - url)) : "none");
     }
     const char *clean = lua_tostring(L, -1);

@@ -257,7 +257,7 @@ function M.notifier(opts)
   if url == nil then fail(2, "no url given and DATABASE_URL is not set") end
   if type(url) ~= "string" then fail(2, "url must be a string, got %s", type(url)) end
   if not url:find("://", 1, true) then
-    fail(2, "database URL %q has no scheme (expected postgresql://..., sqlite:///path.db)", scrub_url(url))
+    fail(2, "database URL %q has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)", scrub_url(url))
   end
   if opts.retention ~= nil and (type(opts.retention) ~= "number" or opts.retention <= 0) then
     fail(2, "retention must be a number of seconds above zero")
