@@ -170,7 +170,12 @@ static void jr_result(struct pg_jr *j)
     j->query = JQ_NONE;
     j->state = JR_IDLE;
     ev_timer_stop(j->c->loop, &j->retry);
-    if (*why) {
+    if (*why && query == JQ_MAINTAIN && PQstatus(j->db) == CONNECTION_OK) {
+        /* housekeeping failed (a lock, a permission): say so, keep reading */
+        char msg[512];
+        pg_one_line(msg, sizeof msg, why);
+        sn_logf(&j->c->sink, SN_LOG_ERROR, "journal maintenance failed on %s: %s", j->c->target, msg);
+    } else if (*why) {
         PQclear(page);
         jr_lost(j, why);
         return;
