@@ -243,3 +243,4 @@ echo "  PG lat: bare $(counts "$B" sqlnotify_bench_lat 1)/ host $(counts "$H" sq
 echo "  SQLite lat: $(counts "$S" sqlnotify_bench_lat 1) SQLite bulk: $(counts "$S" sqlnotify_bench_bulk 0)"
 echo "bench took ${ELAPSED} s; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine widens p99 and the spread)"
 sh bench/live.sh "$BUILD" || die "the live example bench (bench/live.sh) failed"
+sh bench/durable.sh "$BUILD" || die "the durable-mode writers bench (bench/durable.sh) failed"
