@@ -101,6 +101,9 @@ DUR=$(tps dur)
 DUR_N=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
 wait_lines "$DUR_N"
 LOADED=$(p50 201 "$DUR_N")
+# the writers' cost alone: the same durable table with the host (the reader) stopped
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+DUR_OFF=$(tps dur)
 JROWS=$(psql -Atq "$URL" -c "SELECT count(*) FROM sqlnotify.journal")
 DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'sqlnotify'")
 
@@ -108,6 +111,8 @@ printf '\nPostgreSQL writers (pgbench -c %s, one-row inserts, %s s), %s, load %s
   "$(date -u +%Y-%m-%d)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf '  %-28s %10s tps\n' "unwatched" "$PLAIN"
 printf '  %-28s %10s tps  %5s x\n' "live (NOTIFY per row)" "$LIVE" "$(echo "$LIVE $PLAIN" | awk '{printf "%.2f", $1/$2}')"
+printf '  %-28s %10s tps  %5s x\n' "durable, reader not running" "$DUR_OFF" \
+  "$(echo "$DUR_OFF $PLAIN" | awk '{printf "%.2f", $1/$2}')"
 printf '  %-28s %10s tps  %5s x  (target >= 0.80)\n' "durable (journal)" "$DUR" \
   "$(echo "$DUR $PLAIN" | awk '{printf "%.2f", $1/$2}')"
 printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \

@@ -112,6 +112,13 @@ describe("PostgreSQL durable mode", function()
     end
   end
 
+  -- Truncation waits for every consumer of the database: another one (not ours) holds rows.
+  local function others()
+    for _, c in ipairs(assert(admin:consumers())) do
+      if not c.name:find("^s21_") then return c.name end
+    end
+  end
+
   it("catches up after downtime: 500 rows committed while the host was stopped arrive in commit order", function()
     fresh("t1")
     local p = reader("t1", "s21_catchup")
@@ -250,6 +257,7 @@ describe("PostgreSQL durable mode", function()
   end)
 
   it("gives every event to each of two consumers; dropping one releases the rows only it held", function()
+    if others() then pending("consumer " .. others() .. " holds journal rows in this database") return end
     fresh("t5")
     local p1 = reader("t5", "s21_one")
     local p2 = reader("t5", "s21_two")
@@ -279,10 +287,12 @@ describe("PostgreSQL durable mode", function()
   end)
 
   it("tells a consumer that was away past its retention which rows it missed", function()
+    if others() then pending("consumer " .. others() .. " holds journal rows in this database") return end
     fresh("t6")
     local p = reader("t6", "s21_gone")
     sql(fmt("INSERT INTO %s.t6 (k) VALUES (1)", S))
     assert.is_true(wait_events(p, 1))
+    assert.is_true(H.run_until(function() return consumer("s21_gone").lag_events == 0 end, 20))
     stop(p)
     sql(fmt("INSERT INTO %s.t6 (k) VALUES (2), (3);"
       .. " UPDATE sqlnotify.consumers SET last_seen = now() - interval '8 days' WHERE name = 's21_gone'", S))

@@ -12,6 +12,7 @@
 #include "pg.h"
 
 #define JR_PAGE "500"
+#define JR_PAGE_N 500
 #define JR_POLL_MIN 0.01
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
@@ -211,8 +212,14 @@ static void jr_result(struct pg_jr *j)
             PQclear(page);
             if (closed || c->jr != j)
                 return;
-            j->want_fetch = 1; /* write the ack, read on */
             j->poll_every = JR_POLL_MIN;
+            if (n >= JR_PAGE_N) {
+                j->want_fetch = 1; /* a full page: read on at once (the fetch writes the ack) */
+            } else { /* caught up: the ack rides the next fetch, 10 ms on, with what came meanwhile */
+                ev_timer_stop(j->c->loop, &j->poll);
+                ev_timer_set(&j->poll, JR_POLL_MIN, 0.);
+                ev_timer_start(j->c->loop, &j->poll);
+            }
         } else {
             PQclear(page);
             ev_timer_stop(j->c->loop, &j->poll);
@@ -232,7 +239,7 @@ static void jr_next(struct pg_jr *j)
     if (j->want_maint) {
         j->want_maint = 0;
         jr_send(j, JQ_MAINTAIN);
-    } else if (j->want_fetch || j->acked > 0) {
+    } else if (j->want_fetch) {
         j->want_fetch = 0;
         ev_timer_stop(j->c->loop, &j->poll);
         jr_send(j, JQ_FETCH);
@@ -412,6 +419,17 @@ void pg_jr_stop(sn_conn *c)
     struct pg_jr *j = c->jr;
     if (j == NULL)
         return;
+    if (j->acked > 0 && j->state != JR_BUSY) {
+        /* a clean stop writes the last ack (on the control connection, within its deadline)
+         * so a restart does not redeliver the page the handlers finished */
+        char seq[32], state[6] = "", err[256];
+        snprintf(seq, sizeof seq, "%lld", (long long)j->acked);
+        const char *vals[2] = {c->consumer, seq};
+        PQclear(pg_exec(c, &c->ctl,
+                        "UPDATE sqlnotify.consumers SET pos = $2, last_seen = now() WHERE name = $1"
+                        " AND snap_hi IS NOT NULL AND pos < $2",
+                        2, vals, 0, state, err, sizeof err));
+    }
     if (j->state != JR_OFF) {
         jr_disconnect(j);
         ev_ref(c->loop);
