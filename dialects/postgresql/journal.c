@@ -11,7 +11,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 1"
+#define JOURNAL_VERSION "sqlnotify journal 2"
 
 static const char setup_sql[] =
     "SELECT pg_catalog.pg_advisory_xact_lock(7146359124501207);\n"
@@ -122,6 +122,8 @@ static const char setup_sql[] =
     "  INSERT INTO sqlnotify.gate SELECT '-infinity' WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.gate);\n"
     "  SELECT s.cur, s.switched_at INTO v_cur, sw FROM sqlnotify.state s FOR UPDATE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
+    /* consumers before journal tables, the order fetch() takes them in: no deadlock */
+    "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
     "    t := 'sqlnotify.journal_' || k;\n"
