@@ -528,6 +528,10 @@ sn_conn *pg_open(const char *url, struct ev_loop *loop, const sn_sink *sink, con
     c->ctl.what = "control connection";
     c->user.what = "query connection";
     c->retention = opt && opt->retention > 0 ? opt->retention : 3600;
+    c->consumer_retention = opt && opt->consumer_retention > 0 ? opt->consumer_retention : 7 * 86400.;
+    c->start_beginning = opt && opt->start_at_beginning;
+    if (opt && opt->consumer && *opt->consumer && (c->consumer = strdup(opt->consumer)) == NULL)
+        goto oom;
     if (raw_secrets(c, url) < 0 || url_own_params(c, url, &c->url, err, errlen) < 0)
         goto fail;
     if (url_check(c, err, errlen) < 0)
@@ -573,6 +577,7 @@ void pg_conn_free(sn_conn *c)
     for (int i = 0; i < 4; i++)
         free(c->secrets[i]);
     free(c->overflow_schema);
+    free(c->consumer);
     free(c->url);
     free(c->app);
     free(c);
@@ -583,6 +588,7 @@ void pg_close(sn_conn *c)
     if (c == NULL || c->dead)
         return;
     pg_ln_shutdown(c);
+    pg_jr_stop(c);
     if (ev_is_active(&c->prune)) {
         ev_ref(c->loop);
         ev_timer_stop(c->loop, &c->prune);

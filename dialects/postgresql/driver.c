@@ -6,6 +6,28 @@
 
 static const char *const pg_schemes[] = {"postgresql", "postgres", NULL};
 
+/* A notifier with a consumer reads the journal (cursor.c) instead of listening live. */
+static int dr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    return c->consumer ? pg_jr_listen(c, channel, err, errlen) : pg_listen(c, channel, err, errlen);
+}
+
+static void dr_unlisten(sn_conn *c, const char *channel)
+{
+    if (c->consumer)
+        pg_jr_unlisten(c, channel);
+    else
+        pg_unlisten(c, channel);
+}
+
+static void dr_stop(sn_conn *c)
+{
+    if (c->consumer)
+        pg_jr_stop(c);
+    else
+        pg_stop(c);
+}
+
 #pragma GCC visibility push(default)
 const sn_dialect sn_postgresql_dialect = {
     .name = "postgresql",
@@ -21,10 +43,13 @@ const sn_dialect sn_postgresql_dialect = {
     .drop = pg_drop,
     .list = pg_list,
     .verify = pg_verify,
-    .listen = pg_listen,
-    .unlisten = pg_unlisten,
-    .stop = pg_stop,
+    .listen = dr_listen,
+    .unlisten = dr_unlisten,
+    .stop = dr_stop,
     .notify = pg_notify,
+    .ack = pg_jr_ack,
+    .consumers = pg_consumers,
+    .drop_consumer = pg_drop_consumer,
     .query = pg_query,
 };
 #pragma GCC visibility pop

@@ -12,6 +12,8 @@
  *   listener.c    the non-blocking listener: state machine, queue, delivery
  *   overflow.c    the overflow tables: creating, fetching by id and channel, pruning
  *   query.c       notify() and query(), results
+ *   journal.c     durable mode: the journal schema, consumers(), drop_consumer()
+ *   cursor.c      durable mode: the non-blocking journal reader and its cursor
  *   driver.c      the descriptor
  */
 #ifndef SQLNOTIFY_PG_H
@@ -28,6 +30,8 @@
 #define PG_MAX_PAYLOAD_STR "7999"
 #define PG_OVERFLOW_REF "sqlnotify:overflow:"
 #define PG_OVERFLOW_TABLE "sqlnotify_overflow"
+/* Durable mode: the journal writers wake the reader on (no watch channel has a colon here). */
+#define PG_JOURNAL_CHANNEL "sqlnotify:journal"
 
 /* Our URL parameter (removed before libpq sees the URL, which refuses unknown ones). */
 #define PG_URL_STATEMENT_TIMEOUT "sqlnotify_statement_timeout"
@@ -104,6 +108,13 @@ struct sn_conn {
 
     pg_item *q;              /* notifications taken from libpq, not yet delivered */
     size_t nq, capq;
+
+    /* durable mode (journal.c, cursor.c): NULL consumer is live mode */
+    char *consumer;
+    int start_beginning;
+    double consumer_retention;
+    int journal_ready;
+    struct pg_jr *jr;        /* the journal reader, once listening */
 
     int depth;               /* > 0 while inside a callback that may deliver */
     int dead;                /* closed from within a callback: freed when it unwinds */
@@ -196,6 +207,17 @@ void pg_ln_shutdown(sn_conn *c);
 int pg_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void pg_unlisten(sn_conn *c, const char *channel);
 void pg_stop(sn_conn *c);
+
+/* ===== journal.c, cursor.c (durable mode) ===== */
+
+int pg_journal_ensure(sn_conn *c, char *err, size_t errlen);
+int pg_journal_register(sn_conn *c, char *err, size_t errlen);
+int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
+int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
+int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
+void pg_jr_unlisten(sn_conn *c, const char *channel);
+void pg_jr_stop(sn_conn *c);
+void pg_jr_ack(sn_conn *c, int64_t seq);
 
 /* ===== query.c ===== */
 

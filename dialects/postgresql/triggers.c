@@ -279,7 +279,8 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
  * since the session planned it, a value jsonb cannot hold), the same payload is built
  * again by EXECUTE, planned now; if that fails too, the key alone goes, truncated. A
  * user's write never fails here. */
-static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table)
+/* durable: append to the journal (no size limit there) instead of pg_notify */
+static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table, int durable)
 {
     const char *rec = w->op == SN_DELETE ? "OLD" : "NEW";
     const char *using = w->op == SN_UPDATE ? " USING NEW, OLD" : w->op == SN_DELETE ? " USING OLD" : " USING NEW";
@@ -356,7 +357,9 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      END;\n"
                  "    END;\n"
                  "  END IF;\n"
-                 "  IF pg_catalog.octet_length(sn_p) > " PG_MAX_PAYLOAD_STR " THEN\n");
+                 "  IF ");
+    pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) > " PG_MAX_PAYLOAD_STR);
+    pg_sb_add(b, " THEN\n");
     if (ovf_table) {
         /* A missing table or privilege must not fail the write: fall back to the key. */
         pg_sb_add(b, "    BEGIN\n      INSERT INTO ");
@@ -384,7 +387,8 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      END IF;\n"
                  "    END IF;\n"
                  "  END IF;\n"
-                 "  PERFORM pg_catalog.pg_notify(");
+                 "  PERFORM ");
+    pg_sb_add(b, durable ? "sqlnotify.append(" : "pg_catalog.pg_notify(");
     pg_sb_quote(b, db, w->channel, 0);
     pg_sb_add(b, ", sn_p);\n  RETURN NULL;\nEND");
 }
@@ -439,9 +443,10 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
     watch_name(w, p->name);
     old_name(w, p->old);
     p->ovf_schema = pg_overflow_schema_for(c, w->schema);
-    if (w->overflow)
+    int ovf_on = w->overflow && !c->consumer; /* the journal takes any size */
+    if (ovf_on)
         pg_sb_qname(&ovf, c->ctl.conn, p->ovf_schema, PG_OVERFLOW_TABLE);
-    sb_body(&p->body, c->ctl.conn, w, t, w->overflow ? ovf.p : NULL);
+    sb_body(&p->body, c->ctl.conn, w, t, ovf_on ? ovf.p : NULL, c->consumer != NULL);
     const char *fail = ovf.fail ? ovf.fail : p->body.fail;
     free(ovf.p);
     if (fail) {
@@ -722,6 +727,8 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
         sn_seterr(err, errlen, "%s", bad);
         return SN_INSTALL_ERROR;
     }
+    if (c->consumer && pg_journal_ensure(c, err, errlen) < 0)
+        return SN_INSTALL_ERROR;
     int rc = SN_INSTALL_ERROR;
     /* Two rounds at most: another process may create it between our lookup and our DDL. */
     for (int round = 0; round < 2 && rc == SN_INSTALL_ERROR; round++) {
@@ -782,7 +789,7 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
         if (pg_route_set(c, w->channel, p.ovf_schema) < 0) {
             sn_seterr(err, errlen, "out of memory");
             rc = SN_INSTALL_ERROR;
-        } else if (w->overflow && pg_overflow_ensure(c, p.ovf_schema, err, errlen) < 0) {
+        } else if (w->overflow && !c->consumer && pg_overflow_ensure(c, p.ovf_schema, err, errlen) < 0) {
             rc = SN_INSTALL_ERROR;
         }
     next:

@@ -1,0 +1,120 @@
+#!/bin/sh
+# bench/durable.sh: what watching costs the writers on PostgreSQL, in one run: pgbench with
+# 8 clients of one-row inserts into a table unwatched, watched in live mode (one NOTIFY per
+# row) and watched in durable mode (the journal), with sqlnotify-lua running; then durable
+# commit-to-handler latency, idle (single-row commits 20 ms apart) and under the pgbench load.
+#
+#   sh bench/durable.sh [BUILD]    (make bench runs it at the end of bench/run.sh)
+#
+# Environment: SQLNOTIFY_BENCH_PG_URL (default postgresql://root@127.0.0.1/test; the bench
+# makes and drops the schema sqlnotify_bench_dur and the consumer bench_durable),
+# BENCH_DUR_SECONDS per pgbench run (default 10), BENCH_DUR_CLIENTS (default 8).
+set -eu
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+HOST=$BUILD/sqlnotify-lua
+URL=${SQLNOTIFY_BENCH_PG_URL:-postgresql://root@127.0.0.1/test}
+SECS=${BENCH_DUR_SECONDS:-10}
+CLIENTS=${BENCH_DUR_CLIENTS:-8}
+S=sqlnotify_bench_dur
+
+say() { echo "bench-durable: $*" >&2; }
+die() { echo "bench-durable: $*" >&2; exit 1; }
+
+TMP=$(mktemp -d)
+PID=""
+cleanup() {
+  [ -z "$PID" ] || kill "$PID" 2>/dev/null || true
+  [ -z "$PID" ] || wait "$PID" 2>/dev/null || true
+  psql -q "$URL" -c "DROP SCHEMA IF EXISTS $S CASCADE; DELETE FROM sqlnotify.consumers WHERE name = 'bench_durable'" \
+    >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ -x "$HOST" ] || die "$HOST not built (run make)"
+command -v pgbench >/dev/null || die "pgbench not found"
+
+psql -q -v ON_ERROR_STOP=1 "$URL" >/dev/null <<EOF || die "cannot create schema $S"
+DROP SCHEMA IF EXISTS $S CASCADE;
+CREATE SCHEMA $S;
+CREATE TABLE $S.plain (id bigserial PRIMARY KEY, v int, ts float8 DEFAULT extract(epoch FROM clock_timestamp()));
+CREATE TABLE $S.live (LIKE $S.plain INCLUDING ALL);
+CREATE TABLE $S.dur (LIKE $S.plain INCLUDING ALL);
+ALTER TABLE $S.live ALTER id SET DEFAULT nextval('$S.plain_id_seq');
+ALTER TABLE $S.dur ALTER id SET DEFAULT nextval('$S.plain_id_seq');
+EOF
+
+# The host: a live notifier on $S.live, a durable one on $S.dur printing each event's
+# commit-to-handler latency in ms.
+cat >"$TMP/watch.lua" <<EOF
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("full")
+local live = assert(sqlnotify.notifier{ url = arg[1] })
+live:watch("$S.live", "insert")
+live:subscribe("$S.live", "insert", function() end)
+assert(live:start())
+local dur = assert(sqlnotify.notifier{ url = arg[1], consumer = "bench_durable" })
+dur:watch("$S.dur", "insert", { extra_columns = { "ts" } })
+dur:subscribe("$S.dur", "insert", function(ev)
+  io.write(string.format("%.3f\n", (sqlnotify.now() - ev.extra_columns.ts) * 1000))
+end)
+assert(dur:start())
+sqlnotify.every(0.1, function() io.stdout:flush() end)
+print("ready")
+io.stdout:flush()
+EOF
+"$HOST" -l warn "$TMP/watch.lua" "$URL" >"$TMP/host.out" 2>"$TMP/host.err" &
+PID=$!
+i=0
+while ! grep -q '^ready' "$TMP/host.out"; do
+  i=$((i + 1)); [ $i -lt 200 ] || die "the host did not start: $(cat "$TMP/host.err")"; sleep 0.05
+done
+
+lines() { grep -c '^[0-9]' "$TMP/host.out" || true; }
+# wait_lines N: until the host handled N durable events
+wait_lines() {
+  i=0
+  while [ "$(lines)" -lt "$1" ]; do
+    i=$((i + 1)); [ $i -lt 1200 ] || die "the host handled $(lines) of $1 events"; sleep 0.05
+  done
+}
+# p50 of the latency lines from $1 to $2
+p50() { sed -n "$1,$2p" "$TMP/host.out" | grep '^[0-9]' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+tps() {
+  echo "INSERT INTO $S.$1 (v) VALUES (1);" >"$TMP/$1.sql"
+  pgbench -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$TMP/$1.sql" "$URL" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+
+say "durable latency, idle: 200 commits 20 ms apart"
+psql -q "$URL" -c "DO \$\$ BEGIN FOR i IN 1..200 LOOP INSERT INTO $S.dur (v) VALUES (i); COMMIT;
+  PERFORM pg_sleep(0.02); END LOOP; END \$\$" >/dev/null
+wait_lines 200
+IDLE=$(p50 1 200)
+
+say "pgbench, $CLIENTS clients, $SECS s each: unwatched, live, durable"
+PLAIN=$(tps plain)
+LIVE=$(tps live)
+DUR=$(tps dur)
+DUR_N=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
+wait_lines "$DUR_N"
+LOADED=$(p50 201 "$DUR_N")
+# the writers' cost alone: the same durable table with the host (the reader) stopped
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+DUR_OFF=$(tps dur)
+JROWS=$(psql -Atq "$URL" -c "SELECT count(*) FROM sqlnotify.journal")
+DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'sqlnotify'")
+
+printf '\nPostgreSQL writers (pgbench -c %s, one-row inserts, %s s), %s, load %s\n' "$CLIENTS" "$SECS" \
+  "$(date -u +%Y-%m-%d)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '  %-28s %10s tps\n' "unwatched" "$PLAIN"
+printf '  %-28s %10s tps  %5s x\n' "live (NOTIFY per row)" "$LIVE" "$(echo "$LIVE $PLAIN" | awk '{printf "%.2f", $1/$2}')"
+printf '  %-28s %10s tps  %5s x\n' "durable, reader not running" "$DUR_OFF" \
+  "$(echo "$DUR_OFF $PLAIN" | awk '{printf "%.2f", $1/$2}')"
+printf '  %-28s %10s tps  %5s x  (target >= 0.80)\n' "durable (journal)" "$DUR" \
+  "$(echo "$DUR $PLAIN" | awk '{printf "%.2f", $1/$2}')"
+printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \
+  "$IDLE" "$LOADED"
+printf '  journal rows now %s, dead tuples in schema sqlnotify %s\n' "$JROWS" "$DEAD"
