@@ -73,23 +73,11 @@ local function events(p)
   return out
 end
 
-local function wait_events(p, n, timeout)
-  local deadline = H.now() + (timeout or 60)
-  while #events(p) < n and H.now() < deadline and not p:exited() do H.sleep(0.02) end
-  return #events(p) >= n
-end
+local function wait_events(p, n, timeout) return p:wait_count(events, n, timeout) end
 
-local function stop(p)
-  p:kill("TERM")
-  assert.are.equal(0, p:wait(), p:stderr())
-  p:assert_clean()
-end
+local function stop(p) p:stop() end
 
-local function ks(list)
-  local o = {}
-  for i, e in ipairs(list) do o[i] = e.k end
-  return o
-end
+local function ks(list) return H.pluck(list, "k") end
 
 -- The consumers as the API reports them, by name.
 local function consumers(path)

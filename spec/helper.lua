@@ -225,9 +225,33 @@ end
 -- Fail on any sanitizer report in the host's stderr.
 function Proc:assert_clean()
   local err = self:stderr()
-  if err:find("AddressSanitizer") or err:find("LeakSanitizer") or err:find("runtime error:") then
+  if err:find("AddressSanitizer") or err:find("LeakSanitizer") or err:find("runtime error:")
+      or err:find("==%d+== ") then -- the last: valgrind (SQLNOTIFY_HOST_WRAPPER)
     error("sanitizer report from the host:\n" .. err, 2)
   end
+end
+
+-- Stop the host with SIGTERM: it must exit 0 and leave no sanitizer report.
+function Proc:stop()
+  self:kill("TERM")
+  local code = self:wait()
+  if code ~= 0 then error(string.format("the host exited with %s:\n%s", tostring(code), self:stderr()), 2) end
+  self:assert_clean()
+end
+
+-- Wait until #list(self) reaches n (list: what the host printed, parsed), the host exits or
+-- the deadline passes. true when reached.
+function Proc:wait_count(list, n, timeout)
+  local deadline = H.now() + (timeout or 60)
+  while #list(self) < n and H.now() < deadline and not self:exited() do H.sleep(0.02) end
+  return #list(self) >= n
+end
+
+-- One field of every table in a list: pluck({{k = 1}, {k = 2}}, "k") is {1, 2}.
+function H.pluck(list, field)
+  local out = {}
+  for i, e in ipairs(list) do out[i] = e[field] end
+  return out
 end
 
 return H
