@@ -259,6 +259,37 @@ static inline void sn_hash_hex(const void *data, size_t len, char out[17])
     snprintf(out, 17, "%016llx", (unsigned long long)sn_hash64(data, len, 0));
 }
 
+/* The name of a watch's trigger (and PostgreSQL function), the same on every dialect:
+ * sqlnotify_<table prefix>_<op>_<12 hex>, at most 63 bytes. The hash covers (schema, table,
+ * op, label) as a tuple, each field with its length and whether it is there, so no two
+ * watches share a name by joining differently. The prefix keeps the table's letters, digits,
+ * '_' and non-ASCII bytes (others become '_'), cut on a UTF-8 character boundary. */
+static inline void sn_trigger_name(const sn_watch *w, char name[64])
+{
+    static const char *const ops[] = {"insert", "update", "delete"};
+    const char *parts[4] = {w->schema, w->table, ops[w->op], w->label};
+    uint64_t h = 0;
+    for (int i = 0; i < 4; i++) {
+        char head[32];
+        size_t n = parts[i] ? strlen(parts[i]) : 0;
+        int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
+        h = sn_hash64(head, (size_t)k, h);
+        h = sn_hash64(parts[i] ? parts[i] : "", n, h);
+    }
+    char prefix[34];
+    size_t k = 0, max = 63 - strlen("sqlnotify_") - 1 - strlen(ops[w->op]) - 1 - 12;
+    for (const unsigned char *p = (const unsigned char *)w->table; *p && k < max; p++) {
+        unsigned char ch = *p;
+        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                   ch == '_' || ch >= 0x80;
+        prefix[k++] = keep ? (char)ch : '_';
+    }
+    while (k > 0 && ((unsigned char)w->table[k] & 0xC0) == 0x80)
+        k--; /* never end inside a UTF-8 sequence */
+    prefix[k] = '\0';
+    snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, ops[w->op], (unsigned long long)(h >> 16));
+}
+
 static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
 {
     char buf[1024];

@@ -40,38 +40,6 @@ static const char *const op_sql[] = {"INSERT", "UPDATE", "DELETE"};
 
 /* ===== names ===== */
 
-static uint64_t tuple_hash(const sn_watch *w)
-{
-    const char *parts[4] = {w->schema, w->table, op_names[w->op], w->label};
-    uint64_t h = 0;
-    for (int i = 0; i < 4; i++) {
-        char head[32];
-        size_t n = parts[i] ? strlen(parts[i]) : 0;
-        int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
-        h = sn_hash64(head, (size_t)k, h);
-        h = sn_hash64(parts[i] ? parts[i] : "", n, h);
-    }
-    return h;
-}
-
-/* The table's letters, digits and '_' (others as '_'), cut to fit 63 bytes on a UTF-8
- * character boundary. */
-static void trigger_name(const sn_watch *w, char name[64])
-{
-    char prefix[40];
-    size_t k = 0, max = 63 - strlen("sqlnotify_") - 1 - strlen(op_names[w->op]) - 1 - 12;
-    for (const unsigned char *p = (const unsigned char *)w->table; *p && k < max; p++) {
-        unsigned char ch = *p;
-        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-                   ch >= 0x80;
-        prefix[k++] = keep ? (char)ch : '_';
-    }
-    while (k > 0 && ((unsigned char)w->table[k] & 0xC0) == 0x80)
-        k--;
-    prefix[k] = '\0';
-    snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, op_names[w->op], (unsigned long long)(tuple_hash(w) >> 16));
-}
-
 /* "schema"."table" as Lua's %q writes names, for messages that must match the runtime's. */
 static void lua_quoted(my_sbuf *b, const char *s)
 {
@@ -620,7 +588,7 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     colinfo ci;
     ours_list all = {0};
     int rc = SN_INSTALL_ERROR;
-    trigger_name(w, name);
+    sn_trigger_name(w, name);
     if (my_journal_ensure(c, err, errlen) < 0)
         return SN_INSTALL_ERROR;
     if (load_columns(c, w, &ci, err, errlen) < 0)
@@ -713,7 +681,7 @@ int my_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 {
     char name[64];
     ours_list l;
-    trigger_name(w, name);
+    sn_trigger_name(w, name);
     if (find_ours(c, w->schema, w->table, &l, err, errlen) < 0)
         return -1;
     int rc = 0;
@@ -783,7 +751,7 @@ int my_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 {
     char name[64];
     ours_list l;
-    trigger_name(w, name);
+    sn_trigger_name(w, name);
     if (find_ours(c, w->schema, w->table, &l, err, errlen) < 0)
         return -1;
     int ok = 0;

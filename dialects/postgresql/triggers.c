@@ -55,39 +55,6 @@ static const char *tgtype_op(int t)
 
 /* ===== names ===== */
 
-static uint64_t tuple_hash(const sn_watch *w)
-{
-    const char *parts[4] = {w->schema, w->table, op_names[w->op], w->label};
-    uint64_t h = 0;
-    for (int i = 0; i < 4; i++) {
-        char head[32];
-        size_t n = parts[i] ? strlen(parts[i]) : 0;
-        int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
-        h = sn_hash64(head, (size_t)k, h);
-        h = sn_hash64(parts[i] ? parts[i] : "", n, h);
-    }
-    return h;
-}
-
-/* sqlnotify_<table prefix>_<op>_<12 hex>: the table's letters, digits, '_' and non-ASCII
- * bytes (other bytes as '_'), cut on a character boundary so the whole fits 63 bytes. */
-static void watch_name(const sn_watch *w, char name[64])
-{
-    char prefix[34];
-    size_t k = 0, max = 63 - strlen("sqlnotify_") - 1 - strlen(op_names[w->op]) - 1 - 12;
-    for (const unsigned char *p = (const unsigned char *)w->table; *p && k < max; p++) {
-        unsigned char ch = *p;
-        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                   ch == '_' || ch >= 0x80;
-        prefix[k++] = keep ? (char)ch : '_';
-    }
-    while (k > 0 && ((unsigned char)w->table[k] & 0xC0) == 0x80)
-        k--; /* never end inside a UTF-8 sequence */
-    prefix[k] = '\0';
-    snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, op_names[w->op],
-             (unsigned long long)(tuple_hash(w) >> 16));
-}
-
 /* The first naming: a hash of the channel alone. */
 static void old_name(const sn_watch *w, char name[32])
 {
@@ -440,7 +407,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
     char hex[17];
     pg_sbuf ovf = {0};
     memset(p, 0, sizeof *p);
-    watch_name(w, p->name);
+    sn_trigger_name(w, p->name);
     old_name(w, p->old);
     p->ovf_schema = pg_overflow_schema_for(c, w->schema);
     int ovf_on = w->overflow && !c->consumer; /* the journal takes any size */
@@ -833,7 +800,7 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         sn_seterr(err, errlen, "%s", bad);
         return -1;
     }
-    watch_name(w, name);
+    sn_trigger_name(w, name);
     old_name(w, old);
     /* Only what is there: no DDL (and no lock on the table) when nothing is. */
     static const char sql[] =

@@ -190,37 +190,6 @@ bad:
 
 /* ===== names ===== */
 
-static uint64_t hash_field(uint64_t h, const char *s, int present)
-{
-    uint64_t len = present ? (uint64_t)strlen(s) : UINT64_MAX;
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(len >> (8 * i));
-    h = sn_hash64(b, sizeof b, h);
-    return present ? sn_hash64(s, strlen(s), h) : h;
-}
-
-/* sqlnotify_<table prefix>_<op>_<12 hex of the hash of (schema, table, op, label)>:
- * at most 63 bytes; the hash covers the fields as a tuple, not a joined string. */
-static void trigger_name(const char *schema, const char *table, int op, const char *label,
-                         char out[64])
-{
-    uint64_t h = sn_hash64("sqlnotify", 9, 0);
-    h = hash_field(h, schema ? schema : "main", 1);
-    h = hash_field(h, table, 1);
-    h = hash_field(h, op_names[op], 1);
-    h = hash_field(h, label ? label : "", label != NULL);
-    char prefix[34];
-    size_t n = 0;
-    for (const char *p = table; *p && n < sizeof prefix - 1; p++)
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-            *p == '_')
-            prefix[n++] = *p;
-    prefix[n] = '\0';
-    snprintf(out, 64, "sqlnotify_%s%s%s_%012llx", prefix, n ? "_" : "", op_names[op],
-             (unsigned long long)(h >> 16));
-}
-
 /* The name an older sqlnotify gave the trigger of a channel. */
 static void v1_name(const char *channel, char out[28])
 {
@@ -792,7 +761,7 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
         return SN_INSTALL_ERROR;
     }
     snprintf(mark, sizeof mark, MARKER_PREFIX "%d:%s ", SQL_VERSION, w->marker);
-    trigger_name(w->schema, w->table, w->op, w->label, name);
+    sn_trigger_name(w, name);
     v1_name(w->channel, oldname);
 
     /* The common case, nothing changed, takes no write lock. */
@@ -894,7 +863,7 @@ int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         sn_seterr(err, errlen, "unknown operation %d", w->op);
         return -1;
     }
-    trigger_name(w->schema, w->table, w->op, w->label, names[0]);
+    sn_trigger_name(w, names[0]);
     v1_name(w->channel, names[1]);
     if (sqd_txn_begin(c->db, &nested, why, sizeof why))
         goto fail;
@@ -1066,7 +1035,7 @@ int sqd_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         return -1;
     }
     snprintf(mark, sizeof mark, MARKER_PREFIX "%d:%s ", SQL_VERSION, w->marker);
-    trigger_name(w->schema, w->table, w->op, w->label, name);
+    sn_trigger_name(w, name);
     int found = find_trigger(c->db, name, &sql, &tbl, why, sizeof why);
     if (found < 0) {
         sn_seterr(err, errlen, "cannot look for the %s trigger on table \"%s\" in %s: %s",
