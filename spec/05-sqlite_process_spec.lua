@@ -81,12 +81,6 @@ local function wait_lines(p, k, timeout)
   return p:stdout()
 end
 
-local function stop_host(p)
-  p:kill("TERM")
-  assert.are.equal(0, p:wait())
-  p:assert_clean()
-end
-
 local WRITES = [[
 INSERT INTO items VALUES (1, 'one', 1);
 BEGIN;
@@ -181,8 +175,8 @@ describe("sqlnotify on SQLite across processes", function()
         local want = "ready\n" .. table.concat(EXPECTED, "\n") .. "\n"
         assert.are.equal(want, wait_lines(a, 1 + #EXPECTED), a:stderr())
         assert.are.equal(want, wait_lines(b, 1 + #EXPECTED), b:stderr())
-        stop_host(a)
-        stop_host(b)
+        a:stop()
+        b:stop()
         assert.is_nil(a:stderr():find("error", 1, true), a:stderr())
         assert.is_nil(b:stderr():find("error", 1, true), b:stderr())
       end)
@@ -204,8 +198,8 @@ describe("sqlnotify on SQLite across processes", function()
         }, "\n") .. "\n", wait_lines(early, 5))
         assert.are.equal("ready\ninsert main.items 3 [name=after qty=3]\ndelete main.items 1 [name=before]\n",
           wait_lines(late, 3))
-        stop_host(early)
-        stop_host(late)
+        early:stop()
+        late:stop()
       end)
 
       it("waits for a writer holding the database locked, and loses nothing", function()
@@ -311,7 +305,7 @@ describe("sqlnotify on SQLite across processes", function()
       wait_done(done_b)
       local total = 2 * (150 + 40 + 30)
       local out = wait_lines(p, 1 + total, 30)
-      stop_host(p)
+      p:stop()
 
       -- every expected line exactly once
       local expected = {}

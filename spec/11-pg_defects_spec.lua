@@ -386,7 +386,8 @@ describe("the PostgreSQL driver", function()
       local r = track(raw(url_with(H.pg_url, "application_name=" .. app)))
       assert(r.h:listen("sqlnotify_spec11_c1"))
       -- the statistics view can lag behind a statement that just ran: wait for it
-      local pid, deadline = nil, H.now() + 10
+      local pid
+      local deadline = H.now() + 10
       repeat
         pid = H.psql(fmt([[SELECT pid FROM pg_stat_activity WHERE application_name = '%s'
           AND query LIKE 'LISTEN%%']], app)):match("^(%d+)\n$")

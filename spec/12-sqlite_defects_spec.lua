@@ -137,12 +137,6 @@ describe("SQLite defects", function()
     return p
   end
 
-  local function stop_host(p)
-    p:kill("TERM")
-    assert.are.equal(0, p:wait())
-    p:assert_clean()
-  end
-
   after_each(function()
     for _, n in ipairs(notifiers) do n:close() end
     for _, p in ipairs(procs) do
@@ -488,7 +482,7 @@ describe("SQLite defects", function()
       assert.are.same({ "insert 2 [name=b qty=2]", "insert 3 [name=c qty=3]", "insert 4 [name=d qty=4]" }, got)
       n:stop()
       wait_until(function() return count(n) == 0 end, "the fast reader to prune rows 2 to 4")
-      stop_host(fast)
+      fast:stop()
       assert.are.same({}, readers(n))
     end)
 
@@ -514,7 +508,7 @@ describe("SQLite defects", function()
         end
       end
       assert.is_true(seen, fast:stderr())
-      stop_host(fast)
+      fast:stop()
     end)
 
     it("logs the range of rows removed before it read them, at error level", function()
@@ -543,7 +537,7 @@ describe("SQLite defects", function()
         'error sqlnotify: events lost: row 6 of the change log of SQLite database "' .. path
           .. '" was removed before this reader read it',
       }, errors)
-      stop_host(p)
+      p:stop()
     end)
   end)
 
@@ -566,7 +560,7 @@ describe("SQLite defects", function()
         .. '" was replaced by another file (its inode changed); reopening it'), p:stderr())
       -- the reader registered itself in the new file
       assert.are.equal(tonumber(p.pid) .. "\n", cli(path, "SELECT pid FROM sqlnotify_readers;"))
-      stop_host(p)
+      p:stop()
     end)
   end)
 
@@ -597,7 +591,7 @@ describe("SQLite defects", function()
       end, "the triggers to carry qty again")
       cli(path, "INSERT INTO items (id, name, amount, qty) VALUES (2, 'two', 7, 8); UPDATE items SET qty = 9 WHERE id = 2;")
       assert.are.equal("ready\ninsert 1 [name=one]\ninsert 2 [name=two qty=8]\nupdate 2 [qty=9]\n", wait_lines(p, 4))
-      stop_host(p)
+      p:stop()
     end)
 
     it("leaves a DROP COLUMN of a watched column to SQLite, which refuses it until the triggers are dropped", function()
@@ -630,7 +624,7 @@ describe("SQLite defects", function()
       assert.are.equal("ready\ninsert 1 [name=a qty=1]\ninsert 2 [name=b qty=2]\ninsert 3 [name=c qty=3]\n",
         wait_lines(p, 4))
       assert.are.equal("3\n", cli(path, "SELECT seq FROM sqlnotify_changes;"))
-      stop_host(p)
+      p:stop()
       for _, l in ipairs(log_lines(p)) do assert.is_nil(l:match("^error"), p:stderr()) end
     end)
   end)

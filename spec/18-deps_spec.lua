@@ -37,7 +37,8 @@ describe("tools/deps.sh", function()
   it("installs the test tools as well for make check", function()
     local out = run("check")
     assert.matches("exit=0", out, 1, true)
-    assert.matches("install %-y %-qq lua5%.4 .* lua%-busted luarocks sqlite3 postgresql%-client chromium lua%-cqueues socat libmariadb%-dev mariadb%-client\n$", H.slurp(log))
+    assert.matches("install %-y %-qq lua5%.4 .* lua%-busted luarocks sqlite3 postgresql%-client chromium "
+      .. "lua%-cqueues socat libmariadb%-dev mariadb%-client\n$", H.slurp(log))
   end)
 
   it("refuses an unknown target with a usage line", function()

@@ -414,8 +414,6 @@ end
 
 local function wait_events(p, n, timeout) return p:wait_count(events, n, timeout) end
 
-local function stop(p) p:stop() end
-
 local function fresh(tbl)
   sql(fmt([[DROP TABLE IF EXISTS %s;
     CREATE TABLE %s (id bigint AUTO_INCREMENT PRIMARY KEY, who char(1) NOT NULL, k int NOT NULL);]], tbl, tbl))
@@ -482,7 +480,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       interleaved_writers("s19_w1")
       assert.is_true(wait_events(p, 2000), "events: " .. #events(p) .. "\n" .. p:stderr())
       H.run_for(0.3) -- room for anything that should not come
-      stop(p)
+      p:stop()
       local got = events(p)
       assert.are.equal(2000, #got)
       local seen = tally(got)
@@ -499,7 +497,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       local p = track(reader("s19_w2", "s19_interleaved", "end"))
       interleaved_writers("s19_w2")
       assert.is_true(wait_events(p, 2000), "events: " .. #events(p) .. "\n" .. p:stderr())
-      stop(p)
+      p:stop()
       local got = events(p)
       local seen = tally(got)
       for i = 1, 1000 do
@@ -531,7 +529,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       local got = events(p)
       assert.are.same({ who = "a", k = 1 }, { who = got[51].who, k = got[51].k })
       assert.is_true(got[51].id < got[1].id) -- the lowest id, delivered last
-      stop(p)
+      p:stop()
     end)
   end)
 
@@ -548,7 +546,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       assert.is_true(p:wait_for("lost the journal reader's connection to database \"" .. DB, 10, "err"))
       assert.is_true(p:wait_for("journal reader reconnected to database \"" .. DB, 10, "err"))
       H.run_for(0.2)
-      stop(p)
+      p:stop()
       local ks = {}
       for i, e in ipairs(events(p)) do ks[i] = e.k end
       assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }, ks)
@@ -564,7 +562,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       sql("INSERT INTO s19_c2 (who, k) VALUES ('a', 3), ('a', 4)")
       assert.is_true(wait_events(p, 4))
       H.run_for(0.2)
-      stop(p)
+      p:stop()
       local ks = {}
       for i, e in ipairs(events(p)) do ks[i] = e.k end
       assert.are.same({ 1, 2, 3, 4 }, ks)
@@ -593,7 +591,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       local p = track(reader("s19_d1", "s19_catchup"))
       sql("INSERT INTO s19_d1 (who, k) VALUES ('a', 0)")
       assert.is_true(wait_events(p, 1))
-      stop(p)
+      p:stop()
       local c = consumer("s19_catchup")
       assert.are.equal(0, c.members)
       local inserts = {}
@@ -604,7 +602,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       assert.is_true(wait_events(p, 500))
       assert.are.equal(1, consumer("s19_catchup").members)
       H.run_for(0.2)
-      stop(p)
+      p:stop()
       local got = events(p)
       assert.are.equal(500, #got)
       for i, e in ipairs(got) do assert.are.equal(i, e.k) end
@@ -615,15 +613,15 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       fresh("s19_d2")
       sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 1), ('a', 2)")
       local p0 = track(reader("s19_d2")) -- installs the trigger
-      stop(p0)
+      p0:stop()
       sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 3), ('a', 4)")
       local pe = track(reader("s19_d2", "s19_end", "end"))
       local pb = track(reader("s19_d2", "s19_begin", "beginning"))
       sql("INSERT INTO s19_d2 (who, k) VALUES ('a', 5)")
       assert.is_true(wait_events(pe, 1) and wait_events(pb, 3))
       H.run_for(0.2)
-      stop(pe)
-      stop(pb)
+      pe:stop()
+      pb:stop()
       local function ks(list) local o = {} for i, e in ipairs(list) do o[i] = e.k end return o end
       assert.are.same({ 5 }, ks(events(pe)))
       assert.are.same({ 3, 4, 5 }, ks(events(pb))) -- 1 and 2 came before the trigger
@@ -637,8 +635,8 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       for i = 1, 100 do rows[i] = fmt("('a', %d)", i) end
       sql("INSERT INTO s19_d3 (who, k) VALUES " .. table.concat(rows, ", "))
       assert.is_true(wait_events(p1, 100) and wait_events(p2, 100))
-      stop(p1)
-      stop(p2)
+      p1:stop()
+      p2:stop()
       assert.are.equal(100, #events(p1))
       assert.are.equal(100, #events(p2))
       local names = {}
@@ -668,7 +666,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       sql("INSERT INTO s19_d4 (who, k) VALUES ('a', 2)")
       assert.is_true(p2:wait_for('consumer "s19_group": took over', 20, "err"))
       assert.is_true(wait_events(p2, 1))
-      stop(p2)
+      p2:stop()
       local ks = {}
       for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
       assert.are.same({ 2 }, ks) -- 1 was handled and saved before the first died
@@ -704,7 +702,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       while not all() and H.now() < deadline do H.sleep(0.05) end
       local ok, seen = all()
       assert.is_true(ok, "missing rows after the restart")
-      stop(p2)
+      p2:stop()
       local dup = 0
       for _, c in pairs(seen) do dup = dup + c - 1 end
       print(fmt("\n  kill -9 after %d events; every one of 2000 rows delivered, %d twice", #first, dup))
@@ -719,7 +717,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       local p = track(reader("s19_d6", "s19_gone", "end"))
       sql("INSERT INTO s19_d6 (who, k) VALUES ('a', 1)")
       assert.is_true(wait_events(p, 1))
-      stop(p)
+      p:stop()
       sql([[UPDATE sqlnotify_consumers SET last_seen = last_seen - INTERVAL 8 DAY WHERE name = 's19_gone';
         INSERT INTO s19_d6 (who, k) VALUES ('a', 2), ('a', 3);]])
       local ids = sql("SELECT MIN(id), MAX(id) FROM sqlnotify_journal"):match("(%d+)\t(%d+)")
@@ -730,13 +728,13 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
         return tonumber(sql("SELECT COUNT(*) FROM sqlnotify_journal WHERE created_at < UTC_TIMESTAMP(6)"
           .. " - INTERVAL 5 SECOND"):match("%d+")) == 0
       end, 60))
-      stop(pruner)
+      pruner:stop()
       local p2 = track(reader("s19_d6", "s19_gone"))
       assert.is_true(p2:wait_for('consumer "s19_gone" was away longer than the journal kept its rows: ids %d+ to %d+'
         .. " were pruned before it read them and are not delivered", 20, "err"))
       sql("INSERT INTO s19_d6 (who, k) VALUES ('a', 4)")
       assert.is_true(wait_events(p2, 1))
-      stop(p2)
+      p2:stop()
       local ks = {}
       for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
       assert.are.same({ 4 }, ks)

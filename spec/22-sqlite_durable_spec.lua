@@ -75,8 +75,6 @@ end
 
 local function wait_events(p, n, timeout) return p:wait_count(events, n, timeout) end
 
-local function stop(p) p:stop() end
-
 local function ks(list) return H.pluck(list, "k") end
 
 -- The consumers as the API reports them, by name.
@@ -110,7 +108,7 @@ describe("SQLite durable consumers", function()
     local path = fresh_db()
     setup(path)
     local p = track(reader(path, "catchup"))
-    stop(p)
+    p:stop()
     assert.matches('consumer "catchup" is new: it starts at the end', p:stderr())
     local ins = {}
     for i = 1, 500 do ins[i] = fmt("INSERT INTO items (k) VALUES (%d);", i) end
@@ -122,7 +120,7 @@ describe("SQLite durable consumers", function()
     assert.is_true(wait_events(p, 500))
     assert.are.equal(1, consumers(path).catchup.members)
     H.sleep(0.2)
-    stop(p)
+    p:stop()
     local got = events(p)
     assert.are.equal(500, #got)
     for i, e in ipairs(got) do
@@ -137,15 +135,15 @@ describe("SQLite durable consumers", function()
     local path = fresh_db()
     setup(path)
     local p0 = track(reader(path)) -- live: installs the triggers
-    stop(p0)
+    p0:stop()
     cli(path, "INSERT INTO items (k) VALUES (1); INSERT INTO items (k) VALUES (2);")
     local pe = track(reader(path, "at_end", "end"))
     local pb = track(reader(path, "at_begin", "beginning"))
     cli(path, "INSERT INTO items (k) VALUES (3);")
     assert.is_true(wait_events(pe, 1) and wait_events(pb, 3))
     H.sleep(0.2)
-    stop(pe)
-    stop(pb)
+    pe:stop()
+    pb:stop()
     assert.are.same({ 3 }, ks(events(pe)))
     assert.are.same({ 1, 2, 3 }, ks(events(pb)))
   end)
@@ -192,7 +190,7 @@ describe("SQLite durable consumers", function()
     deadline = H.now() + 60
     while not complete() and H.now() < deadline do H.sleep(0.05) end
     assert.is_true(complete(), "rows missing after the restart")
-    stop(p2)
+    p2:stop()
     local dup = 0
     for _, c in pairs(seen()) do dup = dup + c - 1 end
     local second = events(p2)
@@ -224,13 +222,13 @@ describe("SQLite durable consumers", function()
     for i = 1, 100 do ins[i] = fmt("INSERT INTO items (k) VALUES (%d);", i) end
     cli(path, table.concat(ins, "\n"))
     assert.is_true(wait_events(p1, 100) and wait_events(p2, 100))
-    stop(p1)
+    p1:stop()
     local _, rows = consumers(path)
     assert.are.equal(2, #rows)
     assert.are.same({ "one", "two" }, { rows[1].name, rows[2].name })
     assert.are.same({ 0, 1 }, { rows[1].members, rows[2].members })
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d", rows[1].last_seen)
-    stop(p2)
+    p2:stop()
     assert.are.same(ks(events(p1)), ks(events(p2)))
     assert.are.equal(100, #events(p1))
     -- "one" falls behind: 50 more rows; a live reader with a 0.05 s retention prunes what
@@ -253,7 +251,7 @@ describe("SQLite durable consumers", function()
     local deadline = H.now() + 30
     while logged() > 0 and H.now() < deadline do H.sleep(0.05) end
     assert.are.equal(0, logged())
-    stop(pr)
+    pr:stop()
   end)
 
   it("tells a consumer that was away past its retention which rows it missed", function()
@@ -262,7 +260,7 @@ describe("SQLite durable consumers", function()
     local p = track(reader(path, "gone"))
     cli(path, "INSERT INTO items (k) VALUES (1);")
     assert.is_true(wait_events(p, 1))
-    stop(p)
+    p:stop()
     local pos = tonumber(cli(path, "SELECT position FROM sqlnotify_consumers WHERE name = 'gone';"):match("%d+"))
     cli(path, "UPDATE sqlnotify_consumers SET last_seen = last_seen - 8 * 86400 WHERE name = 'gone';\n"
       .. "INSERT INTO items (k) VALUES (2); INSERT INTO items (k) VALUES (3);")
@@ -270,7 +268,7 @@ describe("SQLite durable consumers", function()
     local pruner = track(reader(path, nil, nil, 0.05))
     local deadline = H.now() + 30
     while cli(path, "SELECT count(*) FROM sqlnotify_changes;") ~= "0\n" and H.now() < deadline do H.sleep(0.05) end
-    stop(pruner)
+    pruner:stop()
     local p2 = track(reader(path, "gone"))
     assert.is_true(p2:wait_for(fmt('consumer "gone" was away longer than the change log of SQLite database "[^"]+" '
       .. "kept its rows: rows %d to %d %%(2 changes%%) were pruned before it read them and are not delivered",
@@ -278,7 +276,7 @@ describe("SQLite durable consumers", function()
     cli(path, "INSERT INTO items (k) VALUES (4);")
     assert.is_true(wait_events(p2, 1))
     H.sleep(0.2)
-    stop(p2)
+    p2:stop()
     assert.are.same({ 4 }, ks(events(p2)))
   end)
 
@@ -300,7 +298,7 @@ describe("SQLite durable consumers", function()
       p1.pid), 20, "err"))
     assert.is_true(wait_events(p2, 1))
     H.sleep(0.2)
-    stop(p2)
+    p2:stop()
     assert.are.same({ 1 }, ks(events(p1)))
     assert.are.same({ 2 }, ks(events(p2))) -- 1 was handled and saved before the first died
   end)
@@ -322,7 +320,7 @@ describe("SQLite durable consumers", function()
     assert.is_true(wait_events(p, 2))
     local by = consumers(path)
     assert.are.equal(1, by.busy.members)
-    stop(p)
+    p:stop()
     assert.are.same({ 1, 2 }, ks(events(p)))
   end)
 
@@ -332,7 +330,7 @@ describe("SQLite durable consumers", function()
     local p = track(reader(path, "ahead"))
     cli(path, "INSERT INTO items (k) VALUES (1);")
     assert.is_true(wait_events(p, 1))
-    stop(p)
+    p:stop()
     cli(path, "UPDATE sqlnotify_consumers SET position = 1000 WHERE name = 'ahead';")
     p = track(reader(path, "ahead"))
     assert.is_true(p:wait_for('consumer "ahead" stands at row 1000, past the end of the change log of SQLite database '
@@ -340,7 +338,7 @@ describe("SQLite durable consumers", function()
     cli(path, "INSERT INTO items (k) VALUES (2);")
     assert.is_true(wait_events(p, 1))
     H.sleep(0.2)
-    stop(p)
+    p:stop()
     assert.are.same({ 2 }, ks(events(p)))
     assert.are.equal("2\n", cli(path, "SELECT position FROM sqlnotify_consumers WHERE name = 'ahead';"))
   end)
@@ -351,12 +349,12 @@ describe("SQLite durable consumers", function()
     local p1 = track(reader(path, "pair"))
     local p2 = track(reader(path, "pair"))
     assert.is_true(p2:wait_for("this one stands by", 10, "err"))
-    stop(p1)
+    p1:stop()
     assert.is_true(p2:wait_for(fmt('consumer "pair": took over from the process that was reading it %%(pid %s, it stopped%%)',
       p1.pid), 20, "err"))
     cli(path, "INSERT INTO items (k) VALUES (7);")
     assert.is_true(wait_events(p2, 1))
-    stop(p2)
+    p2:stop()
     assert.are.same({ 7 }, ks(events(p2)))
   end)
 end)
