@@ -575,7 +575,8 @@ static const sn_dialect *find_dialect(const char *url, luaL_Buffer *b)
     return NULL;
 }
 
-/* core.open(url, {use_logger=, retention=, overflow_schema=, consumer=, start_at=, consumer_retention=})
+/* core.open(url, {use_logger=, retention=, overflow_schema=, consumer=, start_at=, consumer_retention=,
+ *                  shares=, lease=})
  * -> handle | nil, err */
 static int l_open(lua_State *L)
 {
@@ -597,6 +598,12 @@ static int l_open(lua_State *L)
         lua_getfield(L, 2, "consumer_retention");
         if (lua_isnumber(L, -1))
             opt.consumer_retention = lua_tonumber(L, -1);
+        lua_getfield(L, 2, "shares");
+        if (lua_isinteger(L, -1))
+            opt.shares = (int)lua_tointeger(L, -1);
+        lua_getfield(L, 2, "lease");
+        if (lua_isnumber(L, -1))
+            opt.lease = lua_tonumber(L, -1);
     }
     luaL_Buffer b;
     luaL_buffinit(L, &b);

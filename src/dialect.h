@@ -157,6 +157,10 @@ typedef struct sn_options {
                                     beginning (1) or its end (0, the default) */
     double consumer_retention;   /* seconds a consumer that stopped coming holds journal rows
                                     back (default 7 days) */
+    /* Groups (PostgreSQL): processes with one consumer name share its work. */
+    int shares;                  /* shares a new consumer is split into (0: 16); an existing
+                                    consumer refuses another number */
+    double lease;                /* seconds a member holds its shares without renewing (0: 10) */
 } sn_options;
 
 typedef struct sn_conn sn_conn;  /* defined by each driver */

@@ -530,6 +530,8 @@ sn_conn *pg_open(const char *url, struct ev_loop *loop, const sn_sink *sink, con
     c->retention = opt && opt->retention > 0 ? opt->retention : 3600;
     c->consumer_retention = opt && opt->consumer_retention > 0 ? opt->consumer_retention : 7 * 86400.;
     c->start_beginning = opt && opt->start_at_beginning;
+    c->shares = opt && opt->shares > 0 ? opt->shares : 0;
+    c->lease = opt && opt->lease > 0 ? opt->lease : 10.;
     if (opt && opt->consumer && *opt->consumer && (c->consumer = strdup(opt->consumer)) == NULL)
         goto oom;
     if (raw_secrets(c, url) < 0 || url_own_params(c, url, &c->url, err, errlen) < 0)

@@ -4,12 +4,21 @@
  * through the consumer's batches with sqlnotify.fetch() (journal.c). In durable mode it
  * stands in for the live listener (listen/unlisten/stop come here; see driver.c).
  *
- * One statement is in flight at a time: LISTEN after connecting, then fetch (carrying the
- * ack of the page before) or maintain. The handlers' ack is written by the next fetch,
- * sent as soon as the page was handled, so nothing waits on the loop. Wake-ups: the
- * NOTIFY, and a poll timer (10 ms after events flowed, doubling to 250 ms when idle).
+ * Every reader is a member of its consumer's group (issue 13; alone, a group of one): it
+ * reads only the shares it holds. A lease step (sqlnotify.lease) every third of the lease
+ * renews them and balances the group; the member's own clock says when a lease it could not
+ * renew has run out (it stops reading those shares and says so). Acknowledgements name the
+ * shares, their epochs and the batch, so one the server refuses (the shares were taken) or
+ * one sent twice (after a lost connection) changes nothing.
+ *
+ * One statement is in flight at a time: LISTEN after connecting, then lease, maintain or
+ * fetch (carrying the ack of the page before). The handlers' ack is written by the next
+ * statement, sent as soon as the page was handled, so nothing waits on the loop. Wake-ups:
+ * the NOTIFY, and a poll timer (10 ms after events flowed, doubling to 250 ms when idle).
  */
 #include "pg.h"
+
+#include <unistd.h>
 
 #define JR_PAGE "500"
 #define JR_PAGE_N 500
@@ -19,7 +28,7 @@
 #define JR_ROTATE_SECONDS "20"
 
 enum jr_state { JR_OFF, JR_WAITING, JR_CONNECTING, JR_IDLE, JR_BUSY };
-enum jr_query { JQ_NONE, JQ_LISTEN, JQ_FETCH, JQ_MAINTAIN };
+enum jr_query { JQ_NONE, JQ_LISTEN, JQ_LEASE, JQ_FETCH, JQ_MAINTAIN };
 
 struct pg_jr {
     sn_conn *c;
@@ -29,17 +38,36 @@ struct pg_jr {
     ev_timer retry;    /* reconnect backoff, then the attempt's (or the statement's) deadline */
     ev_timer poll;     /* next fetch */
     ev_timer maint;
+    ev_timer lease;    /* every third of the lease: renew, balance, and check it locally */
     double poll_every;
-    int want_fetch, want_maint;
+    int want_fetch, want_maint, want_lease;
     int attempt;
     double lost_at;
-    int64_t acked;     /* last id the handlers finished, not yet written */
+    char member[160];  /* host:pid:random, this process's name in the group */
+    int64_t *epoch;    /* per share: the epoch it is held with, or -1 */
+    int nheld;
+    double lease_sent, lease_ok; /* when the lease step in flight / the last one that worked was sent */
+    /* the ack not yet written: the handlers finished every event up to `acked` of the page of
+     * batch `batch` that covered these shares (held with these epochs) */
+    int64_t acked;
+    int *ack_share;
+    int64_t *ack_epoch;
+    int nack;
+    char *batch;
+    int carried;       /* the statement in flight carries that ack */
     char **chans;
     size_t nchans, cap;
     char *chan_array;  /* the channels as a text[] literal, for fetch */
 };
 
 static void jr_next(struct pg_jr *j);
+
+/* Statements on the reader's connection: within the statement deadline, and within the
+ * lease (a stalled server must not keep a member reading shares it may have lost). */
+static double jr_stmt_deadline(const struct pg_jr *j)
+{
+    return j->c->stmt_timeout < j->c->lease ? j->c->stmt_timeout : j->c->lease;
+}
 
 static void jr_arm(struct pg_jr *j, int events)
 {
@@ -63,6 +91,7 @@ static void jr_disconnect(struct pg_jr *j)
     PQfinish(j->db);
     j->db = NULL;
     j->query = JQ_NONE;
+    j->carried = 0; /* the ack goes again: it is idempotent */
 }
 
 /* Lost or failed: log once per outage, retry with capped exponential backoff. */
@@ -77,7 +106,6 @@ static void jr_lost(struct pg_jr *j, const char *why)
                 j->c->target, msg);
     }
     jr_disconnect(j);
-    j->acked = 0; /* unwritten acks are redelivered: at least once */
     double delay = 0.1 * (1 << (j->attempt < 6 ? j->attempt : 6));
     j->attempt++;
     j->state = JR_WAITING;
@@ -96,23 +124,207 @@ static void jr_connect(struct pg_jr *j)
     jr_deadline(j, j->c->connect_timeout);
 }
 
+/* ===== shares ===== */
+
+/* "{1,2,3}" of ints (or int64s): an array literal for a parameter */
+static void sb_ints(pg_sbuf *b, const int *v, const int64_t *w, int n)
+{
+    pg_sb_add(b, "{");
+    for (int i = 0; i < n; i++)
+        pg_sb_addf(b, i ? ",%lld" : "%lld", v ? (long long)v[i] : (long long)w[i]);
+    pg_sb_add(b, "}");
+}
+
+/* "3, 5, 8" */
+static void sb_share_list(pg_sbuf *b, const int *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        pg_sb_addf(b, i ? ", %d" : "%d", v[i]);
+}
+
+static void jr_ack_clear(struct pg_jr *j)
+{
+    j->acked = 0;
+    j->nack = 0;
+    free(j->batch);
+    j->batch = NULL;
+    j->carried = 0;
+}
+
+/* The page just delivered covered these shares of this batch: its ack names them. */
+static int jr_ack_set(struct pg_jr *j, const int *shares, int n, const char *batch)
+{
+    jr_ack_clear(j);
+    if (n == 0 || batch == NULL)
+        return 0;
+    if ((j->batch = strdup(batch)) == NULL)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        if (shares[i] < 0 || shares[i] >= j->c->nshares || j->epoch[shares[i]] < 0)
+            continue;
+        j->ack_share[j->nack] = shares[i];
+        j->ack_epoch[j->nack] = j->epoch[shares[i]];
+        j->nack++;
+    }
+    return 0;
+}
+
+static void jr_log_shares(struct pg_jr *j, int level, const char *what, const int *v, int n, const char *why)
+{
+    pg_sbuf b = {0};
+    sb_share_list(&b, v, n);
+    if (!b.fail)
+        sn_logf(&j->c->sink, level, "consumer \"%s\": member %s %s share%s %s%s%s", j->c->consumer, j->member, what,
+                n == 1 ? "" : "s", b.p, why ? ": " : "", why ? why : "");
+    free(b.p);
+}
+
+/* Shares refused on acknowledgement: another member holds them now. */
+static void jr_refused(struct pg_jr *j, const int *v, int n)
+{
+    if (n == 0)
+        return;
+    for (int i = 0; i < n; i++)
+        if (v[i] >= 0 && v[i] < j->c->nshares && j->epoch[v[i]] >= 0) {
+            j->epoch[v[i]] = -1;
+            j->nheld--;
+        }
+    jr_log_shares(j, SN_LOG_ERROR, "lost", v, n,
+                  "its acknowledgement was refused, another member holds them now and delivers their last "
+                  "page again");
+}
+
+/* The member's clock: a lease it could not renew in time is gone. */
+static void jr_check_lease(struct pg_jr *j)
+{
+    int n = j->c->nshares, k = 0;
+    if (j->nheld == 0 || pg_clock() - j->lease_ok <= j->c->lease)
+        return;
+    int *v = malloc((size_t)n * sizeof *v);
+    for (int s = 0; s < n; s++)
+        if (j->epoch[s] >= 0) {
+            if (v)
+                v[k++] = s;
+            j->epoch[s] = -1;
+        }
+    j->nheld = 0;
+    char why[160];
+    snprintf(why, sizeof why, "no lease renewal for %.1f s (lease %g s): another member may take them",
+             pg_clock() - j->lease_ok, j->c->lease);
+    if (v)
+        jr_log_shares(j, SN_LOG_ERROR, "lost", v, k, why);
+    free(v);
+}
+
+/* The lease step's answer: the member's shares now, and what moved. */
+static void jr_lease_result(struct pg_jr *j, PGresult *res)
+{
+    int n = j->c->nshares, rows = PQntuples(res), nref = 0, nrel = 0, nlost = 0, took = 0;
+    int64_t *now = malloc((size_t)n * sizeof *now);
+    int *ref = malloc((size_t)(n + 1) * sizeof *ref), *rel = malloc((size_t)(n + 1) * sizeof *rel);
+    if (now == NULL || ref == NULL || rel == NULL) {
+        free(now), free(ref), free(rel);
+        sn_logf(&j->c->sink, SN_LOG_ERROR, "out of memory reading the lease of consumer \"%s\"", j->c->consumer);
+        return;
+    }
+    for (int s = 0; s < n; s++)
+        now[s] = -1;
+    for (int i = 0; i < rows; i++) {
+        int s = atoi(PQgetvalue(res, i, 0));
+        if (s < 0 || s >= n)
+            continue;
+        const char *note = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+        if (!PQgetisnull(res, i, 1))
+            now[s] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        else if (note && strcmp(note, "refused") == 0)
+            ref[nref++] = s;
+        else if (note && strcmp(note, "released") == 0)
+            rel[nrel++] = s;
+    }
+    jr_refused(j, ref, nref);
+    /* claims, one line per reason */
+    for (int i = 0; i < rows; i++) {
+        int s = atoi(PQgetvalue(res, i, 0));
+        if (s < 0 || s >= n || PQgetisnull(res, i, 1) || PQgetisnull(res, i, 2) || now[s] < 0 || j->epoch[s] >= 0)
+            continue;
+        const char *why = PQgetvalue(res, i, 2);
+        int k = 0;
+        for (int i2 = i; i2 < rows; i2++) {
+            int s2 = atoi(PQgetvalue(res, i2, 0));
+            if (s2 >= 0 && s2 < n && !PQgetisnull(res, i2, 1) && !PQgetisnull(res, i2, 2) && j->epoch[s2] < 0 &&
+                strcmp(PQgetvalue(res, i2, 2), why) == 0) {
+                ref[k++] = s2;
+                j->epoch[s2] = now[s2]; /* marks it reported */
+            }
+        }
+        jr_log_shares(j, SN_LOG_INFO, "took", ref, k, why);
+        took += k;
+    }
+    if (nrel > 0)
+        jr_log_shares(j, SN_LOG_INFO, "gave up", rel, nrel, "to balance the group");
+    for (int s = 0; s < n; s++) /* held before, neither kept nor released: taken meanwhile */
+        if (j->epoch[s] >= 0 && now[s] < 0) {
+            int gone = 0;
+            for (int i = 0; i < nrel; i++)
+                gone |= rel[i] == s;
+            if (!gone)
+                ref[nlost++] = s;
+        }
+    if (nlost > 0)
+        jr_log_shares(j, SN_LOG_ERROR, "lost", ref, nlost, "another member took them");
+    int nback = 0; /* given up for lost by its own clock, but nobody took them */
+    for (int i = 0; i < rows; i++) {
+        int s = atoi(PQgetvalue(res, i, 0));
+        if (s >= 0 && s < n && now[s] >= 0 && PQgetisnull(res, i, 2) && j->epoch[s] < 0)
+            ref[nback++] = s;
+    }
+    if (nback > 0)
+        jr_log_shares(j, SN_LOG_WARN, "holds again", ref, nback, "nobody took them meanwhile");
+    j->nheld = 0;
+    for (int s = 0; s < n; s++) {
+        j->epoch[s] = now[s];
+        j->nheld += now[s] >= 0;
+    }
+    free(now), free(ref), free(rel);
+    if (took > 0 || j->nheld > 0)
+        j->want_fetch = 1;
+}
+
 static int jr_send(struct pg_jr *j, int query)
 {
     int ok;
     if (query == JQ_LISTEN) {
         ok = PQsendQuery(j->db, "LISTEN \"" PG_JOURNAL_CHANNEL "\"");
-    } else if (query == JQ_FETCH) {
-        char acked[32];
-        snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
-        const char *vals[3] = {j->c->consumer, acked, j->chan_array ? j->chan_array : "{}"};
-        ok = PQsendQueryParams(j->db, "SELECT id, channel, payload FROM sqlnotify.fetch($1, $2, $3, " JR_PAGE ")",
-                               3, NULL, vals, NULL, NULL, 0);
-    } else {
+    } else if (query == JQ_MAINTAIN) {
         char ret[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
         const char *vals[1] = {ret};
         ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
                                NULL, 0);
+    } else {
+        char acked[32], lease[32];
+        pg_sbuf sh = {0}, ep = {0};
+        snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
+        snprintf(lease, sizeof lease, "%.3f", j->c->lease);
+        sb_ints(&sh, j->ack_share, NULL, j->nack);
+        sb_ints(&ep, NULL, j->ack_epoch, j->nack);
+        if (sh.fail || ep.fail) {
+            ok = 0;
+        } else if (query == JQ_LEASE) {
+            const char *vals[7] = {j->c->consumer, j->member, lease, sh.p, ep.p, j->batch ? j->batch : "", acked};
+            ok = PQsendQueryParams(j->db, "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7)", 7, NULL,
+                                   vals, NULL, NULL, 0);
+            j->lease_sent = pg_clock();
+        } else {
+            const char *vals[7] = {j->c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked,
+                                   j->chan_array ? j->chan_array : "{}"};
+            ok = PQsendQueryParams(j->db,
+                                   "SELECT * FROM sqlnotify.fetch($1, $2, $3, $4, $5, $6, $7, " JR_PAGE ")", 7,
+                                   NULL, vals, NULL, NULL, 0);
+        }
+        free(sh.p);
+        free(ep.p);
+        j->carried = ok && j->acked > 0;
     }
     if (!ok) {
         jr_lost(j, PQerrorMessage(j->db));
@@ -120,38 +332,62 @@ static int jr_send(struct pg_jr *j, int query)
     }
     j->query = query;
     j->state = JR_BUSY;
-    jr_deadline(j, j->c->stmt_timeout);
+    jr_deadline(j, query == JQ_LISTEN ? j->c->stmt_timeout : jr_stmt_deadline(j));
     jr_arm(j, PQflush(j->db) == 1 ? EV_READ | EV_WRITE : EV_READ);
     return 0;
 }
 
-/* Hand a page to the runtime; it acks (pg_jr_ack) what its handlers finished. 1 when the
- * connection was closed from a handler. */
+/* Hand a page to the runtime; it acks (pg_jr_ack) what its handlers finished. The page's
+ * rows without an id say which shares it covered ('G', with the batch) and which acks were
+ * refused ('R'). 1 when the connection was closed from a handler. */
 static int jr_deliver(struct pg_jr *j, PGresult *res)
 {
     sn_conn *c = j->c;
-    int n = PQntuples(res);
-    sn_event *ev = malloc((size_t)(n > 0 ? n : 1) * sizeof *ev);
-    if (ev == NULL) {
+    int rows = PQntuples(res), n = 0, ng = 0, nr = 0;
+    const char *batch = NULL;
+    sn_event *ev = malloc((size_t)(rows > 0 ? rows : 1) * sizeof *ev);
+    int *group = malloc((size_t)(rows > 0 ? rows : 1) * sizeof *group);
+    int *ref = malloc((size_t)(rows > 0 ? rows : 1) * sizeof *ref);
+    if (ev == NULL || group == NULL || ref == NULL) {
+        free(ev), free(group), free(ref);
         sn_logf(&c->sink, SN_LOG_ERROR, "out of memory: a page of the journal is read again");
         return 0;
     }
-    for (int i = 0; i < n; i++) {
-        ev[i].seq = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-        ev[i].channel = PQgetvalue(res, i, 1);
-        ev[i].payload = PQgetvalue(res, i, 2);
-        ev[i].payload_len = (size_t)PQgetlength(res, i, 2);
+    for (int i = 0; i < rows; i++) {
+        if (PQgetisnull(res, i, 1)) {
+            const char *kind = PQgetvalue(res, i, 2);
+            if (kind[0] == 'G') {
+                group[ng++] = atoi(PQgetvalue(res, i, 0));
+                batch = PQgetvalue(res, i, 3);
+            } else {
+                ref[nr++] = atoi(PQgetvalue(res, i, 0));
+            }
+            continue;
+        }
+        ev[n].seq = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        ev[n].channel = PQgetvalue(res, i, 2);
+        ev[n].payload = PQgetvalue(res, i, 3);
+        ev[n].payload_len = (size_t)PQgetlength(res, i, 3);
+        n++;
     }
-    c->depth++;
-    c->sink.deliver(c->sink.ud, ev, (size_t)n);
-    c->depth--;
-    free(ev);
-    if (c->dead) {
-        if (c->depth == 0)
-            pg_conn_free(c);
-        return 1;
+    jr_refused(j, ref, nr);
+    int closed = 0;
+    if (jr_ack_set(j, group, ng, batch) < 0) {
+        sn_logf(&c->sink, SN_LOG_ERROR, "out of memory: a page of the journal is read again");
+        n = 0;
     }
-    return 0;
+    if (n > 0) {
+        c->depth++;
+        c->sink.deliver(c->sink.ud, ev, (size_t)n);
+        c->depth--;
+        if (c->dead) {
+            if (c->depth == 0)
+                pg_conn_free(c);
+            closed = 1;
+        }
+    }
+    free(ev), free(group), free(ref);
+    return closed;
 }
 
 static void jr_result(struct pg_jr *j)
@@ -162,7 +398,7 @@ static void jr_result(struct pg_jr *j)
         ExecStatusType st = PQresultStatus(res);
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !*why)
             snprintf(why, sizeof why, "%s", PQresultErrorMessage(res));
-        if (st == PGRES_TUPLES_OK && j->query == JQ_FETCH && page == NULL)
+        if (st == PGRES_TUPLES_OK && (j->query == JQ_FETCH || j->query == JQ_LEASE) && page == NULL)
             page = res;
         else
             PQclear(res);
@@ -181,6 +417,8 @@ static void jr_result(struct pg_jr *j)
         jr_lost(j, why);
         return;
     }
+    if (j->carried && (query == JQ_FETCH || query == JQ_LEASE))
+        jr_ack_clear(j); /* written, or refused (reported below) */
     if (query == JQ_LISTEN && j->lost_at > 0) {
         double outage = pg_clock() - j->lost_at;
         j->lost_at = 0;
@@ -202,16 +440,26 @@ static void jr_result(struct pg_jr *j)
     }
     j->attempt = 0;
     if (query == JQ_LISTEN)
-        j->want_fetch = 1;
+        j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
+    if (query == JQ_LEASE) {
+        j->lease_ok = j->lease_sent;
+        jr_lease_result(j, page);
+        PQclear(page);
+    }
     if (query == JQ_FETCH) {
-        j->acked = 0; /* written by that fetch */
-        int n = page ? PQntuples(page) : 0;
-        if (n > 0) {
+        int n = 0;
+        for (int i = 0; page && i < PQntuples(page); i++)
+            n += !PQgetisnull(page, i, 1);
+        if (n > 0 || (page && PQntuples(page) > 0)) {
             sn_conn *c = j->c;
             int closed = jr_deliver(j, page);
             PQclear(page);
             if (closed || c->jr != j)
                 return;
+        } else {
+            PQclear(page);
+        }
+        if (n > 0) {
             j->poll_every = JR_POLL_MIN;
             if (n >= JR_PAGE_N) {
                 j->want_fetch = 1; /* a full page: read on at once (the fetch writes the ack) */
@@ -221,7 +469,6 @@ static void jr_result(struct pg_jr *j)
                 ev_timer_start(j->c->loop, &j->poll);
             }
         } else {
-            PQclear(page);
             ev_timer_stop(j->c->loop, &j->poll);
             ev_timer_set(&j->poll, j->poll_every, 0.);
             ev_timer_start(j->c->loop, &j->poll);
@@ -231,15 +478,19 @@ static void jr_result(struct pg_jr *j)
     jr_next(j);
 }
 
-/* Nothing in flight: send what is wanted, maintenance first. */
+/* Nothing in flight: send what is wanted, the lease first. A member without shares only
+ * renews (its acknowledgement, if one is left, rides the lease step). */
 static void jr_next(struct pg_jr *j)
 {
     if (j->state != JR_IDLE)
         return;
-    if (j->want_maint) {
+    if (j->want_lease) {
+        j->want_lease = 0;
+        jr_send(j, JQ_LEASE);
+    } else if (j->want_maint) {
         j->want_maint = 0;
         jr_send(j, JQ_MAINTAIN);
-    } else if (j->want_fetch) {
+    } else if (j->want_fetch && j->nheld > 0) {
         j->want_fetch = 0;
         ev_timer_stop(j->c->loop, &j->poll);
         jr_send(j, JQ_FETCH);
@@ -322,6 +573,18 @@ static void jr_maint_cb(struct ev_loop *loop, ev_timer *w, int revents)
     jr_next(j);
 }
 
+static void jr_lease_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct pg_jr *j = w->data;
+    jr_check_lease(j);
+    if (j->state == JR_OFF || j->state == JR_WAITING || j->state == JR_CONNECTING)
+        return; /* the reconnect asks for the lease first thing */
+    j->want_lease = 1;
+    jr_next(j);
+}
+
 /* '{"a","b"}' with every channel quoted for an array literal */
 static int jr_chan_array(struct pg_jr *j)
 {
@@ -346,6 +609,57 @@ static int jr_chan_array(struct pg_jr *j)
     return 0;
 }
 
+static void jr_free(struct pg_jr *j)
+{
+    for (size_t i = 0; i < j->nchans; i++)
+        free(j->chans[i]);
+    free(j->chans);
+    free(j->chan_array);
+    free(j->epoch);
+    free(j->ack_share);
+    free(j->ack_epoch);
+    free(j->batch);
+    free(j);
+}
+
+static struct pg_jr *jr_new(sn_conn *c)
+{
+    struct pg_jr *j = calloc(1, sizeof *j);
+    int n = c->nshares;
+    if (j == NULL)
+        return NULL;
+    j->epoch = malloc((size_t)n * sizeof *j->epoch);
+    j->ack_share = malloc((size_t)n * sizeof *j->ack_share);
+    j->ack_epoch = malloc((size_t)n * sizeof *j->ack_epoch);
+    if (j->epoch == NULL || j->ack_share == NULL || j->ack_epoch == NULL) {
+        jr_free(j);
+        return NULL;
+    }
+    for (int s = 0; s < n; s++)
+        j->epoch[s] = -1;
+    char host[64] = "";
+    if (gethostname(host, sizeof host - 1) != 0 || !*host)
+        snprintf(host, sizeof host, "localhost");
+    for (char *p = host; *p; p++) /* the member list's separators never appear in a name */
+        if (*p == '=' || *p == ';' || *p == ',')
+            *p = '_';
+    snprintf(j->member, sizeof j->member, "%s:%d:%04x", host, (int)getpid(),
+             (unsigned)((uint64_t)(pg_clock() * 1e6) ^ (uint64_t)(uintptr_t)j) & 0xffffu);
+    j->c = c;
+    j->poll_every = JR_POLL_MIN;
+    ev_init(&j->io, jr_io_cb);
+    j->io.data = j;
+    ev_init(&j->retry, jr_retry_cb);
+    j->retry.data = j;
+    ev_init(&j->poll, jr_poll_cb);
+    j->poll.data = j;
+    ev_timer_init(&j->maint, jr_maint_cb, 1., JR_MAINTAIN_EVERY);
+    j->maint.data = j;
+    ev_timer_init(&j->lease, jr_lease_cb, c->lease / 3, c->lease / 3);
+    j->lease.data = j;
+    return j;
+}
+
 /* ===== the driver's entry points in durable mode ===== */
 
 int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
@@ -354,18 +668,8 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
     if (j == NULL) {
         if (pg_journal_register(c, err, errlen) < 0)
             return -1;
-        if ((j = calloc(1, sizeof *j)) == NULL)
+        if ((j = jr_new(c)) == NULL)
             goto oom;
-        j->c = c;
-        j->poll_every = JR_POLL_MIN;
-        ev_init(&j->io, jr_io_cb);
-        j->io.data = j;
-        ev_init(&j->retry, jr_retry_cb);
-        j->retry.data = j;
-        ev_init(&j->poll, jr_poll_cb);
-        j->poll.data = j;
-        ev_timer_init(&j->maint, jr_maint_cb, 1., JR_MAINTAIN_EVERY);
-        j->maint.data = j;
         c->jr = j;
     }
     for (size_t i = 0; i < j->nchans; i++)
@@ -386,7 +690,9 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         goto oom;
     if (j->state == JR_OFF) {
         ev_timer_start(c->loop, &j->maint);
+        ev_timer_start(c->loop, &j->lease);
         ev_unref(c->loop); /* housekeeping must not keep the loop alive */
+        ev_unref(c->loop);
         jr_connect(j);
     } else {
         j->want_fetch = 1;
@@ -413,33 +719,33 @@ void pg_jr_unlisten(sn_conn *c, const char *channel)
     }
 }
 
-/* Stop reading; the cursor stays in the database (an unwritten ack is redelivered). */
+/* Stop reading: write the last ack and leave the group, so the other members take the
+ * shares at once (on the control connection, within its deadline). The cursor stays in the
+ * database; when that fails, the lease runs out and an unwritten ack is redelivered. */
 void pg_jr_stop(sn_conn *c)
 {
     struct pg_jr *j = c->jr;
     if (j == NULL)
         return;
-    if (j->acked > 0 && j->state != JR_BUSY) {
-        /* a clean stop writes the last ack (on the control connection, within its deadline)
-         * so a restart does not redeliver the page the handlers finished */
-        char seq[32], state[6] = "", err[256];
-        snprintf(seq, sizeof seq, "%lld", (long long)j->acked);
-        const char *vals[2] = {c->consumer, seq};
-        PQclear(pg_exec(c, &c->ctl,
-                        "UPDATE sqlnotify.consumers SET pos = $2, last_seen = now() WHERE name = $1"
-                        " AND snap_hi IS NOT NULL AND pos < $2",
-                        2, vals, 0, state, err, sizeof err));
-    }
     if (j->state != JR_OFF) {
         jr_disconnect(j);
         ev_ref(c->loop);
+        ev_ref(c->loop);
         ev_timer_stop(c->loop, &j->maint);
+        ev_timer_stop(c->loop, &j->lease);
+        char acked[32], state[6] = "", err[256];
+        pg_sbuf sh = {0}, ep = {0};
+        snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
+        sb_ints(&sh, j->ack_share, NULL, j->nack);
+        sb_ints(&ep, NULL, j->ack_epoch, j->nack);
+        const char *vals[6] = {c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked};
+        if (!sh.fail && !ep.fail)
+            PQclear(pg_exec(c, &c->ctl, "SELECT sqlnotify.leave($1, $2, $3, $4, $5, $6)", 6, vals, 0, state, err,
+                            sizeof err));
+        free(sh.p);
+        free(ep.p);
     }
-    for (size_t i = 0; i < j->nchans; i++)
-        free(j->chans[i]);
-    free(j->chans);
-    free(j->chan_array);
-    free(j);
+    jr_free(j);
     c->jr = NULL;
 }
 

@@ -11,7 +11,12 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 2"
+#define JOURNAL_VERSION "sqlnotify journal 3"
+
+/* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
+#define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
+/* the same inside a format() string */
+#define SHARE_OF_FMT(j, n) "((" j ".hash & 2147483647) %% " n ")"
 
 static const char setup_sql[] =
     "SELECT pg_catalog.pg_advisory_xact_lock(7146359124501207);\n"
@@ -24,6 +29,10 @@ static const char setup_sql[] =
     " created_at timestamptz NOT NULL DEFAULT pg_catalog.now());\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.journal_1 (LIKE sqlnotify.journal_0 INCLUDING DEFAULTS);\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.journal_2 (LIKE sqlnotify.journal_0 INCLUDING DEFAULTS);\n"
+    /* journal 3: the writer's hash of table and key, which places a row in a share */
+    "ALTER TABLE sqlnotify.journal_0 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE sqlnotify.journal_1 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE sqlnotify.journal_2 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
     "CREATE INDEX IF NOT EXISTS journal_0_xid ON sqlnotify.journal_0 (xid);\n"
     "CREATE INDEX IF NOT EXISTS journal_1_xid ON sqlnotify.journal_1 (xid);\n"
     "CREATE INDEX IF NOT EXISTS journal_2_xid ON sqlnotify.journal_2 (xid);\n"
@@ -35,21 +44,46 @@ static const char setup_sql[] =
     /* the wake-up gate: unlogged (no WAL for a timestamp), re-made by maintain() after a crash */
     "CREATE UNLOGGED TABLE IF NOT EXISTS sqlnotify.gate (at timestamptz NOT NULL);\n"
     "INSERT INTO sqlnotify.gate SELECT '-infinity' WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.gate);\n"
+    /* A consumer is a group of members sharing its shares (issue 13): each share has its own
+     * cursor (PgQ's snapshot pair plus the position inside the batch) and a lease (owner,
+     * expiry by the server's clock, and an epoch bumped by every claim that fences the
+     * acknowledgements of a member that lost it). */
     "CREATE TABLE IF NOT EXISTS sqlnotify.consumers (name text PRIMARY KEY,"
-    " snap_lo pg_catalog.pg_snapshot NOT NULL, snap_hi pg_catalog.pg_snapshot, pos bigint NOT NULL DEFAULT 0,"
-    " last_seen timestamptz NOT NULL DEFAULT pg_catalog.now(), pid int,"
+    " last_seen timestamptz NOT NULL DEFAULT pg_catalog.now(),"
     " missed_n bigint NOT NULL DEFAULT 0, missed_lo bigint, missed_hi bigint);\n"
+    "ALTER TABLE sqlnotify.consumers ADD COLUMN IF NOT EXISTS nshares int NOT NULL DEFAULT 16;\n"
+    "CREATE TABLE IF NOT EXISTS sqlnotify.shares (consumer text NOT NULL REFERENCES sqlnotify.consumers"
+    " ON DELETE CASCADE, share int NOT NULL, snap_lo pg_catalog.pg_snapshot NOT NULL,"
+    " snap_hi pg_catalog.pg_snapshot, pos bigint NOT NULL DEFAULT 0, owner text,"
+    " epoch bigint NOT NULL DEFAULT 0, expires timestamptz,"
+    " moved_at timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (consumer, share));\n"
+    "CREATE TABLE IF NOT EXISTS sqlnotify.members (consumer text NOT NULL REFERENCES sqlnotify.consumers"
+    " ON DELETE CASCADE, member text NOT NULL, pid int, expires timestamptz NOT NULL,"
+    " joined timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (consumer, member));\n"
+    /* from journal 2: one cursor per consumer becomes the same cursor in each of 16 shares */
+    "DO $m$ BEGIN\n"
+    "  IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'sqlnotify.consumers'::regclass\n"
+    "             AND attname = 'snap_lo' AND NOT attisdropped) THEN\n"
+    "    INSERT INTO sqlnotify.shares (consumer, share, snap_lo, snap_hi, pos)\n"
+    "      SELECT c.name, s, c.snap_lo, c.snap_hi, c.pos FROM sqlnotify.consumers c,\n"
+    "        pg_catalog.generate_series(0, 15) s ON CONFLICT DO NOTHING;\n"
+    "    ALTER TABLE sqlnotify.consumers DROP COLUMN snap_lo, DROP COLUMN snap_hi, DROP COLUMN pos,\n"
+    "      DROP COLUMN pid;\n"
+    "    DROP FUNCTION IF EXISTS sqlnotify.fetch(text, bigint, text[], int);\n"
+    "    DROP FUNCTION IF EXISTS sqlnotify.register(text, boolean);\n"
+    "  END IF;\n"
+    "END $m$;\n"
 
     /* Called by every durable trigger. A user's write never fails here: the three tables
      * always exist, and a missing state row means table 0. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int) RETURNS void\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE c int;\n"
     "BEGIN\n"
     "  SELECT s.cur INTO c FROM sqlnotify.state s;\n"
-    "  IF c = 1 THEN INSERT INTO sqlnotify.journal_1 (channel, payload) VALUES (p_channel, p_payload);\n"
-    "  ELSIF c = 2 THEN INSERT INTO sqlnotify.journal_2 (channel, payload) VALUES (p_channel, p_payload);\n"
-    "  ELSE INSERT INTO sqlnotify.journal_0 (channel, payload) VALUES (p_channel, p_payload);\n"
+    "  IF c = 1 THEN INSERT INTO sqlnotify.journal_1 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
+    "  ELSIF c = 2 THEN INSERT INTO sqlnotify.journal_2 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
+    "  ELSE INSERT INTO sqlnotify.journal_0 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
     "  END IF;\n"
     /* at most one wake-up per 10 ms; a busy writer skips the locked gate (and NOTIFY's lock) */
     "  PERFORM 1 FROM sqlnotify.gate g WHERE g.at < pg_catalog.clock_timestamp() - interval '10 ms'"
@@ -59,58 +93,165 @@ static const char setup_sql[] =
     "    PERFORM pg_catalog.pg_notify('" PG_JOURNAL_CHANNEL "', '');\n"
     "  END IF;\n"
     "END $f$;\n"
+    /* triggers made for journal 2 (until they are replaced): all their rows in share 0 */
+    "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  SELECT sqlnotify.append(p_channel, p_payload, 0)\n"
+    "$f$;\n"
 
-    /* The next page of a consumer's batch (PgQ's method): the transactions visible in hi but
-     * not in lo, in id order, after pos. p_acked: the last id the handlers finished. The
-     * batch is saved before it is delivered, so a crash redelivers only what was not acked. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_acked bigint, p_chans text[], p_limit int)\n"
-    "RETURNS TABLE (id bigint, channel text, payload text)\n"
+    /* A member's acknowledgement: the handlers finished every event up to p_acked of the page
+     * of batch p_batch (its hi snapshot) that covered p_shares, which it held with p_epochs.
+     * Applied where it still holds them (expired or not: the same epoch means nobody else read
+     * them) and the batch is still the same (a repeated ack changes nothing); the shares it
+     * lost are returned (the member says so; their new owner reads that page again). The
+     * caller has locked the rows. */
+    "CREATE OR REPLACE FUNCTION sqlnotify.ack(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
+    "  p_batch text, p_acked bigint) RETURNS SETOF int\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE lo pg_snapshot; hi pg_snapshot; p bigint; seen timestamptz; n bigint := 0;\n"
-    "  saved boolean; fresh boolean := false;\n"
     "BEGIN\n"
-    "  SELECT c.snap_lo, c.snap_hi, c.pos, c.last_seen INTO lo, hi, p, seen\n"
-    "    FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;\n"
-    "  IF NOT FOUND THEN\n"
-    "    INSERT INTO sqlnotify.consumers (name, snap_lo) VALUES (p_name, pg_current_snapshot())\n"
-    "      ON CONFLICT DO NOTHING;\n"
-    "    RETURN;\n"
-    "  END IF;\n"
-    "  saved := hi IS NOT NULL;\n"
-    "  IF saved AND p_acked > p THEN p := p_acked; END IF;\n"
-    "  FOR r IN 1..2 LOOP\n"
-    "    IF hi IS NULL THEN hi := pg_current_snapshot(); p := 0; fresh := true; END IF;\n"
-    "    RETURN QUERY SELECT j.id, j.channel, j.payload FROM sqlnotify.journal j\n"
-    "      WHERE j.xid >= pg_snapshot_xmin(lo) AND j.xid < pg_snapshot_xmax(hi)\n"
-    "        AND NOT pg_visible_in_snapshot(j.xid, lo) AND pg_visible_in_snapshot(j.xid, hi)\n"
-    "        AND j.id > p AND j.channel = ANY (p_chans)\n"
-    "      ORDER BY j.id LIMIT p_limit;\n"
-    "    GET DIAGNOSTICS n = ROW_COUNT;\n"
-    "    EXIT WHEN n > 0;\n"
-    "    lo := hi; hi := NULL; p := 0;\n"
-    "    EXIT WHEN fresh;\n"
-    "  END LOOP;\n"
-    /* idle polls write nothing (lo may lag a little; the next batch covers it) */
-    "  IF n = 0 AND NOT saved AND seen > clock_timestamp() - interval '2 s' THEN RETURN; END IF;\n"
-    "  UPDATE sqlnotify.consumers c SET snap_lo = lo, snap_hi = hi, pos = p, last_seen = now(),\n"
-    "    pid = pg_backend_pid() WHERE c.name = p_name;\n"
+    "  IF p_acked <= 0 OR COALESCE(cardinality(p_shares), 0) = 0 THEN RETURN; END IF;\n"
+    "  UPDATE sqlnotify.shares s SET pos = p_acked FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
+    "    WHERE s.consumer = p_name AND s.share = x.sh AND s.owner = p_member AND s.epoch = x.ep\n"
+    "      AND s.snap_hi::text = p_batch AND s.pos < p_acked;\n"
+    "  RETURN QUERY SELECT x.sh FROM unnest(p_shares, p_epochs) x(sh, ep) WHERE NOT EXISTS (\n"
+    "    SELECT 1 FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.share = x.sh\n"
+    "      AND s.owner = p_member AND s.epoch = x.ep);\n"
     "END $f$;\n"
 
-    /* A consumer seen for the first time starts at the end (now) or the beginning; one that
-     * comes back is told what maintain() removed while it was away. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.register(p_name text, p_beginning boolean)\n"
-    "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint)\n"
+    /* A member's lease step, every third of the lease: renew what it holds, then balance.
+     * With L live members each should hold ceil(n / L) shares at most: a member over that
+     * releases its highest ones, one under it claims free ones, or ones whose lease expired
+     * or whose owner's session is gone (kill -9 closes it at once). A claim bumps the epoch.
+     * Returns the member's shares: (share, epoch, NULL) kept, (share, epoch, why) claimed,
+     * (share, NULL, 'released'), (share, NULL, 'refused') for an ack it could not apply. */
+    "CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_shares int[],\n"
+    "  p_epochs bigint[], p_batch text, p_acked bigint)\n"
+    "RETURNS TABLE (share int, epoch bigint, note text)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE n bigint; lo bigint; hi bigint;\n"
+    "DECLARE n int; live int; fair int; held int; d interval := make_interval(secs => p_lease);\n"
     "BEGIN\n"
-    "  INSERT INTO sqlnotify.consumers (name, snap_lo) VALUES (p_name,\n"
-    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE pg_current_snapshot() END)\n"
-    "    ON CONFLICT DO NOTHING;\n"
-    "  SELECT c.missed_n, c.missed_lo, c.missed_hi INTO n, lo, hi FROM sqlnotify.consumers c\n"
+    "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;\n"
+    "  IF NOT FOUND THEN RETURN; END IF;\n"
+    "  UPDATE sqlnotify.consumers c SET last_seen = now() WHERE c.name = p_name;\n"
+    "  INSERT INTO sqlnotify.members AS m (consumer, member, pid, expires)\n"
+    "    VALUES (p_name, p_member, pg_backend_pid(), now() + d)\n"
+    "    ON CONFLICT (consumer, member) DO UPDATE SET pid = EXCLUDED.pid, expires = EXCLUDED.expires;\n"
+    "  DELETE FROM sqlnotify.members m WHERE m.consumer = p_name AND m.member <> p_member\n"
+    "    AND (m.expires < now() - d OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid));\n"
+    "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name ORDER BY s.share FOR UPDATE;\n"
+    "  RETURN QUERY SELECT rf, NULL::bigint, 'refused'::text FROM sqlnotify.ack(p_name, p_member, p_shares,\n"
+    "    p_epochs, p_batch, p_acked) rf;\n"
+    "  UPDATE sqlnotify.shares s SET expires = now() + d WHERE s.consumer = p_name AND s.owner = p_member;\n"
+    "  SELECT count(*) INTO live FROM sqlnotify.members m WHERE m.consumer = p_name AND m.expires > now();\n"
+    "  SELECT count(*) INTO held FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.owner = p_member;\n"
+    "  fair := (n + live - 1) / GREATEST(live, 1);\n"
+    "  IF held > fair THEN\n"
+    "    RETURN QUERY UPDATE sqlnotify.shares s SET owner = NULL, expires = NULL\n"
+    "      WHERE s.consumer = p_name AND s.share IN (SELECT s2.share FROM sqlnotify.shares s2\n"
+    "        WHERE s2.consumer = p_name AND s2.owner = p_member ORDER BY s2.share DESC LIMIT held - fair)\n"
+    "      RETURNING s.share, NULL::bigint, 'released'::text;\n"
+    "  END IF;\n"
+    "  RETURN QUERY SELECT s.share, s.epoch, NULL::text FROM sqlnotify.shares s\n"
+    "    WHERE s.consumer = p_name AND s.owner = p_member;\n"
+    "  IF held < fair THEN\n"
+    "    RETURN QUERY WITH cand AS (\n"
+    "      SELECT s.share, s.owner AS was,\n"
+    "        CASE WHEN s.owner IS NULL THEN 'free'\n"
+    "             WHEN s.expires < now() THEN 'its lease expired (member ' || s.owner || ')'\n"
+    "             ELSE 'its member ' || s.owner || ' is gone' END AS why\n"
+    "      FROM sqlnotify.shares s LEFT JOIN sqlnotify.members m ON m.consumer = s.consumer AND m.member = s.owner\n"
+    "      WHERE s.consumer = p_name AND s.owner IS DISTINCT FROM p_member\n"
+    "        AND (s.owner IS NULL OR s.expires < now() OR m.member IS NULL\n"
+    "        OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid))\n"
+    "      ORDER BY s.owner IS NOT NULL, s.share LIMIT fair - held)\n"
+    "    UPDATE sqlnotify.shares s SET owner = p_member, epoch = s.epoch + 1, expires = now() + d\n"
+    "      FROM cand WHERE s.consumer = p_name AND s.share = cand.share\n"
+    "      RETURNING s.share, s.epoch, cand.why;\n"
+    "  END IF;\n"
+    "END $f$;\n"
+
+    /* The next page for a member (PgQ's method, per share): its shares' cursors are grouped
+     * by batch (shares that move together stay together); the first group with rows gives
+     * the page: the transactions visible in hi but not in lo, of those shares, in id order,
+     * after pos. The shares
+     * whose ack was refused as (share, NULL, 'R', NULL). The page's group comes as
+     * (share, NULL, 'G', hi), hi naming the batch for the ack. The batch is saved before it is
+     * delivered, so a crash redelivers only what was not acked. */
+    "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
+    "  p_batch text, p_acked bigint, p_chans text[], p_limit int)\n"
+    "RETURNS TABLE (share int, id bigint, channel text, payload text)\n"
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "DECLARE n int; g record; lo pg_snapshot; hi pg_snapshot; p bigint; got bigint := 0;\n"
+    "  cur pg_snapshot := pg_current_snapshot(); saved boolean; fresh boolean;\n"
+    "BEGIN\n"
+    "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name;\n"
+    "  IF NOT FOUND THEN RETURN; END IF;\n"
+    "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name\n"
+    "    AND (s.owner = p_member OR s.share = ANY (p_shares)) ORDER BY s.share FOR UPDATE;\n"
+    "  RETURN QUERY SELECT rf, NULL::bigint, 'R'::text, NULL::text\n"
+    "    FROM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked) rf;\n"
+    "  FOR g IN SELECT (array_agg(s.snap_lo))[1] AS lo, (array_agg(s.snap_hi))[1] AS hi, s.pos AS p,\n"
+    "      array_agg(s.share ORDER BY s.share) AS sh, min(s.moved_at) AS moved\n"
+    "    FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.owner = p_member AND s.expires > now()\n"
+    "    GROUP BY s.snap_lo::text, s.snap_hi::text, s.pos\n"
+    "    ORDER BY (array_agg(s.snap_hi))[1] IS NULL, min(s.share)\n"
+    "  LOOP\n"
+    "    lo := g.lo; hi := g.hi; p := g.p; saved := hi IS NOT NULL; fresh := false;\n"
+    "    FOR r IN 1..2 LOOP\n"
+    "      IF hi IS NULL THEN hi := cur; p := 0; fresh := true; END IF;\n"
+    "      RETURN QUERY SELECT " SHARE_OF("j", "n") ", j.id, j.channel, j.payload FROM sqlnotify.journal j\n"
+    "        WHERE j.xid >= pg_snapshot_xmin(lo) AND j.xid < pg_snapshot_xmax(hi)\n"
+    "          AND NOT pg_visible_in_snapshot(j.xid, lo) AND pg_visible_in_snapshot(j.xid, hi)\n"
+    "          AND j.id > p AND j.channel = ANY (p_chans) AND " SHARE_OF("j", "n") " = ANY (g.sh)\n"
+    "        ORDER BY j.id LIMIT p_limit;\n"
+    "      GET DIAGNOSTICS got = ROW_COUNT;\n"
+    "      EXIT WHEN got > 0;\n"
+    "      lo := hi; hi := NULL; p := 0;\n"
+    "      EXIT WHEN fresh;\n"
+    "    END LOOP;\n"
+    /* idle polls write nothing (lo may lag a little; the next batch covers it) */
+    "    IF got > 0 OR saved OR g.moved < now() - interval '2 s' THEN\n"
+    "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now()\n"
+    "        WHERE s.consumer = p_name AND s.share = ANY (g.sh);\n"
+    "    END IF;\n"
+    "    IF got > 0 THEN\n"
+    "      RETURN QUERY SELECT x, NULL::bigint, 'G'::text, hi::text FROM unnest(g.sh) x;\n"
+    "      RETURN;\n"
+    "    END IF;\n"
+    "  END LOOP;\n"
+    "END $f$;\n"
+
+    /* A consumer seen for the first time starts at the end (now) or the beginning, with
+     * p_shares shares; one that comes back is told what maintain() removed while it was away.
+     * Returns its share count (a different one asked for is refused by the caller). */
+    "CREATE OR REPLACE FUNCTION sqlnotify.register(p_name text, p_beginning boolean, p_shares int)\n"
+    "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint, nshares int)\n"
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "DECLARE n bigint; lo bigint; hi bigint; k int;\n"
+    "BEGIN\n"
+    "  INSERT INTO sqlnotify.consumers (name, nshares)\n"
+    "    VALUES (p_name, CASE WHEN p_shares > 0 THEN p_shares ELSE 16 END) ON CONFLICT DO NOTHING;\n"
+    "  SELECT c.missed_n, c.missed_lo, c.missed_hi, c.nshares INTO n, lo, hi, k FROM sqlnotify.consumers c\n"
     "    WHERE c.name = p_name FOR UPDATE;\n"
+    "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo) SELECT p_name, s,\n"
+    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE pg_current_snapshot() END\n"
+    "    FROM generate_series(0, k - 1) s ON CONFLICT DO NOTHING;\n"
     "  UPDATE sqlnotify.consumers c SET last_seen = now(), missed_n = 0, missed_lo = NULL, missed_hi = NULL\n"
     "    WHERE c.name = p_name;\n"
-    "  RETURN QUERY SELECT n, lo, hi;\n"
+    "  RETURN QUERY SELECT n, lo, hi, k;\n"
+    "END $f$;\n"
+
+    /* A member that stops cleanly leaves its shares to the others at once. */
+    "CREATE OR REPLACE FUNCTION sqlnotify.leave(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
+    "  p_batch text, p_acked bigint) RETURNS void\n"
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "BEGIN\n"
+    "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name\n"
+    "    AND (s.owner = p_member OR s.share = ANY (p_shares)) ORDER BY s.share FOR UPDATE;\n"
+    "  PERFORM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked);\n"
+    "  UPDATE sqlnotify.shares s SET owner = NULL, expires = NULL WHERE s.consumer = p_name AND s.owner = p_member;\n"
+    "  DELETE FROM sqlnotify.members m WHERE m.consumer = p_name AND m.member = p_member;\n"
+    "  UPDATE sqlnotify.consumers c SET last_seen = now() WHERE c.name = p_name;\n"
     "END $f$;\n"
 
     /* Truncate what nobody holds (a consumer not seen for p_retention holds nothing: what it
@@ -122,7 +263,8 @@ static const char setup_sql[] =
     "  INSERT INTO sqlnotify.gate SELECT '-infinity' WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.gate);\n"
     "  SELECT s.cur, s.switched_at INTO v_cur, sw FROM sqlnotify.state s FOR UPDATE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
-    /* consumers before journal tables, the order fetch() takes them in: no deadlock */
+    /* consumers before journal tables: lease() takes them first too, fetch() takes neither
+     * before the journal (and a cursor only moves forward: an older one is the safe one) */
     "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
@@ -133,15 +275,17 @@ static const char setup_sql[] =
     "      EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', t);\n"
     "    EXCEPTION WHEN lock_not_available THEN CONTINUE;\n"
     "    END;\n"
-    "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s j, sqlnotify.consumers c WHERE c.last_seen >='\n"
-    "      ' now() - make_interval(secs => $1) AND NOT pg_visible_in_snapshot(j.xid, c.snap_lo))', t)\n"
+    "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s j, sqlnotify.consumers c, sqlnotify.shares s'\n"
+    "      ' WHERE c.last_seen >= now() - make_interval(secs => $1) AND s.consumer = c.name'\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo))', t)\n"
     "      INTO busy USING p_retention;\n"
     "    CONTINUE WHEN busy;\n"
     "    EXECUTE format('UPDATE sqlnotify.consumers c SET missed_n = c.missed_n + m.n,'\n"
     "      ' missed_lo = LEAST(c.missed_lo, m.lo), missed_hi = GREATEST(c.missed_hi, m.hi)'\n"
     "      ' FROM (SELECT c2.name, count(*) AS n, min(j.id) AS lo, max(j.id) AS hi FROM %s j,'\n"
-    "      ' sqlnotify.consumers c2 WHERE NOT pg_visible_in_snapshot(j.xid, c2.snap_lo) GROUP BY c2.name) m'\n"
-    "      ' WHERE m.name = c.name', t);\n"
+    "      ' sqlnotify.consumers c2, sqlnotify.shares s WHERE s.consumer = c2.name'\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c2.nshares") " AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo)'\n"
+    "      ' GROUP BY c2.name) m WHERE m.name = c.name', t);\n"
     "    EXECUTE format('TRUNCATE %s', t);\n"
     "  END LOOP;\n"
     "  IF sw < now() - make_interval(secs => p_rotate) THEN\n"
@@ -152,17 +296,29 @@ static const char setup_sql[] =
     "  END IF;\n"
     "END $f$;\n"
 
-    /* lag: rows the consumer has not passed; members: its reader's session is alive */
-    "CREATE OR REPLACE FUNCTION sqlnotify.consumer_list()\n"
-    "RETURNS TABLE (name text, lag_events bigint, lag_seconds float8, members int, last_seen text)\n"
+    /* lag: rows a share's cursor has not passed; members: live ones, with the shares they hold
+     * ("member=0,1,2;member=3,4") */
+    "DROP FUNCTION IF EXISTS sqlnotify.consumer_list();\n"
+    "CREATE FUNCTION sqlnotify.consumer_list()\n"
+    "RETURNS TABLE (name text, lag_events bigint, lag_seconds float8, members int, last_seen text,\n"
+    "  nshares int, holders text)\n"
     "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "  SELECT c.name, count(j.id), COALESCE(extract(epoch FROM now() - min(j.created_at)), 0)::float8,\n"
-    "    (c.pid IS NOT NULL AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.pid))::int,\n"
-    "    to_char(c.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')\n"
-    "  FROM sqlnotify.consumers c LEFT JOIN sqlnotify.journal j\n"
-    "    ON NOT pg_visible_in_snapshot(j.xid, c.snap_lo)\n"
-    "   AND NOT (c.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, c.snap_hi) AND j.id <= c.pos)\n"
-    "  GROUP BY c.name, c.pid, c.last_seen ORDER BY c.name\n"
+    "  SELECT c.name, (SELECT count(*) FROM sqlnotify.journal j JOIN sqlnotify.shares s\n"
+    "      ON s.consumer = c.name AND s.share = " SHARE_OF("j", "c.nshares") "\n"
+    "      WHERE NOT pg_visible_in_snapshot(j.xid, s.snap_lo)\n"
+    "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)),\n"
+    "    COALESCE((SELECT extract(epoch FROM now() - min(j.created_at)) FROM sqlnotify.journal j\n"
+    "      JOIN sqlnotify.shares s ON s.consumer = c.name AND s.share = " SHARE_OF("j", "c.nshares") "\n"
+    "      WHERE NOT pg_visible_in_snapshot(j.xid, s.snap_lo)\n"
+    "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)),\n"
+    "      0)::float8,\n"
+    "    (SELECT count(*) FROM sqlnotify.members m WHERE m.consumer = c.name AND m.expires > now()\n"
+    "      AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid))::int,\n"
+    "    to_char(c.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), c.nshares,\n"
+    "    (SELECT string_agg(o.owner || '=' || o.list, ';' ORDER BY o.owner) FROM (SELECT s.owner,\n"
+    "      string_agg(s.share::text, ',' ORDER BY s.share) AS list FROM sqlnotify.shares s\n"
+    "      WHERE s.consumer = c.name AND s.owner IS NOT NULL GROUP BY s.owner) o)\n"
+    "  FROM sqlnotify.consumers c ORDER BY c.name\n"
     "$f$;\n"
     "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n"
     "COMMENT ON SCHEMA sqlnotify IS '" JOURNAL_VERSION "';\n";
@@ -209,19 +365,33 @@ int pg_journal_ensure(sn_conn *c, char *err, size_t errlen)
     return journal_ensure(c, err, errlen);
 }
 
-/* Registers the consumer (start_at applies to a new one) and logs, at error level, what was
- * removed while it was away. */
+/* Registers the consumer (start_at and shares apply to a new one), refuses a share count
+ * other than its own, and logs, at error level, what was removed while it was away. */
 int pg_journal_register(sn_conn *c, char *err, size_t errlen)
 {
-    char state[6] = "";
+    char state[6] = "", shares[16];
     if (journal_ensure(c, err, errlen) < 0)
         return -1;
-    const char *vals[2] = {c->consumer, c->start_beginning ? "t" : "f"};
-    PGresult *res =
-        pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2)", 2, vals, PG_RETRY, state, err, errlen);
+    snprintf(shares, sizeof shares, "%d", c->shares);
+    const char *vals[3] = {c->consumer, c->start_beginning ? "t" : "f", shares};
+    PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3)", 3, vals, PG_RETRY, state,
+                            err, errlen);
     if (res == NULL)
         return -1;
-    if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+    int k = PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 3)) : 0;
+    if (k <= 0 || (c->shares > 0 && k != c->shares)) {
+        if (k > 0)
+            sn_seterr(err, errlen,
+                      "consumer \"%s\" has %d shares, not %d: the number changes only by draining (stop its "
+                      "writers, let it catch up, n:drop_consumer(\"%s\"), then start it with shares = %d)",
+                      c->consumer, k, c->shares, c->consumer, c->shares);
+        else
+            sn_seterr(err, errlen, "consumer \"%s\" could not be registered", c->consumer);
+        PQclear(res);
+        return -1;
+    }
+    c->nshares = k;
+    if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
         sn_logf(&c->sink, SN_LOG_ERROR,
                 "consumer \"%s\" was away longer than the journal kept its rows: %s events (ids %s to %s) "
                 "were removed before it read them and are not delivered",
@@ -249,8 +419,8 @@ int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
     if (none < 0)
         return -1;
     PGresult *res = pg_exec(c, &c->ctl,
-                            none ? "SELECT NULL::text, 0, 0, 0, NULL::text WHERE false"
-                                 : "SELECT name, lag_events, lag_seconds, members, last_seen"
+                            none ? "SELECT NULL::text, 0, 0, 0, NULL::text, 0, NULL::text WHERE false"
+                                 : "SELECT name, lag_events, lag_seconds, members, last_seen, nshares, holders"
                                    " FROM sqlnotify.consumer_list()",
                             0, NULL, PG_RETRY, state, err, errlen);
     if (res == NULL)

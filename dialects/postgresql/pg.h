@@ -113,6 +113,9 @@ struct sn_conn {
     char *consumer;
     int start_beginning;
     double consumer_retention;
+    int shares;              /* asked for (0: the consumer's own, 16 for a new one) */
+    int nshares;             /* the consumer's, once registered */
+    double lease;            /* seconds a member's shares stay its own without a renewal */
     int journal_ready;
     struct pg_jr *jr;        /* the journal reader, once listening */
 

@@ -357,7 +357,11 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "  PERFORM ");
     pg_sb_add(b, durable ? "sqlnotify.append(" : "pg_catalog.pg_notify(");
     pg_sb_quote(b, db, w->channel, 0);
-    pg_sb_add(b, ", sn_p);\n  RETURN NULL;\nEND");
+    /* durable: the hash of table and key that places the row in a consumer's share (a row
+     * without a key: of its payload) */
+    pg_sb_add(b, durable ? ", sn_p, pg_catalog.hashtext(COALESCE(sn_k::text, sn_p)) # TG_RELID::int);\n"
+                           "  RETURN NULL;\nEND"
+                         : ", sn_p);\n  RETURN NULL;\nEND");
 }
 
 static void sb_list(pg_sbuf *b, const char *const *cols, int n)

@@ -242,7 +242,7 @@ end
 local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
   verify_interval = true, nulls = true, overflow_schema = true,
-  consumer = true, start_at = true, consumer_retention = true,
+  consumer = true, start_at = true, consumer_retention = true, shares = true, lease = true,
 }
 
 local DEFAULT_VERIFY_INTERVAL = 60 -- seconds between two checks that our triggers are still ours
@@ -268,6 +268,15 @@ function M.notifier(opts)
   if opts.consumer_retention ~= nil and (type(opts.consumer_retention) ~= "number" or opts.consumer_retention <= 0) then
     fail(2, "consumer_retention must be a number of seconds above zero")
   end
+  if opts.shares ~= nil and (math.type(opts.shares) ~= "integer" or opts.shares < 1 or opts.shares > 1024) then
+    fail(2, "shares must be a whole number from 1 to 1024")
+  end
+  if opts.lease ~= nil and (type(opts.lease) ~= "number" or not (opts.lease >= 0.5 and opts.lease <= 3600)) then
+    fail(2, "lease must be a number of seconds from 0.5 to 3600")
+  end
+  for _, k in ipairs({ "shares", "lease" }) do
+    if opts[k] ~= nil and opts.consumer == nil then fail(2, "%s applies to a consumer: set consumer too", k) end
+  end
   if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" then
     fail(2, "start_at must be \"end\" or \"beginning\", got %s",
       type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
@@ -284,9 +293,15 @@ function M.notifier(opts)
   -- core.open raises on a URL it cannot use: report that at the caller's line too.
   local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
     overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at,
-    consumer_retention = opts.consumer_retention })
+    consumer_retention = opts.consumer_retention, shares = opts.shares, lease = opts.lease })
   if not ok then error(one_line(h), 2) end
   if not h then return nil, err end
+  if (opts.shares ~= nil or opts.lease ~= nil) and h:dialect() ~= "postgresql" then
+    local dialect = h:dialect()
+    h:close()
+    fail(2, "shares and lease apply to PostgreSQL consumers; on %s a second process with the same consumer "
+      .. "waits as a standby", dialect)
+  end
   local self = setmetatable({
     _h = h,
     dialect_name = h:dialect(),
@@ -915,14 +930,27 @@ function Notifier:notify(t, op, payload, opts)
   return self._h:notify(w.channel, text, overflow)
 end
 
---- n:consumers() -> { {name=, lag_events=, lag_seconds=, members=, last_seen=}, ... } | nil, message
+-- "m1=0,1,2;m2=3" -> { m1 = {0, 1, 2}, m2 = {3} }
+local function holders(text)
+  local out = {}
+  for member, list in (text or ""):gmatch("([^;]+)=([%d,]+)") do
+    local shares = {}
+    for k in list:gmatch("%d+") do shares[#shares + 1] = math.tointeger(tonumber(k)) end
+    out[member] = shares
+  end
+  return out
+end
+
+--- n:consumers() -> { {name=, lag_events=, lag_seconds=, members=, last_seen=[, shares=, holders=]}, ... }
+---   | nil, message   (shares and holders on PostgreSQL: member -> the shares it holds)
 function Notifier:consumers()
   check_notifier(self, 2)
   local rows, err = self._h:consumers()
   if not rows then return nil, err end
   for i, r in ipairs(rows) do
     rows[i] = { name = r[1], lag_events = math.tointeger(tonumber(r[2])), lag_seconds = tonumber(r[3]),
-      members = math.tointeger(tonumber(r[4])), last_seen = r[5] }
+      members = math.tointeger(tonumber(r[4])), last_seen = r[5],
+      shares = r[6] and math.tointeger(tonumber(r[6])) or nil, holders = r[6] and holders(r[7]) or nil }
   end
   return rows
 end
