@@ -304,31 +304,7 @@ describe("the PostgreSQL driver", function()
   end)
 
   describe("deadlines (issue 10 #6, #15)", function()
-    -- socat forwarding to the server, which can be made to stop answering (SIGSTOP: its
-    -- connections stay open, nothing moves) and to answer again.
-    local function proxy()
-      local port = 21000 + math.random(0, 8999)
-      local pidfile = H.tmpfile(".pid")
-      assert(H.sh(fmt("socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:5432 >/dev/null 2>&1 "
-        .. "</dev/null & echo $! >%s", port, q(pidfile))))
-      local p = { port = port }
-      local deadline = H.now() + 5
-      repeat
-        p.pid = H.slurp(pidfile):match("%d+")
-      until (p.pid and H.sh(fmt("psql -X -q -Atc 'select 1' %s >/dev/null 2>&1",
-          q(fmt("postgresql://root@127.0.0.1:%d/%s", port, DB))))) or H.now() > deadline
-      assert(p.pid, "socat did not start")
-      local function signal(sig)
-        H.sh(fmt("kill -%s %s; for c in $(pgrep -P %s); do kill -%s $c; done", sig, p.pid, p.pid, sig))
-      end
-      function p.stall() signal("STOP") end
-      function p.resume() signal("CONT") end
-      function p.stop()
-        signal("CONT")
-        H.sh(fmt("for c in $(pgrep -P %s); do kill $c; done; kill %s", p.pid, p.pid))
-      end
-      return p
-    end
+    local function proxy() return H.pg_proxy(DB) end
 
     it("refuses a bad sqlnotify_statement_timeout, and libpq never sees the parameter", function()
       local _, err = sqlnotify.notifier{ url = url_with(H.pg_url, "sqlnotify_statement_timeout=soon"), use_logger = false }

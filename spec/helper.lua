@@ -154,6 +154,33 @@ function H.run_for(seconds)
   t:stop()
 end
 
+-- A TCP proxy (socat) in front of the PostgreSQL server, for database db, that can be made
+-- to stop answering (SIGSTOP: its connections stay open, nothing moves) and to answer again.
+-- p.port, p.stall(), p.resume(), p.stop(); p.command(sig): the shell command that signals it.
+function H.pg_proxy(db)
+  local port = 21000 + math.random(0, 8999)
+  local pidfile = tmpfile(".pid")
+  assert(H.sh(string.format("socat TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork TCP:127.0.0.1:5432 >/dev/null 2>&1 "
+    .. "</dev/null & echo $! >%s", port, q(pidfile))))
+  local p = { port = port }
+  local deadline = H.now() + 5
+  repeat
+    p.pid = slurp(pidfile):match("%d+")
+  until (p.pid and H.sh(string.format("psql -X -q -Atc 'select 1' %s >/dev/null 2>&1",
+      q(string.format("postgresql://root@127.0.0.1:%d/%s", port, db))))) or H.now() > deadline
+  assert(p.pid, "socat did not start")
+  function p.command(sig)
+    return string.format("kill -%s %s; for c in $(pgrep -P %s); do kill -%s $c; done", sig, p.pid, p.pid, sig)
+  end
+  function p.stall() H.sh(p.command("STOP")) end
+  function p.resume() H.sh(p.command("CONT")) end
+  function p.stop()
+    p.resume()
+    H.sh(string.format("for c in $(pgrep -P %s); do kill $c; done; kill %s", p.pid, p.pid))
+  end
+  return p
+end
+
 -- ===== the real binary =====
 
 local Proc = {}

@@ -169,9 +169,17 @@ static int jr_ack_set(struct pg_jr *j, const int *shares, int n, const char *bat
     return 0;
 }
 
-static void jr_log_shares(struct pg_jr *j, int level, const char *what, const int *v, int n, const char *why)
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* One line naming shares v (sorted here). */
+static void jr_log_shares(struct pg_jr *j, int level, const char *what, int *v, int n, const char *why)
 {
     pg_sbuf b = {0};
+    qsort(v, (size_t)n, sizeof *v, cmp_int);
     sb_share_list(&b, v, n);
     if (!b.fail)
         sn_logf(&j->c->sink, level, "consumer \"%s\": member %s %s share%s %s%s%s", j->c->consumer, j->member, what,
@@ -180,7 +188,7 @@ static void jr_log_shares(struct pg_jr *j, int level, const char *what, const in
 }
 
 /* Shares refused on acknowledgement: another member holds them now. */
-static void jr_refused(struct pg_jr *j, const int *v, int n)
+static void jr_refused(struct pg_jr *j, int *v, int n)
 {
     if (n == 0)
         return;
