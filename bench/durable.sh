@@ -101,6 +101,27 @@ DUR=$(tps dur)
 DUR_N=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
 wait_lines "$DUR_N"
 LOADED=$(p50 201 "$DUR_N")
+
+# A million events through the journal, read as they come; then what is left of the journal
+# once the reader caught up and rotation went round (a switch every 20 s, maintenance every 5 s).
+say "a million events: 20 commits of 50,000 rows, then the journal's size until it is truncated"
+BEFORE=$(lines)
+psql -q "$URL" -c "DO \$\$ BEGIN FOR i IN 1..20 LOOP INSERT INTO $S.dur (v) SELECT g FROM generate_series(1, 50000) g;
+  COMMIT; END LOOP; END \$\$" >/dev/null
+i=0
+while [ "$(lines)" -lt $((BEFORE + 1000000)) ]; do
+  i=$((i + 1)); [ $i -lt 3600 ] || die "the host handled $(($(lines) - BEFORE)) of a million events"; sleep 0.05
+done
+journal() { psql -Atq "$URL" -c "SELECT count(*), pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+  FROM pg_class c, (SELECT count(*) FROM sqlnotify.journal) n(count) WHERE c.relnamespace = 'sqlnotify'::regnamespace
+  AND c.relname ~ '^journal_[012]\$' GROUP BY n.count" | sed 's/|/ rows, /'; }
+PEAK=$(journal)
+i=0
+while [ "$(journal | cut -d' ' -f1)" != 0 ] && [ $i -lt 90 ]; do i=$((i + 1)); sleep 1; done
+MILLION_AFTER=$(journal)
+MILLION_WAIT=$i
+MILLION_DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables
+  WHERE schemaname = 'sqlnotify' AND relname ~ '^journal_'")
 # the writers' cost alone: the same durable table with the host (the reader) stopped
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 DUR_OFF=$(tps dur)
@@ -118,3 +139,5 @@ printf '  %-28s %10s tps  %5s x  (target >= 0.80)\n' "durable (journal)" "$DUR" 
 printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \
   "$IDLE" "$LOADED"
 printf '  journal rows now %s, dead tuples in schema sqlnotify %s\n' "$JROWS" "$DEAD"
+printf '  a million events: journal %s when the reader caught up; %s %s s later; dead tuples in the journal %s\n' \
+  "$PEAK" "$MILLION_AFTER" "$MILLION_WAIT" "$MILLION_DEAD"
