@@ -10,7 +10,6 @@ local core = require("sqlnotify.core")
 
 local S = "spec11"
 local fmt = string.format
-local q = H.shell_quote
 local DB = H.pg_url:match("/([^/?]+)$") or H.pg_url:match("/([^/?]+)%?")
 -- Roles are the cluster's, not the database's: named for this file, dropped after it.
 local OWNER, OTHER = "sn_pg_spec11_owner", "sn_pg_spec11_other"

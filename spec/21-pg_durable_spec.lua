@@ -82,13 +82,7 @@ describe("PostgreSQL durable mode", function()
   end)
   before_each(function() admin = H.pg_notifier() end)
   after_each(function()
-    for _, p in ipairs(procs) do
-      if not p:exited() then p:kill("KILL") p:wait() end
-    end
-    procs = {}
-    for _, c in ipairs(assert(admin:consumers())) do
-      if c.name:find("^s21_") then admin:drop_consumer(c.name) end
-    end
+    H.reap(procs, admin, "s21_")
     admin:close()
   end)
 

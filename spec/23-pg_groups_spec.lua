@@ -72,13 +72,7 @@ describe("PostgreSQL groups", function()
   teardown(function() H.drop_schema(S) end)
   before_each(function() admin = H.pg_notifier() end)
   after_each(function()
-    for _, p in ipairs(procs) do
-      if not p:exited() then p:kill("KILL") p:wait() end
-    end
-    procs = {}
-    for _, c in ipairs(assert(admin:consumers())) do
-      if c.name:find("^s23_") then admin:drop_consumer(c.name) end
-    end
+    H.reap(procs, admin, "s23_")
     admin:close()
   end)
 

@@ -274,6 +274,18 @@ function Proc:wait_count(list, n, timeout)
   return #list(self) >= n
 end
 
+-- After a durable spec's test: kill -9 what is left of the hosts in procs (emptying the list),
+-- then drop the consumers whose names start with prefix, through notifier n.
+function H.reap(procs, n, prefix)
+  for _, p in ipairs(procs) do
+    if not p:exited() then p:kill("KILL") p:wait() end
+  end
+  for i = #procs, 1, -1 do procs[i] = nil end
+  for _, c in ipairs(assert(n:consumers())) do
+    if c.name:sub(1, #prefix) == prefix then n:drop_consumer(c.name) end
+  end
+end
+
 -- One field of every table in a list: pluck({{k = 1}, {k = 2}}, "k") is {1, 2}.
 function H.pluck(list, field)
   local out = {}
