@@ -239,6 +239,11 @@ static void jr_lease_result(struct pg_jr *j, PGresult *res)
         now[s] = -1;
     for (int i = 0; i < rows; i++) {
         int s = atoi(PQgetvalue(res, i, 0));
+        if (s == -1) /* sqlnotify.lease() made the consumer again */
+            sn_logf(&j->c->sink, SN_LOG_ERROR,
+                    "consumer \"%s\" was dropped while member %s was reading it; it starts again at the end of "
+                    "the journal (what was committed in between is not delivered)",
+                    j->c->consumer, j->member);
         if (s < 0 || s >= n)
             continue;
         const char *note = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
@@ -310,17 +315,19 @@ static int jr_send(struct pg_jr *j, int query)
         ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
                                NULL, 0);
     } else {
-        char acked[32], lease[32];
+        char acked[32], lease[32], nshares[16];
         pg_sbuf sh = {0}, ep = {0};
         snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
         snprintf(lease, sizeof lease, "%.3f", j->c->lease);
+        snprintf(nshares, sizeof nshares, "%d", j->c->nshares);
         sb_ints(&sh, j->ack_share, NULL, j->nack);
         sb_ints(&ep, NULL, j->ack_epoch, j->nack);
         if (sh.fail || ep.fail) {
             ok = 0;
         } else if (query == JQ_LEASE) {
-            const char *vals[7] = {j->c->consumer, j->member, lease, sh.p, ep.p, j->batch ? j->batch : "", acked};
-            ok = PQsendQueryParams(j->db, "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7)", 7, NULL,
+            const char *vals[8] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
+                                   acked};
+            ok = PQsendQueryParams(j->db, "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)", 8, NULL,
                                    vals, NULL, NULL, 0);
             j->lease_sent = pg_clock();
         } else {

@@ -124,14 +124,19 @@ static const char setup_sql[] =
      * or whose owner's session is gone (kill -9 closes it at once). A claim bumps the epoch.
      * Returns the member's shares: (share, epoch, NULL) kept, (share, epoch, why) claimed,
      * (share, NULL, 'released'), (share, NULL, 'refused') for an ack it could not apply. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_shares int[],\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,\n"
+    "  p_shares int[],\n"
     "  p_epochs bigint[], p_batch text, p_acked bigint)\n"
     "RETURNS TABLE (share int, epoch bigint, note text)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n int; live int; fair int; held int; d interval := make_interval(secs => p_lease);\n"
     "BEGIN\n"
     "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;\n"
-    "  IF NOT FOUND THEN RETURN; END IF;\n"
+    "  IF NOT FOUND THEN\n" /* dropped under its members: it starts again, at the end */
+    "    PERFORM sqlnotify.register(p_name, false, p_nshares);\n"
+    "    SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;\n"
+    "    RETURN QUERY SELECT -1, NULL::bigint, 'registered'::text;\n"
+    "  END IF;\n"
     "  UPDATE sqlnotify.consumers c SET last_seen = now() WHERE c.name = p_name;\n"
     "  INSERT INTO sqlnotify.members AS m (consumer, member, pid, expires)\n"
     "    VALUES (p_name, p_member, pg_backend_pid(), now() + d)\n"
