@@ -110,7 +110,7 @@ psql -q "$URL" -c "DO \$\$ BEGIN FOR i IN 1..20 LOOP INSERT INTO $S.dur (v) SELE
   COMMIT; END LOOP; END \$\$" >/dev/null
 i=0
 while [ "$(lines)" -lt $((BEFORE + 1000000)) ]; do
-  i=$((i + 1)); [ $i -lt 3600 ] || die "the host handled $(($(lines) - BEFORE)) of a million events"; sleep 0.05
+  i=$((i + 1)); [ $i -lt 1200 ] || die "the host handled $(($(lines) - BEFORE)) of a million events"; sleep 0.5
 done
 journal() { psql -Atq "$URL" -c "SELECT count(*), pg_size_pretty(sum(pg_total_relation_size(c.oid)))
   FROM pg_class c, (SELECT count(*) FROM sqlnotify.journal) n(count) WHERE c.relnamespace = 'sqlnotify'::regnamespace
