@@ -112,7 +112,7 @@ i=0
 while [ "$(lines)" -lt $((BEFORE + 1000000)) ]; do
   i=$((i + 1)); [ $i -lt 1200 ] || die "the host handled $(($(lines) - BEFORE)) of a million events"; sleep 0.5
 done
-journal() { psql -Atq "$URL" -c "SELECT count(*), pg_size_pretty(sum(pg_total_relation_size(c.oid)))
+journal() { psql -Atq "$URL" -c "SELECT n.count, pg_size_pretty(sum(pg_total_relation_size(c.oid)))
   FROM pg_class c, (SELECT count(*) FROM sqlnotify.journal) n(count) WHERE c.relnamespace = 'sqlnotify'::regnamespace
   AND c.relname ~ '^journal_[012]\$' GROUP BY n.count" | sed 's/|/ rows, /'; }
 PEAK=$(journal)
