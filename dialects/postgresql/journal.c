@@ -3,15 +3,18 @@
  * created on first use, and the blocking calls made at the caller's request on the
  * control connection: registering a consumer, consumers(), drop_consumer().
  *
- * The journal is three tables used in turn (PgQ's rotation): writers append to the
- * current one; maintain() TRUNCATEs a table that is not current once every live consumer
- * is past all its rows (checked under an ACCESS EXCLUSIVE lock, so no writer is in the
- * middle of it). The tables are never dropped: a writer that read the old "current" just
- * before a switch still finds its table. Ids come from one sequence (CACHE 1: per-row order).
+ * The journal is three tables used in turn (PgQ's rotation): a row goes to the table of
+ * its id's epoch (id >> 32, table epoch % 3), ids coming from one sequence (CACHE 1: per-row
+ * order), so a writer reads no state row to find the current table: maintain() moves the
+ * sequence to the next epoch to switch. It TRUNCATEs a table that is not current once every
+ * live consumer is past all its rows (checked under an ACCESS EXCLUSIVE lock, so no writer
+ * is in the middle of it). Which table a row lands in never matters for delivery (the reader
+ * reads all three by snapshot), only for how soon a table can be emptied; the tables are
+ * never dropped, so a writer holding an id of the previous epoch still finds its table.
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 3"
+#define JOURNAL_VERSION "sqlnotify journal 4"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -41,9 +44,28 @@ static const char setup_sql[] =
     "CREATE TABLE IF NOT EXISTS sqlnotify.state (one boolean PRIMARY KEY DEFAULT true CHECK (one),"
     " cur int NOT NULL DEFAULT 0, switched_at timestamptz NOT NULL DEFAULT pg_catalog.now());\n"
     "INSERT INTO sqlnotify.state DEFAULT VALUES ON CONFLICT DO NOTHING;\n"
-    /* the wake-up gate: unlogged (no WAL for a timestamp), re-made by maintain() after a crash */
-    "CREATE UNLOGGED TABLE IF NOT EXISTS sqlnotify.gate (at timestamptz NOT NULL);\n"
-    "INSERT INTO sqlnotify.gate SELECT '-infinity' WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.gate);\n"
+    /* journal 4: the current table is the id's epoch; one in state.cur becomes the epoch */
+    "DO $m$ DECLARE e bigint; c int; BEGIN\n"
+    "  SELECT s.cur INTO c FROM sqlnotify.state s;\n"
+    "  SELECT q.last_value >> 32 INTO e FROM sqlnotify.journal_id q;\n"
+    "  IF c IS NOT NULL AND e % 3 <> c THEN\n"
+    "    PERFORM pg_catalog.setval('sqlnotify.journal_id', (e + (c - e % 3 + 3) % 3) << 32, false);\n"
+    "  END IF;\n"
+    "END $m$;\n"
+    /* the wake-up gate: the time (ms) of the last wake-up, in a sequence (read without a
+     * query, set without a row lock); unlogged where the server has them (15+) */
+    "CREATE SEQUENCE IF NOT EXISTS sqlnotify.wake;\n"
+    "DO $m$ BEGIN\n"
+    "  IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN\n"
+    "    EXECUTE 'ALTER SEQUENCE sqlnotify.wake SET UNLOGGED';\n"
+    "  END IF;\n"
+    "END $m$;\n"
+    /* writers append in their own trigger, as themselves: they may add rows, never choose
+     * the transaction id or the time a row carries, nor read, change or remove rows */
+    "GRANT INSERT (id, channel, payload, hash) ON sqlnotify.journal_0, sqlnotify.journal_1,"
+    " sqlnotify.journal_2 TO PUBLIC;\n"
+    "GRANT USAGE ON SEQUENCE sqlnotify.journal_id TO PUBLIC;\n"
+    "GRANT USAGE, UPDATE ON SEQUENCE sqlnotify.wake TO PUBLIC;\n"
     /* A consumer is a group of members sharing its shares (issue 13): each share has its own
      * cursor (PgQ's snapshot pair plus the position inside the batch) and a lease (owner,
      * expiry by the server's clock, and an epoch bumped by every claim that fences the
@@ -74,30 +96,6 @@ static const char setup_sql[] =
     "  END IF;\n"
     "END $m$;\n"
 
-    /* Called by every durable trigger. A user's write never fails here: the three tables
-     * always exist, and a missing state row means table 0. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int) RETURNS void\n"
-    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE c int;\n"
-    "BEGIN\n"
-    "  SELECT s.cur INTO c FROM sqlnotify.state s;\n"
-    "  IF c = 1 THEN INSERT INTO sqlnotify.journal_1 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
-    "  ELSIF c = 2 THEN INSERT INTO sqlnotify.journal_2 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
-    "  ELSE INSERT INTO sqlnotify.journal_0 (channel, payload, hash) VALUES (p_channel, p_payload, p_hash);\n"
-    "  END IF;\n"
-    /* at most one wake-up per 10 ms; a busy writer skips the locked gate (and NOTIFY's lock) */
-    "  PERFORM 1 FROM sqlnotify.gate g WHERE g.at < pg_catalog.clock_timestamp() - interval '10 ms'"
-    " FOR UPDATE SKIP LOCKED;\n"
-    "  IF FOUND THEN\n"
-    "    UPDATE sqlnotify.gate SET at = pg_catalog.clock_timestamp();\n"
-    "    PERFORM pg_catalog.pg_notify('" PG_JOURNAL_CHANNEL "', '');\n"
-    "  END IF;\n"
-    "END $f$;\n"
-    /* triggers made for journal 2 (until they are replaced): all their rows in share 0 */
-    "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
-    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "  SELECT sqlnotify.append(p_channel, p_payload, 0)\n"
-    "$f$;\n"
 
     /* A member's acknowledgement: the handlers finished every event up to p_acked of the page
      * of batch p_batch (its hi snapshot) that covered p_shares, which it held with p_epochs.
@@ -189,7 +187,9 @@ static const char setup_sql[] =
     "DECLARE n int; g record; lo pg_snapshot; hi pg_snapshot; p bigint; got bigint := 0;\n"
     "  cur pg_snapshot := pg_current_snapshot(); saved boolean; fresh boolean;\n"
     "BEGIN\n"
-    "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name;\n"
+    /* the consumer's row first, shared: a lease() (which takes it FOR UPDATE before any share)
+     * and a fetch never hold share rows the other waits for (a deadlock seen under kill -9) */
+    "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR SHARE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
     "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name\n"
     "    AND (s.owner = p_member OR s.share = ANY (p_shares)) ORDER BY s.share FOR UPDATE;\n"
@@ -251,6 +251,7 @@ static const char setup_sql[] =
     "  p_batch text, p_acked bigint) RETURNS void\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "BEGIN\n"
+    "  PERFORM 1 FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;\n"
     "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name\n"
     "    AND (s.owner = p_member OR s.share = ANY (p_shares)) ORDER BY s.share FOR UPDATE;\n"
     "  PERFORM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked);\n"
@@ -263,11 +264,13 @@ static const char setup_sql[] =
      * loses is counted on its row), and switch tables every p_rotate seconds. */
     "CREATE OR REPLACE FUNCTION sqlnotify.maintain(p_retention float8, p_rotate float8) RETURNS void\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE v_cur int; sw timestamptz; t text; busy boolean;\n"
+    "DECLARE v_cur int; e bigint; sw timestamptz; t text; busy boolean;\n"
     "BEGIN\n"
-    "  INSERT INTO sqlnotify.gate SELECT '-infinity' WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.gate);\n"
-    "  SELECT s.cur, s.switched_at INTO v_cur, sw FROM sqlnotify.state s FOR UPDATE;\n"
+    "  SELECT s.switched_at INTO sw FROM sqlnotify.state s FOR UPDATE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
+    /* current: the epoch of the next id handed out */
+    "  SELECT q.last_value >> 32 INTO e FROM sqlnotify.journal_id q;\n"
+    "  v_cur := e % 3;\n"
     /* consumers before journal tables: lease() takes them first too, fetch() takes neither
      * before the journal (and a cursor only moves forward: an older one is the safe one) */
     "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
@@ -296,6 +299,7 @@ static const char setup_sql[] =
     "  IF sw < now() - make_interval(secs => p_rotate) THEN\n"
     "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM sqlnotify.journal_%s)', (v_cur + 1) % 3) INTO busy;\n"
     "    IF NOT busy THEN\n"
+    "      PERFORM pg_catalog.setval('sqlnotify.journal_id', (e + 1) << 32, false);\n"
     "      UPDATE sqlnotify.state SET cur = (v_cur + 1) % 3, switched_at = now();\n"
     "    END IF;\n"
     "  END IF;\n"
@@ -322,8 +326,55 @@ static const char setup_sql[] =
     "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)) lag\n"
     "  ORDER BY c.name\n"
     "$f$;\n"
-    "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n"
-    "COMMENT ON SCHEMA sqlnotify IS '" JOURNAL_VERSION "';\n";
+    "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n";
+
+/* The statements that append one row to the journal, for a plpgsql body that declares
+ * sn_id bigint, sn_h int and sn_ms bigint: the row goes to the table of its id's epoch, and
+ * the reader is woken unless the last wake-up is under 10 ms old, so busy writers skip
+ * NOTIFY and its cluster-wide lock (a far-future gate, set by hand or by a clock stepped
+ * back, is taken as due). The reader polls too: a skipped wake-up costs milliseconds, never
+ * an event. channel is a SQL literal, payload and hash expressions. */
+void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash)
+{
+    pg_sb_add(b, "  sn_id := pg_catalog.nextval('sqlnotify.journal_id');\n  sn_h := ");
+    pg_sb_add(b, hash);
+    pg_sb_add(b, ";\n  CASE (sn_id >> 32) % 3\n");
+    for (int k = 1; k <= 3; k++) {
+        pg_sb_addf(b, k < 3 ? "  WHEN %d THEN\n" : "  ELSE\n", k);
+        pg_sb_addf(b, "    INSERT INTO sqlnotify.journal_%d (id, channel, payload, hash) VALUES (sn_id, ", k % 3);
+        pg_sb_add(b, channel);
+        pg_sb_add(b, ", ");
+        pg_sb_add(b, payload);
+        pg_sb_add(b, ", sn_h);\n");
+    }
+    pg_sb_add(b, "  END CASE;\n"
+                 "  sn_ms := (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint;\n"
+                 "  IF COALESCE(pg_catalog.pg_sequence_last_value('sqlnotify.wake'), 0)"
+                 " NOT BETWEEN sn_ms - 10 AND sn_ms + 60000 THEN\n"
+                 "    PERFORM pg_catalog.setval('sqlnotify.wake', sn_ms), pg_catalog.pg_notify('" PG_JOURNAL_CHANNEL
+                 "', '');\n"
+                 "  END IF;\n");
+}
+
+/* The setup's tail: sqlnotify.append(), which triggers made by earlier versions call until
+ * they are replaced (journal 2's, without a hash, put all their rows in share 0), then the
+ * version mark. */
+static void setup_tail(pg_sbuf *b)
+{
+    pg_sb_add(b, "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int)"
+                 " RETURNS void\n"
+                 "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+                 "DECLARE sn_id bigint; sn_h int; sn_ms bigint;\n"
+                 "BEGIN\n");
+    pg_journal_append_sql(b, "p_channel", "p_payload", "p_hash");
+    pg_sb_add(b, "END $f$;\n"
+                 "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
+                 "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+                 "  SELECT sqlnotify.append(p_channel, p_payload, 0)\n"
+                 "$f$;\n"
+                 "DROP TABLE IF EXISTS sqlnotify.gate;\n"
+                 "COMMENT ON SCHEMA sqlnotify IS '" JOURNAL_VERSION "';\n");
+}
 
 static int journal_ensure(sn_conn *c, char *err, size_t errlen)
 {
@@ -342,6 +393,7 @@ static int journal_ensure(sn_conn *c, char *err, size_t errlen)
         pg_sbuf b = {0};
         pg_sb_add(&b, "BEGIN;\n");
         pg_sb_add(&b, setup_sql);
+        setup_tail(&b);
         pg_sb_add(&b, "COMMIT");
         int rc = b.fail ? -1 : pg_script(c, b.p, state, why, sizeof why);
         free(b.p);

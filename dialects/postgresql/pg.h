@@ -214,6 +214,8 @@ void pg_stop(sn_conn *c);
 /* ===== journal.c, cursor.c (durable mode) ===== */
 
 int pg_journal_ensure(sn_conn *c, char *err, size_t errlen);
+/* journal.c: the plpgsql statements that append one row to the journal (see there) */
+void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash);
 int pg_journal_register(sn_conn *c, char *err, size_t errlen);
 int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
