@@ -220,6 +220,46 @@ describe("PostgreSQL durable mode", function()
     assert.are.same({ 1, 2, 3, 4, 5, 100, 6 }, ks(events(p)))
   end)
 
+  it("takes the rows of a writer with no grants on the journal, which cannot set a row's transaction or time",
+    function()
+    local role = "sn_spec21_writer"
+    local function drop_role()
+      sql(fmt([[DO $$ BEGIN
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = '%s') THEN DROP OWNED BY %s; DROP ROLE %s; END IF;
+      END $$]], role, role, role))
+    end
+    drop_role()
+    fresh("t9")
+    local p = reader("t9", "s21_grants")
+    sql(fmt([[CREATE ROLE %s LOGIN; GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT, INSERT, UPDATE ON %s.t9 TO %s;
+      GRANT USAGE ON SEQUENCE %s.t9_id_seq TO %s;]], role, S, role, S, role, S, role))
+    local url = H.pg_url:gsub("^(postgresql://)[^@/]*@", "%1" .. role .. "@")
+    if url == H.pg_url then url = H.pg_url:gsub("^postgresql://", "postgresql://" .. role .. "@") end
+    local ok, err = pcall(function()
+      H.psql(fmt("INSERT INTO %s.t9 (k) VALUES (1); INSERT INTO %s.t9 (k) VALUES (2);"
+        .. " UPDATE %s.t9 SET k = 3 WHERE k = 1;", S, S, S), url)
+      assert.is_true(wait_events(p, 3), p:stderr())
+      local got = events(p)
+      assert.are.same({ "i", "i", "u" }, H.pluck(got, "op"))
+      assert.are.same({ 1, 2, 3 }, ks(got))
+      -- a journal row with a transaction id of its choosing (one never visible would hold
+      -- every table back forever) or a time of its choosing is refused
+      for _, col in ipairs { "xid", "created_at" } do
+        local okw, why = pcall(H.psql, fmt("INSERT INTO sqlnotify.journal_0 (channel, payload, %s) VALUES"
+          .. " ('sqlnotify_x', '{}', %s)", col, col == "xid" and "'99999999'" or "now()"), url)
+        assert.is_false(okw)
+        assert.matches("permission denied for table journal_0", why)
+      end
+      -- nor may it change or remove rows
+      local okd, whyd = pcall(H.psql, "DELETE FROM sqlnotify.journal_0", url)
+      assert.is_false(okd)
+      assert.matches("permission denied for table journal_0", whyd)
+    end)
+    p:stop()
+    drop_role()
+    assert(ok, err)
+  end)
+
   it("starts a new consumer at the end or at the beginning of the journal", function()
     fresh("t4")
     local p0 = reader("t4", "s21_first") -- installs the triggers
