@@ -271,8 +271,8 @@ static const char setup_sql[] =
     /* current: the epoch of the next id handed out */
     "  SELECT q.last_value >> 32 INTO e FROM sqlnotify.journal_id q;\n"
     "  v_cur := e % 3;\n"
-    /* consumers before journal tables: lease() takes them first too, fetch() takes neither
-     * before the journal (and a cursor only moves forward: an older one is the safe one) */
+    /* consumers before journal tables: lease() and leave() take their consumer's row first
+     * too, fetch() shared (and a cursor only moves forward: an older one is the safe one) */
     "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
