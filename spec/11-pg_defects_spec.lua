@@ -18,10 +18,7 @@ local function url_with(url, param)
   return url .. (url:find("?", 1, true) and "&" or "?") .. param
 end
 
--- The URL as another role (trust on loopback, as the test cluster is set up).
-local function url_as(role)
-  return (H.pg_url:gsub("^(postgresql://)[^@/]*@", "%1"):gsub("^(postgresql://)", "%1" .. role .. "@"))
-end
+local url_as = H.pg_url_as
 
 local function count(sql, url)
   return tonumber(H.psql(sql, url):match("%-?%d+"))

@@ -25,8 +25,7 @@ describe("the README's quick start", function()
     local db = H.psql("SELECT current_database()"):match("[^\n]+")
     H.psql(string.format([[DROP SCHEMA IF EXISTS quickstart CASCADE; DROP ROLE IF EXISTS %s;
       CREATE ROLE %s LOGIN; GRANT CREATE ON DATABASE %s TO %s;]], ROLE, ROLE, db, ROLE))
-    url = H.pg_url:gsub("^(postgresql://)[^@/]*@", "%1" .. ROLE .. "@")
-    if url == H.pg_url then url = H.pg_url:gsub("^postgresql://", "postgresql://" .. ROLE .. "@") end
+    url = H.pg_url_as(ROLE)
   end)
 
   teardown(function()

@@ -233,8 +233,7 @@ describe("PostgreSQL durable mode", function()
     local p = reader("t9", "s21_grants")
     sql(fmt([[CREATE ROLE %s LOGIN; GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT, INSERT, UPDATE ON %s.t9 TO %s;
       GRANT USAGE ON SEQUENCE %s.t9_id_seq TO %s;]], role, S, role, S, role, S, role))
-    local url = H.pg_url:gsub("^(postgresql://)[^@/]*@", "%1" .. role .. "@")
-    if url == H.pg_url then url = H.pg_url:gsub("^postgresql://", "postgresql://" .. role .. "@") end
+    local url = H.pg_url_as(role)
     local ok, err = pcall(function()
       H.psql(fmt("INSERT INTO %s.t9 (k) VALUES (1); INSERT INTO %s.t9 (k) VALUES (2);"
         .. " UPDATE %s.t9 SET k = 3 WHERE k = 1;", S, S, S), url)

@@ -8,6 +8,11 @@ local H = {}
 H.root = os.getenv("PWD") or "."
 H.build = os.getenv("SQLNOTIFY_BUILD") or "build"
 H.pg_url = os.getenv("SQLNOTIFY_TEST_PG_URL") or "postgresql://root@127.0.0.1/test"
+
+-- The test URL as another role (trust on loopback, as the test cluster is set up).
+function H.pg_url_as(role)
+  return (H.pg_url:gsub("^(postgresql://)[^@/]*@", "%1"):gsub("^(postgresql://)", "%1" .. role .. "@"))
+end
 H.host_bin = H.root .. "/" .. H.build .. "/sqlnotify-lua"
 -- e.g. SQLNOTIFY_HOST_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full" to check the host
 H.host_wrapper = os.getenv("SQLNOTIFY_HOST_WRAPPER") and (os.getenv("SQLNOTIFY_HOST_WRAPPER") .. " ") or ""
