@@ -307,7 +307,11 @@ static int jr_send(struct pg_jr *j, int query)
 {
     int ok;
     if (query == JQ_LISTEN) {
-        ok = PQsendQuery(j->db, "LISTEN \"" PG_JOURNAL_CHANNEL "\"");
+        /* The reader's commits (cursor, acks, leases, maintenance) need not wait for the
+         * disk: one lost in a server crash only moves a cursor back, never forward, so it
+         * costs a redelivery, never an event (WAL order keeps a TRUNCATE behind the cursor
+         * writes it relied on). It spares the writers an fsync per page. */
+        ok = PQsendQuery(j->db, "SET synchronous_commit = off; LISTEN \"" PG_JOURNAL_CHANNEL "\"");
     } else if (query == JQ_MAINTAIN) {
         char ret[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
