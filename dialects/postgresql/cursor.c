@@ -26,6 +26,17 @@
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
+#define JR_ABSENT 600.0        /* seconds unseen after which another consumer is named in the log */
+#define JR_ABSENT_REPEAT 3600.0
+
+/* Maintenance, and the other consumers not seen for $3 seconds that still hold rows back
+ * (seen within the retention $1), oldest first, names JSON-quoted for the log. */
+#define JR_MAINTAIN_SQL                                                                                                \
+    "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS "), (SELECT pg_catalog.string_agg("                            \
+    "pg_catalog.to_json(c.name)::text || ' (last seen ' || pg_catalog.to_char(c.last_seen AT TIME ZONE 'UTC',"       \
+    " 'YYYY-MM-DD\"T\"HH24:MI\"Z\"') || ')', ', ' ORDER BY c.last_seen) FROM sqlnotify.consumers c"                  \
+    " WHERE c.name <> $2 AND c.last_seen < pg_catalog.now() - pg_catalog.make_interval(secs => $3)"                   \
+    " AND c.last_seen >= pg_catalog.now() - pg_catalog.make_interval(secs => $1))"
 
 enum jr_state { JR_OFF, JR_WAITING, JR_CONNECTING, JR_IDLE, JR_BUSY };
 enum jr_query { JQ_NONE, JQ_LISTEN, JQ_LEASE, JQ_FETCH, JQ_MAINTAIN };
@@ -47,6 +58,7 @@ struct pg_jr {
     int64_t *epoch;    /* per share: the epoch it is held with, or -1 */
     int nheld;
     double lease_sent, lease_ok; /* when the lease step in flight / the last one that worked was sent */
+    double absent_said; /* when consumers that stopped coming were last named in the log (0: none now) */
     /* the ack not yet written: the handlers finished every event up to `acked` of the page of
      * batch `batch` that covered these shares (held with these epochs) */
     int64_t acked;
@@ -313,11 +325,11 @@ static int jr_send(struct pg_jr *j, int query)
          * writes it relied on). It spares the writers an fsync per page. */
         ok = PQsendQuery(j->db, "SET synchronous_commit = off; LISTEN \"" PG_JOURNAL_CHANNEL "\"");
     } else if (query == JQ_MAINTAIN) {
-        char ret[32];
+        char ret[32], absent[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
-        const char *vals[1] = {ret};
-        ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
-                               NULL, 0);
+        snprintf(absent, sizeof absent, "%.3f", j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT);
+        const char *vals[3] = {ret, j->c->consumer, absent};
+        ok = PQsendQueryParams(j->db, JR_MAINTAIN_SQL, 3, NULL, vals, NULL, NULL, 0);
     } else {
         char acked[32], lease[32], nshares[16];
         pg_sbuf sh = {0}, ep = {0};
@@ -409,6 +421,27 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
     return closed;
 }
 
+/* A consumer that stopped coming keeps every row written since, for as long as the retention
+ * (7 days by default): said at warning level while it lasts, once an hour, so that one left
+ * behind by a trial run is not found only when the disk fills. */
+static void jr_absent(struct pg_jr *j, PGresult *res)
+{
+    if (res == NULL || PQntuples(res) != 1 || PQnfields(res) < 2 || PQgetisnull(res, 0, 1)) {
+        j->absent_said = 0;
+        return;
+    }
+    double now = pg_clock();
+    if (j->absent_said > 0 && now - j->absent_said < JR_ABSENT_REPEAT)
+        return;
+    j->absent_said = now;
+    sn_logf(&j->c->sink, SN_LOG_WARN,
+            "consumers not seen for over %.0f minutes still hold the journal's rows on %s: %s; they keep every "
+            "row written since until they return or consumer_retention (%.0f s) runs out: n:drop_consumer(name) "
+            "releases one that is gone for good",
+            (j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT) / 60, j->c->target, PQgetvalue(res, 0, 1),
+            j->c->consumer_retention);
+}
+
 static void jr_result(struct pg_jr *j)
 {
     PGresult *res, *page = NULL;
@@ -417,7 +450,7 @@ static void jr_result(struct pg_jr *j)
         ExecStatusType st = PQresultStatus(res);
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !*why)
             snprintf(why, sizeof why, "%s", PQresultErrorMessage(res));
-        if (st == PGRES_TUPLES_OK && (j->query == JQ_FETCH || j->query == JQ_LEASE) && page == NULL)
+        if (st == PGRES_TUPLES_OK && j->query != JQ_LISTEN && page == NULL)
             page = res;
         else
             PQclear(res);
@@ -460,6 +493,10 @@ static void jr_result(struct pg_jr *j)
     j->attempt = 0;
     if (query == JQ_LISTEN)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
+    if (query == JQ_MAINTAIN) {
+        jr_absent(j, page);
+        PQclear(page);
+    }
     if (query == JQ_LEASE) {
         j->lease_ok = j->lease_sent;
         jr_lease_result(j, page);
