@@ -58,6 +58,13 @@ end
 
 local function sql(text) return H.psql(text) end
 
+-- A login role of a test's own, and what it owns, gone.
+local function drop_role(role)
+  sql(fmt([[DO $$ BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = '%s') THEN DROP OWNED BY %s; DROP ROLE %s; END IF;
+  END $$]], role, role, role))
+end
+
 -- Rows of this table's channels still in the journal.
 local function journal_rows(tbl)
   return tonumber(sql(fmt("SELECT count(*) FROM sqlnotify.journal WHERE channel LIKE 'sqlnotify_%s_%s_%%'",
@@ -224,12 +231,7 @@ describe("PostgreSQL durable mode", function()
   it("takes the rows of a writer with no grants on the journal, which cannot set a row's transaction or time",
     function()
     local role = "sn_spec21_writer"
-    local function drop_role()
-      sql(fmt([[DO $$ BEGIN
-        IF EXISTS (SELECT FROM pg_roles WHERE rolname = '%s') THEN DROP OWNED BY %s; DROP ROLE %s; END IF;
-      END $$]], role, role, role))
-    end
-    drop_role()
+    drop_role(role)
     fresh("t9")
     local p = reader("t9", "s21_grants")
     sql(fmt([[CREATE ROLE %s LOGIN; GRANT USAGE ON SCHEMA %s TO %s; GRANT SELECT, INSERT, UPDATE ON %s.t9 TO %s;
@@ -256,7 +258,32 @@ describe("PostgreSQL durable mode", function()
       assert.matches("permission denied for table journal_0", whyd)
     end)
     p:stop()
-    drop_role()
+    drop_role(role)
+    assert(ok, err)
+  end)
+
+  it("reads on as a role that may not maintain the journal, and says so once, not at every pass", function()
+    local role = "sn_spec21_reader"
+    drop_role(role)
+    fresh("t14")
+    sql(fmt("CREATE ROLE %s LOGIN; GRANT USAGE, CREATE ON SCHEMA %s TO %s; ALTER TABLE %s.t14 OWNER TO %s;",
+      role, S, role, S, role))
+    local ok, err = pcall(function()
+      local started = H.now()
+      local p = reader("t14", "s21_notowner", nil, H.pg_url_as(role))
+      sql(fmt("INSERT INTO %s.t14 (k) VALUES (1), (2)", S))
+      assert.is_true(wait_events(p, 2), p:stderr())
+      assert.is_true(p:wait_for("journal maintenance failed on [^\n]*permission denied for function maintain;"
+        .. " only the journal's owner may maintain it: rows are removed while a reader of that role runs", 20, "err"),
+        p:stderr())
+      H.sleep(math.max(0, started + 7 - H.now())) -- a pass at 1 s, then every 5 s
+      p:stop()
+      local _, times = p:stderr():gsub("journal maintenance failed", "")
+      assert.are.equal(1, times)
+      assert.are.same({ 1, 2 }, ks(events(p)))
+    end)
+    H.reap(procs, admin, "s21_notowner")
+    drop_role(role)
     assert(ok, err)
   end)
 

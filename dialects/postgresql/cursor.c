@@ -27,19 +27,21 @@
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
 #define JR_ABSENT 600.0        /* seconds unseen after which another consumer is named in the log */
-#define JR_ABSENT_REPEAT 3600.0
+#define JR_ABSENT_EVERY 60.0   /* how often a reader asks */
+#define JR_SAY_AGAIN 3600.0    /* a condition that lasts is logged again after this */
 
-/* Maintenance, and the other consumers not seen for $3 seconds that still hold rows back
- * (seen within the retention $1), oldest first, names JSON-quoted for the log. */
-#define JR_MAINTAIN_SQL                                                                                                \
-    "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS "), (SELECT pg_catalog.string_agg("                            \
-    "pg_catalog.to_json(c.name)::text || ' (last seen ' || pg_catalog.to_char(c.last_seen AT TIME ZONE 'UTC',"       \
-    " 'YYYY-MM-DD\"T\"HH24:MI\"Z\"') || ')', ', ' ORDER BY c.last_seen) FROM sqlnotify.consumers c"                  \
+/* The other consumers not seen for $3 seconds that still hold rows back (seen within the
+ * retention $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
+ * journal's owner); for another the query fails, which is let go. */
+#define JR_ABSENT_SQL                                                                                                  \
+    "SELECT pg_catalog.string_agg(pg_catalog.to_json(c.name)::text || ' (last seen ' ||"                              \
+    " pg_catalog.to_char(c.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI\"Z\"') || ')', ', '"                \
+    " ORDER BY c.last_seen) FROM sqlnotify.consumers c"                                                               \
     " WHERE c.name <> $2 AND c.last_seen < pg_catalog.now() - pg_catalog.make_interval(secs => $3)"                   \
-    " AND c.last_seen >= pg_catalog.now() - pg_catalog.make_interval(secs => $1))"
+    " AND c.last_seen >= pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
 
 enum jr_state { JR_OFF, JR_WAITING, JR_CONNECTING, JR_IDLE, JR_BUSY };
-enum jr_query { JQ_NONE, JQ_LISTEN, JQ_LEASE, JQ_FETCH, JQ_MAINTAIN };
+enum jr_query { JQ_NONE, JQ_LISTEN, JQ_LEASE, JQ_FETCH, JQ_MAINTAIN, JQ_ABSENT };
 
 struct pg_jr {
     sn_conn *c;
@@ -51,14 +53,15 @@ struct pg_jr {
     ev_timer maint;
     ev_timer lease;    /* every third of the lease: renew, balance, and check it locally */
     double poll_every;
-    int want_fetch, want_maint, want_lease;
+    int want_fetch, want_maint, want_lease, want_absent;
     int attempt;
     double lost_at;
     char member[160];  /* host:pid:random, this process's name in the group */
     int64_t *epoch;    /* per share: the epoch it is held with, or -1 */
     int nheld;
     double lease_sent, lease_ok; /* when the lease step in flight / the last one that worked was sent */
-    double absent_said; /* when consumers that stopped coming were last named in the log (0: none now) */
+    double absent_asked, absent_said; /* consumers that stopped coming: last asked, last named (0: none now) */
+    double maint_said;  /* when a maintenance failure was last logged (0: the last pass worked) */
     /* the ack not yet written: the handlers finished every event up to `acked` of the page of
      * batch `batch` that covered these shares (held with these epochs) */
     int64_t acked;
@@ -315,6 +318,13 @@ static void jr_lease_result(struct pg_jr *j, PGresult *res)
         j->want_fetch = 1;
 }
 
+/* seconds unseen after which another consumer counts as having stopped coming: its lease
+ * step (every third of a lease) would have been seen by then */
+static double jr_absent_after(const struct pg_jr *j)
+{
+    return j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT;
+}
+
 static int jr_send(struct pg_jr *j, int query)
 {
     int ok;
@@ -325,11 +335,18 @@ static int jr_send(struct pg_jr *j, int query)
          * writes it relied on). It spares the writers an fsync per page. */
         ok = PQsendQuery(j->db, "SET synchronous_commit = off; LISTEN \"" PG_JOURNAL_CHANNEL "\"");
     } else if (query == JQ_MAINTAIN) {
+        char ret[32];
+        snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
+        const char *vals[1] = {ret};
+        ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
+                               NULL, 0);
+    } else if (query == JQ_ABSENT) {
         char ret[32], absent[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
-        snprintf(absent, sizeof absent, "%.3f", j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT);
+        snprintf(absent, sizeof absent, "%.3f", jr_absent_after(j));
         const char *vals[3] = {ret, j->c->consumer, absent};
-        ok = PQsendQueryParams(j->db, JR_MAINTAIN_SQL, 3, NULL, vals, NULL, NULL, 0);
+        ok = PQsendQueryParams(j->db, JR_ABSENT_SQL, 3, NULL, vals, NULL, NULL, 0);
+        j->absent_asked = pg_clock();
     } else {
         char acked[32], lease[32], nshares[16];
         pg_sbuf sh = {0}, ep = {0};
@@ -426,30 +443,49 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
  * behind by a trial run is not found only when the disk fills. */
 static void jr_absent(struct pg_jr *j, PGresult *res)
 {
-    if (res == NULL || PQntuples(res) != 1 || PQnfields(res) < 2 || PQgetisnull(res, 0, 1)) {
+    if (res == NULL || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         j->absent_said = 0;
         return;
     }
     double now = pg_clock();
-    if (j->absent_said > 0 && now - j->absent_said < JR_ABSENT_REPEAT)
+    if (j->absent_said > 0 && now - j->absent_said < JR_SAY_AGAIN)
         return;
     j->absent_said = now;
     sn_logf(&j->c->sink, SN_LOG_WARN,
             "consumers not seen for over %.0f minutes still hold the journal's rows on %s: %s; they keep every "
             "row written since until they return or consumer_retention (%.0f s) runs out: n:drop_consumer(name) "
             "releases one that is gone for good",
-            (j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT) / 60, j->c->target, PQgetvalue(res, 0, 1),
-            j->c->consumer_retention);
+            jr_absent_after(j) / 60, j->c->target, PQgetvalue(res, 0, 0), j->c->consumer_retention);
+}
+
+/* Housekeeping failed (a lock, a permission): said when it starts failing, then once an hour
+ * while it goes on; reading goes on. */
+static void jr_maint_failed(struct pg_jr *j, const char *why, const char *state)
+{
+    double now = pg_clock();
+    if (j->maint_said > 0 && now - j->maint_said < JR_SAY_AGAIN)
+        return;
+    j->maint_said = now;
+    char msg[512];
+    pg_one_line(msg, sizeof msg, why);
+    sn_logf(&j->c->sink, SN_LOG_ERROR, "journal maintenance failed on %s: %s%s (said once an hour while it lasts)",
+            j->c->target, msg,
+            strcmp(state, "42501") == 0 ? "; only the journal's owner may maintain it: rows are removed while a "
+                                          "reader of that role runs"
+                                        : "");
 }
 
 static void jr_result(struct pg_jr *j)
 {
     PGresult *res, *page = NULL;
-    char why[512] = "";
+    char why[512] = "", state[6] = "";
     while ((res = PQgetResult(j->db)) != NULL) {
         ExecStatusType st = PQresultStatus(res);
-        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !*why)
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !*why) {
+            const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             snprintf(why, sizeof why, "%s", PQresultErrorMessage(res));
+            snprintf(state, sizeof state, "%s", code ? code : "");
+        }
         if (st == PGRES_TUPLES_OK && j->query != JQ_LISTEN && page == NULL)
             page = res;
         else
@@ -459,11 +495,9 @@ static void jr_result(struct pg_jr *j)
     j->query = JQ_NONE;
     j->state = JR_IDLE;
     ev_timer_stop(j->c->loop, &j->retry);
-    if (*why && query == JQ_MAINTAIN && PQstatus(j->db) == CONNECTION_OK) {
-        /* housekeeping failed (a lock, a permission): say so, keep reading */
-        char msg[512];
-        pg_one_line(msg, sizeof msg, why);
-        sn_logf(&j->c->sink, SN_LOG_ERROR, "journal maintenance failed on %s: %s", j->c->target, msg);
+    if (*why && (query == JQ_MAINTAIN || query == JQ_ABSENT) && PQstatus(j->db) == CONNECTION_OK) {
+        if (query == JQ_MAINTAIN)
+            jr_maint_failed(j, why, state);
     } else if (*why) {
         PQclear(page);
         jr_lost(j, why);
@@ -493,10 +527,15 @@ static void jr_result(struct pg_jr *j)
     j->attempt = 0;
     if (query == JQ_LISTEN)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
-    if (query == JQ_MAINTAIN) {
-        jr_absent(j, page);
-        PQclear(page);
+    if (query == JQ_MAINTAIN && !*why) {
+        j->maint_said = 0;
+        if (j->absent_asked == 0 || pg_clock() - j->absent_asked >= JR_ABSENT_EVERY)
+            j->want_absent = 1;
     }
+    if (query == JQ_ABSENT && !*why)
+        jr_absent(j, page);
+    if (query == JQ_MAINTAIN || query == JQ_ABSENT)
+        PQclear(page);
     if (query == JQ_LEASE) {
         j->lease_ok = j->lease_sent;
         jr_lease_result(j, page);
@@ -546,6 +585,9 @@ static void jr_next(struct pg_jr *j)
     } else if (j->want_maint) {
         j->want_maint = 0;
         jr_send(j, JQ_MAINTAIN);
+    } else if (j->want_absent) {
+        j->want_absent = 0;
+        jr_send(j, JQ_ABSENT);
     } else if (j->want_fetch && j->nheld > 0) {
         j->want_fetch = 0;
         ev_timer_stop(j->c->loop, &j->poll);
