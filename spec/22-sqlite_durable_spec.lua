@@ -1,6 +1,7 @@
 -- SQLite durable consumers, through the real binary: catch-up after downtime, kill -9
 -- under a writing process (at-least-once, per-row order), start_at, two consumers,
--- dropping one, a consumer away past retention told what it missed, the standby taking
+-- dropping one, a consumer away past retention told what it missed, one that stopped
+-- coming named in the log, the standby taking
 -- over from a killed holder, n:consumers(). One SQLite file per test.
 local H = require("helper")
 
@@ -278,6 +279,27 @@ describe("SQLite durable consumers", function()
     H.sleep(0.2)
     p2:stop()
     assert.are.same({ 4 }, ks(events(p2)))
+  end)
+
+  it("names, once, a consumer that stopped coming and so holds back the change log's rows", function()
+    local path = fresh_db()
+    setup(path)
+    local gone = track(reader(path, "left"))
+    gone:stop()
+    cli(path, "UPDATE sqlnotify_consumers SET last_seen = last_seen - 7200 WHERE name = 'left';")
+    -- a short retention: housekeeping every 50 ms
+    local p = track(reader(path, "here", nil, 0.05))
+    assert.is_true(p:wait_for("consumers not seen for over 10 minutes still hold the change log's rows in"
+      .. ' SQLite database "[^"]+": "left" %(last seen %d%d%d%d%-%d%d%-%d%dT%d%d:%d%dZ%); they keep every row'
+      .. " written since until they return or consumer_retention %(604800 s%) runs out: n:drop_consumer%(name%)"
+      .. " releases one that is gone for good", 20, "err"), p:stderr())
+    cli(path, "INSERT INTO items (k) VALUES (1);")
+    assert.is_true(wait_events(p, 1))
+    H.sleep(1) -- twenty housekeeping passes
+    p:stop()
+    local _, times = p:stderr():gsub("consumers not seen", "")
+    assert.are.equal(1, times)
+    assert.is_nil(p:stderr():find('"here" %(last seen'))
   end)
 
   it("keeps a second process with the same consumer on standby, which takes over from a killed holder", function()

@@ -277,6 +277,46 @@ static int prune(sn_conn *c, int *more)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* A consumer not seen for 10 minutes keeps every row written since, for as long as the
+ * retention (7 days by default): named at warning level by whoever keeps the file's log,
+ * asked once a minute, said once an hour while it lasts, so that one left behind by a trial
+ * run is found before the disk fills. */
+#define ABSENT_AFTER 600.0
+#define ABSENT_EVERY 60.0
+#define ABSENT_SAY_AGAIN 3600.0
+static void absent_check(sn_conn *c)
+{
+    double now = ev_now(c->loop);
+    if (c->absent_asked > 0 && now - c->absent_asked < ABSENT_EVERY)
+        return;
+    c->absent_asked = now;
+    if (table_exists(c->db, CONSUMERS_TABLE) != 1)
+        return;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(c->db,
+                           "SELECT group_concat(json_quote(name) || ' (last seen ' || strftime('%Y-%m-%dT%H:%MZ',"
+                           " last_seen, 'unixepoch') || ')', ', ') FROM (SELECT name, last_seen FROM " CONSUMERS_TABLE
+                           " WHERE name IS NOT ?1 AND last_seen < " NOW_SQL " - ?2 AND last_seen >= " NOW_SQL
+                           " - ?3 ORDER BY last_seen, name)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 2, ABSENT_AFTER);
+    sqlite3_bind_double(st, 3, c->consumer_retention);
+    const unsigned char *names = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+    if (names == NULL) {
+        c->absent_said = 0;
+    } else if (c->absent_said == 0 || now - c->absent_said >= ABSENT_SAY_AGAIN) {
+        c->absent_said = now;
+        sn_logf(&c->sink, SN_LOG_WARN,
+                "consumers not seen for over %.0f minutes still hold the change log's rows in %s: %s; they keep "
+                "every row written since until they return or consumer_retention (%.0f s) runs out: "
+                "n:drop_consumer(name) releases one that is gone for good",
+                ABSENT_AFTER / 60, c->target, (const char *)names, c->consumer_retention);
+    }
+    sqlite3_finalize(st);
+}
+
 /* ===== schema changes ===== */
 
 /* The caller has set the busy timeout to 0: a locked file means "again soon". */
@@ -370,6 +410,8 @@ static void house_cb(struct ev_loop *loop, ev_timer *t, int revents)
         rc = prune(c, &more);
         if (rc == SQLITE_OK)
             rc = forget_dead_readers(c);
+        if (rc == SQLITE_OK)
+            absent_check(c);
         sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
         if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
             more = 1;

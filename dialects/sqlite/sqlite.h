@@ -104,6 +104,7 @@ struct sn_conn {
     char *consumer;
     int start_beginning;
     double consumer_retention;
+    double absent_asked, absent_said; /* consumers that stopped coming: last asked, last named (0: none now) */
     char host[256];              /* gethostname(): a holder pid is only checked on its host */
     sqlite3_int64 holder_id;     /* random: our lease */
     int active;                  /* we hold the lease: read and deliver */
