@@ -1,7 +1,8 @@
 -- PostgreSQL durable mode (a notifier with `consumer`), end to end through the real host:
 -- catch-up after downtime, kill -9 under a writer, a long open transaction, start_at, two
 -- consumers and drop_consumer, a consumer away past retention, one that stopped coming (named
--- in the log), a reload, a server restart.
+-- in the log), each consumer's own retention, operators of a writer's search_path, a reload,
+-- a server restart.
 -- The journal lives in the database's "sqlnotify" schema; every consumer here is named
 -- s21_* and dropped after its test, every table lives in the schema spec21.
 local H = require("helper")
@@ -376,6 +377,59 @@ describe("PostgreSQL durable mode", function()
     local _, times = p:stderr():gsub("s21_left", "")
     assert.are.equal(1, times)
     assert.is_nil(p:stderr():find("s21_here\" %(last seen"))
+  end)
+
+  it("keeps a consumer's rows for its own retention, whatever the retention of the reader that maintains", function()
+    fresh("t15")
+    local p = reader("t15", "s21_keep")
+    p:stop()
+    sql(fmt("UPDATE sqlnotify.consumers SET last_seen = now() - interval '1 minute' WHERE name = 's21_keep';"
+      .. " INSERT INTO %s.t15 (k) SELECT g FROM generate_series(1, 5) g;", S))
+    -- what a reader with consumer_retention = 30 does at its maintenance passes
+    sql("UPDATE sqlnotify.state SET switched_at = now() - interval '1 hour';"
+      .. " SELECT sqlnotify.maintain(30, 20); SELECT sqlnotify.maintain(30, 20);"
+      .. " UPDATE sqlnotify.state SET switched_at = now() - interval '1 hour';"
+      .. " SELECT sqlnotify.maintain(30, 20); SELECT sqlnotify.maintain(30, 20);")
+    assert.are.equal(5, journal_rows("t15"))
+    p = reader("t15", "s21_keep")
+    assert.is_true(wait_events(p, 5), p:stderr())
+    p:stop()
+    assert.are.same({ 1, 2, 3, 4, 5 }, ks(events(p)))
+    assert.is_nil(p:stderr():find("was away longer"))
+  end)
+
+  it("runs no operator of the writer's search_path in a trigger, where one would match the types exactly", function()
+    sql(fmt([[CREATE TABLE %s.t16 (code varchar(20) PRIMARY KEY, k int NOT NULL);
+      CREATE TABLE %s.hits (what text);
+      CREATE FUNCTION %s.evil_mod(bigint, integer) RETURNS bigint LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO spec21.hits VALUES ('%%'); RETURN pg_catalog.int8mod($1, $2); END $$;
+      CREATE OPERATOR %s.%% (leftarg = bigint, rightarg = integer, function = %s.evil_mod);
+      CREATE FUNCTION %s.evil_mul(float8, integer) RETURNS float8 LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO spec21.hits VALUES ('*'); RETURN pg_catalog.float8mul($1, $2); END $$;
+      CREATE OPERATOR %s.* (leftarg = float8, rightarg = integer, function = %s.evil_mul);
+      CREATE FUNCTION %s.evil_eq(varchar, varchar) RETURNS boolean LANGUAGE plpgsql AS
+        $$ BEGIN INSERT INTO spec21.hits VALUES ('='); RETURN pg_catalog.texteq($1, $2); END $$;
+      CREATE OPERATOR %s.= (leftarg = varchar, rightarg = varchar, function = %s.evil_eq);]],
+      S, S, S, S, S, S, S, S, S, S, S))
+    local p = track(H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = "s21_ops" })
+for _, op in ipairs { "insert", "update" } do
+  n:watch("spec21.t16", op, { extra_columns = { "k" } })
+  n:subscribe("spec21.t16", op, function(ev)
+    io.write(string.format("%s %s %s %d\n", op, ev.id, ev.old_id or "-", ev.extra_columns.k))
+  end)
+end
+assert(n:start())
+print("ready")
+]], { URL }))
+    assert(p:wait_for("ready\n", 20), p:stderr())
+    sql(fmt("SET search_path = %s, public; INSERT INTO t16 VALUES ('a', 1); UPDATE t16 SET code = 'b', k = 2;", S))
+    assert.is_true(p:wait_for("update b a 2\n", 20), p:stdout() .. p:stderr())
+    p:stop()
+    assert.are.equal("insert a - 1\nupdate b a 2\n", p:stdout():gsub("ready\n", ""))
+    assert.are.equal("0", sql(fmt("SELECT count(*) FROM %s.hits", S)):match("%d+"))
   end)
 
   it("keeps the consumer's position across a reload of the script (SIGHUP)", function()

@@ -30,15 +30,15 @@
 #define JR_ABSENT_EVERY 60.0   /* how often a reader asks */
 #define JR_SAY_AGAIN 3600.0    /* a condition that lasts is logged again after this */
 
-/* The other consumers not seen for $3 seconds that still hold rows back (seen within the
- * retention $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
+/* The other consumers not seen for $3 seconds that still hold rows back (seen within their
+ * retention, or $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
  * journal's owner); for another the query fails, which is let go. */
 #define JR_ABSENT_SQL                                                                                                  \
     "SELECT pg_catalog.string_agg(pg_catalog.to_json(c.name)::text || ' (last seen ' ||"                              \
     " pg_catalog.to_char(c.last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI\"Z\"') || ')', ', '"                \
     " ORDER BY c.last_seen) FROM sqlnotify.consumers c"                                                               \
     " WHERE c.name <> $2 AND c.last_seen < pg_catalog.now() - pg_catalog.make_interval(secs => $3)"                   \
-    " AND c.last_seen >= pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
+    " AND c.last_seen >= pg_catalog.now() - pg_catalog.make_interval(secs => COALESCE(c.retention, $1))"
 
 enum jr_state { JR_OFF, JR_WAITING, JR_CONNECTING, JR_IDLE, JR_BUSY };
 enum jr_query { JQ_NONE, JQ_LISTEN, JQ_LEASE, JQ_FETCH, JQ_MAINTAIN, JQ_ABSENT };

@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 4"
+#define JOURNAL_VERSION "sqlnotify journal 5"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -74,6 +74,8 @@ static const char setup_sql[] =
     " last_seen timestamptz NOT NULL DEFAULT pg_catalog.now(),"
     " missed_n bigint NOT NULL DEFAULT 0, missed_lo bigint, missed_hi bigint);\n"
     "ALTER TABLE sqlnotify.consumers ADD COLUMN IF NOT EXISTS nshares int NOT NULL DEFAULT 16;\n"
+    /* journal 5: each consumer's own retention (NULL: the one of the reader that maintains) */
+    "ALTER TABLE sqlnotify.consumers ADD COLUMN IF NOT EXISTS retention float8;\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.shares (consumer text NOT NULL REFERENCES sqlnotify.consumers"
     " ON DELETE CASCADE, share int NOT NULL, snap_lo pg_catalog.pg_snapshot NOT NULL,"
     " snap_hi pg_catalog.pg_snapshot, pos bigint NOT NULL DEFAULT 0, owner text,"
@@ -229,7 +231,8 @@ static const char setup_sql[] =
     /* A consumer seen for the first time starts at the end (now) or the beginning, with
      * p_shares shares; one that comes back is told what maintain() removed while it was away.
      * Returns its share count (a different one asked for is refused by the caller). */
-    "CREATE OR REPLACE FUNCTION sqlnotify.register(p_name text, p_beginning boolean, p_shares int)\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.register(p_name text, p_beginning boolean, p_shares int,\n"
+    "  p_retention float8)\n"
     "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint, nshares int)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n bigint; lo bigint; hi bigint; k int;\n"
@@ -241,10 +244,17 @@ static const char setup_sql[] =
     "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo) SELECT p_name, s,\n"
     "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE pg_current_snapshot() END\n"
     "    FROM generate_series(0, k - 1) s ON CONFLICT DO NOTHING;\n"
-    "  UPDATE sqlnotify.consumers c SET last_seen = now(), missed_n = 0, missed_lo = NULL, missed_hi = NULL\n"
+    "  UPDATE sqlnotify.consumers c SET last_seen = now(), missed_n = 0, missed_lo = NULL, missed_hi = NULL,\n"
+    "    retention = COALESCE(p_retention, c.retention)\n"
     "    WHERE c.name = p_name;\n"
     "  RETURN QUERY SELECT n, lo, hi, k;\n"
     "END $f$;\n"
+    /* the call of journal 4's readers: the retention stays as it was */
+    "CREATE OR REPLACE FUNCTION sqlnotify.register(p_name text, p_beginning boolean, p_shares int)\n"
+    "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint, nshares int)\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  SELECT * FROM sqlnotify.register(p_name, p_beginning, p_shares, NULL::float8)\n"
+    "$f$;\n"
 
     /* A member that stops cleanly leaves its shares to the others at once. */
     "CREATE OR REPLACE FUNCTION sqlnotify.leave(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
@@ -284,7 +294,7 @@ static const char setup_sql[] =
     "    EXCEPTION WHEN lock_not_available THEN CONTINUE;\n"
     "    END;\n"
     "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s j, sqlnotify.consumers c, sqlnotify.shares s'\n"
-    "      ' WHERE c.last_seen >= now() - make_interval(secs => $1) AND s.consumer = c.name'\n"
+    "      ' WHERE c.last_seen >= now() - make_interval(secs => COALESCE(c.retention, $1)) AND s.consumer = c.name'\n"
     "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo))', t)\n"
     "      INTO busy USING p_retention;\n"
     "    CONTINUE WHEN busy;\n"
@@ -329,18 +339,24 @@ static const char setup_sql[] =
     "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
- * sn_id bigint, sn_h int and sn_ms bigint: the row goes to the table of its id's epoch, and
+ * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and
  * the reader is woken unless the last wake-up is under 10 ms old, so busy writers skip
  * NOTIFY and its cluster-wide lock (a far-future gate, set by hand or by a clock stepped
  * back, is taken as due). The reader polls too: a skipped wake-up costs milliseconds, never
  * an event. channel is a SQL literal, payload and hash expressions. */
 void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash)
 {
+    /* Every operator is pg_catalog's by name: a body runs with the writer's search_path, where
+     * an operator of another schema that matches the types exactly (bigint % int) would be
+     * chosen over the built-in one that needs a cast. */
     pg_sb_add(b, "  sn_id := pg_catalog.nextval('sqlnotify.journal_id');\n  sn_h := ");
     pg_sb_add(b, hash);
-    pg_sb_add(b, ";\n  CASE (sn_id >> 32) % 3\n");
+    pg_sb_add(b, ";\n  sn_g := (sn_id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3::bigint;\n  CASE\n");
     for (int k = 1; k <= 3; k++) {
-        pg_sb_addf(b, k < 3 ? "  WHEN %d THEN\n" : "  ELSE\n", k);
+        if (k < 3)
+            pg_sb_addf(b, "  WHEN sn_g OPERATOR(pg_catalog.=) %d::bigint THEN\n", k);
+        else
+            pg_sb_add(b, "  ELSE\n");
         pg_sb_addf(b, "    INSERT INTO sqlnotify.journal_%d (id, channel, payload, hash) VALUES (sn_id, ", k % 3);
         pg_sb_add(b, channel);
         pg_sb_add(b, ", ");
@@ -348,9 +364,11 @@ void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload,
         pg_sb_add(b, ", sn_h);\n");
     }
     pg_sb_add(b, "  END CASE;\n"
-                 "  sn_ms := (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint;\n"
-                 "  IF COALESCE(pg_catalog.pg_sequence_last_value('sqlnotify.wake'), 0)"
-                 " NOT BETWEEN sn_ms - 10 AND sn_ms + 60000 THEN\n"
+                 "  sn_ms := (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*)"
+                 " 1000::float8)::bigint;\n"
+                 "  sn_g := sn_ms OPERATOR(pg_catalog.-)"
+                 " COALESCE(pg_catalog.pg_sequence_last_value('sqlnotify.wake'), 0::bigint);\n"
+                 "  IF sn_g OPERATOR(pg_catalog.>) 10::bigint OR sn_g OPERATOR(pg_catalog.<) '-60000'::bigint THEN\n"
                  "    PERFORM pg_catalog.setval('sqlnotify.wake', sn_ms), pg_catalog.pg_notify('" PG_JOURNAL_CHANNEL
                  "', '');\n"
                  "  END IF;\n");
@@ -364,7 +382,7 @@ static void setup_tail(pg_sbuf *b)
     pg_sb_add(b, "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int)"
                  " RETURNS void\n"
                  "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-                 "DECLARE sn_id bigint; sn_h int; sn_ms bigint;\n"
+                 "DECLARE sn_id bigint; sn_h int; sn_ms bigint; sn_g bigint;\n"
                  "BEGIN\n");
     pg_journal_append_sql(b, "p_channel", "p_payload", "p_hash");
     pg_sb_add(b, "END $f$;\n"
@@ -427,9 +445,11 @@ int pg_journal_register(sn_conn *c, char *err, size_t errlen)
     if (journal_ensure(c, err, errlen) < 0)
         return -1;
     snprintf(shares, sizeof shares, "%d", c->shares);
-    const char *vals[3] = {c->consumer, c->start_beginning ? "t" : "f", shares};
-    PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3)", 3, vals, PG_RETRY, state,
-                            err, errlen);
+    char retention[32];
+    snprintf(retention, sizeof retention, "%.3f", c->consumer_retention);
+    const char *vals[4] = {c->consumer, c->start_beginning ? "t" : "f", shares, retention};
+    PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3, $4)", 4, vals, PG_RETRY,
+                            state, err, errlen);
     if (res == NULL)
         return -1;
     int k = PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 3)) : 0;

@@ -131,7 +131,7 @@ static void sb_value(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, co
 {
     int bytes = is_bytea(t, col);
     if (bytes)
-        pg_sb_add(b, "E'\\\\x' || pg_catalog.encode(");
+        pg_sb_add(b, "E'\\\\x' OPERATOR(pg_catalog.||) pg_catalog.encode(");
     pg_sb_add(b, rec);
     pg_sb_add(b, ".");
     pg_sb_quote(b, db, col, 1);
@@ -148,7 +148,7 @@ static void sb_object(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, c
     }
     for (int i = 0; i < n; i += JSON_CHUNK) {
         if (i > 0)
-            pg_sb_add(b, " || ");
+            pg_sb_add(b, " OPERATOR(pg_catalog.||) ");
         pg_sb_add(b, "pg_catalog.jsonb_build_object(");
         for (int k = i; k < n && k < i + JSON_CHUNK; k++) {
             if (k > i)
@@ -161,19 +161,17 @@ static void sb_object(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, c
     }
 }
 
-/* OLD."k1" IS DISTINCT FROM NEW."k1" OR ... */
+static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr);
+
+/* A key column changed, compared as sb_col_changed does: the key's own type may compare
+ * through a cast (varchar as text), and the writer's search_path could then give an equality
+ * operator of another schema, one that matches exactly, the call. */
 static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
 {
     for (int i = 0; i < w->npk; i++) {
         if (i > 0)
             pg_sb_add(b, " OR ");
-        pg_sb_add(b, oldr);
-        pg_sb_add(b, ".");
-        pg_sb_quote(b, db, w->pk[i], 1);
-        pg_sb_add(b, " IS DISTINCT FROM ");
-        pg_sb_add(b, newr);
-        pg_sb_add(b, ".");
-        pg_sb_quote(b, db, w->pk[i], 1);
+        sb_col_changed(b, db, w->pk[i], oldr, newr);
     }
 }
 
@@ -218,7 +216,7 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     pg_sb_add(&s, "SELECT ");
     if (payload) {
         sb_payload(&s, db, w, t, "s.k", "($1)", "($2)");
-        pg_sb_add(&s, " || CASE WHEN s.ok IS NULL THEN '{}'::jsonb"
+        pg_sb_add(&s, " OPERATOR(pg_catalog.||) CASE WHEN s.ok IS NULL THEN '{}'::jsonb"
                       " ELSE pg_catalog.jsonb_build_object('oid', s.ok) END, ");
     }
     pg_sb_add(&s, "s.k, s.ok FROM (SELECT ");
@@ -247,7 +245,7 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
  * puts it back before returning; not with a SET clause on the function, which costs every
  * call a save and restore of all settings (PostgreSQL 15: about 2.5 us a row). */
 #define FLOAT_GUARD                                                                                                    \
-    "  IF pg_catalog.current_setting('extra_float_digits')::int < 1 THEN\n"                                         \
+    "  IF pg_catalog.current_setting('extra_float_digits')::int OPERATOR(pg_catalog.<) 1 THEN\n"                                         \
     "    sn_f := pg_catalog.current_setting('extra_float_digits');\n"                                               \
     "    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);\n"                                         \
     "  END IF;\n"
@@ -271,7 +269,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
 
     pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
     if (durable)
-        pg_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n");
+        pg_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n  sn_g bigint;\n");
     if (ntrig)
         pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
     if (fl)
@@ -306,7 +304,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     pg_sb_add(b, ";\n");
     if (keycheck)
         pg_sb_add(b, "    IF sn_ok IS NOT NULL THEN\n"
-                     "      sn_v := sn_v || pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                     "      sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
                      "    END IF;\n");
     pg_sb_add(b, "    sn_p := sn_v::text;\n"
                  "  EXCEPTION WHEN OTHERS THEN\n"
@@ -352,7 +350,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "    END;\n"
                  "  END IF;\n"
                  "  IF ");
-    pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) > " PG_MAX_PAYLOAD_STR);
+    pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
     pg_sb_add(b, " THEN\n");
     if (ovf_table) {
         /* A missing table or privilege must not fail the write: fall back to the key. */
@@ -361,7 +359,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
         pg_sb_add(b, " (channel, payload) VALUES (");
         pg_sb_quote(b, db, w->channel, 0);
         pg_sb_add(b, ", sn_v) RETURNING id INTO sn_id;\n"
-                     "      sn_p := '" PG_OVERFLOW_REF "' || sn_id;\n"
+                     "      sn_p := '" PG_OVERFLOW_REF "' OPERATOR(pg_catalog.||) sn_id::text;\n"
                      "    EXCEPTION WHEN OTHERS THEN\n"
                      "      sn_p := NULL;\n"
                      "    END;\n");
@@ -374,9 +372,9 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "    IF sn_k IS NOT NULL THEN\n"
                  "      sn_v := pg_catalog.jsonb_build_object('id', sn_k, 't', true);\n"
                  "      IF sn_ok IS NOT NULL THEN\n"
-                 "        sn_v := sn_v || pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                 "        sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
                  "      END IF;\n"
-                 "      IF pg_catalog.octet_length(sn_v::text) <= " PG_MAX_PAYLOAD_STR " THEN\n"
+                 "      IF pg_catalog.octet_length(sn_v::text) OPERATOR(pg_catalog.<=) " PG_MAX_PAYLOAD_STR " THEN\n"
                  "        sn_p := sn_v::text;\n"
                  "      END IF;\n"
                  "    END IF;\n"
@@ -388,7 +386,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     } else if (durable) {
         /* the hash of table and key places the row in a consumer's share (a row without a
          * key: its payload's) */
-        pg_journal_append_sql(b, chan.p, "sn_p", "pg_catalog.hashtext(COALESCE(sn_k::text, sn_p)) # TG_RELID::int");
+        pg_journal_append_sql(b, chan.p, "sn_p", "pg_catalog.hashtext(COALESCE(sn_k::text, sn_p)) OPERATOR(pg_catalog.#) TG_RELID::int");
     } else {
         pg_sb_add(b, "  PERFORM pg_catalog.pg_notify(");
         pg_sb_add(b, chan.p);
