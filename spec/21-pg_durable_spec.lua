@@ -270,6 +270,17 @@ describe("PostgreSQL durable mode", function()
     sql(fmt("CREATE ROLE %s LOGIN; GRANT USAGE, CREATE ON SCHEMA %s TO %s; ALTER TABLE %s.t14 OWNER TO %s;",
       role, S, role, S, role))
     local ok, err = pcall(function()
+      -- reading is the journal owner's, and of the roles it lets
+      local no = track(H.host(READER, { H.pg_url_as(role), S .. ".t14", "s21_notowner", "-" }))
+      local code = no:wait(20)
+      assert.is_truthy(code and code ~= 0, "the host did not stop: " .. no:stderr())
+      assert.matches('this role may not read the durable journal %(schema "sqlnotify"%): [^\n]*permission denied for'
+        .. " function register %(its owner may let it: GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sqlnotify TO"
+        .. " <role>%)", no:stderr())
+      sql(fmt("GRANT EXECUTE ON FUNCTION sqlnotify.register(text, boolean, int, float8),"
+        .. " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint),"
+        .. " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
+        .. " sqlnotify.leave(text, text, int[], bigint[], text, bigint) TO %s", role))
       local started = H.now()
       local p = reader("t14", "s21_notowner", nil, H.pg_url_as(role))
       sql(fmt("INSERT INTO %s.t14 (k) VALUES (1), (2)", S))

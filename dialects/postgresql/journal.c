@@ -336,7 +336,14 @@ static const char setup_sql[] =
     "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)) lag\n"
     "  ORDER BY c.name\n"
     "$f$;\n"
-    "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n";
+    "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n"
+    /* journal 5: reading is the owner's, and of the roles it grants it to (these functions
+     * run as the owner: open to every role, they read every payload and moved any consumer) */
+    "REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint),"
+    " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint),"
+    " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
+    " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
+    " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list() FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and
@@ -450,6 +457,14 @@ int pg_journal_register(sn_conn *c, char *err, size_t errlen)
     const char *vals[4] = {c->consumer, c->start_beginning ? "t" : "f", shares, retention};
     PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3, $4)", 4, vals, PG_RETRY,
                             state, err, errlen);
+    if (res == NULL && strcmp(state, "42501") == 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        sn_seterr(err, errlen,
+                  "this role may not read the durable journal (schema \"sqlnotify\"): %s (its owner may let it: "
+                  "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sqlnotify TO <role>)",
+                  why);
+    }
     if (res == NULL)
         return -1;
     int k = PQntuples(res) == 1 ? atoi(PQgetvalue(res, 0, 3)) : 0;
