@@ -1,6 +1,7 @@
 -- PostgreSQL groups (issue 13): processes that open a notifier with one consumer name share
 -- its shares, through the real host. Three members under a writer with one killed by kill -9;
--- a member cut off by a proxy that stops answering is fenced; the settings' errors.
+-- a member cut off by a proxy that stops answering is fenced; a member with slow handlers keeps
+-- its lease through a page; the settings' errors.
 -- Every consumer here is named s23_* and dropped after its test; tables live in spec23.
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
@@ -256,6 +257,46 @@ describe("PostgreSQL groups", function()
     assert.are.same({ 1 }, H.pluck(events(b), "id"))
     b:stop()
     assert.are.equal(0, consumer("s23_show").members)
+  end)
+
+  it("keeps its lease through a page of slow handlers, so no other member takes a row's later changes first",
+    function()
+    H.psql(fmt("CREATE TABLE %s.slow (id int PRIMARY KEY, v int NOT NULL)", S))
+    -- one share: whoever holds it reads every row; a handler takes 0.4 s, the lease is 1.5 s
+    local SLOW = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = "s23_slow", shares = 1, lease = 1.5 })
+n:watch("spec23.slow", "update", { extra_columns = { "v" } })
+n:subscribe("spec23.slow", "update", function(ev)
+  if arg[2] == "slow" then os.execute("sleep 0.4") end
+  io.write(string.format("e %d %d %d %.6f\n", ev.id, ev.extra_columns.v, ev.seq, sqlnotify.now()))
+end)
+assert(n:start())
+print("ready")
+]]
+    local a = H.host(SLOW, { URL, "slow" })
+    procs[#procs + 1] = a
+    assert(a:wait_for("ready\n", 20), a:stderr())
+    assert.is_true(H.run_until(function() return count(held("s23_slow", a)) == 1 end, 20))
+    local b = H.host(SLOW, { URL, "fast" })
+    procs[#procs + 1] = b
+    assert(b:wait_for("ready\n", 20), b:stderr())
+    H.psql(fmt("INSERT INTO %s.slow VALUES (1, 0)", S))
+    H.psql(fmt("UPDATE %s.slow SET v = 1; UPDATE %s.slow SET v = 2; UPDATE %s.slow SET v = 3; UPDATE %s.slow SET v = 4;"
+      .. " UPDATE %s.slow SET v = 5; UPDATE %s.slow SET v = 6; UPDATE %s.slow SET v = 7; UPDATE %s.slow SET v = 8;",
+      S, S, S, S, S, S, S, S))
+    assert.is_true(H.run_until(function() return #events(a) + #events(b) >= 8 end, 30), a:stderr() .. b:stderr())
+    H.sleep(1)
+    a:stop()
+    b:stop()
+    local all = {}
+    for _, e in ipairs(events(a)) do all[#all + 1] = e end
+    for _, e in ipairs(events(b)) do all[#all + 1] = e end
+    table.sort(all, function(x, y) return x.t < y.t end)
+    assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8 }, H.pluck(all, "v"))
+    assert.are.equal(8, #events(a))
+    assert.is_nil(a:stderr():find("lost share"), a:stderr())
   end)
 
   it("refuses bad settings with a clear message", function()

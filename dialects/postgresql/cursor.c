@@ -424,15 +424,37 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
         sn_logf(&c->sink, SN_LOG_ERROR, "out of memory: a page of the journal is read again");
         n = 0;
     }
-    if (n > 0) {
+    /* The loop renews no lease while handlers run: the page goes in slices, sized by how long
+     * the handlers took so far, and stops once two thirds of the lease went by since the last
+     * renewal; the rest is read again after the lease step (never delivered after another
+     * member may have taken the shares, which would put one row's changes out of order). */
+    double budget = c->lease * 2 / 3;
+    int done = 0, slice = 1;
+    while (done < n) {
+        if (pg_clock() - j->lease_ok > budget) {
+            sn_logf(&c->sink, SN_LOG_DEBUG, "consumer \"%s\": %d of a page of %d events delivered, the rest after "
+                    "renewing the lease", c->consumer, done, n);
+            j->want_lease = 1;
+            j->want_fetch = 1;
+            jr_check_lease(j);
+            break;
+        }
+        int k = slice < n - done ? slice : n - done;
+        double t0 = pg_clock();
         c->depth++;
-        c->sink.deliver(c->sink.ud, ev, (size_t)n);
+        c->sink.deliver(c->sink.ud, ev + done, (size_t)k);
         c->depth--;
         if (c->dead) {
             if (c->depth == 0)
                 pg_conn_free(c);
             closed = 1;
+            break;
         }
+        if (c->jr != j)
+            break; /* stopped from a handler: j is gone */
+        done += k;
+        double per = (pg_clock() - t0) / k, left = budget - (pg_clock() - j->lease_ok);
+        slice = per <= 0 || left / per / 2 >= n ? n : left / per / 2 < 1 ? 1 : (int)(left / per / 2);
     }
     free(ev), free(group), free(ref);
     return closed;
