@@ -1,7 +1,7 @@
 -- SQLite durable consumers, through the real binary: catch-up after downtime, kill -9
 -- under a writing process (at-least-once, per-row order), start_at, two consumers,
 -- dropping one, a consumer away past retention told what it missed, one that stopped
--- coming named in the log, the standby taking
+-- coming named in the log, each consumer's own retention, the standby taking
 -- over from a killed holder, n:consumers(). One SQLite file per test.
 local H = require("helper")
 
@@ -279,6 +279,35 @@ describe("SQLite durable consumers", function()
     H.sleep(0.2)
     p2:stop()
     assert.are.same({ 4 }, ks(events(p2)))
+  end)
+
+  it("keeps a consumer's rows for its own retention, whatever the retention of the process that prunes", function()
+    local path = fresh_db()
+    setup(path)
+    local keep = track(reader(path, "keep"))
+    keep:stop()
+    cli(path, "UPDATE sqlnotify_consumers SET last_seen = last_seen - 60 WHERE name = 'keep';\n"
+      .. "INSERT INTO items (k) VALUES (1); INSERT INTO items (k) VALUES (2); INSERT INTO items (k) VALUES (3);")
+    -- another consumer, away after 30 s, in a process pruning every 50 ms
+    local short = track(H.host([[
+local sqlnotify = require("sqlnotify")
+local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. arg[1], consumer = "short", consumer_retention = 30,
+  retention = 0.05 })
+n:watch("items", "insert")
+n:subscribe("items", "insert", function() end)
+assert(n:start())
+print("ready")
+]], { path }))
+    assert(short:wait_for("ready\n", 20), short:stderr())
+    H.sleep(1)
+    short:stop()
+    assert.are.equal("3\n", cli(path, "SELECT count(*) FROM sqlnotify_changes WHERE seq > (SELECT position FROM"
+      .. " sqlnotify_consumers WHERE name = 'keep');"))
+    keep = track(reader(path, "keep"))
+    assert.is_true(wait_events(keep, 3), keep:stderr())
+    keep:stop()
+    assert.are.same({ 1, 2, 3 }, ks(events(keep)))
+    assert.is_nil(keep:stderr():find("was away longer"))
   end)
 
   it("names, once, a consumer that stopped coming and so holds back the change log's rows", function()

@@ -238,6 +238,12 @@ static int forget_dead_readers(sn_conn *c)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static int has_retention(sqlite3 *db)
+{
+    return one_int(db, "SELECT count(*) FROM pragma_table_info('" CONSUMERS_TABLE "') WHERE name = 'retention'",
+                   0) == 1;
+}
+
 /* Delete rows past the retention that every live reader has read, a few small batches.
  * *more: rows are left (or the lock was taken): come back soon. */
 static int prune(sn_conn *c, int *more)
@@ -248,10 +254,14 @@ static int prune(sn_conn *c, int *more)
         " WHERE created_at < " NOW_SQL " - ?1 AND seq <= ?3 AND seq <= " \
         "(SELECT coalesce(min(position), ?3) FROM " READERS_TABLE \
         "  WHERE heartbeat >= " NOW_SQL " - timeout) " consumers "LIMIT ?2)"
-    /* made by the first durable notifier on the file */
-    const char *sql = table_exists(c->db, CONSUMERS_TABLE)
+    /* made by the first durable notifier on the file; each consumer's own retention since
+     * this version (a file of an earlier one has no column for it until a consumer registers) */
+    int consumers = table_exists(c->db, CONSUMERS_TABLE) == 1;
+    const char *sql = consumers && has_retention(c->db)
         ? PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE
-                    " WHERE last_seen >= " NOW_SQL " - ?4) ")
+                    " WHERE last_seen >= " NOW_SQL " - coalesce(retention, ?4)) ")
+        : consumers ? PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE
+                                " WHERE last_seen >= " NOW_SQL " - ?4) ")
         : PRUNE_SQL("AND ?4 IS NOT NULL ");
 #undef PRUNE_SQL
     if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) != SQLITE_OK)
@@ -290,14 +300,14 @@ static void absent_check(sn_conn *c)
     if (c->absent_asked > 0 && now - c->absent_asked < ABSENT_EVERY)
         return;
     c->absent_asked = now;
-    if (table_exists(c->db, CONSUMERS_TABLE) != 1)
+    if (table_exists(c->db, CONSUMERS_TABLE) != 1 || !has_retention(c->db))
         return;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(c->db,
                            "SELECT group_concat(json_quote(name) || ' (last seen ' || strftime('%Y-%m-%dT%H:%MZ',"
                            " last_seen, 'unixepoch') || ')', ', ') FROM (SELECT name, last_seen FROM " CONSUMERS_TABLE
                            " WHERE name IS NOT ?1 AND last_seen < " NOW_SQL " - ?2 AND last_seen >= " NOW_SQL
-                           " - ?3 ORDER BY last_seen, name)",
+                           " - coalesce(retention, ?3) ORDER BY last_seen, name)",
                            -1, &st, NULL) != SQLITE_OK)
         return;
     sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);

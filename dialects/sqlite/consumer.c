@@ -60,12 +60,27 @@ static int have_table(sqlite3 *db)
     return yes;
 }
 
+/* Each consumer's own retention, in a column that files made by earlier versions lack. */
+static int ensure_retention(sqlite3 *db, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM pragma_table_info('" CONSUMERS_TABLE "') WHERE name = 'retention'",
+                           -1, &st, NULL) != SQLITE_OK) {
+        sn_seterr(err, errlen, "%s", sqlite3_errmsg(db));
+        return -1;
+    }
+    have = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return have ? 0 : sqd_exec(db, "ALTER TABLE " CONSUMERS_TABLE " ADD COLUMN retention REAL", err, errlen);
+}
+
 /* Made by the first durable notifier on a file: live-only files never get it. */
 static int ensure_table(sqlite3 *db, char *err, size_t errlen)
 {
     int have = have_table(db);
     if (have == 1)
-        return 0;
+        return ensure_retention(db, err, errlen);
     return sqd_exec(db, "CREATE TABLE IF NOT EXISTS " CONSUMERS_TABLE " ("
                     "name TEXT PRIMARY KEY, "        /* the consumer */
                     "position INTEGER NOT NULL, "    /* every seq at or below it was handled */
@@ -74,7 +89,8 @@ static int ensure_table(sqlite3 *db, char *err, size_t errlen)
                     "holder_pid INTEGER, "
                     "holder_host TEXT, "
                     "heartbeat REAL, "               /* the lease's last renewal */
-                    "since REAL NOT NULL DEFAULT " NOW_SQL ")", err, errlen);
+                    "since REAL NOT NULL DEFAULT " NOW_SQL ", "
+                    "retention REAL)", err, errlen);  /* its consumer_retention (NULL: the pruner's) */
 }
 
 int sqd_consumer_register(sn_conn *c, char *err, size_t errlen)
@@ -100,6 +116,18 @@ int sqd_consumer_register(sn_conn *c, char *err, size_t errlen)
             sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is new: it starts at the %s of the "
                     "change log of %s", c->consumer, c->start_beginning ? "beginning" : "end",
                     c->target);
+        }
+        /* its rows are kept for its own retention, whichever process prunes */
+        if (!bad && sqd_prepare(c->rd, "UPDATE " CONSUMERS_TABLE " SET retention = ?2 WHERE name = ?1", &st, err,
+                                errlen) != 0) {
+            bad = 1;
+        } else if (!bad) {
+            sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+            sqlite3_bind_double(st, 2, c->consumer_retention);
+            if (step_done(st) != SQLITE_OK) {
+                sn_seterr(err, errlen, "cannot record consumer \"%s\": %s", c->consumer, sqlite3_errmsg(c->rd));
+                bad = 1;
+            }
         }
     }
     sqlite3_busy_timeout(c->rd, 0);
