@@ -711,6 +711,58 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       for i = 2, #second do assert.is_true(second[i].k > second[i - 1].k, "commit order after the restart") end
     end)
 
+    it("keeps a consumer's rows for its own retention, whatever the retention of the reader that prunes", function()
+      -- a database of its own: a journal with nothing else to prune first
+      local db2 = DB .. "_s19ret"
+      local url2 = URL:gsub("/" .. DB:gsub("%p", "%%%0"), "/" .. db2)
+      local script = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = arg[2], consumer_retention = tonumber(arg[3]),
+  retention = tonumber(arg[4]) })
+n:watch(arg[5], "insert", { extra_columns = { "who", "k" } })
+n:subscribe(arg[5], "insert", function(ev)
+  io.write(string.format("%s %d %d %d\n", ev.extra_columns.who, ev.extra_columns.k, ev.id, ev.seq or 0))
+end)
+assert(n:start())
+print("ready")
+]]
+      local function run(name, consumer_retention, retention)
+        local p = track(H.host(script, { url2, name, tostring(consumer_retention), tostring(retention),
+          db2 .. ".t" }))
+        assert(p:wait_for("ready\n", 20), p:stderr())
+        return p
+      end
+      sql(fmt("DROP DATABASE IF EXISTS `%s`; CREATE DATABASE `%s`;"
+        .. " CREATE TABLE `%s`.t (id bigint AUTO_INCREMENT PRIMARY KEY, who char(1) NOT NULL, k int NOT NULL);",
+        db2, db2, db2))
+      local ok, err = pcall(function()
+        local keep = run("s19_keep", 604800, 3600)
+        sql(fmt("INSERT INTO `%s`.t (who, k) VALUES ('a', 1)", db2))
+        assert.is_true(wait_events(keep, 1))
+        keep:stop()
+        local first = sql(fmt("SELECT MAX(id) FROM `%s`.sqlnotify_journal", db2)):match("%d+")
+        sql(fmt("UPDATE `%s`.sqlnotify_consumers SET last_seen = last_seen - INTERVAL 60 SECOND WHERE name = 's19_keep';"
+          .. " INSERT INTO `%s`.t (who, k) VALUES ('a', 2), ('a', 3);", db2, db2))
+        -- another consumer, away after 30 s, in a reader pruning rows older than 1 s
+        local short = run("s19_short", 30, 1)
+        -- the row every consumer has passed goes: pruning ran
+        assert.is_true(H.run_until(function()
+          return count(fmt("SELECT COUNT(*) FROM `%s`.sqlnotify_journal WHERE id <= %s", db2, first)) == 0
+        end, 60), short:stderr())
+        short:stop()
+        keep = run("s19_keep", 604800, 3600)
+        assert.is_true(wait_events(keep, 2), keep:stderr())
+        keep:stop()
+        local ks = {}
+        for _, e in ipairs(events(keep)) do ks[#ks + 1] = e.k end
+        assert.are.same({ 2, 3 }, ks)
+        assert.is_nil(keep:stderr():find("was away longer"))
+      end)
+      sql(fmt("DROP DATABASE IF EXISTS `%s`", db2))
+      assert(ok, err)
+    end)
+
     it("tells a consumer that was away past the journal's retention which rows it missed", function()
       fresh("s19_d6")
       for _, c in ipairs(assert(admin:consumers())) do admin:drop_consumer(c.name) end -- nobody else holds rows

@@ -140,11 +140,18 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
                " pending MEDIUMTEXT CHARACTER SET ascii NOT NULL,"
                " low BIGINT NOT NULL,"
                " created_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),"
-               " last_seen DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))"
+               " last_seen DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),"
+               " retention DOUBLE NULL" /* its consumer_retention (NULL: the pruner's) */
                ") ENGINE=InnoDB COMMENT='sqlnotify: where each durable consumer stands in the journal'",
                c->consumers);
     if (rc == 0)
         rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+    /* tables made by earlier versions: the column added (one that is there already, 1060,
+     * is fine; MySQL has no ADD COLUMN IF NOT EXISTS) */
+    b.len = 0;
+    my_sb_addf(&b, "ALTER TABLE %s ADD COLUMN retention DOUBLE NULL", c->consumers);
+    if (rc == 0 && !b.oom && my_exec(c, c->q, b.s, b.len, NULL, err, errlen) < 0 && mysql_errno(c->q) != 1060)
+        rc = -1;
     b.len = 0;
     my_sb_addf(&b,
                "CREATE TABLE IF NOT EXISTS %s (id TINYINT NOT NULL PRIMARY KEY, below BIGINT NOT NULL)"

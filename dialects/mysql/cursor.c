@@ -209,7 +209,8 @@ int my_consumer_register(sn_conn *c, char *err, size_t errlen)
     args[2] = pending.s ? pending.s : "";
     args[3] = low;
     sql.len = 0;
-    my_sb_addf(&sql, "INSERT IGNORE INTO %s (name, pos, pending, low) VALUES (?, ?, ?, ?)", c->consumers);
+    my_sb_addf(&sql, "INSERT IGNORE INTO %s (name, pos, pending, low, retention) VALUES (?, ?, ?, ?, %.3f)",
+               c->consumers, c->consumer_retention);
     rc = sql.oom || pending.oom ? -1 : my_query(c, sql.s, 4, args, &r, err, errlen);
     if (rc == 0)
         sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is new: it starts at the %s of the journal (id %lld)",

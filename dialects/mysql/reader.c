@@ -527,13 +527,14 @@ static void save_sql(sn_conn *c)
     my_reader *r = &c->r;
     my_sbuf *b = &r->sql;
     b->len = 0;
-    my_sb_addf(b, "INSERT INTO %s (name, pos, pending, low, last_seen) VALUES (", c->consumers);
+    my_sb_addf(b, "INSERT INTO %s (name, pos, pending, low, last_seen, retention) VALUES (", c->consumers);
     my_sb_lit(b, c->consumer, strlen(c->consumer));
     my_sb_addf(b, ", %lld, '", (long long)r->st.high);
     my_state_pending_text(&r->st, b);
-    my_sb_addf(b, "', %lld, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE pos = VALUES(pos), pending = VALUES(pending),"
-                  " low = VALUES(low), last_seen = VALUES(last_seen)",
-               (long long)my_state_low(&r->st));
+    my_sb_addf(b, "', %lld, UTC_TIMESTAMP(6), %.3f) ON DUPLICATE KEY UPDATE pos = VALUES(pos),"
+                  " pending = VALUES(pending), low = VALUES(low), last_seen = VALUES(last_seen),"
+                  " retention = VALUES(retention)",
+               (long long)my_state_low(&r->st), c->consumer_retention);
 }
 
 static void after_round(sn_conn *c)
@@ -658,7 +659,8 @@ static void prune_delete(sn_conn *c)
     r->sql.len = 0;
     my_sb_addf(&r->sql,
                "SELECT MAX(id) FROM (SELECT id, created_at FROM %s WHERE id < LEAST(%lld, COALESCE((SELECT MIN(low) FROM %s"
-               " WHERE last_seen > UTC_TIMESTAMP(6) - INTERVAL %.6f SECOND), %lld)) ORDER BY id LIMIT %d) s"
+               " WHERE last_seen > UTC_TIMESTAMP(6) - INTERVAL COALESCE(retention, %.6f) SECOND), %lld))"
+               " ORDER BY id LIMIT %d) s"
                " WHERE created_at < UTC_TIMESTAMP(6) - INTERVAL %.6f SECOND",
                c->journal, own, c->consumers, c->consumer_retention, own, PRUNE_BATCH, c->retention);
     exec(c, prune_cut);
