@@ -332,8 +332,14 @@ static int jr_send(struct pg_jr *j, int query)
         /* The reader's commits (cursor, acks, leases, maintenance) need not wait for the
          * disk: one lost in a server crash only moves a cursor back, never forward, so it
          * costs a redelivery, never an event (WAL order keeps a TRUNCATE behind the cursor
-         * writes it relied on). It spares the writers an fsync per page. */
-        ok = PQsendQuery(j->db, "SET synchronous_commit = off; LISTEN \"" PG_JOURNAL_CHANNEL "\"");
+         * writes it relied on). It spares the writers an fsync per page. The server gives up
+         * a statement as the reader does, a little before: one the reader abandons must not
+         * go on running there while the next connection starts it again. */
+        char sql[200];
+        snprintf(sql, sizeof sql,
+                 "SET synchronous_commit = off; SET statement_timeout = %.0f; LISTEN \"" PG_JOURNAL_CHANNEL "\"",
+                 jr_stmt_deadline(j) * 900);
+        ok = PQsendQuery(j->db, sql);
     } else if (query == JQ_MAINTAIN) {
         char ret[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
@@ -527,7 +533,7 @@ static void jr_result(struct pg_jr *j)
     }
     if (j->carried && (query == JQ_FETCH || query == JQ_LEASE))
         jr_ack_clear(j); /* written, or refused (reported below) */
-    if (query == JQ_LISTEN && j->lost_at > 0) {
+    if (query == JQ_FETCH && j->lost_at > 0) {
         double outage = pg_clock() - j->lost_at;
         j->lost_at = 0;
         sn_logf(&j->c->sink, SN_LOG_WARN, "journal reader reconnected to %s after %.1f s; nothing was missed",
@@ -546,7 +552,8 @@ static void jr_result(struct pg_jr *j)
                 return;
         }
     }
-    j->attempt = 0;
+    if (query == JQ_FETCH)
+        j->attempt = 0; /* the backoff (and the outage) ends when the reader reads, not when it connects */
     if (query == JQ_LISTEN)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
     if (query == JQ_MAINTAIN && !*why) {
