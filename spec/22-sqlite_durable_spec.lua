@@ -281,13 +281,17 @@ describe("SQLite durable consumers", function()
     assert.are.same({ 4 }, ks(events(p2)))
   end)
 
+  -- A consumer that registered, stopped, and was last seen secs ago.
+  local function left_behind(path, name, secs)
+    track(reader(path, name)):stop()
+    cli(path, fmt("UPDATE sqlnotify_consumers SET last_seen = last_seen - %d WHERE name = '%s';", secs, name))
+  end
+
   it("keeps a consumer's rows for its own retention, whatever the retention of the process that prunes", function()
     local path = fresh_db()
     setup(path)
-    local keep = track(reader(path, "keep"))
-    keep:stop()
-    cli(path, "UPDATE sqlnotify_consumers SET last_seen = last_seen - 60 WHERE name = 'keep';\n"
-      .. "INSERT INTO items (k) VALUES (1); INSERT INTO items (k) VALUES (2); INSERT INTO items (k) VALUES (3);")
+    left_behind(path, "keep", 60)
+    cli(path, "INSERT INTO items (k) VALUES (1); INSERT INTO items (k) VALUES (2); INSERT INTO items (k) VALUES (3);")
     -- another consumer, away after 30 s, in a process pruning every 50 ms
     local short = track(H.host([[
 local sqlnotify = require("sqlnotify")
@@ -303,7 +307,7 @@ print("ready")
     short:stop()
     assert.are.equal("3\n", cli(path, "SELECT count(*) FROM sqlnotify_changes WHERE seq > (SELECT position FROM"
       .. " sqlnotify_consumers WHERE name = 'keep');"))
-    keep = track(reader(path, "keep"))
+    local keep = track(reader(path, "keep"))
     assert.is_true(wait_events(keep, 3), keep:stderr())
     keep:stop()
     assert.are.same({ 1, 2, 3 }, ks(events(keep)))
@@ -313,9 +317,7 @@ print("ready")
   it("names, once, a consumer that stopped coming and so holds back the change log's rows", function()
     local path = fresh_db()
     setup(path)
-    local gone = track(reader(path, "left"))
-    gone:stop()
-    cli(path, "UPDATE sqlnotify_consumers SET last_seen = last_seen - 7200 WHERE name = 'left';")
+    left_behind(path, "left", 7200)
     -- a short retention: housekeeping every 50 ms
     local p = track(reader(path, "here", nil, 0.05))
     assert.is_true(p:wait_for("consumers not seen for over 10 minutes still hold the change log's rows in"
