@@ -304,6 +304,33 @@ static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
     sink->log(sink->ud, level, buf);
 }
 
+/* Consumers that stopped coming (not seen for SN_ABSENT_AFTER s, or longer for a long
+ * lease) keep every row written since until their retention runs out. A durable reader asks
+ * which every SN_ABSENT_EVERY s and names them (`names`, NULL: none now) at warning level, at
+ * most once per SN_SAY_AGAIN s while it lasts (*said: when it last did, 0: not now), so that
+ * one left behind by a trial run is found before the disk fills. rows: "the journal's rows
+ * on", "the change log's rows in". */
+#define SN_ABSENT_AFTER 600.0
+#define SN_ABSENT_EVERY 60.0
+#define SN_SAY_AGAIN 3600.0
+
+static inline void sn_say_absent(const sn_sink *sink, double *said, double now, const char *names, const char *rows,
+                                 const char *target, double after, double retention)
+{
+    if (names == NULL) {
+        *said = 0;
+        return;
+    }
+    if (*said > 0 && now - *said < SN_SAY_AGAIN)
+        return;
+    *said = now;
+    sn_logf(sink, SN_LOG_WARN,
+            "consumers not seen for over %.0f minutes still hold %s %s: %s; they keep every row written since until "
+            "they return or consumer_retention (%.0f s) runs out: n:drop_consumer(name) releases one that is gone "
+            "for good",
+            after / 60, rows, target, names, retention);
+}
+
 static inline void sn_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;

@@ -26,9 +26,6 @@
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
-#define JR_ABSENT 600.0        /* seconds unseen after which another consumer is named in the log */
-#define JR_ABSENT_EVERY 60.0   /* how often a reader asks */
-#define JR_SAY_AGAIN 3600.0    /* a condition that lasts is logged again after this */
 
 /* The other consumers not seen for $3 seconds that still hold rows back (seen within their
  * retention, or $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
@@ -322,7 +319,7 @@ static void jr_lease_result(struct pg_jr *j, PGresult *res)
  * step (every third of a lease) would have been seen by then */
 static double jr_absent_after(const struct pg_jr *j)
 {
-    return j->c->lease * 3 > JR_ABSENT ? j->c->lease * 3 : JR_ABSENT;
+    return j->c->lease * 3 > SN_ABSENT_AFTER ? j->c->lease * 3 : SN_ABSENT_AFTER;
 }
 
 static int jr_send(struct pg_jr *j, int query)
@@ -466,24 +463,12 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
     return closed;
 }
 
-/* A consumer that stopped coming keeps every row written since, for as long as the retention
- * (7 days by default): said at warning level while it lasts, once an hour, so that one left
- * behind by a trial run is not found only when the disk fills. */
+/* Consumers that stopped coming: see sn_say_absent(). */
 static void jr_absent(struct pg_jr *j, PGresult *res)
 {
-    if (res == NULL || PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-        j->absent_said = 0;
-        return;
-    }
-    double now = pg_clock();
-    if (j->absent_said > 0 && now - j->absent_said < JR_SAY_AGAIN)
-        return;
-    j->absent_said = now;
-    sn_logf(&j->c->sink, SN_LOG_WARN,
-            "consumers not seen for over %.0f minutes still hold the journal's rows on %s: %s; they keep every "
-            "row written since until they return or consumer_retention (%.0f s) runs out: n:drop_consumer(name) "
-            "releases one that is gone for good",
-            jr_absent_after(j) / 60, j->c->target, PQgetvalue(res, 0, 0), j->c->consumer_retention);
+    int none = res == NULL || PQntuples(res) != 1 || PQgetisnull(res, 0, 0);
+    sn_say_absent(&j->c->sink, &j->absent_said, pg_clock(), none ? NULL : PQgetvalue(res, 0, 0),
+                  "the journal's rows on", j->c->target, jr_absent_after(j), j->c->consumer_retention);
 }
 
 /* Housekeeping failed (a lock, a permission): said when it starts failing, then once an hour
@@ -491,7 +476,7 @@ static void jr_absent(struct pg_jr *j, PGresult *res)
 static void jr_maint_failed(struct pg_jr *j, const char *why, const char *state)
 {
     double now = pg_clock();
-    if (j->maint_said > 0 && now - j->maint_said < JR_SAY_AGAIN)
+    if (j->maint_said > 0 && now - j->maint_said < SN_SAY_AGAIN)
         return;
     j->maint_said = now;
     char msg[512];
@@ -558,7 +543,7 @@ static void jr_result(struct pg_jr *j)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
     if (query == JQ_MAINTAIN && !*why) {
         j->maint_said = 0;
-        if (j->absent_asked == 0 || pg_clock() - j->absent_asked >= JR_ABSENT_EVERY)
+        if (j->absent_asked == 0 || pg_clock() - j->absent_asked >= SN_ABSENT_EVERY)
             j->want_absent = 1;
     }
     if (query == JQ_ABSENT && !*why)

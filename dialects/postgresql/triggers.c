@@ -161,20 +161,6 @@ static void sb_object(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, c
     }
 }
 
-static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr);
-
-/* A key column changed, compared as sb_col_changed does: the key's own type may compare
- * through a cast (varchar as text), and the writer's search_path could then give an equality
- * operator of another schema, one that matches exactly, the call. */
-static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
-{
-    for (int i = 0; i < w->npk; i++) {
-        if (i > 0)
-            pg_sb_add(b, " OR ");
-        sb_col_changed(b, db, w->pk[i], oldr, newr);
-    }
-}
-
 /* to_jsonb(OLD."c") IS DISTINCT FROM to_jsonb(NEW."c"): works for every type, also those
  * without an equality operator (json, point). */
 static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr)
@@ -188,6 +174,18 @@ static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *
     pg_sb_add(b, ".");
     pg_sb_quote(b, db, col, 1);
     pg_sb_add(b, ")");
+}
+
+/* A key column changed, compared as sb_col_changed does: the key's own type may compare
+ * through a cast (varchar as text), and the writer's search_path could then give an equality
+ * operator of another schema, one that matches exactly, the call. */
+static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
+{
+    for (int i = 0; i < w->npk; i++) {
+        if (i > 0)
+            pg_sb_add(b, " OR ");
+        sb_col_changed(b, db, w->pk[i], oldr, newr);
+    }
 }
 
 /* The payload object from records rec (NEW, or OLD for DELETE) and oldr (UPDATE):

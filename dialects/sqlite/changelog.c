@@ -254,15 +254,14 @@ static int prune(sn_conn *c, int *more)
         " WHERE created_at < " NOW_SQL " - ?1 AND seq <= ?3 AND seq <= " \
         "(SELECT coalesce(min(position), ?3) FROM " READERS_TABLE \
         "  WHERE heartbeat >= " NOW_SQL " - timeout) " consumers "LIMIT ?2)"
+#define HELD_FOR(retention) PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE \
+                                      " WHERE last_seen >= " NOW_SQL " - " retention ") ")
     /* made by the first durable notifier on the file; each consumer's own retention since
      * this version (a file of an earlier one has no column for it until a consumer registers) */
-    int consumers = table_exists(c->db, CONSUMERS_TABLE) == 1;
-    const char *sql = consumers && has_retention(c->db)
-        ? PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE
-                    " WHERE last_seen >= " NOW_SQL " - coalesce(retention, ?4)) ")
-        : consumers ? PRUNE_SQL("AND seq <= (SELECT coalesce(min(position), ?3) FROM " CONSUMERS_TABLE
-                                " WHERE last_seen >= " NOW_SQL " - ?4) ")
-        : PRUNE_SQL("AND ?4 IS NOT NULL ");
+    const char *sql = has_retention(c->db) ? HELD_FOR("coalesce(retention, ?4)")
+                      : table_exists(c->db, CONSUMERS_TABLE) ? HELD_FOR("?4")
+                      : PRUNE_SQL("AND ?4 IS NOT NULL ");
+#undef HELD_FOR
 #undef PRUNE_SQL
     if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) != SQLITE_OK)
         return sqlite3_errcode(c->db);
@@ -287,23 +286,16 @@ static int prune(sn_conn *c, int *more)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* A consumer not seen for 10 minutes keeps every row written since, for as long as the
- * retention (7 days by default): named at warning level by whoever keeps the file's log,
- * asked once a minute, said once an hour while it lasts, so that one left behind by a trial
- * run is found before the disk fills. */
-#define ABSENT_AFTER 600.0
-#define ABSENT_EVERY 60.0
-#define ABSENT_SAY_AGAIN 3600.0
+/* Consumers that stopped coming: see sn_say_absent(). */
 static void absent_check(sn_conn *c)
 {
     double now = ev_now(c->loop);
-    if (c->absent_asked > 0 && now - c->absent_asked < ABSENT_EVERY)
+    if (c->absent_asked > 0 && now - c->absent_asked < SN_ABSENT_EVERY)
         return;
     c->absent_asked = now;
-    if (table_exists(c->db, CONSUMERS_TABLE) != 1 || !has_retention(c->db))
-        return;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(c->db,
+    if (!has_retention(c->db) ||
+        sqlite3_prepare_v2(c->db,
                            "SELECT group_concat(json_quote(name) || ' (last seen ' || strftime('%Y-%m-%dT%H:%MZ',"
                            " last_seen, 'unixepoch') || ')', ', ') FROM (SELECT name, last_seen FROM " CONSUMERS_TABLE
                            " WHERE name IS NOT ?1 AND last_seen < " NOW_SQL " - ?2 AND last_seen >= " NOW_SQL
@@ -311,19 +303,11 @@ static void absent_check(sn_conn *c)
                            -1, &st, NULL) != SQLITE_OK)
         return;
     sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 2, ABSENT_AFTER);
+    sqlite3_bind_double(st, 2, SN_ABSENT_AFTER);
     sqlite3_bind_double(st, 3, c->consumer_retention);
     const unsigned char *names = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
-    if (names == NULL) {
-        c->absent_said = 0;
-    } else if (c->absent_said == 0 || now - c->absent_said >= ABSENT_SAY_AGAIN) {
-        c->absent_said = now;
-        sn_logf(&c->sink, SN_LOG_WARN,
-                "consumers not seen for over %.0f minutes still hold the change log's rows in %s: %s; they keep "
-                "every row written since until they return or consumer_retention (%.0f s) runs out: "
-                "n:drop_consumer(name) releases one that is gone for good",
-                ABSENT_AFTER / 60, c->target, (const char *)names, c->consumer_retention);
-    }
+    sn_say_absent(&c->sink, &c->absent_said, now, (const char *)names, "the change log's rows in", c->target,
+                  SN_ABSENT_AFTER, c->consumer_retention);
     sqlite3_finalize(st);
 }
 
