@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 5"
+#define JOURNAL_VERSION "sqlnotify journal 6"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -181,26 +181,36 @@ static const char setup_sql[] =
      * after pos. The shares
      * whose ack was refused as (share, NULL, 'R', NULL). The page's group comes as
      * (share, NULL, 'G', hi), hi naming the batch for the ack. The batch is saved before it is
-     * delivered, so a crash redelivers only what was not acked. */
+     * delivered, so a crash redelivers only what was not acked.
+     * The ack is folded into the cursor's one write (a share's acked position is its pos for
+     * the grouping) and written apart only for the shares no group wrote: a page writes each
+     * share row once. No share row is locked: ownership moves only in lease() and leave(),
+     * which take the consumer's row FOR UPDATE (here FOR SHARE), so the rows a member writes
+     * here are its own, untouched by any other transaction until it commits. */
     "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
     "  p_batch text, p_acked bigint, p_chans text[], p_limit int)\n"
     "RETURNS TABLE (share int, id bigint, channel text, payload text)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n int; g record; lo pg_snapshot; hi pg_snapshot; p bigint; got bigint := 0;\n"
-    "  cur pg_snapshot := pg_current_snapshot(); saved boolean; fresh boolean;\n"
+    "  cur pg_snapshot := pg_current_snapshot(); saved boolean; fresh boolean; wrote int[] := '{}';\n"
+    "  acking boolean := p_acked > 0 AND COALESCE(cardinality(p_shares), 0) > 0;\n"
     "BEGIN\n"
     /* the consumer's row first, shared: a lease() (which takes it FOR UPDATE before any share)
      * and a fetch never hold share rows the other waits for (a deadlock seen under kill -9) */
     "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR SHARE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
-    "  PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name\n"
-    "    AND (s.owner = p_member OR s.share = ANY (p_shares)) ORDER BY s.share FOR UPDATE;\n"
-    "  RETURN QUERY SELECT rf, NULL::bigint, 'R'::text, NULL::text\n"
-    "    FROM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked) rf;\n"
-    "  FOR g IN SELECT (array_agg(s.snap_lo))[1] AS lo, (array_agg(s.snap_hi))[1] AS hi, s.pos AS p,\n"
+    "  IF acking THEN\n"
+    "    RETURN QUERY SELECT x.sh, NULL::bigint, 'R'::text, NULL::text FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
+    "      WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.share = x.sh\n"
+    "        AND s.owner = p_member AND s.epoch = x.ep);\n"
+    "  END IF;\n"
+    "  FOR g IN SELECT (array_agg(s.snap_lo))[1] AS lo, (array_agg(s.snap_hi))[1] AS hi, a.pos AS p,\n"
     "      array_agg(s.share ORDER BY s.share) AS sh, min(s.moved_at) AS moved\n"
-    "    FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.owner = p_member AND s.expires > now()\n"
-    "    GROUP BY s.snap_lo::text, s.snap_hi::text, s.pos\n"
+    "    FROM sqlnotify.shares s LEFT JOIN unnest(p_shares, p_epochs) x(sh, ep) ON acking AND x.sh = s.share\n"
+    "      CROSS JOIN LATERAL (SELECT CASE WHEN x.ep = s.epoch AND s.snap_hi::text = p_batch\n"
+    "        THEN GREATEST(s.pos, p_acked) ELSE s.pos END AS pos) a\n"
+    "    WHERE s.consumer = p_name AND s.owner = p_member AND s.expires > now()\n"
+    "    GROUP BY s.snap_lo::text, s.snap_hi::text, a.pos\n"
     "    ORDER BY (array_agg(s.snap_hi))[1] IS NULL, min(s.share)\n"
     "  LOOP\n"
     "    lo := g.lo; hi := g.hi; p := g.p; saved := hi IS NOT NULL; fresh := false;\n"
@@ -220,12 +230,19 @@ static const char setup_sql[] =
     "    IF got > 0 OR saved OR g.moved < now() - interval '2 s' THEN\n"
     "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now()\n"
     "        WHERE s.consumer = p_name AND s.share = ANY (g.sh);\n"
+    "      wrote := wrote || g.sh;\n"
     "    END IF;\n"
     "    IF got > 0 THEN\n"
     "      RETURN QUERY SELECT x, NULL::bigint, 'G'::text, hi::text FROM unnest(g.sh) x;\n"
-    "      RETURN;\n"
+    "      EXIT;\n"
     "    END IF;\n"
     "  END LOOP;\n"
+    /* the acked shares no group wrote: those of later groups, or held past their lease */
+    "  IF acking AND NOT p_shares <@ wrote THEN\n"
+    "    UPDATE sqlnotify.shares s SET pos = p_acked FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
+    "      WHERE s.consumer = p_name AND s.share = x.sh AND s.owner = p_member AND s.epoch = x.ep\n"
+    "        AND s.snap_hi::text = p_batch AND s.pos < p_acked AND NOT s.share = ANY (wrote);\n"
+    "  END IF;\n"
     "END $f$;\n"
 
     /* A consumer seen for the first time starts at the end (now) or the beginning, with
@@ -274,7 +291,7 @@ static const char setup_sql[] =
      * loses is counted on its row), and switch tables every p_rotate seconds. */
     "CREATE OR REPLACE FUNCTION sqlnotify.maintain(p_retention float8, p_rotate float8) RETURNS void\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE v_cur int; e bigint; sw timestamptz; t text; busy boolean;\n"
+    "DECLARE v_cur int; e bigint; sw timestamptz; t text; busy boolean; live_lo xid8; all_lo xid8;\n"
     "BEGIN\n"
     "  SELECT s.switched_at INTO sw FROM sqlnotify.state s FOR UPDATE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
@@ -284,6 +301,12 @@ static const char setup_sql[] =
     /* consumers before journal tables: lease() and leave() take their consumer's row first
      * too, fetch() shared (and a cursor only moves forward: an older one is the safe one) */
     "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
+    /* a row older than a snapshot's xmin is visible in it: only rows from the oldest cursor's
+     * xmin on can be held (of the live consumers) or missed (of any), found by the xid index
+     * instead of a scan of the whole table */
+    "  SELECT min(pg_snapshot_xmin(s.snap_lo)) FILTER (WHERE c.last_seen >= now()\n"
+    "      - make_interval(secs => COALESCE(c.retention, p_retention))), min(pg_snapshot_xmin(s.snap_lo))\n"
+    "    INTO live_lo, all_lo FROM sqlnotify.consumers c JOIN sqlnotify.shares s ON s.consumer = c.name;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
     "    t := 'sqlnotify.journal_' || k;\n"
@@ -295,15 +318,17 @@ static const char setup_sql[] =
     "    END;\n"
     "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s j, sqlnotify.consumers c, sqlnotify.shares s'\n"
     "      ' WHERE c.last_seen >= now() - make_interval(secs => COALESCE(c.retention, $1)) AND s.consumer = c.name'\n"
-    "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo))', t)\n"
-    "      INTO busy USING p_retention;\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND j.xid >= $2'\n"
+    "      ' AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo))', t)\n"
+    "      INTO busy USING p_retention, live_lo;\n"
     "    CONTINUE WHEN busy;\n"
     "    EXECUTE format('UPDATE sqlnotify.consumers c SET missed_n = c.missed_n + m.n,'\n"
     "      ' missed_lo = LEAST(c.missed_lo, m.lo), missed_hi = GREATEST(c.missed_hi, m.hi)'\n"
     "      ' FROM (SELECT c2.name, count(*) AS n, min(j.id) AS lo, max(j.id) AS hi FROM %s j,'\n"
     "      ' sqlnotify.consumers c2, sqlnotify.shares s WHERE s.consumer = c2.name'\n"
-    "      ' AND s.share = " SHARE_OF_FMT("j", "c2.nshares") " AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo)'\n"
-    "      ' GROUP BY c2.name) m WHERE m.name = c.name', t);\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c2.nshares") " AND j.xid >= $1'\n"
+    "      ' AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo) GROUP BY c2.name) m WHERE m.name = c.name', t)\n"
+    "      USING all_lo;\n"
     "    EXECUTE format('TRUNCATE %s', t);\n"
     "  END LOOP;\n"
     "  IF sw < now() - make_interval(secs => p_rotate) THEN\n"
