@@ -36,9 +36,11 @@ static const char setup_sql[] =
     "ALTER TABLE sqlnotify.journal_0 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
     "ALTER TABLE sqlnotify.journal_1 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
     "ALTER TABLE sqlnotify.journal_2 ADD COLUMN IF NOT EXISTS hash int NOT NULL DEFAULT 0;\n"
-    "CREATE INDEX IF NOT EXISTS journal_0_xid ON sqlnotify.journal_0 (xid);\n"
-    "CREATE INDEX IF NOT EXISTS journal_1_xid ON sqlnotify.journal_1 (xid);\n"
-    "CREATE INDEX IF NOT EXISTS journal_2_xid ON sqlnotify.journal_2 (xid);\n"
+    /* journal 6: pages are read in id order from a bound (see floor_of), not by xid range */
+    "CREATE INDEX IF NOT EXISTS journal_0_id ON sqlnotify.journal_0 (id);\n"
+    "CREATE INDEX IF NOT EXISTS journal_1_id ON sqlnotify.journal_1 (id);\n"
+    "CREATE INDEX IF NOT EXISTS journal_2_id ON sqlnotify.journal_2 (id);\n"
+    "DROP INDEX IF EXISTS sqlnotify.journal_0_xid, sqlnotify.journal_1_xid, sqlnotify.journal_2_xid;\n"
     "CREATE OR REPLACE VIEW sqlnotify.journal AS SELECT * FROM sqlnotify.journal_0"
     " UNION ALL SELECT * FROM sqlnotify.journal_1 UNION ALL SELECT * FROM sqlnotify.journal_2;\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.state (one boolean PRIMARY KEY DEFAULT true CHECK (one),"
@@ -81,6 +83,10 @@ static const char setup_sql[] =
     " snap_hi pg_catalog.pg_snapshot, pos bigint NOT NULL DEFAULT 0, owner text,"
     " epoch bigint NOT NULL DEFAULT 0, expires timestamptz,"
     " moved_at timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (consumer, share));\n"
+    /* journal 6: where a cursor's rows start in id order (see floor_of) */
+    "ALTER TABLE sqlnotify.shares ADD COLUMN IF NOT EXISTS lo_seq bigint,"
+    " ADD COLUMN IF NOT EXISTS lo_lb bigint[], ADD COLUMN IF NOT EXISTS hi_seq bigint,"
+    " ADD COLUMN IF NOT EXISTS hi_top bigint;\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.members (consumer text NOT NULL REFERENCES sqlnotify.consumers"
     " ON DELETE CASCADE, member text NOT NULL, pid int, expires timestamptz NOT NULL,"
     " joined timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (consumer, member));\n"
@@ -98,6 +104,34 @@ static const char setup_sql[] =
     "  END IF;\n"
     "END $m$;\n"
 
+
+    /* Where a batch's rows start in id order. Ids come from one sequence, taken by a writer
+     * after its transaction has its xid (the triggers run AFTER the write; append() takes
+     * the xid first). So a transaction that was not running when snapshot lo was taken has
+     * only ids at or above the sequence's value read just before lo (lo_seq), and one running
+     * then (in lo's xip) only ids at or above its own bound (lo_lb, one per xip, in order;
+     * carried from batch to batch by lb_carry, unknown ones 0). The rows of batch (lo, hi)
+     * are thus at or above the least of lo_seq and the bounds of lo's xip that hi sees
+     * committed: a running long transaction holds no page back, and a page is read from
+     * the id index from there, never the whole batch sorted (hi NULL: every xip, which is
+     * where anything the cursor has not passed starts). */
+    "CREATE OR REPLACE FUNCTION sqlnotify.floor_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[],\n"
+    "  hi pg_catalog.pg_snapshot) RETURNS bigint\n"
+    "LANGUAGE sql IMMUTABLE AS $f$\n"
+    "  SELECT LEAST(COALESCE(lo_seq, 0), (SELECT pg_catalog.min(COALESCE(l.b, 0))\n"
+    "    FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b)\n"
+    "    WHERE hi IS NULL OR pg_catalog.pg_visible_in_snapshot(l.x, hi)))\n"
+    "$f$;\n"
+    /* the bounds of hi's xip when hi becomes lo: one that was running at lo keeps its own,
+     * one that began after lo starts at or above lo_seq */
+    "CREATE OR REPLACE FUNCTION sqlnotify.lb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[],\n"
+    "  hi pg_catalog.pg_snapshot) RETURNS bigint[]\n"
+    "LANGUAGE sql IMMUTABLE AS $f$\n"
+    "  SELECT ARRAY(SELECT CASE WHEN h.x OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(lo)\n"
+    "      THEN COALESCE((SELECT l.b FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb))\n"
+    "        l(x, b) WHERE l.x OPERATOR(pg_catalog.=) h.x), 0) ELSE COALESCE(lo_seq, 0) END\n"
+    "    FROM pg_catalog.pg_snapshot_xip(hi) WITH ORDINALITY h(x, o) ORDER BY h.o)\n"
+    "$f$;\n"
 
     /* A member's acknowledgement: the handlers finished every event up to p_acked of the page
      * of batch p_batch (its hi snapshot) that covered p_shares, which it held with p_epochs.
@@ -190,9 +224,18 @@ static const char setup_sql[] =
     "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
     "  p_batch text, p_acked bigint, p_chans text[], p_limit int)\n"
     "RETURNS TABLE (share int, id bigint, channel text, payload text)\n"
-    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    /* a page is the first rows of the id index from the floor on: never the batch sorted,
+     * which the planner would choose, not knowing how many rows the snapshots let through
+     * (and no JIT, which the cost of a sort so discouraged would call for) */
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_sort = off SET jit = off AS $f$\n"
     "DECLARE n int; g record; lo pg_snapshot; hi pg_snapshot; p bigint; got bigint := 0;\n"
-    "  cur pg_snapshot := pg_current_snapshot(); saved boolean; fresh boolean; wrote int[] := '{}';\n"
+    "  lseq bigint; lb bigint[]; hseq bigint; htop bigint; fl bigint;\n"
+    /* the sequence just before and just after the snapshot: the bound of rows not yet
+     * begun when cur was taken, and the top of those it sees */
+    "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
+    "  cur pg_snapshot := pg_current_snapshot();\n"
+    "  sa bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
+    "  saved boolean; fresh boolean; wrote int[] := '{}';\n"
     "  acking boolean := p_acked > 0 AND COALESCE(cardinality(p_shares), 0) > 0;\n"
     "BEGIN\n"
     /* the consumer's row first, shared: a lease() (which takes it FOR UPDATE before any share)
@@ -205,30 +248,35 @@ static const char setup_sql[] =
     "        AND s.owner = p_member AND s.epoch = x.ep);\n"
     "  END IF;\n"
     "  FOR g IN SELECT (array_agg(s.snap_lo))[1] AS lo, (array_agg(s.snap_hi))[1] AS hi, a.pos AS p,\n"
-    "      array_agg(s.share ORDER BY s.share) AS sh, min(s.moved_at) AS moved\n"
+    "      array_agg(s.share ORDER BY s.share) AS sh, min(s.moved_at) AS moved,\n"
+    "      s.lo_seq AS lseq, s.lo_lb AS lb, s.hi_seq AS hseq, s.hi_top AS htop\n"
     "    FROM sqlnotify.shares s LEFT JOIN unnest(p_shares, p_epochs) x(sh, ep) ON acking AND x.sh = s.share\n"
     "      CROSS JOIN LATERAL (SELECT CASE WHEN x.ep = s.epoch AND s.snap_hi::text = p_batch\n"
     "        THEN GREATEST(s.pos, p_acked) ELSE s.pos END AS pos) a\n"
     "    WHERE s.consumer = p_name AND s.owner = p_member AND s.expires > now()\n"
-    "    GROUP BY s.snap_lo::text, s.snap_hi::text, a.pos\n"
+    "    GROUP BY s.snap_lo::text, s.snap_hi::text, a.pos, s.lo_seq, s.lo_lb, s.hi_seq, s.hi_top\n"
     "    ORDER BY (array_agg(s.snap_hi))[1] IS NULL, min(s.share)\n"
     "  LOOP\n"
     "    lo := g.lo; hi := g.hi; p := g.p; saved := hi IS NOT NULL; fresh := false;\n"
+    "    lseq := g.lseq; lb := g.lb; hseq := g.hseq; htop := g.htop;\n"
     "    FOR r IN 1..2 LOOP\n"
-    "      IF hi IS NULL THEN hi := cur; p := 0; fresh := true; END IF;\n"
+    "      IF hi IS NULL THEN hi := cur; hseq := sb; htop := sa; p := 0; fresh := true; END IF;\n"
+    "      fl := GREATEST(p + 1, sqlnotify.floor_of(lo, lseq, lb, hi));\n"
     "      RETURN QUERY SELECT " SHARE_OF("j", "n") ", j.id, j.channel, j.payload FROM sqlnotify.journal j\n"
-    "        WHERE j.xid >= pg_snapshot_xmin(lo) AND j.xid < pg_snapshot_xmax(hi)\n"
+    "        WHERE j.id >= fl AND j.id <= COALESCE(htop, 9223372036854775807)\n"
     "          AND NOT pg_visible_in_snapshot(j.xid, lo) AND pg_visible_in_snapshot(j.xid, hi)\n"
-    "          AND j.id > p AND j.channel = ANY (p_chans) AND " SHARE_OF("j", "n") " = ANY (g.sh)\n"
+    "          AND j.channel = ANY (p_chans) AND " SHARE_OF("j", "n") " = ANY (g.sh)\n"
     "        ORDER BY j.id LIMIT p_limit;\n"
     "      GET DIAGNOSTICS got = ROW_COUNT;\n"
     "      EXIT WHEN got > 0;\n"
-    "      lo := hi; hi := NULL; p := 0;\n"
+    "      lb := sqlnotify.lb_carry(lo, lseq, lb, hi); lseq := hseq;\n"
+    "      lo := hi; hi := NULL; p := 0; hseq := NULL; htop := NULL;\n"
     "      EXIT WHEN fresh;\n"
     "    END LOOP;\n"
     /* idle polls write nothing (lo may lag a little; the next batch covers it) */
     "    IF got > 0 OR saved OR g.moved < now() - interval '2 s' THEN\n"
-    "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now()\n"
+    "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now(),\n"
+    "        lo_seq = lseq, lo_lb = lb, hi_seq = hseq, hi_top = htop\n"
     "        WHERE s.consumer = p_name AND s.share = ANY (g.sh);\n"
     "      wrote := wrote || g.sh;\n"
     "    END IF;\n"
@@ -253,13 +301,14 @@ static const char setup_sql[] =
     "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint, nshares int)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n bigint; lo bigint; hi bigint; k int;\n"
+    "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q); cur pg_snapshot := pg_current_snapshot();\n"
     "BEGIN\n"
     "  INSERT INTO sqlnotify.consumers (name, nshares)\n"
     "    VALUES (p_name, CASE WHEN p_shares > 0 THEN p_shares ELSE 16 END) ON CONFLICT DO NOTHING;\n"
     "  SELECT c.missed_n, c.missed_lo, c.missed_hi, c.nshares INTO n, lo, hi, k FROM sqlnotify.consumers c\n"
     "    WHERE c.name = p_name FOR UPDATE;\n"
-    "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo) SELECT p_name, s,\n"
-    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE pg_current_snapshot() END\n"
+    "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo, lo_seq) SELECT p_name, s,\n"
+    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE cur END, CASE WHEN p_beginning THEN 0 ELSE sb END\n"
     "    FROM generate_series(0, k - 1) s ON CONFLICT DO NOTHING;\n"
     "  UPDATE sqlnotify.consumers c SET last_seen = now(), missed_n = 0, missed_lo = NULL, missed_hi = NULL,\n"
     "    retention = COALESCE(p_retention, c.retention)\n"
@@ -291,7 +340,7 @@ static const char setup_sql[] =
      * loses is counted on its row), and switch tables every p_rotate seconds. */
     "CREATE OR REPLACE FUNCTION sqlnotify.maintain(p_retention float8, p_rotate float8) RETURNS void\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
-    "DECLARE v_cur int; e bigint; sw timestamptz; t text; busy boolean; live_lo xid8; all_lo xid8;\n"
+    "DECLARE v_cur int; e bigint; sw timestamptz; t text; busy boolean; live_lo bigint; all_lo bigint;\n"
     "BEGIN\n"
     "  SELECT s.switched_at INTO sw FROM sqlnotify.state s FOR UPDATE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
@@ -301,11 +350,12 @@ static const char setup_sql[] =
     /* consumers before journal tables: lease() and leave() take their consumer's row first
      * too, fetch() shared (and a cursor only moves forward: an older one is the safe one) */
     "  PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
-    /* a row older than a snapshot's xmin is visible in it: only rows from the oldest cursor's
-     * xmin on can be held (of the live consumers) or missed (of any), found by the xid index
-     * instead of a scan of the whole table */
-    "  SELECT min(pg_snapshot_xmin(s.snap_lo)) FILTER (WHERE c.last_seen >= now()\n"
-    "      - make_interval(secs => COALESCE(c.retention, p_retention))), min(pg_snapshot_xmin(s.snap_lo))\n"
+    /* rows below a cursor's floor are behind it: only rows from the lowest floor on can be
+     * held (of the live consumers) or missed (of any), found by the id index instead of a
+     * scan of the whole table */
+    "  SELECT min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, NULL)) FILTER (WHERE c.last_seen >= now()\n"
+    "      - make_interval(secs => COALESCE(c.retention, p_retention))),\n"
+    "    min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, NULL))\n"
     "    INTO live_lo, all_lo FROM sqlnotify.consumers c JOIN sqlnotify.shares s ON s.consumer = c.name;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
@@ -318,7 +368,7 @@ static const char setup_sql[] =
     "    END;\n"
     "    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s j, sqlnotify.consumers c, sqlnotify.shares s'\n"
     "      ' WHERE c.last_seen >= now() - make_interval(secs => COALESCE(c.retention, $1)) AND s.consumer = c.name'\n"
-    "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND j.xid >= $2'\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c.nshares") " AND j.id >= $2'\n"
     "      ' AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo))', t)\n"
     "      INTO busy USING p_retention, live_lo;\n"
     "    CONTINUE WHEN busy;\n"
@@ -326,7 +376,7 @@ static const char setup_sql[] =
     "      ' missed_lo = LEAST(c.missed_lo, m.lo), missed_hi = GREATEST(c.missed_hi, m.hi)'\n"
     "      ' FROM (SELECT c2.name, count(*) AS n, min(j.id) AS lo, max(j.id) AS hi FROM %s j,'\n"
     "      ' sqlnotify.consumers c2, sqlnotify.shares s WHERE s.consumer = c2.name'\n"
-    "      ' AND s.share = " SHARE_OF_FMT("j", "c2.nshares") " AND j.xid >= $1'\n"
+    "      ' AND s.share = " SHARE_OF_FMT("j", "c2.nshares") " AND j.id >= $1'\n"
     "      ' AND NOT pg_visible_in_snapshot(j.xid, s.snap_lo) GROUP BY c2.name) m WHERE m.name = c.name', t)\n"
     "      USING all_lo;\n"
     "    EXECUTE format('TRUNCATE %s', t);\n"
@@ -415,7 +465,10 @@ static void setup_tail(pg_sbuf *b)
                  " RETURNS void\n"
                  "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
                  "DECLARE sn_id bigint; sn_h int; sn_ms bigint; sn_g bigint;\n"
-                 "BEGIN\n");
+                 "BEGIN\n"
+                 /* the xid before the id, as in a trigger (see floor_of): a caller may not
+                  * have written anything yet */
+                 "  PERFORM pg_catalog.pg_current_xact_id();\n");
     pg_journal_append_sql(b, "p_channel", "p_payload", "p_hash");
     pg_sb_add(b, "END $f$;\n"
                  "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
