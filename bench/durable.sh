@@ -65,12 +65,15 @@ sqlnotify.every(0.1, function() io.stdout:flush() end)
 print("ready")
 io.stdout:flush()
 EOF
-"$HOST" -l warn "$TMP/watch.lua" "$URL" >"$TMP/host.out" 2>"$TMP/host.err" &
-PID=$!
-i=0
-while ! grep -q '^ready' "$TMP/host.out"; do
-  i=$((i + 1)); [ $i -lt 200 ] || die "the host did not start: $(cat "$TMP/host.err")"; sleep 0.05
-done
+start_host() {
+  "$HOST" -l warn "$TMP/watch.lua" "$URL" >"$TMP/host.out" 2>"$TMP/host.err" &
+  PID=$!
+  i=0
+  while ! grep -q '^ready' "$TMP/host.out"; do
+    i=$((i + 1)); [ $i -lt 200 ] || die "the host did not start: $(cat "$TMP/host.err")"; sleep 0.05
+  done
+}
+start_host
 
 lines() { grep -c '^[0-9]' "$TMP/host.out" || true; }
 # wait_lines N: until the host handled N durable events
@@ -124,7 +127,16 @@ MILLION_DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_
   WHERE schemaname = 'sqlnotify' AND relname ~ '^journal_'")
 # the writers' cost alone: the same durable table with the host (the reader) stopped
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+BEFORE=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
 DUR_OFF=$(tps dur)
+# catch-up: what was written while the reader was stopped, read when it starts again
+BACKLOG=$(($(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur") - BEFORE))
+say "catch-up: $BACKLOG events written while the reader was stopped"
+T0=$(date +%s.%N)
+start_host
+wait_lines "$BACKLOG"
+CATCHUP=$(echo "$(date +%s.%N) $T0 $BACKLOG" | awk '{printf "%.1f s, %.0f events/s", $1 - $2, $3 / ($1 - $2)}')
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 JROWS=$(psql -Atq "$URL" -c "SELECT count(*) FROM sqlnotify.journal")
 DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'sqlnotify'")
 
@@ -139,5 +151,7 @@ printf '  %-28s %10s tps  %5s x  (target >= 0.80)\n' "durable (journal)" "$DUR" 
 printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \
   "$IDLE" "$LOADED"
 printf '  journal rows now %s, dead tuples in schema sqlnotify %s\n' "$JROWS" "$DEAD"
+printf '  catch-up: %s events written while the reader was stopped, read in %s (host start included)\n' \
+  "$BACKLOG" "$CATCHUP"
 printf '  a million events: journal %s when the reader caught up; %s %s s later; dead tuples in the journal %s\n' \
   "$PEAK" "$MILLION_AFTER" "$MILLION_WAIT" "$MILLION_DEAD"

@@ -86,7 +86,8 @@ static const char setup_sql[] =
     /* journal 6: where a cursor's rows start in id order (see floor_of) */
     "ALTER TABLE sqlnotify.shares ADD COLUMN IF NOT EXISTS lo_seq bigint,"
     " ADD COLUMN IF NOT EXISTS lo_lb bigint[], ADD COLUMN IF NOT EXISTS hi_seq bigint,"
-    " ADD COLUMN IF NOT EXISTS hi_top bigint;\n"
+    " ADD COLUMN IF NOT EXISTS hi_top bigint, ADD COLUMN IF NOT EXISTS lo_next pg_catalog.xid8,"
+    " ADD COLUMN IF NOT EXISTS lo_rlb bigint, ADD COLUMN IF NOT EXISTS hi_next pg_catalog.xid8;\n"
     "CREATE TABLE IF NOT EXISTS sqlnotify.members (consumer text NOT NULL REFERENCES sqlnotify.consumers"
     " ON DELETE CASCADE, member text NOT NULL, pid int, expires timestamptz NOT NULL,"
     " joined timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (consumer, member));\n"
@@ -107,30 +108,52 @@ static const char setup_sql[] =
 
     /* Where a batch's rows start in id order. Ids come from one sequence, taken by a writer
      * after its transaction has its xid (the triggers run AFTER the write; append() takes
-     * the xid first). So a transaction that was not running when snapshot lo was taken has
-     * only ids at or above the sequence's value read just before lo (lo_seq), and one running
-     * then (in lo's xip) only ids at or above its own bound (lo_lb, one per xip, in order;
-     * carried from batch to batch by lb_carry, unknown ones 0). The rows of batch (lo, hi)
-     * are thus at or above the least of lo_seq and the bounds of lo's xip that hi sees
-     * committed: a running long transaction holds no page back, and a page is read from
-     * the id index from there, never the whole batch sorted (hi NULL: every xip, which is
-     * where anything the cursor has not passed starts). */
-    "CREATE OR REPLACE FUNCTION sqlnotify.floor_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[],\n"
+     * the xid first). A cursor's snapshot lo is taken between two readings of the sequence
+     * (lo_seq before it) and before the reader takes an xid of its own (lo_next): a
+     * transaction with an xid from lo_next on began after lo, so its ids are at or above
+     * lo_seq. One running when lo was taken (in lo's xip, or at or above lo's xmax and
+     * below lo_next: running, though no xid below it had finished) has ids at or above its
+     * own bound: lo_lb, one per xip in order, and lo_rlb, one for that range, carried from
+     * batch to batch (unknown ones 0). The rows of batch (lo, hi) are thus at or above the
+     * least of lo_seq and the bounds of what hi sees committed: a long transaction still
+     * running holds no page back, and a page is read from the id index from there, never
+     * the whole batch sorted (hi NULL: every bound, where anything the cursor has not passed
+     * starts). */
+    "CREATE OR REPLACE FUNCTION sqlnotify.floor_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  hi pg_catalog.pg_snapshot) RETURNS bigint\n"
     "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT LEAST(COALESCE(lo_seq, 0), (SELECT pg_catalog.min(COALESCE(l.b, 0))\n"
-    "    FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b)\n"
-    "    WHERE hi IS NULL OR pg_catalog.pg_visible_in_snapshot(l.x, hi)))\n"
+    "  SELECT LEAST(COALESCE(lo_seq, 0), (SELECT pg_catalog.min(COALESCE(l.b, 0)) FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b)\n"
+    "      WHERE hi IS NULL OR pg_catalog.pg_visible_in_snapshot(l.x, hi)),\n"
+    "    CASE WHEN lo_next IS NULL THEN 0\n"
+    "      WHEN lo_next OPERATOR(pg_catalog.>) pg_catalog.pg_snapshot_xmax(lo) AND (hi IS NULL\n"
+    "        OR pg_catalog.pg_snapshot_xmax(hi) OPERATOR(pg_catalog.>) pg_catalog.pg_snapshot_xmax(lo))\n"
+    "      THEN COALESCE(lo_rlb, 0) END)\n"
     "$f$;\n"
-    /* the bounds of hi's xip when hi becomes lo: one that was running at lo keeps its own,
-     * one that began after lo starts at or above lo_seq */
-    "CREATE OR REPLACE FUNCTION sqlnotify.lb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[],\n"
+    /* the bound of a transaction q running when hi was taken, from lo's (hi sees lo's) */
+    "CREATE OR REPLACE FUNCTION sqlnotify.lb_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
+    "  q pg_catalog.xid8) RETURNS bigint\n"
+    "LANGUAGE sql IMMUTABLE AS $f$\n"
+    "  SELECT CASE WHEN q OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(lo)\n"
+    "      THEN COALESCE((SELECT l.b FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b) WHERE l.x OPERATOR(pg_catalog.=) q), 0)\n"
+    "    WHEN lo_next IS NULL THEN 0\n"
+    "    WHEN q OPERATOR(pg_catalog.>=) lo_next THEN COALESCE(lo_seq, 0)\n"
+    "    ELSE COALESCE(lo_rlb, 0) END\n"
+    "$f$;\n"
+    /* hi's bounds when hi becomes lo: one per xip of hi, and the least for hi's range (from
+     * hi's xmax to hi_next), which is above lo's xip: lo_seq and lo's range bound at most */
+    "CREATE OR REPLACE FUNCTION sqlnotify.lb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  hi pg_catalog.pg_snapshot) RETURNS bigint[]\n"
     "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT ARRAY(SELECT CASE WHEN h.x OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(lo)\n"
-    "      THEN COALESCE((SELECT l.b FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb))\n"
-    "        l(x, b) WHERE l.x OPERATOR(pg_catalog.=) h.x), 0) ELSE COALESCE(lo_seq, 0) END\n"
+    "  SELECT ARRAY(SELECT sqlnotify.lb_of(lo, lo_seq, lo_lb, lo_next, lo_rlb, h.x)\n"
     "    FROM pg_catalog.pg_snapshot_xip(hi) WITH ORDINALITY h(x, o) ORDER BY h.o)\n"
+    "$f$;\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.rlb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
+    "  hi pg_catalog.pg_snapshot, hi_next pg_catalog.xid8) RETURNS bigint\n"
+    "LANGUAGE sql IMMUTABLE AS $f$\n"
+    "  SELECT CASE WHEN hi_next IS NULL OR hi_next OPERATOR(pg_catalog.<=) pg_catalog.pg_snapshot_xmax(hi) THEN NULL\n"
+    "    WHEN lo_next IS NULL THEN 0\n"
+    "    ELSE LEAST(CASE WHEN hi_next OPERATOR(pg_catalog.>) lo_next THEN COALESCE(lo_seq, 0) END,\n"
+    "      CASE WHEN pg_catalog.pg_snapshot_xmax(hi) OPERATOR(pg_catalog.<) lo_next THEN COALESCE(lo_rlb, 0) END) END\n"
     "$f$;\n"
 
     /* A member's acknowledgement: the handlers finished every event up to p_acked of the page
@@ -229,12 +252,15 @@ static const char setup_sql[] =
      * (and no JIT, which the cost of a sort so discouraged would call for) */
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_sort = off SET jit = off AS $f$\n"
     "DECLARE n int; g record; lo pg_snapshot; hi pg_snapshot; p bigint; got bigint := 0;\n"
-    "  lseq bigint; lb bigint[]; hseq bigint; htop bigint; fl bigint;\n"
+    "  lseq bigint; lb bigint[]; hseq bigint; htop bigint; fl bigint; lnext xid8; lrlb bigint; hnext xid8;\n"
+    "  nlb bigint[];\n"
     /* the sequence just before and just after the snapshot: the bound of rows not yet
      * begun when cur was taken, and the top of those it sees */
     "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
     "  cur pg_snapshot := pg_current_snapshot();\n"
     "  sa bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
+    /* an xid of the reader's own after the snapshot: any above it began after */
+    "  nx xid8 := pg_current_xact_id();\n"
     "  saved boolean; fresh boolean; wrote int[] := '{}';\n"
     "  acking boolean := p_acked > 0 AND COALESCE(cardinality(p_shares), 0) > 0;\n"
     "BEGIN\n"
@@ -249,19 +275,22 @@ static const char setup_sql[] =
     "  END IF;\n"
     "  FOR g IN SELECT (array_agg(s.snap_lo))[1] AS lo, (array_agg(s.snap_hi))[1] AS hi, a.pos AS p,\n"
     "      array_agg(s.share ORDER BY s.share) AS sh, min(s.moved_at) AS moved,\n"
-    "      s.lo_seq AS lseq, s.lo_lb AS lb, s.hi_seq AS hseq, s.hi_top AS htop\n"
+    "      s.lo_seq AS lseq, s.lo_lb AS lb, s.hi_seq AS hseq, s.hi_top AS htop, s.lo_next AS lnext,\n"
+    "      s.lo_rlb AS lrlb, s.hi_next AS hnext\n"
     "    FROM sqlnotify.shares s LEFT JOIN unnest(p_shares, p_epochs) x(sh, ep) ON acking AND x.sh = s.share\n"
     "      CROSS JOIN LATERAL (SELECT CASE WHEN x.ep = s.epoch AND s.snap_hi::text = p_batch\n"
     "        THEN GREATEST(s.pos, p_acked) ELSE s.pos END AS pos) a\n"
     "    WHERE s.consumer = p_name AND s.owner = p_member AND s.expires > now()\n"
-    "    GROUP BY s.snap_lo::text, s.snap_hi::text, a.pos, s.lo_seq, s.lo_lb, s.hi_seq, s.hi_top\n"
+    "    GROUP BY s.snap_lo::text, s.snap_hi::text, a.pos, s.lo_seq, s.lo_lb, s.hi_seq, s.hi_top,\n"
+    "      s.lo_next, s.lo_rlb, s.hi_next\n"
     "    ORDER BY (array_agg(s.snap_hi))[1] IS NULL, min(s.share)\n"
     "  LOOP\n"
     "    lo := g.lo; hi := g.hi; p := g.p; saved := hi IS NOT NULL; fresh := false;\n"
-    "    lseq := g.lseq; lb := g.lb; hseq := g.hseq; htop := g.htop;\n"
+    "    lseq := g.lseq; lb := g.lb; hseq := g.hseq; htop := g.htop; lnext := g.lnext; lrlb := g.lrlb;\n"
+    "    hnext := g.hnext;\n"
     "    FOR r IN 1..2 LOOP\n"
-    "      IF hi IS NULL THEN hi := cur; hseq := sb; htop := sa; p := 0; fresh := true; END IF;\n"
-    "      fl := GREATEST(p + 1, sqlnotify.floor_of(lo, lseq, lb, hi));\n"
+    "      IF hi IS NULL THEN hi := cur; hseq := sb; htop := sa; hnext := nx; p := 0; fresh := true; END IF;\n"
+    "      fl := GREATEST(p + 1, sqlnotify.floor_of(lo, lseq, lb, lnext, lrlb, hi));\n"
     "      RETURN QUERY SELECT " SHARE_OF("j", "n") ", j.id, j.channel, j.payload FROM sqlnotify.journal j\n"
     "        WHERE j.id >= fl AND j.id <= COALESCE(htop, 9223372036854775807)\n"
     "          AND NOT pg_visible_in_snapshot(j.xid, lo) AND pg_visible_in_snapshot(j.xid, hi)\n"
@@ -269,14 +298,17 @@ static const char setup_sql[] =
     "        ORDER BY j.id LIMIT p_limit;\n"
     "      GET DIAGNOSTICS got = ROW_COUNT;\n"
     "      EXIT WHEN got > 0;\n"
-    "      lb := sqlnotify.lb_carry(lo, lseq, lb, hi); lseq := hseq;\n"
-    "      lo := hi; hi := NULL; p := 0; hseq := NULL; htop := NULL;\n"
+    "      nlb := sqlnotify.lb_carry(lo, lseq, lb, lnext, lrlb, hi);\n"
+    "      lrlb := sqlnotify.rlb_carry(lo, lseq, lb, lnext, lrlb, hi, hnext);\n"
+    "      lb := nlb; lseq := hseq; lnext := hnext;\n"
+    "      lo := hi; hi := NULL; p := 0; hseq := NULL; htop := NULL; hnext := NULL;\n"
     "      EXIT WHEN fresh;\n"
     "    END LOOP;\n"
     /* idle polls write nothing (lo may lag a little; the next batch covers it) */
     "    IF got > 0 OR saved OR g.moved < now() - interval '2 s' THEN\n"
     "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now(),\n"
-    "        lo_seq = lseq, lo_lb = lb, hi_seq = hseq, hi_top = htop\n"
+    "        lo_seq = lseq, lo_lb = lb, hi_seq = hseq, hi_top = htop, lo_next = lnext, lo_rlb = lrlb,\n"
+    "        hi_next = hnext\n"
     "        WHERE s.consumer = p_name AND s.share = ANY (g.sh);\n"
     "      wrote := wrote || g.sh;\n"
     "    END IF;\n"
@@ -302,13 +334,15 @@ static const char setup_sql[] =
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n bigint; lo bigint; hi bigint; k int;\n"
     "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q); cur pg_snapshot := pg_current_snapshot();\n"
+    "  nx xid8 := pg_current_xact_id();\n"
     "BEGIN\n"
     "  INSERT INTO sqlnotify.consumers (name, nshares)\n"
     "    VALUES (p_name, CASE WHEN p_shares > 0 THEN p_shares ELSE 16 END) ON CONFLICT DO NOTHING;\n"
     "  SELECT c.missed_n, c.missed_lo, c.missed_hi, c.nshares INTO n, lo, hi, k FROM sqlnotify.consumers c\n"
     "    WHERE c.name = p_name FOR UPDATE;\n"
-    "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo, lo_seq) SELECT p_name, s,\n"
-    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE cur END, CASE WHEN p_beginning THEN 0 ELSE sb END\n"
+    "  INSERT INTO sqlnotify.shares (consumer, share, snap_lo, lo_seq, lo_next) SELECT p_name, s,\n"
+    "    CASE WHEN p_beginning THEN '1:1:'::pg_snapshot ELSE cur END, CASE WHEN p_beginning THEN 0 ELSE sb END,\n"
+    "    CASE WHEN p_beginning THEN NULL ELSE nx END\n"
     "    FROM generate_series(0, k - 1) s ON CONFLICT DO NOTHING;\n"
     "  UPDATE sqlnotify.consumers c SET last_seen = now(), missed_n = 0, missed_lo = NULL, missed_hi = NULL,\n"
     "    retention = COALESCE(p_retention, c.retention)\n"
@@ -353,9 +387,9 @@ static const char setup_sql[] =
     /* rows below a cursor's floor are behind it: only rows from the lowest floor on can be
      * held (of the live consumers) or missed (of any), found by the id index instead of a
      * scan of the whole table */
-    "  SELECT min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, NULL)) FILTER (WHERE c.last_seen >= now()\n"
+    "  SELECT min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, s.lo_next, s.lo_rlb, NULL)) FILTER (WHERE c.last_seen >= now()\n"
     "      - make_interval(secs => COALESCE(c.retention, p_retention))),\n"
-    "    min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, NULL))\n"
+    "    min(sqlnotify.floor_of(s.snap_lo, s.lo_seq, s.lo_lb, s.lo_next, s.lo_rlb, NULL))\n"
     "    INTO live_lo, all_lo FROM sqlnotify.consumers c JOIN sqlnotify.shares s ON s.consumer = c.name;\n"
     "  FOR k IN 0..2 LOOP\n"
     "    CONTINUE WHEN k = v_cur;\n"
