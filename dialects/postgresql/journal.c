@@ -118,42 +118,47 @@ static const char setup_sql[] =
      * least of lo_seq and the bounds of what hi sees committed: a long transaction still
      * running holds no page back, and a page is read from the id index from there, never
      * the whole batch sorted (hi NULL: every bound, where anything the cursor has not passed
-     * starts). */
+     * starts). These helpers are plpgsql: a SQL function with a subquery is not inlined and
+     * is planned again at every call. */
     "CREATE OR REPLACE FUNCTION sqlnotify.floor_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  hi pg_catalog.pg_snapshot) RETURNS bigint\n"
-    "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT LEAST(COALESCE(lo_seq, 0), (SELECT pg_catalog.min(COALESCE(l.b, 0)) FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b)\n"
+    "LANGUAGE plpgsql IMMUTABLE AS $f$\n"
+    "BEGIN RETURN LEAST(COALESCE(lo_seq, 0), (SELECT pg_catalog.min(COALESCE(l.b, 0)) FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b)\n"
     "      WHERE hi IS NULL OR pg_catalog.pg_visible_in_snapshot(l.x, hi)),\n"
     "    CASE WHEN lo_next IS NULL THEN 0\n"
     "      WHEN lo_next OPERATOR(pg_catalog.>) pg_catalog.pg_snapshot_xmax(lo) AND (hi IS NULL\n"
     "        OR pg_catalog.pg_snapshot_xmax(hi) OPERATOR(pg_catalog.>) pg_catalog.pg_snapshot_xmax(lo))\n"
     "      THEN COALESCE(lo_rlb, 0) END)\n"
+    "; END\n"
     "$f$;\n"
     /* the bound of a transaction q running when hi was taken, from lo's (hi sees lo's) */
     "CREATE OR REPLACE FUNCTION sqlnotify.lb_of(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  q pg_catalog.xid8) RETURNS bigint\n"
-    "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT CASE WHEN q OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(lo)\n"
+    "LANGUAGE plpgsql IMMUTABLE AS $f$\n"
+    "BEGIN RETURN CASE WHEN q OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmax(lo)\n"
     "      THEN COALESCE((SELECT l.b FROM ROWS FROM (pg_catalog.unnest(ARRAY(SELECT pg_catalog.pg_snapshot_xip(lo))), pg_catalog.unnest(lo_lb)) l(x, b) WHERE l.x OPERATOR(pg_catalog.=) q), 0)\n"
     "    WHEN lo_next IS NULL THEN 0\n"
     "    WHEN q OPERATOR(pg_catalog.>=) lo_next THEN COALESCE(lo_seq, 0)\n"
     "    ELSE COALESCE(lo_rlb, 0) END\n"
+    "; END\n"
     "$f$;\n"
     /* hi's bounds when hi becomes lo: one per xip of hi, and the least for hi's range (from
      * hi's xmax to hi_next), which is above lo's xip: lo_seq and lo's range bound at most */
     "CREATE OR REPLACE FUNCTION sqlnotify.lb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  hi pg_catalog.pg_snapshot) RETURNS bigint[]\n"
-    "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT ARRAY(SELECT sqlnotify.lb_of(lo, lo_seq, lo_lb, lo_next, lo_rlb, h.x)\n"
+    "LANGUAGE plpgsql IMMUTABLE AS $f$\n"
+    "BEGIN RETURN ARRAY(SELECT sqlnotify.lb_of(lo, lo_seq, lo_lb, lo_next, lo_rlb, h.x)\n"
     "    FROM pg_catalog.pg_snapshot_xip(hi) WITH ORDINALITY h(x, o) ORDER BY h.o)\n"
+    "; END\n"
     "$f$;\n"
     "CREATE OR REPLACE FUNCTION sqlnotify.rlb_carry(lo pg_catalog.pg_snapshot, lo_seq bigint, lo_lb bigint[], lo_next pg_catalog.xid8, lo_rlb bigint,\n"
     "  hi pg_catalog.pg_snapshot, hi_next pg_catalog.xid8) RETURNS bigint\n"
-    "LANGUAGE sql IMMUTABLE AS $f$\n"
-    "  SELECT CASE WHEN hi_next IS NULL OR hi_next OPERATOR(pg_catalog.<=) pg_catalog.pg_snapshot_xmax(hi) THEN NULL\n"
+    "LANGUAGE plpgsql IMMUTABLE AS $f$\n"
+    "BEGIN RETURN CASE WHEN hi_next IS NULL OR hi_next OPERATOR(pg_catalog.<=) pg_catalog.pg_snapshot_xmax(hi) THEN NULL\n"
     "    WHEN lo_next IS NULL THEN 0\n"
     "    ELSE LEAST(CASE WHEN hi_next OPERATOR(pg_catalog.>) lo_next THEN COALESCE(lo_seq, 0) END,\n"
     "      CASE WHEN pg_catalog.pg_snapshot_xmax(hi) OPERATOR(pg_catalog.<) lo_next THEN COALESCE(lo_rlb, 0) END) END\n"
+    "; END\n"
     "$f$;\n"
 
     /* A member's acknowledgement: the handlers finished every event up to p_acked of the page
