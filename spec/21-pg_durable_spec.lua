@@ -50,6 +50,15 @@ end
 
 local function wait_events(p, n, timeout) return p:wait_count(events, n, timeout) end
 
+-- The events a host printed, each row's first only.
+local function distinct(p)
+  local set, out = {}, {}
+  for _, e in ipairs(events(p)) do
+    if not set[e.k] then set[e.k] = true out[#out + 1] = e end
+  end
+  return out
+end
+
 local function ks(list) return H.pluck(list, "k") end
 
 local function fresh(tbl)
@@ -217,13 +226,6 @@ describe("PostgreSQL durable mode", function()
       return true
     end, 120))
     for w = 1, writers do assert.are.equal("0\n", H.slurp(dones[w])) end
-    local function distinct(q)
-      local set, out = {}, {}
-      for _, e in ipairs(events(q)) do
-        if not set[e.k] then set[e.k] = true out[#out + 1] = e end
-      end
-      return out
-    end
     p:wait_count(distinct, writers * each, 30)
     p:stop()
     local by = {}
@@ -528,14 +530,7 @@ print("ready")
     assert(H.sh(fmt("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s restart -m immediate >/dev/null 2>&1",
       ver, cluster)), "pg_ctlcluster restart failed")
     for i = 11, 20 do H.psql(fmt("INSERT INTO %s.t9 (k) VALUES (%d)", S, i), url) end
-    -- every row once at least: rows that came again count toward no total
-    local function distinct(q)
-      local set, out = {}, {}
-      for _, e in ipairs(events(q)) do
-        if not set[e.k] then set[e.k] = true out[#out + 1] = e end
-      end
-      return out
-    end
+    -- every row once at least: rows that came again count toward no total (distinct)
     assert.is_true(p:wait_count(distinct, 20), p:stderr())
     assert.is_true(p:wait_for("journal reader reconnected to database \"test\" on 127.0.0.1:" .. port, 10, "err"))
     assert.matches("lost the journal reader's connection to database \"test\"", p:stderr())
