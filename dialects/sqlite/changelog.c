@@ -238,7 +238,9 @@ static int forget_dead_readers(sn_conn *c)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-static int has_retention(sqlite3 *db)
+/* Whether the consumers' table has its retention column (files of earlier versions lack it
+ * until a consumer registers). */
+int sqd_has_retention(sqlite3 *db)
 {
     return one_int(db, "SELECT count(*) FROM pragma_table_info('" CONSUMERS_TABLE "') WHERE name = 'retention'",
                    0) == 1;
@@ -258,7 +260,7 @@ static int prune(sn_conn *c, int *more)
                                       " WHERE last_seen >= " NOW_SQL " - " retention ") ")
     /* made by the first durable notifier on the file; each consumer's own retention since
      * this version (a file of an earlier one has no column for it until a consumer registers) */
-    const char *sql = has_retention(c->db) ? HELD_FOR("coalesce(retention, ?4)")
+    const char *sql = sqd_has_retention(c->db) ? HELD_FOR("coalesce(retention, ?4)")
                       : table_exists(c->db, CONSUMERS_TABLE) ? HELD_FOR("?4")
                       : PRUNE_SQL("AND ?4 IS NOT NULL ");
 #undef HELD_FOR
@@ -294,7 +296,7 @@ static void absent_check(sn_conn *c)
         return;
     c->absent_asked = now;
     sqlite3_stmt *st = NULL;
-    if (!has_retention(c->db) ||
+    if (!sqd_has_retention(c->db) ||
         sqlite3_prepare_v2(c->db,
                            "SELECT group_concat(json_quote(name) || ' (last seen ' || strftime('%Y-%m-%dT%H:%MZ',"
                            " last_seen, 'unixepoch') || ')', ', ') FROM (SELECT name, last_seen FROM " CONSUMERS_TABLE

@@ -63,16 +63,8 @@ static int have_table(sqlite3 *db)
 /* Each consumer's own retention, in a column that files made by earlier versions lack. */
 static int ensure_retention(sqlite3 *db, char *err, size_t errlen)
 {
-    sqlite3_stmt *st;
-    int have = 0;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM pragma_table_info('" CONSUMERS_TABLE "') WHERE name = 'retention'",
-                           -1, &st, NULL) != SQLITE_OK) {
-        sn_seterr(err, errlen, "%s", sqlite3_errmsg(db));
-        return -1;
-    }
-    have = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_finalize(st);
-    return have ? 0 : sqd_exec(db, "ALTER TABLE " CONSUMERS_TABLE " ADD COLUMN retention REAL", err, errlen);
+    return sqd_has_retention(db) ? 0
+                                 : sqd_exec(db, "ALTER TABLE " CONSUMERS_TABLE " ADD COLUMN retention REAL", err, errlen);
 }
 
 /* Made by the first durable notifier on a file: live-only files never get it. */

@@ -143,6 +143,8 @@ int sqd_ensure_tables(sn_conn *c, int *recreated, char *err, size_t errlen);
 /* The seq the next reader starts after: the log's end (MAX(seq), or the AUTOINCREMENT
  * counter when pruning emptied it). 0, or -1 and err. */
 int sqd_log_end(sqlite3 *db, sqlite3_int64 *out, char *err, size_t errlen);
+/* Whether the consumers' table has its retention column (1) or not (0, also on error). */
+int sqd_has_retention(sqlite3 *db);
 /* The CREATE TABLE text of the log (malloc'd), NULL if missing or on error. */
 char *sqd_log_sql(sqlite3 *db);
 /* Write our reader row (position, heartbeat), waiting as long as the connection's busy
