@@ -314,6 +314,16 @@ static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
 #define SN_ABSENT_EVERY 60.0
 #define SN_SAY_AGAIN 3600.0
 
+/* A condition is said when it starts and then once per SN_SAY_AGAIN s while it lasts: whether
+ * to say it now (*said: when it last was, 0: not since it last ended; set when due). */
+static inline int sn_say_due(double *said, double now)
+{
+    if (*said > 0 && now - *said < SN_SAY_AGAIN)
+        return 0;
+    *said = now;
+    return 1;
+}
+
 static inline void sn_say_absent(const sn_sink *sink, double *said, double now, const char *names, const char *rows,
                                  const char *target, double after, double retention)
 {
@@ -321,9 +331,8 @@ static inline void sn_say_absent(const sn_sink *sink, double *said, double now, 
         *said = 0;
         return;
     }
-    if (*said > 0 && now - *said < SN_SAY_AGAIN)
+    if (!sn_say_due(said, now))
         return;
-    *said = now;
     sn_logf(sink, SN_LOG_WARN,
             "consumers not seen for over %.0f minutes still hold %s %s: %s; they keep every row written since until "
             "they return or consumer_retention (%.0f s) runs out: n:drop_consumer(name) releases one that is gone "

@@ -475,10 +475,8 @@ static void jr_absent(struct pg_jr *j, PGresult *res)
  * while it goes on; reading goes on. */
 static void jr_maint_failed(struct pg_jr *j, const char *why, const char *state)
 {
-    double now = pg_clock();
-    if (j->maint_said > 0 && now - j->maint_said < SN_SAY_AGAIN)
+    if (!sn_say_due(&j->maint_said, pg_clock()))
         return;
-    j->maint_said = now;
     char msg[512];
     pg_one_line(msg, sizeof msg, why);
     sn_logf(&j->c->sink, SN_LOG_ERROR, "journal maintenance failed on %s: %s%s (said once an hour while it lasts)",
