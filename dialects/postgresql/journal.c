@@ -322,11 +322,10 @@ static const char setup_sql[] =
     "      EXIT;\n"
     "    END IF;\n"
     "  END LOOP;\n"
-    /* the acked shares no group wrote: those of later groups, or held past their lease */
+    /* the acked shares no group wrote: those of later groups, or held past their lease (to the
+     * ones a group wrote the ack no longer applies: their batch moved on, or their pos is past it) */
     "  IF acking AND NOT p_shares <@ wrote THEN\n"
-    "    UPDATE sqlnotify.shares s SET pos = p_acked FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
-    "      WHERE s.consumer = p_name AND s.share = x.sh AND s.owner = p_member AND s.epoch = x.ep\n"
-    "        AND s.snap_hi::text = p_batch AND s.pos < p_acked AND NOT s.share = ANY (wrote);\n"
+    "    PERFORM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked);\n"
     "  END IF;\n"
     "END $f$;\n"
 
