@@ -5,6 +5,8 @@
 #   make demo-live            serve scripts/examples/live.lua (changes in the browser) until Ctrl-C
 #   make bench                measure against a bare libpq listener
 #   make install PREFIX=/dir  bin/, lib/lua/5.4/, share/lua/5.4/ under /dir
+#   make install-pgext        the durable trigger in C (pgext/) into the local PostgreSQL server
+#                             (PG_CONFIG=/usr/lib/postgresql/<major>/bin/pg_config for another one)
 
 PREFIX  ?= /usr/local
 BINDIR  ?= $(PREFIX)/bin
@@ -90,7 +92,12 @@ install: all
 	install -m 755 $(MODULE) $(DESTDIR)$(LIBDIR)/sqlnotify/core.so
 	install -m 644 lua/sqlnotify/*.lua $(DESTDIR)$(LUADIR)/sqlnotify/
 
+PG_CONFIG ?= pg_config
+install-pgext:
+	$(MAKE) -C pgext PG_CONFIG="$(PG_CONFIG)" with_llvm=no install
+
 clean:
 	rm -rf build build-*
+	$(MAKE) -s -C pgext clean PG_CONFIG="$(PG_CONFIG)" 2>/dev/null || true
 
-.PHONY: all check demo demo-live bench install clean
+.PHONY: all check demo demo-live bench install install-pgext clean

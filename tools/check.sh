@@ -46,6 +46,11 @@ if ! psql "$PG_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "0 passed, 1 failed"; exit 1
 fi
 
+# The durable trigger in C (pgext/), into the server the specs use when it runs here.
+if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
+  sh tools/pgext.sh "$PG_URL" || { echo "0 passed, 1 failed"; exit 1; }
+fi
+
 sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the MySQL specs
 
 # ----- build -----

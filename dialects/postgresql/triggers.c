@@ -33,6 +33,12 @@
 #define MARK_ANY "sqlnotify:"
 #define MARK_V1 "sqlnotify:1:"
 #define MARK_V2 "sqlnotify:2 "
+/* The triggers that call t's function, and one more for a function of an extension
+ * (sqlnotify.capture()): a count of 1 means the function may go with its trigger. */
+#define FN_USERS                                                                                                   \
+    "((SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u WHERE u.tgfoid = t.tgfoid) +"                        \
+    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_depend e WHERE e.objid = t.tgfoid AND e.deptype = 'e'"         \
+    "  AND e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass))"
 #define JSON_CHUNK 50 /* pairs per jsonb_build_object(): functions take <= 100 args */
 
 static const char *const op_names[] = {"insert", "update", "delete"};
@@ -73,7 +79,7 @@ static void quote_table(pg_sbuf *b, const char *schema, const char *table)
 /* ===== what the catalog says about the watched table ===== */
 
 typedef struct tinfo {
-    PGresult *res; /* rows: relid, relkind, namespace oid, column, is bytea, is float */
+    PGresult *res; /* rows: relid, relkind, namespace oid, column, is bytea, is float, is simple */
     const char *relid, *nspid;
     char relkind;
 } tinfo;
@@ -84,7 +90,10 @@ static const char table_sql[] =
     "   'pg_catalog.bytea'::pg_catalog.regtype::pg_catalog.oid,"
     " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) IN ('pg_catalog.float4'::pg_catalog.regtype,"
     "   'pg_catalog.float8'::pg_catalog.regtype, 'pg_catalog._float4'::pg_catalog.regtype,"
-    "   'pg_catalog._float8'::pg_catalog.regtype)"
+    "   'pg_catalog._float8'::pg_catalog.regtype),"
+    /* a type sqlnotify.capture() renders itself (pgext/capture.c: category) */
+    " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid)::pg_catalog.int4 IN (16, 17, 18, 19, 20, 21, 23, 25, 26, 700,"
+    "   701, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 1700, 2950, 3802)"
     " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
     " LEFT JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid"
@@ -121,6 +130,19 @@ static int is_float(const tinfo *t, const char *const *cols, int n)
             if (strcmp(PQgetvalue(t->res, i, 3), cols[k]) == 0 && PQgetvalue(t->res, i, 5)[0] == 't')
                 return 1;
     return 0;
+}
+
+/* Every column of cols is of a type capture() renders itself. */
+static int is_simple(const tinfo *t, const char *const *cols, int n)
+{
+    for (int k = 0; k < n; k++) {
+        int ok = 0;
+        for (int i = 0; i < PQntuples(t->res) && !ok; i++)
+            ok = strcmp(PQgetvalue(t->res, i, 3), cols[k]) == 0 && PQgetvalue(t->res, i, 6)[0] == 't';
+        if (!ok)
+            return 0;
+    }
+    return 1;
 }
 
 /* ===== the generator ===== */
@@ -398,6 +420,81 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     pg_sb_add(b, "  RETURN NULL;\nEND");
 }
 
+/* ===== the C trigger (pgext/capture.c) ===== */
+
+#define CAPTURE_FN "sqlnotify.capture"
+#define CAPTURE_VERSION "1"
+
+/* Whether durable triggers may call sqlnotify.capture(): the extension of our version is
+ * there (made here when the server has it and this role may), and this role may create
+ * triggers with it. SQLNOTIFY_PG_CAPTURE=plpgsql keeps every trigger in plpgsql. Asked
+ * once per connection. */
+static int capture_usable(sn_conn *c)
+{
+    char e[256];
+    const char *env = getenv("SQLNOTIFY_PG_CAPTURE");
+    if (c->capture != 0)
+        return c->capture > 0;
+    c->capture = -1;
+    if (env && strcmp(env, "plpgsql") == 0)
+        return 0;
+    for (int round = 0; round < 2; round++) {
+        PGresult *r = pg_exec(c, &c->ctl,
+                              "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'sqlnotify_capture'),"
+                              " EXISTS (SELECT FROM pg_catalog.pg_available_extension_versions"
+                              "  WHERE name = 'sqlnotify_capture' AND version = '" CAPTURE_VERSION "'),"
+                              " (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
+                              " pg_catalog.has_function_privilege(pg_catalog.to_regprocedure('" CAPTURE_FN "()'),"
+                              "  'EXECUTE')",
+                              0, NULL, PG_RETRY, NULL, e, sizeof e);
+        if (r == NULL)
+            return 0;
+        int installed = !PQgetisnull(r, 0, 0), ours = installed && strcmp(PQgetvalue(r, 0, 0), CAPTURE_VERSION) == 0;
+        int can_make = !installed && round == 0 && PQgetvalue(r, 0, 1)[0] == 't' && PQgetvalue(r, 0, 2)[0] == 't';
+        int may = PQgetvalue(r, 0, 3)[0] == 't';
+        PQclear(r);
+        if (ours) {
+            c->capture = may ? 1 : -1;
+            break;
+        }
+        if (!can_make)
+            break;
+        /* failed or not, look again: another process may have made it meanwhile */
+        pg_script(c, "CREATE EXTENSION IF NOT EXISTS sqlnotify_capture VERSION '" CAPTURE_VERSION "'", NULL, e, sizeof e);
+    }
+    return c->capture > 0;
+}
+
+/* Whether this watch's trigger can be capture(): durable, and every column it sends or
+ * compares of a type capture() renders itself. */
+static int capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
+{
+    int upd = w->op == SN_UPDATE;
+    return c->consumer && is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
+           (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger))) &&
+           capture_usable(c);
+}
+
+static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
+{
+    for (int i = 0; i < n; i++) {
+        pg_sb_add(b, ", ");
+        pg_sb_quote(b, db, cols[i], 0);
+    }
+}
+
+/* capture()'s arguments: channel, 'npk nextra nold ntrig', then those columns' names. */
+static void sb_capture_args(pg_sbuf *b, PGconn *db, const sn_watch *w)
+{
+    int upd = w->op == SN_UPDATE, nold = upd ? w->nold : 0, ntrig = upd ? w->ntrigger : 0;
+    pg_sb_quote(b, db, w->channel, 0);
+    pg_sb_addf(b, ", '%d %d %d %d'", w->npk, w->nextra, nold, ntrig);
+    sb_args(b, db, w->pk, w->npk);
+    sb_args(b, db, w->extra, w->nextra);
+    sb_args(b, db, w->old_cols, nold);
+    sb_args(b, db, w->trigger_cols, ntrig);
+}
+
 static void sb_list(pg_sbuf *b, const char *const *cols, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -433,7 +530,9 @@ static void sb_summary(pg_sbuf *b, const sn_watch *w)
 /* What a watch's trigger is made of: its name, function body and marker line. */
 typedef struct plan {
     char name[64], old[32];
-    pg_sbuf body;
+    int capture;      /* the trigger calls sqlnotify.capture(body) instead of a function of its own */
+    int leftover;     /* capture: this watch's plpgsql function is still there, used by no other trigger */
+    pg_sbuf body;     /* the function's body, or capture()'s arguments */
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
     pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
@@ -452,7 +551,11 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
         pg_sb_qname(&ovf, c->ctl.conn, p->ovf_schema, PG_OVERFLOW_TABLE);
     int fl = is_float(t, w->pk, w->npk) || is_float(t, w->extra, w->nextra) ||
              (w->op == SN_UPDATE && (is_float(t, w->old_cols, w->nold) || is_float(t, w->trigger_cols, w->ntrigger)));
-    sb_body(&p->body, c->ctl.conn, w, t, ovf_on ? ovf.p : NULL, c->consumer != NULL, fl);
+    p->capture = capture_fits(c, w, t);
+    if (p->capture)
+        sb_capture_args(&p->body, c->ctl.conn, w);
+    else
+        sb_body(&p->body, c->ctl.conn, w, t, ovf_on ? ovf.p : NULL, c->consumer != NULL, fl);
     const char *fail = ovf.fail ? ovf.fail : p->body.fail;
     free(ovf.p);
     if (fail) {
@@ -512,18 +615,90 @@ static const char state_sql[] =
 
 enum { ST_NONE, ST_SAME, ST_DAMAGED, ST_OTHER };
 
+/* The same for a trigger calling capture(): its comment, function, type, state and arguments
+ * (tgargs: each argument and a NUL), and whether this watch's plpgsql function of before is
+ * still there for no other trigger. */
+static const char capture_state_sql[] =
+    "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
+    " t.tgfoid = pg_catalog.to_regprocedure('" CAPTURE_FN "()'), t.tgtype::int, t.tgenabled::text,"
+    " pg_catalog.encode(t.tgargs, 'hex'),"
+    " EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = $2::pg_catalog.oid"
+    "  AND p.proname = $3::text::name AND p.pronargs = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u"
+    "   WHERE u.tgfoid = p.oid AND NOT (u.tgrelid = $1::pg_catalog.oid AND u.tgname::text = $3)))"
+    " FROM (SELECT 1) x"
+    " LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = $1::pg_catalog.oid AND t.tgname::text = $3";
+
 static int starts_line(const char *text, const char *line)
 {
     size_t n = strlen(line);
     return text && strncmp(text, line, n) == 0 && text[n] == '\n';
 }
 
+static void hex_arg(pg_sbuf *b, const char *arg)
+{
+    static const char digits[] = "0123456789abcdef";
+    char two[3] = "";
+    for (const unsigned char *p = (const unsigned char *)arg;; p++) {
+        two[0] = digits[*p >> 4];
+        two[1] = digits[*p & 15];
+        pg_sb_add(b, two);
+        if (*p == '\0')
+            break;
+    }
+}
+
+static void hex_args(pg_sbuf *b, const char *const *cols, int n)
+{
+    for (int i = 0; i < n; i++)
+        hex_arg(b, cols[i]);
+}
+
+/* tgargs as the server keeps them, in hex: what sb_capture_args() says, unquoted. */
+static void sb_capture_tgargs(pg_sbuf *b, const sn_watch *w)
+{
+    char counts[64];
+    int upd = w->op == SN_UPDATE, nold = upd ? w->nold : 0, ntrig = upd ? w->ntrigger : 0;
+    snprintf(counts, sizeof counts, "%d %d %d %d", w->npk, w->nextra, nold, ntrig);
+    hex_arg(b, w->channel);
+    hex_arg(b, counts);
+    hex_args(b, w->pk, w->npk);
+    hex_args(b, w->extra, w->nextra);
+    hex_args(b, w->old_cols, nold);
+    hex_args(b, w->trigger_cols, ntrig);
+}
+
+static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
+{
+    const char *vals[3] = {t->relid, t->nspid, p->name};
+    PGresult *res = pg_exec(c, &c->ctl, capture_state_sql, 3, vals, PG_RETRY, NULL, err, errlen);
+    if (res == NULL)
+        return -1;
+    int st;
+    p->leftover = PQgetvalue(res, 0, 6)[0] == 't';
+    if (PQgetvalue(res, 0, 0)[0] != 't') {
+        st = ST_NONE;
+    } else if (!starts_line(PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1), p->markline.p)) {
+        st = ST_OTHER;
+    } else {
+        pg_sbuf args = {0};
+        sb_capture_tgargs(&args, w);
+        char en = PQgetvalue(res, 0, 4)[0];
+        int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
+                   (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
+        free(args.p);
+        st = same && !p->leftover ? ST_SAME : ST_DAMAGED;
+    }
+    PQclear(res);
+    return st;
+}
+
 /* Our trigger by its name: ST_NONE, ST_SAME (nothing to do), ST_DAMAGED (our marker, but
  * the function or the trigger was changed behind us), ST_OTHER (another watch's marker,
  * an older version, or not ours); -1 and err. */
-static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, char *err,
-                         size_t errlen)
+static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
 {
+    if (p->capture)
+        return capture_state(c, w, t, p, err, errlen);
     const char *vals[3] = {t->relid, t->nspid, p->name};
     PGresult *res = pg_exec(c, &c->ctl, state_sql, 3, vals, PG_RETRY, NULL, err, errlen);
     if (res == NULL)
@@ -551,7 +726,7 @@ static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
 static const char related_sql[] =
     "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgtype::int,"
     " t.tgrelid = $1::pg_catalog.oid, d.description LIKE '" MARK_V1 "%',"
-    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u WHERE u.tgfoid = t.tgfoid)::int,"
+    " " FN_USERS "::int,"
     " fn.nspname::text, p.proname::text"
     " FROM pg_catalog.pg_trigger t"
     " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
@@ -673,7 +848,32 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
     /* DDL waits for a lock on the user's table: let the server give up before our deadline. */
     pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
     pg_sb_add(b, drops);
-    if (create) {
+    if (create && p->capture) {
+        pg_sb_add(b, "DROP TRIGGER IF EXISTS ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, ";\nCREATE TRIGGER ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " AFTER ");
+        pg_sb_add(b, op_sql[w->op]);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION " CAPTURE_FN "(");
+        pg_sb_add(b, p->body.p);
+        pg_sb_add(b, ");\nCOMMENT ON TRIGGER ");
+        pg_sb_quote(b, db, p->name, 1);
+        pg_sb_add(b, " ON ");
+        pg_sb_add(b, tbl.p);
+        pg_sb_add(b, " IS ");
+        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
+        pg_sb_add(b, ";\n");
+        if (p->leftover) { /* the plpgsql function this watch had before */
+            pg_sb_add(b, "DROP FUNCTION IF EXISTS ");
+            pg_sb_add(b, fn.p);
+            pg_sb_add(b, ";\n");
+        }
+    } else if (create) {
         pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
         pg_sb_add(b, fn.p);
         pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql ");
@@ -836,8 +1036,7 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     old_name(w, old);
     /* Only what is there: no DDL (and no lock on the table) when nothing is. */
     static const char sql[] =
-        "SELECT t.tgname::text, (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u"
-        "  WHERE u.tgfoid = t.tgfoid)::int, fn.nspname::text, p.proname::text"
+        "SELECT t.tgname::text, " FN_USERS "::int, fn.nspname::text, p.proname::text"
         " FROM pg_catalog.pg_trigger t"
         " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"

@@ -1,0 +1,8 @@
+-- sqlnotify_capture 1: sqlnotify.capture(), the trigger sqlnotify-lua's durable watches use
+-- where this extension is installed (see pgext/capture.c and the README).
+\echo Use "CREATE EXTENSION sqlnotify_capture" to load this file. \quit
+CREATE FUNCTION capture() RETURNS trigger
+  LANGUAGE c AS 'MODULE_PATHNAME', 'capture';
+-- creating a trigger with it needs EXECUTE; the trigger itself runs for every writer
+REVOKE ALL ON FUNCTION capture() FROM PUBLIC;
+COMMENT ON FUNCTION capture() IS 'sqlnotify-lua: appends a row change to the durable journal (a trigger only)';
