@@ -18,6 +18,7 @@
 
 #include <math.h>
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -54,6 +55,10 @@ PG_FUNCTION_INFO_V1(capture);
 #define WAKE_MS 10          /* as the plpgsql gate: at most one wake-up per 10 ms */
 #define NTABLES 3
 #define EPOCH_MS 946684800000LL /* 2000-01-01 in Unix milliseconds */
+/* A payload that could grow past this goes as the key alone, marked truncated: the text, its
+ * copy in the row and the row itself must fit in memory, and the write must not fail (the
+ * plpgsql trigger's jsonb gives up near there too) */
+#define MAX_PAYLOAD ((Size) 256 * 1024 * 1024)
 
 /* ===== the journal's relations, looked up once and checked at each use ===== */
 
@@ -137,8 +142,13 @@ static void journal_insert(Relation r, Datum *values, bool *nulls)
         IndexInfo *ii = BuildIndexInfo(ix);
         Datum iv[INDEX_MAX_KEYS];
         bool in[INDEX_MAX_KEYS];
-        if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL || !ix->rd_index->indisready)
-            ereport(ERROR, (errmsg("sqlnotify: an index of the durable journal is not a plain column index")));
+        if (!ix->rd_index->indisready) { /* being built: as the executor, leave it out */
+            index_close(ix, NoLock);
+            continue;
+        }
+        if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL)
+            ereport(ERROR, (errmsg("sqlnotify: an index of the durable journal is not a plain column index"),
+                            errhint("Drop the index that was added to sqlnotify.journal_N by hand.")));
         for (int i = 0; i < ii->ii_NumIndexAttrs; i++)
             iv[i] = heap_getattr(tup, ii->ii_IndexAttrNumbers[i], RelationGetDescr(r), &in[i]);
         index_insert(ix, iv, in, &tup->t_self, r, ix->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
@@ -302,7 +312,7 @@ static int key_cmp(const col *a, const col *b)
 }
 
 /* {"a": 1, "b": "x"} of cols from tup, keys in jsonb's order, a repeated name once (its
- * last); false when a column is gone. */
+ * last); false when a column is gone or the payload would grow past MAX_PAYLOAD. */
 static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, TupleDesc desc)
 {
     int *order = palloc(sizeof(int) * (n > 0 ? n : 1));
@@ -324,8 +334,12 @@ static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, T
     appendStringInfoChar(s, '{');
     for (int k = 0; k < m; k++) {
         const col *c = &cols[order[k]];
+        Form_pg_attribute a = TupleDescAttr(desc, c->attnum - 1);
         bool isnull;
         Datum v = heap_getattr(tup, c->attnum, desc, &isnull);
+        /* escape_json writes at most 6 bytes for one (\u0001), bytea 2 (hex) */
+        if (!isnull && a->attlen == -1 && (Size) s->len + 6 * toast_raw_datum_size(v) + 64 > MAX_PAYLOAD)
+            return false;
         if (k > 0)
             appendStringInfoString(s, ", ");
         escape_json(s, c->name);
@@ -333,7 +347,7 @@ static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, T
         if (isnull)
             appendStringInfoString(s, "null");
         else
-            append_value(s, v, TupleDescAttr(desc, c->attnum - 1)->atttypid);
+            append_value(s, v, a->atttypid);
     }
     appendStringInfoChar(s, '}');
     return true;

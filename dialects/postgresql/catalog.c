@@ -8,7 +8,9 @@
  * ::name comparison beside it lets the catalog indexes be used. Views and materialized
  * views are described too, marked "view", so the caller can say why they cannot be
  * watched. Keys: every valid unique index without a WHERE clause or expressions (a
- * UNIQUE constraint is one of them; so is the primary key). */
+ * UNIQUE constraint is one of them; so is the primary key). A column of a domain is
+ * described by the type under it (the decoder and the filters go by what the value is: a
+ * domain over numeric carries every digit). */
 static const char describe_sql[] =
     "WITH t AS ("
     " SELECT c.oid, n.nspname::text AS nsp, c.relname::text AS rel, c.relkind"
@@ -28,8 +30,11 @@ static const char describe_sql[] =
     "  SELECT 0 AS s1, ''::text AS s2, 0::bigint AS s3, 'table'::text AS kind, t.nsp AS a, t.rel AS b,"
     "         CASE WHEN t.relkind IN ('v', 'm') THEN 'view' END AS n FROM t"
     "  UNION ALL"
-    "  SELECT 1, '', a.attnum, 'column', a.attname::text,"
-    "         pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnum::text"
+    "  SELECT 1, '', a.attnum, 'column', a.attname::text, ("
+    "   WITH RECURSIVE b(id, m) AS (SELECT a.atttypid, a.atttypmod UNION ALL SELECT ty.typbasetype,"
+    "     ty.typtypmod FROM b JOIN pg_catalog.pg_type ty ON ty.oid = b.id WHERE ty.typtype = 'd')"
+    "   SELECT pg_catalog.format_type(b.id, b.m) FROM b JOIN pg_catalog.pg_type ty ON ty.oid = b.id"
+    "   WHERE ty.typtype <> 'd'), a.attnum::text"
     "  FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid"
     "  WHERE a.attnum > 0 AND NOT a.attisdropped"
     "  UNION ALL"
