@@ -1,14 +1,19 @@
 #!/bin/sh
 # bench/durable.sh: what watching costs the writers on PostgreSQL, in one run: pgbench with
 # 8 clients of one-row inserts into a table unwatched, watched in live mode (one NOTIFY per
-# row) and watched in durable mode (the journal), with sqlnotify-lua running; then durable
+# row) and watched in durable mode (the journal), with sqlnotify-lua running; durable twice:
+# with the journal trigger in C (sqlnotify.capture(), where the server has the extension of
+# pgext/) and with the plpgsql trigger (a second host, SQLNOTIFY_PG_CAPTURE=plpgsql). The
+# unwatched and durable runs alternate BENCH_DUR_ROUNDS times and each ratio is the median of
+# the rounds' (a run on this kind of machine varies by +-10% alone). Then durable
 # commit-to-handler latency, idle (single-row commits 20 ms apart) and under the pgbench load.
 #
 #   sh bench/durable.sh [BUILD]    (make bench runs it at the end of bench/run.sh)
 #
 # Environment: SQLNOTIFY_BENCH_PG_URL (default postgresql://root@127.0.0.1/test; the bench
 # makes and drops the schema sqlnotify_bench_dur and the consumer bench_durable),
-# BENCH_DUR_SECONDS per pgbench run (default 10), BENCH_DUR_CLIENTS (default 8).
+# BENCH_DUR_SECONDS per pgbench run (default 10), BENCH_DUR_CLIENTS (default 8),
+# BENCH_DUR_ROUNDS (default 3).
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -16,6 +21,7 @@ HOST=$BUILD/sqlnotify-lua
 URL=${SQLNOTIFY_BENCH_PG_URL:-postgresql://root@127.0.0.1/test}
 SECS=${BENCH_DUR_SECONDS:-10}
 CLIENTS=${BENCH_DUR_CLIENTS:-8}
+ROUNDS=${BENCH_DUR_ROUNDS:-3}
 S=sqlnotify_bench_dur
 
 say() { echo "bench-durable: $*" >&2; }
@@ -23,10 +29,10 @@ die() { echo "bench-durable: $*" >&2; exit 1; }
 
 TMP=$(mktemp -d)
 PID=""
+PLPID=""
 cleanup() {
-  [ -z "$PID" ] || kill "$PID" 2>/dev/null || true
-  [ -z "$PID" ] || wait "$PID" 2>/dev/null || true
-  psql -q "$URL" -c "DROP SCHEMA IF EXISTS $S CASCADE; DELETE FROM sqlnotify.consumers WHERE name = 'bench_durable'" \
+  for p in $PID $PLPID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  psql -q "$URL" -c "DROP SCHEMA IF EXISTS $S CASCADE; DELETE FROM sqlnotify.consumers WHERE name IN ('bench_durable', 'bench_durable_pl')" \
     >/dev/null 2>&1 || true
   rm -rf "$TMP"
 }
@@ -42,8 +48,10 @@ CREATE SCHEMA $S;
 CREATE TABLE $S.plain (id bigserial PRIMARY KEY, v int, ts float8 DEFAULT extract(epoch FROM clock_timestamp()));
 CREATE TABLE $S.live (LIKE $S.plain INCLUDING ALL);
 CREATE TABLE $S.dur (LIKE $S.plain INCLUDING ALL);
+CREATE TABLE $S.durpl (LIKE $S.plain INCLUDING ALL);
 ALTER TABLE $S.live ALTER id SET DEFAULT nextval('$S.plain_id_seq');
 ALTER TABLE $S.dur ALTER id SET DEFAULT nextval('$S.plain_id_seq');
+ALTER TABLE $S.durpl ALTER id SET DEFAULT nextval('$S.plain_id_seq');
 EOF
 
 # The host: a live notifier on $S.live, a durable one on $S.dur printing each event's
@@ -74,6 +82,28 @@ start_host() {
   done
 }
 start_host
+# the same durable watch on durpl, its trigger in plpgsql: what a server without the extension gets
+cat >"$TMP/watch_pl.lua" <<EOF
+local sqlnotify = require("sqlnotify")
+local dur = assert(sqlnotify.notifier{ url = arg[1], consumer = "bench_durable_pl" })
+dur:watch("$S.durpl", "insert", { extra_columns = { "ts" } })
+dur:subscribe("$S.durpl", "insert", function() end)
+assert(dur:start())
+print("ready")
+io.stdout:flush()
+EOF
+SQLNOTIFY_PG_CAPTURE=plpgsql "$HOST" -l warn "$TMP/watch_pl.lua" "$URL" >"$TMP/pl.out" 2>"$TMP/pl.err" &
+PLPID=$!
+i=0
+while ! grep -q '^ready' "$TMP/pl.out"; do
+  i=$((i + 1)); [ $i -lt 200 ] || die "the plpgsql host did not start: $(cat "$TMP/pl.err")"; sleep 0.05
+done
+KIND=$(psql -Atq "$URL" -c "SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+  JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$S.dur'::regclass")
+KIND_PL=$(psql -Atq "$URL" -c "SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+  JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$S.durpl'::regclass")
+[ "$KIND_PL" = plpgsql ] || die "the trigger on $S.durpl is not plpgsql ($KIND_PL)"
+[ "$KIND" = c ] || say "the trigger on $S.dur is $KIND, not the C one: is the extension installed (make install-pgext)?"
 
 lines() { grep -c '^[0-9]' "$TMP/host.out" || true; }
 # wait_lines N: until the host handled N durable events
@@ -97,13 +127,26 @@ psql -q "$URL" -c "DO \$\$ BEGIN FOR i IN 1..200 LOOP INSERT INTO $S.dur (v) VAL
 wait_lines 200
 IDLE=$(p50 1 200)
 
-say "pgbench, $CLIENTS clients, $SECS s each: unwatched, live, durable"
-PLAIN=$(tps plain)
+# median of the numbers on stdin
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+say "pgbench, $CLIENTS clients, $SECS s each: live once; unwatched, durable (C), durable (plpgsql) x $ROUNDS"
 LIVE=$(tps live)
-DUR=$(tps dur)
+k=0
+: >"$TMP/rounds"
+while [ $k -lt "$ROUNDS" ]; do
+  k=$((k + 1))
+  echo "$(tps plain) $(tps dur) $(tps durpl)" >>"$TMP/rounds"
+done
+PLAIN=$(cut -d' ' -f1 "$TMP/rounds" | median)
+DUR=$(cut -d' ' -f2 "$TMP/rounds" | median)
+DURPL=$(cut -d' ' -f3 "$TMP/rounds" | median)
+R_DUR=$(awk '{ print $2 / $1 }' "$TMP/rounds" | median)
+R_DURPL=$(awk '{ print $3 / $1 }' "$TMP/rounds" | median)
 DUR_N=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
 wait_lines "$DUR_N"
 LOADED=$(p50 201 "$DUR_N")
+kill "$PLPID"; wait "$PLPID" 2>/dev/null || true; PLPID=""
+
 
 # A million events through the journal, read as they come; then what is left of the journal
 # once the reader caught up and rotation went round (a switch every 20 s, maintenance every 5 s).
@@ -140,14 +183,15 @@ kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 JROWS=$(psql -Atq "$URL" -c "SELECT count(*) FROM sqlnotify.journal")
 DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'sqlnotify'")
 
-printf '\nPostgreSQL writers (pgbench -c %s, one-row inserts, %s s), %s, load %s\n' "$CLIENTS" "$SECS" \
-  "$(date -u +%Y-%m-%d)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '  %-28s %10s tps\n' "unwatched" "$PLAIN"
-printf '  %-28s %10s tps  %5s x\n' "live (NOTIFY per row)" "$LIVE" "$(echo "$LIVE $PLAIN" | awk '{printf "%.2f", $1/$2}')"
-printf '  %-28s %10s tps  %5s x\n' "durable, reader not running" "$DUR_OFF" \
-  "$(echo "$DUR_OFF $PLAIN" | awk '{printf "%.2f", $1/$2}')"
-printf '  %-28s %10s tps  %5s x  (target >= 0.80)\n' "durable (journal)" "$DUR" \
-  "$(echo "$DUR $PLAIN" | awk '{printf "%.2f", $1/$2}')"
+printf '\nPostgreSQL writers (pgbench -c %s, one-row inserts, %s s a run; median of %s rounds), %s, load %s\n' \
+  "$CLIENTS" "$SECS" "$ROUNDS" "$(date -u +%Y-%m-%d)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+ratio() { echo "$1 $2" | awk '{printf "%.2f", $1/$2}'; }
+printf '  %-36s %10.0f tps\n' "unwatched" "$PLAIN"
+printf '  %-36s %10.0f tps  %5s x\n' "live (NOTIFY per row)" "$LIVE" "$(ratio "$LIVE" "$PLAIN")"
+printf '  %-36s %10.0f tps  %5.2f x  (target >= 0.80; trigger language %s)\n' "durable, C trigger" "$DUR" "$R_DUR" "$KIND"
+printf '  %-36s %10.0f tps  %5.2f x\n' "durable, plpgsql trigger" "$DURPL" "$R_DURPL"
+printf '  %-36s %10.0f tps  %5s x  (one run)\n' "durable (C), reader not running" "$DUR_OFF" "$(ratio "$DUR_OFF" "$PLAIN")"
+printf '  rounds (unwatched, C, plpgsql tps): %s\n' "$(tr '\n' ';' <"$TMP/rounds")"
 printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \
   "$IDLE" "$LOADED"
 printf '  journal rows now %s, dead tuples in schema sqlnotify %s\n' "$JROWS" "$DEAD"

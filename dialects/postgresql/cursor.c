@@ -23,6 +23,12 @@
 #define JR_PAGE "500"
 #define JR_PAGE_N 500
 #define JR_POLL_MIN 0.01
+/* Under load (a page of at least JR_BUSY_ROWS that was not full) the next fetch waits
+ * JR_POLL_BUSY whatever the wake-ups say: each fetch costs the server about a millisecond and
+ * writes the cursor, and on a small machine that is the writers' time. Fewer, larger pages;
+ * a handful of rows at a time still go at the wake-up. */
+#define JR_BUSY_ROWS 32
+#define JR_POLL_BUSY 0.025
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
@@ -50,6 +56,7 @@ struct pg_jr {
     ev_timer maint;
     ev_timer lease;    /* every third of the lease: renew, balance, and check it locally */
     double poll_every;
+    double hold_until; /* under load: no fetch before this (ev_now, as the poll timer) */
     int want_fetch, want_maint, want_lease, want_absent;
     int attempt;
     double lost_at;
@@ -570,9 +577,12 @@ static void jr_result(struct pg_jr *j)
             j->poll_every = JR_POLL_MIN;
             if (n >= JR_PAGE_N) {
                 j->want_fetch = 1; /* a full page: read on at once (the fetch writes the ack) */
-            } else { /* caught up: the ack rides the next fetch, 10 ms on, with what came meanwhile */
+            } else { /* caught up: the ack rides the next fetch, 10 ms on (25 under load), with
+                      * what came meanwhile */
+                double gap = n >= JR_BUSY_ROWS ? JR_POLL_BUSY : JR_POLL_MIN;
+                j->hold_until = n >= JR_BUSY_ROWS ? ev_now(j->c->loop) + gap : 0; /* the timer's clock */
                 ev_timer_stop(j->c->loop, &j->poll);
-                ev_timer_set(&j->poll, JR_POLL_MIN, 0.);
+                ev_timer_set(&j->poll, gap, 0.);
                 ev_timer_start(j->c->loop, &j->poll);
             }
         } else {
@@ -600,8 +610,9 @@ static void jr_next(struct pg_jr *j)
     } else if (j->want_absent) {
         j->want_absent = 0;
         jr_send(j, JQ_ABSENT);
-    } else if (j->want_fetch && j->nheld > 0) {
+    } else if (j->want_fetch && j->nheld > 0 && (j->hold_until == 0 || ev_now(j->c->loop) >= j->hold_until)) {
         j->want_fetch = 0;
+        j->hold_until = 0;
         ev_timer_stop(j->c->loop, &j->poll);
         jr_send(j, JQ_FETCH);
     } else {
