@@ -82,27 +82,8 @@ start_host() {
   done
 }
 start_host
-# the same durable watch on durpl, its trigger in plpgsql: what a server without the extension gets
-cat >"$TMP/watch_pl.lua" <<EOF
-local sqlnotify = require("sqlnotify")
-local dur = assert(sqlnotify.notifier{ url = arg[1], consumer = "bench_durable_pl" })
-dur:watch("$S.durpl", "insert", { extra_columns = { "ts" } })
-dur:subscribe("$S.durpl", "insert", function() end)
-assert(dur:start())
-print("ready")
-io.stdout:flush()
-EOF
-SQLNOTIFY_PG_CAPTURE=plpgsql "$HOST" -l warn "$TMP/watch_pl.lua" "$URL" >"$TMP/pl.out" 2>"$TMP/pl.err" &
-PLPID=$!
-i=0
-while ! grep -q '^ready' "$TMP/pl.out"; do
-  i=$((i + 1)); [ $i -lt 200 ] || die "the plpgsql host did not start: $(cat "$TMP/pl.err")"; sleep 0.05
-done
 KIND=$(psql -Atq "$URL" -c "SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
   JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$S.dur'::regclass")
-KIND_PL=$(psql -Atq "$URL" -c "SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-  JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$S.durpl'::regclass")
-[ "$KIND_PL" = plpgsql ] || die "the trigger on $S.durpl is not plpgsql ($KIND_PL)"
 [ "$KIND" = c ] || say "the trigger on $S.dur is $KIND, not the C one: is the extension installed (make install-pgext)?"
 
 lines() { grep -c '^[0-9]' "$TMP/host.out" || true; }
@@ -129,23 +110,24 @@ IDLE=$(p50 1 200)
 
 # median of the numbers on stdin
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-say "pgbench, $CLIENTS clients, $SECS s each: live once; unwatched, durable (C), durable (plpgsql) x $ROUNDS"
+# rounds TABLE: BENCH_DUR_ROUNDS pairs "unwatched durable" tps into $TMP/rounds.TABLE
+rounds() {
+  k=0
+  : >"$TMP/rounds.$1"
+  while [ $k -lt "$ROUNDS" ]; do
+    k=$((k + 1))
+    echo "$(tps plain) $(tps "$1")" >>"$TMP/rounds.$1"
+  done
+}
+say "pgbench, $CLIENTS clients, $SECS s each: live once; unwatched and durable (C trigger) x $ROUNDS"
 LIVE=$(tps live)
-k=0
-: >"$TMP/rounds"
-while [ $k -lt "$ROUNDS" ]; do
-  k=$((k + 1))
-  echo "$(tps plain) $(tps dur) $(tps durpl)" >>"$TMP/rounds"
-done
-PLAIN=$(cut -d' ' -f1 "$TMP/rounds" | median)
-DUR=$(cut -d' ' -f2 "$TMP/rounds" | median)
-DURPL=$(cut -d' ' -f3 "$TMP/rounds" | median)
-R_DUR=$(awk '{ print $2 / $1 }' "$TMP/rounds" | median)
-R_DURPL=$(awk '{ print $3 / $1 }' "$TMP/rounds" | median)
+rounds dur
+PLAIN=$(cut -d' ' -f1 "$TMP/rounds.dur" | median)
+DUR=$(cut -d' ' -f2 "$TMP/rounds.dur" | median)
+R_DUR=$(awk '{ print $2 / $1 }' "$TMP/rounds.dur" | median)
 DUR_N=$(psql -Atq "$URL" -c "SELECT count(*) FROM $S.dur")
 wait_lines "$DUR_N"
 LOADED=$(p50 201 "$DUR_N")
-kill "$PLPID"; wait "$PLPID" 2>/dev/null || true; PLPID=""
 
 
 # A million events through the journal, read as they come; then what is left of the journal
@@ -183,6 +165,33 @@ kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 JROWS=$(psql -Atq "$URL" -c "SELECT count(*) FROM sqlnotify.journal")
 DEAD=$(psql -Atq "$URL" -c "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'sqlnotify'")
 
+# the same durable watch on durpl, its trigger in plpgsql (what a server without the extension
+# gets), with its reader alone: a second consumer would also read the first one's rows
+cat >"$TMP/watch_pl.lua" <<EOF
+local sqlnotify = require("sqlnotify")
+local dur = assert(sqlnotify.notifier{ url = arg[1], consumer = "bench_durable_pl" })
+dur:watch("$S.durpl", "insert", { extra_columns = { "ts" } })
+dur:subscribe("$S.durpl", "insert", function() end)
+assert(dur:start())
+print("ready")
+io.stdout:flush()
+EOF
+SQLNOTIFY_PG_CAPTURE=plpgsql "$HOST" -l warn "$TMP/watch_pl.lua" "$URL" >"$TMP/pl.out" 2>"$TMP/pl.err" &
+PLPID=$!
+i=0
+while ! grep -q '^ready' "$TMP/pl.out"; do
+  i=$((i + 1)); [ $i -lt 200 ] || die "the plpgsql host did not start: $(cat "$TMP/pl.err")"; sleep 0.05
+done
+KIND_PL=$(psql -Atq "$URL" -c "SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+  JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$S.durpl'::regclass")
+[ "$KIND_PL" = plpgsql ] || die "the trigger on $S.durpl is not plpgsql ($KIND_PL)"
+say "pgbench: unwatched and durable (plpgsql trigger, its own reader alone) x $ROUNDS"
+rounds durpl
+R_DURPL=$(awk '{ print $2 / $1 }' "$TMP/rounds.durpl" | median)
+DURPL=$(cut -d' ' -f2 "$TMP/rounds.durpl" | median)
+kill "$PLPID"; wait "$PLPID" 2>/dev/null || true; PLPID=""
+psql -q "$URL" -c "DELETE FROM sqlnotify.consumers WHERE name = 'bench_durable_pl'" >/dev/null
+
 printf '\nPostgreSQL writers (pgbench -c %s, one-row inserts, %s s a run; median of %s rounds), %s, load %s\n' \
   "$CLIENTS" "$SECS" "$ROUNDS" "$(date -u +%Y-%m-%d)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 ratio() { echo "$1 $2" | awk '{printf "%.2f", $1/$2}'; }
@@ -191,7 +200,8 @@ printf '  %-36s %10.0f tps  %5s x\n' "live (NOTIFY per row)" "$LIVE" "$(ratio "$
 printf '  %-36s %10.0f tps  %5.2f x  (target >= 0.80; trigger language %s)\n' "durable, C trigger" "$DUR" "$R_DUR" "$KIND"
 printf '  %-36s %10.0f tps  %5.2f x\n' "durable, plpgsql trigger" "$DURPL" "$R_DURPL"
 printf '  %-36s %10.0f tps  %5s x  (one run)\n' "durable (C), reader not running" "$DUR_OFF" "$(ratio "$DUR_OFF" "$PLAIN")"
-printf '  rounds (unwatched, C, plpgsql tps): %s\n' "$(tr '\n' ';' <"$TMP/rounds")"
+printf '  rounds (unwatched, durable tps): C %s plpgsql %s\n' "$(tr '\n' ';' <"$TMP/rounds.dur")" \
+  "$(tr '\n' ';' <"$TMP/rounds.durpl")"
 printf '  durable commit-to-handler p50: idle %s ms (target <= 2), under that load %s ms (target <= 20)\n' \
   "$IDLE" "$LOADED"
 printf '  journal rows now %s, dead tuples in schema sqlnotify %s\n' "$JROWS" "$DEAD"

@@ -7,7 +7,8 @@
 -- upd_plain with extra_columns {t0, note}, upd_old with the same plus old_columns {t0, note}.
 -- bench/update.sh updates every row of one of them in one statement; after ROWS events of a
 -- table the handler prints "run <table> n= rate=" (events/s from the first to the last event)
--- and counts again. Prints "ready" once listening. Not a test.
+-- and counts again; "last=" is the wall-clock time of the last event, for the figure from the
+-- UPDATE's start to it (the writer's trigger included). Prints "ready" once listening. Not a test.
 local sqlnotify = require("sqlnotify")
 
 local url = assert(arg[1], "usage: update.lua URL ROWS")
@@ -30,7 +31,8 @@ local function watch(name, old)
     count = count + 1
     if count == 1 then first = now() end
     if count == rows then
-      io.stdout:write(fmt("run %s n=%d rate=%.0f\n", name, count, (rows - 1) / (now() - first)))
+      local t = now()
+      io.stdout:write(fmt("run %s n=%d rate=%.0f last=%.6f\n", name, count, (rows - 1) / (t - first), t))
       count = 0
     end
   end)

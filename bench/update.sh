@@ -1,7 +1,10 @@
 #!/bin/sh
-# bench/update.sh BUILD URL — the old-values figure of make bench (issue 12): UPDATE
-# throughput into Lua handlers with two old_columns against none, on PostgreSQL, in one
-# process, runs alternating so load from elsewhere falls on both. Prints one table row.
+# bench/update.sh BUILD URL — the old-values figures of make bench (issue 12): the throughput
+# of an UPDATE watch with two old_columns against the same watch without, on PostgreSQL, in
+# one process, runs alternating so load from elsewhere falls on both. Two rows: from the
+# UPDATE's start to the last handler (the writer's trigger, NOTIFY and delivery: what a
+# watched write costs end to end) and delivery alone (events/s into Lua from the first event
+# to the last, after the commit: the host's decoding and dispatch).
 #   BENCH_RUNS (default 5) runs of each; BENCH_UPD_N rows per run (default 100000)
 set -eu
 cd "$(dirname "$0")/.."
@@ -36,12 +39,17 @@ k=0
 while [ $k -lt "$RUNS" ]; do
   k=$((k + 1))
   for t in upd_plain upd_old; do
+    t0=$(date +%s.%N)
     psql -q "$URL" -c "SET synchronous_commit = off; UPDATE sqlnotify_bench.$t SET t0 = t0 + 1, note = 'v$k'" >/dev/null
     wait_lines "^run $t " $k
+    echo "$t $t0 $(grep "^run $t " "$TMP/out" | tail -1 | sed -n 's/.* last=\([0-9.]*\).*/\1/p')" >>"$TMP/e2e"
   done
 done
-med() { grep "^run $1 " "$TMP/out" | sed -n 's/.* rate=\([0-9.]*\).*/\1/p' | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-plain=$(med upd_plain) old=$(med upd_old)
-awk -v p="$plain" -v o="$old" -v n="$N" -v r="$RUNS" 'BEGIN {
-  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE events/s, two old_columns vs none", sprintf("%.0f/s", p), sprintf("%.0f/s", o), sprintf("%.2fx", o / p), ">= 0.90x", (o / p >= 0.9) ? "yes" : "NO"
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+med() { grep "^run $1 " "$TMP/out" | sed -n 's/.* rate=\([0-9.]*\).*/\1/p' | median; }
+e2e() { awk -v t="$1" -v n="$N" '$1 == t { print n / ($3 - $2) }' "$TMP/e2e" | median; }
+plain=$(med upd_plain) old=$(med upd_old) eplain=$(e2e upd_plain) eold=$(e2e upd_old)
+awk -v p="$plain" -v o="$old" -v ep="$eplain" -v eo="$eold" -v n="$N" -v r="$RUNS" 'BEGIN {
+  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE to handler/s, 2 old cols vs none", sprintf("%.0f/s", ep), sprintf("%.0f/s", eo), sprintf("%.2fx", eo / ep), ">= 0.90x", (eo / ep >= 0.9) ? "yes" : "NO"
+  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE delivery/s, 2 old cols vs none", sprintf("%.0f/s", p), sprintf("%.0f/s", o), sprintf("%.2fx", o / p), "-", "-"
   printf "  (%d runs of %d updated rows each; left column: the same watch without old_columns)\n", r, n }'

@@ -28,7 +28,7 @@
  * writes the cursor, and on a small machine that is the writers' time. Fewer, larger pages;
  * a handful of rows at a time still go at the wake-up. */
 #define JR_BUSY_ROWS 32
-#define JR_POLL_BUSY 0.025
+#define JR_POLL_BUSY 0.02
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
@@ -577,7 +577,7 @@ static void jr_result(struct pg_jr *j)
             j->poll_every = JR_POLL_MIN;
             if (n >= JR_PAGE_N) {
                 j->want_fetch = 1; /* a full page: read on at once (the fetch writes the ack) */
-            } else { /* caught up: the ack rides the next fetch, 10 ms on (25 under load), with
+            } else { /* caught up: the ack rides the next fetch, 10 ms on (20 under load), with
                       * what came meanwhile */
                 double gap = n >= JR_BUSY_ROWS ? JR_POLL_BUSY : JR_POLL_MIN;
                 j->hold_until = n >= JR_BUSY_ROWS ? ev_now(j->c->loop) + gap : 0; /* the timer's clock */

@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 6"
+#define JOURNAL_VERSION "sqlnotify journal 7"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -309,8 +309,13 @@ static const char setup_sql[] =
     "      lo := hi; hi := NULL; p := 0; hseq := NULL; htop := NULL; hnext := NULL;\n"
     "      EXIT WHEN fresh;\n"
     "    END LOOP;\n"
-    /* idle polls write nothing (lo may lag a little; the next batch covers it) */
-    "    IF got > 0 OR saved OR g.moved < now() - interval '2 s' THEN\n"
+    /* idle polls write nothing (lo may lag a little; the next batch covers it), unless the
+     * journal moved on by more than a page meanwhile: a consumer whose tables are quiet
+     * while others' are busy would otherwise read those rows again at every wake-up from
+     * a floor up to 2 s old (journal 7; measured: a second, idle consumer took the
+     * writers from 0.83x to 0.55x) */
+    "    IF got > 0 OR saved OR g.moved < now() - interval '2 s'\n"
+    "        OR sb - COALESCE(g.lseq, 0) > 500 THEN\n"
     "      UPDATE sqlnotify.shares s SET snap_lo = lo, snap_hi = hi, pos = p, moved_at = now(),\n"
     "        lo_seq = lseq, lo_lb = lb, hi_seq = hseq, hi_top = htop, lo_next = lnext, lo_rlb = lrlb,\n"
     "        hi_next = hnext\n"
