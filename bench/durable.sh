@@ -2,7 +2,7 @@
 # bench/durable.sh: what watching costs the writers on PostgreSQL, in one run: pgbench with
 # 8 clients of one-row inserts into a table unwatched, watched in live mode (one NOTIFY per
 # row) and watched in durable mode (the journal), with sqlnotify-lua running; durable twice:
-# with the journal trigger in C (sqlnotify.capture(), where the server has the extension of
+# with the journal trigger in C (sqlnotify_capture.capture(), where the server has the extension of
 # pgext/) and with the plpgsql trigger (a second host, SQLNOTIFY_PG_CAPTURE=plpgsql). The
 # unwatched and durable runs alternate BENCH_DUR_ROUNDS times and each ratio is the median of
 # the rounds' (a run on this kind of machine varies by +-10% alone). Then durable

@@ -1,18 +1,23 @@
 /*
- * capture.c — sqlnotify.capture(), the durable journal's trigger in C (extension
+ * capture.c — sqlnotify_capture.capture(), the durable journal's trigger in C (extension
  * sqlnotify_capture). It writes the same journal row the generated plpgsql trigger writes
  * (dialects/postgresql/triggers.c and journal.c: the payload of src/dialect.h's wire format,
  * rendered as jsonb renders it, the key's hash, the table by the id's epoch, the wake-up
  * gate), at a fraction of the cost: no plpgsql, no jsonb, no executor for the INSERT.
  *
  * The driver uses it only for watches whose every column is of a type whose JSON form it
- * renders here (is_simple below; others keep the plpgsql trigger), and says what to send in
- * the trigger's arguments:
+ * renders here (simple_type below, the driver's list in triggers.c), and says what to send
+ * in the trigger's arguments:
  *
  *   capture(channel, 'npk nextra nold ntrig', pk..., extra..., old..., trigger columns...)
  *
- * A column the table no longer has counts as the plpgsql body counts it: a payload column
- * sends the key alone with "t": true, a trigger column is unchanged.
+ * A user's write must not fail here where the plpgsql body would let it through: a column
+ * gone sends the key marked truncated ("t": true), a trigger column gone is unchanged, a
+ * column retyped since to something else is rendered by to_jsonb() in a subtransaction (as
+ * the plpgsql body's EXECUTE would), a value that could fail or grow past MAX_PAYLOAD is
+ * rendered in a subtransaction too and sends the key alone when it does. A journal of
+ * another shape than the fast path knows (a column, index, trigger or rule added by hand)
+ * is written by an INSERT through SPI, as the plpgsql trigger writes it.
  */
 #include "postgres.h"
 
@@ -26,7 +31,9 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am_d.h"
 #include "catalog/pg_collation_d.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type_d.h"
 #include "commands/async.h"
 #include "commands/sequence.h"
@@ -36,13 +43,16 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
@@ -53,122 +63,163 @@ PG_FUNCTION_INFO_V1(capture);
 #define JOURNAL_SCHEMA "sqlnotify"
 #define WAKE_CHANNEL "sqlnotify:journal"
 #define WAKE_MS 10          /* as the plpgsql gate: at most one wake-up per 10 ms */
-#define NTABLES 3
 #define EPOCH_MS 946684800000LL /* 2000-01-01 in Unix milliseconds */
-/* A payload that could grow past this goes as the key alone, marked truncated: the text, its
- * copy in the row and the row itself must fit in memory, and the write must not fail (the
- * plpgsql trigger's jsonb gives up near there too) */
+/* A payload that would grow past this goes as the key alone, marked truncated: the text, its
+ * copy in the row and the row itself must fit in memory, and the write must not fail */
 #define MAX_PAYLOAD ((Size) 256 * 1024 * 1024)
+/* a jsonb value stored larger than this is rendered in a subtransaction: its numbers can
+ * print far longer than they are stored (1e-16000 is a few bytes) */
+#define JSONB_GUARD (64 * 1024)
 
-/* ===== the journal's relations, looked up once and checked at each use ===== */
+/* ===== the journal ===== */
 
-static Oid j_nsp, j_rel[NTABLES];
-
-static void journal_lookup(void)
+/* A relation of schema sqlnotify by name, looked up at each use (a syscache probe): no oid
+ * is kept from a journal that may have been dropped and made again. */
+static Oid journal_oid(const char *name)
 {
-    char name[NAMEDATALEN];
-    j_nsp = get_namespace_oid(JOURNAL_SCHEMA, true);
-    for (int k = 0; k < NTABLES; k++) {
-        snprintf(name, sizeof name, "journal_%d", k);
-        j_rel[k] = OidIsValid(j_nsp) ? get_relname_relid(name, j_nsp) : InvalidOid;
-    }
+    Oid nsp = get_namespace_oid(JOURNAL_SCHEMA, true);
+    return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
-/* A sequence of the journal by name, looked up at each use (a syscache probe): an oid kept
- * from before the journal was dropped and made again is never used. */
-static Oid sequence(const char *name)
+static void journal_missing(void)
 {
-    Oid seq = OidIsValid(j_nsp) ? get_relname_relid(name, j_nsp) : InvalidOid;
-    if (!OidIsValid(seq)) {
-        journal_lookup();
-        seq = OidIsValid(j_nsp) ? get_relname_relid(name, j_nsp) : InvalidOid;
-    }
-    return seq;
+    ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+                    errmsg("sqlnotify: the durable journal (schema \"" JOURNAL_SCHEMA "\") is missing"),
+                    errhint("Start a durable sqlnotify-lua reader to make it again, or drop this trigger.")));
 }
 
-/* The journal's columns, in order: id, xid, channel, payload, created_at, hash. */
-static bool journal_shape(Relation r, int k)
+enum { J_ID, J_XID, J_CHANNEL, J_PAYLOAD, J_CREATED, J_HASH, J_N };
+
+typedef struct journal {
+    Relation rel;
+    int at[J_N];          /* attribute numbers of the six columns */
+    int nix;
+    Relation *ix;         /* its indexes, open, ready ones only */
+} journal;
+
+/* Whether the row may be written by heap_insert and index_insert: a plain heap table whose
+ * live columns are exactly the six, without triggers, rules, row security or CHECK
+ * constraints, whose indexes are plain, immediate column indexes. Otherwise it takes the
+ * INSERT (what the executor does for those is not done here). */
+static bool journal_fast(journal *j)
 {
-    static const struct { const char *name; Oid type; } cols[] = {
+    static const struct { const char *name; Oid type; } cols[J_N] = {
         {"id", INT8OID}, {"xid", XID8OID}, {"channel", TEXTOID},
         {"payload", TEXTOID}, {"created_at", TIMESTAMPTZOID}, {"hash", INT4OID},
     };
+    Relation r = j->rel;
     TupleDesc d = RelationGetDescr(r);
-    char name[NAMEDATALEN];
-    snprintf(name, sizeof name, "journal_%d", k);
-    if (RelationGetNamespace(r) != j_nsp || strcmp(RelationGetRelationName(r), name) != 0 ||
-        d->natts != (int) lengthof(cols))
+    if (r->rd_rel->relkind != RELKIND_RELATION || r->rd_rel->relam != HEAP_TABLE_AM_OID || r->trigdesc != NULL ||
+        r->rd_rules != NULL || r->rd_rel->relrowsecurity || (d->constr && d->constr->num_check > 0))
         return false;
+    for (int k = 0; k < J_N; k++)
+        j->at[k] = 0;
     for (int i = 0; i < d->natts; i++) {
         Form_pg_attribute a = TupleDescAttr(d, i);
-        if (a->attisdropped || a->atttypid != cols[i].type || strcmp(NameStr(a->attname), cols[i].name) != 0)
+        int k = 0;
+        if (a->attisdropped)
+            continue;
+        while (k < J_N && strcmp(NameStr(a->attname), cols[k].name) != 0)
+            k++;
+        if (k == J_N || a->atttypid != cols[k].type || a->attgenerated)
+            return false;
+        j->at[k] = i + 1;
+    }
+    for (int k = 0; k < J_N; k++)
+        if (j->at[k] == 0)
+            return false;
+    List *indexes = RelationGetIndexList(r);
+    ListCell *lc;
+    j->ix = palloc(sizeof(Relation) * (list_length(indexes) + 1));
+    j->nix = 0;
+    foreach (lc, indexes) {
+        Relation ix = index_open(lfirst_oid(lc), RowExclusiveLock);
+        Form_pg_index f = ix->rd_index;
+        j->ix[j->nix++] = ix;
+        if (!heap_attisnull(ix->rd_indextuple, Anum_pg_index_indexprs, NULL) ||
+            !heap_attisnull(ix->rd_indextuple, Anum_pg_index_indpred, NULL) || f->indisexclusion ||
+            (f->indisunique && !f->indimmediate))
             return false;
     }
+    list_free(indexes);
     return true;
 }
 
-/* journal_<k>, opened with RowExclusiveLock (k = -1: only says it is missing); a dropped and re-made journal is found again
- * (an oid is checked against the name it had, never trusted alone). */
-static Relation journal_open(int k)
+static void journal_close(journal *j)
 {
-    for (int round = 0; k >= 0 && round < 2; round++) {
-        if (round > 0 || !OidIsValid(j_rel[k]))
-            journal_lookup();
-        if (OidIsValid(j_rel[k])) {
-            Relation r = try_table_open(j_rel[k], RowExclusiveLock);
-            if (r != NULL) {
-                if (journal_shape(r, k))
-                    return r;
-                table_close(r, RowExclusiveLock);
-            }
-        }
-    }
-    ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-                    errmsg("sqlnotify: the durable journal (schema \"" JOURNAL_SCHEMA "\") is missing or of "
-                           "another version"),
-                    errhint("Start a durable sqlnotify-lua reader to make it again, or drop this trigger.")));
-    return NULL; /* not reached */
+    for (int i = 0; i < j->nix; i++)
+        index_close(j->ix[i], NoLock);
+    j->nix = 0;
+    table_close(j->rel, NoLock);
 }
 
-/* The row and every index on it (the journal's are plain column indexes). */
-static void journal_insert(Relation r, Datum *values, bool *nulls)
+/* The row: heap_insert and index_insert where journal_fast() says they do what the
+ * executor would, else INSERT INTO sqlnotify.journal_<k> (id, channel, payload, hash) as the
+ * writer, as the plpgsql trigger does (the defaults give xid and created_at). */
+static void journal_write(int k, int64 id, FullTransactionId xid, text *channel, text *payload, int32 hash)
 {
-    HeapTuple tup = heap_form_tuple(RelationGetDescr(r), values, nulls);
-    List *indexes = RelationGetIndexList(r);
-    ListCell *lc;
-    heap_insert(r, tup, GetCurrentCommandId(true), 0, NULL);
-    foreach (lc, indexes) {
-        Relation ix = index_open(lfirst_oid(lc), RowExclusiveLock);
-        IndexInfo *ii = BuildIndexInfo(ix);
-        Datum iv[INDEX_MAX_KEYS];
-        bool in[INDEX_MAX_KEYS];
-        if (!ix->rd_index->indisready) { /* being built: as the executor, leave it out */
-            index_close(ix, NoLock);
-            continue;
+    char name[NAMEDATALEN];
+    journal j = {0};
+    snprintf(name, sizeof name, "journal_%d", k);
+    Oid oid = journal_oid(name);
+    if (!OidIsValid(oid) || (j.rel = try_table_open(oid, RowExclusiveLock)) == NULL)
+        journal_missing();
+    if (journal_fast(&j)) {
+        TupleDesc d = RelationGetDescr(j.rel);
+        Datum *values = palloc0(sizeof(Datum) * d->natts);
+        bool *nulls = palloc(sizeof(bool) * d->natts);
+        memset(nulls, true, sizeof(bool) * d->natts);
+        values[j.at[J_ID] - 1] = Int64GetDatum(id);
+        values[j.at[J_XID] - 1] = FullTransactionIdGetDatum(xid);
+        values[j.at[J_CHANNEL] - 1] = PointerGetDatum(channel);
+        values[j.at[J_PAYLOAD] - 1] = PointerGetDatum(payload);
+        values[j.at[J_CREATED] - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+        values[j.at[J_HASH] - 1] = Int32GetDatum(hash);
+        for (int i = 0; i < J_N; i++)
+            nulls[j.at[i] - 1] = false;
+        HeapTuple tup = heap_form_tuple(d, values, nulls);
+        heap_insert(j.rel, tup, GetCurrentCommandId(true), 0, NULL);
+        for (int i = 0; i < j.nix; i++) {
+            Relation ix = j.ix[i];
+            Datum iv[INDEX_MAX_KEYS];
+            bool in[INDEX_MAX_KEYS];
+            if (!ix->rd_index->indisready) /* being built: as the executor, leave it out */
+                continue;
+            IndexInfo *ii = BuildIndexInfo(ix);
+            for (int a = 0; a < ii->ii_NumIndexAttrs; a++)
+                iv[a] = heap_getattr(tup, ii->ii_IndexAttrNumbers[a], d, &in[a]);
+            index_insert(ix, iv, in, &tup->t_self, j.rel, ix->rd_index->indisunique ? UNIQUE_CHECK_YES
+                                                                                      : UNIQUE_CHECK_NO,
+                         false, ii);
         }
-        if (ii->ii_Expressions != NIL || ii->ii_Predicate != NIL)
-            ereport(ERROR, (errmsg("sqlnotify: an index of the durable journal is not a plain column index"),
-                            errhint("Drop the index that was added to sqlnotify.journal_N by hand.")));
-        for (int i = 0; i < ii->ii_NumIndexAttrs; i++)
-            iv[i] = heap_getattr(tup, ii->ii_IndexAttrNumbers[i], RelationGetDescr(r), &in[i]);
-        index_insert(ix, iv, in, &tup->t_self, r, ix->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-                     false, ii);
-        index_close(ix, NoLock);
+        journal_close(&j);
+        return;
     }
-    list_free(indexes);
+    journal_close(&j);
+    char sql[128];
+    Oid types[4] = {INT8OID, TEXTOID, TEXTOID, INT4OID};
+    Datum args[4] = {Int64GetDatum(id), PointerGetDatum(channel), PointerGetDatum(payload), Int32GetDatum(hash)};
+    snprintf(sql, sizeof sql, "INSERT INTO " JOURNAL_SCHEMA ".%s (id, channel, payload, hash) VALUES ($1, $2, $3, $4)",
+             name);
+    SPI_connect();
+    if (SPI_execute_with_args(sql, 4, types, args, NULL, false, 0) != SPI_OK_INSERT)
+        ereport(ERROR, (errmsg("sqlnotify: cannot insert into " JOURNAL_SCHEMA ".%s", name)));
+    SPI_finish();
 }
 
 /* ===== values as jsonb renders them ===== */
 
-enum { C_OTHER, C_INT, C_FLOAT4, C_FLOAT8, C_NUMERIC, C_BOOL, C_DATETIME, C_JSONB, C_BYTEA };
+enum { C_OTHER, C_INT, C_FLOAT4, C_FLOAT8, C_NUMERIC, C_BOOL, C_DATETIME, C_JSONB, C_BYTEA, C_TEXT, C_FOREIGN };
 
+/* The driver's list (triggers.c, table_sql): the types rendered here. Anything else (a
+ * column retyped since the trigger was made) is C_FOREIGN, rendered by to_jsonb(). */
 static int category(Oid type)
 {
     switch (getBaseType(type)) {
     case INT2OID:
     case INT4OID:
     case INT8OID:
-        return C_INT; /* oid is not: to_jsonb() makes it a string */
+        return C_INT;
     case FLOAT4OID:
         return C_FLOAT4;
     case FLOAT8OID:
@@ -185,8 +236,20 @@ static int category(Oid type)
         return C_JSONB;
     case BYTEAOID:
         return C_BYTEA; /* "\\x<hex>" whatever bytea_output says, as the plpgsql trigger sends it */
-    default:
+    case TEXTOID:
+    case VARCHAROID:
+    case BPCHAROID:
+        return C_TEXT; /* its bytes, as a JSON string */
+    case OIDOID:       /* to_jsonb() makes an oid a string */
+    case NAMEOID:
+    case CHAROID:
+    case UUIDOID:
+    case TIMEOID:
+    case TIMETZOID:
+    case INTERVALOID:
         return C_OTHER; /* its text, as a JSON string */
+    default:
+        return C_FOREIGN;
     }
 }
 
@@ -202,19 +265,20 @@ static void append_number(StringInfo s, const char *text)
     }
 }
 
-static void append_value(StringInfo s, Datum v, Oid type)
+/* One value of a type category() knows; none of these fails for a valid datum. */
+static void append_value(StringInfo s, Datum v, Oid type, int cat)
 {
     char buf[64];
-    switch (category(type)) {
+    switch (cat) {
     case C_FLOAT4:
     case C_FLOAT8: {
-        double f = category(type) == C_FLOAT4 ? (double) DatumGetFloat4(v) : DatumGetFloat8(v);
+        double f = cat == C_FLOAT4 ? (double) DatumGetFloat4(v) : DatumGetFloat8(v);
         if (isnan(f))
             appendStringInfoString(s, "\"NaN\"");
         else if (isinf(f))
             appendStringInfoString(s, f > 0 ? "\"Infinity\"" : "\"-Infinity\"");
         else {
-            if (category(type) == C_FLOAT4)
+            if (cat == C_FLOAT4)
                 float_to_shortest_decimal_buf(DatumGetFloat4(v), buf);
             else
                 double_to_shortest_decimal_buf(f, buf);
@@ -232,16 +296,14 @@ static void append_value(StringInfo s, Datum v, Oid type)
         static const char digits[] = "0123456789abcdef";
         bytea *b = DatumGetByteaPP(v);
         const unsigned char *d = (const unsigned char *) VARDATA_ANY(b);
-        int n = VARSIZE_ANY_EXHDR(b);
-        char *hex = palloc(2 * (Size) n + 3), *h = hex;
-        *h++ = '\\';
-        *h++ = 'x';
-        for (int i = 0; i < n; i++) {
-            *h++ = digits[d[i] >> 4];
-            *h++ = digits[d[i] & 15];
+        Size n = VARSIZE_ANY_EXHDR(b);
+        enlargeStringInfo(s, (int) (2 * n + 4));
+        appendStringInfoString(s, "\"\\\\x");
+        for (Size i = 0; i < n; i++) {
+            s->data[s->len++] = digits[d[i] >> 4];
+            s->data[s->len++] = digits[d[i] & 15];
         }
-        *h = '\0';
-        escape_json(s, hex);
+        appendStringInfoChar(s, '"');
         return;
     }
     default:
@@ -251,7 +313,7 @@ static void append_value(StringInfo s, Datum v, Oid type)
     bool varlena;
     getTypeOutputInfo(type, &out, &varlena);
     char *text = OidOutputFunctionCall(out, v);
-    switch (category(type)) {
+    switch (cat) {
     case C_INT:
     case C_JSONB:
         appendStringInfoString(s, text);
@@ -268,6 +330,74 @@ static void append_value(StringInfo s, Datum v, Oid type)
     }
 }
 
+/* to_jsonb(v)::text through SPI: a type this file does not render (in a subtransaction). */
+static void append_foreign(StringInfo s, Datum v, Oid type)
+{
+    Oid types[1] = {type};
+    Datum args[1] = {v};
+    SPI_connect();
+    if (SPI_execute_with_args("SELECT pg_catalog.to_jsonb($1)::text", 1, types, args, NULL, true, 1) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        ereport(ERROR, (errmsg("sqlnotify: to_jsonb() of a column failed")));
+    char *t = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    if (t == NULL)
+        appendStringInfoString(s, "null");
+    else
+        appendStringInfoString(s, t);
+    SPI_finish();
+}
+
+/* The same inside a subtransaction: false (and s as it was) when it failed or went past
+ * MAX_PAYLOAD, as the plpgsql body's exception block sends the key alone. */
+static bool append_guarded(StringInfo s, Datum v, Oid type, int cat)
+{
+    MemoryContext mcx = CurrentMemoryContext;
+    ResourceOwner owner = CurrentResourceOwner;
+    int len = s->len;
+    bool ok = true;
+    BeginInternalSubTransaction(NULL);
+    MemoryContextSwitchTo(mcx);
+    PG_TRY();
+    {
+        if (cat == C_FOREIGN)
+            append_foreign(s, v, type);
+        else
+            append_value(s, v, type, cat);
+        ReleaseCurrentSubTransaction();
+        MemoryContextSwitchTo(mcx);
+        CurrentResourceOwner = owner;
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(mcx);
+        FlushErrorState();
+        RollbackAndReleaseCurrentSubTransaction();
+        MemoryContextSwitchTo(mcx);
+        CurrentResourceOwner = owner;
+        ok = false;
+    }
+    PG_END_TRY();
+    if (!ok || (Size) s->len > MAX_PAYLOAD) {
+        s->len = len;
+        s->data[len] = '\0';
+        return false;
+    }
+    return true;
+}
+
+/* One value into s: false when it would not fit (or could not be rendered). */
+static bool append_any(StringInfo s, Datum v, Form_pg_attribute a)
+{
+    int cat = category(a->atttypid);
+    Size stored = a->attlen == -1 ? toast_raw_datum_size(v) : 0;
+    /* escape_json writes at most 6 bytes for one (\u0001); what could pass the bound, or
+     * fail, goes through the guard */
+    if (cat == C_FOREIGN || (cat == C_JSONB && stored > JSONB_GUARD) || (Size) s->len + 6 * stored + 64 > MAX_PAYLOAD)
+        return append_guarded(s, v, a->atttypid, cat);
+    append_value(s, v, a->atttypid, cat);
+    return (Size) s->len <= MAX_PAYLOAD;
+}
+
 /* ===== the watch in the trigger's arguments ===== */
 
 typedef struct col {
@@ -281,15 +411,33 @@ typedef struct watch {
     col *pk, *extra, *old, *trig;
 } watch;
 
+/* One count of the second argument: 0 .. max, or -1. */
+static int count_of(const char **p, int max)
+{
+    char *end;
+    long n = strtol(*p, &end, 10);
+    if (end == *p || n < 0 || n > max)
+        return -1;
+    *p = end;
+    return (int) n;
+}
+
 static void watch_read(watch *w, Trigger *tg, TupleDesc desc)
 {
     char **a = tg->tgargs;
-    if (tg->tgnargs < 2 || sscanf(a[1], "%d %d %d %d", &w->npk, &w->nextra, &w->nold, &w->ntrig) != 4 ||
-        w->npk < 0 || w->nextra < 0 || w->nold < 0 || w->ntrig < 0 ||
-        tg->tgnargs != 2 + w->npk + w->nextra + w->nold + w->ntrig)
-        ereport(ERROR, (errmsg("sqlnotify: trigger \"%s\" has arguments capture() does not take", tg->tgname)));
+    int max = tg->tgnargs - 2, ok = max >= 0, n = 0;
+    const char *p = ok ? a[1] : "";
+    int *counts[4] = {&w->npk, &w->nextra, &w->nold, &w->ntrig};
+    for (int i = 0; i < 4 && ok; i++) {
+        *counts[i] = count_of(&p, max - n);
+        ok = *counts[i] >= 0;
+        n += ok ? *counts[i] : 0;
+    }
+    if (!ok || *p != '\0' || n != max)
+        ereport(ERROR, (errmsg("sqlnotify: trigger \"%s\" gives capture() arguments it does not take", tg->tgname),
+                        errhint("Its arguments are made by sqlnotify-lua: channel, 'npk nextra nold ntrig', "
+                                "then that many column names.")));
     w->channel = a[0];
-    int n = w->npk + w->nextra + w->nold + w->ntrig;
     col *cols = palloc(sizeof(col) * (n > 0 ? n : 1));
     for (int i = 0; i < n; i++) {
         int at = SPI_fnumber(desc, a[2 + i]);
@@ -334,47 +482,51 @@ static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, T
     appendStringInfoChar(s, '{');
     for (int k = 0; k < m; k++) {
         const col *c = &cols[order[k]];
-        Form_pg_attribute a = TupleDescAttr(desc, c->attnum - 1);
         bool isnull;
         Datum v = heap_getattr(tup, c->attnum, desc, &isnull);
-        /* escape_json writes at most 6 bytes for one (\u0001), bytea 2 (hex) */
-        if (!isnull && a->attlen == -1 && (Size) s->len + 6 * toast_raw_datum_size(v) + 64 > MAX_PAYLOAD)
-            return false;
         if (k > 0)
             appendStringInfoString(s, ", ");
         escape_json(s, c->name);
         appendStringInfoString(s, ": ");
         if (isnull)
             appendStringInfoString(s, "null");
-        else
-            append_value(s, v, a->atttypid);
+        else if (!append_any(s, v, TupleDescAttr(desc, c->attnum - 1)))
+            return false;
     }
     appendStringInfoChar(s, '}');
     return true;
 }
 
-/* to_jsonb(old.c) IS DISTINCT FROM to_jsonb(new.c); a column gone is unchanged. */
+/* to_jsonb(old.c) IS DISTINCT FROM to_jsonb(new.c), without writing large values out; a
+ * column gone, or one that cannot be rendered, is unchanged. */
 static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc)
 {
     bool on, nn;
     if (c->attnum == 0)
         return false;
+    Form_pg_attribute a = TupleDescAttr(desc, c->attnum - 1);
     Datum o = heap_getattr(oldt, c->attnum, desc, &on), n = heap_getattr(newt, c->attnum, desc, &nn);
     if (on || nn)
         return on != nn;
-    Oid type = TupleDescAttr(desc, c->attnum - 1)->atttypid;
-    switch (category(type)) {
+    int cat = category(a->atttypid);
+    switch (cat) {
     case C_NUMERIC: /* 1.0 and 1.00 are one jsonb number */
         return DatumGetInt32(DirectFunctionCall2(numeric_cmp, o, n)) != 0;
     case C_JSONB:
         return !DatumGetBool(DirectFunctionCall2(jsonb_eq, o, n));
+    case C_TEXT:
+    case C_BYTEA: { /* their JSON text is one to one with their bytes */
+        struct varlena *x = PG_DETOAST_DATUM_PACKED(o), *y = PG_DETOAST_DATUM_PACKED(n);
+        return VARSIZE_ANY_EXHDR(x) != VARSIZE_ANY_EXHDR(y) ||
+               memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) != 0;
+    }
     default: {
-        StringInfoData a, b;
-        initStringInfo(&a);
-        initStringInfo(&b);
-        append_value(&a, o, type);
-        append_value(&b, n, type);
-        return a.len != b.len || memcmp(a.data, b.data, a.len) != 0;
+        StringInfoData x, y;
+        initStringInfo(&x);
+        initStringInfo(&y);
+        if (!append_any(&x, o, a) || !append_any(&y, n, a))
+            return false;
+        return x.len != y.len || memcmp(x.data, y.data, x.len) != 0;
     }
     }
 }
@@ -384,7 +536,7 @@ static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc
 
 static void wake(void)
 {
-    Oid seq = sequence("wake");
+    Oid seq = journal_oid("wake");
     if (!OidIsValid(seq))
         return;
     int64 ms = GetCurrentTimestamp() / 1000 + EPOCH_MS;
@@ -407,8 +559,10 @@ Datum capture(PG_FUNCTION_ARGS)
     if (!CALLED_AS_TRIGGER(fcinfo))
         ereport(ERROR, (errmsg("sqlnotify: capture() runs only as a trigger")));
     TriggerData *td = (TriggerData *) fcinfo->context;
-    if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event))
-        ereport(ERROR, (errmsg("sqlnotify: capture() runs only as an AFTER ... FOR EACH ROW trigger")));
+    if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+        TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+        ereport(ERROR, (errmsg("sqlnotify: capture() runs only as an AFTER INSERT, UPDATE or DELETE ... FOR EACH "
+                               "ROW trigger")));
     TupleDesc desc = RelationGetDescr(td->tg_relation);
     bool upd = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
     HeapTuple oldt = upd || TRIGGER_FIRED_BY_DELETE(td->tg_event) ? td->tg_trigtuple : NULL;
@@ -460,26 +614,19 @@ Datum capture(PG_FUNCTION_ARGS)
     }
     appendStringInfoChar(&p, '}');
 
-    /* the xid before the id (see floor_of in journal.c), then the table by the id's epoch */
+    /* the xid before the id (see floor_of in journal.c), then the table by the id's epoch,
+     * as the plpgsql CASE picks it (1, 2, else 0) */
     FullTransactionId xid = GetTopFullTransactionId();
-    Oid seq = sequence("journal_id");
+    Oid seq = journal_oid("journal_id");
     if (!OidIsValid(seq))
-        journal_open(-1); /* says the journal is missing */
+        journal_missing();
     int64 id = nextval_internal(seq, true);
-    Relation r = journal_open((int) ((id >> 32) % NTABLES));
+    int64 epoch = (id >> 32) % 3;
     text *hashed = have_key ? cstring_to_text_with_len(key.data, key.len) : cstring_to_text_with_len(p.data, p.len);
     int32 h = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID, PointerGetDatum(hashed))) ^
               (int32) RelationGetRelid(td->tg_relation);
-    Datum values[6];
-    bool nulls[6] = {false, false, false, false, false, false};
-    values[0] = Int64GetDatum(id);
-    values[1] = FullTransactionIdGetDatum(xid);
-    values[2] = PointerGetDatum(cstring_to_text(w.channel));
-    values[3] = PointerGetDatum(cstring_to_text_with_len(p.data, p.len));
-    values[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-    values[5] = Int32GetDatum(h);
-    journal_insert(r, values, nulls);
-    table_close(r, NoLock);
+    journal_write(epoch == 1 || epoch == 2 ? (int) epoch : 0, id, xid, cstring_to_text(w.channel),
+                  cstring_to_text_with_len(p.data, p.len), h);
     wake();
     return PointerGetDatum(NULL);
 }

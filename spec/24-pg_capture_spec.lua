@@ -1,5 +1,5 @@
 -- PostgreSQL durable mode with the server extension sqlnotify_capture: its C trigger function
--- sqlnotify.capture() must deliver exactly the events the per-watch plpgsql trigger delivers.
+-- sqlnotify_capture.capture() must deliver exactly the events the per-watch plpgsql trigger delivers.
 -- Two hosts run the same watcher script on twin tables: one with the default environment on
 -- spec24.c_* (the C trigger, where every column a watch sends is of a simple type) and one
 -- with SQLNOTIFY_PG_CAPTURE=plpgsql on spec24.p_* (the plpgsql trigger). Each case makes the
@@ -224,7 +224,7 @@ WHERE n.nspname = 'spec24' AND NOT t.tgisinternal ORDER BY 1, 2]])
   return out
 end
 
-local CAPTURE = "sqlnotify.capture (c)"
+local CAPTURE = "sqlnotify_capture.capture (c)"
 
 local function drop_ours(admin)
   for _, c in ipairs(assert(admin:consumers())) do
@@ -609,7 +609,7 @@ INSERT INTO {T} (id, v, w) VALUES (5, 'five', 'e');
     }, ev)
   end)
 
-  it("uses sqlnotify.capture for durable watches of simple types only, and never with"
+  it("uses sqlnotify_capture.capture for durable watches of simple types only, and never with"
     .. " SQLNOTIFY_PG_CAPTURE=plpgsql or in live mode", function()
     write("mixed", [[
 INSERT INTO {T} VALUES (1, '{"a": 1.0, "a": [2]}', '{1,NULL,3}', 'v');

@@ -33,12 +33,13 @@
 #define MARK_ANY "sqlnotify:"
 #define MARK_V1 "sqlnotify:1:"
 #define MARK_V2 "sqlnotify:2 "
-/* The triggers that call t's function, and one more for a function of an extension
- * (sqlnotify.capture()): a count of 1 means the function may go with its trigger. */
+/* The triggers that call t's function, and one more for a function that is not one of ours
+ * (no marker: sqlnotify_capture.capture() above all): a count of 1 means the function may
+ * go with its trigger. */
 #define FN_USERS                                                                                                   \
     "((SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger u WHERE u.tgfoid = t.tgfoid) +"                        \
-    " (SELECT pg_catalog.count(*) FROM pg_catalog.pg_depend e WHERE e.objid = t.tgfoid AND e.deptype = 'e'"         \
-    "  AND e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass))"
+    " CASE WHEN COALESCE(pg_catalog.obj_description(t.tgfoid, 'pg_proc'), '') LIKE '" MARK_ANY "%' THEN 0"        \
+    " ELSE 1 END)"
 #define JSON_CHUNK 50 /* pairs per jsonb_build_object(): functions take <= 100 args */
 
 static const char *const op_names[] = {"insert", "update", "delete"};
@@ -91,7 +92,7 @@ static const char table_sql[] =
     " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid) IN ('pg_catalog.float4'::pg_catalog.regtype,"
     "   'pg_catalog.float8'::pg_catalog.regtype, 'pg_catalog._float4'::pg_catalog.regtype,"
     "   'pg_catalog._float8'::pg_catalog.regtype),"
-    /* a type sqlnotify.capture() renders itself (pgext/capture.c: category) */
+    /* a type sqlnotify_capture.capture() renders itself (pgext/capture.c: category) */
     " COALESCE(NULLIF(ty.typbasetype, 0), ty.oid)::pg_catalog.int4 IN (16, 17, 18, 19, 20, 21, 23, 25, 26, 700,"
     "   701, 1042, 1043, 1082, 1083, 1114, 1184, 1186, 1266, 1700, 2950, 3802)"
     " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -422,10 +423,10 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
 
 /* ===== the C trigger (pgext/capture.c) ===== */
 
-#define CAPTURE_FN "sqlnotify.capture"
+#define CAPTURE_FN "sqlnotify_capture.capture"
 #define CAPTURE_VERSION "1"
 
-/* Whether durable triggers may call sqlnotify.capture(): the extension of our version is
+/* Whether durable triggers may call sqlnotify_capture.capture(): the extension of our version is
  * there (made here when the server has it and this role may), and this role may create
  * triggers with it. SQLNOTIFY_PG_CAPTURE=plpgsql keeps every trigger in plpgsql. Asked
  * once per connection. */
@@ -530,7 +531,7 @@ static void sb_summary(pg_sbuf *b, const sn_watch *w)
 /* What a watch's trigger is made of: its name, function body and marker line. */
 typedef struct plan {
     char name[64], old[32];
-    int capture;      /* the trigger calls sqlnotify.capture(body) instead of a function of its own */
+    int capture;      /* the trigger calls sqlnotify_capture.capture(body) instead of a function of its own */
     int leftover;     /* capture: this watch's plpgsql function is still there, used by no other trigger */
     pg_sbuf body;     /* the function's body, or capture()'s arguments */
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */

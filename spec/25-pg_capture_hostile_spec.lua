@@ -1,0 +1,112 @@
+-- PostgreSQL durable mode with the C trigger (sqlnotify_capture.capture()) against a hostile
+-- role and an unlucky operator: forged trigger arguments, a journal changed by hand, a column
+-- retyped under a live trigger, a sequence moved below zero. The user's write goes through
+-- and its event arrives, or the statement fails with a sqlnotify: message; the server stays up.
+-- Everything happens in a database of its own, spec25_capture, made and dropped here.
+local H = require("helper")
+
+local DB = "spec25_capture"
+local ADMIN = (H.pg_url:gsub("/[^/?]*$", "/postgres"))
+local URL = (H.pg_url:gsub("/[^/?]*$", "/" .. DB))
+
+local function sql(text) return H.psql(text, URL) end
+
+describe("PostgreSQL durable mode: the C trigger against hostile and unlucky hands", function()
+  local n, got, handler
+
+  setup(function()
+    H.psql("DROP DATABASE IF EXISTS " .. DB .. " WITH (FORCE); CREATE DATABASE " .. DB, ADMIN)
+    sql([[
+CREATE SCHEMA s25;
+CREATE TABLE s25.t (id int PRIMARY KEY, v int);
+CREATE TABLE s25.r (id int PRIMARY KEY, v int);
+]])
+    got, handler = H.collector()
+    n = H.pg_notifier { url = URL, consumer = "s25", shares = 1 }
+    n:watch("s25.t", "insert", { extra_columns = { "v" } })
+    n:watch("s25.r", "insert", { extra_columns = { "v" } })
+    n:subscribe("s25.t", "insert", handler)
+    n:subscribe("s25.r", "insert", handler)
+    assert(n:start())
+  end)
+
+  teardown(function()
+    if n then n:stop() end
+    H.psql("DROP DATABASE IF EXISTS " .. DB .. " WITH (FORCE)", ADMIN)
+  end)
+
+  -- Writes rows (id, v) into s25.<tbl> one commit each and waits for their events.
+  local function insert_and_wait(tbl, rows)
+    local before = #got
+    for _, r in ipairs(rows) do sql(string.format("INSERT INTO s25.%s VALUES (%d, %s)", tbl, r[1], r[2])) end
+    assert.is_true(H.run_until(function() return #got >= before + #rows end, 10),
+      "events: " .. (#got - before) .. " of " .. #rows)
+    H.run_for(0.2)
+    local out = {}
+    for i = before + 1, #got do out[#out + 1] = { id = got[i].id, v = got[i].extra_columns.v } end
+    return out
+  end
+
+  it("runs with the C trigger here", function()
+    assert.are.equal("sqlnotify_capture.capture\nsqlnotify_capture.capture\n", sql(
+      "SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid IN ('s25.t'::regclass, 's25.r'::regclass) ORDER BY 1") .. "")
+  end)
+
+  it("refuses forged trigger arguments with a sqlnotify: error, and the server stays up", function()
+    sql([[
+CREATE TABLE s25.forged (a int);
+CREATE TRIGGER boom AFTER UPDATE ON s25.forged FOR EACH ROW
+  EXECUTE FUNCTION sqlnotify_capture.capture('c', '2147483647 2147483647 0 2');
+CREATE TRIGGER few AFTER INSERT ON s25.forged FOR EACH ROW EXECUTE FUNCTION sqlnotify_capture.capture('c', '1 0 0 0');
+INSERT INTO s25.forged SELECT 1 WHERE false;
+]])
+    local ok, err = pcall(sql, "INSERT INTO s25.forged VALUES (1)")
+    assert.is_false(ok)
+    assert.matches('sqlnotify: trigger "few" gives capture%(%) arguments it does not take', err)
+    sql("DROP TRIGGER few ON s25.forged; INSERT INTO s25.forged VALUES (1)")
+    ok, err = pcall(sql, "UPDATE s25.forged SET a = 2")
+    assert.is_false(ok)
+    assert.matches('sqlnotify: trigger "boom" gives capture%(%) arguments it does not take', err)
+    assert.are.equal("1\n", sql("SELECT 1"))
+    ok, err = pcall(sql, "SELECT sqlnotify_capture.capture()")
+    assert.is_false(ok)
+    assert.matches("sqlnotify: capture%(%) runs only as a trigger", err)
+  end)
+
+  it("writes through a journal changed by hand: a column added (its default filled), a partial index, a column dropped",
+    function()
+    sql([[
+ALTER TABLE sqlnotify.journal_0 ADD COLUMN note text NOT NULL DEFAULT 'by hand';
+ALTER TABLE sqlnotify.journal_1 ADD COLUMN note text NOT NULL DEFAULT 'by hand';
+ALTER TABLE sqlnotify.journal_2 ADD COLUMN note text NOT NULL DEFAULT 'by hand';
+]])
+    assert.are.same({ { id = 1, v = 10 }, { id = 2, v = 20 } }, insert_and_wait("t", { { 1, 10 }, { 2, 20 } }))
+    -- written by the INSERT, not beside the executor: NOT NULL held, the default filled
+    assert.are.equal("2|2\n", sql("SELECT count(*), count(*) FILTER (WHERE note = 'by hand') FROM ("
+      .. " SELECT note, payload FROM sqlnotify.journal_0 UNION ALL SELECT note, payload FROM sqlnotify.journal_1"
+      .. " UNION ALL SELECT note, payload FROM sqlnotify.journal_2) x WHERE payload LIKE '%\"v\": _0}%'"))
+    sql([[
+ALTER TABLE sqlnotify.journal_0 DROP COLUMN note;
+ALTER TABLE sqlnotify.journal_1 DROP COLUMN note;
+ALTER TABLE sqlnotify.journal_2 DROP COLUMN note;
+CREATE INDEX s25_partial_0 ON sqlnotify.journal_0 (hash) WHERE hash > 0;
+CREATE INDEX s25_partial_1 ON sqlnotify.journal_1 (hash) WHERE hash > 0;
+CREATE INDEX s25_partial_2 ON sqlnotify.journal_2 (hash) WHERE hash > 0;
+]])
+    assert.are.same({ { id = 3, v = 30 } }, insert_and_wait("t", { { 3, 30 } }))
+    sql("DROP INDEX sqlnotify.s25_partial_0, sqlnotify.s25_partial_1, sqlnotify.s25_partial_2")
+    assert.are.same({ { id = 4, v = 40 } }, insert_and_wait("t", { { 4, 40 } }))
+  end)
+
+  it("sends a column retyped under the trigger to a type it does not render as to_jsonb writes it", function()
+    sql("ALTER TABLE s25.r ALTER v TYPE int[] USING ARRAY[v]")
+    assert.are.same({ { id = 1, v = { 1, 2, n = 2 } }, { id = 2, v = { 3, n = 1 } } },
+      insert_and_wait("r", { { 1, "ARRAY[1, 2]" }, { 2, "ARRAY[3]" } }))
+  end)
+
+  it("never fails a write when the journal's sequence went below zero: the row goes to journal_0", function()
+    sql("ALTER SEQUENCE sqlnotify.journal_id MINVALUE -9000000000 RESTART WITH -5000000000")
+    sql("INSERT INTO s25.t VALUES (100, 1)")
+    assert.are.equal("1\n", sql("SELECT count(*) FROM sqlnotify.journal_0 WHERE id < 0"))
+  end)
+end)
