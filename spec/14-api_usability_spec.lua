@@ -262,6 +262,11 @@ describe("sqlnotify usability", function()
       return function() n:subscribe(S .. ".items", "insert", { filters = filters }, print) end
     end
 
+    it("say so when the options come after the handler", function()
+      assert.are.equal("sqlnotify: subscribe takes its options before the handler: n:subscribe(table, operation, opts, handler)",
+        err_of(function() n:subscribe(S .. ".items", "insert", print, { filters = { { column = "sku", value = "A" } } }) end))
+    end)
+
     it("refuse every malformed shape by name", function()
       local shape = "sqlnotify: filters must be a list of {column = name, value = v}"
       local cases = {

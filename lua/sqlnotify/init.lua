@@ -487,6 +487,9 @@ end
 function Notifier:subscribe(t, op, opts, handler)
   check_notifier(self, 2)
   if handler == nil and callable(opts) then opts, handler = nil, opts end
+  if callable(opts) and type(handler) == "table" then
+    fail(2, "subscribe takes its options before the handler: n:subscribe(table, operation, opts, handler)")
+  end
   op = check_op(op, 2)
   opts = check_options(opts, SUBSCRIBE_OPTIONS, "subscribe", 2)
   if not callable(handler) then
