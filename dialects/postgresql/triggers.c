@@ -849,7 +849,27 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
     /* DDL waits for a lock on the user's table: let the server give up before our deadline. */
     pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
     pg_sb_add(b, drops);
-    if (create && p->capture) {
+    if (create) {
+        const char *note = comment.p ? comment.p : "";
+        pg_sbuf callee = {0};
+        if (p->capture) {
+            pg_sb_add(&callee, CAPTURE_FN "(");
+            pg_sb_add(&callee, p->body.p);
+            pg_sb_add(&callee, ")");
+        } else {
+            pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
+            pg_sb_add(b, fn.p);
+            pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql AS ");
+            pg_sb_quote(b, db, p->body.p, 0);
+            pg_sb_add(b, ";\nCOMMENT ON FUNCTION ");
+            pg_sb_add(b, fn.p);
+            pg_sb_add(b, " IS ");
+            pg_sb_quote(b, db, note, 0);
+            pg_sb_add(b, ";\n");
+            pg_sb_add(&callee, fn.p);
+        }
+        if (callee.fail)
+            b->fail = callee.fail;
         pg_sb_add(b, "DROP TRIGGER IF EXISTS ");
         pg_sb_quote(b, db, p->name, 1);
         pg_sb_add(b, " ON ");
@@ -860,49 +880,21 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
         pg_sb_add(b, op_sql[w->op]);
         pg_sb_add(b, " ON ");
         pg_sb_add(b, tbl.p);
-        pg_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION " CAPTURE_FN "(");
-        pg_sb_add(b, p->body.p);
-        pg_sb_add(b, ");\nCOMMENT ON TRIGGER ");
-        pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
-        pg_sb_add(b, " IS ");
-        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
-        pg_sb_add(b, ";\n");
-        if (p->leftover) { /* the plpgsql function this watch had before */
-            pg_sb_add(b, "DROP FUNCTION IF EXISTS ");
-            pg_sb_add(b, fn.p);
-            pg_sb_add(b, ";\n");
-        }
-    } else if (create) {
-        pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
-        pg_sb_add(b, fn.p);
-        pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql ");
-        pg_sb_add(b, "AS ");
-        pg_sb_quote(b, db, p->body.p, 0);
-        pg_sb_add(b, ";\nDROP TRIGGER IF EXISTS ");
-        pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
-        pg_sb_add(b, ";\nCREATE TRIGGER ");
-        pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " AFTER ");
-        pg_sb_add(b, op_sql[w->op]);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
         pg_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION ");
-        pg_sb_add(b, fn.p);
-        pg_sb_add(b, ";\nCOMMENT ON FUNCTION ");
-        pg_sb_add(b, fn.p);
-        pg_sb_add(b, " IS ");
-        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
+        pg_sb_add(b, callee.p ? callee.p : "");
         pg_sb_add(b, ";\nCOMMENT ON TRIGGER ");
         pg_sb_quote(b, db, p->name, 1);
         pg_sb_add(b, " ON ");
         pg_sb_add(b, tbl.p);
         pg_sb_add(b, " IS ");
-        pg_sb_quote(b, db, comment.p ? comment.p : "", 0);
+        pg_sb_quote(b, db, note, 0);
         pg_sb_add(b, ";\n");
+        if (p->capture && p->leftover) { /* the plpgsql function this watch had before */
+            pg_sb_add(b, "DROP FUNCTION IF EXISTS ");
+            pg_sb_add(b, fn.p);
+            pg_sb_add(b, ";\n");
+        }
+        free(callee.p);
     }
     pg_sb_add(b, "COMMIT");
     free(fn.p);
