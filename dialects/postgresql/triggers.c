@@ -484,12 +484,25 @@ static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
     }
 }
 
-/* capture()'s arguments: channel, 'npk nextra nold ntrig', then those columns' names. */
+/* capture()'s second argument, 'npk nextra nold ntrig' (old and trigger columns: UPDATE
+ * only); *nold and *ntrig say how many of those it sends. */
+static void capture_counts(const sn_watch *w, char out[64], int *nold, int *ntrig)
+{
+    int upd = w->op == SN_UPDATE;
+    *nold = upd ? w->nold : 0;
+    *ntrig = upd ? w->ntrigger : 0;
+    snprintf(out, 64, "%d %d %d %d", w->npk, w->nextra, *nold, *ntrig);
+}
+
+/* capture()'s arguments: channel, the counts, then those columns' names. */
 static void sb_capture_args(pg_sbuf *b, PGconn *db, const sn_watch *w)
 {
-    int upd = w->op == SN_UPDATE, nold = upd ? w->nold : 0, ntrig = upd ? w->ntrigger : 0;
+    char counts[64];
+    int nold, ntrig;
+    capture_counts(w, counts, &nold, &ntrig);
     pg_sb_quote(b, db, w->channel, 0);
-    pg_sb_addf(b, ", '%d %d %d %d'", w->npk, w->nextra, nold, ntrig);
+    pg_sb_add(b, ", ");
+    pg_sb_quote(b, db, counts, 0);
     sb_args(b, db, w->pk, w->npk);
     sb_args(b, db, w->extra, w->nextra);
     sb_args(b, db, w->old_cols, nold);
@@ -658,8 +671,8 @@ static void hex_args(pg_sbuf *b, const char *const *cols, int n)
 static void sb_capture_tgargs(pg_sbuf *b, const sn_watch *w)
 {
     char counts[64];
-    int upd = w->op == SN_UPDATE, nold = upd ? w->nold : 0, ntrig = upd ? w->ntrigger : 0;
-    snprintf(counts, sizeof counts, "%d %d %d %d", w->npk, w->nextra, nold, ntrig);
+    int nold, ntrig;
+    capture_counts(w, counts, &nold, &ntrig);
     hex_arg(b, w->channel);
     hex_arg(b, counts);
     hex_args(b, w->pk, w->npk);
