@@ -2,10 +2,10 @@
 -- role and an unlucky operator: forged trigger arguments, a journal changed by hand, a column
 -- retyped under a live trigger, a sequence moved below zero. The user's write goes through
 -- and its event arrives, or the statement fails with a sqlnotify: message; the server stays up.
--- Everything happens in a database of its own, spec25_capture, made and dropped here.
+-- Everything happens in a database of its own, spec25_<pid>, made and dropped here.
 local H = require("helper")
 
-local DB = "spec25_capture"
+local DB = "spec25_" .. (H.slurp("/proc/self/stat"):match("^(%d+)") or tostring(os.time()))
 local ADMIN = (H.pg_url:gsub("/[^/?]*$", "/postgres"))
 local URL = (H.pg_url:gsub("/[^/?]*$", "/" .. DB))
 

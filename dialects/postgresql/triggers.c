@@ -432,7 +432,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
  * once per connection. */
 static int capture_usable(sn_conn *c)
 {
-    char e[256];
+    char e[256] = "";
     const char *env = getenv("SQLNOTIFY_PG_CAPTURE");
     if (c->capture != 0)
         return c->capture > 0;
@@ -451,15 +451,34 @@ static int capture_usable(sn_conn *c)
         if (r == NULL)
             return 0;
         int installed = !PQgetisnull(r, 0, 0), ours = installed && strcmp(PQgetvalue(r, 0, 0), CAPTURE_VERSION) == 0;
-        int can_make = !installed && round == 0 && PQgetvalue(r, 0, 1)[0] == 't' && PQgetvalue(r, 0, 2)[0] == 't';
+        int available = PQgetvalue(r, 0, 1)[0] == 't', super = PQgetvalue(r, 0, 2)[0] == 't';
         int may = PQgetvalue(r, 0, 3)[0] == 't';
+        char version[32];
+        snprintf(version, sizeof version, "%s", installed ? PQgetvalue(r, 0, 0) : "");
         PQclear(r);
+        /* why the triggers stay in plpgsql, where an operator could change it (info: it works) */
         if (ours) {
             c->capture = may ? 1 : -1;
+            if (!may)
+                sn_logf(&c->sink, SN_LOG_INFO,
+                        "durable triggers in plpgsql: this role may not use " CAPTURE_FN "() (GRANT EXECUTE ON "
+                        "FUNCTION " CAPTURE_FN "() TO it for the faster C trigger)");
             break;
         }
-        if (!can_make)
+        if (installed) {
+            sn_logf(&c->sink, SN_LOG_INFO,
+                    "durable triggers in plpgsql: the server has sqlnotify_capture %s, this program wants "
+                    CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)", version);
             break;
+        }
+        if (!available || !super || round > 0) {
+            if (available)
+                sn_logf(&c->sink, SN_LOG_INFO,
+                        "durable triggers in plpgsql: the server has the extension sqlnotify_capture but it is not "
+                        "created here%s%s (a superuser may CREATE EXTENSION sqlnotify_capture)",
+                        *e ? ": " : "", e);
+            break;
+        }
         /* failed or not, look again: another process may have made it meanwhile */
         pg_script(c, "CREATE EXTENSION IF NOT EXISTS sqlnotify_capture VERSION '" CAPTURE_VERSION "'", NULL, e, sizeof e);
     }
