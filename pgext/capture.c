@@ -188,9 +188,12 @@ static void journal_write(int k, int64 id, FullTransactionId xid, text *channel,
             IndexInfo *ii = BuildIndexInfo(ix);
             for (int a = 0; a < ii->ii_NumIndexAttrs; a++)
                 iv[a] = heap_getattr(tup, ii->ii_IndexAttrNumbers[a], d, &in[a]);
-            index_insert(ix, iv, in, &tup->t_self, j.rel, ix->rd_index->indisunique ? UNIQUE_CHECK_YES
-                                                                                      : UNIQUE_CHECK_NO,
-                         false, ii);
+            index_insert(ix, iv, in, &tup->t_self, j.rel,
+                         ix->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+#if PG_VERSION_NUM >= 140000
+                         false, /* indexUnchanged: a new row */
+#endif
+                         ii);
         }
         journal_close(&j);
         return;
