@@ -445,11 +445,19 @@ static int capture_usable(sn_conn *c)
                               " EXISTS (SELECT FROM pg_catalog.pg_available_extension_versions"
                               "  WHERE name = 'sqlnotify_capture' AND version = '" CAPTURE_VERSION "'),"
                               " (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
-                              " pg_catalog.has_function_privilege(pg_catalog.to_regprocedure('" CAPTURE_FN "()'),"
-                              "  'EXECUTE')",
+                              /* found in the catalog, not by name: a role without USAGE on
+                               * its schema may not look it up, nor create a trigger with it */
+                              " COALESCE((SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')"
+                              "  AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_proc p"
+                              "  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+                              "  WHERE n.nspname = 'sqlnotify_capture' AND p.proname = 'capture' AND p.pronargs = 0),"
+                              "  false)",
                               0, NULL, PG_RETRY, NULL, e, sizeof e);
-        if (r == NULL)
+        if (r == NULL) {
+            sn_logf(&c->sink, SN_LOG_INFO, "durable triggers in plpgsql: cannot tell whether the C trigger may "
+                    "be used: %s", e);
             return 0;
+        }
         int installed = !PQgetisnull(r, 0, 0), ours = installed && strcmp(PQgetvalue(r, 0, 0), CAPTURE_VERSION) == 0;
         int available = PQgetvalue(r, 0, 1)[0] == 't', super = PQgetvalue(r, 0, 2)[0] == 't';
         int may = PQgetvalue(r, 0, 3)[0] == 't';
@@ -461,8 +469,9 @@ static int capture_usable(sn_conn *c)
             c->capture = may ? 1 : -1;
             if (!may)
                 sn_logf(&c->sink, SN_LOG_INFO,
-                        "durable triggers in plpgsql: this role may not use " CAPTURE_FN "() (GRANT EXECUTE ON "
-                        "FUNCTION " CAPTURE_FN "() TO it for the faster C trigger)");
+                        "durable triggers in plpgsql: this role may not use " CAPTURE_FN "() (GRANT USAGE ON "
+                        "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION " CAPTURE_FN "() TO it for the "
+                        "faster C trigger)");
             break;
         }
         if (installed) {
