@@ -13,6 +13,9 @@ local URL = (H.pg_url:gsub("/[^/?]*$", "/" .. DB))
 
 local function sql(text) return H.psql(text, URL) end
 
+local procs = {} -- hosts started here, killed at the end whatever an assertion left running
+local function track(p) procs[#procs + 1] = p return p end
+
 describe("PostgreSQL durable mode: the C trigger against hostile and unlucky hands", function()
   local n, got, handler
 
@@ -33,6 +36,9 @@ CREATE TABLE s25.r (id int PRIMARY KEY, v int);
   end)
 
   teardown(function()
+    for _, p in ipairs(procs) do
+      if not p:exited() then p:kill("KILL") p:wait() end
+    end
     if n then n:stop() end
     H.psql("DROP DATABASE IF EXISTS " .. DB .. " WITH (FORCE); DROP ROLE IF EXISTS " .. ROLE, ADMIN)
   end)
@@ -139,14 +145,14 @@ print("ready")
       return sql("SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
         .. " JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = 's25r.t'::regclass")
     end
-    local p = H.host(script, { as_role })
+    local p = track(H.host(script, { as_role }))
     assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
     p:stop()
     assert.matches("durable triggers in plpgsql: this role may not use sqlnotify_capture.capture%(%) %(GRANT USAGE ON "
       .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.capture%(%) TO it", p:stderr())
     assert.are.equal("plpgsql\n", kind())
     sql("GRANT EXECUTE ON FUNCTION sqlnotify_capture.capture() TO " .. ROLE)
-    p = H.host(script, { as_role })
+    p = track(H.host(script, { as_role }))
     assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
     sql("INSERT INTO s25r.t VALUES (1, 'x')")
     assert(p:wait_for("got 1 x\n", 10), "no event: " .. p:stderr())
