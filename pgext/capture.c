@@ -46,6 +46,7 @@
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -73,11 +74,10 @@ PG_FUNCTION_INFO_V1(capture);
 
 /* ===== the journal ===== */
 
-/* A relation of schema sqlnotify by name, looked up at each use (a syscache probe): no oid
- * is kept from a journal that may have been dropped and made again. */
-static Oid journal_oid(const char *name)
+/* A relation of schema sqlnotify (nsp, looked up once per row) by name, at each use (a
+ * syscache probe): no oid is kept from a journal that may have been dropped and made again. */
+static Oid journal_oid(Oid nsp, const char *name)
 {
-    Oid nsp = get_namespace_oid(JOURNAL_SCHEMA, true);
     return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
@@ -156,12 +156,12 @@ static void journal_close(journal *j)
 /* The row: heap_insert and index_insert where journal_fast() says they do what the
  * executor would, else INSERT INTO sqlnotify.journal_<k> (id, channel, payload, hash) as the
  * writer, as the plpgsql trigger does (the defaults give xid and created_at). */
-static void journal_write(int k, int64 id, FullTransactionId xid, text *channel, text *payload, int32 hash)
+static void journal_write(Oid nsp, int k, int64 id, FullTransactionId xid, text *channel, text *payload, int32 hash)
 {
     char name[NAMEDATALEN];
     journal j = {0};
     snprintf(name, sizeof name, "journal_%d", k);
-    Oid oid = journal_oid(name);
+    Oid oid = journal_oid(nsp, name);
     if (!OidIsValid(oid) || (j.rel = try_table_open(oid, RowExclusiveLock)) == NULL)
         journal_missing();
     if (journal_fast(&j)) {
@@ -517,6 +517,10 @@ static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc
         return DatumGetInt32(DirectFunctionCall2(numeric_cmp, o, n)) != 0;
     case C_JSONB:
         return !DatumGetBool(DirectFunctionCall2(jsonb_eq, o, n));
+    case C_INT:
+    case C_BOOL:
+    case C_DATETIME: /* one value, one text: the datums say it (floats do not: -0, NaN) */
+        return !datumIsEqual(o, n, a->attbyval, a->attlen);
     case C_TEXT:
     case C_BYTEA: { /* their JSON text is one to one with their bytes */
         struct varlena *x = PG_DETOAST_DATUM_PACKED(o), *y = PG_DETOAST_DATUM_PACKED(n);
@@ -537,9 +541,9 @@ static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc
 /* ===== the wake-up gate, as the plpgsql one: the sequence sqlnotify.wake holds the
  * milliseconds of the last NOTIFY; a writer notifies when it is 10 ms old ===== */
 
-static void wake(void)
+static void wake(Oid nsp)
 {
-    Oid seq = journal_oid("wake");
+    Oid seq = journal_oid(nsp, "wake");
     if (!OidIsValid(seq))
         return;
     int64 ms = GetCurrentTimestamp() / 1000 + EPOCH_MS;
@@ -620,7 +624,8 @@ Datum capture(PG_FUNCTION_ARGS)
     /* the xid before the id (see floor_of in journal.c), then the table by the id's epoch,
      * as the plpgsql CASE picks it (1, 2, else 0) */
     FullTransactionId xid = GetTopFullTransactionId();
-    Oid seq = journal_oid("journal_id");
+    Oid nsp = get_namespace_oid(JOURNAL_SCHEMA, true);
+    Oid seq = journal_oid(nsp, "journal_id");
     if (!OidIsValid(seq))
         journal_missing();
     int64 id = nextval_internal(seq, true);
@@ -628,8 +633,8 @@ Datum capture(PG_FUNCTION_ARGS)
     text *hashed = have_key ? cstring_to_text_with_len(key.data, key.len) : cstring_to_text_with_len(p.data, p.len);
     int32 h = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID, PointerGetDatum(hashed))) ^
               (int32) RelationGetRelid(td->tg_relation);
-    journal_write(epoch == 1 || epoch == 2 ? (int) epoch : 0, id, xid, cstring_to_text(w.channel),
+    journal_write(nsp, epoch == 1 || epoch == 2 ? (int) epoch : 0, id, xid, cstring_to_text(w.channel),
                   cstring_to_text_with_len(p.data, p.len), h);
-    wake();
+    wake(nsp);
     return PointerGetDatum(NULL);
 }
