@@ -214,11 +214,11 @@ static void journal_write(Oid nsp, int k, int64 id, FullTransactionId xid, text 
 
 enum { C_OTHER, C_INT, C_FLOAT4, C_FLOAT8, C_NUMERIC, C_BOOL, C_DATETIME, C_JSONB, C_BYTEA, C_TEXT, C_FOREIGN };
 
-/* The driver's list (triggers.c, table_sql): the types rendered here. Anything else (a
- * column retyped since the trigger was made) is C_FOREIGN, rendered by to_jsonb(). */
-static int category(Oid type)
+/* The driver's list (triggers.c, table_sql): the builtin types rendered here. Anything else
+ * (a domain, or a column retyped since the trigger was made) is C_FOREIGN. */
+static int category_of(Oid type)
 {
-    switch (getBaseType(type)) {
+    switch (type) {
     case INT2OID:
     case INT4OID:
     case INT8OID:
@@ -256,6 +256,20 @@ static int category(Oid type)
     }
 }
 
+/* type's category and *base, the type its values are of: a domain's base, looked up (a
+ * syscache probe) only for a type that is not builtin. C_FOREIGN is rendered by to_jsonb(). */
+static int category(Oid type, Oid *base)
+{
+    int cat = category_of(type);
+    *base = type;
+    if (cat == C_FOREIGN) {
+        *base = getBaseType(type);
+        if (*base != type)
+            cat = category_of(*base);
+    }
+    return cat;
+}
+
 /* jsonb keeps a number as numeric: "1e+20" comes back as 100000000000000000000, -0 as 0. */
 static void append_number(StringInfo s, const char *text)
 {
@@ -268,8 +282,10 @@ static void append_number(StringInfo s, const char *text)
     }
 }
 
-/* One value of a type category() knows; none of these fails for a valid datum. */
-static void append_value(StringInfo s, Datum v, Oid type, int cat)
+/* One value of a builtin type category() knows (base: the value's type, no domain); none of
+ * these fails for a valid datum. Integers and text are written here, the rest by their output
+ * functions. */
+static void append_value(StringInfo s, Datum v, Oid base, int cat)
 {
     char buf[64];
     switch (cat) {
@@ -290,7 +306,7 @@ static void append_value(StringInfo s, Datum v, Oid type, int cat)
         return;
     }
     case C_DATETIME:
-        escape_json(s, JsonEncodeDateTime(NULL, v, getBaseType(type), NULL));
+        escape_json(s, JsonEncodeDateTime(NULL, v, base, NULL));
         return;
     case C_BOOL:
         appendStringInfoString(s, DatumGetBool(v) ? "true" : "false");
@@ -309,15 +325,24 @@ static void append_value(StringInfo s, Datum v, Oid type, int cat)
         appendStringInfoChar(s, '"');
         return;
     }
+    case C_INT:
+        if (base == INT8OID)
+            pg_lltoa(DatumGetInt64(v), buf);
+        else
+            pg_ltoa(base == INT2OID ? (int32) DatumGetInt16(v) : DatumGetInt32(v), buf);
+        appendStringInfoString(s, buf);
+        return;
+    case C_TEXT: /* text, varchar and bpchar write their bytes as they are */
+        escape_json(s, text_to_cstring(DatumGetTextPP(v)));
+        return;
     default:
         break;
     }
     Oid out;
     bool varlena;
-    getTypeOutputInfo(type, &out, &varlena);
+    getTypeOutputInfo(base, &out, &varlena);
     char *text = OidOutputFunctionCall(out, v);
     switch (cat) {
-    case C_INT:
     case C_JSONB:
         appendStringInfoString(s, text);
         break;
@@ -352,7 +377,7 @@ static void append_foreign(StringInfo s, Datum v, Oid type)
 
 /* The same inside a subtransaction: false (and s as it was) when it failed or went past
  * MAX_PAYLOAD, as the plpgsql body's exception block sends the key alone. */
-static bool append_guarded(StringInfo s, Datum v, Oid type, int cat)
+static bool append_guarded(StringInfo s, Datum v, Oid base, int cat)
 {
     MemoryContext mcx = CurrentMemoryContext;
     ResourceOwner owner = CurrentResourceOwner;
@@ -363,9 +388,9 @@ static bool append_guarded(StringInfo s, Datum v, Oid type, int cat)
     PG_TRY();
     {
         if (cat == C_FOREIGN)
-            append_foreign(s, v, type);
+            append_foreign(s, v, base);
         else
-            append_value(s, v, type, cat);
+            append_value(s, v, base, cat);
         ReleaseCurrentSubTransaction();
         MemoryContextSwitchTo(mcx);
         CurrentResourceOwner = owner;
@@ -391,13 +416,14 @@ static bool append_guarded(StringInfo s, Datum v, Oid type, int cat)
 /* One value into s: false when it would not fit (or could not be rendered). */
 static bool append_any(StringInfo s, Datum v, Form_pg_attribute a)
 {
-    int cat = category(a->atttypid);
+    Oid base;
+    int cat = category(a->atttypid, &base);
     Size stored = a->attlen == -1 ? toast_raw_datum_size(v) : 0;
     /* escape_json writes at most 6 bytes for one (\u0001); what could pass the bound, or
      * fail, goes through the guard */
     if (cat == C_FOREIGN || (cat == C_JSONB && stored > JSONB_GUARD) || (Size) s->len + 6 * stored + 64 > MAX_PAYLOAD)
-        return append_guarded(s, v, a->atttypid, cat);
-    append_value(s, v, a->atttypid, cat);
+        return append_guarded(s, v, base, cat);
+    append_value(s, v, base, cat);
     return (Size) s->len <= MAX_PAYLOAD;
 }
 
@@ -511,7 +537,8 @@ static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc
     Datum o = heap_getattr(oldt, c->attnum, desc, &on), n = heap_getattr(newt, c->attnum, desc, &nn);
     if (on || nn)
         return on != nn;
-    int cat = category(a->atttypid);
+    Oid base;
+    int cat = category(a->atttypid, &base);
     switch (cat) {
     case C_NUMERIC: /* 1.0 and 1.00 are one jsonb number */
         return DatumGetInt32(DirectFunctionCall2(numeric_cmp, o, n)) != 0;
