@@ -1,13 +1,18 @@
 /*
- * capture.c — sqlnotify_capture.capture(), the durable journal's trigger in C (extension
- * sqlnotify_capture). It writes the same journal row the generated plpgsql trigger writes
- * (dialects/postgresql/triggers.c and journal.c: the payload of src/dialect.h's wire format,
- * rendered as jsonb renders it, the key's hash, the table by the id's epoch, the wake-up
- * gate), at a fraction of the cost: no plpgsql, no jsonb, no executor for the INSERT.
+ * capture.c — the triggers in C of the extension sqlnotify_capture:
  *
- * The driver uses it only for watches whose every column is of a type whose JSON form it
- * renders here (simple_type below, the driver's list in triggers.c), and says what to send
- * in the trigger's arguments:
+ *   sqlnotify_capture.capture(): a durable watch's. It writes the same journal row the
+ *     generated plpgsql trigger writes (dialects/postgresql/triggers.c and journal.c: the
+ *     payload of src/dialect.h's wire format, rendered as jsonb renders it, the key's hash,
+ *     the table by the id's epoch, the wake-up gate), at a fraction of the cost: no
+ *     plpgsql, no jsonb, no executor for the INSERT.
+ *   sqlnotify_capture.notify() (version 2): a live watch's. The same payload, sent by
+ *     NOTIFY on the watch's channel as the plpgsql body of a watch without overflow sends
+ *     it (truncated to the key past 7999 bytes).
+ *
+ * The driver uses them only for watches whose every column is of a type whose JSON form it
+ * renders here (category_of below, the driver's list in triggers.c), and says what to send
+ * in the trigger's arguments, the same for both:
  *
  *   capture(channel, 'npk nextra nold ntrig', pk..., extra..., old..., trigger columns...)
  *
@@ -60,6 +65,7 @@
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(capture);
+PG_FUNCTION_INFO_V1(capture_notify);
 
 #define JOURNAL_SCHEMA "sqlnotify"
 #define WAKE_CHANNEL "sqlnotify:journal"
@@ -68,6 +74,8 @@ PG_FUNCTION_INFO_V1(capture);
 /* A payload that would grow past this goes as the key alone, marked truncated: the text, its
  * copy in the row and the row itself must fit in memory, and the write must not fail */
 #define MAX_PAYLOAD ((Size) 256 * 1024 * 1024)
+/* a live watch's payload: as the driver's PG_MAX_PAYLOAD, under NOTIFY's 8000 bytes */
+#define NOTIFY_MAX 7999
 /* a jsonb value stored larger than this is rendered in a subtransaction: its numbers can
  * print far longer than they are stored (1e-16000 is a few bytes) */
 #define JSONB_GUARD (64 * 1024)
@@ -451,7 +459,8 @@ static int count_of(const char **p, int max)
     return (int) n;
 }
 
-static void watch_read(watch *w, Trigger *tg, TupleDesc desc)
+/* fn: the function's name, for the message */
+static void watch_read(watch *w, Trigger *tg, TupleDesc desc, const char *fn)
 {
     char **a = tg->tgargs;
     int max = tg->tgnargs - 2, ok = max >= 0, n = 0;
@@ -463,7 +472,7 @@ static void watch_read(watch *w, Trigger *tg, TupleDesc desc)
         n += ok ? *counts[i] : 0;
     }
     if (!ok || *p != '\0' || n != max)
-        ereport(ERROR, (errmsg("sqlnotify: trigger \"%s\" gives capture() arguments it does not take", tg->tgname),
+        ereport(ERROR, (errmsg("sqlnotify: trigger \"%s\" gives %s() arguments it does not take", tg->tgname, fn),
                         errhint("Its arguments are made by sqlnotify-lua: channel, 'npk nextra nold ntrig', "
                                 "then that many column names.")));
     w->channel = a[0];
@@ -588,65 +597,105 @@ static void wake(Oid nsp)
 
 /* ===== the trigger ===== */
 
-Datum capture(PG_FUNCTION_ARGS)
+/* One row change rendered: the payload, and the key objects it carries. */
+typedef struct change {
+    const char *channel; /* the watch's, from the trigger's arguments */
+    StringInfoData p, key, oldkey;
+    bool have_key, have_oldkey;
+} change;
+
+/* The trigger's data, checked: fn is the function's name, for the message. */
+static TriggerData *trigger_data(FunctionCallInfo fcinfo, const char *fn)
 {
     if (!CALLED_AS_TRIGGER(fcinfo))
-        ereport(ERROR, (errmsg("sqlnotify: capture() runs only as a trigger")));
+        ereport(ERROR, (errmsg("sqlnotify: %s() runs only as a trigger", fn)));
     TriggerData *td = (TriggerData *) fcinfo->context;
     if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
         TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
-        ereport(ERROR, (errmsg("sqlnotify: capture() runs only as an AFTER INSERT, UPDATE or DELETE ... FOR EACH "
-                               "ROW trigger")));
+        ereport(ERROR, (errmsg("sqlnotify: %s() runs only as an AFTER INSERT, UPDATE or DELETE ... FOR EACH "
+                               "ROW trigger", fn)));
+    return td;
+}
+
+/* {"t": true, "id": …, "oid": …}: the key alone, marked truncated (no key: {"t": true}). */
+static void append_truncated(change *ch)
+{
+    resetStringInfo(&ch->p);
+    appendStringInfoString(&ch->p, "{\"t\": true");
+    if (ch->have_key) {
+        appendStringInfoString(&ch->p, ", \"id\": ");
+        appendBinaryStringInfo(&ch->p, ch->key.data, ch->key.len);
+        if (ch->have_oldkey) {
+            appendStringInfoString(&ch->p, ", \"oid\": ");
+            appendBinaryStringInfo(&ch->p, ch->oldkey.data, ch->oldkey.len);
+        }
+    }
+    appendStringInfoChar(&ch->p, '}');
+}
+
+/* The change the trigger fired for, as the generated plpgsql body renders it (the wire
+ * format of src/dialect.h, keys in jsonb's order); false when the watch's trigger columns
+ * say it is no event. */
+static bool render(TriggerData *td, change *ch, const char *fn)
+{
     TupleDesc desc = RelationGetDescr(td->tg_relation);
     bool upd = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
     HeapTuple oldt = upd || TRIGGER_FIRED_BY_DELETE(td->tg_event) ? td->tg_trigtuple : NULL;
     HeapTuple rec = upd ? td->tg_newtuple : td->tg_trigtuple; /* NEW, or OLD for a delete */
     watch w;
-    watch_read(&w, td->tg_trigger, desc);
+    watch_read(&w, td->tg_trigger, desc, fn);
+    ch->channel = w.channel;
 
     if (upd && w.ntrig > 0) {
         bool any = false;
         for (int i = 0; i < w.ntrig && !any; i++)
             any = changed(&w.trig[i], oldt, rec, desc);
         if (!any)
-            return PointerGetDatum(NULL);
+            return false;
     }
     bool keychange = false;
     for (int i = 0; upd && i < w.npk && !keychange; i++)
         keychange = changed(&w.pk[i], oldt, rec, desc);
 
     /* the key alone first: it is also what the hash is of */
-    StringInfoData key, oldkey, p;
-    initStringInfo(&key);
-    initStringInfo(&oldkey);
-    initStringInfo(&p);
-    bool have_key = append_object(&key, w.pk, w.npk, rec, desc);
-    bool have_oldkey = keychange && have_key && append_object(&oldkey, w.pk, w.npk, oldt, desc);
+    initStringInfo(&ch->key);
+    initStringInfo(&ch->oldkey);
+    initStringInfo(&ch->p);
+    ch->have_key = append_object(&ch->key, w.pk, w.npk, rec, desc);
+    ch->have_oldkey = keychange && ch->have_key && append_object(&ch->oldkey, w.pk, w.npk, oldt, desc);
     int nold = upd ? w.nold : 0;
     /* {"o": …, "x": …, "id": …, "oid": …}: jsonb's order of the top-level keys; a column
      * gone: {"t": true, "id": …} */
-    bool whole = have_key;
+    bool whole = ch->have_key;
     if (whole) {
-        appendStringInfoString(&p, nold > 0 ? "{\"o\": " : "{\"x\": ");
+        appendStringInfoString(&ch->p, nold > 0 ? "{\"o\": " : "{\"x\": ");
         if (nold > 0) {
-            whole = append_object(&p, w.old, nold, oldt, desc);
-            appendStringInfoString(&p, ", \"x\": ");
+            whole = append_object(&ch->p, w.old, nold, oldt, desc);
+            appendStringInfoString(&ch->p, ", \"x\": ");
         }
-        whole = whole && append_object(&p, w.extra, w.nextra, rec, desc);
+        whole = whole && append_object(&ch->p, w.extra, w.nextra, rec, desc);
     }
     if (!whole) {
-        resetStringInfo(&p);
-        appendStringInfoString(&p, "{\"t\": true");
+        append_truncated(ch);
+        return true;
     }
-    if (have_key) {
-        appendStringInfoString(&p, ", \"id\": ");
-        appendBinaryStringInfo(&p, key.data, key.len);
-        if (have_oldkey) {
-            appendStringInfoString(&p, ", \"oid\": ");
-            appendBinaryStringInfo(&p, oldkey.data, oldkey.len);
-        }
+    appendStringInfoString(&ch->p, ", \"id\": ");
+    appendBinaryStringInfo(&ch->p, ch->key.data, ch->key.len);
+    if (ch->have_oldkey) {
+        appendStringInfoString(&ch->p, ", \"oid\": ");
+        appendBinaryStringInfo(&ch->p, ch->oldkey.data, ch->oldkey.len);
     }
-    appendStringInfoChar(&p, '}');
+    appendStringInfoChar(&ch->p, '}');
+    return true;
+}
+
+/* The durable watch's trigger: the change into the journal, then the wake-up gate. */
+Datum capture(PG_FUNCTION_ARGS)
+{
+    TriggerData *td = trigger_data(fcinfo, "capture");
+    change ch;
+    if (!render(td, &ch, "capture"))
+        return PointerGetDatum(NULL);
 
     /* the xid before the id (see floor_of in journal.c), then the table by the id's epoch,
      * as the plpgsql CASE picks it (1, 2, else 0) */
@@ -657,11 +706,31 @@ Datum capture(PG_FUNCTION_ARGS)
         journal_missing();
     int64 id = nextval_internal(seq, true);
     int64 epoch = (id >> 32) % 3;
-    text *hashed = have_key ? cstring_to_text_with_len(key.data, key.len) : cstring_to_text_with_len(p.data, p.len);
+    text *hashed = ch.have_key ? cstring_to_text_with_len(ch.key.data, ch.key.len)
+                               : cstring_to_text_with_len(ch.p.data, ch.p.len);
     int32 h = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID, PointerGetDatum(hashed))) ^
               (int32) RelationGetRelid(td->tg_relation);
-    journal_write(nsp, epoch == 1 || epoch == 2 ? (int) epoch : 0, id, xid, cstring_to_text(w.channel),
-                  cstring_to_text_with_len(p.data, p.len), h);
+    journal_write(nsp, epoch == 1 || epoch == 2 ? (int) epoch : 0, id, xid, cstring_to_text(ch.channel),
+                  cstring_to_text_with_len(ch.p.data, ch.p.len), h);
     wake(nsp);
+    return PointerGetDatum(NULL);
+}
+
+/* The live watch's trigger (sqlnotify_capture.notify()): the change as one NOTIFY on the
+ * watch's channel. Past NOTIFY's limit it goes as the key alone, marked truncated, and
+ * past that as {"t": true}, as the plpgsql body of a watch without overflow sends it. */
+Datum capture_notify(PG_FUNCTION_ARGS)
+{
+    TriggerData *td = trigger_data(fcinfo, "notify");
+    change ch;
+    if (!render(td, &ch, "notify"))
+        return PointerGetDatum(NULL);
+    if (ch.p.len > NOTIFY_MAX)
+        append_truncated(&ch);
+    if (ch.p.len > NOTIFY_MAX) {
+        resetStringInfo(&ch.p);
+        appendStringInfoString(&ch.p, "{\"t\": true}");
+    }
+    Async_Notify(ch.channel, ch.p.data);
     return PointerGetDatum(NULL);
 }
