@@ -519,6 +519,10 @@ describe("sqlnotify (PostgreSQL payloads and trigger lifecycle)", function()
   end)
 
   describe("cleanup", function()
+    -- Watches with use_overflow_table keep a plpgsql function each; the others call the
+    -- extension's sqlnotify_capture.notify(), which cleanup must never drop.
+    local EXT_FUNCTIONS = "SELECT count(*) FROM pg_proc WHERE pronamespace = 'sqlnotify_capture'::regnamespace"
+
     it("drops every sqlnotify trigger and function in the database before installing with cleanup_on_start", function()
       H.psql([[
         CREATE SCHEMA spec06_other;
@@ -531,10 +535,13 @@ describe("sqlnotify (PostgreSQL payloads and trigger lifecycle)", function()
         COMMENT ON FUNCTION spec06.mine() IS 'my function';
       ]])
       local n1 = notifier()
-      n1:watch(S .. ".users", "insert"):watch(S .. ".docs", "update"):watch(OTHER .. ".t", "delete")
+      n1:watch(S .. ".users", "insert"):watch(S .. ".docs", "update", { use_overflow_table = true })
+        :watch(OTHER .. ".t", "delete", { use_overflow_table = true })
       assert(n1:start())
       n1:close() -- its triggers stay
       assert.is_true(count(MARKED_TRIGGERS) >= 3)
+      assert.are.equal("sqlnotify_capture.notify\n", H.psql([[SELECT t.tgfoid::regproc FROM pg_trigger t
+        WHERE t.tgrelid = 'spec06.users'::regclass AND t.tgname LIKE 'sqlnotify%']]))
       -- a dropped table takes its trigger along but leaves the function behind
       H.psql("DROP TABLE spec06_other.t")
       assert.are.equal(1, count([[SELECT count(*) FROM pg_proc WHERE pronamespace = 'spec06_other'::regnamespace]]))
@@ -546,7 +553,8 @@ describe("sqlnotify (PostgreSQL payloads and trigger lifecycle)", function()
       assert(n2:start())
       -- in the whole database, only the one n2 installed is left, and it is new
       assert.are.equal(1, count(MARKED_TRIGGERS))
-      assert.are.equal(1, count(MARKED_FUNCTIONS))
+      assert.are.equal(0, count(MARKED_FUNCTIONS)) -- the new one calls notify()
+      assert.are.equal(2, count(EXT_FUNCTIONS))
       local after = trigger_state()
       local users = key_of(after, "users")
       assert.are.same({ users }, keys(after))
@@ -562,8 +570,8 @@ describe("sqlnotify (PostgreSQL payloads and trigger lifecycle)", function()
 
     it("drops this notifier's own triggers and functions with n:cleanup(), and only those", function()
       local m1, m2 = notifier(), notifier()
-      m1:watch(S .. ".users", "insert"):watch(S .. ".users", "update")
-      m2:watch(S .. ".docs", "insert")
+      m1:watch(S .. ".users", "insert"):watch(S .. ".users", "update", { use_overflow_table = true })
+      m2:watch(S .. ".docs", "insert", { use_overflow_table = true })
       assert(m1:start())
       assert(m2:start())
       local before = trigger_state()
@@ -578,6 +586,7 @@ describe("sqlnotify (PostgreSQL payloads and trigger lifecycle)", function()
       assert.are.same({}, trigger_state())
       assert.are.equal(0, count([[SELECT count(*) FROM pg_proc WHERE pronamespace = 'spec06'::regnamespace
         AND proname LIKE 'sqlnotify\_%']]))
+      assert.are.equal(2, count(EXT_FUNCTIONS))
     end)
   end)
 

@@ -180,10 +180,13 @@ describe("the PostgreSQL driver", function()
       H.psql([[CREATE SCHEMA spec11_x_y; CREATE TABLE spec11_x_y.t (id int PRIMARY KEY);
                CREATE SCHEMA spec11_x; CREATE TABLE spec11_x.y_t (id int PRIMARY KEY);]])
       local r = track(raw())
-      install(r, watch("t", "insert", { schema = "spec11_x_y", channel = "sqlnotify_spec11_chan_1" }))
-      install(r, watch("y_t", "insert", { schema = "spec11_x", channel = "sqlnotify_spec11_chan_2" }))
+      -- with overflow a live watch keeps its plpgsql function; without, it calls the extension's C one
+      install(r, watch("t", "insert", { schema = "spec11_x_y", channel = "sqlnotify_spec11_chan_1", overflow = true }))
+      install(r, watch("t", "update", { schema = "spec11_x_y", channel = "sqlnotify_spec11_chan_3" }))
+      install(r, watch("y_t", "insert", { schema = "spec11_x", channel = "sqlnotify_spec11_chan_2", overflow = true }))
       local one, two = triggers_on("spec11_x_y", "t"), triggers_on("spec11_x", "y_t")
-      assert.matches("^sqlnotify_t_insert_%x%x%x%x%x%x%x%x%x%x%x%x|spec11_x_y%.sqlnotify_t_insert_%x+%(%)\n$", one)
+      assert.matches("^sqlnotify_t_insert_%x%x%x%x%x%x%x%x%x%x%x%x|spec11_x_y%.sqlnotify_t_insert_%x+%(%)\n"
+        .. "sqlnotify_t_update_%x%x%x%x%x%x%x%x%x%x%x%x|sqlnotify_capture%.notify%(%)\n$", one)
       assert.matches("^sqlnotify_y_t_insert_%x%x%x%x%x%x%x%x%x%x%x%x|spec11_x%.sqlnotify_y_t_insert_%x+%(%)\n$", two)
       H.psql("INSERT INTO spec11_x_y.t VALUES (1); INSERT INTO spec11_x.y_t VALUES (2);")
       wait_got(r, 2)
@@ -231,7 +234,7 @@ describe("the PostgreSQL driver", function()
 
     it("repairs a function rewritten by hand at the next install, even with revoke_on_model_change off", function()
       local r = track(raw())
-      local w = watch("a", "insert", { extra = { "v" } })
+      local w = watch("a", "insert", { extra = { "v" }, overflow = true }) -- a function of its own
       assert.are.equal("created", install(r, w))
       assert.is_true(r.h:verify(w))
       local fn = H.psql("SELECT tgfoid::regprocedure FROM pg_trigger WHERE tgrelid = 'spec11.a'::regclass")
@@ -260,7 +263,7 @@ describe("the PostgreSQL driver", function()
       local r = track(raw())
       assert.are.equal("replaced", install(r, w, false))
       local now = triggers_on(S, "a")
-      assert.matches("^sqlnotify_a_insert_%x+|spec11%.sqlnotify_a_insert_%x+%(%)\n$", now)
+      assert.matches("^sqlnotify_a_insert_%x+|sqlnotify_capture%.notify%(%)\n$", now)
       assert.are.equal(0, count(fmt("SELECT count(*) FROM pg_proc WHERE proname = '%s'", old)))
       H.psql("INSERT INTO spec11.a VALUES (1, 'once')")
       wait_got(r, 1)
@@ -580,7 +583,7 @@ describe("the PostgreSQL driver", function()
       local r = track(raw())
       install(r, watch("a", "insert", { extra = { "v" } }))
       install(r, watch("a", "update", { label = "spec11_upd", extra = { "v" }, trigger = { "v" }, old = { "v" } }))
-      install(r, watch("b", "delete", { overflow = true }))
+      install(r, watch("b", "delete", { overflow = true })) -- the plpgsql trigger: a function of its own
       local mine = {}
       for _, row in ipairs(assert(r.h:list())) do
         if row[1] == S then mine[#mine + 1] = row end
@@ -594,7 +597,7 @@ describe("the PostgreSQL driver", function()
       for i, row in ipairs(mine) do
         assert.are.same({ S, want[i][1], want[i][2], want[i][3] }, { row[1], row[2], row[3], row[4] })
         assert.matches("^sqlnotify_" .. want[i][1] .. "_" .. want[i][2] .. "_%x+$", row[5])
-        assert.are.equal("spec11." .. row[5] .. "()", row[6])
+        assert.are.equal(i == 3 and "spec11." .. row[5] .. "()" or "sqlnotify_capture.notify()", row[6])
         assert.are.equal(want[i][4], row[7])
         assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", row[8])
       end
@@ -619,10 +622,11 @@ describe("the PostgreSQL driver", function()
     it("drops one table's triggers (search_path without a schema), a schema's, and nothing else", function()
       H.psql("CREATE TABLE spec11.c (id int PRIMARY KEY); CREATE SCHEMA spec11_x; CREATE TABLE spec11_x.a (id int PRIMARY KEY)")
       local r = track(raw(url_with(H.pg_url, "options=-csearch_path%3Dspec11")))
-      install(r, watch("a", "insert"))
+      -- with overflow: the plpgsql trigger and its function; without: the C trigger, no function
+      install(r, watch("a", "insert", { overflow = true }))
       install(r, watch("a", "delete"))
-      install(r, watch("b", "insert"))
-      install(r, watch("a", "insert", { schema = "spec11_x" }))
+      install(r, watch("b", "insert", { overflow = true }))
+      install(r, watch("a", "insert", { schema = "spec11_x", overflow = true }))
       -- an install of the first naming on c
       H.psql([[CREATE FUNCTION spec11.sqlnotify_0123456789abcdef() RETURNS trigger LANGUAGE plpgsql
           AS $$BEGIN RETURN NULL; END$$;
@@ -637,10 +641,11 @@ describe("the PostgreSQL driver", function()
         return count(fmt([[SELECT count(*) FROM pg_proc WHERE pronamespace = '%s'::regnamespace
           AND proname LIKE 'sqlnotify%%']], schema))
       end
-      assert.are.equal(4, functions(S))
+      assert.are.equal(3, functions(S))
       assert.are.equal(2, r.h:drop(nil, "a"))
       assert.are.equal("mine|spec11.mine()\n", triggers_on(S, "a"))
       assert.are.equal(2, functions(S))
+      assert.are.equal(2, count("SELECT count(*) FROM pg_proc WHERE pronamespace = 'sqlnotify_capture'::regnamespace"))
       assert.are.equal(2, r.h:drop(S))
       assert.are.equal(0, functions(S))
       assert.are.equal("", triggers_on(S, "b"))

@@ -1,7 +1,8 @@
--- PostgreSQL durable mode with the C trigger (sqlnotify_capture.capture()) against a hostile
--- role and an unlucky operator: forged trigger arguments, a journal changed by hand, a column
--- retyped under a live trigger, a sequence moved below zero. The user's write goes through
--- and its event arrives, or the statement fails with a sqlnotify: message; the server stays up.
+-- PostgreSQL with the C triggers (sqlnotify_capture.capture() for durable watches, notify() for
+-- live ones) against a hostile role and an unlucky operator: forged trigger arguments, a journal
+-- changed by hand, a column retyped under a trigger, a sequence moved below zero, a role without
+-- the grants, an extension of the version before. The user's write goes through and its event
+-- arrives, or the statement fails with a sqlnotify: message; the server stays up.
 -- Everything happens in a database of its own, spec25_<pid>, made and dropped here.
 local H = require("helper")
 
@@ -79,6 +80,20 @@ INSERT INTO s25.forged SELECT 1 WHERE false;
     ok, err = pcall(sql, "SELECT sqlnotify_capture.capture()")
     assert.is_false(ok)
     assert.matches("sqlnotify: capture%(%) runs only as a trigger", err)
+    sql([[
+CREATE TRIGGER boomn AFTER UPDATE ON s25.forged FOR EACH ROW
+  EXECUTE FUNCTION sqlnotify_capture.notify('c', '1 1 1 2147483647', 'a', 'a', 'a', 'a');
+CREATE TRIGGER before_n BEFORE INSERT ON s25.forged FOR EACH ROW
+  EXECUTE FUNCTION sqlnotify_capture.notify('c', '1 0 0 0', 'a');
+DROP TRIGGER boom ON s25.forged;
+]])
+    ok, err = pcall(sql, "UPDATE s25.forged SET a = 3")
+    assert.is_false(ok)
+    assert.matches('sqlnotify: trigger "boomn" gives notify%(%) arguments it does not take', err)
+    ok, err = pcall(sql, "INSERT INTO s25.forged VALUES (5)")
+    assert.is_false(ok)
+    assert.matches("sqlnotify: notify%(%) runs only as an AFTER INSERT, UPDATE or DELETE", err)
+    assert.are.equal("1\n", sql("SELECT 1"))
   end)
 
   it("writes through a journal changed by hand: a column added (its default filled), a partial index, a column dropped",
@@ -159,5 +174,91 @@ print("ready")
     p:stop()
     assert.is_nil(p:stderr():find("durable triggers in plpgsql", 1, true))
     assert.are.equal("c\n", kind())
+
+    -- live mode asks for notify(): the same, with its own grant
+    sql("CREATE TABLE s25r.l (id int PRIMARY KEY, v text); ALTER TABLE s25r.l OWNER TO " .. ROLE)
+    local live = script:gsub('consumer = "s25r" ', ""):gsub("s25r%.t", "s25r.l")
+    local function live_kind()
+      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25r.l'::regclass")
+    end
+    p = track(H.host(live, { as_role }))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    sql("INSERT INTO s25r.l VALUES (1, 'y')")
+    assert(p:wait_for("got 1 y\n", 10), "no event: " .. p:stderr())
+    p:stop()
+    assert.matches("live triggers in plpgsql: this role may not use sqlnotify_capture.notify%(%) %(GRANT USAGE ON "
+      .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.notify%(%) TO it", p:stderr())
+    assert.matches("^s25r%.sqlnotify_l_insert_", live_kind())
+    sql("GRANT EXECUTE ON FUNCTION sqlnotify_capture.notify() TO " .. ROLE)
+    p = track(H.host(live, { as_role }))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    sql("INSERT INTO s25r.l VALUES (2, 'z')")
+    assert(p:wait_for("got 2 z\n", 10), "no event: " .. p:stderr())
+    p:stop()
+    assert.is_nil(p:stderr():find("triggers in plpgsql", 1, true))
+    assert.are.equal("sqlnotify_capture.notify\n", live_kind())
+  end)
+
+  it("keeps live triggers in plpgsql, with a warning, while notify() is not the extension's C function", function()
+    sql("CREATE TABLE s25.m (id int PRIMARY KEY, v text)")
+    local script = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1] })
+n:watch("s25.m", "insert", { extra_columns = { "v" } })
+n:subscribe("s25.m", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
+assert(n:start())
+print("ready")
+]]
+    local function fn()
+      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.m'::regclass")
+    end
+    -- an operator's CREATE OR REPLACE: the C triggers calling it would send nothing
+    sql("CREATE OR REPLACE FUNCTION sqlnotify_capture.notify() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$")
+    for round, id in ipairs { 1, 2 } do
+      local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      sql(string.format("INSERT INTO s25.m VALUES (%d, 'v%d')", id, id))
+      assert(p:wait_for(string.format("got %d v%d\n", id, id), 10), "no event: " .. p:stderr())
+      p:stop()
+      if round == 1 then
+        assert.matches("warn  sqlnotify: live triggers in plpgsql: sqlnotify_capture.notify%(%) is not the extension's C "
+          .. "function any more %(replaced by hand%?%); a superuser may put it back: CREATE OR REPLACE FUNCTION "
+          .. "sqlnotify_capture.notify%(%) RETURNS trigger LANGUAGE c AS '%$libdir/sqlnotify_capture', 'capture_notify'",
+          p:stderr())
+        assert.matches("^s25%.sqlnotify_m_insert_", fn())
+        -- put back as the warning says
+        sql("CREATE OR REPLACE FUNCTION sqlnotify_capture.notify() RETURNS trigger LANGUAGE c"
+          .. " AS '$libdir/sqlnotify_capture', 'capture_notify'")
+      else
+        assert.is_nil(p:stderr():find("triggers in plpgsql", 1, true))
+        assert.are.equal("sqlnotify_capture.notify\n", fn())
+      end
+    end
+  end)
+
+  it("updates an extension of version 1 (capture() alone) to take notify() for live watches, as a superuser",
+    function()
+    -- last: the C triggers of this file's durable notifier go with the extension
+    n:stop()
+    n = nil
+    sql("DROP EXTENSION sqlnotify_capture CASCADE; CREATE EXTENSION sqlnotify_capture VERSION '1'")
+    sql("CREATE TABLE s25.l (id int PRIMARY KEY, v text)")
+    local p = track(H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1] })
+n:watch("s25.l", "update", { extra_columns = { "v" }, old_columns = { "v" } })
+n:subscribe("s25.l", "update", function(ev) print("got " .. ev.id .. " " .. ev.old.v .. " " .. ev.extra_columns.v) end)
+assert(n:start())
+print("ready")
+]], { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    sql("INSERT INTO s25.l VALUES (1, 'a'); UPDATE s25.l SET v = 'b'")
+    assert(p:wait_for("got 1 a b\n", 10), "no event: " .. p:stderr())
+    p:stop()
+    assert.are.equal("2\n", sql("SELECT extversion FROM pg_extension WHERE extname = 'sqlnotify_capture'"))
+    assert.are.equal("sqlnotify_capture.notify\n",
+      sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.l'::regclass"))
   end)
 end)

@@ -117,7 +117,7 @@ struct sn_conn {
     int nshares;             /* the consumer's, once registered */
     double lease;            /* seconds a member's shares stay its own without a renewal */
     int journal_ready;
-    int capture;             /* sqlnotify_capture.capture() usable for durable triggers: 1, 0 unknown, -1 not */
+    int capture;             /* the C triggers usable here (triggers.c: CAP_*), 0 unknown, -1 none */
     struct pg_jr *jr;        /* the journal reader, once listening */
 
     int depth;               /* > 0 while inside a callback that may deliver */

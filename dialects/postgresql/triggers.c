@@ -1,5 +1,8 @@
 /*
- * triggers.c — one AFTER ... FOR EACH ROW trigger and one plpgsql function per watch:
+ * triggers.c — one AFTER ... FOR EACH ROW trigger per watch, calling a plpgsql function of
+ * its own or, where the server has the extension sqlnotify_capture (pgext/) and every column
+ * the watch sends is of a type it renders, one of the extension's C functions with the watch
+ * in its arguments (capture() for durable watches, notify() for live ones without overflow):
  * the generator, install, uninstall, drop, list and verify.
  *
  * Names come from the tuple (schema, table, operation, label), each part hashed with its
@@ -421,21 +424,31 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     pg_sb_add(b, "  RETURN NULL;\nEND");
 }
 
-/* ===== the C trigger (pgext/capture.c) ===== */
+/* ===== the C triggers (pgext/capture.c) ===== */
 
-#define CAPTURE_FN "sqlnotify_capture.capture"
-#define CAPTURE_VERSION "1"
+#define CAPTURE_FN "sqlnotify_capture.capture" /* durable watches */
+#define NOTIFY_FN "sqlnotify_capture.notify"   /* live watches, from version 2 */
+#define CAPTURE_VERSION "2"
+enum { CAP_CAPTURE = 1, CAP_NOTIFY = 2 };
+/* p (pg_proc) is the extension's own C function, not one put in its place by hand */
+#define CAPTURE_ITSELF                                                                                             \
+    "(p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')"                              \
+    " AND p.prosrc = CASE p.proname WHEN 'capture' THEN 'capture' ELSE 'capture_notify' END)"
 
-/* Whether durable triggers may call sqlnotify_capture.capture(): the extension of our version is
- * there (made here when the server has it and this role may), and this role may create
- * triggers with it. SQLNOTIFY_PG_CAPTURE=plpgsql keeps every trigger in plpgsql. Asked
- * once per connection. */
+/* Which C triggers this connection's watches may call (CAP_*, 0 none): the extension is
+ * there (made, or updated to our version, here when the server has it and this role is a
+ * superuser), and this role may create triggers with them. Version 1 has capture() alone.
+ * SQLNOTIFY_PG_CAPTURE=plpgsql keeps every trigger in plpgsql. Asked once per connection;
+ * says at info level why this connection's kind of trigger stays in plpgsql, where an
+ * operator could change it. */
 static int capture_usable(sn_conn *c)
 {
     char e[256] = "";
     const char *env = getenv("SQLNOTIFY_PG_CAPTURE");
+    const char *kind = c->consumer ? "durable" : "live", *fn = c->consumer ? CAPTURE_FN : NOTIFY_FN;
+    int need = c->consumer ? CAP_CAPTURE : CAP_NOTIFY;
     if (c->capture != 0)
-        return c->capture > 0;
+        return c->capture > 0 ? c->capture : 0;
     c->capture = -1;
     if (env && strcmp(env, "plpgsql") == 0)
         return 0;
@@ -446,62 +459,85 @@ static int capture_usable(sn_conn *c)
                               "  WHERE name = 'sqlnotify_capture' AND version = '" CAPTURE_VERSION "'),"
                               " (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),"
                               /* found in the catalog, not by name: a role without USAGE on
-                               * its schema may not look it up, nor create a trigger with it */
-                              " COALESCE((SELECT pg_catalog.has_function_privilege(p.oid, 'EXECUTE')"
-                              "  AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_proc p"
-                              "  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
-                              "  WHERE n.nspname = 'sqlnotify_capture' AND p.proname = 'capture' AND p.pronargs = 0),"
-                              "  false)",
+                               * its schema may not look them up, nor create a trigger with them */
+                              " COALESCE(pg_catalog.bit_or(CASE WHEN pg_catalog.has_function_privilege(p.oid, 'EXECUTE')"
+                              "  AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND " CAPTURE_ITSELF
+                              "  THEN CASE p.proname WHEN 'capture' THEN 1 ELSE 2 END END), 0),"
+                              /* and replaced by hand (CREATE OR REPLACE FUNCTION) */
+                              " COALESCE(pg_catalog.bit_or(CASE WHEN NOT " CAPTURE_ITSELF
+                              "  THEN CASE p.proname WHEN 'capture' THEN 1 ELSE 2 END END), 0)"
+                              " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+                              " WHERE n.nspname = 'sqlnotify_capture' AND p.proname IN ('capture', 'notify')"
+                              "  AND p.pronargs = 0",
                               0, NULL, PG_RETRY, NULL, e, sizeof e);
         if (r == NULL) {
-            sn_logf(&c->sink, SN_LOG_INFO, "durable triggers in plpgsql: cannot tell whether the C trigger may "
-                    "be used: %s", e);
+            sn_logf(&c->sink, SN_LOG_INFO, "%s triggers in plpgsql: cannot tell whether the C trigger may be used: %s",
+                    kind, e);
             return 0;
         }
-        int installed = !PQgetisnull(r, 0, 0), ours = installed && strcmp(PQgetvalue(r, 0, 0), CAPTURE_VERSION) == 0;
+        int installed = !PQgetisnull(r, 0, 0);
         int available = PQgetvalue(r, 0, 1)[0] == 't', super = PQgetvalue(r, 0, 2)[0] == 't';
-        int may = PQgetvalue(r, 0, 3)[0] == 't';
+        int may = atoi(PQgetvalue(r, 0, 3)), replaced = atoi(PQgetvalue(r, 0, 4));
         char version[32];
         snprintf(version, sizeof version, "%s", installed ? PQgetvalue(r, 0, 0) : "");
         PQclear(r);
-        /* why the triggers stay in plpgsql, where an operator could change it (info: it works) */
-        if (ours) {
-            c->capture = may ? 1 : -1;
-            if (!may)
+        int ours = strcmp(version, CAPTURE_VERSION) == 0, older = strcmp(version, "1") == 0;
+        if (older && available && super && round == 0) {
+            /* made by an earlier sqlnotify-lua: ours is installed on the server, take it */
+            pg_script(c, "ALTER EXTENSION sqlnotify_capture UPDATE TO '" CAPTURE_VERSION "'", NULL, e, sizeof e);
+            continue;
+        }
+        if (ours || older) {
+            int got = older ? may & CAP_CAPTURE : may;
+            c->capture = got ? got : -1;
+            if (replaced & need)
+                sn_logf(&c->sink, SN_LOG_WARN,
+                        "%s triggers in plpgsql: %s() is not the extension's C function any more (replaced by hand?); "
+                        "a superuser may put it back: CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE c AS "
+                        "'$libdir/sqlnotify_capture', '%s'", kind, fn, fn, need == CAP_CAPTURE ? "capture" : "capture_notify");
+            else if (!(may & need) && (ours || need == CAP_CAPTURE))
                 sn_logf(&c->sink, SN_LOG_INFO,
-                        "durable triggers in plpgsql: this role may not use " CAPTURE_FN "() (GRANT USAGE ON "
-                        "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION " CAPTURE_FN "() TO it for the "
-                        "faster C trigger)");
+                        "%s triggers in plpgsql: this role may not use %s() (GRANT USAGE ON SCHEMA sqlnotify_capture "
+                        "and EXECUTE ON FUNCTION %s() TO it for the faster C trigger)", kind, fn, fn);
+            else if (older && need == CAP_NOTIFY)
+                sn_logf(&c->sink, SN_LOG_INFO,
+                        "live triggers in plpgsql: the server has sqlnotify_capture 1, this program wants "
+                        CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)%s%s",
+                        *e ? ": " : "", e);
             break;
         }
         if (installed) {
             sn_logf(&c->sink, SN_LOG_INFO,
-                    "durable triggers in plpgsql: the server has sqlnotify_capture %s, this program wants "
-                    CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)", version);
+                    "%s triggers in plpgsql: the server has sqlnotify_capture %s, this program wants "
+                    CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)", kind, version);
             break;
         }
         if (!available || !super || round > 0) {
             if (available)
                 sn_logf(&c->sink, SN_LOG_INFO,
-                        "durable triggers in plpgsql: the server has the extension sqlnotify_capture but it is not "
+                        "%s triggers in plpgsql: the server has the extension sqlnotify_capture but it is not "
                         "created here%s%s (a superuser may CREATE EXTENSION sqlnotify_capture)",
-                        *e ? ": " : "", e);
+                        kind, *e ? ": " : "", e);
             break;
         }
         /* failed or not, look again: another process may have made it meanwhile */
         pg_script(c, "CREATE EXTENSION IF NOT EXISTS sqlnotify_capture VERSION '" CAPTURE_VERSION "'", NULL, e, sizeof e);
     }
-    return c->capture > 0;
+    return c->capture > 0 ? c->capture : 0;
 }
 
-/* Whether this watch's trigger can be capture(): durable, and every column it sends or
- * compares of a type capture() renders itself. */
-static int capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
+/* The C trigger this watch's trigger can call, or NULL: every column it sends or compares
+ * of a type capture.c renders itself, and for a live watch no overflow (its table is
+ * written by the plpgsql body). */
+static const char *capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
 {
     int upd = w->op == SN_UPDATE;
-    return c->consumer && is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
-           (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger))) &&
-           capture_usable(c);
+    if (!(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
+          (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger)))))
+        return NULL;
+    if (c->consumer)
+        return capture_usable(c) & CAP_CAPTURE ? CAPTURE_FN : NULL;
+    return !w->overflow && (capture_usable(c) & CAP_NOTIFY) ? NOTIFY_FN : NULL;
 }
 
 static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
@@ -572,9 +608,9 @@ static void sb_summary(pg_sbuf *b, const sn_watch *w)
 /* What a watch's trigger is made of: its name, function body and marker line. */
 typedef struct plan {
     char name[64], old[32];
-    int capture;      /* the trigger calls sqlnotify_capture.capture(body) instead of a function of its own */
+    const char *capture; /* the C trigger (CAPTURE_FN, NOTIFY_FN) it calls with body, instead of a function of its own */
     int leftover;     /* capture: this watch's plpgsql function is still there, used by no other trigger */
-    pg_sbuf body;     /* the function's body, or capture()'s arguments */
+    pg_sbuf body;     /* the function's body, or the C trigger's arguments */
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
     pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
@@ -604,8 +640,10 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
         sn_seterr(err, errlen, "%s", fail);
         return -1;
     }
-    snprintf(hex, sizeof hex, "%016llx",
-             (unsigned long long)sn_hash64(p->body.p, p->body.len, 0));
+    /* notify() in the hash: it takes the arguments capture() takes (capture()'s hash is as
+     * it was before notify(), so that its triggers stay as they are) */
+    uint64_t seed = p->capture && strcmp(p->capture, NOTIFY_FN) == 0 ? sn_hash64(NOTIFY_FN, strlen(NOTIFY_FN), 0) : 0;
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)sn_hash64(p->body.p, p->body.len, seed));
     pg_sb_add(&p->markline, MARK_V2 "marker=");
     pg_sb_add(&p->markline, w->marker);
     pg_sb_add(&p->markline, ".");
@@ -662,7 +700,7 @@ enum { ST_NONE, ST_SAME, ST_DAMAGED, ST_OTHER };
  * still there for no other trigger. */
 static const char capture_state_sql[] =
     "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
-    " t.tgfoid = pg_catalog.to_regprocedure('" CAPTURE_FN "()'), t.tgtype::int, t.tgenabled::text,"
+    " t.tgfoid = pg_catalog.to_regprocedure($4 || '()'), t.tgtype::int, t.tgenabled::text,"
     " pg_catalog.encode(t.tgargs, 'hex'),"
     " EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = $2::pg_catalog.oid"
     "  AND p.proname = $3::text::name AND p.pronargs = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u"
@@ -711,8 +749,8 @@ static void sb_capture_tgargs(pg_sbuf *b, const sn_watch *w)
 
 static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
 {
-    const char *vals[3] = {t->relid, t->nspid, p->name};
-    PGresult *res = pg_exec(c, &c->ctl, capture_state_sql, 3, vals, PG_RETRY, NULL, err, errlen);
+    const char *vals[4] = {t->relid, t->nspid, p->name, p->capture};
+    PGresult *res = pg_exec(c, &c->ctl, capture_state_sql, 4, vals, PG_RETRY, NULL, err, errlen);
     if (res == NULL)
         return -1;
     int st;
@@ -894,7 +932,8 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
         const char *note = comment.p ? comment.p : "";
         pg_sbuf callee = {0};
         if (p->capture) {
-            pg_sb_add(&callee, CAPTURE_FN "(");
+            pg_sb_add(&callee, p->capture);
+            pg_sb_add(&callee, "(");
             pg_sb_add(&callee, p->body.p);
             pg_sb_add(&callee, ")");
         } else {
