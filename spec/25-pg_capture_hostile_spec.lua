@@ -17,7 +17,7 @@ local function sql(text) return H.psql(text, URL) end
 local procs = {} -- hosts started here, killed at the end whatever an assertion left running
 local function track(p) procs[#procs + 1] = p return p end
 
-describe("PostgreSQL durable mode: the C trigger against hostile and unlucky hands", function()
+describe("PostgreSQL: the C triggers against hostile and unlucky hands", function()
   local n, got, handler
 
   setup(function()
@@ -197,6 +197,21 @@ print("ready")
     p:stop()
     assert.is_nil(p:stderr():find("triggers in plpgsql", 1, true))
     assert.are.equal("sqlnotify_capture.notify\n", live_kind())
+
+    -- a reader of the same watch that may not use notify() keeps the C trigger another made,
+    -- instead of replacing it (and the other calling its trigger replaced)
+    local function oid() return sql("SELECT t.oid FROM pg_trigger t WHERE t.tgrelid = 's25r.l'::regclass") end
+    local before = oid()
+    sql("REVOKE EXECUTE ON FUNCTION sqlnotify_capture.notify() FROM " .. ROLE)
+    p = track(H.host(live, { as_role }))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    sql("INSERT INTO s25r.l VALUES (3, 'w')")
+    assert(p:wait_for("got 3 w\n", 10), "no event: " .. p:stderr())
+    p:stop()
+    assert.are.equal(before, oid())
+    assert.are.equal("sqlnotify_capture.notify\n", live_kind())
+    assert.is_nil(p:stderr():find("created", 1, true))
+    assert.is_nil(p:stderr():find("replaced", 1, true))
   end)
 
   it("keeps live triggers in plpgsql, with a warning, while notify() is not the extension's C function", function()
@@ -237,28 +252,46 @@ print("ready")
     end
   end)
 
-  it("updates an extension of version 1 (capture() alone) to take notify() for live watches, as a superuser",
-    function()
+  it("leaves an extension of version 1 (capture() alone) as it is: durable watches use it, live ones stay in"
+    .. " plpgsql and say how to update; once updated, live watches get notify()", function()
     -- last: the C triggers of this file's durable notifier go with the extension
     n:stop()
     n = nil
     sql("DROP EXTENSION sqlnotify_capture CASCADE; CREATE EXTENSION sqlnotify_capture VERSION '1'")
     sql("CREATE TABLE s25.l (id int PRIMARY KEY, v text)")
-    local p = track(H.host([[
+    local script = [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
-local n = assert(sqlnotify.notifier{ url = arg[1] })
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = arg[2] ~= "live" and arg[2] or nil })
 n:watch("s25.l", "update", { extra_columns = { "v" }, old_columns = { "v" } })
 n:subscribe("s25.l", "update", function(ev) print("got " .. ev.id .. " " .. ev.old.v .. " " .. ev.extra_columns.v) end)
 assert(n:start())
 print("ready")
-]], { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25.l VALUES (1, 'a'); UPDATE s25.l SET v = 'b'")
-    assert(p:wait_for("got 1 a b\n", 10), "no event: " .. p:stderr())
-    p:stop()
-    assert.are.equal("2\n", sql("SELECT extversion FROM pg_extension WHERE extname = 'sqlnotify_capture'"))
-    assert.are.equal("sqlnotify_capture.notify\n",
-      sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.l'::regclass"))
+]]
+    local function fn()
+      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.l'::regclass")
+    end
+    local function run(mode, from, to)
+      local p = track(H.host(script, { URL, mode }, "env -u SQLNOTIFY_PG_CAPTURE"))
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      sql(string.format("UPDATE s25.l SET v = '%s'", to))
+      assert(p:wait_for(string.format("got 1 %s %s\n", from, to), 10), "no event: " .. p:stderr())
+      p:stop()
+      return p:stderr()
+    end
+    sql("INSERT INTO s25.l VALUES (1, 'a')")
+    local err = run("s25v1", "a", "b")
+    assert.are.equal("sqlnotify_capture.capture\n", fn())
+    assert.is_nil(err:find("triggers in plpgsql", 1, true))
+    err = run("live", "b", "c")
+    assert.matches("^s25%.sqlnotify_l_update_", fn())
+    assert.matches("live triggers in plpgsql: the database has sqlnotify_capture 1, which has no notify%(%); ALTER "
+      .. "EXTENSION sqlnotify_capture UPDATE, once every sqlnotify%-lua reading this database is of this version, "
+      .. "gives live watches the C trigger", err)
+    assert.are.equal("1\n", sql("SELECT extversion FROM pg_extension WHERE extname = 'sqlnotify_capture'"))
+    sql("ALTER EXTENSION sqlnotify_capture UPDATE")
+    err = run("live", "c", "d")
+    assert.are.equal("sqlnotify_capture.notify\n", fn())
+    assert.is_nil(err:find("triggers in plpgsql", 1, true))
   end)
 end)

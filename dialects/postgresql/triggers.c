@@ -435,12 +435,31 @@ enum { CAP_CAPTURE = 1, CAP_NOTIFY = 2 };
     "(p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')"                              \
     " AND p.prosrc = CASE p.proname WHEN 'capture' THEN 'capture' ELSE 'capture_notify' END)"
 
+/* Whether the server's library has the C function fn this connection needs: calling it
+ * outside a trigger loads it and fails with its own message; a library older than the
+ * extension's catalog (an older build installed over this one) fails to find the symbol,
+ * and every write through a trigger calling it would fail the same way. */
+static int capture_probe(sn_conn *c, const char *fn)
+{
+    char e[512] = "", sql[64];
+    snprintf(sql, sizeof sql, "SELECT %s()", fn);
+    PGresult *r = pg_exec(c, &c->ctl, sql, 0, NULL, PG_RETRY, NULL, e, sizeof e);
+    PQclear(r);
+    if (strstr(e, "() runs only as a trigger") != NULL)
+        return 1;
+    sn_logf(&c->sink, SN_LOG_WARN, "%s triggers in plpgsql: %s() cannot be used: %s (make install-pgext on the "
+            "server's machine)", c->consumer ? "durable" : "live", fn, r ? "it ran outside a trigger" : e);
+    return 0;
+}
+
 /* Which C triggers this connection's watches may call (CAP_*, 0 none): the extension is
- * there (made, or updated to our version, here when the server has it and this role is a
- * superuser), and this role may create triggers with them. Version 1 has capture() alone.
+ * there (made here when the server has it and this role is a superuser; never updated
+ * here, since readers of the version before would stop using it), this role may create
+ * triggers with them, and the server's library has them. Version 1 has capture() alone.
  * SQLNOTIFY_PG_CAPTURE=plpgsql keeps every trigger in plpgsql. Asked once per connection;
- * says at info level why this connection's kind of trigger stays in plpgsql, where an
- * operator could change it. */
+ * says why this connection's kind of trigger stays in plpgsql, where an operator could
+ * change it (at info level: everything works; a function replaced by hand or a library that
+ * lacks it, at warning level). */
 static int capture_usable(sn_conn *c)
 {
     char e[256] = "";
@@ -465,7 +484,8 @@ static int capture_usable(sn_conn *c)
                               "  THEN CASE p.proname WHEN 'capture' THEN 1 ELSE 2 END END), 0),"
                               /* and replaced by hand (CREATE OR REPLACE FUNCTION) */
                               " COALESCE(pg_catalog.bit_or(CASE WHEN NOT " CAPTURE_ITSELF
-                              "  THEN CASE p.proname WHEN 'capture' THEN 1 ELSE 2 END END), 0)"
+                              "  THEN CASE p.proname WHEN 'capture' THEN 1 ELSE 2 END END), 0),"
+                              " EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'sqlnotify_capture')"
                               " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
                               " WHERE n.nspname = 'sqlnotify_capture' AND p.proname IN ('capture', 'notify')"
                               "  AND p.pronargs = 0",
@@ -478,18 +498,13 @@ static int capture_usable(sn_conn *c)
         int installed = !PQgetisnull(r, 0, 0);
         int available = PQgetvalue(r, 0, 1)[0] == 't', super = PQgetvalue(r, 0, 2)[0] == 't';
         int may = atoi(PQgetvalue(r, 0, 3)), replaced = atoi(PQgetvalue(r, 0, 4));
+        int other = PQgetvalue(r, 0, 5)[0] == 't';
         char version[32];
         snprintf(version, sizeof version, "%s", installed ? PQgetvalue(r, 0, 0) : "");
         PQclear(r);
         int ours = strcmp(version, CAPTURE_VERSION) == 0, older = strcmp(version, "1") == 0;
-        if (older && available && super && round == 0) {
-            /* made by an earlier sqlnotify-lua: ours is installed on the server, take it */
-            pg_script(c, "ALTER EXTENSION sqlnotify_capture UPDATE TO '" CAPTURE_VERSION "'", NULL, e, sizeof e);
-            continue;
-        }
         if (ours || older) {
             int got = older ? may & CAP_CAPTURE : may;
-            c->capture = got ? got : -1;
             if (replaced & need)
                 sn_logf(&c->sink, SN_LOG_WARN,
                         "%s triggers in plpgsql: %s() is not the extension's C function any more (replaced by hand?); "
@@ -501,15 +516,18 @@ static int capture_usable(sn_conn *c)
                         "and EXECUTE ON FUNCTION %s() TO it for the faster C trigger)", kind, fn, fn);
             else if (older && need == CAP_NOTIFY)
                 sn_logf(&c->sink, SN_LOG_INFO,
-                        "live triggers in plpgsql: the server has sqlnotify_capture 1, this program wants "
-                        CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)%s%s",
-                        *e ? ": " : "", e);
+                        "live triggers in plpgsql: the database has sqlnotify_capture 1, which has no notify(); "
+                        "ALTER EXTENSION sqlnotify_capture UPDATE, once every sqlnotify-lua reading this database "
+                        "is of this version, gives live watches the C trigger");
+            if ((got & need) && !capture_probe(c, fn))
+                got &= ~need;
+            c->capture = got ? got : -1;
             break;
         }
         if (installed) {
             sn_logf(&c->sink, SN_LOG_INFO,
-                    "%s triggers in plpgsql: the server has sqlnotify_capture %s, this program wants "
-                    CAPTURE_VERSION " (ALTER EXTENSION sqlnotify_capture UPDATE, or make install-pgext)", kind, version);
+                    "%s triggers in plpgsql: the database has sqlnotify_capture %s, this program knows 1 and "
+                    CAPTURE_VERSION, kind, version);
             break;
         }
         if (!available || !super || round > 0) {
@@ -518,6 +536,10 @@ static int capture_usable(sn_conn *c)
                         "%s triggers in plpgsql: the server has the extension sqlnotify_capture but it is not "
                         "created here%s%s (a superuser may CREATE EXTENSION sqlnotify_capture)",
                         kind, *e ? ": " : "", e);
+            else if (other)
+                sn_logf(&c->sink, SN_LOG_INFO,
+                        "%s triggers in plpgsql: the server has sqlnotify_capture, but not version " CAPTURE_VERSION
+                        " (make install-pgext on the server's machine)", kind);
             break;
         }
         /* failed or not, look again: another process may have made it meanwhile */
@@ -526,18 +548,23 @@ static int capture_usable(sn_conn *c)
     return c->capture > 0 ? c->capture : 0;
 }
 
-/* The C trigger this watch's trigger can call, or NULL: every column it sends or compares
- * of a type capture.c renders itself, and for a live watch no overflow (its table is
- * written by the plpgsql body). */
-static const char *capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
+/* The C trigger this watch's trigger would call where the extension is usable, or NULL:
+ * every column it sends or compares of a type capture.c renders itself, and for a live
+ * watch no overflow (its table is written by the plpgsql body). */
+static const char *capture_form(sn_conn *c, const sn_watch *w, const tinfo *t)
 {
     int upd = w->op == SN_UPDATE;
     if (!(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
           (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger)))))
         return NULL;
-    if (c->consumer)
-        return capture_usable(c) & CAP_CAPTURE ? CAPTURE_FN : NULL;
-    return !w->overflow && (capture_usable(c) & CAP_NOTIFY) ? NOTIFY_FN : NULL;
+    return c->consumer ? CAPTURE_FN : w->overflow ? NULL : NOTIFY_FN;
+}
+
+/* The C trigger this watch's trigger calls, or NULL: its form, where usable here. */
+static const char *capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
+{
+    const char *fn = capture_form(c, w, t);
+    return fn && (capture_usable(c) & (c->consumer ? CAP_CAPTURE : CAP_NOTIFY)) ? fn : NULL;
 }
 
 static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
@@ -616,7 +643,9 @@ typedef struct plan {
     const char *ovf_schema;
 } plan;
 
-static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
+/* form: the C trigger to call, "" for the plpgsql one, NULL to choose (capture_fits) */
+static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, const char *form, char *err,
+                     size_t errlen)
 {
     char hex[17];
     pg_sbuf ovf = {0};
@@ -629,7 +658,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, cha
         pg_sb_qname(&ovf, c->ctl.conn, p->ovf_schema, PG_OVERFLOW_TABLE);
     int fl = is_float(t, w->pk, w->npk) || is_float(t, w->extra, w->nextra) ||
              (w->op == SN_UPDATE && (is_float(t, w->old_cols, w->nold) || is_float(t, w->trigger_cols, w->ntrigger)));
-    p->capture = capture_fits(c, w, t);
+    p->capture = form == NULL ? capture_fits(c, w, t) : *form ? form : NULL;
     if (p->capture)
         sb_capture_args(&p->body, c->ctl.conn, w);
     else
@@ -695,16 +724,18 @@ static const char state_sql[] =
 
 enum { ST_NONE, ST_SAME, ST_DAMAGED, ST_OTHER };
 
-/* The same for a trigger calling capture(): its comment, function, type, state and arguments
- * (tgargs: each argument and a NUL), and whether this watch's plpgsql function of before is
- * still there for no other trigger. */
+/* The same for a trigger calling a C function ($4): its comment, function, type, state and
+ * arguments (tgargs: each argument and a NUL), whether this watch's plpgsql function of
+ * before is still there for no other trigger, and whether the function is still the
+ * extension's C one (not replaced by hand). */
 static const char capture_state_sql[] =
     "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
     " t.tgfoid = pg_catalog.to_regprocedure($4 || '()'), t.tgtype::int, t.tgenabled::text,"
     " pg_catalog.encode(t.tgargs, 'hex'),"
     " EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = $2::pg_catalog.oid"
     "  AND p.proname = $3::text::name AND p.pronargs = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u"
-    "   WHERE u.tgfoid = p.oid AND NOT (u.tgrelid = $1::pg_catalog.oid AND u.tgname::text = $3)))"
+    "   WHERE u.tgfoid = p.oid AND NOT (u.tgrelid = $1::pg_catalog.oid AND u.tgname::text = $3))),"
+    " COALESCE((SELECT " CAPTURE_ITSELF " FROM pg_catalog.pg_proc p WHERE p.oid = t.tgfoid), true)"
     " FROM (SELECT 1) x"
     " LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = $1::pg_catalog.oid AND t.tgname::text = $3";
 
@@ -766,10 +797,35 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
         free(args.p);
+        if (PQgetvalue(res, 0, 7)[0] != 't') { /* replaced since this connection asked: ask again */
+            c->capture = 0;
+            same = 0;
+        }
         st = same && !p->leftover ? ST_SAME : ST_DAMAGED;
     }
     PQclear(res);
     return st;
+}
+
+static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen);
+
+/* trigger_state(), where a trigger of this watch's C form that this connection may not use
+ * (no grant, an older extension, a library without it) counts as ST_SAME when it is unchanged:
+ * readers of one watch that differ only in what they may use keep each other's trigger
+ * instead of replacing it at each start (and calling the other's "replaced by someone else").
+ * Not the other way round: where the C trigger can be used it replaces the plpgsql one; nor
+ * with SQLNOTIFY_PG_CAPTURE=plpgsql, an operator's choice. */
+static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
+{
+    int st = trigger_state(c, w, t, p, err, errlen);
+    const char *env = getenv("SQLNOTIFY_PG_CAPTURE"), *form;
+    if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, w, t)))
+        return st;
+    plan q;
+    char e2[256];
+    int other = plan_make(c, w, t, &q, form, e2, sizeof e2) == 0 ? trigger_state(c, w, t, &q, e2, sizeof e2) : -1;
+    plan_free(&q);
+    return other == ST_SAME ? ST_SAME : st;
 }
 
 /* Our trigger by its name: ST_NONE, ST_SAME (nothing to do), ST_DAMAGED (our marker, but
@@ -1024,14 +1080,20 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
             PQclear(t.res);
             return SN_INSTALL_ERROR;
         }
-        if (plan_make(c, w, &t, &p, err, errlen) < 0)
+        if (plan_make(c, w, &t, &p, NULL, err, errlen) < 0)
             goto next;
         int related = check_related(c, w, &t, &p, &drops, err, errlen);
         if (related <= 0) {
             round = 2; /* a refusal or a failed lookup is final */
             goto next;
         }
-        int st = trigger_state(c, w, &t, &p, err, errlen);
+        int st = state_of(c, w, &t, &p, err, errlen);
+        if (st >= 0 && p.capture && c->capture == 0) { /* its C function was replaced: plan again */
+            plan_free(&p);
+            if (plan_make(c, w, &t, &p, NULL, err, errlen) < 0)
+                goto next;
+            st = state_of(c, w, &t, &p, err, errlen);
+        }
         if (st < 0)
             goto next;
         int create = st == ST_NONE || st == ST_DAMAGED || (st == ST_OTHER && replace_changed);
@@ -1084,9 +1146,9 @@ int pg_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     }
     int found = table_info(c, w, &t, err, errlen), rc = found;
     if (found == 1) {
-        rc = plan_make(c, w, &t, &p, err, errlen);
+        rc = plan_make(c, w, &t, &p, NULL, err, errlen);
         if (rc == 0) {
-            int st = trigger_state(c, w, &t, &p, err, errlen);
+            int st = state_of(c, w, &t, &p, err, errlen);
             rc = st < 0 ? -1 : st == ST_SAME;
         }
         plan_free(&p);
