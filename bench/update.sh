@@ -4,12 +4,14 @@
 # one process, runs alternating so load from elsewhere falls on both. Two rows: from the
 # UPDATE's start to the last handler (the writer's trigger, NOTIFY and delivery: what a
 # watched write costs end to end) and delivery alone (events/s into Lua from the first event
-# to the last, after the commit: the host's decoding and dispatch).
-#   BENCH_RUNS (default 5) runs of each; BENCH_UPD_N rows per run (default 100000)
+# to the last, after the commit: the host's decoding and dispatch). Each ratio is the median
+# of the runs' own (run k of one table against run k of the other, taken one after the other),
+# so that the machine's drift between runs falls on both sides; the range is printed beside it.
+#   BENCH_RUNS (default 9) runs of each; BENCH_UPD_N rows per run (default 100000)
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=$1 URL=$2
-RUNS=${BENCH_RUNS:-5}
+RUNS=${BENCH_RUNS:-9}
 N=${BENCH_UPD_N:-100000}
 TMP=$(mktemp -d)
 PID=""
@@ -18,8 +20,11 @@ psql -q -v ON_ERROR_STOP=1 "$URL" >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS sqlnotify_bench;
 DROP TABLE IF EXISTS sqlnotify_bench.upd_plain, sqlnotify_bench.upd_old;
-CREATE TABLE sqlnotify_bench.upd_plain (id bigint PRIMARY KEY, t0 bigint NOT NULL, note text NOT NULL);
-CREATE TABLE sqlnotify_bench.upd_old (LIKE sqlnotify_bench.upd_plain INCLUDING ALL);
+-- no autovacuum: it would start on one table or the other in the middle of a run (each run
+-- leaves 100,000 dead rows) and take one of the two CPUs; each run starts from a VACUUM instead
+CREATE TABLE sqlnotify_bench.upd_plain (id bigint PRIMARY KEY, t0 bigint NOT NULL, note text NOT NULL)
+  WITH (autovacuum_enabled = false);
+CREATE TABLE sqlnotify_bench.upd_old (LIKE sqlnotify_bench.upd_plain INCLUDING ALL) WITH (autovacuum_enabled = false);
 INSERT INTO sqlnotify_bench.upd_plain SELECT g, g, 'row ' || g FROM generate_series(1, $N) g;
 INSERT INTO sqlnotify_bench.upd_old SELECT * FROM sqlnotify_bench.upd_plain;
 SQL
@@ -39,6 +44,7 @@ k=0
 while [ $k -lt "$RUNS" ]; do
   k=$((k + 1))
   for t in upd_plain upd_old; do
+    psql -q "$URL" -c "VACUUM sqlnotify_bench.$t" >/dev/null
     t0=$(date +%s.%N)
     psql -q "$URL" -c "SET synchronous_commit = off; UPDATE sqlnotify_bench.$t SET t0 = t0 + 1, note = 'v$k'" >/dev/null
     wait_lines "^run $t " $k
@@ -46,10 +52,17 @@ while [ $k -lt "$RUNS" ]; do
   done
 done
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-med() { grep "^run $1 " "$TMP/out" | sed -n 's/.* rate=\([0-9.]*\).*/\1/p' | median; }
-e2e() { awk -v t="$1" -v n="$N" '$1 == t { print n / ($3 - $2) }' "$TMP/e2e" | median; }
-plain=$(med upd_plain) old=$(med upd_old) eplain=$(e2e upd_plain) eold=$(e2e upd_old)
-awk -v p="$plain" -v o="$old" -v ep="$eplain" -v eo="$eold" -v n="$N" -v r="$RUNS" 'BEGIN {
-  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE to handler/s, 2 old cols vs none", sprintf("%.0f/s", ep), sprintf("%.0f/s", eo), sprintf("%.2fx", eo / ep), ">= 0.90x", (eo / ep >= 0.9) ? "yes" : "NO"
-  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE delivery/s, 2 old cols vs none", sprintf("%.0f/s", p), sprintf("%.0f/s", o), sprintf("%.2fx", o / p), "-", "-"
-  printf "  (%d runs of %d updated rows each; left column: the same watch without old_columns)\n", r, n }'
+span() { sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
+rates() { grep "^run $1 " "$TMP/out" | sed -n 's/.* rate=\([0-9.]*\).*/\1/p'; }
+e2es() { awk -v t="$1" -v n="$N" '$1 == t { print n / ($3 - $2) }' "$TMP/e2e"; }
+rates upd_plain >"$TMP/dp"; rates upd_old >"$TMP/do"; e2es upd_plain >"$TMP/ep"; e2es upd_old >"$TMP/eo"
+paste "$TMP/do" "$TMP/dp" | awk '{ print $1 / $2 }' >"$TMP/dr"
+paste "$TMP/eo" "$TMP/ep" | awk '{ print $1 / $2 }' >"$TMP/er"
+plain=$(median <"$TMP/dp") old=$(median <"$TMP/do") eplain=$(median <"$TMP/ep") eold=$(median <"$TMP/eo")
+dr=$(median <"$TMP/dr") er=$(median <"$TMP/er") drs=$(span <"$TMP/dr") ers=$(span <"$TMP/er")
+awk -v p="$plain" -v o="$old" -v ep="$eplain" -v eo="$eold" -v dr="$dr" -v er="$er" -v drs="$drs" -v ers="$ers" \
+    -v n="$N" -v r="$RUNS" 'BEGIN {
+  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE to handler/s, 2 old cols vs none", sprintf("%.0f/s", ep), sprintf("%.0f/s", eo), sprintf("%.2fx", er), ">= 0.90x", (er >= 0.9) ? "yes" : "NO"
+  printf "| %-44s | %11s | %17s | %7s | %-14s | %-4s |\n", "PG UPDATE delivery/s, 2 old cols vs none", sprintf("%.0f/s", p), sprintf("%.0f/s", o), sprintf("%.2fx", dr), "-", "-"
+  printf "  (%d runs of %d updated rows each; left column: the same watch without old_columns; rates: medians;\n", r, n
+  printf "  ratios: the median of the runs own, which ranged %s to the handler and %s in delivery)\n", ers, drs }'
