@@ -617,11 +617,9 @@ static TriggerData *trigger_data(FunctionCallInfo fcinfo, const char *fn)
     return td;
 }
 
-/* {"t": true, "id": …, "oid": …}: the key alone, marked truncated (no key: {"t": true}). */
-static void append_truncated(change *ch)
+/* The payload's end: , "id": …, "oid": …} (no key: only the brace). */
+static void append_keys(change *ch)
 {
-    resetStringInfo(&ch->p);
-    appendStringInfoString(&ch->p, "{\"t\": true");
     if (ch->have_key) {
         appendStringInfoString(&ch->p, ", \"id\": ");
         appendBinaryStringInfo(&ch->p, ch->key.data, ch->key.len);
@@ -631,6 +629,14 @@ static void append_truncated(change *ch)
         }
     }
     appendStringInfoChar(&ch->p, '}');
+}
+
+/* {"t": true, "id": …, "oid": …}: the key alone, marked truncated (no key: {"t": true}). */
+static void append_truncated(change *ch)
+{
+    resetStringInfo(&ch->p);
+    appendStringInfoString(&ch->p, "{\"t\": true");
+    append_keys(ch);
 }
 
 /* The change the trigger fired for, as the generated plpgsql body renders it (the wire
@@ -675,17 +681,10 @@ static bool render(TriggerData *td, change *ch, const char *fn)
         }
         whole = whole && append_object(&ch->p, w.extra, w.nextra, rec, desc);
     }
-    if (!whole) {
+    if (whole)
+        append_keys(ch);
+    else
         append_truncated(ch);
-        return true;
-    }
-    appendStringInfoString(&ch->p, ", \"id\": ");
-    appendBinaryStringInfo(&ch->p, ch->key.data, ch->key.len);
-    if (ch->have_oldkey) {
-        appendStringInfoString(&ch->p, ", \"oid\": ");
-        appendBinaryStringInfo(&ch->p, ch->oldkey.data, ch->oldkey.len);
-    }
-    appendStringInfoChar(&ch->p, '}');
     return true;
 }
 

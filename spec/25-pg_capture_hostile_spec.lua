@@ -160,18 +160,23 @@ print("ready")
       return sql("SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
         .. " JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = 's25r.t'::regclass")
     end
-    local p = track(H.host(script, { as_role }))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    p:stop()
+    -- start a host of script as the role, make one write, wait for its event, stop the host
+    local function run(text, write, want)
+      local p = track(H.host(text, { as_role }))
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      if write then
+        sql(write)
+        assert(p:wait_for(want, 10), "no event: " .. p:stderr())
+      end
+      p:stop()
+      return p
+    end
+    local p = run(script)
     assert.matches("durable triggers in plpgsql: this role may not use sqlnotify_capture.capture%(%) %(GRANT USAGE ON "
       .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.capture%(%) TO it", p:stderr())
     assert.are.equal("plpgsql\n", kind())
     sql("GRANT EXECUTE ON FUNCTION sqlnotify_capture.capture() TO " .. ROLE)
-    p = track(H.host(script, { as_role }))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25r.t VALUES (1, 'x')")
-    assert(p:wait_for("got 1 x\n", 10), "no event: " .. p:stderr())
-    p:stop()
+    p = run(script, "INSERT INTO s25r.t VALUES (1, 'x')", "got 1 x\n")
     assert.is_nil(p:stderr():find("durable triggers in plpgsql", 1, true))
     assert.are.equal("c\n", kind())
 
@@ -181,20 +186,12 @@ print("ready")
     local function live_kind()
       return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25r.l'::regclass")
     end
-    p = track(H.host(live, { as_role }))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25r.l VALUES (1, 'y')")
-    assert(p:wait_for("got 1 y\n", 10), "no event: " .. p:stderr())
-    p:stop()
+    p = run(live, "INSERT INTO s25r.l VALUES (1, 'y')", "got 1 y\n")
     assert.matches("live triggers in plpgsql: this role may not use sqlnotify_capture.notify%(%) %(GRANT USAGE ON "
       .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.notify%(%) TO it", p:stderr())
     assert.matches("^s25r%.sqlnotify_l_insert_", live_kind())
     sql("GRANT EXECUTE ON FUNCTION sqlnotify_capture.notify() TO " .. ROLE)
-    p = track(H.host(live, { as_role }))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25r.l VALUES (2, 'z')")
-    assert(p:wait_for("got 2 z\n", 10), "no event: " .. p:stderr())
-    p:stop()
+    p = run(live, "INSERT INTO s25r.l VALUES (2, 'z')", "got 2 z\n")
     assert.is_nil(p:stderr():find("triggers in plpgsql", 1, true))
     assert.are.equal("sqlnotify_capture.notify\n", live_kind())
 
@@ -203,11 +200,7 @@ print("ready")
     local function oid() return sql("SELECT t.oid FROM pg_trigger t WHERE t.tgrelid = 's25r.l'::regclass") end
     local before = oid()
     sql("REVOKE EXECUTE ON FUNCTION sqlnotify_capture.notify() FROM " .. ROLE)
-    p = track(H.host(live, { as_role }))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25r.l VALUES (3, 'w')")
-    assert(p:wait_for("got 3 w\n", 10), "no event: " .. p:stderr())
-    p:stop()
+    p = run(live, "INSERT INTO s25r.l VALUES (3, 'w')", "got 3 w\n")
     assert.are.equal(before, oid())
     assert.are.equal("sqlnotify_capture.notify\n", live_kind())
     assert.is_nil(p:stderr():find("created", 1, true))
