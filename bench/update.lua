@@ -31,8 +31,8 @@ local function watch(name, old)
     count = count + 1
     if count == 1 then first = now() end
     if count == rows then
-      local t = now()
-      io.stdout:write(fmt("run %s n=%d rate=%.0f last=%.6f\n", name, count, (rows - 1) / (t - first), t))
+      local at = now()
+      io.stdout:write(fmt("run %s n=%d rate=%.0f last=%.6f\n", name, count, (rows - 1) / (at - first), at))
       count = 0
     end
   end)

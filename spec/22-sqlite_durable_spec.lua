@@ -197,7 +197,7 @@ describe("SQLite durable consumers", function()
       end
       return true
     end
-    deadline = H.now() + 60
+    local deadline = H.now() + 60
     while not complete() and H.now() < deadline do H.sleep(0.05) end
     assert.is_true(complete(), "rows missing after the restart")
     p2:stop()
