@@ -730,7 +730,7 @@ enum { ST_NONE, ST_SAME, ST_DAMAGED, ST_OTHER };
  * extension's C one (not replaced by hand). */
 static const char capture_state_sql[] =
     "SELECT t.oid IS NOT NULL, pg_catalog.obj_description(t.oid, 'pg_trigger'),"
-    " t.tgfoid = pg_catalog.to_regprocedure($4 || '()'), t.tgtype::int, t.tgenabled::text,"
+    " t.tgfoid = pg_catalog.to_regprocedure(pg_catalog.concat($4::text, '()')), t.tgtype::int, t.tgenabled::text,"
     " pg_catalog.encode(t.tgargs, 'hex'),"
     " EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.pronamespace = $2::pg_catalog.oid"
     "  AND p.proname = $3::text::name AND p.pronargs = 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u"
