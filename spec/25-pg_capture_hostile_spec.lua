@@ -207,12 +207,13 @@ print("ready")
     assert.is_nil(p:stderr():find("replaced", 1, true))
   end)
 
-  it("keeps live triggers in plpgsql, with a warning, while notify() is not the extension's C function", function()
+  it("keeps live triggers in plpgsql, with a warning, while notify() is not the extension's C function,"
+    .. " and replaces a C trigger that calls it even with revoke_on_model_change off", function()
     sql("CREATE TABLE s25.m (id int PRIMARY KEY, v text)")
     local script = [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
-local n = assert(sqlnotify.notifier{ url = arg[1] })
+local n = assert(sqlnotify.notifier{ url = arg[1], revoke_on_model_change = arg[2] ~= "keep" })
 n:watch("s25.m", "insert", { extra_columns = { "v" } })
 n:subscribe("s25.m", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
 assert(n:start())
@@ -221,10 +222,14 @@ print("ready")
     local function fn()
       return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.m'::regclass")
     end
-    -- an operator's CREATE OR REPLACE: the C triggers calling it would send nothing
+    local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    p:stop()
+    assert.are.equal("sqlnotify_capture.notify\n", fn())
+    -- an operator's CREATE OR REPLACE: the C trigger calling it would send nothing
     sql("CREATE OR REPLACE FUNCTION sqlnotify_capture.notify() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$")
     for round, id in ipairs { 1, 2 } do
-      local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+      p = track(H.host(script, { URL, round == 1 and "keep" or "replace" }, "env -u SQLNOTIFY_PG_CAPTURE"))
       assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
       sql(string.format("INSERT INTO s25.m VALUES (%d, 'v%d')", id, id))
       assert(p:wait_for(string.format("got %d v%d\n", id, id), 10), "no event: " .. p:stderr())

@@ -118,6 +118,7 @@ struct sn_conn {
     double lease;            /* seconds a member's shares stay its own without a renewal */
     int journal_ready;
     int capture;             /* the C triggers usable here (triggers.c: CAP_*), 0 unknown, -1 none */
+    int capture_broken;      /* the C triggers that cannot run on this server (CAP_*): never kept */
     struct pg_jr *jr;        /* the journal reader, once listening */
 
     int depth;               /* > 0 while inside a callback that may deliver */

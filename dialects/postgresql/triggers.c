@@ -435,20 +435,46 @@ enum { CAP_CAPTURE = 1, CAP_NOTIFY = 2 };
     "(p.prolang = (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname = 'c')"                              \
     " AND p.prosrc = CASE p.proname WHEN 'capture' THEN 'capture' ELSE 'capture_notify' END)"
 
-/* Whether the server's library has the C function fn this connection needs: calling it
- * outside a trigger loads it and fails with its own message; a library older than the
- * extension's catalog (an older build installed over this one) fails to find the symbol,
- * and every write through a trigger calling it would fail the same way. */
+/* The C function of need (CAP_*) cannot run here: never used, nor kept where a trigger of
+ * this watch calls it (state_of); said once, at warning level. */
+static void capture_broken(sn_conn *c, int need, const char *why)
+{
+    const char *fn = need == CAP_CAPTURE ? CAPTURE_FN : NOTIFY_FN;
+    if (!(c->capture_broken & need))
+        sn_logf(&c->sink, SN_LOG_WARN, "%s triggers in plpgsql: %s() %s", need == CAP_CAPTURE ? "durable" : "live",
+                fn, why);
+    c->capture_broken |= need;
+    if (c->capture > 0 && !(c->capture &= ~need))
+        c->capture = -1;
+}
+
+#define REPLACED_WHY(fn, sym)                                                                                      \
+    "is not the extension's C function any more (replaced by hand?); a superuser may put it back: CREATE OR "     \
+    "REPLACE FUNCTION " fn "() RETURNS trigger LANGUAGE c AS '$libdir/sqlnotify_capture', '" sym "'"
+
+/* Whether the server's library has the C function fn: calling it outside a trigger loads it
+ * and fails with its own message (1). A library older than the extension's catalog (an older
+ * build installed over this one) cannot load it (0: broken, and every write through a
+ * trigger calling it would fail the same way). Anything else (a lost connection, a timeout)
+ * tells nothing (-1). */
 static int capture_probe(sn_conn *c, const char *fn)
 {
-    char e[512] = "", sql[64];
+    char e[512] = "", sql[64], why[600];
     snprintf(sql, sizeof sql, "SELECT %s()", fn);
     PGresult *r = pg_exec(c, &c->ctl, sql, 0, NULL, PG_RETRY, NULL, e, sizeof e);
+    int ran = r != NULL;
     PQclear(r);
     if (strstr(e, "() runs only as a trigger") != NULL)
         return 1;
-    sn_logf(&c->sink, SN_LOG_WARN, "%s triggers in plpgsql: %s() cannot be used: %s (make install-pgext on the "
-            "server's machine)", c->consumer ? "durable" : "live", fn, r ? "it ran outside a trigger" : e);
+    if (!ran && strstr(e, "could not find function") == NULL && strstr(e, "could not access file") == NULL &&
+        strstr(e, "could not load library") == NULL) {
+        sn_logf(&c->sink, SN_LOG_INFO, "%s triggers in plpgsql for now: cannot tell whether %s() can run: %s",
+                c->consumer ? "durable" : "live", fn, e);
+        return -1;
+    }
+    snprintf(why, sizeof why, "cannot run on this server: %s (make install-pgext on the server's machine)",
+             ran ? "it ran outside a trigger" : e);
+    capture_broken(c, strcmp(fn, CAPTURE_FN) == 0 ? CAP_CAPTURE : CAP_NOTIFY, why);
     return 0;
 }
 
@@ -504,12 +530,10 @@ static int capture_usable(sn_conn *c)
         PQclear(r);
         int ours = strcmp(version, CAPTURE_VERSION) == 0, older = strcmp(version, "1") == 0;
         if (ours || older) {
-            int got = older ? may & CAP_CAPTURE : may;
+            int got = older ? may & CAP_CAPTURE : may, probe = 1;
             if (replaced & need)
-                sn_logf(&c->sink, SN_LOG_WARN,
-                        "%s triggers in plpgsql: %s() is not the extension's C function any more (replaced by hand?); "
-                        "a superuser may put it back: CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE c AS "
-                        "'$libdir/sqlnotify_capture', '%s'", kind, fn, fn, need == CAP_CAPTURE ? "capture" : "capture_notify");
+                capture_broken(c, need, need == CAP_CAPTURE ? REPLACED_WHY(CAPTURE_FN, "capture")
+                                                             : REPLACED_WHY(NOTIFY_FN, "capture_notify"));
             else if (!(may & need) && (ours || need == CAP_CAPTURE))
                 sn_logf(&c->sink, SN_LOG_INFO,
                         "%s triggers in plpgsql: this role may not use %s() (GRANT USAGE ON SCHEMA sqlnotify_capture "
@@ -519,10 +543,11 @@ static int capture_usable(sn_conn *c)
                         "live triggers in plpgsql: the database has sqlnotify_capture 1, which has no notify(); "
                         "ALTER EXTENSION sqlnotify_capture UPDATE, once every sqlnotify-lua reading this database "
                         "is of this version, gives live watches the C trigger");
-            if ((got & need) && !capture_probe(c, fn))
+            if ((got & need) && (probe = capture_probe(c, fn)) < 1)
                 got &= ~need;
-            c->capture = got ? got : -1;
-            break;
+            got &= ~c->capture_broken;
+            c->capture = probe < 0 ? 0 : got ? got : -1; /* 0: ask again at the next install */
+            return got;
         }
         if (installed) {
             sn_logf(&c->sink, SN_LOG_INFO,
@@ -797,8 +822,10 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
         free(args.p);
-        if (PQgetvalue(res, 0, 7)[0] != 't') { /* replaced since this connection asked: ask again */
-            c->capture = 0;
+        if (same && PQgetvalue(res, 0, 7)[0] != 't') { /* replaced since this connection asked */
+            int need = strcmp(p->capture, CAPTURE_FN) == 0 ? CAP_CAPTURE : CAP_NOTIFY;
+            capture_broken(c, need, need == CAP_CAPTURE ? REPLACED_WHY(CAPTURE_FN, "capture")
+                                                         : REPLACED_WHY(NOTIFY_FN, "capture_notify"));
             same = 0;
         }
         st = same && !p->leftover ? ST_SAME : ST_DAMAGED;
@@ -810,11 +837,12 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
 static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen);
 
 /* trigger_state(), where a trigger of this watch's C form that this connection may not use
- * (no grant, an older extension, a library without it) counts as ST_SAME when it is unchanged:
- * readers of one watch that differ only in what they may use keep each other's trigger
- * instead of replacing it at each start (and calling the other's "replaced by someone else").
- * Not the other way round: where the C trigger can be used it replaces the plpgsql one; nor
- * with SQLNOTIFY_PG_CAPTURE=plpgsql, an operator's choice. */
+ * (no grant, an older extension) counts as ST_SAME when it is unchanged: readers of one watch
+ * that differ only in what they may use keep each other's trigger instead of replacing it at
+ * each start (and calling the other's "replaced by someone else"). Not where its function
+ * cannot run on this server (a library without it, a function replaced by hand): that one
+ * is damaged, and replaced. Not the other way round either: where the C trigger can be used
+ * it replaces the plpgsql one; nor with SQLNOTIFY_PG_CAPTURE=plpgsql, an operator's choice. */
 static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char *err, size_t errlen)
 {
     int st = trigger_state(c, w, t, p, err, errlen);
@@ -822,9 +850,12 @@ static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char
     if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, w, t)))
         return st;
     plan q;
-    char e2[256];
-    int other = plan_make(c, w, t, &q, form, e2, sizeof e2) == 0 ? trigger_state(c, w, t, &q, e2, sizeof e2) : -1;
+    int other = plan_make(c, w, t, &q, form, err, errlen) == 0 ? trigger_state(c, w, t, &q, err, errlen) : -1;
     plan_free(&q);
+    if (other < 0)
+        return -1;
+    if (other == ST_DAMAGED || (other == ST_SAME && (c->capture_broken & (c->consumer ? CAP_CAPTURE : CAP_NOTIFY))))
+        return ST_DAMAGED;
     return other == ST_SAME ? ST_SAME : st;
 }
 
@@ -1087,8 +1118,8 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
             round = 2; /* a refusal or a failed lookup is final */
             goto next;
         }
-        int st = state_of(c, w, &t, &p, err, errlen);
-        if (st >= 0 && p.capture && c->capture == 0) { /* its C function was replaced: plan again */
+        int broken = c->capture_broken, st = state_of(c, w, &t, &p, err, errlen);
+        if (st >= 0 && p.capture && c->capture_broken != broken) { /* its C function was replaced: plan again */
             plan_free(&p);
             if (plan_make(c, w, &t, &p, NULL, err, errlen) < 0)
                 goto next;
