@@ -7,11 +7,11 @@
 # to the last, after the commit: the host's decoding and dispatch). Each ratio is the median
 # of the runs' own (run k of one table against run k of the other, taken one after the other),
 # so that the machine's drift between runs falls on both sides; the range is printed beside it.
-#   BENCH_RUNS (default 9) runs of each; BENCH_UPD_N rows per run (default 100000)
+#   BENCH_RUNS (default 21: the runs scatter widely on a small VM) runs of each; BENCH_UPD_N rows per run (default 100000)
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=$1 URL=$2
-RUNS=${BENCH_RUNS:-9}
+RUNS=${BENCH_RUNS:-21}
 N=${BENCH_UPD_N:-100000}
 TMP=$(mktemp -d)
 PID=""
