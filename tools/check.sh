@@ -46,7 +46,8 @@ if ! psql "$PG_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "0 passed, 1 failed"; exit 1
 fi
 
-# The durable trigger in C (pgext/), into the server the specs use when it runs here.
+# The triggers in C (pgext/), into the server the specs use when it runs here (the specs'
+# database is made afresh above, so the extension is created there at its current version).
 if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
   sh tools/pgext.sh "$PG_URL" || { echo "0 passed, 1 failed"; exit 1; }
 fi
