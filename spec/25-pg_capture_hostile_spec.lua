@@ -250,6 +250,44 @@ print("ready")
     end
   end)
 
+  it("replaces a C trigger whose function the server's library lacks (an older build installed over this one)",
+    function()
+    sql("CREATE TABLE s25.k (id int PRIMARY KEY, v text)")
+    local script = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], revoke_on_model_change = false })
+n:watch("s25.k", "insert", { extra_columns = { "v" } })
+n:subscribe("s25.k", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
+assert(n:start())
+print("ready")
+]]
+    local function fn()
+      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.k'::regclass")
+    end
+    local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    p:stop()
+    assert.are.equal("sqlnotify_capture.notify\n", fn())
+    -- the catalog still says capture_notify, but the library it names has no such symbol:
+    -- what a library of version 1 under a catalog of version 2 looks like
+    -- (CREATE FUNCTION checks the symbol, so the catalog row is pointed at another library)
+    sql("UPDATE pg_proc SET probin = '$libdir/plpgsql' WHERE oid = 'sqlnotify_capture.notify()'::regprocedure")
+    local ok, err = pcall(sql, "INSERT INTO s25.k VALUES (1, 'lost')")
+    assert.is_false(ok) -- the hazard: every write through the trigger fails, until a reader starts
+    assert.matches('could not find function "capture_notify"', err)
+    p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    sql("INSERT INTO s25.k VALUES (2, 'kept')")
+    assert(p:wait_for("got 2 kept\n", 10), "no event: " .. p:stderr())
+    p:stop()
+    assert.matches("warn  sqlnotify: live triggers in plpgsql: sqlnotify_capture.notify%(%) cannot run on this server: "
+      .. '.*could not find function "capture_notify".*%(make install%-pgext on the server\'s machine%)', p:stderr())
+    assert.matches("^s25%.sqlnotify_k_insert_", fn())
+    sql("CREATE OR REPLACE FUNCTION sqlnotify_capture.notify() RETURNS trigger LANGUAGE c"
+      .. " AS '$libdir/sqlnotify_capture', 'capture_notify'")
+  end)
+
   it("leaves an extension of version 1 (capture() alone) as it is: durable watches use it, live ones stay in"
     .. " plpgsql and say how to update; once updated, live watches get notify()", function()
     -- last: the C triggers of this file's durable notifier go with the extension
