@@ -17,6 +17,38 @@ local function sql(text) return H.psql(text, URL) end
 local procs = {} -- hosts started here, killed at the end whatever an assertion left running
 local function track(p) procs[#procs + 1] = p return p end
 
+-- The function our trigger on rel ("schema.table") calls, as regproc writes it.
+local function trigger_fn(rel)
+  return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = '" .. rel .. "'::regclass")
+end
+
+-- Starts a host of script with args in an environment without SQLNOTIFY_PG_CAPTURE, waits
+-- until it listens, makes one write (when given) and waits for want in its output, stops it.
+local function run_host(script, args, write, want)
+  local p = track(H.host(script, args, "env -u SQLNOTIFY_PG_CAPTURE"))
+  assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+  if write then
+    sql(write)
+    assert(p:wait_for(want, 10), "no event: " .. p:stderr())
+  end
+  p:stop()
+  return p
+end
+
+-- A live watcher of INSERT on s25.<tbl> printing "got <id> <v>"; arg[2] "keep" turns
+-- revoke_on_model_change off.
+local function insert_watcher(tbl)
+  return ([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], revoke_on_model_change = arg[2] ~= "keep" })
+n:watch("s25.TBL", "insert", { extra_columns = { "v" } })
+n:subscribe("s25.TBL", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
+assert(n:start())
+print("ready")
+]]):gsub("TBL", tbl)
+end
+
 describe("PostgreSQL: the C triggers against hostile and unlucky hands", function()
   local n, got, handler
 
@@ -160,17 +192,8 @@ print("ready")
       return sql("SELECT l.lanname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
         .. " JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = 's25r.t'::regclass")
     end
-    -- start a host of script as the role, make one write, wait for its event, stop the host
-    local function run(text, write, want)
-      local p = track(H.host(text, { as_role }))
-      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-      if write then
-        sql(write)
-        assert(p:wait_for(want, 10), "no event: " .. p:stderr())
-      end
-      p:stop()
-      return p
-    end
+    -- a host of script as the role
+    local function run(text, write, want) return run_host(text, { as_role }, write, want) end
     local p = run(script)
     assert.matches("durable triggers in plpgsql: this role may not use sqlnotify_capture.capture%(%) %(GRANT USAGE ON "
       .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.capture%(%) TO it", p:stderr())
@@ -183,9 +206,7 @@ print("ready")
     -- live mode asks for notify(): the same, with its own grant
     sql("CREATE TABLE s25r.l (id int PRIMARY KEY, v text); ALTER TABLE s25r.l OWNER TO " .. ROLE)
     local live = script:gsub('consumer = "s25r" ', ""):gsub("s25r%.t", "s25r.l")
-    local function live_kind()
-      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25r.l'::regclass")
-    end
+    local function live_kind() return trigger_fn("s25r.l") end
     p = run(live, "INSERT INTO s25r.l VALUES (1, 'y')", "got 1 y\n")
     assert.matches("live triggers in plpgsql: this role may not use sqlnotify_capture.notify%(%) %(GRANT USAGE ON "
       .. "SCHEMA sqlnotify_capture and EXECUTE ON FUNCTION sqlnotify_capture.notify%(%) TO it", p:stderr())
@@ -210,30 +231,15 @@ print("ready")
   it("keeps live triggers in plpgsql, with a warning, while notify() is not the extension's C function,"
     .. " and replaces a C trigger that calls it even with revoke_on_model_change off", function()
     sql("CREATE TABLE s25.m (id int PRIMARY KEY, v text)")
-    local script = [[
-local sqlnotify = require("sqlnotify")
-io.stdout:setvbuf("line")
-local n = assert(sqlnotify.notifier{ url = arg[1], revoke_on_model_change = arg[2] ~= "keep" })
-n:watch("s25.m", "insert", { extra_columns = { "v" } })
-n:subscribe("s25.m", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
-assert(n:start())
-print("ready")
-]]
-    local function fn()
-      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.m'::regclass")
-    end
-    local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    p:stop()
+    local script = insert_watcher("m")
+    local function fn() return trigger_fn("s25.m") end
+    run_host(script, { URL })
     assert.are.equal("sqlnotify_capture.notify\n", fn())
     -- an operator's CREATE OR REPLACE: the C trigger calling it would send nothing
     sql("CREATE OR REPLACE FUNCTION sqlnotify_capture.notify() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$")
     for round, id in ipairs { 1, 2 } do
-      p = track(H.host(script, { URL, round == 1 and "keep" or "replace" }, "env -u SQLNOTIFY_PG_CAPTURE"))
-      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-      sql(string.format("INSERT INTO s25.m VALUES (%d, 'v%d')", id, id))
-      assert(p:wait_for(string.format("got %d v%d\n", id, id), 10), "no event: " .. p:stderr())
-      p:stop()
+      local p = run_host(script, { URL, round == 1 and "keep" or "replace" },
+        string.format("INSERT INTO s25.m VALUES (%d, 'v%d')", id, id), string.format("got %d v%d\n", id, id))
       if round == 1 then
         assert.matches("warn  sqlnotify: live triggers in plpgsql: sqlnotify_capture.notify%(%) is not the extension's C "
           .. "function any more %(replaced by hand%?%); a superuser may put it back: CREATE OR REPLACE FUNCTION "
@@ -253,21 +259,9 @@ print("ready")
   it("replaces a C trigger whose function the server's library lacks (an older build installed over this one)",
     function()
     sql("CREATE TABLE s25.k (id int PRIMARY KEY, v text)")
-    local script = [[
-local sqlnotify = require("sqlnotify")
-io.stdout:setvbuf("line")
-local n = assert(sqlnotify.notifier{ url = arg[1], revoke_on_model_change = false })
-n:watch("s25.k", "insert", { extra_columns = { "v" } })
-n:subscribe("s25.k", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
-assert(n:start())
-print("ready")
-]]
-    local function fn()
-      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.k'::regclass")
-    end
-    local p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    p:stop()
+    local script = insert_watcher("k")
+    local function fn() return trigger_fn("s25.k") end
+    run_host(script, { URL, "keep" })
     assert.are.equal("sqlnotify_capture.notify\n", fn())
     -- the catalog still says capture_notify, but the library it names has no such symbol:
     -- what a library of version 1 under a catalog of version 2 looks like
@@ -276,11 +270,7 @@ print("ready")
     local ok, err = pcall(sql, "INSERT INTO s25.k VALUES (1, 'lost')")
     assert.is_false(ok) -- the hazard: every write through the trigger fails, until a reader starts
     assert.matches('could not find function "capture_notify"', err)
-    p = track(H.host(script, { URL }, "env -u SQLNOTIFY_PG_CAPTURE"))
-    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-    sql("INSERT INTO s25.k VALUES (2, 'kept')")
-    assert(p:wait_for("got 2 kept\n", 10), "no event: " .. p:stderr())
-    p:stop()
+    local p = run_host(script, { URL, "keep" }, "INSERT INTO s25.k VALUES (2, 'kept')", "got 2 kept\n")
     assert.matches("warn  sqlnotify: live triggers in plpgsql: sqlnotify_capture.notify%(%) cannot run on this server: "
       .. '.*could not find function "capture_notify".*%(make install%-pgext on the server\'s machine%)', p:stderr())
     assert.matches("^s25%.sqlnotify_k_insert_", fn())
@@ -304,16 +294,10 @@ n:subscribe("s25.l", "update", function(ev) print("got " .. ev.id .. " " .. ev.o
 assert(n:start())
 print("ready")
 ]]
-    local function fn()
-      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.l'::regclass")
-    end
+    local function fn() return trigger_fn("s25.l") end
     local function run(mode, from, to)
-      local p = track(H.host(script, { URL, mode }, "env -u SQLNOTIFY_PG_CAPTURE"))
-      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
-      sql(string.format("UPDATE s25.l SET v = '%s'", to))
-      assert(p:wait_for(string.format("got 1 %s %s\n", from, to), 10), "no event: " .. p:stderr())
-      p:stop()
-      return p:stderr()
+      return run_host(script, { URL, mode }, string.format("UPDATE s25.l SET v = '%s'", to),
+        string.format("got 1 %s %s\n", from, to)):stderr()
     end
     sql("INSERT INTO s25.l VALUES (1, 'a')")
     local err = run("s25v1", "a", "b")
