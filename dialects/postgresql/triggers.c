@@ -452,6 +452,25 @@ static void capture_broken(sn_conn *c, int need, const char *why)
     "is not the extension's C function any more (replaced by hand?); a superuser may put it back: CREATE OR "     \
     "REPLACE FUNCTION " fn "() RETURNS trigger LANGUAGE c AS '$libdir/sqlnotify_capture', '" sym "'"
 
+/* The C trigger this connection's watches would call: capture() for durable ones, notify() for live. */
+static int cap_need(const sn_conn *c)
+{
+    return c->consumer ? CAP_CAPTURE : CAP_NOTIFY;
+}
+
+/* The CAP_* of a C function's name (CAPTURE_FN or NOTIFY_FN). */
+static int cap_of(const char *fn)
+{
+    return strcmp(fn, CAPTURE_FN) == 0 ? CAP_CAPTURE : CAP_NOTIFY;
+}
+
+/* The C function of need was replaced by hand (CAPTURE_ITSELF no longer holds). */
+static void capture_replaced(sn_conn *c, int need)
+{
+    capture_broken(c, need, need == CAP_CAPTURE ? REPLACED_WHY(CAPTURE_FN, "capture")
+                                                 : REPLACED_WHY(NOTIFY_FN, "capture_notify"));
+}
+
 /* Whether the server's library has the C function fn: calling it outside a trigger loads it
  * and fails with its own message (1). A library older than the extension's catalog (an older
  * build installed over this one) cannot load it (0: broken, and every write through a
@@ -474,7 +493,7 @@ static int capture_probe(sn_conn *c, const char *fn)
     }
     snprintf(why, sizeof why, "cannot run on this server: %s (make install-pgext on the server's machine)",
              ran ? "it ran outside a trigger" : e);
-    capture_broken(c, strcmp(fn, CAPTURE_FN) == 0 ? CAP_CAPTURE : CAP_NOTIFY, why);
+    capture_broken(c, cap_of(fn), why);
     return 0;
 }
 
@@ -491,7 +510,7 @@ static int capture_usable(sn_conn *c)
     char e[256] = "";
     const char *env = getenv("SQLNOTIFY_PG_CAPTURE");
     const char *kind = c->consumer ? "durable" : "live", *fn = c->consumer ? CAPTURE_FN : NOTIFY_FN;
-    int need = c->consumer ? CAP_CAPTURE : CAP_NOTIFY;
+    int need = cap_need(c);
     if (c->capture != 0)
         return c->capture > 0 ? c->capture : 0;
     c->capture = -1;
@@ -532,8 +551,7 @@ static int capture_usable(sn_conn *c)
         if (ours || older) {
             int got = older ? may & CAP_CAPTURE : may, probe = 1;
             if (replaced & need)
-                capture_broken(c, need, need == CAP_CAPTURE ? REPLACED_WHY(CAPTURE_FN, "capture")
-                                                             : REPLACED_WHY(NOTIFY_FN, "capture_notify"));
+                capture_replaced(c, need);
             else if (!(may & need) && (ours || need == CAP_CAPTURE))
                 sn_logf(&c->sink, SN_LOG_INFO,
                         "%s triggers in plpgsql: this role may not use %s() (GRANT USAGE ON SCHEMA sqlnotify_capture "
@@ -589,7 +607,7 @@ static const char *capture_form(sn_conn *c, const sn_watch *w, const tinfo *t)
 static const char *capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
 {
     const char *fn = capture_form(c, w, t);
-    return fn && (capture_usable(c) & (c->consumer ? CAP_CAPTURE : CAP_NOTIFY)) ? fn : NULL;
+    return fn && (capture_usable(c) & cap_need(c)) ? fn : NULL;
 }
 
 static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
@@ -823,9 +841,7 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
         free(args.p);
         if (same && PQgetvalue(res, 0, 7)[0] != 't') { /* replaced since this connection asked */
-            int need = strcmp(p->capture, CAPTURE_FN) == 0 ? CAP_CAPTURE : CAP_NOTIFY;
-            capture_broken(c, need, need == CAP_CAPTURE ? REPLACED_WHY(CAPTURE_FN, "capture")
-                                                         : REPLACED_WHY(NOTIFY_FN, "capture_notify"));
+            capture_replaced(c, cap_of(p->capture));
             same = 0;
         }
         st = same && !p->leftover ? ST_SAME : ST_DAMAGED;
@@ -854,7 +870,7 @@ static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char
     plan_free(&q);
     if (other < 0)
         return -1;
-    if (other == ST_DAMAGED || (other == ST_SAME && (c->capture_broken & (c->consumer ? CAP_CAPTURE : CAP_NOTIFY))))
+    if (other == ST_DAMAGED || (other == ST_SAME && (c->capture_broken & cap_need(c))))
         return ST_DAMAGED;
     return other == ST_SAME ? ST_SAME : st;
 }
