@@ -8,7 +8,8 @@
 -- bench/update.sh updates every row of one of them in one statement; after ROWS events of a
 -- table the handler prints "run <table> n= rate=" (events/s from the first to the last event)
 -- and counts again; "last=" is the wall-clock time of the last event, for the figure from the
--- UPDATE's start to it (the writer's trigger included). Prints "ready" once listening. Not a test.
+-- UPDATE's start to it (the writer's trigger included); "channel=" is the watch's channel, for
+-- bench/update.sh's bare libpq listener. Prints "ready" once listening. Not a test.
 local sqlnotify = require("sqlnotify")
 
 local url = assert(arg[1], "usage: update.lua URL ROWS")
@@ -32,7 +33,8 @@ local function watch(name, old)
     if count == 1 then first = now() end
     if count == rows then
       local at = now()
-      io.stdout:write(fmt("run %s n=%d rate=%.0f last=%.6f\n", name, count, (rows - 1) / (at - first), at))
+      io.stdout:write(fmt("run %s n=%d rate=%.0f last=%.6f channel=%s\n", name, count, (rows - 1) / (at - first), at,
+        ev.channel))
       count = 0
     end
   end)
