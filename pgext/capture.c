@@ -575,10 +575,33 @@ static bool changed(const col *c, HeapTuple oldt, HeapTuple newt, TupleDesc desc
 }
 
 /* ===== the wake-up gate, as the plpgsql one: the sequence sqlnotify.wake holds the
- * milliseconds of the last NOTIFY; a writer notifies when it is 10 ms old ===== */
+ * milliseconds of the last NOTIFY; a writer notifies when it is 10 ms old =====
+ *
+ * The trigger claims the gate (the sequence, under the function's rights); its NOTIFY goes
+ * out from the pre-commit callback instead, once per transaction. PREPARE TRANSACTION refuses
+ * a transaction that has notified, and the gate fires in any transaction at any time: sent
+ * from the trigger, it made a two-phase writer's PREPARE fail now and then. A prepared
+ * transaction sends none; its rows are read at the reader's next fetch after COMMIT PREPARED
+ * (its poll, 250 ms at the most when idle). */
+
+static bool wake_due;        /* this transaction claimed the gate */
+static bool wake_registered; /* wake_xact is this backend's callback */
+
+static void wake_xact(XactEvent event, void *arg)
+{
+    (void) arg;
+    if (event == XACT_EVENT_PRE_COMMIT && wake_due) {
+        wake_due = false;
+        Async_Notify(WAKE_CHANNEL, "");
+    } else if (event != XACT_EVENT_PARALLEL_PRE_COMMIT) {
+        wake_due = false; /* prepared, committed, aborted: nothing left to send */
+    }
+}
 
 static void wake(Oid nsp)
 {
+    if (wake_due)
+        return; /* claimed already: this transaction notifies at its commit */
     Oid seq = journal_oid(nsp, "wake");
     if (!OidIsValid(seq))
         return;
@@ -591,7 +614,11 @@ static void wake(Oid nsp)
     int64 gap = ms - (fc->isnull ? 0 : DatumGetInt64(last));
     if (gap > WAKE_MS || gap < -60000) {
         DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seq), Int64GetDatum(ms));
-        Async_Notify(WAKE_CHANNEL, "");
+        if (!wake_registered) {
+            RegisterXactCallback(wake_xact, NULL);
+            wake_registered = true;
+        }
+        wake_due = true;
     }
 }
 

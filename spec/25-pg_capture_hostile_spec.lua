@@ -1,9 +1,10 @@
 -- PostgreSQL with the C triggers (sqlnotify_capture.capture() for durable watches, notify() for
 -- live ones) against a hostile role and an unlucky operator: forged trigger arguments, a journal
 -- changed by hand, a column retyped under a trigger, a sequence moved below zero, a role without
--- the grants, an extension of the version before. The user's write goes through and its event
--- arrives, or the statement fails with a sqlnotify: message; the server stays up.
--- Everything happens in a database of its own, spec25_<pid>, made and dropped here.
+-- the grants, an extension of the version before, a two-phase writer. The user's write goes
+-- through and its event arrives, or the statement fails with a sqlnotify: message; the server
+-- stays up. Everything happens in a database of its own, spec25_<pid>, made and dropped here,
+-- and the two-phase writer in a throwaway cluster (the test server allows no PREPARE).
 local H = require("helper")
 
 local PID = H.slurp("/proc/self/stat"):match("^(%d+)") or tostring(os.time())
@@ -313,5 +314,72 @@ print("ready")
     err = run("live", "c", "d")
     assert.are.equal("sqlnotify_capture.notify\n", fn())
     assert.is_nil(err:find("triggers in plpgsql", 1, true))
+  end)
+end)
+
+describe("PostgreSQL: the C trigger and a two-phase writer (a throwaway cluster that allows PREPARE)", function()
+  local p, ver, cluster
+
+  teardown(function()
+    if p and not p:exited() then p:kill("KILL") p:wait() end
+    if cluster then H.sh(string.format("timeout -s KILL 60 pg_dropcluster --stop %s %s >/dev/null 2>&1", ver, cluster)) end
+  end)
+
+  it("lets PREPARE TRANSACTION through when the wake-up gate fired in it, delivers the row once after COMMIT"
+    .. " PREPARED, and still wakes the reader at an ordinary commit", function()
+    local out = H.tmpfile(".ls")
+    ver = H.sh("ls /etc/postgresql >" .. out .. " 2>/dev/null") and H.slurp(out):match("(%d+)%s*$")
+    if not ver then pending("no PostgreSQL version in /etc/postgresql") return end
+    cluster = string.format("sqlnotify_spec25_%06d", math.random(0, 999999))
+    local port = 6500 + math.random(0, 499)
+    local log = H.tmpfile(".cluster")
+    local ok = H.sh(string.format("timeout -s KILL 120 pg_createcluster %s %s --port %d -o max_prepared_transactions=2"
+        .. " -- --auth=trust >%s 2>&1", ver, cluster, port, log))
+      and H.sh(string.format("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s start >>%s 2>&1",
+        ver, cluster, log))
+      and H.sh(string.format("timeout -s KILL 30 psql -X -q -h 127.0.0.1 -p %d -U postgres -c 'CREATE ROLE root"
+        .. " SUPERUSER LOGIN' -c 'CREATE DATABASE test OWNER root' >>%s 2>&1", port, log))
+    if not ok then pending("cannot create a throwaway PostgreSQL cluster here: " .. H.slurp(log):sub(-300)) return end
+    local url = string.format("postgresql://root@127.0.0.1:%d/test", port)
+    H.psql("CREATE SCHEMA s25p; CREATE TABLE s25p.t (id int PRIMARY KEY, v int)", url)
+    p = H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = "s25p" })
+n:watch("s25p.t", "insert", { extra_columns = { "v" } })
+n:subscribe("s25p.t", "insert", function(ev) print("got " .. ev.id .. " " .. ev.extra_columns.v) end)
+assert(n:start())
+print("ready")
+]], { url }, "env -u SQLNOTIFY_PG_CAPTURE")
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    assert.are.equal("sqlnotify_capture.capture\n",
+      H.psql("SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgrelid = 's25p.t'::regclass", url))
+
+    -- the gate fires in a transaction when its last wake-up is over 10 ms old; the sequence
+    -- moving is the proof that it fired in the prepared one
+    local function gate() return H.psql("SELECT last_value FROM sqlnotify.wake", url) end
+    H.sleep(0.1)
+    local before = gate()
+    H.psql("BEGIN; INSERT INTO s25p.t VALUES (1, 10); PREPARE TRANSACTION 's25_2pc'", url)
+    assert.are_not.equal(before, gate())
+    H.sleep(0.5)
+    assert.are.equal("ready\n", p:stdout()) -- prepared is not committed
+    H.psql("COMMIT PREPARED 's25_2pc'", url)
+    assert.is_true(p:wait_for("got 1 10\n", 10), p:stderr())
+
+    -- an ordinary commit still sends the wake-up, from the commit instead of the trigger: a
+    -- session that listens on the reader's channel is told of its own commit
+    local said = H.psql([[
+LISTEN "sqlnotify:journal";
+SELECT pg_sleep(0.1);
+INSERT INTO s25p.t VALUES (2, 20);
+SELECT 'after';
+]], url)
+    assert.matches('^Asynchronous notification "sqlnotify:journal" received from server process with PID %d+%.\nafter\n$',
+      (said:gsub("^\n", ""))) -- pg_sleep's empty row first
+    assert.is_true(p:wait_for("got 2 20\n", 10), p:stderr())
+    H.sleep(0.3)
+    assert.are.equal("ready\ngot 1 10\ngot 2 20\n", p:stdout())
+    p:stop()
   end)
 end)
