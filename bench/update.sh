@@ -31,18 +31,18 @@ CREATE TABLE sqlnotify_bench.upd_old (LIKE sqlnotify_bench.upd_plain INCLUDING A
 INSERT INTO sqlnotify_bench.upd_plain SELECT g, g, 'row ' || g FROM generate_series(1, $N) g;
 INSERT INTO sqlnotify_bench.upd_old SELECT * FROM sqlnotify_bench.upd_plain;
 SQL
-"$BUILD/sqlnotify-lua" -l warn bench/update.lua "$URL" "$N" >"$TMP/out" 2>"$TMP/err" &
+"$BUILD/sqlnotify-lua" -l warn bench/update.lua "$URL" "$N" >"$TMP/out" 2>"$TMP/out.err" &
 PID=$!
-wait_lines() { # PATTERN COUNT
+wait_lines() { # FILE PATTERN COUNT: until FILE has COUNT lines matching PATTERN (its .err says why not)
   i=0
   while :; do
-    c=$(grep -c "$1" "$TMP/out" 2>/dev/null) || true   # no file yet: no count at all
-    [ "${c:-0}" -lt "$2" ] || break
-    i=$((i + 1)); [ $i -lt 2400 ] || { echo "bench: update.lua stalled: $(tail -3 "$TMP/err")" >&2; exit 1; }
+    c=$(grep -c "$2" "$1" 2>/dev/null) || true   # no file yet: no count at all
+    [ "${c:-0}" -lt "$3" ] || break
+    i=$((i + 1)); [ $i -lt 2400 ] || { echo "bench: $1 stalled: $(tail -3 "$1.err")" >&2; exit 1; }
     sleep 0.05
   done
 }
-wait_lines '^ready' 1
+wait_lines "$TMP/out" '^ready' 1
 k=0
 while [ $k -lt "$RUNS" ]; do
   k=$((k + 1))
@@ -50,7 +50,7 @@ while [ $k -lt "$RUNS" ]; do
     psql -q "$URL" -c "VACUUM sqlnotify_bench.$t" >/dev/null
     t0=$(date +%s.%N)
     psql -q "$URL" -c "SET synchronous_commit = off; UPDATE sqlnotify_bench.$t SET t0 = t0 + 1, note = 'v$k'" >/dev/null
-    wait_lines "^run $t " $k
+    wait_lines "$TMP/out" "^run $t " $k
     echo "$t $t0 $(grep "^run $t " "$TMP/out" | tail -1 | sed -n 's/.* last=\([0-9.]*\).*/\1/p')" >>"$TMP/e2e"
   done
 done
@@ -62,17 +62,9 @@ kill "$PID" && wait "$PID" 2>/dev/null || true
 PID=""
 cc -O2 -Wall -Wextra -Werror $(pkg-config --cflags libpq 2>/dev/null || echo "-I$(pg_config --includedir)") \
   -o "$TMP/bare_listener" bench/bare_listener.c $(pkg-config --libs libpq 2>/dev/null || echo -lpq)
-"$TMP/bare_listener" "$URL" "$cplain" "$cold" >"$TMP/bare" 2>"$TMP/berr" &
+"$TMP/bare_listener" "$URL" "$cplain" "$cold" >"$TMP/bare" 2>"$TMP/bare.err" &
 BPID=$!
-wait_bare() { # CHANNEL COUNT
-  i=0
-  while [ "$(grep -c "^run $1 " "$TMP/bare" 2>/dev/null || true)" -lt "$2" ]; do
-    i=$((i + 1)); [ $i -lt 2400 ] || { echo "bench: bare_listener stalled: $(tail -3 "$TMP/berr")" >&2; exit 1; }
-    sleep 0.05
-  done
-}
-wait_bare_ready() { i=0; until grep -q '^ready' "$TMP/bare" 2>/dev/null; do i=$((i + 1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done; }
-wait_bare_ready
+wait_lines "$TMP/bare" '^ready' 1
 k=0
 while [ $k -lt "$RUNS" ]; do
   k=$((k + 1))
@@ -81,7 +73,7 @@ while [ $k -lt "$RUNS" ]; do
     psql -q "$URL" -c "VACUUM sqlnotify_bench.$t" >/dev/null
     psql -q "$URL" -c "SET synchronous_commit = off; UPDATE sqlnotify_bench.$t SET t0 = t0 + 1, note = 'b$k'" >/dev/null
     psql -q "$URL" -c "SELECT pg_notify('$c', '{\"t0\": 0}')" >/dev/null # the run's end, after its commit
-    wait_bare "$c" $k
+    wait_lines "$TMP/bare" "^run $c " $k
   done
 done
 brates() { grep "^run $1 " "$TMP/bare" | sed -n 's/.* n=\([0-9]*\) .* rate=\([0-9.]*\).*/\1 \2/p'; }

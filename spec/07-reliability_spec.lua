@@ -5,7 +5,6 @@
 local H = require("helper")
 
 local S = "spec07"
-local VERSION_DIR = "/etc/postgresql"
 -- Per run, so two runs of this file at once (make check beside a dev run) never meet.
 local CLUSTER = string.format("sqlnotify_spec07_%06d", math.random(0, 999999))
 local CLUSTER_PORT = 5500 + math.random(0, 499)
@@ -430,43 +429,20 @@ describe("reliability (the real host)", function()
   end)
 
   describe("a restarted server", function()
-    -- A throwaway cluster of our own: the main one is shared and must not be restarted.
-    -- Returns its version, or nil and why it cannot be had here.
-    local function throwaway_cluster()
-      local out = H.tmpfile(".ls")
-      if not H.sh("ls " .. VERSION_DIR .. " >" .. out .. " 2>/dev/null") then return nil, "no " .. VERSION_DIR end
-      local ver = H.slurp(out):match("(%d+)%s*$")
-      if not ver then return nil, "no PostgreSQL version in " .. VERSION_DIR end
-      -- clusters left over by interrupted runs go first (a live run is minutes old at most)
-      H.sh(string.format("for c in $(find %s/%s -mindepth 1 -maxdepth 1 -name 'sqlnotify_spec07_*' -mmin +15 "
-        .. "-printf '%%f\\n'); do timeout -s KILL 60 pg_dropcluster --stop %s \"$c\"; done >/dev/null 2>&1",
-        VERSION_DIR, ver, ver))
-      local log = H.tmpfile(".cluster")
-      local ok = H.sh(string.format("timeout -s KILL 120 pg_createcluster %s %s --port %d -- --auth=trust >%s 2>&1",
-          ver, CLUSTER, CLUSTER_PORT, log))
-        and H.sh(string.format("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s start >>%s 2>&1",
-          ver, CLUSTER, log))
-        and H.sh(string.format("timeout -s KILL 30 psql -X -q -h 127.0.0.1 -p %d -U postgres "
-          .. "-c 'CREATE ROLE root SUPERUSER LOGIN' -c 'CREATE DATABASE test OWNER root' >>%s 2>&1", CLUSTER_PORT, log))
-      if not ok then
-        H.sh("timeout -s KILL 60 pg_dropcluster --stop " .. ver .. " " .. CLUSTER .. " >/dev/null 2>&1")
-        return nil, H.slurp(log):sub(-500)
-      end
-      return ver
-    end
-
+    -- A throwaway cluster of our own (H.pg_cluster): the main one is shared and must not be
+    -- restarted.
     it("reconnects after pg_ctlcluster restart; n:query fails while it is down and works after", function()
-      local created, why = throwaway_cluster()
-      if not created then
+      local cluster, why = H.pg_cluster(CLUSTER, CLUSTER_PORT)
+      if not cluster then
         pending("cannot create a throwaway PostgreSQL cluster here (pg_createcluster as root needed): " .. why)
         return
       end
       local p
       finally(function() -- busted keeps one finally per test
         if p and not p:exited() then p:kill("KILL") end
-        H.sh("timeout -s KILL 60 pg_dropcluster --stop " .. created .. " " .. CLUSTER .. " >/dev/null 2>&1")
+        cluster.drop()
       end)
-      local url = string.format("postgresql://root@127.0.0.1:%d/test", CLUSTER_PORT)
+      local url = cluster.url
       H.psql("CREATE SCHEMA spec07;" .. TABLES, url)
       local ticks = H.tmpfile(".ticks")
       p = H.host(WATCHER, { ticks }, "PG=" .. H.shell_quote(url))
@@ -475,7 +451,7 @@ describe("reliability (the real host)", function()
       for _, l in ipairs(writes(url, 1, 3)) do expected[#expected + 1] = l end
       assert.is_true(wait_lines(p, #expected), p:stderr())
 
-      assert(H.sh("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect " .. created .. " " .. CLUSTER
+      assert(H.sh("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect " .. cluster.ver .. " " .. CLUSTER
         .. " restart >/dev/null 2>&1"), "pg_ctlcluster restart failed")
       assert.is_true(wait_count(p, "sqlnotify: reconnected to ", 1, 30), p:stderr())
       assert.is_true(p:wait_for("query works again\n", 10), p:stderr())

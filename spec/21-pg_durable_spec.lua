@@ -500,22 +500,10 @@ print("ready")
   end)
 
   it("loses nothing across a crash and restart of the PostgreSQL server (a throwaway cluster)", function()
-    local out = H.tmpfile(".ls")
-    local ver = H.sh("ls /etc/postgresql >" .. out .. " 2>/dev/null") and H.slurp(out):match("(%d+)%s*$")
-    if not ver then pending("no PostgreSQL version in /etc/postgresql") return end
-    local cluster = fmt("sqlnotify_spec21_%06d", math.random(0, 999999))
-    local port = 6000 + math.random(0, 499)
-    local log = H.tmpfile(".cluster")
-    finally(function()
-      H.sh(fmt("timeout -s KILL 60 pg_dropcluster --stop %s %s >/dev/null 2>&1", ver, cluster))
-    end)
-    local ok = H.sh(fmt("timeout -s KILL 120 pg_createcluster %s %s --port %d -- --auth=trust >%s 2>&1",
-        ver, cluster, port, log))
-      and H.sh(fmt("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s start >>%s 2>&1", ver, cluster, log))
-      and H.sh(fmt("timeout -s KILL 30 psql -X -q -h 127.0.0.1 -p %d -U postgres -c 'CREATE ROLE root SUPERUSER LOGIN'"
-        .. " -c 'CREATE DATABASE test OWNER root' >>%s 2>&1", port, log))
-    if not ok then pending("cannot create a throwaway PostgreSQL cluster here: " .. H.slurp(log):sub(-300)) return end
-    local url = fmt("postgresql://root@127.0.0.1:%d/test", port)
+    local cluster, why = H.pg_cluster(fmt("sqlnotify_spec21_%06d", math.random(0, 999999)), 6000 + math.random(0, 499))
+    if not cluster then pending("cannot create a throwaway PostgreSQL cluster here: " .. why) return end
+    finally(cluster.drop)
+    local url, port = cluster.url, cluster.port
     H.psql(fmt("CREATE SCHEMA %s; CREATE TABLE %s.t9 (id bigserial PRIMARY KEY, k int NOT NULL);", S, S), url)
     local p = reader("t9", "s21_restart", nil, url)
     for i = 1, 10 do H.psql(fmt("INSERT INTO %s.t9 (k) VALUES (%d)", S, i), url) end
@@ -528,7 +516,7 @@ print("ready")
     assert.are.equal("0\n", lag())
     -- immediate: a crash as far as the server knows (unlogged tables come back empty)
     assert(H.sh(fmt("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s restart -m immediate >/dev/null 2>&1",
-      ver, cluster)), "pg_ctlcluster restart failed")
+      cluster.ver, cluster.name)), "pg_ctlcluster restart failed")
     for i = 11, 20 do H.psql(fmt("INSERT INTO %s.t9 (k) VALUES (%d)", S, i), url) end
     -- every row once at least: rows that came again count toward no total (distinct)
     assert.is_true(p:wait_count(distinct, 20), p:stderr())

@@ -318,30 +318,21 @@ print("ready")
 end)
 
 describe("PostgreSQL: the C trigger and a two-phase writer (a throwaway cluster that allows PREPARE)", function()
-  local p, ver, cluster
+  local p, cluster
 
   teardown(function()
     if p and not p:exited() then p:kill("KILL") p:wait() end
-    if cluster then H.sh(string.format("timeout -s KILL 60 pg_dropcluster --stop %s %s >/dev/null 2>&1", ver, cluster)) end
+    if cluster then cluster.drop() end
   end)
 
   it("lets PREPARE TRANSACTION through when the wake-up gate fired in it, holds back no other row while it is"
     .. " prepared, delivers its row once after COMMIT PREPARED, and still wakes the reader at an ordinary commit",
     function()
-    local out = H.tmpfile(".ls")
-    ver = H.sh("ls /etc/postgresql >" .. out .. " 2>/dev/null") and H.slurp(out):match("(%d+)%s*$")
-    if not ver then pending("no PostgreSQL version in /etc/postgresql") return end
-    cluster = string.format("sqlnotify_spec25_%06d", math.random(0, 999999))
-    local port = 6500 + math.random(0, 499)
-    local log = H.tmpfile(".cluster")
-    local ok = H.sh(string.format("timeout -s KILL 120 pg_createcluster %s %s --port %d -o max_prepared_transactions=2"
-        .. " -- --auth=trust >%s 2>&1", ver, cluster, port, log))
-      and H.sh(string.format("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s start >>%s 2>&1",
-        ver, cluster, log))
-      and H.sh(string.format("timeout -s KILL 30 psql -X -q -h 127.0.0.1 -p %d -U postgres -c 'CREATE ROLE root"
-        .. " SUPERUSER LOGIN' -c 'CREATE DATABASE test OWNER root' >>%s 2>&1", port, log))
-    if not ok then pending("cannot create a throwaway PostgreSQL cluster here: " .. H.slurp(log):sub(-300)) return end
-    local url = string.format("postgresql://root@127.0.0.1:%d/test", port)
+    local why
+    cluster, why = H.pg_cluster(string.format("sqlnotify_spec25_%06d", math.random(0, 999999)), 6500 + math.random(0, 499),
+      { "max_prepared_transactions=2" })
+    if not cluster then pending("cannot create a throwaway PostgreSQL cluster here: " .. why) return end
+    local url = cluster.url
     H.psql("CREATE SCHEMA s25p; CREATE TABLE s25p.t (id int PRIMARY KEY, v int)", url)
     p = H.host([[
 local sqlnotify = require("sqlnotify")

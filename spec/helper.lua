@@ -112,6 +112,38 @@ function H.psql(sql, url)
   return text
 end
 
+-- A throwaway PostgreSQL cluster of the newest version in /etc/postgresql, for a spec that
+-- must restart a server or set what the shared one does not allow: name (its last digits
+-- random, so that runs side by side differ), port, settings ({"guc=value", ...}). Clusters of
+-- the same name but for those digits that interrupted runs left (over 15 minutes old: a live
+-- run is minutes old at most) are dropped first. Returns {ver, name, port, url, drop = fn}, its
+-- database "test" owned by the superuser root, or nil and why it cannot be had here.
+function H.pg_cluster(name, port, settings)
+  local out = tmpfile(".ls")
+  local ver = H.sh("ls /etc/postgresql >" .. out .. " 2>/dev/null") and slurp(out):match("(%d+)%s*$")
+  if not ver then return nil, "no PostgreSQL version in /etc/postgresql" end
+  local function drop(c)
+    H.sh(string.format("timeout -s KILL 60 pg_dropcluster --stop %s %s >/dev/null 2>&1", ver, q(c)))
+  end
+  H.sh(string.format("for c in $(find /etc/postgresql/%s -mindepth 1 -maxdepth 1 -name %s -mmin +15 -printf '%%f\\n');"
+    .. " do timeout -s KILL 60 pg_dropcluster --stop %s \"$c\"; done >/dev/null 2>&1", ver, q((name:gsub("%d+$", "*"))), ver))
+  local opts = {}
+  for _, setting in ipairs(settings or {}) do opts[#opts + 1] = "-o " .. q(setting) end
+  local log = tmpfile(".cluster")
+  local ok = H.sh(string.format("timeout -s KILL 120 pg_createcluster %s %s --port %d %s -- --auth=trust >%s 2>&1",
+      ver, q(name), port, table.concat(opts, " "), log))
+    and H.sh(string.format("timeout -s KILL 60 pg_ctlcluster --skip-systemctl-redirect %s %s start >>%s 2>&1",
+      ver, q(name), log))
+    and H.sh(string.format("timeout -s KILL 30 psql -X -q -h 127.0.0.1 -p %d -U postgres "
+      .. "-c 'CREATE ROLE root SUPERUSER LOGIN' -c 'CREATE DATABASE test OWNER root' >>%s 2>&1", port, log))
+  if not ok then
+    drop(name)
+    return nil, slurp(log):sub(-500)
+  end
+  return { ver = ver, name = name, port = port, url = string.format("postgresql://root@127.0.0.1:%d/test", port),
+           drop = function() drop(name) end }
+end
+
 -- A fresh schema of this name (dropped with everything in it first).
 function H.fresh_schema(name)
   H.psql(string.format('DROP SCHEMA IF EXISTS "%s" CASCADE; CREATE SCHEMA "%s";', name, name))
