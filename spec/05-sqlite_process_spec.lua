@@ -331,7 +331,7 @@ describe("sqlnotify on SQLite across processes", function()
       local n = notifier(path)
       for _, r in ipairs(assert(n:query("SELECT channel, payload FROM sqlnotify_changes ORDER BY seq"))) do
         local id = r.payload:match('^{"id":{"id":(%-?%d+)}')
-        logged[#logged + 1] = r.channel:match("_(%a+)$") .. " main.items " .. id
+        logged[#logged + 1] = r.channel:match("_(%a+)#live$") .. " main.items " .. id
       end
       assert.are.equal(total, #logged)
       for i, l in ipairs(lines) do

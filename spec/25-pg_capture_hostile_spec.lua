@@ -295,7 +295,10 @@ n:subscribe("s25.l", "update", function(ev) print("got " .. ev.id .. " " .. ev.o
 assert(n:start())
 print("ready")
 ]]
-    local function fn() return trigger_fn("s25.l") end
+    -- the functions of its triggers: the consumer's capture and the live watch's, each its own
+    local function fn()
+      return sql("SELECT t.tgfoid::regproc::text FROM pg_trigger t WHERE t.tgrelid = 's25.l'::regclass ORDER BY 1")
+    end
     local function run(mode, from, to)
       return run_host(script, { URL, mode }, string.format("UPDATE s25.l SET v = '%s'", to),
         string.format("got 1 %s %s\n", from, to)):stderr()
@@ -305,14 +308,14 @@ print("ready")
     assert.are.equal("sqlnotify_capture.capture\n", fn())
     assert.is_nil(err:find("triggers in plpgsql", 1, true))
     err = run("live", "b", "c")
-    assert.matches("^s25%.sqlnotify_l_update_", fn())
+    assert.matches("^s25%.sqlnotify_l_update_%x+\nsqlnotify_capture%.capture\n$", fn())
     assert.matches("live triggers in plpgsql: the database has sqlnotify_capture 1, which has no notify%(%); ALTER "
       .. "EXTENSION sqlnotify_capture UPDATE, once every sqlnotify%-lua reading this database is of this version, "
       .. "gives live watches the C trigger", err)
     assert.are.equal("1\n", sql("SELECT extversion FROM pg_extension WHERE extname = 'sqlnotify_capture'"))
     sql("ALTER EXTENSION sqlnotify_capture UPDATE")
     err = run("live", "c", "d")
-    assert.are.equal("sqlnotify_capture.notify\n", fn())
+    assert.are.equal("sqlnotify_capture.capture\nsqlnotify_capture.notify\n", fn())
     assert.is_nil(err:find("triggers in plpgsql", 1, true))
   end)
 end)

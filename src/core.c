@@ -772,8 +772,14 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     memset(w, 0, sizeof *w);
     w->schema = string_field(L, t, "schema");
     w->table = string_field(L, t, "table");
-    w->channel = string_field(L, t, "channel");
+    w->plain_channel = string_field(L, t, "channel");
     w->marker = string_field(L, t, "marker");
+    /* the capture's own channel and name (init.lua); a watch without them is a live one on
+     * its plain channel */
+    lua_getfield(L, t, "wire");
+    w->channel = lua_isnil(L, -1) ? w->plain_channel : string_field(L, t, "wire");
+    lua_getfield(L, t, "capture");
+    w->capture = lua_isnil(L, -1) ? "live" : string_field(L, t, "capture");
     lua_getfield(L, t, "label");
     w->label = lua_tostring(L, -1); /* NULL when absent; kept alive on the stack */
     lua_getfield(L, t, "opcode");

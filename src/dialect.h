@@ -141,6 +141,14 @@ typedef struct sn_watch {
     int nold;
     int overflow;                /* payloads over max_payload go through the overflow table */
     const char *marker;          /* hash of the watch and the table's columns (hex) */
+    /* The capture this watch rides: "live" for a live watch (one per table, operation and
+     * label), or for a durable one a hex hash of its shape (key, extra, trigger and old
+     * columns, overflow), so that consumers asking for other columns never share, replace or
+     * narrow one another's trigger (SPEC §8.5). It is in the trigger's name; channel is the
+     * capture's own (the runtime tags it: see init.lua's wire channel). */
+    const char *capture;
+    const char *plain_channel;   /* the channel without the capture's tag: the previous
+                                    releases' channel, which their trigger names hashed */
 } sn_watch;
 
 /* Per-connection options from the notifier. */
@@ -265,15 +273,19 @@ static inline void sn_hash_hex(const void *data, size_t len, char out[17])
 
 /* The name of a watch's trigger (and PostgreSQL function), the same on every dialect:
  * sqlnotify_<table prefix>_<op>_<12 hex>, at most 63 bytes. The hash covers (schema, table,
- * op, label) as a tuple, each field with its length and whether it is there, so no two
- * watches share a name by joining differently. The prefix keeps the table's letters, digits,
- * '_' and non-ASCII bytes (others become '_'), cut on a UTF-8 character boundary. */
-static inline void sn_trigger_name(const sn_watch *w, char name[64])
+ * op, label, capture) as a tuple, each field with its length and whether it is there, so no
+ * two watches share a name by joining differently, and a live watch and durable consumers of
+ * other shapes each have their own trigger. legacy = 1: the name of the previous release,
+ * without the capture (one trigger per table, operation and label, which any watcher
+ * replaced): found and dropped by the install that takes its place. The prefix keeps the
+ * table's letters, digits, '_' and non-ASCII bytes (others become '_'), cut on a UTF-8
+ * character boundary. */
+static inline void sn_trigger_name_of(const sn_watch *w, int legacy, char name[64])
 {
     static const char *const ops[] = {"insert", "update", "delete"};
-    const char *parts[4] = {w->schema, w->table, ops[w->op], w->label};
+    const char *parts[5] = {w->schema, w->table, ops[w->op], w->label, w->capture};
     uint64_t h = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < (legacy ? 4 : 5); i++) {
         char head[32];
         size_t n = parts[i] ? strlen(parts[i]) : 0;
         int k = snprintf(head, sizeof head, "%c%zu:", parts[i] ? '+' : '-', n);
@@ -292,6 +304,29 @@ static inline void sn_trigger_name(const sn_watch *w, char name[64])
         k--; /* never end inside a UTF-8 sequence */
     prefix[k] = '\0';
     snprintf(name, 64, "sqlnotify_%s_%s_%012llx", prefix, ops[w->op], (unsigned long long)(h >> 16));
+}
+
+static inline void sn_trigger_name(const sn_watch *w, char name[64])
+{
+    sn_trigger_name_of(w, 0, name);
+}
+
+/* The length of a wire channel without its capture's tag ("#live" or "#<12 hex>"), for what
+ * people read: messages and lists name the channel a watch was declared with. */
+static inline int sn_plain_len(const char *wire)
+{
+    const char *tag = strrchr(wire, '#');
+    size_t n = tag ? strlen(tag + 1) : 0;
+    int hex = n == 12;
+    for (size_t i = 0; hex && i < n; i++)
+        hex = (tag[1 + i] >= '0' && tag[1 + i] <= '9') || (tag[1 + i] >= 'a' && tag[1 + i] <= 'f');
+    return tag && (hex || strcmp(tag + 1, "live") == 0) ? (int)(tag - wire) : (int)strlen(wire);
+}
+
+/* Whether a watch is durable (its capture is a shape hash, not "live"). */
+static inline int sn_watch_durable(const sn_watch *w)
+{
+    return w->capture != NULL && strcmp(w->capture, "live") != 0;
 }
 
 static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)

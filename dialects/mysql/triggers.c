@@ -582,6 +582,38 @@ static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *
     return rc;
 }
 
+static int drop_one(sn_conn *c, const char *schema, const char *name, char *err, size_t errlen);
+
+/* The previous release's trigger of this table, operation and label (one per watch, serving
+ * live watches and consumers alike) goes when a consumer's own capture takes its place, or a
+ * live watch's where no consumer may still read what it writes. 0, or -1 and err. */
+static int drop_legacy(sn_conn *c, const sn_watch *w, const ours_list *all, char *err, size_t errlen)
+{
+    char legacy[64];
+    sn_trigger_name_of(w, 1, legacy);
+    for (int i = 0; i < all->n; i++) {
+        const ours *o = &all->v[i];
+        if (strcmp(o->name, legacy) != 0 || strcmp(o->schema, w->schema) != 0 || strcmp(o->table, w->table) != 0 ||
+            strcasecmp(o->op, op_sql[w->op]) != 0)
+            continue;
+        if (!sn_watch_durable(w)) {
+            sn_result *r = NULL;
+            my_sbuf q = {0};
+            my_sb_add(&q, "SELECT 1 FROM ");
+            my_sb_qname(&q, c->p.db, MY_CONSUMERS);
+            my_sb_add(&q, " LIMIT 1");
+            int rc = q.oom ? -1 : my_query(c, q.s, 0, NULL, &r, err, errlen);
+            int consumers = rc < 0 || r->nrows > 0; /* unknown: keep it */
+            sn_result_free(r);
+            my_sb_free(&q);
+            if (consumers)
+                return 0;
+        }
+        return drop_one(c, o->schema, o->name, err, errlen);
+    }
+    return 0;
+}
+
 int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen)
 {
     char name[64];
@@ -612,7 +644,8 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
         int same_watch = strcmp(o->schema, w->schema) == 0 && strcmp(o->name, name) == 0;
         if (same_watch) {
             mine = o;
-        } else if (strcmp(o->channel, w->channel) == 0 &&
+        } else if (sn_plain_len(o->channel) == sn_plain_len(w->channel) &&
+                   memcmp(o->channel, w->channel, (size_t)sn_plain_len(w->channel)) == 0 &&
                    !(strcmp(o->schema, w->schema) == 0 && strcmp(o->table, w->table) == 0 &&
                      strcasecmp(o->op, op_sql[w->op]) == 0)) {
             my_sbuf b = {0};
@@ -621,7 +654,7 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             for (char *p = op; *p; p++)
                 *p = (char)tolower((unsigned char)*p);
             my_sb_add(&b, "channel ");
-            lua_quoted(&b, w->channel);
+            lua_quoted(&b, w->plain_channel);
             my_sb_addf(&b, " is already used by the %s watch on ", op);
             lua_table(&b, o->schema, o->table);
             my_sb_add(&b, "; give this watch its own channel_label");
@@ -630,6 +663,8 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             goto done;
         }
     }
+    if (drop_legacy(c, w, &all, err, errlen) < 0)
+        goto done;
     if (mine == NULL) {
         /* A trigger of this name that is not ours: never touch it. */
         sn_result *r = NULL;

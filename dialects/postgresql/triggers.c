@@ -69,7 +69,7 @@ static const char *tgtype_op(int t)
 static void old_name(const sn_watch *w, char name[32])
 {
     char hex[17];
-    sn_hash_hex(w->channel, strlen(w->channel), hex);
+    sn_hash_hex(w->plain_channel, strlen(w->plain_channel), hex);
     snprintf(name, 32, "sqlnotify_%s", hex);
 }
 
@@ -905,12 +905,17 @@ static int trigger_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
     return st;
 }
 
-/* Our other triggers on this channel, and first-naming installs of this watch. */
+/* Our other triggers on this channel, first-naming installs of this watch, and the trigger
+ * the previous release named for this table, operation and label (without the capture),
+ * with whether it wrote the journal (durable) or notified (live). */
 static const char related_sql[] =
     "SELECT n.nspname::text, c.relname::text, t.tgname::text, t.tgtype::int,"
     " t.tgrelid = $1::pg_catalog.oid, d.description LIKE '" MARK_V1 "%',"
     " " FN_USERS "::int,"
-    " fn.nspname::text, p.proname::text"
+    " fn.nspname::text, p.proname::text,"
+    " t.tgname::text = $4 AND t.tgrelid = $1::pg_catalog.oid,"
+    " p.prosrc = 'capture' OR pg_catalog.strpos(p.prosrc, 'sqlnotify.journal') > 0"
+    "  OR pg_catalog.strpos(p.prosrc, 'sqlnotify.append') > 0"
     " FROM pg_catalog.pg_trigger t"
     " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
@@ -918,16 +923,30 @@ static const char related_sql[] =
     "  AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass"
     " JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
     " JOIN pg_catalog.pg_namespace fn ON fn.oid = p.pronamespace"
-    " WHERE (d.description LIKE '" MARK_V2 "%' AND pg_catalog.strpos(d.description, $2) > 0)"
-    "  OR (t.tgname::text = $3 AND d.description LIKE '" MARK_V1 "%')";
+    " WHERE (d.description LIKE '" MARK_V2 "%' AND (pg_catalog.strpos(d.description, $2) > 0"
+    "  OR pg_catalog.strpos(d.description, $5) > 0))"
+    "  OR (t.tgname::text = $3 AND d.description LIKE '" MARK_V1 "%')"
+    "  OR (t.tgname::text = $4 AND t.tgrelid = $1::pg_catalog.oid AND d.description LIKE '" MARK_V2 "%')";
 
 /* Refuse a channel another table's or operation's watch uses; add the DROPs of
  * first-naming installs of this watch to *drops. 1 ok, 0 refused (err), -1 failed (err). */
 static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, pg_sbuf *drops,
                          char *err, size_t errlen)
 {
-    const char *vals[3] = {t->relid, p->chanline.p, p->old};
-    PGresult *res = pg_exec(c, &c->ctl, related_sql, 3, vals, PG_RETRY, NULL, err, errlen);
+    char legacy[64];
+    sn_trigger_name_of(w, 1, legacy);
+    /* the declared channel as a live watch's (or the previous release's) trigger records it:
+     * one declared channel, one watch, whatever capture each rides */
+    pg_sbuf plain = {0};
+    int plen = sn_plain_len(w->channel);
+    pg_sb_addf(&plain, "\nchannel=%d:%.*s\n", plen, plen, w->channel);
+    if (plain.fail) {
+        sn_seterr(err, errlen, "%s", plain.fail);
+        return -1;
+    }
+    const char *vals[5] = {t->relid, p->chanline.p, p->old, legacy, plain.p};
+    PGresult *res = pg_exec(c, &c->ctl, related_sql, 5, vals, PG_RETRY, NULL, err, errlen);
+    free(plain.p);
     if (res == NULL)
         return -1;
     int rc = 1;
@@ -936,7 +955,13 @@ static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
         int here = PQgetvalue(res, i, 4)[0] == 't' && (type & op_bits[w->op]);
         if (here && strcmp(PQgetvalue(res, i, 2), p->name) == 0)
             continue; /* our own */
-        if (here && PQgetvalue(res, i, 5)[0] == 't') {
+        /* The previous release's trigger of this table, operation and label goes when one of
+         * its own kind takes its place (never two captures of one watch); one of the other kind
+         * stays: a live watch never takes a durable consumer's capture, nor the reverse. */
+        int legacy_here = here && PQgetvalue(res, i, 9)[0] == 't';
+        if (legacy_here && (PQgetvalue(res, i, 10)[0] == 't') != sn_watch_durable(w))
+            continue;
+        if (here && (PQgetvalue(res, i, 5)[0] == 't' || legacy_here)) {
             pg_sb_add(drops, "DROP TRIGGER IF EXISTS ");
             pg_sb_quote(drops, c->ctl.conn, PQgetvalue(res, i, 2), 1);
             pg_sb_add(drops, " ON ");
@@ -953,7 +978,7 @@ static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
             continue; /* another name on this table and operation: not a clash of channels */
         pg_sbuf m = {0};
         pg_sb_add(&m, "channel ");
-        pg_sb_luaq(&m, w->channel);
+        pg_sb_luaq(&m, w->plain_channel);
         pg_sb_add(&m, " is already used by the ");
         pg_sb_add(&m, tgtype_op(type));
         pg_sb_add(&m, " watch on ");

@@ -588,12 +588,14 @@ static int channel_taken(sqlite3 *db, const sn_watch *w, char *err, size_t errle
         desc d;
         if (parse_desc(db, (const char *)sqlite3_column_text(st, 1), &d))
             continue;
-        if (d.channel && strcmp(d.channel, w->channel) == 0 &&
+        int plain = d.channel ? sn_plain_len(d.channel) : -1;
+        /* one declared channel, one watch: whatever capture each rides */
+        if (plain == sn_plain_len(w->channel) && memcmp(d.channel, w->channel, (size_t)plain) == 0 &&
             (strcmp(tbl, w->table) != 0 || d.op != w->op)) {
             char name[512];
             quoted_table(name, sizeof name, tbl);
             sn_seterr(err, errlen, "channel \"%s\" is already used by the %s watch on %s; "
-                      "give this watch its own channel_label", w->channel,
+                      "give this watch its own channel_label", w->plain_channel,
                       d.op >= 0 ? op_names[d.op] : "unknown", name);
             taken = 1;
         }
@@ -746,6 +748,35 @@ static int columns_exist(sqlite3 *db, const sn_watch *w, char *err, size_t errle
     return bad ? -1 : 0;
 }
 
+/* Whether the file has a durable consumer (a change-log reader with a position to keep). */
+static int has_consumers(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int any = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM main." CONSUMERS_TABLE " LIMIT 1", -1, &st, NULL) == SQLITE_OK)
+        any = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return any;
+}
+
+/* Drop the trigger an older release named for this watch, when it is ours, on this table and
+ * operation, and may go (the previous release's one trigger per table, operation and label
+ * served live watches and consumers alike: a live watch leaves it while a consumer may still
+ * read what it writes; the consumer's own install takes it). 1 dropped, 0 not, -1 and why. */
+static int drop_older(sn_conn *c, const sn_watch *w, const char *name, int may, char *why, size_t whylen)
+{
+    char *osql, *otbl;
+    int found = find_trigger(c->db, name, &osql, &otbl, why, whylen);
+    if (found <= 0)
+        return found;
+    int ours = strstr(osql, MARKER_PREFIX) && strcmp(otbl, w->table) == 0 && op_of_sql(osql) == w->op;
+    free(osql);
+    free(otbl);
+    if (!ours || !may)
+        return 0;
+    return drop_trigger(c->db, name, why, whylen) ? -1 : 1;
+}
+
 int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
 {
     char name[64], oldname[28], mark[128], why[512];
@@ -762,7 +793,7 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
     }
     snprintf(mark, sizeof mark, MARKER_PREFIX "%d:%s ", SQL_VERSION, w->marker);
     sn_trigger_name(w, name);
-    v1_name(w->channel, oldname);
+    v1_name(w->plain_channel, oldname);
 
     /* The common case, nothing changed, takes no write lock. */
     found = find_trigger(c->db, name, &sql, &tbl, why, sizeof why);
@@ -814,18 +845,16 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
         if (taken < 0 || columns_exist(c->db, w, why, sizeof why))
             goto fail_txn;
         /* An older sqlnotify's trigger of this watch goes: never two of one watch. */
-        char *osql, *otbl;
-        int ofound = find_trigger(c->db, oldname, &osql, &otbl, why, sizeof why);
-        if (ofound < 0)
-            goto fail_txn;
-        if (ofound) {
-            replaced_v1 = strstr(osql, MARKER_PREFIX) && strcmp(otbl, w->table) == 0 &&
-                          op_of_sql(osql) == w->op;
-            free(osql);
-            free(otbl);
-            if (replaced_v1 && drop_trigger(c->db, oldname, why, sizeof why))
-                goto fail_txn;
+        int older = drop_older(c, w, oldname, 1, why, sizeof why);
+        if (older >= 0) {
+            replaced_v1 = older;
+            char legacy[64];
+            sn_trigger_name_of(w, 1, legacy);
+            older = drop_older(c, w, legacy, sn_watch_durable(w) || !has_consumers(c->db), why, sizeof why);
         }
+        if (older < 0)
+            goto fail_txn;
+        replaced_v1 |= older;
         if (found && drop_trigger(c->db, name, why, sizeof why))
             goto fail_txn;
         if (sqd_exec(c->db, ddl, why, sizeof why))
@@ -864,7 +893,7 @@ int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         return -1;
     }
     sn_trigger_name(w, names[0]);
-    v1_name(w->channel, names[1]);
+    v1_name(w->plain_channel, names[1]);
     if (sqd_txn_begin(c->db, &nested, why, sizeof why))
         goto fail;
     for (int i = 0; i < 2; i++) {
@@ -1202,13 +1231,14 @@ int sqd_repair_triggers(sn_conn *c)
             continue;
         if (fixes[i].gone)
             sn_logf(&c->sink, SN_LOG_ERROR, "table \"%s\" in %s no longer has column(s) %s "
-                    "(renamed or dropped), named by the %s watch on channel %s: its events no "
+                    "(renamed or dropped), named by the %s watch on channel %.*s: its events no "
                     "longer carry them%s; declare the watch again with the new names",
-                    fixes[i].tbl, c->target, fixes[i].gone, op_names[d->op], d->channel,
+                    fixes[i].tbl, c->target, fixes[i].gone, op_names[d->op], sn_plain_len(d->channel), d->channel,
                     fixes[i].never ? " and, with no trigger column left, it fires no more" : "");
         else
-            sn_logf(&c->sink, SN_LOG_INFO, "the %s trigger on table \"%s\" (channel %s) was "
-                    "regenerated after a schema change", op_names[d->op], d->table, d->channel);
+            sn_logf(&c->sink, SN_LOG_INFO, "the %s trigger on table \"%s\" (channel %.*s) was "
+                    "regenerated after a schema change", op_names[d->op], d->table, sn_plain_len(d->channel),
+                    d->channel);
     }
 out:
     if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {

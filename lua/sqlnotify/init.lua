@@ -307,12 +307,14 @@ function M.notifier(opts)
     dialect_name = h:dialect(),
     _revoke = opts.revoke_on_model_change ~= false,
     _cleanup_on_start = opts.cleanup_on_start == true,
+    _durable = opts.consumer ~= nil,
+    _consumer = opts.consumer,
     _nulls = opts.nulls == true,
     _verify_interval = verify,
     _tables = {},
     _watches = {},     -- in watch order
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
-    _by_channel = {},  -- channel -> watch
+    _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
     _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count }
     _on = { reconnect = {}, error = {} },
     _reports = {},     -- rate-limit states with suppressed reports, printed at stop
@@ -406,10 +408,26 @@ function Notifier:watch(t, op, opts)
   end
   local channel = label and label_channel(label) or default_channel(info.schema, info.table, op)
 
+  -- The capture (SPEC §8.5): a live watch has one per table, operation and label; a durable
+  -- one has its own for its shape, so consumers asking for other columns never replace or
+  -- narrow one another's trigger. The wire channel is the capture's own: what its trigger
+  -- writes and the driver reads. PostgreSQL's live watches keep the plain channel (a NOTIFY
+  -- channel others may LISTEN on); every journal and change-log channel carries the capture,
+  -- so a live watch's rows and each shape's rows are told apart there.
+  local overflow = opts.use_overflow_table == true
+  local capture = "live"
+  if self._durable then
+    capture = core.hash(concat({ "durable", concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
+      concat(old, "\1"), tostring(overflow) }, "\0")):sub(1, 12)
+  end
+  local wire = channel
+  if self._durable or self.dialect_name ~= "postgresql" then wire = channel .. "#" .. capture end
+
   local w = {
     schema = info.schema, table = info.table, name = info.name, op = op, opcode = OPCODES[op],
-    channel = channel, label = label, pk = pk, extra = extra, trigger = trigger, old = old, info = info,
-    overflow = opts.use_overflow_table == true, pkindex = {}, carried = {}, oldset = {},
+    channel = channel, wire = wire, capture = capture,
+    label = label, pk = pk, extra = extra, trigger = trigger, old = old, info = info,
+    overflow = overflow, pkindex = {}, carried = {}, oldset = {},
     truncated_log = { what = "truncated", channel = channel },
   }
   for i, c in ipairs(pk) do w.pkindex[c] = i; w.carried[c] = true end
@@ -417,11 +435,11 @@ function Notifier:watch(t, op, opts)
   for _, c in ipairs(old) do w.oldset[c] = true end
   -- The marker changes when the watch or the table's columns change (revoke_on_model_change).
   w.marker = core.hash(concat({
-    "v2", w.schema, w.table, op, channel, concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
+    "v2", w.schema, w.table, op, wire, concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
     concat(old, "\1"), tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
   }, "\0"))
 
-  local other = self._by_channel[channel]
+  local other = self._by_channel[channel] or self._by_channel[wire]
   if other then
     if other.marker == w.marker then return self end -- the same watch twice
     fail(2, "channel %q is already used by the %s watch on %s; give this watch its own channel_label",
@@ -432,7 +450,7 @@ function Notifier:watch(t, op, opts)
   if self._started then
     local ok, err = self:_install(w)
     if ok then
-      ok, err = self._h:listen(channel)
+      ok, err = self:_listen(w)
       if not ok then self._h:uninstall(w) end -- best effort: the error below is what matters
     end
     if not ok then
@@ -441,14 +459,25 @@ function Notifier:watch(t, op, opts)
     end
   end
   self._watches[#self._watches + 1] = w
-  self._by_channel[channel] = w
+  self._by_channel[wire] = w
+  -- The rows the previous release's trigger wrote (untagged) before this one replaced it.
+  if self._durable then self._by_channel[channel] = w end
   self._by_key[watch_key(w.schema, w.table, op, label)] = w
   return self
+end
+
+-- Listen to a watch's wire channel; a durable one also to its untagged channel, where the
+-- previous release's trigger wrote the rows still ahead of the consumer.
+function Notifier:_listen(w)
+  local ok, err = self._h:listen(w.wire)
+  if ok and self._durable then ok, err = self._h:listen(w.channel) end
+  return ok, err
 end
 
 function Notifier:_install(w)
   local status, err = self._h:install(w, self._revoke)
   if not status then return nil, err end
+  w.installed_at = core.now()
   if status == "created" or status == "replaced" then
     self:_log("info", "trigger for %s on %s %s (channel %s)", w.op, w.name, status, w.channel)
   elseif status == "kept" then
@@ -698,9 +727,9 @@ function Notifier:_dispatch(batch, n, ts, seqs)
     if stopping() then return (i - 1) // 2 end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
-    local chan = w and subs[channel]
+    local chan = w and subs[w.channel]
     if chan and chan.n > 0 and self._started then
-      local ev = self:_event(w, channel, batch[i + 1], ts)
+      local ev = self:_event(w, w.channel, batch[i + 1], ts)
       if ev and seqs then ev.seq = seqs[(i + 1) // 2] end
       local all = chan.all
       if ev and debug then
@@ -734,7 +763,7 @@ function Notifier:start()
     if not ok then return nil, one_line(err) end
   end
   for _, w in ipairs(self._watches) do
-    local ok, err = h:listen(w.channel)
+    local ok, err = self:_listen(w)
     if not ok then return nil, one_line(err) end
   end
   self._started, self._ever_started = true, true
@@ -847,6 +876,8 @@ function Notifier:_verify()
       self:_log("warn", "%s", msg)
       self:_emit_error(msg, { source = "verify", schema = w.schema, table = w.table, operation = w.op,
         channel = w.channel })
+    elseif not ok and self._durable and self._revoke then
+      self:_repair(w)
     elseif not ok and not w.lost then
       w.lost = true
       local msg = fmt("trigger for %s on %s was replaced or dropped by someone else (another watcher of this table "
@@ -859,7 +890,34 @@ function Notifier:_verify()
       w.lost = false
       self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
     end
+    if ok then w.verified_at = core.now() end
   end
+end
+
+local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
+
+-- A durable consumer's capture went missing or was changed behind it (a DROP, a trigger
+-- replaced by hand, a schema restored without it): put it back at once, and say at error
+-- level which changes it could not capture, from when it was last seen whole until now.
+function Notifier:_repair(w)
+  local since, now = w.verified_at or w.installed_at or core.now(), core.now()
+  local status, err = self._h:install(w, true)
+  local what = fmt("consumer %q: the trigger for %s on %s was missing or changed", self._consumer, w.op, w.name)
+  if not status then
+    w.lost = true
+    local msg = fmt("%s and cannot be re-created: %s; changes from %s on are not being captured", what,
+      one_line(err):sub(12), utc(since))
+    self:_log("error", "%s", msg)
+    self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
+    return
+  end
+  w.lost, w.verified_at = false, now
+  local msg = fmt("%s; re-created it: changes between %s and %s (when it was last seen whole, and now) may not "
+    .. "have been captured and are not delivered", what, utc(since), utc(now))
+  self:_log("error", "%s", msg)
+  self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
+    channel = w.channel })
 end
 
 -- The listener is back after an outage: check the triggers, then tell the script.
@@ -930,7 +988,7 @@ function Notifier:notify(t, op, payload, opts)
     fail(2, "notify payload is %d bytes, over the %d-byte limit of %s notifications (use use_overflow_table)",
       #text, max, self.dialect_name)
   end
-  return self._h:notify(w.channel, text, overflow)
+  return self._h:notify(w.wire, text, overflow)
 end
 
 -- "m1=0,1,2;m2=3" -> { m1 = {0, 1, 2}, m2 = {3} }

@@ -1,0 +1,249 @@
+-- Capture is not shared state one watcher can take from another (SPEC §8.5), end to end
+-- through the real host on PostgreSQL, SQLite and MariaDB: a live watcher started while a
+-- durable consumer is stopped must not take the consumer's capture (the consumer gets every
+-- change made meanwhile, with its own columns), a live watcher and consumers asking for other
+-- columns each get their own, whichever starts first, and the previous release's one trigger
+-- per table and operation is taken over without a change lost or doubled.
+-- Tables: spec28.* (PostgreSQL), s28_* (MariaDB), a file per test (SQLite); consumers s28_*.
+local H = require("helper")
+local sqlnotify = require("sqlnotify")
+
+local fmt = string.format
+
+-- A host: watches insert and update with the columns named in arg[4] ("a" or "a,b"), as the
+-- consumer arg[3] ("-": live), and prints "i|u <id> col=value ..." with every extra column the
+-- event carried, in name order: a column it did not ask for shows.
+local WATCHER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, consumer, cols, verify = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5])
+local list = {}
+for c in cols:gmatch("[^,]+") do list[#list + 1] = c end
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer ~= "-" and consumer or nil,
+  verify_interval = verify })
+n:watch(tbl, "insert", { extra_columns = list })
+n:watch(tbl, "update", { extra_columns = list })
+local function show(tag)
+  return function(ev)
+    local keys = {}
+    for k in pairs(ev.extra_columns) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local parts = { tag, tostring(ev.id) }
+    for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. tostring(ev.extra_columns[k]) end
+    io.write(table.concat(parts, " "), "\n")
+  end
+end
+n:subscribe(tbl, "insert", show("i"))
+n:subscribe(tbl, "update", show("u"))
+assert(n:start())
+print("ready")
+]]
+
+local function lines(text)
+  local out = {}
+  for l in text:gmatch("([iu] [^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
+local function cases(d)
+  describe(fmt("capture per watch on %s", d.name), function()
+    local procs = {}
+
+    local function watcher(tbl, consumer, cols, verify)
+      local p = H.host(WATCHER, { d.url(), d.table(tbl), consumer or "-", cols, verify })
+      procs[#procs + 1] = p
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      return p
+    end
+
+    -- What a consumer's hosts printed, in the order they ran.
+    local function printed(list)
+      local out = {}
+      for _, p in ipairs(list) do
+        for _, l in ipairs(lines(p:stdout())) do out[#out + 1] = l end
+      end
+      return out
+    end
+
+    local function wait_lines(list, n)
+      local deadline = H.now() + 30
+      while #printed(list) < n and H.now() < deadline do H.sleep(0.02) end
+      return printed(list)
+    end
+
+    local function stop(p)
+      p:stop()
+      assert.is_nil(p:stderr():find("replaced"), p:stderr())
+    end
+
+    teardown(function() if d.teardown then d.teardown() end end)
+
+    after_each(function()
+      for _, p in ipairs(procs) do
+        if not p:exited() then p:kill("KILL") p:wait() end
+      end
+      procs = {}
+      local n = assert(sqlnotify.notifier{ url = d.url(), use_logger = false })
+      for _, c in ipairs(assert(n:consumers())) do
+        if c.name:sub(1, 4) == "s28_" then n:drop_consumer(c.name) end
+      end
+      n:close()
+    end)
+
+    it("keeps a stopped consumer's capture while a live watcher of other columns comes and goes", function()
+      d.fresh("t1")
+      local c1 = watcher("t1", "s28_relay", "a")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (1, 'a1', 'b1')", "t1"))
+      assert.are.same({ "i 1 a=a1" }, wait_lines({ c1 }, 1))
+      local live = watcher("t1", nil, "b")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (2, 'a2', 'b2')", "t1"))
+      d.exec(d.sql("UPDATE %s SET a = 'a1x', b = 'b1x' WHERE id = 1", "t1"))
+      assert.are.same({ "i 1 a=a1", "i 2 a=a2", "u 1 a=a1x" }, wait_lines({ c1 }, 3))
+      stop(c1)
+      -- the consumer is down: the live watcher runs on, the changes must still be captured
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (3, 'a3', 'b3')", "t1"))
+      d.exec(d.sql("UPDATE %s SET a = 'a2x', b = 'b2x' WHERE id = 2", "t1"))
+      assert.are.same({ "i 2 b=b2", "u 1 b=b1x", "i 3 b=b3", "u 2 b=b2x" }, wait_lines({ live }, 4))
+      stop(live)
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (4, 'a4', 'b4')", "t1"))
+      local c2 = watcher("t1", "s28_relay", "a")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (5, 'a5', 'b5')", "t1"))
+      assert.are.same({ "i 1 a=a1", "i 2 a=a2", "u 1 a=a1x", "i 3 a=a3", "u 2 a=a2x", "i 4 a=a4", "i 5 a=a5" },
+        wait_lines({ c1, c2 }, 7))
+      H.sleep(0.3)
+      assert.are.equal(7, #printed({ c1, c2 }))
+      assert.are.same({ "i 2 b=b2", "u 1 b=b1x", "i 3 b=b3", "u 2 b=b2x" }, printed({ live }))
+      stop(c2)
+    end)
+
+    it("puts a consumer's dropped capture back at the next check and says which changes it missed", function()
+      d.fresh("t3")
+      local c = watcher("t3", "s28_repair", "a", "0.3")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (1, 'a1', 'b1')", "t3"))
+      assert.are.same({ "i 1 a=a1" }, wait_lines({ c }, 1))
+      assert(H.sh(fmt("%s --drop %s %s >/dev/null 2>&1", H.shell_quote(H.host_bin), H.shell_quote(d.url()),
+        H.shell_quote(d.table("t3")))))
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (2, 'a2', 'b2')", "t3")) -- not captured
+      assert(c:wait_for('error sqlnotify: consumer "s28_repair": the trigger for insert on [^\n]*t3[^\n]* was missing '
+        .. "or changed; re%-created it: changes between %d[^\n]* and %d[^\n]* %(when it was last seen whole, "
+        .. "and now%) may not have been captured and are not delivered", 20, "err"), c:stderr())
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (3, 'a3', 'b3')", "t3"))
+      assert.are.same({ "i 1 a=a1", "i 3 a=a3" }, wait_lines({ c }, 2))
+      H.sleep(0.3)
+      assert.are.equal(2, #printed({ c }))
+      c:stop()
+    end)
+
+    it("gives a live watcher and two consumers of other columns their own, whichever starts first", function()
+      d.fresh("t2")
+      local live = watcher("t2", nil, "b")
+      local ca = watcher("t2", "s28_a", "a")
+      local cb = watcher("t2", "s28_b", "a,b")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (1, 'a1', 'b1')", "t2"))
+      assert.are.same({ "i 1 a=a1" }, wait_lines({ ca }, 1))
+      assert.are.same({ "i 1 a=a1 b=b1" }, wait_lines({ cb }, 1))
+      assert.are.same({ "i 1 b=b1" }, wait_lines({ live }, 1))
+      stop(ca)
+      d.exec(d.sql("UPDATE %s SET a = 'a1x', b = 'b1x' WHERE id = 1", "t2"))
+      assert.are.same({ "i 1 a=a1 b=b1", "u 1 a=a1x b=b1x" }, wait_lines({ cb }, 2))
+      local ca2 = watcher("t2", "s28_a", "a")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (2, 'a2', 'b2')", "t2"))
+      assert.are.same({ "i 1 a=a1", "u 1 a=a1x", "i 2 a=a2" }, wait_lines({ ca, ca2 }, 3))
+      assert.are.same({ "i 1 a=a1 b=b1", "u 1 a=a1x b=b1x", "i 2 a=a2 b=b2" }, wait_lines({ cb }, 3))
+      assert.are.same({ "i 1 b=b1", "u 1 b=b1x", "i 2 b=b2" }, wait_lines({ live }, 3))
+      H.sleep(0.3)
+      assert.are.equal(3, #printed({ ca, ca2 }))
+      assert.are.equal(3, #printed({ cb }))
+      assert.are.equal(3, #printed({ live }))
+      stop(live)
+      stop(ca2)
+      stop(cb)
+    end)
+  end)
+end
+
+-- ===== PostgreSQL =====
+local S = "spec28"
+cases({
+  name = "PostgreSQL",
+  url = function() return H.pg_url end,
+  table = function(t) return S .. "." .. t end,
+  sql = function(text, t) return fmt(text, S .. "." .. t) end,
+  exec = function(text) return H.psql(text) end,
+  fresh = function(t)
+    H.psql(fmt('CREATE SCHEMA IF NOT EXISTS %s; DROP TABLE IF EXISTS %s.%s; '
+      .. 'CREATE TABLE %s.%s (id int PRIMARY KEY, a text, b text);', S, S, t, S, t))
+  end,
+})
+
+describe("capture per watch on PostgreSQL", function()
+  teardown(function() H.drop_schema(S) end)
+
+  it("reads the rows the previous release's trigger wrote on the plain channel, once", function()
+    H.psql(fmt("CREATE SCHEMA IF NOT EXISTS %s; DROP TABLE IF EXISTS %s.t3; "
+      .. "CREATE TABLE %s.t3 (id int PRIMARY KEY, a text, b text);", S, S, S))
+    local c = H.host(WATCHER, { H.pg_url, S .. ".t3", "s28_old", "a" })
+    assert(c:wait_for("ready\n", 20), c:stderr())
+    c:stop()
+    -- what a trigger of the previous release wrote while the consumer was down
+    H.psql(fmt([[SELECT sqlnotify.append('sqlnotify_%s_t3_insert', '{"id": {"id": 1}, "x": {"a": "a1"}}', 0)]], S))
+    local c2 = H.host(WATCHER, { H.pg_url, S .. ".t3", "s28_old", "a" })
+    assert(c2:wait_for("ready\n", 20), c2:stderr())
+    H.psql(fmt("INSERT INTO %s.t3 (id, a, b) VALUES (2, 'a2', 'b2')", S))
+    assert(c2:wait_count(function(p) return lines(p:stdout()) end, 2, 30))
+    H.sleep(0.3)
+    assert.are.same({ "i 1 a=a1", "i 2 a=a2" }, lines(c2:stdout()))
+    c2:stop()
+    local m = assert(sqlnotify.notifier{ url = H.pg_url, use_logger = false })
+    m:drop_consumer("s28_old")
+    m:close()
+  end)
+end)
+
+-- ===== SQLite =====
+do
+  local paths = {}
+  local function path_of(t)
+    paths[t] = paths[t] or H.fresh_sqlite("s28-" .. t)
+    return paths[t]
+  end
+  local current
+  cases({
+    name = "SQLite",
+    url = function() return "sqlite:///" .. path_of(current) end,
+    table = function(t) current = t return t end,
+    sql = function(text, t) current = t return fmt(text, t) end,
+    exec = function(text) return H.sqlite_cli(path_of(current), text) end,
+    fresh = function(t)
+      current = t
+      H.sqlite_cli(path_of(t), fmt("PRAGMA journal_mode = wal; CREATE TABLE %s (id INTEGER PRIMARY KEY, a TEXT, b TEXT);", t))
+    end,
+  })
+end
+
+-- ===== MariaDB =====
+do
+  local URL = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
+  local user, pass, host, port, DB = URL:match("^mysql://([^:@/]*):?([^@/]*)@([^:/]*):?(%d*)/([^?]+)")
+  local q = H.shell_quote
+  local function my(text)
+    local file, out = H.tmpfile(".sql"), H.tmpfile(".out")
+    H.spit(file, text)
+    local ok = H.sh(fmt("MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s -N -B %s <%s >%s 2>&1", q(pass),
+      q(host), q(port ~= "" and port or "3306"), q(user), q(DB), q(file), q(out)))
+    local res = H.slurp(out)
+    if not ok then error("mariadb failed: " .. res, 2) end
+    return res
+  end
+  cases({
+    name = "MariaDB",
+    url = function() return URL end,
+    table = function(t) return DB .. ".s28_" .. t end,
+    sql = function(text, t) return fmt(text, "s28_" .. t) end,
+    exec = my,
+    fresh = function(t)
+      my(fmt("DROP TABLE IF EXISTS s28_%s; CREATE TABLE s28_%s (id int PRIMARY KEY, a text, b text);", t, t))
+    end,
+    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3") end,
+  })
+end
