@@ -15,6 +15,7 @@
 local sqlnotify = require("sqlnotify")
 local cqueues = require("cqueues")
 local condition = require("cqueues.condition")
+local errno = require("cqueues.errno")
 local socket = require("cqueues.socket")
 local cjson = require("cjson")
 
@@ -29,7 +30,9 @@ local TABLE = args[2] or os.getenv("LIVE_TABLE") or "items"
 local PORT = tonumber(args[3] or os.getenv("LIVE_PORT") or 8080)
 local HOST = os.getenv("LIVE_HOST") or "127.0.0.1"
 local RING = math.tointeger(tonumber(os.getenv("LIVE_RING") or 10000))
+local WRITE_TIMEOUT = 10 -- seconds: a browser that takes nothing for so long is dropped
 local HEARTBEAT = 15 -- seconds: a comment line keeps proxies open and finds dead clients
+local PIECE = 16384 -- bytes: a stream writes its backlog this much at a time
 if not URL then error("live.lua: give a database URL (argument or DATABASE_URL)", 0) end
 if not PORT or not RING or RING < 1 then error("live.lua: PORT and LIVE_RING must be integers", 0) end
 
@@ -165,35 +168,64 @@ local function resume_from(last)
   return i
 end
 
+-- The events after pos, as one string of about PIECE bytes (one event at least), and the
+-- position after them.
+local function piece(pos)
+  local parts, size = {}, 0
+  while pos < head and size < PIECE do
+    pos = pos + 1
+    parts[#parts + 1] = ring[(pos - 1) % RING + 1]
+    size = size + #parts[#parts]
+  end
+  return table.concat(parts), pos
+end
+
+-- A stream holds a position in the ring, not a copy of its events: what it is behind goes out
+-- a piece at a time, each once the socket has taken the previous one, so a browser that stops
+-- reading costs the host one piece, however much it has to catch up on.
 local function stream(con, last)
   local pos = resume_from(last)
-  con:write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-    .. "Connection: close\r\n\r\nretry: 1000\n\n")
-  if not pos then
-    con:write("event: reset\ndata: {}\n\n")
-    pos = head
-  end
+  local ok, why = con:write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    .. "Connection: close\r\n\r\nretry: 1000\n\n", pos and "" or "event: reset\ndata: {}\n\n")
+  pos = pos or head
   streams = streams + 1
   print(string.format("live: stream opened (%d open)", streams))
-  local ok = con:flush()
+  local gone = { pollfd = con:pollfd(), events = "r" } -- readable: the browser closed (it sends nothing else)
   while ok do
-    if pos < head then
-      if head - pos > RING then break end -- too slow to keep up: it reconnects and is told it missed some
-      local parts = {}
-      for i = pos + 1, head do parts[#parts + 1] = ring[(i - 1) % RING + 1] end
-      pos = head
-      ok = con:write(table.concat(parts)) and con:flush()
-    elseif not arrived:wait(HEARTBEAT) then
-      ok = con:write(": keepalive\n\n") and con:flush()
+    local behind = head - pos
+    if behind > RING then
+      print(string.format("live: dropped a stream %d events behind, more than the ring holds; "
+        .. "it reconnects and is told it missed some", behind))
+      break
+    elseif behind > 0 then
+      local text
+      text, pos = piece(pos)
+      ok, why = con:write(text)
+      -- More events came while the socket took this piece than it held: the browser reads
+      -- slower than they come. Once that puts it past half the ring it is dropped, while its
+      -- next event is still in the ring: it reconnects with its Last-Event-ID and resumes.
+      if ok and head - pos > math.max(behind, RING // 2) then
+        print(string.format("live: dropped a stream falling behind (%d events); it reconnects and resumes",
+          head - pos))
+        break
+      end
+    else
+      local ready = cqueues.poll(arrived, gone, HEARTBEAT)
+      if ready == gone then break end
+      if ready ~= arrived then ok, why = con:write(": keepalive\n\n") end
     end
+  end
+  if why == errno.ETIMEDOUT then
+    print(string.format("live: dropped a stream that took nothing for %d s", WRITE_TIMEOUT))
   end
   streams = streams - 1
   print(string.format("live: stream closed (%d open)", streams))
 end
 
 local function serve(con)
-  con:setmode("tl", "bf")
-  con:settimeout(10) -- a request, or a write to a browser that stopped reading
+  con:setmode("tl", "bn") -- lines in, and each write goes out whole before it returns
+  con:onerror(function(_, _, why) return why end) -- socket errors are returned, never raised
+  con:settimeout(WRITE_TIMEOUT) -- a request, or a write to a browser that stopped reading
   local request = con:read("*l")
   local method, path = (request or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
   local last
@@ -213,7 +245,6 @@ local function serve(con)
     con:write("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
       .. "Connection: close\r\n\r\nnot found\n")
   end
-  con:flush()
   con:close()
 end
 
