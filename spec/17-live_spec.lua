@@ -4,7 +4,8 @@
 -- get every one of 1,000 events in order; a client that reconnects with Last-Event-ID
 -- gets exactly what it missed. And what makes it safe to copy: clients that never read
 -- cost the host little memory however much they have to catch up on, one that falls behind
--- is dropped and resumes. Schema spec17 and SQLite files of this spec only.
+-- is dropped and resumes, a deadline for the request. Schema spec17 and SQLite files of this
+-- spec only.
 local H = require("helper")
 local Chromium = require("chromium")
 local cjson = require("cjson")
@@ -264,6 +265,8 @@ describe("scripts/examples/live.lua", function()
 end)
 
 describe("scripts/examples/live.lua, safe to copy", function()
+  local ETIMEDOUT = require("cqueues.errno").ETIMEDOUT
+
   -- rows(db, from, to, size): rows from..to in one transaction, each with a name of size characters.
   local function rows(db, from, to, size)
     sqlite_write(db, string.format("WITH RECURSIVE g(i) AS (SELECT %d UNION ALL SELECT i + 1 FROM g WHERE i < %d) "
@@ -347,6 +350,49 @@ describe("scripts/examples/live.lua, safe to copy", function()
     back:close()
     slow:close()
     assert.is_true(p:wait_for("stream closed %(0 open%)"), p:stdout())
+    p:stop()
+  end)
+
+  it("closes a connection that has not sent a whole request within LIVE_REQUEST_TIMEOUT", function()
+    local db = sqlite_db("deadline")
+    local p, port = live("sqlite:///" .. db, "items", "LIVE_REQUEST_TIMEOUT=1")
+    -- Wait until the server closes con, writing a byte every 0.2 s if trickle; returns the
+    -- seconds from since (nil: still open at since + limit) and what the server sent.
+    local function closed(con, since, limit, trickle)
+      local got = ""
+      while H.now() < since + limit do
+        if trickle then con:write("a") end
+        con:settimeout(0.2)
+        local data, why = con:read(-4096)
+        if data then
+          got = got .. data
+        elseif why ~= ETIMEDOUT then
+          return H.now() - since, got
+        else
+          con:clearerr()
+        end
+      end
+      return nil, got
+    end
+    local since = H.now()
+    local half = connect(port, "GET /events HTTP/1.1\r\n")
+    local silent = connect(port)
+    local trickle = connect(port, "GET /events HTTP/1.1\r\nX-Slow: ")
+    finally(function()
+      half:close()
+      silent:close()
+      trickle:close()
+      p:kill("KILL")
+    end)
+    local took, got = closed(trickle, since, 8, true)
+    assert.is_truthy(took, "a client trickling its request was not closed in 8 s")
+    assert.are.equal("", got)
+    assert.is_true(took >= 0.9 and took < 4, took)
+    for _, con in ipairs { half, silent } do
+      took, got = closed(con, since, 4)
+      assert.is_truthy(took, "a client that sent part of a request (or nothing) was not closed in 4 s")
+      assert.are.equal("", got)
+    end
     p:stop()
   end)
 end)

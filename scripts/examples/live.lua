@@ -10,6 +10,7 @@
 --   URL    default $DATABASE_URL          TABLE  default $LIVE_TABLE, else "items"
 --   PORT   default $LIVE_PORT, else 8080 (0: any free port)   address: $LIVE_HOST, else 127.0.0.1
 --   $LIVE_RING  how many recent events a reconnecting browser can catch up on (default 10000)
+--   $LIVE_REQUEST_TIMEOUT  seconds a client has to send its whole request (default 10)
 --   --demo      create TABLE if it is missing and change a row of it every second
 -- Needs lua-cqueues and lua-cjson (Debian packages).
 local sqlnotify = require("sqlnotify")
@@ -30,11 +31,13 @@ local TABLE = args[2] or os.getenv("LIVE_TABLE") or "items"
 local PORT = tonumber(args[3] or os.getenv("LIVE_PORT") or 8080)
 local HOST = os.getenv("LIVE_HOST") or "127.0.0.1"
 local RING = math.tointeger(tonumber(os.getenv("LIVE_RING") or 10000))
+local REQUEST_TIMEOUT = tonumber(os.getenv("LIVE_REQUEST_TIMEOUT") or 10)
 local WRITE_TIMEOUT = 10 -- seconds: a browser that takes nothing for so long is dropped
 local HEARTBEAT = 15 -- seconds: a comment line keeps proxies open and finds dead clients
 local PIECE = 16384 -- bytes: a stream writes its backlog this much at a time
 if not URL then error("live.lua: give a database URL (argument or DATABASE_URL)", 0) end
 if not PORT or not RING or RING < 1 then error("live.lua: PORT and LIVE_RING must be integers", 0) end
+if not REQUEST_TIMEOUT or REQUEST_TIMEOUT <= 0 then error("live.lua: LIVE_REQUEST_TIMEOUT must be seconds", 0) end
 
 local n = assert(sqlnotify.notifier { url = URL })
 local schema, name = TABLE:match("^([^.]+)%.(.+)$")
@@ -222,28 +225,48 @@ local function stream(con, last)
   print(string.format("live: stream closed (%d open)", streams))
 end
 
+-- The request line and the headers, all within REQUEST_TIMEOUT: a client that sends part of a
+-- request and stalls, or trickles it, is closed then. Returns method, path, Last-Event-ID, or
+-- nothing when no whole request came.
+local function request(con)
+  local deadline = cqueues.monotime() + REQUEST_TIMEOUT
+  local function line()
+    local left = deadline - cqueues.monotime()
+    if left <= 0 then return nil end
+    con:settimeout(left)
+    return con:read("*l")
+  end
+  local method, path = (line() or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
+  if not method then return end
+  local last
+  while true do
+    local header = line()
+    if not header then return end
+    if header == "" then break end
+    local k, v = header:match("^([^:]+):%s*(.-)%s*$")
+    if k and k:lower() == "last-event-id" then last = v end
+  end
+  return method, path:gsub("%?.*", ""), last
+end
+
+local function respond(con, status, kind, body)
+  con:write(string.format("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+    status, kind, #body, body))
+end
+
 local function serve(con)
   con:setmode("tl", "bn") -- lines in, and each write goes out whole before it returns
   con:onerror(function(_, _, why) return why end) -- socket errors are returned, never raised
-  con:settimeout(WRITE_TIMEOUT) -- a request, or a write to a browser that stopped reading
-  local request = con:read("*l")
-  local method, path = (request or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
-  local last
-  while true do
-    local line = con:read("*l")
-    if not line or line == "" then break end
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-    if k and k:lower() == "last-event-id" then last = v end
-  end
-  path = path and path:gsub("%?.*", "")
-  if method == "GET" and path == "/events" then
+  local method, path, last = request(con)
+  con:settimeout(WRITE_TIMEOUT)
+  if not method then
+    return con:close() -- no whole request in time, or the client left
+  elseif method == "GET" and path == "/events" then
     stream(con, last)
   elseif method == "GET" and path == "/" then
-    con:write("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: " .. #PAGE
-      .. "\r\nConnection: close\r\n\r\n" .. PAGE)
-  elseif method then
-    con:write("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
-      .. "Connection: close\r\n\r\nnot found\n")
+    respond(con, "200 OK", "text/html; charset=utf-8", PAGE)
+  else
+    respond(con, "404 Not Found", "text/plain", "not found\n")
   end
   con:close()
 end
