@@ -4,8 +4,8 @@
 -- get every one of 1,000 events in order; a client that reconnects with Last-Event-ID
 -- gets exactly what it missed. And what makes it safe to copy: clients that never read
 -- cost the host little memory however much they have to catch up on, one that falls behind
--- is dropped and resumes, a deadline for the request. Schema spec17 and SQLite files of this
--- spec only.
+-- is dropped and resumes, accept outlives EMFILE, a deadline for the request. Schema spec17
+-- and SQLite files of this spec only.
 local H = require("helper")
 local Chromium = require("chromium")
 local cjson = require("cjson")
@@ -121,6 +121,11 @@ end
 -- The host's resident memory, in kB.
 local function rss(p)
   return tonumber(H.slurp("/proc/" .. p.pid .. "/status"):match("VmRSS:%s*(%d+)"))
+end
+
+local function count(text, pattern)
+  local _, n = text:gsub(pattern, "")
+  return n
 end
 
 -- The rows of the page's table, top to bottom, as arrays of cell texts; and its header.
@@ -350,6 +355,34 @@ describe("scripts/examples/live.lua, safe to copy", function()
     back:close()
     slow:close()
     assert.is_true(p:wait_for("stream closed %(0 open%)"), p:stdout())
+    p:stop()
+  end)
+
+  it("goes on accepting after running out of file descriptors (EMFILE), saying so once", function()
+    local db = sqlite_db("emfile")
+    -- prlimit, after the variables, runs the host with at most 64 open files.
+    local p, port = live("sqlite:///" .. db, "items", "prlimit --nofile=64:64")
+    local cons = {}
+    finally(function()
+      for _, c in ipairs(cons) do c:close() end
+      p:kill("KILL")
+    end)
+    for i = 1, 80 do cons[i] = connect(port, GET_EVENTS) end
+    assert.is_true(p:wait_for("live: cannot accept %(Too many open files%); trying again every 0%.1 s\n", 30),
+      p:stdout() .. p:stderr())
+    H.sleep(1) -- ten more tries meanwhile, not logged again
+    assert.are.equal(1, count(p:stdout(), "cannot accept"))
+    local served = count(p:stdout(), "stream opened")
+    assert.is_true(served > 0 and served < 80, served)
+    for _, c in ipairs(cons) do c:close() end
+    cons = {}
+    assert.is_true(p:wait_for("live: accepting connections again\n", 30), p:stdout())
+    -- A new client is served, and gets a new event.
+    local out, wait = clients(port, 1, 1)
+    wait("ready 1\n")
+    sqlite_write(db, "INSERT INTO items VALUES (1, 'after', 1);")
+    wait("done 1/1\n")
+    assert.matches("^events=1 resets=0 first=%x+%-1 last=%x+%-1 order=ok ", summaries(out)[1])
     p:stop()
   end)
 

@@ -276,10 +276,25 @@ local server = socket.listen { host = HOST, port = PORT, reuseaddr = true }
 local listening, why = pcall(server.listen, server)
 if not listening then error(string.format("live.lua: cannot serve on %s:%d: %s", HOST, PORT, why), 0) end
 local _, addr, port = server:localname()
+server:onerror(function(_, _, err) return err end)
+
+-- Accepts for good: out of file descriptors (EMFILE, ENFILE) or memory, it says so once and
+-- tries again every 0.1 s; the connections wait in the listen queue meanwhile.
 cq:wrap(function()
+  local failing
   while true do
-    local con = server:accept()
-    if con then cq:wrap(serve, con) else cqueues.sleep(0.1) end -- e.g. out of file descriptors
+    local con, err = server:accept()
+    if con then
+      if failing then print("live: accepting connections again") end
+      failing = nil
+      cq:wrap(serve, con)
+    else
+      if not failing then
+        print(string.format("live: cannot accept (%s); trying again every 0.1 s", errno.strerror(err)))
+      end
+      failing = true
+      cqueues.sleep(0.1)
+    end
   end
 end)
 sqlnotify.cqueues(cq)
