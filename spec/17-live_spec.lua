@@ -4,8 +4,8 @@
 -- get every one of 1,000 events in order; a client that reconnects with Last-Event-ID
 -- gets exactly what it missed. And what makes it safe to copy: clients that never read
 -- cost the host little memory however much they have to catch up on, one that falls behind
--- is dropped and resumes, accept outlives EMFILE, a deadline for the request. Schema spec17
--- and SQLite files of this spec only.
+-- is dropped and resumes, accept outlives EMFILE, a cap on connections, a deadline for the
+-- request. Schema spec17 and SQLite files of this spec only.
 local H = require("helper")
 local Chromium = require("chromium")
 local cjson = require("cjson")
@@ -383,6 +383,43 @@ describe("scripts/examples/live.lua, safe to copy", function()
     sqlite_write(db, "INSERT INTO items VALUES (1, 'after', 1);")
     wait("done 1/1\n")
     assert.matches("^events=1 resets=0 first=%x+%-1 last=%x+%-1 order=ok ", summaries(out)[1])
+    p:stop()
+  end)
+
+  it("answers 503 beyond LIVE_MAX_CONNECTIONS, says so once, and serves again once one closes", function()
+    local db = sqlite_db("cap")
+    local p, port = live("sqlite:///" .. db, "items", "LIVE_MAX_CONNECTIONS=3")
+    local cons = {}
+    finally(function()
+      for _, c in ipairs(cons) do c:close() end
+      p:kill("KILL")
+    end)
+    for i = 1, 3 do
+      cons[i] = connect(port, GET_EVENTS)
+      assert.are.equal("HTTP/1.1 200 OK", status(cons[i]))
+    end
+    for _, request in ipairs { GET_EVENTS, "GET / HTTP/1.1\r\n\r\n" } do
+      local c = connect(port, request)
+      assert.are.equal("HTTP/1.1 503 Service Unavailable", status(c))
+      assert.are.equal("too many connections; try again later\n", c:read("*a"))
+      c:close()
+    end
+    assert.are.equal(1, count(p:stdout(), "the cap"))
+    assert.matches("live: 3 connections open, the cap %(LIVE_MAX_CONNECTIONS%): answering 503 to more\n", p:stdout())
+    -- One closes: its slot is free at once, and a new stream is served.
+    cons[1]:close()
+    assert.is_true(p:wait_for("stream closed %(2 open%)"), p:stdout())
+    cons[1] = connect(port, GET_EVENTS)
+    assert.are.equal("HTTP/1.1 200 OK", status(cons[1]))
+    sqlite_write(db, "INSERT INTO items VALUES (1, 'capped', 1);")
+    for i = 1, 3 do
+      local ids = read_events(cons[i], 1)
+      assert.are.equal(1, #ids)
+      assert.matches("^%x+%-1$", ids[1])
+    end
+    for _, c in ipairs(cons) do c:close() end
+    cons = {}
+    assert.is_true(p:wait_for("stream closed %(0 open%)"), p:stdout())
     p:stop()
   end)
 

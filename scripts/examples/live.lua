@@ -10,6 +10,8 @@
 --   URL    default $DATABASE_URL          TABLE  default $LIVE_TABLE, else "items"
 --   PORT   default $LIVE_PORT, else 8080 (0: any free port)   address: $LIVE_HOST, else 127.0.0.1
 --   $LIVE_RING  how many recent events a reconnecting browser can catch up on (default 10000)
+--   $LIVE_MAX_CONNECTIONS  connections served at once; more are answered 503 (default 1000:
+--               the process needs `ulimit -n` a few dozen above it)
 --   $LIVE_REQUEST_TIMEOUT  seconds a client has to send its whole request (default 10)
 --   --demo      create TABLE if it is missing and change a row of it every second
 -- Needs lua-cqueues and lua-cjson (Debian packages).
@@ -31,12 +33,15 @@ local TABLE = args[2] or os.getenv("LIVE_TABLE") or "items"
 local PORT = tonumber(args[3] or os.getenv("LIVE_PORT") or 8080)
 local HOST = os.getenv("LIVE_HOST") or "127.0.0.1"
 local RING = math.tointeger(tonumber(os.getenv("LIVE_RING") or 10000))
+local MAX_CONNECTIONS = math.tointeger(tonumber(os.getenv("LIVE_MAX_CONNECTIONS") or 1000))
 local REQUEST_TIMEOUT = tonumber(os.getenv("LIVE_REQUEST_TIMEOUT") or 10)
 local WRITE_TIMEOUT = 10 -- seconds: a browser that takes nothing for so long is dropped
 local HEARTBEAT = 15 -- seconds: a comment line keeps proxies open and finds dead clients
 local PIECE = 16384 -- bytes: a stream writes its backlog this much at a time
 if not URL then error("live.lua: give a database URL (argument or DATABASE_URL)", 0) end
-if not PORT or not RING or RING < 1 then error("live.lua: PORT and LIVE_RING must be integers", 0) end
+if not PORT or not RING or RING < 1 or not MAX_CONNECTIONS or MAX_CONNECTIONS < 1 then
+  error("live.lua: PORT, LIVE_RING and LIVE_MAX_CONNECTIONS must be integers", 0)
+end
 if not REQUEST_TIMEOUT or REQUEST_TIMEOUT <= 0 then error("live.lua: LIVE_REQUEST_TIMEOUT must be seconds", 0) end
 
 local n = assert(sqlnotify.notifier { url = URL })
@@ -136,7 +141,9 @@ function column(c) { if (!cols.includes(c)) { cols.push(c); cell(head, c, "th");
 {{COLUMNS}}.forEach(column);
 const source = new EventSource("events");
 source.onopen = () => show("live: " + changes + " changes", true);
-source.onerror = () => show("reconnecting\u2026", false);
+// It reconnects by itself, except after an answer other than a stream (503: the server is full).
+source.onerror = () => show(source.readyState === EventSource.CLOSED
+  ? "refused by the server (too many connections?); reload to try again" : "reconnecting\u2026", false);
 source.addEventListener("reset", () => show("some changes were missed while away; showing new ones", true));
 source.onmessage = (m) => {
   const ev = JSON.parse(m.data), key = JSON.stringify(ev.id);
@@ -159,7 +166,7 @@ PAGE = PAGE:gsub("{{(%u+)}}", {
   COLUMNS = (cjson.encode(columns):gsub("<", "\\u003c")),
 })
 
-local streams = 0
+local connections, streams = 0, 0
 
 -- The events after Last-Event-ID, or nil when they are no longer all in the ring (or the
 -- id is from another process): the browser is then told it missed some.
@@ -254,13 +261,15 @@ local function respond(con, status, kind, body)
     status, kind, #body, body))
 end
 
-local function serve(con)
+local function serve(con, refused)
   con:setmode("tl", "bn") -- lines in, and each write goes out whole before it returns
   con:onerror(function(_, _, why) return why end) -- socket errors are returned, never raised
   local method, path, last = request(con)
   con:settimeout(WRITE_TIMEOUT)
   if not method then
-    return con:close() -- no whole request in time, or the client left
+    return -- no whole request in time, or the client left
+  elseif refused then
+    respond(con, "503 Service Unavailable", "text/plain", "too many connections; try again later\n")
   elseif method == "GET" and path == "/events" then
     stream(con, last)
   elseif method == "GET" and path == "/" then
@@ -268,7 +277,6 @@ local function serve(con)
   else
     respond(con, "404 Not Found", "text/plain", "not found\n")
   end
-  con:close()
 end
 
 local cq = cqueues.new()
@@ -279,15 +287,29 @@ local _, addr, port = server:localname()
 server:onerror(function(_, _, err) return err end)
 
 -- Accepts for good: out of file descriptors (EMFILE, ENFILE) or memory, it says so once and
--- tries again every 0.1 s; the connections wait in the listen queue meanwhile.
+-- tries again every 0.1 s; the connections wait in the listen queue meanwhile. Beyond
+-- MAX_CONNECTIONS a connection is read and answered 503, which a browser's EventSource
+-- takes as final (the page says so).
 cq:wrap(function()
-  local failing
+  local failing, capped
   while true do
     local con, err = server:accept()
     if con then
       if failing then print("live: accepting connections again") end
       failing = nil
-      cq:wrap(serve, con)
+      connections = connections + 1
+      local refused = connections > MAX_CONNECTIONS
+      if refused and not capped then
+        print(string.format("live: %d connections open, the cap (LIVE_MAX_CONNECTIONS): answering 503 to more",
+          MAX_CONNECTIONS))
+      end
+      capped = refused
+      cq:wrap(function()
+        local ok, failure = pcall(serve, con, refused)
+        con:close()
+        connections = connections - 1
+        if not ok then error(failure, 0) end
+      end)
     else
       if not failing then
         print(string.format("live: cannot accept (%s); trying again every 0.1 s", errno.strerror(err)))
