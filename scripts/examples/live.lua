@@ -10,11 +10,15 @@
 --   URL    default $DATABASE_URL          TABLE  default $LIVE_TABLE, else "items"
 --   PORT   default $LIVE_PORT, else 8080 (0: any free port)   address: $LIVE_HOST, else 127.0.0.1
 --   $LIVE_RING  how many recent events a reconnecting browser can catch up on (default 10000)
+--   $LIVE_MAX_CONNECTIONS  connections served at once; more are answered 503 (default 1000:
+--               the process needs `ulimit -n` a few dozen above it)
+--   $LIVE_REQUEST_TIMEOUT  seconds a client has to send its whole request (default 10)
 --   --demo      create TABLE if it is missing and change a row of it every second
 -- Needs lua-cqueues and lua-cjson (Debian packages).
 local sqlnotify = require("sqlnotify")
 local cqueues = require("cqueues")
 local condition = require("cqueues.condition")
+local errno = require("cqueues.errno")
 local socket = require("cqueues.socket")
 local cjson = require("cjson")
 
@@ -29,9 +33,16 @@ local TABLE = args[2] or os.getenv("LIVE_TABLE") or "items"
 local PORT = tonumber(args[3] or os.getenv("LIVE_PORT") or 8080)
 local HOST = os.getenv("LIVE_HOST") or "127.0.0.1"
 local RING = math.tointeger(tonumber(os.getenv("LIVE_RING") or 10000))
+local MAX_CONNECTIONS = math.tointeger(tonumber(os.getenv("LIVE_MAX_CONNECTIONS") or 1000))
+local REQUEST_TIMEOUT = tonumber(os.getenv("LIVE_REQUEST_TIMEOUT") or 10)
+local WRITE_TIMEOUT = 10 -- seconds: a browser that takes nothing for so long is dropped
 local HEARTBEAT = 15 -- seconds: a comment line keeps proxies open and finds dead clients
+local PIECE = 16384 -- bytes: a stream writes its backlog this much at a time
 if not URL then error("live.lua: give a database URL (argument or DATABASE_URL)", 0) end
-if not PORT or not RING or RING < 1 then error("live.lua: PORT and LIVE_RING must be integers", 0) end
+if not PORT or not RING or RING < 1 or not MAX_CONNECTIONS or MAX_CONNECTIONS < 1 then
+  error("live.lua: PORT, LIVE_RING and LIVE_MAX_CONNECTIONS must be integers", 0)
+end
+if not REQUEST_TIMEOUT or REQUEST_TIMEOUT <= 0 then error("live.lua: LIVE_REQUEST_TIMEOUT must be seconds", 0) end
 
 local n = assert(sqlnotify.notifier { url = URL })
 local schema, name = TABLE:match("^([^.]+)%.(.+)$")
@@ -130,7 +141,9 @@ function column(c) { if (!cols.includes(c)) { cols.push(c); cell(head, c, "th");
 {{COLUMNS}}.forEach(column);
 const source = new EventSource("events");
 source.onopen = () => show("live: " + changes + " changes", true);
-source.onerror = () => show("reconnecting\u2026", false);
+// It reconnects by itself, except after an answer other than a stream (503: the server is full).
+source.onerror = () => show(source.readyState === EventSource.CLOSED
+  ? "refused by the server (too many connections?); reload to try again" : "reconnecting\u2026", false);
 source.addEventListener("reset", () => show("some changes were missed while away; showing new ones", true));
 source.onmessage = (m) => {
   const ev = JSON.parse(m.data), key = JSON.stringify(ev.id);
@@ -153,7 +166,7 @@ PAGE = PAGE:gsub("{{(%u+)}}", {
   COLUMNS = (cjson.encode(columns):gsub("<", "\\u003c")),
 })
 
-local streams = 0
+local connections, streams = 0, 0
 
 -- The events after Last-Event-ID, or nil when they are no longer all in the ring (or the
 -- id is from another process): the browser is then told it missed some.
@@ -165,56 +178,105 @@ local function resume_from(last)
   return i
 end
 
+-- The events after pos, as one string of about PIECE bytes (one event at least), and the
+-- position after them.
+local function piece(pos)
+  local parts, size = {}, 0
+  while pos < head and size < PIECE do
+    pos = pos + 1
+    parts[#parts + 1] = ring[(pos - 1) % RING + 1]
+    size = size + #parts[#parts]
+  end
+  return table.concat(parts), pos
+end
+
+-- A stream holds a position in the ring, not a copy of its events: what it is behind goes out
+-- a piece at a time, each once the socket has taken the previous one, so a browser that stops
+-- reading costs the host one piece, however much it has to catch up on.
 local function stream(con, last)
   local pos = resume_from(last)
-  con:write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-    .. "Connection: close\r\n\r\nretry: 1000\n\n")
-  if not pos then
-    con:write("event: reset\ndata: {}\n\n")
-    pos = head
-  end
+  local ok, why = con:write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    .. "Connection: close\r\n\r\nretry: 1000\n\n", pos and "" or "event: reset\ndata: {}\n\n")
+  pos = pos or head
   streams = streams + 1
   print(string.format("live: stream opened (%d open)", streams))
-  local ok = con:flush()
+  local gone = { pollfd = con:pollfd(), events = "r" } -- readable: the browser closed (it sends nothing else)
   while ok do
-    if pos < head then
-      if head - pos > RING then break end -- too slow to keep up: it reconnects and is told it missed some
-      local parts = {}
-      for i = pos + 1, head do parts[#parts + 1] = ring[(i - 1) % RING + 1] end
-      pos = head
-      ok = con:write(table.concat(parts)) and con:flush()
-    elseif not arrived:wait(HEARTBEAT) then
-      ok = con:write(": keepalive\n\n") and con:flush()
+    local behind = head - pos
+    if behind > RING then
+      print(string.format("live: dropped a stream %d events behind, more than the ring holds; "
+        .. "it reconnects and is told it missed some", behind))
+      break
+    elseif behind > 0 then
+      local text
+      text, pos = piece(pos)
+      ok, why = con:write(text)
+      -- More events came while the socket took this piece than it held: the browser reads
+      -- slower than they come. Once that puts it past half the ring it is dropped, while its
+      -- next event is still in the ring: it reconnects with its Last-Event-ID and resumes.
+      if ok and head - pos > math.max(behind, RING // 2) then
+        print(string.format("live: dropped a stream falling behind (%d events); it reconnects and resumes",
+          head - pos))
+        break
+      end
+    else
+      local ready = cqueues.poll(arrived, gone, HEARTBEAT)
+      if ready == gone then break end
+      if ready ~= arrived then ok, why = con:write(": keepalive\n\n") end
     end
+  end
+  if why == errno.ETIMEDOUT then
+    print(string.format("live: dropped a stream that took nothing for %d s", WRITE_TIMEOUT))
   end
   streams = streams - 1
   print(string.format("live: stream closed (%d open)", streams))
 end
 
-local function serve(con)
-  con:setmode("tl", "bf")
-  con:settimeout(10) -- a request, or a write to a browser that stopped reading
-  local request = con:read("*l")
-  local method, path = (request or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
+-- The request line and the headers, all within REQUEST_TIMEOUT: a client that sends part of a
+-- request and stalls, or trickles it, is closed then. Returns method, path, Last-Event-ID, or
+-- nothing when no whole request came.
+local function request(con)
+  local deadline = cqueues.monotime() + REQUEST_TIMEOUT
+  local function line()
+    local left = deadline - cqueues.monotime()
+    if left <= 0 then return nil end
+    con:settimeout(left)
+    return con:read("*l")
+  end
+  local method, path = (line() or ""):match("^(%u+) (%S+) HTTP/1%.%d$")
+  if not method then return end
   local last
   while true do
-    local line = con:read("*l")
-    if not line or line == "" then break end
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+    local header = line()
+    if not header then return end
+    if header == "" then break end
+    local k, v = header:match("^([^:]+):%s*(.-)%s*$")
     if k and k:lower() == "last-event-id" then last = v end
   end
-  path = path and path:gsub("%?.*", "")
-  if method == "GET" and path == "/events" then
+  return method, path:gsub("%?.*", ""), last
+end
+
+local function respond(con, status, kind, body)
+  con:write(string.format("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+    status, kind, #body, body))
+end
+
+local function serve(con, refused)
+  con:setmode("tl", "bn") -- lines in, and each write goes out whole before it returns
+  con:onerror(function(_, _, why) return why end) -- socket errors are returned, never raised
+  local method, path, last = request(con)
+  con:settimeout(WRITE_TIMEOUT)
+  if not method then
+    return -- no whole request in time, or the client left
+  elseif refused then
+    respond(con, "503 Service Unavailable", "text/plain", "too many connections; try again later\n")
+  elseif method == "GET" and path == "/events" then
     stream(con, last)
   elseif method == "GET" and path == "/" then
-    con:write("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: " .. #PAGE
-      .. "\r\nConnection: close\r\n\r\n" .. PAGE)
-  elseif method then
-    con:write("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
-      .. "Connection: close\r\n\r\nnot found\n")
+    respond(con, "200 OK", "text/html; charset=utf-8", PAGE)
+  else
+    respond(con, "404 Not Found", "text/plain", "not found\n")
   end
-  con:flush()
-  con:close()
 end
 
 local cq = cqueues.new()
@@ -222,10 +284,39 @@ local server = socket.listen { host = HOST, port = PORT, reuseaddr = true }
 local listening, why = pcall(server.listen, server)
 if not listening then error(string.format("live.lua: cannot serve on %s:%d: %s", HOST, PORT, why), 0) end
 local _, addr, port = server:localname()
+server:onerror(function(_, _, err) return err end)
+
+-- Accepts for good: out of file descriptors (EMFILE, ENFILE) or memory, it says so once and
+-- tries again every 0.1 s; the connections wait in the listen queue meanwhile. Beyond
+-- MAX_CONNECTIONS a connection is read and answered 503, which a browser's EventSource
+-- takes as final (the page says so).
 cq:wrap(function()
+  local failing, capped
   while true do
-    local con = server:accept()
-    if con then cq:wrap(serve, con) else cqueues.sleep(0.1) end -- e.g. out of file descriptors
+    local con, err = server:accept()
+    if con then
+      if failing then print("live: accepting connections again") end
+      failing = nil
+      connections = connections + 1
+      local refused = connections > MAX_CONNECTIONS
+      if refused and not capped then
+        print(string.format("live: %d connections open, the cap (LIVE_MAX_CONNECTIONS): answering 503 to more",
+          MAX_CONNECTIONS))
+      end
+      capped = refused
+      cq:wrap(function()
+        local ok, failure = pcall(serve, con, refused)
+        con:close()
+        connections = connections - 1
+        if not ok then error(failure, 0) end
+      end)
+    else
+      if not failing then
+        print(string.format("live: cannot accept (%s); trying again every 0.1 s", errno.strerror(err)))
+      end
+      failing = true
+      cqueues.sleep(0.1)
+    end
   end
 end)
 sqlnotify.cqueues(cq)
