@@ -77,6 +77,7 @@ local function cases(d)
     end
 
     teardown(function() if d.teardown then d.teardown() end end)
+    before_each(function() if d.begin then d.begin() end end)
 
     after_each(function()
       for _, p in ipairs(procs) do
@@ -132,6 +133,23 @@ local function cases(d)
       H.sleep(0.3)
       assert.are.equal(2, #printed({ c }))
       c:stop()
+    end)
+
+    it("counts in a consumer's lag only the rows of its own tables", function()
+      d.fresh("t4")
+      d.fresh("t5")
+      local ca = watcher("t4", "s28_lag_a", "a")
+      local cb = watcher("t5", "s28_lag_b", "a")
+      ca:stop()
+      cb:stop()
+      for i = 1, 3 do d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (" .. i .. ", 'a', 'b')", "t4")) end
+      for i = 1, 4 do d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (" .. i .. ", 'a', 'b')", "t5")) end
+      local n = assert(sqlnotify.notifier{ url = d.url(), use_logger = false })
+      local lag = {}
+      for _, c in ipairs(assert(n:consumers())) do lag[c.name] = c.lag_events end
+      n:close()
+      assert.are.equal(3, lag.s28_lag_a)
+      assert.are.equal(4, lag.s28_lag_b)
     end)
 
     it("gives a live watcher and two consumers of other columns their own, whichever starts first", function()
@@ -202,21 +220,16 @@ end)
 
 -- ===== SQLite =====
 do
-  local paths = {}
-  local function path_of(t)
-    paths[t] = paths[t] or H.fresh_sqlite("s28-" .. t)
-    return paths[t]
-  end
-  local current
+  local path -- a file per test
   cases({
     name = "SQLite",
-    url = function() return "sqlite:///" .. path_of(current) end,
-    table = function(t) current = t return t end,
-    sql = function(text, t) current = t return fmt(text, t) end,
-    exec = function(text) return H.sqlite_cli(path_of(current), text) end,
+    begin = function() path = H.fresh_sqlite("s28") end,
+    url = function() return "sqlite:///" .. path end,
+    table = function(t) return t end,
+    sql = function(text, t) return fmt(text, t) end,
+    exec = function(text) return H.sqlite_cli(path, text) end,
     fresh = function(t)
-      current = t
-      H.sqlite_cli(path_of(t), fmt("PRAGMA journal_mode = wal; CREATE TABLE %s (id INTEGER PRIMARY KEY, a TEXT, b TEXT);", t))
+      H.sqlite_cli(path, fmt("PRAGMA journal_mode = wal; CREATE TABLE %s (id INTEGER PRIMARY KEY, a TEXT, b TEXT);", t))
     end,
   })
 end
@@ -244,6 +257,6 @@ do
     fresh = function(t)
       my(fmt("DROP TABLE IF EXISTS s28_%s; CREATE TABLE s28_%s (id int PRIMARY KEY, a text, b text);", t, t))
     end,
-    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3") end,
+    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3, s28_t4, s28_t5") end,
   })
 end

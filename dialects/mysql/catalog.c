@@ -159,6 +159,17 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
                c->pruned);
     if (rc == 0)
         rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+    /* the channels each consumer reads (its captures', and the plain ones an older release's
+     * triggers wrote), so that its lag counts its own tables' rows only */
+    b.len = 0;
+    my_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
+    my_sb_qname(&b, c->p.db, MY_READS);
+    my_sb_add(&b, " (consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
+                  " channel VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
+                  " PRIMARY KEY (consumer, channel)) ENGINE=InnoDB"
+                  " COMMENT='sqlnotify: the channels each durable consumer reads'");
+    if (rc == 0)
+        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
     if (b.oom)
         sn_seterr(err, errlen, "out of memory");
     else if (rc < 0) {

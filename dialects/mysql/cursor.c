@@ -232,12 +232,24 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
         return -1;
     my_sbuf sql = {0};
     MYSQL_RES *res = NULL;
+    /* a consumer's own rows: on the channels it recorded (one of a release that recorded none:
+     * every row) */
+    my_sbuf own = {0}, reads = {0};
+    my_sb_qname(&reads, c->p.db, MY_READS);
+    my_sb_addf(&own,
+               "j.id > c.pos AND (j.channel IN (SELECT r.channel FROM %s r WHERE r.consumer = c.name)"
+               " OR NOT EXISTS (SELECT 1 FROM %s r WHERE r.consumer = c.name))",
+               reads.s ? reads.s : "", reads.s ? reads.s : "");
     my_sb_addf(&sql,
-               "SELECT c.name, (SELECT COUNT(*) FROM %s j WHERE j.id > c.pos),"
-               " COALESCE(TIMESTAMPDIFF(MICROSECOND, (SELECT MIN(j.created_at) FROM %s j WHERE j.id > c.pos),"
+               "SELECT c.name, (SELECT COUNT(*) FROM %s j WHERE %s),"
+               " COALESCE(TIMESTAMPDIFF(MICROSECOND, (SELECT MIN(j.created_at) FROM %s j WHERE %s),"
                " UTC_TIMESTAMP(6)) / 1e6, 0),"
                " DATE_FORMAT(c.last_seen, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') FROM %s c ORDER BY c.name",
-               c->journal, c->journal, c->consumers);
+               c->journal, own.s ? own.s : "", c->journal, own.s ? own.s : "", c->consumers);
+    if (own.oom || reads.oom)
+        sql.oom = 1;
+    my_sb_free(&own);
+    my_sb_free(&reads);
     int rc = sql.oom ? -1 : my_exec(c, c->q, sql.s, sql.len, &res, err, errlen);
     my_sb_free(&sql);
     if (rc < 0)
@@ -293,6 +305,14 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         sql.len = 0;
         my_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
         rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+        sn_result_free(r);
+        r = NULL;
+        sql.len = 0;
+        my_sb_add(&sql, "DELETE FROM ");
+        my_sb_qname(&sql, c->p.db, MY_READS);
+        my_sb_add(&sql, " WHERE consumer = ?");
+        if (rc == 0)
+            rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
         sn_result_free(r);
     }
     if (sql.oom)

@@ -20,6 +20,7 @@
 #define MY_JOURNAL "sqlnotify_journal"
 #define MY_CONSUMERS "sqlnotify_consumers"
 #define MY_PRUNED "sqlnotify_pruned"
+#define MY_READS "sqlnotify_reads" /* the channels each consumer reads, for its lag */
 
 /* ===== SQL text ===== */
 

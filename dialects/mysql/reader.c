@@ -765,6 +765,19 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
             r->started = 1;
         }
     }
+    if (durable(c)) { /* recorded, so that the consumer's lag counts this channel's rows */
+        my_sbuf b = {0};
+        sn_result *res = NULL;
+        const char *args[2] = {c->consumer, channel};
+        my_sb_add(&b, "INSERT IGNORE INTO ");
+        my_sb_qname(&b, c->p.db, MY_READS);
+        my_sb_add(&b, " (consumer, channel) VALUES (?, ?)");
+        int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : my_query(c, b.s, 2, args, &res, err, errlen);
+        sn_result_free(res);
+        my_sb_free(&b);
+        if (rc < 0)
+            return -1;
+    }
     char **chans = realloc(r->chans, (size_t)(r->nchan + 1) * sizeof *chans);
     if (chans == NULL || (chans[r->nchan] = strdup(channel)) == NULL) {
         if (chans)

@@ -77,6 +77,7 @@ struct pg_jr {
     char **chans;
     size_t nchans, cap;
     char *chan_array;  /* the channels as a text[] literal, for fetch */
+    int reads_said;    /* said that its channels cannot be recorded */
 };
 
 static void jr_next(struct pg_jr *j);
@@ -804,6 +805,20 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         j->chans = p;
         j->cap = cap;
     }
+    /* recorded, so that the consumer's lag counts this channel's rows (journal 8); a role let
+     * read the journal by a grant older than that function reads on, its lag counted on
+     * every table */
+    const char *vals[2] = {c->consumer, channel};
+    char why[512];
+    PGresult *res = pg_exec(c, &c->ctl, "SELECT sqlnotify.reads_channel($1, $2)", 2, vals, PG_RETRY, NULL, why,
+                            sizeof why);
+    if (res == NULL && !j->reads_said) {
+        j->reads_said = 1;
+        sn_logf(&c->sink, SN_LOG_WARN,
+                "consumer \"%s\": cannot record which channels it reads (%s); its lag counts every table's rows",
+                c->consumer, why);
+    }
+    PQclear(res);
     if ((j->chans[j->nchans] = strdup(channel)) == NULL)
         goto oom;
     j->nchans++;

@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 7"
+#define JOURNAL_VERSION "sqlnotify journal 8"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -433,7 +433,17 @@ static const char setup_sql[] =
     "  END IF;\n"
     "END $f$;\n"
 
-    /* lag: rows a share's cursor has not passed; members: live ones, with the shares they hold
+    /* journal 8: the channels each consumer reads (its captures' and the plain ones of the
+     * previous release), so that its lag counts only its own tables' rows */
+    "CREATE TABLE IF NOT EXISTS sqlnotify.reads (consumer text NOT NULL REFERENCES sqlnotify.consumers"
+    " ON DELETE CASCADE, channel text NOT NULL, PRIMARY KEY (consumer, channel));\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.reads_channel(p_name text, p_channel text) RETURNS void\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  INSERT INTO sqlnotify.reads (consumer, channel) SELECT p_name, p_channel\n"
+    "    WHERE EXISTS (SELECT 1 FROM sqlnotify.consumers c WHERE c.name = p_name) ON CONFLICT DO NOTHING\n"
+    "$f$;\n"
+    /* lag: rows of its channels a share's cursor has not passed (a consumer of a release that
+     * recorded none: every row); members: live ones, with the shares they hold
      * ("member=0,1,2;member=3,4") */
     "DROP FUNCTION IF EXISTS sqlnotify.consumer_list();\n"
     "CREATE FUNCTION sqlnotify.consumer_list()\n"
@@ -451,7 +461,9 @@ static const char setup_sql[] =
     "      FROM sqlnotify.journal j JOIN sqlnotify.shares s\n"
     "        ON s.consumer = c.name AND s.share = " SHARE_OF("j", "c.nshares") "\n"
     "      WHERE NOT pg_visible_in_snapshot(j.xid, s.snap_lo)\n"
-    "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)) lag\n"
+    "        AND NOT (s.snap_hi IS NOT NULL AND pg_visible_in_snapshot(j.xid, s.snap_hi) AND j.id <= s.pos)\n"
+    "        AND (j.channel IN (SELECT r.channel FROM sqlnotify.reads r WHERE r.consumer = c.name)\n"
+    "          OR NOT EXISTS (SELECT 1 FROM sqlnotify.reads r WHERE r.consumer = c.name))) lag\n"
     "  ORDER BY c.name\n"
     "$f$;\n"
     "REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;\n"
@@ -461,7 +473,8 @@ static const char setup_sql[] =
     " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint),"
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
-    " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list() FROM PUBLIC;\n";
+    " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
+    " sqlnotify.reads_channel(text, text) FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and

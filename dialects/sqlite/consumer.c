@@ -85,6 +85,35 @@ static int ensure_table(sqlite3 *db, char *err, size_t errlen)
                     "retention REAL)", err, errlen);  /* its consumer_retention (NULL: the pruner's) */
 }
 
+/* The channels each consumer reads (its captures', and the plain ones an older release's
+ * triggers wrote), so that its lag counts its own tables' rows only. */
+static int ensure_reads(sqlite3 *db, char *err, size_t errlen)
+{
+    return sqd_exec(db, "CREATE TABLE IF NOT EXISTS " READS_TABLE " (consumer TEXT NOT NULL, channel TEXT NOT NULL, "
+                    "PRIMARY KEY (consumer, channel))", err, errlen);
+}
+
+/* Record that this consumer reads channel (a blocking call of listen()). */
+int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    sqlite3_busy_timeout(c->rd, BUSY_TIMEOUT_MS);
+    int bad = ensure_reads(c->rd, err, errlen) ||
+              sqd_prepare(c->rd, "INSERT OR IGNORE INTO " READS_TABLE " (consumer, channel) VALUES (?1, ?2)", &st,
+                          err, errlen);
+    if (!bad) {
+        sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, channel, -1, SQLITE_TRANSIENT);
+        if (step_done(st) != SQLITE_OK) {
+            sn_seterr(err, errlen, "cannot record the channels of consumer \"%s\": %s", c->consumer,
+                      sqlite3_errmsg(c->rd));
+            bad = 1;
+        }
+    }
+    sqlite3_busy_timeout(c->rd, 0);
+    return bad ? -1 : 0;
+}
+
 int sqd_consumer_register(sn_conn *c, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
@@ -398,10 +427,15 @@ int sqd_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
         *out = r;
         return r ? 0 : -1;
     }
-    if (sqd_prepare(c->db,
-                    "SELECT k.name, (SELECT count(*) FROM " CHANGES_TABLE " l WHERE l.seq > k.position), "
+    /* a consumer's own rows: on the channels it recorded (one of a release that recorded none:
+     * every row) */
+#define OWN_ROW "l.seq > k.position AND (l.channel IN (SELECT r.channel FROM " READS_TABLE " r WHERE r.consumer = " \
+                "k.name) OR NOT EXISTS (SELECT 1 FROM " READS_TABLE " r WHERE r.consumer = k.name))"
+    if (ensure_reads(c->db, err, errlen) ||
+        sqd_prepare(c->db,
+                    "SELECT k.name, (SELECT count(*) FROM " CHANGES_TABLE " l WHERE " OWN_ROW "), "
                     "coalesce(" NOW_SQL " - (SELECT min(created_at) FROM " CHANGES_TABLE
-                    " l WHERE l.seq > k.position), 0), "
+                    " l WHERE " OWN_ROW "), 0), "
                     "k.holder IS NOT NULL AND k.heartbeat >= " NOW_SQL " - ?1, k.holder_pid, k.holder_host, "
                     "strftime('%Y-%m-%dT%H:%M:%fZ', k.last_seen, 'unixepoch') "
                     "FROM " CONSUMERS_TABLE " k ORDER BY k.name", &st, err, errlen))
@@ -458,6 +492,10 @@ int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         return -1;
     }
     int n = sqlite3_changes(c->db);
+    if (sqd_prepare(c->db, "DELETE FROM " READS_TABLE " WHERE consumer = ?1", &st, err, errlen) == 0) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        step_done(st); /* the table may be missing (no consumer recorded any): nothing to forget */
+    }
     sqd_house_reschedule(c, 1);   /* prune what it held back soon */
     return n > 0;
 }

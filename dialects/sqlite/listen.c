@@ -713,6 +713,10 @@ int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         c->chans = p;
         c->capchans = cap;
     }
+    if (c->consumer && sqd_consumer_reads(c, channel, err, errlen)) {
+        free(ch.name);
+        return -1;
+    }
     c->chans[c->nchans++] = ch;
     return 0;
 

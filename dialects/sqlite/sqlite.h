@@ -35,6 +35,7 @@
 #define CHANGES_TABLE "sqlnotify_changes"
 #define READERS_TABLE "sqlnotify_readers"
 #define CONSUMERS_TABLE "sqlnotify_consumers"
+#define READS_TABLE "sqlnotify_reads" /* the channels each consumer reads, for its lag */
 #define NOW_SQL "((julianday('now') - 2440587.5) * 86400.0)"
 
 #define BUSY_TIMEOUT_MS 5000     /* query connection: blocking calls may wait this long */
@@ -166,6 +167,7 @@ static inline sqlite3_int64 sqd_held(const sn_conn *c)
 }
 /* Make the consumer's row if it has none (start_at); blocking, on the reader. */
 int sqd_consumer_register(sn_conn *c, char *err, size_t errlen);
+int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen);
 /* Take the lease when free, expired or its holder is gone; else stand by (logged once). */
 void sqd_consumer_try_lease(sn_conn *c);
 /* (Re)start the lease timer: first run after delay seconds. */
