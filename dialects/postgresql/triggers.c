@@ -23,11 +23,11 @@
  *
  * The function reads only the columns it sends (key, extra, trigger and old columns),
  * never the whole row, inside a block that catches every error. A plan that no longer
- * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE;
- * a watched column renamed or dropped, or a value jsonb cannot hold, sends the key
- * marked truncated ("t": true); a trigger column that is gone counts as unchanged. The
- * user's write never fails here. Floats go out with extra_float_digits of at least 1 (see
- * FLOAT_GUARD).
+ * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE; an
+ * extra or old column renamed or dropped since is left out and the others are sent; a key
+ * column gone, or a value jsonb cannot hold, sends the key (if it can) marked truncated
+ * ("t": true); a trigger column that is gone counts as unchanged. The user's write never
+ * fails here. Floats go out with extra_float_digits of at least 1 (see FLOAT_GUARD).
  */
 #include "pg.h"
 
@@ -275,6 +275,30 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     "  END IF;\n"
 #define FLOAT_RESTORE "IF sn_f IS NOT NULL THEN PERFORM pg_catalog.set_config('extra_float_digits', sn_f, true); END IF;\n"
 
+/* The slow path's extra and old columns, each read on its own by EXECUTE: one renamed or
+ * dropped since (undefined_column) is left out, one whose value cannot be sent makes the
+ * row truncated (sn_t). $1 is NEW (OLD for DELETE), $2 OLD. */
+static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *into,
+                    const char *const *cols, int n, const char *using)
+{
+    for (int i = 0; i < n; i++) {
+        pg_sbuf s = {0};
+        pg_sb_add(&s, "SELECT ");
+        sb_object(&s, db, t, rec, &cols[i], 1);
+        pg_sb_add(b, "        BEGIN\n          EXECUTE ");
+        if (s.fail)
+            b->fail = s.fail;
+        else
+            pg_sb_quote(b, db, s.p, 0);
+        free(s.p);
+        pg_sb_add(b, " INTO sn_e");
+        pg_sb_add(b, using);
+        pg_sb_addf(b, ";\n          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
+        pg_sb_add(b, "        EXCEPTION WHEN undefined_column THEN\n          NULL;\n"
+                     "        WHEN OTHERS THEN\n          sn_t := true;\n        END;\n");
+    }
+}
+
 /* The plpgsql body. The first block reads only the columns the watch sends, through
  * plans cached for the session. When it fails (a column renamed, dropped or retyped
  * since the session planned it, a value jsonb cannot hold), the same payload is built
@@ -289,7 +313,8 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     const char *rec = w->op == SN_DELETE ? "OLD" : "NEW";
     const char *using = w->op == SN_UPDATE ? " USING NEW, OLD" : w->op == SN_DELETE ? " USING OLD" : " USING NEW";
     int upd = w->op == SN_UPDATE;
-    int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0;
+    int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0, nold = upd ? w->nold : 0;
+    int each = w->nextra > 0 || nold > 0; /* the slow path reads them one by one */
 
     pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
     if (durable)
@@ -298,6 +323,9 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
         pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
     if (fl)
         pg_sb_add(b, "  sn_f text;\n");
+    if (each)
+        pg_sb_add(b, nold ? "  sn_x jsonb;\n  sn_o jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n"
+                          : "  sn_x jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n");
     pg_sb_add(b, "BEGIN\n");
     if (fl)
         pg_sb_add(b, FLOAT_GUARD);
@@ -370,8 +398,24 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      EXCEPTION WHEN OTHERS THEN\n"
                  "        sn_k := NULL;\n"
                  "        sn_ok := NULL;\n"
-                 "      END;\n"
-                 "    END;\n"
+                 "      END;\n");
+    if (each) { /* the key, and every column that can be read */
+        pg_sb_add(b, nold ? "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n        sn_o := '{}';\n"
+                          : "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n");
+        pg_sb_add(b, "        sn_t := false;\n");
+        sb_each(b, db, t, "($1)", "sn_x", w->extra, w->nextra, using);
+        sb_each(b, db, t, "($2)", "sn_o", w->old_cols, nold, using);
+        pg_sb_add(b, "        IF NOT sn_t THEN\n"
+                     "          sn_v := pg_catalog.jsonb_build_object('id', sn_k, 'x', sn_x");
+        pg_sb_add(b, nold ? ", 'o', sn_o);\n" : ");\n");
+        pg_sb_add(b, "          IF sn_ok IS NOT NULL THEN\n"
+                     "            sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                     "          END IF;\n"
+                     "          sn_p := sn_v::text;\n"
+                     "        END IF;\n"
+                     "      END IF;\n");
+    }
+    pg_sb_add(b, "    END;\n"
                  "  END IF;\n"
                  "  IF ");
     pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
