@@ -124,7 +124,10 @@ typedef struct sn_sink {
     void (*reconnected)(void *ud, double outage, int may_have_missed);
 } sn_sink;
 
-/* What one watch asks for. All names are literal catalog names; the driver quotes. */
+/* What one watch asks for. All names are literal catalog names; the driver quotes. A watch
+ * may name columns its table no longer has (renamed or dropped since it was declared): the
+ * trigger that install makes leaves those extra and old columns out, a trigger column gone
+ * counts as unchanged, a key column gone sends {"t": true}. */
 typedef struct sn_watch {
     const char *schema;          /* resolved schema ("main" on SQLite) */
     const char *table;

@@ -26,8 +26,10 @@
  * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE; an
  * extra or old column renamed or dropped since is left out and the others are sent; a key
  * column gone, or a value jsonb cannot hold, sends the key (if it can) marked truncated
- * ("t": true); a trigger column that is gone counts as unchanged. The user's write never
- * fails here. Floats go out with extra_float_digits of at least 1 (see FLOAT_GUARD).
+ * ("t": true); a trigger column that is gone counts as unchanged. The trigger is made for
+ * the table as it is (watch_now): the columns it no longer has are not read at all. The
+ * user's write never fails here. Floats go out with extra_float_digits of at least 1 (see
+ * FLOAT_GUARD).
  */
 #include "pg.h"
 
@@ -147,6 +149,51 @@ static int is_simple(const tinfo *t, const char *const *cols, int n)
             return 0;
     }
     return 1;
+}
+
+static int has_column(const tinfo *t, const char *col)
+{
+    for (int i = 0; i < PQntuples(t->res); i++)
+        if (!PQgetisnull(t->res, i, 3) && strcmp(PQgetvalue(t->res, i, 3), col) == 0)
+            return 1;
+    return 0;
+}
+
+/* The columns of cols the table has, into out; how many. */
+static int keep_present(const tinfo *t, const char *const *cols, int n, const char **out)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (has_column(t, cols[i]))
+            out[k++] = cols[i];
+    return k;
+}
+
+/* The watch as its table is now, which the trigger is made for: the extra and old columns
+ * renamed or dropped since it was declared are left out, the trigger columns gone too unless
+ * none is left (then they all stay: a trigger column gone counts as unchanged, and it fires
+ * no more). The key stays as asked: a key column gone sends {"t": true}. *cols (malloc'd)
+ * holds the lists; 0, or -1 out of memory. */
+static int watch_now(const sn_watch *w, const tinfo *t, sn_watch *now, const char ***cols)
+{
+    int n = w->nextra + w->nold + w->ntrigger;
+    const char **a = malloc(sizeof *a * (size_t)(n > 0 ? n : 1));
+    *now = *w;
+    *cols = a;
+    if (a == NULL)
+        return -1;
+    now->extra = a;
+    now->nextra = keep_present(t, w->extra, w->nextra, a);
+    a += now->nextra;
+    now->old_cols = a;
+    now->nold = keep_present(t, w->old_cols, w->nold, a);
+    a += now->nold;
+    int ntrig = keep_present(t, w->trigger_cols, w->ntrigger, a);
+    if (ntrig > 0) {
+        now->trigger_cols = a;
+        now->ntrigger = ntrig;
+    }
+    return 0;
 }
 
 /* ===== the generator ===== */
@@ -728,6 +775,8 @@ typedef struct plan {
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
     pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
+    sn_watch now;      /* the watch as the table is now (watch_now): what the trigger reads */
+    const char **cols; /* its lists */
 } plan;
 
 /* form: the C trigger to call, "" for the plpgsql one, NULL to choose (capture_fits) */
@@ -739,6 +788,11 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
     memset(p, 0, sizeof *p);
     sn_trigger_name(w, p->name);
     old_name(w, p->old);
+    if (watch_now(w, t, &p->now, &p->cols) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    w = &p->now;
     p->ovf_schema = pg_overflow_schema_for(c, w->schema);
     int ovf_on = w->overflow && !c->consumer; /* the journal takes any size */
     if (ovf_on)
@@ -776,6 +830,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
 
 static void plan_free(plan *p)
 {
+    free(p->cols);
     free(p->body.p);
     free(p->markline.p);
     free(p->chanline.p);
@@ -879,7 +934,7 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
         st = ST_OTHER;
     } else {
         pg_sbuf args = {0};
-        sb_capture_tgargs(&args, w);
+        sb_capture_tgargs(&args, &p->now);
         char en = PQgetvalue(res, 0, 4)[0];
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
@@ -907,7 +962,7 @@ static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char
 {
     int st = trigger_state(c, w, t, p, err, errlen);
     const char *env = getenv("SQLNOTIFY_PG_CAPTURE"), *form;
-    if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, w, t)))
+    if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, &p->now, t)))
         return st;
     plan q;
     int other = plan_make(c, w, t, &q, form, err, errlen) == 0 ? trigger_state(c, w, t, &q, err, errlen) : -1;
