@@ -253,6 +253,20 @@ describe("the payload decoder", function()
       assert.are.same({ a = "was", b = "\1" },
         core.decode(gone, [[{"id": {"id": 1}, "x": {"a": "was", "b": "\\x01"}, "o": {}}]], "chan", 1.5).extra_columns)
     end)
+
+    it('keeps, with extra_columns = "*", a column the plan does not know by its JSON type, and says so', function()
+      for _, nulls in ipairs { false, true } do
+        local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "a", "b" }, all = true },
+          info, "postgresql", nulls)
+        local ev, why, news = core.decode(p, [[{"id": {"id": 1}, "x": {"a": "x", "b": "\\x01", "c": "\\x02",
+          "d\u00e9": [1, 2.5], "e": null}}]], "chan", 1.5)
+        assert.is_nil(why)
+        assert.is_true(news)
+        assert_exact({ a = "x", b = "\1", c = "\\x02", ["dé"] = { 1, 2.5, n = not nulls and 2 or nil }, e = nulls and NULL or nil }, ev.extra_columns)
+        assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": "x", "b": null}}]], p))
+        assert.is_true(drift([[{"id": {"id": 1}, "x": {"a": "x"}}]], p))
+      end
+    end)
   end)
 
   describe("plans", function()

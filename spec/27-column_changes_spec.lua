@@ -1,8 +1,9 @@
--- A watched column renamed or dropped under a running host (issue 26 item 2, SPEC 8.5): on
--- PostgreSQL (the plpgsql trigger and the C one of sqlnotify_capture, live and durable),
--- SQLite and MySQL/MariaDB, through the real binary. The other columns keep arriving, the log
--- names the column once at error level (never "row too large"), the running notifier makes
--- its trigger again for the table as it is.
+-- A watched column renamed or dropped under a running host (issue 26 item 2), and watches of
+-- extra_columns = "*" following their table (SPEC 8.5): on PostgreSQL (the plpgsql trigger
+-- and the C one of sqlnotify_capture, live and durable), SQLite and MySQL/MariaDB, through
+-- the real binary. The other columns keep arriving, the log names the column once at error
+-- level (never "row too large"), the running notifier makes its trigger again for the table
+-- as it is; "*" carries a column added and stops carrying one dropped.
 -- PostgreSQL: schema spec27 (consumers s27_*); MySQL: tables s27_*; SQLite: a file per test.
 local H = require("helper")
 local fmt = string.format
@@ -28,7 +29,9 @@ local function show(ev)
 end
 n:watch(users, "insert", { extra_columns = { "email", "name", "age" } })
 n:watch(users, "update", { extra_columns = { "name" }, old_columns = { "email" }, trigger_columns = { "email", "name" } })
-for _, w in ipairs { { users, "insert" }, { users, "update" } } do
+n:watch(items, "insert", { extra_columns = "*" })
+n:watch(items, "delete", { extra_columns = "*" })
+for _, w in ipairs { { users, "insert" }, { users, "update" }, { items, "insert" }, { items, "delete" } } do
   n:subscribe(w[1], w[2], show)
 end
 assert(n:start())
@@ -240,6 +243,52 @@ local function suite(d)
       H.sleep(0.7) -- two more checks of the triggers: nothing more to say
       assert.are.equal(1, count_log(p, gone_line("email", "insert")))
       assert.are.equal(1, count_log(p, gone_line("email", "update")))
+      assert_quiet()
+      p:stop()
+    end)
+
+    it('follows the table with extra_columns = "*": a column added is carried, one dropped is not', function()
+      d.exec("INSERT INTO items VALUES (1, 'one', 1);")
+      assert.are.same({ "items insert 1 [a=one b=1]" }, events(p, 1))
+      local add = "ALTER TABLE items ADD COLUMN c TEXT;\n"
+      local writes = "INSERT INTO items VALUES (2, 'two', 2, 'x');"
+      if d.immediate then
+        d.exec(add .. writes)
+      else
+        d.exec(add)
+        remade("items", "insert", 1)
+        d.exec(writes)
+      end
+      local want = { "items insert 1 [a=one b=1]", "items insert 2 [a=two b=2 c=x]" }
+      assert.are.same(want, events(p, 2))
+      local follows = fmt('info  sqlnotify: the insert watch on %s (extra_columns = "*") follows the table\'s '
+        .. "columns: ", d.shown.items)
+      wait_until(function() return count_log(p, follows .. "a, b, c") == 1 end,
+        function() return "the log: " .. p:stderr() end)
+      if d.sqlite then
+        local ok, err = pcall(d.exec, "ALTER TABLE items DROP COLUMN b;")
+        assert.is_false(ok)
+        assert.matches("error in trigger sqlnotify_items_%a+_%x+ after drop column: no such column: [NEWOLD]+.b", err)
+        d.exec("DELETE FROM items WHERE id = 2;")
+        want[#want + 1] = "items delete 2 [a=two b=2 c=x]"
+      else
+        local drop = "ALTER TABLE items DROP COLUMN b;\n"
+        writes = "INSERT INTO items VALUES (3, 'three', 'y');\nDELETE FROM items WHERE id = 3;"
+        if d.immediate then
+          d.exec(drop .. writes)
+        else
+          d.exec(drop)
+          remade("items", "insert", 2)
+          remade("items", "delete", 2)
+          d.exec(writes)
+        end
+        want[#want + 1] = "items insert 3 [a=three c=y]"
+        want[#want + 1] = "items delete 3 [a=three c=y]"
+        wait_until(function() return count_log(p, follows .. "a, c") == 1 end,
+          function() return "the log: " .. p:stderr() end)
+      end
+      assert.are.same(want, events(p, #want))
+      for _, l in ipairs(log_lines(p)) do assert.is_nil(l:match("^error"), p:stderr()) end
       assert_quiet()
       p:stop()
     end)

@@ -40,6 +40,8 @@ typedef struct sn_plan {
     int xlive, olive; /* extra and old columns not gone */
     int has_old; /* the watch has old_columns: event.old is a table */
     int nulls;   /* SQL NULL arrives as core.null instead of being absent */
+    int follow;  /* extra_columns = "*": a column in "x" the plan does not know is news too,
+                    and goes in the event by its JSON type until the plan knows it */
     pcol cols[];
 } sn_plan;
 
@@ -105,8 +107,8 @@ static int list_len(lua_State *L, int t, const char *field)
 }
 
 /* core.plan(watch, info, dialect, nulls): watch.schema, .table, .op, .pk, .extra, .old
- * (lists of names), .gone (a set of the names of columns the table no longer has),
- * info.colnames and info.types (the catalog's, parallel lists). */
+ * (lists of names), .all (extra_columns = "*"), .gone (a set of the names of columns the
+ * table no longer has), info.colnames and info.types (the catalog's, parallel lists). */
 static int l_plan(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -124,6 +126,9 @@ static int l_plan(lua_State *L)
     p->ncols = ncols;
     p->nulls = nulls;
     p->has_old = nold > 0;
+    lua_getfield(L, 1, "all");
+    p->follow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     luaL_setmetatable(L, PLAN_META);
 
     /* name -> class from the catalog */
@@ -196,7 +201,7 @@ typedef struct dec {
     const sn_plan *pl;
     int names;        /* stack index of the plan's name table */
     int seen;         /* top-level keys read (K_*) */
-    int found;        /* the last column object: its plan columns present */
+    int found, unknown; /* the last column object: its plan columns present, other keys */
     int drift;        /* the columns carried are not the plan's: the table changed? */
     char why[200];    /* the reason a payload is refused */
 } dec;
@@ -735,6 +740,7 @@ typedef struct target {
     int byname;        /* stack index of a table by column name, or 0 */
     int id;            /* key objects: stack index of the id slot (value, or array when n > 1) */
     int required;      /* key objects: every column present, each a scalar or null */
+    int follow;        /* keep the columns the plan does not know, by their JSON type */
     int live;          /* its columns not gone: fewer present is news */
 } target;
 
@@ -746,6 +752,7 @@ static int columns(dec *d, const target *t)
     unsigned char seen[MAX_COLS / 8];
     memset(seen, 0, (size_t)(t->n + 7) / 8);
     int hint = 0, found = 0;
+    d->unknown = 0;
     ws(d);
     if (!expect(d, '{'))
         return bad(d, "\"%s\" is not an object", t->what);
@@ -759,8 +766,14 @@ static int columns(dec *d, const target *t)
             if (r == 0)
                 return 0;
             int at = find(cols, t->n, k, klen, &hint);
-            if (r == 2)
+            int keep = at < 0 && t->follow;
+            if (keep) { /* its own name, under the value */
+                lua_pushlstring(L, k, klen);
+                if (r == 2)
+                    lua_remove(L, -2);
+            } else if (r == 2) {
                 lua_pop(L, 1); /* the unescaped key: from here on the name is the plan's */
+            }
             if (at >= 0) {
                 k = cols[at].name;
                 if (seen[at / 8] & (1u << (at % 8))) {
@@ -778,8 +791,19 @@ static int columns(dec *d, const target *t)
                 return bad(d, "key column \"%s\" in \"%s\" is not a scalar", shown(name, sizeof name, k, klen), t->what);
             }
             if (at < 0) {
-                if (value(d, SN_CLASS_PLAIN, 1, 0) < 0)
+                d->unknown++;
+                r = value(d, SN_CLASS_PLAIN, !keep, 0);
+                if (r < 0)
                     return 0;
+                if (!keep)
+                    continue;
+                if (r == 0 && !d->pl->nulls) {
+                    lua_pop(L, 1); /* NULL: absent */
+                    continue;
+                }
+                if (r == 0)
+                    lua_pushlightuserdata(L, NULL);
+                lua_rawset(L, t->byname);
                 continue;
             }
             /* the plan's name under the value, for one lua_rawset without copies */
@@ -865,20 +889,20 @@ static int payload(dec *d)
             target t = {0};
             switch (which) {
             case K_ID:
-                t = (target){"id", 0, pl->npk, S_KEY, S_ID, 1, pl->npk};
+                t = (target){"id", 0, pl->npk, S_KEY, S_ID, 1, 0, pl->npk};
                 break;
             case K_X:
-                t = (target){"x", pl->npk, pl->nextra, S_EXTRA, 0, 0, pl->xlive};
+                t = (target){"x", pl->npk, pl->nextra, S_EXTRA, 0, 0, pl->follow, pl->xlive};
                 break;
             case K_O: /* a watch without old_columns: checked, not kept */
-                t = (target){"o", pl->npk + pl->nextra, pl->nold, pl->has_old ? S_OLD : 0, 0, 0, pl->olive};
+                t = (target){"o", pl->npk + pl->nextra, pl->nold, pl->has_old ? S_OLD : 0, 0, 0, 0, pl->olive};
                 break;
             case K_OID:
                 if (pl->npk > 1) {
                     lua_createtable(L, pl->npk, 0);
                     lua_replace(L, S_OLDID);
                 }
-                t = (target){"oid", 0, pl->npk, 0, S_OLDID, 1, pl->npk};
+                t = (target){"oid", 0, pl->npk, 0, S_OLDID, 1, 0, pl->npk};
                 break;
             case K_T:
                 ws(d);
@@ -894,8 +918,9 @@ static int payload(dec *d)
             }
             if (!columns(d, &t))
                 return 0;
-            /* a column of the plan absent: renamed or dropped since? */
-            if ((which == K_X || which == K_O) && d->found < t.live)
+            /* a column of the plan absent (renamed or dropped since?), or one it does not know
+             * in a watch of every column (added since?) */
+            if ((which == K_X || which == K_O) && (d->found < t.live || (which == K_X && pl->follow && d->unknown > 0)))
                 d->drift = 1;
         } while (expect(d, ','));
         if (!expect(d, '}'))

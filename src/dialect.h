@@ -138,6 +138,9 @@ typedef struct sn_watch {
     int npk;
     const char *const *extra;    /* extra columns */
     int nextra;
+    int extra_all;               /* extra_columns = "*": every column but the key ones, as the table
+                                    has them when the row changes (extra is then empty); a name
+                                    made from the watch counts it as "*", not as those columns */
     const char *const *trigger_cols; /* UPDATE only: fire only when one really changed */
     int ntrigger;
     const char *const *old_cols; /* UPDATE only: columns whose OLD values go in "o" */

@@ -19,8 +19,8 @@
  * "2024-01-02 03:04:05.000000").
  *
  * The trigger is made for the table as it is (watch_now): the extra and old columns of the
- * watch the table no longer has are left out; the runtime has it made again when the table
- * changes.
+ * watch the table no longer has are left out, and extra_columns = "*" is every column but
+ * the key ones; the runtime has it made again when the table changes.
  *
  * The body catches every error, so a user's write never fails because of us: when the one
  * JSON_OBJECT per part fails (a column renamed or dropped since install, a value the journal
@@ -456,6 +456,10 @@ static void summary(my_sbuf *b, const sn_watch *w)
     const int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
     static const char *const heads[4] = {"", " | x: ", " | when: ", " | old: "};
     for (int l = 0; l < 4; l++) {
+        if (l == 1 && w->extra_all) {
+            my_sb_add(b, " | x: *");
+            continue;
+        }
         if (l > 0 && ns[l] == 0)
             continue;
         my_sb_add(b, heads[l]);
@@ -542,7 +546,7 @@ static int load_columns(sn_conn *c, const sn_watch *w, colinfo *ci, char *err, s
         return 0;
     return my_query(c,
                     "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
-                    " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                     2, args, &ci->r, err, errlen);
 }
 
@@ -559,11 +563,11 @@ static int keep_present(const colinfo *ci, const sn_watch *w, const char *const 
 /* The watch as its table is now, which the trigger is made for: the extra and old columns
  * renamed or dropped since it was declared are left out, the trigger columns gone too unless
  * none is left (then they all stay: a trigger column gone counts as unchanged, and it fires
- * no more). The key stays as asked (a key column gone sends {"t":true}). *cols (malloc'd)
- * holds the lists; 0, or -1 out of memory. */
+ * no more); extra_columns = "*" is every column but the key ones. The key stays as asked (a
+ * key column gone sends {"t":true}). *cols (malloc'd) holds the lists; 0, or -1 out of memory. */
 static int watch_now(const sn_watch *w, const colinfo *ci, sn_watch *now, const char ***cols)
 {
-    int n = w->nextra + w->nold + w->ntrigger;
+    int nrows = ci->r ? ci->r->nrows : 0, n = w->nextra + w->nold + w->ntrigger + nrows;
     const char **a = malloc(sizeof *a * (size_t)(n > 0 ? n : 1));
     *now = *w;
     *cols = a;
@@ -571,6 +575,14 @@ static int watch_now(const sn_watch *w, const colinfo *ci, sn_watch *now, const 
         return -1;
     now->extra = a;
     now->nextra = keep_present(ci, w, w->extra, w->nextra, a);
+    for (int i = 0; w->extra_all && i < nrows; i++) {
+        const sn_value *row = &ci->r->cells[(size_t)i * 3];
+        int skip = row[0].type != SN_TEXT || row[1].type != SN_TEXT || strcmp(row[0].s, w->table) != 0;
+        for (int k = 0; k < w->npk && !skip; k++)
+            skip = strcmp(w->pk[k], row[1].s) == 0; /* a key column */
+        if (!skip)
+            a[now->nextra++] = row[1].s;
+    }
     a += now->nextra;
     now->old_cols = a;
     now->nold = keep_present(ci, w, w->old_cols, w->nold, a);

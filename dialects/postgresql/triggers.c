@@ -22,14 +22,15 @@
  * "sqlnotify:1:<marker>") are found and replaced.
  *
  * The function reads only the columns it sends (key, extra, trigger and old columns),
- * never the whole row, inside a block that catches every error. A plan that no longer
- * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE; an
- * extra or old column renamed or dropped since is left out and the others are sent; a key
- * column gone, or a value jsonb cannot hold, sends the key (if it can) marked truncated
- * ("t": true); a trigger column that is gone counts as unchanged. The trigger is made for
- * the table as it is (watch_now): the columns it no longer has are not read at all. The
- * user's write never fails here. Floats go out with extra_float_digits of at least 1 (see
- * FLOAT_GUARD).
+ * never the whole row, inside a block that catches every error; a watch of extra_columns
+ * = "*" reads the whole row (to_jsonb), so it follows the table as it changes. A plan that
+ * no longer fits the table (a column retyped since the session cached it) is rebuilt by
+ * EXECUTE; an extra or old column renamed or dropped since is left out and the others are
+ * sent; a key column gone, or a value jsonb cannot hold, sends the key (if it can) marked
+ * truncated ("t": true); a trigger column that is gone counts as unchanged. The trigger is
+ * made for the table as it is (watch_now): the columns it no longer has are not read at
+ * all. The user's write never fails here. Floats go out with extra_float_digits of at
+ * least 1 (see FLOAT_GUARD).
  */
 #include "pg.h"
 
@@ -261,6 +262,24 @@ static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char
     }
 }
 
+/* extra_columns = "*": every column of record rec but the key ones, as the table has them
+ * now (bytea as "\x<hex>" under BYTEA_GUARD). */
+static void sb_row(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *rec)
+{
+    pg_sb_add(b, "pg_catalog.to_jsonb(");
+    pg_sb_add(b, rec);
+    pg_sb_add(b, ")");
+    if (w->npk == 0)
+        return;
+    pg_sb_add(b, " OPERATOR(pg_catalog.-) ARRAY[");
+    for (int i = 0; i < w->npk; i++) {
+        if (i > 0)
+            pg_sb_add(b, ", ");
+        pg_sb_quote(b, db, w->pk[i], 0);
+    }
+    pg_sb_add(b, "]::pg_catalog.text[]");
+}
+
 /* The payload object from records rec (NEW, or OLD for DELETE) and oldr (UPDATE):
  * jsonb_build_object('id', <k>, 'x', <extra>[, 'o', <old>]), the "oid" added after. */
 static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *k,
@@ -270,7 +289,10 @@ static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     pg_sb_add(b, "pg_catalog.jsonb_build_object('id', ");
     pg_sb_add(b, k);
     pg_sb_add(b, ", 'x', ");
-    sb_object(b, db, t, rec, w->extra, w->nextra);
+    if (w->extra_all)
+        sb_row(b, db, w, rec);
+    else
+        sb_object(b, db, t, rec, w->extra, w->nextra);
     if (nold) {
         pg_sb_add(b, ", 'o', ");
         sb_object(b, db, t, oldr, w->old_cols, nold);
@@ -321,6 +343,13 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     "    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);\n"                                         \
     "  END IF;\n"
 #define FLOAT_RESTORE "IF sn_f IS NOT NULL THEN PERFORM pg_catalog.set_config('extra_float_digits', sn_f, true); END IF;\n"
+/* The same for bytea_output in a watch of every column (to_jsonb writes bytea as it says). */
+#define BYTEA_GUARD                                                                                                    \
+    "  IF pg_catalog.current_setting('bytea_output') OPERATOR(pg_catalog.<>) 'hex' THEN\n"                          \
+    "    sn_bo := pg_catalog.current_setting('bytea_output');\n"                                                     \
+    "    PERFORM pg_catalog.set_config('bytea_output', 'hex', true);\n"                                              \
+    "  END IF;\n"
+#define BYTEA_RESTORE "IF sn_bo IS NOT NULL THEN PERFORM pg_catalog.set_config('bytea_output', sn_bo, true); END IF;\n"
 
 /* The slow path's extra and old columns, each read on its own by EXECUTE: one renamed or
  * dropped since (undefined_column) is left out, one whose value cannot be sent makes the
@@ -356,13 +385,14 @@ static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, con
 static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table, int durable,
                     int fl)
 {
-    const char *restore = fl ? FLOAT_RESTORE : "";
+    const char *restore = w->extra_all ? FLOAT_RESTORE BYTEA_RESTORE : fl ? FLOAT_RESTORE : "";
     const char *rec = w->op == SN_DELETE ? "OLD" : "NEW";
     const char *using = w->op == SN_UPDATE ? " USING NEW, OLD" : w->op == SN_DELETE ? " USING OLD" : " USING NEW";
     int upd = w->op == SN_UPDATE;
     int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0, nold = upd ? w->nold : 0;
-    int each = w->nextra > 0 || nold > 0; /* the slow path reads them one by one */
+    int each = !w->extra_all && (w->nextra > 0 || nold > 0); /* the slow path reads them one by one */
 
+    fl = fl || w->extra_all;
     pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
     if (durable)
         pg_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n  sn_g bigint;\n");
@@ -370,12 +400,16 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
         pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
     if (fl)
         pg_sb_add(b, "  sn_f text;\n");
+    if (w->extra_all)
+        pg_sb_add(b, "  sn_bo text;\n");
     if (each)
         pg_sb_add(b, nold ? "  sn_x jsonb;\n  sn_o jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n"
                           : "  sn_x jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n");
     pg_sb_add(b, "BEGIN\n");
     if (fl)
         pg_sb_add(b, FLOAT_GUARD);
+    if (w->extra_all)
+        pg_sb_add(b, BYTEA_GUARD);
     pg_sb_add(b, "  BEGIN\n");
     if (ntrig) {
         pg_sb_add(b, "    IF NOT (");
@@ -688,7 +722,7 @@ static int capture_usable(sn_conn *c)
 static const char *capture_form(sn_conn *c, const sn_watch *w, const tinfo *t)
 {
     int upd = w->op == SN_UPDATE;
-    if (!(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
+    if (w->extra_all || !(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
           (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger)))))
         return NULL;
     return c->consumer ? CAPTURE_FN : w->overflow ? NULL : NOTIFY_FN;
@@ -750,7 +784,9 @@ static void sb_summary(pg_sbuf *b, const sn_watch *w)
         sb_list(b, w->pk, w->npk);
     else
         pg_sb_add(b, "(no key)");
-    if (w->nextra > 0) {
+    if (w->extra_all) {
+        pg_sb_add(b, " | x: *");
+    } else if (w->nextra > 0) {
         pg_sb_add(b, " | x: ");
         sb_list(b, w->extra, w->nextra);
     }

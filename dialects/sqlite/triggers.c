@@ -5,11 +5,12 @@
  *
  * Each trigger carries a marker comment, `/ * sqlnotify:2:<marker> {description} * /`:
  * the watch's hash (compared by install and verify) and a JSON description of the
- * watch (table, operation, channel, label, key, extra, trigger and old columns,
- * install time) that list shows and the repair regenerates the trigger from. Every
- * '/' in it is written as "\/", so the comment cannot end early. The trigger is made for
- * the table as it is (build_now): columns of the watch the table no longer has are left
- * out; the repair makes it again when the table changes.
+ * watch (table, operation, channel, label, key, extra, trigger and old columns, "all"
+ * for extra_columns = "*", install time) that list shows and the repair regenerates the
+ * trigger from. Every '/' in it is written as "\/", so the comment cannot end early.
+ * The trigger is made for the table as it is (build_now): columns of the watch the table
+ * no longer has are left out, "*" is every column but the key ones; the repair makes it
+ * again when the table changes.
  */
 #include "sqlite.h"
 
@@ -43,6 +44,7 @@ typedef struct desc {
     char *table, *channel, *label, *at;
     char **cols[NLISTS];
     int n[NLISTS];
+    int all;                     /* extra_columns = "*" */
     char *comment;               /* the marker comment, verbatim */
 } desc;
 
@@ -160,7 +162,7 @@ static int parse_desc(sqlite3 *db, const char *sql, desc *d)
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT json_extract(?1, '$.t'), json_extract(?1, '$.op'), "
                                "json_extract(?1, '$.ch'), json_extract(?1, '$.l'), "
-                               "json_extract(?1, '$.at')", -1, &st, NULL) != SQLITE_OK)
+                               "json_extract(?1, '$.at'), json_extract(?1, '$.all')", -1, &st, NULL) != SQLITE_OK)
         goto bad;
     /* the comment minus its closing " * /" */
     char *text = strndup(json + 1, strlen(json + 1) - 3);
@@ -178,6 +180,7 @@ static int parse_desc(sqlite3 *db, const char *sql, desc *d)
         d->channel = dup_col(st, 2);
         d->label = dup_col(st, 3);
         d->at = dup_col(st, 4);
+        d->all = sqlite3_column_int(st, 5) != 0;
     }
     sqlite3_finalize(st);
     for (int l = 0; ok && l < NLISTS; l++)
@@ -265,6 +268,8 @@ static char *make_comment(const sn_watch *w)
     json_names(s, list_keys[L_X], w->extra, w->nextra);
     json_names(s, list_keys[L_WHEN], w->trigger_cols, w->op == SN_UPDATE ? w->ntrigger : 0);
     json_names(s, list_keys[L_OLD], w->old_cols, w->op == SN_UPDATE ? w->nold : 0);
+    if (w->extra_all)
+        sqlite3_str_appendall(s, ",\"all\":1");
     sqlite3_str_appendf(s, ",\"at\":\"%s\"} */", at);
     if (sqlite3_str_errcode(s) != SQLITE_OK) {
         sqlite3_free(sqlite3_str_finish(s));
@@ -735,9 +740,10 @@ static int named_before(const spec *d, int l, int i)
 
 /* The trigger of watch decl for its table as it is now: decl's lists minus the columns the
  * table no longer has (their names into *gone, "\"a\", \"b\"", or NULL; *never when that
- * leaves an UPDATE watch no trigger column). NULL and why: no such table, out of memory. */
-static char *build_now(sqlite3 *db, const char *name, const spec *decl, const char *comment, char **gone,
-                       int *never, char *why, size_t whylen)
+ * leaves an UPDATE watch no trigger column), and for extra_columns = "*" (all) every column
+ * but the key ones as the extra columns. NULL and why: no such table, out of memory. */
+static char *build_now(sqlite3 *db, const char *name, const spec *decl, int all, const char *comment,
+                       char **gone, int *never, char *why, size_t whylen)
 {
     char **have;
     int nhave;
@@ -760,7 +766,8 @@ static char *build_now(sqlite3 *db, const char *name, const spec *decl, const ch
     sqlite3_str *g = sqlite3_str_new(NULL);
     int ngone = 0, oom = 0;
     for (int l = 0; l < NLISTS; l++) {
-        keep[l] = malloc(((size_t)decl->n[l] + 1) * sizeof *keep[l]);
+        int cap = l == L_X && all ? nhave : decl->n[l];
+        keep[l] = malloc(((size_t)cap + 1) * sizeof *keep[l]);
         oom |= !keep[l];
         for (int i = 0; keep[l] && i < decl->n[l]; i++) {
             if (has_name(have, nhave, decl->cols[l][i]))
@@ -769,6 +776,13 @@ static char *build_now(sqlite3 *db, const char *name, const spec *decl, const ch
                 sqlite3_str_appendf(g, "%s\"%s\"", ngone++ ? ", " : "", decl->cols[l][i]);
         }
         s.cols[l] = keep[l];
+    }
+    for (int i = 0; all && !oom && i < nhave; i++) {
+        int key = 0;
+        for (int k = 0; k < s.n[L_PK] && !key; k++)
+            key = strcmp(keep[L_PK][k], have[i]) == 0;
+        if (!key)
+            keep[L_X][s.n[L_X]++] = have[i];
     }
     s.never = *never = decl->op == SN_UPDATE && decl->n[L_WHEN] > 0 && s.n[L_WHEN] == 0;
     if (!oom)
@@ -851,7 +865,7 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
     spec_of_watch(w, &s);
     snprintf(why, sizeof why, "out of memory");
     comment = make_comment(w);
-    ddl = comment ? build_now(c->db, name, &s, comment, &gone, &never, why, sizeof why) : NULL;
+    ddl = comment ? build_now(c->db, name, &s, w->extra_all, comment, &gone, &never, why, sizeof why) : NULL;
     if (!ddl)
         goto fail;
     free(gone); /* left out: the runtime says which */
@@ -1020,6 +1034,8 @@ static char *summary(const desc *d)
     else if (d->n[L_PK] == 0)
         sqlite3_str_appendall(s, "(no key)");
     for (int l = 0; d->version == SQL_VERSION && l < NLISTS; l++) {
+        if (l == L_X && d->all)
+            sqlite3_str_appendall(s, " | x: *");
         if (d->n[l] == 0)
             continue;
         sqlite3_str_appendall(s, labels[l]);
@@ -1132,7 +1148,7 @@ static char *rebuild(sqlite3 *db, const char *name, const char *tbl, desc *d, ch
         s.cols[l] = (const char *const *)d->cols[l];
         s.n[l] = d->n[l];
     }
-    return build_now(db, name, &s, d->comment, gone, never, why, sizeof why);
+    return build_now(db, name, &s, d->all, d->comment, gone, never, why, sizeof why);
 }
 
 int sqd_repair_triggers(sn_conn *c)

@@ -204,7 +204,9 @@ end
 
 local function check_columns(info, list, what, level)
   if list == nil then return {} end
-  if type(list) ~= "table" then fail(level + 1, "%s must be a list of column names", what) end
+  if type(list) ~= "table" then
+    fail(level + 1, "%s must be a list of column names%s", what, what == "extra_columns" and ' or "*"' or "")
+  end
   local n = #list
   for k in pairs(list) do
     if math.type(k) ~= "integer" or k < 1 or k > n then fail(level + 1, "%s must be a list of column names", what) end
@@ -378,10 +380,12 @@ local function watch_marker(w, info)
   return core.hash(concat({
     "v2", w.schema, w.table, w.op, w.channel, concat(w.pk, "\1"), concat(w.extra, "\1"), concat(w.trigger, "\1"),
     concat(w.old, "\1"), tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
+    w.all and "*" or nil,
   }, "\0"))
 end
 
--- w's extra columns, and the columns it names that its table as info describes it no longer
+-- w's extra columns with its table as info describes it (for extra_columns = "*" every column
+-- but the key ones, else those it names), and the columns it names that the table no longer
 -- has (renamed or dropped), in the watch's order.
 local function columns_now(w, info)
   local extra, gone, seen = w.extra, {}, {}
@@ -392,6 +396,12 @@ local function columns_now(w, info)
         gone[#gone + 1] = c
       end
     end
+  end
+  if w.all then
+    local key = {}
+    extra = {}
+    for _, c in ipairs(w.pk) do key[c] = true end
+    for _, c in ipairs(info.colnames) do if not key[c] then extra[#extra + 1] = c end end
   end
   return extra, gone
 end
@@ -416,7 +426,8 @@ function Notifier:watch(t, op, opts)
   op = check_op(op, 2)
   opts = check_options(opts, WATCH_OPTIONS, "watch", 2)
   local info = self:_table(t, 2)
-  local extra = check_columns(info, opts.extra_columns, "extra_columns", 2)
+  local all = opts.extra_columns == "*"
+  local extra = all and {} or check_columns(info, opts.extra_columns, "extra_columns", 2)
   local trigger = check_columns(info, opts.trigger_columns, "trigger_columns", 2)
   if #trigger > 0 and op ~= M.UPDATE then
     fail(2, "trigger_columns only applies to UPDATE watches, not %s on %s", op, info.name)
@@ -452,7 +463,7 @@ function Notifier:watch(t, op, opts)
 
   local w = {
     schema = info.schema, table = info.table, name = info.name, op = op, opcode = OPCODES[op],
-    channel = channel, label = label, pk = pk, extra = extra, trigger = trigger, old = old,
+    channel = channel, label = label, pk = pk, extra = extra, all = all or nil, trigger = trigger, old = old,
     info = info, overflow = opts.use_overflow_table == true, pkindex = {}, oldset = {},
     truncated_log = { what = "truncated", channel = channel },
   }
@@ -612,15 +623,15 @@ end
 -- The plan the decoder reads w's payloads with: the columns they carry now (set_columns).
 function Notifier:_plan(w)
   w.plan = core.plan({ schema = w.schema, table = w.table, op = w.op, pk = w.pk, extra = w.xcols, old = w.old,
-    gone = w.goneset }, w.info, self.dialect_name, self._nulls)
+    all = w.all, gone = w.goneset }, w.info, self.dialect_name, self._nulls)
   return w.plan
 end
 
 -- The event of a payload, decoded by the binding (the one decoder of the wire format in
 -- src/dialect.h, with a plan made once per watch), or nil after logging why it is skipped.
--- A payload whose columns are not the plan's (a watched column renamed or dropped) has the
--- table read again, and is decoded again when the watch changed; a truncated one too, unless
--- a column it names is known to be gone.
+-- A payload whose columns are not the plan's (a watched column renamed or dropped, one
+-- added to a table watched whole) has the table read again, and is decoded again when the
+-- watch changed; a truncated one too, unless a column it names is known to be gone.
 function Notifier:_event(w, channel, payload, ts)
   local ev, why, drift = decode(w.plan or self:_plan(w), payload, channel, ts)
   if not ev then
@@ -668,8 +679,8 @@ end
 
 -- Bring w up to date with its table as info describes it: a column it names that is gone
 -- (renamed or dropped) is said once at error level and no longer read, one back is carried
--- again; its trigger is then made again for the table as it is (a new marker). true when
--- anything changed.
+-- again, extra_columns = "*" follows the table; its trigger is then made again for the table
+-- as it is (a new marker). true when anything changed.
 function Notifier:_adapt(w, info)
   local extra, gone = columns_now(w, info)
   local was = w.goneset
@@ -695,6 +706,10 @@ function Notifier:_adapt(w, info)
   if #back > 0 then
     self:_log("info", "%s %s of %s %s back: the %s watch carries %s again", #back > 1 and "columns" or "column",
       quoted_list(back), w.name, #back > 1 and "are" or "is", w.op, #back > 1 and "them" or "it")
+  end
+  if w.all then
+    self:_log("info", "the %s watch on %s (extra_columns = \"*\") follows the table's columns: %s", w.op, w.name,
+      #extra > 0 and concat(extra, ", ") or "(none but the key)")
   end
   if not w.keygone then self:_reinstall(w) end -- without its key it sends nothing of the row anyway
   return true
