@@ -16,8 +16,9 @@
  *
  *   capture(channel, 'npk nextra nold ntrig', pk..., extra..., old..., trigger columns...)
  *
- * A user's write must not fail here where the plpgsql body would let it through: a column
- * gone sends the key marked truncated ("t": true), a trigger column gone is unchanged, a
+ * A user's write must not fail here where the plpgsql body would let it through: an extra
+ * or old column gone (renamed or dropped since) is left out and the others are sent, a key
+ * column gone sends {"t": true}, a trigger column gone is unchanged, a
  * column retyped since to something else is rendered by to_jsonb() in a subtransaction (as
  * the plpgsql body's EXECUTE would), a value that could fail or grow past MAX_PAYLOAD is
  * rendered in a subtransaction too and sends the key alone when it does. A journal of
@@ -498,12 +499,15 @@ static int key_cmp(const col *a, const col *b)
 }
 
 /* {"a": 1, "b": "x"} of cols from tup, keys in jsonb's order, a repeated name once (its
- * last); false when a column is gone or the payload would grow past MAX_PAYLOAD. */
-static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, TupleDesc desc)
+ * last); a column gone is left out (skip_gone) or makes it fail (a key). false when it
+ * failed or the payload would grow past MAX_PAYLOAD. */
+static bool append_object(StringInfo s, const col *cols, int n, HeapTuple tup, TupleDesc desc, bool skip_gone)
 {
     int *order = palloc(sizeof(int) * (n > 0 ? n : 1));
     int m = 0;
     for (int i = 0; i < n; i++) {
+        if (cols[i].attnum == 0 && skip_gone)
+            continue;
         if (cols[i].attnum == 0)
             return false;
         int j = m;
@@ -694,19 +698,19 @@ static bool render(TriggerData *td, change *ch, const char *fn)
     initStringInfo(&ch->key);
     initStringInfo(&ch->oldkey);
     initStringInfo(&ch->p);
-    ch->have_key = append_object(&ch->key, w.pk, w.npk, rec, desc);
-    ch->have_oldkey = keychange && ch->have_key && append_object(&ch->oldkey, w.pk, w.npk, oldt, desc);
+    ch->have_key = append_object(&ch->key, w.pk, w.npk, rec, desc, false);
+    ch->have_oldkey = keychange && ch->have_key && append_object(&ch->oldkey, w.pk, w.npk, oldt, desc, false);
     int nold = upd ? w.nold : 0;
-    /* {"o": …, "x": …, "id": …, "oid": …}: jsonb's order of the top-level keys; a column
-     * gone: {"t": true, "id": …} */
+    /* {"o": …, "x": …, "id": …, "oid": …}: jsonb's order of the top-level keys; a value
+     * that cannot be sent: {"t": true, "id": …} */
     bool whole = ch->have_key;
     if (whole) {
         appendStringInfoString(&ch->p, nold > 0 ? "{\"o\": " : "{\"x\": ");
         if (nold > 0) {
-            whole = append_object(&ch->p, w.old, nold, oldt, desc);
+            whole = append_object(&ch->p, w.old, nold, oldt, desc, true);
             appendStringInfoString(&ch->p, ", \"x\": ");
         }
-        whole = whole && append_object(&ch->p, w.extra, w.nextra, rec, desc);
+        whole = whole && append_object(&ch->p, w.extra, w.nextra, rec, desc, true);
     }
     if (whole)
         append_keys(ch);

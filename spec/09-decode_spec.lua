@@ -231,6 +231,44 @@ describe("the payload decoder", function()
     end)
   end)
 
+  describe("columns that are not the plan's (a table changed, spec 27)", function()
+    local info = { colnames = { "id", "a", "b" }, types = { "integer", "text", "bytea" } }
+    local watch = { schema = "s", table = "t", op = "update", pk = { "id" }, extra = { "a", "b" }, old = { "a" } }
+    local function drift(payload, p) return select(3, core.decode(p, payload, "chan", 1.5)) end
+
+    it("says so when a carried column is absent, unless it is known to be gone", function()
+      local p = core.plan(watch, info, "postgresql", false)
+      assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": null, "b": "\\x01"}, "o": {"a": "z"}}]], p))
+      assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": 1, "b": 2, "zz": 3}, "o": {"a": 1}}]], p)) -- not asked for
+      assert.is_nil(drift([[{"id": {"id": 1}, "t": true}]], p)) -- truncated: the key alone
+      assert.is_true(drift([[{"id": {"id": 1}, "x": {"b": "\\x01"}, "o": {"a": "z"}}]], p))
+      assert.is_true(drift([[{"id": {"id": 1}, "x": {"a": 1, "b": null}, "o": {}}]], p))
+      assert.is_true(drift([[{"id": {"id": 1}, "x": {"a": 1, "b": null}}]], p))
+      assert.is_true(drift([[{"id": {"id": 1}}]], p))
+      local gone = core.plan({ schema = "s", table = "t", op = "update", pk = { "id" }, extra = { "a", "b" },
+        old = { "a" }, gone = { a = true } }, info, "postgresql", false)
+      assert.is_nil(drift([[{"id": {"id": 1}, "x": {"b": null}, "o": {}}]], gone))
+      assert.is_true(drift([[{"id": {"id": 1}, "x": {}, "o": {}}]], gone))
+      -- one written before it went is decoded all the same
+      assert.are.same({ a = "was", b = "\1" },
+        core.decode(gone, [[{"id": {"id": 1}, "x": {"a": "was", "b": "\\x01"}, "o": {}}]], "chan", 1.5).extra_columns)
+    end)
+
+    it('keeps, with extra_columns = "*", a column the plan does not know by its JSON type, and says so', function()
+      for _, nulls in ipairs { false, true } do
+        local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "a", "b" }, all = true },
+          info, "postgresql", nulls)
+        local ev, why, news = core.decode(p, [[{"id": {"id": 1}, "x": {"a": "x", "b": "\\x01", "c": "\\x02",
+          "d\u00e9": [1, 2.5], "e": null}}]], "chan", 1.5)
+        assert.is_nil(why)
+        assert.is_true(news)
+        assert_exact({ a = "x", b = "\1", c = "\\x02", ["dé"] = { 1, 2.5, n = not nulls and 2 or nil }, e = nulls and NULL or nil }, ev.extra_columns)
+        assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": "x", "b": null}}]], p))
+        assert.is_true(drift([[{"id": {"id": 1}, "x": {"a": "x"}}]], p))
+      end
+    end)
+  end)
+
   describe("plans", function()
     it("classes columns by their catalog type on each dialect", function()
       local function classes(dialect, types)

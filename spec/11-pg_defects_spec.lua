@@ -164,9 +164,9 @@ describe("the PostgreSQL driver", function()
         { I, '{"x": {"a": "a1", "b": 1}, "id": {"id": 1}}' },
         { U, '{"o": {"d": 1}, "x": {"a": "a1"}, "id": {"id": 1}}' },
         { I, '{"x": {"a": "a2", "b": 2}, "id": {"id": 2}}' }, -- retyped: whole
-        { I, '{"t": true, "id": {"id": 3}}' },                -- renamed: the key, truncated
-        { U, '{"t": true, "id": {"id": 1}}' },
-        { U, '{"t": true, "id": {"id": 1}}' },                -- an old column dropped: as an extra column
+        { I, '{"x": {"b": 3}, "id": {"id": 3}}' },             -- renamed: the other columns
+        { U, '{"o": {"d": 2}, "x": {}, "id": {"id": 1}}' },
+        { U, '{"o": {}, "x": {"a": "a1"}, "id": {"id": 1}}' }, -- an old column dropped: as an extra column
         { D, '{"x": {"b": 2}, "id": {"id": 2}}' },             -- (no event: the trigger column is gone)
         { I, '{"t": true}' },                                 -- the key renamed: nothing of the row
       }, r.got)

@@ -619,7 +619,7 @@ INSERT INTO {T} (id, v, w) VALUES (5, 'five', 'e');
       e(1, { v = 1, w = "a" }),
       e(2, { v = 2.5, w = "b" }), -- the column was an integer when the watch was made: a number
       e(3, { v = { x = { 1.0 } }, w = "c" }),
-      e(4, {}, true), -- a watched column renamed: the key alone, marked truncated
+      e(4, { v = 1 }), -- a watched column renamed: the other columns
       e(5, { v = "five", w = "e" }),
     }, ev)
   end)

@@ -786,6 +786,8 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     w->op = (int)lua_tointeger(L, -1);
     lua_getfield(L, t, "overflow");
     w->overflow = lua_toboolean(L, -1);
+    lua_getfield(L, t, "all");
+    w->extra_all = lua_toboolean(L, -1);
     w->pk = string_array(L, t, "pk", &w->npk);
     w->extra = string_array(L, t, "extra", &w->nextra);
     w->trigger_cols = string_array(L, t, "trigger", &w->ntrigger);

@@ -5,7 +5,8 @@
  *
  *   core.plan(watch, info, dialect, nulls) -> plan   once per watch: its key, extra and
  *                                                   old columns with their type classes
- *   core.decode(plan, payload, channel, ts) -> event | nil, reason
+ *   core.decode(plan, payload, channel, ts) -> event [, nil, true: its columns are not the
+ *                                                   plan's] | nil, reason
  *   core.null                                       SQL NULL when a notifier asks for it
  *
  * lua-cjson stays for every other JSON (notify's encoder, the user's own).
@@ -29,14 +30,18 @@ typedef struct pcol {
     const char *name;  /* anchored by the plan's name table */
     size_t len;
     int cls;           /* enum sn_class */
+    int gone;          /* an extra or old column the table no longer has: its absence is no news */
 } pcol;
 
 /* Columns in one array: key, then extra, then old. The plan's user value is a table of
  * their names as Lua strings at 1..ncols, then schema, table and operation. */
 typedef struct sn_plan {
     int npk, nextra, nold, ncols;
+    int xlive, olive; /* extra and old columns not gone */
     int has_old; /* the watch has old_columns: event.old is a table */
     int nulls;   /* SQL NULL arrives as core.null instead of being absent */
+    int follow;  /* extra_columns = "*": a column in "x" the plan does not know is news too,
+                    and goes in the event by its JSON type until the plan knows it */
     pcol cols[];
 } sn_plan;
 
@@ -102,7 +107,8 @@ static int list_len(lua_State *L, int t, const char *field)
 }
 
 /* core.plan(watch, info, dialect, nulls): watch.schema, .table, .op, .pk, .extra, .old
- * (lists of names), info.colnames and info.types (the catalog's, parallel lists). */
+ * (lists of names), .all (extra_columns = "*"), .gone (a set of the names of columns the
+ * table no longer has), info.colnames and info.types (the catalog's, parallel lists). */
 static int l_plan(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -120,6 +126,9 @@ static int l_plan(lua_State *L)
     p->ncols = ncols;
     p->nulls = nulls;
     p->has_old = nold > 0;
+    lua_getfield(L, 1, "all");
+    p->follow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     luaL_setmetatable(L, PLAN_META);
 
     /* name -> class from the catalog */
@@ -140,6 +149,8 @@ static int l_plan(lua_State *L)
     lua_settop(L, 6);
 
     lua_createtable(L, ncols + 3, 0); /* 7: the names */
+    lua_getfield(L, 1, "gone");       /* 8 */
+    int gone = lua_istable(L, 8);
     static const char *const lists[] = {"pk", "extra", "old"};
     int at = 0;
     for (int l = 0; l < 3; l++) {
@@ -153,12 +164,23 @@ static int l_plan(lua_State *L)
             lua_rawseti(L, 7, at + 1);
             pcol *c = &p->cols[at++];
             c->name = lua_tolstring(L, -1, &c->len);
+            c->gone = 0;
+            if (l > 0 && gone) {
+                lua_pushvalue(L, -1);
+                c->gone = lua_rawget(L, 8) != LUA_TNIL;
+                lua_pop(L, 1);
+            }
+            if (l == 1)
+                p->xlive += !c->gone;
+            if (l == 2)
+                p->olive += !c->gone;
             lua_rawget(L, 6);
             c->cls = (int)lua_tointeger(L, -1); /* a column gone from the catalog: plain */
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
     }
+    lua_pop(L, 1); /* the gone set */
     static const char *const fields[] = {"schema", "table", "op"};
     for (int f = 0; f < 3; f++) {
         lua_getfield(L, 1, fields[f]);
@@ -179,6 +201,8 @@ typedef struct dec {
     const sn_plan *pl;
     int names;        /* stack index of the plan's name table */
     int seen;         /* top-level keys read (K_*) */
+    int found, unknown; /* the last column object: its plan columns present, other keys */
+    int drift;        /* the columns carried are not the plan's: the table changed? */
     char why[200];    /* the reason a payload is refused */
 } dec;
 
@@ -716,6 +740,8 @@ typedef struct target {
     int byname;        /* stack index of a table by column name, or 0 */
     int id;            /* key objects: stack index of the id slot (value, or array when n > 1) */
     int required;      /* key objects: every column present, each a scalar or null */
+    int follow;        /* keep the columns the plan does not know, by their JSON type */
+    int live;          /* its columns not gone: fewer present is news */
 } target;
 
 /* {"col": value, ...}: known columns into the target, others checked and skipped. */
@@ -726,6 +752,7 @@ static int columns(dec *d, const target *t)
     unsigned char seen[MAX_COLS / 8];
     memset(seen, 0, (size_t)(t->n + 7) / 8);
     int hint = 0, found = 0;
+    d->unknown = 0;
     ws(d);
     if (!expect(d, '{'))
         return bad(d, "\"%s\" is not an object", t->what);
@@ -739,8 +766,14 @@ static int columns(dec *d, const target *t)
             if (r == 0)
                 return 0;
             int at = find(cols, t->n, k, klen, &hint);
-            if (r == 2)
+            int keep = at < 0 && t->follow;
+            if (keep) { /* its own name, under the value */
+                lua_pushlstring(L, k, klen);
+                if (r == 2)
+                    lua_remove(L, -2);
+            } else if (r == 2) {
                 lua_pop(L, 1); /* the unescaped key: from here on the name is the plan's */
+            }
             if (at >= 0) {
                 k = cols[at].name;
                 if (seen[at / 8] & (1u << (at % 8))) {
@@ -748,7 +781,7 @@ static int columns(dec *d, const target *t)
                     return bad(d, "a duplicate key \"%s\" in \"%s\"", shown(name, sizeof name, k, klen), t->what);
                 }
                 seen[at / 8] |= (unsigned char)(1u << (at % 8));
-                found++;
+                found += !cols[at].gone;
             }
             if (!expect(d, ':'))
                 return bad_syntax(d, "a missing ':'");
@@ -758,8 +791,19 @@ static int columns(dec *d, const target *t)
                 return bad(d, "key column \"%s\" in \"%s\" is not a scalar", shown(name, sizeof name, k, klen), t->what);
             }
             if (at < 0) {
-                if (value(d, SN_CLASS_PLAIN, 1, 0) < 0)
+                d->unknown++;
+                r = value(d, SN_CLASS_PLAIN, !keep, 0);
+                if (r < 0)
                     return 0;
+                if (!keep)
+                    continue;
+                if (r == 0 && !d->pl->nulls) {
+                    lua_pop(L, 1); /* NULL: absent */
+                    continue;
+                }
+                if (r == 0)
+                    lua_pushlightuserdata(L, NULL);
+                lua_rawset(L, t->byname);
                 continue;
             }
             /* the plan's name under the value, for one lua_rawset without copies */
@@ -796,6 +840,7 @@ static int columns(dec *d, const target *t)
                 char name[200];
                 return bad(d, "\"%s\" lacks key column \"%s\"", t->what, shown(name, sizeof name, cols[i].name, cols[i].len));
             }
+    d->found = found;
     return 1;
 }
 
@@ -844,20 +889,20 @@ static int payload(dec *d)
             target t = {0};
             switch (which) {
             case K_ID:
-                t = (target){"id", 0, pl->npk, S_KEY, S_ID, 1};
+                t = (target){"id", 0, pl->npk, S_KEY, S_ID, 1, 0, pl->npk};
                 break;
             case K_X:
-                t = (target){"x", pl->npk, pl->nextra, S_EXTRA, 0, 0};
+                t = (target){"x", pl->npk, pl->nextra, S_EXTRA, 0, 0, pl->follow, pl->xlive};
                 break;
             case K_O: /* a watch without old_columns: checked, not kept */
-                t = (target){"o", pl->npk + pl->nextra, pl->nold, pl->has_old ? S_OLD : 0, 0, 0};
+                t = (target){"o", pl->npk + pl->nextra, pl->nold, pl->has_old ? S_OLD : 0, 0, 0, 0, pl->olive};
                 break;
             case K_OID:
                 if (pl->npk > 1) {
                     lua_createtable(L, pl->npk, 0);
                     lua_replace(L, S_OLDID);
                 }
-                t = (target){"oid", 0, pl->npk, 0, S_OLDID, 1};
+                t = (target){"oid", 0, pl->npk, 0, S_OLDID, 1, 0, pl->npk};
                 break;
             case K_T:
                 ws(d);
@@ -873,6 +918,10 @@ static int payload(dec *d)
             }
             if (!columns(d, &t))
                 return 0;
+            /* a column of the plan absent (renamed or dropped since?), or one it does not know
+             * in a watch of every column (added since?) */
+            if ((which == K_X || which == K_O) && (d->found < t.live || (which == K_X && pl->follow && d->unknown > 0)))
+                d->drift = 1;
         } while (expect(d, ','));
         if (!expect(d, '}'))
             return bad_syntax(d, "a missing ',' or '}'");
@@ -883,6 +932,8 @@ static int payload(dec *d)
     d->seen = seen;
     if (!(seen & K_ID) && !truncated)
         return bad(d, "no \"id\" object");
+    if (!truncated && ((!(seen & K_X) && pl->xlive > 0) || (!(seen & K_O) && pl->olive > 0)))
+        d->drift = 1;
     return 1 + truncated;
 }
 
@@ -935,6 +986,7 @@ static int l_decode(lua_State *L)
     d.pl = pl;
     d.names = S_NAMES;
     d.seen = 0;
+    d.drift = 0;
     d.why[0] = '\0';
     int r = payload(&d);
     if (r == 0) {
@@ -964,7 +1016,11 @@ static int l_decode(lua_State *L)
     lua_pushboolean(L, truncated);
     lua_rawset(L, ev);
     lua_pushvalue(L, ev);
-    return 1;
+    if (!d.drift)
+        return 1;
+    lua_pushnil(L);
+    lua_pushboolean(L, 1);
+    return 3;
 }
 
 /* ===== registration ===== */

@@ -124,7 +124,10 @@ typedef struct sn_sink {
     void (*reconnected)(void *ud, double outage, int may_have_missed);
 } sn_sink;
 
-/* What one watch asks for. All names are literal catalog names; the driver quotes. */
+/* What one watch asks for. All names are literal catalog names; the driver quotes. A watch
+ * may name columns its table no longer has (renamed or dropped since it was declared): the
+ * trigger that install makes leaves those extra and old columns out, a trigger column gone
+ * counts as unchanged, a key column gone sends {"t": true}. */
 typedef struct sn_watch {
     const char *schema;          /* resolved schema ("main" on SQLite) */
     const char *table;
@@ -135,6 +138,9 @@ typedef struct sn_watch {
     int npk;
     const char *const *extra;    /* extra columns */
     int nextra;
+    int extra_all;               /* extra_columns = "*": every column but the key ones, as the table
+                                    has them when the row changes (extra is then empty); a name
+                                    made from the watch counts it as "*", not as those columns */
     const char *const *trigger_cols; /* UPDATE only: fire only when one really changed */
     int ntrigger;
     const char *const *old_cols; /* UPDATE only: columns whose OLD values go in "o" */

@@ -18,6 +18,10 @@
  * values as "\x" + lower-case hex; JSON as JSON; the rest as MySQL's text (DATETIME as
  * "2024-01-02 03:04:05.000000").
  *
+ * The trigger is made for the table as it is (watch_now): the extra and old columns of the
+ * watch the table no longer has are left out, and extra_columns = "*" is every column but
+ * the key ones; the runtime has it made again when the table changes.
+ *
  * The body catches every error, so a user's write never fails because of us: when the one
  * JSON_OBJECT per part fails (a column renamed or dropped since install, a value the journal
  * refuses), a slow path reads each column on its own and sends what is left (a column gone
@@ -222,15 +226,22 @@ typedef struct colinfo {
     sn_result *t;
 } colinfo;
 
-static const char *data_type(const colinfo *ci, const sn_watch *w, const char *col)
+/* The table's column col (exact name), or NULL: its row of ci->r. */
+static const sn_value *column_row(const colinfo *ci, const sn_watch *w, const char *col)
 {
     for (int i = 0; ci->r && i < ci->r->nrows; i++) {
         const sn_value *row = &ci->r->cells[(size_t)i * 3];
-        if (row[0].type == SN_TEXT && row[1].type == SN_TEXT && row[2].type == SN_TEXT &&
-            strcmp(row[0].s, w->table) == 0 && strcmp(row[1].s, col) == 0)
-            return row[2].s;
+        if (row[0].type == SN_TEXT && row[1].type == SN_TEXT && strcmp(row[0].s, w->table) == 0 &&
+            strcmp(row[1].s, col) == 0)
+            return row;
     }
-    return "";
+    return NULL;
+}
+
+static const char *data_type(const colinfo *ci, const sn_watch *w, const char *col)
+{
+    const sn_value *row = column_row(ci, w, col);
+    return row && row[2].type == SN_TEXT ? row[2].s : "";
 }
 
 static int in_list(const char *t, const char *const *list)
@@ -445,6 +456,10 @@ static void summary(my_sbuf *b, const sn_watch *w)
     const int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
     static const char *const heads[4] = {"", " | x: ", " | when: ", " | old: "};
     for (int l = 0; l < 4; l++) {
+        if (l == 1 && w->extra_all) {
+            my_sb_add(b, " | x: *");
+            continue;
+        }
         if (l > 0 && ns[l] == 0)
             continue;
         my_sb_add(b, heads[l]);
@@ -531,8 +546,53 @@ static int load_columns(sn_conn *c, const sn_watch *w, colinfo *ci, char *err, s
         return 0;
     return my_query(c,
                     "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS"
-                    " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                     2, args, &ci->r, err, errlen);
+}
+
+/* The columns of cols the table has, into out; how many. */
+static int keep_present(const colinfo *ci, const sn_watch *w, const char *const *cols, int n, const char **out)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (column_row(ci, w, cols[i]))
+            out[k++] = cols[i];
+    return k;
+}
+
+/* The watch as its table is now, which the trigger is made for: the extra and old columns
+ * renamed or dropped since it was declared are left out, the trigger columns gone too unless
+ * none is left (then they all stay: a trigger column gone counts as unchanged, and it fires
+ * no more); extra_columns = "*" is every column but the key ones. The key stays as asked (a
+ * key column gone sends {"t":true}). *cols (malloc'd) holds the lists; 0, or -1 out of memory. */
+static int watch_now(const sn_watch *w, const colinfo *ci, sn_watch *now, const char ***cols)
+{
+    int nrows = ci->r ? ci->r->nrows : 0, n = w->nextra + w->nold + w->ntrigger + nrows;
+    const char **a = malloc(sizeof *a * (size_t)(n > 0 ? n : 1));
+    *now = *w;
+    *cols = a;
+    if (a == NULL)
+        return -1;
+    now->extra = a;
+    now->nextra = keep_present(ci, w, w->extra, w->nextra, a);
+    for (int i = 0; w->extra_all && i < nrows; i++) {
+        const sn_value *row = &ci->r->cells[(size_t)i * 3];
+        int skip = row[0].type != SN_TEXT || row[1].type != SN_TEXT || strcmp(row[0].s, w->table) != 0;
+        for (int k = 0; k < w->npk && !skip; k++)
+            skip = strcmp(w->pk[k], row[1].s) == 0; /* a key column */
+        if (!skip)
+            a[now->nextra++] = row[1].s;
+    }
+    a += now->nextra;
+    now->old_cols = a;
+    now->nold = keep_present(ci, w, w->old_cols, w->nold, a);
+    a += now->nold;
+    int ntrig = keep_present(ci, w, w->trigger_cols, w->ntrigger, a);
+    if (ntrig > 0) {
+        now->trigger_cols = a;
+        now->ntrigger = ntrig;
+    }
+    return 0;
 }
 
 static void colinfo_free(colinfo *ci)
@@ -619,12 +679,18 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     char name[64];
     colinfo ci;
     ours_list all = {0};
+    sn_watch now;
+    const char **cols = NULL;
     int rc = SN_INSTALL_ERROR;
     sn_trigger_name(w, name);
     if (my_journal_ensure(c, err, errlen) < 0)
         return SN_INSTALL_ERROR;
     if (load_columns(c, w, &ci, err, errlen) < 0)
         goto done;
+    if (watch_now(w, &ci, &now, &cols) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        goto done;
+    }
     if (ci.table_type == NULL || strcmp(ci.table_type, "VIEW") == 0) {
         my_sbuf b = {0};
         cannot(&b, w, "create");
@@ -682,7 +748,7 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             my_sb_free(&b);
             goto done;
         }
-        rc = create(c, w, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_CREATED;
+        rc = create(c, &now, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_CREATED;
         goto done;
     }
     const char *dot = strrchr(mine->marker, '.');
@@ -693,8 +759,9 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     else if (!replace)
         rc = SN_INSTALL_KEPT;
     else
-        rc = create(c, w, &ci, name, 1, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_REPLACED;
+        rc = create(c, &now, &ci, name, 1, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_REPLACED;
 done:
+    free(cols);
     colinfo_free(&ci);
     ours_free(&all);
     return rc;

@@ -22,12 +22,15 @@
  * "sqlnotify:1:<marker>") are found and replaced.
  *
  * The function reads only the columns it sends (key, extra, trigger and old columns),
- * never the whole row, inside a block that catches every error. A plan that no longer
- * fits the table (a column retyped since the session cached it) is rebuilt by EXECUTE;
- * a watched column renamed or dropped, or a value jsonb cannot hold, sends the key
- * marked truncated ("t": true); a trigger column that is gone counts as unchanged. The
- * user's write never fails here. Floats go out with extra_float_digits of at least 1 (see
- * FLOAT_GUARD).
+ * never the whole row, inside a block that catches every error; a watch of extra_columns
+ * = "*" reads the whole row (to_jsonb), so it follows the table as it changes. A plan that
+ * no longer fits the table (a column retyped since the session cached it) is rebuilt by
+ * EXECUTE; an extra or old column renamed or dropped since is left out and the others are
+ * sent; a key column gone, or a value jsonb cannot hold, sends the key (if it can) marked
+ * truncated ("t": true); a trigger column that is gone counts as unchanged. The trigger is
+ * made for the table as it is (watch_now): the columns it no longer has are not read at
+ * all. The user's write never fails here. Floats go out with extra_float_digits of at
+ * least 1 (see FLOAT_GUARD).
  */
 #include "pg.h"
 
@@ -149,6 +152,51 @@ static int is_simple(const tinfo *t, const char *const *cols, int n)
     return 1;
 }
 
+static int has_column(const tinfo *t, const char *col)
+{
+    for (int i = 0; i < PQntuples(t->res); i++)
+        if (!PQgetisnull(t->res, i, 3) && strcmp(PQgetvalue(t->res, i, 3), col) == 0)
+            return 1;
+    return 0;
+}
+
+/* The columns of cols the table has, into out; how many. */
+static int keep_present(const tinfo *t, const char *const *cols, int n, const char **out)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (has_column(t, cols[i]))
+            out[k++] = cols[i];
+    return k;
+}
+
+/* The watch as its table is now, which the trigger is made for: the extra and old columns
+ * renamed or dropped since it was declared are left out, the trigger columns gone too unless
+ * none is left (then they all stay: a trigger column gone counts as unchanged, and it fires
+ * no more). The key stays as asked: a key column gone sends {"t": true}. *cols (malloc'd)
+ * holds the lists; 0, or -1 out of memory. */
+static int watch_now(const sn_watch *w, const tinfo *t, sn_watch *now, const char ***cols)
+{
+    int n = w->nextra + w->nold + w->ntrigger;
+    const char **a = malloc(sizeof *a * (size_t)(n > 0 ? n : 1));
+    *now = *w;
+    *cols = a;
+    if (a == NULL)
+        return -1;
+    now->extra = a;
+    now->nextra = keep_present(t, w->extra, w->nextra, a);
+    a += now->nextra;
+    now->old_cols = a;
+    now->nold = keep_present(t, w->old_cols, w->nold, a);
+    a += now->nold;
+    int ntrig = keep_present(t, w->trigger_cols, w->ntrigger, a);
+    if (ntrig > 0) {
+        now->trigger_cols = a;
+        now->ntrigger = ntrig;
+    }
+    return 0;
+}
+
 /* ===== the generator ===== */
 
 /* One column's value as jsonb_build_object takes it: bytea as "\x<hex>" whatever
@@ -214,6 +262,24 @@ static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char
     }
 }
 
+/* extra_columns = "*": every column of record rec but the key ones, as the table has them
+ * now (bytea as "\x<hex>" under BYTEA_GUARD). */
+static void sb_row(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *rec)
+{
+    pg_sb_add(b, "pg_catalog.to_jsonb(");
+    pg_sb_add(b, rec);
+    pg_sb_add(b, ")");
+    if (w->npk == 0)
+        return;
+    pg_sb_add(b, " OPERATOR(pg_catalog.-) ARRAY[");
+    for (int i = 0; i < w->npk; i++) {
+        if (i > 0)
+            pg_sb_add(b, ", ");
+        pg_sb_quote(b, db, w->pk[i], 0);
+    }
+    pg_sb_add(b, "]::pg_catalog.text[]");
+}
+
 /* The payload object from records rec (NEW, or OLD for DELETE) and oldr (UPDATE):
  * jsonb_build_object('id', <k>, 'x', <extra>[, 'o', <old>]), the "oid" added after. */
 static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *k,
@@ -223,7 +289,10 @@ static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     pg_sb_add(b, "pg_catalog.jsonb_build_object('id', ");
     pg_sb_add(b, k);
     pg_sb_add(b, ", 'x', ");
-    sb_object(b, db, t, rec, w->extra, w->nextra);
+    if (w->extra_all)
+        sb_row(b, db, w, rec);
+    else
+        sb_object(b, db, t, rec, w->extra, w->nextra);
     if (nold) {
         pg_sb_add(b, ", 'o', ");
         sb_object(b, db, t, oldr, w->old_cols, nold);
@@ -274,6 +343,37 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     "    PERFORM pg_catalog.set_config('extra_float_digits', '1', true);\n"                                         \
     "  END IF;\n"
 #define FLOAT_RESTORE "IF sn_f IS NOT NULL THEN PERFORM pg_catalog.set_config('extra_float_digits', sn_f, true); END IF;\n"
+/* The same for bytea_output in a watch of every column (to_jsonb writes bytea as it says). */
+#define BYTEA_GUARD                                                                                                    \
+    "  IF pg_catalog.current_setting('bytea_output') OPERATOR(pg_catalog.<>) 'hex' THEN\n"                          \
+    "    sn_bo := pg_catalog.current_setting('bytea_output');\n"                                                     \
+    "    PERFORM pg_catalog.set_config('bytea_output', 'hex', true);\n"                                              \
+    "  END IF;\n"
+#define BYTEA_RESTORE "IF sn_bo IS NOT NULL THEN PERFORM pg_catalog.set_config('bytea_output', sn_bo, true); END IF;\n"
+
+/* The slow path's extra and old columns, each read on its own by EXECUTE: one renamed or
+ * dropped since (undefined_column) is left out, one whose value cannot be sent makes the
+ * row truncated (sn_t). $1 is NEW (OLD for DELETE), $2 OLD. */
+static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *into,
+                    const char *const *cols, int n, const char *using)
+{
+    for (int i = 0; i < n; i++) {
+        pg_sbuf s = {0};
+        pg_sb_add(&s, "SELECT ");
+        sb_object(&s, db, t, rec, &cols[i], 1);
+        pg_sb_add(b, "        BEGIN\n          EXECUTE ");
+        if (s.fail)
+            b->fail = s.fail;
+        else
+            pg_sb_quote(b, db, s.p, 0);
+        free(s.p);
+        pg_sb_add(b, " INTO sn_e");
+        pg_sb_add(b, using);
+        pg_sb_addf(b, ";\n          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
+        pg_sb_add(b, "        EXCEPTION WHEN undefined_column THEN\n          NULL;\n"
+                     "        WHEN OTHERS THEN\n          sn_t := true;\n        END;\n");
+    }
+}
 
 /* The plpgsql body. The first block reads only the columns the watch sends, through
  * plans cached for the session. When it fails (a column renamed, dropped or retyped
@@ -285,12 +385,14 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
 static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table, int durable,
                     int fl)
 {
-    const char *restore = fl ? FLOAT_RESTORE : "";
+    const char *restore = w->extra_all ? FLOAT_RESTORE BYTEA_RESTORE : fl ? FLOAT_RESTORE : "";
     const char *rec = w->op == SN_DELETE ? "OLD" : "NEW";
     const char *using = w->op == SN_UPDATE ? " USING NEW, OLD" : w->op == SN_DELETE ? " USING OLD" : " USING NEW";
     int upd = w->op == SN_UPDATE;
-    int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0;
+    int ntrig = upd ? w->ntrigger : 0, keycheck = upd && w->npk > 0, nold = upd ? w->nold : 0;
+    int each = !w->extra_all && (w->nextra > 0 || nold > 0); /* the slow path reads them one by one */
 
+    fl = fl || w->extra_all;
     pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
     if (durable)
         pg_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n  sn_g bigint;\n");
@@ -298,9 +400,16 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
         pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
     if (fl)
         pg_sb_add(b, "  sn_f text;\n");
+    if (w->extra_all)
+        pg_sb_add(b, "  sn_bo text;\n");
+    if (each)
+        pg_sb_add(b, nold ? "  sn_x jsonb;\n  sn_o jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n"
+                          : "  sn_x jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n");
     pg_sb_add(b, "BEGIN\n");
     if (fl)
         pg_sb_add(b, FLOAT_GUARD);
+    if (w->extra_all)
+        pg_sb_add(b, BYTEA_GUARD);
     pg_sb_add(b, "  BEGIN\n");
     if (ntrig) {
         pg_sb_add(b, "    IF NOT (");
@@ -370,8 +479,24 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      EXCEPTION WHEN OTHERS THEN\n"
                  "        sn_k := NULL;\n"
                  "        sn_ok := NULL;\n"
-                 "      END;\n"
-                 "    END;\n"
+                 "      END;\n");
+    if (each) { /* the key, and every column that can be read */
+        pg_sb_add(b, nold ? "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n        sn_o := '{}';\n"
+                          : "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n");
+        pg_sb_add(b, "        sn_t := false;\n");
+        sb_each(b, db, t, "($1)", "sn_x", w->extra, w->nextra, using);
+        sb_each(b, db, t, "($2)", "sn_o", w->old_cols, nold, using);
+        pg_sb_add(b, "        IF NOT sn_t THEN\n"
+                     "          sn_v := pg_catalog.jsonb_build_object('id', sn_k, 'x', sn_x");
+        pg_sb_add(b, nold ? ", 'o', sn_o);\n" : ");\n");
+        pg_sb_add(b, "          IF sn_ok IS NOT NULL THEN\n"
+                     "            sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
+                     "          END IF;\n"
+                     "          sn_p := sn_v::text;\n"
+                     "        END IF;\n"
+                     "      END IF;\n");
+    }
+    pg_sb_add(b, "    END;\n"
                  "  END IF;\n"
                  "  IF ");
     pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
@@ -597,7 +722,7 @@ static int capture_usable(sn_conn *c)
 static const char *capture_form(sn_conn *c, const sn_watch *w, const tinfo *t)
 {
     int upd = w->op == SN_UPDATE;
-    if (!(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
+    if (w->extra_all || !(is_simple(t, w->pk, w->npk) && is_simple(t, w->extra, w->nextra) &&
           (!upd || (is_simple(t, w->old_cols, w->nold) && is_simple(t, w->trigger_cols, w->ntrigger)))))
         return NULL;
     return c->consumer ? CAPTURE_FN : w->overflow ? NULL : NOTIFY_FN;
@@ -659,7 +784,9 @@ static void sb_summary(pg_sbuf *b, const sn_watch *w)
         sb_list(b, w->pk, w->npk);
     else
         pg_sb_add(b, "(no key)");
-    if (w->nextra > 0) {
+    if (w->extra_all) {
+        pg_sb_add(b, " | x: *");
+    } else if (w->nextra > 0) {
         pg_sb_add(b, " | x: ");
         sb_list(b, w->extra, w->nextra);
     }
@@ -684,6 +811,8 @@ typedef struct plan {
     pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
     pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
+    sn_watch now;      /* the watch as the table is now (watch_now): what the trigger reads */
+    const char **cols; /* its lists */
 } plan;
 
 /* form: the C trigger to call, "" for the plpgsql one, NULL to choose (capture_fits) */
@@ -695,6 +824,11 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
     memset(p, 0, sizeof *p);
     sn_trigger_name(w, p->name);
     old_name(w, p->old);
+    if (watch_now(w, t, &p->now, &p->cols) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    w = &p->now;
     p->ovf_schema = pg_overflow_schema_for(c, w->schema);
     int ovf_on = w->overflow && !c->consumer; /* the journal takes any size */
     if (ovf_on)
@@ -732,6 +866,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
 
 static void plan_free(plan *p)
 {
+    free(p->cols);
     free(p->body.p);
     free(p->markline.p);
     free(p->chanline.p);
@@ -835,7 +970,7 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
         st = ST_OTHER;
     } else {
         pg_sbuf args = {0};
-        sb_capture_tgargs(&args, w);
+        sb_capture_tgargs(&args, &p->now);
         char en = PQgetvalue(res, 0, 4)[0];
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;
@@ -863,7 +998,7 @@ static int state_of(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, char
 {
     int st = trigger_state(c, w, t, p, err, errlen);
     const char *env = getenv("SQLNOTIFY_PG_CAPTURE"), *form;
-    if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, w, t)))
+    if (st != ST_OTHER || p->capture || (env && strcmp(env, "plpgsql") == 0) || !(form = capture_form(c, &p->now, t)))
         return st;
     plan q;
     int other = plan_make(c, w, t, &q, form, err, errlen) == 0 ? trigger_state(c, w, t, &q, err, errlen) : -1;

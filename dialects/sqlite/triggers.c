@@ -5,9 +5,12 @@
  *
  * Each trigger carries a marker comment, `/ * sqlnotify:2:<marker> {description} * /`:
  * the watch's hash (compared by install and verify) and a JSON description of the
- * watch (table, operation, channel, label, key, extra, trigger and old columns,
- * install time) that list shows and the repair regenerates the trigger from. Every
- * '/' in it is written as "\/", so the comment cannot end early.
+ * watch (table, operation, channel, label, key, extra, trigger and old columns, "all"
+ * for extra_columns = "*", install time) that list shows and the repair regenerates the
+ * trigger from. Every '/' in it is written as "\/", so the comment cannot end early.
+ * The trigger is made for the table as it is (build_now): columns of the watch the table
+ * no longer has are left out, "*" is every column but the key ones; the repair makes it
+ * again when the table changes.
  */
 #include "sqlite.h"
 
@@ -41,6 +44,7 @@ typedef struct desc {
     char *table, *channel, *label, *at;
     char **cols[NLISTS];
     int n[NLISTS];
+    int all;                     /* extra_columns = "*" */
     char *comment;               /* the marker comment, verbatim */
 } desc;
 
@@ -158,7 +162,7 @@ static int parse_desc(sqlite3 *db, const char *sql, desc *d)
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT json_extract(?1, '$.t'), json_extract(?1, '$.op'), "
                                "json_extract(?1, '$.ch'), json_extract(?1, '$.l'), "
-                               "json_extract(?1, '$.at')", -1, &st, NULL) != SQLITE_OK)
+                               "json_extract(?1, '$.at'), json_extract(?1, '$.all')", -1, &st, NULL) != SQLITE_OK)
         goto bad;
     /* the comment minus its closing " * /" */
     char *text = strndup(json + 1, strlen(json + 1) - 3);
@@ -176,6 +180,7 @@ static int parse_desc(sqlite3 *db, const char *sql, desc *d)
         d->channel = dup_col(st, 2);
         d->label = dup_col(st, 3);
         d->at = dup_col(st, 4);
+        d->all = sqlite3_column_int(st, 5) != 0;
     }
     sqlite3_finalize(st);
     for (int l = 0; ok && l < NLISTS; l++)
@@ -263,6 +268,8 @@ static char *make_comment(const sn_watch *w)
     json_names(s, list_keys[L_X], w->extra, w->nextra);
     json_names(s, list_keys[L_WHEN], w->trigger_cols, w->op == SN_UPDATE ? w->ntrigger : 0);
     json_names(s, list_keys[L_OLD], w->old_cols, w->op == SN_UPDATE ? w->nold : 0);
+    if (w->extra_all)
+        sqlite3_str_appendall(s, ",\"all\":1");
     sqlite3_str_appendf(s, ",\"at\":\"%s\"} */", at);
     if (sqlite3_str_errcode(s) != SQLITE_OK) {
         sqlite3_free(sqlite3_str_finish(s));
@@ -723,9 +730,79 @@ fail:
 
 /* ===== dialect: triggers ===== */
 
-/* Every column the watch names exists (a trigger naming a missing column would make
- * every write to the table fail). 0, or -1 and err. */
-static int columns_exist(sqlite3 *db, const sn_watch *w, char *err, size_t errlen)
+/* Whether column i of list l already appeared earlier in d's lists. */
+static int named_before(const spec *d, int l, int i)
+{
+    for (int m = 0; m <= l; m++)
+        for (int j = 0; j < (m == l ? i : d->n[m]); j++)
+            if (strcmp(d->cols[m][j], d->cols[l][i]) == 0)
+                return 1;
+    return 0;
+}
+
+/* The trigger of watch decl for its table as it is now: decl's lists minus the columns the
+ * table no longer has (their names into *gone, "\"a\", \"b\"", or NULL; *never when that
+ * leaves an UPDATE watch no trigger column), and for extra_columns = "*" (all) every column
+ * but the key ones as the extra columns. NULL and why: no such table, out of memory. */
+static char *build_now(sqlite3 *db, const char *name, const spec *decl, int all, const char *comment,
+                       char **gone, int *never, char *why, size_t whylen)
+{
+    char **have;
+    int nhave;
+    const char **keep[NLISTS] = {0};
+    spec s;
+    char *ddl = NULL;
+
+    *gone = NULL;
+    *never = 0;
+    if (table_columns(db, decl->table, &have, &nhave, why, whylen))
+        return NULL;
+    if (nhave == 0) {
+        sn_seterr(why, whylen, "no such table");
+        return NULL;
+    }
+    memset(&s, 0, sizeof s);
+    s.table = decl->table;
+    s.op = decl->op;
+    s.channel = decl->channel;
+    sqlite3_str *g = sqlite3_str_new(NULL);
+    int ngone = 0, oom = 0;
+    for (int l = 0; l < NLISTS; l++) {
+        int cap = l == L_X && all ? nhave : decl->n[l];
+        keep[l] = malloc(((size_t)cap + 1) * sizeof *keep[l]);
+        oom |= !keep[l];
+        for (int i = 0; keep[l] && i < decl->n[l]; i++) {
+            if (has_name(have, nhave, decl->cols[l][i]))
+                keep[l][s.n[l]++] = decl->cols[l][i];
+            else if (!named_before(decl, l, i))
+                sqlite3_str_appendf(g, "%s\"%s\"", ngone++ ? ", " : "", decl->cols[l][i]);
+        }
+        s.cols[l] = keep[l];
+    }
+    for (int i = 0; all && !oom && i < nhave; i++) {
+        int key = 0;
+        for (int k = 0; k < s.n[L_PK] && !key; k++)
+            key = strcmp(keep[L_PK][k], have[i]) == 0;
+        if (!key)
+            keep[L_X][s.n[L_X]++] = have[i];
+    }
+    s.never = *never = decl->op == SN_UPDATE && decl->n[L_WHEN] > 0 && s.n[L_WHEN] == 0;
+    if (!oom)
+        ddl = build_trigger(name, &s, comment);
+    if (!ddl)
+        sn_seterr(why, whylen, "out of memory");
+    char *gtext = sqlite3_str_finish(g);
+    *gone = ngone && gtext ? sqd_strdup(gtext) : NULL;
+    sqlite3_free(gtext);
+    for (int l = 0; l < NLISTS; l++)
+        free(keep[l]);
+    free_names(have, nhave);
+    return ddl;
+}
+
+/* The table is there, with the watch's key: a trigger naming a missing column would make
+ * every write to the table fail (build_now leaves out the others gone). 0, or -1 and err. */
+static int key_exists(sqlite3 *db, const sn_watch *w, char *err, size_t errlen)
 {
     char **names;
     int n;
@@ -736,14 +813,11 @@ static int columns_exist(sqlite3 *db, const sn_watch *w, char *err, size_t errle
         sn_seterr(err, errlen, "no such table");
         bad = 1;
     }
-    const char *const *lists[4] = {w->pk, w->extra, w->trigger_cols, w->old_cols};
-    int counts[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
-    for (int l = 0; l < 4 && !bad; l++)
-        for (int i = 0; i < counts[l] && !bad; i++)
-            if (!has_name(names, n, lists[l][i])) {
-                sn_seterr(err, errlen, "no such column: \"%s\"", lists[l][i]);
-                bad = 1;
-            }
+    for (int i = 0; i < w->npk && !bad; i++)
+        if (!has_name(names, n, w->pk[i])) {
+            sn_seterr(err, errlen, "no such column: \"%s\"", w->pk[i]);
+            bad = 1;
+        }
     free_names(names, n);
     return bad ? -1 : 0;
 }
@@ -817,13 +891,15 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
     sql = tbl = NULL;
 
     spec s;
+    char *gone;
+    int never;
     spec_of_watch(w, &s);
+    snprintf(why, sizeof why, "out of memory");
     comment = make_comment(w);
-    ddl = comment ? build_trigger(name, &s, comment) : NULL;
-    if (!ddl) {
-        snprintf(why, sizeof why, "out of memory");
+    ddl = comment ? build_now(c->db, name, &s, w->extra_all, comment, &gone, &never, why, sizeof why) : NULL;
+    if (!ddl)
         goto fail;
-    }
+    free(gone); /* left out: the runtime says which */
     if (sqd_txn_begin(c->db, &nested, why, sizeof why))
         goto fail;
     /* Look again under the write lock: another process may have installed it since. */
@@ -842,7 +918,7 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
             result = SN_INSTALL_ERROR;
             goto done;
         }
-        if (taken < 0 || columns_exist(c->db, w, why, sizeof why))
+        if (taken < 0 || key_exists(c->db, w, why, sizeof why))
             goto fail_txn;
         /* An older sqlnotify's trigger of this watch goes: never two of one watch. */
         int older = drop_older(c, w, oldname, 1, why, sizeof why);
@@ -987,6 +1063,8 @@ static char *summary(const desc *d)
     else if (d->n[L_PK] == 0)
         sqlite3_str_appendall(s, "(no key)");
     for (int l = 0; d->version == SQL_VERSION && l < NLISTS; l++) {
+        if (l == L_X && d->all)
+            sqlite3_str_appendall(s, " | x: *");
         if (d->n[l] == 0)
             continue;
         sqlite3_str_appendall(s, labels[l]);
@@ -1085,58 +1163,21 @@ struct fix {
     desc d;
 };
 
-/* Whether column i of list l already appeared earlier in d's lists. */
-static int named_before(const desc *d, int l, int i)
-{
-    for (int m = 0; m <= l; m++)
-        for (int j = 0; j < (m == l ? i : d->n[m]); j++)
-            if (strcmp(d->cols[m][j], d->cols[l][i]) == 0)
-                return 1;
-    return 0;
-}
-
-/* The trigger as it should be now: d's watch minus the columns the table lost. *gone
- * receives their names ("\"a\", \"b\"") or NULL. NULL when nothing can be built. */
+/* The trigger as it should be now, for the watch its description d says. */
 static char *rebuild(sqlite3 *db, const char *name, const char *tbl, desc *d, char **gone,
                      int *never)
 {
-    char **have, why[256];
-    int nhave;
-    const char **keep[NLISTS] = {0};
+    char why[256];
     spec s;
-    char *ddl = NULL;
-
-    *gone = NULL;
-    *never = 0;
-    if (table_columns(db, tbl, &have, &nhave, why, sizeof why) || nhave == 0)
-        return NULL;
     memset(&s, 0, sizeof s);
     s.table = tbl;
     s.op = d->op;
     s.channel = d->channel;
-    sqlite3_str *g = sqlite3_str_new(NULL);
-    int ngone = 0, oom = 0;
     for (int l = 0; l < NLISTS; l++) {
-        keep[l] = malloc(((size_t)d->n[l] + 1) * sizeof *keep[l]);
-        oom |= !keep[l];
-        for (int i = 0; keep[l] && i < d->n[l]; i++) {
-            if (has_name(have, nhave, d->cols[l][i]))
-                keep[l][s.n[l]++] = d->cols[l][i];
-            else if (!named_before(d, l, i))
-                sqlite3_str_appendf(g, "%s\"%s\"", ngone++ ? ", " : "", d->cols[l][i]);
-        }
-        s.cols[l] = keep[l];
+        s.cols[l] = (const char *const *)d->cols[l];
+        s.n[l] = d->n[l];
     }
-    s.never = *never = d->op == SN_UPDATE && d->n[L_WHEN] > 0 && s.n[L_WHEN] == 0;
-    if (!oom)
-        ddl = build_trigger(name, &s, d->comment);
-    char *gtext = sqlite3_str_finish(g);
-    *gone = ngone && gtext ? sqd_strdup(gtext) : NULL;
-    sqlite3_free(gtext);
-    for (int l = 0; l < NLISTS; l++)
-        free(keep[l]);
-    free_names(have, nhave);
-    return ddl;
+    return build_now(db, name, &s, d->all, d->comment, gone, never, why, sizeof why);
 }
 
 int sqd_repair_triggers(sn_conn *c)
@@ -1229,12 +1270,11 @@ int sqd_repair_triggers(sn_conn *c)
         const desc *d = &fixes[i].d;
         if (fixes[i].never < 0)
             continue;
-        if (fixes[i].gone)
-            sn_logf(&c->sink, SN_LOG_ERROR, "table \"%s\" in %s no longer has column(s) %s "
-                    "(renamed or dropped), named by the %s watch on channel %.*s: its events no "
-                    "longer carry them%s; declare the watch again with the new names",
-                    fixes[i].tbl, c->target, fixes[i].gone, op_names[d->op], sn_plain_len(d->channel), d->channel,
-                    fixes[i].never ? " and, with no trigger column left, it fires no more" : "");
+        if (fixes[i].gone) /* the watcher's own runtime says it at error level, naming the column */
+            sn_logf(&c->sink, SN_LOG_INFO, "the %s trigger on table \"%s\" (channel %.*s) was "
+                    "regenerated after a schema change without column(s) %s, which the table no "
+                    "longer has%s", op_names[d->op], fixes[i].tbl, sn_plain_len(d->channel), d->channel, fixes[i].gone,
+                    fixes[i].never ? "; with no trigger column left, it fires no more" : "");
         else
             sn_logf(&c->sink, SN_LOG_INFO, "the %s trigger on table \"%s\" (channel %.*s) was "
                     "regenerated after a schema change", op_names[d->op], d->table, sn_plain_len(d->channel),

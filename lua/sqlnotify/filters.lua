@@ -197,8 +197,9 @@ end
 local null = F.null
 
 --- The value an event has for a filter's column, and whether the event tells it at all
--- (a truncated row carries its key only).
+-- (a truncated row carries its key only, none carries a column gone from the table).
 function F.event_value(w, ev, f)
+  if w.goneset[f.column] then return nil, false end
   if f.old then
     local old = ev.old
     if old == nil or ev.truncated then return nil, false end

@@ -204,7 +204,9 @@ end
 
 local function check_columns(info, list, what, level)
   if list == nil then return {} end
-  if type(list) ~= "table" then fail(level + 1, "%s must be a list of column names", what) end
+  if type(list) ~= "table" then
+    fail(level + 1, "%s must be a list of column names%s", what, what == "extra_columns" and ' or "*"' or "")
+  end
   local n = #list
   for k in pairs(list) do
     if math.type(k) ~= "integer" or k < 1 or k > n then fail(level + 1, "%s must be a list of column names", what) end
@@ -219,6 +221,12 @@ local function check_columns(info, list, what, level)
     end
   end
   return out
+end
+
+local function same_list(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
 end
 
 local function same_set(a, b)
@@ -309,9 +317,11 @@ function M.notifier(opts)
     _cleanup_on_start = opts.cleanup_on_start == true,
     _durable = opts.consumer ~= nil,
     _consumer = opts.consumer,
+    _limited = h:dialect() == "postgresql" and opts.consumer == nil, -- payloads have a size limit (NOTIFY's)
     _nulls = opts.nulls == true,
     _verify_interval = verify,
     _tables = {},
+    _rechecked = {},   -- schema \0 table -> when its events last had its columns read again (_recheck)
     _watches = {},     -- in watch order
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
@@ -367,6 +377,50 @@ function Notifier:_forget_table(info)
   end
 end
 
+-- The marker changes when the watch or the table's columns change (revoke_on_model_change).
+local function watch_marker(w, info)
+  return core.hash(concat({
+    "v2", w.schema, w.table, w.op, w.wire, concat(w.pk, "\1"), concat(w.extra, "\1"), concat(w.trigger, "\1"),
+    concat(w.old, "\1"), tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
+    w.all and "*" or nil,
+  }, "\0"))
+end
+
+-- w's extra columns with its table as info describes it (for extra_columns = "*" every column
+-- but the key ones, else those it names), and the columns it names that the table no longer
+-- has (renamed or dropped), in the watch's order.
+local function columns_now(w, info)
+  local extra, gone, seen = w.extra, {}, {}
+  for _, list in ipairs({ w.pk, w.extra, w.old, w.trigger }) do
+    for _, c in ipairs(list) do
+      if not info.columns[c] and not seen[c] then
+        seen[c] = true
+        gone[#gone + 1] = c
+      end
+    end
+  end
+  if w.all then
+    local key = {}
+    extra = {}
+    for _, c in ipairs(w.pk) do key[c] = true end
+    for _, c in ipairs(info.colnames) do if not key[c] then extra[#extra + 1] = c end end
+  end
+  return extra, gone
+end
+
+-- Set what w's events carry (columns_now): xcols, the extra columns the decoder reads (a
+-- column gone too: events written before carry it); carried, those a filter or n:notify may
+-- name; gone and goneset; keygone: a key column is gone.
+local function set_columns(w, extra, gone)
+  w.xcols, w.gone, w.goneset, w.carried, w.plan, w.keygone = extra, gone, {}, {}, nil, false
+  for _, c in ipairs(gone) do
+    w.goneset[c] = true
+    w.keygone = w.keygone or w.pkindex[c] ~= nil
+  end
+  for _, c in ipairs(w.pk) do w.carried[c] = true end
+  for _, c in ipairs(extra) do w.carried[c] = not w.goneset[c] or nil end
+end
+
 --- n:watch(table, operation, {extra_columns=, trigger_columns=, old_columns=, primary_keys=, channel_label=,
 ---   use_overflow_table=})
 function Notifier:watch(t, op, opts)
@@ -374,7 +428,8 @@ function Notifier:watch(t, op, opts)
   op = check_op(op, 2)
   opts = check_options(opts, WATCH_OPTIONS, "watch", 2)
   local info = self:_table(t, 2)
-  local extra = check_columns(info, opts.extra_columns, "extra_columns", 2)
+  local all = opts.extra_columns == "*"
+  local extra = all and {} or check_columns(info, opts.extra_columns, "extra_columns", 2)
   local trigger = check_columns(info, opts.trigger_columns, "trigger_columns", 2)
   if #trigger > 0 and op ~= M.UPDATE then
     fail(2, "trigger_columns only applies to UPDATE watches, not %s on %s", op, info.name)
@@ -417,8 +472,8 @@ function Notifier:watch(t, op, opts)
   local overflow = opts.use_overflow_table == true
   local capture = "live"
   if self._durable then
-    capture = core.hash(concat({ "durable", concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
-      concat(old, "\1"), tostring(overflow) }, "\0")):sub(1, 12)
+    capture = core.hash(concat({ "durable", concat(pk, "\1"), all and "*" or concat(extra, "\1"),
+      concat(trigger, "\1"), concat(old, "\1"), tostring(overflow) }, "\0")):sub(1, 12)
   end
   local wire = channel
   if self._durable or self.dialect_name ~= "postgresql" then wire = channel .. "#" .. capture end
@@ -426,18 +481,14 @@ function Notifier:watch(t, op, opts)
   local w = {
     schema = info.schema, table = info.table, name = info.name, op = op, opcode = OPCODES[op],
     channel = channel, wire = wire, capture = capture,
-    label = label, pk = pk, extra = extra, trigger = trigger, old = old, info = info,
-    overflow = overflow, pkindex = {}, carried = {}, oldset = {},
+    label = label, pk = pk, extra = extra, all = all or nil, trigger = trigger, old = old,
+    info = info, overflow = overflow, pkindex = {}, oldset = {},
     truncated_log = { what = "truncated", channel = channel },
   }
-  for i, c in ipairs(pk) do w.pkindex[c] = i; w.carried[c] = true end
-  for _, c in ipairs(extra) do w.carried[c] = true end
+  for i, c in ipairs(pk) do w.pkindex[c] = i end
   for _, c in ipairs(old) do w.oldset[c] = true end
-  -- The marker changes when the watch or the table's columns change (revoke_on_model_change).
-  w.marker = core.hash(concat({
-    "v2", w.schema, w.table, op, wire, concat(pk, "\1"), concat(extra, "\1"), concat(trigger, "\1"),
-    concat(old, "\1"), tostring(w.overflow), concat(info.colnames, "\1"), concat(info.types, "\1"),
-  }, "\0"))
+  set_columns(w, columns_now(w, info))
+  w.marker = watch_marker(w, info)
 
   local other = self._by_channel[channel] or self._by_channel[wire]
   if other then
@@ -582,31 +633,139 @@ end
 
 local TRUNCATED_LOG_INTERVAL = 10 -- seconds between two warnings about one channel's truncated rows
 
+-- Why a row arrives truncated: only PostgreSQL's live notifications have a size limit; a
+-- journal takes any size, so there it is a value the trigger could not write.
+function Notifier:_truncated_cause()
+  return self._limited and "too large for a notification" or "that could not be written whole"
+end
+
 -- A truncated row is the user's data lost on the way: say so, once per channel and interval.
 function Notifier:_warn_truncated(w, channel, now)
   local suppressed = rate_limit(w.truncated_log, now, TRUNCATED_LOG_INTERVAL, self._reports)
   if not suppressed then return end
-  self:_log("warn", "row too large for a notification on channel %s; delivered its key only (%s)%s", channel,
-    w.overflow and "the overflow table could not be written" or "use_overflow_table = true sends it whole",
+  self:_log("warn", "row %s on channel %s; delivered its key only%s%s", self:_truncated_cause(), channel,
+    not self._limited and "" or w.overflow and " (the overflow table could not be written)"
+      or " (use_overflow_table = true sends it whole)",
     suppressed > 0 and fmt(" (and %d more since the last report)", suppressed) or "")
+end
+
+-- The plan the decoder reads w's payloads with: the columns they carry now (set_columns).
+function Notifier:_plan(w)
+  w.plan = core.plan({ schema = w.schema, table = w.table, op = w.op, pk = w.pk, extra = w.xcols, old = w.old,
+    all = w.all, gone = w.goneset }, w.info, self.dialect_name, self._nulls)
+  return w.plan
 end
 
 -- The event of a payload, decoded by the binding (the one decoder of the wire format in
 -- src/dialect.h, with a plan made once per watch), or nil after logging why it is skipped.
+-- A payload whose columns are not the plan's (a watched column renamed or dropped, one
+-- added to a table watched whole) has the table read again, and is decoded again when the
+-- watch changed; a truncated one too, unless a column it names is known to be gone.
 function Notifier:_event(w, channel, payload, ts)
-  local plan = w.plan
-  if not plan then
-    plan = core.plan(w, w.info or self:_table({ schema = w.schema, table = w.table }, 1), self.dialect_name,
-      self._nulls)
-    w.plan = plan
-  end
-  local ev, why = decode(plan, payload, channel, ts)
+  local ev, why, drift = decode(w.plan or self:_plan(w), payload, channel, ts)
   if not ev then
     self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
     return nil
   end
-  if ev.truncated then self:_warn_truncated(w, channel, ts) end
+  if drift and self:_recheck(w, ts) then ev = decode(w.plan or self:_plan(w), payload, channel, ts) or ev end
+  if ev.truncated then
+    if #w.gone == 0 then self:_recheck(w, ts) end
+    if #w.gone == 0 then self:_warn_truncated(w, channel, ts) end -- else the gone column is what was said
+  end
   return ev
+end
+
+local RECHECK_INTERVAL = 5 -- seconds between two reads of a table's columns that its events prompt
+
+-- Read w's table from the catalog again (at most once per RECHECK_INTERVAL unless forced) and
+-- bring every watch of it up to date (_adapt). true when w changed.
+function Notifier:_recheck(w, now, force)
+  local key = w.schema .. "\0" .. w.table
+  local last = self._rechecked[key]
+  if not force then
+    if last and now - last < RECHECK_INTERVAL then return false end
+    self._rechecked[key] = now
+  end
+  self:_forget_table(w.info)
+  local ok, info = pcall(self._table, self, { schema = w.schema, table = w.table }, 1)
+  if not ok then
+    self:_log("debug", "cannot read the columns of %s again: %s", w.name, one_line(info):sub(12))
+    return false
+  end
+  local changed = false
+  for _, x in ipairs(self._watches) do
+    if x.schema == w.schema and x.table == w.table and self:_adapt(x, info) and x == w then changed = true end
+  end
+  return changed
+end
+
+-- '"a"' or '"a", "b"'
+local function quoted_list(list)
+  local out = {}
+  for i, c in ipairs(list) do out[i] = fmt("%q", c) end
+  return concat(out, ", ")
+end
+
+-- Bring w up to date with its table as info describes it: a column it names that is gone
+-- (renamed or dropped) is said once at error level and no longer read, one back is carried
+-- again, extra_columns = "*" follows the table; its trigger is then made again for the table
+-- as it is (a new marker). true when anything changed.
+function Notifier:_adapt(w, info)
+  local extra, gone = columns_now(w, info)
+  local was = w.goneset
+  w.info = info
+  if same_list(gone, w.gone) and same_list(extra, w.xcols) then return false end
+  local new, back, trig = {}, {}, 0
+  for _, c in ipairs(gone) do
+    if not was[c] then new[#new + 1] = c end
+  end
+  for _, c in ipairs(w.gone) do
+    if info.columns[c] then back[#back + 1] = c end
+  end
+  for _, c in ipairs(w.trigger) do if info.columns[c] then trig = trig + 1 end end
+  set_columns(w, extra, gone)
+  w.marker = watch_marker(w, info)
+  if #new > 0 then
+    self:_log("error", "%s %s of %s %s gone (renamed or dropped): %s", #new > 1 and "columns" or "column",
+      quoted_list(new), w.name, #new > 1 and "are" or "is",
+      w.keygone and fmt("the %s watch's events carry nothing of the row until it is declared again", w.op)
+        or fmt("the %s watch's events carry the other columns%s", w.op,
+          #w.trigger > 0 and trig == 0 and "; with no trigger column left it fires no more" or ""))
+  end
+  if #back > 0 then
+    self:_log("info", "%s %s of %s %s back: the %s watch carries %s again", #back > 1 and "columns" or "column",
+      quoted_list(back), w.name, #back > 1 and "are" or "is", w.op, #back > 1 and "them" or "it")
+  end
+  if w.all then
+    self:_log("info", "the %s watch on %s (extra_columns = \"*\") follows the table's columns: %s", w.op, w.name,
+      #extra > 0 and concat(extra, ", ") or "(none but the key)")
+  end
+  if not w.keygone then self:_reinstall(w) end -- without its key it sends nothing of the row anyway
+  return true
+end
+
+-- Make w's trigger again for its table as it is now: at once from the loop (not inside the
+-- dispatch that noticed the change), or by the next check when that fails.
+function Notifier:_reinstall(w)
+  local due = w.reinstall
+  w.reinstall = true
+  if due or not self._started then return end
+  local ref = setmetatable({ self }, { __mode = "v" })
+  core.after(0, function()
+    local me = ref[1]
+    if me then me:_reinstall_now(w) end
+  end)
+end
+
+function Notifier:_reinstall_now(w)
+  if not w.reinstall or not self._started or self._closed then return end
+  local ok, err = self:_install(w)
+  if ok then
+    w.reinstall = nil
+  else
+    self:_log("warn", "cannot make the trigger for %s on %s again for the table as it is now: %s (tried again at "
+      .. "the next check)", w.op, w.name, one_line(err):sub(12))
+  end
 end
 
 local function by_seq(a, b) return a.seq < b.seq end
@@ -788,7 +947,7 @@ function Notifier:_flush_reports()
     local n = st.suppressed or 0
     st.suppressed = 0
     if n > 0 and st.what == "truncated" then
-      self:_log("warn", "%d more row(s) too large for a notification on channel %s since the last report", n,
+      self:_log("warn", "%d more row(s) %s on channel %s since the last report", n, self:_truncated_cause(),
         st.channel)
     elseif n > 0 then
       self:_log("error", "%s: %d more failure(s) since the last report", st.what, n)
@@ -866,11 +1025,23 @@ function Notifier:on(name, fn)
 end
 
 -- Is every trigger still ours? Another process watching the same table and operation with
--- other options, or a hand-made DROP, takes it away; say so once, loudly.
+-- other options, or a hand-made DROP, takes it away; say so once, loudly. The tables' columns
+-- are read first: a trigger made again for a table that changed is no one else's doing.
 function Notifier:_verify()
   if not self._started or self._closed then return end
+  local now, read = core.now(), {}
   for _, w in ipairs(self._watches) do
-    local ok, err = self._h:verify(w)
+    local key = w.schema .. "\0" .. w.table
+    if not read[key] then
+      read[key] = true
+      self:_recheck(w, now, true)
+    end
+  end
+  for _, w in ipairs(self._watches) do
+    self:_reinstall_now(w)
+    -- not checked: one to be made again for a change of its table, one whose key is gone
+    local skip, ok, err = w.reinstall or w.keygone, true, nil
+    if not skip then ok, err = self._h:verify(w) end
     if ok == nil then
       local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
       self:_log("warn", "%s", msg)
@@ -886,7 +1057,7 @@ function Notifier:_verify()
       self:_log("error", "%s", msg)
       self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
         channel = w.channel })
-    elseif ok and w.lost then
+    elseif ok and w.lost and not skip then
       w.lost = false
       self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
     end
