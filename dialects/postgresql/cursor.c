@@ -66,6 +66,7 @@ struct pg_jr {
     double lease_sent, lease_ok; /* when the lease step in flight / the last one that worked was sent */
     double absent_asked, absent_said; /* consumers that stopped coming: last asked, last named (0: none now) */
     double maint_said;  /* when a maintenance failure was last logged (0: the last pass worked) */
+    double cache_said;  /* when the sequence's wrong cache was last logged, maintenance failing */
     /* the ack not yet written: the handlers finished every event up to `acked` of the page of
      * batch `batch` that covered these shares (held with these epochs) */
     int64_t acked;
@@ -348,8 +349,11 @@ static int jr_send(struct pg_jr *j, int query)
         char ret[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
         const char *vals[1] = {ret};
-        ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
-                               NULL, 0);
+        /* the sequence's guards first: maintain() reads it (and may move it to the next epoch) */
+        ok = PQsendQueryParams(j->db,
+                               "SELECT q.cache_was, q.moved, sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")"
+                               " FROM sqlnotify.sequence_check() q",
+                               1, NULL, vals, NULL, NULL, 0);
     } else if (query == JQ_ABSENT) {
         char ret[32], absent[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
@@ -395,9 +399,26 @@ static int jr_send(struct pg_jr *j, int query)
     return 0;
 }
 
+/* The journal's id sequence was moved back (sqlnotify.sequence_moved's note: "<value>
+ * <position> <moved to> <consumer as JSON>"). */
+static void jr_seq_moved(struct pg_jr *j, const char *note)
+{
+    long long lv, hw, nv;
+    int at = 0;
+    if (sscanf(note, "%lld %lld %lld %n", &lv, &hw, &nv, &at) < 3 || at == 0)
+        return;
+    sn_logf(&j->c->sink, SN_LOG_ERROR,
+            "the journal's id sequence sqlnotify.journal_id was moved back (to %lld, below the position %lld of a "
+            "consumer, %s; ALTER SEQUENCE ... RESTART, setval() or a restore does that): moved it on to %lld; the "
+            "rows written since are read, in id order within their batch (before the older rows of that batch), and "
+            "their event.seq may repeat an older event's",
+            lv, hw, note + at, nv);
+}
+
 /* Hand a page to the runtime; it acks (pg_jr_ack) what its handlers finished. The page's
- * rows without an id say which shares it covered ('G', with the batch) and which acks were
- * refused ('R'). 1 when the connection was closed from a handler. */
+ * rows without an id say which shares it covered ('G', with the batch), which acks were
+ * refused ('R'), and what the sequence's guards found ('S': moved back, 'C': the cache it
+ * has). 1 when the connection was closed from a handler. */
 static int jr_deliver(struct pg_jr *j, PGresult *res)
 {
     sn_conn *c = j->c;
@@ -417,6 +438,17 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
             if (kind[0] == 'G') {
                 group[ng++] = atoi(PQgetvalue(res, i, 0));
                 batch = PQgetvalue(res, i, 3);
+            } else if (kind[0] == 'S') {
+                jr_seq_moved(j, PQgetvalue(res, i, 3));
+            } else if (kind[0] == 'C') { /* read without bounds until maintenance sets CACHE 1 */
+                j->want_maint = 1;
+                if (j->maint_said > 0 && sn_say_due(&j->cache_said, pg_clock()))
+                    sn_logf(&c->sink, SN_LOG_WARN,
+                            "the journal's id sequence sqlnotify.journal_id has CACHE %s (it must be 1); only the "
+                            "journal's owner may set it back (ALTER SEQUENCE sqlnotify.journal_id CACHE 1): "
+                            "until then every fetch reads the journal from its first row (said once an hour while "
+                            "it lasts)",
+                            PQgetvalue(res, i, 3));
             } else {
                 ref[nr++] = atoi(PQgetvalue(res, i, 0));
             }
@@ -548,6 +580,14 @@ static void jr_result(struct pg_jr *j)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
     if (query == JQ_MAINTAIN && !*why) {
         j->maint_said = 0;
+        if (page && PQntuples(page) == 1 && !PQgetisnull(page, 0, 0))
+            sn_logf(&j->c->sink, SN_LOG_WARN,
+                    "the journal's id sequence sqlnotify.journal_id had CACHE %s (it must be 1: a session hands out "
+                    "the ids it cached after the sequence has moved past them, out of the order the reader pages "
+                    "in); set it back to CACHE 1",
+                    PQgetvalue(page, 0, 0));
+        if (page && PQntuples(page) == 1 && !PQgetisnull(page, 0, 1))
+            jr_seq_moved(j, PQgetvalue(page, 0, 1));
         if (j->absent_asked == 0 || pg_clock() - j->absent_asked >= SN_ABSENT_EVERY)
             j->want_absent = 1;
     }
