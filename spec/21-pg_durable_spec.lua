@@ -614,6 +614,38 @@ print("ready")
     assert.are.equal(1, times)
   end)
 
+  -- Dropping schema sqlnotify under a running reader: its reads fail; it makes the journal
+  -- again at once, with the watch's trigger where that went with it, and says what was lost.
+  -- Writes to a durably watched table fail while the journal is missing (a change is never
+  -- dropped silently); the reader is stopped meanwhile (SIGSTOP) so that one surely does.
+  it("makes the journal and a trigger dropped with it again at once, under a running reader", function()
+    fresh("t19")
+    local p = reader("t19", "s21_dropped")
+    sql(fmt("INSERT INTO %s.t19 (k) VALUES (1)", S))
+    assert.is_true(wait_events(p, 1), p:stderr())
+    local trigger = sql(fmt("SELECT tgname FROM pg_trigger WHERE tgrelid = '%s.t19'::regclass AND NOT tgisinternal"
+      .. " AND tgtype & 4 = 4", S)):match("[^\n]+")
+    p:kill("STOP")
+    local ok, why = pcall(function()
+      sql(fmt('BEGIN; DROP SCHEMA sqlnotify CASCADE; DROP TRIGGER "%s" ON %s.t19; COMMIT;', trigger, S))
+      return sql(fmt("UPDATE %s.t19 SET k = 2 WHERE k = 1", S))
+    end)
+    p:kill("CONT")
+    assert.is_false(ok)
+    assert.matches("sqlnotify", why)
+    assert.is_true(p:wait_for("error sqlnotify: the durable journal %(schema \"sqlnotify\"%) on database \"[^\"]*\" on "
+      .. "[^\n]* was dropped[^\n]*made it again[^\n]*writes to durably watched tables failed[^\n]*consumer"
+      .. " \"s21_dropped\" reads the new journal from its beginning", 20, "err"), p:stderr())
+    assert.is_true(p:wait_for("error sqlnotify: trigger for insert on \"spec21\".\"t19\" was gone with the journal:"
+      .. " made it again", 20, "err"), p:stderr())
+    sql(fmt("INSERT INTO %s.t19 (k) VALUES (3); UPDATE %s.t19 SET k = 4 WHERE k = 3", S, S))
+    assert.is_true(wait_events(p, 3), p:stderr())
+    p:stop()
+    local got = events(p)
+    assert.are.same({ "i", "i", "u" }, H.pluck(got, "op"))
+    assert.are.same({ 1, 3, 4 }, ks(got))
+  end)
+
   it("leaves live mode as it was: no journal rows, one NOTIFY per row", function()
     fresh("t8")
     local p = reader("t8")

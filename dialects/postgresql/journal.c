@@ -592,19 +592,24 @@ static void setup_tail(pg_sbuf *b)
                  "COMMENT ON SCHEMA sqlnotify IS '" JOURNAL_VERSION "';\n");
 }
 
-static int journal_ensure(sn_conn *c, char *err, size_t errlen)
+/* The setup runs when the schema's version mark is not this one's, or always (force: a part
+ * of it may be gone under the mark); every statement of it is idempotent. */
+static int journal_ensure(sn_conn *c, int force, char *err, size_t errlen)
 {
     char state[6] = "", why[900];
-    if (c->journal_ready)
+    if (c->journal_ready && !force)
         return 0;
-    PGresult *res = pg_exec(c, &c->ctl,
-                            "SELECT pg_catalog.obj_description(oid, 'pg_namespace') = '" JOURNAL_VERSION
-                            "' FROM pg_catalog.pg_namespace WHERE nspname = 'sqlnotify'",
-                            0, NULL, PG_RETRY, state, err, errlen);
-    if (res == NULL)
-        return -1;
-    int ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
+    int ok = 0;
+    if (!force) {
+        PGresult *res = pg_exec(c, &c->ctl,
+                                "SELECT pg_catalog.obj_description(oid, 'pg_namespace') = '" JOURNAL_VERSION
+                                "' FROM pg_catalog.pg_namespace WHERE nspname = 'sqlnotify'",
+                                0, NULL, PG_RETRY, state, err, errlen);
+        if (res == NULL)
+            return -1;
+        ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+    }
     if (!ok) {
         pg_sbuf b = {0};
         pg_sb_add(&b, "BEGIN;\n");
@@ -632,20 +637,26 @@ static int journal_ensure(sn_conn *c, char *err, size_t errlen)
 
 int pg_journal_ensure(sn_conn *c, char *err, size_t errlen)
 {
-    return journal_ensure(c, err, errlen);
+    return journal_ensure(c, 0, err, errlen);
 }
 
-/* Registers the consumer (start_at and shares apply to a new one), refuses a share count
- * other than its own, and logs, at error level, what was removed while it was away. */
-int pg_journal_register(sn_conn *c, char *err, size_t errlen)
+int pg_journal_remake(sn_conn *c, char *err, size_t errlen)
+{
+    return journal_ensure(c, 1, err, errlen);
+}
+
+/* Registers the consumer (beginning, or the end, and shares apply to a new one), refuses a
+ * share count other than its own, and logs, at error level, what was removed while it was
+ * away. */
+int pg_journal_register(sn_conn *c, int beginning, char *err, size_t errlen)
 {
     char state[6] = "", shares[16];
-    if (journal_ensure(c, err, errlen) < 0)
+    if (journal_ensure(c, 0, err, errlen) < 0)
         return -1;
     snprintf(shares, sizeof shares, "%d", c->shares);
     char retention[32];
     snprintf(retention, sizeof retention, "%.3f", c->consumer_retention);
-    const char *vals[4] = {c->consumer, c->start_beginning ? "t" : "f", shares, retention};
+    const char *vals[4] = {c->consumer, beginning ? "t" : "f", shares, retention};
     PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3, $4)", 4, vals, PG_RETRY,
                             state, err, errlen);
     if (res == NULL && strcmp(state, "42501") == 0) {
