@@ -2,7 +2,7 @@
 -- catch-up after downtime, kill -9 under a writer, a long open transaction, start_at, two
 -- consumers and drop_consumer, a consumer away past retention, one that stopped coming (named
 -- in the log), each consumer's own retention, operators of a writer's search_path, a reload,
--- a server restart.
+-- a server restart, the journal's id sequence cached or moved back, the journal dropped.
 -- The journal lives in the database's "sqlnotify" schema; every consumer here is named
 -- s21_* and dropped after its test, every table lives in the schema spec21.
 local H = require("helper")
