@@ -2,7 +2,7 @@
 -- catch-up after downtime, kill -9 under a writer, a long open transaction, start_at, two
 -- consumers and drop_consumer, a consumer away past retention, one that stopped coming (named
 -- in the log), each consumer's own retention, operators of a writer's search_path, a reload,
--- a server restart.
+-- a server restart, the journal's id sequence cached or moved back, the journal dropped.
 -- The journal lives in the database's "sqlnotify" schema; every consumer here is named
 -- s21_* and dropped after its test, every table lives in the schema spec21.
 local H = require("helper")
@@ -556,6 +556,94 @@ print("ready")
     assert.is_falsy(got[1].truncated)
     assert.are.equal("small", got[2].extra_columns.body)
     assert.is_true(got[1].seq > 0 and got[2].seq > got[1].seq)
+  end)
+
+  -- The journal's id sequence must hand out ids in the order writers take them (CACHE 1): the
+  -- reader pages from a floor read off the sequence. A session caching 50 ids took its chunk's
+  -- end as the sequence's value, then used the ids below it in later transactions, under the
+  -- floor: 194 of these 203 rows were never delivered.
+  it("delivers every row written while the journal's id sequence has CACHE 50, and puts CACHE 1 back", function()
+    fresh("t17")
+    local p = reader("t17", "s21_cache")
+    sql(fmt("INSERT INTO %s.t17 (k) VALUES (0)", S))
+    assert.is_true(wait_events(p, 1), p:stderr())
+    finally(function() sql("ALTER SEQUENCE sqlnotify.journal_id CACHE 1") end)
+    sql("ALTER SEQUENCE sqlnotify.journal_id CACHE 50")
+    sql(fmt("DO $$ BEGIN FOR i IN 1..203 LOOP INSERT INTO %s.t17 (k) VALUES (i); COMMIT; PERFORM pg_sleep(0.01);"
+      .. " END LOOP; END $$", S))
+    assert.is_true(wait_events(p, 204, 30), p:stderr())
+    assert.is_true(p:wait_for("warn  sqlnotify: the journal's id sequence sqlnotify.journal_id had CACHE 50 %(it must"
+      .. " be 1[^\n]*%); set it back to CACHE 1", 20, "err"), p:stderr())
+    assert.are.equal("1\n", sql("SELECT seqcache FROM pg_sequence WHERE seqrelid = 'sqlnotify.journal_id'::regclass"))
+    sql(fmt("INSERT INTO %s.t17 (k) VALUES (204)", S))
+    assert.is_true(wait_events(p, 205), p:stderr())
+    p:stop()
+    local got = events(p)
+    assert.are.equal(205, #got)
+    for i, e in ipairs(got) do
+      assert.are.equal(i - 1, e.k)
+      assert.is_true(i == 1 or e.seq > got[i - 1].seq)
+    end
+  end)
+
+  -- A restore, or a move by logical replication (which does not carry sequences), leaves the
+  -- sequence behind the consumers' positions: every row written after it used to be under the
+  -- cursor's floor until an idle reader wrote its cursor again (2 s), its seq repeating old ones.
+  it("reads on after the journal's id sequence was moved back, says so, and moves it past every position", function()
+    fresh("t18")
+    local p = reader("t18", "s21_seqback")
+    sql("SELECT setval('sqlnotify.journal_id', last_value + 1000) FROM sqlnotify.journal_id")
+    sql(fmt("INSERT INTO %s.t18 (k) VALUES (1), (2)", S))
+    assert.is_true(wait_events(p, 2), p:stderr())
+    local before = events(p)[2].seq
+    sql("ALTER SEQUENCE sqlnotify.journal_id RESTART")
+    sql(fmt("DO $$ BEGIN FOR i IN 3..12 LOOP INSERT INTO %s.t18 (k) VALUES (i); COMMIT; PERFORM pg_sleep(0.05);"
+      .. " END LOOP; END $$", S))
+    assert.is_true(wait_events(p, 12, 20), p:stderr())
+    local at, pos, now = p:stderr():match("error sqlnotify: the journal's id sequence sqlnotify.journal_id was moved"
+      .. " back %(to (%d+), below the position (%d+) of a consumer[^\n]*%): moved it on to (%d+)[^\n]*")
+    assert.is_truthy(at, p:stderr())
+    assert.is_true(tonumber(at) < before and tonumber(pos) >= before and tonumber(now) > tonumber(pos))
+    sql(fmt("INSERT INTO %s.t18 (k) VALUES (13)", S))
+    assert.is_true(wait_events(p, 13), p:stderr())
+    p:stop()
+    local got = events(p)
+    assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13 }, ks(got))
+    assert.is_true(got[13].seq > tonumber(now))
+    local _, times = p:stderr():gsub("was moved back", "")
+    assert.are.equal(1, times)
+  end)
+
+  -- Dropping schema sqlnotify under a running reader: its reads fail; it makes the journal
+  -- again at once, with the watch's trigger where that went with it, and says what was lost.
+  -- Writes to a durably watched table fail while the journal is missing (a change is never
+  -- dropped silently); the reader is stopped meanwhile (SIGSTOP) so that one surely does.
+  it("makes the journal and a trigger dropped with it again at once, under a running reader", function()
+    fresh("t19")
+    local p = reader("t19", "s21_dropped")
+    sql(fmt("INSERT INTO %s.t19 (k) VALUES (1)", S))
+    assert.is_true(wait_events(p, 1), p:stderr())
+    local trigger = sql(fmt("SELECT tgname FROM pg_trigger WHERE tgrelid = '%s.t19'::regclass AND NOT tgisinternal"
+      .. " AND tgtype & 4 = 4", S)):match("[^\n]+")
+    p:kill("STOP")
+    local ok, why = pcall(function()
+      sql(fmt('BEGIN; DROP SCHEMA sqlnotify CASCADE; DROP TRIGGER "%s" ON %s.t19; COMMIT;', trigger, S))
+      return sql(fmt("UPDATE %s.t19 SET k = 2 WHERE k = 1", S))
+    end)
+    p:kill("CONT")
+    assert.is_false(ok)
+    assert.matches("sqlnotify", why)
+    assert.is_true(p:wait_for("error sqlnotify: the durable journal %(schema \"sqlnotify\"%) on database \"[^\"]*\" on "
+      .. "[^\n]* was dropped[^\n]*made it again[^\n]*writes to durably watched tables failed[^\n]*consumer"
+      .. " \"s21_dropped\" reads the new journal from its beginning", 20, "err"), p:stderr())
+    assert.is_true(p:wait_for("error sqlnotify: trigger for insert on \"spec21\".\"t19\" was gone with the journal:"
+      .. " made it again", 20, "err"), p:stderr())
+    sql(fmt("INSERT INTO %s.t19 (k) VALUES (3); UPDATE %s.t19 SET k = 4 WHERE k = 3", S, S))
+    assert.is_true(wait_events(p, 3), p:stderr())
+    p:stop()
+    local got = events(p)
+    assert.are.same({ "i", "i", "u" }, H.pluck(got, "op"))
+    assert.are.same({ 1, 3, 4 }, ks(got))
   end)
 
   it("leaves live mode as it was: no journal rows, one NOTIFY per row", function()

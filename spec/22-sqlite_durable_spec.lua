@@ -2,7 +2,8 @@
 -- under a writing process (at-least-once, per-row order), start_at, two consumers,
 -- dropping one, a consumer away past retention told what it missed, one that stopped
 -- coming named in the log, each consumer's own retention, the standby taking
--- over from a killed holder, n:consumers(). One SQLite file per test.
+-- over from a killed holder and from one paused past its lease, n:consumers(). One SQLite
+-- file per test.
 local H = require("helper")
 
 local q, fmt = H.shell_quote, string.format
@@ -42,11 +43,12 @@ local function setup(path)
   cli(path, "PRAGMA journal_mode = wal;\nCREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);")
 end
 
--- A host script: prints "op id k seq" for every insert and update of items.
+-- A host script: prints "op id k seq" for every insert and update of items (then, with a
+-- fifth argument, sleeps that many seconds in the handler).
 local READER = [==[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
-local path, consumer, start_at, retention = arg[1], arg[2], arg[3], tonumber(arg[4])
+local path, consumer, start_at, retention, pause = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5])
 local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. path,
   consumer = consumer ~= "-" and consumer or nil, start_at = start_at ~= "-" and start_at or nil,
   retention = retention })
@@ -54,14 +56,15 @@ for _, op in ipairs { "insert", "update" } do
   n:watch("items", op, { extra_columns = { "k" } })
   n:subscribe("items", op, function(ev)
     io.write(string.format("%s %d %d %d\n", ev.operation, ev.id, ev.extra_columns.k, ev.seq or 0))
+    if pause then require("system").sleep(pause) end
   end)
 end
 assert(n:start())
 print("ready")
 ]==]
 
-local function reader(path, consumer, start_at, retention)
-  local p = H.host(READER, { path, consumer or "-", start_at or "-", tostring(retention or 3600) })
+local function reader(path, consumer, start_at, retention, pause)
+  local p = H.host(READER, { path, consumer or "-", start_at or "-", tostring(retention or 3600), pause })
   assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
   return p
 end
@@ -405,6 +408,41 @@ print("ready")
     p:stop()
     assert.are.same({ 2 }, ks(events(p)))
     assert.are.equal("2\n", cli(path, "SELECT position FROM sqlnotify_consumers WHERE name = 'ahead';"))
+  end)
+
+  -- The holder hands a page to its handlers; stopped in the middle (SIGSTOP) past its lease, it
+  -- loses the consumer to the standby, which delivers the page and what follows. Resumed, it
+  -- delivered the rest of its page too, without looking at its lease: one row's old values
+  -- after the new holder had delivered later ones.
+  it("delivers no more of a page once its lease was taken over during a pause (SIGSTOP)", function()
+    local path = fresh_db()
+    setup(path)
+    local p1 = track(reader(path, "paused", nil, nil, 0.05))
+    local p2 = track(reader(path, "paused"))
+    assert.is_true(p2:wait_for("this one stands by", 10, "err"), p2:stderr())
+    local sql = { "BEGIN;", "INSERT INTO items (id, k) VALUES (1, 1);" }
+    for k = 2, 30 do sql[#sql + 1] = fmt("UPDATE items SET k = %d WHERE id = 1;", k) end
+    sql[#sql + 1] = "COMMIT;"
+    cli(path, table.concat(sql, "\n"))
+    assert.is_true(wait_events(p1, 3), p1:stderr())
+    p1:kill("STOP")
+    H.sleep(0.1)
+    local before = #events(p1)
+    assert.is_true(before < 30)
+    assert.is_true(p2:wait_for(fmt('consumer "paused": took over from the process that was reading it %%(pid %s, its '
+      .. "lease ran out%%)", p1.pid), 30, "err"), p2:stderr())
+    assert.is_true(wait_events(p2, 30), p2:stderr())
+    cli(path, "UPDATE items SET k = 31 WHERE id = 1;")
+    assert.is_true(wait_events(p2, 31), p2:stderr())
+    p1:kill("CONT")
+    assert.is_true(p1:wait_for('consumer "paused": another process took it over', 10, "err"), p1:stderr())
+    H.sleep(1) -- the rest of its page would be out by now (20 events a second)
+    p2:stop()
+    p1:stop()
+    local want = {}
+    for k = 1, 31 do want[k] = k end
+    assert.are.same(want, ks(events(p2)))
+    assert.are.same({ table.unpack(want, 1, before) }, ks(events(p1)))
   end)
 
   it("hands over to the standby when the holder stops cleanly", function()

@@ -576,6 +576,7 @@ void pg_conn_free(sn_conn *c)
     free(c->chans);
     free(c->q);
     pg_overflow_free(c);
+    pg_jr_forget_all(c);
     for (int i = 0; i < 4; i++)
         free(c->secrets[i]);
     free(c->overflow_schema);

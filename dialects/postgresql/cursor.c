@@ -12,7 +12,9 @@
  * one sent twice (after a lost connection) changes nothing.
  *
  * One statement is in flight at a time: LISTEN after connecting, then lease, maintain or
- * fetch (carrying the ack of the page before). The handlers' ack is written by the next
+ * fetch (carrying the ack of the page before). A read that finds the journal gone (schema
+ * "sqlnotify" dropped) makes it again at once, with the triggers of the watches that went
+ * with it (see jr_remake). The handlers' ack is written by the next
  * statement, sent as soon as the page was handled, so nothing waits on the loop. Wake-ups:
  * the NOTIFY, and a poll timer (10 ms after events flowed, doubling to 250 ms when idle).
  */
@@ -32,6 +34,8 @@
 #define JR_POLL_MAX 0.25
 #define JR_MAINTAIN_EVERY 5.0
 #define JR_ROTATE_SECONDS "20"
+/* a journal that is still gone right after the reader made it again: not before this (s) */
+#define JR_REMAKE_EVERY 10.0
 
 /* The other consumers not seen for $3 seconds that still hold rows back (seen within their
  * retention, or $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
@@ -66,6 +70,9 @@ struct pg_jr {
     double lease_sent, lease_ok; /* when the lease step in flight / the last one that worked was sent */
     double absent_asked, absent_said; /* consumers that stopped coming: last asked, last named (0: none now) */
     double maint_said;  /* when a maintenance failure was last logged (0: the last pass worked) */
+    double cache_said;  /* when the sequence's wrong cache was last logged, maintenance failing */
+    double read_ok;     /* when a fetch last worked (or the reader started) */
+    double remade_at;   /* when the reader last made the journal again */
     /* the ack not yet written: the handlers finished every event up to `acked` of the page of
      * batch `batch` that covered these shares (held with these epochs) */
     int64_t acked;
@@ -349,8 +356,11 @@ static int jr_send(struct pg_jr *j, int query)
         char ret[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
         const char *vals[1] = {ret};
-        ok = PQsendQueryParams(j->db, "SELECT sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")", 1, NULL, vals, NULL,
-                               NULL, 0);
+        /* the sequence's guards first: maintain() reads it (and may move it to the next epoch) */
+        ok = PQsendQueryParams(j->db,
+                               "SELECT q.cache_was, q.moved, sqlnotify.maintain($1, " JR_ROTATE_SECONDS ")"
+                               " FROM sqlnotify.sequence_check() q",
+                               1, NULL, vals, NULL, NULL, 0);
     } else if (query == JQ_ABSENT) {
         char ret[32], absent[32];
         snprintf(ret, sizeof ret, "%.3f", j->c->consumer_retention);
@@ -396,9 +406,26 @@ static int jr_send(struct pg_jr *j, int query)
     return 0;
 }
 
+/* The journal's id sequence was moved back (sqlnotify.sequence_moved's note: "<value>
+ * <position> <moved to> <consumer as JSON>"). */
+static void jr_seq_moved(struct pg_jr *j, const char *note)
+{
+    long long lv, hw, nv;
+    int at = 0;
+    if (sscanf(note, "%lld %lld %lld %n", &lv, &hw, &nv, &at) < 3 || at == 0)
+        return;
+    sn_logf(&j->c->sink, SN_LOG_ERROR,
+            "the journal's id sequence sqlnotify.journal_id was moved back (to %lld, below the position %lld of a "
+            "consumer, %s; ALTER SEQUENCE ... RESTART, setval() or a restore does that): moved it on to %lld; the "
+            "rows written since are read, in id order within their batch (before the older rows of that batch), and "
+            "their event.seq may repeat an older event's",
+            lv, hw, note + at, nv);
+}
+
 /* Hand a page to the runtime; it acks (pg_jr_ack) what its handlers finished. The page's
- * rows without an id say which shares it covered ('G', with the batch) and which acks were
- * refused ('R'). 1 when the connection was closed from a handler. */
+ * rows without an id say which shares it covered ('G', with the batch), which acks were
+ * refused ('R'), and what the sequence's guards found ('S': moved back, 'C': the cache it
+ * has). 1 when the connection was closed from a handler. */
 static int jr_deliver(struct pg_jr *j, PGresult *res)
 {
     sn_conn *c = j->c;
@@ -418,6 +445,17 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
             if (kind[0] == 'G') {
                 group[ng++] = atoi(PQgetvalue(res, i, 0));
                 batch = PQgetvalue(res, i, 3);
+            } else if (kind[0] == 'S') {
+                jr_seq_moved(j, PQgetvalue(res, i, 3));
+            } else if (kind[0] == 'C') { /* read without bounds until maintenance sets CACHE 1 */
+                j->want_maint = 1;
+                if (j->maint_said > 0 && sn_say_due(&j->cache_said, pg_clock()))
+                    sn_logf(&c->sink, SN_LOG_WARN,
+                            "the journal's id sequence sqlnotify.journal_id has CACHE %s (it must be 1); only the "
+                            "journal's owner may set it back (ALTER SEQUENCE sqlnotify.journal_id CACHE 1): "
+                            "until then every fetch reads the journal from its first row (said once an hour while "
+                            "it lasts)",
+                            PQgetvalue(res, i, 3));
             } else {
                 ref[nr++] = atoi(PQgetvalue(res, i, 0));
             }
@@ -494,16 +532,81 @@ static void jr_maint_failed(struct pg_jr *j, const char *why, const char *state)
                                         : "");
 }
 
+/* ===== the journal dropped under the reader ===== */
+
+/* What a read that failed because the journal is gone says: schema "sqlnotify", or a table or
+ * function of it, does not exist. */
+static int jr_journal_gone(const char *state)
+{
+    return strcmp(state, "3F000") == 0 || strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0;
+}
+
+/* The journal went from under the reader (DROP SCHEMA sqlnotify, or a part of it): its setup
+ * runs again, this consumer starts at the new journal's beginning (nothing older is left),
+ * and the watches whose triggers went with it are installed again. Writes to durably watched
+ * tables failed meanwhile: a durable trigger fails a write it cannot journal (README, design
+ * notes). 0, or -1 with the failure said (the reader retries as after a lost connection). */
+static int jr_remake(struct pg_jr *j, const char *why)
+{
+    sn_conn *c = j->c;
+    char err[512], msg[512];
+    pg_one_line(msg, sizeof msg, why);
+    pg_scrub(c, msg, sizeof msg);
+    j->remade_at = pg_clock();
+    if (pg_journal_remake(c, err, sizeof err) < 0 || pg_journal_register(c, 1, err, sizeof err) < 0) {
+        sn_logf(&c->sink, SN_LOG_ERROR,
+                "the durable journal (schema \"sqlnotify\") on %s is gone (%s) and could not be made again: %s; "
+                "writes to durably watched tables fail until it is",
+                c->target, msg, err);
+        return -1;
+    }
+    sn_logf(&c->sink, SN_LOG_ERROR,
+            "the durable journal (schema \"sqlnotify\") on %s was dropped (%s): made it again; writes to durably "
+            "watched tables failed while it was missing (at most the last %.1f s), and the rows it held that no "
+            "consumer had read are gone with it; consumer \"%s\" reads the new journal from its beginning",
+            c->target, msg, pg_clock() - j->read_ok, c->consumer);
+    for (size_t i = 0; i < c->nkept; i++) {
+        const sn_watch *w = &c->kept[i];
+        int listened = 0;
+        for (size_t k = 0; k < j->nchans && !listened; k++)
+            listened = strcmp(j->chans[k], w->channel) == 0;
+        if (!listened)
+            continue;
+        int rc = pg_install(c, w, 0, err, sizeof err);
+        if (rc == SN_INSTALL_CREATED || rc == SN_INSTALL_ERROR) {
+            pg_sbuf b = {0};
+            pg_sb_luaq(&b, w->schema);
+            pg_sb_add(&b, ".");
+            pg_sb_luaq(&b, w->table);
+            static const char *const ops[] = {"insert", "update", "delete"};
+            if (!b.fail)
+                sn_logf(&c->sink, SN_LOG_ERROR, "trigger for %s on %s was gone with the journal: %s%s", ops[w->op],
+                        b.p, rc == SN_INSTALL_CREATED ? "made it again" : "could not make it again: ",
+                        rc == SN_INSTALL_CREATED ? "" : err);
+            free(b.p);
+        }
+    }
+    /* the shares, their epochs and the ack were the old journal's */
+    for (int s = 0; s < c->nshares; s++)
+        j->epoch[s] = -1;
+    j->nheld = 0;
+    jr_ack_clear(j);
+    j->want_lease = 1;
+    return 0;
+}
+
 static void jr_result(struct pg_jr *j)
 {
     PGresult *res, *page = NULL;
-    char why[512] = "", state[6] = "";
+    char why[512] = "", state[6] = "", primary[256] = "";
     while ((res = PQgetResult(j->db)) != NULL) {
         ExecStatusType st = PQresultStatus(res);
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && !*why) {
             const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             snprintf(why, sizeof why, "%s", PQresultErrorMessage(res));
             snprintf(state, sizeof state, "%s", code ? code : "");
+            snprintf(primary, sizeof primary, "%s", m ? m : why);
         }
         if (st == PGRES_TUPLES_OK && j->query != JQ_LISTEN && page == NULL)
             page = res;
@@ -514,6 +617,15 @@ static void jr_result(struct pg_jr *j)
     j->query = JQ_NONE;
     j->state = JR_IDLE;
     ev_timer_stop(j->c->loop, &j->retry);
+    if (*why && jr_journal_gone(state) && PQstatus(j->db) == CONNECTION_OK &&
+        pg_clock() - j->remade_at >= JR_REMAKE_EVERY) {
+        PQclear(page);
+        if (jr_remake(j, primary) < 0)
+            jr_lost(j, why);
+        else
+            jr_next(j);
+        return;
+    }
     if (*why && (query == JQ_MAINTAIN || query == JQ_ABSENT) && PQstatus(j->db) == CONNECTION_OK) {
         if (query == JQ_MAINTAIN)
             jr_maint_failed(j, why, state);
@@ -543,12 +655,22 @@ static void jr_result(struct pg_jr *j)
                 return;
         }
     }
-    if (query == JQ_FETCH)
+    if (query == JQ_FETCH) {
         j->attempt = 0; /* the backoff (and the outage) ends when the reader reads, not when it connects */
+        j->read_ok = pg_clock();
+    }
     if (query == JQ_LISTEN)
         j->want_lease = 1; /* the first thing after (re)connecting: which shares are ours */
     if (query == JQ_MAINTAIN && !*why) {
         j->maint_said = 0;
+        if (page && PQntuples(page) == 1 && !PQgetisnull(page, 0, 0))
+            sn_logf(&j->c->sink, SN_LOG_WARN,
+                    "the journal's id sequence sqlnotify.journal_id had CACHE %s (it must be 1: a session hands out "
+                    "the ids it cached after the sequence has moved past them, out of the order the reader pages "
+                    "in); set it back to CACHE 1",
+                    PQgetvalue(page, 0, 0));
+        if (page && PQntuples(page) == 1 && !PQgetisnull(page, 0, 1))
+            jr_seq_moved(j, PQgetvalue(page, 0, 1));
         if (j->absent_asked == 0 || pg_clock() - j->absent_asked >= SN_ABSENT_EVERY)
             j->want_absent = 1;
     }
@@ -769,6 +891,7 @@ static struct pg_jr *jr_new(sn_conn *c)
              (unsigned)((uint64_t)(pg_clock() * 1e6) ^ (uint64_t)(uintptr_t)j) & 0xffffu);
     j->c = c;
     j->poll_every = JR_POLL_MIN;
+    j->read_ok = pg_clock();
     ev_init(&j->io, jr_io_cb);
     j->io.data = j;
     ev_init(&j->retry, jr_retry_cb);
@@ -788,7 +911,7 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
 {
     struct pg_jr *j = c->jr;
     if (j == NULL) {
-        if (pg_journal_register(c, err, errlen) < 0)
+        if (pg_journal_register(c, c->start_beginning, err, errlen) < 0)
             return -1;
         if ((j = jr_new(c)) == NULL)
             goto oom;
@@ -889,4 +1012,85 @@ void pg_jr_ack(sn_conn *c, int64_t seq)
 {
     if (c->jr && seq > c->jr->acked)
         c->jr->acked = seq;
+}
+
+/* ===== the durable watches, kept to install again ===== */
+
+static void watch_free(sn_watch *w)
+{
+    free((char *)w->schema), free((char *)w->table), free((char *)w->label), free((char *)w->channel);
+    free((char *)w->marker);
+    const char *const *lists[4] = {w->pk, w->extra, w->trigger_cols, w->old_cols};
+    int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
+    for (int l = 0; l < 4; l++) {
+        for (int i = 0; lists[l] && i < ns[l]; i++)
+            free((char *)lists[l][i]);
+        free((void *)lists[l]);
+    }
+    memset(w, 0, sizeof *w);
+}
+
+static char *dup_or_null(const char *s, int *fail)
+{
+    char *d = s ? strdup(s) : NULL;
+    *fail |= s && !d;
+    return d;
+}
+
+static const char *const *dup_list(const char *const *v, int n, int *fail)
+{
+    if (v == NULL || n <= 0)
+        return NULL;
+    char **d = calloc((size_t)n, sizeof *d);
+    if (d == NULL) {
+        *fail = 1;
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        d[i] = dup_or_null(v[i], fail);
+    return (const char *const *)d;
+}
+
+/* A copy of w replaces the one kept for its channel. */
+int pg_jr_keep(sn_conn *c, const sn_watch *w)
+{
+    sn_watch d = *w;
+    int fail = 0;
+    d.schema = dup_or_null(w->schema, &fail);
+    d.table = dup_or_null(w->table, &fail);
+    d.label = dup_or_null(w->label, &fail);
+    d.channel = dup_or_null(w->channel, &fail);
+    d.marker = dup_or_null(w->marker, &fail);
+    d.pk = dup_list(w->pk, w->npk, &fail);
+    d.extra = dup_list(w->extra, w->nextra, &fail);
+    d.trigger_cols = dup_list(w->trigger_cols, w->ntrigger, &fail);
+    d.old_cols = dup_list(w->old_cols, w->nold, &fail);
+    sn_watch *grown = fail ? NULL : realloc(c->kept, (c->nkept + 1) * sizeof *grown);
+    if (grown == NULL) {
+        watch_free(&d);
+        return -1;
+    }
+    c->kept = grown;
+    pg_jr_forget(c, w->channel);
+    c->kept[c->nkept++] = d;
+    return 0;
+}
+
+void pg_jr_forget(sn_conn *c, const char *channel)
+{
+    for (size_t i = 0; i < c->nkept; i++)
+        if (strcmp(c->kept[i].channel, channel) == 0) {
+            watch_free(&c->kept[i]);
+            c->kept[i] = c->kept[--c->nkept];
+            return;
+        }
+}
+
+void pg_jr_forget_all(sn_conn *c)
+{
+    for (size_t i = 0; i < c->nkept; i++)
+        watch_free(&c->kept[i]);
+    free(c->kept);
+    c->kept = NULL;
+    c->nkept = 0;
 }

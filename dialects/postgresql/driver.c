@@ -6,6 +6,25 @@
 
 static const char *const pg_schemes[] = {"postgresql", "postgres", NULL};
 
+/* A durable watch is kept, to be installed again if the journal goes (cursor.c). */
+static int dr_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
+{
+    int rc = pg_install(c, w, replace_changed, err, errlen);
+    if (rc != SN_INSTALL_ERROR && c->consumer && pg_jr_keep(c, w) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return SN_INSTALL_ERROR;
+    }
+    return rc;
+}
+
+static int dr_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    int rc = pg_uninstall(c, w, err, errlen);
+    if (rc == 0)
+        pg_jr_forget(c, w->channel);
+    return rc;
+}
+
 /* A notifier with a consumer reads the journal (cursor.c) instead of listening live. */
 static int dr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
 {
@@ -37,8 +56,8 @@ const sn_dialect sn_postgresql_dialect = {
     .close = pg_close,
     .target = pg_target,
     .describe = pg_describe,
-    .install = pg_install,
-    .uninstall = pg_uninstall,
+    .install = dr_install,
+    .uninstall = dr_uninstall,
     .uninstall_all = pg_uninstall_all,
     .drop = pg_drop,
     .list = pg_list,

@@ -237,6 +237,60 @@ static const char setup_sql[] =
     "  END IF;\n"
     "END $f$;\n"
 
+    /* journal 8: the id sequence's guards. The bounds above hold only while ids come out of the
+     * sequence in the order writers take them: CACHE 1, never moved back. A session caching 50
+     * ids moves last_value to its chunk's end and uses the ids below it in its later
+     * transactions, under the floor of a cursor that read that value (194 of 203 rows of one
+     * such writer were skipped); a RESTART or a restore puts it below every cursor's position.
+     * fetch() and register() take no bound from a sequence with another cache (rows are read
+     * from id 0 until sequence_check() sets CACHE 1 back); a sequence below a cursor's
+     * position is moved on past it and past every journal id, and every cursor forgets its
+     * bounds, so the rows written since are read, wherever their ids are. Looked at again
+     * under maintain()'s locks, the state row then every consumer (no fetch, lease or
+     * maintain() runs meanwhile). Returns what it found ("<value> <position> <moved to>
+     * <consumer>"), or NULL. */
+    "CREATE OR REPLACE FUNCTION sqlnotify.sequence_moved() RETURNS text\n"
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "DECLARE lv bigint; hw bigint; who text; nv bigint;\n"
+    "BEGIN\n"
+    "  FOR r IN 1..2 LOOP\n"
+    "    IF r = 2 THEN\n"
+    "      PERFORM 1 FROM sqlnotify.state FOR UPDATE;\n"
+    "      PERFORM 1 FROM sqlnotify.consumers FOR UPDATE;\n"
+    "    END IF;\n"
+    "    SELECT q.last_value INTO lv FROM sqlnotify.journal_id q;\n"
+    "    SELECT GREATEST(s.lo_seq, s.hi_seq, s.hi_top, s.pos), s.consumer INTO hw, who FROM sqlnotify.shares s\n"
+    "      ORDER BY GREATEST(s.lo_seq, s.hi_seq, s.hi_top, s.pos) DESC NULLS LAST LIMIT 1;\n"
+    "    IF hw IS NULL OR lv >= hw THEN RETURN NULL; END IF;\n" /* or put right meanwhile */
+    "  END LOOP;\n"
+    "  nv := GREATEST(hw, (SELECT max(j.id) FROM sqlnotify.journal j)) + 1;\n"
+    "  UPDATE sqlnotify.shares s SET lo_seq = NULL, lo_lb = NULL, lo_next = NULL, lo_rlb = NULL, hi_seq = NULL,\n"
+    "    hi_top = NULL, hi_next = NULL;\n"
+    "  PERFORM setval('sqlnotify.journal_id', nv, false);\n"
+    "  RETURN lv || ' ' || hw || ' ' || nv || ' ' || to_json(who)::text;\n"
+    "END $f$;\n"
+    /* each maintenance pass first: CACHE 1 put back (waiting 100 ms at most for the writers
+     * holding the sequence: the next pass tries again), and a sequence moved back moved on.
+     * Open to PUBLIC, as it only ever repairs (and locks nothing while all is well): a reader
+     * that may not maintain is told so about maintain() */
+    "CREATE OR REPLACE FUNCTION sqlnotify.sequence_check(OUT cache_was bigint, OUT moved text)\n"
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "DECLARE lt text := current_setting('lock_timeout');\n"
+    "BEGIN\n"
+    "  SELECT q.seqcache INTO cache_was FROM pg_sequence q WHERE q.seqrelid = 'sqlnotify.journal_id'::regclass;\n"
+    "  IF cache_was = 1 THEN\n"
+    "    cache_was := NULL;\n"
+    "  ELSE\n"
+    "    BEGIN\n"
+    "      PERFORM set_config('lock_timeout', '100ms', true);\n"
+    "      ALTER SEQUENCE sqlnotify.journal_id CACHE 1;\n"
+    "      PERFORM set_config('lock_timeout', lt, true);\n"
+    "    EXCEPTION WHEN lock_not_available THEN cache_was := NULL;\n"
+    "    END;\n"
+    "  END IF;\n"
+    "  moved := sqlnotify.sequence_moved();\n"
+    "END $f$;\n"
+
     /* The next page for a member (PgQ's method, per share): its shares' cursors are grouped
      * by batch (shares that move together stay together); the first group with rows gives
      * the page: the transactions visible in hi but not in lo, of those shares, in id order,
@@ -261,14 +315,26 @@ static const char setup_sql[] =
     "  nlb bigint[];\n"
     /* the sequence just before and just after the snapshot: the bound of rows not yet
      * begun when cur was taken, and the top of those it sees */
+    "  ck bigint := (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'sqlnotify.journal_id'::regclass);\n"
     "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
     "  cur pg_snapshot := pg_current_snapshot();\n"
     "  sa bigint := (SELECT q.last_value FROM sqlnotify.journal_id q);\n"
     /* an xid of the reader's own after the snapshot: any above it began after */
     "  nx xid8 := pg_current_xact_id();\n"
-    "  saved boolean; fresh boolean; wrote int[] := '{}';\n"
+    "  saved boolean; fresh boolean; wrote int[] := '{}'; note text;\n"
     "  acking boolean := p_acked > 0 AND COALESCE(cardinality(p_shares), 0) > 0;\n"
     "BEGIN\n"
+    /* journal 8: the sequence's guards (see sequence_moved), its cache read before it: no bound
+     * from a sequence that has another cache or was moved back ('C' and 'S' tell the reader) */
+    "  IF sb < (SELECT max(GREATEST(s.lo_seq, s.hi_seq, s.hi_top, s.pos)) FROM sqlnotify.shares s\n"
+    "      WHERE s.consumer = p_name) THEN\n"
+    "    note := sqlnotify.sequence_moved();\n"
+    "    RETURN QUERY SELECT -1, NULL::bigint, 'S'::text, note WHERE note IS NOT NULL;\n"
+    "    sb := NULL; sa := NULL; nx := NULL;\n"
+    "  ELSIF ck IS DISTINCT FROM 1 THEN\n"
+    "    RETURN QUERY SELECT -1, NULL::bigint, 'C'::text, ck::text;\n"
+    "    sb := NULL; sa := NULL; nx := NULL;\n"
+    "  END IF;\n"
     /* the consumer's row first, shared: a lease() (which takes it FOR UPDATE before any share)
      * and a fetch never hold share rows the other waits for (a deadlock seen under kill -9) */
     "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR SHARE;\n"
@@ -342,8 +408,11 @@ static const char setup_sql[] =
     "RETURNS TABLE (missed_n bigint, missed_lo bigint, missed_hi bigint, nshares int)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n bigint; lo bigint; hi bigint; k int;\n"
-    "  sb bigint := (SELECT q.last_value FROM sqlnotify.journal_id q); cur pg_snapshot := pg_current_snapshot();\n"
-    "  nx xid8 := pg_current_xact_id();\n"
+    /* no bound from a sequence with another cache than 1 (see sequence_moved) */
+    "  ck bigint := (SELECT q.seqcache FROM pg_sequence q WHERE q.seqrelid = 'sqlnotify.journal_id'::regclass);\n"
+    "  sb bigint := CASE WHEN ck = 1 THEN (SELECT q.last_value FROM sqlnotify.journal_id q) END;\n"
+    "  cur pg_snapshot := pg_current_snapshot();\n"
+    "  nx xid8 := CASE WHEN ck = 1 THEN pg_current_xact_id() END;\n"
     "BEGIN\n"
     "  INSERT INTO sqlnotify.consumers (name, nshares)\n"
     "    VALUES (p_name, CASE WHEN p_shares > 0 THEN p_shares ELSE 16 END) ON CONFLICT DO NOTHING;\n"
@@ -474,7 +543,7 @@ static const char setup_sql[] =
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
     " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
-    " sqlnotify.reads_channel(text, text) FROM PUBLIC;\n";
+    " sqlnotify.reads_channel(text, text), sqlnotify.sequence_moved() FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and
@@ -535,19 +604,24 @@ static void setup_tail(pg_sbuf *b)
                  "COMMENT ON SCHEMA sqlnotify IS '" JOURNAL_VERSION "';\n");
 }
 
-static int journal_ensure(sn_conn *c, char *err, size_t errlen)
+/* The setup runs when the schema's version mark is not this one's, or always (force: a part
+ * of it may be gone under the mark); every statement of it is idempotent. */
+static int journal_ensure(sn_conn *c, int force, char *err, size_t errlen)
 {
     char state[6] = "", why[900];
-    if (c->journal_ready)
+    if (c->journal_ready && !force)
         return 0;
-    PGresult *res = pg_exec(c, &c->ctl,
-                            "SELECT pg_catalog.obj_description(oid, 'pg_namespace') = '" JOURNAL_VERSION
-                            "' FROM pg_catalog.pg_namespace WHERE nspname = 'sqlnotify'",
-                            0, NULL, PG_RETRY, state, err, errlen);
-    if (res == NULL)
-        return -1;
-    int ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
+    int ok = 0;
+    if (!force) {
+        PGresult *res = pg_exec(c, &c->ctl,
+                                "SELECT pg_catalog.obj_description(oid, 'pg_namespace') = '" JOURNAL_VERSION
+                                "' FROM pg_catalog.pg_namespace WHERE nspname = 'sqlnotify'",
+                                0, NULL, PG_RETRY, state, err, errlen);
+        if (res == NULL)
+            return -1;
+        ok = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+    }
     if (!ok) {
         pg_sbuf b = {0};
         pg_sb_add(&b, "BEGIN;\n");
@@ -575,20 +649,26 @@ static int journal_ensure(sn_conn *c, char *err, size_t errlen)
 
 int pg_journal_ensure(sn_conn *c, char *err, size_t errlen)
 {
-    return journal_ensure(c, err, errlen);
+    return journal_ensure(c, 0, err, errlen);
 }
 
-/* Registers the consumer (start_at and shares apply to a new one), refuses a share count
- * other than its own, and logs, at error level, what was removed while it was away. */
-int pg_journal_register(sn_conn *c, char *err, size_t errlen)
+int pg_journal_remake(sn_conn *c, char *err, size_t errlen)
+{
+    return journal_ensure(c, 1, err, errlen);
+}
+
+/* Registers the consumer (beginning, or the end, and shares apply to a new one), refuses a
+ * share count other than its own, and logs, at error level, what was removed while it was
+ * away. */
+int pg_journal_register(sn_conn *c, int beginning, char *err, size_t errlen)
 {
     char state[6] = "", shares[16];
-    if (journal_ensure(c, err, errlen) < 0)
+    if (journal_ensure(c, 0, err, errlen) < 0)
         return -1;
     snprintf(shares, sizeof shares, "%d", c->shares);
     char retention[32];
     snprintf(retention, sizeof retention, "%.3f", c->consumer_retention);
-    const char *vals[4] = {c->consumer, c->start_beginning ? "t" : "f", shares, retention};
+    const char *vals[4] = {c->consumer, beginning ? "t" : "f", shares, retention};
     PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.register($1, $2, $3, $4)", 4, vals, PG_RETRY,
                             state, err, errlen);
     if (res == NULL && strcmp(state, "42501") == 0) {

@@ -120,6 +120,8 @@ struct sn_conn {
     int capture;             /* the C triggers usable here (triggers.c: CAP_*), 0 unknown, -1 none */
     int capture_broken;      /* the C triggers that cannot run on this server (CAP_*): never kept */
     struct pg_jr *jr;        /* the journal reader, once listening */
+    sn_watch *kept;          /* the durable watches installed (pg_jr_keep), copies */
+    size_t nkept;
 
     int depth;               /* > 0 while inside a callback that may deliver */
     int dead;                /* closed from within a callback: freed when it unwinds */
@@ -216,15 +218,21 @@ void pg_stop(sn_conn *c);
 /* ===== journal.c, cursor.c (durable mode) ===== */
 
 int pg_journal_ensure(sn_conn *c, char *err, size_t errlen);
+/* the journal's setup run again whatever its version mark says (a part of it was dropped) */
+int pg_journal_remake(sn_conn *c, char *err, size_t errlen);
 /* journal.c: the plpgsql statements that append one row to the journal (see there) */
 void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash);
-int pg_journal_register(sn_conn *c, char *err, size_t errlen);
+int pg_journal_register(sn_conn *c, int beginning, char *err, size_t errlen);
 int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void pg_jr_unlisten(sn_conn *c, const char *channel);
 void pg_jr_stop(sn_conn *c);
 void pg_jr_ack(sn_conn *c, int64_t seq);
+/* the durable watches installed, kept to install again when the journal was dropped */
+int pg_jr_keep(sn_conn *c, const sn_watch *w);
+void pg_jr_forget(sn_conn *c, const char *channel);
+void pg_jr_forget_all(sn_conn *c);
 
 /* ===== query.c ===== */
 

@@ -7,7 +7,10 @@
  * LEASE_BEAT; a standby process takes it when it is free, when its heartbeat is older
  * than LEASE_TIMEOUT, or at once when the holder's pid is gone on this host (kill -9).
  * Every write of the holder is fenced by `holder = me`: a holder whose lease was taken
- * (stalled past the timeout) notices at its next write and stands by.
+ * (stalled past the timeout) notices at its next write and stands by. A batch goes to the
+ * handlers in slices, and before each the holder makes sure the lease is still its own
+ * (sqd_consumer_holds): one stalled in the middle of a batch (SIGSTOP, a handler that
+ * blocked) delivers no more of it once another process may have taken over.
  *
  * Every write here goes through the reader's own connection, never the query connection,
  * so it cannot join (or commit) a transaction the user opened with n:query(), and it waits
@@ -266,6 +269,7 @@ void sqd_consumer_try_lease(sn_conn *c)
                 dead ? "gone" : expired ? "its lease ran out" : "it stopped",
                 (long long)position);
     c->standby_pid = 0;
+    c->beat_ok = ev_time();
     became_active(c, position);
 out:
     short_wait(c, 0);
@@ -302,6 +306,7 @@ static int record_again(sn_conn *c)
         return SQLITE_ERROR;
     sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" was dropped while this process read it; "
             "recorded it again after row %lld", c->consumer, (long long)c->pos_pending);
+    c->beat_ok = ev_time();
     c->acked = c->pos_pending;
     c->save_failed = 0;
     return SQLITE_OK;
@@ -335,6 +340,7 @@ static int save(sn_conn *c, int release)
             lost_lease(c);
         return 0;
     }
+    c->beat_ok = ev_time();
     c->acked = c->pos_pending;
     c->save_failed = 0;
     return 0;
@@ -359,7 +365,22 @@ void sqd_consumer_ack(sn_conn *c, sqlite3_int64 seq)
     if (pos <= c->pos_pending)
         return;
     c->pos_pending = pos;
+    /* inside a batch the position is written with the lease's renewals (sqd_consumer_holds) */
+    if (seq == c->batch_last || ev_time() - c->beat_ok > LEASE_BEAT)
+        sqd_consumer_flush(c);
+}
+
+/* Go on delivering only while the lease is surely ours: written within LEASE_BEAT, or renewed
+ * now with the position so far. A lease found taken (the holder stalled past LEASE_TIMEOUT)
+ * stops the batch; one that cannot be written (busy) stops it once half the timeout went by
+ * (the rest is read again). */
+int sqd_consumer_holds(sn_conn *c)
+{
+    double age = ev_time() - c->beat_ok;
+    if (!c->active || age <= LEASE_BEAT)
+        return c->active;
     sqd_consumer_flush(c);
+    return c->active && (ev_time() - c->beat_ok <= LEASE_BEAT || age < LEASE_TIMEOUT / 2);
 }
 
 /* Stop reading: save where we are and give the lease up, so a standby takes over at once. */

@@ -261,29 +261,53 @@ static int check(sn_conn *c)
                 c->events[i].channel = c->arena + c->offs[2 * i];
                 c->events[i].payload = c->arena + c->offs[2 * i + 1];
             }
-            c->depth++;
-            c->sink.deliver(c->sink.ud, c->events, n);
-            c->depth--;
-            if (c->dead) {
-                sqd_free_conn(c);
-                return 0;
+            /* A durable batch goes in slices of about SLICE_SECONDS of handler time, the lease
+             * looked at before each: a holder stalled in the middle (SIGSTOP, a handler that
+             * blocked) past its lease must not deliver the rest after the process that took
+             * over delivered it, and later changes of the same rows. */
+            size_t done = 0, slice = c->consumer ? 1 : n;
+            while (done < n) {
+                if (c->consumer && !sqd_consumer_holds(c)) {
+                    c->cursor = c->pos_pending;   /* the rest is read again, by whoever holds it */
+                    if (c->active)
+                        sqd_kick(c, BUSY_RETRY_MIN);
+                    return 1;
+                }
+                size_t k = slice < n - done ? slice : n - done;
+                double t0 = ev_time();
+                c->depth++;
+                c->sink.deliver(c->sink.ud, c->events + done, k);
+                c->depth--;
+                if (c->dead) {
+                    sqd_free_conn(c);
+                    return 0;
+                }
+                /* a handler stopped (or stopped and restarted) listening */
+                if (!c->rd || c->gen != gen)
+                    return 1;
+                if (c->consumer) {
+                    if (!c->active)
+                        return 1;   /* lost the lease meanwhile: the new holder goes on */
+                    if (c->pos_pending < (done + k == n ? c->batch_end : c->events[done + k - 1].seq)) {
+                        /* not all handled (stopping): what was not is read again */
+                        c->cursor = c->pos_pending;
+                        if (c->pos_pending > c->acked)
+                            sqd_consumer_flush(c);
+                        return 1;
+                    }
+                }
+                done += k;
+                double per = (ev_time() - t0) / (double)k;
+                slice = per <= 0 || SLICE_SECONDS / per >= (double)n ? n
+                      : SLICE_SECONDS / per < 1                     ? 1
+                                                                   : (size_t)(SLICE_SECONDS / per);
             }
             if (c->arena_cap > ARENA_KEEP) {
                 free(c->arena);
                 c->arena = NULL;
                 c->arena_cap = 0;
             }
-            /* a handler stopped (or stopped and restarted) listening */
-            if (!c->rd || c->gen != gen)
-                return 1;
             if (c->consumer) {
-                if (!c->active)
-                    return 1;   /* lost the lease meanwhile: the new holder goes on */
-                if (c->pos_pending < c->batch_end) {
-                    /* not all handled (stopping): what was not is read again */
-                    c->cursor = c->pos_pending;
-                    return 1;
-                }
                 if (c->save_failed) {
                     sqd_kick(c, BUSY_RETRY_MIN);   /* saved by check() before the next batch */
                     return 1;
