@@ -1019,7 +1019,7 @@ void pg_jr_ack(sn_conn *c, int64_t seq)
 static void watch_free(sn_watch *w)
 {
     free((char *)w->schema), free((char *)w->table), free((char *)w->label), free((char *)w->channel);
-    free((char *)w->marker);
+    free((char *)w->marker), free((char *)w->capture), free((char *)w->plain_channel);
     const char *const *lists[4] = {w->pk, w->extra, w->trigger_cols, w->old_cols};
     int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
     for (int l = 0; l < 4; l++) {
@@ -1061,6 +1061,8 @@ int pg_jr_keep(sn_conn *c, const sn_watch *w)
     d.label = dup_or_null(w->label, &fail);
     d.channel = dup_or_null(w->channel, &fail);
     d.marker = dup_or_null(w->marker, &fail);
+    d.capture = dup_or_null(w->capture, &fail);
+    d.plain_channel = dup_or_null(w->plain_channel, &fail);
     d.pk = dup_list(w->pk, w->npk, &fail);
     d.extra = dup_list(w->extra, w->nextra, &fail);
     d.trigger_cols = dup_list(w->trigger_cols, w->ntrigger, &fail);
