@@ -185,6 +185,23 @@ describe("sqlnotify (MySQL/MariaDB)", function()
       assert.are.same({}, assert(n._h:describe(DB, "S19_CAT"))) -- names are taken literally
     end)
 
+    it("gives each column's class as the triggers send its values", function()
+      sql([[DROP TABLE IF EXISTS s19_classes;
+        CREATE TABLE s19_classes (a tinyint(1), b smallint, c mediumint, d int, e bigint unsigned, f bit(3), g year,
+          h float, i double, j decimal(10,2), k decimal, l char(2), m varchar(9), n text, o enum('x'), p set('y'),
+          q binary(2), r varbinary(9), s blob, t point, u json, `v``w` json, x longtext, y datetime, z date)]])
+      finally(function() sql("DROP TABLE IF EXISTS s19_classes") end)
+      local n = N()
+      local got = {}
+      for _, r in ipairs(assert(n._h:describe(DB, "s19_classes"))) do
+        if r[1] == "column" then got[r[2]] = r[5] end
+      end
+      assert.are.same({ a = "integer", b = "integer", c = "integer", d = "integer", e = "integer", f = "integer",
+        g = "integer", h = "float", i = "float", j = "decimal(2)", k = "decimal(0)", l = "text", m = "text", n = "text",
+        o = "text", p = "text", q = "bytes", r = "bytes", s = "bytes", t = "bytes", u = "json", ["v`w"] = "json",
+        x = "text", y = "other", z = "other" }, got)
+    end)
+
     it("marks a view, and refuses a trigger on it with a line saying what to watch", function()
       local n = N()
       local rows = assert(n._h:describe(DB, "s19_v"))

@@ -180,15 +180,20 @@ function Notifier:_table(t, level)
   if rows[1][4] == "view" then
     fail(level + 1, "%s is a view; views cannot be watched (watch the tables under it)", qname(rows[1][2], rows[1][3]))
   end
+  -- Each column's class is the driver's (src/dialect.h): "integer", "decimal(2)", ...; a
+  -- loose table's columns may also hold values of other classes (SQLite without STRICT).
   info = { schema = rows[1][2], table = rows[1][3], columns = {}, colnames = {}, types = {}, pk = {}, uniques = {},
-    type_of = {} }
+    type_of = {}, class_of = {}, scale_of = {}, loose = rows[1][5] == "loose" }
   for i = 2, #rows do
     local kind, a, b = rows[i][1], rows[i][2], rows[i][3]
     if kind == "column" then
+      local class = rows[i][5] or "other"
       info.columns[a] = true
       info.colnames[#info.colnames + 1] = a
       info.types[#info.types + 1] = b or ""
       info.type_of[a] = b or ""
+      info.class_of[a] = class:match("^[^(]*")
+      info.scale_of[a] = tonumber(class:match("^decimal%((%d+)%)$"))
     elseif kind == "pk" then
       info.pk[#info.pk + 1] = a
     elseif kind == "unique" then
@@ -567,8 +572,7 @@ end
 function Notifier:_event(w, channel, payload, ts)
   local plan = w.plan
   if not plan then
-    plan = core.plan(w, w.info or self:_table({ schema = w.schema, table = w.table }, 1), self.dialect_name,
-      self._nulls)
+    plan = core.plan(w, w.info or self:_table({ schema = w.schema, table = w.table }, 1), self._nulls)
     w.plan = plan
   end
   local ev, why = decode(plan, payload, channel, ts)
