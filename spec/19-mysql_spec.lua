@@ -57,6 +57,7 @@ require("cases.api")({
   notifier = notifier,
   suffix_url = URL:gsub("^mysql:", "mysql+pymysql:"),
   bad_url = "mysql://root:s3cretpw@127.0.0.1:1/nodb",
+  bad_url_error = '^sqlnotify: cannot connect to database "nodb" on 127%.0%.0%.1:1: ',
   exec = sql,
   prefix = "s19_",
   t = t,
@@ -65,6 +66,14 @@ require("cases.api")({
     order_items = "CREATE TABLE %s (order_id int, item_id int, qty int, note text, PRIMARY KEY (order_id, item_id))",
     keyless = "CREATE TABLE %s (a int, b int UNIQUE, c text)",
     big = "CREATE TABLE %s (id bigint PRIMARY KEY, n bigint, f double)",
+  },
+  typed = { -- BOOLEAN is tinyint(1): true arrives as 1
+    ddl = "CREATE TABLE %s (id int PRIMARY KEY, qty int, price decimal(10,2), flag boolean, name varchar(20),"
+      .. " ratio double)",
+    types = { id = "int(11)", qty = "int(11)", price = "decimal(10,2)", flag = "tinyint(1)", name = "varchar(20)",
+      ratio = "double" },
+    classes = { id = "integer", qty = "integer", price = "decimal", flag = "integer", name = "text", ratio = "float" },
+    first = { qty = 42, price = "42.00", flag = 1, name = "7", ratio = 0.5 },
   },
   trigger_count = function()
     return count(fmt([[SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = '%s'

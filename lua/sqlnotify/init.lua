@@ -502,8 +502,7 @@ function Notifier:subscribe(t, op, opts, handler)
   end
   if opts.name ~= nil and type(opts.name) ~= "string" then fail(2, "subscribe name must be a string") end
   local w, info = self:_find_watch(t, op, opts.channel_label, 2)
-  local checked = filters.check(opts.filters, w, info, self.dialect_name,
-    function(...) self:_log("warn", ...) end, 2)
+  local checked = filters.check(opts.filters, w, info, function(...) self:_log("warn", ...) end, 2)
   self._seq = self._seq + 1
   local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
     name = opts.name or fmt("#%d", self._seq) }
