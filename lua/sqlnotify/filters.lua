@@ -61,8 +61,8 @@ end
 -- The decimal text of a number: integers exactly, floats in the fewest digits that read
 -- back to the same float (0.1 is "0.1").
 local function number_text(v)
-  if math.type(v) == "integer" then return fmt("%d", v) end
-  if v == math.floor(v) and math.tointeger(v) then return fmt("%d", math.tointeger(v)) end
+  local i = math.tointeger(v)
+  if i then return fmt("%d", i) end
   for digits = 15, 17 do
     local s = fmt("%." .. digits .. "g", v)
     if tonumber(s) == v or digits == 17 then return s end
