@@ -1,6 +1,7 @@
 -- The Lua API on SQLite, in process: URLs, notifier, watch, subscribe, events,
 -- filters, trigger_columns, composite keys, notify through the change log, query,
--- odd names, and the lifecycle (start, stop, cleanup). One SQLite file per test.
+-- odd names, and the lifecycle (start, stop, cleanup). One SQLite file per test. First the
+-- API cases every dialect shares (spec/cases/api.lua), on a file of their own.
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
@@ -18,6 +19,52 @@ local function sqlite_notifier(path, opts)
 end
 
 local collector = H.collector
+
+-- ===== the cases every dialect shares (spec/cases/api.lua), on one file =====
+
+do
+  local path = H.fresh_sqlite("api04-cases")
+  local url = "sqlite:///" .. path .. "?mode=rwc"
+  require("cases.api")({
+    name = "SQLite",
+    dialect = "sqlite",
+    schema = "main",
+    notifier = function(opts) return sqlite_notifier(path, opts) end,
+    suffix_url = url:gsub("^sqlite:", "sqlite+aiosqlite:"),
+    bad_url = "sqlite:////nonexistent/dir/nodb.db",
+    bad_url_error = '^sqlnotify: SQLite database file "/nonexistent/dir/nodb%.db" does not exist',
+    exec = function(sql) return H.sqlite_cli(path, sql) end,
+    t = function(name) return string.format('"%s"', (name:gsub('"', '""'))) end,
+    ddl = {
+      users = "CREATE TABLE %s (id INTEGER PRIMARY KEY, email TEXT, name TEXT, age INTEGER)",
+      order_items = "CREATE TABLE %s (order_id INTEGER, item_id INTEGER, qty INTEGER, note TEXT,"
+        .. " PRIMARY KEY (order_id, item_id))",
+      keyless = "CREATE TABLE %s (a INTEGER, b INTEGER UNIQUE, c TEXT)",
+      big = "CREATE TABLE %s (id INTEGER PRIMARY KEY, n INTEGER, f REAL)",
+    },
+    typed = { -- DECIMAL and BOOLEAN have NUMERIC affinity: 42 and TRUE are kept as the integers 42 and 1
+      ddl = "CREATE TABLE %s (id INTEGER PRIMARY KEY, qty INTEGER, price DECIMAL(10,2), flag BOOLEAN, name TEXT,"
+        .. " ratio REAL)",
+      first = { qty = 42, price = 42, flag = 1, name = "7", ratio = 0.5 },
+      loose = true,
+    },
+    trigger_count = function()
+      return tonumber(H.sqlite_cli(path, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger';"):match("%d+"))
+    end,
+    unknown_suffix = "",
+    max_payload = 0,
+    query = {
+      sql = "SELECT CAST(? AS INTEGER) AS a, ? AS b, ? AS c, ? AS d, NULL AS e, 2.5 AS f, '1.10' AS g",
+      params = { 42, "x'y", 1.5, true },
+      expect = { a = 42, b = "x'y", c = 1.5, d = 1, f = 2.5, g = "1.10" },
+      empty = "SELECT 1 WHERE 0",
+      bad = "SELECT * FROM no_such_table",
+      bad_message = "sqlnotify: no such table: no_such_table",
+    },
+  }, _ENV)
+end
+
+-- ===== what is SQLite's own =====
 
 -- Run statements on the notifier's own query connection, asserting each succeeds.
 local function exec(n, ...)

@@ -13,11 +13,11 @@ local NULL = core.null
 local W = { schema = "s", table = "t", op = "update", pk = { 'a"b', "k" }, extra = { "f", "n", "by", "j", "txt", "é x" },
   old = { "txt" } }
 local INFO = {
-  colnames = { 'a"b', "k", "f", "n", "by", "j", "txt", "é x", "r" },
-  types = { "bigint", "text", "double precision", "numeric(40,20)", "bytea", "jsonb", "text", "integer", "real" },
+  class_of = { ['a"b'] = "integer", k = "text", f = "float", n = "decimal", by = "bytes", j = "json", txt = "text",
+    ["é x"] = "integer", r = "float" },
 }
-local plan = core.plan(W, INFO, "postgresql", false)
-local plan_nulls = core.plan(W, INFO, "postgresql", true)
+local plan = core.plan(W, INFO, false)
+local plan_nulls = core.plan(W, INFO, true)
 
 local function decode(payload, p)
   return core.decode(p or plan, payload, "chan", 1.5)
@@ -136,20 +136,19 @@ describe("the payload decoder", function()
     end)
 
     it("gives a single key as a value and a key of none as nil, with key by name in both", function()
-      local info = { colnames = { "id", "v" }, types = { "integer", "text" } }
-      local one = core.plan({ schema = "s", table = "t", op = "delete", pk = { "id" }, extra = { "v" } }, info,
-        "sqlite", false)
+      local info = { class_of = { id = "integer", v = "text" } }
+      local one = core.plan({ schema = "s", table = "t", op = "delete", pk = { "id" }, extra = { "v" } }, info, false)
       assert.are.same({ schema = "s", table = "t", operation = "delete", id = 7, key = { id = 7 },
         extra_columns = { v = "w" }, old_id = 6, channel = "chan", timestamp = 1.5, truncated = false },
         decode([[{"id": {"id": 7}, "x": {"v": "w"}, "oid": {"id": 6}}]], one))
-      local none = core.plan({ schema = "s", table = "t", op = "insert", pk = {}, extra = { "v" } }, info, "sqlite", false)
+      local none = core.plan({ schema = "s", table = "t", op = "insert", pk = {}, extra = { "v" } }, info, false)
       assert.are.same({ schema = "s", table = "t", operation = "insert", key = {}, extra_columns = { v = "w" },
         channel = "chan", timestamp = 1.5, truncated = false }, decode([[{"id": {}, "x": {"v": "w"}}]], none))
     end)
 
     it("leaves old out when the watch has no old_columns, and takes columns it does not know as not carried", function()
       local bare = core.plan({ schema = "s", table = "t", op = "update", pk = { "id" }, extra = {} },
-        { colnames = { "id" }, types = { "integer" } }, "postgresql", false)
+        { class_of = { id = "integer" } }, false)
       local ev = decode([[{"id": {"id": 1, "zz": [1, {"deep": null}]}, "x": {"gone": 1}, "o": {"was": 2}}]], bare)
       assert.are.same({ schema = "s", table = "t", operation = "update", id = 1, key = { id = 1 }, extra_columns = {},
         channel = "chan", timestamp = 1.5, truncated = false }, ev)
@@ -232,12 +231,12 @@ describe("the payload decoder", function()
   end)
 
   describe("columns that are not the plan's (a table changed, spec 27)", function()
-    local info = { colnames = { "id", "a", "b" }, types = { "integer", "text", "bytea" } }
+    local info = { class_of = { id = "integer", a = "text", b = "bytes" } }
     local watch = { schema = "s", table = "t", op = "update", pk = { "id" }, extra = { "a", "b" }, old = { "a" } }
     local function drift(payload, p) return select(3, core.decode(p, payload, "chan", 1.5)) end
 
     it("says so when a carried column is absent, unless it is known to be gone", function()
-      local p = core.plan(watch, info, "postgresql", false)
+      local p = core.plan(watch, info, false)
       assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": null, "b": "\\x01"}, "o": {"a": "z"}}]], p))
       assert.is_nil(drift([[{"id": {"id": 1}, "x": {"a": 1, "b": 2, "zz": 3}, "o": {"a": 1}}]], p)) -- not asked for
       assert.is_nil(drift([[{"id": {"id": 1}, "t": true}]], p)) -- truncated: the key alone
@@ -246,7 +245,7 @@ describe("the payload decoder", function()
       assert.is_true(drift([[{"id": {"id": 1}, "x": {"a": 1, "b": null}}]], p))
       assert.is_true(drift([[{"id": {"id": 1}}]], p))
       local gone = core.plan({ schema = "s", table = "t", op = "update", pk = { "id" }, extra = { "a", "b" },
-        old = { "a" }, gone = { a = true } }, info, "postgresql", false)
+        old = { "a" }, gone = { a = true } }, info, false)
       assert.is_nil(drift([[{"id": {"id": 1}, "x": {"b": null}, "o": {}}]], gone))
       assert.is_true(drift([[{"id": {"id": 1}, "x": {}, "o": {}}]], gone))
       -- one written before it went is decoded all the same
@@ -257,7 +256,7 @@ describe("the payload decoder", function()
     it('keeps, with extra_columns = "*", a column the plan does not know by its JSON type, and says so', function()
       for _, nulls in ipairs { false, true } do
         local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "a", "b" }, all = true },
-          info, "postgresql", nulls)
+          info, nulls)
         local ev, why, news = core.decode(p, [[{"id": {"id": 1}, "x": {"a": "x", "b": "\\x01", "c": "\\x02",
           "d\u00e9": [1, 2.5], "e": null}}]], "chan", 1.5)
         assert.is_nil(why)
@@ -270,31 +269,77 @@ describe("the payload decoder", function()
   end)
 
   describe("plans", function()
-    it("classes columns by their catalog type on each dialect", function()
-      local function classes(dialect, types)
-        local names = {}
-        for i = 1, #types do names[i] = "c" .. i end
-        local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = names },
-          { colnames = names, types = types }, dialect, false)
+    it("decode each column by the class describe gave it, whatever the dialect", function()
+      local classes = { "bytes", "float", "decimal", "decimal(2)", "integer", "text", "boolean", "json", "other",
+        "no such class" }
+      local names, class_of = {}, {}
+      for i, c in ipairs(classes) do
+        names[i] = "c" .. i
+        class_of[names[i]] = c
+      end
+      local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = names },
+        { class_of = class_of }, false)
+      local function row(text)
         local x = {}
-        for i = 1, #types do x[#x + 1] = string.format('"c%d": "\\\\x41"', i) end
+        for i = 1, #classes do x[i] = string.format('"c%d": %s', i, text) end
         local ev = core.decode(p, '{"id": {"id": 1}, "x": {' .. table.concat(x, ", ") .. '}}', "c", 0)
         local out = {}
-        for i = 1, #types do out[i] = ev.extra_columns["c" .. i] == "A" and "bytes" or "other" end
+        for i = 1, #classes do out[i] = ev.extra_columns["c" .. i] end
         return out
       end
-      assert.are.same({ "bytes", "other", "other" }, classes("postgresql", { "bytea", "text", "bytea[]" }))
-      assert.are.same({ "bytes", "bytes", "other", "other", "other" },
-        classes("sqlite", { "BLOB", "blob", "INTEGER", "TEXT", "" }))
-      local p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "a", "b", "c", "d", "e" } },
-        { colnames = { "a", "b", "c", "d", "e" }, types = { "REAL", "FLOAT", "DOUBLE PRECISION", "FLOATING POINT", "NUMERIC" } },
-        "sqlite", false)
-      local ev = core.decode(p, '{"id": {"id": 1}, "x": {"a": 1, "b": 1, "c": "Infinity", "d": 1, "e": 1}}', "c", 0)
-      assert_exact({ a = 1.0, b = 1.0, c = math.huge, d = 1, e = 1 }, ev.extra_columns)
-      p = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "a", "b", "c", "d" } },
-        { colnames = { "a", "b", "c", "d" }, types = { "real", "float8", "numeric", "decimal(5,2)" } }, "postgresql", false)
-      ev = core.decode(p, '{"id": {"id": 1}, "x": {"a": 1, "b": 2, "c": 3.10, "d": 4}}', "c", 0)
-      assert_exact({ a = 1.0, b = 2.0, c = "3.10", d = "4" }, ev.extra_columns)
+      assert_exact({ "A", "\\x41", "\\x41", "\\x41", "\\x41", "\\x41", "\\x41", "\\x41", "\\x41", "\\x41" },
+        row('"\\\\x41"'))
+      assert_exact({ 3, 3.0, "3", "3", 3, 3, 3, 3, 3, 3 }, row("3"))
+      assert_exact({ 3.10, 3.10, "3.10", "3.10", 3.10, 3.10, 3.10, 3.10, 3.10, 3.10 }, row("3.10"))
+      assert_exact({ "Infinity", math.huge, "Infinity", "Infinity", "Infinity", "Infinity", "Infinity", "Infinity",
+        "Infinity", "Infinity" }, row('"Infinity"'))
+      -- a column gone from the catalog since (not in class_of) decodes by JSON type
+      local gone = core.plan({ schema = "s", table = "t", op = "insert", pk = { "id" }, extra = { "x" } },
+        { class_of = {} }, false)
+      assert_exact({ x = "\\x41" }, core.decode(gone, '{"id": {"id": 1}, "x": {"x": "\\\\x41"}}', "c", 0).extra_columns)
+    end)
+  end)
+
+  describe("classes from describe", function()
+    -- describe's column rows as {name = class}, and the table row's class cell
+    local function classes(rows)
+      local out = {}
+      for _, r in ipairs(rows) do
+        if r[1] == "column" then out[r[2]] = r[5] end
+      end
+      return out, rows[1][5]
+    end
+
+    it("on PostgreSQL, from the type under any domain", function()
+      H.fresh_schema("spec09c")
+      finally(function() H.drop_schema("spec09c") end)
+      H.psql([[CREATE DOMAIN spec09c.price AS numeric(12,3);
+        CREATE TABLE spec09c.t (a int2, b int4, c int8, d real, e float8, f numeric, g numeric(10,2), h spec09c.price,
+          i boolean, j text, k varchar(3), l char(2), m uuid, n bytea, o json, p jsonb, q timestamptz, r int[],
+          s numeric(5,-2))]])
+      local n = H.pg_notifier()
+      finally(function() n:close() end)
+      local got, loose = classes(assert(n._h:describe("spec09c", "t")))
+      assert.are.same({ a = "integer", b = "integer", c = "integer", d = "float", e = "float", f = "decimal",
+        g = "decimal(2)", h = "decimal(3)", i = "boolean", j = "text", k = "text", l = "text", m = "text", n = "bytes",
+        o = "json", p = "json", q = "other", r = "other", s = "decimal(0)" }, got)
+      assert.is_nil(loose)
+    end)
+
+    it("on SQLite, by column affinity; a table without STRICT is loose", function()
+      local path = H.tmpfile(".db")
+      local n = assert(sqlnotify.notifier { url = "sqlite:///" .. path .. "?mode=rwc", use_logger = false })
+      finally(function() n:close() end)
+      assert(n:query([[CREATE TABLE t (a INTEGER, b "FLOATING POINT", c TEXT, d VARCHAR(3), e BLOB, f, g REAL,
+        h DOUBLE, i NUMERIC, j DECIMAL(10,2), k BOOLEAN)]]))
+      assert(n:query("CREATE TABLE s (a INT, b REAL, c TEXT, d BLOB, e ANY) STRICT"))
+      local got, loose = classes(assert(n._h:describe(nil, "t")))
+      assert.are.same({ a = "integer", b = "integer", c = "text", d = "text", e = "bytes", f = "other", g = "float",
+        h = "float", i = "integer", j = "integer", k = "integer" }, got)
+      assert.are.equal("loose", loose)
+      got, loose = classes(assert(n._h:describe(nil, "s")))
+      assert.are.same({ a = "integer", b = "float", c = "text", d = "bytes", e = "other" }, got)
+      assert.is_nil(loose)
     end)
   end)
 end)

@@ -17,6 +17,7 @@ require("cases.api")({
   notifier = function(opts) return H.pg_notifier(opts) end,
   suffix_url = H.pg_url:gsub("^postgresql:", "postgresql+asyncpg:"),
   bad_url = "postgresql://root:s3cretpw@127.0.0.1:1/nodb",
+  bad_url_error = '^sqlnotify: cannot connect to database "nodb" on 127%.0%.0%.1:1: ',
   exec = function(sql) return H.psql(sql) end,
   t = function(name) return fmt('%s."%s"', S, (name:gsub('"', '""'))) end,
   ddl = {
@@ -24,6 +25,13 @@ require("cases.api")({
     order_items = "CREATE TABLE %s (order_id int, item_id int, qty int, note text, PRIMARY KEY (order_id, item_id))",
     keyless = "CREATE TABLE %s (a int, b int UNIQUE, c text)",
     big = "CREATE TABLE %s (id bigint PRIMARY KEY, n bigint, f double precision)",
+  },
+  typed = {
+    ddl = "CREATE TABLE %s (id int PRIMARY KEY, qty int, price numeric(10,2), flag boolean, name text, ratio float8)",
+    types = { id = "integer", qty = "integer", price = "numeric(10,2)", flag = "boolean", name = "text",
+      ratio = "double precision" },
+    classes = { id = "integer", qty = "integer", price = "decimal", flag = "boolean", name = "text", ratio = "float" },
+    first = { qty = 42, price = "42.00", flag = true, name = "7", ratio = 0.5 },
   },
   trigger_count = function()
     return tonumber(H.psql(fmt([[SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid

@@ -318,19 +318,20 @@ describe("sqlnotify usability", function()
         end
         local never = {
           { "qty", "abc", 'sqlnotify: filter value "abc" on column "qty" of "spec14"."items" can never match: '
-            .. "the column is integer" },
+            .. "the column is integer, class integer" },
           { "qty", 2.5, 'sqlnotify: filter value 2.5 on column "qty" of "spec14"."items" can never match: '
-            .. "the column is integer" },
+            .. "the column is integer, class integer" },
           { "price", 0.125, 'sqlnotify: filter value 0.125 on column "price" of "spec14"."items" can never match: '
-            .. "the column is numeric(10,2)" },
+            .. "the column is numeric(10,2), class decimal (scale 2)" },
           { "price", "20.001", 'sqlnotify: filter value "20.001" on column "price" of "spec14"."items" can never '
-            .. "match: the column is numeric(10,2)" },
+            .. "match: the column is numeric(10,2), class decimal (scale 2)" },
           { "amount", 20, 'sqlnotify: filter value 20 on column "amount" of "spec14"."items" can never match: '
-            .. "the column is numeric; numeric values arrive as strings of their exact text; give the value as that text" },
+            .. "the column is numeric, class decimal; exact decimals arrive as strings of their exact text; give the value"
+            .. " as that text" },
           { "active", 1, 'sqlnotify: filter value 1 on column "active" of "spec14"."items" can never match: '
-            .. "the column is boolean" },
+            .. "the column is boolean, class boolean" },
           { "sku", true, 'sqlnotify: filter value true on column "sku" of "spec14"."items" can never match: '
-            .. "the column is text" },
+            .. "the column is text, class text" },
         }
         for _, c in ipairs(never) do
           assert.are.equal(c[3], err_of(sub({ { column = c[1], value = c[2] } })))

@@ -57,6 +57,7 @@ require("cases.api")({
   notifier = notifier,
   suffix_url = URL:gsub("^mysql:", "mysql+pymysql:"),
   bad_url = "mysql://root:s3cretpw@127.0.0.1:1/nodb",
+  bad_url_error = '^sqlnotify: cannot connect to database "nodb" on 127%.0%.0%.1:1: ',
   exec = sql,
   prefix = "s19_",
   t = t,
@@ -65,6 +66,14 @@ require("cases.api")({
     order_items = "CREATE TABLE %s (order_id int, item_id int, qty int, note text, PRIMARY KEY (order_id, item_id))",
     keyless = "CREATE TABLE %s (a int, b int UNIQUE, c text)",
     big = "CREATE TABLE %s (id bigint PRIMARY KEY, n bigint, f double)",
+  },
+  typed = { -- BOOLEAN is tinyint(1): true arrives as 1
+    ddl = "CREATE TABLE %s (id int PRIMARY KEY, qty int, price decimal(10,2), flag boolean, name varchar(20),"
+      .. " ratio double)",
+    types = { id = "int(11)", qty = "int(11)", price = "decimal(10,2)", flag = "tinyint(1)", name = "varchar(20)",
+      ratio = "double" },
+    classes = { id = "integer", qty = "integer", price = "decimal", flag = "integer", name = "text", ratio = "float" },
+    first = { qty = 42, price = "42.00", flag = 1, name = "7", ratio = 0.5 },
   },
   trigger_count = function()
     return count(fmt([[SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = '%s'
@@ -183,6 +192,23 @@ describe("sqlnotify (MySQL/MariaDB)", function()
         "unique b pair 1", "unique a pair 2",
       }, shape)
       assert.are.same({}, assert(n._h:describe(DB, "S19_CAT"))) -- names are taken literally
+    end)
+
+    it("gives each column's class as the triggers send its values", function()
+      sql([[DROP TABLE IF EXISTS s19_classes;
+        CREATE TABLE s19_classes (a tinyint(1), b smallint, c mediumint, d int, e bigint unsigned, f bit(3), g year,
+          h float, i double, j decimal(10,2), k decimal, l char(2), m varchar(9), n text, o enum('x'), p set('y'),
+          q binary(2), r varbinary(9), s blob, t point, u json, `v``w` json, x longtext, y datetime, z date)]])
+      finally(function() sql("DROP TABLE IF EXISTS s19_classes") end)
+      local n = N()
+      local got = {}
+      for _, r in ipairs(assert(n._h:describe(DB, "s19_classes"))) do
+        if r[1] == "column" then got[r[2]] = r[5] end
+      end
+      assert.are.same({ a = "integer", b = "integer", c = "integer", d = "integer", e = "integer", f = "integer",
+        g = "integer", h = "float", i = "float", j = "decimal(2)", k = "decimal(0)", l = "text", m = "text", n = "text",
+        o = "text", p = "text", q = "bytes", r = "bytes", s = "bytes", t = "bytes", u = "json", ["v`w"] = "json",
+        x = "text", y = "other", z = "other" }, got)
     end)
 
     it("marks a view, and refuses a trigger on it with a line saying what to watch", function()

@@ -3,8 +3,8 @@
  * dialect.h: strict (any malformed payload is refused with a reason, never half
  * read) and straight into the event table a handler receives.
  *
- *   core.plan(watch, info, dialect, nulls) -> plan   once per watch: its key, extra and
- *                                                   old columns with their type classes
+ *   core.plan(watch, info, nulls) -> plan   once per watch: its key, extra and old
+ *                                           columns with their classes (from describe)
  *   core.decode(plan, payload, channel, ts) -> event [, nil, true: its columns are not the
  *                                                   plan's] | nil, reason
  *   core.null                                       SQL NULL when a notifier asks for it
@@ -13,7 +13,6 @@
  */
 #include <math.h>
 #include <string.h>
-#include <strings.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -45,49 +44,16 @@ typedef struct sn_plan {
     pcol cols[];
 } sn_plan;
 
-/* PostgreSQL names types as format_type() prints them. */
-static int pg_class(const char *t)
+/* The decoder's class of a class name from describe ("decimal(2)" is a decimal). */
+static int class_of(const char *name)
 {
-    if (strcmp(t, "real") == 0 || strcmp(t, "double precision") == 0 || strcmp(t, "float4") == 0 ||
-        strcmp(t, "float8") == 0)
-        return SN_CLASS_FLOAT;
-    if ((strncmp(t, "numeric", 7) == 0 && (t[7] == '\0' || t[7] == '(')) ||
-        (strncmp(t, "decimal", 7) == 0 && (t[7] == '\0' || t[7] == '(')))
-        return SN_CLASS_NUMERIC;
-    if (strcmp(t, "bytea") == 0)
-        return SN_CLASS_BYTES;
-    return SN_CLASS_PLAIN;
-}
-
-/* SQLite's own affinity rules, in its order: a declared "FLOATING POINT" holds integers. */
-static int sqlite_class(const char *t)
-{
-    if (strcasestr(t, "INT"))
-        return SN_CLASS_PLAIN;
-    if (strcasestr(t, "CHAR") || strcasestr(t, "CLOB") || strcasestr(t, "TEXT"))
-        return SN_CLASS_PLAIN;
-    if (strcasestr(t, "BLOB"))
-        return SN_CLASS_BYTES;
-    if (strcasestr(t, "REAL") || strcasestr(t, "FLOA") || strcasestr(t, "DOUB"))
-        return SN_CLASS_FLOAT;
-    return SN_CLASS_PLAIN; /* NUMERIC, DECIMAL: SQLite keeps them as integers or reals */
-}
-
-/* MySQL and MariaDB: information_schema's COLUMN_TYPE ("double", "decimal(10,2)", "varbinary(16)"). */
-static int mysql_class(const char *t)
-{
-    static const char *const bytes[] = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob", "geometry",
-                                        "point", "linestring", "polygon", "multipoint", "multilinestring",
-                                        "multipolygon", "geometrycollection", "geomcollection", NULL};
-    size_t n = strcspn(t, "( ");
-    if ((n == 5 && strncmp(t, "float", 5) == 0) || (n == 6 && strncmp(t, "double", 6) == 0))
-        return SN_CLASS_FLOAT;
-    if ((n == 7 && strncmp(t, "decimal", 7) == 0) || (n == 7 && strncmp(t, "numeric", 7) == 0))
-        return SN_CLASS_NUMERIC;
-    for (int i = 0; bytes[i]; i++)
-        if (strlen(bytes[i]) == n && strncmp(t, bytes[i], n) == 0)
-            return SN_CLASS_BYTES;
-    return SN_CLASS_PLAIN;
+    size_t n = strcspn(name, "(");
+    for (int cls = SN_CLASS_OTHER; cls <= SN_CLASS_JSON; cls++) {
+        const char *known = sn_class_name(cls);
+        if (strlen(known) == n && memcmp(name, known, n) == 0)
+            return cls;
+    }
+    return SN_CLASS_OTHER;
 }
 
 /* The number of strings in the list at t[field] (absent: 0), checked. */
@@ -106,16 +72,15 @@ static int list_len(lua_State *L, int t, const char *field)
     return n;
 }
 
-/* core.plan(watch, info, dialect, nulls): watch.schema, .table, .op, .pk, .extra, .old
- * (lists of names), .all (extra_columns = "*"), .gone (a set of the names of columns the
- * table no longer has), info.colnames and info.types (the catalog's, parallel lists). */
+/* core.plan(watch, info, nulls): watch.schema, .table, .op, .pk, .extra, .old (lists of
+ * names), .all (extra_columns = "*"), .gone (a set of the names of columns the table no
+ * longer has), info.class_of (column name -> describe's class name). */
 static int l_plan(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
-    const char *dialect = luaL_checkstring(L, 3);
-    int nulls = lua_toboolean(L, 4);
-    lua_settop(L, 4);
+    int nulls = lua_toboolean(L, 3);
+    lua_settop(L, 4); /* 4 unused: the plan is at 5 */
     int npk = list_len(L, 1, "pk"), nextra = list_len(L, 1, "extra"), nold = list_len(L, 1, "old");
     int ncols = npk + nextra + nold;
     sn_plan *p = lua_newuserdatauv(L, sizeof *p + sizeof(pcol) * (size_t)ncols, 1); /* 5 */
@@ -131,22 +96,8 @@ static int l_plan(lua_State *L)
     lua_pop(L, 1);
     luaL_setmetatable(L, PLAN_META);
 
-    /* name -> class from the catalog */
-    lua_createtable(L, 0, 16); /* 6 */
-    lua_getfield(L, 2, "colnames"); /* 7 */
-    lua_getfield(L, 2, "types");    /* 8 */
-    luaL_argexpected(L, lua_istable(L, 7) && lua_istable(L, 8), 2, "table info with colnames and types");
-    int sqlite = strcmp(dialect, "sqlite") == 0, mysql = strcmp(dialect, "mysql") == 0;
-    for (lua_Integer i = 1, n = luaL_len(L, 7); i <= n; i++) {
-        lua_geti(L, 7, i);
-        lua_geti(L, 8, i);
-        const char *type = lua_tostring(L, -1);
-        int cls = type == NULL ? SN_CLASS_PLAIN : sqlite ? sqlite_class(type) : mysql ? mysql_class(type) : pg_class(type);
-        lua_pop(L, 1);
-        lua_pushinteger(L, cls);
-        lua_rawset(L, 6);
-    }
-    lua_settop(L, 6);
+    lua_getfield(L, 2, "class_of"); /* 6: name -> class, from describe */
+    luaL_argexpected(L, lua_istable(L, 6), 2, "table info with class_of");
 
     lua_createtable(L, ncols + 3, 0); /* 7: the names */
     lua_getfield(L, 1, "gone");       /* 8 */
@@ -175,7 +126,7 @@ static int l_plan(lua_State *L)
             if (l == 2)
                 p->olive += !c->gone;
             lua_rawget(L, 6);
-            c->cls = (int)lua_tointeger(L, -1); /* a column gone from the catalog: plain */
+            c->cls = lua_type(L, -1) == LUA_TSTRING ? class_of(lua_tostring(L, -1)) : SN_CLASS_OTHER; /* gone since */
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -529,7 +480,7 @@ static int array(dec *d, int skip, int depth)
     lua_Integer n = 0;
     if (!expect(d, ']')) {
         do {
-            int r = value(d, SN_CLASS_PLAIN, skip, depth + 1);
+            int r = value(d, SN_CLASS_OTHER, skip, depth + 1);
             if (r < 0)
                 return -1;
             n++;
@@ -580,7 +531,7 @@ static int object(dec *d, int skip, int depth)
             }
             lua_pop(L, 1);
         }
-        r = value(d, SN_CLASS_PLAIN, skip, depth + 1);
+        r = value(d, SN_CLASS_OTHER, skip, depth + 1);
         if (r < 0)
             return -1;
         if (skip)
@@ -682,7 +633,7 @@ static int value(dec *d, int cls, int skip, int depth)
     default: {
         /* a plain integer of up to 18 digits (keys, counters): read in one pass. Anything
          * else (fractions, exponents, leading zeros, long ones, errors) takes the full path */
-        if (cls == SN_CLASS_PLAIN && !skip) {
+        if (cls != SN_CLASS_FLOAT && cls != SN_CLASS_DECIMAL && !skip) {
             const char *p = d->p, *e = d->end;
             int neg = p < e && *p == '-';
             p += neg;
@@ -703,7 +654,7 @@ static int value(dec *d, int cls, int skip, int depth)
         if (!number_span(d, &len, &integral))
             return -1;
         if (!skip) {
-            if (cls == SN_CLASS_NUMERIC)
+            if (cls == SN_CLASS_DECIMAL)
                 lua_pushlstring(L, d->p, len); /* every digit, as the database sent it */
             else
                 push_number(L, d->p, len, integral, cls == SN_CLASS_FLOAT);
@@ -792,7 +743,7 @@ static int columns(dec *d, const target *t)
             }
             if (at < 0) {
                 d->unknown++;
-                r = value(d, SN_CLASS_PLAIN, !keep, 0);
+                r = value(d, SN_CLASS_OTHER, !keep, 0);
                 if (r < 0)
                     return 0;
                 if (!keep)

@@ -59,21 +59,33 @@ enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
  *                       by lower-case hex.
  *   anything else       PostgreSQL: what to_jsonb() gives (text, json, arrays, timestamps
  *                       as ISO 8601 text); SQLite: TEXT as a string.
- * The decoder knows each carried column's catalog type class (sn_class below) and turns,
+ * The decoder knows each carried column's class (sn_class below, from describe) and turns,
  * for a float column, "Infinity"/"-Infinity"/"NaN" into the float; for a bytes column,
- * "\x<hex>" into the raw bytes; for a numeric column, any value into a Lua string of its
+ * "\x<hex>" into the raw bytes; for a decimal column, any value into a Lua string of its
  * exact text. Everything else decodes by its JSON type.
  *
  * PostgreSQL overflow reference: a notification whose payload is exactly
  * "sqlnotify:overflow:<decimal id>" names a row of the overflow table holding the whole
  * payload; it is fetched by id AND channel.
  */
+/* What a column's values are, whatever the dialect calls its type: the decoder and the
+ * filters go by it. Named in describe's rows by sn_class_name(). */
 enum sn_class {
-    SN_CLASS_PLAIN = 0,   /* decode by JSON type */
-    SN_CLASS_FLOAT = 1,   /* "Infinity", "-Infinity", "NaN" strings are floats */
-    SN_CLASS_NUMERIC = 2, /* exact decimal: a Lua string of the value's text */
-    SN_CLASS_BYTES = 3    /* "\x<hex>" is raw bytes */
+    SN_CLASS_OTHER = 0, /* dates, arrays, enums, ...: decoded by JSON type, filters not judged */
+    SN_CLASS_INTEGER,   /* a JSON integer (MySQL's BOOLEAN, tinyint(1), is one: it holds 0/1) */
+    SN_CLASS_FLOAT,     /* "Infinity", "-Infinity", "NaN" strings are floats */
+    SN_CLASS_DECIMAL,   /* exact decimal: a Lua string of the value's text */
+    SN_CLASS_BOOLEAN,   /* JSON true / false */
+    SN_CLASS_TEXT,      /* a JSON string */
+    SN_CLASS_BYTES,     /* "\x<hex>" is raw bytes */
+    SN_CLASS_JSON       /* any JSON: objects and arrays become tables */
 };
+
+static inline const char *sn_class_name(int cls)
+{
+    static const char *const names[] = {"other", "integer", "float", "decimal", "boolean", "text", "bytes", "json"};
+    return cls >= 0 && cls <= SN_CLASS_JSON ? names[cls] : names[0];
+}
 
 /* Result of install(). */
 enum sn_install {
@@ -197,12 +209,15 @@ typedef struct sn_dialect {
     const char *(*target)(sn_conn *c);
 
     /* Catalog. schema may be NULL (PostgreSQL: search_path; SQLite: main).
-     * Rows of 4 text columns (kind, a, b, n), n in decimal text:
-     *   ("table",  schema, table, NULL)    exactly one row when the table exists, first
-     *   ("column", name,   type,  ordinal) every column, in table order (the ordinal may
-     *                                      have gaps where columns were dropped)
-     *   ("pk",     name,   NULL,  position) primary key columns, in key order
-     *   ("unique", name,   index, position) columns of each unique index/constraint
+     * Rows of 5 text columns (kind, a, b, n, class), n in decimal text:
+     *   ("table",  schema, table, NULL, NULL)   exactly one row when the table exists, first;
+     *                                           n "view" for a view, class "loose" when a column
+     *                                           may hold values of any class (SQLite without STRICT)
+     *   ("column", name,   type,  ordinal, class) every column, in table order (the ordinal may
+     *                                           have gaps where columns were dropped); class is
+     *                                           sn_class_name(), "decimal(S)" for a fixed scale S
+     *   ("pk",     name,   NULL,  position, NULL) primary key columns, in key order
+     *   ("unique", name,   index, position, NULL) columns of each unique index/constraint
      * No rows at all: the table does not exist. -1 and err on failure. */
     int (*describe)(sn_conn *c, const char *schema, const char *table,
                     sn_result **out, char *err, size_t errlen);

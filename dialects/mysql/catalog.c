@@ -23,16 +23,43 @@ static long long num(const sn_result *r, int row, int col)
     return v->type == SN_INT ? v->i : v->type == SN_TEXT ? atoll(v->s) : -1;
 }
 
-static int add_row(sn_result *out, const char *kind, const char *a, const char *b, const char *n)
+static int add_row(sn_result *out, const char *kind, const char *a, const char *b, const char *n, const char *cls)
 {
     sn_value *row = sn_result_row(out);
     if (row == NULL)
         return -1;
-    const char *v[4] = {kind, a, b, n};
-    for (int i = 0; i < 4; i++)
+    const char *v[5] = {kind, a, b, n, cls};
+    for (int i = 0; i < 5; i++)
         if (v[i] && sn_value_text(&row[i], v[i], strlen(v[i])) < 0)
             return -1;
     return 0;
+}
+
+/* A column's class (src/dialect.h) from information_schema's DATA_TYPE, as the triggers
+ * send its values: BIT and YEAR as integers, spatial values as bytes. */
+static int type_class(const char *t)
+{
+    static const struct {
+        const char *type;
+        int cls;
+    } classes[] = {
+        {"tinyint", SN_CLASS_INTEGER}, {"smallint", SN_CLASS_INTEGER}, {"mediumint", SN_CLASS_INTEGER},
+        {"int", SN_CLASS_INTEGER}, {"bigint", SN_CLASS_INTEGER}, {"bit", SN_CLASS_INTEGER},
+        {"year", SN_CLASS_INTEGER}, {"float", SN_CLASS_FLOAT}, {"double", SN_CLASS_FLOAT},
+        {"decimal", SN_CLASS_DECIMAL}, {"char", SN_CLASS_TEXT}, {"varchar", SN_CLASS_TEXT},
+        {"tinytext", SN_CLASS_TEXT}, {"text", SN_CLASS_TEXT}, {"mediumtext", SN_CLASS_TEXT},
+        {"longtext", SN_CLASS_TEXT}, {"enum", SN_CLASS_TEXT}, {"set", SN_CLASS_TEXT},
+        {"binary", SN_CLASS_BYTES}, {"varbinary", SN_CLASS_BYTES}, {"tinyblob", SN_CLASS_BYTES},
+        {"blob", SN_CLASS_BYTES}, {"mediumblob", SN_CLASS_BYTES}, {"longblob", SN_CLASS_BYTES},
+        {"geometry", SN_CLASS_BYTES}, {"point", SN_CLASS_BYTES}, {"linestring", SN_CLASS_BYTES},
+        {"polygon", SN_CLASS_BYTES}, {"multipoint", SN_CLASS_BYTES}, {"multilinestring", SN_CLASS_BYTES},
+        {"multipolygon", SN_CLASS_BYTES}, {"geometrycollection", SN_CLASS_BYTES},
+        {"geomcollection", SN_CLASS_BYTES}, {"json", SN_CLASS_JSON},
+    };
+    for (size_t i = 0; t && i < sizeof classes / sizeof classes[0]; i++)
+        if (strcmp(t, classes[i].type) == 0)
+            return classes[i].cls;
+    return SN_CLASS_OTHER;
 }
 
 /* Same bytes: information_schema compares names without regard to case. */
@@ -41,7 +68,7 @@ static int same(const char *a, const char *b) { return a && b && strcmp(a, b) ==
 int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **out, char *err, size_t errlen)
 {
     sn_result *t = NULL, *cols = NULL, *keys = NULL;
-    sn_result *r = sn_result_new(4);
+    sn_result *r = sn_result_new(5);
     int rc = -1;
     *out = NULL;
     schema = my_schema(c, schema);
@@ -64,17 +91,32 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
         goto done;
     }
     const char *type = cell(t, found, 2);
-    if (add_row(r, "table", schema, table, type && strcmp(type, "VIEW") == 0 ? "view" : NULL) < 0)
+    if (add_row(r, "table", schema, table, type && strcmp(type, "VIEW") == 0 ? "view" : NULL, NULL) < 0)
         goto oom;
+    /* MariaDB's JSON is LONGTEXT with a CHECK (json_valid(`column`)) it adds itself, and its
+     * JSON_OBJECT embeds such a column's value as JSON. */
     if (my_query(c,
-                 "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, ORDINAL_POSITION FROM information_schema.COLUMNS"
-                 " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                 c->mariadb ? "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, ORDINAL_POSITION, DATA_TYPE, NUMERIC_SCALE,"
+                              " EXISTS (SELECT 1 FROM information_schema.CHECK_CONSTRAINTS k"
+                              "  WHERE k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME"
+                              "  AND k.LEVEL = 'Column' AND k.CONSTRAINT_NAME = c.COLUMN_NAME"
+                              "  AND k.CHECK_CLAUSE = CONCAT('json_valid(`', REPLACE(c.COLUMN_NAME, '`', '``'), '`)'))"
+                              " FROM information_schema.COLUMNS c"
+                              " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION"
+                            : "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, ORDINAL_POSITION, DATA_TYPE, NUMERIC_SCALE, 0"
+                              " FROM information_schema.COLUMNS"
+                              " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                  2, args, &cols, err, errlen) < 0)
         goto done;
     for (int i = 0; i < cols->nrows; i++) {
-        char pos[24];
+        char pos[24], cls[32];
         snprintf(pos, sizeof pos, "%lld", num(cols, i, 3));
-        if (same(cell(cols, i, 0), table) && add_row(r, "column", cell(cols, i, 1), cell(cols, i, 2), pos) < 0)
+        int k = num(cols, i, 6) > 0 ? SN_CLASS_JSON : type_class(cell(cols, i, 4));
+        if (k == SN_CLASS_DECIMAL) /* DECIMAL always has a scale: DECIMAL alone is DECIMAL(10,0) */
+            snprintf(cls, sizeof cls, "decimal(%lld)", num(cols, i, 5));
+        else
+            snprintf(cls, sizeof cls, "%s", sn_class_name(k));
+        if (same(cell(cols, i, 0), table) && add_row(r, "column", cell(cols, i, 1), cell(cols, i, 2), pos, cls) < 0)
             goto oom;
     }
     /* Keys: the primary key, then unique indexes on whole columns (no prefix, no expression). */
@@ -93,7 +135,7 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
         if (!same(cell(keys, i, 0), table) || col == NULL || num(keys, i, 4) > 0)
             continue;
         int pk = strcmp(index, "PRIMARY") == 0;
-        if (add_row(r, pk ? "pk" : "unique", col, pk ? NULL : index, pos) < 0)
+        if (add_row(r, pk ? "pk" : "unique", col, pk ? NULL : index, pos, NULL) < 0)
             goto oom;
     }
     *out = r;

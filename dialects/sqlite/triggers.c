@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static const char *const op_names[] = {"insert", "update", "delete"};
@@ -630,32 +631,68 @@ static int drop_trigger(sqlite3 *db, const char *name, char *err, size_t errlen)
 
 /* ===== dialect: catalog ===== */
 
-static int add_row(sn_result *r, const char *kind, const char *a, const char *b, const char *n)
+static int add_row(sn_result *r, const char *kind, const char *a, const char *b, const char *n, const char *cls)
 {
     sn_value *row = sn_result_row(r);
     if (!row)
         return -1;
-    const char *cells[4] = {kind, a, b, n};
-    for (int i = 0; i < 4; i++)
+    const char *cells[5] = {kind, a, b, n, cls};
+    for (int i = 0; i < 5; i++)
         if (cells[i] && sn_value_text(&row[i], cells[i], strlen(cells[i])))
             return -1;
     return 0;
 }
 
-/* Run a catalog query bound to the table name; each row is (a, b, n) added as kind.
- * 0, or -1 with err. */
+/* A column's class (src/dialect.h) from its declared type, by SQLite's affinity rules in
+ * their order ("FLOATING POINT" is an integer column). Without STRICT the class says what the
+ * column turns a value into where it can, not what it holds (the table is "loose"). */
+static const char *affinity_class(const char *type, int strict)
+{
+    if (type == NULL || type[0] == '\0')
+        return sn_class_name(SN_CLASS_OTHER); /* no affinity: values are kept as they come */
+    if (strcasestr(type, "INT"))
+        return sn_class_name(SN_CLASS_INTEGER);
+    if (strcasestr(type, "CHAR") || strcasestr(type, "CLOB") || strcasestr(type, "TEXT"))
+        return sn_class_name(SN_CLASS_TEXT);
+    if (strcasestr(type, "BLOB"))
+        return sn_class_name(SN_CLASS_BYTES);
+    if (strcasestr(type, "REAL") || strcasestr(type, "FLOA") || strcasestr(type, "DOUB"))
+        return sn_class_name(SN_CLASS_FLOAT);
+    if (strict && strcasecmp(type, "ANY") == 0)
+        return sn_class_name(SN_CLASS_OTHER);
+    /* NUMERIC affinity (NUMERIC, DECIMAL(10,2), BOOLEAN, DATE): integers where the value is
+     * one, else reals, so an integer column that also takes the rest, as every column does */
+    return sn_class_name(SN_CLASS_INTEGER);
+}
+
+/* Whether the table is STRICT: its columns hold only their class. Before SQLite 3.37 there
+ * is no STRICT, nor pragma_table_list. */
+static int is_strict(sqlite3 *db, const char *table)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = ?1", -1, &st,
+                           NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    int strict = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
+    sqlite3_finalize(st);
+    return strict;
+}
+
+/* Run a catalog query bound to the table name; each row is (a, b, n) added as kind, with
+ * the column's class for a column. 0, or -1 with err. */
 static int describe_rows(sqlite3 *db, sn_result *r, const char *kind, const char *sql,
-                         const char *table, char *err, size_t errlen)
+                         const char *table, int strict, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
     if (sqd_prepare(db, sql, &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
-    int rc;
+    int rc, column = strcmp(kind, "column") == 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (add_row(r, kind, (const char *)sqlite3_column_text(st, 0),
-                    (const char *)sqlite3_column_text(st, 1),
-                    (const char *)sqlite3_column_text(st, 2))) {
+        const char *b = (const char *)sqlite3_column_text(st, 1);
+        if (add_row(r, kind, (const char *)sqlite3_column_text(st, 0), b,
+                    (const char *)sqlite3_column_text(st, 2), column ? affinity_class(b, strict) : NULL)) {
             sqlite3_finalize(st);
             sn_seterr(err, errlen, "out of memory");
             return -1;
@@ -670,7 +707,7 @@ static int describe_rows(sqlite3 *db, sn_result *r, const char *kind, const char
 int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **out,
                  char *err, size_t errlen)
 {
-    static const char *const names[4] = {"kind", "a", "b", "n"};
+    static const char *const names[5] = {"kind", "a", "b", "n", "class"};
     /* Tables and views (a view is reported so the caller can say it cannot be watched);
      * not virtual tables, SQLite's own tables or ours. */
     static const char table_sql[] =
@@ -695,12 +732,12 @@ int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **
         "ORDER BY il.seq, ii.seqno";
 
     *out = NULL;
-    sn_result *r = sn_result_new(4);
+    sn_result *r = sn_result_new(5);
     if (!r) {
         sn_seterr(err, errlen, "out of memory");
         return -1;
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (sn_result_name(r, i, names[i])) {
             sn_result_free(r);
             sn_seterr(err, errlen, "out of memory");
@@ -710,15 +747,20 @@ int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **
         *out = r;   /* attached databases are not watched: no such table */
         return 0;
     }
-    if (describe_rows(c->db, r, "table", table_sql, table, err, errlen))
+    if (describe_rows(c->db, r, "table", table_sql, table, 0, err, errlen))
         goto fail;
     if (r->nrows == 0) {
         *out = r;
         return 0;
     }
-    if (describe_rows(c->db, r, "column", column_sql, table, err, errlen) ||
-        describe_rows(c->db, r, "pk", pk_sql, table, err, errlen) ||
-        describe_rows(c->db, r, "unique", unique_sql, table, err, errlen))
+    int strict = is_strict(c->db, table);
+    if (!strict && sn_value_text(&r->cells[4], "loose", 5)) {
+        sn_seterr(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (describe_rows(c->db, r, "column", column_sql, table, strict, err, errlen) ||
+        describe_rows(c->db, r, "pk", pk_sql, table, 0, err, errlen) ||
+        describe_rows(c->db, r, "unique", unique_sql, table, 0, err, errlen))
         goto fail;
     *out = r;
     return 0;

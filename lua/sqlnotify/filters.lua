@@ -1,6 +1,6 @@
 --- sqlnotify.filters: subscribe's filters. Their shape is checked, their values are
--- compared with the column's catalog type (converted where that is exact, refused where
--- they can never match), and events are matched against them.
+-- judged by the column's class (converted where that is exact, refused where they can
+-- never match), and events are matched against them.
 local core = require("sqlnotify.core")
 
 local F = {}
@@ -30,32 +30,47 @@ local function fail(level, ...)
   error("sqlnotify: " .. fmt(...), level + 1)
 end
 
--- ===== values against column types =====
+-- ===== values against column classes =====
 
--- PostgreSQL: what a column's type lets a value be compared with, and a numeric's scale.
--- nil: not judged (json, timestamps, arrays, ...).
-local function pg_class(t)
-  if t == "smallint" or t == "integer" or t == "bigint" then return "integer" end
-  if t == "real" or t == "double precision" then return "float" end
-  if t == "boolean" then return "boolean" end
-  if t == "bytea" then return "bytes" end
-  if t == "text" or t == "uuid" or t == "name" or t:find("^character") then return "text" end
-  if t:find("^numeric") then return "numeric", tonumber(t:match("^numeric%(%d+,(%d+)%)$")) end
+-- Each column has a class from the driver's describe (src/dialect.h), the same words on
+-- every dialect. A filter value is converted to what the decoder gives for that class where
+-- that is exact, so it matches by plain equality in dispatch; a value the class can never
+-- hold is refused, unless the table is loose (SQLite without STRICT: any column holds any
+-- value), where it is compared as the database would keep it.
+
+-- A number from decimal text ("20", "-1.5", "2e3"; not hex, not "inf"), else nil.
+local function number_of(s)
+  local t = s:match("^%s*(.-)%s*$")
+  if not t:find("^[-+]?%d*%.?%d*[eE]?[-+]?%d*$") or not t:find("%d") then return nil end
+  return tonumber(t)
+end
+
+-- A number from a number, decimal text or a boolean (1 or 0, as MySQL and SQLite keep
+-- one), and whether it was converted; nil for anything else.
+local function as_number(v)
+  local tv = type(v)
+  if tv == "number" then return v, false end
+  if tv == "boolean" then return v and 1 or 0, true end
+  if tv == "string" then
+    local n = number_of(v)
+    if n then return n, true end
+  end
   return nil
 end
 
--- SQLite: the column's affinity, by the rules of SQLite's documentation, in their order.
-local function sqlite_affinity(t)
-  t = t:lower()
-  if t:find("int", 1, true) then return "integer" end
-  if t:find("char", 1, true) or t:find("clob", 1, true) or t:find("text", 1, true) then return "text" end
-  if t == "" or t:find("blob", 1, true) then return "blob" end
-  if t:find("real", 1, true) or t:find("floa", 1, true) or t:find("doub", 1, true) then return "real" end
-  return "numeric"
+-- The decimal text of a number: integers exactly, floats in the fewest digits that read
+-- back to the same float (0.1 is "0.1").
+local function number_text(v)
+  local i = math.tointeger(v)
+  if i then return fmt("%d", i) end
+  for digits = 15, 17 do
+    local s = fmt("%." .. digits .. "g", v)
+    if tonumber(s) == v or digits == 17 then return s end
+  end
 end
 
--- Decimal text with exactly `scale` digits after the point, as PostgreSQL prints a
--- numeric(p, scale); nil when the text is not a decimal or has digits the scale drops.
+-- Decimal text with exactly `scale` digits after the point, as a decimal(p, scale) column
+-- prints it; nil when the text is not a decimal or has digits the scale drops.
 local function scaled(text, scale)
   local sign, int, frac = text:match("^%s*([-+]?)(%d*)%.?(%d*)%s*$")
   if not sign or int .. frac == "" then return nil end
@@ -69,66 +84,69 @@ local function scaled(text, scale)
   return sign .. int .. (scale > 0 and "." .. frac .. ("0"):rep(scale - #frac) or "")
 end
 
-local function pg_value(ctype, v)
-  local class, scale = pg_class(ctype)
-  local tv = type(v)
-  if class == nil then return v end
-  if class == "integer" then
-    if tv == "number" and math.tointeger(v) then return math.tointeger(v) end
-    if tv == "string" and v:find("^%s*[-+]?%d+%s*$") and math.tointeger(tonumber(v)) then
-      return math.tointeger(tonumber(v)), true
-    end
-  elseif class == "float" then
-    if tv == "number" then return v + 0.0 end
-    if tv == "string" and tonumber(v) then return tonumber(v) + 0.0, true end
-  elseif class == "numeric" then -- arrives as a string of the value's exact text
-    if tv == "string" and (v == "NaN" or v == "Infinity" or v == "-Infinity") then return v end
-    if scale and (tv == "string" or tv == "number") then
-      local text = scaled(tv == "number" and fmt("%.17g", v) or v, scale)
-      if text and (tv == "string" or tonumber(text) == v) then return text, text ~= v end
-    elseif tv == "string" and tonumber(v) then
-      return v
-    end
-    if tv == "number" and not scale then
-      return nil, "numeric values arrive as strings of their exact text; give the value as that text"
-    end
-  elseif class == "boolean" then
-    if tv == "boolean" then return v end
-    if v == "true" or v == "false" then return v == "true", true end
-  elseif class == "text" then
-    if tv == "string" then return v end
-    if math.type(v) == "integer" then return fmt("%d", v), true end
-  elseif class == "bytes" then
-    if tv == "string" then return v end
-  end
-  return nil
-end
+local INFINITIES = { Infinity = math.huge, ["-Infinity"] = -math.huge }
 
--- SQLite keeps any value in any column, converting by affinity on the way in: a filter
--- value is converted the same way, and never refused.
-local function sqlite_value(ctype, v)
-  local aff = sqlite_affinity(ctype)
-  local tv = type(v)
-  if aff == "blob" then return v end
-  if aff == "text" then
-    if math.type(v) == "integer" then return fmt("%d", v), true end
-    if tv == "number" then
-      local s = fmt("%.15g", v)
-      return s:find("^%-?%d+$") and s .. ".0" or s, true
+-- Per class: v, scale -> the value to compare and whether it was converted; or nil, a note
+-- for the refusal (or nil), and what a loose column would keep instead (or nil: v itself).
+local CONVERT = {
+  integer = function(v)
+    local n, changed = as_number(v)
+    if n == nil then return nil end
+    local i = math.tointeger(n)
+    if i then return i, changed end
+    return nil, nil, n
+  end,
+  float = function(v)
+    if INFINITIES[v] then return INFINITIES[v], true end
+    local n, changed = as_number(v)
+    if n == nil then return nil end
+    local f = n + 0.0
+    if math.type(n) == "integer" and math.tointeger(f) ~= n then return nil, nil, n end -- beyond 2^53
+    return f, changed
+  end,
+  decimal = function(v, scale)
+    local tv = type(v)
+    if v == "NaN" or INFINITIES[v] then return v, false end
+    if tv ~= "string" and tv ~= "number" then return nil end
+    if scale then
+      local text = scaled(tv == "number" and number_text(v) or v, scale)
+      if text then return text, text ~= v end
+      return nil
     end
-    return v
+    if tv == "string" and number_of(v) then return v, false end
+    if tv == "number" then
+      return nil, "exact decimals arrive as strings of their exact text; give the value as that text"
+    end
+    return nil
+  end,
+  boolean = function(v)
+    if type(v) == "boolean" then return v, false end
+    if v == "true" or v == "false" then return v == "true", true end
+    return nil
+  end,
+  text = function(v)
+    if type(v) == "string" then return v, false end
+    if math.type(v) == "integer" then return fmt("%d", v), true end
+    return nil
+  end,
+  bytes = function(v)
+    if type(v) == "string" then return v, false end
+    return nil
+  end,
+}
+
+-- The filter value v as the column's values arrive, and whether it was converted; nil and
+-- a note (or nil) when it can never match.
+local function convert(info, col, v)
+  local how = CONVERT[info.class_of[col]]
+  if how == nil or v == F.null then return v, false end -- json, other: not judged
+  local cv, changed_or_note, kept = how(v, info.scale_of[col])
+  if cv ~= nil then return cv, changed_or_note end
+  if info.loose then
+    if kept ~= nil then return kept, kept ~= v end
+    return v, false
   end
-  if tv == "boolean" then return v and 1 or 0, true end
-  local n = tv == "string" and tonumber(v) or nil
-  if n and tv == "string" and not v:find("^%s*[-+]?[%d.]+[eE]?[-+]?%d*%s*$") then n = nil end -- no hex
-  if aff == "real" then
-    if tv == "number" then return v + 0.0 end
-    if n then return n + 0.0, true end
-    return v
-  end
-  if tv == "number" then return math.tointeger(v) or v end
-  if n then return math.tointeger(n) or n, true end
-  return v
+  return nil, changed_or_note
 end
 
 -- ===== shape =====
@@ -136,9 +154,9 @@ end
 local KEYS = { column = true, value = true, old = true }
 
 --- filters = {{column=, value=, old=}, ...} checked against the watch w (schema, op,
--- carried, oldset) and its table's catalog info. warn(fmt, ...) tells of a converted value.
--- Returns the filters as dispatch uses them.
-function F.check(list, w, info, dialect, warn, level)
+-- carried, oldset) and its table's catalog info (class_of, scale_of, loose). warn(fmt, ...)
+-- tells of a converted value. Returns the filters as dispatch uses them.
+function F.check(list, w, info, warn, level)
   if list == nil then return {} end
   local shape = "filters must be a list of {column = name, value = v}"
   if type(list) ~= "table" then fail(level + 1, "%s, got %s", shape, type(list)) end
@@ -176,13 +194,12 @@ function F.check(list, w, info, dialect, warn, level)
     if tv ~= "string" and tv ~= "number" and tv ~= "boolean" and v ~= F.null then
       fail(level + 1, "filters[%d] value must be a string, number, boolean or sqlnotify.null, got %s", i, tv)
     end
-    local ctype, cv, note = info.type_of[col] or "", v, nil
-    if v ~= F.null then
-      if dialect == "sqlite" then cv, note = sqlite_value(ctype, v) else cv, note = pg_value(ctype, v) end
-    end
+    local ctype = info.type_of[col] or ""
+    local cv, note = convert(info, col, v)
     if cv == nil then
-      fail(level + 1, "filter value %s on column %q of %s can never match: the column is %s%s", show(v), col, w.name,
-        ctype, note and "; " .. note or "")
+      local scale = info.scale_of[col]
+      fail(level + 1, "filter value %s on column %q of %s can never match: the column is %s, class %s%s%s", show(v),
+        col, w.name, ctype, info.class_of[col], scale and fmt(" (scale %d)", scale) or "", note and "; " .. note or "")
     end
     if note then
       warn("filter value %s on column %q of %s (%s) is compared as %s", show(v), col, w.name, ctype, show(cv))

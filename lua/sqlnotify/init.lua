@@ -180,15 +180,20 @@ function Notifier:_table(t, level)
   if rows[1][4] == "view" then
     fail(level + 1, "%s is a view; views cannot be watched (watch the tables under it)", qname(rows[1][2], rows[1][3]))
   end
+  -- Each column's class is the driver's (src/dialect.h): "integer", "decimal(2)", ...; a
+  -- loose table's columns may also hold values of other classes (SQLite without STRICT).
   info = { schema = rows[1][2], table = rows[1][3], columns = {}, colnames = {}, types = {}, pk = {}, uniques = {},
-    type_of = {} }
+    type_of = {}, class_of = {}, scale_of = {}, loose = rows[1][5] == "loose" }
   for i = 2, #rows do
     local kind, a, b = rows[i][1], rows[i][2], rows[i][3]
     if kind == "column" then
+      local class = rows[i][5] or "other"
       info.columns[a] = true
       info.colnames[#info.colnames + 1] = a
       info.types[#info.types + 1] = b or ""
       info.type_of[a] = b or ""
+      info.class_of[a] = class:match("^[^(]*")
+      info.scale_of[a] = tonumber(class:match("^decimal%((%d+)%)$"))
     elseif kind == "pk" then
       info.pk[#info.pk + 1] = a
     elseif kind == "unique" then
@@ -577,8 +582,7 @@ function Notifier:subscribe(t, op, opts, handler)
   end
   if opts.name ~= nil and type(opts.name) ~= "string" then fail(2, "subscribe name must be a string") end
   local w, info = self:_find_watch(t, op, opts.channel_label, 2)
-  local checked = filters.check(opts.filters, w, info, self.dialect_name,
-    function(...) self:_log("warn", ...) end, 2)
+  local checked = filters.check(opts.filters, w, info, function(...) self:_log("warn", ...) end, 2)
   self._seq = self._seq + 1
   local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
     name = opts.name or fmt("#%d", self._seq) }
@@ -652,7 +656,7 @@ end
 -- The plan the decoder reads w's payloads with: the columns they carry now (set_columns).
 function Notifier:_plan(w)
   w.plan = core.plan({ schema = w.schema, table = w.table, op = w.op, pk = w.pk, extra = w.xcols, old = w.old,
-    all = w.all, gone = w.goneset }, w.info, self.dialect_name, self._nulls)
+    all = w.all, gone = w.goneset }, w.info, self._nulls)
   return w.plan
 end
 
