@@ -533,8 +533,9 @@ describe("the PostgreSQL driver", function()
       local r = track(raw())
       assert.are.same({
         { "table", "spec11", "keys" },
-        { "column", "id", "integer", "1" }, { "column", "email", "text", "2" }, { "column", "a", "integer", "3" },
-        { "column", "b", "integer", "4" }, { "column", "lower_email", "text", "5" },
+        { "column", "id", "integer", "1", "integer" }, { "column", "email", "text", "2", "text" },
+        { "column", "a", "integer", "3", "integer" }, { "column", "b", "integer", "4", "integer" },
+        { "column", "lower_email", "text", "5", "text" },
         { "unique", "b", "keys_ba", "1" }, { "unique", "a", "keys_ba", "2" }, { "unique", "email", "keys_email", "1" },
       }, r.h:describe(S, "keys"))
       assert.are.same({ "table", "spec11", "kv", "view" }, r.h:describe(S, "kv")[1])

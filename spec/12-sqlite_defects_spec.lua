@@ -400,14 +400,14 @@ describe("SQLite defects", function()
         "CREATE UNIQUE INDEX t_expr ON t (lower(c))",
         "CREATE INDEX t_plain ON t (id)",
         "CREATE VIEW v AS SELECT id, email FROM t")
-      assert.are.same({ { "table", "main", "v", "view" }, { "column", "id", "INTEGER", "1" },
-        { "column", "email", "TEXT", "2" } }, assert(n._h:describe(nil, "v")))
+      assert.are.same({ { "table", "main", "v", "view", "loose" }, { "column", "id", "INTEGER", "1", "integer" },
+        { "column", "email", "TEXT", "2", "text" } }, assert(n._h:describe(nil, "v")))
       local uniques = {}
       for _, r in ipairs(assert(n._h:describe(nil, "t"))) do
         if r[1] == "unique" then uniques[#uniques + 1] = table.concat(r, " ") end
       end
       assert.are.same({ "unique b t_ab 1", "unique a t_ab 2", "unique email t_email 1" }, uniques)
-      assert.are.same({ "table", "main", "t" }, assert(n._h:describe(nil, "t"))[1])
+      assert.are.same({ "table", "main", "t", nil, "loose" }, assert(n._h:describe(nil, "t"))[1])
       -- a unique index is a key for a watch
       local got = {}
       n:watch("t", "insert", { primary_keys = { "email" }, extra_columns = { "a" } })
