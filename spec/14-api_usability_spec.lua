@@ -527,6 +527,63 @@ describe("sqlnotify usability", function()
     end)
   end)
 
+  describe("misuse reached through a tail call or straight from pcall", function()
+    local here = "spec/14-api_usability_spec.lua:"
+
+    it("is raised at the nearest line of the caller left on the stack", function()
+      -- a module ending in `return sqlnotify.notifier{...}`: its frame is gone when the error is raised
+      local cases = {
+        { "return sqlnotify.notifier{ url = '' }",
+          'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)' },
+        { "return sqlnotify.notifier{ url = 'oracle://x/y' }",
+          'sqlnotify: unsupported database URL scheme "oracle" (expected postgresql://, mysql:// or sqlite://)' },
+        { "return sqlnotify.notifier{ url = 'sqlite:///x.db', retention = -1 }",
+          "sqlnotify: retention must be a number of seconds above zero" },
+        { "return sqlnotify.after('soon', print)", "sqlnotify: after needs a number of seconds, got string" },
+        { "return sqlnotify.every(0, print)", "sqlnotify: every needs a period above zero" },
+        { "return sqlnotify.log_level('loud')", 'sqlnotify: unknown log level "loud" (use error, warn, info or debug)' },
+        { "return n:watch('spec14.nosuch', 'insert')", 'sqlnotify: unknown table "spec14"."nosuch"' },
+        { "return n:subscribe('spec14.items', 'insert', function() end)",
+          'sqlnotify: no watch for insert on "spec14"."items" (call watch first)' },
+        { "n:watch('spec14.items', 'update') return n:subscribe('spec14.items', 'update', { filters = 1 }, print)",
+          "sqlnotify: filters must be a list of {column = name, value = v}, got number" },
+        { "return sqlnotify.io('x', 'r', print)", -- written in C: the reference
+          "sqlnotify: io needs a file descriptor (an integer, or an object with a pollfd method), got string" },
+      }
+      for _, c in ipairs(cases) do
+        local file = H.tmpfile(".lua")
+        H.spit(file, "local sqlnotify, n = ...\n" .. c[1] .. "\n")
+        local chunk = assert(loadfile(file))
+        local line = debug.getinfo(1, "l").currentline + 1
+        local ok, e = pcall(chunk, sqlnotify, n)
+        assert.is_false(ok)
+        -- sqlnotify.io, written in C, keeps the module's own line: a Lua function cannot
+        local at = c[1]:find("io(", 1, true) and file .. ":2: " or here .. line .. ": "
+        assert.are.equal(at .. c[2], e, c[1])
+      end
+    end)
+
+    it("names no line when called straight from pcall, as a function written in C does", function()
+      assert.are.same({ false, "sqlnotify: io needs a file descriptor (an integer, or an object with a pollfd method), "
+        .. "got string" }, { pcall(sqlnotify.io, "x", "r", print) })
+      assert.are.same({ false, 'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., '
+        .. "sqlite:///path.db)" }, { pcall(sqlnotify.notifier, { url = "" }) })
+      assert.are.same({ false, 'sqlnotify: unknown operation "upsert" (use sqlnotify.INSERT, UPDATE or DELETE)' },
+        { pcall(n.watch, n, S .. ".items", "upsert") })
+    end)
+
+    it("names no line of sqlnotify's own when a handler tail-called", function()
+      local logs = capture(n)
+      n:watch(S .. ".items", "insert")
+      n:subscribe(S .. ".items", "insert", { name = "tail" }, function() return n:watch(S .. ".nosuch", "insert") end)
+      assert(n:start())
+      H.psql("INSERT INTO spec14.items (sku) VALUES ('a');")
+      assert.is_true(H.run_until(function() return #grep(logs, 'handler "tail"') == 1 end))
+      assert.are.equal('error handler "tail" for insert on "spec14"."items" failed for id 1: sqlnotify: unknown table '
+        .. '"spec14"."nosuch"', (grep(logs, 'handler "tail"')[1]:gsub("\nstack traceback:.*", "")))
+    end)
+  end)
+
   describe("-l debug", function()
     it("logs one line per event: which subscribers ran and which filter kept the others out", function()
       local was = sqlnotify.log_level()
