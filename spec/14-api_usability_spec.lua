@@ -94,6 +94,23 @@ describe("sqlnotify usability", function()
         channel(n, S .. ".items", "delete", { channel_label = label }))
     end)
 
+    it("takes a channel_label literally: spaces are kept, so \"new users\" and \"new_users\" are two", function()
+      local got = {}
+      for _, label in ipairs { "new users", "new_users", " new users " } do
+        n:watch(S .. ".items", "insert", { channel_label = label })
+        n:subscribe(S .. ".items", "insert", { channel_label = label }, function(ev)
+          got[#got + 1] = label .. " -> " .. ev.channel .. " " .. ev.id
+        end)
+      end
+      assert(n:start())
+      H.psql("INSERT INTO spec14.items (sku) VALUES ('a');")
+      assert.is_true(H.run_until(function() return #got >= 3 end))
+      H.run_for(0.1)
+      table.sort(got)
+      assert.are.same({ " new users  -> sqlnotify_ new users  1", "new users -> sqlnotify_new users 1",
+        "new_users -> sqlnotify_new_users 1" }, got)
+    end)
+
     it("gives x_y.t and x.y_t channels of their own: each notifier gets only its table's events", function()
       H.fresh_schema("s14x_y")
       H.fresh_schema("s14x")
@@ -438,6 +455,49 @@ describe("sqlnotify usability", function()
       assert.are.equal("number", type(calls[1][1]))
       assert.is_true(calls[1][1] >= 0)
       assert.is_true(calls[1][2])
+    end)
+  end)
+
+  describe("n:is_running()", function()
+    it("is true from a successful start until stop or close, and while the listener reconnects", function()
+      local app = "spec14_run_" .. math.random(1e9)
+      local m = H.pg_notifier{ url = url_with(H.pg_url, "application_name=" .. app) }
+      finally(function() m:close() end)
+      capture(m)
+      local seen = {}
+      m:on("error", function(_, ctx) seen[#seen + 1] = ctx.source .. " " .. tostring(m:is_running()) end)
+      m:on("reconnect", function() seen[#seen + 1] = "reconnect " .. tostring(m:is_running()) end)
+      assert.is_false(m:is_running())
+      m:watch(S .. ".items", "insert")
+      assert.is_false(m:is_running())
+      assert(m:start())
+      assert.is_true(m:is_running())
+      m:stop()
+      assert.is_false(m:is_running())
+      assert(m:start())
+      assert.is_true(m:is_running())
+      H.psql(fmt("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '%s' "
+        .. "AND query LIKE 'LISTEN%%'", app))
+      assert.is_true(H.run_until(function() return seen[#seen] == "reconnect true" end))
+      assert.are.same({ "database true", "reconnect true" }, seen)
+      assert.is_true(m:is_running())
+      m:close()
+      assert.is_false(m:is_running())
+    end)
+
+    it("is false after a start that failed, and raises without a notifier", function()
+      H.psql("CREATE TABLE spec14.doomed (id int PRIMARY KEY);")
+      local m = H.pg_notifier()
+      finally(function() m:close() end)
+      capture(m)
+      m:watch(S .. ".doomed", "insert")
+      H.psql("DROP TABLE spec14.doomed;")
+      local ok, err = m:start()
+      assert.is_nil(ok)
+      assert.matches("doomed", err, 1, true)
+      assert.is_false(m:is_running())
+      assert.are.equal("sqlnotify: method called without a notifier (use n:method(), not n.method())",
+        err_of(function() return m.is_running() end))
     end)
   end)
 

@@ -788,6 +788,14 @@ function Notifier:stop()
   return self
 end
 
+--- n:is_running() -> true from a successful n:start() until n:stop() or n:close(). It stays true
+-- while the listener reconnects after an outage: the notifier is still running, and delivers again
+-- once the connection is back (n:on("error") and n:on("reconnect") tell when it is lost and back).
+function Notifier:is_running()
+  if getmetatable(self) ~= Notifier then check_notifier(self, 2) end -- raises
+  return self._started
+end
+
 --- n:cleanup(): drop the triggers and functions of this notifier's watches.
 function Notifier:cleanup()
   check_notifier(self, 2)
