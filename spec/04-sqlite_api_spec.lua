@@ -670,8 +670,15 @@ describe("sqlnotify (SQLite API)", function()
       assert(n:start())
       assert.are.equal(3, #trigger_names(n))
       local m = another{ cleanup_on_start = true }
+      local logs = {}
+      m._log = function(_, level, ...) logs[#logs + 1] = level .. " " .. string.format(...) end
       m:watch("users", "delete")
       assert(m:start())
+      assert.are.same({
+        'info cleanup_on_start: dropped the trigger for insert on "main"."users" (channel sqlnotify_main_users_insert)',
+        'info cleanup_on_start: dropped the trigger for update on "main"."users" (channel sqlnotify_main_users_update)',
+        "info cleanup_on_start: dropped 2 sqlnotify trigger(s)",
+      }, { table.unpack(logs, 1, 3) })
       local names = trigger_names(m)
       assert.are.equal(2, #names)
       assert.is_truthy(names[1]:match("^sqlnotify_users_delete_%x+$") and names[2] == "users_own")

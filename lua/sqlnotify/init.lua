@@ -726,8 +726,15 @@ function Notifier:start()
   if self._started then return self end
   local h = self._h
   if self._cleanup_on_start then
-    local n, err = h:uninstall_all()
+    -- Other processes' triggers go too: each is named in the log, then the count dropped.
+    local rows, err = h:list()
+    local n
+    if rows then n, err = h:drop() end
     if not n then return nil, one_line(err) end
+    for _, r in ipairs(rows) do
+      self:_log("info", "cleanup_on_start: dropped the trigger for %s on %s (%s)", r[3] or "?", qname(r[1], r[2]),
+        r[4] and "channel " .. r[4] or "trigger " .. r[5])
+    end
     self:_log("info", "cleanup_on_start: dropped %d sqlnotify trigger(s)", n)
   end
   for _, w in ipairs(self._watches) do
