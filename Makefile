@@ -47,29 +47,39 @@ endif
 
 all: $(HOST) $(MODULE)
 
-$(BUILD)/%.o: src/%.c $(HEADERS)
+# What the build is configured with: the compiler, its flags, every optional library's
+# *_CFLAGS and *_LIBS (found by name, so a new one is tracked without a line here) and the
+# objects linked. Rewritten only when that changes, and every object and link depends on
+# it: a build made before libmariadb-dev was installed (make demo, then make check), or with
+# other flags, is redone instead of linking stale objects.
+CONFIG = CC=$(CC) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) \
+  $(foreach v,$(sort $(filter %_CFLAGS %_LIBS,$(.VARIABLES))),$(v)=$($(v))) OBJS=$(OBJS)
+CONFIG_FILE := $(BUILD)/config.flags
+
+$(CONFIG_FILE): FORCE
 	@mkdir -p $(BUILD)
+	@printf '%s\n' '$(subst ','\'',$(CONFIG))' | cmp -s - $@ \
+	  || printf '%s\n' '$(subst ','\'',$(CONFIG))' >$@
+
+$(BUILD)/%.o: src/%.c $(HEADERS) $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h
-	@mkdir -p $(BUILD)
+$(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h
-	@mkdir -p $(BUILD)
+$(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/mysql-%.o: dialects/mysql/%.c dialects/mysql/my.h src/dialect.h
-	@mkdir -p $(BUILD)
+$(BUILD)/mysql-%.o: dialects/mysql/%.c dialects/mysql/my.h src/dialect.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) $(MYSQL_CFLAGS) -c -o $@ $<
 
-$(HOST): $(BUILD)/host.o $(OBJS)
-	$(CC) $(LDFLAGS) -o $@ $^ -llua5.4 $(DB_LIBS) -lm
+$(HOST): $(BUILD)/host.o $(OBJS) $(CONFIG_FILE)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -llua5.4 $(DB_LIBS) -lm
 
 # The module takes its Lua symbols from the interpreter that loads it.
-$(MODULE): $(OBJS)
+$(MODULE): $(OBJS) $(CONFIG_FILE)
 	@mkdir -p $(BUILD)/sqlnotify
-	$(CC) $(LDFLAGS) -shared -o $@ $^ $(DB_LIBS)
+	$(CC) $(LDFLAGS) -shared -o $@ $(filter %.o,$^) $(DB_LIBS)
 
 check:
 	@SANITIZE="$(SANITIZE)" BUILD="$(BUILD)" sh tools/check.sh
@@ -100,4 +110,4 @@ clean:
 	rm -rf build build-*
 	$(MAKE) -s -C pgext clean PG_CONFIG="$(PG_CONFIG)" 2>/dev/null || true
 
-.PHONY: all check demo demo-live bench install install-pgext clean
+.PHONY: all check demo demo-live bench install install-pgext clean FORCE

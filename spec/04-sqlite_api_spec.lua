@@ -188,6 +188,42 @@ describe("sqlnotify (SQLite API)", function()
       assert.is_nil(io.open(H.tmpdir() .. "/typo.db", "rb"))
     end)
 
+    it("takes the path up to '?' literally, '#' included, and decodes %XX escapes in it", function()
+      local dir = H.tmpdir() .. "/odd names"
+      assert(H.sh("mkdir -p " .. H.shell_quote(dir)))
+      -- each file holds a table named after it: the URL must open that file and no other
+      local files = { ["shop#2.db"] = "hash", ["shop.db"] = "plain", ["a b?.db"] = "space_question",
+        ["100%.db"] = "percent", ["50%25.db"] = "escaped_percent" }
+      for file, tbl in pairs(files) do
+        H.sh("rm -f " .. H.shell_quote(dir .. "/" .. file))
+        H.sqlite_cli(dir .. "/" .. file, "CREATE TABLE " .. tbl .. " (id INTEGER PRIMARY KEY);")
+      end
+      local cases = {
+        { "shop#2.db", "hash" }, { "shop%232.db", "hash" }, { "shop.db#2", nil }, { "shop.db", "plain" },
+        { "a%20b%3F.db", "space_question" }, { "a b%3f.db?mode=rw", "space_question" },
+        { "100%.db", "percent" }, { "50%2525.db", "escaped_percent" }, { "50%25.db", "percent_missing" },
+      }
+      local base = "sqlite:///" .. dir:gsub(" ", "%%20") .. "/"
+      for _, c in ipairs(cases) do
+        local m, err = sqlnotify.notifier{ url = base .. c[1], use_logger = false }
+        if c[2] == nil or c[2] == "percent_missing" then
+          local want = c[2] and "50%.db" or "shop.db#2"
+          assert.are.equal('sqlnotify: SQLite database file "' .. dir .. "/" .. want .. '" does not exist '
+            .. "(add ?mode=rwc to the URL to create it)", err, c[1])
+        else
+          assert(m, err)
+          local rows = m:query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlnotify%'"
+            .. " AND name NOT LIKE 'sqlite%'")
+          m:close()
+          assert.are.same({ { name = c[2] } }, rows, c[1])
+        end
+      end
+      local m, err = sqlnotify.notifier{ url = base .. "x%00.db?mode=rwc", use_logger = false }
+      assert.is_nil(m)
+      assert.are.equal('sqlnotify: SQLite URL "' .. base .. 'x%00.db?mode=rwc" has %00 in its path: a file name '
+        .. "cannot hold a NUL byte", err)
+    end)
+
     it("opens an existing file with mode=rw or no mode, and creates one only with mode=rwc", function()
       local made = fresh_db()
       local m = another{ url = "sqlite:///" .. made .. "?mode=rwc" }
@@ -682,8 +718,15 @@ describe("sqlnotify (SQLite API)", function()
       assert(n:start())
       assert.are.equal(3, #trigger_names(n))
       local m = another{ cleanup_on_start = true }
+      local logs = {}
+      m._log = function(_, level, ...) logs[#logs + 1] = level .. " " .. string.format(...) end
       m:watch("users", "delete")
       assert(m:start())
+      assert.are.same({
+        'info cleanup_on_start: dropped the trigger for insert on "main"."users" (channel sqlnotify_main_users_insert)',
+        'info cleanup_on_start: dropped the trigger for update on "main"."users" (channel sqlnotify_main_users_update)',
+        "info cleanup_on_start: dropped 2 sqlnotify trigger(s)",
+      }, { table.unpack(logs, 1, 3) })
       local names = trigger_names(m)
       assert.are.equal(2, #names)
       assert.is_truthy(names[1]:match("^sqlnotify_users_delete_%x+$") and names[2] == "users_own")

@@ -94,6 +94,23 @@ describe("sqlnotify usability", function()
         channel(n, S .. ".items", "delete", { channel_label = label }))
     end)
 
+    it("takes a channel_label literally: spaces are kept, so \"new users\" and \"new_users\" are two", function()
+      local got = {}
+      for _, label in ipairs { "new users", "new_users", " new users " } do
+        n:watch(S .. ".items", "insert", { channel_label = label })
+        n:subscribe(S .. ".items", "insert", { channel_label = label }, function(ev)
+          got[#got + 1] = label .. " -> " .. ev.channel .. " " .. ev.id
+        end)
+      end
+      assert(n:start())
+      H.psql("INSERT INTO spec14.items (sku) VALUES ('a');")
+      assert.is_true(H.run_until(function() return #got >= 3 end))
+      H.run_for(0.1)
+      table.sort(got)
+      assert.are.same({ " new users  -> sqlnotify_ new users  1", "new users -> sqlnotify_new users 1",
+        "new_users -> sqlnotify_new_users 1" }, got)
+    end)
+
     it("gives x_y.t and x.y_t channels of their own: each notifier gets only its table's events", function()
       H.fresh_schema("s14x_y")
       H.fresh_schema("s14x")
@@ -442,6 +459,49 @@ describe("sqlnotify usability", function()
     end)
   end)
 
+  describe("n:is_running()", function()
+    it("is true from a successful start until stop or close, and while the listener reconnects", function()
+      local app = "spec14_run_" .. math.random(1e9)
+      local m = H.pg_notifier{ url = url_with(H.pg_url, "application_name=" .. app) }
+      finally(function() m:close() end)
+      capture(m)
+      local seen = {}
+      m:on("error", function(_, ctx) seen[#seen + 1] = ctx.source .. " " .. tostring(m:is_running()) end)
+      m:on("reconnect", function() seen[#seen + 1] = "reconnect " .. tostring(m:is_running()) end)
+      assert.is_false(m:is_running())
+      m:watch(S .. ".items", "insert")
+      assert.is_false(m:is_running())
+      assert(m:start())
+      assert.is_true(m:is_running())
+      m:stop()
+      assert.is_false(m:is_running())
+      assert(m:start())
+      assert.is_true(m:is_running())
+      H.psql(fmt("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '%s' "
+        .. "AND query LIKE 'LISTEN%%'", app))
+      assert.is_true(H.run_until(function() return seen[#seen] == "reconnect true" end))
+      assert.are.same({ "database true", "reconnect true" }, seen)
+      assert.is_true(m:is_running())
+      m:close()
+      assert.is_false(m:is_running())
+    end)
+
+    it("is false after a start that failed, and raises without a notifier", function()
+      H.psql("CREATE TABLE spec14.doomed (id int PRIMARY KEY);")
+      local m = H.pg_notifier()
+      finally(function() m:close() end)
+      capture(m)
+      m:watch(S .. ".doomed", "insert")
+      H.psql("DROP TABLE spec14.doomed;")
+      local ok, err = m:start()
+      assert.is_nil(ok)
+      assert.matches("doomed", err, 1, true)
+      assert.is_false(m:is_running())
+      assert.are.equal("sqlnotify: method called without a notifier (use n:method(), not n.method())",
+        err_of(function() return m.is_running() end))
+    end)
+  end)
+
   describe("handler failures", function()
     local function failures(logs)
       local out = {}
@@ -525,6 +585,63 @@ describe("sqlnotify usability", function()
       assert.is_false(ok)
       assert.are.equal("spec/14-api_usability_spec.lua:" .. line
         .. ': sqlnotify: unsupported database URL scheme "oracle" (expected postgresql://, mysql:// or sqlite://)', e)
+    end)
+  end)
+
+  describe("misuse reached through a tail call or straight from pcall", function()
+    local here = "spec/14-api_usability_spec.lua:"
+
+    it("is raised at the nearest line of the caller left on the stack", function()
+      -- a module ending in `return sqlnotify.notifier{...}`: its frame is gone when the error is raised
+      local cases = {
+        { "return sqlnotify.notifier{ url = '' }",
+          'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., sqlite:///path.db)' },
+        { "return sqlnotify.notifier{ url = 'oracle://x/y' }",
+          'sqlnotify: unsupported database URL scheme "oracle" (expected postgresql://, mysql:// or sqlite://)' },
+        { "return sqlnotify.notifier{ url = 'sqlite:///x.db', retention = -1 }",
+          "sqlnotify: retention must be a number of seconds above zero" },
+        { "return sqlnotify.after('soon', print)", "sqlnotify: after needs a number of seconds, got string" },
+        { "return sqlnotify.every(0, print)", "sqlnotify: every needs a period above zero" },
+        { "return sqlnotify.log_level('loud')", 'sqlnotify: unknown log level "loud" (use error, warn, info or debug)' },
+        { "return n:watch('spec14.nosuch', 'insert')", 'sqlnotify: unknown table "spec14"."nosuch"' },
+        { "return n:subscribe('spec14.items', 'insert', function() end)",
+          'sqlnotify: no watch for insert on "spec14"."items" (call watch first)' },
+        { "n:watch('spec14.items', 'update') return n:subscribe('spec14.items', 'update', { filters = 1 }, print)",
+          "sqlnotify: filters must be a list of {column = name, value = v}, got number" },
+        { "return sqlnotify.io('x', 'r', print)", -- written in C: the reference
+          "sqlnotify: io needs a file descriptor (an integer, or an object with a pollfd method), got string" },
+      }
+      for _, c in ipairs(cases) do
+        local file = H.tmpfile(".lua")
+        H.spit(file, "local sqlnotify, n = ...\n" .. c[1] .. "\n")
+        local chunk = assert(loadfile(file))
+        local line = debug.getinfo(1, "l").currentline + 1
+        local ok, e = pcall(chunk, sqlnotify, n)
+        assert.is_false(ok)
+        -- sqlnotify.io, written in C, keeps the module's own line: a Lua function cannot
+        local at = c[1]:find("io(", 1, true) and file .. ":2: " or here .. line .. ": "
+        assert.are.equal(at .. c[2], e, c[1])
+      end
+    end)
+
+    it("names no line when called straight from pcall, as a function written in C does", function()
+      assert.are.same({ false, "sqlnotify: io needs a file descriptor (an integer, or an object with a pollfd method), "
+        .. "got string" }, { pcall(sqlnotify.io, "x", "r", print) })
+      assert.are.same({ false, 'sqlnotify: database URL "" has no scheme (expected postgresql://..., mysql://..., '
+        .. "sqlite:///path.db)" }, { pcall(sqlnotify.notifier, { url = "" }) })
+      assert.are.same({ false, 'sqlnotify: unknown operation "upsert" (use sqlnotify.INSERT, UPDATE or DELETE)' },
+        { pcall(n.watch, n, S .. ".items", "upsert") })
+    end)
+
+    it("names no line of sqlnotify's own when a handler tail-called", function()
+      local logs = capture(n)
+      n:watch(S .. ".items", "insert")
+      n:subscribe(S .. ".items", "insert", { name = "tail" }, function() return n:watch(S .. ".nosuch", "insert") end)
+      assert(n:start())
+      H.psql("INSERT INTO spec14.items (sku) VALUES ('a');")
+      assert.is_true(H.run_until(function() return #grep(logs, 'handler "tail"') == 1 end))
+      assert.are.equal('error handler "tail" for insert on "spec14"."items" failed for id 1: sqlnotify: unknown table '
+        .. '"spec14"."nosuch"', (grep(logs, 'handler "tail"')[1]:gsub("\nstack traceback:.*", "")))
     end)
   end)
 

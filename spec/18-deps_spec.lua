@@ -55,3 +55,28 @@ describe("tools/deps.sh", function()
     assert.is_true(deps < build)
   end)
 end)
+
+describe("the build", function()
+  -- make demo builds before make check installs libmariadb-dev: the second build must not
+  -- keep the first one's objects, made without the MySQL driver.
+  it("is redone when what it was configured with changed", function()
+    local build = H.tmpdir() .. "/reconfigured"
+    local mysql_url = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
+    local script, out = H.tmpfile(".lua"), H.tmpfile(".out")
+    H.spit(script, string.format([[
+      local ok, n = pcall(require("sqlnotify").notifier, { url = %q, use_logger = false })
+      print(ok and n and n.dialect_name or n)
+      if ok and n then n:close() end]], mysql_url))
+    local function run()
+      assert(H.sh(string.format("LUA_PATH=%s timeout 20 %s %s >%s 2>&1", H.shell_quote(H.root .. "/lua/?.lua;" .. H.root
+        .. "/lua/?/init.lua;;"), H.shell_quote(build .. "/sqlnotify-lua"), H.shell_quote(script), H.shell_quote(out))))
+      return H.slurp(out)
+    end
+    local make = "cd " .. H.shell_quote(H.root) .. " && make -s all SANITIZE= BUILD=" .. H.shell_quote(build)
+    finally(function() H.sh("rm -rf " .. H.shell_quote(build)) end)
+    assert(H.sh(make .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
+    assert.are.equal("sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)\n", run())
+    assert(H.sh(make .. " >/dev/null 2>&1"))
+    assert.are.equal("mysql\n", run())
+  end)
+end)

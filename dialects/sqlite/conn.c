@@ -83,9 +83,41 @@ void sqd_timer_stop_unref(struct ev_loop *loop, ev_timer *t)
 
 /* ===== URL ===== */
 
-/* "sqlite:///rel.db" -> "rel.db", "sqlite:////abs.db" -> "/abs.db". Query parameters:
- * mode=rw (the default: the file must exist) or mode=rwc (create it if missing), as in
- * SQLite's own URIs; anything else is refused. A malloc'd path, or NULL and err. */
+static int hex_digit(char ch)
+{
+    return ch >= '0' && ch <= '9' ? ch - '0'
+         : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+         : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+}
+
+/* Decode %XX escapes of s[0..n) into out (room for n + 1 bytes); a '%' not followed by two
+ * hex digits stays as it is, as Python's unquote leaves it. -1 for %00: no file name holds a
+ * NUL byte. Returns the decoded length. */
+static int pct_decode(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = i + 2 < n && s[i] == '%' ? hex_digit(s[i + 1]) : -1;
+        int lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
+        if (lo < 0) {
+            out[o++] = s[i];
+            continue;
+        }
+        if (hi == 0 && lo == 0)
+            return -1;
+        out[o++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+/* "sqlite:///rel.db" -> "rel.db", "sqlite:////abs.db" -> "/abs.db". As in SQLAlchemy, the
+ * path is everything up to '?' ('#' included: there is no fragment); unlike SQLAlchemy,
+ * %XX escapes are decoded, so "%3F" names a file with a '?' and "%23" one with a '#'.
+ * Query parameters (decoded too): mode=rw (the default: the file must exist) or mode=rwc
+ * (create it if missing), as in SQLite's own URIs; anything else is refused. A malloc'd
+ * path, or NULL and err. */
 static char *parse_url(const char *url, int *create, char *err, size_t errlen)
 {
     static const char prefix[] = "sqlite:///";
@@ -99,51 +131,52 @@ static char *parse_url(const char *url, int *create, char *err, size_t errlen)
         return NULL;
     }
     const char *p = url + plen;
-    size_t n = strcspn(p, "?#");
-    if (n == 0 || (n == 1 && p[0] == '/')) {
-        sn_seterr(err, errlen, "no database path in SQLite URL \"%s\"", url);
-        return NULL;
-    }
-    if (n == 8 && memcmp(p, ":memory:", 8) == 0) {
-        sn_seterr(err, errlen, "an in-memory SQLite database cannot be watched: "
-                  "the listener's own connection would not see it (use a file)");
-        return NULL;
-    }
-    if (p[n] == '?') {
-        const char *q = p + n + 1;
-        size_t qlen = strcspn(q, "#");
-        while (qlen > 0) {
-            size_t len = strcspn(q, "&");
-            if (len > qlen)
-                len = qlen;
-            if (len == 8 && memcmp(q, "mode=rwc", 8) == 0)
-                *create = 1;
-            else if (len == 7 && memcmp(q, "mode=rw", 7) == 0)
-                *create = 0;
-            else if (len > 5 && memcmp(q, "mode=", 5) == 0) {
-                sn_seterr(err, errlen, "unsupported mode \"%.*s\" in SQLite URL \"%s\" "
-                          "(use mode=rw or mode=rwc: sqlnotify writes its change log and "
-                          "triggers to the file)", (int)(len - 5), q + 5, url);
-                return NULL;
-            } else if (len > 0) {
-                sn_seterr(err, errlen, "unknown parameter \"%.*s\" in SQLite URL \"%s\" "
-                          "(known: mode=rw, mode=rwc)", (int)len, q, url);
-                return NULL;
-            }
-            if (len == qlen)
-                break;
-            q += len + 1;
-            qlen -= len + 1;
-        }
-    }
-    char *path = malloc(n + 1);
+    size_t n = strcspn(p, "?");
+    char *path = malloc(strlen(p) + 1); /* room for the path and, after it, each parameter */
     if (!path) {
         sn_seterr(err, errlen, "out of memory");
         return NULL;
     }
-    memcpy(path, p, n);
-    path[n] = '\0';
+    int len = pct_decode(p, n, path);
+    if (len < 0) {
+        sn_seterr(err, errlen, "SQLite URL \"%s\" has %%00 in its path: a file name cannot hold a NUL byte", url);
+        goto fail;
+    }
+    if (len == 0 || strcmp(path, "/") == 0) {
+        sn_seterr(err, errlen, "no database path in SQLite URL \"%s\"", url);
+        goto fail;
+    }
+    if (strcmp(path, ":memory:") == 0) {
+        sn_seterr(err, errlen, "an in-memory SQLite database cannot be watched: "
+                  "the listener's own connection would not see it (use a file)");
+        goto fail;
+    }
+    for (const char *q = p[n] == '?' ? p + n + 1 : p + n; *q;) {
+        size_t qlen = strcspn(q, "&");
+        char *param = path + len + 1;
+        if (pct_decode(q, qlen, param) < 0)
+            param[0] = '\0'; /* refused below as an unknown parameter */
+        if (strcmp(param, "mode=rwc") == 0)
+            *create = 1;
+        else if (strcmp(param, "mode=rw") == 0)
+            *create = 0;
+        else if (strncmp(param, "mode=", 5) == 0) {
+            sn_seterr(err, errlen, "unsupported mode \"%s\" in SQLite URL \"%s\" "
+                      "(use mode=rw or mode=rwc: sqlnotify writes its change log and "
+                      "triggers to the file)", param + 5, url);
+            goto fail;
+        } else if (qlen > 0) {
+            sn_seterr(err, errlen, "unknown parameter \"%.*s\" in SQLite URL \"%s\" "
+                      "(known: mode=rw, mode=rwc)", (int)qlen, q, url);
+            goto fail;
+        }
+        q += qlen + (q[qlen] == '&');
+    }
     return path;
+
+fail:
+    free(path);
+    return NULL;
 }
 
 /* ===== the file under the connections ===== */

@@ -26,8 +26,29 @@ function F.show_id(id)
   return "{" .. table.concat(parts, ", ") .. "}"
 end
 
+-- Where sqlnotify's Lua files are: "@/.../sqlnotify/".
+local OWN = "@" .. (debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "\0")
+
+--- F.error_level(level) -> the level to give error() for a misuse at `level`, both counted
+-- from the function that calls this. Normally `level` itself. But when the public function (the
+-- frame below it) was tail-called, as by a module ending in `return sqlnotify.notifier{...}`,
+-- Lua kept no frame of its caller: at `level` there may be a C function (require, dofile),
+-- where error() names no line. Then the nearest line above stands for it (a tail call to a C
+-- function keeps its caller's frame: sqlnotify.io names the very line), unless that line is
+-- sqlnotify's own: a handler's tail call names no line rather than one of ours.
+function F.error_level(level)
+  local info = debug.getinfo(level + 1, "l")
+  if not info or info.currentline > 0 or not debug.getinfo(level, "t").istailcall then return level end
+  for l = level + 2, math.huge do
+    info = debug.getinfo(l, "Sl")
+    if not info or info.source:sub(1, #OWN) == OWN then return level end
+    if info.currentline > 0 then return l - 1 end
+  end
+end
+local error_level = F.error_level
+
 local function fail(level, ...)
-  error("sqlnotify: " .. fmt(...), level + 1)
+  error("sqlnotify: " .. fmt(...), error_level(level + 1))
 end
 
 -- ===== values against column classes =====

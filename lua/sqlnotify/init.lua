@@ -18,7 +18,7 @@ local OPCODES = { insert = 0, update = 1, delete = 2 }
 local MAX_CHANNEL = 63 -- PostgreSQL's NAMEDATALEN - 1; used on every dialect so names agree
 
 local fmt, concat, sort = string.format, table.concat, table.sort
-local show, show_id = filters.show, filters.show_id
+local show, show_id, error_level = filters.show, filters.show_id, filters.error_level
 local decode, stopping = core.decode, core.stopping
 local traceback = debug.traceback
 
@@ -42,8 +42,9 @@ end
 
 -- ===== small helpers =====
 
+-- A misuse, raised at the caller's line (level 1: the function calling fail).
 local function fail(level, ...)
-  error("sqlnotify: " .. fmt(...), level + 1)
+  error("sqlnotify: " .. fmt(...), error_level(level + 1))
 end
 
 -- An error from the outside world as one line with one "sqlnotify: " prefix.
@@ -307,7 +308,7 @@ function M.notifier(opts)
   local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
     overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at,
     consumer_retention = opts.consumer_retention, shares = opts.shares, lease = opts.lease })
-  if not ok then error(one_line(h), 2) end
+  if not ok then error(one_line(h), error_level(2)) end
   if not h then return nil, err end
   if (opts.shares ~= nil or opts.lease ~= nil) and h:dialect() ~= "postgresql" then
     local dialect = h:dialect()
@@ -511,7 +512,7 @@ function Notifier:watch(t, op, opts)
     end
     if not ok then
       self:_forget_table(info)
-      error(one_line(err), 2)
+      error(one_line(err), error_level(2))
     end
   end
   self._watches[#self._watches + 1] = w
@@ -917,8 +918,15 @@ function Notifier:start()
   if self._started then return self end
   local h = self._h
   if self._cleanup_on_start then
-    local n, err = h:uninstall_all()
+    -- Other processes' triggers go too: each is named in the log, then the count dropped.
+    local rows, err = h:list()
+    local n
+    if rows then n, err = h:drop() end
     if not n then return nil, one_line(err) end
+    for _, r in ipairs(rows) do
+      self:_log("info", "cleanup_on_start: dropped the trigger for %s on %s (%s)", r[3] or "?", qname(r[1], r[2]),
+        r[4] and "channel " .. r[4] or "trigger " .. r[5])
+    end
     self:_log("info", "cleanup_on_start: dropped %d sqlnotify trigger(s)", n)
   end
   for _, w in ipairs(self._watches) do
@@ -977,6 +985,14 @@ function Notifier:stop()
   self:_quiet()
   self:_flush_reports()
   return self
+end
+
+--- n:is_running() -> true from a successful n:start() until n:stop() or n:close(). It stays true
+-- while the listener reconnects after an outage: the notifier is still running, and delivers again
+-- once the connection is back (n:on("error") and n:on("reconnect") tell when it is lost and back).
+function Notifier:is_running()
+  if getmetatable(self) ~= Notifier then check_notifier(self, 2) end -- raises
+  return self._started
 end
 
 --- n:cleanup(): drop the triggers and functions of this notifier's watches.
@@ -1211,7 +1227,7 @@ end
 function M.run()
   -- core.run's errors name its caller's line: re-raised from here, that stays the script's
   local ok, err = pcall(core.run)
-  if not ok then error(err, 2) end
+  if not ok then error(err, error_level(2)) end
   if not in_host() then M._finish() end
 end
 

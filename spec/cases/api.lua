@@ -495,9 +495,25 @@ return function(D, env)
         assert(n:start())
         assert.are.equal(2, D.trigger_count())
         local m = D.notifier{ cleanup_on_start = true }
+        local logs = {}
+        m._log = function(_, level, ...) logs[#logs + 1] = level .. " " .. fmt(...) end
         m:watch(N("users"), "delete")
         assert(m:start())
         assert.are.equal(1, D.trigger_count())
+        -- one line per trigger dropped (the database may hold other files' too), then the count
+        local mine, last = {}, nil
+        for _, l in ipairs(logs) do
+          if l:find("cleanup_on_start: ", 1, true) then last = l end
+          if l:find(" on " .. QN("users") .. " ", 1, true) and l:find("cleanup_on_start: ", 1, true) then
+            mine[#mine + 1] = l
+          end
+        end
+        table.sort(mine)
+        assert.are.same({
+          fmt("info cleanup_on_start: dropped the trigger for insert on %s (channel %s)", QN("users"), n._watches[1].channel),
+          fmt("info cleanup_on_start: dropped the trigger for update on %s (channel %s)", QN("users"), n._watches[2].channel),
+        }, mine)
+        assert.matches("^info cleanup_on_start: dropped %d+ sqlnotify trigger%(s%)$", last)
         m:cleanup()
         m:close()
       end)
