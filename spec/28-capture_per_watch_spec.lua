@@ -152,6 +152,46 @@ local function cases(d)
       assert.are.equal(4, lag.s28_lag_b)
     end)
 
+    -- The durable captures --list shows on a table: "insert <12 hex>" each, sorted.
+    local function captures(t)
+      local out = H.tmpfile(".list")
+      assert(H.sh(fmt("%s --list %s >%s 2>&1", H.shell_quote(H.host_bin), H.shell_quote(d.url()), out)))
+      local found = {}
+      for line in H.slurp(out):gmatch("[^\n]+") do
+        local op, tag = line:match("^%S+%s+" .. d.bare(t):gsub("%p", "%%%0") .. "%s+(%a+)%s+%S+%s+durable (%x+)")
+        if op then found[#found + 1] = op .. " " .. tag end
+      end
+      table.sort(found)
+      return found
+    end
+
+    it("drops the capture of a consumer's former columns, and a dropped consumer's own", function()
+      d.fresh("t6")
+      local c1 = watcher("t6", "s28_gc", "a")
+      c1:stop()
+      local before = captures("t6")
+      assert.are.equal(2, #before)
+      local c2 = watcher("t6", "s28_gc", "a,b")
+      local after = captures("t6")
+      assert.are.equal(2, #after)
+      local now = {}
+      for _, t in ipairs(after) do now[t] = true end
+      for _, t in ipairs(before) do assert.is_nil(now[t], t .. " is still there") end
+      assert.matches("dropped 1 trigger%(s%) of capture [^\n]*_insert[^#\n]*#%x+, which no consumer reads any more", c2:stderr())
+      assert.matches("dropped 1 trigger%(s%) of capture [^\n]*_update[^#\n]*#%x+, which no consumer reads any more", c2:stderr())
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (1, 'a1', 'b1')", "t6"))
+      assert.are.same({ "i 1 a=a1 b=b1" }, wait_lines({ c2 }, 1))
+      c2:stop()
+      local c3 = watcher("t6", "s28_gc2", "a,b") -- shares the capture: it stays while one reads it
+      c3:stop()
+      local n = assert(sqlnotify.notifier{ url = d.url(), use_logger = false })
+      assert.is_true(n:drop_consumer("s28_gc"))
+      assert.are.same(after, captures("t6"))
+      assert.is_true(n:drop_consumer("s28_gc2"))
+      n:close()
+      assert.are.same({}, captures("t6"))
+    end)
+
     it("gives a live watcher and two consumers of other columns their own, whichever starts first", function()
       d.fresh("t2")
       local live = watcher("t2", nil, "b")
@@ -186,6 +226,7 @@ cases({
   name = "PostgreSQL",
   url = function() return H.pg_url end,
   table = function(t) return S .. "." .. t end,
+  bare = function(t) return t end,
   sql = function(text, t) return fmt(text, S .. "." .. t) end,
   exec = function(text) return H.psql(text) end,
   fresh = function(t)
@@ -226,6 +267,7 @@ do
     begin = function() path = H.fresh_sqlite("s28") end,
     url = function() return "sqlite:///" .. path end,
     table = function(t) return t end,
+    bare = function(t) return t end,
     sql = function(text, t) return fmt(text, t) end,
     exec = function(text) return H.sqlite_cli(path, text) end,
     fresh = function(t)
@@ -252,11 +294,12 @@ do
     name = "MariaDB",
     url = function() return URL end,
     table = function(t) return DB .. ".s28_" .. t end,
+    bare = function(t) return "s28_" .. t end,
     sql = function(text, t) return fmt(text, "s28_" .. t) end,
     exec = my,
     fresh = function(t)
       my(fmt("DROP TABLE IF EXISTS s28_%s; CREATE TABLE s28_%s (id int PRIMARY KEY, a text, b text);", t, t))
     end,
-    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3, s28_t4, s28_t5") end,
+    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3, s28_t4, s28_t5, s28_t6") end,
   })
 end

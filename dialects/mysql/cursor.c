@@ -289,6 +289,36 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
     return 0;
 }
 
+/* A capture's channel no consumer reads any more (its consumer dropped, or its columns
+ * changed): its triggers go, so writers stop paying for rows no one reads; logged. With
+ * forget_for, that consumer's record of reading it goes too once they went (else it is tried
+ * again at its next start). */
+void my_capture_unused(sn_conn *c, const char *channel, const char *forget_for)
+{
+    char err[600];
+    int n = my_drop_channel(c, channel, err, sizeof err);
+    if (n < 0) {
+        sn_logf(&c->sink, SN_LOG_WARN, "cannot drop the trigger of capture %s, which no consumer reads any more: %s",
+                channel, err);
+        return;
+    }
+    if (n > 0)
+        sn_logf(&c->sink, SN_LOG_INFO, "dropped %d trigger(s) of capture %s, which no consumer reads any more", n,
+                channel);
+    if (forget_for) {
+        my_sbuf b = {0};
+        sn_result *r = NULL;
+        const char *args[2] = {forget_for, channel};
+        my_sb_add(&b, "DELETE FROM ");
+        my_sb_qname(&b, c->p.db, MY_READS);
+        my_sb_add(&b, " WHERE consumer = ? AND channel = ?");
+        if (!b.oom)
+            my_query(c, b.s, 2, args, &r, err, sizeof err);
+        sn_result_free(r);
+        my_sb_free(&b);
+    }
+}
+
 int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
 {
     if (my_journal_ensure(c, err, errlen) < 0)
@@ -301,6 +331,16 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     int found = rc == 0 && r->nrows > 0;
     sn_result_free(r);
     r = NULL;
+    sn_result *only = NULL; /* the captures only it read go with it */
+    if (rc == 0 && found) {
+        sql.len = 0;
+        my_sb_add(&sql, "SELECT r.channel FROM ");
+        my_sb_qname(&sql, c->p.db, MY_READS);
+        my_sb_add(&sql, " r WHERE r.consumer = ? AND r.channel REGEXP '#[0-9a-f]{12}$' AND NOT EXISTS (SELECT 1 FROM ");
+        my_sb_qname(&sql, c->p.db, MY_READS);
+        my_sb_add(&sql, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
+        rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &only, err, errlen);
+    }
     if (rc == 0 && found) {
         sql.len = 0;
         my_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
@@ -315,6 +355,10 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
             rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
         sn_result_free(r);
     }
+    for (int i = 0; rc == 0 && only && i < only->nrows; i++)
+        if (only->cells[i].type == SN_TEXT)
+            my_capture_unused(c, only->cells[i].s, NULL);
+    sn_result_free(only);
     if (sql.oom)
         sn_seterr(err, errlen, "out of memory");
     my_sb_free(&sql);

@@ -774,9 +774,33 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         my_sb_add(&b, " (consumer, channel) VALUES (?, ?)");
         int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : my_query(c, b.s, 2, args, &res, err, errlen);
         sn_result_free(res);
+        res = NULL;
         my_sb_free(&b);
         if (rc < 0)
             return -1;
+        /* the captures it read for this declared channel before its columns changed, which no
+         * other consumer reads: they go */
+        size_t plain = (size_t)sn_plain_len(channel);
+        if (plain < strlen(channel)) {
+            char prefix[300];
+            snprintf(prefix, sizeof prefix, "%.*s#", (int)plain, channel);
+            const char *q[3] = {c->consumer, channel, prefix};
+            my_sb_add(&b, "SELECT r.channel FROM ");
+            my_sb_qname(&b, c->p.db, MY_READS);
+            my_sb_add(&b, " r WHERE r.consumer = ? AND r.channel <> ? AND LEFT(r.channel, CHAR_LENGTH(?)) = ");
+            my_sb_add(&b, "CAST(? AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_bin");
+            my_sb_add(&b, " AND r.channel REGEXP '#[0-9a-f]{12}$' AND CHAR_LENGTH(r.channel) = CHAR_LENGTH(?) + 12"
+                          " AND NOT EXISTS (SELECT 1 FROM ");
+            my_sb_qname(&b, c->p.db, MY_READS);
+            my_sb_add(&b, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
+            const char *q5[5] = {q[0], q[1], q[2], q[2], q[2]};
+            if (!b.oom && my_query(c, b.s, 5, q5, &res, err, errlen) == 0)
+                for (int i = 0; i < res->nrows; i++)
+                    if (res->cells[i].type == SN_TEXT)
+                        my_capture_unused(c, res->cells[i].s, c->consumer);
+            sn_result_free(res);
+            my_sb_free(&b);
+        }
     }
     char **chans = realloc(r->chans, (size_t)(r->nchan + 1) * sizeof *chans);
     if (chans == NULL || (chans[r->nchan] = strdup(channel)) == NULL) {

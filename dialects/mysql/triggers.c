@@ -779,6 +779,21 @@ static int drop_one(sn_conn *c, const char *schema, const char *name, char *err,
     return rc;
 }
 
+/* The triggers of a capture no consumer reads any more (found by the channel their marker
+ * records): how many went, or -1 and err. */
+int my_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    ours_list l;
+    if (find_ours(c, NULL, NULL, &l, err, errlen) < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < l.n && n >= 0; i++)
+        if (l.v[i].channel && strcmp(l.v[i].channel, channel) == 0)
+            n = drop_one(c, l.v[i].schema, l.v[i].name, err, errlen) < 0 ? -1 : n + 1;
+    ours_free(&l);
+    return n;
+}
+
 int my_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 {
     char name[64];

@@ -931,16 +931,27 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
     /* recorded, so that the consumer's lag counts this channel's rows (journal 8); a role let
      * read the journal by a grant older than that function reads on, its lag counted on
      * every table */
-    const char *vals[2] = {c->consumer, channel};
-    char why[512];
-    PGresult *res = pg_exec(c, &c->ctl, "SELECT sqlnotify.reads_channel($1, $2)", 2, vals, PG_RETRY, NULL, why,
-                            sizeof why);
+    char why[512], *plain = strndup(channel, (size_t)sn_plain_len(channel));
+    if (plain == NULL)
+        goto oom;
+    /* an untagged channel (the previous release's) replaces no capture */
+    const char *vals[3] = {c->consumer, channel, strlen(plain) < strlen(channel) ? plain : NULL};
+    PGresult *res = pg_exec(c, &c->ctl, "SELECT * FROM sqlnotify.reads_channel($1, $2, $3)", 3, vals, PG_RETRY, NULL,
+                            why, sizeof why);
+    free(plain);
     if (res == NULL && !j->reads_said) {
         j->reads_said = 1;
         sn_logf(&c->sink, SN_LOG_WARN,
                 "consumer \"%s\": cannot record which channels it reads (%s); its lag counts every table's rows",
                 c->consumer, why);
     }
+    /* the captures of this channel's columns before they changed, read by no one now */
+    for (int i = 0; res && i < PQntuples(res); i++)
+        if (pg_capture_unused(c, PQgetvalue(res, i, 0)) >= 0) {
+            const char *forget[2] = {c->consumer, PQgetvalue(res, i, 0)};
+            PQclear(pg_exec(c, &c->ctl, "SELECT sqlnotify.reads_forget($1, $2)", 2, forget, PG_RETRY, NULL, why,
+                            sizeof why));
+        }
     PQclear(res);
     if ((j->chans[j->nchans] = strdup(channel)) == NULL)
         goto oom;
@@ -1012,6 +1023,26 @@ void pg_jr_ack(sn_conn *c, int64_t seq)
 {
     if (c->jr && seq > c->jr->acked)
         c->jr->acked = seq;
+}
+
+/* ===== captures no consumer reads ===== */
+
+/* A durable capture's channel that no consumer reads any more (its consumer dropped, or its
+ * columns changed): its triggers go, so writers stop paying for rows no one reads. Logged;
+ * 0 done, -1 not (said why; tried again at the next start). */
+int pg_capture_unused(sn_conn *c, const char *channel)
+{
+    char err[512];
+    int n = pg_drop_channel(c, channel, err, sizeof err);
+    if (n < 0)
+        sn_logf(&c->sink, SN_LOG_WARN,
+                "cannot drop the trigger of capture %s, which no consumer reads any more: %s (sqlnotify-lua --drop "
+                "URL table drops it by hand)",
+                channel, err);
+    else if (n > 0)
+        sn_logf(&c->sink, SN_LOG_INFO, "dropped %d trigger(s) of capture %s, which no consumer reads any more", n,
+                channel);
+    return n < 0 ? -1 : 0;
 }
 
 /* ===== the durable watches, kept to install again ===== */

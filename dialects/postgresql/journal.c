@@ -506,10 +506,22 @@ static const char setup_sql[] =
      * previous release), so that its lag counts only its own tables' rows */
     "CREATE TABLE IF NOT EXISTS sqlnotify.reads (consumer text NOT NULL REFERENCES sqlnotify.consumers"
     " ON DELETE CASCADE, channel text NOT NULL, PRIMARY KEY (consumer, channel));\n"
-    "CREATE OR REPLACE FUNCTION sqlnotify.reads_channel(p_name text, p_channel text) RETURNS void\n"
-    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    /* records that p_name reads p_channel, and returns the other captures of the same declared
+     * channel (p_plain) it read before (its columns changed since) that no other consumer
+     * reads: their triggers may go (reads_forget once they went) */
+    "DROP FUNCTION IF EXISTS sqlnotify.reads_channel(text, text);\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.reads_channel(p_name text, p_channel text, p_plain text)\n"
+    "RETURNS SETOF text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "  INSERT INTO sqlnotify.reads (consumer, channel) SELECT p_name, p_channel\n"
-    "    WHERE EXISTS (SELECT 1 FROM sqlnotify.consumers c WHERE c.name = p_name) ON CONFLICT DO NOTHING\n"
+    "    WHERE EXISTS (SELECT 1 FROM sqlnotify.consumers c WHERE c.name = p_name) ON CONFLICT DO NOTHING;\n"
+    "  SELECT r.channel FROM sqlnotify.reads r WHERE r.consumer = p_name AND r.channel <> p_channel\n"
+    "    AND length(r.channel) = length(p_plain) + 13 AND left(r.channel, length(p_plain) + 1) = p_plain || '#'\n"
+    "    AND right(r.channel, 12) ~ '^[0-9a-f]{12}$'\n"
+    "    AND NOT EXISTS (SELECT 1 FROM sqlnotify.reads o WHERE o.channel = r.channel AND o.consumer <> p_name)\n"
+    "$f$;\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.reads_forget(p_name text, p_channel text) RETURNS void\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  DELETE FROM sqlnotify.reads WHERE consumer = p_name AND channel = p_channel\n"
     "$f$;\n"
     /* lag: rows of its channels a share's cursor has not passed (a consumer of a release that
      * recorded none: every row); members: live ones, with the shares they hold
@@ -543,7 +555,8 @@ static const char setup_sql[] =
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
     " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
-    " sqlnotify.reads_channel(text, text), sqlnotify.sequence_moved() FROM PUBLIC;\n";
+    " sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text),"
+    " sqlnotify.sequence_moved() FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and
@@ -744,11 +757,20 @@ int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     if (none != 0)
         return none < 0 ? -1 : 0;
     const char *vals[1] = {name};
-    PGresult *res =
-        pg_exec(c, &c->ctl, "DELETE FROM sqlnotify.consumers WHERE name = $1", 1, vals, PG_RETRY, state, err, errlen);
+    /* the captures only it read go with it (their channels carry a 12-hex tag) */
+    PGresult *res = pg_exec(c, &c->ctl,
+                            "WITH gone AS (DELETE FROM sqlnotify.consumers WHERE name = $1 RETURNING name)"
+                            " SELECT (SELECT count(*) FROM gone)::text, r.channel FROM (SELECT NULL::text) one"
+                            " LEFT JOIN sqlnotify.reads r ON r.consumer = $1"
+                            "  AND r.channel ~ '#[0-9a-f]{12}$' AND NOT EXISTS (SELECT 1 FROM sqlnotify.reads o"
+                            "  WHERE o.channel = r.channel AND o.consumer <> $1)",
+                            1, vals, PG_RETRY, state, err, errlen);
     if (res == NULL)
         return -1;
-    int n = atoi(PQcmdTuples(res));
+    int n = atoi(PQgetvalue(res, 0, 0));
+    for (int i = 0; i < PQntuples(res) && n > 0; i++)
+        if (!PQgetisnull(res, i, 1))
+            pg_capture_unused(c, PQgetvalue(res, i, 1));
     PQclear(res);
     return n > 0;
 }

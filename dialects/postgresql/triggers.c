@@ -1443,7 +1443,8 @@ static const char scope_triggers_sql[] =
     " WHERE d.description LIKE '" MARK_ANY "%'"
     "  AND CASE WHEN $2::text IS NOT NULL THEN c.relname::text = $2 AND CASE WHEN $1::text IS NULL"
     "        THEN pg_catalog.pg_table_is_visible(c.oid) ELSE n.nspname::text = $1 END"
-    "   WHEN $1::text IS NOT NULL THEN n.nspname::text = $1 ELSE true END";
+    "   WHEN $1::text IS NOT NULL THEN n.nspname::text = $1 ELSE true END"
+    "  AND ($3::text IS NULL OR pg_catalog.strpos(d.description, $3) > 0)";
 
 /* Our functions no trigger uses any more: those of the dropped triggers, and in a
  * schema-wide or database-wide drop every one left over in scope (a dropped table leaves
@@ -1456,16 +1457,19 @@ static const char scope_functions_sql[] =
     " WHERE d.description LIKE '" MARK_ANY "%' AND p.pronargs = 0"
     "  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u WHERE u.tgfoid = p.oid)"
     "  AND (p.oid = ANY ($3::pg_catalog.oid[])"
-    "   OR ($2::text IS NULL AND ($1::text IS NULL OR n.nspname::text = $1)))";
+    "   OR ($4::text IS NULL AND $2::text IS NULL AND ($1::text IS NULL OR n.nspname::text = $1)))";
 
-int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+/* Our triggers in scope (a table, a schema, the database; those of one channel only when
+ * chanline, "\nchannel=<len>:<channel>\n", is given) and the functions they leave unused. */
+static int drop_scope(sn_conn *c, const char *schema, const char *table, const char *chanline, char *err,
+                      size_t errlen)
 {
-    const char *vals[3] = {schema, table, NULL};
+    const char *vals[4] = {schema, table, chanline, NULL};
     pg_sbuf b = {0}, oids = {0};
     int dropped = -1;
     if (pg_script(c, "BEGIN", NULL, err, errlen) < 0)
         return -1;
-    PGresult *res = pg_exec(c, &c->ctl, scope_triggers_sql, 2, vals, 0, NULL, err, errlen);
+    PGresult *res = pg_exec(c, &c->ctl, scope_triggers_sql, 3, vals, 0, NULL, err, errlen);
     if (res == NULL)
         goto out;
     pg_sb_add(&oids, "{");
@@ -1488,8 +1492,8 @@ int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t
     if (b.len > 0 && pg_script(c, b.p, NULL, err, errlen) < 0)
         goto out;
     b.len = 0;
-    vals[2] = oids.p;
-    res = pg_exec(c, &c->ctl, scope_functions_sql, 3, vals, 0, NULL, err, errlen);
+    const char *fvals[4] = {schema, table, oids.p, chanline};
+    res = pg_exec(c, &c->ctl, scope_functions_sql, 4, fvals, 0, NULL, err, errlen);
     if (res == NULL)
         goto out;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -1514,6 +1518,22 @@ out:
     free(b.p);
     free(oids.p);
     return dropped;
+}
+
+int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+{
+    return drop_scope(c, schema, table, NULL, err, errlen);
+}
+
+/* A durable capture no consumer reads any more: its triggers go (found by the channel their
+ * marker records). How many went, or -1 and err. */
+int pg_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    pg_sbuf line = {0};
+    pg_sb_addf(&line, "\nchannel=%zu:%s\n", strlen(channel), channel);
+    int n = line.fail ? (sn_seterr(err, errlen, "%s", line.fail), -1) : drop_scope(c, NULL, NULL, line.p, err, errlen);
+    free(line.p);
+    return n;
 }
 
 int pg_uninstall_all(sn_conn *c, char *err, size_t errlen)

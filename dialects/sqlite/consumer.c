@@ -96,7 +96,72 @@ static int ensure_reads(sqlite3 *db, char *err, size_t errlen)
                     "PRIMARY KEY (consumer, channel))", err, errlen);
 }
 
-/* Record that this consumer reads channel (a blocking call of listen()). */
+/* A capture's channel no consumer reads any more (its consumer dropped, or its columns
+ * changed): its triggers go, so writers stop paying for rows no one reads; logged. 0, or -1
+ * (said why; tried again at the next start). */
+static int capture_unused(sn_conn *c, const char *channel)
+{
+    char err[600];
+    int n = sqd_drop_channel(c, channel, err, sizeof err);
+    if (n < 0)
+        sn_logf(&c->sink, SN_LOG_WARN, "cannot drop the trigger of capture %s, which no consumer reads any more: %s",
+                channel, err);
+    else if (n > 0)
+        sn_logf(&c->sink, SN_LOG_INFO, "dropped %d trigger(s) of capture %s, which no consumer reads any more", n,
+                channel);
+    return n < 0 ? -1 : 0;
+}
+
+/* The rows of `sql` (one text column; ?1..?n bound to args) as a NULL-terminated list, or
+ * NULL (read nothing). */
+static char **texts_of(sqlite3 *db, const char *sql, int n, const char *const *args)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        sqlite3_bind_text(st, i + 1, args[i], -1, SQLITE_TRANSIENT);
+    char **v = calloc(1, sizeof *v);
+    size_t k = 0;
+    while (v && sqlite3_step(st) == SQLITE_ROW) {
+        char **g = realloc(v, (k + 2) * sizeof *v);
+        if (!g)
+            break;
+        v = g;
+        v[k + 1] = NULL;
+        if ((v[k] = sqd_strdup((const char *)sqlite3_column_text(st, 0))) != NULL)
+            k++;
+    }
+    sqlite3_finalize(st);
+    return v;
+}
+
+/* Forget that consumer name reads channel. */
+static void reads_forget(sqlite3 *db, const char *name, const char *channel)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "DELETE FROM " READS_TABLE " WHERE consumer = ?1 AND channel = ?2", -1, &st, NULL) !=
+        SQLITE_OK)
+        return;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_TRANSIENT);
+    step_done(st);
+}
+
+static void texts_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* A tagged channel ("<plain>#<12 hex>") of the consumer ?1 that no other consumer reads. */
+#define ONLY_MINE "r.consumer = ?1 AND r.channel GLOB '*#[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]" \
+                  "[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' AND NOT EXISTS (SELECT 1 FROM " READS_TABLE \
+                  " o WHERE o.channel = r.channel AND o.consumer <> ?1)"
+
+/* Record that this consumer reads channel (a blocking call of listen()); the captures it
+ * read for the same declared channel before its columns changed go when no one else reads them. */
 int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
@@ -112,6 +177,20 @@ int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen
                       sqlite3_errmsg(c->rd));
             bad = 1;
         }
+    }
+    size_t plain = (size_t)sn_plain_len(channel);
+    if (!bad && plain < strlen(channel)) {
+        char *prefix = sqlite3_mprintf("%.*s#", (int)plain, channel);
+        const char *args[3] = {c->consumer, channel, prefix};
+        char **old = prefix ? texts_of(c->rd, "SELECT r.channel FROM " READS_TABLE " r WHERE " ONLY_MINE
+                                              " AND r.channel <> ?2 AND length(r.channel) = length(?3) + 12"
+                                              " AND substr(r.channel, 1, length(?3)) = ?3", 3, args)
+                                 : NULL;
+        for (size_t i = 0; old && old[i]; i++)
+            if (capture_unused(c, old[i]) == 0)
+                reads_forget(c->rd, c->consumer, old[i]);
+        texts_free(old);
+        sqlite3_free(prefix);
     }
     sqlite3_busy_timeout(c->rd, 0);
     return bad ? -1 : 0;
@@ -513,10 +592,16 @@ int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         return -1;
     }
     int n = sqlite3_changes(c->db);
+    /* the captures only it read go with it (the table may be missing: nothing recorded) */
+    const char *args[1] = {name};
+    char **only = n > 0 ? texts_of(c->db, "SELECT r.channel FROM " READS_TABLE " r WHERE " ONLY_MINE, 1, args) : NULL;
     if (sqd_prepare(c->db, "DELETE FROM " READS_TABLE " WHERE consumer = ?1", &st, err, errlen) == 0) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
-        step_done(st); /* the table may be missing (no consumer recorded any): nothing to forget */
+        step_done(st);
     }
+    for (size_t i = 0; only && only[i]; i++)
+        capture_unused(c, only[i]);
+    texts_free(only);
     sqd_house_reschedule(c, 1);   /* prune what it held back soon */
     return n > 0;
 }

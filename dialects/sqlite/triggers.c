@@ -1039,49 +1039,75 @@ fail:
     return -1;
 }
 
-int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+/* Our triggers on one table, or all of them (table NULL), or those of one channel only
+ * (the channel their description records): how many were dropped, or -1 and why. */
+static int drop_where(sn_conn *c, const char *table, const char *channel, char *why, size_t whylen)
 {
-    char why[512];
     sqlite3_stmt *st = NULL;
     int nested = 0, count = 0, rc;
 
-    if (schema && strcmp(schema, "main") != 0)
-        return 0;   /* attached databases hold none of ours */
-    if (sqd_txn_begin(c->db, &nested, why, sizeof why))
-        goto fail;
-    if (sqd_prepare(c->db, "SELECT name FROM main.sqlite_master WHERE type = 'trigger' "
+    if (sqd_txn_begin(c->db, &nested, why, whylen))
+        return -1;
+    if (sqd_prepare(c->db, "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
                            "AND instr(sql, '" MARKER_PREFIX "') > 0 "
-                           "AND (?1 IS NULL OR tbl_name = ?1)", &st, why, sizeof why))
+                           "AND (?1 IS NULL OR tbl_name = ?1)", &st, why, whylen))
         goto fail_txn;
     if (table)
         sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
     /* Dropping while stepping over sqlite_master is not allowed: collect, then drop. */
     sqlite3_str *drops = sqlite3_str_new(NULL);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (channel) {
+            desc d;
+            int same = parse_desc(c->db, (const char *)sqlite3_column_text(st, 1), &d) == 0 && d.channel &&
+                       strcmp(d.channel, channel) == 0;
+            desc_free(&d);
+            if (!same)
+                continue;
+        }
         sqlite3_str_appendf(drops, "DROP TRIGGER IF EXISTS main.\"%w\";",
                             (const char *)sqlite3_column_text(st, 0));
         count++;
     }
     if (rc != SQLITE_DONE)
-        snprintf(why, sizeof why, "%s", sqlite3_errmsg(c->db));
+        snprintf(why, whylen, "%s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
     int oom = sqlite3_str_errcode(drops) != SQLITE_OK;
     char *sql = sqlite3_str_finish(drops);
     if (rc != SQLITE_DONE || oom) {
         if (oom)
-            snprintf(why, sizeof why, "out of memory");
+            snprintf(why, whylen, "out of memory");
         sqlite3_free(sql);
         goto fail_txn;
     }
-    rc = sql ? sqd_exec(c->db, sql, why, sizeof why) : 0;
+    rc = sql ? sqd_exec(c->db, sql, why, whylen) : 0;
     sqlite3_free(sql);
-    if (rc || sqd_txn_commit(c->db, nested, why, sizeof why))
+    if (rc || sqd_txn_commit(c->db, nested, why, whylen))
         goto fail_txn;
     return count;
 
 fail_txn:
     sqd_txn_rollback(c->db, nested);
-fail:
+    return -1;
+}
+
+int sqd_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    char why[512];
+    int n = drop_where(c, NULL, channel, why, sizeof why);
+    if (n < 0)
+        sn_seterr(err, errlen, "cannot drop the triggers of channel %s in %s: %s", channel, c->target, why);
+    return n;
+}
+
+int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen)
+{
+    char why[512];
+    if (schema && strcmp(schema, "main") != 0)
+        return 0;   /* attached databases hold none of ours */
+    int count = drop_where(c, table, NULL, why, sizeof why);
+    if (count >= 0)
+        return count;
     if (table)
         sn_seterr(err, errlen, "cannot drop the sqlnotify triggers on table \"%s\" in %s: %s",
                   table, c->target, why);
