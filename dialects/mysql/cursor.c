@@ -331,8 +331,21 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     int found = rc == 0 && r->nrows > 0;
     sn_result_free(r);
     r = NULL;
-    sn_result *only = NULL; /* the captures only it read go with it */
+    sn_result *only = NULL; /* the captures only it read go with it, unless a process still reads it */
+    char lock[65];
+    my_lock_name(c, name, lock);
+    const char *lockarg[1] = {lock};
     if (rc == 0 && found) {
+        rc = my_query(c, "SELECT IS_USED_LOCK(?) IS NOT NULL", 1, lockarg, &r, err, errlen);
+        int live = rc == 0 && r->nrows > 0 && r->cells[0].type != SN_NULL &&
+                   ((r->cells[0].type == SN_INT && r->cells[0].i != 0) ||
+                    (r->cells[0].type == SN_TEXT && strcmp(r->cells[0].s, "1") == 0));
+        sn_result_free(r);
+        r = NULL;
+        if (live)
+            found = 2;
+    }
+    if (rc == 0 && found == 1) {
         sql.len = 0;
         my_sb_add(&sql, "SELECT r.channel FROM ");
         my_sb_qname(&sql, c->p.db, MY_READS);
@@ -342,6 +355,7 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &only, err, errlen);
     }
     if (rc == 0 && found) {
+        found = 1;
         sql.len = 0;
         my_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
         rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);

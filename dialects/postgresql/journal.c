@@ -757,13 +757,17 @@ int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     if (none != 0)
         return none < 0 ? -1 : 0;
     const char *vals[1] = {name};
-    /* the captures only it read go with it (their channels carry a 12-hex tag) */
+    /* the captures only it read go with it (their channels carry a 12-hex tag), unless a member
+     * still reads it: that one records the consumer again and reads on, through its triggers */
     PGresult *res = pg_exec(c, &c->ctl,
                             "WITH gone AS (DELETE FROM sqlnotify.consumers WHERE name = $1 RETURNING name)"
                             " SELECT (SELECT count(*) FROM gone)::text, r.channel FROM (SELECT NULL::text) one"
                             " LEFT JOIN sqlnotify.reads r ON r.consumer = $1"
                             "  AND r.channel ~ '#[0-9a-f]{12}$' AND NOT EXISTS (SELECT 1 FROM sqlnotify.reads o"
-                            "  WHERE o.channel = r.channel AND o.consumer <> $1)",
+                            "  WHERE o.channel = r.channel AND o.consumer <> $1)"
+                            "  AND NOT EXISTS (SELECT 1 FROM sqlnotify.members m WHERE m.consumer = $1"
+                            "  AND m.expires > pg_catalog.now() AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a"
+                            "  WHERE a.pid = m.pid))",
                             1, vals, PG_RETRY, state, err, errlen);
     if (res == NULL)
         return -1;

@@ -584,6 +584,14 @@ int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     sqlite3_stmt *st;
     if (have_table(c->db) == 0)
         return 0;
+    int live = 0;
+    if (sqd_prepare(c->db, "SELECT 1 FROM " CONSUMERS_TABLE " WHERE name = ?1 AND holder IS NOT NULL AND heartbeat >= "
+                           NOW_SQL " - ?2", &st, err, errlen))
+        return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_double(st, 2, LEASE_TIMEOUT);
+    live = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
     if (sqd_prepare(c->db, "DELETE FROM " CONSUMERS_TABLE " WHERE name = ?1", &st, err, errlen))
         return -1;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
@@ -592,9 +600,11 @@ int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         return -1;
     }
     int n = sqlite3_changes(c->db);
-    /* the captures only it read go with it (the table may be missing: nothing recorded) */
+    /* the captures only it read go with it (the table may be missing: nothing recorded), unless
+     * a process still holds its lease: that one records the consumer again and reads on */
     const char *args[1] = {name};
-    char **only = n > 0 ? texts_of(c->db, "SELECT r.channel FROM " READS_TABLE " r WHERE " ONLY_MINE, 1, args) : NULL;
+    char **only = n > 0 && !live ? texts_of(c->db, "SELECT r.channel FROM " READS_TABLE " r WHERE " ONLY_MINE, 1, args)
+                                 : NULL;
     if (sqd_prepare(c->db, "DELETE FROM " READS_TABLE " WHERE consumer = ?1", &st, err, errlen) == 0) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
         step_done(st);

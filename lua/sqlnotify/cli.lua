@@ -41,10 +41,8 @@ function M.list(url, out, err)
     for i, c in ipairs(COLUMNS) do widths[i] = width(c) end
     for _, r in ipairs(rows) do
       -- the wire channel's tag says whose capture it is: a live watch's or a consumer's shape
-      local plain, tag = tostring(r[4] or ""):match("^(.*)#(" .. ("%x"):rep(12) .. ")$")
-      if not plain then plain, tag = tostring(r[4] or ""):match("^(.*)#(live)$") end
-      r = { r[1], r[2], r[3], plain or r[4], (tag == nil or tag == "live") and "live" or "durable " .. tag,
-        r[5], r[6], r[7], r[8] }
+      local plain, capture = sqlnotify._capture_of(tostring(r[4] or ""))
+      r = { r[1], r[2], r[3], r[4] and plain, capture, r[5], r[6], r[7], r[8] }
       local line = {}
       for i = 1, #COLUMNS do
         local v = r[i] == nil and "-" or tostring(r[i]):gsub("[%c]", " ")

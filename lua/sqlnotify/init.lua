@@ -57,6 +57,15 @@ local function one_line(err)
 end
 M._one_line = one_line
 
+-- A wire channel as people read it: the declared channel, and whose capture it is ("live",
+-- or "durable <12 hex>" for a consumer's shape); see Notifier:watch.
+local TAG12 = "^(.*)#(" .. ("%x"):rep(12) .. ")$"
+function M._capture_of(wire)
+  local plain, tag = wire:match(TAG12)
+  if plain then return plain, "durable " .. tag end
+  return wire:match("^(.*)#live$") or wire, "live"
+end
+
 -- A URL without a scheme for a message: "user:password@host" loses its password.
 local function scrub_url(url)
   return (url:gsub("^([^:/@]*):[^@/]*@", "%1:***@"))
@@ -924,8 +933,9 @@ function Notifier:start()
     if rows then n, err = h:drop() end
     if not n then return nil, one_line(err) end
     for _, r in ipairs(rows) do
+      local plain, capture = M._capture_of(r[4] or "")
       self:_log("info", "cleanup_on_start: dropped the trigger for %s on %s (%s)", r[3] or "?", qname(r[1], r[2]),
-        r[4] and "channel " .. r[4] or "trigger " .. r[5])
+        r[4] and "channel " .. plain .. (capture ~= "live" and ", " .. capture or "") or "trigger " .. r[5])
     end
     self:_log("info", "cleanup_on_start: dropped %d sqlnotify trigger(s)", n)
   end
