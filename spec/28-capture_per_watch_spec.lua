@@ -135,6 +135,34 @@ local function cases(d)
       c:stop()
     end)
 
+    it("says at error level what a consumer missed when its trigger was dropped while it was away", function()
+      d.fresh("t7")
+      local c1 = watcher("t7", "s28_away", "a")
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (1, 'a1', 'b1')", "t7"))
+      assert.are.same({ "i 1 a=a1" }, wait_lines({ c1 }, 1))
+      c1:stop()
+      local out, err = H.tmpfile(".out"), H.tmpfile(".err")
+      assert(H.sh(fmt("%s --drop %s %s >%s 2>%s", H.shell_quote(H.host_bin), H.shell_quote(d.url()),
+        H.shell_quote(d.table("t7")), out, err)))
+      assert.matches("^dropped 2 sqlnotify trigger%(s%) on ", H.slurp(out))
+      local warned = {}
+      for op in H.slurp(err):gmatch("sqlnotify: warning: dropped the capture of a durable consumer for (%a+) on ") do
+        warned[#warned + 1] = op
+      end
+      table.sort(warned)
+      assert.are.same({ "insert", "update" }, warned)
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (2, 'a2', 'b2')", "t7")) -- not captured
+      local c2 = watcher("t7", "s28_away", "a")
+      assert.matches('error sqlnotify: consumer "s28_away": the trigger for insert on [^\n]*t7[^\n]* was missing '
+        .. "%(dropped while the consumer was away%); created it again: changes made between its drop %(after "
+        .. "%d[^\n]*, when the consumer was last seen%) and now were not captured and are not delivered", c2:stderr())
+      d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (3, 'a3', 'b3')", "t7"))
+      assert.are.same({ "i 1 a=a1", "i 3 a=a3" }, wait_lines({ c1, c2 }, 2))
+      H.sleep(0.3)
+      assert.are.equal(2, #printed({ c1, c2 }))
+      c2:stop()
+    end)
+
     it("counts in a consumer's lag only the rows of its own tables", function()
       d.fresh("t4")
       d.fresh("t5")
@@ -300,6 +328,6 @@ do
     fresh = function(t)
       my(fmt("DROP TABLE IF EXISTS s28_%s; CREATE TABLE s28_%s (id int PRIMARY KEY, a text, b text);", t, t))
     end,
-    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3, s28_t4, s28_t5, s28_t6") end,
+    teardown = function() my("DROP TABLE IF EXISTS s28_t1, s28_t2, s28_t3, s28_t4, s28_t5, s28_t6, s28_t7") end,
   })
 end

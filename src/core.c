@@ -796,14 +796,14 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
 
 static int h_install(lua_State *L)
 {
-    static const char *const status_names[] = {"unchanged", "created", "replaced", "kept"};
+    static const char *const status_names[] = {"unchanged", "created", "replaced", "kept", "restored"};
     sn_link *k = check_handle(L)->link;
     sn_watch w;
     check_watch(L, 2, &w);
     int replace = lua_toboolean(L, 3);
     char err[1024] = "";
     int st = k->d->install(k->conn, &w, replace, err, sizeof err);
-    if (st < 0 || st > SN_INSTALL_KEPT)
+    if (st < 0 || st > SN_INSTALL_RESTORED)
         return fail(L, err);
     lua_pushstring(L, status_names[st]);
     return 1;

@@ -93,7 +93,9 @@ enum sn_install {
     SN_INSTALL_UNCHANGED = 0, /* marker matched: no DDL issued, no lock taken */
     SN_INSTALL_CREATED = 1,   /* nothing was there */
     SN_INSTALL_REPLACED = 2,  /* marker differed and replace was asked */
-    SN_INSTALL_KEPT = 3       /* marker differed, replace not asked: left as it was */
+    SN_INSTALL_KEPT = 3,      /* marker differed, replace not asked: left as it was */
+    SN_INSTALL_RESTORED = 4   /* durable: nothing was there, but the consumer had read this capture
+                                 before (its trigger was dropped while it was away): created again */
 };
 
 /* A value crossing the interface: query parameters and result cells. */

@@ -289,6 +289,22 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether this connection's consumer read the capture of channel before: 1, 0 (or unknown). */
+int my_read_before(sn_conn *c, const char *channel)
+{
+    char err[256];
+    my_sbuf b = {0};
+    sn_result *r = NULL;
+    const char *args[2] = {c->consumer, channel};
+    my_sb_add(&b, "SELECT 1 FROM ");
+    my_sb_qname(&b, c->p.db, MY_READS);
+    my_sb_add(&b, " WHERE consumer = ? AND channel = ?");
+    int yes = !b.oom && my_query(c, b.s, 2, args, &r, err, sizeof err) == 0 && r->nrows > 0;
+    sn_result_free(r);
+    my_sb_free(&b);
+    return yes;
+}
+
 /* A capture's channel no consumer reads any more (its consumer dropped, or its columns
  * changed): its triggers go, so writers stop paying for rows no one reads; logged. With
  * forget_for, that consumer's record of reading it goes too once they went (else it is tried

@@ -170,6 +170,7 @@ int my_uninstall_all(sn_conn *c, char *err, size_t errlen);
 int my_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
 int my_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen);
 void my_capture_unused(sn_conn *c, const char *channel, const char *forget_for);
+int my_read_before(sn_conn *c, const char *channel);
 int my_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int my_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
 

@@ -748,7 +748,9 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             my_sb_free(&b);
             goto done;
         }
-        rc = create(c, &now, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_CREATED;
+        rc = create(c, &now, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR
+             : c->consumer && my_read_before(c, w->channel)   ? SN_INSTALL_RESTORED
+                                                              : SN_INSTALL_CREATED;
         goto done;
     }
     const char *dot = strrchr(mine->marker, '.');

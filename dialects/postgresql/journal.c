@@ -519,6 +519,10 @@ static const char setup_sql[] =
     "    AND right(r.channel, 12) ~ '^[0-9a-f]{12}$'\n"
     "    AND NOT EXISTS (SELECT 1 FROM sqlnotify.reads o WHERE o.channel = r.channel AND o.consumer <> p_name)\n"
     "$f$;\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.reads_has(p_name text, p_channel text) RETURNS boolean\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  SELECT EXISTS (SELECT 1 FROM sqlnotify.reads WHERE consumer = p_name AND channel = p_channel)\n"
+    "$f$;\n"
     "CREATE OR REPLACE FUNCTION sqlnotify.reads_forget(p_name text, p_channel text) RETURNS void\n"
     "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "  DELETE FROM sqlnotify.reads WHERE consumer = p_name AND channel = p_channel\n"
@@ -555,7 +559,7 @@ static const char setup_sql[] =
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
     " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
-    " sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text),"
+    " sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text), sqlnotify.reads_has(text, text),"
     " sqlnotify.sequence_moved() FROM PUBLIC;\n";
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
@@ -748,6 +752,17 @@ int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
         return -1;
     }
     return 0;
+}
+
+/* Whether this connection's consumer read the capture of channel before: 1, 0 (or unknown). */
+int pg_journal_read_before(sn_conn *c, const char *channel)
+{
+    char err[256];
+    const char *vals[2] = {c->consumer, channel};
+    PGresult *res = pg_exec(c, &c->ctl, "SELECT sqlnotify.reads_has($1, $2)", 2, vals, PG_RETRY, NULL, err, sizeof err);
+    int yes = res && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    return yes;
 }
 
 int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)

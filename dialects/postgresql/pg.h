@@ -227,6 +227,7 @@ void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload,
 int pg_journal_register(sn_conn *c, int beginning, char *err, size_t errlen);
 int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
+int pg_journal_read_before(sn_conn *c, const char *channel);
 int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void pg_jr_unlisten(sn_conn *c, const char *channel);
 void pg_jr_stop(sn_conn *c);

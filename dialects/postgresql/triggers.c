@@ -1327,6 +1327,8 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
              : create || drops.len > 0       ? SN_INSTALL_REPLACED
              : st == ST_SAME                 ? SN_INSTALL_UNCHANGED
                                              : SN_INSTALL_KEPT;
+        if (rc == SN_INSTALL_CREATED && c->consumer && pg_journal_read_before(c, w->channel))
+            rc = SN_INSTALL_RESTORED;
         if (pg_route_set(c, w->channel, p.ovf_schema) < 0) {
             sn_seterr(err, errlen, "out of memory");
             rc = SN_INSTALL_ERROR;

@@ -160,6 +160,20 @@ static void texts_free(char **v)
                   "[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' AND NOT EXISTS (SELECT 1 FROM " READS_TABLE \
                   " o WHERE o.channel = r.channel AND o.consumer <> ?1)"
 
+/* Whether this connection's consumer read the capture of channel before: 1, 0 (or unknown). */
+int sqd_consumer_read_before(sn_conn *c, const char *channel)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c->db, "SELECT 1 FROM " READS_TABLE " WHERE consumer = ?1 AND channel = ?2", -1, &st,
+                           NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+    int yes = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return yes;
+}
+
 /* Record that this consumer reads channel (a blocking call of listen()); the captures it
  * read for the same declared channel before its columns changed go when no one else reads them. */
 int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen)

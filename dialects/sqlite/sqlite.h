@@ -171,6 +171,7 @@ static inline sqlite3_int64 sqd_held(const sn_conn *c)
 int sqd_consumer_register(sn_conn *c, char *err, size_t errlen);
 int sqd_consumer_reads(sn_conn *c, const char *channel, char *err, size_t errlen);
 int sqd_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen);
+int sqd_consumer_read_before(sn_conn *c, const char *channel);
 /* Take the lease when free, expired or its holder is gone; else stand by (logged once). */
 void sqd_consumer_try_lease(sn_conn *c);
 /* (Re)start the lease timer: first run after delay seconds. */

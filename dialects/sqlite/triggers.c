@@ -977,7 +977,9 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
             goto fail_txn;
         if (sqd_exec(c->db, ddl, why, sizeof why))
             goto fail_txn;
-        result = found || replaced_v1 ? SN_INSTALL_REPLACED : SN_INSTALL_CREATED;
+        result = found || replaced_v1                                     ? SN_INSTALL_REPLACED
+                 : c->consumer && sqd_consumer_read_before(c, w->channel) ? SN_INSTALL_RESTORED
+                                                                         : SN_INSTALL_CREATED;
     }
     if (sqd_txn_commit(c->db, nested, why, sizeof why))
         goto fail_txn;

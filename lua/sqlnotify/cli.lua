@@ -67,10 +67,13 @@ end
 -- table ("table" or "schema.table"), or in the whole database when table is nil.
 function M.drop(url, tbl, out, err)
   out = out or io.stdout
+  local errout = err or io.stderr
   return with_notifier(url, err, function(n)
-    local count, e, where
+    local count, e, where, info
+    -- the durable consumers' captures it takes, to say what they will miss
+    local rows = n._h:list() or {}
     if tbl ~= nil then
-      local info = n:_table(tbl, 1)
+      info = n:_table(tbl, 1)
       count, e = n._h:drop(info.schema, info.table)
       where = "on " .. info.name
     else
@@ -79,6 +82,14 @@ function M.drop(url, tbl, out, err)
     end
     if not count then error(e, 0) end
     out:write(string.format("dropped %d sqlnotify trigger(s) %s\n", count, where))
+    for _, r in ipairs(rows) do
+      local plain, capture = sqlnotify._capture_of(tostring(r[4] or ""))
+      if capture ~= "live" and (not info or (r[1] == info.schema and r[2] == info.table)) then
+        errout:write(string.format("sqlnotify: warning: dropped the capture of a durable consumer for %s on %s.%s "
+          .. "(channel %s, %s): its changes from now until that consumer starts again are not captured, and it "
+          .. "says so at error level when it does\n", r[3] or "?", r[1], r[2], plain, capture))
+      end
+    end
     return 0
   end)
 end

@@ -546,6 +546,19 @@ function Notifier:_install(w)
   w.installed_at = core.now()
   if status == "created" or status == "replaced" then
     self:_log("info", "trigger for %s on %s %s (channel %s)", w.op, w.name, status, w.channel)
+  elseif status == "restored" then
+    -- its trigger went while the consumer was away (--drop, a DROP, a restore): from then on
+    -- nothing was captured, and when that was is known only up to the consumer's last visit
+    local seen
+    for _, c in ipairs(self._h:consumers() or {}) do
+      if c[1] == self._consumer then seen = c[5] end
+    end
+    local msg = fmt("consumer %q: the trigger for %s on %s was missing (dropped while the consumer was away); "
+      .. "created it again: changes made between its drop (after %s, when the consumer was last seen) and now were "
+      .. "not captured and are not delivered", self._consumer, w.op, w.name, seen or "its last run")
+    self:_log("error", "%s", msg)
+    self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
   elseif status == "kept" then
     w.lost = true -- not this watch's trigger, and said so here: the periodic check stays quiet
     self:_log("warn",
