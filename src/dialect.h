@@ -81,8 +81,16 @@ enum sn_install {
     SN_INSTALL_UNCHANGED = 0, /* marker matched: no DDL issued, no lock taken */
     SN_INSTALL_CREATED = 1,   /* nothing was there */
     SN_INSTALL_REPLACED = 2,  /* marker differed and replace was asked */
-    SN_INSTALL_KEPT = 3       /* marker differed, replace not asked: left as it was */
+    SN_INSTALL_KEPT = 3,      /* marker differed, replace not asked: left as it was */
+    SN_INSTALL_BUSY = 4       /* a lock it needs was not had within SN_LOCK_TIMEOUT (another
+                                 session's, or one the connection's own query() transaction
+                                 holds: err says whose); nothing changed: try again later */
 };
+
+/* Seconds our DDL on a user's table (CREATE/DROP TRIGGER) waits for the table's lock. While
+ * it waits, every writer of the table queues behind it and the loop waits too, so it is
+ * short; an install that does not get the lock in time is tried again later (SN_INSTALL_BUSY). */
+#define SN_LOCK_TIMEOUT 1.0
 
 /* A value crossing the interface: query parameters and result cells. */
 typedef struct sn_value {

@@ -308,6 +308,7 @@ function M.notifier(opts)
     _revoke = opts.revoke_on_model_change ~= false,
     _cleanup_on_start = opts.cleanup_on_start == true,
     _nulls = opts.nulls == true,
+    _consumer = opts.consumer,
     _verify_interval = verify,
     _tables = {},
     _watches = {},     -- in watch order
@@ -433,7 +434,10 @@ function Notifier:watch(t, op, opts)
     local ok, err = self:_install(w)
     if ok then
       ok, err = self._h:listen(channel)
-      if not ok then self._h:uninstall(w) end -- best effort: the error below is what matters
+      if not ok then -- best effort: the error below is what matters
+        self:_disarm_retry(w)
+        self._h:uninstall(w)
+      end
     end
     if not ok then
       self:_forget_table(info)
@@ -446,20 +450,79 @@ function Notifier:watch(t, op, opts)
   return self
 end
 
+-- An install the table's lock held back ("busy": another session holds it, and our DDL waits
+-- for it only briefly, since the table's writers queue behind the waiting DDL) is tried again
+-- from a timer: after about RETRY_FIRST s, doubling up to RETRY_MAX s, with jitter.
+local RETRY_FIRST, RETRY_MAX = 1, 60
+
+-- Install w's trigger. true when it is in (or, busy, to be tried again: w.retry), or nil and
+-- the error.
 function Notifier:_install(w)
   local status, err = self._h:install(w, self._revoke)
   if not status then return nil, err end
+  if status == "busy" then
+    self:_install_later(w, err)
+    return true
+  end
+  -- after a wait for a lock: say that it is in at last
+  local r = w.retry
+  w.retry = nil
+  local late = r and fmt(" at attempt %d, %.1f s after the first", r.attempts + 1, core.now() - r.since) or ""
   if status == "created" or status == "replaced" then
-    self:_log("info", "trigger for %s on %s %s (channel %s)", w.op, w.name, status, w.channel)
+    self:_log("info", "trigger for %s on %s %s (channel %s)%s", w.op, w.name, status, w.channel, late)
   elseif status == "kept" then
     w.lost = true -- not this watch's trigger, and said so here: the periodic check stays quiet
     self:_log("warn",
-      "trigger for %s on %s differs from this watch; kept as it is because revoke_on_model_change is false",
-      w.op, w.name)
+      "trigger for %s on %s differs from this watch; kept as it is because revoke_on_model_change is false%s",
+      w.op, w.name, late)
   else
-    self:_log("debug", "trigger for %s on %s unchanged", w.op, w.name)
+    self:_log(r and "info" or "debug", "trigger for %s on %s unchanged (channel %s)%s", w.op, w.name, w.channel, late)
   end
   return true
+end
+
+-- w's install was held back by a lock (why: whose), or at a retry failed otherwise (failed: a
+-- lost connection, a dropped table): say so, and try again later.
+function Notifier:_install_later(w, why, failed)
+  local r = w.retry or { attempts = 0, since = core.now(), delay = RETRY_FIRST / 2 }
+  w.retry = r
+  r.attempts = r.attempts + 1
+  r.delay = math.min(r.delay * 2, RETRY_MAX)
+  r.wait = r.delay * (0.75 + 0.5 * math.random())
+  local consumer = self._consumer
+  local msg = fmt("trigger for %s on %s not installed yet: %s; trying again in %.1f s (until then %s)", w.op,
+    w.name, one_line(why):sub(12), r.wait,
+    consumer and fmt("its changes are not captured for consumer %q: they will never be delivered", consumer)
+      or fmt("its %ss are not seen", w.op))
+  self:_log(failed and "error" or "warn", "%s", msg)
+  if failed then
+    self:_emit_error(msg, { source = "install", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
+  end
+  self:_arm_retry(w)
+end
+
+-- Start w's retry timer (only while listening: start() arms what its installs left to retry).
+function Notifier:_arm_retry(w)
+  local r = w.retry
+  if not r or r.timer or not self._started then return end
+  local ref = setmetatable({ self }, { __mode = "v" })
+  r.timer = core.after(r.wait, function()
+    local me = ref[1]
+    r.timer = nil
+    if not me or not me._started or me._closed or me._by_channel[w.channel] ~= w or w.retry ~= r then return end
+    local ok, err = me:_install(w)
+    if not ok then me:_install_later(w, err, true) end
+  end)
+end
+
+-- Stop w's retry timer, if any.
+function Notifier:_disarm_retry(w)
+  local r = w.retry
+  if r and r.timer then
+    r.timer:stop()
+    r.timer = nil
+  end
 end
 
 -- The watch a subscribe/notify refers to, or a clear error.
@@ -739,6 +802,7 @@ function Notifier:start()
   end
   self._started, self._ever_started = true, true
   listening[self] = true -- a listening notifier lives until stop or close
+  for _, w in ipairs(self._watches) do self:_arm_retry(w) end
   if self._verify_interval then
     local ref = setmetatable({ self }, { __mode = "v" })
     self._verify_timer = core.every(self._verify_interval, function()
@@ -771,6 +835,7 @@ end
 function Notifier:_quiet()
   self._started = false
   listening[self] = nil
+  for _, w in ipairs(self._watches) do self:_disarm_retry(w) end
   if self._verify_timer then
     self._verify_timer:stop()
     self._verify_timer = nil
@@ -841,6 +906,7 @@ end
 function Notifier:_verify()
   if not self._started or self._closed then return end
   for _, w in ipairs(self._watches) do
+    if w.retry then goto next_watch end -- not installed yet (a lock held it back): not lost
     local ok, err = self._h:verify(w)
     if ok == nil then
       local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
@@ -859,6 +925,7 @@ function Notifier:_verify()
       w.lost = false
       self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
     end
+    ::next_watch::
   end
 end
 
