@@ -794,19 +794,24 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     w->old_cols = string_array(L, t, "old", &w->nold);
 }
 
+/* h:install(watch, replace) -> "unchanged" | "created" | "replaced" | "kept" | "restored" | "busy", why
+ * | nil, err */
 static int h_install(lua_State *L)
 {
-    static const char *const status_names[] = {"unchanged", "created", "replaced", "kept", "restored"};
+    static const char *const status_names[] = {"unchanged", "created", "replaced", "kept", "restored", "busy"};
     sn_link *k = check_handle(L)->link;
     sn_watch w;
     check_watch(L, 2, &w);
     int replace = lua_toboolean(L, 3);
     char err[1024] = "";
     int st = k->d->install(k->conn, &w, replace, err, sizeof err);
-    if (st < 0 || st > SN_INSTALL_RESTORED)
+    if (st < 0 || st > SN_INSTALL_BUSY)
         return fail(L, err);
     lua_pushstring(L, status_names[st]);
-    return 1;
+    if (st != SN_INSTALL_BUSY)
+        return 1;
+    lua_pushstring(L, err);
+    return 2;
 }
 
 static int h_uninstall(lua_State *L)

@@ -94,9 +94,17 @@ enum sn_install {
     SN_INSTALL_CREATED = 1,   /* nothing was there */
     SN_INSTALL_REPLACED = 2,  /* marker differed and replace was asked */
     SN_INSTALL_KEPT = 3,      /* marker differed, replace not asked: left as it was */
-    SN_INSTALL_RESTORED = 4   /* durable: nothing was there, but the consumer had read this capture
+    SN_INSTALL_RESTORED = 4,  /* durable: nothing was there, but the consumer had read this capture
                                  before (its trigger was dropped while it was away): created again */
+    SN_INSTALL_BUSY = 5       /* a lock it needs was not had within SN_LOCK_TIMEOUT (another
+                                 session's, or one the connection's own query() transaction
+                                 holds: err says whose); nothing changed: try again later */
 };
+
+/* Seconds our DDL on a user's table (CREATE/DROP TRIGGER) waits for the table's lock. While
+ * it waits, every writer of the table queues behind it and the loop waits too, so it is
+ * short; an install that does not get the lock in time is tried again later (SN_INSTALL_BUSY). */
+#define SN_LOCK_TIMEOUT 1.0
 
 /* A value crossing the interface: query parameters and result cells. */
 typedef struct sn_value {

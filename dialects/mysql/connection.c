@@ -25,7 +25,7 @@
  * waits that end. */
 static const char *const session_sql[] = {
     "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION',"
-    " SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5, SESSION lock_wait_timeout = 10,"
+    " SESSION time_zone = '+00:00', SESSION innodb_lock_wait_timeout = 5, SESSION lock_wait_timeout = " MY_LOCK_WAIT ","
     " SESSION group_concat_max_len = 1048576",
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     NULL,

@@ -17,6 +17,9 @@
 
 #include "dialect.h"
 
+/* Seconds our sessions wait for a metadata lock; our DDL on a user's table waits only
+ * SN_LOCK_TIMEOUT (whole seconds here: the server takes no fraction). */
+#define MY_LOCK_WAIT "10"
 #define MY_JOURNAL "sqlnotify_journal"
 #define MY_CONSUMERS "sqlnotify_consumers"
 #define MY_PRUNED "sqlnotify_pruned"

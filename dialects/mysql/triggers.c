@@ -606,10 +606,95 @@ static int run(sn_conn *c, const char *sql, char *err, size_t errlen)
     return my_exec(c, c->q, sql, strlen(sql), NULL, err, errlen);
 }
 
+/* ===== locks: our DDL never waits long for the user's table ===== */
+
+/* The last statement on m gave up waiting for a lock (lock_wait_timeout), or was a deadlock's victim. */
+static int lock_failed(MYSQL *m)
+{
+    unsigned e = mysql_errno(m);
+    return e == 1205 || e == 1213;
+}
+
+/* Who holds the table's metadata lock: performance_schema knows (MySQL 8 by default); else
+ * (MariaDB by default) the sessions in an open transaction, any of which may hold it. */
+static const char mdl_holders_sql[] =
+    "SELECT CAST(t.PROCESSLIST_ID AS CHAR), CONCAT(COALESCE(t.PROCESSLIST_USER, ''), '@',"
+    " COALESCE(t.PROCESSLIST_HOST, '')), COALESCE(t.PROCESSLIST_COMMAND, ''), CAST(COALESCE(t.PROCESSLIST_TIME, 0)"
+    " AS CHAR), GROUP_CONCAT(DISTINCT m.LOCK_TYPE ORDER BY m.LOCK_TYPE SEPARATOR ', '),"
+    " LEFT(COALESCE(t.PROCESSLIST_INFO, ''), 80)"
+    " FROM performance_schema.metadata_locks m JOIN performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID"
+    " WHERE m.OBJECT_TYPE = 'TABLE' AND m.OBJECT_SCHEMA = ? AND m.OBJECT_NAME = ? AND m.LOCK_STATUS = 'GRANTED'"
+    "  AND t.PROCESSLIST_ID NOT IN (CONNECTION_ID(), ?)"
+    " GROUP BY t.PROCESSLIST_ID, t.PROCESSLIST_USER, t.PROCESSLIST_HOST, t.PROCESSLIST_COMMAND, t.PROCESSLIST_TIME,"
+    "  t.PROCESSLIST_INFO LIMIT 3";
+static const char trx_holders_sql[] =
+    "SELECT CAST(p.ID AS CHAR), CONCAT(p.USER, '@', p.HOST), p.COMMAND,"
+    " CAST(TIMESTAMPDIFF(SECOND, x.trx_started, NOW()) AS CHAR), 'in a transaction',"
+    " LEFT(COALESCE(x.trx_query, p.INFO, ''), 80)"
+    " FROM information_schema.INNODB_TRX x JOIN information_schema.PROCESSLIST p ON p.ID = x.trx_mysql_thread_id"
+    " WHERE p.ID NOT IN (CONNECTION_ID(), ?) ORDER BY x.trx_started LIMIT 3";
+
+/* The connection id of this notifier's n:query session while it is in a transaction, else 0. */
+static unsigned long own_tx_id(sn_conn *c)
+{
+    unsigned status = 0;
+    if (c->uq == NULL || mariadb_get_infov(c->uq, MARIADB_CONNECTION_SERVER_STATUS, &status) != 0)
+        return 0;
+    return status & SERVER_STATUS_IN_TRANS ? mysql_thread_id(c->uq) : 0;
+}
+
+/* err for SN_INSTALL_BUSY: the DDL did not get the table's metadata lock in time, and who may hold it. */
+static void busy_err(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
+{
+    my_sbuf b = {0};
+    sn_result *r = NULL;
+    char reader[24], e[256];
+    snprintf(reader, sizeof reader, "%lu", c->r.m ? mysql_thread_id(c->r.m) : 0);
+    const char *args[3] = {w->schema, w->table, reader};
+    int exact = my_query(c, mdl_holders_sql, 3, args, &r, e, sizeof e) == 0 && r->nrows > 0;
+    if (!exact) {
+        sn_result_free(r);
+        r = NULL;
+        if (my_query(c, trx_holders_sql, 1, args + 2, &r, e, sizeof e) < 0)
+            r = NULL;
+    }
+    my_sb_add(&b, "the metadata lock on ");
+    lua_table(&b, w->schema, w->table);
+    my_sb_addf(&b, " was not had within %g s", SN_LOCK_TIMEOUT);
+    if (r && r->nrows > 0)
+        my_sb_add(&b, exact ? "; held by " : "; sessions in an open transaction, one of which may hold it: ");
+    for (int i = 0; r && i < r->nrows; i++) {
+        const sn_value *v = &r->cells[(size_t)i * 6];
+        const char *s[6];
+        for (int k = 0; k < 6; k++)
+            s[k] = v[k].type == SN_TEXT ? v[k].s : "";
+        if (i > 0)
+            my_sb_add(&b, ", ");
+        if (strtoul(s[0], NULL, 10) == own_tx_id(c) && *s[0])
+            my_sb_add(&b, "your own n:query transaction, ");
+        my_sb_addf(&b, "connection %s (%s, %s, %s for %s s)", s[0], s[1], s[2], s[4], s[3]);
+        if (*s[5]) {
+            char q[100];
+            snprintf(q, sizeof q, "%s", s[5]);
+            for (char *p = q; *p; p++)
+                if (*p == '\n' || *p == '\r' || *p == '\t')
+                    *p = ' ';
+            my_sb_addf(&b, ": \"%s\"", q);
+        }
+    }
+    if (r == NULL || r->nrows == 0)
+        my_sb_add(&b, " (no session in a transaction now: a LOCK TABLES or a long statement may hold it;"
+                      " SHOW PROCESSLIST)");
+    sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+    sn_result_free(r);
+    my_sb_free(&b);
+}
+
 /* Replace a trigger without a moment in which writes go unseen: MariaDB's CREATE OR
- * REPLACE does it under one lock; MySQL drops and creates under LOCK TABLES. */
-static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int replace, char *err,
-                  size_t errlen)
+ * REPLACE does it under one lock; MySQL drops and creates under LOCK TABLES. *busy: it
+ * failed for want of a lock. */
+static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int replace, int *busy,
+                  char *err, size_t errlen)
 {
     my_sbuf b = {0};
     int rc;
@@ -622,9 +707,13 @@ static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *
         my_sb_qname(&drop, w->schema, name);
         create_sql(&b, c, w, ci, name, 0);
         rc = lock.oom || drop.oom || b.oom ? -1 : 0;
-        if (rc == 0 && (rc = run(c, lock.s, err, errlen)) == 0) {
+        if (rc == 0 && (rc = run(c, lock.s, err, errlen)) < 0)
+            *busy = lock_failed(c->q);
+        if (rc == 0) {
             if ((rc = run(c, drop.s, err, errlen)) == 0 && (rc = run(c, b.s, err, errlen)) < 0)
                 install_error(c, w, c->q, err, errlen);
+            if (rc < 0)
+                *busy = lock_failed(c->q);
             char ignored[256];
             run(c, "UNLOCK TABLES", ignored, sizeof ignored);
         }
@@ -633,8 +722,10 @@ static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *
     } else {
         create_sql(&b, c, w, ci, name, replace);
         rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
-        if (rc < 0 && !b.oom)
+        if (rc < 0 && !b.oom) {
+            *busy = lock_failed(c->q);
             install_error(c, w, c->q, err, errlen);
+        }
     }
     if (b.oom)
         sn_seterr(err, errlen, "out of memory");
@@ -672,6 +763,38 @@ static int drop_legacy(sn_conn *c, const sn_watch *w, const ours_list *all, char
         return drop_one(c, o->schema, o->name, err, errlen);
     }
     return 0;
+}
+
+/* create() waiting SN_LOCK_TIMEOUT at most for the table's lock, never on this notifier's own
+ * n:query transaction (which cannot end while we wait; whether it touched the table, the server
+ * tells only through performance_schema, so any open one counts). done: the status when it
+ * went in. */
+static int ddl(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int replace, int done, char *err,
+               size_t errlen)
+{
+    unsigned long own = own_tx_id(c);
+    if (own) {
+        my_sbuf b = {0};
+        my_sb_addf(&b, "your own n:query transaction (connection %lu) is open and may hold a metadata lock on ", own);
+        lua_table(&b, w->schema, w->table);
+        my_sb_add(&b, ": the trigger can be installed only once it ends (COMMIT or ROLLBACK)");
+        sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+        my_sb_free(&b);
+        return SN_INSTALL_BUSY;
+    }
+    char set[64], ignored[256];
+    int busy = 0;
+    snprintf(set, sizeof set, "SET SESSION lock_wait_timeout = %.0f", SN_LOCK_TIMEOUT < 1 ? 1 : SN_LOCK_TIMEOUT);
+    if (run(c, set, err, errlen) < 0)
+        return SN_INSTALL_ERROR;
+    int rc = create(c, w, ci, name, replace, &busy, err, errlen);
+    run(c, "SET SESSION lock_wait_timeout = " MY_LOCK_WAIT, ignored, sizeof ignored);
+    if (rc == 0)
+        return done;
+    if (!busy)
+        return SN_INSTALL_ERROR;
+    busy_err(c, w, err, errlen);
+    return SN_INSTALL_BUSY;
 }
 
 int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen)
@@ -748,9 +871,9 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             my_sb_free(&b);
             goto done;
         }
-        rc = create(c, &now, &ci, name, 0, err, errlen) < 0 ? SN_INSTALL_ERROR
-             : c->consumer && my_read_before(c, w->channel)   ? SN_INSTALL_RESTORED
-                                                              : SN_INSTALL_CREATED;
+        rc = ddl(c, &now, &ci, name, 0, SN_INSTALL_CREATED, err, errlen);
+        if (rc == SN_INSTALL_CREATED && c->consumer && my_read_before(c, w->channel))
+            rc = SN_INSTALL_RESTORED;
         goto done;
     }
     const char *dot = strrchr(mine->marker, '.');
@@ -761,7 +884,7 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     else if (!replace)
         rc = SN_INSTALL_KEPT;
     else
-        rc = create(c, &now, &ci, name, 1, err, errlen) < 0 ? SN_INSTALL_ERROR : SN_INSTALL_REPLACED;
+        rc = ddl(c, &now, &ci, name, 1, SN_INSTALL_REPLACED, err, errlen);
 done:
     free(cols);
     colinfo_free(&ci);
@@ -771,12 +894,25 @@ done:
 
 /* ===== uninstall, drop, list, verify ===== */
 
+/* DROP TRIGGER waits for the table's metadata lock as briefly as an install does. */
 static int drop_one(sn_conn *c, const char *schema, const char *name, char *err, size_t errlen)
 {
     my_sbuf b = {0};
+    char ignored[256];
+    my_sb_addf(&b, "SET SESSION lock_wait_timeout = %.0f", SN_LOCK_TIMEOUT < 1 ? 1 : SN_LOCK_TIMEOUT);
+    int rc = b.oom ? -1 : run(c, b.s, err, errlen);
+    b.len = 0;
     my_sb_add(&b, "DROP TRIGGER IF EXISTS ");
     my_sb_qname(&b, schema, name);
-    int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : run(c, b.s, err, errlen);
+    if (b.oom)
+        sn_seterr(err, errlen, "out of memory");
+    else if (rc == 0 && (rc = run(c, b.s, err, errlen)) < 0 && lock_failed(c->q)) {
+        size_t n = strlen(err);
+        snprintf(err + n, errlen > n ? errlen - n : 0,
+                 " (another session holds a lock on the table; try again once it is done)");
+    }
+    run(c, "SET SESSION lock_wait_timeout = " MY_LOCK_WAIT, ignored, sizeof ignored);
+    rc = b.oom ? -1 : rc;
     my_sb_free(&b);
     return rc;
 }

@@ -1168,17 +1168,130 @@ static void install_err(sn_conn *c, const sn_watch *w, const char *state, const 
         } else {
             pg_sb_add(&m, " (run as the table's owner)");
         }
-    } else if (strcmp(state, "55P03") == 0) {
-        pg_sb_add(&m, " (another session holds a lock on the table; start again once it is done)");
     }
     sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
     free(m.p);
     free(tbl.p);
 }
 
-/* BEGIN; drops; function; trigger; comments; COMMIT */
+/* ===== locks: our DDL never waits long for the user's table ===== */
+
+/* The lock_timeout of our DDL: SN_LOCK_TIMEOUT, within the statement deadline. */
+static double lock_ms(const sn_conn *c)
+{
+    double ms = SN_LOCK_TIMEOUT * 1000;
+    return ms < c->stmt_timeout * 800 ? ms : c->stmt_timeout * 800;
+}
+
+/* The SQLSTATEs of a lock our DDL did not get: lock_not_available (the lock_timeout ran out),
+ * deadlock_detected. Both pass: the same DDL is tried again later. */
+static int lock_failed(const char *state)
+{
+    return strcmp(state, "55P03") == 0 || strcmp(state, "40P01") == 0;
+}
+
+/* The sessions holding a lock on the table that our DDL's lock conflicts with (strong: it drops a
+ * trigger, ACCESS EXCLUSIVE, which every lock conflicts with; else it only creates one, SHARE ROW
+ * EXCLUSIVE, which readers' locks do not), oldest transaction first; $3: only this backend's. A
+ * prepared transaction has no pid. */
+static const char holders_sql[] =
+    "SELECT l.pid, a.application_name, a.state,"
+    " EXTRACT(epoch FROM pg_catalog.now() OPERATOR(pg_catalog.-)"
+    "  COALESCE(a.xact_start, a.query_start, a.backend_start))::float8,"
+    " pg_catalog.string_agg(l.mode, ', ' ORDER BY l.mode), pg_catalog.left(a.query, 80)"
+    " FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'relation' AND l.granted AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()"
+    "  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d"
+    "   WHERE d.datname = pg_catalog.current_database())"
+    "  AND l.relation = (SELECT c.oid FROM pg_catalog.pg_class c"
+    "   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    "   WHERE n.nspname::text = $1 AND c.relname = $2::text::name AND c.relname::text = $2)"
+    "  AND ($4::bool OR l.mode NOT IN ('AccessShareLock', 'RowShareLock'))"
+    "  AND ($3::int IS NULL OR l.pid = $3::int)"
+    " GROUP BY l.pid, a.application_name, a.state, 4, a.query ORDER BY 4 DESC LIMIT 3";
+
+/* The backend of this notifier's query() connection while it is in a transaction, else 0. */
+static int own_tx_pid(const sn_conn *c)
+{
+    PGTransactionStatusType ts = c->user.conn ? PQtransactionStatus(c->user.conn) : PQTRANS_IDLE;
+    return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR ? PQbackendPID(c->user.conn) : 0;
+}
+
+/* holders_sql for w's table; own: only the query() connection's (0: every session's). */
+static PGresult *lock_holders(sn_conn *c, const sn_watch *w, int strong, int own)
+{
+    char pid[16], e[256];
+    snprintf(pid, sizeof pid, "%d", own);
+    const char *vals[4] = {w->schema, w->table, own ? pid : NULL, strong ? "t" : "f"};
+    return pg_exec(c, &c->ctl, holders_sql, 4, vals, PG_RETRY, NULL, e, sizeof e);
+}
+
+/* One holder: "pid 1234 (application_name "psql", idle in transaction for 2.1 s,
+ * AccessExclusiveLock): "LOCK TABLE ..."", our query() connection named as such. */
+static void sb_holder(pg_sbuf *m, const sn_conn *c, const PGresult *r, int i)
+{
+    char query[200];
+    if (PQgetisnull(r, i, 0)) {
+        pg_sb_addf(m, "a prepared transaction (%s; see pg_prepared_xacts)", PQgetvalue(r, i, 4));
+        return;
+    }
+    int pid = atoi(PQgetvalue(r, i, 0));
+    if (pid == own_tx_pid(c))
+        pg_sb_add(m, "your own n:query transaction, ");
+    pg_sb_addf(m, "pid %d (application_name ", pid);
+    pg_sb_luaq(m, PQgetvalue(r, i, 1));
+    if (*PQgetvalue(r, i, 2))
+        pg_sb_addf(m, ", %s for %.1f s", PQgetvalue(r, i, 2), atof(PQgetvalue(r, i, 3)));
+    pg_sb_addf(m, ", %s)", PQgetvalue(r, i, 4));
+    pg_one_line(query, sizeof query, PQgetvalue(r, i, 5));
+    if (*query)
+        pg_sb_addf(m, ": \"%s\"", query);
+}
+
+/* err for SN_INSTALL_BUSY (verb "create", "drop"): the DDL did not get its lock on w's table
+ * within the lock timeout; who holds it, as far as the server still tells. */
+static void busy_err(sn_conn *c, const sn_watch *w, const char *verb, int strong, char *err, size_t errlen)
+{
+    pg_sbuf m = {0};
+    PGresult *r = lock_holders(c, w, strong, 0);
+    pg_sb_add(&m, "the lock on ");
+    quote_table(&m, w->schema, w->table);
+    pg_sb_addf(&m, " to %s the trigger was not had within %g s", verb, lock_ms(c) / 1000);
+    for (int i = 0; r && i < PQntuples(r); i++) {
+        pg_sb_add(&m, i == 0 ? "; held by " : ", and by ");
+        sb_holder(&m, c, r, i);
+    }
+    if (r == NULL || PQntuples(r) == 0)
+        pg_sb_add(&m, " (its holder is gone already, or another object the install needs was locked)");
+    sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
+    PQclear(r);
+    free(m.p);
+}
+
+/* Our DDL on w's table would wait on this notifier's own query() transaction, which cannot end
+ * while we wait: 1 with err (for SN_INSTALL_BUSY), without trying; 0 not so (or cannot tell). */
+static int own_lock(sn_conn *c, const sn_watch *w, const char *verb, int strong, char *err, size_t errlen)
+{
+    int pid = own_tx_pid(c);
+    PGresult *r = pid ? lock_holders(c, w, strong, pid) : NULL;
+    int held = r && PQntuples(r) > 0;
+    if (held) {
+        pg_sbuf m = {0};
+        pg_sb_addf(&m, "your own n:query transaction holds %s on ", PQgetvalue(r, 0, 4));
+        quote_table(&m, w->schema, w->table);
+        pg_sb_addf(&m, " (pid %d): the trigger can be %s only once it ends (COMMIT or ROLLBACK)", pid,
+                   strcmp(verb, "drop") == 0 ? "dropped" : "installed");
+        sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
+        free(m.p);
+    }
+    PQclear(r);
+    return held;
+}
+
+/* BEGIN; drops; function; trigger; comments; COMMIT. exists: a trigger of this name may be
+ * there (DROP TRIGGER takes ACCESS EXCLUSIVE; CREATE TRIGGER alone lets readers go on). */
 static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const plan *p, const char *drops,
-                              int create)
+                              int create, int exists)
 {
     PGconn *db = c->ctl.conn;
     pg_sbuf fn = {0}, tbl = {0}, comment = {0};
@@ -1188,8 +1301,8 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
     sb_comment(&comment, w, p);
     b->fail = fn.fail ? fn.fail : tbl.fail ? tbl.fail : comment.fail;
 
-    /* DDL waits for a lock on the user's table: let the server give up before our deadline. */
-    pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
+    /* DDL waits for a lock on the user's table, and its writers queue behind it: not for long. */
+    pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
     pg_sb_add(b, drops);
     if (create) {
         const char *note = comment.p ? comment.p : "";
@@ -1213,11 +1326,14 @@ static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const p
         }
         if (callee.fail)
             b->fail = callee.fail;
-        pg_sb_add(b, "DROP TRIGGER IF EXISTS ");
-        pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
-        pg_sb_add(b, ";\nCREATE TRIGGER ");
+        if (exists) {
+            pg_sb_add(b, "DROP TRIGGER IF EXISTS ");
+            pg_sb_quote(b, db, p->name, 1);
+            pg_sb_add(b, " ON ");
+            pg_sb_add(b, tbl.p);
+            pg_sb_add(b, ";\n");
+        }
+        pg_sb_add(b, "CREATE TRIGGER ");
         pg_sb_quote(b, db, p->name, 1);
         pg_sb_add(b, " AFTER ");
         pg_sb_add(b, op_sql[w->op]);
@@ -1309,16 +1425,26 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
             goto next;
         }
         if (create || drops.len > 0) {
-            sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create);
+            int strong = st != ST_NONE || drops.len > 0;
+            sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create, st != ST_NONE);
             if (script.fail) {
                 sn_seterr(err, errlen, "%s", script.fail);
                 goto next;
             }
+            if (own_lock(c, w, "create", strong, err, errlen)) {
+                rc = SN_INSTALL_BUSY;
+                goto next;
+            }
             if (pg_script(c, script.p, state, why, sizeof why) < 0) {
+                if (lock_failed(state)) {
+                    busy_err(c, w, "create", strong, err, errlen);
+                    rc = SN_INSTALL_BUSY;
+                    goto next;
+                }
                 install_err(c, w, state, why, err, errlen);
                 /* A concurrent installer fails us on the function or the trigger ("already
                  * exists", "tuple concurrently updated"): look again, it may now be there. */
-                if (strcmp(state, "42501") == 0 || strcmp(state, "55P03") == 0 || strcmp(state, "42809") == 0)
+                if (strcmp(state, "42501") == 0 || strcmp(state, "42809") == 0)
                     round = 2;
                 goto next;
             }
@@ -1419,14 +1545,19 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     if (b.fail) {
         sn_seterr(err, errlen, "%s", b.fail);
         rc = -1;
+    } else if (b.len > 0 && own_lock(c, w, "drop", 1, err, errlen)) {
+        rc = -1;
     } else if (b.len > 0) {
         pg_sbuf s = {0};
-        pg_sb_addf(&s, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", c->stmt_timeout * 800);
+        char state[6] = "";
+        pg_sb_addf(&s, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
         pg_sb_add(&s, b.p);
         pg_sb_add(&s, "COMMIT");
-        rc = s.fail ? -1 : pg_script(c, s.p, NULL, err, errlen);
+        rc = s.fail ? -1 : pg_script(c, s.p, state, err, errlen);
         if (s.fail)
             sn_seterr(err, errlen, "%s", s.fail);
+        else if (rc < 0 && lock_failed(state))
+            busy_err(c, w, "drop", 1, err, errlen);
         free(s.p);
     }
     free(b.p);
@@ -1469,7 +1600,9 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
     const char *vals[4] = {schema, table, chanline, NULL};
     pg_sbuf b = {0}, oids = {0};
     int dropped = -1;
-    if (pg_script(c, "BEGIN", NULL, err, errlen) < 0)
+    char begin[64], state[6] = "";
+    snprintf(begin, sizeof begin, "BEGIN; SET LOCAL lock_timeout = '%.0fms'", lock_ms(c));
+    if (pg_script(c, begin, NULL, err, errlen) < 0)
         return -1;
     PGresult *res = pg_exec(c, &c->ctl, scope_triggers_sql, 3, vals, 0, NULL, err, errlen);
     if (res == NULL)
@@ -1491,8 +1624,14 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
         sn_seterr(err, errlen, "%s", b.fail ? b.fail : oids.fail);
         goto out;
     }
-    if (b.len > 0 && pg_script(c, b.p, NULL, err, errlen) < 0)
+    if (b.len > 0 && pg_script(c, b.p, state, err, errlen) < 0) {
+        if (lock_failed(state)) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen > n ? errlen - n : 0,
+                     " (another session holds a lock on one of the tables; try again once it is done)");
+        }
         goto out;
+    }
     b.len = 0;
     const char *fvals[4] = {schema, table, oids.p, chanline};
     res = pg_exec(c, &c->ctl, scope_functions_sql, 4, fvals, 0, NULL, err, errlen);

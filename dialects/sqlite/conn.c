@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 /* ===== small helpers ===== */
@@ -190,6 +191,55 @@ static int file_id(sqlite3 *db, dev_t *dev, ino_t *ino)
     *dev = sb.st_dev;
     *ino = sb.st_ino;
     return 0;
+}
+
+/* Who holds a write lock on the database file or its WAL index: SQLite's locks are POSIX
+ * record locks, which Linux lists in /proc/locks with the holder's pid and the file's device
+ * and inode. Appends "pid 1234 (sqlite3)" for each (at most 3) to out, or nothing where that
+ * cannot be told. */
+void sqd_lock_holders(sn_conn *c, char *out, size_t n)
+{
+    const char *f = sqlite3_db_filename(c->db, "main");
+    struct stat files[2];
+    int nfiles = 0, npids = 0;
+    long pids[3];
+    char shm[4096];
+    if (f && *f && stat(f, &files[0]) == 0) {
+        snprintf(shm, sizeof shm, "%s-shm", f);
+        nfiles = stat(shm, &files[1]) == 0 ? 2 : 1;
+    }
+    FILE *locks = nfiles ? fopen("/proc/locks", "r") : NULL;
+    char line[256];
+    while (locks && npids < 3 && fgets(line, sizeof line, locks)) {
+        char kind[16], mode[16], access[16];
+        long pid;
+        unsigned maj, min;
+        unsigned long ino;
+        /* "1: POSIX  ADVISORY  WRITE 1234 fe:00:2146687 1073741825 1073741825"; a waiter's line has "->" */
+        if (sscanf(line, "%*d: %15s %15s %15s %ld %x:%x:%lu", kind, mode, access, &pid, &maj, &min, &ino) != 7 ||
+            strcmp(access, "WRITE") != 0 || pid <= 0)
+            continue;
+        int ours = 0;
+        for (int i = 0; i < nfiles; i++)
+            ours |= files[i].st_ino == ino && major(files[i].st_dev) == maj && minor(files[i].st_dev) == min;
+        for (int i = 0; i < npids; i++)
+            ours &= pids[i] != pid;
+        if (!ours)
+            continue;
+        pids[npids++] = pid;
+        char path[64], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/%ld/comm", pid);
+        FILE *cf = fopen(path, "r");
+        if (cf && fgets(comm, sizeof comm, cf))
+            comm[strcspn(comm, "\n")] = '\0';
+        if (cf)
+            fclose(cf);
+        size_t len = strlen(out);
+        snprintf(out + len, n > len ? n - len : 0, "%spid %ld (%s)", npids > 1 ? ", " : "", pid,
+                 pid == (long)getpid() ? "this process: another connection of it" : *comm ? comm : "?");
+    }
+    if (locks)
+        fclose(locks);
 }
 
 int sqd_file_replaced(sn_conn *c)

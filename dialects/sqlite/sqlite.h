@@ -134,6 +134,8 @@ void sqd_timer_start_unref(struct ev_loop *loop, ev_timer *t);
 void sqd_timer_stop_unref(struct ev_loop *loop, ev_timer *t);
 /* 1 if the path now names another file than the one the connections are on. */
 int sqd_file_replaced(sn_conn *c);
+/* Append to out who holds a write lock on the file (Linux: "pid 1234 (sqlite3)"), if it can tell. */
+void sqd_lock_holders(sn_conn *c, char *out, size_t n);
 /* Reopen both connections on the file now at the path. 0, or -1 (logged; retried later). */
 int sqd_reopen(sn_conn *c);
 void sqd_free_conn(sn_conn *c);

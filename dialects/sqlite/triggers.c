@@ -893,11 +893,18 @@ static int drop_older(sn_conn *c, const sn_watch *w, const char *name, int may, 
     return drop_trigger(c->db, name, why, whylen) ? -1 : 1;
 }
 
+/* The last call on db failed for a lock another connection holds. */
+static int is_busy(sqlite3 *db)
+{
+    int e = sqlite3_errcode(db);
+    return e == SQLITE_BUSY || e == SQLITE_LOCKED;
+}
+
 int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
 {
     char name[64], oldname[28], mark[128], why[512];
     char *sql = NULL, *tbl = NULL, *comment = NULL, *ddl = NULL;
-    int found, nested = 0, result, replaced_v1 = 0;
+    int found, nested = 0, result, replaced_v1 = 0, busy = 0;
 
     if (w->op < SN_INSERT || w->op > SN_DELETE) {
         sn_seterr(err, errlen, "unknown operation %d", w->op);
@@ -942,8 +949,12 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
     if (!ddl)
         goto fail;
     free(gone); /* left out: the runtime says which */
-    if (sqd_txn_begin(c->db, &nested, why, sizeof why))
+    /* Writers do not queue behind a waiting SQLite writer, but the loop waits with it: briefly. */
+    sqlite3_busy_timeout(c->db, (int)(SN_LOCK_TIMEOUT * 1000));
+    if (sqd_txn_begin(c->db, &nested, why, sizeof why)) {
+        busy = is_busy(c->db);
         goto fail;
+    }
     /* Look again under the write lock: another process may have installed it since. */
     found = find_trigger(c->db, name, &sql, &tbl, why, sizeof why);
     if (found < 0)
@@ -985,6 +996,7 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
         goto fail_txn;
     sqd_kick(c, 0);
 done:
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     free(sql);
     free(tbl);
     sqlite3_free(comment);
@@ -992,15 +1004,26 @@ done:
     return result;
 
 fail_txn:
+    busy = is_busy(c->db);
     sqd_txn_rollback(c->db, nested);
 fail:
-    sn_seterr(err, errlen, "cannot install the %s trigger on table \"%s\" in %s: %s",
-              op_names[w->op], w->table, c->target, why);
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    if (busy) {
+        char who[256] = "";
+        sqd_lock_holders(c, who, sizeof who);
+        sn_seterr(err, errlen, "the write lock on %s was not had within %g s; %s%s", c->target, SN_LOCK_TIMEOUT,
+                  *who ? "held by " : "another connection holds a write transaction", who);
+        result = SN_INSTALL_BUSY;
+    } else {
+        sn_seterr(err, errlen, "cannot install the %s trigger on table \"%s\" in %s: %s",
+                  op_names[w->op], w->table, c->target, why);
+        result = SN_INSTALL_ERROR;
+    }
     free(sql);
     free(tbl);
     sqlite3_free(comment);
     sqlite3_free(ddl);
-    return SN_INSTALL_ERROR;
+    return result;
 }
 
 int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)

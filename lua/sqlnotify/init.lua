@@ -517,7 +517,10 @@ function Notifier:watch(t, op, opts)
     local ok, err = self:_install(w)
     if ok then
       ok, err = self:_listen(w)
-      if not ok then self._h:uninstall(w) end -- best effort: the error below is what matters
+      if not ok then -- best effort: the error below is what matters
+        self:_disarm_retry(w)
+        self._h:uninstall(w)
+      end
     end
     if not ok then
       self:_forget_table(info)
@@ -540,12 +543,27 @@ function Notifier:_listen(w)
   return ok, err
 end
 
+-- An install the table's lock held back ("busy": another session holds it, and our DDL waits
+-- for it only briefly, since the table's writers queue behind the waiting DDL) is tried again
+-- from a timer: after about RETRY_FIRST s, doubling up to RETRY_MAX s, with jitter.
+local RETRY_FIRST, RETRY_MAX = 1, 60
+
+-- Install w's trigger. true when it is in (or, busy, to be tried again: w.retry), or nil and
+-- the error.
 function Notifier:_install(w)
   local status, err = self._h:install(w, self._revoke)
   if not status then return nil, err end
+  if status == "busy" then
+    self:_install_later(w, err)
+    return true
+  end
+  -- after a wait for a lock: say that it is in at last
+  local r = w.retry
+  w.retry = nil
+  local late = r and fmt(" at attempt %d, %.1f s after the first", r.attempts + 1, core.now() - r.since) or ""
   w.installed_at = core.now()
   if status == "created" or status == "replaced" then
-    self:_log("info", "trigger for %s on %s %s (channel %s)", w.op, w.name, status, w.channel)
+    self:_log("info", "trigger for %s on %s %s (channel %s)%s", w.op, w.name, status, w.channel, late)
   elseif status == "restored" then
     -- its trigger went while the consumer was away (--drop, a DROP, a restore): from then on
     -- nothing was captured, and when that was is known only up to the consumer's last visit
@@ -562,12 +580,56 @@ function Notifier:_install(w)
   elseif status == "kept" then
     w.lost = true -- not this watch's trigger, and said so here: the periodic check stays quiet
     self:_log("warn",
-      "trigger for %s on %s differs from this watch; kept as it is because revoke_on_model_change is false",
-      w.op, w.name)
+      "trigger for %s on %s differs from this watch; kept as it is because revoke_on_model_change is false%s",
+      w.op, w.name, late)
   else
-    self:_log("debug", "trigger for %s on %s unchanged", w.op, w.name)
+    self:_log(r and "info" or "debug", "trigger for %s on %s unchanged (channel %s)%s", w.op, w.name, w.channel, late)
   end
   return true
+end
+
+-- w's install was held back by a lock (why: whose), or at a retry failed otherwise (failed: a
+-- lost connection, a dropped table): say so, and try again later.
+function Notifier:_install_later(w, why, failed)
+  local r = w.retry or { attempts = 0, since = core.now(), delay = RETRY_FIRST / 2 }
+  w.retry = r
+  r.attempts = r.attempts + 1
+  r.delay = math.min(r.delay * 2, RETRY_MAX)
+  r.wait = r.delay * (0.75 + 0.5 * math.random())
+  local consumer = self._consumer
+  local msg = fmt("trigger for %s on %s not installed yet: %s; trying again in %.1f s (until then %s)", w.op,
+    w.name, one_line(why):sub(12), r.wait,
+    consumer and fmt("its changes are not captured for consumer %q: they will never be delivered", consumer)
+      or fmt("its %ss are not seen", w.op))
+  self:_log(failed and "error" or "warn", "%s", msg)
+  if failed then
+    self:_emit_error(msg, { source = "install", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
+  end
+  self:_arm_retry(w)
+end
+
+-- Start w's retry timer (only while listening: start() arms what its installs left to retry).
+function Notifier:_arm_retry(w)
+  local r = w.retry
+  if not r or r.timer or not self._started then return end
+  local ref = setmetatable({ self }, { __mode = "v" })
+  r.timer = core.after(r.wait, function()
+    local me = ref[1]
+    r.timer = nil
+    if not me or not me._started or me._closed or me._by_channel[w.wire] ~= w or w.retry ~= r then return end
+    local ok, err = me:_install(w)
+    if not ok then me:_install_later(w, err, true) end
+  end)
+end
+
+-- Stop w's retry timer, if any.
+function Notifier:_disarm_retry(w)
+  local r = w.retry
+  if r and r.timer then
+    r.timer:stop()
+    r.timer = nil
+  end
 end
 
 -- The watch a subscribe/notify refers to, or a clear error.
@@ -962,6 +1024,7 @@ function Notifier:start()
   end
   self._started, self._ever_started = true, true
   listening[self] = true -- a listening notifier lives until stop or close
+  for _, w in ipairs(self._watches) do self:_arm_retry(w) end
   if self._verify_interval then
     local ref = setmetatable({ self }, { __mode = "v" })
     self._verify_timer = core.every(self._verify_interval, function()
@@ -994,6 +1057,7 @@ end
 function Notifier:_quiet()
   self._started = false
   listening[self] = nil
+  for _, w in ipairs(self._watches) do self:_disarm_retry(w) end
   if self._verify_timer then
     self._verify_timer:stop()
     self._verify_timer = nil
@@ -1083,7 +1147,8 @@ function Notifier:_verify()
   for _, w in ipairs(self._watches) do
     self:_reinstall_now(w)
     -- not checked: one to be made again for a change of its table, one whose key is gone
-    local skip, ok, err = w.reinstall or w.keygone, true, nil
+    -- nor one a lock held back (not installed yet, so not lost)
+    local skip, ok, err = w.reinstall or w.keygone or w.retry, true, nil
     if not skip then ok, err = self._h:verify(w) end
     if ok == nil then
       local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
@@ -1117,6 +1182,11 @@ function Notifier:_repair(w)
   local since, now = w.verified_at or w.installed_at or core.now(), core.now()
   local status, err = self._h:install(w, true)
   local what = fmt("consumer %q: the trigger for %s on %s was missing or changed", self._consumer, w.op, w.name)
+  if status == "busy" then -- a lock holds it back: tried again from a timer, said there
+    self:_log("error", "%s since %s; re-creating it waits for a lock", what, utc(since))
+    self:_install_later(w, err)
+    return
+  end
   if not status then
     w.lost = true
     local msg = fmt("%s and cannot be re-created: %s; changes from %s on are not being captured", what,
