@@ -540,6 +540,7 @@ end
 function Notifier:_listen(w)
   local ok, err = self._h:listen(w.wire)
   if ok and self._durable then ok, err = self._h:listen(w.channel) end
+  w.listened = w.listened or ok
   return ok, err
 end
 
@@ -562,6 +563,9 @@ function Notifier:_install(w)
   w.retry = nil
   local late = r and fmt(" at attempt %d, %.1f s after the first", r.attempts + 1, core.now() - r.since) or ""
   w.installed_at = core.now()
+  -- a capture read before it was made is this run's own when this notifier listened first (an
+  -- install a lock held back): not one lost while the consumer was away
+  if status == "restored" and w.listened then status = "created" end
   if status == "created" or status == "replaced" then
     self:_log("info", "trigger for %s on %s %s (channel %s)%s", w.op, w.name, status, w.channel, late)
   elseif status == "restored" then
