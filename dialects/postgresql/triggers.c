@@ -351,6 +351,19 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
     "  END IF;\n"
 #define BYTEA_RESTORE "IF sn_bo IS NOT NULL THEN PERFORM pg_catalog.set_config('bytea_output', sn_bo, true); END IF;\n"
 
+/* "BEGIN EXECUTE <q> INTO var USING ...;" at an indent, the query quoted as a literal (and
+ * freed); the caller writes the rest of the block. */
+static void sb_exec_into(pg_sbuf *b, PGconn *db, pg_sbuf *q, const char *indent, const char *var, const char *using)
+{
+    pg_sb_addf(b, "%sBEGIN\n%s  EXECUTE ", indent, indent);
+    if (q->fail)
+        b->fail = q->fail;
+    else
+        pg_sb_quote(b, db, q->p, 0);
+    free(q->p);
+    pg_sb_addf(b, " INTO %s%s;\n", var, using);
+}
+
 /* The slow path's extra and old columns, each read on its own by EXECUTE: one renamed or
  * dropped since (undefined_column) is left out, one whose value cannot be sent makes the
  * row truncated (sn_t). $1 is NEW (OLD for DELETE), $2 OLD. */
@@ -361,15 +374,8 @@ static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, con
         pg_sbuf s = {0};
         pg_sb_add(&s, "SELECT ");
         sb_object(&s, db, t, rec, &cols[i], 1);
-        pg_sb_add(b, "        BEGIN\n          EXECUTE ");
-        if (s.fail)
-            b->fail = s.fail;
-        else
-            pg_sb_quote(b, db, s.p, 0);
-        free(s.p);
-        pg_sb_add(b, " INTO sn_e");
-        pg_sb_add(b, using);
-        pg_sb_addf(b, ";\n          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
+        sb_exec_into(b, db, &s, "        ", "sn_e", using);
+        pg_sb_addf(b, "          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
         pg_sb_add(b, "        EXCEPTION WHEN undefined_column THEN\n          NULL;\n"
                      "        WHEN OTHERS THEN\n          sn_t := true;\n        END;\n");
     }
@@ -449,15 +455,8 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
         pg_sbuf s = {0};
         pg_sb_add(&s, "SELECT ");
         sb_col_changed(&s, db, w->trigger_cols[i], "($2)", "($1)");
-        pg_sb_add(b, "    BEGIN\n      EXECUTE ");
-        if (s.fail)
-            b->fail = s.fail;
-        else
-            pg_sb_quote(b, db, s.p, 0);
-        free(s.p);
-        pg_sb_add(b, " INTO sn_d");
-        pg_sb_add(b, using);
-        pg_sb_add(b, ";\n      sn_c := sn_c OR sn_d;\n"
+        sb_exec_into(b, db, &s, "    ", "sn_d", using);
+        pg_sb_add(b, "      sn_c := sn_c OR sn_d;\n"
                      "    EXCEPTION WHEN OTHERS THEN\n      NULL;\n    END;\n");
     }
     if (ntrig) {
