@@ -10,32 +10,9 @@ local sqlnotify = require("sqlnotify")
 local fmt = string.format
 local q = H.shell_quote
 
-local URL = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
-
--- mysql://user[:pass]@host[:port]/db
-local user, pass, host, port, DB
-do
-  local rest = URL:match("^[%w+]+://(.*)$")
-  local auth, hp = rest:match("^(.-)@(.*)$")
-  if not auth then auth, hp = "", rest end
-  user, pass = auth:match("^([^:]*):?(.*)$")
-  host, DB = hp:match("^([^/]*)/([^?]*)")
-  host, port = host:match("^([^:]*):?(%d*)$")
-  port = port ~= "" and port or "3306"
-  host = host ~= "" and host or "127.0.0.1"
-end
-
--- SQL through the mariadb client (another connection); returns its output (tab-separated).
-local function sql(text)
-  local file = H.tmpfile(".sql")
-  H.spit(file, text)
-  local out = H.tmpfile(".out")
-  local ok = H.sh(fmt("MYSQL_PWD=%s mariadb --default-character-set=utf8mb4 --protocol=tcp -h %s -P %s -u %s -N -B %s <%s >%s 2>&1", q(pass), q(host),
-    q(port), q(user), q(DB), q(file), q(out)))
-  local res = H.slurp(out)
-  if not ok then error("mariadb failed: " .. res, 2) end
-  return res
-end
+local URL = H.mysql_url
+local user, host, port, DB = H.my.user, H.my.host, H.my.port, H.my.db
+local sql = H.mysql -- SQL through the mariadb client (another connection); its tab-separated output
 
 local function count(text) return tonumber(sql(text):match("%-?%d+")) end
 
@@ -710,8 +687,7 @@ describe("sqlnotify (MySQL/MariaDB journal)", function()
       end
       local file, done = H.tmpfile(".sql"), H.tmpfile(".done")
       H.spit(file, table.concat(lines, "\n"))
-      H.sh(fmt("(MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s %s <%s >/dev/null 2>&1; echo $? >%s) &",
-        q(pass), q(host), q(port), q(user), q(DB), q(file), q(done)))
+      H.sh(fmt("(%s %s <%s >/dev/null 2>&1; echo $? >%s) &", H.my.client, q(DB), q(file), q(done)))
       assert.is_true(wait_events(p, 300))
       p:kill("KILL")
       p:wait()

@@ -10,7 +10,7 @@ local fmt = string.format
 local q = H.shell_quote
 
 local S = "s26"
-local MYSQL_URL = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
+local MYSQL_URL = H.mysql_url
 
 -- Another client, another process, fed statements through a pipe one at a time (so that it
 -- can hold a transaction open while the spec goes on); what it prints goes to a file. quit: the
@@ -256,26 +256,7 @@ describe("installing a trigger under a lock held by another session", function()
   end)
 
   describe("MySQL/MariaDB", function()
-    local user, pass, host_, port, DB
-    do
-      local rest = MYSQL_URL:match("^[%w+]+://(.*)$")
-      local auth, hp = rest:match("^(.-)@(.*)$")
-      if not auth then auth, hp = "", rest end
-      user, pass = auth:match("^([^:]*):?(.*)$")
-      host_, DB = hp:match("^([^/]*)/([^?]*)")
-      host_, port = host_:match("^([^:]*):?(%d*)$")
-      port = port ~= "" and port or "3306"
-      host_ = host_ ~= "" and host_ or "127.0.0.1"
-    end
-    local CLIENT = fmt("MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s -N -B", q(pass), q(host_), q(port), q(user))
-    local function sql(text)
-      local file, out = H.tmpfile(".sql"), H.tmpfile(".out")
-      H.spit(file, text)
-      local ok = H.sh(fmt("%s %s <%s >%s 2>&1", CLIENT, q(DB), q(file), q(out)))
-      local res = H.slurp(out)
-      if not ok then error("mariadb failed: " .. res, 2) end
-      return res
-    end
+    local DB, CLIENT, sql = H.my.db, H.my.client, H.mysql
     local TABLES = { "s26_busy", "s26_first", "s26_own" }
     local function drop_tables()
       for _, t in ipairs(TABLES) do sql(fmt("DROP TABLE IF EXISTS `%s`;", t)) end

@@ -306,18 +306,7 @@ end
 
 -- ===== MariaDB =====
 do
-  local URL = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
-  local user, pass, host, port, DB = URL:match("^mysql://([^:@/]*):?([^@/]*)@([^:/]*):?(%d*)/([^?]+)")
-  local q = H.shell_quote
-  local function my(text)
-    local file, out = H.tmpfile(".sql"), H.tmpfile(".out")
-    H.spit(file, text)
-    local ok = H.sh(fmt("MYSQL_PWD=%s mariadb --protocol=tcp -h %s -P %s -u %s -N -B %s <%s >%s 2>&1", q(pass),
-      q(host), q(port ~= "" and port or "3306"), q(user), q(DB), q(file), q(out)))
-    local res = H.slurp(out)
-    if not ok then error("mariadb failed: " .. res, 2) end
-    return res
-  end
+  local URL, DB, my = H.mysql_url, H.my.db, H.mysql
   cases({
     name = "MariaDB",
     url = function() return URL end,

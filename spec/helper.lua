@@ -144,6 +144,35 @@ function H.pg_cluster(name, port, settings)
            drop = function() drop(name) end }
 end
 
+-- The MariaDB the MySQL specs use (SQLNOTIFY_TEST_MYSQL_URL, made by tools/mariadb.sh), the
+-- parts of its URL mysql://user[:pass]@host[:port]/db, and the mariadb client's command line
+-- for it (another connection: -N -B, tab-separated output).
+H.mysql_url = os.getenv("SQLNOTIFY_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/sqlnotify_check"
+do
+  local rest = H.mysql_url:match("^[%w+]+://(.*)$")
+  local auth, hp = rest:match("^(.-)@(.*)$")
+  if not auth then auth, hp = "", rest end
+  local m = {}
+  m.user, m.pass = auth:match("^([^:]*):?(.*)$")
+  m.host, m.db = hp:match("^([^/]*)/([^?]*)")
+  m.host, m.port = m.host:match("^([^:]*):?(%d*)$")
+  m.port = m.port ~= "" and m.port or "3306"
+  m.host = m.host ~= "" and m.host or "127.0.0.1"
+  m.client = string.format("MYSQL_PWD=%s mariadb --default-character-set=utf8mb4 --protocol=tcp -h %s -P %s -u %s -N -B",
+    q(m.pass), q(m.host), q(m.port), q(m.user))
+  H.my = m
+end
+
+-- Run SQL in the test database through the mariadb client; its output, or raises with it.
+function H.mysql(sql)
+  local file, out = tmpfile(".sql"), tmpfile(".out")
+  spit(file, sql)
+  local ok = H.sh(string.format("%s %s <%s >%s 2>&1", H.my.client, q(H.my.db), q(file), q(out)))
+  local res = slurp(out)
+  if not ok then error("mariadb failed: " .. res, 2) end
+  return res
+end
+
 -- A fresh schema of this name (dropped with everything in it first).
 function H.fresh_schema(name)
   H.psql(string.format('DROP SCHEMA IF EXISTS "%s" CASCADE; CREATE SCHEMA "%s";', name, name))
