@@ -544,8 +544,8 @@ static int jr_journal_gone(const char *state)
 /* The journal went from under the reader (DROP SCHEMA sqlnotify, or a part of it): its setup
  * runs again, this consumer starts at the new journal's beginning (nothing older is left),
  * and the watches whose triggers went with it are installed again. Writes to durably watched
- * tables failed meanwhile: a durable trigger fails a write it cannot journal (README, design
- * notes). 0, or -1 with the failure said (the reader retries as after a lost connection). */
+ * tables failed meanwhile: a durable trigger fails a write it cannot journal (docs/design.md).
+ * 0, or -1 with the failure said (the reader retries as after a lost connection). */
 static int jr_remake(struct pg_jr *j, const char *why)
 {
     sn_conn *c = j->c;
