@@ -977,6 +977,36 @@ static int h_stop(lua_State *L)
     return 0;
 }
 
+/* h:ack(seq): the handlers of every delivered event up to this journal position are done
+ * (durable mode; outside deliver only while held). */
+static int h_ack(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    lua_Integer seq = luaL_checkinteger(L, 2);
+    if (k->d->ack && seq > 0)
+        k->d->ack(k->conn, (int64_t)seq);
+    return 0;
+}
+
+/* h:hold(on) -> true when the driver can hold (durable mode), else false: see sn_dialect.hold. */
+static int h_hold(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    int on = lua_toboolean(L, 2);
+    if (k->d->hold == NULL) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (on == k->held) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    int held = k->d->hold(k->conn, on);
+    k->held = on && held;
+    lua_pushboolean(L, held);
+    return 1;
+}
+
 static int h_notify(lua_State *L)
 {
     sn_link *k = check_handle(L)->link;
@@ -1068,6 +1098,8 @@ static const luaL_Reg conn_meth[] = {
     {"unlisten", h_unlisten},
     {"stop", h_stop},
     {"notify", h_notify},
+    {"ack", h_ack},
+    {"hold", h_hold},
     {"query", h_query},
     {"log", h_log},
     {"close", h_close},

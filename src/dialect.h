@@ -270,6 +270,17 @@ typedef struct sn_dialect {
      * (without blocking the loop) and may then deliver more. Events delivered but never acked
      * (a crash, a stop mid-batch) are delivered again. NULL or never called in live mode. */
     void (*ack)(sn_conn *c, int64_t seq);
+    /* Durable mode: handlers that finish after deliver returned (they wait, or are retried).
+     * hold(c, 1), called from inside deliver: the driver finishes the deliver in progress (it
+     * may go on handing over the rest of the page it is delivering), then delivers nothing
+     * more; ack may now be called outside deliver too, and what it acks is written with the
+     * lease's renewals (a group member keeps renewing its leases and shares meanwhile).
+     * hold(c, 0), called outside deliver: the driver reads on from the last ack, so events
+     * delivered and not acked (the handlers of a state closed by a reload) are delivered
+     * again. hold never delivers from inside itself (a zero timer does), and stop while held
+     * writes the last ack as it always does. Returns 1, or 0 when the connection has no
+     * durable reader (live mode: nothing to hold, the runtime keeps what is in flight). */
+    int (*hold)(sn_conn *c, int on);
     /* Every consumer of the database's journal: rows of
      *   (name, lag_events, lag_seconds, members, last_seen)   (numbers as decimal text,
      *   last_seen ISO 8601). -1 and err on failure. NULL: no durable mode. */

@@ -76,6 +76,12 @@ void sn_reload_commit(void)
         if (k->gen == generation && k->pending) {
             k->receiver = k->pending;
             k->pending = NULL;
+            /* the old state's handlers in flight are gone with it: their events are
+             * delivered again, to the new handlers, from the last ack */
+            if (k->held && k->d->hold) {
+                k->held = 0;
+                k->d->hold(k->conn, 0);
+            }
         }
 }
 
