@@ -174,14 +174,84 @@ static void on_signal(int sig)
     ev_async_send(loop, &stop_async);
 }
 
+/* The stop hook (core.set_stop_hook) of the newest Lua state: asked, when a stop signal
+ * comes, how many seconds the handlers in flight get (0: none in flight). The state clears
+ * it as it closes (a sentinel's __gc). */
+static lua_State *hook_L;
+static int hook_ref = LUA_NOREF;
+static ev_timer grace_timer;
+
+static void on_grace(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    sn_log(SN_LOG_WARN, "the shutdown grace ran out with handlers in flight: stopping (durable events not "
+                        "acked are delivered again at the next start)");
+    ev_break(l, EVBREAK_ALL);
+}
+
+static double ask_grace(void)
+{
+    if (hook_L == NULL || hook_ref == LUA_NOREF)
+        return 0;
+    lua_State *L = hook_L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hook_ref);
+    callback_depth++;
+    int status = sn_pcall(L, 0, 1);
+    callback_depth--;
+    double grace = 0;
+    if (status != LUA_OK)
+        sn_log(SN_LOG_ERROR, "stop hook failed: %s", lua_tostring(L, -1));
+    else
+        grace = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return grace;
+}
+
 static void on_stop_async(struct ev_loop *l, ev_async *w, int revents)
 {
     (void)w;
     (void)revents;
     if (stop_signal == 0)
         return;
+    if (ev_is_active(&grace_timer)) { /* a second signal: at once */
+        ev_timer_stop(l, &grace_timer);
+        sn_log(SN_LOG_INFO, "%s received again, stopping now", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+        ev_break(l, EVBREAK_ALL);
+        return;
+    }
+    double grace = ask_grace();
+    if (grace > 0) {
+        sn_log(SN_LOG_INFO, "%s received, stopping: handlers in flight get up to %g s", stop_signal == SIGINT ?
+               "SIGINT" : "SIGTERM", grace);
+        ev_timer_init(&grace_timer, on_grace, grace, 0.);
+        ev_timer_start(l, &grace_timer);
+        return;
+    }
     sn_log(SN_LOG_INFO, "%s received, stopping", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
     ev_break(l, EVBREAK_ALL);
+}
+
+/* core.set_stop_hook(fn): fn() -> seconds to wait for the handlers in flight, or 0. */
+static int l_set_stop_hook(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *M = main_thread(L);
+    if (hook_L != NULL && hook_ref != LUA_NOREF)
+        luaL_unref(hook_L, LUA_REGISTRYINDEX, hook_ref);
+    lua_settop(L, 1);
+    hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    hook_L = M;
+    return 0;
+}
+
+static int hook_sentinel_gc(lua_State *L)
+{
+    if (hook_L == main_thread(L)) {
+        hook_L = NULL;
+        hook_ref = LUA_NOREF;
+    }
+    return 0;
 }
 
 void sn_run_loop(void)
@@ -202,6 +272,7 @@ void sn_run_loop(void)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     ev_run(l, 0);
+    ev_timer_stop(l, &grace_timer);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     stop_requested = 0;
@@ -230,6 +301,7 @@ static int l_stop(lua_State *L)
 {
     (void)L;
     struct ev_loop *l = sn_loop();
+    ev_timer_stop(l, &grace_timer);
     if (ev_depth(l) > 0)
         ev_break(l, EVBREAK_ALL);
     else
@@ -972,6 +1044,7 @@ static int h_stop(lua_State *L)
 {
     sn_handle *h = check_handle(L);
     h->link->d->stop(h->link->conn);
+    h->link->held = 0;
     luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
     h->self_ref = LUA_NOREF;
     return 0;
@@ -1071,6 +1144,14 @@ static int h_log(lua_State *L)
     return 0;
 }
 
+/* core.log(level, message): a line of the runtime's own (spawned coroutines, the stop). */
+static int l_log(lua_State *L)
+{
+    int level = luaL_checkoption(L, 1, NULL, level_names);
+    sn_log(level, "%s", luaL_checkstring(L, 2));
+    return 0;
+}
+
 static int h_close(lua_State *L)
 {
     luaL_checkudata(L, 1, CONN_META);
@@ -1148,6 +1229,7 @@ static const luaL_Reg corelib[] = {
     {"open", l_open},
     {"run", l_run},
     {"stop", l_stop},
+    {"set_stop_hook", l_set_stop_hook},
     {"now", l_now},
     {"after", l_after},
     {"every", l_every},
@@ -1155,6 +1237,7 @@ static const luaL_Reg corelib[] = {
 
     {"stopping", l_stopping},
     {"log_level", l_log_level},
+    {"log", l_log},
     {NULL, NULL},
 };
 
@@ -1162,6 +1245,13 @@ int luaopen_sqlnotify_core(lua_State *L)
 {
     createtimermeta(L);
     createconnmeta(L);
+    /* clears the stop hook when this state closes */
+    lua_newuserdatauv(L, 0, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, hook_sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "sqlnotify.stop_hook_sentinel");
     luaL_newlib(L, corelib);
     sn_io_open(L);
     sn_decode_open(L);

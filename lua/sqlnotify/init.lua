@@ -4,6 +4,8 @@
 
 local core = require("sqlnotify.core")
 local filters = require("sqlnotify.filters")
+local delivery = require("sqlnotify.delivery")
+local dead = require("sqlnotify.dead_letters")
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
@@ -266,7 +268,9 @@ local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
   verify_interval = true, nulls = true, overflow_schema = true,
   consumer = true, start_at = true, consumer_retention = true, shares = true, lease = true,
+  concurrency = true, retry = true, shutdown_grace = true,
 }
+local DEFAULT_GRACE = 10 -- seconds in-flight handlers get after SIGTERM/SIGINT
 
 local DEFAULT_VERIFY_INTERVAL = 60 -- seconds between two checks that our triggers are still ours
 
@@ -313,6 +317,14 @@ function M.notifier(opts)
   if opts.overflow_schema ~= nil and (type(opts.overflow_schema) ~= "string" or opts.overflow_schema == "") then
     fail(2, "overflow_schema must be a non-empty string")
   end
+  local concurrency = delivery.check_concurrency(opts.concurrency, 2)
+  local retry = delivery.check_retry(opts.retry, delivery.DEFAULT_RETRY, 2)
+  local grace = opts.shutdown_grace
+  if grace == nil then grace = DEFAULT_GRACE end
+  if type(grace) ~= "number" or not (grace >= 0 and grace < math.huge) then
+    fail(2, "shutdown_grace must be a number of seconds from 0, got %s", type(grace) == "number" and tostring(grace)
+      or type(grace))
+  end
   -- core.open raises on a URL it cannot use: report that at the caller's line too.
   local ok, h, err = pcall(core.open, url, { use_logger = opts.use_logger ~= false, retention = opts.retention,
     overflow_schema = opts.overflow_schema, consumer = opts.consumer, start_at = opts.start_at,
@@ -341,12 +353,14 @@ function M.notifier(opts)
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
     _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count }
-    _on = { reconnect = {}, error = {} },
+    _on = { reconnect = {}, error = {}, dead_letter = {} },
+    _retry = retry,
     _reports = {},     -- rate-limit states with suppressed reports, printed at stop
     _seq = 0,
     _started = false,
     _ever_started = false,
   }, Notifier)
+  self._q = delivery.queue(self, concurrency, retry, grace)
   -- The binding keeps these functions; through a weak reference they do not keep the notifier.
   local ref = setmetatable({ self }, { __mode = "v" })
   h:set_dispatch(function(batch, n, ts, seqs)
@@ -648,7 +662,7 @@ function Notifier:_find_watch(t, op, label, level)
   return w, info
 end
 
-local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true, name = true }
+local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true, name = true, retry = true }
 
 local function callable(f)
   if type(f) == "function" then return true end
@@ -674,7 +688,8 @@ function Notifier:subscribe(t, op, opts, handler)
   local checked = filters.check(opts.filters, w, info, function(...) self:_log("warn", ...) end, 2)
   self._seq = self._seq + 1
   local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
-    name = opts.name or fmt("#%d", self._seq) }
+    name = opts.name or fmt("#%d", self._seq),
+    retry = opts.retry ~= nil and delivery.check_retry(opts.retry, self._retry, 2) or nil }
   sub.what = opts.name and fmt("handler %q for %s on %s", opts.name, op, w.name)
     or fmt("handler for %s on %s", op, w.name)
   local chan = self._subs[w.channel]
@@ -884,13 +899,13 @@ end
 
 -- A handler that fails on every event costs one log line per interval, not a flood;
 -- the count of those not reported is printed with the next report or at stop.
-function Notifier:_handler_failed(sub, ev, err, raw)
+function Notifier:_handler_failed(sub, ev, err, raw, after)
   local id = show_id(ev.id)
   local head = fmt("%s failed%s", sub.what, id and " for id " .. id or "")
   local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL, self._reports)
   if suppressed then
-    self:_log("error", "%s%s: %s", head,
-      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", err)
+    self:_log("error", "%s%s%s: %s", head,
+      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", after, err)
   end
   if #self._on.error > 0 then
     self:_emit_error(head .. ": " .. tostring(raw),
@@ -898,26 +913,28 @@ function Notifier:_handler_failed(sub, ev, err, raw)
   end
 end
 
-function Notifier:_call(sub, ev)
+-- One handler: nil when it returned, else the traceback and the error it raised.
+local function call(sub, ev)
   local ok, err = xpcall(sub.handler, with_traceback, ev)
-  if not ok then self:_handler_failed(sub, ev, err, raised) end
+  if ok then return nil end
+  return err, raised
 end
 
--- Subscribers of one event, in subscription order, filters applied.
-function Notifier:_deliver(chan, w, ev)
+-- Subscribers of one event, in subscription order, filters applied; appended to list.
+function Notifier:_matching(chan, w, ev, list)
   local cands, nulls = chan.all, self._nulls
   if #chan.cols > 0 then
     local merged, sources = nil, #cands > 0 and 1 or 0
     for _, f in ipairs(chan.cols) do
       local v, known = event_value(w, ev, f)
       if known and v == nil and not nulls then v = M.null end
-      local list = v ~= nil and v == v and chan.by[f.key][v]
-      if list and #list > 0 then
+      local l = v ~= nil and v == v and chan.by[f.key][v]
+      if l and #l > 0 then
         if sources == 0 then
-          cands = list
+          cands = l
         else
           merged = merged or table.move(cands, 1, #cands, 1, {})
-          table.move(list, 1, #list, #merged + 1, merged)
+          table.move(l, 1, #l, #merged + 1, merged)
         end
         sources = sources + 1
       end
@@ -926,29 +943,22 @@ function Notifier:_deliver(chan, w, ev)
       sort(merged, by_seq)
       cands = merged
     elseif sources == 0 then
-      return
+      return list
     end
   end
-  -- Copy when a handler could change the list under us (unsubscribe in a handler).
-  local n = #cands
-  if n == 1 then
-    local sub = cands[1]
-    if sub.active and not mismatch(sub, w, ev, nulls) then self:_call(sub, ev) end
-    return
+  for i = 1, #cands do
+    local sub = cands[i]
+    if sub.active and not mismatch(sub, w, ev, nulls) then list[#list + 1] = sub end
   end
-  local list = table.move(cands, 1, n, 1, {})
-  for i = 1, n do
-    local sub = list[i]
-    if sub.active and not mismatch(sub, w, ev, nulls) then self:_call(sub, ev) end
-  end
+  return list
 end
 
--- -l debug: the same delivery, every subscriber of the channel looked at, and one line
--- saying which ran and which filter kept each other one out.
-function Notifier:_deliver_debug(chan, w, ev)
+-- -l debug: every subscriber of the channel looked at, and one line saying which ran and
+-- which filter kept each other one out.
+function Notifier:_matching_debug(chan, w, ev, list)
   local subs = table.move(chan.all, 1, #chan.all, 1, {})
   for _, byv in pairs(chan.by) do
-    for _, list in pairs(byv) do table.move(list, 1, #list, #subs + 1, subs) end
+    for _, l in pairs(byv) do table.move(l, 1, #l, #subs + 1, subs) end
   end
   sort(subs, by_seq)
   local ran, skipped = {}, {}
@@ -960,7 +970,7 @@ function Notifier:_deliver_debug(chan, w, ev)
           known and show(v == nil and M.null or v) or "not in the event", show(f.value))
       else
         ran[#ran + 1] = sub.name
-        self:_call(sub, ev)
+        list[#list + 1] = sub
       end
     end
   end
@@ -968,34 +978,148 @@ function Notifier:_deliver_debug(chan, w, ev)
   self:_log("debug", "event %s on %s%s (channel %s): ran %s%s", w.op, w.name, id and " id " .. id or "",
     ev.channel or w.channel, #ran > 0 and concat(ran, ", ") or "none",
     #skipped > 0 and "; filters did not match: " .. concat(skipped, ", ") or "")
+  return list
+end
+
+-- Run the handlers of one event on the calling coroutine (delivery's): all its subscribers,
+-- or, for a retry, the subscriptions that failed. Returns nil when every one returned, else
+-- the first failure's traceback, the subscriptions that failed, and the first's error value.
+function Notifier:_run(w, ev, subs)
+  if not subs then
+    local chan = self._subs[w.channel]
+    if not chan or chan.n == 0 then return nil end
+    local all = chan.all
+    if chan.n == 1 and #all == 1 and not self._debug then -- the common case: no list building
+      local sub = all[1]
+      local err, raw = call(sub, ev)
+      if not err then return nil end
+      return err, { sub }, raw, sub
+    end
+    subs = self._debug and self:_matching_debug(chan, w, ev, {}) or self:_matching(chan, w, ev, {})
+  end
+  local first, failed, raw1, sub1
+  for i = 1, #subs do
+    local sub = subs[i]
+    if sub.active then
+      local err, raw = call(sub, ev)
+      if err then
+        if not first then first, raw1, sub1 = err, raw, sub end
+        failed = failed or {}
+        failed[#failed + 1] = sub
+      end
+    end
+  end
+  return first, failed, raw1, sub1
+end
+
+-- A failed attempt, retried after `wait` seconds.
+function Notifier:_retrying(job, err, wait)
+  local sub = job.subs and job.subs[1]
+  local policy = job.policy
+  local after = fmt(" (attempt %d of %s; again in %.2g s)", job.attempt,
+    policy.attempts == math.huge and "unlimited" or tostring(policy.attempts), wait)
+  if sub then
+    self:_handler_failed(sub, job.ev, err, job.raw or err, after)
+  else
+    self:_log("error", "handlers for %s on %s failed%s: %s", job.w.op, job.w.name, after, err)
+  end
+end
+
+-- The message of a failure, without its traceback.
+local function message_of(err)
+  return (tostring(err):match("^[^\n]*"))
+end
+
+-- The event failed on every attempt: into the dead-letter table (durable), or logged with its
+-- payload (live). true when that is done; nil when the table could not be written (the caller
+-- tries again: nothing is lost).
+function Notifier:_dead_letter(job, err)
+  local ev, w = job.ev, job.w
+  local id = show_id(ev.id)
+  local what = fmt("%s on %s%s", w.op, w.name, id and " id " .. id or "")
+  local info = { error = err, attempts = job.attempt, channel = job.channel or w.wire, seq = ev.seq,
+    payload = job.payload, replayed = job.replay }
+  if self._durable then
+    local ok, e
+    if job.replay then
+      ok, e = dead.again(self, job.replay, err, job.attempt)
+    else
+      ok, e = dead.write(self, self._consumer, info.channel, ev.seq, job.payload or "", err, job.attempt)
+    end
+    if not ok then
+      local now = core.now()
+      if now - (self._dl_said or -math.huge) >= ERROR_LOG_INTERVAL then
+        self._dl_said = now
+        self:_log("error", "cannot write the dead letter of %s (%s); it is tried again, and the consumer's "
+          .. "position waits for it", what, one_line(e))
+      end
+      return nil
+    end
+    info.id = ok ~= true and ok or nil
+    self:_log("error", "%s failed %d time(s): %s the dead letters (sqlnotify-lua --dead-letters URL %s): %s", what,
+      job.attempt, job.replay and "still in" or "moved to", self._consumer, message_of(err))
+  else
+    self:_log("error", "%s failed %d time(s), given up%s: %s; payload: %s", what, job.attempt,
+      job.attempt < job.policy.attempts and " (more than " .. 10000 .. " live events held)" or "", message_of(err),
+      shorten(job.payload or ""))
+  end
+  job.dead = true
+  local fns = self._on.dead_letter
+  for i = 1, #fns do
+    local ok, e = xpcall(fns[i], with_traceback, ev, info)
+    if not ok then self:_log("error", "dead_letter handler failed: %s", e) end
+  end
+  return true
 end
 
 -- Called by the binding with a batch: batch[2i-1] channel, batch[2i] payload, seqs[i] its
--- journal position (durable mode). Returns how many events it went through.
+-- journal position (durable mode). Every event is taken; returns how many of the first ones
+-- are done (the binding acks those); the rest are acked as they finish (delivery.lua), the
+-- driver holding meanwhile.
 function Notifier:_dispatch(batch, n, ts, seqs)
-  local by_channel, subs = self._by_channel, self._subs
-  local debug = core.log_level() == "debug"
+  local by_channel, subs, q = self._by_channel, self._subs, self._q
+  self._debug = core.log_level() == "debug"
+  local done, prefix = 0, true
   for i = 1, 2 * n, 2 do
-    if stopping() then return (i - 1) // 2 end -- SIGINT/SIGTERM arrived: no handler starts after it
+    if stopping() then break end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
     local chan = w and subs[w.channel]
+    local seq = seqs and seqs[(i + 1) // 2]
+    local finished
     if chan and chan.n > 0 and self._started then
       local ev = self:_event(w, w.channel, batch[i + 1], ts)
-      if ev and seqs then ev.seq = seqs[(i + 1) // 2] end
-      local all = chan.all
-      if ev and debug then
-        self:_deliver_debug(chan, w, ev)
-      elseif ev and chan.n == 1 and #all == 1 then
-        self:_call(all[1], ev) -- the common case, one subscriber without filters: no list building
-      elseif ev then
-        self:_deliver(chan, w, ev)
+      if ev then
+        ev.seq = seq
+        finished = q:add(w, ev, seq, self._retry, batch[i + 1], channel)
+      else
+        finished = q:skip(seq)
       end
-    elseif debug and w and self._started then
-      self:_log("debug", "event %s on %s (channel %s): no subscriber", w.op, w.name, channel)
+    else
+      if self._debug and w and self._started then
+        self:_log("debug", "event %s on %s (channel %s): no subscriber", w.op, w.name, channel)
+      end
+      finished = q:skip(seq)
+    end
+    if prefix and finished then
+      done = (i + 1) // 2
+    else
+      prefix = false
     end
   end
-  return n
+  if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
+  if stopping() then self:_stopping() end
+  return done
+end
+
+-- The retry policy of an event whose handlers failed: theirs (the longest), or the notifier's.
+function Notifier:_policy_of(subs)
+  local p = self._retry
+  for i = 1, #subs do
+    local r = subs[i].retry
+    if r and (p == self._retry or r.attempts > p.attempts) then p = r end
+  end
+  return p
 end
 
 -- ===== lifecycle =====
@@ -1057,6 +1181,28 @@ function Notifier:_flush_reports()
   end
 end
 
+-- What was in flight when the notifier stopped: a durable consumer's events come again at
+-- the next start (their acks were never sent); live ones are said with their payloads.
+function Notifier:_drop_in_flight()
+  local jobs = self._q:reset()
+  local live = {}
+  for _, job in ipairs(jobs) do
+    if not job.seq and not job.replay then live[#live + 1] = job end
+  end
+  if #jobs > #live then
+    self:_log("info", "%d event(s) in flight when consumer \"%s\" stopped are delivered again at its next start",
+      #jobs - #live, self._consumer or "?")
+  end
+  for i, job in ipairs(live) do
+    if i > 100 then
+      self:_log("error", "... and %d more live event(s) not handled", #live - 100)
+      break
+    end
+    self:_log("error", "live event %s on %s not handled at stop (attempt %d): payload %s", job.w.op, job.w.name,
+      job.attempt, shorten(job.payload or ""))
+  end
+end
+
 -- Not listening any more: release what kept it alive and running.
 function Notifier:_quiet()
   self._started = false
@@ -1074,6 +1220,7 @@ function Notifier:stop()
   if not self._started then return self end
   self._h:stop()
   self:_quiet()
+  self:_drop_in_flight()
   self:_flush_reports()
   return self
 end
@@ -1100,6 +1247,7 @@ end
 function Notifier:close()
   if self._closed then return end
   self:_quiet()
+  self:_drop_in_flight()
   self:_flush_reports()
   self._closed = true
   self._h:close()
@@ -1113,13 +1261,13 @@ end
 
 -- ===== checks and hooks =====
 
-local ON_EVENTS = { reconnect = true, error = true }
+local ON_EVENTS = { reconnect = true, error = true, dead_letter = true }
 
 --- n:on("reconnect", fn(outage_seconds, may_have_missed)) / n:on("error", fn(message, context)) -> n
 function Notifier:on(name, fn)
   check_notifier(self, 2)
   if not ON_EVENTS[name] then
-    fail(2, "unknown notifier event %s (use \"reconnect\" or \"error\")", show(name))
+    fail(2, "unknown notifier event %s (use \"reconnect\", \"error\" or \"dead_letter\")", show(name))
   end
   if not callable(fn) then fail(2, "on(%q) needs a handler function, got %s", name, type(fn)) end
   local list = self._on[name]
@@ -1312,6 +1460,72 @@ function Notifier:drop_consumer(name)
 end
 
 --- n:query(sql, ...) -> rows | nil, message. One statement, parameters $1.. (PostgreSQL) or ? (SQLite).
+-- ===== dead letters =====
+
+local DEAD_OPTIONS = { limit = true, consumer = true, id = true }
+
+local function check_dead_opts(self, opts, what)
+  check_notifier(self, 3)
+  opts = check_options(opts, DEAD_OPTIONS, what, 3)
+  if opts.limit ~= nil and (math.type(opts.limit) ~= "integer" or opts.limit < 1) then
+    fail(3, "%s: limit must be a whole number above zero", what)
+  end
+  if opts.id ~= nil and math.type(opts.id) ~= "integer" then fail(3, "%s: id must be a whole number", what) end
+  if opts.consumer ~= nil and type(opts.consumer) ~= "string" then fail(3, "%s: consumer must be a string", what) end
+  return opts
+end
+
+--- n:dead_letters{limit = 100, consumer =, id =} -> rows (oldest first) | nil, err
+-- Each row: id, consumer, channel, seq, payload, error, attempts, failed_at. Default: this
+-- notifier's consumer (a live notifier: every consumer's).
+function Notifier:dead_letters(opts)
+  opts = check_dead_opts(self, opts, "dead_letters")
+  local rows, err = dead.list(self, opts.consumer or self._consumer, opts.id, opts.limit or 100)
+  if not rows then return nil, one_line(err) end
+  return rows
+end
+
+--- n:replay_dead_letters{limit =, id =} -> how many were queued | nil, err
+-- This consumer's dead letters go through the current handlers again, per-key order kept
+-- with the events arriving meanwhile; each is deleted once done, or kept with its attempts
+-- counted on when it fails again.
+function Notifier:replay_dead_letters(opts)
+  opts = check_dead_opts(self, opts, "replay_dead_letters")
+  if not self._durable then fail(2, "replay_dead_letters needs a consumer: a live notifier keeps no dead letters") end
+  if opts.consumer ~= nil and opts.consumer ~= self._consumer then
+    fail(2, "replay_dead_letters replays this notifier's consumer (%q) only", self._consumer)
+  end
+  if not self._started then return nil, "replay_dead_letters: the notifier is not started" end
+  if stopping() then return nil, "replay_dead_letters: stopping" end
+  local rows, err = dead.list(self, self._consumer, opts.id, opts.limit or 1000)
+  if not rows then return nil, one_line(err) end
+  local queued, ts = 0, core.now()
+  for _, r in ipairs(rows) do
+    local w = self._by_channel[r.channel]
+    if not w then
+      local plain = M._capture_of(r.channel)
+      for _, x in ipairs(self._watches) do
+        if x.channel == plain then w = x break end
+      end
+    end
+    local ev = w and self:_event(w, w.channel, r.payload, ts)
+    if not ev then
+      self:_log("warn", "dead letter %s (channel %s) is not replayed: %s", tostring(r.id), r.channel,
+        w and "its payload cannot be read" or "no watch of this notifier has that channel")
+    else
+      ev.seq = r.seq
+      queued = queued + 1
+      local id = r.id
+      self._q:add(w, ev, nil, self._retry, r.payload, r.channel, { replay = id, on_done = function(job)
+        if job.dead then return end
+        local ok, e = dead.delete(self, id)
+        if not ok then self:_log("error", "dead letter %s was replayed but cannot be deleted: %s", id, one_line(e)) end
+      end })
+    end
+  end
+  return queued
+end
+
 function Notifier:query(sql, ...)
   check_notifier(self, 2)
   if type(sql) ~= "string" then fail(2, "query needs an SQL string, got %s", type(sql)) end
@@ -1378,8 +1592,38 @@ end
 -- print what the rate limits held back.
 function M._finish()
   for _, n in ipairs(live_notifiers()) do
-    if not n._closed then n:_flush_reports() end
+    if not n._closed then
+      if n._q:busy() then n:_drop_in_flight() end
+      n:_flush_reports()
+    end
   end
+end
+
+-- ===== handlers that wait =====
+
+M.sleep, M.spawn = delivery.sleep, delivery.spawn
+
+--- sqlnotify.stopping() -> true once SIGINT/SIGTERM (or sqlnotify.stop()) asked the loop to stop.
+function M.stopping()
+  return stopping()
+end
+
+-- SIGINT/SIGTERM: how long the handlers in flight may take (0: none, stop at once). The
+-- loop stops when the last of them finished (Notifier:_stopping) or the grace ran out.
+core.set_stop_hook(function()
+  local grace = 0
+  for _, n in ipairs(live_notifiers()) do
+    if n._started and n._q:running() > 0 and n._q.grace > grace then grace = n._q.grace end
+  end
+  return grace
+end)
+
+-- A stop was asked for: once no notifier has a handler running, the loop ends.
+function Notifier:_stopping()
+  for _, n in ipairs(live_notifiers()) do
+    if n._started and n._q:running() > 0 then return end
+  end
+  core.stop()
 end
 
 return M
