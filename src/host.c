@@ -24,7 +24,7 @@
 
 static const char usage_text[] =
     "usage: sqlnotify-lua [options] script.lua [script args...]\n"
-    "       sqlnotify-lua --list URL | --drop URL [table] | --lua-path\n"
+    "       sqlnotify-lua --list URL | --drop URL [table] | --dead-letters URL [consumer] | --lua-path\n"
     "\n"
     "Run a Lua watcher script that reacts to INSERT, UPDATE and DELETE on database tables.\n"
     "\n"
@@ -38,6 +38,8 @@ static const char usage_text[] =
     "  --list URL             print every sqlnotify trigger in the database\n"
     "  --drop URL [table]     drop the sqlnotify triggers and functions on one table\n"
     "                         (\"schema.table\"), or in the whole database\n"
+    "  --dead-letters URL [consumer]\n"
+    "                         print the events whose handlers failed on every attempt\n"
     "  --lua-path             print the LUA_PATH and LUA_CPATH lines with which plain lua5.4\n"
     "                         finds this installation: eval \"$(sqlnotify-lua --lua-path)\"\n"
     "\n"
@@ -45,7 +47,7 @@ static const char usage_text[] =
     "  sqlnotify-lua scripts/examples/postgresql.lua\n"
     "\n"
     "exit status: 0 clean stop, 1 the script failed at start-up, 2 usage error\n"
-    "             (--list, --drop: 0 done, 1 failed, 2 usage error)\n";
+    "             (--list, --drop, --dead-letters: 0 done, 1 failed, 2 usage error)\n";
 
 static int usage_error(const char *fmt, const char *what)
 {
@@ -457,7 +459,7 @@ static int run_tool(const char *fn, const char *url, const char *table)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP };
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD };
     static const struct option longopts[] = {
         {"reload", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
@@ -466,6 +468,7 @@ int main(int argc, char **argv)
         {"lua-path", no_argument, NULL, OPT_LUA_PATH},
         {"list", required_argument, NULL, OPT_LIST},
         {"drop", required_argument, NULL, OPT_DROP},
+        {"dead-letters", required_argument, NULL, OPT_DEAD},
         {NULL, 0, NULL, 0},
     };
     int reload_on_change = 0, lua_path = 0;
@@ -488,9 +491,10 @@ int main(int argc, char **argv)
         case OPT_LUA_PATH: lua_path = 1; break;
         case OPT_LIST:
         case OPT_DROP:
+        case OPT_DEAD:
             if (tool)
-                return usage_error("%s", "give one of --list and --drop");
-            tool = c == OPT_LIST ? "list" : "drop";
+                return usage_error("%s", "give one of --list, --drop and --dead-letters");
+            tool = c == OPT_LIST ? "list" : c == OPT_DROP ? "drop" : "dead_letters";
             tool_url = optarg;
             break;
         case ':': return usage_error("option %s needs a value", argv[optind - 1]);
@@ -503,11 +507,11 @@ int main(int argc, char **argv)
         return print_lua_path();
     }
     if (tool) {
-        int max = strcmp(tool, "drop") == 0 ? 1 : 0; /* --drop URL [table] */
+        int max = strcmp(tool, "list") == 0 ? 0 : 1; /* --drop URL [table], --dead-letters URL [consumer] */
         if (argc - optind > max)
             return usage_error("unexpected argument \"%s\"", argv[optind + max]);
         if (reload_on_change)
-            return usage_error("--reload does not go with --%s", tool);
+            return usage_error("--reload does not go with --%s", strcmp(tool, "dead_letters") == 0 ? "dead-letters" : tool);
         return run_tool(tool, tool_url, optind < argc ? argv[optind] : NULL);
     }
     if (optind >= argc)

@@ -1,4 +1,4 @@
---- sqlnotify.cli: what `sqlnotify-lua --list URL` and `sqlnotify-lua --drop URL [table]` do.
+--- sqlnotify.cli: what `sqlnotify-lua --list URL`, `--drop URL [table]` and `--dead-letters URL [consumer]` do.
 -- Each function prints to out (default io.stdout), reports a failure as one
 -- "sqlnotify: ..." line on err (default io.stderr), and returns the exit status.
 local sqlnotify = require("sqlnotify")
@@ -90,6 +90,29 @@ function M.drop(url, tbl, out, err)
           .. "says so at error level when it does\n", r[3] or "?", r[1], r[2], plain, capture))
       end
     end
+    return 0
+  end)
+end
+
+--- dead_letters(url, [consumer], [out], [err]) -> 0 | 1: the dead letters (of one consumer),
+-- oldest first: id, consumer, seq, attempts, when, channel, the error's first line, the payload.
+function M.dead_letters(url, consumer, out, err)
+  out = out or io.stdout
+  return with_notifier(url, err, function(n)
+    local rows, e = n:dead_letters{ consumer = consumer, limit = 100000 }
+    if not rows then error(e, 0) end
+    if #rows == 0 then
+      out:write(string.format("no dead letters%s in %s\n", consumer and " of consumer " .. consumer or "",
+        n._h:target()))
+      return 0
+    end
+    for _, r in ipairs(rows) do
+      local first = tostring(r.error):match("^[^\n]*"):gsub("%c", " ")
+      out:write(string.format("%s  %s  seq %s  %d attempt(s)  %s  %s\n  error: %s\n  payload: %s\n", tostring(r.id),
+        r.consumer, r.seq ~= nil and tostring(r.seq) or "-", r.attempts, tostring(r.failed_at), r.channel, first,
+        (tostring(r.payload):gsub("%c", " "))))
+    end
+    out:write(string.format("%d dead letter(s) in %s\n", #rows, n._h:target()))
     return 0
   end)
 end
