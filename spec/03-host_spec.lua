@@ -114,7 +114,9 @@ describe("sqlnotify-lua", function()
     it("prints --help for the tools and refuses their misuse with exit 2", function()
       local code, out = run { "--help" }
       assert.are.equal(0, code)
-      assert.matches("sqlnotify%-lua %-%-list URL | %-%-drop URL %[table%] | %-%-lua%-path", out)
+      assert.matches("sqlnotify%-lua %-%-list URL | %-%-drop URL %[table%] | %-%-dead%-letters URL %[consumer%] | "
+        .. "%-%-lua%-path", out)
+      assert.matches("  %-%-dead%-letters URL %[consumer%]\n", out)
       assert.matches("  %-%-list URL  ", out)
       assert.matches("  %-%-drop URL %[table%]  ", out)
       assert.matches("  %-%-lua%-path  ", out)
@@ -126,7 +128,7 @@ describe("sqlnotify-lua", function()
       code, _, err = run { "--list", "sqlite:///x.db", "t" }
       assert.are.same({ 2, 'sqlnotify: unexpected argument "t" (try --help)\n' }, { code, err })
       code, _, err = run { "--list", "sqlite:///x.db", "--drop", "sqlite:///x.db" }
-      assert.are.same({ 2, "sqlnotify: give one of --list and --drop (try --help)\n" }, { code, err })
+      assert.are.same({ 2, "sqlnotify: give one of --list, --drop and --dead-letters (try --help)\n" }, { code, err })
       code, _, err = run { "--lua-path", "x.lua" }
       assert.are.same({ 2, "sqlnotify: --lua-path takes nothing else (try --help)\n" }, { code, err })
     end)

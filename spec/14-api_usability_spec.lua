@@ -393,7 +393,7 @@ describe("sqlnotify usability", function()
 
   describe("n:on", function()
     it("refuses an unknown event or a missing handler", function()
-      assert.are.equal('sqlnotify: unknown notifier event "connect" (use "reconnect" or "error")',
+      assert.are.equal('sqlnotify: unknown notifier event "connect" (use "reconnect", "error" or "dead_letter")',
         err_of(function() n:on("connect", print) end))
       assert.are.equal('sqlnotify: on("error") needs a handler function, got nil',
         err_of(function() n:on("error") end))

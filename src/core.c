@@ -245,6 +245,13 @@ static int l_set_stop_hook(lua_State *L)
     return 0;
 }
 
+/* core.in_grace(): a stop signal came and the handlers in flight are being waited for. */
+static int l_in_grace(lua_State *L)
+{
+    lua_pushboolean(L, ev_is_active(&grace_timer));
+    return 1;
+}
+
 static int hook_sentinel_gc(lua_State *L)
 {
     if (hook_L == main_thread(L)) {
@@ -1230,6 +1237,7 @@ static const luaL_Reg corelib[] = {
     {"run", l_run},
     {"stop", l_stop},
     {"set_stop_hook", l_set_stop_hook},
+    {"in_grace", l_in_grace},
     {"now", l_now},
     {"after", l_after},
     {"every", l_every},

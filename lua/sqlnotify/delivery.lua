@@ -21,7 +21,9 @@ local DONE, WAIT = {}, {} -- what the runtime's coroutines yield: finished, or w
 
 local owner = setmetatable({}, { __mode = "k" }) -- coroutine -> the job (or spawn) it runs
 local ours = setmetatable({}, { __mode = "k" })  -- every coroutine of the runtime
-local pool, npool = {}, 0
+-- Weak: a pooled coroutine's stack still holds its last call's arguments (a notifier, an
+-- event), which must not be kept alive by the pool; the collector empties it now and then.
+local pool, npool = setmetatable({}, { __mode = "v" }), 0
 local POOL_MAX = 256
 
 local function body(fn, a, b, c)
@@ -31,11 +33,11 @@ local function body(fn, a, b, c)
 end
 
 local function worker()
-  if npool > 0 then
+  while npool > 0 do
     local co = pool[npool]
     pool[npool] = nil
     npool = npool - 1
-    return co
+    if co then return co end
   end
   local co = create(body)
   ours[co] = true
@@ -124,8 +126,10 @@ end
 
 -- ===== options =====
 
-local DEFAULT_RETRY = { attempts = 10, delay = 0.5, max_delay = 60 }
-M.DEFAULT_RETRY = DEFAULT_RETRY
+-- A durable consumer retries by default; a live notifier only when asked (it acknowledges
+-- nothing, and a retry holds back every later event of a notifier with concurrency 1).
+M.DEFAULT_RETRY = { attempts = 10, delay = 0.5, max_delay = 60 }
+M.LIVE_RETRY = { attempts = 1, delay = 0.5, max_delay = 60 }
 
 local function bad(level, ...)
   error("sqlnotify: " .. fmt(...), level + 1)
@@ -284,7 +288,6 @@ finish = function(job, err, failed, raw)
     return give_up(q, job, err)
   end
   local wait = backoff(policy, job.attempt)
-  q.n:_retrying(job, err, wait)
   job.timer = core.after(wait, function()
     job.timer = nil
     if q.gen ~= job.gen then return end
@@ -295,7 +298,7 @@ finish = function(job, err, failed, raw)
 end
 
 local function run_job(job)
-  return job.q.n:_run(job.w, job.ev, job.subs)
+  return job.q.n:_run(job.w, job.ev, job.subs, job.attempt)
 end
 
 -- Run the job's handlers on a coroutine; it may finish now or later (M.wake).

@@ -318,7 +318,7 @@ function M.notifier(opts)
     fail(2, "overflow_schema must be a non-empty string")
   end
   local concurrency = delivery.check_concurrency(opts.concurrency, 2)
-  local retry = delivery.check_retry(opts.retry, delivery.DEFAULT_RETRY, 2)
+  local retry = delivery.check_retry(opts.retry, opts.consumer and delivery.DEFAULT_RETRY or delivery.LIVE_RETRY, 2)
   local grace = opts.shutdown_grace
   if grace == nil then grace = DEFAULT_GRACE end
   if type(grace) ~= "number" or not (grace >= 0 and grace < math.huge) then
@@ -913,11 +913,16 @@ function Notifier:_handler_failed(sub, ev, err, raw, after)
   end
 end
 
--- One handler: nil when it returned, else the traceback and the error it raised.
-local function call(sub, ev)
+-- One handler: nil when it returned, else the traceback and the error it raised (logged at
+-- once, with the attempt when it is retried).
+function Notifier:_call(sub, ev, attempt)
   local ok, err = xpcall(sub.handler, with_traceback, ev)
   if ok then return nil end
-  return err, raised
+  local raw = raised
+  local policy = sub.retry or self._retry
+  self:_handler_failed(sub, ev, err, raw, policy.attempts == 1 and "" or fmt(" (attempt %d of %s)", attempt or 1,
+    policy.attempts == math.huge and "unlimited" or tostring(policy.attempts)))
+  return err, raw
 end
 
 -- Subscribers of one event, in subscription order, filters applied; appended to list.
@@ -984,14 +989,14 @@ end
 -- Run the handlers of one event on the calling coroutine (delivery's): all its subscribers,
 -- or, for a retry, the subscriptions that failed. Returns nil when every one returned, else
 -- the first failure's traceback, the subscriptions that failed, and the first's error value.
-function Notifier:_run(w, ev, subs)
+function Notifier:_run(w, ev, subs, attempt)
   if not subs then
     local chan = self._subs[w.channel]
     if not chan or chan.n == 0 then return nil end
     local all = chan.all
     if chan.n == 1 and #all == 1 and not self._debug then -- the common case: no list building
       local sub = all[1]
-      local err, raw = call(sub, ev)
+      local err, raw = self:_call(sub, ev, attempt)
       if not err then return nil end
       return err, { sub }, raw, sub
     end
@@ -1001,7 +1006,7 @@ function Notifier:_run(w, ev, subs)
   for i = 1, #subs do
     local sub = subs[i]
     if sub.active then
-      local err, raw = call(sub, ev)
+      local err, raw = self:_call(sub, ev, attempt)
       if err then
         if not first then first, raw1, sub1 = err, raw, sub end
         failed = failed or {}
@@ -1010,19 +1015,6 @@ function Notifier:_run(w, ev, subs)
     end
   end
   return first, failed, raw1, sub1
-end
-
--- A failed attempt, retried after `wait` seconds.
-function Notifier:_retrying(job, err, wait)
-  local sub = job.subs and job.subs[1]
-  local policy = job.policy
-  local after = fmt(" (attempt %d of %s; again in %.2g s)", job.attempt,
-    policy.attempts == math.huge and "unlimited" or tostring(policy.attempts), wait)
-  if sub then
-    self:_handler_failed(sub, job.ev, err, job.raw or err, after)
-  else
-    self:_log("error", "handlers for %s on %s failed%s: %s", job.w.op, job.w.name, after, err)
-  end
 end
 
 -- The message of a failure, without its traceback.
@@ -1056,12 +1048,24 @@ function Notifier:_dead_letter(job, err)
       return nil
     end
     info.id = ok ~= true and ok or nil
-    self:_log("error", "%s failed %d time(s): %s the dead letters (sqlnotify-lua --dead-letters URL %s): %s", what,
-      job.attempt, job.replay and "still in" or "moved to", self._consumer, message_of(err))
-  else
-    self:_log("error", "%s failed %d time(s), given up%s: %s; payload: %s", what, job.attempt,
-      job.attempt < job.policy.attempts and " (more than " .. 10000 .. " live events held)" or "", message_of(err),
-      shorten(job.payload or ""))
+  end
+  if self._durable or job.attempt > 1 then -- a live event's single failure was said already
+    -- one line per interval, however many fail; the count of the others at the next one or at stop
+    local st = self._gave_up
+    if not st then
+      st = { what = self._durable and "events moved to the dead letters" or "live events given up" }
+      self._gave_up = st
+    end
+    local suppressed = rate_limit(st, core.now(), ERROR_LOG_INTERVAL, self._reports)
+    local more = suppressed and suppressed > 0 and fmt(" (and %d more since the last report)", suppressed) or ""
+    if suppressed and self._durable then
+      self:_log("error", "%s failed %d time(s): %s the dead letters (sqlnotify-lua --dead-letters URL %s)%s: %s", what,
+        job.attempt, job.replay and "still in" or "moved to", self._consumer, more, message_of(err))
+    elseif suppressed then
+      self:_log("error", "%s failed %d time(s), given up%s%s: %s; payload: %s", what, job.attempt,
+        job.attempt < job.policy.attempts and " (more than 10000 live events held)" or "", more, message_of(err),
+        shorten(job.payload or ""))
+    end
   end
   job.dead = true
   local fns = self._on.dead_letter
@@ -1108,7 +1112,6 @@ function Notifier:_dispatch(batch, n, ts, seqs)
     end
   end
   if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
-  if stopping() then self:_stopping() end
   return done
 end
 
@@ -1620,6 +1623,7 @@ end)
 
 -- A stop was asked for: once no notifier has a handler running, the loop ends.
 function Notifier:_stopping()
+  if not core.in_grace() then return end -- the signal's own handler stops the loop
   for _, n in ipairs(live_notifiers()) do
     if n._started and n._q:running() > 0 then return end
   end

@@ -1,0 +1,338 @@
+-- Delivery (SPEC §8.1), through the real host on PostgreSQL, SQLite and MySQL: an event is
+-- done when its handlers return; a raise is retried with backoff, then dead-lettered and
+-- replayed after a reload; per-key order always, other keys side by side with concurrency;
+-- kill -9 during a backoff and during a waiting handler redelivers; SIGTERM lets handlers in
+-- flight finish. Rows: id (the key) and v, inserted then updated three times in one commit,
+-- so each key has four events (v = 0..3) and delivery order is i1..i5, then each update's five.
+local H = require("helper")
+local sqlnotify = require("sqlnotify")
+
+local fmt, q = string.format, H.shell_quote
+
+-- The watcher. Its mode comes from a file read at each (re)load: "ok", "fail3" (key 1's events
+-- fail their first three attempts), "always" (key 1's always fail), "slow" (key 1 waits
+-- 60 s, key 2 fails forever), "sleep1" (every handler waits 1 s). It prints "start id v try",
+-- "done id v", "dead id v attempts".
+local WATCHER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, consumer, conc, attempts, modefile = arg[1], arg[2], arg[3], tonumber(arg[4]), arg[5], arg[6]
+local f = assert(io.open(modefile))
+local mode = f:read("l")
+f:close()
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer ~= "-" and consumer or nil, concurrency = conc,
+  retry = { attempts = attempts == "inf" and math.huge or tonumber(attempts), delay = 0.05, max_delay = 0.2 },
+  shutdown_grace = 5 })
+n:watch(tbl, "insert", { extra_columns = { "v" } })
+n:watch(tbl, "update", { extra_columns = { "v" } })
+local tries = {}
+local function handler(ev)
+  local id, v = ev.id, ev.extra_columns.v
+  local t = (tries[id .. ":" .. v] or 0) + 1
+  tries[id .. ":" .. v] = t
+  print(string.format("start %d %d %d", id, v, t))
+  sqlnotify.sleep(0.01)
+  if mode == "fail3" and id == 1 and t <= 3 then error("transient " .. id) end
+  if mode == "always" and id == 1 then error({ code = 42 }) end -- not a string
+  if mode == "slow" and id == 1 then sqlnotify.sleep(60) end
+  if mode == "slow" and id == 2 then error("forever") end
+  if mode == "sleep1" then sqlnotify.sleep(1) end
+  print(string.format("done %d %d", id, v))
+end
+n:subscribe(tbl, "insert", handler)
+n:subscribe(tbl, "update", handler)
+n:on("dead_letter", function(ev, info)
+  print(string.format("dead %d %d %d", ev.id, ev.extra_columns.v, info.attempts))
+end)
+assert(n:start())
+if mode == "replay" then
+  sqlnotify.after(0.1, function() print("replaying " .. assert(n:replay_dead_letters())) end)
+  sqlnotify.every(0.1, function()
+    local left = #assert(n:dead_letters())
+    if left == 0 then print("no dead letters left") end
+  end)
+end
+print("ready " .. mode)
+]]
+
+local function lines(p, what)
+  local out = {}
+  for id, v, x in p:stdout():gmatch(what .. " (%d+) (%d+) ?(%d*)\n") do
+    out[#out + 1] = { id = tonumber(id), v = tonumber(v), x = tonumber(x) }
+  end
+  return out
+end
+local function done(p) return lines(p, "done") end
+local function started(p) return lines(p, "start") end
+local function dead(p) return lines(p, "dead") end
+local function keys(list)
+  local out = {}
+  for i, e in ipairs(list) do out[i] = e.id .. ":" .. e.v end
+  return out
+end
+
+-- Delivery order of the writes below (one commit): inserts, then each update's rows.
+local function expected(nkeys)
+  local out = {}
+  for v = 0, 3 do for id = 1, nkeys do out[#out + 1] = id .. ":" .. v end end
+  return out
+end
+
+local function sorted(list)
+  local c = table.move(list, 1, #list, 1, {})
+  table.sort(c)
+  return c
+end
+
+local procs = {}
+local function track(p) procs[#procs + 1] = p return p end
+local function stop_all()
+  for _, p in ipairs(procs) do
+    if not p:exited() then p:kill("KILL") p:wait() end
+  end
+  for i = #procs, 1, -1 do procs[i] = nil end
+end
+
+-- Each dialect: make a table, write to it from another process, name it for watch().
+local dialects = {
+  {
+    name = "PostgreSQL",
+    url = function() return H.pg_url end,
+    setup = function() H.fresh_schema("spec30") end,
+    teardown = function() H.drop_schema("spec30") end,
+    create = function(_, t) H.psql(fmt("CREATE TABLE spec30.%s (id int PRIMARY KEY, v int NOT NULL)", t)) end,
+    write = function(_, t, nkeys)
+      H.psql(fmt("BEGIN; INSERT INTO spec30.%s SELECT g, 0 FROM generate_series(1, %d) g; UPDATE spec30.%s SET v = 1;"
+        .. " UPDATE spec30.%s SET v = 2; UPDATE spec30.%s SET v = 3; COMMIT;", t, nkeys, t, t, t))
+    end,
+    watched = function(t) return "spec30." .. t end,
+    forget = function(n, consumer) n:drop_consumer(consumer) H.psql("DELETE FROM sqlnotify.dead_letters WHERE "
+      .. "consumer LIKE 's30%'") end,
+  },
+  {
+    name = "SQLite",
+    url = function(db) return "sqlite:///" .. db end,
+    setup = function() end,
+    teardown = function() end,
+    create = function(db, t) H.sqlite_cli(db, fmt("CREATE TABLE %s (id integer PRIMARY KEY, v integer NOT NULL);", t)) end,
+    write = function(db, t, nkeys)
+      local ins = {}
+      for i = 1, nkeys do ins[i] = fmt("(%d, 0)", i) end
+      H.sqlite_cli(db, fmt("BEGIN; INSERT INTO %s VALUES %s; UPDATE %s SET v = 1; UPDATE %s SET v = 2;"
+        .. " UPDATE %s SET v = 3; COMMIT;", t, table.concat(ins, ", "), t, t, t))
+    end,
+    watched = function(t) return t end,
+    forget = function(n, consumer) n:drop_consumer(consumer) end,
+  },
+  {
+    name = "MySQL",
+    url = function() return H.mysql_url end,
+    setup = function() end,
+    teardown = function() end,
+    create = function(_, t)
+      H.mysql(fmt("DROP TABLE IF EXISTS s30_%s; CREATE TABLE s30_%s (id int PRIMARY KEY, v int NOT NULL);", t, t))
+    end,
+    write = function(_, t, nkeys)
+      local ins = {}
+      for i = 1, nkeys do ins[i] = fmt("(%d, 0)", i) end
+      -- ORDER BY id: MySQL updates rows in the order it finds them; the spec wants key order
+      H.mysql(fmt("BEGIN; INSERT INTO s30_%s VALUES %s; UPDATE s30_%s SET v = 1 ORDER BY id;"
+        .. " UPDATE s30_%s SET v = 2 ORDER BY id; UPDATE s30_%s SET v = 3 ORDER BY id; COMMIT;",
+        t, table.concat(ins, ", "), t, t, t))
+    end,
+    watched = function(t) return "s30_" .. t end,
+    forget = function(n, consumer)
+      n:drop_consumer(consumer)
+      H.mysql("DELETE FROM sqlnotify_dead_letters WHERE consumer LIKE 's30%'")
+    end,
+  },
+}
+
+for _, d in ipairs(dialects) do
+  describe("delivery on " .. d.name .. " (the real host)", function()
+    local db, count = nil, 0
+    local modefile
+    setup(function() d.setup() end)
+    teardown(function() d.teardown() end)
+    before_each(function()
+      count = count + 1
+      db = d.name == "SQLite" and H.fresh_sqlite("delivery30") or nil
+      if db then H.sqlite_cli(db, "PRAGMA journal_mode = wal;") end
+      modefile = H.tmpfile(".mode")
+    end)
+    after_each(stop_all)
+
+    local function mode(m) H.spit(modefile, m .. "\n") end
+    local function table_name() return "t" .. count end
+    local function watcher(t, consumer, conc, attempts, script)
+      local p = track(H.host(WATCHER, { d.url(db), d.watched(t), consumer, tostring(conc), tostring(attempts), modefile },
+        nil, script))
+      assert(p:wait_for("ready ", 20), "the host did not start: " .. p:stderr())
+      return p
+    end
+    local function notifier()
+      return assert(sqlnotify.notifier{ url = d.url(db), use_logger = false })
+    end
+
+    for _, conc in ipairs({ 4, 1 }) do
+      it(fmt("retries a failing key; every event done once, in key order; concurrency %d %s", conc,
+        conc > 1 and "lets other keys by" or "holds them back"), function()
+        local t, consumer = table_name(), "s30_retry" .. conc
+        d.create(db, t)
+        mode("fail3")
+        local p = watcher(t, consumer, conc, 5)
+        d.write(db, t, 5)
+        assert.is_true(p:wait_count(done, 20, 30), p:stdout() .. p:stderr())
+        H.sleep(0.3)
+        local got = keys(done(p))
+        assert.same(sorted(expected(5)), sorted(got)) -- each exactly once
+        for id = 1, 5 do -- per key, v in order
+          local vs = {}
+          for _, e in ipairs(done(p)) do if e.id == id then vs[#vs + 1] = e.v end end
+          assert.same({ 0, 1, 2, 3 }, vs)
+        end
+        -- key 1's events ran 4 times each (3 failures, then done)
+        for _, e in ipairs(started(p)) do
+          if e.id ~= 1 then assert.equal(1, e.x) end
+        end
+        assert.equal(32, #started(p)) -- 4 starts for each of key 1's 4 events, 1 for the 16 others
+        local pos = {}
+        for i, k in ipairs(got) do pos[k] = i end
+        if conc > 1 then
+          -- the other keys finished while key 1 was retrying its first event
+          for id = 2, 5 do assert.is_true(pos[id .. ":3"] < pos["1:0"], table.concat(got, " ")) end
+        else
+          assert.same(expected(5), got) -- one at a time: commit order, the failing key first
+        end
+        assert.matches("attempt 1 of 5; again in", p:stderr())
+        p:stop()
+        local n = notifier()
+        d.forget(n, consumer)
+        n:close()
+      end)
+    end
+
+    it("dead-letters an event that always fails, and replays it after a reload fixed the handler", function()
+      local t, consumer = table_name(), "s30_dead"
+      d.create(db, t)
+      mode("always")
+      local script = H.tmpfile(".lua")
+      local p = watcher(t, consumer, 4, 3, script)
+      d.write(db, t, 3)
+      assert.is_true(p:wait_count(dead, 4, 30), p:stdout() .. p:stderr())
+      assert.is_true(p:wait_count(done, 8, 10), p:stdout() .. p:stderr())
+      assert.same({ "1:0", "1:1", "1:2", "1:3" }, keys(dead(p)))
+      for _, e in ipairs(dead(p)) do assert.equal(3, e.x) end
+      local n = notifier()
+      local rows = assert(n:dead_letters{ consumer = consumer })
+      assert.equal(4, #rows)
+      for _, r in ipairs(rows) do
+        assert.equal(consumer, r.consumer)
+        assert.equal(3, r.attempts)
+        assert.matches("table: 0x", r.error) -- a non-string error, kept as text
+      end
+      -- the tool shows them
+      local out = H.tmpfile(".out")
+      assert(H.sh(fmt("%s --dead-letters %s %s >%s 2>&1", q(H.host_bin), q(d.url(db)), q(consumer), q(out))))
+      assert.matches("4 dead letter%(s%)", H.slurp(out))
+      -- fix the handler, reload (SIGHUP), replay
+      mode("replay")
+      p:kill("HUP")
+      assert.is_true(p:wait_for("no dead letters left", 20), p:stdout() .. p:stderr())
+      assert.matches("replaying 4\n", p:stdout())
+      local after = {}
+      for _, e in ipairs(done(p)) do if e.id == 1 then after[#after + 1] = e.v end end
+      assert.same({ 0, 1, 2, 3 }, after) -- replayed in order, once each
+      assert.same({}, assert(n:dead_letters{ consumer = consumer }))
+      p:stop()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
+    it("kill -9 during a backoff and during a waiting handler: on restart those events come again", function()
+      local t, consumer = table_name(), "s30_kill"
+      d.create(db, t)
+      mode("slow")
+      local p = watcher(t, consumer, 8, "inf")
+      d.write(db, t, 4)
+      -- key 1 waits in its handler, key 2 in backoff; keys 3 and 4 go on
+      assert.is_true(p:wait_for("start 2 0 3\n", 20), p:stdout() .. p:stderr())
+      assert.is_true(p:wait_count(done, 8, 20), p:stdout() .. p:stderr())
+      local first = keys(done(p))
+      assert.same({ "3:0", "3:1", "3:2", "3:3", "4:0", "4:1", "4:2", "4:3" }, sorted(first))
+      p:kill("KILL")
+      p:wait()
+      mode("ok")
+      local p2 = watcher(t, consumer, 8, 3)
+      assert.is_true(p2:wait_count(done, 8, 20), p2:stdout() .. p2:stderr())
+      H.sleep(0.5)
+      local again = keys(done(p2))
+      -- keys 1 and 2 never finished: all their events come again; the cursor had not moved
+      -- past key 1's first event, so what followed it may come again too (at least once)
+      for _, k in ipairs({ "1:0", "1:1", "1:2", "1:3", "2:0", "2:1", "2:2", "2:3" }) do
+        local seen = 0
+        for _, g in ipairs(again) do if g == k then seen = seen + 1 end end
+        assert.equal(1, seen, k .. " in " .. table.concat(again, " "))
+      end
+      p2:stop()
+      local n = notifier()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
+    it("SIGTERM with handlers in flight: they finish within shutdown_grace, exit 0, not delivered again", function()
+      local t, consumer = table_name(), "s30_term"
+      d.create(db, t)
+      mode("sleep1")
+      local p = watcher(t, consumer, 8, 3)
+      d.write(db, t, 8) -- 32 events: the first 8 (the inserts) start at once
+      assert.is_true(p:wait_count(started, 8, 20), p:stdout() .. p:stderr())
+      local t0 = H.now()
+      p:kill("TERM")
+      assert.equal(0, p:wait(10))
+      assert.is_true(H.now() - t0 < 5)
+      assert.same(sorted({ "1:0", "2:0", "3:0", "4:0", "5:0", "6:0", "7:0", "8:0" }), sorted(keys(done(p))))
+      assert.matches("handlers in flight get up to 5 s", p:stderr())
+      -- the restart delivers what had not started, and not what finished
+      mode("ok")
+      local p2 = watcher(t, consumer, 8, 3)
+      assert.is_true(p2:wait_count(done, 24, 20), p2:stdout() .. p2:stderr())
+      H.sleep(0.5)
+      local want = expected(8)
+      assert.same(sorted({ table.unpack(want, 9) }), sorted(keys(done(p2))))
+      p2:stop()
+      local n = notifier()
+      d.forget(n, consumer)
+      n:close()
+    end)
+  end)
+end
+
+describe("delivery options", function()
+  it("refuses concurrency and retry of the wrong type at the caller's line", function()
+    local function err_of(opts)
+      local ok, e = pcall(function() return sqlnotify.notifier(opts) end)
+      assert.is_false(ok)
+      return e
+    end
+    local base = function(extra)
+      local o = { url = H.pg_url, use_logger = false }
+      for k, v in pairs(extra) do o[k] = v end
+      return o
+    end
+    assert.matches("30%-delivery_spec.lua:%d+: sqlnotify: concurrency must be a whole number from 1",
+      err_of(base{ concurrency = "4" }))
+    assert.matches("sqlnotify: concurrency must be", err_of(base{ concurrency = 0 }))
+    assert.matches("sqlnotify: retry must be a table", err_of(base{ retry = 3 }))
+    assert.matches("sqlnotify: unknown retry option \"tries\"", err_of(base{ retry = { tries = 3 } }))
+    assert.matches("sqlnotify: retry.attempts must be a whole number", err_of(base{ retry = { attempts = 0 } }))
+    assert.matches("sqlnotify: retry.max_delay must be", err_of(base{ retry = { delay = 5, max_delay = 1 } }))
+    assert.matches("sqlnotify: shutdown_grace must be", err_of(base{ shutdown_grace = -1 }))
+  end)
+
+  it("sleep outside a handler says where it may be called", function()
+    local ok, e = pcall(sqlnotify.sleep, 0.01)
+    assert.is_false(ok)
+    assert.matches("sqlnotify: sleep must be called from a handler or a coroutine of sqlnotify.spawn", e)
+  end)
+end)
