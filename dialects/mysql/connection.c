@@ -738,6 +738,7 @@ const sn_dialect sn_mysql_dialect = {
     .stop = my_stop,
     .notify = d_notify,
     .ack = my_ack,
+    .hold = my_hold,
     .consumers = my_consumers,
     .drop_consumer = my_drop_consumer,
     .query = d_query,

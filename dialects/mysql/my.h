@@ -103,6 +103,8 @@ typedef struct my_reader {
     int locked;          /* durable: this process holds the consumer's lock */
     int standby_said;
     int dirty;           /* durable: st changed since it was saved */
+    int dirty_late;      /* ... and since the text of the save in flight was made */
+    int held;            /* durable: hold(): read nothing more, apply acks to st as they come */
     int stop_pending;    /* stop() from inside deliver */
     double last_save;
     int64_t probe_lo;    /* the gap being probed */
@@ -119,6 +121,7 @@ typedef struct my_reader {
     int *ev_row;         /* the row of each event */
     size_t nrows, nev, cap;
     long acked;          /* the last row the runtime acknowledged, -1 none */
+    size_t applied;      /* rows of the batch st has seen (the held batch: up to the last ack) */
     char lockname[65];
 } my_reader;
 
@@ -182,6 +185,7 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void my_unlisten(sn_conn *c, const char *channel);
 void my_stop(sn_conn *c);
 void my_ack(sn_conn *c, int64_t seq);
+int my_hold(sn_conn *c, int on);
 void my_reader_close(sn_conn *c);
 
 /* cursor.c */

@@ -21,6 +21,12 @@
  * Durable mode (a consumer name): the position lives in the consumer's row; one process
  * reads a consumer at a time (GET_LOCK on the reader's session), others stand by and
  * take over when its session ends.
+ *
+ * Held (hold(), durable only): the batch's handlers finish after deliver returned. The
+ * tick then reads nothing; it saves the position (acks outside deliver move st as they
+ * come), keeps last_seen fresh, probes and prunes. The lock is the session's, so it stays
+ * while the session does; after a lost session st is read back and the held batch's acks
+ * applied again. Release reads on from st: what was not acked comes again.
  */
 #include "my.h"
 
@@ -46,6 +52,7 @@ enum { NEXT_CONNECT, NEXT_LOCK, NEXT_POLL };
 static void fetch(sn_conn *c);
 static void after_round(sn_conn *c);
 static void teardown(sn_conn *c);
+static size_t apply(sn_conn *c);
 
 static int durable(const sn_conn *c) { return c->consumer != NULL; }
 
@@ -369,6 +376,10 @@ static void loaded(sn_conn *c, int ok)
             r->st.high = below - 1;
         r->dirty = 1;
     }
+    if (r->held) { /* the held batch's acks stand: the handlers did that work */
+        r->applied = 0;
+        apply(c);
+    }
     r->last_save = now;
     later(c, NEXT_POLL, 0);
 }
@@ -384,6 +395,27 @@ static void load(sn_conn *c)
 }
 
 /* ===== a round: fetch, deliver, advance ===== */
+
+/* st sees the batch's rows up to what the runtime acknowledged (all of them in live mode,
+ * or once its last event is acked), from where it stopped. Returns how many it has seen. */
+static size_t apply(sn_conn *c)
+{
+    my_reader *r = &c->r;
+    size_t upto = r->nrows, i;
+    if (durable(c) && r->nev > 0 && r->acked < r->ev_row[r->nev - 1])
+        upto = r->acked < 0 ? 0 : (size_t)r->acked + 1;
+    double now = my_now();
+    for (i = r->applied; i < upto; i++)
+        if (my_state_see(&r->st, r->ids[i], now) < 0) {
+            sn_logf(&c->sink, SN_LOG_ERROR, "journal reader: out of memory");
+            break;
+        }
+    if (durable(c) && i > r->applied)
+        r->dirty = r->dirty_late = 1;
+    if (i > r->applied)
+        r->applied = i;
+    return r->applied;
+}
 
 static int reserve(my_reader *r, size_t n)
 {
@@ -435,24 +467,15 @@ static void fetched(sn_conn *c, int ok)
         r->nrows++;
     }
     r->acked = -1;
+    r->applied = 0;
     if (r->nev > 0) {
         c->in_deliver = 1;
         c->sink.deliver(c->sink.ud, r->ev, r->nev);
         c->in_deliver = 0;
     }
-    /* Durable: advance up to what the handlers finished (all of it, normally). */
-    size_t upto = r->nrows;
-    if (durable(c) && r->nev > 0 && r->acked < r->ev_row[r->nev - 1])
-        upto = r->acked < 0 ? 0 : (size_t)r->acked + 1;
-    double now = my_now();
-    for (size_t i = 0; i < upto; i++)
-        if (my_state_see(&r->st, r->ids[i], now) < 0) {
-            sn_logf(&c->sink, SN_LOG_ERROR, "journal reader: out of memory");
-            upto = i;
-            break;
-        }
-    if (durable(c) && upto > 0)
-        r->dirty = 1;
+    /* Durable: advance up to what the handlers finished (all of it, unless held). r->ev
+     * points into res: only ids outlive it, for the acks of a held batch. */
+    size_t upto = apply(c);
     mysql_free_result(res);
     if (c->closing) { /* close() from a handler */
         my_conn_free(c);
@@ -517,7 +540,7 @@ static void saved(sn_conn *c, int ok)
         failed(c, "saving the consumer's position");
         return;
     }
-    r->dirty = 0;
+    r->dirty = r->dirty_late; /* an ack while it was in flight: saved next round */
     r->last_save = my_now();
     probe(c);
 }
@@ -526,6 +549,7 @@ static void save_sql(sn_conn *c)
 {
     my_reader *r = &c->r;
     my_sbuf *b = &r->sql;
+    r->dirty_late = 0;
     b->len = 0;
     my_sb_addf(b, "INSERT INTO %s (name, pos, pending, low, last_seen, retention) VALUES (", c->consumers);
     my_sb_lit(b, c->consumer, strlen(c->consumer));
@@ -588,7 +612,7 @@ static void probe(sn_conn *c)
     prune(c);
 }
 
-static void idle(sn_conn *c) { later(c, NEXT_POLL, c->r.interval); }
+static void idle(sn_conn *c) { later(c, NEXT_POLL, c->r.held ? MAX_INTERVAL : c->r.interval); }
 
 static void prune_delete(sn_conn *c);
 
@@ -719,7 +743,12 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     switch (r->next) {
     case NEXT_CONNECT: connect_reader(c); break;
     case NEXT_LOCK: lock(c); break;
-    default: fetch(c); break;
+    default:
+        if (r->held) /* save the acks, keep last_seen fresh; read nothing */
+            after_round(c);
+        else
+            fetch(c);
+        break;
     }
 }
 
@@ -840,7 +869,7 @@ void my_unlisten(sn_conn *c, const char *channel)
 void my_ack(sn_conn *c, int64_t seq)
 {
     my_reader *r = &c->r;
-    if (!c->in_deliver)
+    if (!c->in_deliver && !r->held)
         return;
     size_t lo = 0, hi = r->nrows;
     while (lo < hi) { /* the row of this id */
@@ -850,8 +879,33 @@ void my_ack(sn_conn *c, int64_t seq)
         else
             hi = mid;
     }
-    if (lo < r->nrows && r->ids[lo] == seq && (long)lo > r->acked)
+    if (lo < r->nrows && r->ids[lo] == seq && (long)lo > r->acked) {
         r->acked = (long)lo;
+        if (r->held) /* st moves now; the tick saves it */
+            apply(c);
+    }
+}
+
+int my_hold(sn_conn *c, int on)
+{
+    my_reader *r = &c->r;
+    if (!durable(c))
+        return 0;
+    if (on || !r->held) {
+        r->held |= on;
+        return 1;
+    }
+    r->held = 0;
+    if (c->in_deliver) /* released before deliver returned: fetched() goes on as usual */
+        return 1;
+    r->nrows = r->nev = r->applied = 0; /* late acks of the batch no longer count */
+    r->acked = -1;
+    r->interval = MIN_INTERVAL;
+    /* idle: read on soon, from the tick (never from here); else the round in flight, the
+     * reconnect or the lock attempt gets there */
+    if (r->on && r->call == CALL_NONE && r->next == NEXT_POLL && ev_is_active(&r->tick))
+        later(c, NEXT_POLL, 0);
+    return 1;
 }
 
 /* Stop reading; a durable consumer's position is saved first (with a deadline). */
@@ -880,6 +934,9 @@ void my_stop(sn_conn *c)
     r->backoff = 0;
     r->standby_said = 0;
     r->prune_off = 0;
+    r->held = 0; /* what was in flight comes again after a new listen */
+    r->nrows = r->nev = r->applied = 0;
+    r->acked = -1;
     my_state_free(&r->st);
     for (int i = 0; i < r->nchan; i++)
         free(r->chans[i]);
