@@ -204,7 +204,7 @@ for _, d in ipairs(dialects) do
         else
           assert.same(expected(5), got) -- one at a time: commit order, the failing key first
         end
-        assert.matches("attempt 1 of 5; again in", p:stderr())
+        assert.matches("failed for id 1 %(attempt 1 of 5%): [^\n]*: transient 1\n", p:stderr())
         p:stop()
         local n = notifier()
         d.forget(n, consumer)

@@ -104,6 +104,43 @@ function M.sleep(seconds)
   return yield(WAIT)
 end
 
+--- sqlnotify.waiter() -> w: w:wait() yields the calling handler until w:wake(...) is called
+-- (from anywhere: a cqueues coroutine, a timer, another handler), and returns wake's
+-- arguments; a wake before the wait makes the wait return at once. One wake per waiter.
+local Waiter = {}
+Waiter.__index = Waiter
+
+function M.waiter()
+  return setmetatable({}, Waiter)
+end
+
+function Waiter:wait()
+  if self.vals then return table.unpack(self.vals, 1, self.vals.n) end
+  local co = running()
+  if not ours[co] then
+    error("sqlnotify: wait must be called from a handler or a coroutine of sqlnotify.spawn", 2)
+  end
+  if not isyieldable() then
+    error("sqlnotify: wait called where the handler cannot yield (inside a metamethod or a C function)", 2)
+  end
+  if self.co then error("sqlnotify: this waiter is waited on already", 2) end
+  self.co = co
+  return yield(WAIT)
+end
+
+function Waiter:wake(...)
+  if self.vals then return false end
+  local vals = table.pack(...)
+  self.vals = vals
+  local co = self.co
+  if co then
+    self.co = nil
+    -- resumed from the loop, never from inside whoever woke it (a cqueues coroutine)
+    core.after(0, function() M.wake(co, table.unpack(vals, 1, vals.n)) end)
+  end
+  return true
+end
+
 --- sqlnotify.spawn(fn, ...): runs fn as a coroutine of the loop (it may sleep, and use the
 -- calls that yield). An error is logged. Returns nothing.
 function M.spawn(fn, ...)

@@ -1604,7 +1604,7 @@ end
 
 -- ===== handlers that wait =====
 
-M.sleep, M.spawn = delivery.sleep, delivery.spawn
+M.sleep, M.spawn, M.waiter = delivery.sleep, delivery.spawn, delivery.waiter
 
 --- sqlnotify.stopping() -> true once SIGINT/SIGTERM (or sqlnotify.stop()) asked the loop to stop.
 function M.stopping()
