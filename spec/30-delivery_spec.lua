@@ -311,7 +311,10 @@ end
 describe("delivery options", function()
   it("refuses concurrency and retry of the wrong type at the caller's line", function()
     local function err_of(opts)
-      local ok, e = pcall(function() return sqlnotify.notifier(opts) end)
+      local ok, e = pcall(function()
+        local n = sqlnotify.notifier(opts)
+        return n
+      end)
       assert.is_false(ok)
       return e
     end

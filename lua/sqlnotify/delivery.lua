@@ -168,8 +168,10 @@ end
 M.DEFAULT_RETRY = { attempts = 10, delay = 0.5, max_delay = 60 }
 M.LIVE_RETRY = { attempts = 1, delay = 0.5, max_delay = 60 }
 
+local error_level = require("sqlnotify.filters").error_level
+
 local function bad(level, ...)
-  error("sqlnotify: " .. fmt(...), level + 1)
+  error("sqlnotify: " .. fmt(...), error_level(level + 1))
 end
 
 -- retry = {attempts =, delay =, max_delay =} checked, defaults from base. level: the caller's.
