@@ -55,6 +55,44 @@ end
 print("ready " .. mode)
 ]]
 
+-- batch = 3 subscriptions (inserts, updates) of one table. Mode "failfirst": the first call
+-- fails; "key1": every batch holding a key-1 event fails. It prints "batch k try ids",
+-- "batchdone ids" and "dead id v attempts" (ids: id:v,id:v,...).
+local BATCHER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, consumer, modefile = arg[1], arg[2], arg[3], arg[4]
+local f = assert(io.open(modefile))
+local mode = f:read("l")
+f:close()
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, concurrency = 8,
+  retry = { attempts = 3, delay = 0.05, max_delay = 0.1 } })
+n:watch(tbl, "insert", { extra_columns = { "v" } })
+n:watch(tbl, "update", { extra_columns = { "v" } })
+local calls = 0
+local function handler(evs)
+  calls = calls + 1
+  local parts, key1 = {}, false
+  for i, ev in ipairs(evs) do
+    parts[i] = ev.id .. ":" .. ev.extra_columns.v
+    key1 = key1 or ev.id == 1
+  end
+  local ids = table.concat(parts, ",")
+  print(string.format("batch %d %s", calls, ids))
+  sqlnotify.sleep(0.02)
+  if mode == "failfirst" and calls == 1 then error("the first call fails") end
+  if mode == "key1" and key1 then error("key 1") end
+  print("batchdone " .. ids)
+end
+n:subscribe(tbl, "insert", { batch = 3 }, handler)
+n:subscribe(tbl, "update", { batch = 3 }, handler)
+n:on("dead_letter", function(ev, info)
+  print(string.format("dead %d %d %d", ev.id, ev.extra_columns.v, info.attempts))
+end)
+assert(n:start())
+print("ready " .. mode)
+]]
+
 local function lines(p, what)
   local out = {}
   for id, v, x in p:stdout():gmatch(what .. " (%d+) (%d+) ?(%d*)\n") do
@@ -256,6 +294,71 @@ for _, d in ipairs(dialects) do
       n:close()
     end)
 
+    it("batch = 3: lists of up to 3 in commit order; a failed batch is retried whole, then dead-lettered", function()
+      local consumer = "s30_batch"
+      local function batches(p, what)
+        local out = {}
+        for ids in p:stdout():gmatch(what .. " ([%d:,]+)\n") do
+          local list = {}
+          for k in ids:gmatch("[^,]+") do list[#list + 1] = k end
+          out[#out + 1] = list
+        end
+        return out
+      end
+      local function flat(list)
+        local out = {}
+        for _, b in ipairs(list) do
+          assert.is_true(#b >= 1 and #b <= 3, table.concat(b, ","))
+          table.move(b, 1, #b, #out + 1, out)
+        end
+        return out
+      end
+      for _, m in ipairs({ "failfirst", "key1" }) do
+        local t = table_name() .. m
+        d.create(db, t)
+        mode(m)
+        local p = track(H.host(BATCHER, { d.url(db), d.watched(t), consumer .. m, modefile }))
+        assert.is_true(p:wait_for("ready ", 20), p:stderr())
+        d.write(db, t, 5)
+        local want = expected(5)
+        if m == "failfirst" then
+          assert.is_true(p:wait_count(function() return flat(batches(p, "batchdone")) end, 20, 30),
+            p:stdout() .. p:stderr())
+          H.sleep(0.3)
+          assert.same(want, flat(batches(p, "batchdone"))) -- each once, in commit order
+          local calls = batches(p, "batch %d+")
+          assert.same(calls[1], calls[2]) -- the failed call came again, the same events
+          assert.equal(#batches(p, "batchdone") + 1, #calls)
+          assert.same({}, dead(p))
+        else
+          assert.is_true(p:wait_count(dead, 4, 30), p:stdout() .. p:stderr())
+          H.sleep(0.5)
+          local gone = {} -- every event of a failing batch is dead-lettered once, after 3 attempts
+          for _, e in ipairs(dead(p)) do
+            assert.equal(3, e.x)
+            gone[#gone + 1] = e.id .. ":" .. e.v
+          end
+          local rest = {}
+          for _, k in ipairs(want) do
+            local is_dead = false
+            for _, g in ipairs(gone) do is_dead = is_dead or g == k end
+            if not is_dead then rest[#rest + 1] = k end
+          end
+          assert.same(rest, flat(batches(p, "batchdone")))
+          for _, k in ipairs({ "1:0", "1:1", "1:2", "1:3" }) do
+            local n = 0
+            for _, g in ipairs(gone) do if g == k then n = n + 1 end end
+            assert.equal(1, n, k .. " in " .. table.concat(gone, " "))
+          end
+          assert.equal(#want, #gone + #rest)
+        end
+        p:stop()
+        local n = notifier()
+        d.forget(n, consumer .. m)
+        n:close()
+      end
+    end)
+
     it("kill -9 during a backoff and during a waiting handler: on restart those events come again", function()
       local t, consumer = table_name(), "s30_kill"
       d.create(db, t)
@@ -338,6 +441,20 @@ describe("delivery options", function()
     assert.matches("sqlnotify: retry.attempts must be a whole number", err_of(base{ retry = { attempts = 0 } }))
     assert.matches("sqlnotify: retry.max_delay must be", err_of(base{ retry = { delay = 5, max_delay = 1 } }))
     assert.matches("sqlnotify: shutdown_grace must be", err_of(base{ shutdown_grace = -1 }))
+  end)
+
+  it("refuses a batch that is not a whole number from 1 at the caller's line", function()
+    local db = H.fresh_sqlite("delivery30b")
+    H.sqlite_cli(db, "CREATE TABLE b (id integer PRIMARY KEY);")
+    local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. db, use_logger = false })
+    n:watch("b", "insert")
+    for _, bad in ipairs({ 0, "3", 1.5, 100001 }) do
+      local ok, e = pcall(function() n:subscribe("b", "insert", { batch = bad }, function() end) end)
+      assert.is_false(ok)
+      assert.matches("30%-delivery_spec.lua:%d+: sqlnotify: subscribe batch must be a whole number from 1 to 100000, got "
+        .. (type(bad) == "number" and tostring(bad) or type(bad)):gsub("%p", "%%%0"), e)
+    end
+    n:close()
   end)
 
   it("sleep outside a handler says where it may be called", function()

@@ -235,6 +235,8 @@ function M.queue(n, concurrency, retry, grace)
     keys = {},            -- key -> the jobs waiting behind the one in flight (present: the key is busy)
     ready = {}, rh = 1, rt = 0, -- jobs whose turn came, waiting for a slot (FIFO)
     pend = {}, ph = 1, pt = 0, -- durable: jobs delivered and not yet acked, in delivery order
+    bufs = {},            -- batch = N subscription -> its events waiting for a batch {h =, t =, ...}
+    batches = {},         -- batch jobs not over (their retry timers stop at a reset)
     held = false, live = 0, gen = 0,
   }, Queue)
 end
@@ -247,8 +249,12 @@ end
 local start -- (q, job)
 
 -- The job's ack record is done: move the cursor over the done prefix; release the hold when
--- nothing is left in flight.
+-- nothing is left in flight. A record that batches still wait on (left) is done when they are.
 local function acked(q, job)
+  if job.left and job.left > 0 then
+    job.self_done = true
+    return
+  end
   job.done = true
   if not job.seq then return end
   local pend, last = q.pend, nil
@@ -282,10 +288,24 @@ local function next_ready(q)
   end
 end
 
+-- One batch holding a delivered event is over.
+local function part_done(q, rec)
+  rec.left = rec.left - 1
+  if rec.left == 0 and rec.self_done then acked(q, rec) end
+end
+
 -- The job is over (done or given up): its key's next job, the slot, the ack.
 local function over(q, job)
   q.active = q.active - 1
-  if not job.seq and not job.replay then q.live = q.live - 1 end
+  if job.items then
+    job.done = true
+    q.batches[job] = nil
+    for _, it in ipairs(job.items) do
+      if it.rec then part_done(q, it.rec) end
+    end
+  elseif not job.seq and not job.replay then
+    q.live = q.live - 1
+  end
   local wl = q.keys[job.key]
   if wl and #wl > 0 then
     q.rt = q.rt + 1
@@ -323,7 +343,7 @@ finish = function(job, err, failed, raw)
     job.policy = q.n:_policy_of(failed)
   end
   local policy = job.policy
-  if job.attempt >= policy.attempts or (not job.seq and not job.replay and q.live > LIVE_BOUND) then
+  if job.attempt >= policy.attempts or (not job.seq and not job.replay and not job.items and q.live > LIVE_BOUND) then
     return give_up(q, job, err)
   end
   local wait = backoff(policy, job.attempt)
@@ -337,7 +357,8 @@ finish = function(job, err, failed, raw)
 end
 
 local function run_job(job)
-  return job.q.n:_run(job.w, job.ev, job.subs, job.attempt)
+  if job.items then return job.q.n:_run_batch(job) end
+  return job.q.n:_run(job.w, job.ev, job.subs, job.attempt, job.replay ~= nil)
 end
 
 -- Run the job's handlers on a coroutine; it may finish now or later (M.wake).
@@ -387,7 +408,7 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
       job.co = co
       owner[co] = job
     end
-    return job.done
+    return job.done, job
   end
   self:_register(job)
   local wl = self.keys[job.key]
@@ -402,7 +423,79 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
       self.ready[self.rt] = job
     end
   end
-  return job.done
+  return job.done, job
+end
+
+-- A delivered event only batch = N subscriptions take: its ack record, done when they are
+-- (nil in live mode).
+function Queue:part(seq, left)
+  if not seq then return nil end
+  self.pt = self.pt + 1
+  local rec = { seq = seq, left = left, self_done = true }
+  self.pend[self.pt] = rec
+  return rec
+end
+
+-- ===== batch = N subscriptions =====
+-- Their events wait in the subscription's buffer. One batch (up to N events of one
+-- subscription, in one call) runs at a time per table, and it never passes an event of the
+-- table that another subscription's buffer holds from earlier: each key's events reach the
+-- batch handlers in commit order, as they reach the others. A failure retries or
+-- dead-letters the whole batch. Each event's ack record waits for the batches holding it.
+
+local function launch(q, bkey)
+  if q.keys[bkey] or core.stopping() then return end
+  local sub, b, limit = nil, nil, math.huge -- the buffer whose head came first; the next head
+  for s, sb in pairs(q.bufs) do
+    if s.bkey == bkey then
+      local pos = sb[sb.h].pos
+      if not b or pos < b[b.h].pos then
+        if b then limit = min(limit, b[b.h].pos) end
+        sub, b = s, sb
+      else
+        limit = min(limit, pos)
+      end
+    end
+  end
+  if not b then return end
+  local items = {}
+  while b.h <= b.t and #items < sub.batch and b[b.h].pos < limit do
+    items[#items + 1] = b[b.h]
+    b[b.h] = nil
+    b.h = b.h + 1
+  end
+  if b.h > b.t then q.bufs[sub] = nil end
+  local job = { q = q, items = items, sub = sub, subs = { sub }, key = bkey, attempt = 1,
+    policy = sub.retry or q.retry, gen = q.gen }
+  job.on_done = function() if q.gen == job.gen then launch(q, bkey) end end
+  q.batches[job] = true
+  q.keys[job.key] = {}
+  if q.active < q.limit then
+    start(q, job)
+  else
+    q.rt = q.rt + 1
+    q.ready[q.rt] = job
+  end
+end
+
+-- item: {w =, ev =, seq =, payload =, channel =, rec =}, in delivery order.
+function Queue:buffer(sub, item)
+  local b = self.bufs[sub]
+  if not b then
+    b = { h = 1, t = 0 }
+    self.bufs[sub] = b
+  end
+  self.pos = (self.pos or 0) + 1
+  item.pos = self.pos
+  b.t = b.t + 1
+  b[b.t] = item
+end
+
+-- Start a batch for each table with events waiting and none running.
+function Queue:flush()
+  local tables = {}
+  for sub in pairs(self.bufs) do tables[sub.bkey] = true end
+  for bkey in pairs(tables) do launch(self, bkey) end
 end
 
 -- A delivered event with nothing to run (no subscriber, skipped): done in its place.
@@ -416,7 +509,7 @@ end
 
 -- Is anything in flight (delivered and not done)?
 function Queue:busy()
-  return self.active > 0 or self.ph <= self.pt or self.rh <= self.rt
+  return self.active > 0 or self.ph <= self.pt or self.rh <= self.rt or next(self.bufs) ~= nil
 end
 
 -- Running handlers (yielded), for the grace at stop.
@@ -432,15 +525,21 @@ end
 function Queue:pending_jobs()
   local list, seen = {}, {}
   local function add(job)
-    if job and job.ev and not job.done and not seen[job] then
+    if job and not job.done and not seen[job] then
       seen[job] = true
-      list[#list + 1] = job
+      if job.items then -- a batch: its events, each as a job would say it
+        for _, it in ipairs(job.items) do add(it) end
+      elseif job.ev then
+        list[#list + 1] = job
+      end
     end
   end
   for i = self.ph, self.pt do add(self.pend[i]) end
   for co, job in pairs(owner) do if job.q == self and job.co == co then add(job) end end
   for i = self.rh, self.rt do add(self.ready[i]) end
   for _, wl in pairs(self.keys) do for _, job in ipairs(wl) do add(job) end end
+  for job in pairs(self.batches) do add(job) end
+  for _, b in pairs(self.bufs) do for i = b.h, b.t do add(b[i]) end end
   return list
 end
 
@@ -450,10 +549,14 @@ function Queue:reset()
   for _, job in ipairs(jobs) do
     if job.timer then job.timer:stop() end
   end
+  for job in pairs(self.batches) do
+    if job.timer then job.timer:stop() end
+  end
   self.gen = self.gen + 1
   self.active, self.live = 0, 0
   self.keys, self.ready, self.rh, self.rt = {}, {}, 1, 0
   self.pend, self.ph, self.pt = {}, 1, 0
+  self.bufs, self.batches = {}, {}
   self.held = false
   return jobs
 end

@@ -352,7 +352,8 @@ function M.notifier(opts)
     _watches = {},     -- in watch order
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
-    _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count }
+    _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count,
+                       --   batch = {batch = N subscriptions}, nb = their count }
     _on = { reconnect = {}, error = {}, dead_letter = {} },
     _retry = retry,
     _reports = {},     -- rate-limit states with suppressed reports, printed at stop
@@ -662,7 +663,7 @@ function Notifier:_find_watch(t, op, label, level)
   return w, info
 end
 
-local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true, name = true, retry = true }
+local SUBSCRIBE_OPTIONS = { filters = true, channel_label = true, name = true, retry = true, batch = true }
 
 local function callable(f)
   if type(f) == "function" then return true end
@@ -671,7 +672,9 @@ local function callable(f)
 end
 
 --- n:subscribe(table, operation, [opts,] handler) -> subscription
---   opts: filters = {{column=, value=, old=}, ...}, channel_label=, name= (for debug logs)
+--   opts: filters = {{column=, value=, old=}, ...}, channel_label=, name= (for debug logs),
+--   retry = {attempts=, delay=, max_delay=}, batch = N (the handler gets a list of up to N
+--   events, done or failed together)
 function Notifier:subscribe(t, op, opts, handler)
   check_notifier(self, 2)
   if handler == nil and callable(opts) then opts, handler = nil, opts end
@@ -684,18 +687,30 @@ function Notifier:subscribe(t, op, opts, handler)
     fail(2, "subscribe needs a handler function, got %s", type(handler))
   end
   if opts.name ~= nil and type(opts.name) ~= "string" then fail(2, "subscribe name must be a string") end
+  local batch = opts.batch
+  if batch ~= nil and (math.type(batch) ~= "integer" or batch < 1 or batch > 100000) then
+    fail(2, "subscribe batch must be a whole number from 1 to 100000, got %s",
+      type(batch) == "number" and tostring(batch) or type(batch))
+  end
   local w, info = self:_find_watch(t, op, opts.channel_label, 2)
   local checked = filters.check(opts.filters, w, info, function(...) self:_log("warn", ...) end, 2)
   self._seq = self._seq + 1
   local sub = { seq = self._seq, handler = handler, filters = checked, watch = w, active = true,
     name = opts.name or fmt("#%d", self._seq),
-    retry = opts.retry ~= nil and delivery.check_retry(opts.retry, self._retry, 2) or nil }
+    retry = opts.retry ~= nil and delivery.check_retry(opts.retry, self._retry, 2) or nil, batch = batch }
   sub.what = opts.name and fmt("handler %q for %s on %s", opts.name, op, w.name)
     or fmt("handler for %s on %s", op, w.name)
   local chan = self._subs[w.channel]
   if not chan then
-    chan = { all = {}, by = {}, cols = {}, n = 0 }
+    chan = { all = {}, by = {}, cols = {}, n = 0, batch = {}, nb = 0 }
     self._subs[w.channel] = chan
+  end
+  if batch then -- matched at dispatch, apart from the handlers of one event
+    sub.bkey = "\1batch\0" .. w.name -- one batch at a time per table (delivery.lua)
+    chan.batch[#chan.batch + 1] = sub
+    chan.nb = chan.nb + 1
+    sub.list, sub.chan = chan.batch, chan
+    return setmetatable(sub, M.Subscription)
   end
   local list
   if #checked == 0 then
@@ -734,7 +749,11 @@ function M.Subscription:unsubscribe()
       break
     end
   end
-  self.chan.n = self.chan.n - 1
+  if self.batch then
+    self.chan.nb = self.chan.nb - 1
+  else
+    self.chan.n = self.chan.n - 1
+  end
 end
 
 -- ===== dispatch =====
@@ -897,11 +916,19 @@ function Notifier:_emit_error(message, context)
   end
 end
 
+-- The ids of a batch's events, for a log line (the first few).
+local function batch_ids(evs)
+  local ids = {}
+  for i = 1, math.min(#evs, 5) do ids[i] = show_id(evs[i].id) or "?" end
+  return concat(ids, ", ") .. (#evs > 5 and ", ..." or "")
+end
+
 -- A handler that fails on every event costs one log line per interval, not a flood;
 -- the count of those not reported is printed with the next report or at stop.
 function Notifier:_handler_failed(sub, ev, err, raw, after)
   local id = show_id(ev.id)
-  local head = fmt("%s failed%s", sub.what, id and " for id " .. id or "")
+  local head = fmt("%s failed%s", sub.what, id and " for id " .. id or ev.id == nil and ev[1] and
+    fmt(" for a batch of %d event(s), ids %s", #ev, batch_ids(ev)) or "")
   local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL, self._reports)
   if suppressed then
     self:_log("error", "%s%s%s: %s", head,
@@ -916,6 +943,7 @@ end
 -- One handler: nil when it returned, else the traceback and the error it raised (logged at
 -- once, with the attempt when it is retried).
 function Notifier:_call(sub, ev, attempt)
+  if sub.batch and ev.op then ev = { ev } end -- a batch subscription's event replayed alone
   local ok, err = xpcall(sub.handler, with_traceback, ev)
   if ok then return nil end
   local raw = raised
@@ -989,10 +1017,16 @@ end
 -- Run the handlers of one event on the calling coroutine (delivery's): all its subscribers,
 -- or, for a retry, the subscriptions that failed. Returns nil when every one returned, else
 -- the first failure's traceback, the subscriptions that failed, and the first's error value.
-function Notifier:_run(w, ev, subs, attempt)
+function Notifier:_run(w, ev, subs, attempt, with_batches)
   if not subs then
     local chan = self._subs[w.channel]
-    if not chan or chan.n == 0 then return nil end
+    if not chan then return nil end
+    if with_batches and chan.nb > 0 then -- a replayed event: batch subscriptions get it alone
+      subs = self:_batch_matching(chan, w, ev, self:_matching(chan, w, ev, {}))
+      sort(subs, by_seq)
+      return self:_run(w, ev, subs, attempt)
+    end
+    if chan.n == 0 then return nil end
     local all = chan.all
     if chan.n == 1 and #all == 1 and not self._debug then -- the common case: no list building
       local sub = all[1]
@@ -1017,6 +1051,28 @@ function Notifier:_run(w, ev, subs, attempt)
   return first, failed, raw1, sub1
 end
 
+-- The batch = N subscriptions of one event, filters applied; appended to list.
+function Notifier:_batch_matching(chan, w, ev, list)
+  local nulls, b = self._nulls, chan.batch
+  for i = 1, #b do
+    local sub = b[i]
+    if sub.active and not mismatch(sub, w, ev, nulls) then list[#list + 1] = sub end
+  end
+  return list
+end
+
+-- Run a batch's handler on the calling coroutine (delivery's): nil when it returned, else
+-- what _run returns.
+function Notifier:_run_batch(job)
+  local sub = job.sub
+  if not sub.active then return nil end
+  local evs = {}
+  for i, it in ipairs(job.items) do evs[i] = it.ev end
+  local err, raw = self:_call(sub, evs, job.attempt)
+  if err then return err, { sub }, raw, sub end
+  return nil
+end
+
 -- The message of a failure, without its traceback.
 local function message_of(err)
   return (tostring(err):match("^[^\n]*"))
@@ -1026,6 +1082,16 @@ end
 -- payload (live). true when that is done; nil when the table could not be written (the caller
 -- tries again: nothing is lost).
 function Notifier:_dead_letter(job, err)
+  if job.items then -- a batch: each of its events, once
+    for _, it in ipairs(job.items) do
+      if not it.dead then
+        it.attempt, it.policy = job.attempt, job.policy
+        if not self:_dead_letter(it, err) then return nil end
+      end
+    end
+    job.dead = true
+    return true
+  end
   local ev, w = job.ev, job.w
   local id = show_id(ev.id)
   local what = fmt("%s on %s%s", w.op, w.name, id and " id " .. id or "")
@@ -1083,7 +1149,7 @@ end
 function Notifier:_dispatch(batch, n, ts, seqs)
   local by_channel, subs, q = self._by_channel, self._subs, self._q
   self._debug = core.log_level() == "debug"
-  local done, prefix = 0, true
+  local done, prefix, buffered = 0, true, false
   for i = 1, 2 * n, 2 do
     if stopping() then break end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
@@ -1091,11 +1157,27 @@ function Notifier:_dispatch(batch, n, ts, seqs)
     local chan = w and subs[w.channel]
     local seq = seqs and seqs[(i + 1) // 2]
     local finished
-    if chan and chan.n > 0 and self._started then
+    if chan and (chan.n > 0 or chan.nb > 0) and self._started then
       local ev = self:_event(w, w.channel, batch[i + 1], ts)
-      if ev then
+      local bsubs = ev and chan.nb > 0 and self:_batch_matching(chan, w, ev, {})
+      if bsubs and #bsubs > 0 then -- batch subscriptions take it too: its record waits for them
+        ev.seq = seq
+        local rec
+        if chan.n > 0 then
+          finished, rec = q:add(w, ev, seq, self._retry, batch[i + 1], channel, { left = #bsubs })
+        else
+          finished, rec = false, q:part(seq, #bsubs)
+        end
+        for b = 1, #bsubs do
+          q:buffer(bsubs[b], { w = w, ev = ev, seq = seq, payload = batch[i + 1], channel = channel,
+            rec = seq and rec or nil })
+        end
+        buffered = true
+      elseif ev and chan.n > 0 then
         ev.seq = seq
         finished = q:add(w, ev, seq, self._retry, batch[i + 1], channel)
+      elseif ev then
+        finished = q:skip(seq)
       else
         finished = q:skip(seq)
       end
@@ -1111,6 +1193,7 @@ function Notifier:_dispatch(batch, n, ts, seqs)
       prefix = false
     end
   end
+  if buffered then q:flush() end
   if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
   return done
 end
@@ -1202,7 +1285,7 @@ function Notifier:_drop_in_flight()
       break
     end
     self:_log("error", "live event %s on %s not handled at stop (attempt %d): payload %s", job.w.op, job.w.name,
-      job.attempt, shorten(job.payload or ""))
+      job.attempt or 1, shorten(job.payload or ""))
   end
 end
 
