@@ -45,6 +45,20 @@ CFLAGS  += -DSN_HAVE_MYSQL
 DB_LIBS += $(MYSQL_LIBS)
 endif
 
+# The clients of SPEC §8.2, each built where its library is installed (else its constructor
+# names the Debian package): libcurl, hiredis, the NATS C client, libmosquitto.
+OBJS    += $(BUILD)/clients.o $(BUILD)/http.o $(BUILD)/redis.o $(BUILD)/nats.o $(BUILD)/mqtt.o
+CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS := $(shell pkg-config --libs libcurl 2>/dev/null)
+HIREDIS_CFLAGS := $(shell pkg-config --cflags hiredis 2>/dev/null)
+HIREDIS_LIBS := $(shell pkg-config --libs hiredis 2>/dev/null)
+NATS_CFLAGS := $(shell pkg-config --cflags libnats 2>/dev/null)
+NATS_LIBS := $(shell pkg-config --libs libnats 2>/dev/null)
+MOSQUITTO_CFLAGS := $(shell pkg-config --cflags libmosquitto 2>/dev/null)
+MOSQUITTO_LIBS := $(shell pkg-config --libs libmosquitto 2>/dev/null)
+CLIENT_CFLAGS :=
+$(foreach c,CURL HIREDIS NATS MOSQUITTO,$(if $($(c)_LIBS),$(eval CLIENT_CFLAGS += -DSN_HAVE_$(c) $($(c)_CFLAGS))$(eval DB_LIBS += $($(c)_LIBS))))
+
 all: $(HOST) $(MODULE)
 
 # What the build is configured with: the compiler, its flags, every optional library's
@@ -61,8 +75,8 @@ $(CONFIG_FILE): FORCE
 	@printf '%s\n' '$(subst ','\'',$(CONFIG))' | cmp -s - $@ \
 	  || printf '%s\n' '$(subst ','\'',$(CONFIG))' >$@
 
-$(BUILD)/%.o: src/%.c $(HEADERS) $(CONFIG_FILE)
-	$(CC) $(CFLAGS) -c -o $@ $<
+$(BUILD)/%.o: src/%.c $(HEADERS) src/clients.h $(CONFIG_FILE)
+	$(CC) $(CFLAGS) $(CLIENT_CFLAGS) -c -o $@ $<
 
 $(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<

@@ -359,4 +359,53 @@ function H.pluck(list, field)
   return out
 end
 
+-- A private server for a spec, never the machine's shared one: cmd (a shell command line
+-- that runs it in the foreground) is started in the background, and is ready once something
+-- accepts on 127.0.0.1:port. d:stop() ends it (TERM, then KILL); d:kill(sig) signals it;
+-- d:start() runs it again (a restart); d:log() is its output.
+local Daemon = {}
+Daemon.__index = Daemon
+
+local function accepts(port)
+  return H.sh(string.format("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null", port))
+end
+
+function H.daemon(cmd, port, timeout)
+  local d = setmetatable({ cmd = cmd, port = port, timeout = timeout or 10, logfile = tmpfile(".log"),
+    pidfile = tmpfile(".pid") }, Daemon)
+  assert(not accepts(port), string.format("port %d is taken: the spec's private server cannot start", port))
+  d:start()
+  return d
+end
+
+function Daemon:start()
+  spit(self.pidfile, "")
+  local inner = string.format("exec %s >>%s 2>&1 </dev/null", self.cmd, q(self.logfile))
+  assert(H.sh(string.format("sh -c %s >/dev/null 2>&1 </dev/null & echo $! >%s", q(inner), q(self.pidfile))))
+  self.pid = slurp(self.pidfile):match("%d+")
+  local deadline = H.now() + self.timeout
+  while not accepts(self.port) do
+    if H.now() > deadline then
+      error(string.format("the private server did not start on port %d: %s", self.port, self:log()), 2)
+    end
+    H.sleep(0.05)
+  end
+end
+
+function Daemon:kill(sig)
+  if self.pid then H.sh(string.format("kill -%s %s 2>/dev/null", sig or "TERM", self.pid)) end
+end
+
+function Daemon:stop()
+  if not self.pid then return end
+  self:kill("TERM")
+  local deadline = H.now() + 5
+  while H.sh("kill -0 " .. self.pid .. " 2>/dev/null") and H.now() < deadline do H.sleep(0.05) end
+  self:kill("KILL")
+  while H.sh("kill -0 " .. self.pid .. " 2>/dev/null") do H.sleep(0.02) end
+  self.pid = nil
+end
+
+function Daemon:log() return slurp(self.logfile) end
+
 return H

@@ -16,6 +16,7 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "clients.h"
 #include "dialect.h"
 #include "binding.h"
 #include "sqlnotify.h"
@@ -122,6 +123,11 @@ static void callback(lua_State *L, int nargs, const char *what)
         sn_log(SN_LOG_ERROR, "%s failed: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+}
+
+void sn_callback(lua_State *L, int nargs, const char *what)
+{
+    callback(L, nargs, what);
 }
 
 /* ===== loop ===== */
@@ -1263,6 +1269,10 @@ int luaopen_sqlnotify_core(lua_State *L)
     luaL_newlib(L, corelib);
     sn_io_open(L);
     sn_decode_open(L);
+    sn_http_open(L);
+    sn_redis_open(L);
+    sn_nats_open(L);
+    sn_mqtt_open(L);
     lua_pushstring(L, SQLNOTIFY_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

@@ -26,6 +26,9 @@ void sn_loop_destroy(void);
 /* Call the function under nargs arguments with a traceback handler, on L.
  * Returns the lua_pcall status; on error the message (with traceback) is on top. */
 int sn_pcall(lua_State *L, int nargs, int nresults);
+/* From a loop callback: call the function under nargs arguments on L (a main thread) and
+ * log a failure naming what; the loop goes on. */
+void sn_callback(lua_State *L, int nargs, const char *what);
 
 /* Host mode: sqlnotify.run() returns at once (the host runs the loop itself). */
 void sn_set_host_mode(int on);

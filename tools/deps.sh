@@ -8,7 +8,8 @@ build="lua5.4 liblua5.4-dev libpq-dev libsqlite3-dev libev-dev lua-cjson pkg-con
 case "$what" in
   build) need=$build ;;
   live) need="$build lua-cqueues" ;;
-  check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat libmariadb-dev mariadb-client" ;;
+  check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat libmariadb-dev mariadb-client
+    libcurl4-openssl-dev libhiredis-dev libnats-dev libmosquitto-dev redis-server nats-server mosquitto" ;;
   *) echo "usage: tools/deps.sh build|live|check" >&2; exit 2 ;;
 esac
 missing=""

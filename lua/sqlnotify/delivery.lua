@@ -156,6 +156,24 @@ function M.spawn(fn, ...)
   if tag == DONE and err then core.log("error", "spawned coroutine failed: " .. err) end
 end
 
+--- delivery.await(what, start, ...) -> the reply's values: how a client's call yields. start(...,
+-- reply) begins the request on the loop and returns true, or nil and an error (returned as
+-- they are); reply(...) is called once, later, from the loop, with what the call returns.
+-- what names the call in the error raised outside a handler or a spawned coroutine.
+function M.await(what, start, ...)
+  local co = running()
+  if not ours[co] or not isyieldable() then
+    error(fmt("sqlnotify: %s must be called from a handler or a coroutine of sqlnotify.spawn%s", what,
+      ours[co] and " (not inside a metamethod or a C function)" or ""), 3)
+  end
+  local n = select("#", ...)
+  local args = { ... }
+  args[n + 1] = function(...) M.wake(co, ...) end
+  local ok, err = start(table.unpack(args, 1, n + 1))
+  if not ok then return nil, err end
+  return yield(WAIT)
+end
+
 -- True while the calling code may wait (a handler or a spawned coroutine of the runtime).
 function M.can_wait()
   return ours[running()] == true and isyieldable()

@@ -1689,6 +1689,16 @@ end
 
 M.sleep, M.spawn, M.waiter = delivery.sleep, delivery.spawn, delivery.waiter
 
+-- The clients of the systems handlers feed (SPEC §8.2), loaded on first use:
+-- sqlnotify.http, sqlnotify.redis, sqlnotify.nats, sqlnotify.mqtt.
+local CLIENTS = { http = true, redis = true, nats = true, mqtt = true }
+setmetatable(M, { __index = function(t, k)
+  if not CLIENTS[k] then return nil end
+  local mod = require("sqlnotify." .. k)
+  rawset(t, k, mod)
+  return mod
+end })
+
 --- sqlnotify.stopping() -> true once SIGINT/SIGTERM (or sqlnotify.stop()) asked the loop to stop.
 function M.stopping()
   return stopping()
