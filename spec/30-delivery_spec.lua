@@ -463,3 +463,27 @@ describe("delivery options", function()
     assert.matches("sqlnotify: sleep must be called from a handler or a coroutine of sqlnotify.spawn", e)
   end)
 end)
+
+describe("ev:json()", function()
+  it("gives the event as one JSON object: its fields, SQL NULL as null", function()
+    local db = H.fresh_sqlite("delivery30j")
+    H.sqlite_cli(db, "CREATE TABLE j (id integer PRIMARY KEY, name text, x real, y real);")
+    local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. db, use_logger = false, nulls = true })
+    n:watch("j", "insert", { extra_columns = { "name", "x", "y" } })
+    local got
+    n:subscribe("j", "insert", function(ev) got = ev:json() sqlnotify.stop() end)
+    assert(n:start())
+    H.sqlite_cli(db, "INSERT INTO j VALUES (7, NULL, 1.5, 2.25);")
+    sqlnotify.run{ timeout = 10 }
+    n:close()
+    local t = require("cjson").decode((assert(got, "no event")))
+    assert.same({ id = 7, schema = "main", table = "j", operation = "insert", channel = t.channel, key = { id = 7 },
+      extra_columns = { name = require("cjson").null, x = 1.5, y = 2.25 }, truncated = false,
+      timestamp = t.timestamp }, t)
+    assert.matches("^sqlnotify_", t.channel)
+    assert.is_number(t.timestamp)
+    local ok, e = pcall(function() local ev = setmetatable({}, sqlnotify._event_meta) return ev.json() end)
+    assert.is_false(ok)
+    assert.matches("sqlnotify: json is a method: call ev:json%(%)", e)
+  end)
+end)

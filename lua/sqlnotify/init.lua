@@ -788,6 +788,19 @@ end
 -- A payload whose columns are not the plan's (a watched column renamed or dropped, one
 -- added to a table watched whole) has the table read again, and is decoded again when the
 -- watch changed; a truncated one too, unless a column it names is known to be gone.
+-- Every event's methods: ev:json() -> the event as one JSON object (SQL NULL: null; a float
+-- JSON cannot carry, NaN or infinite: null).
+local evjson = require("cjson.safe").new()
+evjson.encode_invalid_numbers("null")
+evjson.encode_sparse_array(true)
+local EventMeta = { __index = {
+  json = function(ev)
+    if type(ev) ~= "table" then fail(2, "json is a method: call ev:json(), not ev.json()") end
+    return assert(evjson.encode(ev))
+  end,
+} }
+M._event_meta = EventMeta
+
 function Notifier:_event(w, channel, payload, ts)
   local ev, why, drift = decode(w.plan or self:_plan(w), payload, channel, ts)
   if not ev then
@@ -799,7 +812,7 @@ function Notifier:_event(w, channel, payload, ts)
     if #w.gone == 0 then self:_recheck(w, ts) end
     if #w.gone == 0 then self:_warn_truncated(w, channel, ts) end -- else the gone column is what was said
   end
-  return ev
+  return setmetatable(ev, EventMeta)
 end
 
 local RECHECK_INTERVAL = 5 -- seconds between two reads of a table's columns that its events prompt
