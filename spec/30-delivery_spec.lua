@@ -37,6 +37,7 @@ local function handler(ev)
   if mode == "slow" and id == 1 then sqlnotify.sleep(60) end
   if mode == "slow" and id == 2 then error("forever") end
   if mode == "sleep1" then sqlnotify.sleep(1) end
+  if mode == "sleep60" then sqlnotify.sleep(60) end
   print(string.format("done %d %d", id, v))
 end
 n:subscribe(tbl, "insert", handler)
@@ -144,6 +145,10 @@ local dialects = {
         .. " UPDATE spec30.%s SET v = 2; UPDATE spec30.%s SET v = 3; COMMIT;", t, nkeys, t, t, t))
     end,
     watched = function(t) return "spec30." .. t end,
+    -- a table of another shape where the dead letters go, and back
+    block_dead = function() H.psql("CREATE SCHEMA IF NOT EXISTS sqlnotify; DROP TABLE IF EXISTS sqlnotify.dead_letters;"
+      .. " CREATE TABLE sqlnotify.dead_letters (wrong int)") end,
+    unblock_dead = function() H.psql("DROP TABLE sqlnotify.dead_letters") end,
     forget = function(n, consumer)
       n:drop_consumer(consumer)
       -- the table exists once a handler gave up on an event
@@ -164,6 +169,8 @@ local dialects = {
         .. " UPDATE %s SET v = 3; COMMIT;", t, table.concat(ins, ", "), t, t, t))
     end,
     watched = function(t) return t end,
+    block_dead = function(db) H.sqlite_cli(db, "CREATE TABLE sqlnotify_dead_letters (wrong int);") end,
+    unblock_dead = function(db) H.sqlite_cli(db, "DROP TABLE sqlnotify_dead_letters;") end,
     forget = function(n, consumer) n:drop_consumer(consumer) end,
   },
   {
@@ -183,6 +190,9 @@ local dialects = {
         t, table.concat(ins, ", "), t, t, t))
     end,
     watched = function(t) return "s30_" .. t end,
+    block_dead = function() H.mysql("DROP TABLE IF EXISTS sqlnotify_dead_letters;"
+      .. " CREATE TABLE sqlnotify_dead_letters (wrong int)") end,
+    unblock_dead = function() H.mysql("DROP TABLE sqlnotify_dead_letters") end,
     forget = function(n, consumer)
       n:drop_consumer(consumer)
       if H.mysql("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -359,6 +369,41 @@ for _, d in ipairs(dialects) do
       end
     end)
 
+    it("a dead letter that cannot be written holds the position, and is written once the table can be", function()
+      local t, consumer = table_name(), "s30_dlbad"
+      d.create(db, t)
+      d.block_dead(db)
+      mode("always")
+      local p = watcher(t, consumer, 4, 2)
+      d.write(db, t, 2) -- key 1's events always fail; key 2's are done
+      assert.is_true(p:wait_for("cannot write the dead letter of insert on [^\n]* id 1 ", 20, "err"), p:stderr())
+      assert.is_true(p:wait_count(done, 4, 20), p:stdout() .. p:stderr())
+      assert.same({ "2:0", "2:1", "2:2", "2:3" }, keys(done(p)))
+      assert.same({}, dead(p))
+      -- kill -9 while it waits: the position had not moved past key 1's first event
+      p:kill("KILL")
+      p:wait()
+      local p2 = watcher(t, consumer, 4, 2)
+      assert.is_true(p2:wait_count(done, 4, 20), p2:stdout() .. p2:stderr())
+      assert.same({ "2:0", "2:1", "2:2", "2:3" }, keys(done(p2)))
+      -- the table is fixed (dropped: made again on the next attempt): each written once, in order
+      d.unblock_dead(db)
+      assert.is_true(p2:wait_count(dead, 4, 30), p2:stdout() .. p2:stderr())
+      H.sleep(0.3)
+      assert.same({ "1:0", "1:1", "1:2", "1:3" }, keys(dead(p2)))
+      local n = notifier()
+      assert.equal(4, #assert(n:dead_letters{ consumer = consumer }))
+      p2:stop()
+      -- everything is acknowledged now: a restart gets nothing again
+      local p3 = watcher(t, consumer, 4, 2)
+      H.sleep(1)
+      assert.same({}, done(p3))
+      assert.same({}, dead(p3))
+      p3:stop()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
     it("kill -9 during a backoff and during a waiting handler: on restart those events come again", function()
       local t, consumer = table_name(), "s30_kill"
       d.create(db, t)
@@ -384,6 +429,29 @@ for _, d in ipairs(dialects) do
         for _, g in ipairs(again) do if g == k then seen = seen + 1 end end
         assert.equal(1, seen, k .. " in " .. table.concat(again, " "))
       end
+      p2:stop()
+      local n = notifier()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
+    it("kill -9 with 64 handlers in flight: every event comes again once, none was acknowledged", function()
+      local t, consumer = table_name(), "s30_kill64"
+      d.create(db, t)
+      mode("sleep60")
+      local p = watcher(t, consumer, 64, 3)
+      d.write(db, t, 64) -- 256 events; the 64 inserts start at once, the rest wait behind their key
+      assert.is_true(p:wait_count(started, 64, 30), p:stdout() .. p:stderr())
+      H.sleep(0.2)
+      assert.equal(64, #started(p))
+      assert.same({}, done(p))
+      p:kill("KILL")
+      p:wait()
+      mode("ok")
+      local p2 = watcher(t, consumer, 64, 3)
+      assert.is_true(p2:wait_count(done, 256, 30), p2:stdout() .. p2:stderr())
+      H.sleep(0.5)
+      assert.same(sorted(expected(64)), sorted(keys(done(p2))))
       p2:stop()
       local n = notifier()
       d.forget(n, consumer)
