@@ -635,6 +635,11 @@ static void sq_ack(sn_conn *c, int64_t seq)
     sqd_consumer_ack(c, seq);
 }
 
+static int sq_hold(sn_conn *c, int on)
+{
+    return sqd_consumer_hold(c, on);
+}
+
 static const char *const sqlite_schemes[] = {"sqlite", NULL};
 
 #pragma GCC visibility push(default)
@@ -657,6 +662,7 @@ const sn_dialect sn_sqlite_dialect = {
     .stop = sq_stop,
     .notify = sq_notify,
     .ack = sq_ack,
+    .hold = sq_hold,
     .consumers = sqd_consumers,
     .drop_consumer = sqd_drop_consumer,
     .query = sq_query,

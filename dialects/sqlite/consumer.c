@@ -12,6 +12,12 @@
  * (sqd_consumer_holds): one stalled in the middle of a batch (SIGSTOP, a handler that
  * blocked) delivers no more of it once another process may have taken over.
  *
+ * Held (hold(), from the runtime's handlers that finish after deliver returned): the page
+ * being delivered is handed over to the end, then check() reads nothing until the release.
+ * Acks arriving meanwhile move pos_pending and are written a moment later (one write for a
+ * run of them); the lease timer keeps renewing. The release rewinds the cursor to the last
+ * ack, so what was delivered and not acked comes again, in order.
+ *
  * Every write here goes through the reader's own connection, never the query connection,
  * so it cannot join (or commit) a transaction the user opened with n:query(), and it waits
  * for the lock at most SAVE_BUSY_MS: a busy file is retried from the loop instead.
@@ -453,14 +459,44 @@ void sqd_consumer_ack(sn_conn *c, sqlite3_int64 seq)
 {
     if (!c || c->dead || !c->rd || !c->consumer || !c->active)
         return;
+    if (!c->depth && !c->held)
+        return;   /* outside deliver only while held: a late ack of a released batch is stale */
     /* The last event of the batch: the rows after it (other channels) were read too. */
     sqlite3_int64 pos = seq == c->batch_last ? c->batch_end : seq;
     if (pos <= c->pos_pending)
         return;
     c->pos_pending = pos;
+    if (!c->depth) {
+        /* held, from a handler that finished late: written by check() shortly, so acks
+         * coming one after another cost one write, never from inside the caller */
+        sqd_kick(c, HOLD_SAVE_DELAY);
+        return;
+    }
     /* inside a batch the position is written with the lease's renewals (sqd_consumer_holds) */
     if (seq == c->batch_last || ev_time() - c->beat_ok > LEASE_BEAT)
         sqd_consumer_flush(c);
+}
+
+/* hold(1) comes from inside deliver: check() finishes the page it is handing over, then
+ * reads nothing until hold(0); meanwhile it writes the acks, and the lease timer renews the
+ * lease as always (it only skips a tick inside a handler). hold(0) rewinds the cursor to the
+ * last ack, so what was delivered and not acked comes again, and lets a timer read on. */
+int sqd_consumer_hold(sn_conn *c, int on)
+{
+    if (!c || !c->consumer)
+        return 0;   /* live: nothing to hold */
+    if (on || !c->held) {
+        c->held |= on;
+        return 1;
+    }
+    c->held = 0;
+    /* Released inside deliver (not the runtime's way): check() sees what the handlers did
+     * not finish and reads it again itself. */
+    if (!c->depth && c->pos_pending < c->cursor)
+        c->cursor = c->pos_pending;
+    c->dv = -1;   /* read even if the file did not change */
+    sqd_kick(c, 0);
+    return 1;
 }
 
 /* Go on delivering only while the lease is surely ours: written within LEASE_BEAT, or renewed
@@ -517,7 +553,8 @@ void sqd_kick_lease(sn_conn *c, double delay)
 
 void sqd_consumer_stop(sn_conn *c)
 {
-    sqd_consumer_release(c);
+    sqd_consumer_release(c);   /* writes the last ack, held or not */
+    c->held = 0;               /* what was in flight comes again after a new listen */
     sqd_timer_stop_unref(c->loop, &c->lease);
     c->standby_pid = 0;
 }

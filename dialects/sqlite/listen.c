@@ -217,6 +217,14 @@ static int check(sn_conn *c)
         return 1;
     if (c->consumer && !c->active)
         return 1;   /* standing by: the lease timer takes over when it can */
+    if (c->consumer && c->held) {
+        /* handlers of the last batch still run: write their acks, read nothing until
+         * hold(0) (the changes wait in the log, the wake-ups that missed them do not matter:
+         * the release reads at once) */
+        if ((c->save_failed || c->pos_pending > c->acked) && sqd_consumer_flush(c))
+            sqd_kick(c, BUSY_RETRY_MAX);
+        return 1;
+    }
     if (c->consumer && c->save_failed && sqd_consumer_flush(c)) {
         sqd_kick(c, BUSY_RETRY_MAX);   /* no new batch before the last one is saved */
         return 1;
@@ -288,7 +296,9 @@ static int check(sn_conn *c)
                 if (c->consumer) {
                     if (!c->active)
                         return 1;   /* lost the lease meanwhile: the new holder goes on */
-                    if (c->pos_pending < (done + k == n ? c->batch_end : c->events[done + k - 1].seq)) {
+                    /* held: the handlers took these and ack them later; go on with the page */
+                    if (!c->held &&
+                        c->pos_pending < (done + k == n ? c->batch_end : c->events[done + k - 1].seq)) {
                         /* not all handled (stopping): what was not is read again */
                         c->cursor = c->pos_pending;
                         if (c->pos_pending > c->acked)
@@ -312,6 +322,8 @@ static int check(sn_conn *c)
                     sqd_kick(c, BUSY_RETRY_MIN);   /* saved by check() before the next batch */
                     return 1;
                 }
+                if (c->held)
+                    return 1;   /* no next page until hold(0), which reads on from the last ack */
             }
         }
         if (rows < FETCH_LIMIT)

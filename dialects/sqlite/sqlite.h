@@ -53,6 +53,7 @@
 #define LEASE_TIMEOUT 10.0       /* a lease not renewed this long may be taken over */
 #define SAVE_BUSY_MS 50          /* longest wait for the lock when saving a position */
 #define SLICE_SECONDS 0.01       /* durable: handler time per slice of a batch (lease checked between) */
+#define HOLD_SAVE_DELAY 0.02     /* held: acks arriving this close together go in one write */
 #define DEFAULT_CONSUMER_RETENTION (7 * 86400.0)
 
 struct chan {
@@ -117,6 +118,7 @@ struct sn_conn {
     sqlite3_int64 batch_last;    /* seq of the last event of the batch being delivered */
     sqlite3_int64 batch_end;     /* the cursor after that batch */
     double beat_ok;              /* ev_time() of our last lease write that took */
+    int held;                    /* hold(1): handlers of the last batch still run; read nothing */
     ev_timer lease;
 
     int depth;                   /* > 0 while inside a sink callback */
@@ -181,6 +183,8 @@ void sqd_kick_lease(sn_conn *c, double delay);
 /* Save pos_pending and renew the lease. 0, or -1 (busy: retried). */
 int sqd_consumer_flush(sn_conn *c);
 void sqd_consumer_ack(sn_conn *c, sqlite3_int64 seq);
+/* The dialect's hold: 1, or 0 in live mode. Released, the next check reads from the last ack. */
+int sqd_consumer_hold(sn_conn *c, int on);
 /* Between slices of a batch: whether the lease is still surely ours (renewed when due). */
 int sqd_consumer_holds(sn_conn *c);
 /* Save and give the lease up; stop the timer. */
