@@ -247,3 +247,4 @@ sh bench/mysql.sh "$BUILD" || die "the MySQL/MariaDB bench (bench/mysql.sh) fail
 sh bench/durable.sh "$BUILD" || die "the durable-mode writers bench (bench/durable.sh) failed"
 sh bench/update.sh "$BUILD" "$URL" || die "the old-values bench (bench/update.sh) failed"
 sh bench/groups.sh "$BUILD" || die "the groups bench (bench/groups.sh) failed"
+sh bench/delivery.sh "$BUILD" || die "the delivery bench (bench/delivery.sh) failed"
