@@ -555,3 +555,60 @@ describe("ev:json()", function()
     assert.matches("sqlnotify: json is a method: call ev:json%(%)", e)
   end)
 end)
+
+describe("n:query in handlers on PostgreSQL (the real host)", function()
+  setup(function() H.fresh_schema("spec30q") end)
+  teardown(function() H.drop_schema("spec30q") end)
+
+  it("yields while it runs; side-by-side handlers take turns, each transaction its own", function()
+    H.psql("CREATE TABLE spec30q.src (id int PRIMARY KEY); CREATE TABLE spec30q.log (k int, tx bigint)")
+    local p = H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], concurrency = 4 })
+n:watch("spec30q.src", "insert")
+local ticks = 0
+sqlnotify.every(0.02, function() ticks = ticks + 1 end)
+n:subscribe("spec30q.src", "insert", function(ev)
+  assert(n:query("BEGIN"))
+  assert(n:query("INSERT INTO spec30q.log VALUES ($1, txid_current())", ev.id))
+  local before = ticks
+  assert(n:query("SELECT pg_sleep(0.2)"))
+  assert(n:query("INSERT INTO spec30q.log VALUES ($1, txid_current())", ev.id))
+  print(string.format("ticked %d %s", ev.id, ticks > before and "yes" or "no"))
+  if ev.id == 3 then return end -- returns with its transaction open
+  local rows, err = n:query("SELECT nosuch FROM spec30q.log")
+  print(string.format("error %d %s", ev.id, tostring(err):match("^sqlnotify: [^\n]*nosuch") and "named" or tostring(err)))
+  assert(n:query("ROLLBACK TO SAVEPOINT nothing") == nil) -- the failed statement aborted the transaction
+  assert(n:query("ROLLBACK"))
+  assert(n:query("BEGIN"))
+  assert(n:query("INSERT INTO spec30q.log VALUES ($1, txid_current()), ($1, txid_current())", ev.id))
+  assert(n:query("COMMIT"))
+  print("done " .. ev.id)
+end)
+assert(n:start())
+print("outside " .. n:query("SELECT 41 + 1 AS x")[1].x)
+print("ready")
+]], { H.pg_url })
+    assert.is_true(p:wait_for("ready", 20), p:stderr())
+    H.psql("INSERT INTO spec30q.src SELECT generate_series(1, 6)")
+    assert.is_true(p:wait_count(function(x) return { x:stdout():match("done 6\n") } end, 1, 30), p:stdout() .. p:stderr())
+    H.sleep(0.3)
+    p:stop()
+    local out = p:stdout()
+    assert.matches("outside 42\n", out)
+    for id = 1, 6 do
+      assert.matches("ticked " .. id .. " yes\n", out) -- the loop ran while the statement did
+      if id ~= 3 then
+        assert.matches("error " .. id .. " named\n", out)
+        assert.matches("done " .. id .. "\n", out)
+      end
+    end
+    assert.not_matches("done 3\n", out)
+    -- each handler's rows came from one transaction (none ran inside another's); key 3's was rolled back
+    assert.equal("1|2|1\n2|2|1\n4|2|1\n5|2|1\n6|2|1\n",
+      H.psql("SELECT k, count(*), count(DISTINCT tx) FROM spec30q.log GROUP BY k ORDER BY k"))
+    local _, warns = p:stderr():gsub("a handler ended with the transaction it opened with n:query still open: rolled back", "")
+    assert.equal(1, warns)
+  end)
+end)

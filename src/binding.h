@@ -24,6 +24,7 @@ typedef struct sn_link {
     struct sn_handle *pending;  /* the handle that takes over when a reload commits */
     int logger;
     int held;                   /* the driver was asked to hold (sn_dialect.hold) */
+    struct sn_handle *querier;  /* whose h:query_start is in flight (sn_dialect.query_start) */
     int refs;                   /* handles (in one or two Lua states) using this link */
     unsigned gen;               /* the generation of the Lua state that owns it */
     int index;                  /* n-th notifier on this URL in its generation */

@@ -616,6 +616,14 @@ static void handle_release(lua_State *L, int idx)
         return;
     sn_link *k = h->link;
     h->link = NULL;
+    if (k->querier == h) { /* its answer would reach a state that is going */
+        void *ud = k->d->query_cancel(k->conn);
+        if (ud) {
+            sn_reply_drop(ud);
+            free(ud);
+        }
+        k->querier = NULL;
+    }
     sn_link_unref(k, h);
     luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
     h->self_ref = LUA_NOREF;
@@ -1108,14 +1116,13 @@ static int h_notify(lua_State *L)
 }
 
 /* h:query(sql, ...) -> rows | nil, err */
-static int h_query(lua_State *L)
+/* Arguments first..last as statement parameters, in a userdata on the stack. */
+static sn_value *check_params(lua_State *L, int first, int last)
 {
-    sn_link *k = check_handle(L)->link;
-    const char *sql = luaL_checkstring(L, 2);
-    int nparams = lua_gettop(L) - 2;
-    sn_value *params = lua_newuserdatauv(L, sizeof *params * (size_t)(nparams + 1), 0);
+    int nparams = last - first + 1;
+    sn_value *params = lua_newuserdatauv(L, sizeof *params * (size_t)(nparams > 0 ? nparams + 1 : 1), 0);
     for (int i = 0; i < nparams; i++) {
-        int idx = i + 3;
+        int idx = i + first;
         sn_value *v = &params[i];
         memset(v, 0, sizeof *v);
         switch (lua_type(L, idx)) {
@@ -1135,15 +1142,92 @@ static int h_query(lua_State *L)
             v->s = (char *)lua_tolstring(L, idx, &v->len);
             break;
         default:
-            return luaL_error(L, "sqlnotify: query parameter %d is a %s; use nil, a boolean, a number or a string",
-                              i + 1, luaL_typename(L, idx));
+            luaL_error(L, "sqlnotify: query parameter %d is a %s; use nil, a boolean, a number or a string", i + 1,
+                       luaL_typename(L, idx));
         }
     }
+    return params;
+}
+
+static int h_query(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *sql = luaL_checkstring(L, 2);
+    int top = lua_gettop(L);
+    sn_value *params = check_params(L, 3, top);
     sn_result *r = NULL;
     char err[1024] = "";
-    if (k->d->query(k->conn, sql, nparams, params, &r, err, sizeof err) != 0)
+    if (k->d->query(k->conn, sql, top - 2, params, &r, err, sizeof err) != 0)
         return fail(L, err);
     return return_result(L, r, 1);
+}
+
+/* A query_start in flight: the reply first (query_cancel's ud is freed as an sn_reply). */
+typedef struct query_wait {
+    sn_reply reply;
+    sn_link *k;
+} query_wait;
+
+/* query_start's answer: reply(rows, nil, in_tx) or reply(nil, err, in_tx), from the loop. */
+static void query_done(void *ud, sn_result *r, int in_tx, const char *err)
+{
+    query_wait *q = ud;
+    sn_reply *reply = &q->reply;
+    q->k->querier = NULL;
+    lua_State *L = sn_reply_push(reply);
+    if (L == NULL) {
+        sn_result_free(r);
+        free(q);
+        return;
+    }
+    if (r) {
+        lua_pushcfunction(L, push_result);
+        lua_pushlightuserdata(L, r);
+        lua_pushboolean(L, 1);
+        int status = lua_pcall(L, 2, 1, 0);
+        sn_result_free(r);
+        if (status != LUA_OK) { /* out of memory: the message is the answer */
+            lua_pushnil(L);
+            lua_insert(L, -2);
+        } else {
+            lua_pushnil(L);
+        }
+    } else {
+        lua_pushnil(L);
+        lua_pushfstring(L, "sqlnotify: %s", err && *err ? err : "the statement failed");
+    }
+    lua_pushboolean(L, in_tx);
+    sn_reply_call(reply, 3, "query reply");
+    free(q);
+}
+
+/* h:query_start(sql, params..., reply) -> true | nil, err | false (the dialect has no
+ * query_start: use h:query). reply(rows | nil, err, in_tx) follows from the loop. */
+static int h_query_start(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    const char *sql = luaL_checkstring(L, 2);
+    int top = lua_gettop(L);
+    luaL_checktype(L, top, LUA_TFUNCTION);
+    if (k->d->query_start == NULL) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    sn_value *params = check_params(L, 3, top - 1);
+    query_wait *q = malloc(sizeof *q);
+    if (q == NULL)
+        return luaL_error(L, "sqlnotify: out of memory");
+    q->k = k;
+    sn_reply_take(L, top, &q->reply);
+    char err[1024] = "";
+    if (k->d->query_start(k->conn, sql, top - 3, params, query_done, q, err, sizeof err) != 0) {
+        sn_reply_drop(&q->reply);
+        free(q);
+        return fail(L, err);
+    }
+    k->querier = check_handle(L);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* h:log(level, message): through this connection's logger setting. */
@@ -1195,6 +1279,7 @@ static const luaL_Reg conn_meth[] = {
     {"ack", h_ack},
     {"hold", h_hold},
     {"query", h_query},
+    {"query_start", h_query_start},
     {"log", h_log},
     {"close", h_close},
     {NULL, NULL},

@@ -292,6 +292,17 @@ typedef struct sn_dialect {
     /* One statement with parameters ($1.. or ?), on the query connection (blocking). */
     int (*query)(sn_conn *c, const char *sql, int nparams, const sn_value *params,
                   sn_result **out, char *err, size_t errlen);
+    /* The same without blocking the loop (NULL: the dialect has only the blocking one). It
+     * starts the statement on the query connection and returns 0, or -1 and err; done(ud, r,
+     * in_tx, err) follows from the loop, never from inside query_start: r (the caller's to
+     * free) or NULL and err, and in_tx when a transaction is open on the connection after it.
+     * One at a time: query_start and query refuse while one is in flight. */
+    int (*query_start)(sn_conn *c, const char *sql, int nparams, const sn_value *params,
+                       void (*done)(void *ud, sn_result *r, int in_tx, const char *err), void *ud,
+                       char *err, size_t errlen);
+    /* Forget the statement in flight (its done never comes; the connection is closed and
+     * opened again when next used). Returns its ud, or NULL when none was. */
+    void *(*query_cancel)(sn_conn *c);
 } sn_dialect;
 
 /* ===== helpers shared by drivers and the runtime ===== */

@@ -339,7 +339,7 @@ void pg_result_err(const sn_conn *c, PGconn *conn, const PGresult *res, char sta
 }
 
 /* Make sure d is connected, opening it (within connect_timeout) when it is not. */
-static int db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen)
+int pg_db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen)
 {
     if (d->conn && PQstatus(d->conn) == CONNECTION_OK)
         return 0;
@@ -456,7 +456,7 @@ PGresult *pg_exec(sn_conn *c, pg_db *d, const char *sql, int n, const char *cons
         state[0] = '\0';
     for (int attempt = 0;; attempt++) {
         why[0] = '\0';
-        if (db_ensure(c, d, err, errlen) < 0)
+        if (pg_db_ensure(c, d, err, errlen) < 0)
             return NULL;
         PGconn *db = d->conn;
         int in_tx = PQtransactionStatus(db) != PQTRANS_IDLE;
@@ -543,7 +543,7 @@ sn_conn *pg_open(const char *url, struct ev_loop *loop, const sn_sink *sink, con
     if (opt && opt->overflow_schema && *opt->overflow_schema &&
         (c->overflow_schema = strdup(opt->overflow_schema)) == NULL)
         goto oom;
-    if (db_ensure(c, &c->ctl, err, errlen) < 0)
+    if (pg_db_ensure(c, &c->ctl, err, errlen) < 0)
         goto fail;
     const char *host = PQhost(c->ctl.conn), *port = PQport(c->ctl.conn);
     snprintf(c->target, sizeof c->target, "database \"%s\" on %s:%s", PQdb(c->ctl.conn),
@@ -592,6 +592,7 @@ void pg_close(sn_conn *c)
         return;
     pg_ln_shutdown(c);
     pg_jr_stop(c);
+    pg_query_cancel(c); /* the runtime took its ud back first */
     if (ev_is_active(&c->prune)) {
         ev_ref(c->loop);
         ev_timer_stop(c->loop, &c->prune);

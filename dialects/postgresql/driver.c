@@ -70,5 +70,7 @@ const sn_dialect sn_postgresql_dialect = {
     .consumers = pg_consumers,
     .drop_consumer = pg_drop_consumer,
     .query = pg_query,
+    .query_start = pg_query_start,
+    .query_cancel = pg_query_cancel,
 };
 #pragma GCC visibility pop

@@ -54,6 +54,18 @@ typedef struct pg_db {
     int up_before;    /* it was up once: say so when it comes back */
 } pg_db;
 
+/* query_start's statement in flight on the query connection (query.c). */
+typedef struct pg_aq {
+    ev_io io;
+    ev_timer timer;
+    void (*done)(void *ud, sn_result *r, int in_tx, const char *err); /* NULL: none in flight */
+    void *ud;
+    PGresult *keep;  /* the last result so far */
+    int failed;      /* err holds the first failure */
+    int in_tx;       /* a transaction was open when it was sent */
+    char err[600];
+} pg_aq;
+
 /* One queued notification, or (nt == NULL) the notice that the listener is back. */
 typedef struct pg_item {
     PGnotify *nt;
@@ -84,6 +96,7 @@ struct sn_conn {
 
     pg_db ctl;               /* catalog, DDL, overflow, notify(), pruning */
     pg_db user;              /* query(): the user's statements and transactions */
+    pg_aq aq;                /* query_start(): the statement in flight on user */
 
     ev_timer prune;
     double retention;
@@ -244,6 +257,11 @@ int pg_notify(sn_conn *c, const char *channel, const char *payload, size_t len, 
               size_t errlen);
 int pg_query(sn_conn *c, const char *sql, int nparams, const sn_value *params, sn_result **out, char *err,
              size_t errlen);
+int pg_query_start(sn_conn *c, const char *sql, int nparams, const sn_value *params,
+                   void (*done)(void *ud, sn_result *r, int in_tx, const char *err), void *ud, char *err,
+                   size_t errlen);
+void *pg_query_cancel(sn_conn *c);
+int pg_db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen);
 
 #pragma GCC visibility pop
 

@@ -5,6 +5,7 @@
 #include "pg.h"
 
 #include <math.h>
+#include <stddef.h>
 
 static int cell_from_pg(sn_value *v, const PGresult *res, int row, int col, int typed)
 {
@@ -110,52 +111,74 @@ int pg_notify(sn_conn *c, const char *channel, const char *payload, size_t len, 
     return 0;
 }
 
+/* The parameters as libpq's text values: *vals and *num (the numbers' text) to free. */
+static int text_params(int nparams, const sn_value *params, const char ***vals, char (**num)[40], char *err,
+                       size_t errlen)
+{
+    size_t np = nparams > 0 ? (size_t)nparams : 0;
+    *vals = calloc(np ? np : 1, sizeof **vals);
+    *num = malloc((np ? np : 1) * sizeof **num);
+    if (*vals == NULL || *num == NULL) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < np; i++) {
+        const sn_value *v = &params[i];
+        char *t = (*num)[i];
+        switch (v->type) {
+        case SN_INT:
+            snprintf(t, sizeof (*num)[i], "%lld", (long long)v->i);
+            (*vals)[i] = t;
+            break;
+        case SN_FLOAT:
+            if (isnan(v->d))
+                snprintf(t, sizeof (*num)[i], "NaN");
+            else if (isinf(v->d))
+                snprintf(t, sizeof (*num)[i], "%sInfinity", v->d < 0 ? "-" : "");
+            else
+                snprintf(t, sizeof (*num)[i], "%.17g", v->d);
+            (*vals)[i] = t;
+            break;
+        case SN_BOOL:
+            (*vals)[i] = v->i ? "true" : "false";
+            break;
+        case SN_TEXT:
+            (*vals)[i] = v->s ? v->s : "";
+            break;
+        default:
+            (*vals)[i] = NULL;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* A result the user gets: rows (typed), or none for a command. */
+static sn_result *user_result(PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_TUPLES_OK || st == PGRES_SINGLE_TUPLE ? pg_result_copy(res, 1) : sn_result_new(0);
+}
+
 int pg_query(sn_conn *c, const char *sql, int nparams, const sn_value *params, sn_result **out, char *err,
              size_t errlen)
 {
     int rc = -1;
-    size_t np = nparams > 0 ? (size_t)nparams : 0;
-    const char **vals = calloc(np ? np : 1, sizeof *vals);
-    char(*num)[40] = malloc((np ? np : 1) * sizeof *num);
+    const char **vals = NULL;
+    char(*num)[40] = NULL;
     *out = NULL;
-    if (vals == NULL || num == NULL) {
-        sn_seterr(err, errlen, "out of memory");
+    if (c->aq.done) {
+        sn_seterr(err, errlen, "the query connection is busy with a statement a handler is waiting for");
+        return -1;
+    }
+    if (text_params(nparams, params, &vals, &num, err, errlen) < 0)
         goto done;
-    }
-    for (size_t i = 0; i < np; i++) {
-        const sn_value *v = &params[i];
-        switch (v->type) {
-        case SN_INT:
-            snprintf(num[i], sizeof num[i], "%lld", (long long)v->i);
-            vals[i] = num[i];
-            break;
-        case SN_FLOAT:
-            if (isnan(v->d))
-                snprintf(num[i], sizeof num[i], "NaN");
-            else if (isinf(v->d))
-                snprintf(num[i], sizeof num[i], "%sInfinity", v->d < 0 ? "-" : "");
-            else
-                snprintf(num[i], sizeof num[i], "%.17g", v->d);
-            vals[i] = num[i];
-            break;
-        case SN_BOOL:
-            vals[i] = v->i ? "true" : "false";
-            break;
-        case SN_TEXT:
-            vals[i] = v->s ? v->s : "";
-            break;
-        default:
-            vals[i] = NULL;
-            break;
-        }
-    }
     /* Repeated once on a fresh connection when the old one was found lost, unless the user
      * had a transaction open on it (that transaction is gone: say so instead). */
     PGresult *res = pg_exec(c, &c->user, sql, nparams, vals, PG_RETRY, NULL, err, errlen);
     if (res == NULL)
         goto done;
-    ExecStatusType st = PQresultStatus(res);
-    *out = st == PGRES_TUPLES_OK || st == PGRES_SINGLE_TUPLE ? pg_result_copy(res, 1) : sn_result_new(0);
+    *out = user_result(res);
     PQclear(res);
     if (*out == NULL)
         sn_seterr(err, errlen, "out of memory");
@@ -165,4 +188,173 @@ done:
     free(vals);
     free(num);
     return rc;
+}
+
+/* ===== query_start: the same on the loop ===== */
+
+/* The statement is over: r, or NULL and a->err. The connection is closed when lost. */
+static void aq_end(sn_conn *c, sn_result *r, int lost)
+{
+    pg_aq *a = &c->aq;
+    ev_io_stop(c->loop, &a->io);
+    ev_timer_stop(c->loop, &a->timer);
+    PQclear(a->keep);
+    a->keep = NULL;
+    if (lost) {
+        PQfinish(c->user.conn);
+        c->user.conn = NULL;
+    }
+    int in_tx = c->user.conn && PQtransactionStatus(c->user.conn) != PQTRANS_IDLE;
+    void (*done)(void *, sn_result *, int, const char *) = a->done;
+    void *ud = a->ud;
+    a->done = NULL; /* before the call: done may start the next statement */
+    a->ud = NULL;
+    done(ud, r, in_tx, r ? NULL : a->err);
+}
+
+static void aq_lost(sn_conn *c)
+{
+    pg_aq *a = &c->aq;
+    char why[400] = "";
+    pg_one_line(why, sizeof why, c->user.conn ? PQerrorMessage(c->user.conn) : "");
+    pg_scrub(c, why, sizeof why);
+    sn_seterr(a->err, sizeof a->err, "lost connection to %s: %s%s", c->target, *why ? why : "connection closed",
+              a->in_tx ? " (the open transaction was rolled back)" : "");
+    aq_end(c, NULL, 1);
+}
+
+/* Read what came; end the statement once every result is in. */
+static void aq_read(sn_conn *c)
+{
+    pg_aq *a = &c->aq;
+    PGconn *db = c->user.conn;
+    if (!PQconsumeInput(db))
+        return aq_lost(c);
+    while (!PQisBusy(db)) {
+        PGresult *r = PQgetResult(db);
+        if (r == NULL) {
+            if (PQstatus(db) == CONNECTION_BAD)
+                return aq_lost(c);
+            if (a->failed)
+                return aq_end(c, NULL, 0);
+            sn_result *out = user_result(a->keep);
+            if (out == NULL)
+                sn_seterr(a->err, sizeof a->err, "out of memory");
+            return aq_end(c, out, 0);
+        }
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            /* nothing to copy with here: the connection goes, and is opened again when used */
+            PQclear(r);
+            sn_seterr(a->err, sizeof a->err, "COPY is not supported by query()");
+            return aq_end(c, NULL, 1);
+        }
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY && st != PGRES_SINGLE_TUPLE) {
+            if (!a->failed)
+                pg_result_err(c, db, r, NULL, a->err, sizeof a->err);
+            a->failed = 1;
+            PQclear(r);
+        } else if (a->failed) {
+            PQclear(r);
+        } else {
+            PQclear(a->keep);
+            a->keep = r;
+        }
+    }
+}
+
+static void aq_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    sn_conn *c = (sn_conn *)((char *)w - offsetof(sn_conn, aq.io));
+    if (revents & EV_WRITE) {
+        int f = PQflush(c->user.conn);
+        if (f < 0)
+            return aq_lost(c);
+        if (f == 0) { /* all sent: wait for the answer only */
+            ev_io_stop(loop, w);
+            ev_io_set(w, PQsocket(c->user.conn), EV_READ);
+            ev_io_start(loop, w);
+        }
+    }
+    if (revents & EV_READ)
+        aq_read(c);
+}
+
+static void aq_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sn_conn *c = (sn_conn *)((char *)w - offsetof(sn_conn, aq.timer));
+    pg_aq *a = &c->aq;
+    sn_seterr(a->err, sizeof a->err,
+              "statement on %s timed out after %g s (%s in the URL); the query connection was closed%s", c->target,
+              c->stmt_timeout, PG_URL_STATEMENT_TIMEOUT, a->in_tx ? " and its open transaction rolled back" : "");
+    aq_end(c, NULL, 1);
+}
+
+int pg_query_start(sn_conn *c, const char *sql, int nparams, const sn_value *params,
+                   void (*done)(void *ud, sn_result *r, int in_tx, const char *err), void *ud, char *err,
+                   size_t errlen)
+{
+    pg_aq *a = &c->aq;
+    if (a->done) {
+        sn_seterr(err, errlen, "the query connection is busy with another statement");
+        return -1;
+    }
+    const char **vals = NULL;
+    char(*num)[40] = NULL;
+    int rc = -1;
+    if (text_params(nparams, params, &vals, &num, err, errlen) < 0)
+        goto done;
+    /* a connection found lost is opened again (blocking, within connect_timeout), as query does */
+    if (c->user.conn && PQstatus(c->user.conn) == CONNECTION_OK && PQtransactionStatus(c->user.conn) == PQTRANS_IDLE
+        && !PQconsumeInput(c->user.conn)) {
+        PQfinish(c->user.conn);
+        c->user.conn = NULL;
+    }
+    if (pg_db_ensure(c, &c->user, err, errlen) < 0)
+        goto done;
+    PGconn *db = c->user.conn;
+    a->in_tx = PQtransactionStatus(db) != PQTRANS_IDLE;
+    if (!PQsendQueryParams(db, sql, nparams, NULL, vals, NULL, NULL, 0)) { /* libpq copied the values */
+        char why[400];
+        pg_one_line(why, sizeof why, PQerrorMessage(db));
+        pg_scrub(c, why, sizeof why);
+        sn_seterr(err, errlen, "%s", why);
+        if (PQstatus(db) == CONNECTION_BAD) {
+            PQfinish(c->user.conn);
+            c->user.conn = NULL;
+        }
+        goto done;
+    }
+    a->done = done;
+    a->ud = ud;
+    a->failed = 0;
+    a->err[0] = '\0';
+    ev_io_init(&a->io, aq_on_io, PQsocket(db), EV_READ | EV_WRITE);
+    ev_io_start(c->loop, &a->io);
+    ev_timer_init(&a->timer, aq_on_timeout, c->stmt_timeout > 0 ? c->stmt_timeout : 1e9, 0);
+    ev_timer_start(c->loop, &a->timer);
+    rc = 0;
+done:
+    free(vals);
+    free(num);
+    return rc;
+}
+
+void *pg_query_cancel(sn_conn *c)
+{
+    pg_aq *a = &c->aq;
+    if (a->done == NULL)
+        return NULL;
+    void *ud = a->ud;
+    ev_io_stop(c->loop, &a->io);
+    ev_timer_stop(c->loop, &a->timer);
+    PQclear(a->keep);
+    a->keep = NULL;
+    a->done = NULL;
+    a->ud = NULL;
+    PQfinish(c->user.conn); /* the statement's answer would come to whoever asks next */
+    c->user.conn = NULL;
+    return ud;
 }

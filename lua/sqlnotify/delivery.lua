@@ -56,13 +56,27 @@ end
 -- coroutine goes back to the pool. WAIT: it waits on the loop, which resumes it through
 -- M.wake. A foreign yield (coroutine.yield in a handler) or a death is reported as a
 -- failure: the coroutine cannot be resumed meaningfully and is dropped.
+-- coroutine -> the notifier whose query transaction it opened (n:query): rolled back when
+-- the coroutine ends with it still open.
+M.tx_owner = setmetatable({}, { __mode = "k" })
+
+local function ended(co)
+  local n = M.tx_owner[co]
+  if n then
+    M.tx_owner[co] = nil
+    n:_abandon_tx(co)
+  end
+end
+
 local function step(co, ...)
   local ok, tag, r1, r2, r3 = resume(co, ...)
+  if ok and tag == WAIT then
+    return WAIT
+  end
+  ended(co)
   if ok and tag == DONE then
     release(co)
     return DONE, r1, r2, r3
-  elseif ok and tag == WAIT then
-    return WAIT
   end
   owner[co] = nil
   ours[co] = nil

@@ -1111,6 +1111,10 @@ function Notifier:_dead_letter(job, err)
   local info = { error = err, attempts = job.attempt, channel = job.channel or w.wire, seq = ev.seq,
     payload = job.payload, replayed = job.replay }
   if self._durable then
+    local lock = self._qlock
+    if lock and (lock.busy or lock.owner) then
+      return nil -- the query connection is a handler's now (its statement, its transaction): tried again
+    end
     local ok, e
     if job.replay then
       ok, e = dead.again(self, job.replay, err, job.attempt)
@@ -1625,10 +1629,81 @@ function Notifier:replay_dead_letters(opts)
   return queued
 end
 
+--- n:query(sql, ...) -> rows | nil, err. In a handler (or a spawned coroutine) on PostgreSQL it
+-- yields while the statement runs (libpq's asynchronous calls). The statements of handlers
+-- side by side take turns on the one query connection, and a transaction one of them opens
+-- (BEGIN) is its own until it ends: the others wait; a handler that returns or fails with
+-- its transaction open has it rolled back (logged).
 function Notifier:query(sql, ...)
   check_notifier(self, 2)
   if type(sql) ~= "string" then fail(2, "query needs an SQL string, got %s", type(sql)) end
+  local lock = self._qlock
+  if delivery.can_wait() and self._async_query ~= false then
+    return self:_query_async(sql, ...)
+  end
+  if lock and (lock.busy or lock.owner) then
+    return nil, "sqlnotify: query: the query connection is in use by a handler's statement or transaction;"
+      .. " call n:query from a handler or a coroutine of sqlnotify.spawn, where it waits its turn"
+  end
   return self._h:query(sql, ...)
+end
+
+-- The query connection's turn: whose statement runs (busy), whose transaction is open
+-- (owner), and who waits (a FIFO of waiters).
+function Notifier:_query_async(sql, ...)
+  local co = coroutine.running()
+  local lock = self._qlock
+  if not lock then
+    lock = { waiting = {}, h = 1, t = 0 }
+    self._qlock = lock
+  end
+  while lock.busy or (lock.owner and lock.owner ~= co) do
+    local w = delivery.waiter()
+    lock.t = lock.t + 1
+    lock.waiting[lock.t] = w
+    w:wait()
+  end
+  lock.busy = true
+  local h = self._h
+  local ok, rows, err, in_tx = pcall(delivery.await, "n:query", h.query_start, h, sql, ...)
+  lock.busy = false
+  if ok and rows == nil and err == false then -- no asynchronous query here: the blocking one
+    self._async_query = false
+    ok, rows, err = pcall(h.query, h, sql, ...)
+  end
+  if in_tx and not lock.owner then
+    lock.owner = co
+    delivery.tx_owner[co] = self
+  elseif not in_tx and lock.owner == co then
+    lock.owner = nil
+    delivery.tx_owner[co] = nil
+  end
+  self:_query_next()
+  if not ok then error(rows, 0) end
+  return rows, err
+end
+
+-- The connection is free (no statement, no transaction of another): the next waiter's turn.
+function Notifier:_query_next()
+  local lock = self._qlock
+  if lock.busy or lock.owner or lock.h > lock.t then return end
+  local w = lock.waiting[lock.h]
+  lock.waiting[lock.h] = nil
+  lock.h = lock.h + 1
+  w:wake()
+end
+
+-- co ended (returned, failed) with its transaction open: roll it back, say so, next turn.
+function Notifier:_abandon_tx(co)
+  local lock = self._qlock
+  if not lock or lock.owner ~= co then return end
+  lock.owner = nil
+  if self._h and not self._closed then
+    local ok, err = self._h:query("ROLLBACK")
+    self:_log("warn", "a handler ended with the transaction it opened with n:query still open: rolled back%s",
+      ok and "" or " (" .. one_line(err) .. ")")
+  end
+  self:_query_next()
 end
 
 -- ===== loop =====
