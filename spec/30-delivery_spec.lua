@@ -458,6 +458,35 @@ for _, d in ipairs(dialects) do
       n:close()
     end)
 
+    it("live: a reload hands the events in flight or waiting for a retry to the new handlers, in order", function()
+      local t = table_name()
+      d.create(db, t)
+      mode("slow") -- key 1 waits 60 s in its handler, key 2 fails (retried without end); key 3 is done
+      local script = H.tmpfile(".lua")
+      local p = watcher(t, "-", 8, "inf", script)
+      d.write(db, t, 3)
+      assert.is_true(p:wait_for("start 2 0 3\n", 20), p:stdout() .. p:stderr())
+      assert.is_true(p:wait_count(done, 4, 20), p:stdout() .. p:stderr())
+      assert.same({ "3:0", "3:1", "3:2", "3:3" }, keys(done(p)))
+      mode("ok")
+      p:kill("HUP")
+      assert.is_true(p:wait_count(done, 12, 20), p:stdout() .. p:stderr())
+      H.sleep(0.3)
+      local after = { table.unpack(keys(done(p)), 5) }
+      assert.same(sorted({ "1:0", "1:1", "1:2", "1:3", "2:0", "2:1", "2:2", "2:3" }), sorted(after), p:stderr())
+      for _, id in ipairs({ 1, 2 }) do -- each key in commit order
+        local vs = {}
+        for _, k in ipairs(after) do
+          local i, v = k:match("(%d+):(%d+)")
+          if tonumber(i) == id then vs[#vs + 1] = tonumber(v) end
+        end
+        assert.same({ 0, 1, 2, 3 }, vs)
+      end
+      assert.matches("8 live event%(s%) in flight go to the reloaded script's handlers", p:stderr())
+      assert.not_matches("not handled at stop", p:stderr())
+      p:stop()
+    end)
+
     it("SIGTERM with handlers in flight: they finish within shutdown_grace, exit 0, not delivered again", function()
       local t, consumer = table_name(), "s30_term"
       d.create(db, t)

@@ -35,6 +35,11 @@ typedef struct sn_link {
     char *errq[SN_ERRQ];
     int nerrq, errdropped;
     ev_timer errt;
+    /* Live events in flight in a state a reload closed, for the new state's handlers
+     * (h:handover), delivered from a zero-delay timer. */
+    sn_event *hand;
+    size_t nhand;
+    ev_timer handt;
     struct sn_link *next;
 } sn_link;
 

@@ -501,12 +501,25 @@ static void link_log(void *ud, int level, const char *msg)
     }
 }
 
+static void free_handed(sn_link *k)
+{
+    ev_timer_stop(sn_loop(), &k->handt);
+    for (size_t i = 0; i < k->nhand; i++) {
+        free((char *)k->hand[i].channel);
+        free((char *)k->hand[i].payload);
+    }
+    free(k->hand);
+    k->hand = NULL;
+    k->nhand = 0;
+}
+
 void sn_link_release_hooks(sn_link *k)
 {
     ev_timer_stop(sn_loop(), &k->errt);
     for (int i = 0; i < k->nerrq; i++)
         free(k->errq[i]);
     k->nerrq = 0;
+    free_handed(k);
 }
 
 /* Runs under sn_pcall with the handle at 1: fills its batch table and calls its
@@ -582,6 +595,78 @@ static void link_deliver(void *ud, const sn_event *events, size_t n)
     if (k->d->ack && handled > 0 && (size_t)handled <= n && events[handled - 1].seq > 0)
         k->d->ack(k->conn, events[handled - 1].seq);
     sn_link_unref(k, NULL);
+}
+
+static sn_handle *check_handle(lua_State *L);
+
+static void on_handed(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)l;
+    (void)revents;
+    sn_link *k = w->data;
+    sn_event *ev = k->hand;
+    size_t n = k->nhand;
+    k->hand = NULL; /* taken: the dispatch may hand over again (another reload) */
+    k->nhand = 0;
+    k->refs++;
+    link_deliver(k, ev, n);
+    for (size_t i = 0; i < n; i++) {
+        free((char *)ev[i].channel);
+        free((char *)ev[i].payload);
+    }
+    free(ev);
+    sn_link_unref(k, NULL);
+}
+
+/* h:handover({channel, payload, ...}) -> true when the state a reload made takes these live
+ * events over (they reach its handlers from the loop), false when no other state receives
+ * from this connection. */
+static int h_handover(lua_State *L)
+{
+    sn_handle *h = check_handle(L);
+    sn_link *k = h->link;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (k->receiver == NULL || k->receiver == h) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    size_t n = (size_t)luaL_len(L, 2) / 2;
+    if (n == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    sn_event *ev = realloc(k->hand, (k->nhand + n) * sizeof *ev);
+    if (ev == NULL)
+        return luaL_error(L, "sqlnotify: out of memory");
+    k->hand = ev;
+    for (size_t i = 0; i < n; i++) {
+        size_t clen, plen;
+        lua_rawgeti(L, 2, (lua_Integer)(2 * i + 1));
+        lua_rawgeti(L, 2, (lua_Integer)(2 * i + 2));
+        const char *ch = lua_tolstring(L, -2, &clen), *pl = lua_tolstring(L, -1, &plen);
+        sn_event *e = &ev[k->nhand];
+        e->channel = ch ? strndup(ch, clen) : NULL;
+        e->payload = pl ? malloc(plen + 1) : NULL;
+        e->payload_len = plen;
+        e->seq = 0;
+        if (e->channel == NULL || e->payload == NULL) {
+            free((char *)e->channel);
+            free((char *)e->payload);
+            lua_pop(L, 2);
+            continue; /* not a string pair, or out of memory: that one stays the old state's (logged) */
+        }
+        memcpy((char *)e->payload, pl, plen);
+        ((char *)e->payload)[plen] = '\0';
+        k->nhand++;
+        lua_pop(L, 2);
+    }
+    if (!ev_is_active(&k->handt)) {
+        ev_timer_init(&k->handt, on_handed, 0., 0.);
+        k->handt.data = k;
+        ev_timer_start(sn_loop(), &k->handt);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 static int call_reconnected(lua_State *L)
@@ -1280,6 +1365,7 @@ static const luaL_Reg conn_meth[] = {
     {"hold", h_hold},
     {"query", h_query},
     {"query_start", h_query_start},
+    {"handover", h_handover},
     {"log", h_log},
     {"close", h_close},
     {NULL, NULL},

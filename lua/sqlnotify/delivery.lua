@@ -268,6 +268,8 @@ function M.queue(n, concurrency, retry, grace)
     ready = {}, rh = 1, rt = 0, -- jobs whose turn came, waiting for a slot (FIFO)
     pend = {}, ph = 1, pt = 0, -- durable: jobs delivered and not yet acked, in delivery order
     bufs = {},            -- batch = N subscription -> its events waiting for a batch {h =, t =, ...}
+    lives = {},           -- live jobs not over (one waiting for a retry is nowhere else)
+    pos = 0,              -- the delivery order of jobs and batch items
     batches = {},         -- batch jobs not over (their retry timers stop at a reset)
     held = false, live = 0, gen = 0,
   }, Queue)
@@ -337,6 +339,7 @@ local function over(q, job)
     end
   elseif not job.seq and not job.replay then
     q.live = q.live - 1
+    q.lives[job] = nil
   end
   local wl = q.keys[job.key]
   if wl and #wl > 0 then
@@ -413,6 +416,7 @@ function Queue:_register(job)
     self.pend[self.pt] = job
   elseif not job.replay then
     self.live = self.live + 1
+    self.lives[job] = true
   end
 end
 
@@ -426,8 +430,9 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
     tag, err, failed, raw = step(co, self.n._run, self.n, w, ev)
     if tag == DONE and not err then return true end
   end
+  self.pos = self.pos + 1
   local job = { q = self, w = w, ev = ev, seq = seq, key = key_of(w, ev), attempt = 1, policy = policy,
-    gen = self.gen, payload = payload, channel = channel }
+    gen = self.gen, payload = payload, channel = channel, pos = self.pos }
   if more then for k, v in pairs(more) do job[k] = v end end
   if tag then -- it ran: it waits (its coroutine is the job's now) or it failed
     self:_register(job)
@@ -517,7 +522,7 @@ function Queue:buffer(sub, item)
     b = { h = 1, t = 0 }
     self.bufs[sub] = b
   end
-  self.pos = (self.pos or 0) + 1
+  self.pos = self.pos + 1
   item.pos = self.pos
   b.t = b.t + 1
   b[b.t] = item
@@ -572,6 +577,8 @@ function Queue:pending_jobs()
   for _, wl in pairs(self.keys) do for _, job in ipairs(wl) do add(job) end end
   for job in pairs(self.batches) do add(job) end
   for _, b in pairs(self.bufs) do for i = b.h, b.t do add(b[i]) end end
+  for job in pairs(self.lives) do add(job) end
+  table.sort(list, function(a, b) return (a.pos or 0) < (b.pos or 0) end)
   return list
 end
 
@@ -584,11 +591,14 @@ function Queue:reset()
   for job in pairs(self.batches) do
     if job.timer then job.timer:stop() end
   end
+  for co, job in pairs(owner) do -- a handler still waiting finishes for nobody
+    if job.q == self then owner[co] = nil end
+  end
   self.gen = self.gen + 1
   self.active, self.live = 0, 0
   self.keys, self.ready, self.rh, self.rt = {}, {}, 1, 0
   self.pend, self.ph, self.pt = {}, 1, 0
-  self.bufs, self.batches = {}, {}
+  self.bufs, self.batches, self.lives = {}, {}, {}
   self.held = false
   return jobs
 end

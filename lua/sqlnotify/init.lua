@@ -1292,9 +1292,22 @@ function Notifier:_drop_in_flight()
   for _, job in ipairs(jobs) do
     if not job.seq and not job.replay then live[#live + 1] = job end
   end
-  if #jobs > #live then
+  local durable = #jobs - #live
+  -- a reload: the new script's handlers take the live ones over, in delivery order
+  if #live > 0 and self._h and not self._closed then
+    local list = {}
+    for _, job in ipairs(live) do
+      list[#list + 1] = job.channel or job.w.wire
+      list[#list + 1] = job.payload or ""
+    end
+    if self._h:handover(list) then
+      self:_log("info", "%d live event(s) in flight go to the reloaded script's handlers", #live)
+      live = {}
+    end
+  end
+  if durable > 0 then
     self:_log("info", "%d event(s) in flight when consumer \"%s\" stopped are delivered again at its next start",
-      #jobs - #live, self._consumer or "?")
+      durable, self._consumer or "?")
   end
   for i, job in ipairs(live) do
     if i > 100 then
