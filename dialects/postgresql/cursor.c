@@ -17,6 +17,13 @@
  * with it (see jr_remake). The handlers' ack is written by the next
  * statement, sent as soon as the page was handled, so nothing waits on the loop. Wake-ups:
  * the NOTIFY, and a poll timer (10 ms after events flowed, doubling to 250 ms when idle).
+ *
+ * Held (hold(), durable only): the page's handlers finish after deliver returned. The reader
+ * then fetches nothing; acks that come meanwhile are written by a lease step on the next tick
+ * (and by every renewal), the page's ack set kept since they all ack that one page; the
+ * lease step names the page's shares as kept, so balancing never gives them away while their
+ * events are in flight (journal 9). A lost connection keeps the ack: the lease step after the
+ * reconnect writes it. Release fetches from the last ack: what was not acked comes again.
  */
 #include "pg.h"
 
@@ -36,6 +43,8 @@
 #define JR_ROTATE_SECONDS "20"
 /* a journal that is still gone right after the reader made it again: not before this (s) */
 #define JR_REMAKE_EVERY 10.0
+/* held: acks that came are written this long after the first of them at most (s) */
+#define JR_HELD_SAVE 0.05
 
 /* The other consumers not seen for $3 seconds that still hold rows back (seen within their
  * retention, or $1), oldest first, names JSON-quoted for the log. Read by a role that may (the
@@ -80,7 +89,11 @@ struct pg_jr {
     int64_t *ack_epoch;
     int nack;
     char *batch;
-    int carried;       /* the statement in flight carries that ack */
+    int64_t carried;   /* the ack the statement in flight carries (0: none) */
+    int64_t saved;     /* held: the last ack a statement wrote */
+    int held;          /* hold(1): the page's handlers are still running; no fetch */
+    int keep_refused;  /* the 9-argument lease() may not be called (a grant of journal 8) */
+    int lease_keep;    /* the lease step in flight is that one */
     char **chans;
     size_t nchans, cap;
     char *chan_array;  /* the channels as a text[] literal, for fetch */
@@ -172,6 +185,7 @@ static void sb_share_list(pg_sbuf *b, const int *v, int n)
 static void jr_ack_clear(struct pg_jr *j)
 {
     j->acked = 0;
+    j->saved = 0;
     j->nack = 0;
     free(j->batch);
     j->batch = NULL;
@@ -224,6 +238,17 @@ static void jr_refused(struct pg_jr *j, int *v, int n)
             j->epoch[v[i]] = -1;
             j->nheld--;
         }
+    /* a held page's ack goes again at every renewal: not to the shares that refused it */
+    for (int i = 0, k; i < j->nack;) {
+        for (k = 0; k < n && v[k] != j->ack_share[i]; k++)
+            ;
+        if (k < n) {
+            j->ack_share[i] = j->ack_share[--j->nack];
+            j->ack_epoch[i] = j->ack_epoch[j->nack];
+        } else {
+            i++;
+        }
+    }
     jr_log_shares(j, SN_LOG_ERROR, "lost", v, n,
                   "its acknowledgement was refused, another member holds them now and delivers their last "
                   "page again");
@@ -379,11 +404,16 @@ static int jr_send(struct pg_jr *j, int query)
         if (sh.fail || ep.fail) {
             ok = 0;
         } else if (query == JQ_LEASE) {
-            const char *vals[8] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
-                                   acked};
-            ok = PQsendQueryParams(j->db, "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)", 8, NULL,
-                                   vals, NULL, NULL, 0);
+            /* held: the page's shares are kept through the balancing (journal 9) */
+            int keep = j->held && j->nack > 0 && !j->keep_refused;
+            const char *vals[9] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
+                                   acked, sh.p};
+            ok = PQsendQueryParams(j->db,
+                                   keep ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                                        : "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)",
+                                   keep ? 9 : 8, NULL, vals, NULL, NULL, 0);
             j->lease_sent = pg_clock();
+            j->lease_keep = keep;
         } else {
             const char *vals[7] = {j->c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked,
                                    j->chan_array ? j->chan_array : "{}"};
@@ -393,7 +423,7 @@ static int jr_send(struct pg_jr *j, int query)
         }
         free(sh.p);
         free(ep.p);
-        j->carried = ok && j->acked > 0;
+        j->carried = ok ? j->acked : 0;
     }
     if (!ok) {
         jr_lost(j, PQerrorMessage(j->db));
@@ -617,6 +647,22 @@ static void jr_result(struct pg_jr *j)
     j->query = JQ_NONE;
     j->state = JR_IDLE;
     ev_timer_stop(j->c->loop, &j->retry);
+    if (*why && query == JQ_LEASE && j->lease_keep && strcmp(state, "42501") == 0 &&
+        PQstatus(j->db) == CONNECTION_OK) {
+        /* a role granted journal 8's functions: renew as before, the held shares unkept */
+        PQclear(page);
+        j->keep_refused = 1;
+        j->carried = 0;
+        sn_logf(&j->c->sink, SN_LOG_WARN,
+                "consumer \"%s\": this role may not call sqlnotify.lease(text, text, float8, int, int[], bigint[], "
+                "text, bigint, int[]) (journal 9), so the shares whose events are in flight may go to another "
+                "member while held (the journal's owner may let it: GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "
+                "sqlnotify TO <role>)",
+                j->c->consumer);
+        j->want_lease = 1;
+        jr_next(j);
+        return;
+    }
     if (*why && jr_journal_gone(state) && PQstatus(j->db) == CONNECTION_OK &&
         pg_clock() - j->remade_at >= JR_REMAKE_EVERY) {
         PQclear(page);
@@ -634,9 +680,18 @@ static void jr_result(struct pg_jr *j)
         jr_lost(j, why);
         return;
     }
-    if (j->carried && (query == JQ_FETCH || query == JQ_LEASE))
-        jr_ack_clear(j); /* written, or refused (reported below) */
-    if (query == JQ_FETCH && j->lost_at > 0) {
+    if (j->carried && (query == JQ_FETCH || query == JQ_LEASE)) {
+        /* written, or refused (reported below); a held page's acks keep coming, and each goes
+         * again with the same shares and batch (an ack written twice changes nothing) */
+        if (j->held || j->acked > j->carried)
+            j->saved = j->carried;
+        else
+            jr_ack_clear(j);
+        j->carried = 0;
+    }
+    /* the outage ends when the reader reads, or, held, when its lease step works */
+    int reads = query == JQ_FETCH || (query == JQ_LEASE && j->held);
+    if (reads && j->lost_at > 0) {
         double outage = pg_clock() - j->lost_at;
         j->lost_at = 0;
         sn_logf(&j->c->sink, SN_LOG_WARN, "journal reader reconnected to %s after %.1f s; nothing was missed",
@@ -655,7 +710,7 @@ static void jr_result(struct pg_jr *j)
                 return;
         }
     }
-    if (query == JQ_FETCH) {
+    if (reads) {
         j->attempt = 0; /* the backoff (and the outage) ends when the reader reads, not when it connects */
         j->read_ok = pg_clock();
     }
@@ -733,7 +788,7 @@ static void jr_next(struct pg_jr *j)
     } else if (j->want_absent) {
         j->want_absent = 0;
         jr_send(j, JQ_ABSENT);
-    } else if (j->want_fetch && j->nheld > 0 && (j->hold_until == 0 || ev_now(j->c->loop) >= j->hold_until)) {
+    } else if (j->want_fetch && !j->held && j->nheld > 0 && (j->hold_until == 0 || ev_now(j->c->loop) >= j->hold_until)) {
         j->want_fetch = 0;
         j->hold_until = 0;
         ev_timer_stop(j->c->loop, &j->poll);
@@ -804,7 +859,10 @@ static void jr_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct pg_jr *j = w->data;
-    j->want_fetch = 1;
+    if (j->held) /* the tick writes what was acked meanwhile, with a renewal */
+        j->want_lease |= j->acked > j->saved;
+    else
+        j->want_fetch = 1;
     jr_next(j);
 }
 
@@ -1019,10 +1077,42 @@ void pg_jr_stop(sn_conn *c)
     c->jr = NULL;
 }
 
+/* The runtime's ack: inside deliver, or outside while held (then written on the next tick;
+ * later, when a statement is in flight or the connection is away). */
 void pg_jr_ack(sn_conn *c, int64_t seq)
 {
-    if (c->jr && seq > c->jr->acked)
-        c->jr->acked = seq;
+    struct pg_jr *j = c->jr;
+    if (j == NULL || seq <= j->acked || (!j->held && c->depth == 0))
+        return;
+    j->acked = seq;
+    if (j->held && c->depth == 0 && !ev_is_active(&j->poll) && j->state != JR_OFF) {
+        ev_timer_set(&j->poll, JR_HELD_SAVE, 0.);
+        ev_timer_start(c->loop, &j->poll);
+    }
+}
+
+/* hold(1) inside deliver: the rest of the page goes on, then nothing is fetched. hold(0)
+ * outside: a zero timer fetches from the last ack (the ack rides that fetch). */
+int pg_jr_hold(sn_conn *c, int on)
+{
+    struct pg_jr *j = c->jr;
+    if (c->consumer == NULL)
+        return 0;
+    if (j == NULL || on || !j->held) {
+        if (j)
+            j->held |= on;
+        return 1;
+    }
+    j->held = 0;
+    if (c->depth > 0 || j->state == JR_OFF) /* released inside deliver: the fetch comes as usual */
+        return 1;
+    j->want_fetch = 1;
+    j->hold_until = 0;
+    j->poll_every = JR_POLL_MIN;
+    ev_timer_stop(c->loop, &j->poll);
+    ev_timer_set(&j->poll, 0., 0.);
+    ev_timer_start(c->loop, &j->poll);
+    return 1;
 }
 
 /* ===== captures no consumer reads ===== */

@@ -67,6 +67,7 @@ const sn_dialect sn_postgresql_dialect = {
     .stop = dr_stop,
     .notify = pg_notify,
     .ack = pg_jr_ack,
+    .hold = pg_jr_hold,
     .consumers = pg_consumers,
     .drop_consumer = pg_drop_consumer,
     .query = pg_query,

@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 8"
+#define JOURNAL_VERSION "sqlnotify journal 9"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -185,10 +185,14 @@ static const char setup_sql[] =
      * releases its highest ones, one under it claims free ones, or ones whose lease expired
      * or whose owner's session is gone (kill -9 closes it at once). A claim bumps the epoch.
      * Returns the member's shares: (share, epoch, NULL) kept, (share, epoch, why) claimed,
-     * (share, NULL, 'released'), (share, NULL, 'refused') for an ack it could not apply. */
+     * (share, NULL, 'released'), (share, NULL, 'refused') for an ack it could not apply.
+     * journal 9: p_keep, the shares whose events a held member's handlers still have in
+     * flight, are never released to balance (another member would deliver them again, side by
+     * side with the handlers still running them); the member stays over its fair count until
+     * it is released. */
     "CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,\n"
     "  p_shares int[],\n"
-    "  p_epochs bigint[], p_batch text, p_acked bigint)\n"
+    "  p_epochs bigint[], p_batch text, p_acked bigint, p_keep int[])\n"
     "RETURNS TABLE (share int, epoch bigint, note text)\n"
     "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
     "DECLARE n int; live int; fair int; held int; d interval := make_interval(secs => p_lease);\n"
@@ -215,7 +219,8 @@ static const char setup_sql[] =
     "  IF held > fair THEN\n"
     "    RETURN QUERY UPDATE sqlnotify.shares s SET owner = NULL, expires = NULL\n"
     "      WHERE s.consumer = p_name AND s.share IN (SELECT s2.share FROM sqlnotify.shares s2\n"
-    "        WHERE s2.consumer = p_name AND s2.owner = p_member ORDER BY s2.share DESC LIMIT held - fair)\n"
+    "        WHERE s2.consumer = p_name AND s2.owner = p_member\n"
+    "          AND NOT s2.share = ANY (COALESCE(p_keep, '{}'::int[])) ORDER BY s2.share DESC LIMIT held - fair)\n"
     "      RETURNING s.share, NULL::bigint, 'released'::text;\n"
     "  END IF;\n"
     "  RETURN QUERY SELECT s.share, s.epoch, NULL::text FROM sqlnotify.shares s\n"
@@ -236,6 +241,15 @@ static const char setup_sql[] =
     "      RETURNING s.share, s.epoch, cand.why;\n"
     "  END IF;\n"
     "END $f$;\n"
+    /* the call of journal 8's readers, and of a member with nothing in flight (a role granted
+     * only the functions of journal 8 calls this one) */
+    "CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,\n"
+    "  p_shares int[], p_epochs bigint[], p_batch text, p_acked bigint)\n"
+    "RETURNS TABLE (share int, epoch bigint, note text)\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  SELECT * FROM sqlnotify.lease(p_name, p_member, p_lease, p_nshares, p_shares, p_epochs, p_batch, p_acked,\n"
+    "    '{}'::int[])\n"
+    "$f$;\n"
 
     /* journal 8: the id sequence's guards. The bounds above hold only while ids come out of the
      * sequence in the order writers take them: CACHE 1, never moved back. A session caching 50
@@ -556,6 +570,7 @@ static const char setup_sql[] =
      * run as the owner: open to every role, they read every payload and moved any consumer) */
     "REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint),"
     " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint),"
+    " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]),"
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
     " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
