@@ -112,10 +112,10 @@ print("ready")
     local seen = {}
     for _, r in ipairs(ok) do
       local ev = cjson.decode(r.body)
-      assert.are.equal(tostring(ev.id), r["x-key"])
+      assert.are.equal(fmt("%d", ev.id), r["x-key"])
       local want = seen[ev.id] and "update" or "insert"
       assert.are.equal(want, ev.operation)
-      assert.are.equal((want == "insert" and "a" or "b") .. ev.id, ev.extra_columns.v)
+      assert.are.equal(fmt("%s%d", want == "insert" and "a" or "b", ev.id), ev.extra_columns.v)
       seen[ev.id] = true
     end
     local keys = 0
@@ -143,7 +143,7 @@ assert(n:start())
 print("ready")
 ]], { db, "http://127.0.0.1:18091/h" })
     assert.is_true(p:wait_for("ready", 10))
-    H.sqlite_cli(db, "INSERT INTO t VALUES (1, 'x'); INSERT INTO t VALUES (2, 'y');")
+    H.sqlite_cli(db, "BEGIN; INSERT INTO t VALUES (1, 'x'); INSERT INTO t VALUES (2, 'y'); COMMIT;")
     assert.is_true(p:wait_for("waited", 20), p:stderr())
     p:stop()
     local out = p:stdout()
