@@ -209,6 +209,29 @@ print("ready")
       { reqs[2].method, reqs[2].path, reqs[2].len, reqs[2].head, reqs[2].tail })
   end)
 
+  it("releases the transfers of a state a reload closed: replies dropped, nothing left", function()
+    local d = server(18096, "hang")
+    local p = host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+for i = 1, 3 do
+  sqlnotify.spawn(function()
+    print("reply", sqlnotify.http.request{ url = "http://127.0.0.1:18096/r" .. i, timeout = 60 })
+  end)
+end
+sqlnotify.every(0.1, function() end)
+print("loaded")
+]])
+    for i = 1, 3 do
+      assert.is_true(p:wait_count(function() return d.requests() end, 3 * i, 10))
+      if i < 3 then p:kill("HUP") end
+    end
+    p:stop() -- exits 0 with no sanitizer report: every transfer, watcher and reply released
+    assert.are.equal(9, #d.requests())
+    assert.is_nil(p:stdout():find("reply", 1, true))
+    assert.are.equal(3, select(2, p:stdout():gsub("loaded\n", "")))
+  end)
+
   describe("misuse raises at the caller's line", function()
     local function raised(f)
       local ok, err = pcall(f)
