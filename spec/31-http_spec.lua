@@ -74,9 +74,11 @@ describe("sqlnotify.http.request", function()
     local db = fresh_db()
     local p = host(PRELUDE .. [[
 local function handler(ev)
-  local st = assert(sqlnotify.http.request{ method = "POST", url = url, timeout = 10, body = ev:json(),
-    headers = { ["Content-Type"] = "application/json", ["X-Key"] = ev.id } })
-  assert(st < 500, "status " .. st)
+  local st, err, code = sqlnotify.http.request{ method = "POST", url = url, timeout = 10, body = ev:json(),
+    headers = { ["Content-Type"] = "application/json", ["X-Key"] = ev.id } }
+  if not st then print(string.format("failed %d %s %s", ev.id, err, tostring(code))) end
+  assert(st, err) -- a 5xx is a failure: retried
+  assert(st == 200, "status " .. st)
   print("done " .. ev.id .. " " .. ev.extra_columns.v)
 end
 n:subscribe("t", "insert", handler)
@@ -108,6 +110,11 @@ print("ready")
     end
     assert.are.equal(20, #ok)
     assert.are.equal(40, failed) -- each event's first two attempts
+    -- each 503 came back as nil, a message naming it, and the status
+    local msgs = lines_of(p, "failed")
+    assert.are.equal(40, #msgs)
+    assert.matches("^failed %d+ sqlnotify: http POST http://127%.0%.0%.1:18090/hook: the server answered 503 503\n",
+      p:stdout():match("failed [^\n]*\n"))
     -- each key's insert reached the receiver before its update, and the bodies are the events
     local seen = {}
     for _, r in ipairs(ok) do

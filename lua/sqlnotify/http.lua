@@ -5,9 +5,10 @@
 --   local st, body, headers = sqlnotify.http.request{ method = "POST", url = "https://...",
 --     headers = { ["Content-Type"] = "application/json" }, body = ev:json(), timeout = 10 }
 --
--- Any status is an answer (st, body, headers with lowercase names); the handler decides
--- (assert(st < 500)). A transfer that failed (refused, timed out, TLS, DNS, a body over
--- max_body) returns nil, "sqlnotify: http METHOD URL: why", the URL without its password.
+-- A status below 500 is an answer (st, body, headers with lowercase names): the handler
+-- decides what a 404 means. A 5xx, and a transfer that failed (refused, timed out, TLS, DNS, a
+-- body over max_body), return nil, "sqlnotify: http METHOD URL: why" (the URL without its
+-- password), so that assert(...) makes them a retry; a 5xx's status, body and headers follow.
 
 local core = require("sqlnotify.core")
 local delivery = require("sqlnotify.delivery")
@@ -106,7 +107,7 @@ local function check(opts, level)
   end
   local timeout = opts.timeout or M.DEFAULT_TIMEOUT
   return {
-    method = method, url = url, headers = lines, body = body, timeout = timeout,
+    method = method, url = url, what = method .. " " .. clean, headers = lines, body = body, timeout = timeout,
     connect_timeout = math.min(opts.connect_timeout or M.DEFAULT_CONNECT_TIMEOUT, timeout),
     insecure = opts.insecure, cainfo = opts.cainfo,
     follow = opts.follow or opts.max_redirects ~= nil, max_redirects = opts.max_redirects,
@@ -121,14 +122,20 @@ local function start(o, reply)
   return client:start(o, reply)
 end
 
-local function pass(...) return ... end
+-- A server error is a failure of the call (its answer follows the message).
+local function answer(o, st, body, headers, ...)
+  if math.type(st) == "integer" and st >= 500 then
+    return nil, fmt("sqlnotify: http %s: the server answered %d", o.what, st), st, body, headers
+  end
+  return st, body, headers, ...
+end
 
---- sqlnotify.http.request{...} -> status, body, headers | nil, "sqlnotify: ...".
+--- sqlnotify.http.request{...} -> status, body, headers | nil, "sqlnotify: ..." [, status, body, headers].
 -- Yields the calling handler (or spawned coroutine) until the answer.
 function M.request(opts)
   local o = check(opts, 2)
   -- await is not tail-called: its error outside a handler names the line calling request
-  return pass(delivery.await("sqlnotify.http.request", start, o))
+  return answer(o, delivery.await("sqlnotify.http.request", start, o))
 end
 
 --- The libcurl this was built with ("libcurl/7.88.1 OpenSSL/3.0 ... nghttp2/...").

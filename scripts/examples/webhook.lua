@@ -16,9 +16,8 @@ local n = assert(sqlnotify.notifier{ url = url, consumer = "webhook", concurrenc
   retry = { attempts = math.huge, delay = 1, max_delay = 60 } })
 
 local function post(ev)
-  local st = assert(sqlnotify.http.request{ method = "POST", url = hook, body = ev:json(), timeout = 10,
+  assert(sqlnotify.http.request{ method = "POST", url = hook, body = ev:json(), timeout = 10,
     headers = { ["Content-Type"] = "application/json", ["Idempotency-Key"] = ev.table .. ":" .. ev.seq } })
-  assert(st < 500, "the webhook answered " .. st)
 end
 
 for _, op in ipairs({ "insert", "update", "delete" }) do
