@@ -1,0 +1,282 @@
+-- sqlnotify.mqtt (SPEC §8.2), through the real host against private mosquitto brokers (ports
+-- 11890-11899, never the shared 1883): a durable PostgreSQL relay publishes every insert at QoS 1
+-- and a persistent mosquitto_sub session receives every one, across a broker restart; QoS 0
+-- returns true; a broker that is down makes publish wait its timeout without blocking the
+-- loop, and a broker that comes up in time takes the message; misuse raises at the caller.
+local H = require("helper")
+local sqlnotify = require("sqlnotify")
+local cjson = require("cjson")
+
+local fmt, q = string.format, H.shell_quote
+
+local PORT, PORT_LATE, PORT_DOWN = 11890, 11891, 11899
+
+-- A broker config in its own directory; persistence keeps the subscriber's session (and
+-- the QoS 1 messages queued for it) across a restart.
+local function broker(port, persist)
+  local dir = H.tmpdir()
+  local conf = dir .. "/mosquitto.conf"
+  local f = assert(io.open(conf, "w"))
+  f:write(fmt("listener %d 127.0.0.1\nallow_anonymous true\n", port))
+  if persist then
+    f:write(fmt("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir))
+  else
+    f:write("persistence false\n")
+  end
+  f:close()
+  return H.daemon("mosquitto -c " .. q(conf), port)
+end
+
+-- mosquitto_sub in the background, its output ("topic payload" lines) in a file.
+local function subscriber(port, topic, extra)
+  local out = os.tmpname()
+  local pidfile = os.tmpname()
+  assert(H.sh(fmt("sh -c %s >/dev/null 2>&1 </dev/null & ", q(fmt("exec mosquitto_sub -p %d -q 1 %s -t %s -v >%s 2>&1",
+    port, extra or "", q(topic), q(out)))) .. fmt("echo $! >%s", q(pidfile))))
+  local pf = assert(io.open(pidfile))
+  local pid = pf:read("l")
+  pf:close()
+  os.remove(pidfile)
+  local s = { out = out, pid = pid }
+  function s.lines()
+    local t = {}
+    local fh = io.open(out)
+    if fh then
+      for l in fh:lines() do t[#t + 1] = l end
+      fh:close()
+    end
+    return t
+  end
+  function s.stop()
+    H.sh("kill " .. pid .. " 2>/dev/null")
+    os.remove(out)
+  end
+  return s
+end
+
+-- Wait until cond() or the timeout; returns cond()'s last value.
+local function wait_until(cond, timeout)
+  local deadline = H.now() + timeout
+  local v = cond()
+  while not v and H.now() < deadline do
+    H.sleep(0.05)
+    v = cond()
+  end
+  return v
+end
+
+-- The relay: a durable PostgreSQL consumer of table t publishing each insert as ev:json() at QoS 1 to
+-- s31/<t>/<id>; a failed publish raises, so the event is retried.
+local RELAY = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, port = arg[1], arg[2], arg[3]
+local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:" .. port, client_id = "s31relay", timeout = 2 }
+local n = assert(sqlnotify.notifier{ url = url, consumer = "mq31", concurrency = 16,
+  retry = { attempts = math.huge, delay = 0.05, max_delay = 0.5 } })
+n:watch(tbl, "insert")
+local fails = 0
+n:subscribe(tbl, "insert", function(ev)
+  local ok, err = mq:publish("s31/" .. tbl .. "/" .. ev.id, ev:json(), { qos = 1 })
+  if not ok then
+    fails = fails + 1
+    print("fail " .. err)
+    error(err)
+  end
+  print("done " .. ev.id)
+end)
+assert(n:start())
+print("ready")
+]]
+
+describe("sqlnotify.mqtt", function()
+  local procs, daemons, subs = {}, {}, {}
+  after_each(function()
+    for _, p in ipairs(procs) do
+      if not p:exited() then p:kill("KILL") p:wait() end
+    end
+    for _, s in ipairs(subs) do s.stop() end
+    for _, d in ipairs(daemons) do d:stop() end
+    procs, daemons, subs = {}, {}, {}
+  end)
+
+  it("a durable relay publishes 500 inserts at QoS 1: the subscriber gets every one across a broker restart", function()
+    local d = broker(PORT, true)
+    daemons[#daemons + 1] = d
+    -- A persistent session (-c -i): what is published while it reconnects waits for it.
+    local sub = subscriber(PORT, "s31/#", "-c -i s31sub")
+    subs[#subs + 1] = sub
+    H.sleep(0.3)
+    local schema = H.fresh_schema("spec31")
+    H.psql("CREATE TABLE spec31.r (id int PRIMARY KEY, v text)")
+    local p = H.host(RELAY, { H.pg_url, "spec31.r", tostring(PORT) })
+    procs[#procs + 1] = p
+    finally(function()
+      if not p:exited() then p:kill("KILL") p:wait() end
+      local n = H.pg_notifier()
+      n:drop_consumer("mq31")
+      n:close()
+      H.drop_schema(schema)
+    end)
+    assert.is_true(p:wait_for("ready", 10), p:stderr())
+    H.psql("INSERT INTO spec31.r SELECT g, 'row ' || g FROM generate_series(1, 250) g")
+    local function done()
+      local n = 0
+      for _ in p:stdout():gmatch("done %d+") do n = n + 1 end
+      return n
+    end
+    assert.is_true(wait_until(function() return done() >= 100 end, 30), p:stderr())
+    -- The restart, with the rest inserted while the broker is down.
+    d:stop()
+    H.psql("INSERT INTO spec31.r SELECT g, 'row ' || g FROM generate_series(251, 500) g")
+    H.sleep(3) -- above the relay's timeout (2 s): its publishes fail and are retried
+    d:start()
+    local ids, dups = {}, 0
+    local function distinct()
+      ids, dups = {}, 0
+      local n = 0
+      for _, l in ipairs(sub.lines()) do
+        local topic, payload = l:match("^(s31/spec31%.r/%d+) (.*)$")
+        if topic then
+          local ev = cjson.decode(payload)
+          ev.id = math.tointeger(ev.id)
+          assert.equal("s31/spec31.r/" .. ev.id, topic)
+          assert.equal("insert", ev.operation)
+          assert.equal("r", ev.table)
+          assert.equal("spec31", ev.schema)
+          if ids[ev.id] then dups = dups + 1 else ids[ev.id] = true n = n + 1 end
+        end
+      end
+      return n >= 500 and n
+    end
+    local n = wait_until(distinct, 60)
+    assert.equal(500, n, fmt("the subscriber got %d distinct of 500; relay:\n%s\n%s", n or -1,
+      p:stdout():sub(-2000), p:stderr():sub(-2000)))
+    for i = 1, 500 do assert.is_true(ids[i] == true, "missing id " .. i) end
+    -- At least once: a duplicate is allowed (a QoS 1 message in flight at the restart).
+    -- The relay's own redeliveries (handlers run more than once per event) are counted apart.
+    print(fmt("\nspec 31: 500 distinct ids, %d duplicates at the subscriber; the relay ran %d handlers to the end"
+      .. " for 500 events; %d publishes failed and were retried", dups, select(2, p:stdout():gsub("done ", "")),
+      select(2, p:stdout():gsub("fail ", ""))))
+    -- The restart was seen: publishes failed while the broker was down, and were retried.
+    assert.matches("fail sqlnotify: mqtt: ", p:stdout())
+    assert.matches("connection to 127.0.0.1:%d+ lost", p:stderr())
+    p:stop()
+  end)
+
+  it("publish at QoS 0 returns true and the subscriber gets it", function()
+    daemons[#daemons + 1] = broker(PORT + 2, false)
+    local sub = subscriber(PORT + 2, "s31/q0/#")
+    subs[#subs + 1] = sub
+    H.sleep(0.3)
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:]] .. (PORT + 2) .. [[" }
+      sqlnotify.spawn(function()
+        print("q0", mq:publish("s31/q0/a", "zero"))
+        print("q0", mq:publish("s31/q0/b", "", { qos = 0, retain = false }))
+        print("q1", mq:publish("s31/q0/c", "one\0bin", { qos = 1 }))
+        mq:close()
+        print("closed", tostring(mq), pcall(mq.publish, mq, "s31/q0/d", "x"))
+        sqlnotify.stop()
+      end)
+    ]])
+    procs[#procs + 1] = p
+    assert.equal(0, p:wait(15), p:stderr())
+    p:assert_clean()
+    local out = p:stdout()
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal("q0\ttrue", lines[1])
+    assert.equal("q0\ttrue", lines[2])
+    assert.equal("q1\ttrue", lines[3])
+    assert.matches("^closed\tsqlnotify.mqtt%(127.0.0.1:11892%) closed\tfalse\t.*sqlnotify: mqtt: publish on a closed client$",
+      lines[4])
+    assert.is_true(wait_until(function() return #sub.lines() >= 3 end, 10))
+    -- (mosquitto_sub shows an empty payload as "(null)")
+    assert.same({ "s31/q0/a zero", "s31/q0/b (null)", "s31/q0/c one\0bin" }, sub.lines())
+  end)
+
+  it("broker down: publish waits its timeout and fails, the loop runs meanwhile; a broker up in time takes it", function()
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local down = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:]] .. PORT_DOWN .. [[", timeout = 1 }
+      local late = sqlnotify.mqtt{ url = "mqtt://localhost:]] .. PORT_LATE .. [[", timeout = 20 }
+      local ticks = 0
+      local t = sqlnotify.every(0.05, function() ticks = ticks + 1 end)
+      sqlnotify.spawn(function()
+        local t0 = sqlnotify.now()
+        local ok, err = down:publish("s31/down", "x", { qos = 1 })
+        print(string.format("down %s %s %.1f %s", tostring(ok), err, sqlnotify.now() - t0, ticks >= 10))
+        ok, err = down:publish("s31/down", "x", { qos = 0, timeout = 0.2 })
+        print(string.format("down0 %s %s", tostring(ok), err))
+        print("waiting late")
+        print("late", late:publish("s31/late", "y", { qos = 1 }))
+        t:stop()
+        sqlnotify.stop()
+      end)
+    ]])
+    procs[#procs + 1] = p
+    assert.is_true(p:wait_for("waiting late", 15), p:stdout() .. p:stderr())
+    local out = p:stdout()
+    assert.matches("down nil sqlnotify: mqtt: not connected to 127.0.0.1:" .. PORT_DOWN
+      .. " within 1 s: Connection refused 1%.%d true\n", out)
+    local secs = tonumber(out:match("down nil .- (%d+%.%d) true"))
+    assert.is_true(secs >= 0.9 and secs < 3, out)
+    assert.matches("down0 nil sqlnotify: mqtt: not connected to 127.0.0.1:" .. PORT_DOWN
+      .. " within 0.2 s: Connection refused\n", out)
+    -- The broker comes up while the publish waits for it.
+    daemons[#daemons + 1] = broker(PORT_LATE, false)
+    assert.equal(0, p:wait(20), p:stdout() .. p:stderr())
+    p:assert_clean()
+    assert.matches("late\ttrue\n", p:stdout())
+  end)
+
+  it("refuses a bad URL or option at the caller's line", function()
+    local function err_of(opts)
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, e = pcall(function() local c = sqlnotify.mqtt(opts) return c end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*31%-mqtt_spec.lua:" .. line .. ": sqlnotify: mqtt: ", e)
+      return e
+    end
+    assert.matches("options must be a table", err_of("mqtt://127.0.0.1"))
+    assert.matches("url must be a string, got nil", err_of{})
+    assert.matches([[url "http://h:1" must start with mqtt:// or mqtts://]], err_of{ url = "http://h:1" })
+    assert.matches([=[url "mqtt://u:%*%*%*@h:1/x": expected mqtt://%[user:password@%]host%[:port%]]=],
+      err_of{ url = "mqtt://u:secret@h:1/x" })
+    assert.is_nil(err_of{ url = "mqtt://u:secret@h:1/x" }:find("secret", 1, true))
+    assert.matches("port 70000 out of range", err_of{ url = "mqtt://127.0.0.1:70000" })
+    assert.matches([[unknown option "qos"]], err_of{ url = "mqtt://127.0.0.1", qos = 1 })
+    assert.matches("keepalive must be an integer number of seconds from 5", err_of{ url = "mqtt://127.0.0.1", keepalive = 1 })
+    assert.matches("timeout must be a number of seconds above zero, got 0", err_of{ url = "mqtt://127.0.0.1", timeout = 0 })
+    assert.matches("clean_session = false needs a client_id", err_of{ url = "mqtt://127.0.0.1", clean_session = false })
+    assert.matches("cafile is for mqtts:// URLs", err_of{ url = "mqtt://127.0.0.1", cafile = "/x" })
+    assert.matches("cannot resolve no%-such%-host%.invalid", err_of{ url = "mqtt://no-such-host.invalid:1883" })
+  end)
+
+  it("publish refuses a wildcard topic or bad options at the caller's line, and outside a handler names sqlnotify.spawn", function()
+    local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:" .. PORT_DOWN }
+    local function err_of(...)
+      local args = table.pack(...)
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, e = pcall(function() local r = mq:publish(table.unpack(args, 1, args.n)) return r end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*31%-mqtt_spec.lua:" .. line .. ": sqlnotify: ", e)
+      return e
+    end
+    assert.matches([[mqtt: bad publish topic "s31/#"]], err_of("s31/#", "x"))
+    assert.matches([[mqtt: bad publish topic "s31/%+/x"]], err_of("s31/+/x", "x"))
+    assert.matches([[mqtt: bad publish topic ""]], err_of("", "x"))
+    assert.matches("mqtt: topic must be a string, got nil", err_of(nil, "x"))
+    assert.matches("mqtt: payload must be a string, got number", err_of("s31/x", 5))
+    assert.matches("mqtt: qos must be 0 or 1, got 2", err_of("s31/x", "p", { qos = 2 }))
+    assert.matches([[mqtt: unknown publish option "ttl"]], err_of("s31/x", "p", { ttl = 2 }))
+    assert.matches("mq:publish must be called from a handler or a coroutine of sqlnotify.spawn",
+      err_of("s31/x", "p", { qos = 1 }))
+    mq:close()
+    assert.matches("mqtt: publish on a closed client", err_of("s31/x", "p"))
+  end)
+end)
