@@ -25,6 +25,7 @@
 
 #ifdef SN_HAVE_NATS
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -562,9 +563,25 @@ static void on_mailbox(struct ev_loop *l, ev_async *w, int revents)
     }
 }
 
+/* cnats keeps threads of its own (timers, callbacks) past the last connection. Loaded as a
+ * Lua module, core.so and libnats would be unloaded at lua_close under those threads: keep
+ * both mapped for the life of the process. */
+static void pin(void *symbol)
+{
+    Dl_info info;
+    if (dladdr(symbol, &info) != 0 && info.dli_fname != NULL)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* The mailbox lives on the current loop (a new one after sn_loop_destroy). */
 static void mailbox_start(void)
 {
+    static int pinned;
+    if (!pinned) {
+        pinned = 1;
+        pin((void *)nats_Open);
+        pin((void *)sn_nats_open);
+    }
     struct ev_loop *l = sn_loop();
     if (mb_loop == l)
         return;

@@ -100,7 +100,9 @@ function Client:publish(subject, data, opts)
       bad(2, "stream must be a stream name, got %s", type(stream) == "string" and fmt("%q", stream) or type(stream))
     end
   end
-  return delivery.await("nc:publish", h.publish, h, subject, data, msg_id, stream)
+  -- not a tail call: await raises at its caller's caller, which must be this frame's caller
+  local r, err = delivery.await("nc:publish", h.publish, h, subject, data, msg_id, stream)
+  return r, err
 end
 
 --- nc:publish_core(subject, data) -> true | nil, err: core NATS, no acknowledgement; true once
@@ -118,7 +120,8 @@ function Client:request(subject, data, timeout)
   check_subject(subject, 2)
   data = check_data(data, 2)
   if timeout ~= nil then timeout = check_seconds("timeout", timeout, nil, 2) end
-  return delivery.await("nc:request", h.request, h, subject, data, timeout)
+  local r, err = delivery.await("nc:request", h.request, h, subject, data, timeout)
+  return r, err
 end
 
 --- nc:status() -> "connected" | "connecting" | "reconnecting" | "closed" | ...
