@@ -164,8 +164,10 @@ describe("sqlnotify.redis", function()
     say(hung:pipeline({ { "PING" }, { "PING" } }))
     say(ticks >= 16)
     t:stop()
-    dead:close()
+    sqlnotify.spawn(function() say("pending", hung:call("PING")) end)
     hung:close()
+    sqlnotify.sleep(0.1)
+    dead:close()
 ]], PORT_DEAD, PORT_HANG))
     assert.are.same({
       fmt('nil "sqlnotify: redis: timeout after 0.6 s waiting for a connection to 127.0.0.1:%d (Connection refused)"',
@@ -174,6 +176,7 @@ describe("sqlnotify.redis", function()
       fmt('nil "sqlnotify: redis: timeout after 0.6 s waiting for the reply from 127.0.0.1:%d"', PORT_HANG),
       fmt('nil "sqlnotify: redis: timeout after 0.6 s waiting for the reply from 127.0.0.1:%d"', PORT_HANG),
       "true",
+      'pending nil "sqlnotify: redis: the client was closed (r:close())"',
       "END",
     }, out)
   end)
