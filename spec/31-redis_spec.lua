@@ -176,7 +176,7 @@ describe("sqlnotify.redis", function()
       fmt('nil "sqlnotify: redis: timeout after 0.6 s waiting for the reply from 127.0.0.1:%d"', PORT_HANG),
       fmt('nil "sqlnotify: redis: timeout after 0.6 s waiting for the reply from 127.0.0.1:%d"', PORT_HANG),
       "true",
-      'pending nil "sqlnotify: redis: the client was closed (r:close())"',
+      '"pending" nil "sqlnotify: redis: the client was closed (r:close())"',
       "END",
     }, out)
   end)
