@@ -3,6 +3,8 @@
 -- records every request: a receiver answering 503 to its first attempts gets every event,
 -- exactly once with 200 and in per-key order; a server that never answers times the call out
 -- while the loop goes on; a refused connection; 10 MB each way; misuse raised at the line.
+-- Over TLS, against `openssl s_server`s with certificates of a test CA made at setup: a name
+-- mismatch, insecure = true, cainfo, an unknown CA, a cainfo file that does not exist.
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 local cjson = require("cjson")
@@ -237,6 +239,174 @@ print("loaded")
     assert.are.equal(9, #d.requests())
     assert.is_nil(p:stdout():find("reply", 1, true))
     assert.are.equal(3, select(2, p:stdout():gsub("loaded\n", "")))
+  end)
+
+  describe("over TLS", function()
+    -- A test CA made here by the openssl CLI, and private `openssl s_server -www`s (each
+    -- answers any GET with its status page): 18097 with a certificate for wrong.example only,
+    -- 18098 with one for 127.0.0.1 / localhost, both signed by the CA; 18099 with one for
+    -- 127.0.0.1 signed by another CA. Neither CA is in the system's bundle.
+    local dir
+    local tls = {}
+
+    local function openssl(args)
+      local log = dir .. "/openssl.log"
+      local ok = H.sh(fmt("openssl %s >%s 2>&1", args, H.shell_quote(log)))
+      assert(ok, "openssl " .. args .. ":\n" .. H.slurp(log))
+    end
+
+    local CNF = [[
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = %s
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+]]
+    local EC = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    local serial = 0
+
+    local function ca(name, cn)
+      H.spit(fmt("%s/%s.cnf", dir, name), fmt(CNF, cn))
+      openssl(fmt("req -config %s/%s.cnf -x509 -extensions ca %s -keyout %s/%s.key -out %s/%s.pem -days 2",
+        dir, name, EC, dir, name, dir, name))
+    end
+
+    local function leaf(name, cn, san, by)
+      serial = serial + 1
+      H.spit(fmt("%s/%s.ext", dir, name), fmt("basicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n"
+        .. "subjectAltName = %s\n", san))
+      openssl(fmt("req %s -keyout %s/%s.key -out %s/%s.csr -subj /CN=%s", EC, dir, name, dir, name, cn))
+      openssl(fmt("x509 -req -in %s/%s.csr -CA %s/%s.pem -CAkey %s/%s.key -set_serial %d -days 2 -extfile %s/%s.ext"
+        .. " -out %s/%s.pem", dir, name, dir, by, dir, by, serial, dir, name, dir, name))
+    end
+
+    -- The command line s_server shows at the top of its status page.
+    local function command(port, name)
+      return fmt("s_server -accept %d -cert %s/%s.pem -key %s/%s.key -www", port, dir, name, dir, name)
+    end
+
+    setup(function()
+      dir = H.tmpdir() .. "/tls"
+      H.sh("rm -rf " .. H.shell_quote(dir) .. " && mkdir " .. H.shell_quote(dir))
+      ca("ca", "sqlnotify test CA")
+      ca("other", "another test CA")
+      leaf("wrong", "wrong.example", "DNS:wrong.example", "ca")
+      leaf("right", "localhost", "IP:127.0.0.1, DNS:localhost", "ca")
+      leaf("stranger", "localhost", "IP:127.0.0.1, DNS:localhost", "other")
+      for port, name in pairs({ [18097] = "wrong", [18098] = "right", [18099] = "stranger" }) do
+        tls[#tls + 1] = H.daemon("openssl " .. command(port, name), port)
+      end
+    end)
+
+    teardown(function()
+      for _, d in ipairs(tls) do d:stop() end
+      tls = {}
+    end)
+
+    -- Runs body (Lua in the host, with call(name, opts) spawning a request) and returns the
+    -- results by name: { status, body, ctype } or { err }.
+    local function calls(n, body)
+      local p = host([[
+local sqlnotify = require("sqlnotify")
+local cjson = require("cjson")
+io.stdout:setvbuf("line")
+local dir = arg[1]
+local function call(name, opts)
+  local st, a, b = sqlnotify.http.request(opts)
+  local r = st and { status = st, body = a, ctype = b["content-type"] } or { err = a }
+  print("result " .. name .. " " .. cjson.encode(r))
+end
+sqlnotify.every(1, function() end)
+]] .. body, { dir })
+      assert.is_true(p:wait_count(function() return lines_of(p, "result") end, n, 30), p:stderr())
+      p:stop()
+      local out = {}
+      for _, line in ipairs(lines_of(p, "result")) do
+        local name, json = line:match("^(%S+) (.*)$")
+        assert.is_nil(out[name], name)
+        out[name] = cjson.decode(json)
+      end
+      assert.is_nil((p:stdout() .. p:stderr()):find("s3cret", 1, true))
+      return out, p
+    end
+
+    -- The s_server status page: its command line, the TLS session, and the end.
+    local function status_page(r, port, name)
+      assert.are.same({ 200, "text/html" }, { r.status, r.ctype }, r.err)
+      local head = fmt('<HTML><BODY BGCOLOR="#ffffff">\n<pre>\n\n%s \n', command(port, name))
+      assert.are.equal(head, r.body:sub(1, #head))
+      assert.matches("\nNew, TLSv1%.3, Cipher is TLS_[%w_]+\n", r.body)
+      local tail = "</pre></BODY></HTML>\r\n\r\n"
+      assert.are.equal(tail, r.body:sub(-#tail))
+    end
+
+    it("refuses a certificate for another name, and takes it with insecure = true", function()
+      local r = calls(4, [[
+sqlnotify.spawn(function()
+  local url = "https://user:s3cret@127.0.0.1:18097/tls"
+  call("mismatch", { url = url, cainfo = dir .. "/ca.pem", timeout = 10 })
+  call("insecure", { url = url, cainfo = dir .. "/ca.pem", insecure = true, timeout = 10 })
+  -- the insecure call's connection or TLS session must not serve a verified one
+  call("again", { url = url, cainfo = dir .. "/ca.pem", timeout = 10 })
+  call("insecure_only", { url = url, insecure = true, timeout = 10 })
+end)
+]])
+      local mismatch = "sqlnotify: http GET https://user@127.0.0.1:18097/tls: SSL: no alternative certificate subject"
+        .. " name matches target host name '127.0.0.1'"
+      assert.are.same({ err = mismatch }, r.mismatch)
+      assert.are.same({ err = mismatch }, r.again)
+      status_page(r.insecure, 18097, "wrong")
+      status_page(r.insecure_only, 18097, "wrong")
+    end)
+
+    it("takes the right certificate with cainfo, and refuses one of an unknown CA", function()
+      local r = calls(5, [[
+for _, c in ipairs({
+  { "right", { url = "https://127.0.0.1:18098/", cainfo = dir .. "/ca.pem" } },
+  { "by_name", { url = "https://localhost:18098/", cainfo = dir .. "/ca.pem" } },
+  { "unknown_ca", { url = "https://127.0.0.1:18098/" } },
+  { "other_ca", { url = "https://127.0.0.1:18099/", cainfo = dir .. "/ca.pem" } },
+  { "other_ca_trusted", { url = "https://127.0.0.1:18099/", cainfo = dir .. "/other.pem" } },
+}) do
+  c[2].timeout = 10
+  sqlnotify.spawn(function() call(c[1], c[2]) end)
+end
+]])
+      status_page(r.right, 18098, "right")
+      status_page(r.by_name, 18098, "right")
+      status_page(r.other_ca_trusted, 18099, "stranger")
+      assert.are.same({ err = "sqlnotify: http GET https://127.0.0.1:18098/: SSL certificate problem: unable to get"
+        .. " local issuer certificate" }, r.unknown_ca)
+      assert.are.same({ err = "sqlnotify: http GET https://127.0.0.1:18099/: SSL certificate problem: unable to get"
+        .. " local issuer certificate" }, r.other_ca)
+    end)
+
+    it("returns nil and a message naming a cainfo file that does not exist, and reads it when it does", function()
+      H.sh("rm -f " .. H.shell_quote(dir .. "/later.pem"))
+      local r = calls(3, [[
+sqlnotify.spawn(function()
+  local opts = { url = "https://127.0.0.1:18098/", cainfo = dir .. "/later.pem", timeout = 10 }
+  call("missing", opts)
+  call("unread", { url = opts.url, cainfo = opts.cainfo, insecure = true, timeout = 10 })
+  -- the file is read when a connection is made: a retry after it appears succeeds
+  local f = assert(io.open(dir .. "/ca.pem"))
+  local pem = f:read("a")
+  f:close()
+  f = assert(io.open(opts.cainfo, "w"))
+  f:write(pem)
+  f:close()
+  call("appeared", opts)
+end)
+]])
+      assert.are.same({ err = fmt("sqlnotify: http GET https://127.0.0.1:18098/: error setting certificate file: %s"
+        .. "/later.pem", dir) }, r.missing)
+      status_page(r.unread, 18098, "right")
+      status_page(r.appeared, 18098, "right")
+    end)
   end)
 
   describe("misuse raises at the caller's line", function()
