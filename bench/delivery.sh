@@ -13,7 +13,8 @@
 #     rows (1000 keys), at concurrency 1, 16 and 64: events/s, and 64 against 1.
 #  3. Memory per event in flight: handlers that sleep an hour, 10000 rows committed at once,
 #     concurrency 10000; the host's RSS and Lua heap (after a full collection) against before
-#     the commit, divided by the events in flight. Durable, and live (which holds nothing back).
+#     the commit, divided by the events in flight. Durable (its reader holds while any event is
+#     in flight, so one fetched page is: about 500), and live (which holds nothing back).
 # Environment: SQLNOTIFY_BENCH_PG_URL (default postgresql://root@127.0.0.1/test; makes and drops
 # the schema sqlnotify_bench_dlv and the consumers bench_dlv_*), BENCH_DLV_N (100000),
 # BENCH_DLV_ROUNDS (5), BENCH_DLV_PREV (3bfbffd^). About a minute.

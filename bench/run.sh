@@ -248,3 +248,4 @@ sh bench/durable.sh "$BUILD" || die "the durable-mode writers bench (bench/durab
 sh bench/update.sh "$BUILD" "$URL" || die "the old-values bench (bench/update.sh) failed"
 sh bench/groups.sh "$BUILD" || die "the groups bench (bench/groups.sh) failed"
 sh bench/delivery.sh "$BUILD" || die "the delivery bench (bench/delivery.sh) failed"
+sh bench/clients.sh "$BUILD" || die "the clients bench (bench/clients.sh) failed"
