@@ -22,6 +22,8 @@
 #include <curl/curl.h>
 
 #define MULTI_META "sqlnotify.http"
+#define IDLE_MAX 64   /* easy handles kept for reuse: a relay's transfers side by side */
+#define MAX_CONNECTS 256 /* idle connections the multi handle keeps open for reuse */
 
 typedef struct sn_http sn_http;
 
@@ -54,6 +56,8 @@ struct sn_http {
     int dispatching;       /* inside done(): close must leave the freeing to it */
     req *reqs;
     sock *socks;
+    CURL *idle[IDLE_MAX];  /* easy handles of finished transfers, reset, for the next ones */
+    int nidle;
 };
 
 static CURLcode global_rc = CURLE_FAILED_INIT;
@@ -62,8 +66,13 @@ static CURLcode global_rc = CURLE_FAILED_INIT;
 
 static void req_free(req *r)
 {
-    if (r->easy != NULL)
+    sn_http *m = r->m;
+    if (r->easy != NULL && m != NULL && m->multi != NULL && m->nidle < IDLE_MAX) {
+        curl_easy_reset(r->easy); /* keeps its caches (DNS, TLS session): cheaper than a new one */
+        m->idle[m->nidle++] = r->easy;
+    } else if (r->easy != NULL) {
         curl_easy_cleanup(r->easy);
+    }
     curl_slist_free_all(r->headers);
     free(r->what);
     free(r->body);
@@ -282,6 +291,8 @@ static int http_close(lua_State *L)
         req_free(r);
     }
     m->reqs = NULL;
+    while (m->nidle > 0)
+        curl_easy_cleanup(m->idle[--m->nidle]);
     curl_multi_cleanup(m->multi); /* may still call on_socket: the list is intact */
     m->multi = NULL;
     while (m->socks != NULL)
@@ -318,6 +329,7 @@ static int http_new(lua_State *L)
     curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONNECTS);
     return 1;
 }
 
@@ -425,7 +437,7 @@ static int http_start(lua_State *L)
     if (r->what != NULL)
         snprintf(r->what, wlen, "%s %s", method, clean);
     curl_free(clean);
-    r->easy = curl_easy_init();
+    r->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
     if (r->easy == NULL || r->what == NULL) {
         rc = CURLE_OUT_OF_MEMORY;
         goto fail;
