@@ -102,7 +102,8 @@ function Client:publish(subject, data, opts)
   end
   -- not a tail call: await raises at its caller's caller, which must be this frame's caller
   local r, err = delivery.await("nc:publish", h.publish, h, subject, data, msg_id, stream)
-  return r, err
+  if r == nil then return nil, err end
+  return r
 end
 
 --- nc:publish_core(subject, data) -> true | nil, err: core NATS, no acknowledgement; true once
@@ -121,7 +122,8 @@ function Client:request(subject, data, timeout)
   data = check_data(data, 2)
   if timeout ~= nil then timeout = check_seconds("timeout", timeout, nil, 2) end
   local r, err = delivery.await("nc:request", h.request, h, subject, data, timeout)
-  return r, err
+  if r == nil then return nil, err end
+  return r -- one value: cjson.decode(assert(nc:request(...))) works
 end
 
 --- nc:status() -> "connected" | "connecting" | "reconnecting" | "closed" | ...
