@@ -226,6 +226,7 @@ static void on_stop_async(struct ev_loop *l, ev_async *w, int revents)
         ev_break(l, EVBREAK_ALL);
         return;
     }
+    sn_sd_stopping(stop_signal == SIGINT ? "SIGINT" : "SIGTERM"); /* before the grace */
     double grace = ask_grace();
     if (grace > 0) {
         sn_log(SN_LOG_INFO, "%s received, stopping: handlers in flight get up to %g s", stop_signal == SIGINT ?

@@ -208,11 +208,13 @@ static void finish_state(lua_State *L)
 static void reload(const char *why)
 {
     sn_log(SN_LOG_INFO, "reloading %s (%s)", host.argv[host.script], why);
+    sn_sd_reloading();
     sn_reload_begin();
     lua_State *L = new_state();
     if (L == NULL) {
         sn_reload_rollback();
         sn_log(SN_LOG_ERROR, "reload failed; the previous handlers keep running");
+        sn_sd_ready(host.L, "reload failed, the previous script runs: ");
         return;
     }
     sn_reload_commit();
@@ -220,6 +222,7 @@ static void reload(const char *why)
     lua_close(host.L);
     host.L = L;
     sn_log(SN_LOG_INFO, "reloaded %s", host.argv[host.script]);
+    sn_sd_ready(host.L, "reloaded: ");
 }
 
 static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
@@ -372,6 +375,7 @@ static void quit(struct ev_loop *loop)
     ev_timer_stop(loop, &host.settle);
     ev_ref(loop);
     ev_signal_stop(loop, &host.hup);
+    sn_sd_finish();
     if (host.L) {
         finish_state(host.L);
         lua_close(host.L);
@@ -524,6 +528,7 @@ int main(int argc, char **argv)
     host.argc = argc;
     host.script = optind;
     struct ev_loop *loop = sn_loop();
+    sn_sd_init(loop); /* before the script runs: its child processes do not inherit NOTIFY_SOCKET */
     ev_timer_init(&host.settle, on_settled, 0.1, 0.);
     /* Before the first load: a SIGHUP while it runs must not kill the host (it reloads
      * once the loop runs), and an edit made meanwhile is not missed. */
@@ -537,8 +542,10 @@ int main(int argc, char **argv)
         quit(loop);
         return 1;
     }
+    sn_sd_ready(host.L, NULL); /* READY=1 from the loop's first iteration */
 
     sn_run_loop();
+    sn_sd_stopping("the loop ended");
 
     fflush(stdout);
     quit(loop);

@@ -46,4 +46,15 @@ void sn_reload_begin(void);
 void sn_reload_commit(void);
 void sn_reload_rollback(void);
 
+/* systemd notification (sdnotify.c), when $NOTIFY_SOCKET is set; else each is a no-op.
+ * init: read and unset NOTIFY_SOCKET / WATCHDOG_USEC / WATCHDOG_PID, start the watchdog
+ * pings. ready: the script ran and its notifiers started (READY=1 from the loop's first
+ * iteration, at once after a reload; STATUS= prefix and sqlnotify._status()). reloading:
+ * RELOADING=1. stopping: STOPPING=1, once (why: "SIGTERM"). finish: stop and close. */
+void sn_sd_init(struct ev_loop *loop);
+void sn_sd_ready(lua_State *L, const char *prefix);
+void sn_sd_reloading(void);
+void sn_sd_stopping(const char *why);
+void sn_sd_finish(void);
+
 #endif

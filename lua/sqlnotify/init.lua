@@ -1786,6 +1786,15 @@ function M._finish()
   end
 end
 
+-- The host's status line for systemd (STATUS=): what listens now.
+function M._status()
+  local notifiers, channels = 0, 0
+  for _, n in ipairs(live_notifiers()) do
+    if n._started then notifiers, channels = notifiers + 1, channels + #n._watches end
+  end
+  return fmt("listening on %d channel(s) of %d notifier(s)", channels, notifiers)
+end
+
 -- ===== handlers that wait =====
 
 M.sleep, M.spawn, M.waiter = delivery.sleep, delivery.spawn, delivery.waiter
