@@ -77,6 +77,10 @@ if pkg-config --exists libcurl; then
     || die "cannot build bench/http_bare.c"
   KINDS="$KINDS http"
 else say "no libcurl (libcurl4-openssl-dev): the HTTP rows are skipped"; fi
+if [ -n "${BENCH_CLI_ONLY:-}" ]; then # e.g. BENCH_CLI_ONLY="none http": those rows only
+  only=""; for kind in $KINDS; do case " $BENCH_CLI_ONLY " in *" $kind "*) only="$only $kind" ;; esac; done
+  KINDS=${only# }
+fi
 [ -n "$KINDS" ] || die "no client library to measure"
 
 port_free() { ! (ss -ltnH "sport = :$1" 2>/dev/null | grep -q .); }

@@ -422,8 +422,10 @@ static int http_start(lua_State *L)
     const char *url = opt_str(L, "url", NULL);
     const char *method = opt_str(L, "method", NULL);
     luaL_argcheck(L, url != NULL && method != NULL, 2, "url and method are needed");
-    char *clean = clean_url(url, &err);
-    if (clean == NULL)
+    /* "METHOD url-without-password" for messages: the Lua side made it already (what) */
+    const char *what = opt_str(L, "what", NULL);
+    char *clean = what ? NULL : clean_url(url, &err);
+    if (what == NULL && clean == NULL)
         return luaL_error(L, "sqlnotify: http: bad url: %s", err);
     req *r = calloc(1, sizeof *r);
     if (r == NULL) {
@@ -432,11 +434,15 @@ static int http_start(lua_State *L)
     }
     r->reply.ref = LUA_NOREF;
     r->m = m;
-    size_t wlen = strlen(method) + 1 + strlen(clean) + 1;
-    r->what = malloc(wlen);
-    if (r->what != NULL)
-        snprintf(r->what, wlen, "%s %s", method, clean);
-    curl_free(clean);
+    if (what != NULL) {
+        r->what = strdup(what);
+    } else {
+        size_t wlen = strlen(method) + 1 + strlen(clean) + 1;
+        r->what = malloc(wlen);
+        if (r->what != NULL)
+            snprintf(r->what, wlen, "%s %s", method, clean);
+        curl_free(clean);
+    }
     r->easy = m->nidle > 0 ? m->idle[--m->nidle] : curl_easy_init();
     if (r->easy == NULL || r->what == NULL) {
         rc = CURLE_OUT_OF_MEMORY;
