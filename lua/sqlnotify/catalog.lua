@@ -82,6 +82,9 @@ local SQL = {
     tables = "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'sqlnotify\\_%' ESCAPE '\\'"
       .. " ORDER BY name",
     drop_table = "DROP TABLE IF EXISTS %s",
+    -- what opening the file makes (the driver does at every open): rows in it say it was used
+    opened = { sqlnotify_changes = "SELECT count(*) AS n FROM sqlnotify_changes",
+               sqlnotify_readers = "SELECT count(*) AS n FROM sqlnotify_readers" },
   },
   mysql = {
     reads_exists = "SELECT COUNT(*) AS present FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -187,6 +190,18 @@ function M.objects(n)
     if not tables then return nil, e end
     for _, t in ipairs(tables) do
       add { kind = "table", name = t.name, journal = true, sql = s.drop_table:format(quote(n, t.name)) }
+    end
+  end
+  -- SQLite: the empty change log that opening the file made, and nothing else, is no install
+  if s.opened then
+    local bare = true
+    for _, o in ipairs(out) do
+      local count = s.opened[o.name] and o.kind == "table" and (n._h:query(s.opened[o.name]) or {})[1]
+      if not (count and tonumber(count.n) == 0) then bare = false end
+    end
+    if bare then
+      for _, o in ipairs(out) do n._h:query(o.sql) end
+      return {}
     end
   end
   return out
