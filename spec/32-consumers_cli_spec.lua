@@ -167,6 +167,53 @@ describe("sqlnotify-lua's consumer commands", function()
     assert.matches("\n  %-%-uninstall URL %[%-%-yes%]\n", out)
   end)
 
+  describe("on PostgreSQL, where another role owns some objects", function()
+    local db, op, other = "sn_s32r_" .. SUFFIX, "sn_s32_op_" .. SUFFIX, "sn_s32_other_" .. SUFFIX
+    local function url_as(role) return (H.pg_url:gsub("//[^@/]*@", "//" .. role .. "@"):gsub("/[^/?]*(%??[^/]*)$", "/" .. db .. "%1")) end
+
+    setup(function()
+      H.psql(fmt("CREATE DATABASE %s; CREATE ROLE %s LOGIN; CREATE ROLE %s LOGIN; GRANT CREATE ON DATABASE %s TO %s",
+        db, op, other, db, op))
+      H.psql(fmt("GRANT CREATE ON SCHEMA public TO %s, %s", op, other), url_as("root"))
+      H.psql("CREATE TABLE t_op (id int PRIMARY KEY)", url_as(op))
+      H.psql("CREATE TABLE t_other (id int PRIMARY KEY)", url_as(other))
+    end)
+
+    teardown(function()
+      H.psql(fmt("DROP DATABASE IF EXISTS %s WITH (FORCE)", db))
+      H.psql(fmt("DROP ROLE IF EXISTS %s; DROP ROLE IF EXISTS %s", op, other))
+    end)
+
+    it("says which and why, drops the rest, keeps the journal a trigger left behind may need, and exits 1", function()
+      -- op's consumer on its table (the journal is op's), other's live watch on its own
+      local script = [[
+        local sqlnotify = require("sqlnotify")
+        local n = assert(sqlnotify.notifier{ url = arg[1], consumer = arg[3] ~= "-" and arg[3] or nil })
+        n:watch(arg[2], "insert")
+        assert(n:start())
+        sqlnotify.stop()
+      ]]
+      for _, w in ipairs { { url_as(op), "t_op", "s32_op" }, { url_as(other), "t_other", "-" } } do
+        local p = H.host(script, w)
+        assert.are.equal(0, p:wait(30), p:stderr())
+      end
+      local code, out, err = run { "--uninstall", url_as(op) }
+      assert.are.equal(0, code, err)
+      assert.matches("\n  trigger %S+ on public%.t_other %(insert, live, function %S+%) %[owner " .. other
+        .. ": this role cannot drop it%]\n", out)
+      code, out, err = run { "--uninstall", url_as(op), "--yes", "--yes" }
+      assert.are.equal(1, code)
+      assert.matches("^dropped trigger %S+ on public%.t_op %(insert, durable %x+, [^\n]*\ndropped 1 object%(s%) in ", out)
+      assert.matches("\nsqlnotify: cannot drop trigger %S+ on public%.t_other [^\n]*: must be owner of [%w ]*t_other\n", "\n" .. err)
+      assert.matches("\nsqlnotify: cannot drop schema sqlnotify [^\n]*: kept: a trigger that could not be dropped may "
+        .. "still write to it\n", err)
+      assert.matches("\nsqlnotify: 2 object%(s%) not dropped\n$", err)
+      assert.are.equal("0\n1\n1\n", H.psql([[SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_op'::regclass AND NOT tgisinternal;
+        SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_other'::regclass AND NOT tgisinternal;
+        SELECT count(*) FROM pg_namespace WHERE nspname = 'sqlnotify']], url_as("root")))
+    end)
+  end)
+
   for _, b in ipairs(backends) do
     describe("on " .. b.name, function()
       local target, tag_a, tag_b, procs = nil, nil, nil, {}
