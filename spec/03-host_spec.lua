@@ -128,7 +128,8 @@ describe("sqlnotify-lua", function()
       code, _, err = run { "--list", "sqlite:///x.db", "t" }
       assert.are.same({ 2, 'sqlnotify: unexpected argument "t" (try --help)\n' }, { code, err })
       code, _, err = run { "--list", "sqlite:///x.db", "--drop", "sqlite:///x.db" }
-      assert.are.same({ 2, "sqlnotify: give one of --list, --drop and --dead-letters (try --help)\n" }, { code, err })
+      assert.are.same({ 2, "sqlnotify: give one of --list, --drop, --dead-letters, --consumers, "
+        .. "--drop-consumer and --uninstall (try --help)\n" }, { code, err })
       code, _, err = run { "--lua-path", "x.lua" }
       assert.are.same({ 2, "sqlnotify: --lua-path takes nothing else (try --help)\n" }, { code, err })
     end)

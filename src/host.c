@@ -25,6 +25,7 @@
 static const char usage_text[] =
     "usage: sqlnotify-lua [options] script.lua [script args...]\n"
     "       sqlnotify-lua --list URL | --drop URL [table] | --dead-letters URL [consumer] | --lua-path\n"
+    "       sqlnotify-lua --consumers URL | --drop-consumer URL NAME | --uninstall URL [--yes]\n"
     "\n"
     "Run a Lua watcher script that reacts to INSERT, UPDATE and DELETE on database tables.\n"
     "\n"
@@ -40,6 +41,12 @@ static const char usage_text[] =
     "                         (\"schema.table\"), or in the whole database\n"
     "  --dead-letters URL [consumer]\n"
     "                         print the events whose handlers failed on every attempt\n"
+    "  --consumers URL        print the durable consumers: lag, members, shares, dead letters\n"
+    "  --drop-consumer URL NAME\n"
+    "                         forget a consumer: release the journal rows only it held, drop its captures\n"
+    "  --uninstall URL [--yes]\n"
+    "                         print every object of sqlnotify's in the database; --yes drops them all\n"
+    "                         (--yes twice: even while a durable consumer was seen in the last minute)\n"
     "  --lua-path             print the LUA_PATH and LUA_CPATH lines with which plain lua5.4\n"
     "                         finds this installation: eval \"$(sqlnotify-lua --lua-path)\"\n"
     "\n"
@@ -47,7 +54,7 @@ static const char usage_text[] =
     "  sqlnotify-lua scripts/examples/postgresql.lua\n"
     "\n"
     "exit status: 0 clean stop, 1 the script failed at start-up, 2 usage error\n"
-    "             (--list, --drop, --dead-letters: 0 done, 1 failed, 2 usage error)\n";
+    "             (the tools: 0 done, 1 failed, 2 usage error)\n";
 
 static int usage_error(const char *fmt, const char *what)
 {
@@ -430,8 +437,9 @@ static int print_lua_path(void)
     return 0;
 }
 
-/* --list URL / --drop URL [table]: sqlnotify.cli's function, whose result is the exit status. */
-static int run_tool(const char *fn, const char *url, const char *table)
+/* --list URL / --drop URL [table] / ...: sqlnotify.cli's function, whose result is the exit
+ * status; --uninstall gets how many times --yes was given instead of a second argument. */
+static int run_tool(const char *fn, const char *url, const char *table, int yes)
 {
     lua_State *L = luaL_newstate();
     if (L == NULL) {
@@ -449,7 +457,10 @@ static int run_tool(const char *fn, const char *url, const char *table)
     } else {
         lua_getfield(L, -1, fn);
         lua_pushstring(L, url);
-        lua_pushstring(L, table);
+        if (strcmp(fn, "uninstall") == 0)
+            lua_pushinteger(L, yes);
+        else
+            lua_pushstring(L, table);
         if (lua_pcall(L, 2, 1, 0) != LUA_OK)
             log_failure(lua_tostring(L, -1));
         else
@@ -463,7 +474,16 @@ static int run_tool(const char *fn, const char *url, const char *table)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD };
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_CONSUMERS, OPT_DROP_CONSUMER, OPT_UNINSTALL, OPT_YES };
+    /* the tools, by option: sqlnotify.cli's function, and how many arguments follow the URL */
+    static const struct { int opt; const char *name, *fn; int min, max; } tools[] = {
+        {OPT_LIST, "list", "list", 0, 0},
+        {OPT_DROP, "drop", "drop", 0, 1},
+        {OPT_DEAD, "dead-letters", "dead_letters", 0, 1},
+        {OPT_CONSUMERS, "consumers", "consumers", 0, 0},
+        {OPT_DROP_CONSUMER, "drop-consumer", "drop_consumer", 1, 1},
+        {OPT_UNINSTALL, "uninstall", "uninstall", 0, 0},
+    };
     static const struct option longopts[] = {
         {"reload", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
@@ -473,10 +493,14 @@ int main(int argc, char **argv)
         {"list", required_argument, NULL, OPT_LIST},
         {"drop", required_argument, NULL, OPT_DROP},
         {"dead-letters", required_argument, NULL, OPT_DEAD},
+        {"consumers", required_argument, NULL, OPT_CONSUMERS},
+        {"drop-consumer", required_argument, NULL, OPT_DROP_CONSUMER},
+        {"uninstall", required_argument, NULL, OPT_UNINSTALL},
+        {"yes", no_argument, NULL, OPT_YES},
         {NULL, 0, NULL, 0},
     };
-    int reload_on_change = 0, lua_path = 0;
-    const char *tool = NULL, *tool_url = NULL;
+    int reload_on_change = 0, lua_path = 0, yes = 0, tool = -1;
+    const char *tool_url = NULL;
     opterr = 0;
     int c;
     /* '+': options end at the script; what follows belongs to it. */
@@ -493,12 +517,18 @@ int main(int argc, char **argv)
         case 'v': printf("sqlnotify-lua %s (%s)\n", SQLNOTIFY_VERSION, LUA_RELEASE); return 0;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_LUA_PATH: lua_path = 1; break;
+        case OPT_YES: yes++; break;
         case OPT_LIST:
         case OPT_DROP:
         case OPT_DEAD:
-            if (tool)
-                return usage_error("%s", "give one of --list, --drop and --dead-letters");
-            tool = c == OPT_LIST ? "list" : c == OPT_DROP ? "drop" : "dead_letters";
+        case OPT_CONSUMERS:
+        case OPT_DROP_CONSUMER:
+        case OPT_UNINSTALL:
+            if (tool >= 0)
+                return usage_error("%s", "give one of --list, --drop, --dead-letters, --consumers, --drop-consumer "
+                                         "and --uninstall");
+            for (tool = 0; tools[tool].opt != c; tool++)
+                ;
             tool_url = optarg;
             break;
         case ':': return usage_error("option %s needs a value", argv[optind - 1]);
@@ -506,17 +536,20 @@ int main(int argc, char **argv)
         }
     }
     if (lua_path) {
-        if (tool || optind < argc)
+        if (tool >= 0 || yes || optind < argc)
             return usage_error("%s", "--lua-path takes nothing else");
         return print_lua_path();
     }
-    if (tool) {
-        int max = strcmp(tool, "list") == 0 ? 0 : 1; /* --drop URL [table], --dead-letters URL [consumer] */
-        if (argc - optind > max)
-            return usage_error("unexpected argument \"%s\"", argv[optind + max]);
+    if (yes && (tool < 0 || tools[tool].opt != OPT_UNINSTALL))
+        return usage_error("%s", "--yes goes with --uninstall only");
+    if (tool >= 0) {
+        if (argc - optind > tools[tool].max)
+            return usage_error("unexpected argument \"%s\"", argv[optind + tools[tool].max]);
+        if (argc - optind < tools[tool].min)
+            return usage_error("--%s needs a consumer name after the URL", tools[tool].name);
         if (reload_on_change)
-            return usage_error("--reload does not go with --%s", strcmp(tool, "dead_letters") == 0 ? "dead-letters" : tool);
-        return run_tool(tool, tool_url, optind < argc ? argv[optind] : NULL);
+            return usage_error("--reload does not go with --%s", tools[tool].name);
+        return run_tool(tools[tool].fn, tool_url, optind < argc ? argv[optind] : NULL, yes);
     }
     if (optind >= argc)
         return usage_error("%s", "no script given");

@@ -1,7 +1,10 @@
---- sqlnotify.cli: what `sqlnotify-lua --list URL`, `--drop URL [table]` and `--dead-letters URL [consumer]` do.
+--- sqlnotify.cli: what `sqlnotify-lua --list URL`, `--drop URL [table]`, `--dead-letters URL [consumer]`,
+-- `--consumers URL`, `--drop-consumer URL NAME` and `--uninstall URL [--yes]` do.
 -- Each function prints to out (default io.stdout), reports a failure as one
 -- "sqlnotify: ..." line on err (default io.stderr), and returns the exit status.
 local sqlnotify = require("sqlnotify")
+local catalog = require("sqlnotify.catalog")
+local dead = require("sqlnotify.dead_letters")
 
 local M = {}
 
@@ -27,6 +30,38 @@ local function width(s)
   return utf8.len(s) or #s
 end
 
+-- Rows (lists of #columns values, nil printed "-") under their column names, aligned.
+local function print_table(out, columns, rows)
+  local cells, widths = { columns }, {}
+  for i, c in ipairs(columns) do widths[i] = width(c) end
+  for _, r in ipairs(rows) do
+    local line = {}
+    for i = 1, #columns do
+      local v = r[i] == nil and "-" or tostring(r[i]):gsub("[%c]", " ")
+      line[i] = v
+      if width(v) > widths[i] then widths[i] = width(v) end
+    end
+    cells[#cells + 1] = line
+  end
+  for _, line in ipairs(cells) do
+    local parts = {}
+    for i, v in ipairs(line) do
+      parts[i] = i < #line and v .. (" "):rep(widths[i] - width(v)) or v
+    end
+    out:write(table.concat(parts, "  "), "\n")
+  end
+end
+
+-- Whose capture a trigger's wire channel is: "live", or "durable <tag> for <its consumers>".
+local function capture_of(wire, reads)
+  local plain, capture = sqlnotify._capture_of(wire)
+  if capture ~= "live" then
+    local who = reads[wire]
+    capture = capture .. " for " .. (who and table.concat(who, ", ") or "no consumer")
+  end
+  return plain, capture
+end
+
 --- list(url, [out], [err]) -> 0 | 1: a table of every sqlnotify trigger in the database.
 function M.list(url, out, err)
   out = out or io.stdout
@@ -37,27 +72,14 @@ function M.list(url, out, err)
       out:write("no sqlnotify triggers in ", n._h:target(), "\n")
       return 0
     end
-    local cells, widths = { COLUMNS }, {}
-    for i, c in ipairs(COLUMNS) do widths[i] = width(c) end
-    for _, r in ipairs(rows) do
+    local reads = catalog.reads(n)
+    local lines = {}
+    for i, r in ipairs(rows) do
       -- the wire channel's tag says whose capture it is: a live watch's or a consumer's shape
-      local plain, capture = sqlnotify._capture_of(tostring(r[4] or ""))
-      r = { r[1], r[2], r[3], r[4] and plain, capture, r[5], r[6], r[7], r[8] }
-      local line = {}
-      for i = 1, #COLUMNS do
-        local v = r[i] == nil and "-" or tostring(r[i]):gsub("[%c]", " ")
-        line[i] = v
-        if width(v) > widths[i] then widths[i] = width(v) end
-      end
-      cells[#cells + 1] = line
+      local plain, capture = capture_of(tostring(r[4] or ""), reads)
+      lines[i] = { r[1], r[2], r[3], r[4] and plain, capture, r[5], r[6], r[7], r[8] }
     end
-    for _, line in ipairs(cells) do
-      local parts = {}
-      for i, v in ipairs(line) do
-        parts[i] = i < #line and v .. (" "):rep(widths[i] - width(v)) or v
-      end
-      out:write(table.concat(parts, "  "), "\n")
-    end
+    print_table(out, COLUMNS, lines)
     out:write(string.format("%d trigger(s) in %s\n", #rows, n._h:target()))
     return 0
   end)
@@ -113,6 +135,196 @@ function M.dead_letters(url, consumer, out, err)
         (tostring(r.payload):gsub("%c", " "))))
     end
     out:write(string.format("%d dead letter(s) in %s\n", #rows, n._h:target()))
+    return 0
+  end)
+end
+
+-- ===== consumers =====
+
+local CONSUMER_COLUMNS = { "consumer", "lag_events", "lag_seconds", "members", "shares", "last_seen", "dead_letters" }
+
+-- Seconds since an ISO 8601 UTC time ("2024-05-01T10:00:00.123Z"), by this machine's clock.
+local function age(iso)
+  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
+  if not y then return nil end
+  y, mo = tonumber(y), tonumber(mo)
+  -- days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+  local yy = mo <= 2 and y - 1 or y
+  local era = (yy >= 0 and yy or yy - 399) // 400
+  local yoe = yy - era * 400
+  local doy = (153 * (mo > 2 and mo - 3 or mo + 9) + 2) // 5 + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+  return os.time() - (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec))
+end
+
+--- consumers(url, [out], [err]) -> 0 | 1: a table of every durable consumer of the database:
+-- its lag (events of its own tables, and the seconds since the oldest), live members, shares
+-- (PostgreSQL), when it was last seen and how many dead letters it has.
+function M.consumers(url, out, err)
+  out = out or io.stdout
+  return with_notifier(url, err, function(n)
+    local rows, e = n:consumers()
+    if not rows then error(e, 0) end
+    if #rows == 0 then
+      out:write("no consumers in ", n._h:target(), "\n")
+      return 0
+    end
+    local counts = assert(dead.counts(n))
+    local lines = {}
+    for i, r in ipairs(rows) do
+      lines[i] = { r.name, r.lag_events, string.format("%.1f", r.lag_seconds or 0), r.members, r.shares,
+        r.last_seen and (tostring(r.last_seen):gsub("%.%d+Z$", "Z")), counts[r.name] or 0 }
+    end
+    print_table(out, CONSUMER_COLUMNS, lines)
+    out:write(string.format("%d consumer(s) in %s\n", #rows, n._h:target()))
+    return 0
+  end)
+end
+
+--- drop_consumer(url, name, [out], [err]) -> 0 | 1: forget a consumer: the journal rows only it
+-- held are released, and its captures no other consumer reads are dropped.
+function M.drop_consumer(url, name, out, err)
+  out = out or io.stdout
+  local errout = err or io.stderr
+  return with_notifier(url, err, function(n)
+    local live = 0
+    for _, r in ipairs(n:consumers() or {}) do
+      if r.name == name then live = r.members or 0 end
+    end
+    local before = n._h:list() or {}
+    local ok, e = n:drop_consumer(name)
+    if ok == nil then error(e, 0) end
+    if not ok then error(string.format("sqlnotify: no consumer %q in %s", name, n._h:target()), 0) end
+    out:write(string.format("dropped consumer %q in %s: the journal rows only it held are released\n", name,
+      n._h:target()))
+    local after = {}
+    for _, r in ipairs(n._h:list() or {}) do after[r[1] .. "\0" .. r[2] .. "\0" .. r[5]] = true end
+    for _, r in ipairs(before) do
+      if not after[r[1] .. "\0" .. r[2] .. "\0" .. r[5]] then
+        local plain, capture = sqlnotify._capture_of(tostring(r[4] or ""))
+        out:write(string.format("dropped its capture of %s on %s.%s (channel %s, %s)\n", r[3], r[1], r[2], plain,
+          capture))
+      end
+    end
+    if live > 0 then
+      errout:write(string.format("sqlnotify: warning: consumer %q has %d live member(s): they record it again "
+        .. "and read on; stop them first to drop it for good\n", name, live))
+    end
+    return 0
+  end)
+end
+
+-- ===== uninstall =====
+
+local RECENT = 60 -- seconds: a consumer seen since is taken as running
+
+-- The lines an object prints: one per trigger, else one.
+local function describe(o)
+  local mark = ""
+  if o.mine == false then
+    mark = string.format(" [owner %s: this role cannot drop it]", tostring(o.owner))
+  end
+  if o.kind == "triggers" then
+    local lines = {}
+    for i, r in ipairs(o.triggers) do
+      local _, capture = sqlnotify._capture_of(tostring(r[4] or ""))
+      lines[i] = string.format("trigger %s on %s.%s (%s, %s%s)%s", tostring(r[5]), r[1], r[2], tostring(r[3]),
+        capture, r[6] and ", function " .. tostring(r[6]) or "", mark)
+    end
+    return lines
+  end
+  return { string.format("%s %s%s%s", o.kind, o.name, o.note and " (" .. o.note .. ")" or "", mark) }
+end
+
+-- The consumers that look like running: a live member, or seen in the last minute.
+local function running(n, objects)
+  if n.dialect_name == "mysql" and not catalog.has(objects, "table", "sqlnotify_consumers") then return {} end
+  local out = {}
+  for _, r in ipairs(n:consumers() or {}) do
+    local ago = age(r.last_seen)
+    if (r.members or 0) > 0 or (ago and ago < RECENT) then
+      out[#out + 1] = string.format("consumer %q was seen %s (%d live member(s))", r.name,
+        ago and string.format("%d s ago", math.max(ago, 0)) or "at " .. tostring(r.last_seen), r.members or 0)
+    end
+  end
+  return out
+end
+
+--- uninstall(url, yes, [out], [err]) -> 0 | 1: print every object of sqlnotify's in the database
+-- (triggers and their functions, journal, consumer and dead-letter tables, PostgreSQL's schema
+-- sqlnotify, overflow tables and extension); with yes (> 0) drop them all. A durable consumer
+-- seen in the last minute stops yes = 1 (yes = 2 goes on). Objects triggers may write to stay
+-- while one of those triggers could not be dropped.
+function M.uninstall(url, yes, out, err)
+  out = out or io.stdout
+  local errout = err or io.stderr
+  yes = math.tointeger(yes) or 0
+  return with_notifier(url, err, function(n)
+    local target = n._h:target()
+    local objects, e = catalog.objects(n)
+    if not objects then error(e, 0) end
+    if #objects == 0 then
+      out:write("no sqlnotify objects in ", target, "\n")
+      return 0
+    end
+    local busy = running(n, objects)
+    if yes == 0 then
+      out:write("sqlnotify objects in ", target, ":\n")
+      local count = 0
+      for _, o in ipairs(objects) do
+        for _, line in ipairs(describe(o)) do
+          out:write("  ", line, "\n")
+          count = count + 1
+        end
+        if o.blocked then out:write("    cannot be dropped: ", o.blocked, "\n") end
+      end
+      out:write(string.format("%d object(s); --yes drops them\n", count))
+      for _, b in ipairs(busy) do
+        errout:write("sqlnotify: warning: ", b, ": --yes refuses while it may run (stop it first, or give --yes twice)\n")
+      end
+      return 0
+    end
+    if yes == 1 and #busy > 0 then
+      for _, b in ipairs(busy) do
+        errout:write("sqlnotify: ", b, ": stop it first, or give --yes twice to uninstall anyway (its journal goes, "
+          .. "and what is written meanwhile is lost)\n")
+      end
+      errout:write("sqlnotify: nothing dropped\n")
+      return 1
+    end
+    catalog.prepare(n)
+    local dropped, failed, trigger_left = 0, 0, false
+    local function failure(line, why)
+      errout:write("sqlnotify: cannot drop ", line, ": ", (sqlnotify._one_line(why):gsub("^sqlnotify: ", "")), "\n")
+      failed = failed + 1
+    end
+    for _, o in ipairs(objects) do
+      local lines = describe(o)
+      local ok, why
+      if o.kind == "triggers" then
+        ok, why = n._h:drop(o.schema, o.table)
+        if not ok then trigger_left = true end
+      elseif o.blocked then
+        ok, why = nil, o.blocked
+      elseif o.journal and trigger_left then
+        ok, why = nil, "kept: a trigger that could not be dropped may still write to it"
+      else
+        ok, why = n._h:query(o.sql)
+      end
+      for _, line in ipairs(lines) do
+        if ok then
+          out:write("dropped ", (line:gsub(" %[owner .*%]$", "")), "\n")
+          dropped = dropped + 1
+        else
+          failure(line, why)
+        end
+      end
+    end
+    out:write(string.format("dropped %d object(s) in %s\n", dropped, target))
+    if failed > 0 then
+      errout:write(string.format("sqlnotify: %d object(s) not dropped\n", failed))
+      return 1
+    end
     return 0
   end)
 end

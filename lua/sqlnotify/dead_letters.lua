@@ -23,6 +23,7 @@ local SQL = {
       .. " FROM sqlnotify.dead_letters WHERE ($1::text IS NULL OR consumer = $1) AND ($2::bigint IS NULL OR id = $2)"
       .. " ORDER BY id LIMIT $3",
     exists = "SELECT to_regclass('sqlnotify.dead_letters') IS NOT NULL AS present",
+    counts = "SELECT consumer, count(*) AS n FROM sqlnotify.dead_letters GROUP BY consumer",
   },
   sqlite = {
     create = {
@@ -38,6 +39,7 @@ local SQL = {
     list = "SELECT id, consumer, channel, seq, payload, error, attempts, failed_at FROM sqlnotify_dead_letters"
       .. " WHERE (?1 IS NULL OR consumer = ?1) AND (?2 IS NULL OR id = ?2) ORDER BY id LIMIT ?3",
     exists = "SELECT count(*) AS present FROM sqlite_master WHERE type = 'table' AND name = 'sqlnotify_dead_letters'",
+    counts = "SELECT consumer, count(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer",
   },
   mysql = {
     create = {
@@ -55,6 +57,7 @@ local SQL = {
       .. " WHERE (? IS NULL OR consumer = ?) AND (? IS NULL OR id = ?) ORDER BY id LIMIT ?",
     exists = "SELECT count(*) AS present FROM information_schema.tables WHERE table_schema = DATABASE()"
       .. " AND table_name = 'sqlnotify_dead_letters'",
+    counts = "SELECT consumer, COUNT(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer",
   },
 }
 
@@ -113,15 +116,29 @@ function M.delete(n, id)
   return true
 end
 
+local function absent(n, s)
+  local present = n._h:query(s.exists)
+  return present and present[1] and (present[1].present == false or tonumber(present[1].present) == 0
+    or present[1].present == "f")
+end
+
+-- How many dead letters each consumer has: { [consumer] = count } (empty without the table),
+-- or nil and why.
+function M.counts(n)
+  local s = sql_of(n)
+  if absent(n, s) then return {} end
+  local rows, e = n._h:query(s.counts)
+  if not rows then return nil, e end
+  local out = {}
+  for _, r in ipairs(rows) do out[r.consumer] = math.tointeger(tonumber(r.n)) or r.n end
+  return out
+end
+
 -- The dead letters of a consumer (all when nil), oldest first: rows with id, consumer,
 -- channel, seq, payload, error, attempts, failed_at (ISO 8601, UTC).
 function M.list(n, consumer, id, limit)
   local s = sql_of(n)
-  local present = n._h:query(s.exists)
-  if present and present[1] and (present[1].present == false or tonumber(present[1].present) == 0
-      or present[1].present == "f") then
-    return {}
-  end
+  if absent(n, s) then return {} end
   local rows, e
   if n.dialect_name == "mysql" then
     rows, e = n._h:query(s.list, consumer, consumer, id, id, limit)
