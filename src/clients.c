@@ -55,3 +55,8 @@ void sn_client_missing(lua_State *L, const char *name, const char *what, const c
     lua_pushcclosure(L, missing, 3);
     lua_setfield(L, -2, name);
 }
+
+void sn_clients_shutdown(void)
+{
+    sn_nats_shutdown();
+}

@@ -34,6 +34,11 @@ void sn_http_open(lua_State *L);
 void sn_redis_open(lua_State *L);
 void sn_nats_open(lua_State *L);
 void sn_mqtt_open(lua_State *L);
+/* The host is leaving (every Lua state closed, the loop still there): release what a client
+ * library keeps process-wide (cnats's threads). */
+void sn_clients_shutdown(void);
+void sn_nats_shutdown(void);
+
 /* A client built without its library: core[name] raises "what needs lib: install package". */
 void sn_client_missing(lua_State *L, const char *name, const char *what, const char *lib, const char *package);
 

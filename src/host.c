@@ -20,6 +20,7 @@
 #endif
 
 #include "dialect.h"
+#include "clients.h"
 #include "sqlnotify.h"
 
 static const char usage_text[] =
@@ -388,6 +389,7 @@ static void quit(struct ev_loop *loop)
         lua_close(host.L);
     }
     host.L = NULL;
+    sn_clients_shutdown();
     sn_loop_destroy();
 }
 

@@ -965,6 +965,15 @@ static int nats_new(lua_State *L)
     return 1;
 }
 
+/* The host is leaving, its states closed: cnats's own threads are joined and its memory
+ * freed, so that nothing of it is left running (or reported by a leak checker). */
+void sn_nats_shutdown(void)
+{
+    if (mb_loop == NULL)
+        return; /* never used */
+    nats_CloseAndWait(2000);
+}
+
 void sn_nats_open(lua_State *L)
 {
     createnatsmeta(L);
@@ -973,6 +982,8 @@ void sn_nats_open(lua_State *L)
 }
 
 #else
+
+void sn_nats_shutdown(void) {}
 
 void sn_nats_open(lua_State *L)
 {
