@@ -344,6 +344,7 @@ function M.notifier(opts)
     _cleanup_on_start = opts.cleanup_on_start == true,
     _durable = opts.consumer ~= nil,
     _consumer = opts.consumer,
+    _log_fields = opts.consumer and { consumer = opts.consumer } or nil,
     _limited = h:dialect() == "postgresql" and opts.consumer == nil, -- payloads have a size limit (NOTIFY's)
     _nulls = opts.nulls == true,
     _verify_interval = verify,
@@ -387,8 +388,15 @@ local function live_notifiers()
   return list
 end
 
+-- A line of this notifier's (a durable one's names its consumer: a field of the JSON log).
 function Notifier:_log(level, ...)
-  self._h:log(level, fmt(...))
+  self._h:log(level, fmt(...), self._log_fields)
+end
+
+-- A line with fields (table, operation, error, traceback...) beside the message.
+function Notifier:_log_with(fields, level, ...)
+  fields.consumer = self._consumer
+  self._h:log(level, fmt(...), fields)
 end
 
 local function watch_key(schema, table, op, label)
@@ -920,12 +928,34 @@ local function with_traceback(e)
   return traceback(tostring(e), 2)
 end
 
+-- What with_traceback made, as the error and its traceback ("stack traceback:\n..."), so that
+-- the JSON log has the traceback as a field and the text log prints it as it always did.
+local TB_MARK = "\nstack traceback:\n"
+local function split_traceback(err, raw)
+  err = tostring(err)
+  local msg = tostring(raw)
+  if err:sub(1, #msg) == msg and err:sub(#msg + 1, #msg + #TB_MARK) == TB_MARK then
+    return msg, err:sub(#msg + 2)
+  end
+  local at = err:find(TB_MARK, 1, true)
+  if at then return err:sub(1, at - 1), err:sub(at + 1) end
+  return err, nil
+end
+
+-- "<what> failed: <error>", the traceback a field (fields: more of them, or nil).
+function Notifier:_log_failure(fields, what, err, raw)
+  local msg, tb = split_traceback(err, raw)
+  fields = fields or {}
+  fields.error, fields.traceback = msg, tb
+  self:_log_with(fields, "error", "%s failed: %s", what, msg)
+end
+
 -- Every n:on("error") handler, with a message and a table saying where it came from.
 function Notifier:_emit_error(message, context)
   local fns = self._on.error
   for i = 1, #fns do
     local ok, err = xpcall(fns[i], with_traceback, message, context)
-    if not ok then self:_log("error", "error handler failed: %s", err) end
+    if not ok then self:_log_failure(nil, "error handler", err, raised) end
   end
 end
 
@@ -944,8 +974,12 @@ function Notifier:_handler_failed(sub, ev, err, raw, after)
     fmt(" for a batch of %d event(s), ids %s", #ev, batch_ids(ev)) or "")
   local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL, self._reports)
   if suppressed then
-    self:_log("error", "%s%s%s: %s", head,
-      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", after, err)
+    local msg, tb = split_traceback(err, raw)
+    local one = ev.operation == nil and type(ev[1]) == "table" and ev[1] or ev -- (a handler may change it)
+    local schema, tname = one.schema, one.table
+    self:_log_with({ table = type(tname) == "string" and (type(schema) == "string" and schema .. "." or "") .. tname
+      or nil, operation = one.operation, error = msg, traceback = tb }, "error", "%s%s%s: %s", head,
+      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", after, msg)
   end
   if #self._on.error > 0 then
     self:_emit_error(head .. ": " .. tostring(raw),
@@ -1154,7 +1188,7 @@ function Notifier:_dead_letter(job, err)
   local fns = self._on.dead_letter
   for i = 1, #fns do
     local ok, e = xpcall(fns[i], with_traceback, ev, info)
-    if not ok then self:_log("error", "dead_letter handler failed: %s", e) end
+    if not ok then self:_log_failure(nil, "dead_letter handler", e, raised) end
   end
   return true
 end
@@ -1481,7 +1515,7 @@ function Notifier:_reconnected(outage, may_have_missed)
     local ok, err = xpcall(fns[i], with_traceback, outage, may_have_missed)
     if not ok then
       local msg = "reconnect handler failed: " .. tostring(raised)
-      self:_log("error", "reconnect handler failed: %s", err)
+      self:_log_failure(nil, "reconnect handler", err, raised)
       self:_emit_error(msg, { source = "reconnect", error = raised, traceback = err })
     end
   end
