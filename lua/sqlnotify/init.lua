@@ -1246,6 +1246,10 @@ function Notifier:_dispatch(batch, n, ts, seqs)
   end
   if buffered then q:flush() end
   if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
+  if self._catchup and seqs then
+    self._catchup.seen = self._catchup.seen + n
+    self:_check_caught_up()
+  end
   return done
 end
 
@@ -1298,7 +1302,45 @@ function Notifier:start()
     end)
   end
   self:_log("info", "listening on %d channel(s) of %s", #self._watches, h:target())
+  if self._durable then self:_backlog() end
   return self
+end
+
+-- A durable consumer's backlog at start, from one n:consumers() query: the rows of its tables
+-- it has not acknowledged. It has caught up when it has been delivered as many events since
+-- (handled, skipped or dead-lettered; read again after a reconnect counts twice) and none is
+-- in flight: the journal is read in order, so those were the backlog's. Said once.
+function Notifier:_backlog()
+  self._catchup = nil
+  local rows, err = self._h:consumers()
+  if not rows then
+    self:_log("info", "consumer \"%s\": cannot count its backlog: %s", self._consumer, one_line(err):sub(12))
+    return
+  end
+  for _, r in ipairs(rows) do
+    local n, age = math.tointeger(tonumber(r[2])), tonumber(r[3])
+    if r[1] == self._consumer and n then
+      if n == 0 then
+        self:_log("info", "consumer \"%s\" starts with no backlog", self._consumer)
+      else
+        local oldest = core.now() - (age or 0)
+        self:_log("info", "consumer \"%s\" starts %d event(s) behind (oldest from %s.%03dZ)", self._consumer, n,
+          os.date("!%Y-%m-%dT%H:%M:%S", math.floor(oldest)), math.floor(oldest % 1 * 1000))
+        self._catchup = { behind = n, seen = 0, since = core.now() }
+      end
+      return
+    end
+  end
+end
+
+-- Called as events are delivered and as the queue empties (delivery.lua).
+function Notifier:_check_caught_up()
+  local cu = self._catchup
+  if cu and cu.seen >= cu.behind and self._q.ph > self._q.pt then
+    self._catchup = nil
+    self:_log("info", "consumer \"%s\" caught up after %d event(s) in %.1f s", self._consumer, cu.seen,
+      core.now() - cu.since)
+  end
 end
 
 -- Print the counts of reports the rate limits held back (handler failures, truncated rows).
