@@ -52,6 +52,7 @@ int sn_log_env(char *err, size_t errlen, int skip)
         {"SQLNOTIFY_LOG_LEVEL", "error, warn, info or debug", SN_LOG_ENV_LEVEL},
         {"SQLNOTIFY_LOG_FORMAT", "text or json", SN_LOG_ENV_FORMAT},
     };
+    int bad = 0; /* the first bad one is said; the others are taken (a JSON log says it in JSON) */
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *v = getenv(vars[i].var);
         if (v == NULL || *v == '\0' || (skip & vars[i].bit))
@@ -64,14 +65,17 @@ int sn_log_env(char *err, size_t errlen, int skip)
             for (; v[k] && k < sizeof shown - 1; k++) /* anyone's bytes: printable ones only */
                 shown[k] = v[k] >= 0x20 && v[k] < 0x7f && v[k] != '"' ? v[k] : '?';
             shown[k] = '\0';
-            if (err && errlen)
+            if (err && errlen && !bad)
                 snprintf(err, errlen, "%s=\"%s\"%s is not a log %s: use %s", vars[i].var, shown, v[k] ? "..." : "",
                          vars[i].bit == SN_LOG_ENV_LEVEL ? "level" : "format", vars[i].expect);
-            return -1;
+            bad = 1;
+            continue;
         }
         if (level >= 0)
             log_level = level;
     }
+    if (bad)
+        return -1;
     env_read = 1;
     return 0;
 }
