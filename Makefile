@@ -35,6 +35,7 @@ PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dia
 SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 OBJS += $(BUILD)/sdnotify.o
+OBJS += $(BUILD)/log.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 # MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.

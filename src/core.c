@@ -39,42 +39,9 @@ static const sn_dialect *const dialects[] = {
     NULL,
 };
 
-/* ===== log ===== */
+/* ===== log (log.c) ===== */
 
-static int log_level = SN_LOG_INFO;
-static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
-
-int sn_log_level_get(void) { return log_level; }
-void sn_log_level_set(int level) { log_level = level; }
-
-int sn_log_level_parse(const char *name)
-{
-    for (int i = 0; level_names[i]; i++)
-        if (strcmp(name, level_names[i]) == 0)
-            return i;
-    return -1;
-}
-
-void sn_log(int level, const char *fmt, ...)
-{
-    if (level > log_level)
-        return;
-    struct timespec ts;
-    struct tm tm;
-    char when[32];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-
-    va_list ap;
-    va_start(ap, fmt);
-    flockfile(stderr);
-    fprintf(stderr, "%s.%03ldZ %-5s sqlnotify: ", when, ts.tv_nsec / 1000000L, level_names[level]);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    funlockfile(stderr);
-    va_end(ap);
-}
+#define level_names sn_log_level_names
 
 /* ===== entering Lua ===== */
 
@@ -1316,22 +1283,21 @@ static int h_query_start(lua_State *L)
     return 1;
 }
 
-/* h:log(level, message): through this connection's logger setting. */
+/* h:log(level, message[, fields]): through this connection's logger setting. */
 static int h_log(lua_State *L)
 {
     sn_handle *h = check_handle(L);
     int level = luaL_checkoption(L, 2, NULL, level_names);
     /* printed only: the Lua side tells its own error hooks itself */
-    if (h->link->logger || level == SN_LOG_ERROR)
-        sn_log(level, "%s", luaL_checkstring(L, 3));
+    sn_log_lua(L, level, 3, 4, h->link->logger || level == SN_LOG_ERROR);
     return 0;
 }
 
-/* core.log(level, message): a line of the runtime's own (spawned coroutines, the stop). */
+/* core.log(level, message[, fields]): a line of the runtime's own (spawned coroutines, the stop). */
 static int l_log(lua_State *L)
 {
     int level = luaL_checkoption(L, 1, NULL, level_names);
-    sn_log(level, "%s", luaL_checkstring(L, 2));
+    sn_log_lua(L, level, 2, 3, 1);
     return 0;
 }
 
@@ -1405,8 +1371,8 @@ static int l_hash(lua_State *L)
 static int l_log_level(lua_State *L)
 {
     if (!lua_isnoneornil(L, 1))
-        log_level = luaL_checkoption(L, 1, NULL, level_names);
-    lua_pushstring(L, level_names[log_level]);
+        sn_log_level_set(luaL_checkoption(L, 1, NULL, level_names));
+    lua_pushstring(L, level_names[sn_log_level_get()]);
     return 1;
 }
 
@@ -1429,6 +1395,10 @@ static const luaL_Reg corelib[] = {
 
 int luaopen_sqlnotify_core(lua_State *L)
 {
+    char err[160];
+    /* plain lua5.4: the environment sets the log (the host read it with its options) */
+    if (!sn_log_env_read() && sn_log_env(err, sizeof err, 0) < 0)
+        return luaL_error(L, "sqlnotify: %s", err);
     createtimermeta(L);
     createconnmeta(L);
     /* clears the stop hook when this state closes */

@@ -32,7 +32,8 @@ static const char usage_text[] =
     "\n"
     "options:\n"
     "  -r, --reload           re-run the script when it (or a Lua file beside it) changes\n"
-    "  -l, --log-level LEVEL  error | warn | info | debug   (default info)\n"
+    "  -l, --log-level LEVEL  error | warn | info | debug   (default info; env SQLNOTIFY_LOG_LEVEL)\n"
+    "  --log-format FORMAT    text | json: one JSON object a line (default text; env SQLNOTIFY_LOG_FORMAT)\n"
     "  -v, --version          print the version and exit\n"
     "  -h, --help             print this help and exit\n"
     "\n"
@@ -59,6 +60,12 @@ static const char usage_text[] =
 
 static int usage_error(const char *fmt, const char *what)
 {
+    if (sn_log_json()) { /* every line of a JSON log parses */
+        char msg[512];
+        snprintf(msg, sizeof msg, fmt, what);
+        sn_log(SN_LOG_ERROR, "%s (try --help)", msg);
+        return 2;
+    }
     fprintf(stderr, "sqlnotify: ");
     fprintf(stderr, fmt, what);
     fprintf(stderr, " (try --help)\n");
@@ -476,7 +483,7 @@ static int run_tool(const char *fn, const char *url, const char *table, int yes)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_CONSUMERS, OPT_DROP_CONSUMER, OPT_UNINSTALL, OPT_YES };
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_CONSUMERS, OPT_DROP_CONSUMER, OPT_UNINSTALL, OPT_YES, OPT_LOG_FORMAT };
     /* the tools, by option: sqlnotify.cli's function, and how many arguments follow the URL */
     static const struct { int opt; const char *name, *fn; int min, max; } tools[] = {
         {OPT_LIST, "list", "list", 0, 0},
@@ -489,6 +496,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"reload", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {"lua-path", no_argument, NULL, OPT_LUA_PATH},
@@ -501,9 +509,10 @@ int main(int argc, char **argv)
         {"yes", no_argument, NULL, OPT_YES},
         {NULL, 0, NULL, 0},
     };
-    int reload_on_change = 0, lua_path = 0, yes = 0, tool = -1;
+    int reload_on_change = 0, lua_path = 0, yes = 0, tool = -1, log_opts = 0;
     const char *tool_url = NULL;
     opterr = 0;
+    sn_log_env(NULL, 0, 0); /* its format for the usage errors; checked after the options */
     int c;
     /* '+': options end at the script; what follows belongs to it. */
     while ((c = getopt_long(argc, argv, "+:rl:vh", longopts, NULL)) != -1) {
@@ -514,8 +523,14 @@ int main(int argc, char **argv)
             if (level < 0)
                 return usage_error("unknown log level \"%s\"; use error, warn, info or debug", optarg);
             sn_log_level_set(level);
+            log_opts |= SN_LOG_ENV_LEVEL;
             break;
         }
+        case OPT_LOG_FORMAT:
+            if (sn_log_format_set(optarg) < 0)
+                return usage_error("unknown log format \"%s\"; use text or json", optarg);
+            log_opts |= SN_LOG_ENV_FORMAT;
+            break;
         case 'v': printf("sqlnotify-lua %s (%s)\n", SQLNOTIFY_VERSION, LUA_RELEASE); return 0;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_LUA_PATH: lua_path = 1; break;
@@ -537,6 +552,9 @@ int main(int argc, char **argv)
         default: return usage_error("unknown option %s", argv[optind - 1]);
         }
     }
+    char env_err[160];
+    if (sn_log_env(env_err, sizeof env_err, log_opts) < 0)
+        return usage_error("%s", env_err);
     if (lua_path) {
         if (tool >= 0 || yes || optind < argc)
             return usage_error("%s", "--lua-path takes nothing else");

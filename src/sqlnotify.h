@@ -12,12 +12,32 @@
 
 int luaopen_sqlnotify_core(lua_State *L);
 
-/* Log a line on stderr: time, level, "sqlnotify: ", message. Lines above the
- * current level are dropped. */
+/* Log a line on stderr (log.c): time, level, "sqlnotify: ", message, or one JSON object.
+ * Lines above the current level are dropped. */
 void sn_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int sn_log_level_get(void);
 void sn_log_level_set(int level);
 int sn_log_level_parse(const char *name); /* -1 when unknown */
+extern const char *const sn_log_level_names[]; /* "error", "warn", "info", "debug", NULL */
+/* The format: "text" (the default) or "json" (one object a line); -1 when unknown. */
+int sn_log_format_set(const char *name);
+int sn_log_json(void);
+/* SQLNOTIFY_LOG_LEVEL and SQLNOTIFY_LOG_FORMAT, but those in skip (set by an option). -1 and
+ * a message in err on a bad value. sn_log_env_read: whether it was called already. */
+#define SN_LOG_ENV_LEVEL 1
+#define SN_LOG_ENV_FORMAT 2
+int sn_log_env(char *err, size_t errlen, int skip);
+int sn_log_env_read(void);
+/* A line with fields (key, value of len bytes): in the JSON format, each a member of the
+ * object; in text, a "traceback" field follows the message on its lines, others are not shown. */
+typedef struct {
+    const char *key, *value;
+    size_t len;
+} sn_log_field;
+void sn_log_fields(int level, const char *msg, size_t len, const sn_log_field *fields, int nfields);
+/* From Lua: the message at msg_idx and the optional table of fields at fields_idx (checked
+ * even when not printed). */
+void sn_log_lua(lua_State *L, int level, int msg_idx, int fields_idx, int print);
 
 /* The loop: our own (ev_loop_new), created on first use. */
 struct ev_loop *sn_loop(void);

@@ -339,7 +339,7 @@ void sqd_consumer_try_lease(sn_conn *c)
     sqlite3_finalize(st);
     if (!free_ && !expired && !dead) {
         if (!c->standby_pid)
-            sn_logf(&c->sink, SN_LOG_WARN, "consumer \"%s\" is being read by another process "
+            sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is being read by another process "
                     "(pid %lld); this one stands by and takes over when it stops", c->consumer,
                     (long long)pid);
         c->standby_pid = pid ? pid : -1;

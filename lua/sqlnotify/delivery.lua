@@ -299,6 +299,7 @@ local function acked(q, job)
   end
   local n = q.n
   if last and n._started then n._h:ack(last) end
+  if n._catchup and q.ph > q.pt then n:_check_caught_up() end
   if q.ph > q.pt and q.held and not q.releasing then
     q.releasing = true
     local gen = q.gen

@@ -344,6 +344,7 @@ function M.notifier(opts)
     _cleanup_on_start = opts.cleanup_on_start == true,
     _durable = opts.consumer ~= nil,
     _consumer = opts.consumer,
+    _log_fields = opts.consumer and { consumer = opts.consumer } or nil,
     _limited = h:dialect() == "postgresql" and opts.consumer == nil, -- payloads have a size limit (NOTIFY's)
     _nulls = opts.nulls == true,
     _verify_interval = verify,
@@ -387,8 +388,15 @@ local function live_notifiers()
   return list
 end
 
+-- A line of this notifier's (a durable one's names its consumer: a field of the JSON log).
 function Notifier:_log(level, ...)
-  self._h:log(level, fmt(...))
+  self._h:log(level, fmt(...), self._log_fields)
+end
+
+-- A line with fields (table, operation, error, traceback...) beside the message.
+function Notifier:_log_with(fields, level, ...)
+  fields.consumer = self._consumer
+  self._h:log(level, fmt(...), fields)
 end
 
 local function watch_key(schema, table, op, label)
@@ -920,12 +928,34 @@ local function with_traceback(e)
   return traceback(tostring(e), 2)
 end
 
+-- What with_traceback made, as the error and its traceback ("stack traceback:\n..."), so that
+-- the JSON log has the traceback as a field and the text log prints it as it always did.
+local TB_MARK = "\nstack traceback:\n"
+local function split_traceback(err, raw)
+  err = tostring(err)
+  local msg = tostring(raw)
+  if err:sub(1, #msg) == msg and err:sub(#msg + 1, #msg + #TB_MARK) == TB_MARK then
+    return msg, err:sub(#msg + 2)
+  end
+  local at = err:find(TB_MARK, 1, true)
+  if at then return err:sub(1, at - 1), err:sub(at + 1) end
+  return err, nil
+end
+
+-- "<what> failed: <error>", the traceback a field (fields: more of them, or nil).
+function Notifier:_log_failure(fields, what, err, raw)
+  local msg, tb = split_traceback(err, raw)
+  fields = fields or {}
+  fields.error, fields.traceback = msg, tb
+  self:_log_with(fields, "error", "%s failed: %s", what, msg)
+end
+
 -- Every n:on("error") handler, with a message and a table saying where it came from.
 function Notifier:_emit_error(message, context)
   local fns = self._on.error
   for i = 1, #fns do
     local ok, err = xpcall(fns[i], with_traceback, message, context)
-    if not ok then self:_log("error", "error handler failed: %s", err) end
+    if not ok then self:_log_failure(nil, "error handler", err, raised) end
   end
 end
 
@@ -944,8 +974,12 @@ function Notifier:_handler_failed(sub, ev, err, raw, after)
     fmt(" for a batch of %d event(s), ids %s", #ev, batch_ids(ev)) or "")
   local suppressed = rate_limit(sub, core.now(), ERROR_LOG_INTERVAL, self._reports)
   if suppressed then
-    self:_log("error", "%s%s%s: %s", head,
-      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", after, err)
+    local msg, tb = split_traceback(err, raw)
+    local one = ev.operation == nil and type(ev[1]) == "table" and ev[1] or ev -- (a handler may change it)
+    local schema, tname = one.schema, one.table
+    self:_log_with({ table = type(tname) == "string" and (type(schema) == "string" and schema .. "." or "") .. tname
+      or nil, operation = one.operation, error = msg, traceback = tb }, "error", "%s%s%s: %s", head,
+      suppressed > 0 and fmt(" (and %d more failure(s) since the last report)", suppressed) or "", after, msg)
   end
   if #self._on.error > 0 then
     self:_emit_error(head .. ": " .. tostring(raw),
@@ -1154,7 +1188,7 @@ function Notifier:_dead_letter(job, err)
   local fns = self._on.dead_letter
   for i = 1, #fns do
     local ok, e = xpcall(fns[i], with_traceback, ev, info)
-    if not ok then self:_log("error", "dead_letter handler failed: %s", e) end
+    if not ok then self:_log_failure(nil, "dead_letter handler", e, raised) end
   end
   return true
 end
@@ -1212,6 +1246,10 @@ function Notifier:_dispatch(batch, n, ts, seqs)
   end
   if buffered then q:flush() end
   if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
+  if self._catchup and seqs then
+    self._catchup.seen = self._catchup.seen + n
+    self:_check_caught_up()
+  end
   return done
 end
 
@@ -1264,7 +1302,45 @@ function Notifier:start()
     end)
   end
   self:_log("info", "listening on %d channel(s) of %s", #self._watches, h:target())
+  if self._durable then self:_backlog() end
   return self
+end
+
+-- A durable consumer's backlog at start, from one n:consumers() query: the rows of its tables
+-- it has not acknowledged. It has caught up when it has been delivered as many events since
+-- (handled, skipped or dead-lettered; read again after a reconnect counts twice) and none is
+-- in flight: the journal is read in order, so those were the backlog's. Said once.
+function Notifier:_backlog()
+  self._catchup = nil
+  local rows, err = self._h:consumers()
+  if not rows then
+    self:_log("info", "consumer \"%s\": cannot count its backlog: %s", self._consumer, one_line(err):sub(12))
+    return
+  end
+  for _, r in ipairs(rows) do
+    local n, age = math.tointeger(tonumber(r[2])), tonumber(r[3])
+    if r[1] == self._consumer and n then
+      if n == 0 then
+        self:_log("info", "consumer \"%s\" starts with no backlog", self._consumer)
+      else
+        local oldest = core.now() - (age or 0)
+        self:_log("info", "consumer \"%s\" starts %d event(s) behind (oldest from %s.%03dZ)", self._consumer, n,
+          os.date("!%Y-%m-%dT%H:%M:%S", math.floor(oldest)), math.floor(oldest % 1 * 1000))
+        self._catchup = { behind = n, seen = 0, since = core.now() }
+      end
+      return
+    end
+  end
+end
+
+-- Called as events are delivered and as the queue empties (delivery.lua).
+function Notifier:_check_caught_up()
+  local cu = self._catchup
+  if cu and cu.seen >= cu.behind and self._q.ph > self._q.pt then
+    self._catchup = nil
+    self:_log("info", "consumer \"%s\" caught up after %d event(s) in %.1f s", self._consumer, cu.seen,
+      core.now() - cu.since)
+  end
 end
 
 -- Print the counts of reports the rate limits held back (handler failures, truncated rows).
@@ -1481,7 +1557,7 @@ function Notifier:_reconnected(outage, may_have_missed)
     local ok, err = xpcall(fns[i], with_traceback, outage, may_have_missed)
     if not ok then
       local msg = "reconnect handler failed: " .. tostring(raised)
-      self:_log("error", "reconnect handler failed: %s", err)
+      self:_log_failure(nil, "reconnect handler", err, raised)
       self:_emit_error(msg, { source = "reconnect", error = raised, traceback = err })
     end
   end
