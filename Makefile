@@ -34,6 +34,7 @@ MODULE  := $(BUILD)/sqlnotify/core.so
 PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dialects/postgresql/*.c))
 SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
+OBJS += $(BUILD)/metrics.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 # MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.

@@ -31,6 +31,8 @@ static const char usage_text[] =
     "options:\n"
     "  -r, --reload           re-run the script when it (or a Lua file beside it) changes\n"
     "  -l, --log-level LEVEL  error | warn | info | debug   (default info)\n"
+    "  --metrics ADDR         serve /metrics (Prometheus), /health and /ready on ADDR\n"
+    "                         (127.0.0.1:9464, or :9464 for every interface)\n"
     "  -v, --version          print the version and exit\n"
     "  -h, --help             print this help and exit\n"
     "\n"
@@ -377,6 +379,7 @@ static void quit(struct ev_loop *loop)
         lua_close(host.L);
     }
     host.L = NULL;
+    sn_metrics_close();
     sn_loop_destroy();
 }
 
@@ -459,7 +462,7 @@ static int run_tool(const char *fn, const char *url, const char *table)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD };
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_METRICS };
     static const struct option longopts[] = {
         {"reload", no_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'l'},
@@ -469,10 +472,11 @@ int main(int argc, char **argv)
         {"list", required_argument, NULL, OPT_LIST},
         {"drop", required_argument, NULL, OPT_DROP},
         {"dead-letters", required_argument, NULL, OPT_DEAD},
+        {"metrics", required_argument, NULL, OPT_METRICS},
         {NULL, 0, NULL, 0},
     };
     int reload_on_change = 0, lua_path = 0;
-    const char *tool = NULL, *tool_url = NULL;
+    const char *tool = NULL, *tool_url = NULL, *metrics = NULL;
     opterr = 0;
     int c;
     /* '+': options end at the script; what follows belongs to it. */
@@ -489,6 +493,7 @@ int main(int argc, char **argv)
         case 'v': printf("sqlnotify-lua %s (%s)\n", SQLNOTIFY_VERSION, LUA_RELEASE); return 0;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_LUA_PATH: lua_path = 1; break;
+        case OPT_METRICS: metrics = optarg; break;
         case OPT_LIST:
         case OPT_DROP:
         case OPT_DEAD:
@@ -510,8 +515,9 @@ int main(int argc, char **argv)
         int max = strcmp(tool, "list") == 0 ? 0 : 1; /* --drop URL [table], --dead-letters URL [consumer] */
         if (argc - optind > max)
             return usage_error("unexpected argument \"%s\"", argv[optind + max]);
-        if (reload_on_change)
-            return usage_error("--reload does not go with --%s", strcmp(tool, "dead_letters") == 0 ? "dead-letters" : tool);
+        if (reload_on_change || metrics)
+            return usage_error(reload_on_change ? "--reload does not go with --%s" : "--metrics does not go with --%s",
+                               strcmp(tool, "dead_letters") == 0 ? "dead-letters" : tool);
         return run_tool(tool, tool_url, optind < argc ? argv[optind] : NULL);
     }
     if (optind >= argc)
@@ -532,6 +538,12 @@ int main(int argc, char **argv)
     ev_unref(loop);
     if (reload_on_change)
         watch_files(loop);
+    char err[512];
+    if (metrics && sn_metrics_listen(metrics, err, sizeof err) != 0) {
+        fprintf(stderr, "sqlnotify: --metrics %s: %s\n", metrics, err);
+        quit(loop);
+        return 2;
+    }
     host.L = new_state();
     if (host.L == NULL) {
         quit(loop);

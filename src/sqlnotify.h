@@ -46,4 +46,10 @@ void sn_reload_begin(void);
 void sn_reload_commit(void);
 void sn_reload_rollback(void);
 
+/* metrics.c: the HTTP server of --metrics ADDR and sqlnotify.metrics{listen = ADDR}
+ * ("host:port", ":port"). listen: 0, or -1 and err (the address cannot be bound). */
+int sn_metrics_listen(const char *addr, char *err, size_t errlen);
+void sn_metrics_close(void);
+void sn_metrics_open(lua_State *L); /* core.metrics_listen, metrics_serving, metrics_hook */
+
 #endif
