@@ -26,7 +26,7 @@
 
 #define MX_REQ_MAX 8192   /* bytes of request line and headers */
 #define MX_DEADLINE 10.0  /* seconds a connection may take from accept to its last byte written */
-#define MX_CONNS 64       /* connections at once; more are closed at accept */
+#define MX_CONNS 64       /* connections at once; then the oldest idle one makes room */
 #define MX_HOOKS 4        /* Lua states alive at once (a reload: the old one and the new one) */
 
 typedef struct mx_conn {
@@ -226,6 +226,14 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return; /* EAGAIN, or a failure of one connection (EMFILE: next time) */
+        if (mx.nconns == MX_CONNS) { /* full: the oldest that sent no whole request goes */
+            mx_conn *idle = NULL;
+            for (mx_conn *o = mx.conns; o; o = o->next)
+                if (o->out == NULL)
+                    idle = o;
+            if (idle)
+                conn_close(idle);
+        }
         mx_conn *c = mx.nconns < MX_CONNS ? calloc(1, sizeof *c) : NULL;
         if (c == NULL) {
             close(fd);
