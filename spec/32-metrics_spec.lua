@@ -242,7 +242,7 @@ describe("--metrics on PostgreSQL", function()
     H.host_options = { "--metrics", "127.0.0.1:" .. P_PG }
     p = H.host([[
       local sqlnotify = require("sqlnotify")
-      local n = assert(sqlnotify.notifier{ url = os.getenv("PG"), consumer = "spec32_c", start_at = "beginning" })
+      local n = assert(sqlnotify.notifier{ url = os.getenv("PG"), consumer = "spec32_c" })
       n:watch("spec32.t", "insert")
       n:subscribe("spec32.t", "insert", function(ev) print("ev " .. ev.id) end)
       sqlnotify.after(0, function() print("ready") end) -- once started
