@@ -36,6 +36,7 @@ SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dia
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 OBJS += $(BUILD)/sdnotify.o
 OBJS += $(BUILD)/log.o
+OBJS += $(BUILD)/metrics.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 # MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.

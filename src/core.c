@@ -1058,6 +1058,22 @@ static int h_drop_consumer(lua_State *L)
     return 1;
 }
 
+/* h:status() -> seconds the listener or reader has been lost (0: receiving), shares held | nil */
+static int h_status(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    double down = 0;
+    int shares = -1;
+    if (k->d->status)
+        k->d->status(k->conn, &down, &shares);
+    lua_pushnumber(L, down);
+    if (shares < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, shares);
+    return 2;
+}
+
 /* h:set_error(fn | nil): fn(message) for each error line this connection logs, from the loop */
 static int h_set_error(lua_State *L)
 {
@@ -1321,6 +1337,7 @@ static const luaL_Reg conn_meth[] = {
     {"verify", h_verify},
     {"consumers", h_consumers},
     {"drop_consumer", h_drop_consumer},
+    {"status", h_status},
     {"set_dispatch", h_set_dispatch},
     {"set_reconnected", h_set_reconnected},
     {"set_error", h_set_error},
@@ -1411,6 +1428,7 @@ int luaopen_sqlnotify_core(lua_State *L)
     luaL_newlib(L, corelib);
     sn_io_open(L);
     sn_decode_open(L);
+    sn_metrics_open(L);
     sn_http_open(L);
     sn_redis_open(L);
     sn_nats_open(L);

@@ -303,6 +303,11 @@ typedef struct sn_dialect {
     /* Forget the statement in flight (its done never comes; the connection is closed and
      * opened again when next used). Returns its ud, or NULL when none was. */
     void *(*query_cancel)(sn_conn *c);
+    /* For /ready and the metrics: *down the seconds since the listener (live) or journal
+     * reader (durable) was lost, 0 while it receives (or does not listen); *shares the
+     * shares this process holds of its consumer (PostgreSQL groups), else -1. NULL: never
+     * lost, no shares. */
+    void (*status)(sn_conn *c, double *down, int *shares);
 } sn_dialect;
 
 /* ===== helpers shared by drivers and the runtime ===== */

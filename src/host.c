@@ -34,6 +34,8 @@ static const char usage_text[] =
     "  -r, --reload           re-run the script when it (or a Lua file beside it) changes\n"
     "  -l, --log-level LEVEL  error | warn | info | debug   (default info; env SQLNOTIFY_LOG_LEVEL)\n"
     "  --log-format FORMAT    text | json: one JSON object a line (default text; env SQLNOTIFY_LOG_FORMAT)\n"
+    "  --metrics ADDR         serve /metrics (Prometheus), /health and /ready on ADDR\n"
+    "                         (127.0.0.1:9464, or :9464 for every interface)\n"
     "  -v, --version          print the version and exit\n"
     "  -h, --help             print this help and exit\n"
     "\n"
@@ -397,6 +399,7 @@ static void quit(struct ev_loop *loop)
     }
     host.L = NULL;
     sn_clients_shutdown();
+    sn_metrics_close();
     sn_loop_destroy();
 }
 
@@ -483,7 +486,7 @@ static int run_tool(const char *fn, const char *url, const char *table, int yes)
 
 int main(int argc, char **argv)
 {
-    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_CONSUMERS, OPT_DROP_CONSUMER, OPT_UNINSTALL, OPT_YES, OPT_LOG_FORMAT };
+    enum { OPT_LUA_PATH = 256, OPT_LIST, OPT_DROP, OPT_DEAD, OPT_CONSUMERS, OPT_DROP_CONSUMER, OPT_UNINSTALL, OPT_YES, OPT_LOG_FORMAT, OPT_METRICS };
     /* the tools, by option: sqlnotify.cli's function, and how many arguments follow the URL */
     static const struct { int opt; const char *name, *fn; int min, max; } tools[] = {
         {OPT_LIST, "list", "list", 0, 0},
@@ -507,10 +510,11 @@ int main(int argc, char **argv)
         {"drop-consumer", required_argument, NULL, OPT_DROP_CONSUMER},
         {"uninstall", required_argument, NULL, OPT_UNINSTALL},
         {"yes", no_argument, NULL, OPT_YES},
+        {"metrics", required_argument, NULL, OPT_METRICS},
         {NULL, 0, NULL, 0},
     };
     int reload_on_change = 0, lua_path = 0, yes = 0, tool = -1, log_opts = 0;
-    const char *tool_url = NULL;
+    const char *tool_url = NULL, *metrics = NULL;
     opterr = 0;
     sn_log_env(NULL, 0, 0); /* its format for the usage errors; checked after the options */
     int c;
@@ -535,6 +539,7 @@ int main(int argc, char **argv)
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_LUA_PATH: lua_path = 1; break;
         case OPT_YES: yes++; break;
+        case OPT_METRICS: metrics = optarg; break;
         case OPT_LIST:
         case OPT_DROP:
         case OPT_DEAD:
@@ -567,8 +572,9 @@ int main(int argc, char **argv)
             return usage_error("unexpected argument \"%s\"", argv[optind + tools[tool].max]);
         if (argc - optind < tools[tool].min)
             return usage_error("--%s needs a consumer name after the URL", tools[tool].name);
-        if (reload_on_change)
-            return usage_error("--reload does not go with --%s", tools[tool].name);
+        if (reload_on_change || metrics)
+            return usage_error(reload_on_change ? "--reload does not go with --%s" : "--metrics does not go with --%s",
+                               tools[tool].name);
         return run_tool(tools[tool].fn, tool_url, optind < argc ? argv[optind] : NULL, yes);
     }
     if (optind >= argc)
@@ -590,6 +596,12 @@ int main(int argc, char **argv)
     ev_unref(loop);
     if (reload_on_change)
         watch_files(loop);
+    char err[512];
+    if (metrics && sn_metrics_listen(metrics, err, sizeof err) != 0) {
+        fprintf(stderr, "sqlnotify: --metrics %s: %s\n", metrics, err);
+        quit(loop);
+        return 2;
+    }
     host.L = new_state();
     if (host.L == NULL) {
         quit(loop);

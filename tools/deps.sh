@@ -9,7 +9,8 @@ case "$what" in
   build) need=$build ;;
   live) need="$build lua-cqueues" ;;
   check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat libmariadb-dev mariadb-client
-    libcurl4-openssl-dev libhiredis-dev libnats-dev libmosquitto-dev redis-server nats-server mosquitto mosquitto-clients" ;;
+    libcurl4-openssl-dev libhiredis-dev libnats-dev libmosquitto-dev redis-server nats-server mosquitto mosquitto-clients
+    prometheus curl" ;;
   *) echo "usage: tools/deps.sh build|live|check" >&2; exit 2 ;;
 esac
 missing=""

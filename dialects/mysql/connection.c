@@ -719,6 +719,12 @@ static const char *d_target(sn_conn *c) { return c->target; }
 
 static const char *const schemes[] = {"mysql", "mariadb", NULL};
 
+static void d_status(sn_conn *c, double *down, int *shares)
+{
+    *down = c->r.down_since > 0 ? my_now() - c->r.down_since : 0;
+    *shares = -1;
+}
+
 const sn_dialect sn_mysql_dialect = {
     .name = "mysql",
     .schemes = schemes,
@@ -742,4 +748,5 @@ const sn_dialect sn_mysql_dialect = {
     .consumers = my_consumers,
     .drop_consumer = my_drop_consumer,
     .query = d_query,
+    .status = d_status,
 };

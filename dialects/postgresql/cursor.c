@@ -1091,6 +1091,13 @@ void pg_jr_ack(sn_conn *c, int64_t seq)
     }
 }
 
+void pg_jr_status(sn_conn *c, double *down, int *shares)
+{
+    struct pg_jr *j = c->jr;
+    *down = j && j->lost_at > 0 ? pg_clock() - j->lost_at : 0;
+    *shares = j ? j->nheld : -1;
+}
+
 /* hold(1) inside deliver: the rest of the page goes on, then nothing is fetched. hold(0)
  * outside: a zero timer fetches from the last ack (the ack rides that fetch). */
 int pg_jr_hold(sn_conn *c, int on)

@@ -47,6 +47,16 @@ static void dr_stop(sn_conn *c)
         pg_stop(c);
 }
 
+static void dr_status(sn_conn *c, double *down, int *shares)
+{
+    if (c->consumer) {
+        pg_jr_status(c, down, shares);
+        return;
+    }
+    *down = c->lost_at > 0 ? pg_clock() - c->lost_at : 0;
+    *shares = -1;
+}
+
 #pragma GCC visibility push(default)
 const sn_dialect sn_postgresql_dialect = {
     .name = "postgresql",
@@ -73,5 +83,6 @@ const sn_dialect sn_postgresql_dialect = {
     .query = pg_query,
     .query_start = pg_query_start,
     .query_cancel = pg_query_cancel,
+    .status = dr_status,
 };
 #pragma GCC visibility pop

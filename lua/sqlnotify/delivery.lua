@@ -388,6 +388,8 @@ finish = function(job, err, failed, raw)
     if q.gen ~= job.gen then return end
     if core.stopping() then return end -- no new attempt after a stop: redelivered (durable) or logged
     job.attempt = job.attempt + 1
+    local mc = (job.w or job.sub.watch).mc -- sqlnotify_retries_total
+    mc.retries = mc.retries + 1
     start(q, job)
   end)
 end

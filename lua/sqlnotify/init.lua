@@ -6,6 +6,8 @@ local core = require("sqlnotify.core")
 local filters = require("sqlnotify.filters")
 local delivery = require("sqlnotify.delivery")
 local dead = require("sqlnotify.dead_letters")
+local metrics = require("sqlnotify.metrics")
+local BUCKETS, NBUCKETS, clock = metrics.BUCKETS, #metrics.BUCKETS, core.now
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
@@ -361,7 +363,9 @@ function M.notifier(opts)
     _seq = 0,
     _started = false,
     _ever_started = false,
+    _target = h:target(),
   }, Notifier)
+  self._mconn = metrics.conn(opts.consumer or "", self._target)
   self._q = delivery.queue(self, concurrency, retry, grace)
   -- The binding keeps these functions; through a weak reference they do not keep the notifier.
   local ref = setmetatable({ self }, { __mode = "v" })
@@ -521,6 +525,7 @@ function Notifier:watch(t, op, opts)
     channel = channel, wire = wire, capture = capture,
     label = label, pk = pk, extra = extra, all = all or nil, trigger = trigger, old = old,
     info = info, overflow = overflow, pkindex = {}, oldset = {},
+    mc = metrics.counters(self._consumer or "", info.schema .. "." .. info.table, op),
     truncated_log = { what = "truncated", channel = channel },
   }
   for i, c in ipairs(pk) do w.pkindex[c] = i end
@@ -991,8 +996,21 @@ end
 -- once, with the attempt when it is retried).
 function Notifier:_call(sub, ev, attempt)
   if sub.batch and ev.op then ev = { ev } end -- a batch subscription's event replayed alone
+  local mc = sub.watch.mc
+  if metrics.on and (attempt or 1) == 1 then -- sqlnotify_commit_to_handler_seconds (inlined: the hot path)
+    local now, ts = clock(), ev.timestamp
+    if ts then
+      local d, i = now - ts, 1
+      mc.hsum, mc.hcount = mc.hsum + d, mc.hcount + 1
+      while i <= NBUCKETS and d > BUCKETS[i] do i = i + 1 end
+      if i <= NBUCKETS then mc[i] = mc[i] + 1 end
+    else -- a batch: each of its events
+      for i = 1, #ev do metrics.observe(mc, now - ev[i].timestamp) end
+    end
+  end
   local ok, err = xpcall(sub.handler, with_traceback, ev)
   if ok then return nil end
+  mc.failures = mc.failures + 1
   local raw = raised
   local policy = sub.retry or self._retry
   self:_handler_failed(sub, ev, err, raw, policy.attempts == 1 and "" or fmt(" (attempt %d of %s)", attempt or 1,
@@ -1166,6 +1184,7 @@ function Notifier:_dead_letter(job, err)
     end
     info.id = ok ~= true and ok or nil
   end
+  if not job.replay then w.mc.dead = w.mc.dead + 1 end -- a replay failing again stays the one dead letter
   if self._durable or job.attempt > 1 then -- a live event's single failure was said already
     -- one line per interval, however many fail; the count of the others at the next one or at stop
     local st = self._gave_up
@@ -1212,6 +1231,7 @@ function Notifier:_dispatch(batch, n, ts, seqs)
       local ev = self:_event(w, w.channel, batch[i + 1], ts)
       local bsubs = ev and chan.nb > 0 and self:_batch_matching(chan, w, ev, {})
       if bsubs and #bsubs > 0 then -- batch subscriptions take it too: its record waits for them
+        w.mc.delivered = w.mc.delivered + 1
         ev.seq = seq
         local rec
         if chan.n > 0 then
@@ -1225,6 +1245,7 @@ function Notifier:_dispatch(batch, n, ts, seqs)
         end
         buffered = true
       elseif ev and chan.n > 0 then
+        w.mc.delivered = w.mc.delivered + 1
         ev.seq = seq
         finished = q:add(w, ev, seq, self._retry, batch[i + 1], channel)
       elseif ev then
@@ -1551,6 +1572,7 @@ end
 -- The listener is back after an outage: check the triggers, then tell the script.
 function Notifier:_reconnected(outage, may_have_missed)
   if self._closed then return end
+  self._mconn.reconnects = self._mconn.reconnects + 1
   self:_verify()
   local fns = self._on.reconnect
   for i = 1, #fns do
@@ -1889,6 +1911,16 @@ end })
 function M.stopping()
   return stopping()
 end
+
+--- sqlnotify.metrics{listen = ADDR}: serve /metrics (Prometheus), /health and /ready on ADDR
+-- ("127.0.0.1:9464", ":9464") from the loop; raises when the address cannot be bound. The host
+-- does the same with --metrics ADDR.
+function M.metrics(opts)
+  return metrics.serve(opts, 2)
+end
+
+-- Whichever server runs (--metrics, sqlnotify.metrics{}) answers from the newest state.
+core.metrics_hook(function(path) return metrics.respond(path, live_notifiers()) end)
 
 -- SIGINT/SIGTERM: how long the handlers in flight may take (0: none, stop at once). The
 -- loop stops when the last of them finished (Notifier:_stopping) or the grace ran out.

@@ -1,0 +1,265 @@
+--- sqlnotify.metrics: what an operator scrapes (SPEC §8.4). The counts live in one table per
+-- (consumer, table, operation), made when a watch is declared: the hot path only adds to its
+-- fields (init.lua's _dispatch, _call, _dead_letter; delivery.lua's retry), never allocates.
+-- The HTTP server is C (src/metrics.c); it asks respond() for every path but /health.
+local core = require("sqlnotify.core")
+
+local M = {}
+
+local fmt, concat, sort = string.format, table.concat, table.sort
+
+-- Seconds, for sqlnotify_commit_to_handler_seconds.
+M.BUCKETS = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }
+local BUCKETS, NB = M.BUCKETS, #M.BUCKETS
+
+local LAG_EVERY = 5 -- seconds between two reads of the consumers' lag (never on the scrape itself)
+
+-- The histogram is observed only while a server runs (it reads the clock per handler).
+M.on = core.metrics_serving() ~= nil
+
+local by_key, list = {}, {} -- (consumer, table, operation) -> counts; in creation order
+local conns = {}           -- consumer \0 database -> { reconnects = n }
+
+--- The counts of one (consumer, table, operation): fields delivered, failures, retries, dead,
+-- hsum, hcount, and [i] the histogram's bucket i (not cumulative).
+function M.counters(consumer, tbl, op)
+  local key = consumer .. "\0" .. tbl .. "\0" .. op
+  local c = by_key[key]
+  if c then return c end
+  c = { consumer = consumer, table = tbl, op = op, delivered = 0, failures = 0, retries = 0, dead = 0, hsum = 0,
+    hcount = 0 }
+  for i = 1, NB do c[i] = 0 end
+  by_key[key] = c
+  list[#list + 1] = c
+  return c
+end
+
+--- The connection counts of one (consumer, database).
+function M.conn(consumer, database)
+  local key = consumer .. "\0" .. database
+  local c = conns[key]
+  if not c then
+    c = { reconnects = 0 }
+    conns[key] = c
+  end
+  return c
+end
+
+function M.observe(c, seconds)
+  if seconds < 0 then seconds = 0 end
+  c.hsum, c.hcount = c.hsum + seconds, c.hcount + 1
+  for i = 1, NB do
+    if seconds <= BUCKETS[i] then
+      c[i] = c[i] + 1
+      return
+    end
+  end
+end
+
+-- ===== lag, read from the loop now and then =====
+
+local lag, lag_at, lag_due = {}, -math.huge, false -- consumer -> { events, seconds }
+
+local function refresh(notifiers)
+  local fresh = {}
+  for _, n in ipairs(notifiers) do
+    if n._consumer and n._started and not n._closed and not fresh[n._consumer] then
+      local ok, down = pcall(n._h.status, n._h)
+      if ok and down == 0 then -- a lost connection is not waited for: its last figures stay
+        local okc, rows = pcall(n.consumers, n)
+        for _, r in ipairs(okc and rows or {}) do
+          if r.name == n._consumer then fresh[r.name] = { r.lag_events, r.lag_seconds } end
+        end
+      end
+      fresh[n._consumer] = fresh[n._consumer] or lag[n._consumer]
+    end
+  end
+  lag = fresh
+end
+
+-- ===== the text format =====
+
+local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
+local function esc(v) return (tostring(v):gsub('[\\"\n]', ESC)) end
+
+local function num(v)
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "+Inf" end
+  if v == -math.huge then return "-Inf" end
+  if math.type(v) == "integer" then return tostring(v) end
+  return fmt("%.17g", v)
+end
+
+local function family(out, name, kind, help)
+  out[#out + 1] = fmt("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
+end
+
+local function labels(c)
+  return fmt('consumer="%s",table="%s",operation="%s"', esc(c.consumer), esc(c.table), esc(c.op))
+end
+
+local COUNTERS = {
+  { "sqlnotify_events_delivered_total", "delivered", "Events handed to their handlers." },
+  { "sqlnotify_handler_failures_total", "failures", "Handler calls that raised an error." },
+  { "sqlnotify_retries_total", "retries", "Attempts made again after a failure." },
+  { "sqlnotify_dead_letters_total", "dead",
+    "Events given up after their last attempt (durable: written to the dead letters; live: logged)." },
+}
+
+-- Per notifier started: its database, consumer, state.
+local function notifier_states(notifiers)
+  local out = {}
+  for _, n in ipairs(notifiers) do
+    if n._started and not n._closed then
+      local ok, down, shares = pcall(n._h.status, n._h)
+      out[#out + 1] = { n = n, consumer = n._consumer or "", database = n._target, down = ok and down or 0,
+        shares = ok and shares or nil }
+    end
+  end
+  return out
+end
+
+function M.render(notifiers)
+  local out = {}
+  local rows = list
+  sort(rows, function(a, b)
+    if a.consumer ~= b.consumer then return a.consumer < b.consumer end
+    if a.table ~= b.table then return a.table < b.table end
+    return a.op < b.op
+  end)
+  for _, spec in ipairs(COUNTERS) do
+    family(out, spec[1], "counter", spec[3])
+    for _, c in ipairs(rows) do out[#out + 1] = fmt("%s{%s} %s\n", spec[1], labels(c), num(c[spec[2]])) end
+  end
+  local h = "sqlnotify_commit_to_handler_seconds"
+  family(out, h, "histogram", "Seconds from an event's receipt by the runtime (ev.timestamp) to the start of "
+    .. "its handler's first attempt.")
+  for _, c in ipairs(rows) do
+    local l, cum = labels(c), 0
+    for i = 1, NB do
+      cum = cum + c[i]
+      out[#out + 1] = fmt('%s_bucket{%s,le="%s"} %d\n', h, l, num(BUCKETS[i]), cum)
+    end
+    out[#out + 1] = fmt('%s_bucket{%s,le="+Inf"} %d\n%s_sum{%s} %s\n%s_count{%s} %d\n', h, l, c.hcount, h, l,
+      num(c.hsum), h, l, c.hcount)
+  end
+
+  -- connections: one series per (consumer, database); up only when every notifier there is
+  local states, conn, order = notifier_states(notifiers), {}, {}
+  for _, s in ipairs(states) do
+    local key = s.consumer .. "\0" .. s.database
+    local e = conn[key]
+    if not e then
+      e = { consumer = s.consumer, database = s.database, up = 1 }
+      conn[key] = e
+      order[#order + 1] = key
+    end
+    if s.down > 0 then e.up = 0 end
+  end
+  for key in pairs(conns) do
+    if not conn[key] then
+      local consumer, database = key:match("^(.-)%z(.*)$")
+      conn[key] = { consumer = consumer, database = database }
+      order[#order + 1] = key
+    end
+  end
+  sort(order)
+  family(out, "sqlnotify_connection_up", "gauge",
+    "1 while the notifier's listener (live) or journal reader (durable) receives, 0 while it reconnects.")
+  for _, key in ipairs(order) do
+    local e = conn[key]
+    if e.up then
+      out[#out + 1] = fmt('sqlnotify_connection_up{consumer="%s",database="%s"} %d\n', esc(e.consumer),
+        esc(e.database), e.up)
+    end
+  end
+  family(out, "sqlnotify_reconnects_total", "counter", "Times the listener or journal reader came back after an "
+    .. "outage.")
+  for _, key in ipairs(order) do
+    local e = conn[key]
+    out[#out + 1] = fmt('sqlnotify_reconnects_total{consumer="%s",database="%s"} %d\n', esc(e.consumer),
+      esc(e.database), conns[key] and conns[key].reconnects or 0)
+  end
+
+  -- consumers: lag (read now and then, off the scrape), shares held
+  local now = core.now()
+  if now - lag_at >= LAG_EVERY and not lag_due then
+    lag_due = true
+    core.after(0, function()
+      lag_due, lag_at = false, core.now()
+      refresh(notifiers)
+    end)
+  end
+  local names = {}
+  for name in pairs(lag) do names[#names + 1] = name end
+  sort(names)
+  family(out, "sqlnotify_lag_events", "gauge", "Journal events not yet acknowledged by the consumer (its own "
+    .. "tables; read every few seconds).")
+  for _, name in ipairs(names) do
+    if lag[name][1] then out[#out + 1] = fmt('sqlnotify_lag_events{consumer="%s"} %s\n', esc(name), num(lag[name][1])) end
+  end
+  family(out, "sqlnotify_lag_seconds", "gauge", "Age in seconds of the consumer's oldest unacknowledged event "
+    .. "(read every few seconds).")
+  for _, name in ipairs(names) do
+    if lag[name][2] then
+      out[#out + 1] = fmt('sqlnotify_lag_seconds{consumer="%s"} %s\n', esc(name), num(lag[name][2]))
+    end
+  end
+  local shares, snames = {}, {}
+  for _, s in ipairs(states) do
+    if s.shares then
+      if not shares[s.consumer] then snames[#snames + 1] = s.consumer end
+      shares[s.consumer] = (shares[s.consumer] or 0) + s.shares
+    end
+  end
+  sort(snames)
+  family(out, "sqlnotify_shares_held", "gauge", "Shares of its consumer group this process holds (PostgreSQL).")
+  for _, name in ipairs(snames) do
+    out[#out + 1] = fmt('sqlnotify_shares_held{consumer="%s"} %d\n', esc(name), shares[name])
+  end
+  return concat(out)
+end
+
+-- ===== the endpoints =====
+
+local TEXT = "text/plain; charset=utf-8"
+
+--- /ready: every notifier started is receiving.
+function M.ready(notifiers)
+  if core.stopping() then return 503, "not ready: stopping\n", TEXT end
+  for _, s in ipairs(notifier_states(notifiers)) do
+    if s.down > 0 then
+      return 503, fmt("not ready: the %s of %s%s has been lost for %.1f s (reconnecting)\n",
+        s.n._consumer and "journal reader" or "listener", s.database,
+        s.n._consumer and fmt(" (consumer %q)", s.n._consumer) or "", s.down), TEXT
+    end
+  end
+  return 200, "ready\n", TEXT
+end
+
+--- The server's hook: path -> status, body, content type.
+function M.respond(path, notifiers)
+  if path == "/metrics" then return 200, M.render(notifiers), "text/plain; version=0.0.4; charset=utf-8" end
+  if path == "/ready" then return M.ready(notifiers) end
+  return 404, "not found: try /metrics, /health or /ready\n", TEXT
+end
+
+--- sqlnotify.metrics{listen = ADDR}: serve /metrics, /health and /ready on ADDR ("host:port",
+-- ":port") from this process's loop. Raises when ADDR cannot be bound.
+function M.serve(opts, level)
+  level = (level or 1) + 1
+  if type(opts) ~= "table" then error(fmt("sqlnotify: metrics needs a table {listen = ADDR}, got %s", type(opts)), level) end
+  for k in pairs(opts) do
+    if k ~= "listen" then error(fmt("sqlnotify: unknown metrics option %q", tostring(k)), level) end
+  end
+  if type(opts.listen) ~= "string" then
+    error(fmt("sqlnotify: metrics: listen must be an address \"host:port\" or \":port\", got %s", type(opts.listen)),
+      level)
+  end
+  local ok, err = core.metrics_listen(opts.listen)
+  if not ok then error(err, level) end
+  M.on = true
+  return true
+end
+
+return M
