@@ -38,6 +38,7 @@ local function handler(ev)
   if mode == "slow" and id == 2 then error("forever") end
   if mode == "sleep1" then sqlnotify.sleep(1) end
   if mode == "sleep60" then sqlnotify.sleep(60) end
+  if mode == "binary" and id == 1 then error("bad \255 byte\0 end", 0) end
   print(string.format("done %d %d", id, v))
 end
 n:subscribe(tbl, "insert", handler)
@@ -400,6 +401,26 @@ for _, d in ipairs(dialects) do
       assert.same({}, done(p3))
       assert.same({}, dead(p3))
       p3:stop()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
+    it("dead-letters an error of any bytes: an invalid one becomes U+FFFD, the column takes it", function()
+      local t, consumer = table_name(), "s30_bin"
+      d.create(db, t)
+      mode("binary")
+      local p = watcher(t, consumer, 4, 2)
+      d.write(db, t, 2)
+      assert.is_true(p:wait_count(dead, 4, 30), p:stdout() .. p:stderr())
+      assert.is_true(p:wait_count(done, 4, 10), p:stdout() .. p:stderr())
+      local n = notifier()
+      local rows = assert(n:dead_letters{ consumer = consumer })
+      assert.equal(4, #rows)
+      for _, r in ipairs(rows) do -- the error with its traceback (which ends the message at the NUL)
+        assert.equal("bad \239\191\189 byte\nstack traceback:\n", r.error:sub(1, 30))
+        assert.is_truthy(utf8.len(r.error))
+      end
+      p:stop()
       d.forget(n, consumer)
       n:close()
     end)

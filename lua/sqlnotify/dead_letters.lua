@@ -63,6 +63,35 @@ local SQL = {
 
 local MAX_ERROR = 8000 -- bytes of the error (a traceback) kept
 
+-- Text a text column takes: valid UTF-8 without NUL (PostgreSQL refuses both, MySQL's utf8mb4
+-- too), cut at MAX_ERROR bytes on a character boundary. A handler's error may hold any bytes
+-- (a binary reply, a latin-1 message): each invalid byte becomes U+FFFD, a NUL "\\0". A
+-- dead letter that cannot be written holds the consumer's position, so this must never fail.
+local function text_of(err)
+  local s = tostring(err)
+  if #s > MAX_ERROR then s = s:sub(1, MAX_ERROR) end
+  if utf8.len(s) and not s:find("%z") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local len, bad = utf8.len(s, i)
+    if len then
+      out[#out + 1] = s:sub(i)
+      break
+    end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\239\191\189" -- U+FFFD
+    i = bad + 1
+  end
+  s = table.concat(out):gsub("%z", "\\0")
+  if #s > MAX_ERROR then -- the replacements grew it: cut before a character's first byte
+    local cut = MAX_ERROR
+    while cut > 0 and s:byte(cut + 1) and s:byte(cut + 1) >= 0x80 and s:byte(cut + 1) < 0xC0 do cut = cut - 1 end
+    s = s:sub(1, cut)
+  end
+  return s
+end
+M.text_of = text_of
+
 local function sql_of(n)
   return SQL[n.dialect_name] or error("sqlnotify: no dead-letter table on " .. tostring(n.dialect_name), 3)
 end
@@ -87,7 +116,7 @@ end
 -- A new dead letter; returns its id (or true), or nil and why.
 function M.write(n, consumer, channel, seq, payload, err, attempts)
   local s = sql_of(n)
-  err = tostring(err):sub(1, MAX_ERROR)
+  err = text_of(err)
   local rows, e = run(n, s, s.insert, consumer, channel, seq, payload, err, attempts)
   if not rows then return nil, e end
   local id = rows[1] and rows[1].id
@@ -97,7 +126,7 @@ end
 -- A replayed dead letter failed again: its error and count of attempts move on.
 function M.again(n, id, err, attempts)
   local s = sql_of(n)
-  err = tostring(err):sub(1, MAX_ERROR)
+  err = text_of(err)
   local rows, e
   if n.dialect_name == "mysql" then
     rows, e = run(n, s, s.again, err, attempts, id)
