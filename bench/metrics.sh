@@ -3,7 +3,7 @@
 # BENCH_MX_N inserts committed at once (bench/metrics.lua), without --metrics and with it while
 # curl scrapes /metrics every second (Prometheus: every 15 s); events/s from the first event to the last, in
 # BENCH_MX_ROUNDS alternating rounds, and the median of the rounds' on/off ratios (target >= 0.95).
-# Environment: BENCH_MX_N (300000), BENCH_MX_ROUNDS (5), BENCH_MX_PORT (19108). Not in run.sh.
+# Environment: BENCH_MX_N (300000), BENCH_MX_ROUNDS (5), BENCH_MX_PORT (19108). make bench runs it last.
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}

@@ -249,3 +249,4 @@ sh bench/update.sh "$BUILD" "$URL" || die "the old-values bench (bench/update.sh
 sh bench/groups.sh "$BUILD" || die "the groups bench (bench/groups.sh) failed"
 sh bench/delivery.sh "$BUILD" || die "the delivery bench (bench/delivery.sh) failed"
 sh bench/clients.sh "$BUILD" || die "the clients bench (bench/clients.sh) failed"
+sh bench/metrics.sh "$BUILD" || die "the --metrics bench (bench/metrics.sh) failed"
