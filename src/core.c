@@ -1384,6 +1384,13 @@ static int l_hash(lua_State *L)
     return 1;
 }
 
+/* log_json() -> true when the log is one JSON object a line (--log-format json) */
+static int l_log_json(lua_State *L)
+{
+    lua_pushboolean(L, sn_log_json());
+    return 1;
+}
+
 /* log_level([name]) -> current name */
 static int l_log_level(lua_State *L)
 {
@@ -1406,6 +1413,7 @@ static const luaL_Reg corelib[] = {
 
     {"stopping", l_stopping},
     {"log_level", l_log_level},
+    {"log_json", l_log_json},
     {"log", l_log},
     {NULL, NULL},
 };

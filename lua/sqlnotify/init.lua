@@ -397,10 +397,19 @@ function Notifier:_log(level, ...)
   self._h:log(level, fmt(...), self._log_fields)
 end
 
--- A line with fields (table, operation, error, traceback...) beside the message.
+-- A line with fields (table, operation, error, traceback...) beside the message. Through
+-- _log, as every line of a notifier; the text log has the traceback after the message, on
+-- the lines that follow, as it always had.
 function Notifier:_log_with(fields, level, ...)
   fields.consumer = self._consumer
-  self._h:log(level, fmt(...), fields)
+  local msg = fmt(...)
+  if fields.traceback and not core.log_json() then
+    msg, fields.traceback = msg .. "\n" .. fields.traceback, nil
+  end
+  local saved = self._log_fields
+  self._log_fields = fields
+  self:_log(level, "%s", msg)
+  self._log_fields = saved
 end
 
 local function watch_key(schema, table, op, label)
