@@ -92,6 +92,9 @@ n:on("dead_letter", function(ev, info)
   print(string.format("dead %d %d %d", ev.id, ev.extra_columns.v, info.attempts))
 end)
 assert(n:start())
+if mode == "replay" then
+  sqlnotify.after(0.1, function() print("replaying " .. assert(n:replay_dead_letters())) end)
+end
 print("ready " .. mode)
 ]]
 
@@ -362,6 +365,23 @@ for _, d in ipairs(dialects) do
             assert.equal(1, n, k .. " in " .. table.concat(gone, " "))
           end
           assert.equal(#want, #gone + #rest)
+          -- replayed after the handler was fixed: each dead letter alone, a list of one
+          p:stop()
+          mode("replay")
+          local p2 = track(H.host(BATCHER, { d.url(db), d.watched(t), consumer .. m, modefile }))
+          assert.is_true(p2:wait_for("replaying " .. #gone .. "\n", 20), p2:stdout() .. p2:stderr())
+          assert.is_true(p2:wait_count(function() return batches(p2, "batchdone") end, #gone, 20),
+            p2:stdout() .. p2:stderr())
+          local one = {}
+          for _, b in ipairs(batches(p2, "batchdone")) do
+            assert.equal(1, #b)
+            one[#one + 1] = b[1]
+          end
+          assert.same(sorted(gone), sorted(one)) -- keys side by side (concurrency 8), each in order:
+          local k1 = {}
+          for _, k in ipairs(one) do if k:match("^1:") then k1[#k1 + 1] = k end end
+          assert.same({ "1:0", "1:1", "1:2", "1:3" }, k1)
+          p2:stop()
         end
         p:stop()
         local n = notifier()

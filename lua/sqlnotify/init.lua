@@ -1004,7 +1004,7 @@ end
 -- One handler: nil when it returned, else the traceback and the error it raised (logged at
 -- once, with the attempt when it is retried).
 function Notifier:_call(sub, ev, attempt)
-  if sub.batch and ev.op then ev = { ev } end -- a batch subscription's event replayed alone
+  if sub.batch and ev.operation then ev = { ev } end -- a batch subscription's event replayed alone
   local mc = sub.watch.mc
   if metrics.on and (attempt or 1) == 1 then -- sqlnotify_commit_to_handler_seconds (inlined: the hot path)
     local now, ts = clock(), ev.timestamp
