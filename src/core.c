@@ -1270,7 +1270,7 @@ static void query_done(void *ud, sn_result *r, int in_tx, const char *err)
     free(q);
 }
 
-/* h:query_start(sql, params..., reply) -> true | nil, err | false (the dialect has no
+/* h:query_start(sql, params..., reply) -> true | nil, err | false, false (the dialect has no
  * query_start: use h:query). reply(rows | nil, err, in_tx) follows from the loop. */
 static int h_query_start(lua_State *L)
 {
@@ -1278,9 +1278,10 @@ static int h_query_start(lua_State *L)
     const char *sql = luaL_checkstring(L, 2);
     int top = lua_gettop(L);
     luaL_checktype(L, top, LUA_TFUNCTION);
-    if (k->d->query_start == NULL) {
+    if (k->d->query_start == NULL) { /* false, false: not a failure, use h:query */
         lua_pushboolean(L, 0);
-        return 1;
+        lua_pushboolean(L, 0);
+        return 2;
     }
     sn_value *params = check_params(L, 3, top - 1);
     query_wait *q = malloc(sizeof *q);
