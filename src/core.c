@@ -608,7 +608,7 @@ static int h_handover(lua_State *L)
         return luaL_error(L, "sqlnotify: out of memory");
     k->hand = ev;
     for (size_t i = 0; i < n; i++) {
-        size_t clen, plen;
+        size_t clen = 0, plen = 0;
         lua_rawgeti(L, 2, (lua_Integer)(2 * i + 1));
         lua_rawgeti(L, 2, (lua_Integer)(2 * i + 2));
         const char *ch = lua_tolstring(L, -2, &clen), *pl = lua_tolstring(L, -1, &plen);
