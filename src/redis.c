@@ -226,6 +226,18 @@ static void answer_error(rreq *q, const char *msg)
     sn_reply_call(&q->reply, 2, "a redis call's reply");
 }
 
+/* A call that will not be sent (its deadline passed, the handshake was refused): out of the
+ * queue, answered nil and msg, freed unless hiredis still owes it a callback. */
+static void fail_request(rclient *c, rreq *q, const char *msg)
+{
+    unqueue(c, q);
+    free_cmds(q);
+    q->busy = 1;
+    answer_error(q, msg);
+    q->busy = 0;
+    req_maybe_free(q);
+}
+
 static void on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
@@ -241,12 +253,7 @@ static void on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     else
         snprintf(msg, sizeof msg, "sqlnotify: redis: timeout after %g s waiting for the reply from %s:%d",
                  c->timeout, c->host, c->port);
-    unqueue(c, q);
-    free_cmds(q);
-    q->busy = 1;
-    answer_error(q, msg);
-    q->busy = 0;
-    req_maybe_free(q);
+    fail_request(c, q, msg);
 }
 
 /* A command's reply (NULL: the connection is gone, or the client closed). */
@@ -391,15 +398,8 @@ static void refuse_waiting(rclient *c, const char *what, const char *err)
     free(c->fatal);
     c->fatal = strdup(msg);
     snprintf(c->why, sizeof c->why, "%s refused: %s", what, err);
-    while (c->qh != NULL) {
-        rreq *q = c->qh;
-        unqueue(c, q);
-        free_cmds(q);
-        q->busy = 1;
-        answer_error(q, msg);
-        q->busy = 0;
-        req_maybe_free(q);
-    }
+    while (c->qh != NULL)
+        fail_request(c, c->qh, msg);
 }
 
 static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
