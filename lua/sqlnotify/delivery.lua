@@ -313,6 +313,16 @@ local function acked(q, job)
   end
 end
 
+-- A job whose key is free: it starts now if a slot is, else it waits for one (FIFO).
+local function admit(q, job)
+  if q.active < q.limit and not core.stopping() then
+    start(q, job)
+  else
+    q.rt = q.rt + 1
+    q.ready[q.rt] = job
+  end
+end
+
 -- A slot is free: the next job whose turn came, if any.
 local function next_ready(q)
   while q.active < q.limit and q.rh <= q.rt and not core.stopping() do
@@ -456,12 +466,7 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
     wl[#wl + 1] = job
   else
     self.keys[job.key] = {}
-    if self.active < self.limit and not core.stopping() then
-      start(self, job)
-    else
-      self.rt = self.rt + 1
-      self.ready[self.rt] = job
-    end
+    admit(self, job)
   end
   return job.done, job
 end
@@ -510,12 +515,7 @@ local function launch(q, bkey)
   job.on_done = function() if q.gen == job.gen then launch(q, bkey) end end
   q.batches[job] = true
   q.keys[job.key] = {}
-  if q.active < q.limit then
-    start(q, job)
-  else
-    q.rt = q.rt + 1
-    q.ready[q.rt] = job
-  end
+  admit(q, job)
 end
 
 -- item: {w =, ev =, seq =, payload =, channel =, rec =}, in delivery order.
