@@ -36,14 +36,7 @@ local function lines_of(text, prefix)
   return out
 end
 
-local function host(args)
-  local out, err = H.tmpfile(".out"), H.tmpfile(".err")
-  local argv = {}
-  for i, a in ipairs(args) do argv[i] = H.shell_quote(a) end
-  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. H.host_wrapper .. H.shell_quote(H.host_bin) .. " "
-    .. table.concat(argv, " ") .. " >" .. out .. " 2>" .. err)
-  return ok and 0 or code, H.slurp(out), H.slurp(err)
-end
+local host = H.run_host
 
 describe("sqlnotify.cli on PostgreSQL", function()
   local n, target

@@ -8,15 +8,7 @@ local fmt = string.format
 
 local SUFFIX = tostring(os.time() % 100000) .. tostring(math.random(100, 999))
 
--- Run the binary to its end: status, stdout, stderr.
-local function run(args)
-  local out, err = H.tmpfile(".out"), H.tmpfile(".err")
-  local argv = {}
-  for i, a in ipairs(args) do argv[i] = H.shell_quote(a) end
-  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. H.host_wrapper .. H.shell_quote(H.host_bin) .. " "
-    .. table.concat(argv, " ") .. " >" .. out .. " 2>" .. err)
-  return ok and 0 or code, H.slurp(out), H.slurp(err)
-end
+local run = H.run_host
 
 -- A durable consumer on table t32: prints "ready", "got <id>" per insert and "dead <id>" for
 -- a dead letter; consumer s32_a fails on id 13, s32_b asks for column v too (its own capture).

@@ -359,6 +359,16 @@ function H.pluck(list, field)
   return out
 end
 
+-- Run the host binary with args to its end (the command-line tools): status, stdout, stderr.
+function H.run_host(args)
+  local out, err = tmpfile(".out"), tmpfile(".err")
+  local argv = {}
+  for i, a in ipairs(args) do argv[i] = q(a) end
+  local ok, _, code = H.sh("ASAN_OPTIONS=detect_leaks=1 " .. H.host_wrapper .. q(H.host_bin) .. " "
+    .. table.concat(argv, " ") .. " >" .. out .. " 2>" .. err)
+  return ok and 0 or code, slurp(out), slurp(err)
+end
+
 -- A private server for a spec, never the machine's shared one: cmd (a shell command line
 -- that runs it in the foreground) is started in the background, and is ready once something
 -- accepts on 127.0.0.1:port. d:stop() ends it (TERM, then KILL); d:kill(sig) signals it;
