@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -367,6 +368,87 @@ static int l_metrics_serving(lua_State *L)
     return 1;
 }
 
+/* ===== the handler-start histogram: the hot path's one C call =====
+ * A Lua version (clock(), then a loop over the bounds and four field updates) cost about
+ * 100 ns an event, 7% of a live SQLite watcher's 1.35 us path; this is one call. */
+
+static const double mx_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+#define MX_NB (sizeof mx_bounds / sizeof mx_bounds[0])
+
+typedef struct {
+    double sum;
+    lua_Integer count;
+    lua_Integer n[MX_NB + 1]; /* per bucket, not cumulative; [MX_NB]: above the last bound */
+} mx_hist;
+
+/* A histogram is the upvalue of its own observe function, so the hot path's call checks no
+ * metatable (luaL_checkudata was a third of its cost) and no other userdata can reach it. */
+static int observe(lua_State *L)
+{
+    mx_hist *h = lua_touserdata(L, lua_upvalueindex(1));
+    int isnum;
+    double since = lua_tonumberx(L, 1, &isnum), now;
+    if (!isnum)
+        return 0;
+    if (lua_isnoneornil(L, 2)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    } else
+        now = luaL_checknumber(L, 2);
+    double d = now - since;
+    if (!(d > 0))
+        d = 0; /* and NaN */
+    size_t i = 0;
+    while (i < MX_NB && d > mx_bounds[i])
+        i++;
+    h->n[i]++;
+    h->count++;
+    h->sum += d;
+    return 0;
+}
+
+/* core.histogram() -> observe, a new histogram of seconds, every count 0. observe(since[, now])
+ * counts now - since (now: this machine's clock, as core.now() reads it; a negative difference
+ * as 0). A since that is not a number (a handler may have changed the event) is not counted:
+ * the call runs outside the handler's pcall. */
+static int l_histogram(lua_State *L)
+{
+    mx_hist *h = lua_newuserdatauv(L, sizeof *h, 0);
+    memset(h, 0, sizeof *h);
+    lua_pushcclosure(L, observe, 1);
+    return 1;
+}
+
+/* core.histogram_read(observe) -> sum, count, { cumulative count at each bound } */
+static int l_histogram_read(lua_State *L)
+{
+    luaL_argexpected(L, lua_tocfunction(L, 1) == observe, 1, "a histogram's observe function");
+    lua_getupvalue(L, 1, 1);
+    mx_hist *h = lua_touserdata(L, -1);
+    lua_pushnumber(L, h->sum);
+    lua_pushinteger(L, h->count);
+    lua_createtable(L, (int)MX_NB, 0);
+    lua_Integer cum = 0;
+    for (size_t i = 0; i < MX_NB; i++) {
+        cum += h->n[i];
+        lua_pushinteger(L, cum);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 3;
+}
+
+/* core.histogram_bounds() -> { upper bound of each bucket, in seconds } */
+static int l_histogram_bounds(lua_State *L)
+{
+    lua_createtable(L, (int)MX_NB, 0);
+    for (size_t i = 0; i < MX_NB; i++) {
+        lua_pushnumber(L, mx_bounds[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
 /* The state's entry goes as the state closes (its sentinel's __gc). */
 static int hook_sentinel_gc(lua_State *L)
 {
@@ -410,6 +492,9 @@ void sn_metrics_open(lua_State *L)
         {"metrics_listen", l_metrics_listen},
         {"metrics_serving", l_metrics_serving},
         {"metrics_hook", l_metrics_hook},
+        {"histogram", l_histogram},
+        {"histogram_read", l_histogram_read},
+        {"histogram_bounds", l_histogram_bounds},
         {NULL, NULL},
     };
     luaL_setfuncs(L, fns, 0);

@@ -81,6 +81,6 @@ void sn_sd_finish(void);
  * ("host:port", ":port"). listen: 0, or -1 and err (the address cannot be bound). */
 int sn_metrics_listen(const char *addr, char *err, size_t errlen);
 void sn_metrics_close(void);
-void sn_metrics_open(lua_State *L); /* core.metrics_listen, metrics_serving, metrics_hook */
+void sn_metrics_open(lua_State *L); /* core.metrics_listen, metrics_serving, metrics_hook, histogram */
 
 #endif

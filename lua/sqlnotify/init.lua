@@ -7,7 +7,6 @@ local filters = require("sqlnotify.filters")
 local delivery = require("sqlnotify.delivery")
 local dead = require("sqlnotify.dead_letters")
 local metrics = require("sqlnotify.metrics")
-local BUCKETS, NBUCKETS, clock = metrics.BUCKETS, #metrics.BUCKETS, core.now
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
@@ -1006,15 +1005,16 @@ end
 function Notifier:_call(sub, ev, attempt)
   if sub.batch and ev.operation then ev = { ev } end -- a batch subscription's event replayed alone
   local mc = sub.watch.mc
-  if metrics.on and (attempt or 1) == 1 then -- sqlnotify_commit_to_handler_seconds (inlined: the hot path)
-    local now, ts = clock(), ev.timestamp
+  if metrics.on and (attempt or 1) == 1 then -- the handler-start histogram: one C call (the hot path)
+    local ts = ev.timestamp
     if ts then
-      local d, i = now - ts, 1
-      mc.hsum, mc.hcount = mc.hsum + d, mc.hcount + 1
-      while i <= NBUCKETS and d > BUCKETS[i] do i = i + 1 end
-      if i <= NBUCKETS then mc[i] = mc[i] + 1 end
-    else -- a batch: each of its events
-      for i = 1, #ev do metrics.observe(mc, now - ev[i].timestamp) end
+      mc.observe(ts)
+    else -- a batch: each of its events, at one time
+      local now, observe = core.now(), mc.observe
+      for i = 1, #ev do
+        local e = ev[i]
+        if type(e) == "table" then observe(e.timestamp, now) end
+      end
     end
   end
   local ok, err = xpcall(sub.handler, with_traceback, ev)

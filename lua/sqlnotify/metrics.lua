@@ -8,9 +8,9 @@ local M = {}
 
 local fmt, concat, sort = string.format, table.concat, table.sort
 
--- Seconds, for sqlnotify_commit_to_handler_seconds.
-M.BUCKETS = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 }
-local BUCKETS, NB = M.BUCKETS, #M.BUCKETS
+-- Seconds, the upper bounds of the handler-start histogram's buckets (src/metrics.c owns them).
+local BUCKETS = core.histogram_bounds()
+local NB = #BUCKETS
 
 local LAG_EVERY = 5 -- seconds between two reads of the consumers' lag (never on the scrape itself)
 
@@ -21,14 +21,13 @@ local by_key, list = {}, {} -- (consumer, table, operation) -> counts; in creati
 local conns = {}           -- consumer \0 database -> { reconnects = n }
 
 --- The counts of one (consumer, table, operation): fields delivered, failures, retries, dead,
--- hsum, hcount, and [i] the histogram's bucket i (not cumulative).
+-- and observe, the handler-start histogram's (observe(since) counts one event).
 function M.counters(consumer, tbl, op)
   local key = consumer .. "\0" .. tbl .. "\0" .. op
   local c = by_key[key]
   if c then return c end
-  c = { consumer = consumer, table = tbl, op = op, delivered = 0, failures = 0, retries = 0, dead = 0, hsum = 0,
-    hcount = 0 }
-  for i = 1, NB do c[i] = 0 end
+  c = { consumer = consumer, table = tbl, op = op, delivered = 0, failures = 0, retries = 0, dead = 0,
+    observe = core.histogram() }
   by_key[key] = c
   list[#list + 1] = c
   return c
@@ -43,17 +42,6 @@ function M.conn(consumer, database)
     conns[key] = c
   end
   return c
-end
-
-function M.observe(c, seconds)
-  if seconds < 0 then seconds = 0 end
-  c.hsum, c.hcount = c.hsum + seconds, c.hcount + 1
-  for i = 1, NB do
-    if seconds <= BUCKETS[i] then
-      c[i] = c[i] + 1
-      return
-    end
-  end
 end
 
 -- ===== lag, read from the loop now and then =====
@@ -135,13 +123,10 @@ function M.render(notifiers)
   family(out, h, "histogram", "Seconds from an event's receipt by the runtime (ev.timestamp) to the start of "
     .. "its handler's first attempt.")
   for _, c in ipairs(rows) do
-    local l, cum = labels(c), 0
-    for i = 1, NB do
-      cum = cum + c[i]
-      out[#out + 1] = fmt('%s_bucket{%s,le="%s"} %d\n', h, l, num(BUCKETS[i]), cum)
-    end
-    out[#out + 1] = fmt('%s_bucket{%s,le="+Inf"} %d\n%s_sum{%s} %s\n%s_count{%s} %d\n', h, l, c.hcount, h, l,
-      num(c.hsum), h, l, c.hcount)
+    local l, sum, count, cum = labels(c), core.histogram_read(c.observe)
+    for i = 1, NB do out[#out + 1] = fmt('%s_bucket{%s,le="%s"} %d\n', h, l, num(BUCKETS[i]), cum[i]) end
+    out[#out + 1] = fmt('%s_bucket{%s,le="+Inf"} %d\n%s_sum{%s} %s\n%s_count{%s} %d\n', h, l, count, h, l,
+      num(sum), h, l, count)
   end
 
   -- connections: one series per (consumer, database); up only when every notifier there is
