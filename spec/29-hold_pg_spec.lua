@@ -155,7 +155,7 @@ describe("h:hold on a PostgreSQL durable consumer", function()
     s.n._h:ack(first[1])
     assert.are.equal(first[1], wait_pos("s29p_lost", first[1]))
     local killed = sql(fmt("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '%s'"
-      .. " AND (query LIKE '%%sqlnotify.lease(%%' OR query LIKE '%%sqlnotify.fetch(%%' OR query LIKE '%%LISTEN%%')", app))
+      .. " AND (query LIKE '%%sqlnotify.lease(%%' OR query LIKE '%%sqlnotify.fetch%%' OR query LIKE '%%LISTEN%%')", app))
     assert.are.equal("1", killed:match("%d+")) -- the reader's connection, and only it
     insert("lost", 5, 5)
     s.n._h:ack(first[2]) -- while the reader is away

@@ -499,6 +499,64 @@ for _, d in ipairs(dialects) do
       n:close()
     end)
 
+    it("durable events carry written_at, the journal row's time, for a catch-up seconds later; live ones not",
+      function()
+      local t, consumer = table_name(), "s30_written"
+      d.create(db, t)
+      local script = [[
+        local sqlnotify = require("sqlnotify")
+        io.stdout:setvbuf("line")
+        local n = assert(sqlnotify.notifier{ url = arg[1], consumer = arg[3] ~= "-" and arg[3] or nil })
+        n:watch(arg[2], "insert", { extra_columns = { "v" } })
+        n:watch(arg[2], "update", { extra_columns = { "v" } })
+        local function show(ev)
+          print(string.format("w %d %d %s %.6f", ev.id, ev.extra_columns.v, ev.written_at and
+            string.format("%.6f", ev.written_at) or "nil", ev.timestamp))
+        end
+        n:subscribe(arg[2], "insert", show)
+        n:subscribe(arg[2], "update", show)
+        assert(n:start())
+        print("ready")
+      ]]
+      local function run(who)
+        local p = track(H.host(script, { d.url(db), d.watched(t), who }))
+        assert(p:wait_for("ready", 20), "the host did not start: " .. p:stderr())
+        return p
+      end
+      local function written(p)
+        local out = {}
+        for id, v, at, ts in p:stdout():gmatch("w (%d+) (%d+) (%S+) (%S+)\n") do
+          out[#out + 1] = { key = id .. ":" .. v, at = tonumber(at), ts = tonumber(ts) }
+        end
+        return out
+      end
+      run(consumer):stop() -- registered: what is written from now on is kept for it
+      local live = run("-")
+      local t0 = H.now()
+      d.write(db, t, 2)
+      local t1 = H.now()
+      assert.is_true(live:wait_count(written, 8, 20), live:stdout() .. live:stderr())
+      for _, e in ipairs(written(live)) do assert.is_nil(e.at, e.key) end
+      live:stop()
+      H.sleep(1.5)
+      local p = run(consumer)
+      assert.is_true(p:wait_count(written, 8, 20), p:stdout() .. p:stderr())
+      local got = written(p)
+      local ks = {}
+      for i, e in ipairs(got) do
+        ks[i] = e.key
+        -- the database's clock is this machine's: written within the write, received 1.5 s later
+        assert.is_true(e.at >= t0 - 0.5 and e.at <= t1 + 0.5, fmt("%s written at %.6f, not in [%.6f, %.6f]", e.key,
+          e.at, t0, t1))
+        assert.is_true(e.ts - e.at >= 1.4, fmt("%s written at %.6f, received at %.6f", e.key, e.at, e.ts))
+      end
+      assert.same(expected(2), ks)
+      p:stop()
+      local n = notifier()
+      d.forget(n, consumer)
+      n:close()
+    end)
+
     it("live: a reload hands the events in flight or waiting for a retry to the new handlers, in order", function()
       local t = table_name()
       d.create(db, t)

@@ -533,7 +533,16 @@ static int deliver_batch(lua_State *L)
     } else {
         lua_pushnil(L);
     }
-    lua_call(L, 4, 1);
+    if (n > 0 && ev[0].written > 0) { /* when the rows were written, for event.written_at */
+        lua_createtable(L, (int)n, 0);
+        for (lua_Integer i = 0; i < n; i++) {
+            lua_pushnumber(L, ev[i].written);
+            lua_rawseti(L, -2, i + 1);
+        }
+    } else {
+        lua_pushnil(L);
+    }
+    lua_call(L, 5, 1);
     *(lua_Integer *)lua_touserdata(L, 5) = lua_tointeger(L, -1); /* how many it handled */
     if (n > 256) { /* do not keep a big batch's payloads alive until the next one */
         lua_pushnil(L);
@@ -617,6 +626,7 @@ static int h_handover(lua_State *L)
         e->payload = pl ? malloc(plen + 1) : NULL;
         e->payload_len = plen;
         e->seq = 0;
+        e->written = 0;
         if (e->channel == NULL || e->payload == NULL) {
             free((char *)e->channel);
             free((char *)e->payload);
@@ -1097,8 +1107,10 @@ static int h_set_reconnected(lua_State *L)
     return 0;
 }
 
-/* h:set_dispatch(fn): fn(batch, n, timestamp, seqs) -> handled, for every batch of events (seqs: the
- * journal positions in durable mode, else nil; handled: how many events it went through) */
+/* h:set_dispatch(fn): fn(batch, n, timestamp, seqs, written) -> handled, for every batch of events
+ * (seqs: the journal positions in durable mode, else nil; written: when each journal row was written,
+ * seconds since the epoch, where the driver read it, else nil; handled: how many events it went
+ * through) */
 static int h_set_dispatch(lua_State *L)
 {
     check_handle(L);

@@ -129,6 +129,8 @@ typedef struct sn_event {
     const char *payload;
     size_t payload_len;
     int64_t seq;       /* durable mode: the journal position; 0 in live mode */
+    double written;    /* durable mode: when the journal row was written, by the database's clock
+                          (seconds since the epoch: its created_at); 0 when not known */
 } sn_event;
 
 /* Where a connection sends what it receives. Set at open, valid until close. */

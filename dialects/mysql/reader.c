@@ -461,7 +461,8 @@ static void fetched(sn_conn *c, int ok)
         r->ids[r->nrows] = atoll(row[0]);
         if (row[2]) { /* on one of our channels */
             unsigned long *len = mysql_fetch_lengths(res);
-            r->ev[r->nev] = (sn_event){row[1], row[2], len[2], durable(c) ? r->ids[r->nrows] : 0};
+            r->ev[r->nev] = (sn_event){row[1], row[2], len[2], durable(c) ? r->ids[r->nrows] : 0,
+                                       durable(c) && row[3] ? atof(row[3]) : 0};
             r->ev_row[r->nev++] = (int)r->nrows;
         }
         r->nrows++;
@@ -513,6 +514,8 @@ static void fetch(sn_conn *c)
         }
         my_sb_add(b, "), payload, NULL)");
     }
+    /* created_at is UTC: seconds since the epoch without the session's time_zone */
+    my_sb_add(b, durable(c) ? ", TIMESTAMPDIFF(MICROSECOND, '1970-01-01', created_at) / 1e6" : ", NULL");
     my_sb_addf(b, " FROM %s WHERE ", c->journal);
     int above = r->st.n < MAX_RANGES; /* too many open gaps: let them settle first */
     if (above)

@@ -93,6 +93,7 @@ struct pg_jr {
     int64_t saved;     /* held: the last ack a statement wrote */
     int held;          /* hold(1): the page's handlers are still running; no fetch */
     int keep_refused;  /* the 9-argument lease() may not be called (a grant of journal 8) */
+    int at_refused;    /* fetch_at() may not be called (a grant of journal 9): fetch(), no written_at */
     int lease_keep;    /* the lease step in flight is that one */
     char **chans;
     size_t nchans, cap;
@@ -418,8 +419,11 @@ static int jr_send(struct pg_jr *j, int query)
             const char *vals[7] = {j->c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked,
                                    j->chan_array ? j->chan_array : "{}"};
             ok = PQsendQueryParams(j->db,
-                                   "SELECT * FROM sqlnotify.fetch($1, $2, $3, $4, $5, $6, $7, " JR_PAGE ")", 7,
-                                   NULL, vals, NULL, NULL, 0);
+                                   j->at_refused ? "SELECT *, NULL FROM sqlnotify.fetch($1, $2, $3, $4, $5, $6, $7, "
+                                                   JR_PAGE ")"
+                                                 : "SELECT * FROM sqlnotify.fetch_at($1, $2, $3, $4, $5, $6, $7, "
+                                                   JR_PAGE ")",
+                                   7, NULL, vals, NULL, NULL, 0);
         }
         free(sh.p);
         free(ep.p);
@@ -495,6 +499,7 @@ static int jr_deliver(struct pg_jr *j, PGresult *res)
         ev[n].channel = PQgetvalue(res, i, 2);
         ev[n].payload = PQgetvalue(res, i, 3);
         ev[n].payload_len = (size_t)PQgetlength(res, i, 3);
+        ev[n].written = PQgetisnull(res, i, 4) ? 0 : strtod(PQgetvalue(res, i, 4), NULL);
         n++;
     }
     jr_refused(j, ref, nr);
@@ -660,6 +665,21 @@ static void jr_result(struct pg_jr *j)
                 "sqlnotify TO <role>)",
                 j->c->consumer);
         j->want_lease = 1;
+        jr_next(j);
+        return;
+    }
+    if (*why && query == JQ_FETCH && !j->at_refused && strcmp(state, "42501") == 0 &&
+        strstr(primary, "fetch_at") != NULL && PQstatus(j->db) == CONNECTION_OK) {
+        /* a role granted journal 9's functions: fetch as before, without each row's time */
+        PQclear(page);
+        j->at_refused = 1;
+        j->carried = 0;
+        sn_logf(&j->c->sink, SN_LOG_WARN,
+                "consumer \"%s\": this role may not call sqlnotify.fetch_at (journal 10), so its events have no "
+                "written_at and the handler-start histogram counts from their receipt (the journal's owner may "
+                "let it: GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sqlnotify TO <role>)",
+                j->c->consumer);
+        j->want_fetch = 1;
         jr_next(j);
         return;
     }

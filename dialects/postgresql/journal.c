@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 9"
+#define JOURNAL_VERSION "sqlnotify journal 10"
 
 /* A journal row's share of a consumer with n shares: its writer's hash of table and key. */
 #define SHARE_OF(j, n) "((" j ".hash & 2147483647) % " n ")"
@@ -310,16 +310,18 @@ static const char setup_sql[] =
      * the page: the transactions visible in hi but not in lo, of those shares, in id order,
      * after pos. The shares
      * whose ack was refused as (share, NULL, 'R', NULL). The page's group comes as
-     * (share, NULL, 'G', hi), hi naming the batch for the ack. The batch is saved before it is
+     * (share, NULL, 'G', hi), hi naming the batch for the ack. Journal 10: fetch_at, each row's
+     * at its created_at in seconds since the epoch (event.written_at), NULL on the other rows;
+     * fetch, journal 9's call, is kept as a wrapper (its grants stay, and readers of 9 go on). The batch is saved before it is
      * delivered, so a crash redelivers only what was not acked.
      * The ack is folded into the cursor's one write (a share's acked position is its pos for
      * the grouping) and written apart only for the shares no group wrote: a page writes each
      * share row once. No share row is locked: ownership moves only in lease() and leave(),
      * which take the consumer's row FOR UPDATE (here FOR SHARE), so the rows a member writes
      * here are its own, untouched by any other transaction until it commits. */
-    "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.fetch_at(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
     "  p_batch text, p_acked bigint, p_chans text[], p_limit int)\n"
-    "RETURNS TABLE (share int, id bigint, channel text, payload text)\n"
+    "RETURNS TABLE (share int, id bigint, channel text, payload text, at float8)\n"
     /* a page is the first rows of the id index from the floor on: never the batch sorted,
      * which the planner would choose, not knowing how many rows the snapshots let through
      * (and no JIT, which the cost of a sort so discouraged would call for) */
@@ -343,10 +345,10 @@ static const char setup_sql[] =
     "  IF sb < (SELECT max(GREATEST(s.lo_seq, s.hi_seq, s.hi_top, s.pos)) FROM sqlnotify.shares s\n"
     "      WHERE s.consumer = p_name) THEN\n"
     "    note := sqlnotify.sequence_moved();\n"
-    "    RETURN QUERY SELECT -1, NULL::bigint, 'S'::text, note WHERE note IS NOT NULL;\n"
+    "    RETURN QUERY SELECT -1, NULL::bigint, 'S'::text, note, NULL::float8 WHERE note IS NOT NULL;\n"
     "    sb := NULL; sa := NULL; nx := NULL;\n"
     "  ELSIF ck IS DISTINCT FROM 1 THEN\n"
-    "    RETURN QUERY SELECT -1, NULL::bigint, 'C'::text, ck::text;\n"
+    "    RETURN QUERY SELECT -1, NULL::bigint, 'C'::text, ck::text, NULL::float8;\n"
     "    sb := NULL; sa := NULL; nx := NULL;\n"
     "  END IF;\n"
     /* the consumer's row first, shared: a lease() (which takes it FOR UPDATE before any share)
@@ -354,7 +356,8 @@ static const char setup_sql[] =
     "  SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR SHARE;\n"
     "  IF NOT FOUND THEN RETURN; END IF;\n"
     "  IF acking THEN\n"
-    "    RETURN QUERY SELECT x.sh, NULL::bigint, 'R'::text, NULL::text FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
+    "    RETURN QUERY SELECT x.sh, NULL::bigint, 'R'::text, NULL::text, NULL::float8\n"
+    "      FROM unnest(p_shares, p_epochs) x(sh, ep)\n"
     "      WHERE NOT EXISTS (SELECT 1 FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.share = x.sh\n"
     "        AND s.owner = p_member AND s.epoch = x.ep);\n"
     "  END IF;\n"
@@ -376,7 +379,8 @@ static const char setup_sql[] =
     "    FOR r IN 1..2 LOOP\n"
     "      IF hi IS NULL THEN hi := cur; hseq := sb; htop := sa; hnext := nx; p := 0; fresh := true; END IF;\n"
     "      fl := GREATEST(p + 1, sqlnotify.floor_of(lo, lseq, lb, lnext, lrlb, hi));\n"
-    "      RETURN QUERY SELECT " SHARE_OF("j", "n") ", j.id, j.channel, j.payload FROM sqlnotify.journal j\n"
+    "      RETURN QUERY SELECT " SHARE_OF("j", "n") ", j.id, j.channel, j.payload,\n"
+    "          extract(epoch FROM j.created_at)::float8 FROM sqlnotify.journal j\n"
     "        WHERE j.id >= fl AND j.id <= COALESCE(htop, 9223372036854775807)\n"
     "          AND NOT pg_visible_in_snapshot(j.xid, lo) AND pg_visible_in_snapshot(j.xid, hi)\n"
     "          AND j.channel = ANY (p_chans) AND " SHARE_OF("j", "n") " = ANY (g.sh)\n"
@@ -403,7 +407,7 @@ static const char setup_sql[] =
     "      wrote := wrote || g.sh;\n"
     "    END IF;\n"
     "    IF got > 0 THEN\n"
-    "      RETURN QUERY SELECT x, NULL::bigint, 'G'::text, hi::text FROM unnest(g.sh) x;\n"
+    "      RETURN QUERY SELECT x, NULL::bigint, 'G'::text, hi::text, NULL::float8 FROM unnest(g.sh) x;\n"
     "      EXIT;\n"
     "    END IF;\n"
     "  END LOOP;\n"
@@ -413,6 +417,13 @@ static const char setup_sql[] =
     "    PERFORM sqlnotify.ack(p_name, p_member, p_shares, p_epochs, p_batch, p_acked);\n"
     "  END IF;\n"
     "END $f$;\n"
+    "CREATE OR REPLACE FUNCTION sqlnotify.fetch(p_name text, p_member text, p_shares int[], p_epochs bigint[],\n"
+    "  p_batch text, p_acked bigint, p_chans text[], p_limit int)\n"
+    "RETURNS TABLE (share int, id bigint, channel text, payload text)\n"
+    "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
+    "  SELECT f.share, f.id, f.channel, f.payload\n"
+    "    FROM sqlnotify.fetch_at(p_name, p_member, p_shares, p_epochs, p_batch, p_acked, p_chans, p_limit) f\n"
+    "$f$;\n"
 
     /* A consumer seen for the first time starts at the end (now) or the beginning, with
      * p_shares shares; one that comes back is told what maintain() removed while it was away.
@@ -572,6 +583,7 @@ static const char setup_sql[] =
     " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint),"
     " sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]),"
     " sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int),"
+    " sqlnotify.fetch_at(text, text, int[], bigint[], text, bigint, text[], int),"
     " sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8),"
     " sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(),"
     " sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text), sqlnotify.reads_has(text, text),"

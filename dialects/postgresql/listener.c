@@ -171,6 +171,7 @@ static void ln_flush(sn_conn *c)
             e->payload = nt->extra;
             e->payload_len = strlen(nt->extra);
             e->seq = 0;
+            e->written = 0;
             if (pg_is_overflow_ref(nt->extra, e->payload_len)) {
                 size_t len = 0;
                 char *p = pg_overflow_fetch(c, nt->relname, nt->extra + sizeof PG_OVERFLOW_REF - 1, &len);

@@ -133,6 +133,7 @@ static int batch_add(sn_conn *c, size_t n, const char *ch, size_t chlen, const c
     c->arena_len += pllen + 1;
     c->events[n].payload_len = pllen;
     c->events[n].seq = 0;   /* live mode */
+    c->events[n].written = 0;
     return 0;
 }
 
@@ -191,6 +192,7 @@ static int fetch_batch(sn_conn *c, size_t *kept)
             return -1;
         }
         c->events[n].seq = c->consumer ? seq : 0;
+        c->events[n].written = c->consumer ? sqlite3_column_double(st, 3) : 0;
         c->batch_last = seq;
         n++;
     }
@@ -598,7 +600,7 @@ static int reader_open(sn_conn *c, int fresh, char *err, size_t errlen)
     }
     if (sqd_prepare(c->rd, "PRAGMA data_version", &c->dv_stmt, err, errlen) ||
         sqd_prepare(c->rd, "PRAGMA schema_version", &c->sv_stmt, err, errlen) ||
-        sqd_prepare(c->rd, "SELECT seq, channel, payload FROM " CHANGES_TABLE
+        sqd_prepare(c->rd, "SELECT seq, channel, payload, created_at FROM " CHANGES_TABLE
                            " WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                     &c->fetch_stmt, err, errlen))
         goto fail;

@@ -368,9 +368,9 @@ function M.notifier(opts)
   self._q = delivery.queue(self, concurrency, retry, grace)
   -- The binding keeps these functions; through a weak reference they do not keep the notifier.
   local ref = setmetatable({ self }, { __mode = "v" })
-  h:set_dispatch(function(batch, n, ts, seqs)
+  h:set_dispatch(function(batch, n, ts, seqs, written)
     local me = ref[1]
-    if me then return me:_dispatch(batch, n, ts, seqs) end
+    if me then return me:_dispatch(batch, n, ts, seqs, written) end
     return n
   end)
   h:set_reconnected(function(outage, may_have_missed)
@@ -1008,12 +1008,12 @@ function Notifier:_call(sub, ev, attempt)
   if metrics.on and (attempt or 1) == 1 then -- the handler-start histogram: one C call (the hot path)
     local ts = ev.timestamp
     if ts then
-      mc.observe(ts)
+      mc.observe(ev.written_at or ts)
     else -- a batch: each of its events, at one time
       local now, observe = core.now(), mc.observe
       for i = 1, #ev do
         local e = ev[i]
-        if type(e) == "table" then observe(e.timestamp, now) end
+        if type(e) == "table" then observe(e.written_at or e.timestamp, now) end
       end
     end
   end
@@ -1225,7 +1225,7 @@ end
 -- journal position (durable mode). Every event is taken; returns how many of the first ones
 -- are done (the binding acks those); the rest are acked as they finish (delivery.lua), the
 -- driver holding meanwhile.
-function Notifier:_dispatch(batch, n, ts, seqs)
+function Notifier:_dispatch(batch, n, ts, seqs, written)
   local by_channel, subs, q = self._by_channel, self._subs, self._q
   self._debug = core.log_level() == "debug"
   local done, prefix, buffered = 0, true, false
@@ -1235,13 +1235,14 @@ function Notifier:_dispatch(batch, n, ts, seqs)
     local w = by_channel[channel]
     local chan = w and subs[w.channel]
     local seq = seqs and seqs[(i + 1) // 2]
+    local wat = written and written[(i + 1) // 2]
     local finished
     if chan and (chan.n > 0 or chan.nb > 0) and self._started then
       local ev = self:_event(w, w.channel, batch[i + 1], ts)
       local bsubs = ev and chan.nb > 0 and self:_batch_matching(chan, w, ev, {})
       if bsubs and #bsubs > 0 then -- batch subscriptions take it too: its record waits for them
         w.mc.delivered = w.mc.delivered + 1
-        ev.seq = seq
+        ev.seq, ev.written_at = seq, wat
         local rec
         if chan.n > 0 then
           finished, rec = q:add(w, ev, seq, self._retry, batch[i + 1], channel, { left = #bsubs })
@@ -1255,7 +1256,7 @@ function Notifier:_dispatch(batch, n, ts, seqs)
         buffered = true
       elseif ev and chan.n > 0 then
         w.mc.delivered = w.mc.delivered + 1
-        ev.seq = seq
+        ev.seq, ev.written_at = seq, wat
         finished = q:add(w, ev, seq, self._retry, batch[i + 1], channel)
       elseif ev then
         finished = q:skip(seq)

@@ -120,8 +120,8 @@ function M.render(notifiers)
     for _, c in ipairs(rows) do out[#out + 1] = fmt("%s{%s} %s\n", spec[1], labels(c), num(c[spec[2]])) end
   end
   local h = "sqlnotify_commit_to_handler_seconds"
-  family(out, h, "histogram", "Seconds from an event's receipt by the runtime (ev.timestamp) to the start of "
-    .. "its handler's first attempt.")
+  family(out, h, "histogram", "Seconds from an event's write to the start of its handler's first attempt: a "
+    .. "durable event's from its journal row's time (ev.written_at), a live event's from its receipt (ev.timestamp).")
   for _, c in ipairs(rows) do
     local l, sum, count, cum = labels(c), core.histogram_read(c.observe)
     for i = 1, NB do out[#out + 1] = fmt('%s_bucket{%s,le="%s"} %d\n', h, l, num(BUCKETS[i]), cum[i]) end
