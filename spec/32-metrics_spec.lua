@@ -7,7 +7,7 @@ local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
 -- Ports of this spec (19100-19109).
-local P_SQLITE, P_BUSY, P_LUA, P_PROXY, P_PG, P_IDLE = 19100, 19101, 19102, 19104, 19105, 19106
+local P_SQLITE, P_BUSY, P_LUA, P_DURABLE, P_PROXY, P_PG, P_IDLE = 19100, 19101, 19102, 19103, 19104, 19105, 19106
 local S = "spec32"
 
 -- GET url with the curl CLI: status code, body.
@@ -108,6 +108,41 @@ describe("--metrics on SQLite", function()
     assert.are.equal(0, value(body, "sqlnotify_handler_failures_total{" .. O .. "}"))
     assert.are.equal(1, value(body, 'sqlnotify_connection_up{consumer="",database="SQLite database \\"' .. db .. '\\""}'))
     assert.are.same({ 404 }, { (get(P_SQLITE, "/nothing")) })
+    p:stop()
+  end)
+
+  it("times a durable catch-up from each journal row's write, and counts the journal's rows", function()
+    local DURABLE = [[
+      local sqlnotify = require("sqlnotify")
+      local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. arg[1], consumer = "s32_durable" })
+      n:watch("t", "insert")
+      n:subscribe("t", "insert", function(ev) print("got " .. ev.id) end)
+      assert(n:start())
+      print("ready")
+    ]]
+    H.host_options = { "--metrics", "127.0.0.1:" .. P_DURABLE }
+    p = H.host(DURABLE, { db })
+    assert.is_true(p:wait_for("ready", 10), p:stderr())
+    p:stop() -- registered: the rows below are kept for it
+    H.sqlite_cli(db, "INSERT INTO t (v) VALUES " .. ("('x'),"):rep(4) .. "('x');")
+    H.sleep(1.5)
+    p = H.host(DURABLE, { db })
+    H.host_options = nil
+    assert.is_true(p:wait_for("got 5\n", 10), p:stderr())
+    local T = 'consumer="s32_durable",table="main.t",operation="insert"'
+    local ok, body = wait_get(P_DURABLE, "/metrics", 200, "sqlnotify_journal_rows{", 15)
+    assert.is_true(ok, body)
+    -- written 1.5 s before they were read: none under a second (from receipt, all would be)
+    assert.are.equal(5, value(body, "sqlnotify_commit_to_handler_seconds_count{" .. T .. "}"), body)
+    assert.are.equal(0, value(body, "sqlnotify_commit_to_handler_seconds_bucket{" .. T .. ',le="1"}'), body)
+    assert.is_true(value(body, "sqlnotify_commit_to_handler_seconds_sum{" .. T .. "}") >= 5 * 1.4, body)
+    -- the change log holds the five rows (kept for the retention, acknowledged or not)
+    local rows = tonumber(H.sqlite_cli(db, "SELECT count(*) FROM sqlnotify_changes;"):match("%d+"))
+    assert.are.equal(rows, value(body, 'sqlnotify_journal_rows{database="SQLite database \\"' .. db .. '\\""}'),
+      body)
+    assert.is_true(rows >= 5, tostring(rows))
+    local promok, why = promtool(body)
+    assert.is_true(promok, why .. "\n" .. body)
     p:stop()
   end)
 
@@ -262,12 +297,16 @@ describe("--metrics on PostgreSQL", function()
     repeat
       local _, m = get(P_PG, "/metrics")
       body = m
-      ok = value(m, 'sqlnotify_lag_events{consumer="spec32_c"}') == 0
+      ok = value(m, 'sqlnotify_lag_events{consumer="spec32_c"}') == 0 and m:find("sqlnotify_journal_rows{", 1, true) ~= nil
       if not ok then H.sleep(0.5) end
     until ok or H.now() > deadline
     assert.is_true(ok, body)
     assert.is_number(value(body, 'sqlnotify_lag_seconds{consumer="spec32_c"}'))
     assert.are.equal(16, value(body, 'sqlnotify_shares_held{consumer="spec32_c"}'), body)
+    -- the journal's rows, every consumer's: this spec writes nothing more, and none is past its retention
+    local jrows = tonumber(body:match('\nsqlnotify_journal_rows{database="[^\n]*"} (%d+)\n'))
+    assert.are.equal(tonumber(H.psql("SELECT count(*) FROM sqlnotify.journal"):match("%d+")), jrows, body)
+    assert.is_true(jrows >= 5, body)
     assert.are.equal(5, value(body,
       'sqlnotify_events_delivered_total{consumer="spec32_c",table="spec32.t",operation="insert"}'))
     assert.is_true(promtool(body))

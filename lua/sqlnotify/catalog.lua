@@ -75,6 +75,7 @@ local SQL = {
     drop_table = "DROP TABLE IF EXISTS %s",
     drop_schema = "DROP SCHEMA IF EXISTS sqlnotify CASCADE",
     drop_extension = "DROP EXTENSION IF EXISTS sqlnotify_capture",
+    journal_rows = "SELECT count(*) AS n FROM sqlnotify.journal",
   },
   sqlite = {
     reads_exists = "SELECT count(*) AS present FROM sqlite_master WHERE type = 'table' AND name = 'sqlnotify_reads'",
@@ -85,6 +86,7 @@ local SQL = {
     -- what opening the file makes (the driver does at every open): rows in it say it was used
     opened = { sqlnotify_changes = "SELECT count(*) AS n FROM sqlnotify_changes",
                sqlnotify_readers = "SELECT count(*) AS n FROM sqlnotify_readers" },
+    journal_rows = "SELECT count(*) AS n FROM sqlnotify_changes",
   },
   mysql = {
     reads_exists = "SELECT COUNT(*) AS present FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -94,6 +96,7 @@ local SQL = {
     tables = "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = DATABASE()"
       .. " AND table_name LIKE 'sqlnotify\\_%' ORDER BY table_name",
     drop_table = "DROP TABLE IF EXISTS %s",
+    journal_rows = "SELECT COUNT(*) AS n FROM sqlnotify_journal",
   },
 }
 
@@ -124,6 +127,13 @@ function M.reads(n)
     out[r.channel] = list
   end
   return out
+end
+
+--- journal_rows(n) -> the rows in the database's journal (SQLite: its change log), every
+-- consumer's, or nil when it cannot be read (no journal yet, or a role that may not read it).
+function M.journal_rows(n)
+  local ok, rows = pcall(n._h.query, n._h, sql_of(n).journal_rows)
+  return ok and rows and rows[1] and math.tointeger(tonumber(rows[1].n)) or nil
 end
 
 --- objects(n) -> list | nil, err: every object of sqlnotify's in the database, in the order they

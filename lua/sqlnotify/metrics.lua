@@ -3,6 +3,7 @@
 -- fields (init.lua's _dispatch, _call, _dead_letter; delivery.lua's retry), never allocates.
 -- The HTTP server is C (src/metrics.c); it asks respond() for every path but /health.
 local core = require("sqlnotify.core")
+local catalog = require("sqlnotify.catalog")
 
 local M = {}
 
@@ -47,22 +48,28 @@ end
 -- ===== lag, read from the loop now and then =====
 
 local lag, lag_at, lag_due = {}, -math.huge, false -- consumer -> { events, seconds }
+local journal = {} -- database -> rows in its journal
 
 local function refresh(notifiers)
-  local fresh = {}
+  local fresh, jfresh = {}, {}
   for _, n in ipairs(notifiers) do
-    if n._consumer and n._started and not n._closed and not fresh[n._consumer] then
+    if n._consumer and n._started and not n._closed then
       local ok, down = pcall(n._h.status, n._h)
-      if ok and down == 0 then -- a lost connection is not waited for: its last figures stay
+      local up = ok and down == 0 -- a lost connection is not waited for: its last figures stay
+      if up and not fresh[n._consumer] then
         local okc, rows = pcall(n.consumers, n)
         for _, r in ipairs(okc and rows or {}) do
           if r.name == n._consumer then fresh[r.name] = { r.lag_events, r.lag_seconds } end
         end
       end
       fresh[n._consumer] = fresh[n._consumer] or lag[n._consumer]
+      if jfresh[n._target] == nil then -- false: no figure, now or before
+        jfresh[n._target] = up and catalog.journal_rows(n) or journal[n._target] or false
+      end
     end
   end
-  lag = fresh
+  lag, journal = fresh, {}
+  for db, rows in pairs(jfresh) do journal[db] = rows or nil end
 end
 
 -- ===== the text format =====
@@ -198,6 +205,14 @@ function M.render(notifiers)
     end
   end
   sort(snames)
+  local dbs = {}
+  for db in pairs(journal) do dbs[#dbs + 1] = db end
+  sort(dbs)
+  family(out, "sqlnotify_journal_rows", "gauge", "Rows in the database's journal (SQLite: its change log), every "
+    .. "consumer's; read every few seconds where a durable consumer of this process runs.")
+  for _, db in ipairs(dbs) do
+    out[#out + 1] = fmt('sqlnotify_journal_rows{database="%s"} %d\n', esc(db), journal[db])
+  end
   family(out, "sqlnotify_shares_held", "gauge", "Shares of its consumer group this process holds (PostgreSQL).")
   for _, name in ipairs(snames) do
     out[#out + 1] = fmt('sqlnotify_shares_held{consumer="%s"} %d\n', esc(name), shares[name])
