@@ -38,13 +38,6 @@ double my_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-double my_wall(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int my_conn_lost(unsigned e)
 {
     /* client errors (2000-2999) but "commands out of sync", which is ours; server shutdown,

@@ -41,8 +41,7 @@ void my_sb_qname(my_sbuf *b, const char *schema, const char *name); /* `schema`.
 void my_sb_lit(my_sbuf *b, const char *s, size_t n);                /* 'text', escaped */
 void my_sb_hex(my_sbuf *b, const char *s, size_t n);                /* lower-case hex digits */
 void my_sb_free(my_sbuf *b);
-/* Lower-case hex of s into a new string (NULL out of memory); the reverse, 0 or -1. */
-char *my_hex(const char *s, size_t n);
+/* Hex digits back into bytes: 0, or -1 when they are not hex. */
 int my_unhex(const char *hex, size_t n, my_sbuf *out);
 
 /* ===== the journal reader's position ===== */
@@ -158,7 +157,6 @@ MYSQL *my_connect_user(sn_conn *c, char *err, size_t errlen);
 int my_exec(sn_conn *c, MYSQL *m, const char *sql, size_t len, MYSQL_RES **res, char *err, size_t errlen);
 int my_query(sn_conn *c, const char *sql, int n, const char *const *texts, sn_result **out, char *err, size_t errlen);
 double my_now(void); /* monotonic seconds */
-double my_wall(void);
 int my_conn_lost(unsigned err); /* the error means the connection is gone */
 void my_conn_free(sn_conn *c);  /* finish a close asked for from inside deliver */
 

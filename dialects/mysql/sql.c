@@ -105,18 +105,6 @@ void my_sb_hex(my_sbuf *b, const char *s, size_t n)
     b->s[b->len] = '\0';
 }
 
-char *my_hex(const char *s, size_t n)
-{
-    my_sbuf b = {0};
-    my_sb_hex(&b, s, n);
-    my_sb_addn(&b, "", 0);
-    if (b.oom) {
-        my_sb_free(&b);
-        return NULL;
-    }
-    return b.s;
-}
-
 static int hexval(int ch)
 {
     if (ch >= '0' && ch <= '9') return ch - '0';
