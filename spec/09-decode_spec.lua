@@ -8,6 +8,7 @@ local sqlnotify = require("sqlnotify")
 local core = require("sqlnotify.core")
 
 local NULL = core.null
+local fmt = string.format
 
 -- A watch and its catalog as init.lua hands them to core.plan.
 local W = { schema = "s", table = "t", op = "update", pk = { 'a"b', "k" }, extra = { "f", "n", "by", "j", "txt", "é x" },
@@ -186,10 +187,30 @@ describe("the payload decoder", function()
           "nesting deeper than 64 at byte 106" },
       }
       for _, c in ipairs(cases) do
-        local ev, why = decode(c[1])
-        assert.are.same({ nil, c[2] }, { ev, why }, c[1])
+        local ev, why, newer = decode(c[1])
+        assert.are.same({ nil, c[2], false }, { ev, why, newer }, c[1])
       end
       assert.is_table(decode([[{"id": {"a\"b": 1, "k": "x"}, "x": {"j": ]] .. ("["):rep(64) .. ("]"):rep(64) .. "}}"))
+    end)
+
+    it('reads wire version 1, "v" absent or given; refuses a newer one naming the upgrade, and a bad one', function()
+      local base = event({ id = { 1, "x" }, key = { ['a"b'] = 1, k = "x" } })
+      assert_exact(base, decode([[{"id": {"a\"b": 1, "k": "x"}}]]))
+      assert_exact(base, decode([[{"v": 1, "id": {"a\"b": 1, "k": "x"}}]]))
+      assert_exact(base, decode([[{"id": {"a\"b": 1, "k": "x"}, "v":1}]]))
+      local newer = "it is in wire format version %d, and this sqlnotify-lua reads up to version 1: upgrade"
+        .. " sqlnotify-lua to the release of the writers' triggers"
+      for _, v in ipairs({ 2, 17, 1000000000 }) do
+        assert.are.same({ nil, newer:format(v), true }, { decode(fmt('{"v": %d, "id": {"a\\"b": 1, "k": "x"}}', v)) })
+        -- refused before the rest is read: a newer format may change what follows
+        assert.are.same({ nil, newer:format(v), true }, { decode(fmt('{"v": %d, "id": [], "new": {}}', v)) })
+      end
+      local bad = '"v" is not a wire format version (a whole number from 1)'
+      for _, v in ipairs({ "0", "-1", "1.0", "1e3", '"2"', "null", "true", "99999999999" }) do
+        assert.are.same({ nil, bad, false }, { decode('{"v": ' .. v .. ', "id": {"a\\"b": 1, "k": "x"}}') }, v)
+      end
+      assert.are.same({ nil, 'a duplicate key "v"', false },
+        { decode([[{"v": 1, "v": 1, "id": {"a\"b": 1, "k": "x"}}]]) })
     end)
 
     it("decodes or refuses each of 50,000 mutations of valid payloads, never raising, never accepting bad JSON", function()

@@ -135,6 +135,31 @@ describe("SQLite durable consumers", function()
     assert.are.equal(0, consumers(path).catchup.lag_events)
   end)
 
+  it("dead-letters an event of a newer wire version, naming the upgrade, and delivers the next one", function()
+    local path = fresh_db()
+    setup(path)
+    local p = track(reader(path, "newer"))
+    cli(path, "INSERT INTO items (k) VALUES (1);")
+    assert.is_true(wait_events(p, 1))
+    -- a writer of a later release: the same row's payload, in wire version 2
+    cli(path, "INSERT INTO sqlnotify_changes (channel, payload) SELECT channel, '{\"v\": 2, ' || substr(payload, 2)"
+      .. " FROM sqlnotify_changes WHERE seq = (SELECT max(seq) FROM sqlnotify_changes);"
+      .. " INSERT INTO items (k) VALUES (3);")
+    assert.is_true(wait_events(p, 2), p:stderr())
+    assert.are.same({ 1, 3 }, ks(events(p)))
+    assert.matches("cannot read insert on \"main\"%.\"items\": it is in wire format version 2, and this sqlnotify%-lua reads up"
+      .. " to version 1: upgrade sqlnotify%-lua to the release of the writers' triggers; dead%-lettered\n", p:stderr())
+    p:stop()
+    local sqlnotify = require("sqlnotify")
+    local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. path, use_logger = false })
+    local dl = assert(n:dead_letters{ consumer = "newer" })
+    n:close()
+    assert.are.equal(1, #dl)
+    assert.are.equal('{"v": 2, "id":{"id":1},"x":{"k":1}}', dl[1].payload)
+    assert.matches("^sqlnotify: it is in wire format version 2", dl[1].error)
+    assert.are.equal(0, dl[1].attempts)
+  end)
+
   it("starts a new consumer at the end or at the beginning of the change log", function()
     local path = fresh_db()
     setup(path)

@@ -154,6 +154,7 @@ typedef struct dec {
     int seen;         /* top-level keys read (K_*) */
     int found, unknown; /* the last column object: its plan columns present, other keys */
     int drift;        /* the columns carried are not the plan's: the table changed? */
+    int newer;        /* refused for a wire version newer than SN_WIRE_VERSION */
     char why[200];    /* the reason a payload is refused */
 } dec;
 
@@ -798,7 +799,28 @@ static int columns(dec *d, const target *t)
 /* Stack slots of l_decode. */
 enum { A_PLAN = 1, A_PAYLOAD, A_CHANNEL, A_TS, S_NAMES, S_EVENT, S_KEY, S_ID, S_EXTRA, S_OLD, S_OLDID, S_SCRATCH };
 
-enum { K_ID = 1, K_X = 2, K_O = 4, K_OID = 8, K_T = 16 };
+enum { K_ID = 1, K_X = 2, K_O = 4, K_OID = 8, K_T = 16, K_V = 32 };
+
+/* "v": the wire version, a whole number from 1 (absent: 1). A newer one is refused with a
+ * reason that names the upgrade, and d->newer set. */
+static int version(dec *d)
+{
+    ws(d);
+    long long v = 0;
+    const char *from = d->p;
+    while (d->p < d->end && *d->p >= '0' && *d->p <= '9' && v < 1000000000)
+        v = v * 10 + (*d->p++ - '0');
+    if (d->p == from || (d->p < d->end && (*d->p == '.' || *d->p == 'e' || *d->p == 'E' ||
+                                           (*d->p >= '0' && *d->p <= '9'))) || v < 1)
+        return bad(d, "\"v\" is not a wire format version (a whole number from 1)");
+    if (v > SN_WIRE_VERSION) {
+        d->newer = 1;
+        return bad(d, "it is in wire format version %lld, and this sqlnotify-lua reads up to version %d: upgrade "
+                      "sqlnotify-lua to the release of the writers' triggers",
+                   v, SN_WIRE_VERSION);
+    }
+    return 1;
+}
 
 /* The top-level object: 1, 2 when truncated, 0 malformed. */
 static int payload(dec *d)
@@ -822,6 +844,7 @@ static int payload(dec *d)
                         : klen == 1 && *k == 'o'                 ? K_O
                         : klen == 3 && memcmp(k, "oid", 3) == 0 ? K_OID
                         : klen == 1 && *k == 't'                 ? K_T
+                        : klen == 1 && *k == 'v'                 ? K_V
                                                                  : 0;
             if (which == 0) {
                 char name[200];
@@ -833,7 +856,7 @@ static int payload(dec *d)
                 return 0;
             if (seen & which)
                 return bad(d, "a duplicate key \"%s\"", which == K_ID ? "id" : which == K_X ? "x" : which == K_O ? "o"
-                                                        : which == K_OID ? "oid" : "t");
+                                                        : which == K_OID ? "oid" : which == K_T ? "t" : "v");
             seen |= which;
             if (!expect(d, ':'))
                 return bad_syntax(d, "a missing ':'");
@@ -855,6 +878,10 @@ static int payload(dec *d)
                 }
                 t = (target){"oid", 0, pl->npk, 0, S_OLDID, 1, 0, pl->npk};
                 break;
+            case K_V:
+                if (!version(d))
+                    return 0;
+                continue;
             case K_T:
                 ws(d);
                 if (d->end - d->p >= 4 && memcmp(d->p, "true", 4) == 0) {
@@ -904,7 +931,8 @@ static void set_field(lua_State *L, int ev, int u, int v)
     lua_rawset(L, ev);
 }
 
-/* core.decode(plan, payload, channel, timestamp) -> event | nil, reason */
+/* core.decode(plan, payload, channel, timestamp) -> event | nil, reason, newer (true: refused for a
+ * wire version newer than this release's) */
 static int l_decode(lua_State *L)
 {
     /* luaL_checkudata's registry lookup by name, without the lookup: same check */
@@ -939,11 +967,13 @@ static int l_decode(lua_State *L)
     d.seen = 0;
     d.drift = 0;
     d.why[0] = '\0';
+    d.newer = 0;
     int r = payload(&d);
     if (r == 0) {
         lua_pushnil(L);
         lua_pushstring(L, d.why);
-        return 2;
+        lua_pushboolean(L, d.newer);
+        return 3;
     }
     lua_settop(L, S_OLDID);
     int truncated = r == 2;

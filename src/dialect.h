@@ -25,6 +25,9 @@ enum sn_op { SN_INSERT = 0, SN_UPDATE = 1, SN_DELETE = 2 };
 enum sn_level { SN_LOG_ERROR = 0, SN_LOG_WARN = 1, SN_LOG_INFO = 2, SN_LOG_DEBUG = 3 };
 enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
 
+/* The wire format version this release writes and reads (and every one before it). */
+#define SN_WIRE_VERSION 1
+
 /* ===== the wire format: the one description every part follows =====
  *
  * Trigger payload (every dialect; the PostgreSQL and SQLite trigger generators, the
@@ -41,6 +44,13 @@ enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
  *   "t":   true                   truncated: the row did not fit the notification limit
  *                                 (or the trigger could not encode it); only "id" (and
  *                                 "oid") is sent. Omitted otherwise.
+ *   "v":   2                      the wire version, a whole number: absent means 1, and
+ *                                 nothing sends it while the format is version 1 (no byte
+ *                                 on the wire). A writer that changes the format sends the
+ *                                 new number, as the first key; a reader refuses a number
+ *                                 above its own
+ *                                 SN_WIRE_VERSION, naming the upgrade (a durable consumer
+ *                                 dead-letters the event, so an upgraded reader replays it).
  *
  * Any other top-level key, a duplicate key, a non-object where an object is due, or a
  * key column missing from "id" makes the payload malformed: logged and skipped.

@@ -824,7 +824,9 @@ M._event_meta = EventMeta
 
 function Notifier:_event(w, channel, payload, ts)
   local ev, why, drift = decode(w.plan or self:_plan(w), payload, channel, ts)
-  if not ev then
+  if not ev and drift then -- a newer wire version: this release cannot read it (nil, the reason)
+    return nil, why
+  elseif not ev then
     self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
     return nil
   end
@@ -834,6 +836,33 @@ function Notifier:_event(w, channel, payload, ts)
     if #w.gone == 0 then self:_warn_truncated(w, channel, ts) end -- else the gone column is what was said
   end
   return setmetatable(ev, EventMeta)
+end
+
+local ERROR_LOG_INTERVAL = 10 -- seconds between two reports of one handler's failures (or of one
+-- table's unreadable events)
+
+-- An event in a wire version newer than this release reads: said at error level (once per
+-- interval, with a count), and a durable consumer's is dead-lettered with the reason, so that
+-- an upgraded process replays it (--dead-letters lists it) instead of its being lost.
+function Notifier:_newer(w, channel, seq, payload, why)
+  local dead_ok, dead_err
+  if seq and self._durable then
+    local lock = self._qlock
+    if lock and (lock.busy or lock.owner) then
+      dead_err = "the query connection is a handler's now"
+    else
+      dead_ok, dead_err = dead.write(self, self._consumer, channel, seq, payload, "sqlnotify: " .. why, 0)
+    end
+  end
+  local state = w.newer_said or { what = fmt("reading %s on %s (a newer wire version)", w.op, w.name) }
+  w.newer_said = state
+  local suppressed = rate_limit(state, core.now(), ERROR_LOG_INTERVAL, self._reports)
+  if suppressed then
+    self:_log_with({ table = w.name, operation = w.op, error = why }, "error", "cannot read %s on %s%s: %s%s", w.op,
+      w.name, suppressed > 0 and fmt(" (and %d more since the last report)", suppressed) or "", why,
+      dead_ok and "; dead-lettered" or dead_err and "; it could not be dead-lettered, and is skipped: "
+      .. tostring(dead_err) or "; skipped (live)")
+  end
 end
 
 local RECHECK_INTERVAL = 5 -- seconds between two reads of a table's columns that its events prompt
@@ -931,7 +960,6 @@ end
 
 local function by_seq(a, b) return a.seq < b.seq end
 
-local ERROR_LOG_INTERVAL = 10 -- seconds between two reports of one handler's failures
 
 -- The error a handler raised, beside the traceback xpcall returns.
 local raised
@@ -1238,7 +1266,8 @@ function Notifier:_dispatch(batch, n, ts, seqs, written)
     local wat = written and written[(i + 1) // 2]
     local finished
     if chan and (chan.n > 0 or chan.nb > 0) and self._started then
-      local ev = self:_event(w, w.channel, batch[i + 1], ts)
+      local ev, newer = self:_event(w, w.channel, batch[i + 1], ts)
+      if newer then self:_newer(w, channel, seq, batch[i + 1], newer) end
       local bsubs = ev and chan.nb > 0 and self:_batch_matching(chan, w, ev, {})
       if bsubs and #bsubs > 0 then -- batch subscriptions take it too: its record waits for them
         w.mc.delivered = w.mc.delivered + 1
