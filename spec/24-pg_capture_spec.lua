@@ -54,7 +54,7 @@ local TYPE_COLS = { "i2", "i4", "i8", "o", "f4", "f8", "n", "n2", "b", "t", "vc"
   "ts", "tz", "tm", "ttz", "iv", "by", "j", "dn", "db", "df", "dt" }
 
 -- The watcher: arg[1] url, arg[2] consumer ("-": live mode), arg[3] the tables' prefix ("c" or "p"). Prints
--- "E <table> <event>" for each event, the event without channel, timestamp, seq and table.
+-- "E <table> <event>" for each event, the event without channel, timestamp, written_at, seq and table.
 local HOST = "local SER = [==[" .. SER .. "]==]\n" .. [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
@@ -66,7 +66,7 @@ local n = assert(sqlnotify.notifier{ url = url, consumer = durable and consumer 
 local function show(ev)
   local copy = {}
   for k, v in pairs(ev) do
-    if k ~= "channel" and k ~= "timestamp" and k ~= "seq" and k ~= "table" then copy[k] = v end
+    if k ~= "channel" and k ~= "timestamp" and k ~= "written_at" and k ~= "seq" and k ~= "table" then copy[k] = v end
   end
   io.write("E ", ev.table, " ", ser(copy), "\n")
 end
