@@ -32,6 +32,8 @@ HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
 # Each driver is a folder: dialects/<name>/x.c -> $(BUILD)/<name>-x.o
 PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dialects/postgresql/*.c))
+# SQL kept as .sql data: dialects/<name>/x.sql -> the C string <name>_x_sql in $(BUILD)/<name>-x-sql.o
+PG_OBJS     += $(patsubst dialects/postgresql/%.sql,$(BUILD)/pg-%-sql.o,$(wildcard dialects/postgresql/*.sql))
 SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 OBJS += $(BUILD)/sdnotify.o
@@ -82,6 +84,13 @@ $(BUILD)/%.o: src/%.c $(HEADERS) src/clients.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) $(CLIENT_CFLAGS) -c -o $@ $<
 
 $(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h $(CONFIG_FILE)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/pg-%-sql.c: dialects/postgresql/%.sql tools/embed.sh
+	@mkdir -p $(BUILD)
+	sh tools/embed.sh pg_$(subst -,_,$*)_sql $< >$@.tmp && mv $@.tmp $@
+
+$(BUILD)/pg-%-sql.o: $(BUILD)/pg-%-sql.c $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h $(CONFIG_FILE)
