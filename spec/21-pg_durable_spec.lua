@@ -661,3 +661,52 @@ print("ready")
     assert.are.equal(0, journal_rows("t8"))
   end)
 end)
+
+describe("PostgreSQL journal upgrade", function()
+  -- A database of its own, made from spec/support/journal-6.sql, dropped after.
+  local DB = "sqlnotify_check_j6"
+  local url = H.pg_url:gsub("^(postgresql://[^/]*/)[^?]*", "%1" .. DB)
+  local function admin(stmt) return H.psql(stmt) end
+  local function drop_db()
+    admin(fmt("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'", DB))
+    admin("DROP DATABASE IF EXISTS " .. DB)
+  end
+  local p
+  before_each(function()
+    drop_db()
+    admin("CREATE DATABASE " .. DB)
+  end)
+  after_each(function()
+    if p and not p:exited() then p:kill("KILL") p:wait() end
+    drop_db()
+  end)
+
+  it("brings a journal-6 database to this release's: the rows written before are read once, in order", function()
+    H.psql(H.slurp(H.root .. "/spec/support/journal-6.sql"), url)
+    -- that release's consumer, registered and behind by what its triggers write now
+    H.psql("SELECT * FROM sqlnotify.register('j6', false, 16, 3600);"
+      .. " INSERT INTO spec_j6.items VALUES (1, 10), (2, 20); UPDATE spec_j6.items SET k = 11 WHERE id = 1;", url)
+    assert.are.equal("sqlnotify journal 6", H.psql("SELECT obj_description('sqlnotify'::regnamespace)", url):match("[^\n]+"))
+    p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local n = assert(sqlnotify.notifier{ url = arg[1], consumer = "j6" })
+      for _, op in ipairs({ "insert", "update" }) do
+        n:watch("spec_j6.items", op, { extra_columns = { "k" } })
+        n:subscribe("spec_j6.items", op, function(ev)
+          print(string.format("%s %d %d %s", op, ev.id, ev.extra_columns.k, ev.written_at and "at" or "-"))
+        end)
+      end
+      assert(n:start())
+      print("ready")
+    ]], { url })
+    assert.is_true(p:wait_for("ready\n", 20), p:stderr())
+    H.psql("INSERT INTO spec_j6.items VALUES (3, 30)", url)
+    assert.is_true(p:wait_for("insert 3 30", 20), p:stdout() .. p:stderr())
+    H.sleep(0.3)
+    p:stop()
+    assert.are.equal("insert 1 10 at\ninsert 2 20 at\nupdate 1 11 at\ninsert 3 30 at\n", p:stdout():gsub("ready\n", ""))
+    assert.matches('consumer "j6" starts 3 event%(s%) behind', p:stderr())
+    assert.are.equal("sqlnotify journal 10", H.psql("SELECT obj_description('sqlnotify'::regnamespace)", url):match("[^\n]+"))
+  end)
+end)
