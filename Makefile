@@ -36,6 +36,7 @@ PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dia
 PG_OBJS     += $(patsubst dialects/postgresql/%.sql,$(BUILD)/pg-%-sql.o,$(wildcard dialects/postgresql/*.sql))
 SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
+OBJS += $(BUILD)/sbuf.o
 OBJS += $(BUILD)/sdnotify.o
 OBJS += $(BUILD)/log.o
 OBJS += $(BUILD)/metrics.o

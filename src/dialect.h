@@ -401,6 +401,27 @@ static inline int sn_watch_durable(const sn_watch *w)
     return w->capture != NULL && strcmp(w->capture, "live") != 0;
 }
 
+/* ===== the driver kit: what every driver uses, written once ===== */
+
+/* A growing string for generated SQL and messages (src/sbuf.c). {0} is empty; p is NUL
+ * terminated once anything was added. The first failure sticks in fail (out of memory, or
+ * what sn_sb_fail was told) and makes every later call a no-op: check it once, at the end.
+ * No length is capped. sn_sb_free releases p and empties it. */
+typedef struct sn_sbuf {
+    char *p;
+    size_t len, cap;
+    const char *fail;
+} sn_sbuf;
+
+void sn_sb_addn(sn_sbuf *b, const char *s, size_t n);
+void sn_sb_add(sn_sbuf *b, const char *s); /* s NULL: nothing (a part that failed says so itself) */
+void sn_sb_addf(sn_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sn_sb_fail(sn_sbuf *b, const char *why); /* a static reason, kept when it is the first; NULL: none */
+/* Room for more bytes and a NUL after len, for a writer that fills p itself (then moves len
+ * and writes the NUL): 0, or -1 when the string has failed. */
+int sn_sb_reserve(sn_sbuf *b, size_t more);
+void sn_sb_free(sn_sbuf *b);
+
 static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
 {
     char buf[1024];

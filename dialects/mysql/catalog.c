@@ -160,10 +160,10 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
 {
     if (c->journal_ok)
         return 0;
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     int rc = 0;
     /* created_at is UTC whatever the writer's time_zone, and has no year-2038 limit. */
-    my_sb_addf(&b,
+    sn_sb_addf(&b,
                "CREATE TABLE IF NOT EXISTS %s ("
                " id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
                " channel VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
@@ -172,10 +172,10 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
                ") ENGINE=InnoDB COMMENT='sqlnotify: the change journal its triggers write'",
                c->journal);
     if (first_id > 1)
-        my_sb_addf(&b, " AUTO_INCREMENT = %lld", (long long)first_id);
-    rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+        sn_sb_addf(&b, " AUTO_INCREMENT = %lld", (long long)first_id);
+    rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
     b.len = 0;
-    my_sb_addf(&b,
+    sn_sb_addf(&b,
                "CREATE TABLE IF NOT EXISTS %s ("
                " name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,"
                " pos BIGINT NOT NULL,"
@@ -187,39 +187,39 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
                ") ENGINE=InnoDB COMMENT='sqlnotify: where each durable consumer stands in the journal'",
                c->consumers);
     if (rc == 0)
-        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+        rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
     /* tables made by earlier versions: the column added (one that is there already, 1060,
      * is fine; MySQL has no ADD COLUMN IF NOT EXISTS) */
     b.len = 0;
-    my_sb_addf(&b, "ALTER TABLE %s ADD COLUMN retention DOUBLE NULL", c->consumers);
-    if (rc == 0 && !b.oom && my_exec(c, c->q, b.s, b.len, NULL, err, errlen) < 0 && mysql_errno(c->q) != 1060)
+    sn_sb_addf(&b, "ALTER TABLE %s ADD COLUMN retention DOUBLE NULL", c->consumers);
+    if (rc == 0 && !b.fail && my_exec(c, c->q, b.p, b.len, NULL, err, errlen) < 0 && mysql_errno(c->q) != 1060)
         rc = -1;
     b.len = 0;
-    my_sb_addf(&b,
+    sn_sb_addf(&b,
                "CREATE TABLE IF NOT EXISTS %s (id TINYINT NOT NULL PRIMARY KEY, below BIGINT NOT NULL)"
                " ENGINE=InnoDB COMMENT='sqlnotify: journal rows below this id may have been pruned'",
                c->pruned);
     if (rc == 0)
-        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
+        rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
     /* the channels each consumer reads (its captures', and the plain ones an older release's
      * triggers wrote), so that its lag counts its own tables' rows only */
     b.len = 0;
-    my_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
+    sn_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
     my_sb_qname(&b, c->p.db, MY_READS);
-    my_sb_add(&b, " (consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
+    sn_sb_add(&b, " (consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
                   " channel VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
                   " PRIMARY KEY (consumer, channel)) ENGINE=InnoDB"
                   " COMMENT='sqlnotify: the channels each durable consumer reads'");
     if (rc == 0)
-        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
-    if (b.oom)
+        rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+    if (b.fail)
         sn_seterr(err, errlen, "out of memory");
     else if (rc < 0) {
         char why[512];
         snprintf(why, sizeof why, "%s", err);
         sn_seterr(err, errlen, "cannot create the journal tables in database \"%s\": %s", c->p.db, why);
     }
-    my_sb_free(&b);
+    sn_sb_free(&b);
     c->journal_ok = rc == 0;
     return rc;
 }

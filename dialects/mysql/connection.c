@@ -615,14 +615,14 @@ static int d_notify(sn_conn *c, const char *channel, const char *payload, size_t
     (void)overflow; /* the journal holds any size: there is no overflow table */
     if (my_journal_ensure(c, err, errlen) < 0)
         return -1;
-    my_sbuf b = {0};
-    my_sb_addf(&b, "INSERT INTO %s (channel, payload) VALUES (", c->journal);
+    sn_sbuf b = {0};
+    sn_sb_addf(&b, "INSERT INTO %s (channel, payload) VALUES (", c->journal);
     my_sb_lit(&b, channel, strlen(channel));
-    my_sb_add(&b, ", ");
+    sn_sb_add(&b, ", ");
     my_sb_lit(&b, payload, len);
-    my_sb_add(&b, ")");
-    int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
-    my_sb_free(&b);
+    sn_sb_add(&b, ")");
+    int rc = b.fail ? (sn_seterr(err, errlen, "out of memory"), -1) : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+    sn_sb_free(&b);
     return rc;
 }
 
@@ -653,15 +653,15 @@ static sn_conn *d_open(const char *url, struct ev_loop *loop, const sn_sink *sin
         sn_seterr(err, errlen, "out of memory");
         goto fail;
     }
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     my_sb_qname(&b, c->p.db, MY_JOURNAL);
-    c->journal = b.s;
+    c->journal = b.p;
     memset(&b, 0, sizeof b);
     my_sb_qname(&b, c->p.db, MY_CONSUMERS);
-    c->consumers = b.s;
+    c->consumers = b.p;
     memset(&b, 0, sizeof b);
     my_sb_qname(&b, c->p.db, MY_PRUNED);
-    c->pruned = b.s;
+    c->pruned = b.p;
     if (!c->journal || !c->consumers || !c->pruned) {
         sn_seterr(err, errlen, "out of memory");
         goto fail;

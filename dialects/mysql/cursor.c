@@ -93,14 +93,14 @@ void my_state_free(my_state *s)
 
 int64_t my_state_low(const my_state *s) { return s->n > 0 ? s->r[0].lo : s->high + 1; }
 
-void my_state_pending_text(const my_state *s, my_sbuf *b)
+void my_state_pending_text(const my_state *s, sn_sbuf *b)
 {
-    my_sb_addn(b, "", 0);
+    sn_sb_addn(b, "", 0);
     for (int i = 0; i < s->n; i++) {
         if (s->r[i].lo == s->r[i].hi)
-            my_sb_addf(b, "%s%lld", i ? "," : "", (long long)s->r[i].lo);
+            sn_sb_addf(b, "%s%lld", i ? "," : "", (long long)s->r[i].lo);
         else
-            my_sb_addf(b, "%s%lld-%lld", i ? "," : "", (long long)s->r[i].lo, (long long)s->r[i].hi);
+            sn_sb_addf(b, "%s%lld-%lld", i ? "," : "", (long long)s->r[i].lo, (long long)s->r[i].hi);
     }
 }
 
@@ -139,12 +139,12 @@ bad:
 
 int my_state_at_end(sn_conn *c, my_state *s, char *err, size_t errlen)
 {
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     MYSQL_RES *res = NULL;
-    my_sb_addf(&b, "SELECT id FROM %s WHERE id > (SELECT COALESCE(MAX(id), 0) - %d FROM %s) ORDER BY id", c->journal,
+    sn_sb_addf(&b, "SELECT id FROM %s WHERE id > (SELECT COALESCE(MAX(id), 0) - %d FROM %s) ORDER BY id", c->journal,
                START_WINDOW, c->journal);
-    int rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, &res, err, errlen);
-    my_sb_free(&b);
+    int rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, &res, err, errlen);
+    sn_sb_free(&b);
     if (rc < 0)
         return -1;
     my_state_free(s);
@@ -170,13 +170,13 @@ int my_state_at_end(sn_conn *c, my_state *s, char *err, size_t errlen)
 
 void my_lock_name(sn_conn *c, const char *consumer, char out[65])
 {
-    my_sbuf b = {0};
-    my_sb_add(&b, c->p.db);
-    my_sb_addn(&b, "", 1);
-    my_sb_add(&b, consumer);
+    sn_sbuf b = {0};
+    sn_sb_add(&b, c->p.db);
+    sn_sb_addn(&b, "", 1);
+    sn_sb_add(&b, consumer);
     snprintf(out, 65, "sqlnotify:consumer:%016llx",
-             (unsigned long long)sn_hash64(b.s ? b.s : "", b.s ? b.len : 0, 0));
-    my_sb_free(&b);
+             (unsigned long long)sn_hash64(b.p ? b.p : "", b.p ? b.len : 0, 0));
+    sn_sb_free(&b);
 }
 
 int my_consumer_register(sn_conn *c, char *err, size_t errlen)
@@ -185,39 +185,39 @@ int my_consumer_register(sn_conn *c, char *err, size_t errlen)
     const char *args[4] = {c->consumer};
     if (my_journal_ensure(c, err, errlen) < 0)
         return -1;
-    my_sbuf sql = {0};
-    my_sb_addf(&sql, "SELECT pos FROM %s WHERE name = ?", c->consumers);
-    int rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+    sn_sbuf sql = {0};
+    sn_sb_addf(&sql, "SELECT pos FROM %s WHERE name = ?", c->consumers);
+    int rc = sql.fail ? -1 : my_query(c, sql.p, 1, args, &r, err, errlen);
     int exists = rc == 0 && r->nrows > 0;
     sn_result_free(r);
     r = NULL;
     if (rc < 0 || exists) {
-        my_sb_free(&sql);
+        sn_sb_free(&sql);
         return rc;
     }
     my_state s = {0};
     if (!c->start_beginning && my_state_at_end(c, &s, err, errlen) < 0) {
-        my_sb_free(&sql);
+        sn_sb_free(&sql);
         return -1;
     }
     char pos[24], low[24];
-    my_sbuf pending = {0};
+    sn_sbuf pending = {0};
     my_state_pending_text(&s, &pending);
     snprintf(pos, sizeof pos, "%lld", (long long)s.high);
     snprintf(low, sizeof low, "%lld", (long long)my_state_low(&s));
     args[1] = pos;
-    args[2] = pending.s ? pending.s : "";
+    args[2] = pending.p ? pending.p : "";
     args[3] = low;
     sql.len = 0;
-    my_sb_addf(&sql, "INSERT IGNORE INTO %s (name, pos, pending, low, retention) VALUES (?, ?, ?, ?, %.3f)",
+    sn_sb_addf(&sql, "INSERT IGNORE INTO %s (name, pos, pending, low, retention) VALUES (?, ?, ?, ?, %.3f)",
                c->consumers, c->consumer_retention);
-    rc = sql.oom || pending.oom ? -1 : my_query(c, sql.s, 4, args, &r, err, errlen);
+    rc = sql.fail || pending.fail ? -1 : my_query(c, sql.p, 4, args, &r, err, errlen);
     if (rc == 0)
         sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is new: it starts at the %s of the journal (id %lld)",
                 c->consumer, c->start_beginning ? "beginning" : "end", (long long)s.high);
     sn_result_free(r);
-    my_sb_free(&sql);
-    my_sb_free(&pending);
+    sn_sb_free(&sql);
+    sn_sb_free(&pending);
     my_state_free(&s);
     return rc;
 }
@@ -230,28 +230,27 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
     *out = NULL;
     if (my_journal_ensure(c, err, errlen) < 0)
         return -1;
-    my_sbuf sql = {0};
+    sn_sbuf sql = {0};
     MYSQL_RES *res = NULL;
     /* a consumer's own rows: on the channels it recorded (one of a release that recorded none:
      * every row) */
-    my_sbuf own = {0}, reads = {0};
+    sn_sbuf own = {0}, reads = {0};
     my_sb_qname(&reads, c->p.db, MY_READS);
-    my_sb_addf(&own,
+    sn_sb_addf(&own,
                "j.id > c.pos AND (j.channel IN (SELECT r.channel FROM %s r WHERE r.consumer = c.name)"
                " OR NOT EXISTS (SELECT 1 FROM %s r WHERE r.consumer = c.name))",
-               reads.s ? reads.s : "", reads.s ? reads.s : "");
-    my_sb_addf(&sql,
+               reads.p ? reads.p : "", reads.p ? reads.p : "");
+    sn_sb_addf(&sql,
                "SELECT c.name, (SELECT COUNT(*) FROM %s j WHERE %s),"
                " COALESCE(TIMESTAMPDIFF(MICROSECOND, (SELECT MIN(j.created_at) FROM %s j WHERE %s),"
                " UTC_TIMESTAMP(6)) / 1e6, 0),"
                " DATE_FORMAT(c.last_seen, '%%Y-%%m-%%dT%%H:%%i:%%s.%%fZ') FROM %s c ORDER BY c.name",
-               c->journal, own.s ? own.s : "", c->journal, own.s ? own.s : "", c->consumers);
-    if (own.oom || reads.oom)
-        sql.oom = 1;
-    my_sb_free(&own);
-    my_sb_free(&reads);
-    int rc = sql.oom ? -1 : my_exec(c, c->q, sql.s, sql.len, &res, err, errlen);
-    my_sb_free(&sql);
+               c->journal, own.p ? own.p : "", c->journal, own.p ? own.p : "", c->consumers);
+    sn_sb_fail(&sql, own.fail ? own.fail : reads.fail);
+    sn_sb_free(&own);
+    sn_sb_free(&reads);
+    int rc = sql.fail ? -1 : my_exec(c, c->q, sql.p, sql.len, &res, err, errlen);
+    sn_sb_free(&sql);
     if (rc < 0)
         return -1;
     sn_result *r = sn_result_new(5);
@@ -263,17 +262,17 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
         char lock[65], members[4] = "0", lag[48];
         my_lock_name(c, row[0], lock);
         MYSQL_RES *lr = NULL;
-        my_sbuf q = {0};
-        my_sb_add(&q, "SELECT IS_USED_LOCK(");
+        sn_sbuf q = {0};
+        sn_sb_add(&q, "SELECT IS_USED_LOCK(");
         my_sb_lit(&q, lock, strlen(lock));
-        my_sb_add(&q, ")");
-        if (!q.oom && my_exec(c, c->q, q.s, q.len, &lr, err, errlen) == 0) {
+        sn_sb_add(&q, ")");
+        if (!q.fail && my_exec(c, c->q, q.p, q.len, &lr, err, errlen) == 0) {
             MYSQL_ROW l = mysql_fetch_row(lr);
             if (l && l[0])
                 members[0] = '1';
             mysql_free_result(lr);
         }
-        my_sb_free(&q);
+        sn_sb_free(&q);
         snprintf(lag, sizeof lag, "%.3f", row[2] ? atof(row[2]) : 0.0);
         sn_value *cells = sn_result_row(r);
         ok = cells && text_cell(&cells[0], row[0]) == 0 && text_cell(&cells[1], row[1]) == 0 &&
@@ -293,15 +292,15 @@ int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen)
 int my_read_before(sn_conn *c, const char *channel)
 {
     char err[256];
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     sn_result *r = NULL;
     const char *args[2] = {c->consumer, channel};
-    my_sb_add(&b, "SELECT 1 FROM ");
+    sn_sb_add(&b, "SELECT 1 FROM ");
     my_sb_qname(&b, c->p.db, MY_READS);
-    my_sb_add(&b, " WHERE consumer = ? AND channel = ?");
-    int yes = !b.oom && my_query(c, b.s, 2, args, &r, err, sizeof err) == 0 && r->nrows > 0;
+    sn_sb_add(&b, " WHERE consumer = ? AND channel = ?");
+    int yes = !b.fail && my_query(c, b.p, 2, args, &r, err, sizeof err) == 0 && r->nrows > 0;
     sn_result_free(r);
-    my_sb_free(&b);
+    sn_sb_free(&b);
     return yes;
 }
 
@@ -322,16 +321,16 @@ void my_capture_unused(sn_conn *c, const char *channel, const char *forget_for)
         sn_logf(&c->sink, SN_LOG_INFO, "dropped %d trigger(s) of capture %s, which no consumer reads any more", n,
                 channel);
     if (forget_for) {
-        my_sbuf b = {0};
+        sn_sbuf b = {0};
         sn_result *r = NULL;
         const char *args[2] = {forget_for, channel};
-        my_sb_add(&b, "DELETE FROM ");
+        sn_sb_add(&b, "DELETE FROM ");
         my_sb_qname(&b, c->p.db, MY_READS);
-        my_sb_add(&b, " WHERE consumer = ? AND channel = ?");
-        if (!b.oom)
-            my_query(c, b.s, 2, args, &r, err, sizeof err);
+        sn_sb_add(&b, " WHERE consumer = ? AND channel = ?");
+        if (!b.fail)
+            my_query(c, b.p, 2, args, &r, err, sizeof err);
         sn_result_free(r);
-        my_sb_free(&b);
+        sn_sb_free(&b);
     }
 }
 
@@ -339,11 +338,11 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
 {
     if (my_journal_ensure(c, err, errlen) < 0)
         return -1;
-    my_sbuf sql = {0};
+    sn_sbuf sql = {0};
     sn_result *r = NULL;
     const char *args[1] = {name};
-    my_sb_addf(&sql, "SELECT name FROM %s WHERE name = ?", c->consumers);
-    int rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+    sn_sb_addf(&sql, "SELECT name FROM %s WHERE name = ?", c->consumers);
+    int rc = sql.fail ? -1 : my_query(c, sql.p, 1, args, &r, err, errlen);
     int found = rc == 0 && r->nrows > 0;
     sn_result_free(r);
     r = NULL;
@@ -363,34 +362,34 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
     }
     if (rc == 0 && found == 1) {
         sql.len = 0;
-        my_sb_add(&sql, "SELECT r.channel FROM ");
+        sn_sb_add(&sql, "SELECT r.channel FROM ");
         my_sb_qname(&sql, c->p.db, MY_READS);
-        my_sb_add(&sql, " r WHERE r.consumer = ? AND r.channel REGEXP '#[0-9a-f]{12}$' AND NOT EXISTS (SELECT 1 FROM ");
+        sn_sb_add(&sql, " r WHERE r.consumer = ? AND r.channel REGEXP '#[0-9a-f]{12}$' AND NOT EXISTS (SELECT 1 FROM ");
         my_sb_qname(&sql, c->p.db, MY_READS);
-        my_sb_add(&sql, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
-        rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &only, err, errlen);
+        sn_sb_add(&sql, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
+        rc = sql.fail ? -1 : my_query(c, sql.p, 1, args, &only, err, errlen);
     }
     if (rc == 0 && found) {
         found = 1;
         sql.len = 0;
-        my_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
-        rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+        sn_sb_addf(&sql, "DELETE FROM %s WHERE name = ?", c->consumers);
+        rc = sql.fail ? -1 : my_query(c, sql.p, 1, args, &r, err, errlen);
         sn_result_free(r);
         r = NULL;
         sql.len = 0;
-        my_sb_add(&sql, "DELETE FROM ");
+        sn_sb_add(&sql, "DELETE FROM ");
         my_sb_qname(&sql, c->p.db, MY_READS);
-        my_sb_add(&sql, " WHERE consumer = ?");
+        sn_sb_add(&sql, " WHERE consumer = ?");
         if (rc == 0)
-            rc = sql.oom ? -1 : my_query(c, sql.s, 1, args, &r, err, errlen);
+            rc = sql.fail ? -1 : my_query(c, sql.p, 1, args, &r, err, errlen);
         sn_result_free(r);
     }
     for (int i = 0; rc == 0 && only && i < only->nrows; i++)
         if (only->cells[i].type == SN_TEXT)
             my_capture_unused(c, only->cells[i].s, NULL);
     sn_result_free(only);
-    if (sql.oom)
+    if (sql.fail)
         sn_seterr(err, errlen, "out of memory");
-    my_sb_free(&sql);
+    sn_sb_free(&sql);
     return rc < 0 ? -1 : found;
 }

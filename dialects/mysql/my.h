@@ -25,24 +25,14 @@
 #define MY_PRUNED "sqlnotify_pruned"
 #define MY_READS "sqlnotify_reads" /* the channels each consumer reads, for its lag */
 
-/* ===== SQL text ===== */
+/* ===== SQL text: MySQL's quoting into the kit's string (sn_sbuf, src/dialect.h) ===== */
 
-typedef struct my_sbuf {
-    char *s;
-    size_t len, cap;
-    int oom;
-} my_sbuf;
-
-void my_sb_add(my_sbuf *b, const char *s);
-void my_sb_addn(my_sbuf *b, const char *s, size_t n);
-void my_sb_addf(my_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void my_sb_ident(my_sbuf *b, const char *name);                     /* `name`, backticks doubled */
-void my_sb_qname(my_sbuf *b, const char *schema, const char *name); /* `schema`.`name` */
-void my_sb_lit(my_sbuf *b, const char *s, size_t n);                /* 'text', escaped */
-void my_sb_hex(my_sbuf *b, const char *s, size_t n);                /* lower-case hex digits */
-void my_sb_free(my_sbuf *b);
+void my_sb_ident(sn_sbuf *b, const char *name);                     /* `name`, backticks doubled */
+void my_sb_qname(sn_sbuf *b, const char *schema, const char *name); /* `schema`.`name` */
+void my_sb_lit(sn_sbuf *b, const char *s, size_t n);                /* 'text', escaped */
+void my_sb_hex(sn_sbuf *b, const char *s, size_t n);                /* lower-case hex digits */
 /* Hex digits back into bytes: 0, or -1 when they are not hex. */
-int my_unhex(const char *hex, size_t n, my_sbuf *out);
+int my_unhex(const char *hex, size_t n, sn_sbuf *out);
 
 /* ===== the journal reader's position ===== */
 
@@ -67,7 +57,7 @@ void my_state_free(my_state *s);
 /* The lowest id the state still waits for: the first pending id, else high + 1. */
 int64_t my_state_low(const my_state *s);
 /* "lo-hi,id,..." */
-void my_state_pending_text(const my_state *s, my_sbuf *b);
+void my_state_pending_text(const my_state *s, sn_sbuf *b);
 int my_state_parse_pending(my_state *s, const char *text, double now);
 /* The end of the journal: the last visible id, with the gaps among the last ids as
  * pending (rows that may still commit). 0, or -1 and err. */
@@ -90,7 +80,7 @@ typedef struct my_reader {
     ev_timer timeout;    /* the connector's own timeouts */
     ev_timer tick;       /* the next poll, lock attempt or reconnect */
     int next;            /* which of them */
-    my_sbuf sql;         /* the statement in flight */
+    sn_sbuf sql;         /* the statement in flight */
 
     my_state st;         /* where we stand (durable: also what is saved) */
     int started;         /* st holds a start position */

@@ -144,9 +144,9 @@ static void exec(sn_conn *c, void (*done)(sn_conn *, int))
         mysql_free_result(r->res);
         r->res = NULL;
     }
-    if (r->sql.oom) {
+    if (r->sql.fail) {
         sn_logf(&c->sink, SN_LOG_ERROR, "journal reader: out of memory");
-        r->sql.oom = 0;
+        r->sql.fail = NULL;
         r->sql.len = 0;
         r->next = NEXT_POLL;
         ev_timer_set(&r->tick, 1.0, 0.);
@@ -155,7 +155,7 @@ static void exec(sn_conn *c, void (*done)(sn_conn *, int))
     }
     r->call = CALL_QUERY;
     r->done = done;
-    advance(c, mysql_real_query_start(&r->ret_int, r->m, r->sql.s, r->sql.len));
+    advance(c, mysql_real_query_start(&r->ret_int, r->m, r->sql.p, r->sql.len));
 }
 
 /* The same, to completion, without the loop: poll() with a deadline. 0 or -1. */
@@ -166,7 +166,7 @@ static int exec_sync(sn_conn *c, double deadline)
     r->sync_ok = 0;
     if (r->call == CALL_NONE) {
         r->call = CALL_QUERY;
-        advance(c, mysql_real_query_start(&r->ret_int, r->m, r->sql.s, r->sql.len));
+        advance(c, mysql_real_query_start(&r->ret_int, r->m, r->sql.p, r->sql.len));
     }
     while (r->call != CALL_NONE) {
         double left = deadline - my_now();
@@ -336,9 +336,9 @@ static void lock(sn_conn *c)
 {
     my_reader *r = &c->r;
     r->sql.len = 0;
-    my_sb_add(&r->sql, "SELECT GET_LOCK(");
+    sn_sb_add(&r->sql, "SELECT GET_LOCK(");
     my_sb_lit(&r->sql, r->lockname, strlen(r->lockname));
-    my_sb_add(&r->sql, ", 0)");
+    sn_sb_add(&r->sql, ", 0)");
     exec(c, locked);
 }
 
@@ -388,7 +388,7 @@ static void load(sn_conn *c)
 {
     my_reader *r = &c->r;
     r->sql.len = 0;
-    my_sb_addf(&r->sql, "SELECT pos, pending, (SELECT below FROM %s WHERE id = 1) FROM %s WHERE name = ", c->pruned,
+    sn_sb_addf(&r->sql, "SELECT pos, pending, (SELECT below FROM %s WHERE id = 1) FROM %s WHERE name = ", c->pruned,
                c->consumers);
     my_sb_lit(&r->sql, c->consumer, strlen(c->consumer));
     exec(c, loaded);
@@ -501,33 +501,33 @@ static void fetched(sn_conn *c, int ok)
 static void fetch(sn_conn *c)
 {
     my_reader *r = &c->r;
-    my_sbuf *b = &r->sql;
+    sn_sbuf *b = &r->sql;
     b->len = 0;
-    my_sb_add(b, "SELECT id, channel, ");
+    sn_sb_add(b, "SELECT id, channel, ");
     if (r->nchan == 0) {
-        my_sb_add(b, "NULL");
+        sn_sb_add(b, "NULL");
     } else {
-        my_sb_add(b, "IF(channel IN (");
+        sn_sb_add(b, "IF(channel IN (");
         for (int i = 0; i < r->nchan; i++) {
-            my_sb_add(b, i ? ", " : "");
+            sn_sb_add(b, i ? ", " : "");
             my_sb_lit(b, r->chans[i], strlen(r->chans[i]));
         }
-        my_sb_add(b, "), payload, NULL)");
+        sn_sb_add(b, "), payload, NULL)");
     }
     /* created_at is UTC: seconds since the epoch without the session's time_zone */
-    my_sb_add(b, durable(c) ? ", TIMESTAMPDIFF(MICROSECOND, '1970-01-01', created_at) / 1e6" : ", NULL");
-    my_sb_addf(b, " FROM %s WHERE ", c->journal);
+    sn_sb_add(b, durable(c) ? ", TIMESTAMPDIFF(MICROSECOND, '1970-01-01', created_at) / 1e6" : ", NULL");
+    sn_sb_addf(b, " FROM %s WHERE ", c->journal);
     int above = r->st.n < MAX_RANGES; /* too many open gaps: let them settle first */
     if (above)
-        my_sb_addf(b, "id > %lld", (long long)r->st.high);
+        sn_sb_addf(b, "id > %lld", (long long)r->st.high);
     for (int i = 0; i < r->st.n; i++) {
         const char *sep = i || above ? " OR " : "";
         if (r->st.r[i].lo == r->st.r[i].hi)
-            my_sb_addf(b, "%sid = %lld", sep, (long long)r->st.r[i].lo);
+            sn_sb_addf(b, "%sid = %lld", sep, (long long)r->st.r[i].lo);
         else
-            my_sb_addf(b, "%sid BETWEEN %lld AND %lld", sep, (long long)r->st.r[i].lo, (long long)r->st.r[i].hi);
+            sn_sb_addf(b, "%sid BETWEEN %lld AND %lld", sep, (long long)r->st.r[i].lo, (long long)r->st.r[i].hi);
     }
-    my_sb_addf(b, " ORDER BY id LIMIT %d", BATCH);
+    sn_sb_addf(b, " ORDER BY id LIMIT %d", BATCH);
     exec(c, fetched);
 }
 
@@ -551,14 +551,14 @@ static void saved(sn_conn *c, int ok)
 static void save_sql(sn_conn *c)
 {
     my_reader *r = &c->r;
-    my_sbuf *b = &r->sql;
+    sn_sbuf *b = &r->sql;
     r->dirty_late = 0;
     b->len = 0;
-    my_sb_addf(b, "INSERT INTO %s (name, pos, pending, low, last_seen, retention) VALUES (", c->consumers);
+    sn_sb_addf(b, "INSERT INTO %s (name, pos, pending, low, last_seen, retention) VALUES (", c->consumers);
     my_sb_lit(b, c->consumer, strlen(c->consumer));
-    my_sb_addf(b, ", %lld, '", (long long)r->st.high);
+    sn_sb_addf(b, ", %lld, '", (long long)r->st.high);
     my_state_pending_text(&r->st, b);
-    my_sb_addf(b, "', %lld, UTC_TIMESTAMP(6), %.3f) ON DUPLICATE KEY UPDATE pos = VALUES(pos),"
+    sn_sb_addf(b, "', %lld, UTC_TIMESTAMP(6), %.3f) ON DUPLICATE KEY UPDATE pos = VALUES(pos),"
                   " pending = VALUES(pending), low = VALUES(low), last_seen = VALUES(last_seen),"
                   " retention = VALUES(retention)",
                (long long)my_state_low(&r->st), c->consumer_retention);
@@ -606,7 +606,7 @@ static void probe(sn_conn *c)
         if (now - g->seen >= GAP_GRACE && now - g->probed >= PROBE_EVERY) {
             r->probe_lo = g->lo;
             r->sql.len = 0;
-            my_sb_addf(&r->sql, "SELECT id FROM %s WHERE id BETWEEN %lld AND %lld LIMIT 1 FOR UPDATE NOWAIT",
+            sn_sb_addf(&r->sql, "SELECT id FROM %s WHERE id BETWEEN %lld AND %lld LIMIT 1 FOR UPDATE NOWAIT",
                        c->journal, (long long)g->lo, (long long)g->hi);
             exec(c, probed);
             return;
@@ -651,7 +651,7 @@ static void pruned_rows(sn_conn *c, int ok)
     }
     r->prune_last = (long long)mysql_affected_rows(r->m);
     r->sql.len = 0;
-    my_sb_addf(&r->sql,
+    sn_sb_addf(&r->sql,
                "INSERT INTO %s (id, below) VALUES (1, %lld) ON DUPLICATE KEY UPDATE below = GREATEST(below, VALUES(below))",
                c->pruned, (long long)r->prune_cut + 1);
     exec(c, pruned_mark);
@@ -672,7 +672,7 @@ static void prune_cut(sn_conn *c, int ok)
     }
     r->prune_cut = atoll(row[0]);
     r->sql.len = 0;
-    my_sb_addf(&r->sql, "DELETE FROM %s WHERE id <= %lld AND created_at < UTC_TIMESTAMP(6) - INTERVAL %.6f SECOND",
+    sn_sb_addf(&r->sql, "DELETE FROM %s WHERE id <= %lld AND created_at < UTC_TIMESTAMP(6) - INTERVAL %.6f SECOND",
                c->journal, (long long)r->prune_cut, c->retention);
     exec(c, pruned_rows);
 }
@@ -684,7 +684,7 @@ static void prune_delete(sn_conn *c)
     my_reader *r = &c->r;
     long long own = (long long)my_state_low(&r->st);
     r->sql.len = 0;
-    my_sb_addf(&r->sql,
+    sn_sb_addf(&r->sql,
                "SELECT MAX(id) FROM (SELECT id, created_at FROM %s WHERE id < LEAST(%lld, COALESCE((SELECT MIN(low) FROM %s"
                " WHERE last_seen > UTC_TIMESTAMP(6) - INTERVAL COALESCE(retention, %.6f) SECOND), %lld))"
                " ORDER BY id LIMIT %d) s"
@@ -727,9 +727,9 @@ static void prune(sn_conn *c)
     char name[65];
     snprintf(name, sizeof name, "sqlnotify:prune:%016llx", (unsigned long long)sn_hash64(c->p.db, strlen(c->p.db), 0));
     r->sql.len = 0;
-    my_sb_add(&r->sql, "SELECT GET_LOCK(");
+    sn_sb_add(&r->sql, "SELECT GET_LOCK(");
     my_sb_lit(&r->sql, name, strlen(name));
-    my_sb_add(&r->sql, ", 0)");
+    sn_sb_add(&r->sql, ", 0)");
     exec(c, prune_locked);
 }
 
@@ -798,16 +798,16 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         }
     }
     if (durable(c)) { /* recorded, so that the consumer's lag counts this channel's rows */
-        my_sbuf b = {0};
+        sn_sbuf b = {0};
         sn_result *res = NULL;
         const char *args[2] = {c->consumer, channel};
-        my_sb_add(&b, "INSERT IGNORE INTO ");
+        sn_sb_add(&b, "INSERT IGNORE INTO ");
         my_sb_qname(&b, c->p.db, MY_READS);
-        my_sb_add(&b, " (consumer, channel) VALUES (?, ?)");
-        int rc = b.oom ? (sn_seterr(err, errlen, "out of memory"), -1) : my_query(c, b.s, 2, args, &res, err, errlen);
+        sn_sb_add(&b, " (consumer, channel) VALUES (?, ?)");
+        int rc = b.fail ? (sn_seterr(err, errlen, "out of memory"), -1) : my_query(c, b.p, 2, args, &res, err, errlen);
         sn_result_free(res);
         res = NULL;
-        my_sb_free(&b);
+        sn_sb_free(&b);
         if (rc < 0)
             return -1;
         /* the captures it read for this declared channel before its columns changed, which no
@@ -817,21 +817,21 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
             char prefix[300];
             snprintf(prefix, sizeof prefix, "%.*s#", (int)plain, channel);
             const char *q[3] = {c->consumer, channel, prefix};
-            my_sb_add(&b, "SELECT r.channel FROM ");
+            sn_sb_add(&b, "SELECT r.channel FROM ");
             my_sb_qname(&b, c->p.db, MY_READS);
-            my_sb_add(&b, " r WHERE r.consumer = ? AND r.channel <> ? AND LEFT(r.channel, CHAR_LENGTH(?)) = ");
-            my_sb_add(&b, "CAST(? AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_bin");
-            my_sb_add(&b, " AND r.channel REGEXP '#[0-9a-f]{12}$' AND CHAR_LENGTH(r.channel) = CHAR_LENGTH(?) + 12"
+            sn_sb_add(&b, " r WHERE r.consumer = ? AND r.channel <> ? AND LEFT(r.channel, CHAR_LENGTH(?)) = ");
+            sn_sb_add(&b, "CAST(? AS CHAR CHARACTER SET utf8mb4) COLLATE utf8mb4_bin");
+            sn_sb_add(&b, " AND r.channel REGEXP '#[0-9a-f]{12}$' AND CHAR_LENGTH(r.channel) = CHAR_LENGTH(?) + 12"
                           " AND NOT EXISTS (SELECT 1 FROM ");
             my_sb_qname(&b, c->p.db, MY_READS);
-            my_sb_add(&b, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
+            sn_sb_add(&b, " o WHERE o.channel = r.channel AND o.consumer <> r.consumer)");
             const char *q5[5] = {q[0], q[1], q[2], q[2], q[2]};
-            if (!b.oom && my_query(c, b.s, 5, q5, &res, err, errlen) == 0)
+            if (!b.fail && my_query(c, b.p, 5, q5, &res, err, errlen) == 0)
                 for (int i = 0; i < res->nrows; i++)
                     if (res->cells[i].type == SN_TEXT)
                         my_capture_unused(c, res->cells[i].s, c->consumer);
             sn_result_free(res);
-            my_sb_free(&b);
+            sn_sb_free(&b);
         }
     }
     char **chans = realloc(r->chans, (size_t)(r->nchan + 1) * sizeof *chans);
@@ -952,7 +952,7 @@ void my_reader_close(sn_conn *c)
 {
     my_reader *r = &c->r;
     my_stop(c);
-    my_sb_free(&r->sql);
+    sn_sb_free(&r->sql);
     free(r->ids);
     free(r->ev);
     free(r->ev_row);

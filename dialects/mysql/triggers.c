@@ -45,28 +45,28 @@ static const char *const op_sql[] = {"INSERT", "UPDATE", "DELETE"};
 /* ===== names ===== */
 
 /* "schema"."table" as Lua's %q writes names, for messages that must match the runtime's. */
-static void lua_quoted(my_sbuf *b, const char *s)
+static void lua_quoted(sn_sbuf *b, const char *s)
 {
-    my_sb_add(b, "\"");
+    sn_sb_add(b, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\')
-            my_sb_addf(b, "\\%c", *p);
+            sn_sb_addf(b, "\\%c", *p);
         else if (*p == '\n')
-            my_sb_add(b, "\\\n");
+            sn_sb_add(b, "\\\n");
         else if (*p == '\r')
-            my_sb_add(b, "\\r");
+            sn_sb_add(b, "\\r");
         else if (*p < 0x20 || *p == 0x7f)
-            my_sb_addf(b, isdigit(p[1]) ? "\\%03d" : "\\%d", *p);
+            sn_sb_addf(b, isdigit(p[1]) ? "\\%03d" : "\\%d", *p);
         else
-            my_sb_addn(b, (const char *)p, 1);
+            sn_sb_addn(b, (const char *)p, 1);
     }
-    my_sb_add(b, "\"");
+    sn_sb_add(b, "\"");
 }
 
-static void lua_table(my_sbuf *b, const char *schema, const char *table)
+static void lua_table(sn_sbuf *b, const char *schema, const char *table)
 {
     lua_quoted(b, schema);
-    my_sb_add(b, ".");
+    sn_sb_add(b, ".");
     lua_quoted(b, table);
 }
 
@@ -122,12 +122,12 @@ static char *field(const char *line, const char *end, const char *key, int hex)
                 }
                 return s;
             }
-            my_sbuf b = {0};
+            sn_sbuf b = {0};
             if (my_unhex(v, n, &b) < 0) {
-                my_sb_free(&b);
+                sn_sb_free(&b);
                 return NULL;
             }
-            return b.s;
+            return b.p;
         }
     }
     return NULL;
@@ -167,27 +167,27 @@ static int find_ours(sn_conn *c, const char *schema, const char *table, ours_lis
 {
     memset(out, 0, sizeof *out);
     sn_result *r = NULL;
-    my_sbuf sql = {0};
+    sn_sbuf sql = {0};
     const char *args[2];
     int n = 0;
-    my_sb_add(&sql, "SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT,"
+    sn_sb_add(&sql, "SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, EVENT_MANIPULATION, ACTION_STATEMENT,"
                     " DATE_FORMAT(CREATED, '%Y-%m-%dT%H:%i:%s') FROM information_schema.TRIGGERS"
                     " WHERE ACTION_STATEMENT LIKE '%/* sqlnotify:1 %'");
     if (schema) {
-        my_sb_add(&sql, " AND TRIGGER_SCHEMA = ?");
+        sn_sb_add(&sql, " AND TRIGGER_SCHEMA = ?");
         args[n++] = schema;
     }
     if (table) {
-        my_sb_add(&sql, " AND EVENT_OBJECT_TABLE = ?");
+        sn_sb_add(&sql, " AND EVENT_OBJECT_TABLE = ?");
         args[n++] = table;
     }
-    my_sb_add(&sql, " ORDER BY TRIGGER_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME");
-    if (sql.oom) {
+    sn_sb_add(&sql, " ORDER BY TRIGGER_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME");
+    if (sql.fail) {
         sn_seterr(err, errlen, "out of memory");
         return -1;
     }
-    int rc = my_query(c, sql.s, n, args, &r, err, errlen);
-    my_sb_free(&sql);
+    int rc = my_query(c, sql.p, n, args, &r, err, errlen);
+    sn_sb_free(&sql);
     if (rc < 0)
         return -1;
     out->v = calloc((size_t)r->nrows + 1, sizeof *out->v);
@@ -258,222 +258,220 @@ static const char *const bytes_types[] = {"binary", "varbinary", "tinyblob", "bl
                                           NULL};
 
 /* A column's value as the wire format wants it. */
-static void value(my_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *col)
+static void value(sn_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *col)
 {
     const char *t = data_type(ci, w, col);
     if (in_list(t, bytes_types)) {
-        my_sb_add(b, "CONCAT('\\\\x', LOWER(HEX(");
-        my_sb_addf(b, "%s.", row);
+        sn_sb_add(b, "CONCAT('\\\\x', LOWER(HEX(");
+        sn_sb_addf(b, "%s.", row);
         my_sb_ident(b, col);
-        my_sb_add(b, ")))");
+        sn_sb_add(b, ")))");
         return;
     }
     int widen = strcmp(t, "float") == 0, bit = strcmp(t, "bit") == 0;
     if (widen || bit)
-        my_sb_add(b, "(");
-    my_sb_addf(b, "%s.", row);
+        sn_sb_add(b, "(");
+    sn_sb_addf(b, "%s.", row);
     my_sb_ident(b, col);
     if (widen || bit)
-        my_sb_add(b, widen ? " + 0e0)" : " + 0)");
+        sn_sb_add(b, widen ? " + 0e0)" : " + 0)");
 }
 
-static void object(my_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *const *cols, int n)
+static void object(sn_sbuf *b, const colinfo *ci, const sn_watch *w, const char *row, const char *const *cols, int n)
 {
-    my_sb_add(b, "JSON_OBJECT(");
+    sn_sb_add(b, "JSON_OBJECT(");
     for (int i = 0; i < n; i++) {
         if (i)
-            my_sb_add(b, ", ");
+            sn_sb_add(b, ", ");
         my_sb_lit(b, cols[i], strlen(cols[i]));
-        my_sb_add(b, ", ");
+        sn_sb_add(b, ", ");
         value(b, ci, w, row, cols[i]);
     }
-    my_sb_add(b, ")");
+    sn_sb_add(b, ")");
 }
 
 /* OLD and NEW differ, NULL-safe, and byte for byte (a case-insensitive collation calls
  * 'a' and 'A' equal). */
-static void changed(my_sbuf *b, const char *const *cols, int n)
+static void changed(sn_sbuf *b, const char *const *cols, int n)
 {
     for (int i = 0; i < n; i++) {
-        my_sb_add(b, i ? " OR " : "");
-        my_sb_add(b, "NOT (OLD.");
+        sn_sb_add(b, i ? " OR " : "");
+        sn_sb_add(b, "NOT (OLD.");
         my_sb_ident(b, cols[i]);
-        my_sb_add(b, " <=> NEW.");
+        sn_sb_add(b, " <=> NEW.");
         my_sb_ident(b, cols[i]);
-        my_sb_add(b, ") OR NOT (CAST(OLD.");
+        sn_sb_add(b, ") OR NOT (CAST(OLD.");
         my_sb_ident(b, cols[i]);
-        my_sb_add(b, " AS BINARY) <=> CAST(NEW.");
+        sn_sb_add(b, " AS BINARY) <=> CAST(NEW.");
         my_sb_ident(b, cols[i]);
-        my_sb_add(b, " AS BINARY))");
+        sn_sb_add(b, " AS BINARY))");
     }
 }
 
-static void key_parts(my_sbuf *b, const colinfo *ci, const sn_watch *w)
+static void key_parts(sn_sbuf *b, const colinfo *ci, const sn_watch *w)
 {
-    my_sb_add(b, "'{\"id\":', ");
+    sn_sb_add(b, "'{\"id\":', ");
     object(b, ci, w, w->op == SN_DELETE ? "OLD" : "NEW", w->pk, w->npk);
     if (w->op == SN_UPDATE && w->npk > 0) { /* the old key, when the key changed */
-        my_sb_add(b, ", IF(");
+        sn_sb_add(b, ", IF(");
         changed(b, w->pk, w->npk);
-        my_sb_add(b, ", CONCAT(',\"oid\":', ");
+        sn_sb_add(b, ", CONCAT(',\"oid\":', ");
         object(b, ci, w, "OLD", w->pk, w->npk);
-        my_sb_add(b, "), '')");
+        sn_sb_add(b, "), '')");
     }
 }
 
-static void journal_insert(my_sbuf *b, sn_conn *c, const sn_watch *w, const char *payload_sql)
+static void journal_insert(sn_sbuf *b, sn_conn *c, const sn_watch *w, const char *payload_sql)
 {
-    my_sb_addf(b, "INSERT INTO %s (channel, payload) VALUES (", c->journal);
+    sn_sb_addf(b, "INSERT INTO %s (channel, payload) VALUES (", c->journal);
     my_sb_lit(b, w->channel, strlen(w->channel));
-    my_sb_addf(b, ", %s);\n", payload_sql);
+    sn_sb_addf(b, ", %s);\n", payload_sql);
 }
 
 /* Run stmt (which sets t) in a block of its own: t is NULL when it failed. (A SET that
  * fails leaves NULL in its variable, so each read goes through t.) */
-static void guarded(my_sbuf *b, const char *stmt)
+static void guarded(sn_sbuf *b, const char *stmt)
 {
-    my_sb_add(b, "SET t = NULL;\nBEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET t = NULL; ");
-    my_sb_add(b, stmt);
-    my_sb_add(b, " END;\n");
+    sn_sb_add(b, "SET t = NULL;\nBEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET t = NULL; ");
+    sn_sb_add(b, stmt);
+    sn_sb_add(b, " END;\n");
 }
 
 /* The slow path, taken only when the fast one failed (a column renamed or dropped since
  * install, a value the journal refused): every column read on its own, so what is left
  * still goes out. A key that cannot be read sends {"t":true}. */
-static void fallback(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
+static void fallback(sn_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
 {
     const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
-    my_sbuf s = {0};
-    my_sb_add(b, "BEGIN\n"
+    sn_sbuf s = {0};
+    sn_sb_add(b, "BEGIN\n"
                  "DECLARE k LONGTEXT CHARACTER SET utf8mb4 DEFAULT NULL;\n"
                  "DECLARE x, o LONGTEXT CHARACTER SET utf8mb4 DEFAULT '{}';\n"
                  "DECLARE d LONGTEXT CHARACTER SET utf8mb4 DEFAULT '';\n"
                  "DECLARE t LONGTEXT CHARACTER SET utf8mb4;\n");
     int when = w->op == SN_UPDATE && w->ntrigger > 0;
-    my_sb_addf(b, "DECLARE f INT DEFAULT %d;\n", when ? 0 : 1);
-    my_sb_add(&s, "SET t = ");
+    sn_sb_addf(b, "DECLARE f INT DEFAULT %d;\n", when ? 0 : 1);
+    sn_sb_add(&s, "SET t = ");
     object(&s, ci, w, row, w->pk, w->npk);
-    my_sb_add(&s, ";");
-    guarded(b, s.s ? s.s : "");
-    my_sb_add(b, "SET k = t;\n");
+    sn_sb_add(&s, ";");
+    guarded(b, s.p ? s.p : "");
+    sn_sb_add(b, "SET k = t;\n");
     if (w->op == SN_UPDATE && w->npk > 0) {
         s.len = 0;
-        my_sb_add(&s, "IF ");
+        sn_sb_add(&s, "IF ");
         changed(&s, w->pk, w->npk);
-        my_sb_add(&s, " THEN SET t = CONCAT(',\"oid\":', ");
+        sn_sb_add(&s, " THEN SET t = CONCAT(',\"oid\":', ");
         object(&s, ci, w, "OLD", w->pk, w->npk);
-        my_sb_add(&s, "); ELSE SET t = ''; END IF;");
-        guarded(b, s.s ? s.s : "");
-        my_sb_add(b, "SET d = COALESCE(t, '');\n");
+        sn_sb_add(&s, "); ELSE SET t = ''; END IF;");
+        guarded(b, s.p ? s.p : "");
+        sn_sb_add(b, "SET d = COALESCE(t, '');\n");
     }
     for (int l = 0; l < 2; l++) {
         const char *const *cols = l == 0 ? w->extra : w->old_cols;
         int n = l == 0 ? w->nextra : w->op == SN_UPDATE ? w->nold : 0;
         for (int i = 0; i < n; i++) {
             s.len = 0;
-            my_sb_add(&s, "SET t = ");
+            sn_sb_add(&s, "SET t = ");
             object(&s, ci, w, l == 0 ? row : "OLD", &cols[i], 1);
-            my_sb_add(&s, ";");
-            guarded(b, s.s ? s.s : "");
-            my_sb_addf(b, "IF t IS NOT NULL THEN SET %s = JSON_MERGE_PRESERVE(%s, t); END IF;\n", l == 0 ? "x" : "o",
+            sn_sb_add(&s, ";");
+            guarded(b, s.p ? s.p : "");
+            sn_sb_addf(b, "IF t IS NOT NULL THEN SET %s = JSON_MERGE_PRESERVE(%s, t); END IF;\n", l == 0 ? "x" : "o",
                        l == 0 ? "x" : "o");
         }
     }
     for (int i = 0; when && i < w->ntrigger; i++) { /* a trigger column gone counts as unchanged */
         s.len = 0;
-        my_sb_add(&s, "IF ");
+        sn_sb_add(&s, "IF ");
         changed(&s, &w->trigger_cols[i], 1);
-        my_sb_add(&s, " THEN SET f = 1; END IF;");
-        guarded(b, s.s ? s.s : "");
+        sn_sb_add(&s, " THEN SET f = 1; END IF;");
+        guarded(b, s.p ? s.p : "");
     }
     const char *key_only = "IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d, ',\"t\":true}'))";
-    my_sb_add(b, "IF f THEN\n");
-    my_sb_add(b, "SET p = IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d");
+    sn_sb_add(b, "IF f THEN\n");
+    sn_sb_add(b, "SET p = IF(k IS NULL, '{\"t\":true}', CONCAT('{\"id\":', k, d");
     if (w->nextra > 0)
-        my_sb_add(b, ", ',\"x\":', x");
+        sn_sb_add(b, ", ',\"x\":', x");
     if (w->op == SN_UPDATE && w->nold > 0)
-        my_sb_add(b, ", ',\"o\":', o");
-    my_sb_add(b, ", '}'));\n");
-    my_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", key_only);
-    my_sb_add(b, "BEGIN\n"
+        sn_sb_add(b, ", ',\"o\":', o");
+    sn_sb_add(b, ", '}'));\n");
+    sn_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", key_only);
+    sn_sb_add(b, "BEGIN\n"
                  "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
                  "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN END;\n"); /* the journal is gone: nothing to do */
     journal_insert(b, c, w, key_only);
-    my_sb_add(b, "END;\n");
+    sn_sb_add(b, "END;\n");
     journal_insert(b, c, w, "p");
-    my_sb_add(b, "END;\nEND IF;\nEND;\n");
-    if (s.oom)
-        b->oom = 1;
-    my_sb_free(&s);
+    sn_sb_add(b, "END;\nEND IF;\nEND;\n");
+    sn_sb_fail(b, s.fail);
+    sn_sb_free(&s);
 }
 
 /* Everything after the marker line: the fast path (one JSON_OBJECT per part), and the
  * handler that takes the slow path when it fails. Lock waits, deadlocks and a killed
  * statement are raised again: they roll the user's statement back anyway. */
-static void body_rest(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
+static void body_rest(sn_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci)
 {
-    my_sbuf key = {0}, full = {0}, trunc = {0};
+    sn_sbuf key = {0}, full = {0}, trunc = {0};
     key_parts(&key, ci, w);
-    my_sb_add(&full, key.s ? key.s : "");
+    sn_sb_add(&full, key.p ? key.p : "");
     const char *row = w->op == SN_DELETE ? "OLD" : "NEW";
     if (w->nextra > 0) {
-        my_sb_add(&full, ", ',\"x\":', ");
+        sn_sb_add(&full, ", ',\"x\":', ");
         object(&full, ci, w, row, w->extra, w->nextra);
     }
     if (w->op == SN_UPDATE && w->nold > 0) {
-        my_sb_add(&full, ", ',\"o\":', ");
+        sn_sb_add(&full, ", ',\"o\":', ");
         object(&full, ci, w, "OLD", w->old_cols, w->nold);
     }
-    my_sb_addf(&trunc, "CONCAT(%s, ',\"t\":true}')", key.s ? key.s : "");
-    my_sb_add(b, "DECLARE p LONGTEXT CHARACTER SET utf8mb4;\n"
+    sn_sb_addf(&trunc, "CONCAT(%s, ',\"t\":true}')", key.p ? key.p : "");
+    sn_sb_add(b, "DECLARE p LONGTEXT CHARACTER SET utf8mb4;\n"
                  "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN\n"
                  "DECLARE e INT;\n"
                  "GET DIAGNOSTICS CONDITION 1 e = MYSQL_ERRNO;\n"
                  "IF e IN (1205, 1213, 1317, 1969, 3024) THEN RESIGNAL; END IF;\n");
     fallback(b, c, w, ci);
-    my_sb_add(b, "END;\n");
+    sn_sb_add(b, "END;\n");
     if (w->op == SN_UPDATE && w->ntrigger > 0) {
-        my_sb_add(b, "IF ");
+        sn_sb_add(b, "IF ");
         changed(b, w->trigger_cols, w->ntrigger);
-        my_sb_add(b, " THEN\n");
+        sn_sb_add(b, " THEN\n");
     }
-    my_sb_addf(b, "SET p = CONCAT(%s, '}');\n", full.s ? full.s : "");
-    my_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", trunc.s ? trunc.s : "");
+    sn_sb_addf(b, "SET p = CONCAT(%s, '}');\n", full.p ? full.p : "");
+    sn_sb_addf(b, "IF LENGTH(p) > @@max_allowed_packet - 1024 THEN SET p = %s; END IF;\n", trunc.p ? trunc.p : "");
     journal_insert(b, c, w, "p");
     if (w->op == SN_UPDATE && w->ntrigger > 0)
-        my_sb_add(b, "END IF;\n");
-    my_sb_add(b, "END");
-    if (key.oom || full.oom || trunc.oom)
-        b->oom = 1;
-    my_sb_free(&key);
-    my_sb_free(&full);
-    my_sb_free(&trunc);
+        sn_sb_add(b, "END IF;\n");
+    sn_sb_add(b, "END");
+    sn_sb_fail(b, key.fail ? key.fail : full.fail ? full.fail : trunc.fail);
+    sn_sb_free(&key);
+    sn_sb_free(&full);
+    sn_sb_free(&trunc);
 }
 
-static void summary(my_sbuf *b, const sn_watch *w)
+static void summary(sn_sbuf *b, const sn_watch *w)
 {
     const char *const *lists[4] = {w->pk, w->extra, w->trigger_cols, w->old_cols};
     const int ns[4] = {w->npk, w->nextra, w->ntrigger, w->nold};
     static const char *const heads[4] = {"", " | x: ", " | when: ", " | old: "};
     for (int l = 0; l < 4; l++) {
         if (l == 1 && w->extra_all) {
-            my_sb_add(b, " | x: *");
+            sn_sb_add(b, " | x: *");
             continue;
         }
         if (l > 0 && ns[l] == 0)
             continue;
-        my_sb_add(b, heads[l]);
+        sn_sb_add(b, heads[l]);
         for (int i = 0; i < ns[l]; i++) {
-            my_sb_add(b, i ? ", " : "");
-            my_sb_add(b, lists[l][i]);
+            sn_sb_add(b, i ? ", " : "");
+            sn_sb_add(b, lists[l][i]);
         }
     }
 }
 
 /* The whole CREATE TRIGGER statement. */
-static void create_sql(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int or_replace)
+static void create_sql(sn_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int or_replace)
 {
-    my_sbuf rest = {0}, sum = {0};
+    sn_sbuf rest = {0}, sum = {0};
     body_rest(&rest, c, w, ci);
     summary(&sum, w);
     char when[32];
@@ -481,53 +479,52 @@ static void create_sql(my_sbuf *b, sn_conn *c, const sn_watch *w, const colinfo 
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    my_sb_addf(b, "CREATE %sTRIGGER ", or_replace ? "OR REPLACE " : "");
+    sn_sb_addf(b, "CREATE %sTRIGGER ", or_replace ? "OR REPLACE " : "");
     my_sb_qname(b, w->schema, name);
-    my_sb_addf(b, " AFTER %s ON ", op_sql[w->op]);
+    sn_sb_addf(b, " AFTER %s ON ", op_sql[w->op]);
     my_sb_qname(b, w->schema, w->table);
-    my_sb_addf(b, " FOR EACH ROW BEGIN\n" MARK "marker=%s.%016llx journal=", w->marker,
-               (unsigned long long)body_hash(rest.s ? rest.s : ""));
+    sn_sb_addf(b, " FOR EACH ROW BEGIN\n" MARK "marker=%s.%016llx journal=", w->marker,
+               (unsigned long long)body_hash(rest.p ? rest.p : ""));
     my_sb_hex(b, c->p.db, strlen(c->p.db));
-    my_sb_add(b, " channel=");
+    sn_sb_add(b, " channel=");
     my_sb_hex(b, w->channel, strlen(w->channel));
-    my_sb_addf(b, " installed=%s columns=", when);
-    my_sb_hex(b, sum.s ? sum.s : "", sum.len);
-    my_sb_add(b, " */\n");
-    my_sb_addn(b, rest.s ? rest.s : "", rest.len);
-    if (rest.oom || sum.oom)
-        b->oom = 1;
-    my_sb_free(&rest);
-    my_sb_free(&sum);
+    sn_sb_addf(b, " installed=%s columns=", when);
+    my_sb_hex(b, sum.p ? sum.p : "", sum.len);
+    sn_sb_add(b, " */\n");
+    sn_sb_addn(b, rest.p ? rest.p : "", rest.len);
+    sn_sb_fail(b, rest.fail ? rest.fail : sum.fail);
+    sn_sb_free(&rest);
+    sn_sb_free(&sum);
 }
 
 /* ===== install ===== */
 
-static void cannot(my_sbuf *b, const sn_watch *w, const char *verb)
+static void cannot(sn_sbuf *b, const sn_watch *w, const char *verb)
 {
-    my_sb_addf(b, "cannot %s the trigger for %s on ", verb, op_names[w->op]);
+    sn_sb_addf(b, "cannot %s the trigger for %s on ", verb, op_names[w->op]);
     lua_table(b, w->schema, w->table);
-    my_sb_add(b, ": ");
+    sn_sb_add(b, ": ");
 }
 
 /* The server's refusal, with what to grant or change where we can tell. */
 static void install_error(sn_conn *c, const sn_watch *w, MYSQL *m, char *err, size_t errlen)
 {
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     unsigned e = mysql_errno(m);
     cannot(&b, w, "create");
-    my_sb_add(&b, mysql_error(m));
+    sn_sb_add(&b, mysql_error(m));
     if (e == 1142 || e == 1044) {
-        my_sb_add(&b, " (GRANT TRIGGER ON ");
+        sn_sb_add(&b, " (GRANT TRIGGER ON ");
         my_sb_qname(&b, w->schema, w->table);
-        my_sb_addf(&b, " TO the user of %s, or run as the table's owner)", c->target);
+        sn_sb_addf(&b, " TO the user of %s, or run as the table's owner)", c->target);
     } else if (e == 1419) {
-        my_sb_add(&b, " (with binary logging on: SET GLOBAL log_bin_trust_function_creators = 1, or run as a user"
+        sn_sb_add(&b, " (with binary logging on: SET GLOBAL log_bin_trust_function_creators = 1, or run as a user"
                       " with SUPER)");
     } else if (e == 1227) {
-        my_sb_add(&b, " (run as a user with the TRIGGER privilege on the table)");
+        sn_sb_add(&b, " (run as a user with the TRIGGER privilege on the table)");
     }
-    sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
-    my_sb_free(&b);
+    sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
+    sn_sb_free(&b);
 }
 
 static int load_columns(sn_conn *c, const sn_watch *w, colinfo *ci, char *err, size_t errlen)
@@ -646,7 +643,7 @@ static unsigned long own_tx_id(sn_conn *c)
 /* err for SN_INSTALL_BUSY: the DDL did not get the table's metadata lock in time, and who may hold it. */
 static void busy_err(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 {
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     sn_result *r = NULL;
     char reader[24], e[256];
     snprintf(reader, sizeof reader, "%lu", c->r.m ? mysql_thread_id(c->r.m) : 0);
@@ -658,36 +655,36 @@ static void busy_err(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         if (my_query(c, trx_holders_sql, 1, args + 2, &r, e, sizeof e) < 0)
             r = NULL;
     }
-    my_sb_add(&b, "the metadata lock on ");
+    sn_sb_add(&b, "the metadata lock on ");
     lua_table(&b, w->schema, w->table);
-    my_sb_addf(&b, " was not had within %g s", SN_LOCK_TIMEOUT);
+    sn_sb_addf(&b, " was not had within %g s", SN_LOCK_TIMEOUT);
     if (r && r->nrows > 0)
-        my_sb_add(&b, exact ? "; held by " : "; sessions in an open transaction, one of which may hold it: ");
+        sn_sb_add(&b, exact ? "; held by " : "; sessions in an open transaction, one of which may hold it: ");
     for (int i = 0; r && i < r->nrows; i++) {
         const sn_value *v = &r->cells[(size_t)i * 6];
         const char *s[6];
         for (int k = 0; k < 6; k++)
             s[k] = v[k].type == SN_TEXT ? v[k].s : "";
         if (i > 0)
-            my_sb_add(&b, ", ");
+            sn_sb_add(&b, ", ");
         if (strtoul(s[0], NULL, 10) == own_tx_id(c) && *s[0])
-            my_sb_add(&b, "your own n:query transaction, ");
-        my_sb_addf(&b, "connection %s (%s, %s, %s for %s s)", s[0], s[1], s[2], s[4], s[3]);
+            sn_sb_add(&b, "your own n:query transaction, ");
+        sn_sb_addf(&b, "connection %s (%s, %s, %s for %s s)", s[0], s[1], s[2], s[4], s[3]);
         if (*s[5]) {
             char q[100];
             snprintf(q, sizeof q, "%s", s[5]);
             for (char *p = q; *p; p++)
                 if (*p == '\n' || *p == '\r' || *p == '\t')
                     *p = ' ';
-            my_sb_addf(&b, ": \"%s\"", q);
+            sn_sb_addf(&b, ": \"%s\"", q);
         }
     }
     if (r == NULL || r->nrows == 0)
-        my_sb_add(&b, " (no session in a transaction now: a LOCK TABLES or a long statement may hold it;"
+        sn_sb_add(&b, " (no session in a transaction now: a LOCK TABLES or a long statement may hold it;"
                       " SHOW PROCESSLIST)");
-    sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
+    sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
     sn_result_free(r);
-    my_sb_free(&b);
+    sn_sb_free(&b);
 }
 
 /* Replace a trigger without a moment in which writes go unseen: MariaDB's CREATE OR
@@ -696,40 +693,40 @@ static void busy_err(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 static int create(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *name, int replace, int *busy,
                   char *err, size_t errlen)
 {
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     int rc;
     if (replace && !c->mariadb) {
-        my_sbuf lock = {0}, drop = {0};
-        my_sb_add(&lock, "LOCK TABLES ");
+        sn_sbuf lock = {0}, drop = {0};
+        sn_sb_add(&lock, "LOCK TABLES ");
         my_sb_qname(&lock, w->schema, w->table);
-        my_sb_addf(&lock, " WRITE, %s WRITE", c->journal);
-        my_sb_add(&drop, "DROP TRIGGER IF EXISTS ");
+        sn_sb_addf(&lock, " WRITE, %s WRITE", c->journal);
+        sn_sb_add(&drop, "DROP TRIGGER IF EXISTS ");
         my_sb_qname(&drop, w->schema, name);
         create_sql(&b, c, w, ci, name, 0);
-        rc = lock.oom || drop.oom || b.oom ? -1 : 0;
-        if (rc == 0 && (rc = run(c, lock.s, err, errlen)) < 0)
+        rc = lock.fail || drop.fail || b.fail ? -1 : 0;
+        if (rc == 0 && (rc = run(c, lock.p, err, errlen)) < 0)
             *busy = lock_failed(c->q);
         if (rc == 0) {
-            if ((rc = run(c, drop.s, err, errlen)) == 0 && (rc = run(c, b.s, err, errlen)) < 0)
+            if ((rc = run(c, drop.p, err, errlen)) == 0 && (rc = run(c, b.p, err, errlen)) < 0)
                 install_error(c, w, c->q, err, errlen);
             if (rc < 0)
                 *busy = lock_failed(c->q);
             char ignored[256];
             run(c, "UNLOCK TABLES", ignored, sizeof ignored);
         }
-        my_sb_free(&lock);
-        my_sb_free(&drop);
+        sn_sb_free(&lock);
+        sn_sb_free(&drop);
     } else {
         create_sql(&b, c, w, ci, name, replace);
-        rc = b.oom ? -1 : my_exec(c, c->q, b.s, b.len, NULL, err, errlen);
-        if (rc < 0 && !b.oom) {
+        rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+        if (rc < 0 && !b.fail) {
             *busy = lock_failed(c->q);
             install_error(c, w, c->q, err, errlen);
         }
     }
-    if (b.oom)
+    if (b.fail)
         sn_seterr(err, errlen, "out of memory");
-    my_sb_free(&b);
+    sn_sb_free(&b);
     return rc;
 }
 
@@ -749,14 +746,14 @@ static int drop_legacy(sn_conn *c, const sn_watch *w, const ours_list *all, char
             continue;
         if (!sn_watch_durable(w)) {
             sn_result *r = NULL;
-            my_sbuf q = {0};
-            my_sb_add(&q, "SELECT 1 FROM ");
+            sn_sbuf q = {0};
+            sn_sb_add(&q, "SELECT 1 FROM ");
             my_sb_qname(&q, c->p.db, MY_CONSUMERS);
-            my_sb_add(&q, " LIMIT 1");
-            int rc = q.oom ? -1 : my_query(c, q.s, 0, NULL, &r, err, errlen);
+            sn_sb_add(&q, " LIMIT 1");
+            int rc = q.fail ? -1 : my_query(c, q.p, 0, NULL, &r, err, errlen);
             int consumers = rc < 0 || r->nrows > 0; /* unknown: keep it */
             sn_result_free(r);
-            my_sb_free(&q);
+            sn_sb_free(&q);
             if (consumers)
                 return 0;
         }
@@ -774,12 +771,12 @@ static int ddl(sn_conn *c, const sn_watch *w, const colinfo *ci, const char *nam
 {
     unsigned long own = own_tx_id(c);
     if (own) {
-        my_sbuf b = {0};
-        my_sb_addf(&b, "your own n:query transaction (connection %lu) is open and may hold a metadata lock on ", own);
+        sn_sbuf b = {0};
+        sn_sb_addf(&b, "your own n:query transaction (connection %lu) is open and may hold a metadata lock on ", own);
         lua_table(&b, w->schema, w->table);
-        my_sb_add(&b, ": the trigger can be installed only once it ends (COMMIT or ROLLBACK)");
-        sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
-        my_sb_free(&b);
+        sn_sb_add(&b, ": the trigger can be installed only once it ends (COMMIT or ROLLBACK)");
+        sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
+        sn_sb_free(&b);
         return SN_INSTALL_BUSY;
     }
     char set[64], ignored[256];
@@ -815,14 +812,14 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
         goto done;
     }
     if (ci.table_type == NULL || strcmp(ci.table_type, "VIEW") == 0) {
-        my_sbuf b = {0};
+        sn_sbuf b = {0};
         cannot(&b, w, "create");
         if (ci.table_type == NULL)
-            my_sb_add(&b, "there is no such table");
+            sn_sb_add(&b, "there is no such table");
         else
-            my_sb_add(&b, "it is a view, and MySQL has no triggers on views (watch the table it reads from)");
-        sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
-        my_sb_free(&b);
+            sn_sb_add(&b, "it is a view, and MySQL has no triggers on views (watch the table it reads from)");
+        sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
+        sn_sb_free(&b);
         goto done;
     }
     if (find_ours(c, NULL, NULL, &all, err, errlen) < 0)
@@ -837,18 +834,18 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
                    memcmp(o->channel, w->channel, (size_t)sn_plain_len(w->channel)) == 0 &&
                    !(strcmp(o->schema, w->schema) == 0 && strcmp(o->table, w->table) == 0 &&
                      strcasecmp(o->op, op_sql[w->op]) == 0)) {
-            my_sbuf b = {0};
+            sn_sbuf b = {0};
             char op[16];
             snprintf(op, sizeof op, "%s", o->op);
             for (char *p = op; *p; p++)
                 *p = (char)tolower((unsigned char)*p);
-            my_sb_add(&b, "channel ");
+            sn_sb_add(&b, "channel ");
             lua_quoted(&b, w->plain_channel);
-            my_sb_addf(&b, " is already used by the %s watch on ", op);
+            sn_sb_addf(&b, " is already used by the %s watch on ", op);
             lua_table(&b, o->schema, o->table);
-            my_sb_add(&b, "; give this watch its own channel_label");
-            sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
-            my_sb_free(&b);
+            sn_sb_add(&b, "; give this watch its own channel_label");
+            sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
+            sn_sb_free(&b);
             goto done;
         }
     }
@@ -864,11 +861,11 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
         int taken = r->nrows > 0;
         sn_result_free(r);
         if (taken) {
-            my_sbuf b = {0};
+            sn_sbuf b = {0};
             cannot(&b, w, "create");
-            my_sb_addf(&b, "a trigger named %s that sqlnotify did not make is in the way", name);
-            sn_seterr(err, errlen, "%s", b.oom ? "out of memory" : b.s);
-            my_sb_free(&b);
+            sn_sb_addf(&b, "a trigger named %s that sqlnotify did not make is in the way", name);
+            sn_seterr(err, errlen, "%s", b.fail ? "out of memory" : b.p);
+            sn_sb_free(&b);
             goto done;
         }
         rc = ddl(c, &now, &ci, name, 0, SN_INSTALL_CREATED, err, errlen);
@@ -897,23 +894,23 @@ done:
 /* DROP TRIGGER waits for the table's metadata lock as briefly as an install does. */
 static int drop_one(sn_conn *c, const char *schema, const char *name, char *err, size_t errlen)
 {
-    my_sbuf b = {0};
+    sn_sbuf b = {0};
     char ignored[256];
-    my_sb_addf(&b, "SET SESSION lock_wait_timeout = %.0f", SN_LOCK_TIMEOUT < 1 ? 1 : SN_LOCK_TIMEOUT);
-    int rc = b.oom ? -1 : run(c, b.s, err, errlen);
+    sn_sb_addf(&b, "SET SESSION lock_wait_timeout = %.0f", SN_LOCK_TIMEOUT < 1 ? 1 : SN_LOCK_TIMEOUT);
+    int rc = b.fail ? -1 : run(c, b.p, err, errlen);
     b.len = 0;
-    my_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+    sn_sb_add(&b, "DROP TRIGGER IF EXISTS ");
     my_sb_qname(&b, schema, name);
-    if (b.oom)
+    if (b.fail)
         sn_seterr(err, errlen, "out of memory");
-    else if (rc == 0 && (rc = run(c, b.s, err, errlen)) < 0 && lock_failed(c->q)) {
+    else if (rc == 0 && (rc = run(c, b.p, err, errlen)) < 0 && lock_failed(c->q)) {
         size_t n = strlen(err);
         snprintf(err + n, errlen > n ? errlen - n : 0,
                  " (another session holds a lock on the table; try again once it is done)");
     }
     run(c, "SET SESSION lock_wait_timeout = " MY_LOCK_WAIT, ignored, sizeof ignored);
-    rc = b.oom ? -1 : rc;
-    my_sb_free(&b);
+    rc = b.fail ? -1 : rc;
+    sn_sb_free(&b);
     return rc;
 }
 

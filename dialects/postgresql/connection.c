@@ -130,8 +130,8 @@ static int url_own_params(sn_conn *c, const char *url, char **clean, char *err, 
 {
     static const char key[] = PG_URL_STATEMENT_TIMEOUT;
     const char *qm = strchr(url, '?');
-    pg_sbuf b = {0};
-    pg_sb_addn(&b, url, qm ? (size_t)(qm - url) : strlen(url));
+    sn_sbuf b = {0};
+    sn_sb_addn(&b, url, qm ? (size_t)(qm - url) : strlen(url));
     int first = 1;
     for (const char *p = qm; p && *p;) {
         p++;
@@ -152,8 +152,8 @@ static int url_own_params(sn_conn *c, const char *url, char **clean, char *err, 
             }
             c->stmt_timeout = v;
         } else if (len > 0) {
-            pg_sb_add(&b, first ? "?" : "&");
-            pg_sb_addn(&b, p, len);
+            sn_sb_add(&b, first ? "?" : "&");
+            sn_sb_addn(&b, p, len);
             first = 0;
         }
         p += len;

@@ -168,19 +168,19 @@ static void jr_connect(struct pg_jr *j)
 /* ===== shares ===== */
 
 /* "{1,2,3}" of ints (or int64s): an array literal for a parameter */
-static void sb_ints(pg_sbuf *b, const int *v, const int64_t *w, int n)
+static void sb_ints(sn_sbuf *b, const int *v, const int64_t *w, int n)
 {
-    pg_sb_add(b, "{");
+    sn_sb_add(b, "{");
     for (int i = 0; i < n; i++)
-        pg_sb_addf(b, i ? ",%lld" : "%lld", v ? (long long)v[i] : (long long)w[i]);
-    pg_sb_add(b, "}");
+        sn_sb_addf(b, i ? ",%lld" : "%lld", v ? (long long)v[i] : (long long)w[i]);
+    sn_sb_add(b, "}");
 }
 
 /* "3, 5, 8" */
-static void sb_share_list(pg_sbuf *b, const int *v, int n)
+static void sb_share_list(sn_sbuf *b, const int *v, int n)
 {
     for (int i = 0; i < n; i++)
-        pg_sb_addf(b, i ? ", %d" : "%d", v[i]);
+        sn_sb_addf(b, i ? ", %d" : "%d", v[i]);
 }
 
 static void jr_ack_clear(struct pg_jr *j)
@@ -220,7 +220,7 @@ static int cmp_int(const void *a, const void *b)
 /* One line naming shares v (sorted here). */
 static void jr_log_shares(struct pg_jr *j, int level, const char *what, int *v, int n, const char *why)
 {
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     qsort(v, (size_t)n, sizeof *v, cmp_int);
     sb_share_list(&b, v, n);
     if (!b.fail)
@@ -396,7 +396,7 @@ static int jr_send(struct pg_jr *j, int query)
         j->absent_asked = pg_clock();
     } else {
         char acked[32], lease[32], nshares[16];
-        pg_sbuf sh = {0}, ep = {0};
+        sn_sbuf sh = {0}, ep = {0};
         snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
         snprintf(lease, sizeof lease, "%.3f", j->c->lease);
         snprintf(nshares, sizeof nshares, "%d", j->c->nshares);
@@ -609,9 +609,9 @@ static int jr_remake(struct pg_jr *j, const char *why)
             continue;
         int rc = pg_install(c, w, 0, err, sizeof err);
         if (rc == SN_INSTALL_CREATED || rc == SN_INSTALL_ERROR) {
-            pg_sbuf b = {0};
+            sn_sbuf b = {0};
             pg_sb_luaq(&b, w->schema);
-            pg_sb_add(&b, ".");
+            sn_sb_add(&b, ".");
             pg_sb_luaq(&b, w->table);
             static const char *const ops[] = {"insert", "update", "delete"};
             if (!b.fail)
@@ -910,18 +910,18 @@ static void jr_lease_cb(struct ev_loop *loop, ev_timer *w, int revents)
 /* '{"a","b"}' with every channel quoted for an array literal */
 static int jr_chan_array(struct pg_jr *j)
 {
-    pg_sbuf b = {0};
-    pg_sb_add(&b, "{");
+    sn_sbuf b = {0};
+    sn_sb_add(&b, "{");
     for (size_t i = 0; i < j->nchans; i++) {
-        pg_sb_add(&b, i ? ",\"" : "\"");
+        sn_sb_add(&b, i ? ",\"" : "\"");
         for (const char *p = j->chans[i]; *p; p++) {
             if (*p == '"' || *p == '\\')
-                pg_sb_add(&b, "\\");
-            pg_sb_addn(&b, p, 1);
+                sn_sb_add(&b, "\\");
+            sn_sb_addn(&b, p, 1);
         }
-        pg_sb_add(&b, "\"");
+        sn_sb_add(&b, "\"");
     }
-    pg_sb_add(&b, "}");
+    sn_sb_add(&b, "}");
     if (b.fail) {
         free(b.p);
         return -1;
@@ -1082,7 +1082,7 @@ void pg_jr_stop(sn_conn *c)
         ev_timer_stop(c->loop, &j->maint);
         ev_timer_stop(c->loop, &j->lease);
         char acked[32], state[6] = "", err[256];
-        pg_sbuf sh = {0}, ep = {0};
+        sn_sbuf sh = {0}, ep = {0};
         snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
         sb_ints(&sh, j->ack_share, NULL, j->nack);
         sb_ints(&ep, NULL, j->ack_epoch, j->nack);

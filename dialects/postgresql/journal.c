@@ -25,26 +25,26 @@ extern const char pg_journal_sql[];
  * NOTIFY and its cluster-wide lock (a far-future gate, set by hand or by a clock stepped
  * back, is taken as due). The reader polls too: a skipped wake-up costs milliseconds, never
  * an event. channel is a SQL literal, payload and hash expressions. */
-void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash)
+void pg_journal_append_sql(sn_sbuf *b, const char *channel, const char *payload, const char *hash)
 {
     /* Every operator is pg_catalog's by name: a body runs with the writer's search_path, where
      * an operator of another schema that matches the types exactly (bigint % int) would be
      * chosen over the built-in one that needs a cast. */
-    pg_sb_add(b, "  sn_id := pg_catalog.nextval('sqlnotify.journal_id');\n  sn_h := ");
-    pg_sb_add(b, hash);
-    pg_sb_add(b, ";\n  sn_g := (sn_id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3::bigint;\n  CASE\n");
+    sn_sb_add(b, "  sn_id := pg_catalog.nextval('sqlnotify.journal_id');\n  sn_h := ");
+    sn_sb_add(b, hash);
+    sn_sb_add(b, ";\n  sn_g := (sn_id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3::bigint;\n  CASE\n");
     for (int k = 1; k <= 3; k++) {
         if (k < 3)
-            pg_sb_addf(b, "  WHEN sn_g OPERATOR(pg_catalog.=) %d::bigint THEN\n", k);
+            sn_sb_addf(b, "  WHEN sn_g OPERATOR(pg_catalog.=) %d::bigint THEN\n", k);
         else
-            pg_sb_add(b, "  ELSE\n");
-        pg_sb_addf(b, "    INSERT INTO sqlnotify.journal_%d (id, channel, payload, hash) VALUES (sn_id, ", k % 3);
-        pg_sb_add(b, channel);
-        pg_sb_add(b, ", ");
-        pg_sb_add(b, payload);
-        pg_sb_add(b, ", sn_h);\n");
+            sn_sb_add(b, "  ELSE\n");
+        sn_sb_addf(b, "    INSERT INTO sqlnotify.journal_%d (id, channel, payload, hash) VALUES (sn_id, ", k % 3);
+        sn_sb_add(b, channel);
+        sn_sb_add(b, ", ");
+        sn_sb_add(b, payload);
+        sn_sb_add(b, ", sn_h);\n");
     }
-    pg_sb_add(b, "  END CASE;\n"
+    sn_sb_add(b, "  END CASE;\n"
                  "  sn_ms := (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*)"
                  " 1000::float8)::bigint;\n"
                  "  sn_g := sn_ms OPERATOR(pg_catalog.-)"
@@ -58,9 +58,9 @@ void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload,
 /* The setup's tail: sqlnotify.append(), which triggers made by earlier versions call until
  * they are replaced (journal 2's, without a hash, put all their rows in share 0), then the
  * version mark. */
-static void setup_tail(pg_sbuf *b)
+static void setup_tail(sn_sbuf *b)
 {
-    pg_sb_add(b, "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int)"
+    sn_sb_add(b, "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text, p_hash int)"
                  " RETURNS void\n"
                  "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
                  "DECLARE sn_id bigint; sn_h int; sn_ms bigint; sn_g bigint;\n"
@@ -69,7 +69,7 @@ static void setup_tail(pg_sbuf *b)
                   * have written anything yet */
                  "  PERFORM pg_catalog.pg_current_xact_id();\n");
     pg_journal_append_sql(b, "p_channel", "p_payload", "p_hash");
-    pg_sb_add(b, "END $f$;\n"
+    sn_sb_add(b, "END $f$;\n"
                  "CREATE OR REPLACE FUNCTION sqlnotify.append(p_channel text, p_payload text) RETURNS void\n"
                  "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$\n"
                  "  SELECT sqlnotify.append(p_channel, p_payload, 0)\n"
@@ -97,11 +97,11 @@ static int journal_ensure(sn_conn *c, int force, char *err, size_t errlen)
         PQclear(res);
     }
     if (!ok) {
-        pg_sbuf b = {0};
-        pg_sb_add(&b, "BEGIN;\n");
-        pg_sb_add(&b, pg_journal_sql);
+        sn_sbuf b = {0};
+        sn_sb_add(&b, "BEGIN;\n");
+        sn_sb_add(&b, pg_journal_sql);
         setup_tail(&b);
-        pg_sb_add(&b, "COMMIT");
+        sn_sb_add(&b, "COMMIT");
         int rc = b.fail ? -1 : pg_script(c, b.p, state, why, sizeof why);
         free(b.p);
         if (rc < 0) {

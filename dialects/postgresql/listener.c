@@ -79,11 +79,11 @@ static void chans_clear(sn_conn *c)
 /* "LISTEN a" / "UNLISTEN a; ..." for one channel, or every channel (channel NULL). */
 static char *listen_sql(sn_conn *c, const char *verb, const char *channel)
 {
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     for (size_t i = 0; channel ? i == 0 : i < c->nchans; i++) {
-        pg_sb_add(&b, i ? "; " : "");
-        pg_sb_add(&b, verb);
-        pg_sb_add(&b, " ");
+        sn_sb_add(&b, i ? "; " : "");
+        sn_sb_add(&b, verb);
+        sn_sb_add(&b, " ");
         pg_sb_quote(&b, c->ln ? c->ln : c->ctl.conn, channel ? channel : c->chans[i], 1);
     }
     if (b.fail) {

@@ -107,7 +107,7 @@ void pg_overflow_free(sn_conn *c)
 /* "schema".sqlnotify_overflow, malloc'ed, or NULL. */
 static char *ovf_name(sn_conn *c, const char *schema)
 {
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     pg_sb_qname(&b, c->ctl.conn, schema, PG_OVERFLOW_TABLE);
     if (b.fail) {
         free(b.p);
@@ -146,11 +146,11 @@ int pg_overflow_ensure(sn_conn *c, const char *schema, char *err, size_t errlen)
     }
     int rc = ovf_exists(c, name, err, errlen);
     if (rc == 0) {
-        pg_sbuf b = {0};
+        sn_sbuf b = {0};
         char state[6];
-        pg_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
-        pg_sb_add(&b, name);
-        pg_sb_add(&b, " (id bigserial PRIMARY KEY, channel text NOT NULL, payload jsonb NOT NULL,"
+        sn_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
+        sn_sb_add(&b, name);
+        sn_sb_add(&b, " (id bigserial PRIMARY KEY, channel text NOT NULL, payload jsonb NOT NULL,"
                       " created_at timestamptz NOT NULL DEFAULT pg_catalog.now())");
         rc = b.fail ? -1 : pg_script(c, b.p, state, e2, sizeof e2);
         free(b.p);
@@ -158,7 +158,7 @@ int pg_overflow_ensure(sn_conn *c, const char *schema, char *err, size_t errlen)
         if (rc < 0 && ovf_exists(c, name, err, errlen) == 1) {
             rc = 1;
         } else if (rc < 0) {
-            pg_sbuf q = {0};
+            sn_sbuf q = {0};
             pg_sb_quote(&q, c->ctl.conn, schema, 1);
             sn_seterr(err, errlen, "cannot create the overflow table %s: %s%s%s%s", name, e2,
                       strcmp(state, "42501") == 0 ? " (GRANT CREATE ON SCHEMA " : "",
@@ -210,11 +210,11 @@ char *pg_overflow_fetch(sn_conn *c, const char *channel, const char *id, size_t 
         }
         o->ready = 1;
     }
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     char state[6];
-    pg_sb_add(&b, "SELECT payload::text FROM ");
-    pg_sb_add(&b, name);
-    pg_sb_add(&b, " WHERE id = $1::bigint AND channel = $2");
+    sn_sb_add(&b, "SELECT payload::text FROM ");
+    sn_sb_add(&b, name);
+    sn_sb_add(&b, " WHERE id = $1::bigint AND channel = $2");
     const char *vals[2] = {id, channel};
     PGresult *res = b.fail ? NULL : pg_exec(c, &c->ctl, b.p, 2, vals, PG_RETRY, state, err, sizeof err);
     free(b.p);
@@ -252,13 +252,13 @@ static void prune_one(sn_conn *c, pg_ovf *o)
         return;
     /* The loop waits for this DELETE: another session locking the table (REINDEX, VACUUM
      * FULL, ALTER) must not stall every delivery. Give up quickly; the next tick retries. */
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     snprintf(secs, sizeof secs, "%.17g", c->retention);
-    pg_sb_add(&b, "BEGIN; SET LOCAL lock_timeout = '" PRUNE_LOCK_TIMEOUT "'; DELETE FROM ");
-    pg_sb_add(&b, name);
-    pg_sb_add(&b, " WHERE created_at < pg_catalog.now() - pg_catalog.make_interval(secs => ");
-    pg_sb_add(&b, secs);
-    pg_sb_add(&b, "); COMMIT");
+    sn_sb_add(&b, "BEGIN; SET LOCAL lock_timeout = '" PRUNE_LOCK_TIMEOUT "'; DELETE FROM ");
+    sn_sb_add(&b, name);
+    sn_sb_add(&b, " WHERE created_at < pg_catalog.now() - pg_catalog.make_interval(secs => ");
+    sn_sb_add(&b, secs);
+    sn_sb_add(&b, "); COMMIT");
     if (b.fail)
         goto done;
     if (pg_script(c, b.p, state, err, sizeof err) < 0) {

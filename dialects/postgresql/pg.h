@@ -140,23 +140,14 @@ struct sn_conn {
     int dead;                /* closed from within a callback: freed when it unwinds */
 };
 
-/* ===== sql.c ===== */
+/* ===== sql.c: libpq's quoting into the kit's string (sn_sbuf, src/dialect.h) ===== */
 
-typedef struct pg_sbuf {
-    char *p;
-    size_t len, cap;
-    const char *fail; /* the first failure, reported once */
-} pg_sbuf;
-
-void pg_sb_addn(pg_sbuf *b, const char *s, size_t n);
-void pg_sb_add(pg_sbuf *b, const char *s);
-void pg_sb_addf(pg_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* s quoted by libpq's rules for db: an identifier (ident) or a string literal */
-void pg_sb_quote(pg_sbuf *b, PGconn *db, const char *s, int ident);
+void pg_sb_quote(sn_sbuf *b, PGconn *db, const char *s, int ident);
 /* "schema"."name" */
-void pg_sb_qname(pg_sbuf *b, PGconn *db, const char *schema, const char *name);
+void pg_sb_qname(sn_sbuf *b, PGconn *db, const char *schema, const char *name);
 /* A name as Lua's %q writes it, for messages that must match the Lua side's */
-void pg_sb_luaq(pg_sbuf *b, const char *s);
+void pg_sb_luaq(sn_sbuf *b, const char *s);
 
 /* ===== connection.c ===== */
 
@@ -236,7 +227,7 @@ int pg_journal_ensure(sn_conn *c, char *err, size_t errlen);
 /* the journal's setup run again whatever its version mark says (a part of it was dropped) */
 int pg_journal_remake(sn_conn *c, char *err, size_t errlen);
 /* journal.c: the plpgsql statements that append one row to the journal (see there) */
-void pg_journal_append_sql(pg_sbuf *b, const char *channel, const char *payload, const char *hash);
+void pg_journal_append_sql(sn_sbuf *b, const char *channel, const char *payload, const char *hash);
 int pg_journal_register(sn_conn *c, int beginning, char *err, size_t errlen);
 int pg_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int pg_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);

@@ -85,12 +85,12 @@ int pg_notify(sn_conn *c, const char *channel, const char *payload, size_t len, 
         /* Park it where the channel's listeners fetch from, and send its id: one statement. */
         const char *schema = pg_route_get(c, channel);
         for (int round = 0; round < 2 && res == NULL; round++) {
-            pg_sbuf b = {0};
+            sn_sbuf b = {0};
             if (pg_overflow_ensure(c, schema, err, errlen) < 0)
                 break;
-            pg_sb_add(&b, "WITH r AS (INSERT INTO ");
+            sn_sb_add(&b, "WITH r AS (INSERT INTO ");
             pg_sb_qname(&b, c->ctl.conn, schema, PG_OVERFLOW_TABLE);
-            pg_sb_add(&b, " (channel, payload) VALUES ($1::text, $2::text::jsonb) RETURNING id)"
+            sn_sb_add(&b, " (channel, payload) VALUES ($1::text, $2::text::jsonb) RETURNING id)"
                           " SELECT pg_catalog.pg_notify($1::text, '" PG_OVERFLOW_REF "' || r.id) FROM r");
             if (b.fail) {
                 sn_seterr(err, errlen, "%s", b.fail);

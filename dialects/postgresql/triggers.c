@@ -76,10 +76,10 @@ static void old_name(const sn_watch *w, char name[32])
     snprintf(name, 32, "sqlnotify_%s", hex);
 }
 
-static void quote_table(pg_sbuf *b, const char *schema, const char *table)
+static void quote_table(sn_sbuf *b, const char *schema, const char *table)
 {
     pg_sb_luaq(b, schema);
-    pg_sb_add(b, ".");
+    sn_sb_add(b, ".");
     pg_sb_luaq(b, table);
 }
 
@@ -201,130 +201,130 @@ static int watch_now(const sn_watch *w, const tinfo *t, sn_watch *now, const cha
 
 /* One column's value as jsonb_build_object takes it: bytea as "\x<hex>" whatever
  * bytea_output says; every other type as to_jsonb would give it. */
-static void sb_value(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *col)
+static void sb_value(sn_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *col)
 {
     int bytes = is_bytea(t, col);
     if (bytes)
-        pg_sb_add(b, "E'\\\\x' OPERATOR(pg_catalog.||) pg_catalog.encode(");
-    pg_sb_add(b, rec);
-    pg_sb_add(b, ".");
+        sn_sb_add(b, "E'\\\\x' OPERATOR(pg_catalog.||) pg_catalog.encode(");
+    sn_sb_add(b, rec);
+    sn_sb_add(b, ".");
     pg_sb_quote(b, db, col, 1);
     if (bytes)
-        pg_sb_add(b, ", 'hex')");
+        sn_sb_add(b, ", 'hex')");
 }
 
 /* jsonb_build_object('c', REC."c", ...) for a list of columns; '{}' for none. */
-static void sb_object(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *const *cols, int n)
+static void sb_object(sn_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *const *cols, int n)
 {
     if (n <= 0) {
-        pg_sb_add(b, "'{}'::jsonb");
+        sn_sb_add(b, "'{}'::jsonb");
         return;
     }
     for (int i = 0; i < n; i += JSON_CHUNK) {
         if (i > 0)
-            pg_sb_add(b, " OPERATOR(pg_catalog.||) ");
-        pg_sb_add(b, "pg_catalog.jsonb_build_object(");
+            sn_sb_add(b, " OPERATOR(pg_catalog.||) ");
+        sn_sb_add(b, "pg_catalog.jsonb_build_object(");
         for (int k = i; k < n && k < i + JSON_CHUNK; k++) {
             if (k > i)
-                pg_sb_add(b, ", ");
+                sn_sb_add(b, ", ");
             pg_sb_quote(b, db, cols[k], 0);
-            pg_sb_add(b, "::text, ");
+            sn_sb_add(b, "::text, ");
             sb_value(b, db, t, rec, cols[k]);
         }
-        pg_sb_add(b, ")");
+        sn_sb_add(b, ")");
     }
 }
 
 /* to_jsonb(OLD."c") IS DISTINCT FROM to_jsonb(NEW."c"): works for every type, also those
  * without an equality operator (json, point). */
-static void sb_col_changed(pg_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr)
+static void sb_col_changed(sn_sbuf *b, PGconn *db, const char *col, const char *oldr, const char *newr)
 {
-    pg_sb_add(b, "pg_catalog.to_jsonb(");
-    pg_sb_add(b, oldr);
-    pg_sb_add(b, ".");
+    sn_sb_add(b, "pg_catalog.to_jsonb(");
+    sn_sb_add(b, oldr);
+    sn_sb_add(b, ".");
     pg_sb_quote(b, db, col, 1);
-    pg_sb_add(b, ") IS DISTINCT FROM pg_catalog.to_jsonb(");
-    pg_sb_add(b, newr);
-    pg_sb_add(b, ".");
+    sn_sb_add(b, ") IS DISTINCT FROM pg_catalog.to_jsonb(");
+    sn_sb_add(b, newr);
+    sn_sb_add(b, ".");
     pg_sb_quote(b, db, col, 1);
-    pg_sb_add(b, ")");
+    sn_sb_add(b, ")");
 }
 
 /* A key column changed, compared as sb_col_changed does: the key's own type may compare
  * through a cast (varchar as text), and the writer's search_path could then give an equality
  * operator of another schema, one that matches exactly, the call. */
-static void sb_key_changed(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
+static void sb_key_changed(sn_sbuf *b, PGconn *db, const sn_watch *w, const char *oldr, const char *newr)
 {
     for (int i = 0; i < w->npk; i++) {
         if (i > 0)
-            pg_sb_add(b, " OR ");
+            sn_sb_add(b, " OR ");
         sb_col_changed(b, db, w->pk[i], oldr, newr);
     }
 }
 
 /* extra_columns = "*": every column of record rec but the key ones, as the table has them
  * now (bytea as "\x<hex>" under BYTEA_GUARD). */
-static void sb_row(pg_sbuf *b, PGconn *db, const sn_watch *w, const char *rec)
+static void sb_row(sn_sbuf *b, PGconn *db, const sn_watch *w, const char *rec)
 {
-    pg_sb_add(b, "pg_catalog.to_jsonb(");
-    pg_sb_add(b, rec);
-    pg_sb_add(b, ")");
+    sn_sb_add(b, "pg_catalog.to_jsonb(");
+    sn_sb_add(b, rec);
+    sn_sb_add(b, ")");
     if (w->npk == 0)
         return;
-    pg_sb_add(b, " OPERATOR(pg_catalog.-) ARRAY[");
+    sn_sb_add(b, " OPERATOR(pg_catalog.-) ARRAY[");
     for (int i = 0; i < w->npk; i++) {
         if (i > 0)
-            pg_sb_add(b, ", ");
+            sn_sb_add(b, ", ");
         pg_sb_quote(b, db, w->pk[i], 0);
     }
-    pg_sb_add(b, "]::pg_catalog.text[]");
+    sn_sb_add(b, "]::pg_catalog.text[]");
 }
 
 /* The payload object from records rec (NEW, or OLD for DELETE) and oldr (UPDATE):
  * jsonb_build_object('id', <k>, 'x', <extra>[, 'o', <old>]), the "oid" added after. */
-static void sb_payload(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *k,
+static void sb_payload(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *k,
                        const char *rec, const char *oldr)
 {
     int nold = w->op == SN_UPDATE ? w->nold : 0;
-    pg_sb_add(b, "pg_catalog.jsonb_build_object('id', ");
-    pg_sb_add(b, k);
-    pg_sb_add(b, ", 'x', ");
+    sn_sb_add(b, "pg_catalog.jsonb_build_object('id', ");
+    sn_sb_add(b, k);
+    sn_sb_add(b, ", 'x', ");
     if (w->extra_all)
         sb_row(b, db, w, rec);
     else
         sb_object(b, db, t, rec, w->extra, w->nextra);
     if (nold) {
-        pg_sb_add(b, ", 'o', ");
+        sn_sb_add(b, ", 'o', ");
         sb_object(b, db, t, oldr, w->old_cols, nold);
     }
-    pg_sb_add(b, ")");
+    sn_sb_add(b, ")");
 }
 
 /* A statement for EXECUTE ... USING, as a literal: planned when it runs, so it fits the
  * table as it is now. In it $1 is NEW (OLD for DELETE) and $2 is OLD (UPDATE). */
-static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, int payload)
+static void sb_dynamic(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, int payload)
 {
-    pg_sbuf s = {0};
+    sn_sbuf s = {0};
     int keycheck = w->op == SN_UPDATE && w->npk > 0;
-    pg_sb_add(&s, "SELECT ");
+    sn_sb_add(&s, "SELECT ");
     if (payload) {
         sb_payload(&s, db, w, t, "s.k", "($1)", "($2)");
-        pg_sb_add(&s, " OPERATOR(pg_catalog.||) CASE WHEN s.ok IS NULL THEN '{}'::jsonb"
+        sn_sb_add(&s, " OPERATOR(pg_catalog.||) CASE WHEN s.ok IS NULL THEN '{}'::jsonb"
                       " ELSE pg_catalog.jsonb_build_object('oid', s.ok) END, ");
     }
-    pg_sb_add(&s, "s.k, s.ok FROM (SELECT ");
+    sn_sb_add(&s, "s.k, s.ok FROM (SELECT ");
     sb_object(&s, db, t, "($1)", w->pk, w->npk);
-    pg_sb_add(&s, " AS k, ");
+    sn_sb_add(&s, " AS k, ");
     if (keycheck) {
-        pg_sb_add(&s, "CASE WHEN ");
+        sn_sb_add(&s, "CASE WHEN ");
         sb_key_changed(&s, db, w, "($2)", "($1)");
-        pg_sb_add(&s, " THEN ");
+        sn_sb_add(&s, " THEN ");
         sb_object(&s, db, t, "($2)", w->pk, w->npk);
-        pg_sb_add(&s, " END");
+        sn_sb_add(&s, " END");
     } else {
-        pg_sb_add(&s, "NULL::jsonb");
+        sn_sb_add(&s, "NULL::jsonb");
     }
-    pg_sb_add(&s, " AS ok) s");
+    sn_sb_add(&s, " AS ok) s");
     if (s.fail)
         b->fail = s.fail;
     else
@@ -353,30 +353,30 @@ static void sb_dynamic(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t
 
 /* "BEGIN EXECUTE <q> INTO var USING ...;" at an indent, the query quoted as a literal (and
  * freed); the caller writes the rest of the block. */
-static void sb_exec_into(pg_sbuf *b, PGconn *db, pg_sbuf *q, const char *indent, const char *var, const char *using)
+static void sb_exec_into(sn_sbuf *b, PGconn *db, sn_sbuf *q, const char *indent, const char *var, const char *using)
 {
-    pg_sb_addf(b, "%sBEGIN\n%s  EXECUTE ", indent, indent);
+    sn_sb_addf(b, "%sBEGIN\n%s  EXECUTE ", indent, indent);
     if (q->fail)
         b->fail = q->fail;
     else
         pg_sb_quote(b, db, q->p, 0);
     free(q->p);
-    pg_sb_addf(b, " INTO %s%s;\n", var, using);
+    sn_sb_addf(b, " INTO %s%s;\n", var, using);
 }
 
 /* The slow path's extra and old columns, each read on its own by EXECUTE: one renamed or
  * dropped since (undefined_column) is left out, one whose value cannot be sent makes the
  * row truncated (sn_t). $1 is NEW (OLD for DELETE), $2 OLD. */
-static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *into,
+static void sb_each(sn_sbuf *b, PGconn *db, const tinfo *t, const char *rec, const char *into,
                     const char *const *cols, int n, const char *using)
 {
     for (int i = 0; i < n; i++) {
-        pg_sbuf s = {0};
-        pg_sb_add(&s, "SELECT ");
+        sn_sbuf s = {0};
+        sn_sb_add(&s, "SELECT ");
         sb_object(&s, db, t, rec, &cols[i], 1);
         sb_exec_into(b, db, &s, "        ", "sn_e", using);
-        pg_sb_addf(b, "          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
-        pg_sb_add(b, "        EXCEPTION WHEN undefined_column THEN\n          NULL;\n"
+        sn_sb_addf(b, "          %s := %s OPERATOR(pg_catalog.||) sn_e;\n", into, into);
+        sn_sb_add(b, "        EXCEPTION WHEN undefined_column THEN\n          NULL;\n"
                      "        WHEN OTHERS THEN\n          sn_t := true;\n        END;\n");
     }
 }
@@ -388,7 +388,7 @@ static void sb_each(pg_sbuf *b, PGconn *db, const tinfo *t, const char *rec, con
  * user's write never fails here. */
 /* durable: append to the journal (no size limit there) instead of pg_notify; fl: the watch
  * carries a float column */
-static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table, int durable,
+static void sb_body(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const char *ovf_table, int durable,
                     int fl)
 {
     const char *restore = w->extra_all ? FLOAT_RESTORE BYTEA_RESTORE : fl ? FLOAT_RESTORE : "";
@@ -399,122 +399,122 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     int each = !w->extra_all && (w->nextra > 0 || nold > 0); /* the slow path reads them one by one */
 
     fl = fl || w->extra_all;
-    pg_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
+    sn_sb_add(b, "DECLARE\n  sn_k jsonb;\n  sn_ok jsonb;\n  sn_v jsonb;\n  sn_p text;\n  sn_id bigint;\n");
     if (durable)
-        pg_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n  sn_g bigint;\n");
+        sn_sb_add(b, "  sn_h int;\n  sn_ms bigint;\n  sn_g bigint;\n");
     if (ntrig)
-        pg_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
+        sn_sb_add(b, "  sn_c boolean := false;\n  sn_d boolean;\n");
     if (fl)
-        pg_sb_add(b, "  sn_f text;\n");
+        sn_sb_add(b, "  sn_f text;\n");
     if (w->extra_all)
-        pg_sb_add(b, "  sn_bo text;\n");
+        sn_sb_add(b, "  sn_bo text;\n");
     if (each)
-        pg_sb_add(b, nold ? "  sn_x jsonb;\n  sn_o jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n"
+        sn_sb_add(b, nold ? "  sn_x jsonb;\n  sn_o jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n"
                           : "  sn_x jsonb;\n  sn_e jsonb;\n  sn_t boolean;\n");
-    pg_sb_add(b, "BEGIN\n");
+    sn_sb_add(b, "BEGIN\n");
     if (fl)
-        pg_sb_add(b, FLOAT_GUARD);
+        sn_sb_add(b, FLOAT_GUARD);
     if (w->extra_all)
-        pg_sb_add(b, BYTEA_GUARD);
-    pg_sb_add(b, "  BEGIN\n");
+        sn_sb_add(b, BYTEA_GUARD);
+    sn_sb_add(b, "  BEGIN\n");
     if (ntrig) {
-        pg_sb_add(b, "    IF NOT (");
+        sn_sb_add(b, "    IF NOT (");
         for (int i = 0; i < ntrig; i++) {
             if (i > 0)
-                pg_sb_add(b, "\n        OR ");
+                sn_sb_add(b, "\n        OR ");
             sb_col_changed(b, db, w->trigger_cols[i], "OLD", "NEW");
         }
-        pg_sb_add(b, ") THEN\n      ");
-        pg_sb_add(b, restore);
-        pg_sb_add(b, "      RETURN NULL;\n    END IF;\n");
+        sn_sb_add(b, ") THEN\n      ");
+        sn_sb_add(b, restore);
+        sn_sb_add(b, "      RETURN NULL;\n    END IF;\n");
     }
-    pg_sb_add(b, "    sn_k := ");
+    sn_sb_add(b, "    sn_k := ");
     sb_object(b, db, t, rec, w->pk, w->npk);
-    pg_sb_add(b, ";\n");
+    sn_sb_add(b, ";\n");
     if (keycheck) {
-        pg_sb_add(b, "    IF ");
+        sn_sb_add(b, "    IF ");
         sb_key_changed(b, db, w, "OLD", "NEW");
-        pg_sb_add(b, " THEN\n      sn_ok := ");
+        sn_sb_add(b, " THEN\n      sn_ok := ");
         sb_object(b, db, t, "OLD", w->pk, w->npk);
-        pg_sb_add(b, ";\n    END IF;\n");
+        sn_sb_add(b, ";\n    END IF;\n");
     }
-    pg_sb_add(b, "    sn_v := ");
+    sn_sb_add(b, "    sn_v := ");
     sb_payload(b, db, w, t, "sn_k", rec, "OLD");
-    pg_sb_add(b, ";\n");
+    sn_sb_add(b, ";\n");
     if (keycheck)
-        pg_sb_add(b, "    IF sn_ok IS NOT NULL THEN\n"
+        sn_sb_add(b, "    IF sn_ok IS NOT NULL THEN\n"
                      "      sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
                      "    END IF;\n");
-    pg_sb_add(b, "    sn_p := sn_v::text;\n"
+    sn_sb_add(b, "    sn_p := sn_v::text;\n"
                  "  EXCEPTION WHEN OTHERS THEN\n"
                  "    sn_p := NULL;\n"
                  "  END;\n"
                  "  IF sn_p IS NULL THEN\n");
     /* A trigger column that cannot be read any more counts as unchanged. */
     for (int i = 0; i < ntrig; i++) {
-        pg_sbuf s = {0};
-        pg_sb_add(&s, "SELECT ");
+        sn_sbuf s = {0};
+        sn_sb_add(&s, "SELECT ");
         sb_col_changed(&s, db, w->trigger_cols[i], "($2)", "($1)");
         sb_exec_into(b, db, &s, "    ", "sn_d", using);
-        pg_sb_add(b, "      sn_c := sn_c OR sn_d;\n"
+        sn_sb_add(b, "      sn_c := sn_c OR sn_d;\n"
                      "    EXCEPTION WHEN OTHERS THEN\n      NULL;\n    END;\n");
     }
     if (ntrig) {
-        pg_sb_add(b, "    IF NOT sn_c THEN\n      ");
-        pg_sb_add(b, restore);
-        pg_sb_add(b, "      RETURN NULL;\n    END IF;\n");
+        sn_sb_add(b, "    IF NOT sn_c THEN\n      ");
+        sn_sb_add(b, restore);
+        sn_sb_add(b, "      RETURN NULL;\n    END IF;\n");
     }
-    pg_sb_add(b, "    sn_k := NULL;\n    sn_ok := NULL;\n    BEGIN\n      EXECUTE ");
+    sn_sb_add(b, "    sn_k := NULL;\n    sn_ok := NULL;\n    BEGIN\n      EXECUTE ");
     sb_dynamic(b, db, w, t, 1);
-    pg_sb_add(b, " INTO sn_v, sn_k, sn_ok");
-    pg_sb_add(b, using);
-    pg_sb_add(b, ";\n      sn_p := sn_v::text;\n"
+    sn_sb_add(b, " INTO sn_v, sn_k, sn_ok");
+    sn_sb_add(b, using);
+    sn_sb_add(b, ";\n      sn_p := sn_v::text;\n"
                  "    EXCEPTION WHEN OTHERS THEN\n"
                  "      BEGIN\n        EXECUTE ");
     sb_dynamic(b, db, w, t, 0);
-    pg_sb_add(b, " INTO sn_k, sn_ok");
-    pg_sb_add(b, using);
-    pg_sb_add(b, ";\n"
+    sn_sb_add(b, " INTO sn_k, sn_ok");
+    sn_sb_add(b, using);
+    sn_sb_add(b, ";\n"
                  "      EXCEPTION WHEN OTHERS THEN\n"
                  "        sn_k := NULL;\n"
                  "        sn_ok := NULL;\n"
                  "      END;\n");
     if (each) { /* the key, and every column that can be read */
-        pg_sb_add(b, nold ? "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n        sn_o := '{}';\n"
+        sn_sb_add(b, nold ? "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n        sn_o := '{}';\n"
                           : "      IF sn_k IS NOT NULL THEN\n        sn_x := '{}';\n");
-        pg_sb_add(b, "        sn_t := false;\n");
+        sn_sb_add(b, "        sn_t := false;\n");
         sb_each(b, db, t, "($1)", "sn_x", w->extra, w->nextra, using);
         sb_each(b, db, t, "($2)", "sn_o", w->old_cols, nold, using);
-        pg_sb_add(b, "        IF NOT sn_t THEN\n"
+        sn_sb_add(b, "        IF NOT sn_t THEN\n"
                      "          sn_v := pg_catalog.jsonb_build_object('id', sn_k, 'x', sn_x");
-        pg_sb_add(b, nold ? ", 'o', sn_o);\n" : ");\n");
-        pg_sb_add(b, "          IF sn_ok IS NOT NULL THEN\n"
+        sn_sb_add(b, nold ? ", 'o', sn_o);\n" : ");\n");
+        sn_sb_add(b, "          IF sn_ok IS NOT NULL THEN\n"
                      "            sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
                      "          END IF;\n"
                      "          sn_p := sn_v::text;\n"
                      "        END IF;\n"
                      "      END IF;\n");
     }
-    pg_sb_add(b, "    END;\n"
+    sn_sb_add(b, "    END;\n"
                  "  END IF;\n"
                  "  IF ");
-    pg_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
-    pg_sb_add(b, " THEN\n");
+    sn_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
+    sn_sb_add(b, " THEN\n");
     if (ovf_table) {
         /* A missing table or privilege must not fail the write: fall back to the key. */
-        pg_sb_add(b, "    BEGIN\n      INSERT INTO ");
-        pg_sb_add(b, ovf_table);
-        pg_sb_add(b, " (channel, payload) VALUES (");
+        sn_sb_add(b, "    BEGIN\n      INSERT INTO ");
+        sn_sb_add(b, ovf_table);
+        sn_sb_add(b, " (channel, payload) VALUES (");
         pg_sb_quote(b, db, w->channel, 0);
-        pg_sb_add(b, ", sn_v) RETURNING id INTO sn_id;\n"
+        sn_sb_add(b, ", sn_v) RETURNING id INTO sn_id;\n"
                      "      sn_p := '" PG_OVERFLOW_REF "' OPERATOR(pg_catalog.||) sn_id::text;\n"
                      "    EXCEPTION WHEN OTHERS THEN\n"
                      "      sn_p := NULL;\n"
                      "    END;\n");
     } else {
-        pg_sb_add(b, "    sn_p := NULL;\n");
+        sn_sb_add(b, "    sn_p := NULL;\n");
     }
-    pg_sb_add(b, "  END IF;\n"
+    sn_sb_add(b, "  END IF;\n"
                  "  IF sn_p IS NULL THEN\n"
                  "    sn_p := '{\"t\": true}';\n"
                  "    IF sn_k IS NOT NULL THEN\n"
@@ -527,7 +527,7 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      END IF;\n"
                  "    END IF;\n"
                  "  END IF;\n");
-    pg_sbuf chan = {0};
+    sn_sbuf chan = {0};
     pg_sb_quote(&chan, db, w->channel, 0);
     if (chan.fail) {
         b->fail = chan.fail;
@@ -536,16 +536,16 @@ static void sb_body(pg_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
          * key: its payload's) */
         pg_journal_append_sql(b, chan.p, "sn_p", "pg_catalog.hashtext(COALESCE(sn_k::text, sn_p)) OPERATOR(pg_catalog.#) TG_RELID::int");
     } else {
-        pg_sb_add(b, "  PERFORM pg_catalog.pg_notify(");
-        pg_sb_add(b, chan.p);
-        pg_sb_add(b, ", sn_p);\n");
+        sn_sb_add(b, "  PERFORM pg_catalog.pg_notify(");
+        sn_sb_add(b, chan.p);
+        sn_sb_add(b, ", sn_p);\n");
     }
     free(chan.p);
     if (fl) {
-        pg_sb_add(b, "  ");
-        pg_sb_add(b, restore);
+        sn_sb_add(b, "  ");
+        sn_sb_add(b, restore);
     }
-    pg_sb_add(b, "  RETURN NULL;\nEND");
+    sn_sb_add(b, "  RETURN NULL;\nEND");
 }
 
 /* ===== the C triggers (pgext/capture.c) ===== */
@@ -734,10 +734,10 @@ static const char *capture_fits(sn_conn *c, const sn_watch *w, const tinfo *t)
     return fn && (capture_usable(c) & cap_need(c)) ? fn : NULL;
 }
 
-static void sb_args(pg_sbuf *b, PGconn *db, const char *const *cols, int n)
+static void sb_args(sn_sbuf *b, PGconn *db, const char *const *cols, int n)
 {
     for (int i = 0; i < n; i++) {
-        pg_sb_add(b, ", ");
+        sn_sb_add(b, ", ");
         pg_sb_quote(b, db, cols[i], 0);
     }
 }
@@ -753,13 +753,13 @@ static void capture_counts(const sn_watch *w, char out[64], int *nold, int *ntri
 }
 
 /* capture()'s arguments: channel, the counts, then those columns' names. */
-static void sb_capture_args(pg_sbuf *b, PGconn *db, const sn_watch *w)
+static void sb_capture_args(sn_sbuf *b, PGconn *db, const sn_watch *w)
 {
     char counts[64];
     int nold, ntrig;
     capture_counts(w, counts, &nold, &ntrig);
     pg_sb_quote(b, db, w->channel, 0);
-    pg_sb_add(b, ", ");
+    sn_sb_add(b, ", ");
     pg_sb_quote(b, db, counts, 0);
     sb_args(b, db, w->pk, w->npk);
     sb_args(b, db, w->extra, w->nextra);
@@ -767,38 +767,38 @@ static void sb_capture_args(pg_sbuf *b, PGconn *db, const sn_watch *w)
     sb_args(b, db, w->trigger_cols, ntrig);
 }
 
-static void sb_list(pg_sbuf *b, const char *const *cols, int n)
+static void sb_list(sn_sbuf *b, const char *const *cols, int n)
 {
     for (int i = 0; i < n; i++) {
         if (i > 0)
-            pg_sb_add(b, ", ");
-        pg_sb_add(b, cols[i]);
+            sn_sb_add(b, ", ");
+        sn_sb_add(b, cols[i]);
     }
 }
 
 /* "id | x: email, name | when: plan | old: plan | overflow" */
-static void sb_summary(pg_sbuf *b, const sn_watch *w)
+static void sb_summary(sn_sbuf *b, const sn_watch *w)
 {
     if (w->npk > 0)
         sb_list(b, w->pk, w->npk);
     else
-        pg_sb_add(b, "(no key)");
+        sn_sb_add(b, "(no key)");
     if (w->extra_all) {
-        pg_sb_add(b, " | x: *");
+        sn_sb_add(b, " | x: *");
     } else if (w->nextra > 0) {
-        pg_sb_add(b, " | x: ");
+        sn_sb_add(b, " | x: ");
         sb_list(b, w->extra, w->nextra);
     }
     if (w->op == SN_UPDATE && w->ntrigger > 0) {
-        pg_sb_add(b, " | when: ");
+        sn_sb_add(b, " | when: ");
         sb_list(b, w->trigger_cols, w->ntrigger);
     }
     if (w->op == SN_UPDATE && w->nold > 0) {
-        pg_sb_add(b, " | old: ");
+        sn_sb_add(b, " | old: ");
         sb_list(b, w->old_cols, w->nold);
     }
     if (w->overflow)
-        pg_sb_add(b, " | overflow");
+        sn_sb_add(b, " | overflow");
 }
 
 /* What a watch's trigger is made of: its name, function body and marker line. */
@@ -806,9 +806,9 @@ typedef struct plan {
     char name[64], old[32];
     const char *capture; /* the C trigger (CAPTURE_FN, NOTIFY_FN) it calls with body, instead of a function of its own */
     int leftover;     /* capture: this watch's plpgsql function is still there, used by no other trigger */
-    pg_sbuf body;     /* the function's body, or the C trigger's arguments */
-    pg_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
-    pg_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
+    sn_sbuf body;     /* the function's body, or the C trigger's arguments */
+    sn_sbuf markline; /* "sqlnotify:2 marker=<marker>.<body hash>" */
+    sn_sbuf chanline; /* "\nchannel=<len>:<channel>\n" */
     const char *ovf_schema;
     sn_watch now;      /* the watch as the table is now (watch_now): what the trigger reads */
     const char **cols; /* its lists */
@@ -819,7 +819,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
                      size_t errlen)
 {
     char hex[17];
-    pg_sbuf ovf = {0};
+    sn_sbuf ovf = {0};
     memset(p, 0, sizeof *p);
     sn_trigger_name(w, p->name);
     old_name(w, p->old);
@@ -849,13 +849,13 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
      * it was before notify(), so that its triggers stay as they are) */
     uint64_t seed = p->capture && strcmp(p->capture, NOTIFY_FN) == 0 ? sn_hash64(NOTIFY_FN, strlen(NOTIFY_FN), 0) : 0;
     snprintf(hex, sizeof hex, "%016llx", (unsigned long long)sn_hash64(p->body.p, p->body.len, seed));
-    pg_sb_add(&p->markline, MARK_V2 "marker=");
-    pg_sb_add(&p->markline, w->marker);
-    pg_sb_add(&p->markline, ".");
-    pg_sb_add(&p->markline, hex);
-    pg_sb_addf(&p->chanline, "\nchannel=%zu:", strlen(w->channel));
-    pg_sb_add(&p->chanline, w->channel);
-    pg_sb_add(&p->chanline, "\n");
+    sn_sb_add(&p->markline, MARK_V2 "marker=");
+    sn_sb_add(&p->markline, w->marker);
+    sn_sb_add(&p->markline, ".");
+    sn_sb_add(&p->markline, hex);
+    sn_sb_addf(&p->chanline, "\nchannel=%zu:", strlen(w->channel));
+    sn_sb_add(&p->chanline, w->channel);
+    sn_sb_add(&p->chanline, "\n");
     if (p->markline.fail || p->chanline.fail) {
         sn_seterr(err, errlen, "out of memory");
         return -1;
@@ -872,18 +872,18 @@ static void plan_free(plan *p)
 }
 
 /* The comment on both: the marker line, then what list() shows. */
-static void sb_comment(pg_sbuf *b, const sn_watch *w, const plan *p)
+static void sb_comment(sn_sbuf *b, const sn_watch *w, const plan *p)
 {
     char when[32];
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    pg_sb_add(b, p->markline.p);
-    pg_sb_add(b, "\ninstalled=");
-    pg_sb_add(b, when);
-    pg_sb_add(b, p->chanline.p); /* "\nchannel=...\n" */
-    pg_sb_add(b, "columns=");
+    sn_sb_add(b, p->markline.p);
+    sn_sb_add(b, "\ninstalled=");
+    sn_sb_add(b, when);
+    sn_sb_add(b, p->chanline.p); /* "\nchannel=...\n" */
+    sn_sb_add(b, "columns=");
     sb_summary(b, w);
 }
 
@@ -922,27 +922,27 @@ static int starts_line(const char *text, const char *line)
     return text && strncmp(text, line, n) == 0 && text[n] == '\n';
 }
 
-static void hex_arg(pg_sbuf *b, const char *arg)
+static void hex_arg(sn_sbuf *b, const char *arg)
 {
     static const char digits[] = "0123456789abcdef";
     char two[3] = "";
     for (const unsigned char *p = (const unsigned char *)arg;; p++) {
         two[0] = digits[*p >> 4];
         two[1] = digits[*p & 15];
-        pg_sb_add(b, two);
+        sn_sb_add(b, two);
         if (*p == '\0')
             break;
     }
 }
 
-static void hex_args(pg_sbuf *b, const char *const *cols, int n)
+static void hex_args(sn_sbuf *b, const char *const *cols, int n)
 {
     for (int i = 0; i < n; i++)
         hex_arg(b, cols[i]);
 }
 
 /* tgargs as the server keeps them, in hex: what sb_capture_args() says, unquoted. */
-static void sb_capture_tgargs(pg_sbuf *b, const sn_watch *w)
+static void sb_capture_tgargs(sn_sbuf *b, const sn_watch *w)
 {
     char counts[64];
     int nold, ntrig;
@@ -968,7 +968,7 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
     } else if (!starts_line(PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1), p->markline.p)) {
         st = ST_OTHER;
     } else {
-        pg_sbuf args = {0};
+        sn_sbuf args = {0};
         sb_capture_tgargs(&args, &p->now);
         char en = PQgetvalue(res, 0, 4)[0];
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
@@ -1064,16 +1064,16 @@ static const char related_sql[] =
 
 /* Refuse a channel another table's or operation's watch uses; add the DROPs of
  * first-naming installs of this watch to *drops. 1 ok, 0 refused (err), -1 failed (err). */
-static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, pg_sbuf *drops,
+static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const plan *p, sn_sbuf *drops,
                          char *err, size_t errlen)
 {
     char legacy[64];
     sn_trigger_name_of(w, 1, legacy);
     /* the declared channel as a live watch's (or the previous release's) trigger records it:
      * one declared channel, one watch, whatever capture each rides */
-    pg_sbuf plain = {0};
+    sn_sbuf plain = {0};
     int plen = sn_plain_len(w->channel);
-    pg_sb_addf(&plain, "\nchannel=%d:%.*s\n", plen, plen, w->channel);
+    sn_sb_addf(&plain, "\nchannel=%d:%.*s\n", plen, plen, w->channel);
     if (plain.fail) {
         sn_seterr(err, errlen, "%s", plain.fail);
         return -1;
@@ -1096,28 +1096,28 @@ static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
         if (legacy_here && (PQgetvalue(res, i, 10)[0] == 't') != sn_watch_durable(w))
             continue;
         if (here && (PQgetvalue(res, i, 5)[0] == 't' || legacy_here)) {
-            pg_sb_add(drops, "DROP TRIGGER IF EXISTS ");
+            sn_sb_add(drops, "DROP TRIGGER IF EXISTS ");
             pg_sb_quote(drops, c->ctl.conn, PQgetvalue(res, i, 2), 1);
-            pg_sb_add(drops, " ON ");
+            sn_sb_add(drops, " ON ");
             pg_sb_qname(drops, c->ctl.conn, w->schema, w->table);
-            pg_sb_add(drops, ";\n");
+            sn_sb_add(drops, ";\n");
             if (atoi(PQgetvalue(res, i, 6)) <= 1) { /* a shared function stays for its other trigger */
-                pg_sb_add(drops, "DROP FUNCTION IF EXISTS ");
+                sn_sb_add(drops, "DROP FUNCTION IF EXISTS ");
                 pg_sb_qname(drops, c->ctl.conn, PQgetvalue(res, i, 7), PQgetvalue(res, i, 8));
-                pg_sb_add(drops, "();\n");
+                sn_sb_add(drops, "();\n");
             }
             continue;
         }
         if (here)
             continue; /* another name on this table and operation: not a clash of channels */
-        pg_sbuf m = {0};
-        pg_sb_add(&m, "channel ");
+        sn_sbuf m = {0};
+        sn_sb_add(&m, "channel ");
         pg_sb_luaq(&m, w->plain_channel);
-        pg_sb_add(&m, " is already used by the ");
-        pg_sb_add(&m, tgtype_op(type));
-        pg_sb_add(&m, " watch on ");
+        sn_sb_add(&m, " is already used by the ");
+        sn_sb_add(&m, tgtype_op(type));
+        sn_sb_add(&m, " watch on ");
         quote_table(&m, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-        pg_sb_add(&m, "; give this watch its own channel_label");
+        sn_sb_add(&m, "; give this watch its own channel_label");
         sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
         free(m.p);
         rc = 0;
@@ -1132,7 +1132,7 @@ static int check_related(sn_conn *c, const sn_watch *w, const tinfo *t, const pl
 static void install_err(sn_conn *c, const sn_watch *w, const char *state, const char *why, char *err,
                         size_t errlen)
 {
-    pg_sbuf m = {0}, tbl = {0};
+    sn_sbuf m = {0}, tbl = {0};
     char you[200] = "<you>", e2[200];
     pg_sb_qname(&tbl, c->ctl.conn, w->schema, w->table);
     if (strcmp(state, "42501") == 0) {
@@ -1142,30 +1142,30 @@ static void install_err(sn_conn *c, const sn_watch *w, const char *state, const 
             snprintf(you, sizeof you, "%s", PQgetvalue(r, 0, 0));
         PQclear(r);
     }
-    pg_sb_add(&m, "cannot create the trigger for ");
-    pg_sb_add(&m, op_names[w->op]);
-    pg_sb_add(&m, " on ");
+    sn_sb_add(&m, "cannot create the trigger for ");
+    sn_sb_add(&m, op_names[w->op]);
+    sn_sb_add(&m, " on ");
     quote_table(&m, w->schema, w->table);
-    pg_sb_add(&m, ": ");
-    pg_sb_add(&m, why);
+    sn_sb_add(&m, ": ");
+    sn_sb_add(&m, why);
     if (strcmp(state, "42501") == 0) {
         if (strstr(why, "must be owner of table") || strstr(why, "must be owner of relation")) {
-            pg_sb_add(&m, " (run as the table's owner, or ALTER TABLE ");
-            pg_sb_add(&m, tbl.p);
-            pg_sb_addf(&m, " OWNER TO %s)", you);
+            sn_sb_add(&m, " (run as the table's owner, or ALTER TABLE ");
+            sn_sb_add(&m, tbl.p);
+            sn_sb_addf(&m, " OWNER TO %s)", you);
         } else if (strstr(why, "permission denied for schema")) {
-            pg_sb_add(&m, " (GRANT USAGE, CREATE ON SCHEMA ");
+            sn_sb_add(&m, " (GRANT USAGE, CREATE ON SCHEMA ");
             pg_sb_quote(&m, c->ctl.conn, w->schema, 1);
-            pg_sb_addf(&m, " TO %s)", you);
+            sn_sb_addf(&m, " TO %s)", you);
         } else if (strstr(why, "permission denied for table") || strstr(why, "permission denied for relation")) {
-            pg_sb_add(&m, " (run as the table's owner, or GRANT TRIGGER ON ");
-            pg_sb_add(&m, tbl.p);
-            pg_sb_addf(&m, " TO %s)", you);
+            sn_sb_add(&m, " (run as the table's owner, or GRANT TRIGGER ON ");
+            sn_sb_add(&m, tbl.p);
+            sn_sb_addf(&m, " TO %s)", you);
         } else if (strstr(why, "must be owner of function")) {
-            pg_sb_addf(&m, " (a function of this watch's name belongs to another role: run as its owner, "
+            sn_sb_addf(&m, " (a function of this watch's name belongs to another role: run as its owner, "
                            "or have it dropped)");
         } else {
-            pg_sb_add(&m, " (run as the table's owner)");
+            sn_sb_add(&m, " (run as the table's owner)");
         }
     }
     sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
@@ -1227,41 +1227,41 @@ static PGresult *lock_holders(sn_conn *c, const sn_watch *w, int strong, int own
 
 /* One holder: "pid 1234 (application_name "psql", idle in transaction for 2.1 s,
  * AccessExclusiveLock): "LOCK TABLE ..."", our query() connection named as such. */
-static void sb_holder(pg_sbuf *m, const sn_conn *c, const PGresult *r, int i)
+static void sb_holder(sn_sbuf *m, const sn_conn *c, const PGresult *r, int i)
 {
     char query[200];
     if (PQgetisnull(r, i, 0)) {
-        pg_sb_addf(m, "a prepared transaction (%s; see pg_prepared_xacts)", PQgetvalue(r, i, 4));
+        sn_sb_addf(m, "a prepared transaction (%s; see pg_prepared_xacts)", PQgetvalue(r, i, 4));
         return;
     }
     int pid = atoi(PQgetvalue(r, i, 0));
     if (pid == own_tx_pid(c))
-        pg_sb_add(m, "your own n:query transaction, ");
-    pg_sb_addf(m, "pid %d (application_name ", pid);
+        sn_sb_add(m, "your own n:query transaction, ");
+    sn_sb_addf(m, "pid %d (application_name ", pid);
     pg_sb_luaq(m, PQgetvalue(r, i, 1));
     if (*PQgetvalue(r, i, 2))
-        pg_sb_addf(m, ", %s for %.1f s", PQgetvalue(r, i, 2), atof(PQgetvalue(r, i, 3)));
-    pg_sb_addf(m, ", %s)", PQgetvalue(r, i, 4));
+        sn_sb_addf(m, ", %s for %.1f s", PQgetvalue(r, i, 2), atof(PQgetvalue(r, i, 3)));
+    sn_sb_addf(m, ", %s)", PQgetvalue(r, i, 4));
     pg_one_line(query, sizeof query, PQgetvalue(r, i, 5));
     if (*query)
-        pg_sb_addf(m, ": \"%s\"", query);
+        sn_sb_addf(m, ": \"%s\"", query);
 }
 
 /* err for SN_INSTALL_BUSY (verb "create", "drop"): the DDL did not get its lock on w's table
  * within the lock timeout; who holds it, as far as the server still tells. */
 static void busy_err(sn_conn *c, const sn_watch *w, const char *verb, int strong, char *err, size_t errlen)
 {
-    pg_sbuf m = {0};
+    sn_sbuf m = {0};
     PGresult *r = lock_holders(c, w, strong, 0);
-    pg_sb_add(&m, "the lock on ");
+    sn_sb_add(&m, "the lock on ");
     quote_table(&m, w->schema, w->table);
-    pg_sb_addf(&m, " to %s the trigger was not had within %g s", verb, lock_ms(c) / 1000);
+    sn_sb_addf(&m, " to %s the trigger was not had within %g s", verb, lock_ms(c) / 1000);
     for (int i = 0; r && i < PQntuples(r); i++) {
-        pg_sb_add(&m, i == 0 ? "; held by " : ", and by ");
+        sn_sb_add(&m, i == 0 ? "; held by " : ", and by ");
         sb_holder(&m, c, r, i);
     }
     if (r == NULL || PQntuples(r) == 0)
-        pg_sb_add(&m, " (its holder is gone already, or another object the install needs was locked)");
+        sn_sb_add(&m, " (its holder is gone already, or another object the install needs was locked)");
     sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
     PQclear(r);
     free(m.p);
@@ -1275,10 +1275,10 @@ static int own_lock(sn_conn *c, const sn_watch *w, const char *verb, int strong,
     PGresult *r = pid ? lock_holders(c, w, strong, pid) : NULL;
     int held = r && PQntuples(r) > 0;
     if (held) {
-        pg_sbuf m = {0};
-        pg_sb_addf(&m, "your own n:query transaction holds %s on ", PQgetvalue(r, 0, 4));
+        sn_sbuf m = {0};
+        sn_sb_addf(&m, "your own n:query transaction holds %s on ", PQgetvalue(r, 0, 4));
         quote_table(&m, w->schema, w->table);
-        pg_sb_addf(&m, " (pid %d): the trigger can be %s only once it ends (COMMIT or ROLLBACK)", pid,
+        sn_sb_addf(&m, " (pid %d): the trigger can be %s only once it ends (COMMIT or ROLLBACK)", pid,
                    strcmp(verb, "drop") == 0 ? "dropped" : "installed");
         sn_seterr(err, errlen, "%s", m.fail ? m.fail : m.p);
         free(m.p);
@@ -1289,72 +1289,72 @@ static int own_lock(sn_conn *c, const sn_watch *w, const char *verb, int strong,
 
 /* BEGIN; drops; function; trigger; comments; COMMIT. exists: a trigger of this name may be
  * there (DROP TRIGGER takes ACCESS EXCLUSIVE; CREATE TRIGGER alone lets readers go on). */
-static void sb_install_script(pg_sbuf *b, sn_conn *c, const sn_watch *w, const plan *p, const char *drops,
+static void sb_install_script(sn_sbuf *b, sn_conn *c, const sn_watch *w, const plan *p, const char *drops,
                               int create, int exists)
 {
     PGconn *db = c->ctl.conn;
-    pg_sbuf fn = {0}, tbl = {0}, comment = {0};
+    sn_sbuf fn = {0}, tbl = {0}, comment = {0};
     pg_sb_qname(&fn, db, w->schema, p->name);
-    pg_sb_add(&fn, "()");
+    sn_sb_add(&fn, "()");
     pg_sb_qname(&tbl, db, w->schema, w->table);
     sb_comment(&comment, w, p);
     b->fail = fn.fail ? fn.fail : tbl.fail ? tbl.fail : comment.fail;
 
     /* DDL waits for a lock on the user's table, and its writers queue behind it: not for long. */
-    pg_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
-    pg_sb_add(b, drops);
+    sn_sb_addf(b, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
+    sn_sb_add(b, drops);
     if (create) {
         const char *note = comment.p ? comment.p : "";
-        pg_sbuf callee = {0};
+        sn_sbuf callee = {0};
         if (p->capture) {
-            pg_sb_add(&callee, p->capture);
-            pg_sb_add(&callee, "(");
-            pg_sb_add(&callee, p->body.p);
-            pg_sb_add(&callee, ")");
+            sn_sb_add(&callee, p->capture);
+            sn_sb_add(&callee, "(");
+            sn_sb_add(&callee, p->body.p);
+            sn_sb_add(&callee, ")");
         } else {
-            pg_sb_add(b, "CREATE OR REPLACE FUNCTION ");
-            pg_sb_add(b, fn.p);
-            pg_sb_add(b, " RETURNS trigger LANGUAGE plpgsql AS ");
+            sn_sb_add(b, "CREATE OR REPLACE FUNCTION ");
+            sn_sb_add(b, fn.p);
+            sn_sb_add(b, " RETURNS trigger LANGUAGE plpgsql AS ");
             pg_sb_quote(b, db, p->body.p, 0);
-            pg_sb_add(b, ";\nCOMMENT ON FUNCTION ");
-            pg_sb_add(b, fn.p);
-            pg_sb_add(b, " IS ");
+            sn_sb_add(b, ";\nCOMMENT ON FUNCTION ");
+            sn_sb_add(b, fn.p);
+            sn_sb_add(b, " IS ");
             pg_sb_quote(b, db, note, 0);
-            pg_sb_add(b, ";\n");
-            pg_sb_add(&callee, fn.p);
+            sn_sb_add(b, ";\n");
+            sn_sb_add(&callee, fn.p);
         }
         if (callee.fail)
             b->fail = callee.fail;
         if (exists) {
-            pg_sb_add(b, "DROP TRIGGER IF EXISTS ");
+            sn_sb_add(b, "DROP TRIGGER IF EXISTS ");
             pg_sb_quote(b, db, p->name, 1);
-            pg_sb_add(b, " ON ");
-            pg_sb_add(b, tbl.p);
-            pg_sb_add(b, ";\n");
+            sn_sb_add(b, " ON ");
+            sn_sb_add(b, tbl.p);
+            sn_sb_add(b, ";\n");
         }
-        pg_sb_add(b, "CREATE TRIGGER ");
+        sn_sb_add(b, "CREATE TRIGGER ");
         pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " AFTER ");
-        pg_sb_add(b, op_sql[w->op]);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
-        pg_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION ");
-        pg_sb_add(b, callee.p ? callee.p : "");
-        pg_sb_add(b, ";\nCOMMENT ON TRIGGER ");
+        sn_sb_add(b, " AFTER ");
+        sn_sb_add(b, op_sql[w->op]);
+        sn_sb_add(b, " ON ");
+        sn_sb_add(b, tbl.p);
+        sn_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION ");
+        sn_sb_add(b, callee.p ? callee.p : "");
+        sn_sb_add(b, ";\nCOMMENT ON TRIGGER ");
         pg_sb_quote(b, db, p->name, 1);
-        pg_sb_add(b, " ON ");
-        pg_sb_add(b, tbl.p);
-        pg_sb_add(b, " IS ");
+        sn_sb_add(b, " ON ");
+        sn_sb_add(b, tbl.p);
+        sn_sb_add(b, " IS ");
         pg_sb_quote(b, db, note, 0);
-        pg_sb_add(b, ";\n");
+        sn_sb_add(b, ";\n");
         if (p->capture && p->leftover) { /* the plpgsql function this watch had before */
-            pg_sb_add(b, "DROP FUNCTION IF EXISTS ");
-            pg_sb_add(b, fn.p);
-            pg_sb_add(b, ";\n");
+            sn_sb_add(b, "DROP FUNCTION IF EXISTS ");
+            sn_sb_add(b, fn.p);
+            sn_sb_add(b, ";\n");
         }
         free(callee.p);
     }
-    pg_sb_add(b, "COMMIT");
+    sn_sb_add(b, "COMMIT");
     free(fn.p);
     free(tbl.p);
     free(comment.p);
@@ -1384,7 +1384,7 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
     for (int round = 0; round < 2 && rc == SN_INSTALL_ERROR; round++) {
         tinfo t;
         plan p;
-        pg_sbuf drops = {0}, script = {0};
+        sn_sbuf drops = {0}, script = {0};
         char state[6] = "", why[900];
         int found = table_info(c, w, &t, err, errlen);
         if (found <= 0) {
@@ -1524,19 +1524,19 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     PGresult *res = pg_exec(c, &c->ctl, sql, 4, vals, PG_RETRY, NULL, err, errlen);
     if (res == NULL)
         return -1;
-    pg_sbuf b = {0};
+    sn_sbuf b = {0};
     for (int i = 0; i < PQntuples(res); i++) {
         if (!PQgetisnull(res, i, 0)) {
-            pg_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+            sn_sb_add(&b, "DROP TRIGGER IF EXISTS ");
             pg_sb_quote(&b, c->ctl.conn, PQgetvalue(res, i, 0), 1);
-            pg_sb_add(&b, " ON ");
+            sn_sb_add(&b, " ON ");
             pg_sb_qname(&b, c->ctl.conn, w->schema, w->table);
-            pg_sb_add(&b, ";\n");
+            sn_sb_add(&b, ";\n");
         }
         if (atoi(PQgetvalue(res, i, 1)) <= 1) {
-            pg_sb_add(&b, "DROP FUNCTION IF EXISTS ");
+            sn_sb_add(&b, "DROP FUNCTION IF EXISTS ");
             pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
-            pg_sb_add(&b, "();\n");
+            sn_sb_add(&b, "();\n");
         }
     }
     PQclear(res);
@@ -1547,11 +1547,11 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     } else if (b.len > 0 && own_lock(c, w, "drop", 1, err, errlen)) {
         rc = -1;
     } else if (b.len > 0) {
-        pg_sbuf s = {0};
+        sn_sbuf s = {0};
         char state[6] = "";
-        pg_sb_addf(&s, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
-        pg_sb_add(&s, b.p);
-        pg_sb_add(&s, "COMMIT");
+        sn_sb_addf(&s, "BEGIN;\nSET LOCAL lock_timeout = '%.0fms';\n", lock_ms(c));
+        sn_sb_add(&s, b.p);
+        sn_sb_add(&s, "COMMIT");
         rc = s.fail ? -1 : pg_script(c, s.p, state, err, errlen);
         if (s.fail)
             sn_seterr(err, errlen, "%s", s.fail);
@@ -1597,7 +1597,7 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
                       size_t errlen)
 {
     const char *vals[4] = {schema, table, chanline, NULL};
-    pg_sbuf b = {0}, oids = {0};
+    sn_sbuf b = {0}, oids = {0};
     int dropped = -1;
     char begin[64], state[6] = "";
     snprintf(begin, sizeof begin, "BEGIN; SET LOCAL lock_timeout = '%.0fms'", lock_ms(c));
@@ -1606,17 +1606,17 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
     PGresult *res = pg_exec(c, &c->ctl, scope_triggers_sql, 3, vals, 0, NULL, err, errlen);
     if (res == NULL)
         goto out;
-    pg_sb_add(&oids, "{");
+    sn_sb_add(&oids, "{");
     for (int i = 0; i < PQntuples(res); i++) {
-        pg_sb_add(&b, "DROP TRIGGER IF EXISTS ");
+        sn_sb_add(&b, "DROP TRIGGER IF EXISTS ");
         pg_sb_quote(&b, c->ctl.conn, PQgetvalue(res, i, 2), 1);
-        pg_sb_add(&b, " ON ");
+        sn_sb_add(&b, " ON ");
         pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-        pg_sb_add(&b, ";\n");
-        pg_sb_add(&oids, i ? "," : "");
-        pg_sb_add(&oids, PQgetvalue(res, i, 3));
+        sn_sb_add(&b, ";\n");
+        sn_sb_add(&oids, i ? "," : "");
+        sn_sb_add(&oids, PQgetvalue(res, i, 3));
     }
-    pg_sb_add(&oids, "}");
+    sn_sb_add(&oids, "}");
     int n = PQntuples(res);
     PQclear(res);
     if (b.fail || oids.fail) {
@@ -1637,9 +1637,9 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
     if (res == NULL)
         goto out;
     for (int i = 0; i < PQntuples(res); i++) {
-        pg_sb_add(&b, "DROP FUNCTION IF EXISTS ");
+        sn_sb_add(&b, "DROP FUNCTION IF EXISTS ");
         pg_sb_qname(&b, c->ctl.conn, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-        pg_sb_add(&b, "();\n");
+        sn_sb_add(&b, "();\n");
     }
     PQclear(res);
     if (b.fail) {
@@ -1669,8 +1669,8 @@ int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t
  * marker records). How many went, or -1 and err. */
 int pg_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen)
 {
-    pg_sbuf line = {0};
-    pg_sb_addf(&line, "\nchannel=%zu:%s\n", strlen(channel), channel);
+    sn_sbuf line = {0};
+    sn_sb_addf(&line, "\nchannel=%zu:%s\n", strlen(channel), channel);
     int n = line.fail ? (sn_seterr(err, errlen, "%s", line.fail), -1) : drop_scope(c, NULL, NULL, line.p, err, errlen);
     free(line.p);
     return n;
