@@ -630,6 +630,21 @@ static int jr_remake(struct pg_jr *j, const char *why)
     return 0;
 }
 
+/* The role may not call this journal's form of a step: *refused on, the step wanted again
+ * (it goes the earlier way), and what that costs said once at warning level. */
+static void jr_fall_back(struct pg_jr *j, PGresult *page, int *refused, int *want, const char *what)
+{
+    PQclear(page);
+    *refused = 1;
+    j->carried = 0;
+    sn_logf(&j->c->sink, SN_LOG_WARN,
+            "consumer \"%s\": this role may not call %s (the journal's owner may let it: GRANT EXECUTE ON ALL "
+            "FUNCTIONS IN SCHEMA sqlnotify TO <role>)",
+            j->c->consumer, what);
+    *want = 1;
+    jr_next(j);
+}
+
 static void jr_result(struct pg_jr *j)
 {
     PGresult *res, *page = NULL;
@@ -652,35 +667,20 @@ static void jr_result(struct pg_jr *j)
     j->query = JQ_NONE;
     j->state = JR_IDLE;
     ev_timer_stop(j->c->loop, &j->retry);
-    if (*why && query == JQ_LEASE && j->lease_keep && strcmp(state, "42501") == 0 &&
-        PQstatus(j->db) == CONNECTION_OK) {
-        /* a role granted journal 8's functions: renew as before, the held shares unkept */
-        PQclear(page);
-        j->keep_refused = 1;
-        j->carried = 0;
-        sn_logf(&j->c->sink, SN_LOG_WARN,
-                "consumer \"%s\": this role may not call sqlnotify.lease(text, text, float8, int, int[], bigint[], "
-                "text, bigint, int[]) (journal 9), so the shares whose events are in flight may go to another "
-                "member while held (the journal's owner may let it: GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "
-                "sqlnotify TO <role>)",
-                j->c->consumer);
-        j->want_lease = 1;
-        jr_next(j);
+    /* A role granted only an earlier journal's functions: the step goes again the earlier way,
+     * said once. lease(..., p_keep) of journal 9: the held shares unkept; fetch_at() of 10:
+     * no row times. */
+    int refused = *why && strcmp(state, "42501") == 0 && PQstatus(j->db) == CONNECTION_OK;
+    if (refused && query == JQ_LEASE && j->lease_keep) {
+        jr_fall_back(j, page, &j->keep_refused, &j->want_lease,
+                     "sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]) (journal 9), so "
+                     "the shares whose events are in flight may go to another member while held");
         return;
     }
-    if (*why && query == JQ_FETCH && !j->at_refused && strcmp(state, "42501") == 0 &&
-        strstr(primary, "fetch_at") != NULL && PQstatus(j->db) == CONNECTION_OK) {
-        /* a role granted journal 9's functions: fetch as before, without each row's time */
-        PQclear(page);
-        j->at_refused = 1;
-        j->carried = 0;
-        sn_logf(&j->c->sink, SN_LOG_WARN,
-                "consumer \"%s\": this role may not call sqlnotify.fetch_at (journal 10), so its events have no "
-                "written_at and the handler-start histogram counts from their receipt (the journal's owner may "
-                "let it: GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sqlnotify TO <role>)",
-                j->c->consumer);
-        j->want_fetch = 1;
-        jr_next(j);
+    if (refused && query == JQ_FETCH && !j->at_refused && strstr(primary, "fetch_at") != NULL) {
+        jr_fall_back(j, page, &j->at_refused, &j->want_fetch,
+                     "sqlnotify.fetch_at (journal 10), so its events have no written_at and the handler-start "
+                     "histogram counts from their receipt");
         return;
     }
     if (*why && jr_journal_gone(state) && PQstatus(j->db) == CONNECTION_OK &&
