@@ -89,6 +89,22 @@ local function family(out, name, kind, help)
   out[#out + 1] = fmt("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
 end
 
+local function keys_sorted(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = k end
+  sort(ks)
+  return ks
+end
+
+-- One gauge family: a series labelled label="key" for each key whose value(key) is not nil.
+local function gauge(out, name, help, label, keys, value)
+  family(out, name, "gauge", help)
+  for _, k in ipairs(keys) do
+    local v = value(k)
+    if v then out[#out + 1] = fmt('%s{%s="%s"} %s\n', name, label, esc(k), num(v)) end
+  end
+end
+
 local function labels(c)
   return fmt('consumer="%s",table="%s",operation="%s"', esc(c.consumer), esc(c.table), esc(c.op))
 end
@@ -182,41 +198,20 @@ function M.render(notifiers)
       refresh(notifiers)
     end)
   end
-  local names = {}
-  for name in pairs(lag) do names[#names + 1] = name end
-  sort(names)
-  family(out, "sqlnotify_lag_events", "gauge", "Journal events not yet acknowledged by the consumer (its own "
-    .. "tables; read every few seconds).")
-  for _, name in ipairs(names) do
-    if lag[name][1] then out[#out + 1] = fmt('sqlnotify_lag_events{consumer="%s"} %s\n', esc(name), num(lag[name][1])) end
+  local names = keys_sorted(lag)
+  gauge(out, "sqlnotify_lag_events", "Journal events not yet acknowledged by the consumer (its own tables; read "
+    .. "every few seconds).", "consumer", names, function(name) return lag[name][1] end)
+  gauge(out, "sqlnotify_lag_seconds", "Age in seconds of the consumer's oldest unacknowledged event (read every "
+    .. "few seconds).", "consumer", names, function(name) return lag[name][2] end)
+  gauge(out, "sqlnotify_journal_rows", "Rows in the database's journal (SQLite: its change log), every consumer's; "
+    .. "read every few seconds where a durable consumer of this process runs.", "database", keys_sorted(journal),
+    function(db) return journal[db] end)
+  local shares = {}
+  for _, st in ipairs(states) do
+    if st.shares then shares[st.consumer] = (shares[st.consumer] or 0) + st.shares end
   end
-  family(out, "sqlnotify_lag_seconds", "gauge", "Age in seconds of the consumer's oldest unacknowledged event "
-    .. "(read every few seconds).")
-  for _, name in ipairs(names) do
-    if lag[name][2] then
-      out[#out + 1] = fmt('sqlnotify_lag_seconds{consumer="%s"} %s\n', esc(name), num(lag[name][2]))
-    end
-  end
-  local shares, snames = {}, {}
-  for _, s in ipairs(states) do
-    if s.shares then
-      if not shares[s.consumer] then snames[#snames + 1] = s.consumer end
-      shares[s.consumer] = (shares[s.consumer] or 0) + s.shares
-    end
-  end
-  sort(snames)
-  local dbs = {}
-  for db in pairs(journal) do dbs[#dbs + 1] = db end
-  sort(dbs)
-  family(out, "sqlnotify_journal_rows", "gauge", "Rows in the database's journal (SQLite: its change log), every "
-    .. "consumer's; read every few seconds where a durable consumer of this process runs.")
-  for _, db in ipairs(dbs) do
-    out[#out + 1] = fmt('sqlnotify_journal_rows{database="%s"} %d\n', esc(db), journal[db])
-  end
-  family(out, "sqlnotify_shares_held", "gauge", "Shares of its consumer group this process holds (PostgreSQL).")
-  for _, name in ipairs(snames) do
-    out[#out + 1] = fmt('sqlnotify_shares_held{consumer="%s"} %d\n', esc(name), shares[name])
-  end
+  gauge(out, "sqlnotify_shares_held", "Shares of its consumer group this process holds (PostgreSQL).", "consumer",
+    keys_sorted(shares), function(name) return shares[name] end)
   return concat(out)
 end
 
