@@ -823,8 +823,9 @@ local EventMeta = { __index = {
 M._event_meta = EventMeta
 
 function Notifier:_event(w, channel, payload, ts)
-  local ev, why, drift = decode(w.plan or self:_plan(w), payload, channel, ts)
-  if not ev and drift then -- a newer wire version: this release cannot read it (nil, the reason)
+  local ev, why, flag = decode(w.plan or self:_plan(w), payload, channel, ts)
+  local drift = ev and flag
+  if not ev and flag then -- a newer wire version: this release cannot read it (nil, the reason)
     return nil, why
   elseif not ev then
     self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
@@ -959,7 +960,6 @@ function Notifier:_reinstall_now(w)
 end
 
 local function by_seq(a, b) return a.seq < b.seq end
-
 
 -- The error a handler raised, beside the traceback xpcall returns.
 local raised
@@ -1761,10 +1761,11 @@ function Notifier:replay_dead_letters(opts)
         if x.channel == plain then w = x break end
       end
     end
-    local ev = w and self:_event(w, w.channel, r.payload, ts)
+    local ev, newer
+    if w then ev, newer = self:_event(w, w.channel, r.payload, ts) end
     if not ev then
       self:_log("warn", "dead letter %s (channel %s) is not replayed: %s", tostring(r.id), r.channel,
-        w and "its payload cannot be read" or "no watch of this notifier has that channel")
+        newer or (w and "its payload cannot be read" or "no watch of this notifier has that channel"))
     else
       ev.seq = r.seq
       queued = queued + 1
