@@ -226,6 +226,19 @@ static int l_in_grace(lua_State *L)
     return 1;
 }
 
+void sn_at_close(lua_State *L, const char *key, lua_CFunction fn)
+{
+    if (lua_getfield(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
+        lua_newuserdatauv(L, 0, 0);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, fn);
+        lua_setfield(L, -2, "__gc");
+        lua_setmetatable(L, -2);
+        lua_setfield(L, LUA_REGISTRYINDEX, key);
+    }
+    lua_pop(L, 1);
+}
+
 static int hook_sentinel_gc(lua_State *L)
 {
     if (hook_L == main_thread(L)) {
@@ -1439,13 +1452,7 @@ int luaopen_sqlnotify_core(lua_State *L)
         return luaL_error(L, "sqlnotify: %s", err);
     createtimermeta(L);
     createconnmeta(L);
-    /* clears the stop hook when this state closes */
-    lua_newuserdatauv(L, 0, 0);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, hook_sentinel_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "sqlnotify.stop_hook_sentinel");
+    sn_at_close(L, "sqlnotify.stop_hook_sentinel", hook_sentinel_gc); /* clears the stop hook */
     luaL_newlib(L, corelib);
     sn_io_open(L);
     sn_decode_open(L);

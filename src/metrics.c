@@ -477,14 +477,7 @@ static int l_metrics_hook(lua_State *L)
     mx.hooks[mx.nhooks].L = M;
     mx.hooks[mx.nhooks].ref = luaL_ref(L, LUA_REGISTRYINDEX);
     mx.nhooks++;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "sqlnotify.metrics_sentinel") == LUA_TNIL) {
-        lua_newuserdatauv(L, 0, 0);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, hook_sentinel_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_setmetatable(L, -2);
-        lua_setfield(L, LUA_REGISTRYINDEX, "sqlnotify.metrics_sentinel");
-    }
+    sn_at_close(L, "sqlnotify.metrics_sentinel", hook_sentinel_gc);
     return 0;
 }
 

@@ -81,6 +81,9 @@ void sn_sd_finish(void);
  * ("host:port", ":port"). listen: 0, or -1 and err (the address cannot be bound). */
 int sn_metrics_listen(const char *addr, char *err, size_t errlen);
 void sn_metrics_close(void);
+/* core.c: fn runs when L's state closes, as the __gc of a
+ * userdata kept in the registry under key, made once per key and state. */
+void sn_at_close(lua_State *L, const char *key, lua_CFunction fn);
 void sn_metrics_open(lua_State *L); /* core.metrics_listen, metrics_serving, metrics_hook, histogram */
 
 #endif
