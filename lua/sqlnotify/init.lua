@@ -848,8 +848,7 @@ local ERROR_LOG_INTERVAL = 10 -- seconds between two reports of one handler's fa
 function Notifier:_newer(w, channel, seq, payload, why)
   local dead_ok, dead_err
   if seq and self._durable then
-    local lock = self._qlock
-    if lock and (lock.busy or lock.owner) then
+    if self:_query_taken() then
       dead_err = "the query connection is a handler's now"
     else
       dead_ok, dead_err = dead.write(self, self._consumer, channel, seq, payload, "sqlnotify: " .. why, 0)
@@ -1200,8 +1199,7 @@ function Notifier:_dead_letter(job, err)
   local info = { error = err, attempts = job.attempt, channel = job.channel or w.wire, seq = ev.seq,
     payload = job.payload, replayed = job.replay }
   if self._durable then
-    local lock = self._qlock
-    if lock and (lock.busy or lock.owner) then
+    if self:_query_taken() then
       return nil -- the query connection is a handler's now (its statement, its transaction): tried again
     end
     local ok, e
@@ -1780,6 +1778,12 @@ function Notifier:replay_dead_letters(opts)
   return queued
 end
 
+-- Whether the query connection is a handler's now: its statement runs, or its transaction is open.
+function Notifier:_query_taken()
+  local lock = self._qlock
+  return lock ~= nil and (lock.busy or lock.owner ~= nil)
+end
+
 --- n:query(sql, ...) -> rows | nil, err. In a handler (or a spawned coroutine) on PostgreSQL it
 -- yields while the statement runs (libpq's asynchronous calls). The statements of handlers
 -- side by side take turns on the one query connection, and a transaction one of them opens
@@ -1788,11 +1792,10 @@ end
 function Notifier:query(sql, ...)
   check_notifier(self, 2)
   if type(sql) ~= "string" then fail(2, "query needs an SQL string, got %s", type(sql)) end
-  local lock = self._qlock
   if delivery.can_wait() and self._async_query ~= false then
     return self:_query_async(sql, ...)
   end
-  if lock and (lock.busy or lock.owner) then
+  if self:_query_taken() then
     return nil, "sqlnotify: query: the query connection is in use by a handler's statement or transaction;"
       .. " call n:query from a handler or a coroutine of sqlnotify.spawn, where it waits its turn"
   end
