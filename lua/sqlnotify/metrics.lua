@@ -58,6 +58,8 @@ local function refresh(notifiers)
       local up = ok and down == 0 -- a lost connection is not waited for: its last figures stay
       if up and not fresh[n._consumer] then
         local okc, rows = pcall(n.consumers, n)
+        -- failed (a server that stalls makes each statement wait out its timeout): no second one
+        up = okc and rows ~= nil
         for _, r in ipairs(okc and rows or {}) do
           if r.name == n._consumer then fresh[r.name] = { r.lag_events, r.lag_seconds } end
         end
