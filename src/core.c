@@ -995,17 +995,6 @@ static int h_uninstall(lua_State *L)
     return 1;
 }
 
-static int h_uninstall_all(lua_State *L)
-{
-    sn_link *k = check_handle(L)->link;
-    char err[1024] = "";
-    int n = k->d->uninstall_all(k->conn, err, sizeof err);
-    if (n < 0)
-        return fail(L, err);
-    lua_pushinteger(L, n);
-    return 1;
-}
-
 /* h:drop([schema], [table]) -> count | nil, err: every sqlnotify trigger on one table, or all */
 static int h_drop(lua_State *L)
 {
@@ -1357,7 +1346,6 @@ static const luaL_Reg conn_meth[] = {
     {"describe", h_describe},
     {"install", h_install},
     {"uninstall", h_uninstall},
-    {"uninstall_all", h_uninstall_all},
     {"drop", h_drop},
     {"list", h_list},
     {"verify", h_verify},

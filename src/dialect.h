@@ -247,10 +247,6 @@ typedef struct sn_dialect {
     /* Triggers. install returns enum sn_install. */
     int (*install)(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen);
     int (*uninstall)(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
-    /* Drop every sqlnotify trigger and function in the database (found by marker).
-     * Returns how many triggers were dropped, or -1. */
-    int (*uninstall_all)(sn_conn *c, char *err, size_t errlen);
-
     /* Drop every sqlnotify trigger and function (found by marker) on one table, or in the
      * whole database when table is NULL (schema NULL: search_path / main). Returns how
      * many triggers were dropped, or -1. NULL: not supported. */

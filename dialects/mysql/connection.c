@@ -728,7 +728,6 @@ const sn_dialect sn_mysql_dialect = {
     .describe = my_describe,
     .install = my_install,
     .uninstall = my_uninstall,
-    .uninstall_all = my_uninstall_all,
     .drop = my_drop,
     .list = my_list,
     .verify = my_verify,

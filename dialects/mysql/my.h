@@ -160,7 +160,6 @@ const char *my_schema(sn_conn *c, const char *schema); /* NULL: the URL's databa
 /* triggers.c */
 int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t errlen);
 int my_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
-int my_uninstall_all(sn_conn *c, char *err, size_t errlen);
 int my_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
 int my_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen);
 void my_capture_unused(sn_conn *c, const char *channel, const char *forget_for);

@@ -963,7 +963,6 @@ int my_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t
     return n;
 }
 
-int my_uninstall_all(sn_conn *c, char *err, size_t errlen) { return my_drop(c, NULL, NULL, err, errlen); }
 
 int my_list(sn_conn *c, sn_result **out, char *err, size_t errlen)
 {

@@ -68,7 +68,6 @@ const sn_dialect sn_postgresql_dialect = {
     .describe = pg_describe,
     .install = dr_install,
     .uninstall = dr_uninstall,
-    .uninstall_all = pg_uninstall_all,
     .drop = pg_drop,
     .list = pg_list,
     .verify = pg_verify,

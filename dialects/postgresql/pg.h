@@ -192,7 +192,6 @@ int pg_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
 
 int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen);
 int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
-int pg_uninstall_all(sn_conn *c, char *err, size_t errlen);
 int pg_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
 int pg_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen);
 int pg_capture_unused(sn_conn *c, const char *channel);

@@ -1676,11 +1676,6 @@ int pg_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen)
     return n;
 }
 
-int pg_uninstall_all(sn_conn *c, char *err, size_t errlen)
-{
-    return pg_drop(c, NULL, NULL, err, errlen);
-}
-
 /* ===== list ===== */
 
 /* The value of "key=" in a marker comment: the rest of its line; for channel= the

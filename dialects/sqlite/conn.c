@@ -653,7 +653,6 @@ const sn_dialect sn_sqlite_dialect = {
     .describe = sqd_describe,
     .install = sqd_install,
     .uninstall = sqd_uninstall,
-    .uninstall_all = sqd_uninstall_all,
     .drop = sqd_drop,
     .list = sqd_list,
     .verify = sqd_verify,

@@ -198,7 +198,6 @@ int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **
                  char *err, size_t errlen);
 int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen);
 int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
-int sqd_uninstall_all(sn_conn *c, char *err, size_t errlen);
 int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
 int sqd_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int sqd_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);

@@ -1141,11 +1141,6 @@ int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_
     return -1;
 }
 
-int sqd_uninstall_all(sn_conn *c, char *err, size_t errlen)
-{
-    return sqd_drop(c, NULL, NULL, err, errlen);
-}
-
 /* "id | x: email, name | when: plan | old: plan" */
 static char *summary(const desc *d)
 {
