@@ -32,9 +32,10 @@ HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
 # Each driver is a folder: dialects/<name>/x.c -> $(BUILD)/<name>-x.o
 PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dialects/postgresql/*.c))
-# SQL kept as .sql data: dialects/<name>/x.sql -> the C string <name>_x_sql in $(BUILD)/<name>-x-sql.o
+# SQL kept as .sql data: dialects/<name>/x.sql -> the C string <prefix>_x_sql in $(BUILD)/<prefix>-x-sql.o
 PG_OBJS     += $(patsubst dialects/postgresql/%.sql,$(BUILD)/pg-%-sql.o,$(wildcard dialects/postgresql/*.sql))
 SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
+SQLITE_OBJS += $(patsubst dialects/sqlite/%.sql,$(BUILD)/sqlite-%-sql.o,$(wildcard dialects/sqlite/*.sql))
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
 OBJS += $(BUILD)/sbuf.o
 OBJS += $(BUILD)/sdnotify.o
@@ -47,6 +48,7 @@ MYSQL_CFLAGS := $(shell pkg-config --cflags libmariadb 2>/dev/null || mariadb_co
 MYSQL_LIBS := $(shell pkg-config --libs libmariadb 2>/dev/null || mariadb_config --libs 2>/dev/null)
 ifneq ($(MYSQL_LIBS),)
 OBJS    += $(patsubst dialects/mysql/%.c,$(BUILD)/mysql-%.o,$(wildcard dialects/mysql/*.c))
+OBJS    += $(patsubst dialects/mysql/%.sql,$(BUILD)/mysql-%-sql.o,$(wildcard dialects/mysql/*.sql))
 CFLAGS  += -DSN_HAVE_MYSQL
 DB_LIBS += $(MYSQL_LIBS)
 endif
@@ -87,11 +89,17 @@ $(BUILD)/%.o: src/%.c $(HEADERS) src/clients.h $(CONFIG_FILE)
 $(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/pg-%-sql.c: dialects/postgresql/%.sql tools/embed.sh
+# a driver's .sql file as a C string named <prefix>_<file>_sql
+define embed_sql
+$(BUILD)/$(1)-%-sql.c: dialects/$(2)/%.sql tools/embed.sh
 	@mkdir -p $(BUILD)
-	sh tools/embed.sh pg_$(subst -,_,$*)_sql $< >$@.tmp && mv $@.tmp $@
+	sh tools/embed.sh $(1)_$$(subst -,_,$$*)_sql $$< >$$@.tmp && mv $$@.tmp $$@
+endef
+$(eval $(call embed_sql,pg,postgresql))
+$(eval $(call embed_sql,sqlite,sqlite))
+$(eval $(call embed_sql,mysql,mysql))
 
-$(BUILD)/pg-%-sql.o: $(BUILD)/pg-%-sql.c $(CONFIG_FILE)
+$(BUILD)/%-sql.o: $(BUILD)/%-sql.c $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h $(CONFIG_FILE)

@@ -841,6 +841,30 @@ static int h_target(lua_State *L)
     return 1;
 }
 
+/* h:capabilities() -> { groups, search_path, plain_live = true | nil, quote = '"' | '`' } */
+static int h_capabilities(lua_State *L)
+{
+    const sn_dialect *d = check_handle(L)->link->d;
+    static const struct { unsigned bit; const char *name; } caps[] = {
+        {SN_CAP_GROUPS, "groups"}, {SN_CAP_SEARCH_PATH, "search_path"}, {SN_CAP_PLAIN_LIVE, "plain_live"}};
+    lua_createtable(L, 0, 4);
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        if (d->caps & caps[i].bit) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, caps[i].name);
+        }
+    lua_pushlstring(L, &d->quote, 1);
+    lua_setfield(L, -2, "quote");
+    return 1;
+}
+
+/* h:statements() -> the text of the driver's statements.sql */
+static int h_statements(lua_State *L)
+{
+    lua_pushstring(L, check_handle(L)->link->d->statements);
+    return 1;
+}
+
 static int h_max_payload(lua_State *L)
 {
     lua_pushinteger(L, (lua_Integer)check_handle(L)->link->d->max_payload);
@@ -1341,6 +1365,8 @@ static int h_close(lua_State *L)
 
 static const luaL_Reg conn_meth[] = {
     {"dialect", h_dialect},
+    {"capabilities", h_capabilities},
+    {"statements", h_statements},
     {"target", h_target},
     {"max_payload", h_max_payload},
     {"describe", h_describe},

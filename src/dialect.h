@@ -215,10 +215,24 @@ typedef struct sn_options {
 
 typedef struct sn_conn sn_conn;  /* defined by each driver */
 
+/* What a dialect can do, for the shared Lua to ask instead of testing the dialect's name. */
+enum sn_cap {
+    SN_CAP_GROUPS = 1 << 0,      /* processes with one consumer name share its work: shares, lease */
+    SN_CAP_SEARCH_PATH = 1 << 1, /* an unqualified table is looked up along a search path */
+    SN_CAP_PLAIN_LIVE = 1 << 2   /* a live watch's channel is the database's own, as declared, so
+                                    that others may LISTEN on it (else it carries "#live") */
+};
+
 typedef struct sn_dialect {
     const char *name;              /* "postgresql", "sqlite" */
     const char *const *schemes;    /* URL schemes, NULL-terminated: {"postgresql", "postgres", NULL} */
     size_t max_payload;            /* largest notification payload in bytes; 0: no limit */
+    unsigned caps;                 /* enum sn_cap, or-ed */
+    char quote;                    /* what quotes an identifier: '"' or '`' */
+    /* The text of the driver's statements.sql (compiled in by tools/embed.sh): the statements
+     * the shared Lua runs by name (catalog.lua, dead_letters.lua; lua/sqlnotify/statements.lua
+     * reads the format). */
+    const char *statements;
 
     /* Connect (blocking). url has any "+driver" suffix already removed from its scheme.
      * The sink receives events and logs until close. NULL and err on failure; err names

@@ -183,4 +183,7 @@ int my_consumer_register(sn_conn *c, char *err, size_t errlen);
 /* The server-wide lock a consumer's reader holds: one process reads a consumer at a time. */
 void my_lock_name(sn_conn *c, const char *consumer, char out[65]);
 
+/* statements.sql, compiled in by tools/embed.sh. */
+extern const char mysql_statements_sql[];
+
 #endif

@@ -17,7 +17,6 @@
 #define JOURNAL_VERSION "sqlnotify journal 10"
 
 /* The schema and its functions: journal.sql, embedded at build time (tools/embed.sh). */
-extern const char pg_journal_sql[];
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and

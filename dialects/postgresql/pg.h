@@ -257,4 +257,8 @@ int pg_db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen);
 
 #pragma GCC visibility pop
 
+/* The driver's .sql files, compiled in by tools/embed.sh. */
+extern const char pg_journal_sql[];
+extern const char pg_statements_sql[];
+
 #endif

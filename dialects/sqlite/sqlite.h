@@ -221,4 +221,7 @@ void sqd_reader_rewind(sn_conn *c);
 
 #pragma GCC visibility pop
 
+/* statements.sql, compiled in by tools/embed.sh. */
+extern const char sqlite_statements_sql[];
+
 #endif

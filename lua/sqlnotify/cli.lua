@@ -237,8 +237,8 @@ local function describe(o)
 end
 
 -- The consumers that look like running: a live member, or seen in the last minute.
-local function running(n, objects)
-  if n.dialect_name == "mysql" and not catalog.has(objects, "table", "sqlnotify_consumers") then return {} end
+local function running(n)
+  if not catalog.consumers_exist(n) then return {} end
   local out = {}
   for _, r in ipairs(n:consumers() or {}) do
     local ago = age(r.last_seen)
@@ -267,7 +267,7 @@ function M.uninstall(url, yes, out, err)
       out:write("no sqlnotify objects in ", target, "\n")
       return 0
     end
-    local busy = running(n, objects)
+    local busy = running(n)
     if yes == 0 then
       out:write("sqlnotify objects in ", target, ":\n")
       local count = 0

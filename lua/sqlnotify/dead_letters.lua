@@ -3,63 +3,9 @@
 -- journal; sqlnotify_dead_letters on SQLite and MySQL. Made on the first dead letter.
 local M = {}
 
--- The statements of each dialect; $n (PostgreSQL) or ? (SQLite, MySQL) in the order of the
--- arguments the functions below pass.
-local SQL = {
-  postgresql = {
-    create = {
-      "CREATE SCHEMA IF NOT EXISTS sqlnotify",
-      "CREATE TABLE IF NOT EXISTS sqlnotify.dead_letters (id bigserial PRIMARY KEY, consumer text NOT NULL,"
-        .. " channel text NOT NULL, seq bigint, payload text NOT NULL, error text NOT NULL,"
-        .. " attempts integer NOT NULL, failed_at timestamptz NOT NULL DEFAULT now())",
-      "CREATE INDEX IF NOT EXISTS dead_letters_consumer ON sqlnotify.dead_letters (consumer, id)",
-    },
-    insert = "INSERT INTO sqlnotify.dead_letters (consumer, channel, seq, payload, error, attempts)"
-      .. " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-    again = "UPDATE sqlnotify.dead_letters SET error = $2, attempts = attempts + $3, failed_at = now() WHERE id = $1",
-    delete = "DELETE FROM sqlnotify.dead_letters WHERE id = $1",
-    list = "SELECT id, consumer, channel, seq, payload, error, attempts,"
-      .. " to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS failed_at"
-      .. " FROM sqlnotify.dead_letters WHERE ($1::text IS NULL OR consumer = $1) AND ($2::bigint IS NULL OR id = $2)"
-      .. " ORDER BY id LIMIT $3",
-    exists = "SELECT to_regclass('sqlnotify.dead_letters') IS NOT NULL AS present",
-    counts = "SELECT consumer, count(*) AS n FROM sqlnotify.dead_letters GROUP BY consumer",
-  },
-  sqlite = {
-    create = {
-      "CREATE TABLE IF NOT EXISTS sqlnotify_dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        .. " consumer TEXT NOT NULL, channel TEXT NOT NULL, seq INTEGER, payload TEXT NOT NULL, error TEXT NOT NULL,"
-        .. " attempts INTEGER NOT NULL, failed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))",
-    },
-    insert = "INSERT INTO sqlnotify_dead_letters (consumer, channel, seq, payload, error, attempts)"
-      .. " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-    again = "UPDATE sqlnotify_dead_letters SET error = ?2, attempts = attempts + ?3,"
-      .. " failed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?1",
-    delete = "DELETE FROM sqlnotify_dead_letters WHERE id = ?",
-    list = "SELECT id, consumer, channel, seq, payload, error, attempts, failed_at FROM sqlnotify_dead_letters"
-      .. " WHERE (?1 IS NULL OR consumer = ?1) AND (?2 IS NULL OR id = ?2) ORDER BY id LIMIT ?3",
-    exists = "SELECT count(*) AS present FROM sqlite_master WHERE type = 'table' AND name = 'sqlnotify_dead_letters'",
-    counts = "SELECT consumer, count(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer",
-  },
-  mysql = {
-    create = {
-      "CREATE TABLE IF NOT EXISTS sqlnotify_dead_letters (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
-        .. " consumer VARCHAR(255) NOT NULL, channel VARCHAR(255) NOT NULL, seq BIGINT, payload LONGTEXT NOT NULL,"
-        .. " error TEXT NOT NULL, attempts INT NOT NULL, failed_at DATETIME(6) NOT NULL, KEY (consumer, id))",
-    },
-    insert = "INSERT INTO sqlnotify_dead_letters (consumer, channel, seq, payload, error, attempts, failed_at)"
-      .. " VALUES (?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))",
-    again = "UPDATE sqlnotify_dead_letters SET error = ?, attempts = attempts + ?, failed_at = UTC_TIMESTAMP(6)"
-      .. " WHERE id = ?",
-    delete = "DELETE FROM sqlnotify_dead_letters WHERE id = ?",
-    list = "SELECT id, consumer, channel, seq, payload, error, attempts,"
-      .. " DATE_FORMAT(failed_at, '%Y-%m-%dT%H:%i:%SZ') AS failed_at FROM sqlnotify_dead_letters"
-      .. " WHERE (? IS NULL OR consumer = ?) AND (? IS NULL OR id = ?) ORDER BY id LIMIT ?",
-    exists = "SELECT count(*) AS present FROM information_schema.tables WHERE table_schema = DATABASE()"
-      .. " AND table_name = 'sqlnotify_dead_letters'",
-    counts = "SELECT consumer, COUNT(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer",
-  },
-}
+-- The statements are each driver's (statements.sql, dead_*), and take the same arguments on
+-- every dialect.
+local statements = require("sqlnotify.statements")
 
 local MAX_ERROR = 8000 -- bytes of the error (a traceback) kept
 
@@ -92,12 +38,10 @@ local function text_of(err)
 end
 M.text_of = text_of
 
-local function sql_of(n)
-  return SQL[n.dialect_name] or error("sqlnotify: no dead-letter table on " .. tostring(n.dialect_name), 3)
-end
+local sql_of = statements.of
 
 local function create(n, s)
-  for _, stmt in ipairs(s.create) do
+  for _, stmt in ipairs(statements.list(s, "dead_create")) do
     local ok, err = n._h:query(stmt)
     if not ok then return nil, err end
   end
@@ -117,7 +61,7 @@ end
 function M.write(n, consumer, channel, seq, payload, err, attempts)
   local s = sql_of(n)
   err = text_of(err)
-  local rows, e = run(n, s, s.insert, consumer, channel, seq, payload, err, attempts)
+  local rows, e = run(n, s, s.dead_insert, consumer, channel, seq, payload, err, attempts)
   if not rows then return nil, e end
   local id = rows[1] and rows[1].id
   return id and math.tointeger(tonumber(id)) or true
@@ -127,12 +71,7 @@ end
 function M.again(n, id, err, attempts)
   local s = sql_of(n)
   err = text_of(err)
-  local rows, e
-  if n.dialect_name == "mysql" then
-    rows, e = run(n, s, s.again, err, attempts, id)
-  else
-    rows, e = run(n, s, s.again, id, err, attempts)
-  end
+  local rows, e = run(n, s, s.dead_again, err, attempts, id)
   if not rows then return nil, e end
   return true
 end
@@ -140,13 +79,13 @@ end
 -- A replayed dead letter was handled: it goes.
 function M.delete(n, id)
   local s = sql_of(n)
-  local rows, e = n._h:query(s.delete, id)
+  local rows, e = n._h:query(s.dead_delete, id)
   if not rows then return nil, e end
   return true
 end
 
 local function absent(n, s)
-  local present = n._h:query(s.exists)
+  local present = n._h:query(s.dead_exists)
   return present and present[1] and (present[1].present == false or tonumber(present[1].present) == 0
     or present[1].present == "f")
 end
@@ -156,7 +95,7 @@ end
 function M.counts(n)
   local s = sql_of(n)
   if absent(n, s) then return {} end
-  local rows, e = n._h:query(s.counts)
+  local rows, e = n._h:query(s.dead_counts)
   if not rows then return nil, e end
   local out = {}
   for _, r in ipairs(rows) do out[r.consumer] = math.tointeger(tonumber(r.n)) or r.n end
@@ -168,12 +107,7 @@ end
 function M.list(n, consumer, id, limit)
   local s = sql_of(n)
   if absent(n, s) then return {} end
-  local rows, e
-  if n.dialect_name == "mysql" then
-    rows, e = n._h:query(s.list, consumer, consumer, id, id, limit)
-  else
-    rows, e = n._h:query(s.list, consumer, id, limit)
-  end
+  local rows, e = n._h:query(s.dead_list, consumer, consumer, id, id, limit)
   if not rows then return nil, e end
   for _, r in ipairs(rows) do
     r.id = math.tointeger(tonumber(r.id)) or r.id

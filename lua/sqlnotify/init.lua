@@ -188,7 +188,7 @@ function Notifier:_table(t, level)
   if #rows == 0 then
     if schema then fail(level + 1, "unknown table %s", qname(schema, table)) end
     fail(level + 1, "unknown table %q%s", table,
-      self.dialect_name == "postgresql" and " (not found in search_path)" or "")
+      self._caps.search_path and " (not found in search_path)" or "")
   end
   if rows[1][4] == "view" then
     fail(level + 1, "%s is a view; views cannot be watched (watch the tables under it)", qname(rows[1][2], rows[1][3]))
@@ -332,7 +332,8 @@ function M.notifier(opts)
     consumer_retention = opts.consumer_retention, shares = opts.shares, lease = opts.lease })
   if not ok then error(one_line(h), error_level(2)) end
   if not h then return nil, err end
-  if (opts.shares ~= nil or opts.lease ~= nil) and h:dialect() ~= "postgresql" then
+  local caps = h:capabilities()
+  if (opts.shares ~= nil or opts.lease ~= nil) and not caps.groups then
     local dialect = h:dialect()
     h:close()
     fail(2, "shares and lease apply to PostgreSQL consumers; on %s a second process with the same consumer "
@@ -341,12 +342,13 @@ function M.notifier(opts)
   local self = setmetatable({
     _h = h,
     dialect_name = h:dialect(),
+    _caps = caps,      -- what the dialect can do (h:capabilities)
     _revoke = opts.revoke_on_model_change ~= false,
     _cleanup_on_start = opts.cleanup_on_start == true,
     _durable = opts.consumer ~= nil,
     _consumer = opts.consumer,
     _log_fields = opts.consumer and { consumer = opts.consumer } or nil,
-    _limited = h:dialect() == "postgresql" and opts.consumer == nil, -- payloads have a size limit (NOTIFY's)
+    _limited = h:max_payload() > 0 and opts.consumer == nil, -- payloads have a size limit (NOTIFY's)
     _nulls = opts.nulls == true,
     _verify_interval = verify,
     _tables = {},
@@ -526,7 +528,7 @@ function Notifier:watch(t, op, opts)
       concat(trigger, "\1"), concat(old, "\1"), tostring(overflow) }, "\0")):sub(1, 12)
   end
   local wire = channel
-  if self._durable or self.dialect_name ~= "postgresql" then wire = channel .. "#" .. capture end
+  if self._durable or not self._caps.plain_live then wire = channel .. "#" .. capture end
 
   local w = {
     schema = info.schema, table = info.table, name = info.name, op = op, opcode = OPCODES[op],

@@ -1,0 +1,122 @@
+-- statements.sql: what the shared Lua runs on PostgreSQL by name (lua/sqlnotify/statements.lua
+-- reads this file, compiled in, through h:statements()). Each statement starts at a line
+-- "-- name: <key>" and runs to the next one; a key given twice is a list run in order.
+-- Parameters: $1.. in the order the caller passes them, each used once (MySQL's ? cannot be
+-- used twice, so every dialect takes the same arguments). %s: an identifier the caller quotes.
+
+-- ===== catalog.lua: what of sqlnotify's is in a database, for --list, --consumers, --uninstall
+
+-- name: reads_exists
+SELECT pg_catalog.to_regclass('sqlnotify.reads') IS NOT NULL AS present
+-- name: reads
+SELECT consumer, channel FROM sqlnotify.reads ORDER BY consumer COLLATE "C"
+-- name: journal_rows
+SELECT count(*) AS n FROM sqlnotify.journal
+-- name: prepare
+-- no statement waits long behind a writer's lock: it fails and says so instead
+SET lock_timeout = '5s'
+-- name: table_owner
+SELECT pg_catalog.pg_get_userbyid(c.relowner) AS owner, pg_catalog.pg_has_role(c.relowner, 'MEMBER') AS mine
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2
+-- name: functions
+-- our trigger functions (marked by their comment) no trigger uses: a dropped table leaves them
+SELECT pg_catalog.format('%I.%I()', n.nspname, p.proname) AS name,
+  pg_catalog.pg_get_userbyid(p.proowner) AS owner, pg_catalog.pg_has_role(p.proowner, 'MEMBER') AS mine
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_description d ON d.objoid = p.oid AND d.objsubid = 0
+  AND d.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+WHERE d.description LIKE 'sqlnotify:%' AND p.pronargs = 0
+  AND n.nspname NOT IN ('sqlnotify', 'sqlnotify_capture')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger u WHERE u.tgfoid = p.oid)
+ORDER BY 1 COLLATE "C"
+-- name: drop_function
+DROP FUNCTION IF EXISTS %s
+-- name: overflow
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name,
+  pg_catalog.pg_get_userbyid(c.relowner) AS owner, pg_catalog.pg_has_role(c.relowner, 'MEMBER') AS mine
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = 'sqlnotify_overflow' AND c.relkind IN ('r', 'p') AND n.nspname <> 'sqlnotify'
+ORDER BY 1 COLLATE "C"
+-- name: drop_table
+DROP TABLE IF EXISTS %s
+-- name: schema
+-- the schema: its tables, what in it another role owns, and what outside it depends on it
+-- (DROP SCHEMA ... CASCADE would take those along: they are not ours)
+SELECT pg_catalog.pg_get_userbyid(s.nspowner) AS owner, pg_catalog.pg_has_role(s.nspowner, 'MEMBER') AS mine,
+  (SELECT pg_catalog.string_agg(c.relname, ', ' ORDER BY c.relname COLLATE "C") FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = s.oid AND c.relkind IN ('r', 'p')) AS tables,
+  (SELECT pg_catalog.string_agg(pg_catalog.format('%s (owner %s)', c.relname, pg_catalog.pg_get_userbyid(c.relowner)),
+    ', ' ORDER BY c.relname COLLATE "C") FROM pg_catalog.pg_class c WHERE c.relnamespace = s.oid
+    AND c.relkind IN ('r', 'p', 'S', 'v') AND NOT pg_catalog.pg_has_role(c.relowner, 'MEMBER')) AS others,
+  (SELECT pg_catalog.string_agg(DISTINCT i.type || ' ' || i.identity, ', ') FROM pg_catalog.pg_depend d
+    CROSS JOIN LATERAL pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid) i
+    WHERE d.deptype = 'n' AND (
+     (d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid IN
+       (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = s.oid))
+     OR (d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid IN
+       (SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace = s.oid))
+     OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid IN
+       (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typnamespace = s.oid)))
+    -- the schema of the dependent object, or of the table it belongs to
+    AND CASE d.classid
+     WHEN 'pg_catalog.pg_class'::pg_catalog.regclass THEN
+      (SELECT x.relnamespace FROM pg_catalog.pg_class x WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass THEN
+      (SELECT x.pronamespace FROM pg_catalog.pg_proc x WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_type'::pg_catalog.regclass THEN
+      (SELECT x.typnamespace FROM pg_catalog.pg_type x WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_attrdef x
+      JOIN pg_catalog.pg_class c ON c.oid = x.adrelid WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_rewrite x
+      JOIN pg_catalog.pg_class c ON c.oid = x.ev_class WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN (SELECT c.relnamespace FROM pg_catalog.pg_trigger x
+      JOIN pg_catalog.pg_class c ON c.oid = x.tgrelid WHERE x.oid = d.objid)
+     WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN (SELECT COALESCE(c.relnamespace, x.connamespace)
+      FROM pg_catalog.pg_constraint x LEFT JOIN pg_catalog.pg_class c ON c.oid = x.conrelid WHERE x.oid = d.objid)
+    END IS DISTINCT FROM s.oid) AS dependents
+FROM pg_catalog.pg_namespace s WHERE s.nspname = 'sqlnotify'
+-- name: drop_schema
+DROP SCHEMA IF EXISTS sqlnotify CASCADE
+-- name: extension
+SELECT e.extversion AS version, pg_catalog.pg_get_userbyid(e.extowner) AS owner,
+  pg_catalog.pg_has_role(e.extowner, 'MEMBER') AS mine FROM pg_catalog.pg_extension e
+WHERE e.extname = 'sqlnotify_capture'
+-- name: drop_extension
+DROP EXTENSION IF EXISTS sqlnotify_capture
+-- name: capture_schema
+-- the extension's schema, which CREATE EXTENSION made and DROP EXTENSION leaves
+SELECT pg_catalog.pg_get_userbyid(s.nspowner) AS owner, pg_catalog.pg_has_role(s.nspowner, 'MEMBER') AS mine
+FROM pg_catalog.pg_namespace s WHERE s.nspname = 'sqlnotify_capture'
+-- name: drop_capture_schema
+DROP SCHEMA IF EXISTS sqlnotify_capture
+
+-- ===== dead_letters.lua: events whose handlers failed on every attempt (SPEC §8.1)
+
+-- name: dead_create
+CREATE SCHEMA IF NOT EXISTS sqlnotify
+-- name: dead_create
+CREATE TABLE IF NOT EXISTS sqlnotify.dead_letters (id bigserial PRIMARY KEY, consumer text NOT NULL,
+  channel text NOT NULL, seq bigint, payload text NOT NULL, error text NOT NULL,
+  attempts integer NOT NULL, failed_at timestamptz NOT NULL DEFAULT now())
+-- name: dead_create
+CREATE INDEX IF NOT EXISTS dead_letters_consumer ON sqlnotify.dead_letters (consumer, id)
+-- name: dead_insert
+-- (consumer, channel, seq, payload, error, attempts) -> id
+INSERT INTO sqlnotify.dead_letters (consumer, channel, seq, payload, error, attempts)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+-- name: dead_again
+-- (error, attempts, id)
+UPDATE sqlnotify.dead_letters SET error = $1, attempts = attempts + $2, failed_at = now() WHERE id = $3
+-- name: dead_delete
+DELETE FROM sqlnotify.dead_letters WHERE id = $1
+-- name: dead_list
+-- (consumer, consumer, id, id, limit): a NULL consumer or id matches every one
+SELECT id, consumer, channel, seq, payload, error, attempts,
+  to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS failed_at
+FROM sqlnotify.dead_letters WHERE ($1::text IS NULL OR consumer = $2) AND ($3::bigint IS NULL OR id = $4)
+ORDER BY id LIMIT $5
+-- name: dead_exists
+SELECT pg_catalog.to_regclass('sqlnotify.dead_letters') IS NOT NULL AS present
+-- name: dead_counts
+SELECT consumer, count(*) AS n FROM sqlnotify.dead_letters GROUP BY consumer

@@ -1,0 +1,55 @@
+--- sqlnotify.statements: the statements each driver keeps in its statements.sql (compiled in,
+-- read through h:statements()), by name. A statement starts at a line "-- name: <key>" and runs
+-- to the next one; other lines that start with "--" are comments and left out. A key given
+-- more than once is a list, run in order (M.list); M.of(n)[key] is a key's one statement.
+local M = {}
+
+local parsed = {} -- statements text -> { [key] = text, _lists = { [key] = { text, ... } } }
+
+local function parse(text)
+  local one, lists, key, lines = {}, {}, nil, nil
+  local function close()
+    if not key then return end
+    local sql = table.concat(lines, "\n"):match("^%s*(.-)%s*$")
+    local list = lists[key] or {}
+    list[#list + 1] = sql
+    lists[key], one[key] = list, sql
+  end
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    local name = line:match("^%-%- name: (%S+)%s*$")
+    if name then
+      close()
+      key, lines = name, {}
+    elseif key and not line:match("^%s*%-%-") then
+      lines[#lines + 1] = line
+    end
+  end
+  close()
+  one._lists = lists
+  return one
+end
+
+--- of(n) -> the statements of the notifier's dialect: { [key] = SQL text } (absent: the dialect
+-- has none of that name, and does without).
+function M.of(n)
+  local text = n._h:statements()
+  local s = parsed[text]
+  if not s then
+    s = parse(text)
+    parsed[text] = s
+  end
+  return s
+end
+
+--- list(s, key) -> { SQL text, ... }: every statement of that name, in the file's order.
+function M.list(s, key)
+  return s._lists[key] or {}
+end
+
+--- quote(n, name) -> the identifier quoted as the dialect quotes ("" or ``).
+function M.quote(n, name)
+  local q = n._caps.quote
+  return q .. name:gsub(q, q .. q) .. q
+end
+
+return M
