@@ -334,6 +334,44 @@ typedef struct sn_dialect {
 
 /* ===== helpers shared by drivers and the runtime ===== */
 
+/* The one reconnect policy (database readers and listeners, the Redis and MQTT clients):
+ * capped exponential backoff with jitter. The n-th wait after a loss is drawn from [d/2, d],
+ * d = first * 2^n up to cap (50-100 ms, 100-200 ms, ... 5-10 s), so that processes that lost
+ * one server together do not all come back in the same millisecond. Zeroed, it takes the
+ * defaults below; sn_backoff_reset once connected again. */
+#define SN_BACKOFF_FIRST 0.1
+#define SN_BACKOFF_CAP 10.0
+typedef struct sn_backoff {
+    double first, cap; /* seconds; 0: SN_BACKOFF_FIRST, SN_BACKOFF_CAP */
+    int attempt;
+    uint64_t rng;      /* xorshift64 state, seeded at the first draw */
+} sn_backoff;
+
+static inline double sn_backoff_next(sn_backoff *b)
+{
+    double cap = b->cap > 0 ? b->cap : SN_BACKOFF_CAP;
+    double d = b->first > 0 ? b->first : SN_BACKOFF_FIRST;
+    for (int i = 0; i < b->attempt && d < cap; i++)
+        d *= 2;
+    if (d > cap)
+        d = cap;
+    if (d < cap)
+        b->attempt++; /* stops growing at the cap */
+    if (b->rng == 0)
+        b->rng = ((uint64_t)(ev_time() * 1e6) ^ (uint64_t)(uintptr_t)b) | 1;
+    uint64_t x = b->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b->rng = x;
+    return d / 2 + (double)(x >> 11) / 9007199254740992.0 * d / 2;
+}
+
+static inline void sn_backoff_reset(sn_backoff *b)
+{
+    b->attempt = 0;
+}
+
 /* FNV-1a, 64 bit: stable names and markers across runs and machines. */
 static inline uint64_t sn_hash64(const void *data, size_t len, uint64_t h)
 {

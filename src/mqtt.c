@@ -35,6 +35,7 @@
 
 #define MQTT_META "sqlnotify.mqtt"
 
+/* The shared backoff (sn_backoff) from 50-100 ms up to 2.5-5 s. */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 
@@ -61,7 +62,7 @@ typedef struct sn_mqtt {
     int fd, events;    /* what io watches (-1: nothing) */
     ev_timer misc;     /* mosquitto_loop_misc each second */
     ev_timer retry;    /* reconnect after a backoff */
-    double backoff;
+    sn_backoff backoff;
     int connected;     /* CONNACK accepted and not lost since */
     int lost;          /* the library reported a disconnect since the last settle */
     int fresh;         /* connected since the last settle: publish what waited */
@@ -188,7 +189,7 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     if (rc == 0) {
         c->connected = 1;
         c->fresh = 1;
-        c->backoff = BACKOFF_MIN;
+        sn_backoff_reset(&c->backoff);
         c->last[0] = '\0';
         sn_log(SN_LOG_DEBUG, "mqtt: connected to %s", c->name);
     } else {
@@ -239,9 +240,8 @@ static void retry_later(sn_mqtt *c)
 {
     if (ev_is_active(&c->retry))
         return;
-    ev_timer_set(&c->retry, c->backoff, 0.);
+    ev_timer_set(&c->retry, sn_backoff_next(&c->backoff), 0.);
     ev_timer_start(sn_loop(), &c->retry);
-    c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
 }
 
 /* After every call into libmosquitto: act on what its callbacks noted. */
@@ -435,7 +435,7 @@ static int l_mqtt_new(lua_State *L)
     sn_mqtt *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
     c->fd = -1;
-    c->backoff = BACKOFF_MIN;
+    c->backoff = (sn_backoff){.first = BACKOFF_MIN, .cap = BACKOFF_MAX};
     luaL_setmetatable(L, MQTT_META);
     snprintf(c->name, sizeof c->name, "%s", name ? name : host);
     ev_init(&c->io, on_io);

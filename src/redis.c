@@ -30,6 +30,8 @@
 
 #define REDIS_META "sqlnotify.redis"
 
+/* The shared backoff (sn_backoff) from 25-50 ms up to 1-2 s: calls wait in the queue
+ * meanwhile, so a short Redis restart should cost them little. */
 #define BACKOFF_MIN 0.05
 #define BACKOFF_MAX 2.0
 
@@ -72,7 +74,7 @@ typedef struct rclient {
     int null_ref;    /* sqlnotify.null: the nil reply */
     ev_timer retry;    /* reconnect after the backoff */
     ev_timer deadline; /* connect + AUTH + SELECT */
-    double backoff;
+    sn_backoff backoff;
     int handshake;   /* handshake replies still to come */
     int lost;        /* a connection was lost: log when it is back */
     char why[256];   /* why the connection is not ready (for a call's timeout) */
@@ -360,7 +362,7 @@ static void became_ready(rclient *c)
 {
     c->state = READY;
     ev_timer_stop(sn_loop(), &c->deadline);
-    c->backoff = 0;
+    sn_backoff_reset(&c->backoff);
     c->why[0] = '\0';
     free(c->fatal);
     c->fatal = NULL;
@@ -380,10 +382,7 @@ static void schedule_retry(rclient *c)
 {
     c->state = DOWN;
     ev_timer_stop(sn_loop(), &c->deadline);
-    if (c->backoff < BACKOFF_MIN)
-        c->backoff = BACKOFF_MIN;
-    double d = c->backoff / 2 + (double)rand() / RAND_MAX * c->backoff / 2; /* jitter */
-    c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
+    double d = sn_backoff_next(&c->backoff);
     ev_timer_stop(sn_loop(), &c->retry);
     ev_timer_set(&c->retry, d, 0.);
     ev_timer_start(sn_loop(), &c->retry);
@@ -610,6 +609,7 @@ static int redis_new(lua_State *L)
     if (c == NULL)
         return luaL_error(L, "sqlnotify: out of memory");
     c->refs = 1;
+    c->backoff = (sn_backoff){.first = BACKOFF_MIN, .cap = BACKOFF_MAX};
     h->c = c;
     c->host = strdup(host);
     c->user = user ? strdup(user) : NULL;

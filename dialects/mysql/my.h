@@ -88,7 +88,7 @@ typedef struct my_reader {
     int nchan;
     double interval;     /* the adaptive poll interval */
     double down_since;   /* when the connection was lost, 0 while up */
-    double backoff;
+    sn_backoff backoff;  /* between reconnect attempts */
     int locked;          /* durable: this process holds the consumer's lock */
     int standby_said;
     int dirty;           /* durable: st changed since it was saved */

@@ -43,7 +43,6 @@
 #define PRUNE_BATCH 5000
 #define PRUNE_ROUNDS 20     /* batches per prune turn */
 #define STANDBY_RETRY 1.0
-#define MAX_BACKOFF 10.0
 #define SYNC_DEADLINE 2.0   /* the final save at stop */
 
 enum { CALL_NONE, CALL_CONNECT, CALL_QUERY, CALL_STORE };
@@ -214,8 +213,7 @@ static void lost(sn_conn *c, const char *why)
         sn_logf(&c->sink, SN_LOG_WARN, "lost the journal reader's connection to %s: %s; reconnecting", c->target, why);
     }
     teardown(c);
-    r->backoff = r->backoff == 0 ? 0.1 : r->backoff * 2 > MAX_BACKOFF ? MAX_BACKOFF : r->backoff * 2;
-    later(c, NEXT_CONNECT, r->backoff);
+    later(c, NEXT_CONNECT, sn_backoff_next(&r->backoff));
 }
 
 /* A statement failed: a lost connection reconnects; anything else is logged (once per 30 s)
@@ -284,7 +282,7 @@ static void connected(sn_conn *c, int ok)
             }
         }
     }
-    r->backoff = 0;
+    sn_backoff_reset(&r->backoff);
     if (durable(c))
         lock(c);
     else
@@ -934,7 +932,7 @@ void my_stop(sn_conn *c)
     r->on = 0;
     r->started = 0;
     r->down_since = 0;
-    r->backoff = 0;
+    sn_backoff_reset(&r->backoff);
     r->standby_said = 0;
     r->prune_off = 0;
     r->held = 0; /* what was in flight comes again after a new listen */

@@ -549,7 +549,6 @@ sn_conn *pg_open(const char *url, struct ev_loop *loop, const sn_sink *sink, con
     snprintf(c->target, sizeof c->target, "database \"%s\" on %s:%s", PQdb(c->ctl.conn),
              host && *host ? host : "localhost", port && *port ? port : "5432");
     pg_scrub(c, c->target, sizeof c->target);
-    c->rng = ((uint64_t)(ev_time() * 1e6) ^ (uint64_t)(uintptr_t)c) | 1;
 
     double every = c->retention < 60 ? c->retention : 60;
     if (every < 1)

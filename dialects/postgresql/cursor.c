@@ -71,7 +71,7 @@ struct pg_jr {
     double poll_every;
     double hold_until; /* under load: no fetch before this (ev_now, as the poll timer) */
     int want_fetch, want_maint, want_lease, want_absent;
-    int attempt;
+    sn_backoff backoff;
     double lost_at;
     char member[160];  /* host:pid:random, this process's name in the group */
     int64_t *epoch;    /* per share: the epoch it is held with, or -1 */
@@ -135,7 +135,7 @@ static void jr_disconnect(struct pg_jr *j)
     j->carried = 0; /* the ack goes again: it is idempotent */
 }
 
-/* Lost or failed: log once per outage, retry with capped exponential backoff. */
+/* Lost or failed: log once per outage, retry after the shared backoff. */
 static void jr_lost(struct pg_jr *j, const char *why)
 {
     char msg[512];
@@ -147,10 +147,8 @@ static void jr_lost(struct pg_jr *j, const char *why)
                 j->c->target, msg);
     }
     jr_disconnect(j);
-    double delay = 0.1 * (1 << (j->attempt < 6 ? j->attempt : 6));
-    j->attempt++;
     j->state = JR_WAITING;
-    jr_deadline(j, delay > 5 ? 5 : delay);
+    jr_deadline(j, sn_backoff_next(&j->backoff));
 }
 
 static void jr_connect(struct pg_jr *j)
@@ -731,7 +729,7 @@ static void jr_result(struct pg_jr *j)
         }
     }
     if (reads) {
-        j->attempt = 0; /* the backoff (and the outage) ends when the reader reads, not when it connects */
+        sn_backoff_reset(&j->backoff); /* the backoff (and the outage) ends when the reader reads, not when it connects */
         j->read_ok = pg_clock();
     }
     if (query == JQ_LISTEN)

@@ -15,8 +15,6 @@
 
 #include <poll.h>
 
-#define BACKOFF_FIRST 0.1 /* first reconnect within 100 ms */
-#define BACKOFF_CAP 10.0
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -231,28 +229,12 @@ static void listener_close(sn_conn *c)
     c->gen++;
 }
 
-static double jitter(sn_conn *c)
-{
-    uint64_t x = c->rng;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    c->rng = x;
-    return (double)(x >> 11) / 9007199254740992.0;
-}
-
-/* Capped exponential backoff with jitter: 50-100 ms, 100-200 ms, ... 5-10 s. */
+/* The next attempt after the shared backoff (sn_backoff: 50-100 ms, 100-200 ms, ... 5-10 s). */
 static void ln_schedule(sn_conn *c)
 {
-    double base = BACKOFF_FIRST;
-    for (int i = 0; i < c->attempt && base < BACKOFF_CAP; i++)
-        base *= 2;
-    if (base > BACKOFF_CAP)
-        base = BACKOFF_CAP;
-    c->attempt++;
     c->state = LN_WAITING;
     ev_timer_stop(c->loop, &c->retry);
-    ev_timer_set(&c->retry, base / 2 + jitter(c) * base / 2, 0.);
+    ev_timer_set(&c->retry, sn_backoff_next(&c->backoff), 0.);
     ev_timer_start(c->loop, &c->retry);
 }
 
@@ -267,7 +249,7 @@ static void ln_lost(sn_conn *c, const char *reason)
     if (c->state == LN_READY) {
         sn_logf(&c->sink, SN_LOG_ERROR, "lost connection to %s: %s; reconnecting", c->target, line);
         c->lost_at = pg_clock();
-        c->attempt = 0;
+        sn_backoff_reset(&c->backoff);
     } else {
         sn_logf(&c->sink, SN_LOG_DEBUG, "reconnecting to %s: %s", c->target, line);
     }
@@ -281,7 +263,7 @@ static void ln_ready(sn_conn *c)
 {
     ev_timer_stop(c->loop, &c->retry);
     c->state = LN_READY;
-    c->attempt = 0;
+    sn_backoff_reset(&c->backoff);
     ln_arm(c, EV_READ);
     if (c->lost_at > 0) {
         double outage = pg_clock() - c->lost_at;

@@ -111,10 +111,9 @@ struct sn_conn {
     ev_timer retry;          /* backoff delay, then the attempt's timeout */
     ev_timer kick;           /* delivers the queue from the loop, not from inside a call */
     unsigned gen;            /* bumped whenever ln is closed */
-    int attempt;
+    sn_backoff backoff;      /* between reconnect attempts */
     double lost_at;          /* when the current outage began; 0: none */
     char fatal[256];         /* the server's last FATAL on the listener: why it went */
-    uint64_t rng;
 
     char **chans;            /* channels listened to */
     size_t nchans, capchans;
