@@ -277,4 +277,96 @@ function F.mismatch(sub, w, ev, nulls)
   return nil
 end
 
+-- ===== the index: which subscriptions of a channel an event may match =====
+-- A channel's subscriptions with filters are filed by their first filter (dispatch then looks
+-- one value up instead of testing each); those without a filter are in all. What a filter is
+-- filed under (its key, its values) is this file's alone: an operator that matches several
+-- values is filed under each.
+
+local function by_seq(a, b) return a.seq < b.seq end
+
+--- new_index() -> { all = {subs}, by = {key -> {value -> {subs}}}, cols = {first filters} }
+function F.new_index()
+  return { all = {}, by = {}, cols = {} }
+end
+
+local function append(sub, list)
+  list[#list + 1] = sub
+  local lists = sub.lists or {}
+  lists[#lists + 1] = list
+  sub.lists = lists
+end
+
+--- index_add(ix, sub): file sub (with its checked filters) in the index.
+function F.index_add(ix, sub)
+  local f = sub.filters[1]
+  if not f then return append(sub, ix.all) end
+  local byv = ix.by[f.key]
+  if not byv then
+    byv = {}
+    ix.by[f.key] = byv
+    ix.cols[#ix.cols + 1] = f
+  end
+  local list = byv[f.value]
+  if not list then
+    list = {}
+    byv[f.value] = list
+  end
+  append(sub, list)
+end
+
+--- index_remove(ix, sub): take sub out of every list it is filed in.
+function F.index_remove(_, sub)
+  for _, list in ipairs(sub.lists or {}) do
+    for i = #list, 1, -1 do
+      if list[i] == sub then table.remove(list, i) end
+    end
+  end
+  sub.lists = nil
+end
+
+--- candidates(ix, w, ev, nulls) -> the subscriptions the event may match, in subscription
+-- order (filters not yet tested: mismatch does), or nil when none. Not to be changed.
+function F.candidates(ix, w, ev, nulls)
+  local cands = ix.all
+  if #ix.cols == 0 then return cands end
+  local merged, sources = nil, #cands > 0 and 1 or 0
+  for _, f in ipairs(ix.cols) do
+    local v, known = event_value(w, ev, f)
+    if known and v == nil and not nulls then v = null end
+    local l = v ~= nil and v == v and ix.by[f.key][v]
+    if l and #l > 0 then
+      if sources == 0 then
+        cands = l
+      else
+        merged = merged or table.move(cands, 1, #cands, 1, {})
+        table.move(l, 1, #l, #merged + 1, merged)
+      end
+      sources = sources + 1
+    end
+  end
+  if merged then
+    table.sort(merged, by_seq)
+    return merged
+  end
+  return sources > 0 and cands or nil
+end
+
+--- indexed(ix) -> every subscription in the index, in subscription order, each once.
+function F.indexed(ix)
+  local subs, seen = table.move(ix.all, 1, #ix.all, 1, {}), {}
+  for _, byv in pairs(ix.by) do
+    for _, l in pairs(byv) do
+      for _, sub in ipairs(l) do
+        if not seen[sub] then
+          seen[sub] = true
+          subs[#subs + 1] = sub
+        end
+      end
+    end
+  end
+  table.sort(subs, by_seq)
+  return subs
+end
+
 return F

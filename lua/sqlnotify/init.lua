@@ -725,7 +725,8 @@ function Notifier:subscribe(t, op, opts, handler)
     or fmt("handler for %s on %s", op, w.name)
   local chan = self._subs[w.channel]
   if not chan then
-    chan = { all = {}, by = {}, cols = {}, n = 0, batch = {}, nb = 0 }
+    chan = filters.new_index() -- all, by, cols: the handlers of single events (filters.lua)
+    chan.n, chan.batch, chan.nb = 0, {}, 0
     self._subs[w.channel] = chan
   end
   if batch then -- matched at dispatch, apart from the handlers of one event
@@ -735,27 +736,9 @@ function Notifier:subscribe(t, op, opts, handler)
     sub.list, sub.chan = chan.batch, chan
     return setmetatable(sub, M.Subscription)
   end
-  local list
-  if #checked == 0 then
-    list = chan.all
-  else
-    -- Index by the first filter: dispatch looks up one value instead of scanning.
-    local f = checked[1]
-    local byv = chan.by[f.key]
-    if not byv then
-      byv = {}
-      chan.by[f.key] = byv
-      chan.cols[#chan.cols + 1] = f
-    end
-    list = byv[f.value]
-    if not list then
-      list = {}
-      byv[f.value] = list
-    end
-  end
-  list[#list + 1] = sub
+  filters.index_add(chan, sub)
   chan.n = chan.n + 1
-  sub.list, sub.chan = list, chan
+  sub.chan = chan
   return setmetatable(sub, M.Subscription)
 end
 
@@ -766,15 +749,16 @@ M.Subscription.__index = M.Subscription
 function M.Subscription:unsubscribe()
   if not self.active then return end
   self.active = false
-  for i, s in ipairs(self.list) do
-    if s == self then
-      table.remove(self.list, i)
-      break
-    end
-  end
   if self.batch then
+    for i, s in ipairs(self.list) do
+      if s == self then
+        table.remove(self.list, i)
+        break
+      end
+    end
     self.chan.nb = self.chan.nb - 1
   else
+    filters.index_remove(self.chan, self)
     self.chan.n = self.chan.n - 1
   end
 end
@@ -964,7 +948,7 @@ local function by_seq(a, b) return a.seq < b.seq end
 
 -- The error a handler raised, beside the traceback xpcall returns.
 local raised
-local mismatch, event_value = filters.mismatch, filters.event_value
+local mismatch = filters.mismatch
 local function with_traceback(e)
   raised = e
   return traceback(tostring(e), 2)
@@ -1058,30 +1042,9 @@ end
 
 -- Subscribers of one event, in subscription order, filters applied; appended to list.
 function Notifier:_matching(chan, w, ev, list)
-  local cands, nulls = chan.all, self._nulls
-  if #chan.cols > 0 then
-    local merged, sources = nil, #cands > 0 and 1 or 0
-    for _, f in ipairs(chan.cols) do
-      local v, known = event_value(w, ev, f)
-      if known and v == nil and not nulls then v = M.null end
-      local l = v ~= nil and v == v and chan.by[f.key][v]
-      if l and #l > 0 then
-        if sources == 0 then
-          cands = l
-        else
-          merged = merged or table.move(cands, 1, #cands, 1, {})
-          table.move(l, 1, #l, #merged + 1, merged)
-        end
-        sources = sources + 1
-      end
-    end
-    if merged then
-      sort(merged, by_seq)
-      cands = merged
-    elseif sources == 0 then
-      return list
-    end
-  end
+  local nulls = self._nulls
+  local cands = filters.candidates(chan, w, ev, nulls)
+  if not cands then return list end
   for i = 1, #cands do
     local sub = cands[i]
     if sub.active and not mismatch(sub, w, ev, nulls) then list[#list + 1] = sub end
@@ -1092,11 +1055,7 @@ end
 -- -l debug: every subscriber of the channel looked at, and one line saying which ran and
 -- which filter kept each other one out.
 function Notifier:_matching_debug(chan, w, ev, list)
-  local subs = table.move(chan.all, 1, #chan.all, 1, {})
-  for _, byv in pairs(chan.by) do
-    for _, l in pairs(byv) do table.move(l, 1, #l, #subs + 1, subs) end
-  end
-  sort(subs, by_seq)
+  local subs = filters.indexed(chan)
   local ran, skipped = {}, {}
   for _, sub in ipairs(subs) do
     if sub.active then
