@@ -163,7 +163,7 @@ typedef struct sn_sink {
  * trigger that install makes leaves those extra and old columns out, a trigger column gone
  * counts as unchanged, a key column gone sends {"t": true}. */
 /* (A driver that keeps a copy of a watch past the call copies every string field: see
- * postgresql/cursor.c pg_jr_keep.) */
+ * postgresql/reader.c pg_jr_keep.) */
 typedef struct sn_watch {
     const char *schema;          /* resolved schema ("main" on SQLite) */
     const char *table;

@@ -8,7 +8,7 @@
  *   catalog.c     describe, and the journal's tables
  *   triggers.c    trigger generation, install, uninstall, drop, list, verify
  *   reader.c      the non-blocking journal reader on the libev loop
- *   cursor.c      where a reader stands: pending ids, the start position, consumers
+ *   consumers.c   where a reader stands: pending ids, the start position, consumers
  */
 #ifndef SQLNOTIFY_MY_H
 #define SQLNOTIFY_MY_H
@@ -175,7 +175,7 @@ void my_ack(sn_conn *c, int64_t seq);
 int my_hold(sn_conn *c, int on);
 void my_reader_close(sn_conn *c);
 
-/* cursor.c */
+/* consumers.c */
 int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 /* Durable: make the consumer's row if it has none (start_at), on the blocking connection. */

@@ -3,7 +3,7 @@
  * non-blocking calls (*_start / *_cont) on the libev loop; nothing here blocks the loop
  * except the final cursor save at stop, which has a deadline.
  *
- * One round: fetch the rows above `high` and the pending ids (cursor.c), deliver the
+ * One round: fetch the rows above `high` and the pending ids (consumers.c), deliver the
  * ones on our channels, advance the position (durable mode: up to what the runtime
  * acknowledged) and save it; then, now and then, probe an old gap and prune the journal.
  * Wake-up is an adaptive poll: the next fetch follows at once after a full batch, 1 ms

@@ -6,7 +6,7 @@
 
 static const char *const pg_schemes[] = {"postgresql", "postgres", NULL};
 
-/* A durable watch is kept, to be installed again if the journal goes (cursor.c). */
+/* A durable watch is kept, to be installed again if the journal goes (reader.c). */
 static int dr_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
 {
     int rc = pg_install(c, w, replace_changed, err, errlen);
@@ -25,7 +25,7 @@ static int dr_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     return rc;
 }
 
-/* A notifier with a consumer reads the journal (cursor.c) instead of listening live. */
+/* A notifier with a consumer reads the journal (reader.c) instead of listening live. */
 static int dr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
 {
     return c->consumer ? pg_jr_listen(c, channel, err, errlen) : pg_listen(c, channel, err, errlen);

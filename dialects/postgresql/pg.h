@@ -13,7 +13,7 @@
  *   overflow.c    the overflow tables: creating, fetching by id and channel, pruning
  *   query.c       notify() and query(), results
  *   journal.c     durable mode: the journal schema, consumers(), drop_consumer()
- *   cursor.c      durable mode: the non-blocking journal reader and its cursor
+ *   reader.c      durable mode: the non-blocking journal reader and its cursor
  *   driver.c      the descriptor
  */
 #ifndef SQLNOTIFY_PG_H
@@ -121,7 +121,7 @@ struct sn_conn {
     pg_item *q;              /* notifications taken from libpq, not yet delivered */
     size_t nq, capq;
 
-    /* durable mode (journal.c, cursor.c): NULL consumer is live mode */
+    /* durable mode (journal.c, reader.c): NULL consumer is live mode */
     char *consumer;
     int start_beginning;
     double consumer_retention;
@@ -219,7 +219,7 @@ int pg_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void pg_unlisten(sn_conn *c, const char *channel);
 void pg_stop(sn_conn *c);
 
-/* ===== journal.c, cursor.c (durable mode) ===== */
+/* ===== journal.c, reader.c (durable mode) ===== */
 
 int pg_journal_ensure(sn_conn *c, char *err, size_t errlen);
 /* the journal's setup run again whatever its version mark says (a part of it was dropped) */

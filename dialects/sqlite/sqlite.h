@@ -7,11 +7,11 @@
  * listening reader records its position and a heartbeat in sqlnotify_readers; rows
  * are pruned only past the retention and below every live reader's position.
  *
- *   conn.c      URL, open/close, reopening a replaced file, notify, query, descriptor
- *   changelog.c the log and readers tables, heartbeats, pruning, schema-change repair
- *   triggers.c  catalog (describe), trigger names, generation, install, drop, list, verify
- *   listen.c    the reader: reading batches, gaps, file-change wake-ups
- *   consumer.c  durable mode: consumers' positions and leases in sqlnotify_consumers
+ *   connection.c  URL, open/close, reopening a replaced file, notify, query, descriptor
+ *   journal.c     the log and readers tables, heartbeats, pruning, schema-change repair
+ *   triggers.c    catalog (describe), trigger names, generation, install, drop, list, verify
+ *   reader.c      the reader: reading batches, gaps, file-change wake-ups
+ *   consumers.c   durable mode: consumers' positions and leases in sqlnotify_consumers
  *
  * Two connections per sn_conn: the query connection (blocking calls, busy timeout)
  * and, once listen() is called, the reader (never blocks: busy timeout 0, retried on
@@ -103,7 +103,7 @@ struct sn_conn {
     size_t *offs;
     size_t evcap;
 
-    /* durable mode (consumer.c); consumer == NULL: live */
+    /* durable mode (consumers.c); consumer == NULL: live */
     char *consumer;
     int start_beginning;
     double consumer_retention;
@@ -125,7 +125,7 @@ struct sn_conn {
     int dead;                    /* close() was called inside one: free on the way out */
 };
 
-/* ===== conn.c ===== */
+/* ===== connection.c ===== */
 char *sqd_strdup(const char *s);
 int sqd_exec(sqlite3 *db, const char *sql, char *err, size_t errlen);
 int sqd_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err, size_t errlen);
@@ -142,7 +142,7 @@ void sqd_lock_holders(sn_conn *c, char *out, size_t n);
 int sqd_reopen(sn_conn *c);
 void sqd_free_conn(sn_conn *c);
 
-/* ===== changelog.c ===== */
+/* ===== journal.c ===== */
 /* Create the log and readers tables if missing (a log recreated after a DROP continues
  * its seq past every known position). *recreated is set when the log had to be made
  * again. 0, or -1 and err. */
@@ -165,7 +165,7 @@ void sqd_house_reschedule(sn_conn *c, int hurry);
  * recreated log under a reader. Cheap when nothing changed. 0, or -1 to be retried. */
 int sqd_schema_check(sn_conn *c);
 
-/* ===== consumer.c ===== */
+/* ===== consumers.c ===== */
 /* Where pruning must stop for this reader: a consumer's saved position, else the cursor. */
 static inline sqlite3_int64 sqd_held(const sn_conn *c)
 {
@@ -205,7 +205,7 @@ int sqd_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
  * 0, or an SQLite result code (SQLITE_BUSY: try again later). */
 int sqd_repair_triggers(sn_conn *c);
 
-/* ===== listen.c ===== */
+/* ===== reader.c ===== */
 int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen);
 void sqd_unlisten(sn_conn *c, const char *channel);
 void sqd_stop_listening(sn_conn *c);

@@ -1,5 +1,5 @@
 /*
- * dialects/sqlite/consumer.c — durable consumers: a named cursor kept in the file
+ * dialects/sqlite/consumers.c — durable consumers: a named cursor kept in the file
  * (sqlnotify_consumers), advanced only when the runtime acknowledges what the handlers
  * finished, and a lease in the same row so one process at a time reads a consumer.
  *

@@ -1,5 +1,5 @@
 /*
- * cursor.c — durable mode's reader: one connection of its own, driven by libev with
+ * reader.c — durable mode's reader: one connection of its own, driven by libev with
  * libpq's asynchronous calls, that LISTENs on the journal's wake-up channel and pages
  * through the consumer's batches with sqlnotify.fetch() (journal.c). In durable mode it
  * stands in for the live listener (listen/unlisten/stop come here; see driver.c).

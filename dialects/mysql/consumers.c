@@ -1,5 +1,5 @@
 /*
- * cursor.c — where a journal reader stands, and the durable consumers' rows.
+ * consumers.c — where a journal reader stands, and the durable consumers' rows.
  *
  * An AUTO_INCREMENT value is taken when a row is inserted, not when its transaction
  * commits, so a reader can see id 11 while id 10 is still uncommitted (or rolled back, and

@@ -1,5 +1,5 @@
 /*
- * dialects/sqlite/conn.c — the SQLite driver's connection: the URL, opening and
+ * dialects/sqlite/connection.c — the SQLite driver's connection: the URL, opening and
  * closing, reopening when the database file was replaced under us, notify, query,
  * and the descriptor that registers the driver.
  */

@@ -1,5 +1,5 @@
 /*
- * dialects/sqlite/changelog.c — the change log and the readers table, and the one
+ * dialects/sqlite/journal.c — the change log and the readers table, and the one
  * housekeeping timer that keeps them: heartbeats, pruning, forgetting dead readers,
  * noticing a replaced file and schema changes (a dropped log, renamed columns).
  *

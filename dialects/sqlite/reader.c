@@ -1,5 +1,5 @@
 /*
- * dialects/sqlite/listen.c — the reader: batches past the cursor, handed to
+ * dialects/sqlite/reader.c — the reader: batches past the cursor, handed to
  * sink->deliver; gaps in seq reported; file-change wake-ups.
  *
  * Wake-ups: commits made on the query connection schedule a check on the next loop
