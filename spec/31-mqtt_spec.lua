@@ -131,7 +131,7 @@ describe("sqlnotify.mqtt", function()
     H.psql("INSERT INTO spec31.r SELECT g, 'row ' || g FROM generate_series(251, 500) g")
     H.sleep(3) -- above the relay's timeout (2 s): its publishes fail and are retried
     d:start()
-    local ids, dups = {}, 0
+    local ids, dups, got = {}, 0, 0
     local function distinct()
       ids, dups = {}, 0
       local n = 0
@@ -147,11 +147,13 @@ describe("sqlnotify.mqtt", function()
           if ids[ev.id] then dups = dups + 1 else ids[ev.id] = true n = n + 1 end
         end
       end
+      got = n
       return n >= 500 and n
     end
     local n = wait_until(distinct, 60)
-    assert.equal(500, n, fmt("the subscriber got %d distinct of 500; relay:\n%s\n%s", n or -1,
-      p:stdout():sub(-2000), p:stderr():sub(-2000)))
+    local last = sub.lines()
+    assert.equal(500, n, fmt("the subscriber got %d distinct of 500 (%d lines, the last %q); relay:\n%s\n%s",
+      got, #last, tostring(last[#last]), p:stdout():sub(-300), p:stderr():sub(-2000)))
     for i = 1, 500 do assert.is_true(ids[i] == true, "missing id " .. i) end
     -- At least once: a duplicate is allowed (a QoS 1 message in flight at the restart).
     -- The relay's own redeliveries (handlers run more than once per event) are counted apart.
