@@ -1,7 +1,7 @@
 -- The Lua API on PostgreSQL, in process, where it is PostgreSQL's own: URL schemes, error
--- lines, big integers, the notification limit, timers. The cases every dialect shares
+-- lines, the notification limit, timers. The cases every dialect shares
 -- (events, keys, filters, labels, notify, query, lifecycle) are spec/cases/api.lua, which
--- spec 10 runs on PostgreSQL.
+-- spec 10 runs on PostgreSQL; the values on the wire are spec/cases/wire.lua (spec 33).
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
@@ -102,23 +102,6 @@ describe("sqlnotify (PostgreSQL API)", function()
       assert.are.equal(1, #failures)
       assert.matches('^handler for insert on "spec01"%."users" failed for id 1: [^\n]*spec/01%-pg_api_spec%.lua:%d+: '
         .. "boom in handler\nstack traceback:\n", failures[1])
-    end)
-
-    it("gives integers beyond 2^53 exactly", function()
-      local got, handler = collector()
-      H.psql("CREATE TABLE spec01.big (id bigint PRIMARY KEY, n bigint, f float8)")
-      n:watch(S .. ".big", "insert", { extra_columns = { "n", "f" } })
-      n:subscribe(S .. ".big", "insert", handler)
-      assert(n:start())
-      H.psql([[INSERT INTO spec01.big VALUES (9223372036854775807, -9007199254740993, 2.5);
-               INSERT INTO spec01.big VALUES (9007199254740993, 42, 1e300);]])
-      assert.is_true(H.run_until(function() return #got == 2 end))
-      assert.are.equal(math.maxinteger, got[1].id)
-      assert.are.equal(-9007199254740993, got[1].extra_columns.n)
-      assert.are.equal(2.5, got[1].extra_columns.f)
-      assert.are.equal(9007199254740993, got[2].id)
-      assert.are.equal("integer", math.type(got[2].extra_columns.n))
-      assert.are.equal(1e300, got[2].extra_columns.f)
     end)
 
     it("sends a row too large for a notification as its key, truncated, and the write succeeds", function()

@@ -24,7 +24,6 @@ require("cases.api")({
     users = "CREATE TABLE %s (id serial PRIMARY KEY, email text, name text, age int)",
     order_items = "CREATE TABLE %s (order_id int, item_id int, qty int, note text, PRIMARY KEY (order_id, item_id))",
     keyless = "CREATE TABLE %s (a int, b int UNIQUE, c text)",
-    big = "CREATE TABLE %s (id bigint PRIMARY KEY, n bigint, f double precision)",
   },
   typed = {
     ddl = "CREATE TABLE %s (id int PRIMARY KEY, qty int, price numeric(10,2), flag boolean, name text, ratio float8)",

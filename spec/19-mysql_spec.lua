@@ -1,9 +1,10 @@
 -- MySQL/MariaDB: the API cases shared with PostgreSQL (spec/cases/api.lua), then what is
--- MySQL's own: URLs, the catalog, value encodings, odd names, ALTER TABLE, the journal's
+-- MySQL's own: URLs, the catalog, odd names, ALTER TABLE, the journal's
 -- late commits (two writers with interleaved commits), durable consumers, pruning, and
 -- the real host killed with kill -9 and restarted. Everything lives in one database
 -- (SQLNOTIFY_TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306/sqlnotify_check, which
--- tools/mariadb.sh makes); this file's tables are named s19_*.
+-- tools/mariadb.sh makes); this file's tables are named s19_*. The values on the wire, type
+-- by type, are spec/cases/wire.lua (spec 33).
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
@@ -42,7 +43,6 @@ require("cases.api")({
     users = "CREATE TABLE %s (id int AUTO_INCREMENT PRIMARY KEY, email text, name text, age int)",
     order_items = "CREATE TABLE %s (order_id int, item_id int, qty int, note text, PRIMARY KEY (order_id, item_id))",
     keyless = "CREATE TABLE %s (a int, b int UNIQUE, c text)",
-    big = "CREATE TABLE %s (id bigint PRIMARY KEY, n bigint, f double)",
   },
   typed = { -- BOOLEAN is tinyint(1): true arrives as 1
     ddl = "CREATE TABLE %s (id int PRIMARY KEY, qty int, price decimal(10,2), flag boolean, name varchar(20),"
@@ -197,43 +197,6 @@ describe("sqlnotify (MySQL/MariaDB)", function()
       assert.is_nil(ok)
       assert.are.equal(fmt('sqlnotify: cannot create the trigger for insert on "%s"."s19_v": it is a view, and MySQL has'
         .. " no triggers on views (watch the table it reads from)", DB), err)
-    end)
-  end)
-
-  describe("values", function()
-    before_each(function()
-      sql([[DROP TABLE IF EXISTS s19_types;
-        CREATE TABLE s19_types (k varbinary(8), n int, d double, f float, m decimal(30,6), b blob, bt bit(5),
-          js json, dt datetime(6), tb tinyint(1), e enum('a','b'), s varchar(20), PRIMARY KEY (k, n))
-          CHARACTER SET utf8mb4;]])
-    end)
-    teardown(function() sql("DROP TABLE IF EXISTS s19_types") end)
-
-    it("sends each type as the wire format says: bytes, exact decimals, FLOAT widened, BIT and JSON", function()
-      local got, handler = collector()
-      local n = N()
-      local all = { "d", "f", "m", "b", "bt", "js", "dt", "tb", "e", "s" }
-      n:watch(DB .. ".s19_types", "insert", { extra_columns = all })
-      n:subscribe(DB .. ".s19_types", "insert", handler)
-      assert(n:start())
-      sql([[INSERT INTO s19_types VALUES (x'00ff0a', 1, 0.1, 0.1, 123456789012345.123456, x'000102ff', b'101',
-          '{"a": [1, 2]}', '2024-01-02 03:04:05.123456', 1, 'b', 'hé€😀"\\');
-        INSERT INTO s19_types (k, n) VALUES ('', 2);]])
-      assert.is_true(H.run_until(function() return #got == 2 end))
-      assert.are.same({ "\0\255\n", 1 }, got[1].id)
-      local x = got[1].extra_columns
-      assert.are.equal(0.1, x.d)
-      assert.are.equal(0.10000000149011612, x.f) -- the FLOAT's own value, as a double
-      assert.are.equal("123456789012345.123456", x.m)
-      assert.are.equal("\0\1\2\255", x.b)
-      assert.are.equal(5, x.bt)
-      assert.are.same({ 1, 2 }, { x.js.a[1], x.js.a[2] }) -- JSON arrives as JSON
-      assert.are.equal("2024-01-02 03:04:05.123456", x.dt)
-      assert.are.equal(1, x.tb)
-      assert.are.equal("b", x.e)
-      assert.are.equal('hé€😀"\\', x.s)
-      assert.are.same({ "", 2 }, got[2].id)
-      assert.are.same({}, got[2].extra_columns) -- NULLs: absent
     end)
   end)
 

@@ -16,7 +16,7 @@
 --   D.bad_url_error                a pattern its error matches
 --   D.exec(sql)                    SQL through another client and connection; returns its output
 --   D.t(name)                      a table's qualified name in SQL text
---   D.ddl                          {users=, order_items=, keyless=, big=}: CREATE TABLE with %s for the name
+--   D.ddl                          {users=, order_items=, keyless=}: CREATE TABLE with %s for the name
 --   D.typed                        a table of every filter class: {ddl = CREATE TABLE (id, qty integer,
 --                                  price decimal(10,2), flag boolean, name text, ratio float) with %s,
 --                                  types = {col = type as the catalog prints it}, classes = {col = class},
@@ -41,7 +41,7 @@ return function(D, env)
   local function QN(name) return fmt("%s.%q", QS, P .. name) end -- in messages
 
   local function tables()
-    for _, t in ipairs { "users", "order_items", "keyless", "big", "typed" } do D.exec("DROP TABLE IF EXISTS " .. T(t)) end
+    for _, t in ipairs { "users", "order_items", "keyless", "typed" } do D.exec("DROP TABLE IF EXISTS " .. T(t)) end
     for _, t in ipairs { "users", "order_items", "keyless" } do D.exec(fmt(D.ddl[t], T(t))) end
   end
 
@@ -62,7 +62,7 @@ return function(D, env)
     end)
 
     teardown(function()
-      for _, t in ipairs { "users", "order_items", "keyless", "big", "typed" } do D.exec("DROP TABLE IF EXISTS " .. T(t)) end
+      for _, t in ipairs { "users", "order_items", "keyless", "typed" } do D.exec("DROP TABLE IF EXISTS " .. T(t)) end
     end)
 
     describe("notifier", function()
@@ -378,25 +378,6 @@ return function(D, env)
         assert.is_nil(got[1].id)
         assert.are.same({ c = "null key" }, got[1].extra_columns)
         assert.are.equal(2, got[2].id)
-      end)
-
-      it("gives integers beyond 2^53 exactly and floats as they were", function()
-        local got, handler = collector()
-        D.exec(fmt(D.ddl.big, T("big")))
-        n:watch(N("big"), "insert", { extra_columns = { "n", "f" } })
-        n:subscribe(N("big"), "insert", handler)
-        assert(n:start())
-        D.exec(fmt([[INSERT INTO %s VALUES (9223372036854775807, -9007199254740993, 2.5);
-                     INSERT INTO %s VALUES (9007199254740993, 42, 1e300);
-                     INSERT INTO %s VALUES (1, 1, 0.1);]], T("big"), T("big"), T("big")))
-        assert.is_true(H.run_until(function() return #got == 3 end))
-        assert.are.equal(math.maxinteger, got[1].id)
-        assert.are.equal(-9007199254740993, got[1].extra_columns.n)
-        assert.are.equal(2.5, got[1].extra_columns.f)
-        assert.are.equal(9007199254740993, got[2].id)
-        assert.are.equal("integer", math.type(got[2].extra_columns.n))
-        assert.are.equal(1e300, got[2].extra_columns.f)
-        assert.are.equal(0.1, got[3].extra_columns.f)
       end)
 
       it("uses a channel_label as the channel", function()

@@ -159,7 +159,9 @@ local CASES = {
   { "float", "0.1 + 0.2", t = FLOAT8, v = "0.30000000000000004", want = 0.1 + 0.2 },
   { "float", "1e20", t = FLOAT8, v = "1e20", want = 1e20 },
   { "float", "a whole number stays a float", t = FLOAT8, v = "2", want = 2.0 },
+  { "float", "2.5", t = FLOAT8, v = "2.5", want = 2.5 },
   { "float", "-2.5", t = FLOAT8, v = "-2.5", want = -2.5 },
+  { "float", "1e300", t = FLOAT8, v = "1e300", want = 1e300 },
   -- SQLite and MariaDB store -0 as 0 themselves; PostgreSQL keeps -0 but its payload says 0
   { "float", "-0", t = FLOAT8, v = per { pg = "'-0'", sq = "-0.0", my = "-0e0" },
     want = per { pg = -0.0, sq = 0.0, my = 0.0 }, now = per { pg = 0.0 } },
