@@ -171,6 +171,9 @@ local CASES = {
   -- SQLite stores the largest double, but its printf('%!.17g') writes 1.7976931348623156e+308
   { "float", "the largest double", t = FLOAT8, v = "1.7976931348623157e308", want = 1.7976931348623157e308,
     now = per { sq = 1.7976931348623155e308 } },
+  -- the same: SQLite's printf writes ...063e+213, another double (as it does at some extremes)
+  { "float", "1.0571653198384064e213", t = FLOAT8, v = "1.0571653198384064e213", want = 1.0571653198384064e213,
+    now = per { sq = 1.0571653198384063e213 } },
   { "float", "NaN", t = per { pg = "float8" }, v = "'NaN'", want = 0 / 0 },
   { "float", "Infinity", t = per { pg = "float8", sq = "REAL" }, v = per { pg = "'Infinity'", sq = "9e999" },
     want = math.huge },
@@ -219,6 +222,7 @@ local CASES = {
   { "text", "U+2028 and U+2029", t = TEXT, s = "a\u{2028}b\u{2029}c" },
   { "text", "emoji", t = TEXT, s = "\u{1F600}\u{1F44D}\u{1F3FD}" },
   { "text", "empty", t = TEXT, s = "" },
+  { "text", "NUL", t = per { sq = "TEXT", my = "text" }, s = "a\0b" },
   { "text", "NaN as text", t = TEXT, s = "NaN" },
   { "text", "Infinity as text", t = TEXT, s = "-Infinity" },
   { "text", "a \\x string that is not bytes", t = TEXT, s = "\\x00ff" },
