@@ -655,10 +655,15 @@ static int value(dec *d, int cls, int skip, int depth)
         if (!number_span(d, &len, &integral))
             return -1;
         if (!skip) {
-            if (cls == SN_CLASS_DECIMAL)
+            if (cls == SN_CLASS_DECIMAL) {
                 lua_pushlstring(L, d->p, len); /* every digit, as the database sent it */
-            else
+            } else {
                 push_number(L, d->p, len, integral, cls == SN_CLASS_FLOAT);
+                if (cls == SN_CLASS_INTEGER && integral && !lua_isinteger(L, -1)) {
+                    lua_pop(L, 1); /* past 64 bits (MySQL's BIGINT UNSIGNED): exact, as text */
+                    lua_pushlstring(L, d->p, len);
+                }
+            }
         }
         d->p += len;
         return 1;

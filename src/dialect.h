@@ -60,7 +60,9 @@ enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
  *                       a key absent is a column not carried (or dropped since).
  *   boolean             true / false
  *   integer types       a JSON integer, exact (PostgreSQL int2/int4/int8, SQLite INTEGER);
- *                       decoded to a Lua integer whatever the column is called.
+ *                       decoded to a Lua integer whatever the column is called; one
+ *                       past 64 bits (MySQL's BIGINT UNSIGNED) to the Lua string of its
+ *                       digits, as a decimal is, never to a rounded float.
  *   float types         a JSON number that reads back to the same double (PostgreSQL
  *                       float4/float8; SQLite REAL, printed with 17 significant digits).
  *                       Infinities and NaN: the strings "Infinity", "-Infinity", "NaN".
