@@ -30,25 +30,31 @@ endif
 
 HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
-# Each driver is a folder: dialects/<name>/x.c -> $(BUILD)/<name>-x.o
-PG_OBJS     := $(patsubst dialects/postgresql/%.c,$(BUILD)/pg-%.o,$(wildcard dialects/postgresql/*.c))
-# SQL kept as .sql data: dialects/<name>/x.sql -> the C string <prefix>_x_sql in $(BUILD)/<prefix>-x-sql.o
-PG_OBJS     += $(patsubst dialects/postgresql/%.sql,$(BUILD)/pg-%-sql.o,$(wildcard dialects/postgresql/*.sql))
-SQLITE_OBJS := $(patsubst dialects/sqlite/%.c,$(BUILD)/sqlite-%.o,$(wildcard dialects/sqlite/*.c))
-SQLITE_OBJS += $(patsubst dialects/sqlite/%.sql,$(BUILD)/sqlite-%-sql.o,$(wildcard dialects/sqlite/*.sql))
-OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(PG_OBJS) $(SQLITE_OBJS)
-OBJS += $(BUILD)/sbuf.o
-OBJS += $(BUILD)/sdnotify.o
-OBJS += $(BUILD)/log.o
-OBJS += $(BUILD)/metrics.o
+CONFIG_FILE := $(BUILD)/config.flags
+OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/sbuf.o
+OBJS    += $(BUILD)/sdnotify.o $(BUILD)/log.o $(BUILD)/metrics.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
+
+# Each driver is a folder, dialects/DIR, with one private header: its x.c is compiled to
+# $(BUILD)/PREFIX-x.o, and its x.sql (SQL kept as data) to the C string PREFIX_x_sql in
+# $(BUILD)/PREFIX-x-sql.o. One line per driver: $(call driver,PREFIX,DIR,HEADER,CFLAGS).
+define driver
+OBJS += $$(patsubst dialects/$(2)/%.c,$$(BUILD)/$(1)-%.o,$$(wildcard dialects/$(2)/*.c))
+OBJS += $$(patsubst dialects/$(2)/%.sql,$$(BUILD)/$(1)-%-sql.o,$$(wildcard dialects/$(2)/*.sql))
+$$(BUILD)/$(1)-%.o: dialects/$(2)/%.c dialects/$(2)/$(3) src/dialect.h $$(CONFIG_FILE)
+	$$(CC) $$(CFLAGS) $(4) -c -o $$@ $$<
+$$(BUILD)/$(1)-%-sql.c: dialects/$(2)/%.sql tools/embed.sh
+	@mkdir -p $$(BUILD)
+	sh tools/embed.sh $(1)_$$(subst -,_,$$*)_sql $$< >$$@.tmp && mv $$@.tmp $$@
+endef
+$(eval $(call driver,pg,postgresql,pg.h,))
+$(eval $(call driver,sqlite,sqlite,sqlite.h,))
 
 # MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.
 MYSQL_CFLAGS := $(shell pkg-config --cflags libmariadb 2>/dev/null || mariadb_config --cflags 2>/dev/null)
 MYSQL_LIBS := $(shell pkg-config --libs libmariadb 2>/dev/null || mariadb_config --libs 2>/dev/null)
 ifneq ($(MYSQL_LIBS),)
-OBJS    += $(patsubst dialects/mysql/%.c,$(BUILD)/mysql-%.o,$(wildcard dialects/mysql/*.c))
-OBJS    += $(patsubst dialects/mysql/%.sql,$(BUILD)/mysql-%-sql.o,$(wildcard dialects/mysql/*.sql))
+$(eval $(call driver,mysql,mysql,my.h,$(MYSQL_CFLAGS)))
 CFLAGS  += -DSN_HAVE_MYSQL
 DB_LIBS += $(MYSQL_LIBS)
 endif
@@ -76,7 +82,6 @@ all: $(HOST) $(MODULE)
 # other flags, is redone instead of linking stale objects.
 CONFIG = CC=$(CC) CFLAGS=$(CFLAGS) LDFLAGS=$(LDFLAGS) \
   $(foreach v,$(sort $(filter %_CFLAGS %_LIBS,$(.VARIABLES))),$(v)=$($(v))) OBJS=$(OBJS)
-CONFIG_FILE := $(BUILD)/config.flags
 
 $(CONFIG_FILE): FORCE
 	@mkdir -p $(BUILD)
@@ -86,27 +91,8 @@ $(CONFIG_FILE): FORCE
 $(BUILD)/%.o: src/%.c $(HEADERS) src/clients.h $(CONFIG_FILE)
 	$(CC) $(CFLAGS) $(CLIENT_CFLAGS) -c -o $@ $<
 
-$(BUILD)/pg-%.o: dialects/postgresql/%.c dialects/postgresql/pg.h src/dialect.h $(CONFIG_FILE)
-	$(CC) $(CFLAGS) -c -o $@ $<
-
-# a driver's .sql file as a C string named <prefix>_<file>_sql
-define embed_sql
-$(BUILD)/$(1)-%-sql.c: dialects/$(2)/%.sql tools/embed.sh
-	@mkdir -p $(BUILD)
-	sh tools/embed.sh $(1)_$$(subst -,_,$$*)_sql $$< >$$@.tmp && mv $$@.tmp $$@
-endef
-$(eval $(call embed_sql,pg,postgresql))
-$(eval $(call embed_sql,sqlite,sqlite))
-$(eval $(call embed_sql,mysql,mysql))
-
 $(BUILD)/%-sql.o: $(BUILD)/%-sql.c $(CONFIG_FILE)
 	$(CC) $(CFLAGS) -c -o $@ $<
-
-$(BUILD)/sqlite-%.o: dialects/sqlite/%.c dialects/sqlite/sqlite.h src/dialect.h $(CONFIG_FILE)
-	$(CC) $(CFLAGS) -c -o $@ $<
-
-$(BUILD)/mysql-%.o: dialects/mysql/%.c dialects/mysql/my.h src/dialect.h $(CONFIG_FILE)
-	$(CC) $(CFLAGS) $(MYSQL_CFLAGS) -c -o $@ $<
 
 $(HOST): $(BUILD)/host.o $(OBJS) $(CONFIG_FILE)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -llua5.4 $(DB_LIBS) -lm
