@@ -1,8 +1,8 @@
 /*
  * core.c — the Lua binding `sqlnotify.core`: database handles over the dialect
  * interface, the libev loop, timers, the log, and the one way events and
- * callbacks enter Lua. The public API, validation and dispatch are in
- * lua/sqlnotify/init.lua; this file only moves data between C and Lua.
+ * callbacks enter Lua. The public API, validation and dispatch are in lua/sqlnotify/
+ * (init.lua, notifier.lua, dispatch.lua); this file only moves data between C and Lua.
  */
 #include <errno.h>
 #include <signal.h>
@@ -958,7 +958,7 @@ static const char *string_field(lua_State *L, int t, const char *field)
     return s; /* kept alive on the stack */
 }
 
-/* The watch table built by init.lua, read into an sn_watch valid while it is on the stack. */
+/* The watch table built by notifier.lua, read into an sn_watch valid while it is on the stack. */
 static void check_watch(lua_State *L, int t, sn_watch *w)
 {
     luaL_checktype(L, t, LUA_TTABLE);
@@ -967,7 +967,7 @@ static void check_watch(lua_State *L, int t, sn_watch *w)
     w->table = string_field(L, t, "table");
     w->plain_channel = string_field(L, t, "channel");
     w->marker = string_field(L, t, "marker");
-    /* the capture's own channel and name (init.lua); a watch without them is a live one on
+    /* the capture's own channel and name (notifier.lua); a watch without them is a live one on
      * its plain channel */
     lua_getfield(L, t, "wire");
     w->channel = lua_isnil(L, -1) ? w->plain_channel : string_field(L, t, "wire");

@@ -2,8 +2,8 @@
 -- payload is decoded by its watch (a table that changed under a watch is read again and the
 -- watch adapted), matched against the subscriptions (filters.lua keeps their index), and
 -- handed to each; failures are logged, retried and dead-lettered (delivery.lua keeps the
--- queue and the waits). These are methods of the notifier: init.lua copies them in and binds
--- the helpers it shares with them.
+-- queue and the waits). These are methods of the notifier: notifier.lua copies them in and
+-- binds the helpers it shares with them.
 local core = require("sqlnotify.core")
 local filters = require("sqlnotify.filters")
 local dead = require("sqlnotify.dead_letters")
@@ -14,7 +14,7 @@ local show, show_id = filters.show, filters.show_id
 local decode, stopping = core.decode, core.stopping
 local traceback = debug.traceback
 
--- init.lua's, bound by D.bind before any method runs
+-- notifier.lua's, bound by D.bind before any method runs
 local fail, one_line, shorten, watch_marker, set_columns, columns_now
 
 -- Runs the rate limit of one log: the number of reports suppressed since the last one,
@@ -41,7 +41,7 @@ local function same_list(a, b)
 end
 
 
-local Notifier = {} -- the methods, copied into init.lua's Notifier
+local Notifier = {} -- the methods, copied into notifier.lua's Notifier
 
 local TRUNCATED_LOG_INTERVAL = 10 -- seconds between two warnings about one channel's truncated rows
 
@@ -561,7 +561,7 @@ end
 
 local D = { methods = Notifier, event_meta = EventMeta, with_traceback = with_traceback }
 
---- bind(helpers): init.lua's helpers these methods use.
+--- bind(helpers): notifier.lua's helpers these methods use.
 function D.bind(h)
   fail, one_line, shorten = h.fail, h.one_line, h.shorten
   watch_marker, set_columns, columns_now = h.watch_marker, h.set_columns, h.columns_now

@@ -1,6 +1,6 @@
 --- sqlnotify.metrics: what an operator scrapes (SPEC §8.4). The counts live in one table per
 -- (consumer, table, operation), made when a watch is declared: the hot path only adds to its
--- fields (init.lua's _dispatch, _call, _dead_letter; delivery.lua's retry), never allocates.
+-- fields (dispatch.lua's _dispatch, _call, _dead_letter; delivery.lua's retry), never allocates.
 -- The HTTP server is C (src/metrics.c); it asks respond() for every path but /health.
 local core = require("sqlnotify.core")
 local catalog = require("sqlnotify.catalog")
