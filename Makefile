@@ -35,26 +35,26 @@ OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(B
 OBJS    += $(BUILD)/sdnotify.o $(BUILD)/log.o $(BUILD)/metrics.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
-# Each driver is a folder, dialects/DIR, with one private header: its x.c is compiled to
+# Each driver is a folder, dialects/DIR, with its private headers: its x.c is compiled to
 # $(BUILD)/PREFIX-x.o, and its x.sql (SQL kept as data) to the C string PREFIX_x_sql in
-# $(BUILD)/PREFIX-x-sql.o. One line per driver: $(call driver,PREFIX,DIR,HEADER,CFLAGS).
+# $(BUILD)/PREFIX-x-sql.o. One line per driver: $(call driver,PREFIX,DIR,CFLAGS).
 define driver
 OBJS += $$(patsubst dialects/$(2)/%.c,$$(BUILD)/$(1)-%.o,$$(wildcard dialects/$(2)/*.c))
 OBJS += $$(patsubst dialects/$(2)/%.sql,$$(BUILD)/$(1)-%-sql.o,$$(wildcard dialects/$(2)/*.sql))
-$$(BUILD)/$(1)-%.o: dialects/$(2)/%.c dialects/$(2)/$(3) src/dialect.h $$(CONFIG_FILE)
-	$$(CC) $$(CFLAGS) $(4) -c -o $$@ $$<
+$$(BUILD)/$(1)-%.o: dialects/$(2)/%.c $$(wildcard dialects/$(2)/*.h) src/dialect.h $$(CONFIG_FILE)
+	$$(CC) $$(CFLAGS) $(3) -c -o $$@ $$<
 $$(BUILD)/$(1)-%-sql.c: dialects/$(2)/%.sql tools/embed.sh
 	@mkdir -p $$(BUILD)
 	sh tools/embed.sh $(1)_$$(subst -,_,$$*)_sql $$< >$$@.tmp && mv $$@.tmp $$@
 endef
-$(eval $(call driver,pg,postgresql,pg.h,))
-$(eval $(call driver,sqlite,sqlite,sqlite.h,))
+$(eval $(call driver,pg,postgresql,))
+$(eval $(call driver,sqlite,sqlite,))
 
 # MySQL/MariaDB: built where MariaDB Connector/C (libmariadb-dev) is installed.
 MYSQL_CFLAGS := $(shell pkg-config --cflags libmariadb 2>/dev/null || mariadb_config --cflags 2>/dev/null)
 MYSQL_LIBS := $(shell pkg-config --libs libmariadb 2>/dev/null || mariadb_config --libs 2>/dev/null)
 ifneq ($(MYSQL_LIBS),)
-$(eval $(call driver,mysql,mysql,my.h,$(MYSQL_CFLAGS)))
+$(eval $(call driver,mysql,mysql,$(MYSQL_CFLAGS)))
 CFLAGS  += -DSN_HAVE_MYSQL
 DB_LIBS += $(MYSQL_LIBS)
 endif

@@ -68,15 +68,14 @@ PG_MODULE_MAGIC;
 PG_FUNCTION_INFO_V1(capture);
 PG_FUNCTION_INFO_V1(capture_notify);
 
-#define JOURNAL_SCHEMA "sqlnotify"
-#define WAKE_CHANNEL "sqlnotify:journal"
-#define WAKE_MS 10          /* as the plpgsql gate: at most one wake-up per 10 ms */
+/* the payload limit, the journal's schema and wake-up channel, and the wake-up gate's rule:
+ * the driver's plpgsql triggers follow the same file */
+#include "../dialects/postgresql/capture.h"
+#define JOURNAL_SCHEMA PG_JOURNAL_SCHEMA
 #define EPOCH_MS 946684800000LL /* 2000-01-01 in Unix milliseconds */
 /* A payload that would grow past this goes as the key alone, marked truncated: the text, its
  * copy in the row and the row itself must fit in memory, and the write must not fail */
 #define MAX_PAYLOAD ((Size) 256 * 1024 * 1024)
-/* a live watch's payload: as the driver's PG_MAX_PAYLOAD, under NOTIFY's 8000 bytes */
-#define NOTIFY_MAX 7999
 /* a jsonb value stored larger than this is rendered in a subtransaction: its numbers can
  * print far longer than they are stored (1e-16000 is a few bytes) */
 #define JSONB_GUARD (64 * 1024)
@@ -596,7 +595,7 @@ static void wake_xact(XactEvent event, void *arg)
     (void) arg;
     if (event == XACT_EVENT_PRE_COMMIT && wake_due) {
         wake_due = false;
-        Async_Notify(WAKE_CHANNEL, "");
+        Async_Notify(PG_JOURNAL_CHANNEL, "");
     } else if (event != XACT_EVENT_PARALLEL_PRE_COMMIT) {
         wake_due = false; /* prepared, committed, aborted: nothing left to send */
     }
@@ -616,7 +615,7 @@ static void wake(Oid nsp)
     fc->args[0].isnull = false;
     Datum last = pg_sequence_last_value(fc);
     int64 gap = ms - (fc->isnull ? 0 : DatumGetInt64(last));
-    if (gap > WAKE_MS || gap < -60000) {
+    if (gap > PG_WAKE_MS || gap < -PG_WAKE_AHEAD_MS) {
         DirectFunctionCall2(setval_oid, ObjectIdGetDatum(seq), Int64GetDatum(ms));
         if (!wake_registered) {
             RegisterXactCallback(wake_xact, NULL);
@@ -755,9 +754,9 @@ Datum capture_notify(PG_FUNCTION_ARGS)
     change ch;
     if (!render(td, &ch, "notify"))
         return PointerGetDatum(NULL);
-    if (ch.p.len > NOTIFY_MAX)
+    if (ch.p.len > PG_MAX_PAYLOAD)
         append_truncated(&ch);
-    if (ch.p.len > NOTIFY_MAX) {
+    if (ch.p.len > PG_MAX_PAYLOAD) {
         resetStringInfo(&ch.p);
         appendStringInfoString(&ch.p, "{\"t\": true}");
     }

@@ -20,10 +20,8 @@
 
 /* The statements that append one row to the journal, for a plpgsql body that declares
  * sn_id bigint, sn_h int, sn_ms bigint and sn_g bigint: the row goes to the table of its id's epoch, and
- * the reader is woken unless the last wake-up is under 10 ms old, so busy writers skip
- * NOTIFY and its cluster-wide lock (a far-future gate, set by hand or by a clock stepped
- * back, is taken as due). The reader polls too: a skipped wake-up costs milliseconds, never
- * an event. channel is a SQL literal, payload and hash expressions. */
+ * the reader is woken through the gate of capture.h (shared with pgext/capture.c). channel is
+ * a SQL literal, payload and hash expressions. */
 void pg_journal_append_sql(sn_sbuf *b, const char *channel, const char *payload, const char *hash)
 {
     /* Every operator is pg_catalog's by name: a body runs with the writer's search_path, where
@@ -48,7 +46,8 @@ void pg_journal_append_sql(sn_sbuf *b, const char *channel, const char *payload,
                  " 1000::float8)::bigint;\n"
                  "  sn_g := sn_ms OPERATOR(pg_catalog.-)"
                  " COALESCE(pg_catalog.pg_sequence_last_value('sqlnotify.wake'), 0::bigint);\n"
-                 "  IF sn_g OPERATOR(pg_catalog.>) 10::bigint OR sn_g OPERATOR(pg_catalog.<) '-60000'::bigint THEN\n"
+                 "  IF sn_g OPERATOR(pg_catalog.>) " PG_STR(PG_WAKE_MS) "::bigint OR sn_g OPERATOR(pg_catalog.<) '-"
+                 PG_STR(PG_WAKE_AHEAD_MS) "'::bigint THEN\n"
                  "    PERFORM pg_catalog.setval('sqlnotify.wake', sn_ms), pg_catalog.pg_notify('" PG_JOURNAL_CHANNEL
                  "', '');\n"
                  "  END IF;\n");

@@ -20,18 +20,15 @@
 #define SQLNOTIFY_PG_H
 
 #include "dialect.h"
+#include "capture.h"
 
 #include <libpq-fe.h>
 
 /* Shared between the driver's files only: keep these out of core.so's symbol table. */
 #pragma GCC visibility push(hidden)
 
-#define PG_MAX_PAYLOAD 7999
-#define PG_MAX_PAYLOAD_STR "7999"
 #define PG_OVERFLOW_REF "sqlnotify:overflow:"
 #define PG_OVERFLOW_TABLE "sqlnotify_overflow"
-/* Durable mode: the journal writers wake the reader on (no watch channel has a colon here). */
-#define PG_JOURNAL_CHANNEL "sqlnotify:journal"
 
 /* Our URL parameter (removed before libpq sees the URL, which refuses unknown ones). */
 #define PG_URL_STATEMENT_TIMEOUT "sqlnotify_statement_timeout"

@@ -498,7 +498,7 @@ static void sb_body(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
     sn_sb_add(b, "    END;\n"
                  "  END IF;\n"
                  "  IF ");
-    sn_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_MAX_PAYLOAD_STR);
+    sn_sb_add(b, durable ? "false" : "pg_catalog.octet_length(sn_p) OPERATOR(pg_catalog.>) " PG_STR(PG_MAX_PAYLOAD));
     sn_sb_add(b, " THEN\n");
     if (ovf_table) {
         /* A missing table or privilege must not fail the write: fall back to the key. */
@@ -522,7 +522,7 @@ static void sb_body(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, c
                  "      IF sn_ok IS NOT NULL THEN\n"
                  "        sn_v := sn_v OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('oid', sn_ok);\n"
                  "      END IF;\n"
-                 "      IF pg_catalog.octet_length(sn_v::text) OPERATOR(pg_catalog.<=) " PG_MAX_PAYLOAD_STR " THEN\n"
+                 "      IF pg_catalog.octet_length(sn_v::text) OPERATOR(pg_catalog.<=) " PG_STR(PG_MAX_PAYLOAD) " THEN\n"
                  "        sn_p := sn_v::text;\n"
                  "      END IF;\n"
                  "    END IF;\n"
