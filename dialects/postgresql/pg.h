@@ -8,7 +8,9 @@
  *                 statements with deadlines on the blocking connections
  *   sql.c         growing SQL text and quoting
  *   catalog.c     describe()
- *   triggers.c    the trigger generator, install/uninstall/drop/list/verify
+ *   triggers.c    install/uninstall/drop/list/verify (triggers.h: what the three share)
+ *   generator.c   the plpgsql trigger function's text
+ *   extension.c   the C triggers of sqlnotify_capture: probed, chosen, their arguments
  *   listener.c    the non-blocking listener: state machine, queue, delivery
  *   overflow.c    the overflow tables: creating, fetching by id and channel, pruning
  *   query.c       notify() and query(), results
