@@ -16,37 +16,8 @@ local URL = H.pg_url
 local fmt = string.format
 local NULL = sqlnotify.null
 
--- A canonical text of a Lua value, used by the hosts to print events and by the spec to
--- compare: keys sorted, strings and numbers as %q writes them (integers as integers, floats
--- as hex floats: -0.0, 1.0 and 0.1 all distinct; infinities as 1e9999), NaN as NAN, the SQL
--- NULL sentinel as NULL. One line: a newline in a string is written \n.
-local SER = [=[
-local null = ...
-local function ser(v)
-  local t = type(v)
-  if t == "table" then
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys, function(a, b)
-      local ta, tb = type(a), type(b)
-      if ta ~= tb then return ta < tb end
-      return a < b
-    end)
-    local parts = {}
-    for i, k in ipairs(keys) do parts[i] = "[" .. ser(k) .. "]=" .. ser(v[k]) end
-    return "{" .. table.concat(parts, ",") .. "}"
-  elseif t == "string" then
-    return (string.format("%q", v):gsub("\\\n", "\\n"))
-  elseif t == "number" then
-    if v ~= v then return "NAN" end
-    return string.format("%q", v)
-  elseif t == "userdata" and v == null then
-    return "NULL"
-  end
-  return tostring(v)
-end
-return ser
-]=]
+-- H.SER: the canonical text of a Lua value (spec/helper.lua), in the hosts and here.
+local SER = H.SER
 local ser = assert(load(SER, "ser"))(NULL)
 
 -- Every column of the types table but its key.

@@ -418,4 +418,38 @@ end
 
 function Daemon:log() return slurp(self.logfile) end
 
+
+-- A canonical text of a Lua value, as a chunk: load(H.SER)(sqlnotify.null) is the function.
+-- Keys sorted, strings and numbers as %q writes them (integers as integers, floats as hex
+-- floats: -0.0, 1.0 and 0.1 all distinct; infinities as 1e9999), NaN as NAN, the SQL NULL
+-- sentinel as NULL. One line: a newline in a string is written \n. Specs that compare
+-- events exactly put it in their host scripts too (spec 24, spec/cases/wire.lua).
+H.SER = [=[
+local null = ...
+local function ser(v)
+  local t = type(v)
+  if t == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b)
+      local ta, tb = type(a), type(b)
+      if ta ~= tb then return ta < tb end
+      return a < b
+    end)
+    local parts = {}
+    for i, k in ipairs(keys) do parts[i] = "[" .. ser(k) .. "]=" .. ser(v[k]) end
+    return "{" .. table.concat(parts, ",") .. "}"
+  elseif t == "string" then
+    return (string.format("%q", v):gsub("\\\n", "\\n"))
+  elseif t == "number" then
+    if v ~= v then return "NAN" end
+    return string.format("%q", v)
+  elseif t == "userdata" and v == null then
+    return "NULL"
+  end
+  return tostring(v)
+end
+return ser
+]=]
+
 return H
