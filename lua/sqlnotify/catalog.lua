@@ -7,9 +7,7 @@ local M = {}
 
 local statements = require("sqlnotify.statements")
 
-local function truthy(v)
-  return v == true or v == "t" or v == "true" or (tonumber(v) or 0) ~= 0
-end
+local truthy = statements.truthy
 
 local sql_of = statements.of
 
@@ -18,8 +16,7 @@ local sql_of = statements.of
 function M.reads(n)
   local s = sql_of(n)
   local out = {}
-  local present = n._h:query(s.reads_exists)
-  if not (present and present[1] and truthy(present[1].present)) then return out end
+  if not statements.present(n, "reads_exists") then return out end
   for _, r in ipairs(n._h:query(s.reads) or {}) do
     local list = out[r.channel] or {}
     list[#list + 1] = r.consumer
@@ -134,8 +131,7 @@ end
 function M.consumers_exist(n)
   local s = sql_of(n)
   if not s.consumers_exist then return true end
-  local present = n._h:query(s.consumers_exist)
-  return present and present[1] and truthy(present[1].present) or false
+  return statements.present(n, "consumers_exist") == true
 end
 
 --- prepare(n): the session settings with which no drop waits long for a lock.

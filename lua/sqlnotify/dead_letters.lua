@@ -84,17 +84,16 @@ function M.delete(n, id)
   return true
 end
 
-local function absent(n, s)
-  local present = n._h:query(s.dead_exists)
-  return present and present[1] and (present[1].present == false or tonumber(present[1].present) == 0
-    or present[1].present == "f")
+-- The table is known to be missing (not when the question failed: the statement then says why).
+local function absent(n)
+  return statements.present(n, "dead_exists") == false
 end
 
 -- How many dead letters each consumer has: { [consumer] = count } (empty without the table),
 -- or nil and why.
 function M.counts(n)
   local s = sql_of(n)
-  if absent(n, s) then return {} end
+  if absent(n) then return {} end
   local rows, e = n._h:query(s.dead_counts)
   if not rows then return nil, e end
   local out = {}
@@ -106,7 +105,7 @@ end
 -- channel, seq, payload, error, attempts, failed_at (ISO 8601, UTC).
 function M.list(n, consumer, id, limit)
   local s = sql_of(n)
-  if absent(n, s) then return {} end
+  if absent(n) then return {} end
   local rows, e = n._h:query(s.dead_list, consumer, consumer, id, id, limit)
   if not rows then return nil, e end
   for _, r in ipairs(rows) do

@@ -4,7 +4,7 @@
 -- more than once is a list, run in order (M.list); M.of(n)[key] is a key's one statement.
 local M = {}
 
-local parsed = {} -- statements text -> { [key] = text, _lists = { [key] = { text, ... } } }
+local parsed = {} -- dialect name -> { [key] = text, _lists = { [key] = { text, ... } } }
 
 local function parse(text)
   local one, lists, key, lines = {}, {}, nil, nil
@@ -32,13 +32,25 @@ end
 --- of(n) -> the statements of the notifier's dialect: { [key] = SQL text } (absent: the dialect
 -- has none of that name, and does without).
 function M.of(n)
-  local text = n._h:statements()
-  local s = parsed[text]
+  local s = parsed[n.dialect_name]
   if not s then
-    s = parse(text)
-    parsed[text] = s
+    s = parse(n._h:statements())
+    parsed[n.dialect_name] = s
   end
   return s
+end
+
+--- truthy(v): a cell that says yes, as each dialect returns one (true, "t", 1).
+function M.truthy(v)
+  return v == true or v == "t" or v == "true" or (tonumber(v) or 0) ~= 0
+end
+
+--- present(n, key) -> true | false | nil: what the dialect's statement key (one row with a
+-- column "present") says: whether a table of ours exists; nil when it could not be run.
+function M.present(n, key)
+  local rows = n._h:query(M.of(n)[key])
+  if not (rows and rows[1]) then return nil end
+  return M.truthy(rows[1].present)
 end
 
 --- list(s, key) -> { SQL text, ... }: every statement of that name, in the file's order.
