@@ -317,16 +317,20 @@ function Notifier:_call(sub, ev, attempt)
   return err, raw
 end
 
--- Subscribers of one event, in subscription order, filters applied; appended to list.
-function Notifier:_matching(chan, w, ev, list)
-  local nulls = self._nulls
-  local cands = filters.candidates(chan, w, ev, nulls)
-  if not cands then return list end
+-- The active subscriptions of cands whose filters the event passes, appended to list.
+local function passing(cands, w, ev, nulls, list)
   for i = 1, #cands do
     local sub = cands[i]
     if sub.active and not mismatch(sub, w, ev, nulls) then list[#list + 1] = sub end
   end
   return list
+end
+
+-- Subscribers of one event, in subscription order, filters applied; appended to list.
+function Notifier:_matching(chan, w, ev, list)
+  local cands = filters.candidates(chan, w, ev, self._nulls)
+  if not cands then return list end
+  return passing(cands, w, ev, self._nulls, list)
 end
 
 -- -l debug: every subscriber of the channel looked at, and one line saying which ran and
@@ -392,12 +396,7 @@ end
 
 -- The batch = N subscriptions of one event, filters applied; appended to list.
 function Notifier:_batch_matching(chan, w, ev, list)
-  local nulls, b = self._nulls, chan.batch
-  for i = 1, #b do
-    local sub = b[i]
-    if sub.active and not mismatch(sub, w, ev, nulls) then list[#list + 1] = sub end
-  end
-  return list
+  return passing(chan.batch, w, ev, self._nulls, list)
 end
 
 -- Run a batch's handler on the calling coroutine (delivery's): nil when it returned, else
