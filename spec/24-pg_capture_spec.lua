@@ -30,17 +30,10 @@ local HOST = "local SER = [==[" .. SER .. "]==]\n" .. [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
 local url, consumer, P = arg[1], arg[2], arg[3]
-local ser = assert(load(SER, "ser"))(sqlnotify.null)
+local ser, show = assert(load(SER, "ser"))(sqlnotify.null)
 local durable = consumer ~= "-"
 local n = assert(sqlnotify.notifier{ url = url, consumer = durable and consumer or nil, shares = durable and 1 or nil,
   nulls = true })
-local function show(ev)
-  local copy = {}
-  for k, v in pairs(ev) do
-    if k ~= "channel" and k ~= "timestamp" and k ~= "written_at" and k ~= "seq" and k ~= "table" then copy[k] = v end
-  end
-  io.write("E ", ev.table, " ", ser(copy), "\n")
-end
 local function watch(tbl, op, opts)
   local name = "spec24." .. P .. "_" .. tbl
   n:watch(name, op, opts)

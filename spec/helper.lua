@@ -419,7 +419,8 @@ end
 function Daemon:log() return slurp(self.logfile) end
 
 
--- A canonical text of a Lua value, as a chunk: load(H.SER)(sqlnotify.null) is the function.
+-- A canonical text of a Lua value, as a chunk: load(H.SER)(sqlnotify.null) returns the function,
+-- and a second one that prints an event as a line of it (for host scripts).
 -- Keys sorted, strings and numbers as %q writes them (integers as integers, floats as hex
 -- floats: -0.0, 1.0 and 0.1 all distinct; infinities as 1e9999), NaN as NAN, the SQL NULL
 -- sentinel as NULL. One line: a newline in a string is written \n. Specs that compare
@@ -449,7 +450,15 @@ local function ser(v)
   end
   return tostring(v)
 end
-return ser
+-- an event as one line "E <table> <text>", without the fields that differ from run to run
+local function show(ev)
+  local copy = {}
+  for k, v in pairs(ev) do
+    if k ~= "channel" and k ~= "timestamp" and k ~= "written_at" and k ~= "seq" and k ~= "table" then copy[k] = v end
+  end
+  io.write("E ", ev.table, " ", ser(copy), "\n")
+end
+return ser, show
 ]=]
 
 return H

@@ -46,19 +46,12 @@ local HOST = "local SER = [==[" .. SER .. "]==]\n" .. [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
 local url, consumer, main, keys, cols, shares = arg[1], arg[2], arg[3], arg[4], arg[5], arg[6]
-local ser = assert(load(SER, "ser"))(sqlnotify.null)
+local ser, show = assert(load(SER, "ser"))(sqlnotify.null)
 local durable = consumer ~= "-"
 local n = assert(sqlnotify.notifier{ url = url, consumer = durable and consumer or nil,
   shares = shares ~= "-" and tonumber(shares) or nil, nulls = true })
 local C = {}
 for c in cols:gmatch("[^,]+") do C[#C + 1] = c end
-local function show(ev)
-  local copy = {}
-  for k, v in pairs(ev) do
-    if k ~= "channel" and k ~= "timestamp" and k ~= "written_at" and k ~= "seq" and k ~= "table" then copy[k] = v end
-  end
-  io.write("E ", ev.table, " ", ser(copy), "\n")
-end
 for _, op in ipairs { "insert", "update", "delete" } do
   n:watch(main, op, { extra_columns = C, old_columns = op == "update" and C or nil })
   n:subscribe(main, op, show)
