@@ -561,7 +561,11 @@ DELETE FROM {T} WHERE id = 2;
 
   it("delivers the same events after the table changed under the trigger: retyped, renamed, dropped columns",
     function()
+    -- One transaction: the host reads the table again when an event lacks a column, and one
+    -- read between the two renames would remake the trigger without w until the next check:
+    -- a race of the host's, not a difference of the triggers'.
     write("alter", [[
+BEGIN;
 INSERT INTO {T} VALUES (1, 1, 'a');
 ALTER TABLE {T} ALTER COLUMN v TYPE numeric USING v;
 INSERT INTO {T} VALUES (2, 2.50, 'b');
@@ -573,6 +577,7 @@ ALTER TABLE {T} RENAME COLUMN w2 TO w;
 ALTER TABLE {T} DROP COLUMN v;
 ALTER TABLE {T} ADD COLUMN v text;
 INSERT INTO {T} (id, v, w) VALUES (5, 'five', 'e');
+COMMIT;
 ]])
     local ev = delivered("alter", 5)
     local function e(id, x, truncated)
