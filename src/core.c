@@ -1007,6 +1007,32 @@ static int h_install(lua_State *L)
     return 2;
 }
 
+/* h:row_sql(watch) -> payload SQL, hash SQL or nil | nil, err: expressions over one row of
+ * the watch's table aliased r (sn_dialect.row_sql), for a backfill */
+static int h_row_sql(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    sn_watch w;
+    check_watch(L, 2, &w);
+    if (k->d->row_sql == NULL)
+        return luaL_error(L, "sqlnotify: the %s dialect cannot backfill", k->d->name);
+    sn_sbuf p = {0}, h = {0};
+    char err[1024] = "";
+    int rc = k->d->row_sql(k->conn, &w, &p, &h, err, sizeof err);
+    if (rc == 0 && (p.fail || h.fail))
+        rc = -1, sn_seterr(err, sizeof err, "out of memory");
+    if (rc == 0) {
+        lua_pushlstring(L, p.p, p.len);
+        if (h.len > 0)
+            lua_pushlstring(L, h.p, h.len);
+        else
+            lua_pushnil(L);
+    }
+    sn_sb_free(&p);
+    sn_sb_free(&h);
+    return rc == 0 ? 2 : fail(L, err);
+}
+
 static int h_uninstall(lua_State *L)
 {
     sn_link *k = check_handle(L)->link;
@@ -1371,6 +1397,7 @@ static const luaL_Reg conn_meth[] = {
     {"max_payload", h_max_payload},
     {"describe", h_describe},
     {"install", h_install},
+    {"row_sql", h_row_sql},
     {"uninstall", h_uninstall},
     {"drop", h_drop},
     {"list", h_list},

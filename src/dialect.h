@@ -225,6 +225,8 @@ enum sn_cap {
                                     that others may LISTEN on it (else it carries "#live") */
 };
 
+struct sn_sbuf; /* below: a growing string */
+
 typedef struct sn_dialect {
     const char *name;              /* "postgresql", "sqlite" */
     const char *const *schemes;    /* URL schemes, NULL-terminated: {"postgresql", "postgres", NULL} */
@@ -276,6 +278,13 @@ typedef struct sn_dialect {
     /* Whether the watch's trigger (and function) is installed with this watch's marker:
      * 1 yes, 0 missing or replaced by someone else, -1 and err on failure. NULL: not supported. */
     int (*verify)(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+    /* Backfill (SPEC §8.3): SQL expressions over one row of w's table, aliased r in the
+     * caller's SELECT, into payload: the payload w's INSERT trigger would send for it (w's key
+     * and its extra columns as listed: the caller lists the columns the table has); into
+     * hash: the row's share hash as the journal takes it, left empty where the journal has
+     * no shares. 0, or -1 and err. NULL: no backfill. */
+    int (*row_sql)(sn_conn *c, const sn_watch *w, struct sn_sbuf *payload, struct sn_sbuf *hash, char *err,
+                   size_t errlen);
 
     /* Listening. listen adds a channel; the first call brings the listener up. It returns
      * only once the channel is really being listened on, so every commit after it is seen.

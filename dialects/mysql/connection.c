@@ -733,6 +733,7 @@ const sn_dialect sn_mysql_dialect = {
     .drop = my_drop,
     .list = my_list,
     .verify = my_verify,
+    .row_sql = my_row_sql,
     .listen = my_listen,
     .unlisten = my_unlisten,
     .stop = my_stop,

@@ -166,6 +166,7 @@ void my_capture_unused(sn_conn *c, const char *channel, const char *forget_for);
 int my_read_before(sn_conn *c, const char *channel);
 int my_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int my_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+int my_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, char *err, size_t errlen);
 
 /* reader.c */
 int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen);

@@ -74,6 +74,7 @@ const sn_dialect sn_postgresql_dialect = {
     .drop = pg_drop,
     .list = pg_list,
     .verify = pg_verify,
+    .row_sql = pg_row_sql,
     .listen = dr_listen,
     .unlisten = dr_unlisten,
     .stop = dr_stop,

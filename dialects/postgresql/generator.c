@@ -476,3 +476,34 @@ void pg_sb_body(sn_sbuf *b, PGconn *db, const sn_watch *w, const tinfo *t, const
     }
     sn_sb_add(b, "  RETURN NULL;\nEND");
 }
+
+/* ===== backfill ===== */
+
+/* The payload and share hash of a row aliased r, as sb_body's fast path makes them for an
+ * INSERT (sn_dialect.row_sql): the key object, hashed as the trigger hashes it with the
+ * relation the row is in (tableoid is TG_RELID for a partition's row). */
+int pg_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, char *err, size_t errlen)
+{
+    tinfo t;
+    int found = pg_table_info(c, w, &t, err, errlen);
+    if (found <= 0) {
+        if (found == 0)
+            sn_seterr(err, errlen, "table %s.%s does not exist", w->schema, w->table);
+        PQclear(t.res);
+        return -1;
+    }
+    PGconn *db = c->ctl.conn;
+    sn_sbuf k = {0};
+    sb_object(&k, db, &t, "r", w->pk, w->npk);
+    sb_payload(payload, db, w, &t, k.p ? k.p : "NULL", "r", NULL);
+    sn_sb_add(payload, "::text");
+    sn_sb_add(hash, "pg_catalog.hashtext((");
+    sn_sb_add(hash, k.p);
+    sn_sb_add(hash, ")::text) OPERATOR(pg_catalog.#) r.tableoid::int");
+    const char *fail = k.fail ? k.fail : payload->fail ? payload->fail : hash->fail;
+    if (fail)
+        sn_seterr(err, errlen, "%s", fail);
+    sn_sb_free(&k);
+    PQclear(t.res);
+    return fail ? -1 : 0;
+}

@@ -195,6 +195,8 @@ int pg_drop_channel(sn_conn *c, const char *channel, char *err, size_t errlen);
 int pg_capture_unused(sn_conn *c, const char *channel);
 int pg_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int pg_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+/* generator.c: sn_dialect.row_sql */
+int pg_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, char *err, size_t errlen);
 
 /* ===== overflow.c ===== */
 

@@ -658,6 +658,7 @@ const sn_dialect sn_sqlite_dialect = {
     .drop = sqd_drop,
     .list = sqd_list,
     .verify = sqd_verify,
+    .row_sql = sqd_row_sql,
     .listen = sq_listen,
     .unlisten = sq_unlisten,
     .stop = sq_stop,

@@ -201,6 +201,7 @@ int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
 int sqd_drop(sn_conn *c, const char *schema, const char *table, char *err, size_t errlen);
 int sqd_list(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int sqd_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen);
+int sqd_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, char *err, size_t errlen);
 /* Regenerate our triggers whose table lost a column they name (renamed or dropped).
  * 0, or an SQLite result code (SQLITE_BUSY: try again later). */
 int sqd_repair_triggers(sn_conn *c);

@@ -415,16 +415,13 @@ static char *oid_expr(const spec *s)
     return sqlite3_str_finish(e);
 }
 
-/* The CREATE TRIGGER statement (sqlite3_malloc'd), or NULL out of memory. */
-static char *build_trigger(const char *name, const spec *s, const char *comment)
+/* The payload of record rec as SQL (sqlite3_malloc'd), or NULL out of memory; oid: the old
+ * key's part (UPDATE), taken and freed, or NULL. */
+static char *payload_sql(const spec *s, const char *rec, char *oid)
 {
-    const char *rec = s->op == SN_DELETE ? "OLD" : "NEW";
     int update = s->op == SN_UPDATE;
-    char *oid = NULL;
     pf p;
 
-    if (update && s->n[L_PK] > 0 && !(oid = oid_expr(s)))
-        return NULL;
     pf_init(&p);
     pf_lit(&p, "{\"id\":{");
     pf_object(&p, rec, s->cols[L_PK], s->n[L_PK]);
@@ -445,7 +442,18 @@ static char *build_trigger(const char *name, const spec *s, const char *comment)
         sqlite3_free(oid);
     }
     pf_lit(&p, "}");
-    char *payload = pf_finish(&p);
+    return pf_finish(&p);
+}
+
+/* The CREATE TRIGGER statement (sqlite3_malloc'd), or NULL out of memory. */
+static char *build_trigger(const char *name, const spec *s, const char *comment)
+{
+    int update = s->op == SN_UPDATE;
+    char *oid = NULL;
+
+    if (update && s->n[L_PK] > 0 && !(oid = oid_expr(s)))
+        return NULL;
+    char *payload = payload_sql(s, s->op == SN_DELETE ? "OLD" : "NEW", oid);
     if (!payload)
         return NULL;
 
@@ -487,6 +495,24 @@ static void spec_of_watch(const sn_watch *w, spec *s)
         s->cols[L_OLD] = w->old_cols;
         s->n[L_OLD] = w->nold;
     }
+}
+
+/* sn_dialect.row_sql: the payload of a row aliased r, as the INSERT trigger makes it. The
+ * change log has no shares: hash stays empty. */
+int sqd_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, char *err, size_t errlen)
+{
+    (void)c, (void)hash;
+    spec s;
+    spec_of_watch(w, &s);
+    s.op = SN_INSERT;
+    char *sql = payload_sql(&s, "r", NULL);
+    if (!sql) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    sn_sb_add(payload, sql);
+    sqlite3_free(sql);
+    return payload->fail ? -1 : 0;
 }
 
 /* ===== the catalog ===== */
