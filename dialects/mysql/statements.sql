@@ -51,3 +51,60 @@ SELECT COUNT(*) AS present FROM information_schema.tables WHERE table_schema = D
   AND table_name = 'sqlnotify_dead_letters'
 -- name: dead_counts
 SELECT consumer, COUNT(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer
+
+-- ===== backfill.lua: the rows a table had before (SPEC §8.3)
+-- {holes} as in the PostgreSQL file. LOCK IN SHARE MODE NOWAIT is MariaDB's (10.3 on);
+-- MySQL 8 spells it FOR SHARE NOWAIT.
+
+-- name: param
+?
+-- name: backfill_create
+CREATE TABLE IF NOT EXISTS sqlnotify_backfills (consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  tbl VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, wire VARCHAR(255) NOT NULL, where_sql TEXT,
+  chunk INT NOT NULL, last_key LONGTEXT, rows_done BIGINT NOT NULL DEFAULT 0, total BIGINT,
+  state VARCHAR(16) NOT NULL DEFAULT 'running', started_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+  updated_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), PRIMARY KEY (consumer, tbl)) ENGINE=InnoDB
+  COMMENT='sqlnotify: where each backfill stands'
+-- name: backfill_count
+SELECT COUNT(*) AS n FROM {table} r WHERE ({where})
+-- name: backfill_start
+-- (consumer, tbl, wire, where, chunk, total)
+REPLACE INTO sqlnotify_backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES (?, ?, ?, ?, ?, ?)
+-- name: backfill_snapshot
+-- (consumer, tbl, wire, where, chunk, total)
+INSERT IGNORE INTO sqlnotify_backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES (?, ?, ?, ?, ?, ?)
+-- name: backfill_get
+-- (consumer, tbl)
+SELECT wire, where_sql, chunk, last_key, rows_done, total, state,
+  TIMESTAMPDIFF(MICROSECOND, started_at, UTC_TIMESTAMP(6)) / 1e6 AS age
+FROM sqlnotify_backfills WHERE consumer = ? AND tbl = ?
+-- name: backfill_list
+-- (consumer)
+SELECT tbl, rows_done, total, state, where_sql, chunk, DATE_FORMAT(started_at, '%Y-%m-%dT%H:%i:%sZ') AS started_at,
+  DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%sZ') AS updated_at FROM sqlnotify_backfills WHERE consumer = ? ORDER BY tbl
+-- name: backfill_begin
+START TRANSACTION
+-- name: backfill_claim
+-- (consumer, tbl)
+SELECT last_key, rows_done, state FROM sqlnotify_backfills WHERE consumer = ? AND tbl = ? FOR UPDATE SKIP LOCKED
+-- name: backfill_lock
+SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} LOCK IN SHARE MODE NOWAIT
+-- name: backfill_copy
+-- (wire, bounds)
+INSERT INTO sqlnotify_journal (channel, payload) SELECT ?, {payload} FROM {table} r
+WHERE {after} AND {upto} AND ({where}) ORDER BY {keys}
+-- name: backfill_save
+-- (last_key, rows, consumer, tbl)
+UPDATE sqlnotify_backfills SET last_key = ?, rows_done = rows_done + ?, updated_at = UTC_TIMESTAMP(6)
+WHERE consumer = ? AND tbl = ?
+-- name: backfill_finish
+-- (state, consumer, tbl)
+UPDATE sqlnotify_backfills SET state = ?, updated_at = UTC_TIMESTAMP(6) WHERE consumer = ? AND tbl = ?
+  AND state = 'running'
+-- name: backfill_forget
+-- (consumer)
+DELETE FROM sqlnotify_backfills WHERE consumer = ?
+-- name: backfill_commit
+COMMIT
+-- name: backfill_rollback
+ROLLBACK

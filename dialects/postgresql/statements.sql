@@ -120,3 +120,73 @@ ORDER BY id LIMIT $5
 SELECT pg_catalog.to_regclass('sqlnotify.dead_letters') IS NOT NULL AS present
 -- name: dead_counts
 SELECT consumer, count(*) AS n FROM sqlnotify.dead_letters GROUP BY consumer
+
+-- ===== backfill.lua: the rows a table had before (SPEC §8.3)
+-- {holes} are filled by backfill.lua: {table} the table, quoted; {keys} its key columns as
+-- r."a", r."b"; {keys_as} the same AS k1, k2; {after} and {upto} the keyset bounds (or a
+-- truth); {where} the caller's condition (or a truth); {limit} the chunk; {payload} and
+-- {hash} what h:row_sql made of one row r.
+
+-- name: param
+$%d
+-- name: backfill_create
+CREATE SCHEMA IF NOT EXISTS sqlnotify
+-- name: backfill_create
+CREATE TABLE IF NOT EXISTS sqlnotify.backfills (consumer text NOT NULL, tbl text NOT NULL, wire text NOT NULL,
+  where_sql text, chunk integer NOT NULL, last_key text, rows_done bigint NOT NULL DEFAULT 0, total bigint,
+  state text NOT NULL DEFAULT 'running', started_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, tbl))
+-- name: backfill_count
+-- what the backfill reads: the count is its total, and a bad condition fails here, before anything is written
+SELECT count(*) AS n FROM {table} r WHERE ({where})
+-- name: backfill_start
+-- (consumer, tbl, wire, where, chunk, total): a new backfill, over one that was there
+INSERT INTO sqlnotify.backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (consumer, tbl) DO UPDATE SET wire = excluded.wire, where_sql = excluded.where_sql,
+  chunk = excluded.chunk, total = excluded.total, last_key = NULL, rows_done = 0, state = 'running',
+  started_at = now(), updated_at = now()
+-- name: backfill_snapshot
+-- (consumer, tbl, wire, where, chunk, total): start_at = "snapshot", once per consumer and table
+INSERT INTO sqlnotify.backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (consumer, tbl) DO NOTHING
+-- name: backfill_get
+-- (consumer, tbl)
+SELECT wire, where_sql, chunk, last_key, rows_done, total, state,
+  extract(epoch FROM now() - started_at)::float8 AS age FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2
+-- name: backfill_list
+-- (consumer)
+SELECT tbl, rows_done, total, state, where_sql, chunk,
+  to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS started_at,
+  to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS updated_at
+FROM sqlnotify.backfills WHERE consumer = $1 ORDER BY tbl COLLATE "C"
+-- name: backfill_begin
+-- one chunk is one transaction; floats and bytea as the triggers send them
+BEGIN
+-- name: backfill_begin
+SET LOCAL extra_float_digits = 1
+-- name: backfill_begin
+SET LOCAL bytea_output = 'hex'
+-- name: backfill_claim
+-- (consumer, tbl): the backfill's row, locked for the chunk; none while another member reads one
+SELECT last_key, rows_done, state FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2 FOR UPDATE SKIP LOCKED
+-- name: backfill_lock
+-- the chunk's keys, its rows locked until the commit: a writer of one of them waits at most
+-- one chunk; one that holds one now fails the chunk (NOWAIT: we never wait, so never deadlock)
+SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT
+-- name: backfill_copy
+-- (wire, bounds): the chunk's rows into the journal, after every change to them that committed
+SELECT count(sqlnotify.append($1, {payload}, {hash})) AS n FROM {table} r WHERE {after} AND {upto} AND ({where})
+-- name: backfill_save
+-- (last_key, rows, consumer, tbl)
+UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()
+WHERE consumer = $3 AND tbl = $4
+-- name: backfill_finish
+-- (state, consumer, tbl)
+UPDATE sqlnotify.backfills SET state = $1, updated_at = now() WHERE consumer = $2 AND tbl = $3 AND state = 'running'
+-- name: backfill_forget
+-- (consumer): its consumer dropped
+DELETE FROM sqlnotify.backfills WHERE consumer = $1
+-- name: backfill_commit
+COMMIT
+-- name: backfill_rollback
+ROLLBACK

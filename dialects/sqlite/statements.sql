@@ -46,3 +46,59 @@ WHERE (? IS NULL OR consumer = ?) AND (? IS NULL OR id = ?) ORDER BY id LIMIT ?
 SELECT count(*) AS present FROM sqlite_master WHERE type = 'table' AND name = 'sqlnotify_dead_letters'
 -- name: dead_counts
 SELECT consumer, count(*) AS n FROM sqlnotify_dead_letters GROUP BY consumer
+
+-- ===== backfill.lua: the rows a table had before (SPEC §8.3)
+-- {holes} as in the PostgreSQL file. SQLite has one writer at a time: a chunk's transaction
+-- (BEGIN IMMEDIATE) holds the others back while it reads, and nothing else is needed.
+
+-- name: param
+?
+-- name: backfill_create
+CREATE TABLE IF NOT EXISTS sqlnotify_backfills (consumer TEXT NOT NULL, tbl TEXT NOT NULL, wire TEXT NOT NULL,
+  where_sql TEXT, chunk INTEGER NOT NULL, last_key TEXT, rows_done INTEGER NOT NULL DEFAULT 0, total INTEGER,
+  state TEXT NOT NULL DEFAULT 'running', started_at REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0)),
+  updated_at REAL NOT NULL DEFAULT (((julianday('now') - 2440587.5) * 86400.0)), PRIMARY KEY (consumer, tbl))
+-- name: backfill_count
+SELECT count(*) AS n FROM {table} r WHERE ({where})
+-- name: backfill_start
+-- (consumer, tbl, wire, where, chunk, total)
+INSERT OR REPLACE INTO sqlnotify_backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES (?, ?, ?, ?, ?, ?)
+-- name: backfill_snapshot
+-- (consumer, tbl, wire, where, chunk, total)
+INSERT OR IGNORE INTO sqlnotify_backfills (consumer, tbl, wire, where_sql, chunk, total) VALUES (?, ?, ?, ?, ?, ?)
+-- name: backfill_get
+-- (consumer, tbl)
+SELECT wire, where_sql, chunk, last_key, rows_done, total, state, ((julianday('now') - 2440587.5) * 86400.0) - started_at AS age
+FROM sqlnotify_backfills WHERE consumer = ? AND tbl = ?
+-- name: backfill_list
+-- (consumer)
+SELECT tbl, rows_done, total, state, where_sql, chunk,
+  strftime('%Y-%m-%dT%H:%M:%SZ', started_at, 'unixepoch') AS started_at,
+  strftime('%Y-%m-%dT%H:%M:%SZ', updated_at, 'unixepoch') AS updated_at
+FROM sqlnotify_backfills WHERE consumer = ? ORDER BY tbl
+-- name: backfill_begin
+BEGIN IMMEDIATE
+-- name: backfill_claim
+-- (consumer, tbl)
+SELECT last_key, rows_done, state FROM sqlnotify_backfills WHERE consumer = ? AND tbl = ?
+-- name: backfill_lock
+SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit}
+-- name: backfill_copy
+-- (wire, bounds)
+INSERT INTO sqlnotify_changes (channel, payload) SELECT ?, {payload} FROM {table} r
+WHERE {after} AND {upto} AND ({where}) ORDER BY {keys}
+-- name: backfill_save
+-- (last_key, rows, consumer, tbl)
+UPDATE sqlnotify_backfills SET last_key = ?, rows_done = rows_done + ?, updated_at = ((julianday('now') - 2440587.5) * 86400.0)
+WHERE consumer = ? AND tbl = ?
+-- name: backfill_finish
+-- (state, consumer, tbl)
+UPDATE sqlnotify_backfills SET state = ?, updated_at = ((julianday('now') - 2440587.5) * 86400.0) WHERE consumer = ? AND tbl = ?
+  AND state = 'running'
+-- name: backfill_forget
+-- (consumer)
+DELETE FROM sqlnotify_backfills WHERE consumer = ?
+-- name: backfill_commit
+COMMIT
+-- name: backfill_rollback
+ROLLBACK

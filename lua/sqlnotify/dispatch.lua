@@ -86,6 +86,7 @@ local EventMeta = { __index = {
 } }
 
 function Notifier:_event(w, channel, payload, ts)
+  if w.read then w.arrived = w.arrived + 1 end -- a backfill's row: the next chunk waits for them
   local ev, why, flag = decode(w.plan or self:_plan(w), payload, channel, ts)
   local drift = ev and flag
   if not ev and flag then -- a newer wire version: this release cannot read it (nil, the reason)

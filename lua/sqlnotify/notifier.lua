@@ -9,14 +9,15 @@ local delivery = require("sqlnotify.delivery")
 local dead = require("sqlnotify.dead_letters")
 local metrics = require("sqlnotify.metrics")
 local dispatch = require("sqlnotify.dispatch")
+local backfill = require("sqlnotify.backfill")
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
 
 local M = {}
 
-M.INSERT, M.UPDATE, M.DELETE = "insert", "update", "delete"
-M.Operation = { INSERT = M.INSERT, UPDATE = M.UPDATE, DELETE = M.DELETE }
+M.INSERT, M.UPDATE, M.DELETE, M.READ = "insert", "update", "delete", "read"
+M.Operation = { INSERT = M.INSERT, UPDATE = M.UPDATE, DELETE = M.DELETE, READ = M.READ }
 M.VERSION = core.version
 
 local OPCODES = { insert = 0, update = 1, delete = 2 }
@@ -89,11 +90,12 @@ local function check_options(opts, allowed, what, level)
   return opts
 end
 
-local function check_op(op, level)
+-- read: "read" (a backfill's rows, SPEC §8.3) is one too
+local function check_op(op, level, read)
   local name = type(op) == "string" and op:lower() or nil
-  if not OPCODES[name] then
-    fail(level + 1, "unknown operation %s (use sqlnotify.INSERT, UPDATE or DELETE)",
-      type(op) == "string" and fmt("%q", op) or tostring(op))
+  if not (OPCODES[name] or (read and name == M.READ)) then
+    fail(level + 1, "unknown operation %s (use sqlnotify.INSERT, UPDATE or DELETE%s)",
+      type(op) == "string" and fmt("%q", op) or tostring(op), read and ", or READ for a backfill's rows" or "")
   end
   return name
 end
@@ -283,10 +285,11 @@ function M.notifier(opts)
   for _, k in ipairs({ "shares", "lease" }) do
     if opts[k] ~= nil and opts.consumer == nil then fail(2, "%s applies to a consumer: set consumer too", k) end
   end
-  if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" then
-    fail(2, "start_at must be \"end\" or \"beginning\", got %s",
+  if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" and opts.start_at ~= "snapshot" then
+    fail(2, "start_at must be \"end\", \"beginning\" or \"snapshot\", got %s",
       type(opts.start_at) == "string" and fmt("%q", opts.start_at) or tostring(opts.start_at))
   end
+  if opts.start_at ~= nil and opts.consumer == nil then fail(2, "start_at applies to a consumer: set consumer too") end
   local verify = opts.verify_interval
   if verify == nil then verify = DEFAULT_VERIFY_INTERVAL end
   if verify ~= false and (type(verify) ~= "number" or verify <= 0 or verify ~= verify) then
@@ -332,6 +335,9 @@ function M.notifier(opts)
     _tables = {},
     _rechecked = {},   -- schema \0 table -> when its events last had its columns read again (_recheck)
     _watches = {},     -- in watch order
+    _reads = {},       -- the "read" watches (backfills' rows: no trigger), in watch order
+    _backfills = {},   -- read watch -> its backfill running here (backfill.lua)
+    _snapshot = opts.start_at == "snapshot",
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
     _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count,
@@ -455,9 +461,13 @@ end
 ---   use_overflow_table=})
 function Notifier:watch(t, op, opts)
   check_notifier(self, 2)
-  op = check_op(op, 2)
+  op = check_op(op, 2, true)
   opts = check_options(opts, WATCH_OPTIONS, "watch", 2)
   local info = self:_table(t, 2)
+  if op == M.READ then
+    self:_read_watch(info, opts, 2)
+    return self
+  end
   local all = opts.extra_columns == "*"
   local extra = all and {} or check_columns(info, opts.extra_columns, "extra_columns", 2)
   local trigger = check_columns(info, opts.trigger_columns, "trigger_columns", 2)
@@ -549,6 +559,75 @@ function Notifier:watch(t, op, opts)
   if self._durable then self._by_channel[channel] = w end
   self._by_key[watch_key(w.schema, w.table, op, label)] = w
   return self
+end
+
+local READ_OPTIONS = { extra_columns = true, primary_keys = true }
+
+-- The "read" watch of a table (SPEC §8.3): a backfill's rows go on its own channel, this
+-- consumer's alone, and it has no trigger. Its columns: those opts names, else every column
+-- the table's other watches carry (all of them when one has extra_columns = "*"), and their
+-- key. Made by n:watch(table, "read"), or by the first subscribe or backfill that needs it.
+function Notifier:_read_watch(info, opts, level)
+  local key = watch_key(info.schema, info.table, M.READ)
+  local w = self._by_key[key]
+  if w then
+    if next(opts) ~= nil then fail(level + 1, "the read watch on %s is made already: watch it first", info.name) end
+    return w
+  end
+  if not self._durable then
+    fail(level + 1, "a backfill needs a durable consumer: give sqlnotify.notifier{...} a consumer name")
+  end
+  for k in pairs(opts) do
+    if not READ_OPTIONS[k] then fail(level + 1, "%s does not apply to a read watch (on %s)", k, info.name) end
+  end
+  local all, extra, pk = opts.extra_columns == "*", {}, nil
+  if opts.primary_keys ~= nil then
+    pk = check_columns(info, opts.primary_keys, "primary_keys", level + 1)
+    if #pk == 0 or not is_key(info, pk) then
+      fail(level + 1, "primary_keys {%s} of table %s is not its primary key or a unique key", concat(pk, ", "), info.name)
+    end
+  end
+  if opts.extra_columns ~= nil then
+    if not all then extra = check_columns(info, opts.extra_columns, "extra_columns", level + 1) end
+  else
+    local seen = {}
+    for _, x in ipairs(self._watches) do
+      if x.schema == info.schema and x.table == info.table then
+        pk = pk or x.pk
+        all = all or x.all ~= nil
+        for _, c in ipairs(x.extra) do
+          if not seen[c] then seen[c], extra[#extra + 1] = true, c end
+        end
+      end
+    end
+  end
+  pk = pk or info.pk
+  if #pk == 0 then
+    fail(level + 1, "table %s has no primary key; a backfill reads it in key order (watch(%q, \"read\", "
+      .. "{primary_keys = {...}}) names a unique key)", info.name, info.name)
+  end
+  local channel = default_channel(info.schema, info.table, M.READ)
+  local capture = core.hash(concat({ "read", self._consumer, concat(pk, "\1"), all and "*" or concat(extra, "\1") },
+    "\0")):sub(1, 12)
+  w = {
+    schema = info.schema, table = info.table, name = info.name, op = M.READ, opcode = 0, read = true,
+    channel = channel, wire = channel .. "#" .. capture, capture = capture, pk = pk, extra = extra, all = all or nil,
+    trigger = {}, old = {}, info = info, overflow = false, pkindex = {}, oldset = {}, arrived = 0,
+    mc = metrics.counters(self._consumer, info.schema .. "." .. info.table, M.READ),
+    truncated_log = { what = "truncated", channel = channel },
+  }
+  for i, c in ipairs(pk) do w.pkindex[c] = i end
+  set_columns(w, columns_now(w, info))
+  w.marker = watch_marker(w, info)
+  if self._by_channel[channel] then fail(level + 1, "channel %q is already used on %s", channel, info.name) end
+  if self._started then
+    local ok, err = self:_listen(w)
+    if not ok then error(one_line(err), error_level(level + 1)) end
+  end
+  self._reads[#self._reads + 1] = w
+  self._by_channel[w.wire] = w
+  self._by_key[key] = w
+  return w
 end
 
 -- Listen to a watch's wire channel; a durable one also to its untagged channel, where the
@@ -657,6 +736,7 @@ function Notifier:_find_watch(t, op, label, level)
   local info = self:_table(t, level + 1)
   if label ~= nil and type(label) ~= "string" then fail(level + 1, "channel_label must be a string") end
   local w = self._by_key[watch_key(info.schema, info.table, op, label)]
+  if not w and op == M.READ and label == nil then w = self:_read_watch(info, {}, level + 1) end
   if not w then
     fail(level + 1, "no watch for %s on %s%s (call watch first)", op, info.name,
       label and fmt(" with channel_label %q", label) or "")
@@ -682,7 +762,7 @@ function Notifier:subscribe(t, op, opts, handler)
   if callable(opts) and type(handler) == "table" then
     fail(2, "subscribe takes its options before the handler: n:subscribe(table, operation, opts, handler)")
   end
-  op = check_op(op, 2)
+  op = check_op(op, 2, true)
   opts = check_options(opts, SUBSCRIBE_OPTIONS, "subscribe", 2)
   if not callable(handler) then
     fail(2, "subscribe needs a handler function, got %s", type(handler))
@@ -747,6 +827,9 @@ end
 dispatch.bind { fail = fail, one_line = one_line, shorten = shorten, watch_marker = watch_marker,
   set_columns = set_columns, columns_now = columns_now }
 for k, f in pairs(dispatch.methods) do Notifier[k] = f end
+-- n:backfill and its machinery: backfill.lua.
+backfill.bind { fail = fail, one_line = one_line, check_notifier = check_notifier, check_options = check_options }
+for k, f in pairs(backfill.methods) do Notifier[k] = f end
 M._event_meta = dispatch.event_meta
 local with_traceback = dispatch.with_traceback
 -- ===== lifecycle =====
@@ -773,9 +856,15 @@ function Notifier:start()
     local ok, err = self:_install(w)
     if not ok then return nil, one_line(err) end
   end
-  for _, w in ipairs(self._watches) do
-    local ok, err = self:_listen(w)
-    if not ok then return nil, one_line(err) end
+  for _, list in ipairs({ self._watches, self._reads }) do
+    for _, w in ipairs(list) do
+      local ok, err = self:_listen(w)
+      if not ok then return nil, one_line(err) end
+    end
+  end
+  if self._snapshot and #self._reads == 0 then
+    return nil, "sqlnotify: start_at = \"snapshot\" reads the tables subscribed to \"read\", and there is none: "
+      .. "subscribe to a table's \"read\" events (or watch it for \"read\")"
   end
   self._started, self._ever_started = true, true
   listening[self] = true -- a listening notifier lives until stop or close
@@ -789,6 +878,13 @@ function Notifier:start()
   end
   self:_log("info", "listening on %d channel(s) of %s", #self._watches, h:target())
   if self._durable then self:_backlog() end
+  if self._durable then
+    local ok, err = self:_backfills_start()
+    if not ok then
+      self:stop()
+      return nil, one_line(err)
+    end
+  end
   return self
 end
 
@@ -886,6 +982,7 @@ function Notifier:_quiet()
   self._started = false
   listening[self] = nil
   for _, w in ipairs(self._watches) do self:_disarm_retry(w) end
+  self:_backfills_stop()
   if self._verify_timer then
     self._verify_timer:stop()
     self._verify_timer = nil
@@ -1136,7 +1233,9 @@ end
 function Notifier:drop_consumer(name)
   check_notifier(self, 2)
   if type(name) ~= "string" or name == "" then fail(2, "drop_consumer needs a consumer name") end
-  return self._h:drop_consumer(name)
+  local dropped, err = self._h:drop_consumer(name)
+  if dropped ~= nil then self:_backfills_forget(name) end
+  return dropped, err
 end
 
 --- n:query(sql, ...) -> rows | nil, message. One statement, parameters $1.. (PostgreSQL) or ? (SQLite).

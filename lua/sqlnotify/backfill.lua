@@ -1,0 +1,407 @@
+--- sqlnotify.backfill: the rows a table had before (SPEC §8.3). A backfill reads its table in
+-- key order, one chunk per transaction, and writes each chunk's rows into the journal as
+-- events of the table's "read" watch (its channel is this consumer's alone), beside the
+-- changes the triggers write. From there they take the delivery path every event takes:
+-- retries, dead letters, concurrency, a group's shares, and an acknowledgement that survives
+-- kill -9. Where the chunk stands is saved in the same transaction as its rows
+-- (sqlnotify.backfills), so a backfill resumes from the last chunk that committed, and no
+-- chunk is written twice.
+--
+-- Consistent with the stream, per key: a chunk locks its rows for its transaction (NOWAIT: it
+-- never waits on a writer, so it is never in a deadlock, and a writer waits at most one
+-- chunk). A change committed before the lock was taken was written to the journal before
+-- the chunk's row, and the row carries its result; a change to a locked row commits after
+-- the chunk, and its journal row comes after the chunk's. SQLite has one writer at a time:
+-- the chunk's transaction is all it needs. docs/design.md has the argument.
+--
+-- These are methods of the notifier: notifier.lua copies them in and binds its helpers.
+local core = require("sqlnotify.core")
+local statements = require("sqlnotify.statements")
+local json = require("cjson.safe").new()
+
+local fmt, concat = string.format, table.concat
+
+local fail, one_line, check_notifier, check_options -- notifier.lua's, bound by B.bind
+
+local Notifier = {}
+
+local DEFAULT_CHUNK = 1000
+local MAX_CHUNK = 100000
+local PROGRESS_EVERY = 5  -- seconds between two progress lines
+local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway
+                          -- (a group's other members hold the shares its rows went to)
+local FAIL_SAY_AFTER = 10 -- seconds of failing chunks before a warning (a held row fails a few)
+
+-- The key of a table in sqlnotify.backfills: schema.table as the notifier names it.
+local function tbl_of(w) return w.schema .. "." .. w.table end
+
+-- A key value kept as text with its Lua type, so that it goes back as it came.
+local function key_text(v)
+  if math.type(v) == "integer" then return "i" .. v end
+  if math.type(v) == "float" then return "f" .. fmt("%.17g", v) end
+  if type(v) == "boolean" then return v and "bt" or "bf" end
+  return "s" .. tostring(v)
+end
+
+local function key_value(t)
+  local tag, s = t:sub(1, 1), t:sub(2)
+  if tag == "i" then return math.tointeger(s) end
+  if tag == "f" then return tonumber(s) end
+  if tag == "b" then return s == "t" end
+  return s
+end
+
+local function encode_key(row, n)
+  local out = {}
+  for i = 1, n do out[i] = key_text(row["k" .. i]) end
+  return json.encode(out)
+end
+
+local function decode_key(text)
+  local t = text and json.decode(text)
+  if type(t) ~= "table" then return nil end
+  local out = {}
+  for i, s in ipairs(t) do out[i] = key_value(s) end
+  return out
+end
+
+-- The statements of one backfill, from its dialect's templates: the columns it reads are
+-- those of its watch the table has now.
+local function build(n, w, where, chunk)
+  local s = statements.of(n)
+  local q = function(name) return statements.quote(n, name) end
+  n:_forget_table(w.info)
+  local got, info = pcall(n._table, n, { schema = w.schema, table = w.table }, 1)
+  if not got then return nil, info end
+  local cols = {}
+  for _, c in ipairs(w.xcols) do
+    if info.columns[c] and not w.pkindex[c] then cols[#cols + 1] = c end
+  end
+  for _, c in ipairs(w.pk) do
+    if not info.columns[c] then return nil, fmt("key column %q of %s is gone", c, w.name) end
+  end
+  local payload, hash = n._h:row_sql({ schema = w.schema, table = w.table, channel = w.channel, wire = w.wire,
+    capture = w.capture, marker = w.marker, opcode = 0, pk = w.pk, extra = cols })
+  if not payload then return nil, hash end
+  local keys, keys_as, np = {}, {}, #w.pk
+  for i, c in ipairs(w.pk) do
+    keys[i] = "r." .. q(c)
+    keys_as[i] = "r." .. q(c) .. " AS k" .. i
+  end
+  local function bound(op, first)
+    local p = {}
+    for i = 1, np do p[i] = fmt(s.param, first + i - 1) end
+    return fmt("(%s) %s (%s)", concat(keys, ", "), op, concat(p, ", "))
+  end
+  local holes = {
+    table = q(w.schema) .. "." .. q(w.table), keys = concat(keys, ", "), keys_as = concat(keys_as, ", "),
+    where = where or "1 = 1", payload = payload, hash = hash or "0", limit = tostring(math.tointeger(chunk)),
+  }
+  local function fill(text, extra)
+    return (text:gsub("{([%w_]+)}", function(k) return extra[k] or holes[k] end))
+  end
+  local truth = "1 = 1"
+  return {
+    count = fill(s.backfill_count, {}),
+    lock_first = fill(s.backfill_lock, { after = truth }),
+    lock_next = fill(s.backfill_lock, { after = bound(">", 1) }),
+    copy_first = fill(s.backfill_copy, { after = truth, upto = bound("<=", 2) }),
+    copy_next = fill(s.backfill_copy, { after = bound(">", 2), upto = bound("<=", 2 + np) }),
+    nkeys = np,
+  }
+end
+
+local function create(n)
+  for _, stmt in ipairs(statements.list(statements.of(n), "backfill_create")) do
+    local ok, err = n._h:query(stmt)
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+-- A statement of ours, its table made first when it is missing.
+local function run(n, key, ...)
+  local s = statements.of(n)
+  local rows, err = n._h:query(s[key], ...)
+  if rows then return rows end
+  local ok, err2 = create(n)
+  if not ok then return nil, err .. "; making the table: " .. err2 end
+  return n._h:query(s[key], ...)
+end
+
+local function run_list(n, key)
+  for _, stmt in ipairs(statements.list(statements.of(n), key)) do
+    local ok, err = n._h:query(stmt)
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+local function count_of(v) return math.tointeger(tonumber(v) or 0) or 0 end
+
+-- Start (mode "start": over any earlier one) or, for start_at = "snapshot", make once ("snapshot")
+-- w's backfill; then run it when it is running. true, or nil and why; nothing is written when
+-- the condition or the table cannot be read.
+function Notifier:_backfill_begin(w, where, chunk, mode)
+  local plan, err = build(self, w, where, chunk)
+  if not plan then return nil, err end
+  local rows
+  rows, err = self._h:query(plan.count)
+  if not rows then
+    return nil, fmt("backfill of %s cannot read the table%s: %s", w.name,
+      where and fmt(" where %s", where) or "", one_line(err):gsub("^sqlnotify: ", ""))
+  end
+  local total = count_of(rows[1] and rows[1].n)
+  rows, err = run(self, mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer, tbl_of(w), w.wire,
+    where, chunk, total)
+  if not rows then return nil, err end
+  return self:_backfill_resume(w, plan)
+end
+
+-- Take up w's backfill where sqlnotify.backfills says it stands, when it is running.
+function Notifier:_backfill_resume(w, plan)
+  local rows, err = run(self, "backfill_get", self._consumer, tbl_of(w))
+  if not rows then return nil, err end
+  local r = rows[1]
+  if not r or r.state ~= "running" then return true end
+  if r.wire ~= w.wire then
+    -- made by a release or a watch whose read rows went to another channel: read them on this one
+    self:_log("info", "backfill of %s: its rows go to this watch's channel now", w.name)
+  end
+  if not plan then
+    local e
+    plan, e = build(self, w, r.where_sql, count_of(r.chunk))
+    if not plan then return nil, e end
+  end
+  local old = self._backfills[w]
+  if old then old.stopped = true end
+  local job = {
+    w = w, plan = plan, chunk = count_of(r.chunk), done = count_of(r.rows_done), total = count_of(r.total),
+    where = r.where_sql, wrote = 0, t0 = core.now(), moved = core.now(), said = core.now(), said_done = 0,
+  }
+  job.base = job.done
+  w.arrived = w.arrived or 0
+  job.seen, job.base_arrived = w.arrived, w.arrived
+  self._backfills[w] = job
+  self:_log("info", "backfill of %s: %s %d rows%s in chunks of %d", w.name, job.done > 0 and "resuming after"
+    .. fmt(" %d of", job.done) or "reading", job.total, job.where and fmt(" where %s", job.where) or "", job.chunk)
+  if self._started then self:_backfill_next(job, 0) end
+  return true
+end
+
+function Notifier:_backfill_next(job, delay)
+  if job.stopped or job.timer then return end
+  local ref = setmetatable({ self }, { __mode = "v" })
+  job.timer = core.after(delay, function()
+    job.timer = nil
+    local me = ref[1]
+    if me then me:_backfill_tick(job) end
+  end)
+end
+
+-- One step of a running backfill: a chunk, when the rows of the last one have arrived.
+function Notifier:_backfill_tick(job)
+  if job.stopped or not self._started or self._closed then return end
+  local now, w = core.now(), job.w
+  if self:_query_taken() then return self:_backfill_next(job, 0.05) end
+  if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
+  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk and now - job.moved < IDLE_AHEAD then
+    return self:_backfill_next(job, 0.01)
+  end
+  local n, err = self:_backfill_chunk(job)
+  now = core.now()
+  if n == nil then
+    job.failing = job.failing or now
+    job.delay = math.min((job.delay or 0.02) * 2, 2)
+    if now - job.failing >= FAIL_SAY_AFTER and (not job.warned or now - job.warned >= 60) then
+      job.warned = now
+      self:_log("warn", "backfill of %s cannot read a chunk (for %.0f s now): %s; trying again", w.name,
+        now - job.failing, one_line(err):gsub("^sqlnotify: ", ""))
+    end
+    return self:_backfill_next(job, job.delay * (0.5 + math.random()))
+  end
+  job.failing, job.delay, job.warned = nil, nil, nil
+  if n == "gone" then
+    job.stopped = true
+    self._backfills[w] = nil
+    self:_log("info", "backfill of %s stopped after %d rows: %s", w.name, job.done, err)
+    return
+  elseif n == "busy" then -- another member of the group reads a chunk
+    return self:_backfill_next(job, 0.2)
+  elseif n == 0 then
+    job.stopped = true
+    self._backfills[w] = nil
+    local secs = now - job.t0
+    self:_log("info", "backfill of %s done: %d rows, %d read by this process in %.1f s (%.0f rows/s)", w.name,
+      job.done, job.done - job.base, secs, (job.done - job.base) / math.max(secs, 1e-3))
+    return
+  end
+  job.wrote, job.moved = job.wrote + n, now
+  if now - job.said >= PROGRESS_EVERY then
+    local rate = (job.done - job.said_done) / (now - job.said)
+    local left = math.max(job.total - job.done, 0)
+    self:_log("info", "backfill of %s: %d of about %d rows (%.0f rows/s)%s", w.name, job.done, job.total, rate,
+      rate > 0 and fmt(", about %.0f s left", left / rate) or "")
+    job.said, job.said_done = now, job.done
+  end
+  return self:_backfill_next(job, 0)
+end
+
+-- One chunk in one transaction: how many rows it wrote (0: the table is read to its end, and
+-- the backfill is done), "gone" and why (cancelled, finished or dropped elsewhere), "busy"
+-- (another member holds it), or nil and the error.
+function Notifier:_backfill_chunk(job)
+  local n, w, plan, s = self, job.w, job.plan, statements.of(self)
+  local tbl = tbl_of(w)
+  local ok, err = run_list(n, "backfill_begin")
+  local function abort(e)
+    n._h:query(s.backfill_rollback)
+    return nil, e
+  end
+  if not ok then return abort(err) end
+  local rows
+  rows, err = n._h:query(s.backfill_claim, n._consumer, tbl)
+  if not rows then return abort(err) end
+  local r = rows[1]
+  if not r then
+    n._h:query(s.backfill_rollback)
+    rows = n._h:query(s.backfill_get, n._consumer, tbl)
+    if rows and rows[1] and rows[1].state == "running" then return "busy" end
+    return "gone", rows and rows[1] and ("it is " .. rows[1].state) or "it is gone (its consumer dropped)"
+  end
+  if r.state ~= "running" then
+    n._h:query(s.backfill_rollback)
+    return "gone", "it is " .. r.state .. " (elsewhere)"
+  end
+  job.done = count_of(r.rows_done)
+  local after = decode_key(r.last_key)
+  local keys
+  if after then
+    keys, err = n._h:query(plan.lock_next, table.unpack(after, 1, plan.nkeys))
+  else
+    keys, err = n._h:query(plan.lock_first)
+  end
+  if not keys then return abort(err) end
+  local got = #keys
+  if got == 0 then
+    ok, err = n._h:query(s.backfill_finish, "done", n._consumer, tbl)
+    if not ok then return abort(err) end
+    ok, err = n._h:query(s.backfill_commit)
+    if not ok then return abort(err) end
+    return 0
+  end
+  local last = keys[got]
+  local upto = {}
+  for i = 1, plan.nkeys do upto[i] = last["k" .. i] end
+  if after then
+    local args = { w.wire }
+    for i = 1, plan.nkeys do args[#args + 1] = after[i] end
+    for i = 1, plan.nkeys do args[#args + 1] = upto[i] end
+    ok, err = n._h:query(plan.copy_next, table.unpack(args, 1, 1 + 2 * plan.nkeys))
+  else
+    ok, err = n._h:query(plan.copy_first, w.wire, table.unpack(upto, 1, plan.nkeys))
+  end
+  if not ok then return abort(err) end
+  ok, err = n._h:query(s.backfill_save, encode_key(last, plan.nkeys), got, n._consumer, tbl)
+  if not ok then return abort(err) end
+  ok, err = n._h:query(s.backfill_commit)
+  if not ok then return abort(err) end
+  job.done = job.done + got
+  return got
+end
+
+-- At start: the backfills of this consumer's "read" watches that are running go on, and with
+-- start_at = "snapshot" each table read for the first time is read whole.
+function Notifier:_backfills_start()
+  for _, w in ipairs(self._reads) do
+    local ok, err
+    if self._snapshot then
+      ok, err = self:_backfill_begin(w, nil, DEFAULT_CHUNK, "snapshot")
+    else
+      ok, err = self:_backfill_resume(w)
+    end
+    if not ok then return nil, err end
+  end
+  for _, job in pairs(self._backfills) do self:_backfill_next(job, 0) end
+  return true
+end
+
+function Notifier:_backfills_stop()
+  for w, job in pairs(self._backfills) do
+    job.stopped = true
+    if job.timer then job.timer:stop() job.timer = nil end
+    self._backfills[w] = nil
+  end
+end
+
+local BACKFILL_OPTIONS = { where = true, chunk = true }
+
+--- n:backfill(table, {where=, chunk=}) -> n: read every row of the table (those where says)
+-- into its "read" subscribers, a chunk (1000 rows) at a time, from its first key; over a
+-- backfill of the table that ran before. Durable consumers only.
+function Notifier:backfill(t, opts)
+  check_notifier(self, 2)
+  opts = check_options(opts, BACKFILL_OPTIONS, "backfill", 2)
+  local where, chunk = opts.where, opts.chunk or DEFAULT_CHUNK
+  if where ~= nil and (type(where) ~= "string" or not where:find("%S")) then
+    fail(2, "backfill where must be an SQL condition (a non-empty string)")
+  end
+  if math.type(chunk) ~= "integer" or chunk < 1 or chunk > MAX_CHUNK then
+    fail(2, "backfill chunk must be a whole number from 1 to %d", MAX_CHUNK)
+  end
+  local w = self:_find_watch(t, "read", nil, 2)
+  if self:_query_taken() then fail(2, "backfill: the query connection is in use by a handler's transaction") end
+  local ok, err = self:_backfill_begin(w, where, chunk, "start")
+  if not ok then error(one_line(err), 2) end
+  return self
+end
+
+--- n:backfills() -> { {table=, done=, total=, state=, where=, chunk=, started_at=, updated_at=}, ... }
+-- this consumer's backfills, running, done or cancelled | nil, message
+function Notifier:backfills()
+  check_notifier(self, 2)
+  if not self._durable then return {} end
+  local rows, err = run(self, "backfill_list", self._consumer)
+  if not rows then return nil, one_line(err) end
+  local out = {}
+  for i, r in ipairs(rows) do
+    out[i] = { table = r.tbl, done = count_of(r.rows_done), total = count_of(r.total), state = r.state,
+      where = r.where_sql, chunk = count_of(r.chunk), started_at = r.started_at, updated_at = r.updated_at }
+  end
+  return out
+end
+
+--- n:cancel_backfill(table) -> true | nil, message: the backfill reads no more chunks (the rows
+-- of those it read are still delivered)
+function Notifier:cancel_backfill(t)
+  check_notifier(self, 2)
+  local w = self:_find_watch(t, "read", nil, 2)
+  local rows, err = run(self, "backfill_get", self._consumer, tbl_of(w))
+  if not rows then return nil, one_line(err) end
+  local r = rows[1]
+  if not r or r.state ~= "running" then return nil, fmt("sqlnotify: no backfill of %s is running", w.name) end
+  rows, err = self._h:query(statements.of(self).backfill_finish, "cancelled", self._consumer, tbl_of(w))
+  if not rows then return nil, one_line(err) end
+  local job = self._backfills[w]
+  if job then
+    job.stopped = true
+    self._backfills[w] = nil
+  end
+  self:_log("info", "backfill of %s cancelled after %d rows", w.name, job and job.done or count_of(r.rows_done))
+  return true
+end
+
+-- A dropped consumer's backfills go with it (a missing table: it had none).
+function Notifier:_backfills_forget(name)
+  local s = statements.of(self)
+  if s.backfill_forget then self._h:query(s.backfill_forget, name) end
+end
+
+local B = { methods = Notifier, DEFAULT_CHUNK = DEFAULT_CHUNK }
+
+--- bind(helpers): notifier.lua's helpers these methods use.
+function B.bind(h)
+  fail, one_line, check_notifier, check_options = h.fail, h.one_line, h.check_notifier, h.check_options
+end
+
+return B
