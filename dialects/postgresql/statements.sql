@@ -174,8 +174,18 @@ SELECT last_key, rows_done, state FROM sqlnotify.backfills WHERE consumer = $1 A
 -- one chunk; one that holds one now fails the chunk (NOWAIT: we never wait, so never deadlock)
 SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT
 -- name: backfill_copy
--- (wire, bounds): the chunk's rows into the journal, after every change to them that committed
-SELECT count(sqlnotify.append($1, {payload}, {hash})) AS n FROM {table} r WHERE {after} AND {upto} AND ({where})
+-- (wire, bounds): the chunk's rows into the journal, each in the table of its id's epoch as
+-- sqlnotify.append() puts one (journal.c), in one statement; the reader woken on the channel
+-- of capture.h's PG_JOURNAL_CHANNEL
+WITH c AS (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, {payload} AS p, {hash} AS h
+    FROM {table} r WHERE {after} AND {upto} AND ({where})),
+  j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 0),
+  j1 AS (INSERT INTO sqlnotify.journal_1 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
+  j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2)
+SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
 -- name: backfill_save
 -- (last_key, rows, consumer, tbl)
 UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()

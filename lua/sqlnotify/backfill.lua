@@ -17,6 +17,7 @@
 -- These are methods of the notifier: notifier.lua copies them in and binds its helpers.
 local core = require("sqlnotify.core")
 local statements = require("sqlnotify.statements")
+local delivery = require("sqlnotify.delivery")
 local json = require("cjson.safe").new()
 
 local fmt, concat = string.format, table.concat
@@ -28,6 +29,7 @@ local Notifier = {}
 local DEFAULT_CHUNK = 1000
 local MAX_CHUNK = 100000
 local PROGRESS_EVERY = 5  -- seconds between two progress lines
+local AHEAD = 2           -- chunks written and not yet seen arriving before the next waits
 local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway
                           -- (a group's other members hold the shares its rows went to)
 local FAIL_SAY_AFTER = 10 -- seconds of failing chunks before a warning (a held row fails a few)
@@ -129,14 +131,6 @@ local function run(n, key, ...)
   return n._h:query(s[key], ...)
 end
 
-local function run_list(n, key)
-  for _, stmt in ipairs(statements.list(statements.of(n), key)) do
-    local ok, err = n._h:query(stmt)
-    if not ok then return nil, err end
-  end
-  return true
-end
-
 local function count_of(v) return math.tointeger(tonumber(v) or 0) or 0 end
 
 -- Start (mode "start": over any earlier one) or, for start_at = "snapshot", make once ("snapshot")
@@ -185,56 +179,69 @@ function Notifier:_backfill_resume(w, plan)
   self._backfills[w] = job
   self:_log("info", "backfill of %s: %s %d rows%s in chunks of %d", w.name, job.done > 0 and "resuming after"
     .. fmt(" %d of", job.done) or "reading", job.total, job.where and fmt(" where %s", job.where) or "", job.chunk)
-  if self._started then self:_backfill_next(job, 0) end
+  if self._started then self:_backfill_go(job) end
   return true
 end
 
-function Notifier:_backfill_next(job, delay)
-  if job.stopped or job.timer then return end
+-- Run job in a coroutine of the loop: its statements take their turn on the query connection
+-- with the handlers' n:query (on PostgreSQL without blocking the loop, which delivers the last
+-- chunk's rows meanwhile).
+function Notifier:_backfill_go(job)
+  if job.running then return end
+  job.running = true
   local ref = setmetatable({ self }, { __mode = "v" })
-  job.timer = core.after(delay, function()
-    job.timer = nil
-    local me = ref[1]
-    if me then me:_backfill_tick(job) end
+  delivery.spawn(function()
+    while not job.stopped do
+      local me = ref[1]
+      if not me or not me._started or me._closed then break end
+      local ok, delay = pcall(me._backfill_step, me, job)
+      if not ok then -- the connection closed under it (a reload, a close): said, and tried again
+        me:_log("warn", "backfill of %s: %s", job.w.name, (one_line(delay):gsub("^sqlnotify: ", "")))
+        delay = 1
+      end
+      me = nil
+      if delay then delivery.sleep(delay) end
+    end
+    job.running = false
   end)
 end
 
--- One step of a running backfill: a chunk, when the rows of the last one have arrived.
-function Notifier:_backfill_tick(job)
-  if job.stopped or not self._started or self._closed then return end
+-- One step of a running backfill: a chunk, when this process has seen all but about one
+-- chunk of its rows arrive. Returns how long to wait before the next step, or nil.
+function Notifier:_backfill_step(job)
   local now, w = core.now(), job.w
-  if self:_query_taken() then return self:_backfill_next(job, 0.05) end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
-  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk and now - job.moved < IDLE_AHEAD then
-    return self:_backfill_next(job, 0.01)
+  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and now - job.moved < IDLE_AHEAD then
+    return 0.005
   end
   local n, err = self:_backfill_chunk(job)
+  if job.stopped then return nil end
   now = core.now()
   if n == nil then
     job.failing = job.failing or now
-    job.delay = math.min((job.delay or 0.02) * 2, 2)
+    job.delay = math.min((job.delay or 0.01) * 2, 2)
     if now - job.failing >= FAIL_SAY_AFTER and (not job.warned or now - job.warned >= 60) then
       job.warned = now
       self:_log("warn", "backfill of %s cannot read a chunk (for %.0f s now): %s; trying again", w.name,
-        now - job.failing, one_line(err):gsub("^sqlnotify: ", ""))
+        now - job.failing, (one_line(err):gsub("^sqlnotify: ", "")))
     end
-    return self:_backfill_next(job, job.delay * (0.5 + math.random()))
+    return job.delay * (0.5 + math.random())
   end
   job.failing, job.delay, job.warned = nil, nil, nil
   if n == "gone" then
     job.stopped = true
     self._backfills[w] = nil
     self:_log("info", "backfill of %s stopped after %d rows: %s", w.name, job.done, err)
-    return
+    return nil
   elseif n == "busy" then -- another member of the group reads a chunk
-    return self:_backfill_next(job, 0.2)
+    return 0.2
   elseif n == 0 then
     job.stopped = true
     self._backfills[w] = nil
     local secs = now - job.t0
     self:_log("info", "backfill of %s done: %d rows, %d read by this process in %.1f s (%.0f rows/s)", w.name,
       job.done, job.done - job.base, secs, (job.done - job.base) / math.max(secs, 1e-3))
-    return
+    return nil
   end
   job.wrote, job.moved = job.wrote + n, now
   if now - job.said >= PROGRESS_EVERY then
@@ -244,67 +251,55 @@ function Notifier:_backfill_tick(job)
       rate > 0 and fmt(", about %.0f s left", left / rate) or "")
     job.said, job.said_done = now, job.done
   end
-  return self:_backfill_next(job, 0)
+  return nil
 end
 
 -- One chunk in one transaction: how many rows it wrote (0: the table is read to its end, and
 -- the backfill is done), "gone" and why (cancelled, finished or dropped elsewhere), "busy"
 -- (another member holds it), or nil and the error.
 function Notifier:_backfill_chunk(job)
-  local n, w, plan, s = self, job.w, job.plan, statements.of(self)
+  local w, plan, s = job.w, job.plan, statements.of(self)
   local tbl = tbl_of(w)
-  local ok, err = run_list(n, "backfill_begin")
+  local function q(sql, ...) return self:_query_async(sql, ...) end
   local function abort(e)
-    n._h:query(s.backfill_rollback)
+    q(s.backfill_rollback)
     return nil, e
   end
-  if not ok then return abort(err) end
-  local rows
-  rows, err = n._h:query(s.backfill_claim, n._consumer, tbl)
+  for _, stmt in ipairs(statements.list(s, "backfill_begin")) do
+    local ok, err = q(stmt)
+    if not ok then return abort(err) end
+  end
+  local rows, err = q(s.backfill_claim, self._consumer, tbl)
   if not rows then return abort(err) end
   local r = rows[1]
-  if not r then
-    n._h:query(s.backfill_rollback)
-    rows = n._h:query(s.backfill_get, n._consumer, tbl)
+  if not r or r.state ~= "running" then
+    q(s.backfill_rollback)
+    if r then return "gone", "it is " .. r.state .. " (elsewhere)" end
+    rows = q(s.backfill_get, self._consumer, tbl)
     if rows and rows[1] and rows[1].state == "running" then return "busy" end
     return "gone", rows and rows[1] and ("it is " .. rows[1].state) or "it is gone (its consumer dropped)"
   end
-  if r.state ~= "running" then
-    n._h:query(s.backfill_rollback)
-    return "gone", "it is " .. r.state .. " (elsewhere)"
-  end
   job.done = count_of(r.rows_done)
-  local after = decode_key(r.last_key)
-  local keys
+  local after, keys = decode_key(r.last_key), nil
   if after then
-    keys, err = n._h:query(plan.lock_next, table.unpack(after, 1, plan.nkeys))
+    keys, err = q(plan.lock_next, table.unpack(after, 1, plan.nkeys))
   else
-    keys, err = n._h:query(plan.lock_first)
+    keys, err = q(plan.lock_first)
   end
   if not keys then return abort(err) end
-  local got = #keys
+  local got, ok = #keys, nil
   if got == 0 then
-    ok, err = n._h:query(s.backfill_finish, "done", n._consumer, tbl)
-    if not ok then return abort(err) end
-    ok, err = n._h:query(s.backfill_commit)
+    ok, err = q(s.backfill_finish, "done", self._consumer, tbl)
+    if ok then ok, err = q(s.backfill_commit) end
     if not ok then return abort(err) end
     return 0
   end
-  local last = keys[got]
-  local upto = {}
-  for i = 1, plan.nkeys do upto[i] = last["k" .. i] end
-  if after then
-    local args = { w.wire }
-    for i = 1, plan.nkeys do args[#args + 1] = after[i] end
-    for i = 1, plan.nkeys do args[#args + 1] = upto[i] end
-    ok, err = n._h:query(plan.copy_next, table.unpack(args, 1, 1 + 2 * plan.nkeys))
-  else
-    ok, err = n._h:query(plan.copy_first, w.wire, table.unpack(upto, 1, plan.nkeys))
-  end
-  if not ok then return abort(err) end
-  ok, err = n._h:query(s.backfill_save, encode_key(last, plan.nkeys), got, n._consumer, tbl)
-  if not ok then return abort(err) end
-  ok, err = n._h:query(s.backfill_commit)
+  local last, args = keys[got], { w.wire }
+  for i = 1, after and plan.nkeys or 0 do args[#args + 1] = after[i] end
+  for i = 1, plan.nkeys do args[#args + 1] = last["k" .. i] end
+  ok, err = q(after and plan.copy_next or plan.copy_first, table.unpack(args, 1, #args))
+  if ok then ok, err = q(s.backfill_save, encode_key(last, plan.nkeys), got, self._consumer, tbl) end
+  if ok then ok, err = q(s.backfill_commit) end
   if not ok then return abort(err) end
   job.done = job.done + got
   return got
@@ -322,14 +317,13 @@ function Notifier:_backfills_start()
     end
     if not ok then return nil, err end
   end
-  for _, job in pairs(self._backfills) do self:_backfill_next(job, 0) end
+  for _, job in pairs(self._backfills) do self:_backfill_go(job) end
   return true
 end
 
 function Notifier:_backfills_stop()
   for w, job in pairs(self._backfills) do
     job.stopped = true
-    if job.timer then job.timer:stop() job.timer = nil end
     self._backfills[w] = nil
   end
 end
