@@ -558,6 +558,8 @@ function Notifier:watch(t, op, opts)
   -- The rows the previous release's trigger wrote (untagged) before this one replaced it.
   if self._durable then self._by_channel[channel] = w end
   self._by_key[watch_key(w.schema, w.table, op, label)] = w
+  local read = self._by_key[watch_key(w.schema, w.table, M.READ)]
+  if read and read.implicit then self:_read_columns(info, read) end
   return self
 end
 
@@ -587,38 +589,31 @@ function Notifier:_read_watch(info, opts, level)
       fail(level + 1, "primary_keys {%s} of table %s is not its primary key or a unique key", concat(pk, ", "), info.name)
     end
   end
-  if opts.extra_columns ~= nil then
-    if not all then extra = check_columns(info, opts.extra_columns, "extra_columns", level + 1) end
-  else
-    local seen = {}
-    for _, x in ipairs(self._watches) do
-      if x.schema == info.schema and x.table == info.table then
-        pk = pk or x.pk
-        all = all or x.all ~= nil
-        for _, c in ipairs(x.extra) do
-          if not seen[c] then seen[c], extra[#extra + 1] = true, c end
-        end
-      end
-    end
-  end
+  local implicit = opts.extra_columns == nil
+  if not implicit and not all then extra = check_columns(info, opts.extra_columns, "extra_columns", level + 1) end
+  if implicit then pk = pk or self:_read_columns(info) end
   pk = pk or info.pk
   if #pk == 0 then
     fail(level + 1, "table %s has no primary key; a backfill reads it in key order (watch(%q, \"read\", "
       .. "{primary_keys = {...}}) names a unique key)", info.name, info.name)
   end
   local channel = default_channel(info.schema, info.table, M.READ)
-  local capture = core.hash(concat({ "read", self._consumer, concat(pk, "\1"), all and "*" or concat(extra, "\1") },
-    "\0")):sub(1, 12)
+  -- the consumer's own: the columns are not in it, so that a watch made later can add its own
+  local capture = core.hash(concat({ "read", self._consumer }, "\0")):sub(1, 12)
   w = {
     schema = info.schema, table = info.table, name = info.name, op = M.READ, opcode = 0, read = true,
     channel = channel, wire = channel .. "#" .. capture, capture = capture, pk = pk, extra = extra, all = all or nil,
-    trigger = {}, old = {}, info = info, overflow = false, pkindex = {}, oldset = {}, arrived = 0,
+    trigger = {}, old = {}, info = info, overflow = false, pkindex = {}, oldset = {}, arrived = 0, implicit = implicit,
     mc = metrics.counters(self._consumer, info.schema .. "." .. info.table, M.READ),
     truncated_log = { what = "truncated", channel = channel },
   }
   for i, c in ipairs(pk) do w.pkindex[c] = i end
-  set_columns(w, columns_now(w, info))
-  w.marker = watch_marker(w, info)
+  if implicit then
+    self:_read_columns(info, w)
+  else
+    set_columns(w, columns_now(w, info))
+    w.marker = watch_marker(w, info)
+  end
   if self._by_channel[channel] then fail(level + 1, "channel %q is already used on %s", channel, info.name) end
   if self._started then
     local ok, err = self:_listen(w)
@@ -628,6 +623,26 @@ function Notifier:_read_watch(info, opts, level)
   self._by_channel[w.wire] = w
   self._by_key[key] = w
   return w
+end
+
+-- The columns of the table's watches, for its read watch w made without columns of its own:
+-- their extra columns (all, when one has extra_columns = "*"). Without w: the key of the
+-- table's first watch, or nil.
+function Notifier:_read_columns(info, w)
+  local extra, seen, all, pk = {}, {}, false, nil
+  for _, x in ipairs(self._watches) do
+    if x.schema == info.schema and x.table == info.table then
+      pk = pk or x.pk
+      all = all or x.all ~= nil
+      for _, c in ipairs(x.extra) do
+        if not seen[c] then seen[c], extra[#extra + 1] = true, c end
+      end
+    end
+  end
+  if not w then return pk end
+  w.extra, w.all = extra, all or nil
+  set_columns(w, columns_now(w, info))
+  w.marker = watch_marker(w, info)
 end
 
 -- Listen to a watch's wire channel; a durable one also to its untagged channel, where the
