@@ -175,10 +175,11 @@ SELECT last_key, rows_done, state FROM sqlnotify.backfills WHERE consumer = $1 A
 SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT
 -- name: backfill_copy
 -- (wire, bounds): the chunk's rows into the journal, each in the table of its id's epoch as
--- sqlnotify.append() puts one (journal.c), in one statement; the reader woken on the channel
--- of capture.h's PG_JOURNAL_CHANNEL
+-- sqlnotify.append() puts one (journal.c), in one statement, numbered in key order (a volatile
+-- target is computed after the sort); the reader woken on the channel of capture.h's
+-- PG_JOURNAL_CHANNEL
 WITH c AS (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, {payload} AS p, {hash} AS h
-    FROM {table} r WHERE {after} AND {upto} AND ({where})),
+    FROM {table} r WHERE {after} AND {upto} AND ({where}) ORDER BY {keys}),
   j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 0),
   j1 AS (INSERT INTO sqlnotify.journal_1 (id, channel, payload, hash) SELECT id, $1, p, h FROM c

@@ -22,7 +22,7 @@ local json = require("cjson.safe").new()
 
 local fmt, concat = string.format, table.concat
 
-local fail, one_line, check_notifier, check_options -- notifier.lua's, bound by B.bind
+local fail, one_line, check_notifier, check_options, error_level -- notifier.lua's, bound by B.bind
 
 local Notifier = {}
 
@@ -179,30 +179,60 @@ function Notifier:_backfill_resume(w, plan)
   self._backfills[w] = job
   self:_log("info", "backfill of %s: %s %d rows%s in chunks of %d", w.name, job.done > 0 and "resuming after"
     .. fmt(" %d of", job.done) or "reading", job.total, job.where and fmt(" where %s", job.where) or "", job.chunk)
-  if self._started then self:_backfill_go(job) end
+  self:_backfill_go()
   return true
 end
 
--- Run job in a coroutine of the loop: its statements take their turn on the query connection
--- with the handlers' n:query (on PostgreSQL without blocking the loop, which delivers the last
--- chunk's rows meanwhile).
-function Notifier:_backfill_go(job)
-  if job.running then return end
-  job.running = true
+-- The connection the backfills' chunks run on, opened for them: a chunk's transaction never
+-- waits behind a handler's n:query, nor holds up a dead letter or n:backfills().
+function Notifier:_backfill_conn()
+  if self._bh then return self._bh end
+  local ok, h, err = pcall(core.open, self._url, { use_logger = self._use_logger })
+  if not ok then return nil, h end
+  self._bh = h
+  return h, err
+end
+
+function Notifier:_backfill_release()
+  if self._bh and next(self._backfills) == nil then
+    self._bh:close()
+    self._bh = nil
+  end
+end
+
+-- Run the running backfills in one coroutine of the loop, a step of each in turn, on their
+-- own connection (on PostgreSQL without blocking the loop, which delivers the last chunk's rows
+-- meanwhile).
+function Notifier:_backfill_go()
+  if self._bf_running or not self._started then return end
+  self._bf_running = true
   local ref = setmetatable({ self }, { __mode = "v" })
   delivery.spawn(function()
-    while not job.stopped do
+    while true do
       local me = ref[1]
-      if not me or not me._started or me._closed then break end
-      local ok, delay = pcall(me._backfill_step, me, job)
-      if not ok then -- the connection closed under it (a reload, a close): said, and tried again
-        me:_log("warn", "backfill of %s: %s", job.w.name, (one_line(delay):gsub("^sqlnotify: ", "")))
-        delay = 1
+      if not me or not me._started or me._closed or next(me._backfills) == nil then break end
+      local now, soonest = core.now(), math.huge
+      for _, job in pairs(me._backfills) do
+        if not job.stopped and (job.at or 0) <= now then
+          local ok, delay = pcall(me._backfill_step, me, job)
+          if not ok then -- the connection failed under it: said, and tried again
+            me:_log("warn", "backfill of %s: %s", job.w.name, (one_line(delay):gsub("^sqlnotify: ", "")))
+            if me._bh then me._bh:close() me._bh = nil end
+            delay = 1
+          end
+          job.at = core.now() + (delay or 0)
+        end
+        if not job.stopped then soonest = math.min(soonest, job.at or 0) end
       end
+      local wait = soonest - core.now()
       me = nil
-      if delay then delivery.sleep(delay) end
+      if wait > 0 and wait < math.huge then delivery.sleep(wait) end
     end
-    job.running = false
+    local me = ref[1]
+    if me then
+      me._bf_running = false
+      me:_backfill_release()
+    end
   end)
 end
 
@@ -210,6 +240,7 @@ end
 -- chunk of its rows arrive. Returns how long to wait before the next step, or nil.
 function Notifier:_backfill_step(job)
   local now, w = core.now(), job.w
+  if job.cancel then return self:_backfill_cancel_now(job) end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
   if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and now - job.moved < IDLE_AHEAD then
     return 0.005
@@ -260,7 +291,13 @@ end
 function Notifier:_backfill_chunk(job)
   local w, plan, s = job.w, job.plan, statements.of(self)
   local tbl = tbl_of(w)
-  local function q(sql, ...) return self:_query_async(sql, ...) end
+  local h, herr = self:_backfill_conn()
+  if not h then return nil, herr end
+  local function q(sql, ...)
+    local rows, err, in_tx = delivery.await("a backfill", h.query_start, h, sql, ...)
+    if rows == nil and err == false then return h:query(sql, ...) end -- no asynchronous call here
+    return rows, err, in_tx
+  end
   local function abort(e)
     q(s.backfill_rollback)
     return nil, e
@@ -317,7 +354,7 @@ function Notifier:_backfills_start()
     end
     if not ok then return nil, err end
   end
-  for _, job in pairs(self._backfills) do self:_backfill_go(job) end
+  self:_backfill_go()
   return true
 end
 
@@ -326,6 +363,19 @@ function Notifier:_backfills_stop()
     job.stopped = true
     self._backfills[w] = nil
   end
+  if self._bh and not self._bf_running then self:_backfill_release() end
+end
+
+-- A cancel of a backfill running here, in its turn (its chunk in flight has committed).
+function Notifier:_backfill_cancel_now(job)
+  local h, err = self:_backfill_conn()
+  local ok
+  if h then ok, err = h:query(statements.of(self).backfill_finish, "cancelled", self._consumer, tbl_of(job.w)) end
+  if not ok then return 1 end -- tried again
+  job.stopped = true
+  self._backfills[job.w] = nil
+  self:_log("info", "backfill of %s cancelled after %d rows", job.w.name, job.done)
+  return nil
 end
 
 local BACKFILL_OPTIONS = { where = true, chunk = true }
@@ -346,7 +396,7 @@ function Notifier:backfill(t, opts)
   local w = self:_find_watch(t, "read", nil, 2)
   if self:_query_taken() then fail(2, "backfill: the query connection is in use by a handler's transaction") end
   local ok, err = self:_backfill_begin(w, where, chunk, "start")
-  if not ok then error(one_line(err), 2) end
+  if not ok then error(one_line(err), error_level(2)) end
   return self
 end
 
@@ -366,22 +416,23 @@ function Notifier:backfills()
 end
 
 --- n:cancel_backfill(table) -> true | nil, message: the backfill reads no more chunks (the rows
--- of those it read are still delivered)
+-- of those it read are still delivered). One running here stops after the chunk it is
+-- reading, if any; its state says "cancelled" from then on.
 function Notifier:cancel_backfill(t)
   check_notifier(self, 2)
   local w = self:_find_watch(t, "read", nil, 2)
+  local job = self._backfills[w]
+  if job and not job.stopped then
+    job.cancel, job.at = true, 0
+    return true
+  end
   local rows, err = run(self, "backfill_get", self._consumer, tbl_of(w))
   if not rows then return nil, one_line(err) end
   local r = rows[1]
   if not r or r.state ~= "running" then return nil, fmt("sqlnotify: no backfill of %s is running", w.name) end
   rows, err = self._h:query(statements.of(self).backfill_finish, "cancelled", self._consumer, tbl_of(w))
   if not rows then return nil, one_line(err) end
-  local job = self._backfills[w]
-  if job then
-    job.stopped = true
-    self._backfills[w] = nil
-  end
-  self:_log("info", "backfill of %s cancelled after %d rows", w.name, job and job.done or count_of(r.rows_done))
+  self:_log("info", "backfill of %s cancelled after %d rows", w.name, count_of(r.rows_done))
   return true
 end
 
@@ -396,6 +447,7 @@ local B = { methods = Notifier, DEFAULT_CHUNK = DEFAULT_CHUNK }
 --- bind(helpers): notifier.lua's helpers these methods use.
 function B.bind(h)
   fail, one_line, check_notifier, check_options = h.fail, h.one_line, h.check_notifier, h.check_options
+  error_level = h.error_level
 end
 
 return B

@@ -338,6 +338,8 @@ function M.notifier(opts)
     _reads = {},       -- the "read" watches (backfills' rows: no trigger), in watch order
     _backfills = {},   -- read watch -> its backfill running here (backfill.lua)
     _snapshot = opts.start_at == "snapshot",
+    _url = url,        -- for the backfills' own connection
+    _use_logger = opts.use_logger ~= false,
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
     _by_channel = {},  -- wire channel (and, durable, the previous release's channel) -> watch
     _subs = {},        -- channel -> { all = {...}, by = {key -> {value -> {...}}}, cols = {...}, n = count,
@@ -843,7 +845,8 @@ dispatch.bind { fail = fail, one_line = one_line, shorten = shorten, watch_marke
   set_columns = set_columns, columns_now = columns_now }
 for k, f in pairs(dispatch.methods) do Notifier[k] = f end
 -- n:backfill and its machinery: backfill.lua.
-backfill.bind { fail = fail, one_line = one_line, check_notifier = check_notifier, check_options = check_options }
+backfill.bind { fail = fail, one_line = one_line, check_notifier = check_notifier, check_options = check_options,
+  error_level = error_level }
 for k, f in pairs(backfill.methods) do Notifier[k] = f end
 M._event_meta = dispatch.event_meta
 local with_traceback = dispatch.with_traceback
@@ -1040,6 +1043,8 @@ function Notifier:close()
   self:_drop_in_flight()
   self:_flush_reports()
   self._closed = true
+  self:_backfills_stop()
+  if self._bh then self._bh:close() self._bh = nil end
   self._h:close()
 end
 

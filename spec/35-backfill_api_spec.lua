@@ -1,0 +1,172 @@
+-- Backfill's API (SPEC §8.3) on PostgreSQL, SQLite and MariaDB, in process: what it refuses and
+-- where; keys of every shape read in the database's own key order, each row once; a where
+-- condition; n:backfills() and n:cancel_backfill(); a table truncated under a running
+-- backfill. spec/34-backfill_spec.lua is the end-to-end case with writers and kill -9.
+local H = require("helper")
+local sqlnotify = require("sqlnotify")
+
+local fmt = string.format
+
+local dialects = {
+  {
+    name = "PostgreSQL",
+    setup = function()
+      H.fresh_schema("spec35")
+      return { url = H.pg_url, t = "spec35.", run = H.psql, text_key = 'a text COLLATE "C"',
+        drop = function() H.drop_schema("spec35") end }
+    end,
+  },
+  {
+    name = "SQLite",
+    setup = function()
+      local path = H.fresh_sqlite("spec35")
+      return { url = "sqlite:///" .. path .. "?mode=rwc", t = "", text_key = "a TEXT",
+        run = function(sql) return H.sqlite_cli(path, sql) end, drop = function() os.remove(path) end }
+    end,
+  },
+  {
+    name = "MariaDB",
+    setup = function()
+      local db = H.my.db
+      H.mysql("DROP TABLE IF EXISTS s35_keys, s35_nokey, s35_n")
+      return { url = H.mysql_url, t = db .. ".s35_", text_key = "a VARCHAR(20) COLLATE utf8mb4_bin", run = H.mysql,
+        drop = function() H.mysql("DROP TABLE IF EXISTS s35_keys, s35_nokey, s35_n") end }
+    end,
+  },
+}
+
+for _, d in ipairs(dialects) do
+  describe(d.name .. " backfill", function()
+    local env, notifiers
+    before_each(function()
+      env = d.setup()
+      notifiers = {}
+    end)
+    after_each(function()
+      for _, n in ipairs(notifiers) do
+        pcall(n.drop_consumer, n, n._consumer or "")
+        n:close()
+      end
+      env.drop()
+    end)
+    local function notifier(opts)
+      opts.url = env.url
+      opts.use_logger = os.getenv("SQLNOTIFY_VERBOSE") ~= nil
+      local n = assert(sqlnotify.notifier(opts))
+      notifiers[#notifiers + 1] = n
+      return n
+    end
+    local function tbl(name) return env.t .. name end
+
+    it("refuses at the caller's line what it cannot do, and writes nothing then", function()
+      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); CREATE TABLE %s (v text);", tbl("n"), tbl("nokey")))
+      local live = notifier({})
+      assert.error_matches(function() live:backfill(tbl("n")) end, "^sqlnotify: a backfill needs a durable consumer")
+      assert.error_matches(function() live:subscribe(tbl("n"), "read", function() end) end,
+        "a backfill needs a durable consumer")
+      assert.error_matches(function() sqlnotify.notifier{ url = env.url, start_at = "snapshot" } end,
+        "start_at applies to a consumer")
+      assert.error_matches(function() sqlnotify.notifier{ url = env.url, consumer = "x", start_at = "now" } end,
+        'start_at must be "end", "beginning" or "snapshot", got "now"')
+      local n = notifier({ consumer = "s35a" })
+      assert.error_matches(function() n:backfill(tbl("nokey")) end, "has no primary key; a backfill reads it in key order")
+      assert.error_matches(function() n:backfill(tbl("n"), { chunk = 0 }) end, "chunk must be a whole number from 1 to 100000")
+      assert.error_matches(function() n:backfill(tbl("n"), { where = " " }) end, "where must be an SQL condition")
+      assert.error_matches(function() n:backfill(tbl("n"), { rows = 1 }) end, 'unknown backfill option "rows"')
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, err = pcall(function() n:backfill(tbl("n"), { where = "no_such_column > 1" }) end)
+      assert.is_false(ok)
+      assert.matches("^spec/35%-backfill_api_spec.lua:" .. line .. ": sqlnotify: backfill of .- cannot read the table where "
+        .. "no_such_column > 1: ", err)
+      ok, err = pcall(n.backfill, n, tbl("n"), { where = "id >" })
+      assert.is_false(ok)
+      assert.matches("cannot read the table where id >: ", err)
+      assert.same({}, assert(n:backfills())) -- nothing was written
+      local snap = notifier({ consumer = "s35b", start_at = "snapshot" })
+      snap:watch(tbl("n"), "insert")
+      local started, why = snap:start()
+      assert.is_nil(started)
+      assert.matches('start_at = "snapshot" reads the tables subscribed to "read", and there is none', why)
+    end)
+
+    it("reads a composite key of text and integer in the database's key order, each row once, three a chunk", function()
+      env.run(fmt("CREATE TABLE %s (%s, b int, v text, PRIMARY KEY (a, b));", tbl("keys"), env.text_key)
+        .. fmt("INSERT INTO %s VALUES ('b', 2, 'b2'), ('B', 1, 'B1'), ('a', 10, 'a10'), ('a', 9, 'a9'), ('ä', 1, 'x'),"
+          .. " ('a b', 1, 'ab'), ('', 1, 'empty'), ('b', -1, 'bm'), ('z', 0, 'z0'), ('Z', 0, 'Z0');", tbl("keys")))
+      local n = notifier({ consumer = "s35c" })
+      n:watch(tbl("keys"), "insert", { extra_columns = { "v" } })
+      local got = {}
+      n:subscribe(tbl("keys"), "read", function(ev)
+        got[#got + 1] = fmt("%s|%d|%s|%s", ev.id[1], ev.id[2], ev.extra_columns.v, ev.operation)
+      end)
+      assert(n:start())
+      n:backfill(tbl("keys"), { chunk = 3 })
+      local want = { "|1|empty|read", "B|1|B1|read", "Z|0|Z0|read", "a|9|a9|read", "a|10|a10|read", "a b|1|ab|read",
+        "b|-1|bm|read", "b|2|b2|read", "z|0|z0|read", "ä|1|x|read" }
+      assert.is_true(H.run_until(function()
+        local b = n:backfills()
+        return #got >= #want and b[1] and b[1].state == "done"
+      end, 20), "got " .. #got)
+      H.run_for(0.3)
+      assert.same(want, got)
+      local b = assert(n:backfills())
+      assert.equal(1, #b)
+      assert.same({ done = 10, total = 10, state = "done", chunk = 3 },
+        { done = b[1].done, total = b[1].total, state = b[1].state, chunk = b[1].chunk })
+    end)
+
+    it("reads only the rows where says, and n:cancel_backfill stops reading chunks", function()
+      local rows = {}
+      for i = 1, 60 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
+      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
+        table.concat(rows, ", ")))
+      local n = notifier({ consumer = "s35d" })
+      n:watch(tbl("n"), "read", { extra_columns = { "v" } })
+      local got = {}
+      n:subscribe(tbl("n"), "read", function(ev) got[#got + 1] = ev.id end)
+      assert(n:start())
+      n:backfill(tbl("n"), { where = "id % 3 = 0", chunk = 4 })
+      assert.is_true(H.run_until(function() return #got >= 20 end, 20))
+      H.run_for(0.3)
+      local want = {}
+      for i = 3, 60, 3 do want[#want + 1] = i end
+      assert.same(want, got)
+      assert.equal("done", n:backfills()[1].state)
+      assert.equal(20, n:backfills()[1].total)
+      -- again, cancelled after its first rows: no chunk after the cancel
+      got = {}
+      n:backfill(tbl("n"), { chunk = 1 })
+      assert.is_true(H.run_until(function() return #got >= 3 end, 20))
+      assert.is_true(n:cancel_backfill(tbl("n")))
+      assert.is_true(H.run_until(function() return n:backfills()[1].state == "cancelled" end, 10))
+      local done = n:backfills()[1]
+      H.run_for(0.5)
+      assert.equal(done.done, #got) -- the rows read before the cancel arrive, and no more
+      assert.is_true(#got < 60)
+      local again, why = n:cancel_backfill(tbl("n"))
+      assert.is_nil(again)
+      assert.matches("^sqlnotify: no backfill of .- is running$", why)
+    end)
+
+    it("finishes when its table is emptied under it", function()
+      local rows = {}
+      for i = 1, 40 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
+      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
+        table.concat(rows, ", ")))
+      local n = notifier({ consumer = "s35e" })
+      local got = {}
+      n:watch(tbl("n"), "insert")
+      n:subscribe(tbl("n"), "read", function(ev)
+        got[#got + 1] = ev.id
+        if #got == 2 then env.run(fmt("DELETE FROM %s;", tbl("n"))) end
+      end)
+      assert(n:start())
+      n:backfill(tbl("n"), { chunk = 2 })
+      assert.is_true(H.run_until(function() return n:backfills()[1].state == "done" end, 20))
+      H.run_for(0.3)
+      assert.is_true(#got >= 2 and #got <= 6, "rows read: " .. #got)
+      for i, id in ipairs(got) do assert.equal(i, id) end
+      assert.equal(#got, n:backfills()[1].done)
+    end)
+  end)
+end
