@@ -148,6 +148,39 @@ for _, d in ipairs(dialects) do
       assert.matches("^sqlnotify: no backfill of .- is running$", why)
     end)
 
+    it("starts again from the first key when asked over a running backfill, and stops with its dropped consumer",
+      function()
+      local rows = {}
+      for i = 1, 30 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
+      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
+        table.concat(rows, ", ")))
+      local n = notifier({ consumer = "s35f" })
+      local got = {}
+      n:watch(tbl("n"), "insert")
+      n:subscribe(tbl("n"), "read", function(ev) got[#got + 1] = ev.id end)
+      assert(n:start())
+      n:backfill(tbl("n"), { chunk = 1 })
+      assert.is_true(H.run_until(function() return #got >= 5 end, 20))
+      n:backfill(tbl("n"), { chunk = 2 }) -- over the running one, maybe while its chunk is read
+      assert.is_true(H.run_until(function() return n:backfills()[1].state == "done" end, 20))
+      H.run_for(0.3)
+      local b = n:backfills()[1]
+      assert.same({ 30, 30, 2 }, { b.done, b.total, b.chunk })
+      -- the second pass is the last 30 rows, in key order
+      assert.is_true(#got >= 35 and #got <= 40, "rows: " .. #got)
+      for i = 1, 30 do assert.equal(i, got[#got - 30 + i]) end
+      -- once more, and the consumer dropped under it
+      got = {}
+      n:backfill(tbl("n"), { chunk = 1 })
+      assert.is_true(H.run_until(function() return #got >= 3 end, 20))
+      assert.is_true(n:drop_consumer("s35f"))
+      H.run_for(0.5)
+      local seen = #got
+      H.run_for(0.5)
+      assert.equal(seen, #got) -- no chunk after the drop
+      assert.same({}, n:backfills())
+    end)
+
     it("finishes when its table is emptied under it", function()
       local rows = {}
       for i = 1, 40 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end

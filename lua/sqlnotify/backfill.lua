@@ -146,6 +146,13 @@ function Notifier:_backfill_begin(w, where, chunk, mode)
       where and fmt(" where %s", where) or "", one_line(err):gsub("^sqlnotify: ", ""))
   end
   local total = count_of(rows[1] and rows[1].n)
+  local job = self._backfills[w]
+  if job and job.in_chunk then
+    -- its chunk holds the backfill's row (PostgreSQL: on the other connection, in a
+    -- transaction the loop must finish): made again in its turn, after that chunk
+    job.replace = { where = where, chunk = chunk, total = total, mode = mode }
+    return true
+  end
   rows, err = run(self, mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer, tbl_of(w), w.wire,
     where, chunk, total)
   if not rows then return nil, err end
@@ -221,6 +228,7 @@ function Notifier:_backfill_go()
             delay = 1
           end
           job.at = core.now() + (delay or 0)
+          if me._forget then me:_backfills_forget(me._forget) end
         end
         if not job.stopped then soonest = math.min(soonest, job.at or 0) end
       end
@@ -241,12 +249,24 @@ end
 function Notifier:_backfill_step(job)
   local now, w = core.now(), job.w
   if job.cancel then return self:_backfill_cancel_now(job) end
+  local re = job.replace
+  if re then
+    job.replace = nil
+    local rows, err = run(self, re.mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer,
+      tbl_of(w), w.wire, re.where, re.chunk, re.total)
+    if rows then rows, err = self:_backfill_resume(w) end
+    if not rows then self:_log("error", "backfill of %s cannot start: %s", w.name, one_line(err)) end
+    return nil
+  end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
   if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and now - job.moved < IDLE_AHEAD then
     return 0.005
   end
-  local n, err = self:_backfill_chunk(job)
-  if job.stopped then return nil end
+  job.in_chunk = true
+  local ok, n, err = pcall(self._backfill_chunk, self, job)
+  job.in_chunk = false
+  if not ok then error(n, 0) end
+  if job.stopped or self._forget then return nil end
   now = core.now()
   if n == nil then
     job.failing = job.failing or now
@@ -436,8 +456,19 @@ function Notifier:cancel_backfill(t)
   return true
 end
 
--- A dropped consumer's backfills go with it (a missing table: it had none).
+-- A dropped consumer's backfills go with it (a missing table: it had none). This consumer's
+-- stop here; while one's chunk holds its row, in the runner's turn after that chunk.
 function Notifier:_backfills_forget(name)
+  if name == self._consumer then
+    for _, job in pairs(self._backfills) do
+      if job.in_chunk then
+        self._forget = name
+        return
+      end
+    end
+    self:_backfills_stop()
+  end
+  self._forget = nil
   local s = statements.of(self)
   if s.backfill_forget then self._h:query(s.backfill_forget, name) end
 end
