@@ -1,0 +1,365 @@
+-- Backfill (SPEC §8.3, issue 28) under writers and kill -9, on PostgreSQL, SQLite and MySQL,
+-- through the real host: a table of 10,000 rows (id, ver, v), a writer process updating,
+-- inserting and deleting random keys of 1..12000 the whole time, a durable consumer with
+-- start_at = "snapshot" killed with kill -9 half way through its backfill and started again.
+-- Afterwards the last state each key reached in what the handlers printed is the table's,
+-- and each watcher's output is, per key, a history the table can have had: a read row never
+-- follows a newer change nor comes back after a delete, a delete carries the version the row
+-- last had, an update a newer one. The writer's versions come from one counter, so per key
+-- they only grow. Tables are spec34.bf, bf, s34_bf; consumers s34_*.
+local H = require("helper")
+local sqlnotify = require("sqlnotify")
+
+local fmt = string.format
+
+local ROWS, KEYS, CHUNK = 10000, 12000, 1000
+-- every PACE-th event the handler takes 1 ms: the backfill lasts long enough (a few seconds) for
+-- the writer to meet it
+local PACE = 2
+
+-- The watcher: every change and every backfilled row as "E op id ver v" (a delete's ver and
+-- v are the old row's); every pace-th event it takes a millisecond more, as handlers with
+-- work to do would.
+local WATCHER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, consumer, pace, handled = arg[1], arg[2], arg[3], tonumber(arg[4]), 0
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, start_at = "snapshot" })
+for _, op in ipairs({ "insert", "update", "delete" }) do n:watch(tbl, op, { extra_columns = { "ver", "v" } }) end
+local function show(ev)
+  io.write(string.format("E %s %s %s %s\n", ev.operation, tostring(ev.id), tostring(ev.extra_columns.ver),
+    tostring(ev.extra_columns.v)))
+  handled = handled + 1
+  if handled % pace == 0 then sqlnotify.sleep(0.001) end
+end
+for _, op in ipairs({ "read", "insert", "update", "delete" }) do n:subscribe(tbl, op, show) end
+assert(n:start())
+print("ready")
+]]
+
+-- The writer: a write every 5 ms on a random key, each with the next version; a duplicate
+-- key or a missing row is fine. It prints "W op id ver ok|failed" (the history of a key
+-- when the spec fails).
+local WRITER = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local url, tbl, param, seed, keys = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5])
+local n = assert(sqlnotify.notifier{ url = url })
+local function p(i) return param == "$" and "$" .. i or "?" end
+local sql = {
+  update = string.format("UPDATE %s SET ver = %s, v = %s WHERE id = %s", tbl, p(1), p(2), p(3)),
+  delete = string.format("DELETE FROM %s WHERE id = %s", tbl, p(1)),
+  insert = string.format("INSERT INTO %s (id, ver, v) VALUES (%s, %s, %s)", tbl, p(1), p(2), p(3)),
+}
+local ops = { "update", "delete", "insert" }
+math.randomseed(seed)
+local ver = 0
+sqlnotify.every(0.005, function()
+  ver = ver + 1
+  local op, id = ops[math.random(3)], math.random(keys)
+  local ok
+  if op == "update" then ok = n:query(sql.update, ver, "v" .. ver, id)
+  elseif op == "delete" then ok = n:query(sql.delete, id)
+  else ok = n:query(sql.insert, id, ver, "v" .. ver) end
+  io.write(string.format("W %s %d %d %s\n", op, id, ver, ok and "ok" or "failed"))
+end)
+print("ready")
+]]
+
+local function events(p)
+  local out = {}
+  for op, id, ver, v in p:stdout():gmatch("E (%a+) (%d+) (%d+) (%S+)\n") do
+    out[#out + 1] = { op = op, id = tonumber(id), ver = tonumber(ver), v = v }
+  end
+  return out
+end
+
+local function reads(p)
+  local out = {}
+  for id in p:stdout():gmatch("E read (%d+) ") do out[#out + 1] = id end
+  return out
+end
+
+-- Lines "id<sep>ver" into id -> ver.
+local function rows_of(text)
+  local out, count = {}, 0
+  for id, ver in text:gmatch("(%d+)[|\t](%d+)") do
+    out[tonumber(id)] = tonumber(ver)
+    count = count + 1
+  end
+  return out, count
+end
+
+-- The state folded from the outputs in order: the last event of each key wins.
+local function fold(...)
+  local state = {}
+  for _, list in ipairs({ ... }) do
+    for _, e in ipairs(list) do
+      if e.op == "delete" then state[e.id] = nil else state[e.id] = e.ver end
+    end
+  end
+  return state
+end
+
+-- The keys where a and b differ, in order.
+local function differing(a, b)
+  local seen, out = {}, {}
+  for _, t in ipairs({ a, b }) do
+    for id in pairs(t) do
+      if not seen[id] and a[id] ~= b[id] then out[#out + 1] = id end
+      seen[id] = true
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+local function count(t)
+  local c = 0
+  for _ in pairs(t) do c = c + 1 end
+  return c
+end
+
+-- What each process printed about one key.
+local function history(id, named)
+  local out = {}
+  for _, pn in ipairs(named) do
+    local pat = pn[2] == "writer" and "W %a+ " .. id .. " [^\n]*" or "E %a+ " .. id .. " [^\n]*"
+    local lines = {}
+    for line in pn[1]:stdout():gmatch(pat) do lines[#lines + 1] = line end
+    out[#out + 1] = fmt("    %s: %s", pn[2], table.concat(lines, "; "))
+  end
+  return table.concat(out, "\n")
+end
+
+-- Per key, one watcher's output must be a history the table can have had: a read is the
+-- row as the key's last event left it (and comes once), an insert follows a delete with a
+-- newer version, an update follows a present row with a newer one, a delete carries the
+-- version the row had. The first event of a key may be anything (what came before the
+-- consumer, or before the acknowledgement a restart replays from). v is always "v" .. ver.
+local function violations(list)
+  local last, read, bad = {}, {}, {}
+  for i, e in ipairs(list) do
+    local p, why = last[e.id], nil
+    if e.v ~= "v" .. e.ver then
+      why = fmt("v is %s", e.v)
+    elseif e.op == "read" then
+      if read[e.id] then why = "read twice"
+      elseif p and not (p.present and p.ver == e.ver) then why = "the read row is not the last state" end
+      read[e.id] = true
+    elseif e.op == "insert" then
+      if p and not (not p.present and e.ver > p.ver) then why = "an insert of a present key or an older version" end
+    elseif e.op == "update" then
+      if p and not (p.present and e.ver > p.ver) then why = "an update of a deleted key or to an older version" end
+    elseif e.op == "delete" then
+      if p and not (p.present and e.ver == p.ver) then why = "a delete of a deleted key or of another version" end
+    else
+      why = "unknown operation"
+    end
+    if why then bad[#bad + 1] = { id = e.id, line = i, why = why } end
+    last[e.id] = { present = e.op ~= "delete", ver = e.ver }
+  end
+  return bad
+end
+
+-- How many keys, in one watcher's output or the other, had a change before their read row,
+-- and how many a change after it.
+local function met(...)
+  local before, after = {}, {}
+  for _, list in ipairs({ ... }) do
+    local changed, read = {}, {}
+    for _, e in ipairs(list) do
+      if e.op == "read" then
+        read[e.id] = true
+        if changed[e.id] then before[e.id] = true end
+      else
+        changed[e.id] = true
+        if read[e.id] then after[e.id] = true end
+      end
+    end
+  end
+  return count(before), count(after)
+end
+
+local dialects = {
+  {
+    name = "PostgreSQL", consumer = "s34_pg", param = "$",
+    url = function() return H.pg_url end,
+    watched = "spec34.bf", written = "spec34.bf", listed = "spec34.bf",
+    create = function()
+      H.fresh_schema("spec34")
+      H.psql(fmt("CREATE TABLE spec34.bf (id int PRIMARY KEY, ver bigint NOT NULL, v text NOT NULL);"
+        .. " INSERT INTO spec34.bf SELECT g, 0, 'v0' FROM generate_series(1, %d) g;", ROWS))
+    end,
+    contents = function() return H.psql("SELECT id, ver FROM spec34.bf ORDER BY id") end,
+    drop = function() H.drop_schema("spec34") end,
+  },
+  {
+    name = "SQLite", consumer = "s34_sqlite", param = "?",
+    url = function(db) return "sqlite:///" .. db end,
+    watched = "bf", written = "bf", listed = "main.bf",
+    create = function(db)
+      H.sqlite_cli(db, fmt("PRAGMA journal_mode = wal;"
+        .. " CREATE TABLE bf (id integer PRIMARY KEY, ver integer NOT NULL, v text NOT NULL);"
+        .. " WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < %d)"
+        .. " INSERT INTO bf SELECT i, 0, 'v0' FROM g;", ROWS))
+    end,
+    contents = function(db) return H.sqlite_cli(db, "SELECT id, ver FROM bf ORDER BY id;") end,
+    drop = function(db) H.sqlite_cli(db, "DROP TABLE IF EXISTS bf;") end,
+  },
+  {
+    name = "MySQL", consumer = "s34_mysql", param = "?",
+    url = function() return H.mysql_url end,
+    watched = H.my.db .. ".s34_bf", written = "s34_bf", listed = H.my.db .. ".s34_bf",
+    create = function()
+      local values = {}
+      for i = 1, ROWS do values[i] = fmt("(%d, 0, 'v0')", i) end
+      H.mysql("DROP TABLE IF EXISTS s34_bf;"
+        .. " CREATE TABLE s34_bf (id int PRIMARY KEY, ver bigint NOT NULL, v varchar(32) NOT NULL);"
+        .. " INSERT INTO s34_bf (id, ver, v) VALUES " .. table.concat(values, ", ") .. ";")
+    end,
+    contents = function() return H.mysql("SELECT id, ver FROM s34_bf ORDER BY id") end,
+    drop = function() H.mysql("DROP TABLE IF EXISTS s34_bf") end,
+  },
+}
+
+for _, d in ipairs(dialects) do
+  describe("a snapshot backfill on " .. d.name .. " under writers and kill -9", function()
+    local procs, db, probe = {}, nil, nil
+    local function track(p) procs[#procs + 1] = p return p end
+    after_each(function()
+      local admin = assert(sqlnotify.notifier{ url = d.url(db), use_logger = false })
+      if probe then probe:close() probe = nil end
+      H.reap(procs, admin, "s34_")
+      admin:close()
+      d.drop(db)
+    end)
+
+    it("ends with the table's contents per key, and no read row after a newer change", function()
+      db = d.name == "SQLite" and H.fresh_sqlite("backfill34") or nil
+      d.create(db)
+      local url, seed = d.url(db), math.random(1, 1 << 30)
+      local writer = track(H.host(WRITER, { url, d.written, d.param, tostring(seed), tostring(KEYS) }))
+      assert(writer:wait_for("ready\n", 20), "the writer did not start: " .. writer:stderr())
+      assert(writer:wait_for("W [^\n]*\n" .. ("W [^\n]*\n"):rep(19), 20), "the writer does not write: " .. writer:stderr())
+
+      local function watcher()
+        local p = track(H.host(WATCHER, { url, d.watched, d.consumer, tostring(PACE) }))
+        assert(p:wait_for("ready\n", 20), "the watcher did not start: " .. p:stderr())
+        return p
+      end
+      local w1 = watcher()
+      -- half way: once half the rows are in the journal (what it printed lags behind by up to a
+      -- fetch, 5,000 events on SQLite and MySQL, enough for it to finish first)
+      probe = assert(sqlnotify.notifier{ url = url, consumer = d.consumer, use_logger = false })
+      local function progress() return (probe:backfills() or {})[1] or { done = 0 } end
+      local deadline = H.now() + 60
+      while progress().done < ROWS // 2 and H.now() < deadline and not w1:exited() do H.sleep(0.02) end
+      local at = progress()
+      w1:kill("KILL")
+      w1:wait()
+      w1:assert_clean()
+      assert.are.equal("running", at.state, w1:stderr())
+      assert.is_true(at.done >= ROWS // 2, w1:stderr())
+      local printed = #reads(w1)
+      assert.is_true(printed > 0 and printed < at.done, fmt("watcher 1 printed %d of %d rows", printed, at.done))
+      local w2 = watcher()
+      assert.is_true(w2:wait_for("backfill of [^\n]* done", 60, "err"), "watcher 2 did not finish:\n" .. w2:stderr())
+      writer:stop()
+
+      local table_now, e1, e2
+      deadline = H.now() + 60
+      repeat
+        H.sleep(0.2)
+        table_now = rows_of(d.contents(db))
+        e1, e2 = events(w1), events(w2)
+      until #differing(fold(e1, e2), table_now) == 0 or H.now() > deadline or w2:exited()
+      local named = { { w1, "watcher 1" }, { w2, "watcher 2" }, { writer, "writer" } }
+      local context = fmt("(seed %d; the table has %d keys; watcher 1 printed %d events, watcher 2 %d)",
+        seed, count(table_now), #e1, #e2)
+
+      -- the last state per key is the table's
+      local state = fold(e1, e2)
+      local diff = differing(state, table_now)
+      if #diff > 0 then
+        local lines = {}
+        for i = 1, math.min(10, #diff) do
+          local id = diff[i]
+          lines[i] = fmt("  key %d: the handlers end with %s, the table has %s\n%s", id,
+            state[id] and "ver " .. state[id] or "no row", table_now[id] and "ver " .. table_now[id] or "no row",
+            history(id, named))
+        end
+        error(fmt("%d keys differ from the table %s; the first:\n%s", #diff, context, table.concat(lines, "\n")))
+      end
+
+      -- per key, each watcher's output is a history the table can have had
+      for i, list in ipairs({ e1, e2 }) do
+        local bad = violations(list)
+        if #bad > 0 then
+          local lines = {}
+          for j = 1, math.min(10, #bad) do
+            lines[j] = fmt("  key %d, line %d: %s\n%s", bad[j].id, bad[j].line, bad[j].why, history(bad[j].id, named))
+          end
+          error(fmt("%d events of watcher %d out of order %s; the first:\n%s", #bad, i, context,
+            table.concat(lines, "\n")))
+        end
+      end
+
+      -- the writer met the backfill: keys changed before their read row and keys changed after it
+      local before, behind = met(e1, e2)
+      assert.is_true(before > 0 and behind > 0,
+        fmt("keys changed before their read: %d, after it: %d %s", before, behind, context))
+
+      -- every key no writer touched was read, as it was
+      local read0, untouched = {}, 0
+      for _, list in ipairs({ e1, e2 }) do
+        for _, e in ipairs(list) do
+          if e.op == "read" then read0[e.id] = read0[e.id] or e.ver == 0 end
+        end
+      end
+      local missing = {}
+      for id, ver in pairs(table_now) do
+        if ver == 0 then
+          untouched = untouched + 1
+          if not read0[id] then missing[#missing + 1] = id end
+        end
+      end
+      table.sort(missing)
+      assert.is_true(untouched > ROWS // 2, context) -- the writer cannot have reached most keys
+      assert.are.same({}, { table.unpack(missing, 1, 10) }, fmt("untouched keys never read (%d)", #missing))
+
+      -- watcher 1 started the backfill; watcher 2 took it up after the chunks that committed
+      local total = tonumber(w1:stderr():match("backfill of [^\n]*: reading (%d+) rows in chunks of " .. CHUNK .. "\n"))
+      assert(total, "watcher 1 did not say it started the backfill:\n" .. w1:stderr())
+      local after, of = w2:stderr():match("backfill of [^\n]*: resuming after (%d+) of (%d+) rows in chunks of "
+        .. CHUNK .. "\n")
+      assert(after, "watcher 2 did not say it resumed:\n" .. w2:stderr())
+      after, of = tonumber(after), tonumber(of)
+      assert.are.equal(total, of)
+      assert.is_nil(w2:stderr():find(": reading %d+ rows"))
+      assert.are.equal(0, after % CHUNK) -- whole chunks, each committed with its rows
+      assert.is_true(after >= at.done, "resumed after " .. after) -- what had committed when it was killed
+      local done, here = w2:stderr():match("backfill of [^\n]* done: (%d+) rows, (%d+) read by this process")
+      done, here = tonumber(done), tonumber(here)
+      assert.is_true(done > after, w2:stderr()) -- watcher 2 read chunks of its own
+      assert.are.equal(done - after, here)
+      local distinct = {}
+      for _, list in ipairs({ e1, e2 }) do
+        for _, e in ipairs(list) do if e.op == "read" then distinct[e.id] = true end end
+      end
+      -- every row a chunk counted is a read row; PostgreSQL's copy may add rows inserted into
+      -- the chunk's range after its lock
+      assert.is_true(count(distinct) >= done, fmt("%d keys read, %d rows counted", count(distinct), done))
+      assert.is_true(done >= untouched)
+
+      -- and n:backfills() says so
+      local list = assert(probe:backfills())
+      assert.are.equal(1, #list)
+      assert.are.same({ table = d.listed, state = "done", done = done, total = total, chunk = CHUNK },
+        { table = list[1].table, state = list[1].state, done = list[1].done, total = list[1].total,
+          chunk = list[1].chunk })
+      assert.is_nil(list[1].where)
+      w2:stop()
+    end)
+  end)
+end
