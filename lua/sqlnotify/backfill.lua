@@ -30,8 +30,8 @@ local DEFAULT_CHUNK = 1000
 local MAX_CHUNK = 100000
 local PROGRESS_EVERY = 5  -- seconds between two progress lines
 local AHEAD = 2           -- chunks written and not yet seen arriving before the next waits
-local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway
-                          -- (a group's other members hold the shares its rows went to)
+local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway,
+                          -- where consumers are groups (other members hold the shares its rows went to)
 local FAIL_SAY_AFTER = 10 -- seconds of failing chunks before a warning (a held row fails a few)
 
 -- The key of a table in sqlnotify.backfills: schema.table as the notifier names it.
@@ -259,7 +259,8 @@ function Notifier:_backfill_step(job)
     return nil
   end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
-  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and now - job.moved < IDLE_AHEAD then
+  local idle = self._caps.groups and now - job.moved >= IDLE_AHEAD
+  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and not idle then
     return 0.005
   end
   job.in_chunk = true
