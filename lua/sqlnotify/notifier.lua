@@ -94,8 +94,8 @@ end
 local function check_op(op, level, read)
   local name = type(op) == "string" and op:lower() or nil
   if not (OPCODES[name] or (read and name == M.READ)) then
-    fail(level + 1, "unknown operation %s (use sqlnotify.INSERT, UPDATE or DELETE%s)",
-      type(op) == "string" and fmt("%q", op) or tostring(op), read and ", or READ for a backfill's rows" or "")
+    fail(level + 1, "unknown operation %s (use sqlnotify.INSERT, UPDATE or DELETE)",
+      type(op) == "string" and fmt("%q", op) or tostring(op))
   end
   return name
 end

@@ -83,11 +83,11 @@ return function(D, env)
         assert.is_nil(err:find("s3cretpw", 1, true))
       end)
 
-      it("refuses a consumer that is not a name and a start_at that is not end or beginning", function()
+      it("refuses a consumer that is not a name and a start_at that is not end, beginning or snapshot", function()
         assert.has_error(function() sqlnotify.notifier{ url = D.bad_url, consumer = "" } end,
           "sqlnotify: consumer must be a non-empty string")
         assert.has_error(function() sqlnotify.notifier{ url = D.bad_url, consumer = "c", start_at = "now" } end,
-          'sqlnotify: start_at must be "end" or "beginning", got "now"')
+          'sqlnotify: start_at must be "end", "beginning" or "snapshot", got "now"')
       end)
     end)
 
