@@ -57,6 +57,13 @@ for _, d in ipairs(dialects) do
       return n
     end
     local function tbl(name) return env.t .. name end
+    -- Table n: ids 1..count, v = "v<id>".
+    local function table_n(count)
+      local rows = {}
+      for i = 1, count do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
+      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
+        table.concat(rows, ", ")))
+    end
 
     it("refuses at the caller's line what it cannot do, and writes nothing then", function()
       env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); CREATE TABLE %s (v text);", tbl("n"), tbl("nokey")))
@@ -116,10 +123,7 @@ for _, d in ipairs(dialects) do
     end)
 
     it("reads only the rows where says, and n:cancel_backfill stops reading chunks", function()
-      local rows = {}
-      for i = 1, 60 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
-      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
-        table.concat(rows, ", ")))
+      table_n(60)
       local n = notifier({ consumer = "s35d" })
       n:watch(tbl("n"), "read", { extra_columns = { "v" } })
       local got = {}
@@ -150,10 +154,7 @@ for _, d in ipairs(dialects) do
 
     it("starts again from the first key when asked over a running backfill, and stops with its dropped consumer",
       function()
-      local rows = {}
-      for i = 1, 30 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
-      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
-        table.concat(rows, ", ")))
+      table_n(30)
       local n = notifier({ consumer = "s35f" })
       local got = {}
       n:watch(tbl("n"), "insert")
@@ -182,10 +183,7 @@ for _, d in ipairs(dialects) do
     end)
 
     it("finishes when its table is emptied under it", function()
-      local rows = {}
-      for i = 1, 40 do rows[#rows + 1] = fmt("(%d, 'v%d')", i, i) end
-      env.run(fmt("CREATE TABLE %s (id int PRIMARY KEY, v text); INSERT INTO %s VALUES %s;", tbl("n"), tbl("n"),
-        table.concat(rows, ", ")))
+      table_n(40)
       local n = notifier({ consumer = "s35e" })
       local got = {}
       n:watch(tbl("n"), "insert")
