@@ -244,8 +244,8 @@ function Notifier:_backfill_go()
   end)
 end
 
--- One step of a running backfill: a chunk, when this process has seen all but about one
--- chunk of its rows arrive. Returns how long to wait before the next step, or nil.
+-- One step of a running backfill: a chunk, when this process has seen all but about AHEAD
+-- chunks of its rows arrive. Returns how long to wait before the next step, or nil.
 function Notifier:_backfill_step(job)
   local now, w = core.now(), job.w
   if job.cancel then return self:_backfill_cancel_now(job) end
