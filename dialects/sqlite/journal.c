@@ -19,21 +19,35 @@
 
 /* ===== the tables ===== */
 
-static int count_log_objects(sqlite3 *db, int *have, char *err, size_t errlen)
+/* The integer in the first column of sql's first row into *out (left as it was when that is
+ * NULL or there is no row); 0, or -1 and err. */
+static int query_int(sqlite3 *db, const char *sql, sqlite3_int64 *out, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
-    if (sqd_prepare(db, "SELECT count(*) FROM main.sqlite_master WHERE "
-                        "(type = 'table' AND name IN ('" CHANGES_TABLE "', '" READERS_TABLE "')) OR "
-                        "(type = 'index' AND name = '" CHANGES_TABLE "_created_at')",
-                    &st, err, errlen))
+    if (sqd_prepare(db, sql, &st, err, errlen))
         return -1;
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *have = sqlite3_column_int(st, 0);
-    else
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        *out = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         sn_seterr(err, errlen, "%s", sqlite3_errmsg(db));
     sqlite3_finalize(st);
-    return rc == SQLITE_ROW ? 0 : -1;
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* query_int's value, or dflt when it failed or had none. */
+static sqlite3_int64 one_int(sqlite3 *db, const char *sql, sqlite3_int64 dflt)
+{
+    sqlite3_int64 v = dflt;
+    return query_int(db, sql, &v, NULL, 0) == 0 ? v : dflt;
+}
+
+static int count_log_objects(sqlite3 *db, sqlite3_int64 *have, char *err, size_t errlen)
+{
+    return query_int(db, "SELECT count(*) FROM main.sqlite_master WHERE "
+                         "(type = 'table' AND name IN ('" CHANGES_TABLE "', '" READERS_TABLE "')) OR "
+                         "(type = 'index' AND name = '" CHANGES_TABLE "_created_at')",
+                     have, err, errlen);
 }
 
 static int table_exists(sqlite3 *db, const char *name)
@@ -49,22 +63,12 @@ static int table_exists(sqlite3 *db, const char *name)
     return yes;
 }
 
-static sqlite3_int64 one_int(sqlite3 *db, const char *sql, sqlite3_int64 dflt)
-{
-    sqlite3_stmt *st;
-    sqlite3_int64 v = dflt;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return dflt;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
 
 int sqd_ensure_tables(sn_conn *c, int *created, char *err, size_t errlen)
 {
     sqlite3 *db = c->db;
-    int have = 0, nested;
+    sqlite3_int64 have = 0;
+    int nested;
 
     *created = 0;
     /* The check first keeps an existing database from taking a write lock (and bumping
@@ -136,18 +140,10 @@ fail:
 
 int sqd_log_end(sqlite3 *db, sqlite3_int64 *out, char *err, size_t errlen)
 {
-    sqlite3_stmt *st;
-    if (sqd_prepare(db, "SELECT max(coalesce((SELECT max(seq) FROM " CHANGES_TABLE "), 0), "
-                        "coalesce((SELECT seq FROM sqlite_sequence WHERE name = '" CHANGES_TABLE
-                        "'), 0))", &st, err, errlen))
-        return -1;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int64(st, 0);
-    else
-        sn_seterr(err, errlen, "%s", sqlite3_errmsg(db));
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW ? 0 : -1;
+    *out = 0;
+    return query_int(db, "SELECT max(coalesce((SELECT max(seq) FROM " CHANGES_TABLE "), 0), "
+                         "coalesce((SELECT seq FROM sqlite_sequence WHERE name = '" CHANGES_TABLE "'), 0))",
+                     out, err, errlen);
 }
 
 char *sqd_log_sql(sqlite3 *db)
