@@ -113,23 +113,8 @@ local function build(n, w, where, chunk)
   }
 end
 
-local function create(n)
-  for _, stmt in ipairs(statements.list(statements.of(n), "backfill_create")) do
-    local ok, err = n._h:query(stmt)
-    if not ok then return nil, err end
-  end
-  return true
-end
-
 -- A statement of ours, its table made first when it is missing.
-local function run(n, key, ...)
-  local s = statements.of(n)
-  local rows, err = n._h:query(s[key], ...)
-  if rows then return rows end
-  local ok, err2 = create(n)
-  if not ok then return nil, err .. "; making the table: " .. err2 end
-  return n._h:query(s[key], ...)
-end
+local function run(n, key, ...) return statements.run_made(n, "backfill_create", key, ...) end
 
 local function count_of(v) return math.tointeger(tonumber(v) or 0) or 0 end
 

@@ -40,28 +40,13 @@ M.text_of = text_of
 
 local sql_of = statements.of
 
-local function create(n, s)
-  for _, stmt in ipairs(statements.list(s, "dead_create")) do
-    local ok, err = n._h:query(stmt)
-    if not ok then return nil, err end
-  end
-  return true
-end
-
 -- A statement, the table made first when it is missing (dropped by hand, or never made).
-local function run(n, s, stmt, ...)
-  local rows, err = n._h:query(stmt, ...)
-  if rows then return rows end
-  local ok, err2 = create(n, s)
-  if not ok then return nil, err .. "; making the table: " .. err2 end
-  return n._h:query(stmt, ...)
-end
+local function run(n, key, ...) return statements.run_made(n, "dead_create", key, ...) end
 
 -- A new dead letter; returns its id (or true), or nil and why.
 function M.write(n, consumer, channel, seq, payload, err, attempts)
-  local s = sql_of(n)
   err = text_of(err)
-  local rows, e = run(n, s, s.dead_insert, consumer, channel, seq, payload, err, attempts)
+  local rows, e = run(n, "dead_insert", consumer, channel, seq, payload, err, attempts)
   if not rows then return nil, e end
   local id = rows[1] and rows[1].id
   return id and math.tointeger(tonumber(id)) or true
@@ -69,9 +54,8 @@ end
 
 -- A replayed dead letter failed again: its error and count of attempts move on.
 function M.again(n, id, err, attempts)
-  local s = sql_of(n)
   err = text_of(err)
-  local rows, e = run(n, s, s.dead_again, err, attempts, id)
+  local rows, e = run(n, "dead_again", err, attempts, id)
   if not rows then return nil, e end
   return true
 end

@@ -58,6 +58,20 @@ function M.list(s, key)
   return s._lists[key] or {}
 end
 
+--- run_made(n, create_key, key, ...) -> rows | nil, err: statement key with its arguments, the
+-- table it needs made first (the statements create_key lists) when it fails, once: for a table
+-- of ours made on first use, or dropped by hand since.
+function M.run_made(n, create_key, key, ...)
+  local s = M.of(n)
+  local rows, err = n._h:query(s[key], ...)
+  if rows then return rows end
+  for _, stmt in ipairs(M.list(s, create_key)) do
+    local ok, err2 = n._h:query(stmt)
+    if not ok then return nil, err .. "; making the table: " .. err2 end
+  end
+  return n._h:query(s[key], ...)
+end
+
 --- quote(n, name) -> the identifier quoted as the dialect quotes ("" or ``).
 function M.quote(n, name)
   local q = n._caps.quote
