@@ -138,8 +138,13 @@ function Notifier:_backfill_begin(w, where, chunk, mode)
     job.replace = { where = where, chunk = chunk, total = total, mode = mode }
     return true
   end
-  rows, err = run(self, mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer, tbl_of(w), w.wire,
-    where, chunk, total)
+  return self:_backfill_make(w, mode, where, chunk, total, plan)
+end
+
+-- Write w's backfill (mode as _backfill_begin's) and take it up.
+function Notifier:_backfill_make(w, mode, where, chunk, total, plan)
+  local rows, err = run(self, mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer, tbl_of(w),
+    w.wire, where, chunk, total)
   if not rows then return nil, err end
   return self:_backfill_resume(w, plan)
 end
@@ -237,10 +242,8 @@ function Notifier:_backfill_step(job)
   local re = job.replace
   if re then
     job.replace = nil
-    local rows, err = run(self, re.mode == "start" and "backfill_start" or "backfill_snapshot", self._consumer,
-      tbl_of(w), w.wire, re.where, re.chunk, re.total)
-    if rows then rows, err = self:_backfill_resume(w) end
-    if not rows then self:_log("error", "backfill of %s cannot start: %s", w.name, one_line(err)) end
+    local ok, err = self:_backfill_make(w, re.mode, re.where, re.chunk, re.total)
+    if not ok then self:_log("error", "backfill of %s cannot start: %s", w.name, one_line(err)) end
     return nil
   end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
