@@ -182,6 +182,25 @@ for _, d in ipairs(dialects) do
       assert.same({}, n:backfills())
     end)
 
+    it("goes on without a column renamed under it, as the watches do", function()
+      table_n(20)
+      local n = notifier({ consumer = "s35g" })
+      local got = {}
+      n:watch(tbl("n"), "insert", { extra_columns = { "v" } })
+      n:subscribe(tbl("n"), "read", function(ev)
+        got[#got + 1] = { ev.id, ev.extra_columns.v }
+        if #got == 4 then env.run(fmt("ALTER TABLE %s RENAME COLUMN v TO v2;", tbl("n"))) end
+      end)
+      assert(n:start())
+      n:backfill(tbl("n"), { chunk = 2 })
+      assert.is_true(H.run_until(function() return n:backfills()[1].state == "done" end, 30))
+      H.run_for(0.3)
+      assert.equal(20, #got)
+      for i, e in ipairs(got) do assert.equal(i, e[1]) end
+      assert.same({ 1, "v1" }, got[1])
+      assert.same({ 20 }, got[20]) -- read after the rename: the other columns (here none)
+    end)
+
     it("finishes when its table is emptied under it", function()
       table_n(40)
       local n = notifier({ consumer = "s35e" })

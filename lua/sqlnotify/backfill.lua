@@ -75,6 +75,7 @@ local function build(n, w, where, chunk)
   n:_forget_table(w.info)
   local got, info = pcall(n._table, n, { schema = w.schema, table = w.table }, 1)
   if not got then return nil, info end
+  w.info = info -- what the next build forgets
   local cols = {}
   for _, c in ipairs(w.xcols) do
     if info.columns[c] and not w.pkindex[c] then cols[#cols + 1] = c end
@@ -251,6 +252,10 @@ function Notifier:_backfill_step(job)
   if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and not idle then
     return 0.005
   end
+  if job.stale then -- the last chunk failed: the table may have changed (a column renamed, dropped)
+    local plan = build(self, w, job.where, job.chunk)
+    if plan then job.plan, job.stale = plan, nil end
+  end
   job.in_chunk = true
   local ok, n, err = pcall(self._backfill_chunk, self, job)
   job.in_chunk = false
@@ -258,6 +263,7 @@ function Notifier:_backfill_step(job)
   if job.stopped or self._forget then return nil end
   now = core.now()
   if n == nil then
+    job.stale = true
     job.failing = job.failing or now
     job.delay = math.min((job.delay or 0.01) * 2, 2)
     if now - job.failing >= FAIL_SAY_AFTER and (not job.warned or now - job.warned >= 60) then
