@@ -20,11 +20,17 @@ local function broker(port, persist)
   f:write(fmt("listener %d 127.0.0.1\nallow_anonymous true\n", port))
   if persist then
     f:write(fmt("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir))
+    -- started as root, mosquitto drops to its own user before it saves: without the right to
+    -- write here it saves nothing ("Permission denied" in its log), and the subscriber's
+    -- session is lost across the restart whenever the relay publishes before it reconnects
+    assert(H.sh("chmod 0777 " .. q(dir)))
   else
     f:write("persistence false\n")
   end
   f:close()
-  return H.daemon("mosquitto -c " .. q(conf), port)
+  local d = H.daemon("mosquitto -c " .. q(conf), port)
+  d.dir = dir
+  return d
 end
 
 -- mosquitto_sub in the background, its output ("topic payload" lines) in a file.
@@ -128,6 +134,9 @@ describe("sqlnotify.mqtt", function()
     assert.is_true(wait_until(function() return done() >= 100 end, 30), p:stderr())
     -- The restart, with the rest inserted while the broker is down.
     d:stop()
+    local saved = io.open(d.dir .. "/mosquitto.db")
+    assert(saved, "the broker saved no sessions at its stop:\n" .. d:log())
+    saved:close()
     H.psql("INSERT INTO spec31.r SELECT g, 'row ' || g FROM generate_series(251, 500) g")
     H.sleep(3) -- above the relay's timeout (2 s): its publishes fail and are retried
     d:start()
