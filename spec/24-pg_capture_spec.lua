@@ -62,6 +62,7 @@ watch('Weird"Näme_with_a_rather_long_name_x', "insert", { extra_columns = WEIRD
 watch('Weird"Näme_with_a_rather_long_name_x', "update", { extra_columns = WEIRD,
   old_columns = { "select", 'We"ird col' }, trigger_columns = { "ÉTÉ", "select" } })
 watch("alter", "insert", { extra_columns = { "v", "w" } })
+watch("back", "insert", { extra_columns = { "v", "w" } })
 watch("part", "insert", { extra_columns = { "a", "b" } })
 watch("part", "update", { extra_columns = { "a", "b" }, old_columns = { "b" } })
 watch("part", "delete", { extra_columns = { "a" } })
@@ -87,6 +88,7 @@ CREATE TABLE spec24.{P}_mixed (id int PRIMARY KEY, js json, a int[], v text);
 CREATE TABLE spec24."{P}_Weird""Näme_with_a_rather_long_name_x" ("Id Key" int PRIMARY KEY, "We""ird col" text,
   "ÉTÉ" int, "select" boolean, g int GENERATED ALWAYS AS ("ÉTÉ" * 2) STORED);
 CREATE TABLE spec24.{P}_alter (id int PRIMARY KEY, v int, w text);
+CREATE TABLE spec24.{P}_back (id int PRIMARY KEY, v int, w text);
 CREATE TABLE spec24.{P}_part (id int, a text, b int, PRIMARY KEY (id)) PARTITION BY RANGE (id);
 CREATE TABLE spec24.{P}_part_1 (b int, junk int, a text, id int NOT NULL);
 ALTER TABLE spec24.{P}_part_1 DROP COLUMN junk;
@@ -593,6 +595,31 @@ COMMIT;
     }, ev)
   end)
 
+  it("carries a column renamed and renamed back: at once with the C trigger, after a read of the table with"
+    .. " the plpgsql one", function()
+    write("back", [[
+INSERT INTO {T} VALUES (1, 1, 'a');
+ALTER TABLE {T} RENAME COLUMN w TO w2;
+INSERT INTO {T} VALUES (2, 2, 'b');
+]])
+    delivered("back", 2)
+    -- event 2 lacked w: each host read the table and made its trigger again while w was gone
+    for _, P in ipairs { "c", "p" } do
+      assert(hosts[P]:wait_for('insert on "spec24"%."' .. P .. '_back" replaced', 20, "err"), hosts[P]:stderr())
+    end
+    -- the C trigger looks w up at each call: the next row carries it
+    H.psql("ALTER TABLE spec24.c_back RENAME COLUMN w2 TO w; INSERT INTO spec24.c_back VALUES (3, 3, 'c');")
+    -- the plpgsql one was made without w: the host sees it back by reading the table again
+    H.psql("ALTER TABLE spec24.p_back RENAME COLUMN w2 TO w;")
+    assert(hosts.p:wait_for('column "w" of "spec24"%."p_back" is back', 20, "err"), hosts.p:stderr())
+    H.psql("INSERT INTO spec24.p_back VALUES (3, 3, 'c');")
+    local ev = delivered("back", 3)
+    local function e(id, x)
+      return { schema = S, operation = "insert", id = id, key = { id = id }, extra_columns = x, truncated = false }
+    end
+    exactly({ e(1, { v = 1, w = "a" }), e(2, { v = 2 }), e(3, { v = 3, w = "c" }) }, ev)
+  end)
+
   it("uses " .. CAPTURE[mode] .. " for " .. mode .. " watches of simple types only, and never with"
     .. " SQLNOTIFY_PG_CAPTURE=plpgsql", function()
     write("mixed", [[
@@ -611,7 +638,7 @@ DELETE FROM {T} WHERE id = 1;
       trig = { "update" }, comp = { "insert", "update", "delete" },
       ['Weird"Näme_with_a_rather_long_name_x'] = { "insert", "update" },
       part = { "insert", "update", "delete" }, part_1 = { "insert", "update", "delete" },
-      part_2 = { "insert", "update", "delete" }, alter = { "insert" }, nkey = { "update" }, wide = { "insert" },
+      part_2 = { "insert", "update", "delete" }, alter = { "insert" }, back = { "insert" }, nkey = { "update" }, wide = { "insert" },
     }
     for tbl, ops in pairs(want) do
       for _, op in ipairs(ops) do

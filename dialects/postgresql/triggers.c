@@ -119,6 +119,8 @@ typedef struct plan {
     const char *ovf_schema;
     sn_watch now;      /* the watch as the table is now (pg_watch_now): what the trigger reads */
     const char **cols; /* its lists */
+    sn_watch asked;    /* the watch as declared: the C trigger's columns, gone ones too (it looks
+                        * them up at each call, so one renamed back is sent again at once) */
 } plan;
 
 /* form: the C trigger to call, "" for the plpgsql one, NULL to choose (pg_capture_fits) */
@@ -134,6 +136,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
         sn_seterr(err, errlen, "out of memory");
         return -1;
     }
+    p->asked = *w;
     w = &p->now;
     p->ovf_schema = pg_overflow_schema_for(c, w->schema);
     int ovf_on = w->overflow && !c->consumer; /* the journal takes any size */
@@ -143,7 +146,7 @@ static int plan_make(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p, con
              (w->op == SN_UPDATE && (pg_is_float(t, w->old_cols, w->nold) || pg_is_float(t, w->trigger_cols, w->ntrigger)));
     p->capture = form == NULL ? pg_capture_fits(c, w, t) : *form ? form : NULL;
     if (p->capture)
-        pg_sb_capture_args(&p->body, c->ctl.conn, w);
+        pg_sb_capture_args(&p->body, c->ctl.conn, &p->asked);
     else
         pg_sb_body(&p->body, c->ctl.conn, w, t, ovf_on ? ovf.p : NULL, c->consumer != NULL, fl);
     const char *fail = ovf.fail ? ovf.fail : p->body.fail;
@@ -276,7 +279,7 @@ static int capture_state(sn_conn *c, const sn_watch *w, const tinfo *t, plan *p,
         st = ST_OTHER;
     } else {
         sn_sbuf args = {0};
-        sb_capture_tgargs(&args, &p->now);
+        sb_capture_tgargs(&args, &p->asked);
         char en = PQgetvalue(res, 0, 4)[0];
         int same = PQgetvalue(res, 0, 2)[0] == 't' && atoi(PQgetvalue(res, 0, 3)) == (TGT_ROW | op_bits[w->op]) &&
                    (en == 'O' || en == 'A') && args.p && strcmp(PQgetvalue(res, 0, 5), args.p) == 0;

@@ -153,6 +153,32 @@ function Notifier:_recheck(w, now, force)
   return changed
 end
 
+-- While a column a watch names is gone, its table is read again every RECHECK_INTERVAL: a
+-- trigger made while it was gone does not read it (the plpgsql one; the C trigger looks it
+-- up at each call), so nothing in the events would say that it came back (a column renamed
+-- and renamed back). The timer stops when no watch misses a column.
+function Notifier:_watch_gone()
+  if self._gone_timer or not self._started then return end
+  local ref = setmetatable({ self }, { __mode = "v" })
+  self._gone_timer = core.every(RECHECK_INTERVAL, function()
+    local me = ref[1]
+    if not me then return end
+    local seen, any = {}, false
+    for _, w in ipairs(me._watches) do
+      local key = w.schema .. "\0" .. w.table
+      if #w.gone > 0 and not seen[key] then
+        seen[key] = true
+        me:_recheck(w, core.now(), true)
+      end
+    end
+    for _, w in ipairs(me._watches) do any = any or #w.gone > 0 end
+    if not any and me._gone_timer then
+      me._gone_timer:stop()
+      me._gone_timer = nil
+    end
+  end)
+end
+
 -- '"a"' or '"a", "b"'
 local function quoted_list(list)
   local out = {}
@@ -195,6 +221,7 @@ function Notifier:_adapt(w, info)
       #extra > 0 and concat(extra, ", ") or "(none but the key)")
   end
   if not w.keygone then self:_reinstall(w) end -- without its key it sends nothing of the row anyway
+  if #gone > 0 then self:_watch_gone() end
   return true
 end
 

@@ -713,10 +713,16 @@ function Notifier:_install_later(w, why, failed)
   r.delay = math.min(r.delay * 2, RETRY_MAX)
   r.wait = r.delay * (0.75 + 0.5 * math.random())
   local consumer = self._consumer
+  local until_then
+  if w.reinstall and not failed then -- made again for a changed table: the one made before is there
+    until_then = "the trigger made before captures its changes, with the columns it had"
+  elseif consumer then
+    until_then = fmt("its changes are not captured for consumer %q: they will never be delivered", consumer)
+  else
+    until_then = fmt("its %ss are not seen", w.op)
+  end
   local msg = fmt("trigger for %s on %s not installed yet: %s; trying again in %.1f s (until then %s)", w.op,
-    w.name, one_line(why):sub(12), r.wait,
-    consumer and fmt("its changes are not captured for consumer %q: they will never be delivered", consumer)
-      or fmt("its %ss are not seen", w.op))
+    w.name, one_line(why):sub(12), r.wait, until_then)
   self:_log(failed and "error" or "warn", "%s", msg)
   if failed then
     self:_emit_error(msg, { source = "install", schema = w.schema, table = w.table, operation = w.op,
@@ -1004,6 +1010,10 @@ function Notifier:_quiet()
   if self._verify_timer then
     self._verify_timer:stop()
     self._verify_timer = nil
+  end
+  if self._gone_timer then
+    self._gone_timer:stop()
+    self._gone_timer = nil
   end
 end
 
