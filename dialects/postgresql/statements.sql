@@ -123,9 +123,9 @@ SELECT consumer, count(*) AS n FROM sqlnotify.dead_letters GROUP BY consumer
 
 -- ===== backfill.lua: the rows a table had before (SPEC §8.3)
 -- {holes} are filled by backfill.lua: {table} the table, quoted; {keys} its key columns as
--- r."a", r."b"; {keys_as} the same AS k1, k2; {after} and {upto} the keyset bounds (or a
--- truth); {where} the caller's condition (or a truth); {limit} the chunk; {payload} and
--- {hash} what h:row_sql made of one row r.
+-- r."a", r."b"; {keys_as} the same AS k1, k2; {after} the keyset bound (or a truth); {where}
+-- the caller's condition (or a truth); {limit} the chunk; {payload} and {hash} what
+-- h:row_sql made of one row r.
 
 -- name: param
 $%d
@@ -160,37 +160,37 @@ SELECT tbl, rows_done, total, state, where_sql, chunk,
   to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS updated_at
 FROM sqlnotify.backfills WHERE consumer = $1 ORDER BY tbl COLLATE "C"
 -- name: backfill_begin
--- one chunk is one transaction; floats and bytea as the triggers send them
+-- one chunk is one transaction
 BEGIN
--- name: backfill_begin
-SET LOCAL extra_float_digits = 1
--- name: backfill_begin
-SET LOCAL bytea_output = 'hex'
 -- name: backfill_claim
--- (consumer, tbl): the backfill's row, locked for the chunk; none while another member reads one
-SELECT last_key, rows_done, state FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2 FOR UPDATE SKIP LOCKED
--- name: backfill_lock
--- the chunk's keys, its rows locked until the commit: a writer of one of them waits at most
--- one chunk; one that holds one now fails the chunk (NOWAIT: we never wait, so never deadlock)
-SELECT {keys_as} FROM {table} r WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT
--- name: backfill_copy
--- (wire, bounds): the chunk's rows into the journal, each in the table of its id's epoch as
--- sqlnotify.append() puts one (journal.c), in one statement, numbered in key order (a volatile
--- target is computed after the sort); the reader woken on the channel of capture.h's
--- PG_JOURNAL_CHANNEL
-WITH c AS (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, {payload} AS p, {hash} AS h
-    FROM {table} r WHERE {after} AND {upto} AND ({where}) ORDER BY {keys}),
+-- (consumer, tbl): the backfill's row, locked for the chunk; none while another member reads
+-- one. With it, for the chunk's transaction: floats and bytea as the triggers send them
+SELECT last_key, rows_done, state, pg_catalog.set_config('extra_float_digits', '1', true) AS f,
+  pg_catalog.set_config('bytea_output', 'hex', true) AS b
+FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2 FOR UPDATE SKIP LOCKED
+-- name: backfill_chunk
+-- (wire, consumer, tbl, bound): a chunk in one statement (the other dialects take three:
+-- backfill_lock, backfill_copy, backfill_save), so that its rows stay locked for the statement
+-- and the commit only. Its rows are locked as they are read (FOR SHARE NOWAIT: a writer of
+-- one waits at most one chunk; one that holds one now fails the chunk, and we never wait, so
+-- never deadlock), go into the journal each in the table of its id's epoch as
+-- sqlnotify.append() puts one (journal.c), numbered in key order (a volatile target is
+-- computed after the sort), and where the chunk ends is saved ({key_text}: the last key as
+-- text, each value tagged a string, which PostgreSQL reads back as the column's type); the
+-- reader is woken on the channel of capture.h's PG_JOURNAL_CHANNEL. {ckeys}: k1, k2, ...
+WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {hash} AS h, {key_text} AS kt FROM {table} r
+    WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT),
+  c AS (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, p, h FROM r0 ORDER BY {ckeys}),
   j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 0),
   j1 AS (INSERT INTO sqlnotify.journal_1 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
   j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
-    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2)
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2),
+  sv AS (UPDATE sqlnotify.backfills SET last_key = (SELECT kt FROM r0 ORDER BY {ckeys_desc} LIMIT 1),
+      rows_done = rows_done + (SELECT count(*) FROM r0), updated_at = pg_catalog.now()
+    WHERE consumer = $2 AND tbl = $3 AND EXISTS (SELECT 1 FROM r0))
 SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
--- name: backfill_save
--- (last_key, rows, consumer, tbl)
-UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()
-WHERE consumer = $3 AND tbl = $4
 -- name: backfill_finish
 -- (state, consumer, tbl)
 UPDATE sqlnotify.backfills SET state = $1, updated_at = now() WHERE consumer = $2 AND tbl = $3 AND state = 'running'

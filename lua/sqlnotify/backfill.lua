@@ -12,7 +12,9 @@
 -- chunk). A change committed before the lock was taken was written to the journal before
 -- the chunk's row, and the row carries its result; a change to a locked row commits after
 -- the chunk, and its journal row comes after the chunk's. SQLite has one writer at a time:
--- the chunk's transaction is all it needs. docs/design.md has the argument.
+-- the chunk's transaction is all it needs. docs/design.md has the argument. On PostgreSQL a
+-- chunk's lock, copy and save are one statement (backfill_chunk), so its rows stay locked for
+-- that statement and the commit only.
 --
 -- These are methods of the notifier: notifier.lua copies them in and binds its helpers.
 local core = require("sqlnotify.core")
@@ -87,9 +89,12 @@ local function build(n, w, where, chunk)
     capture = w.capture, marker = w.marker, opcode = 0, pk = w.pk, extra = cols })
   if not payload then return nil, hash end
   local keys, keys_as, np = {}, {}, #w.pk
+  local ckeys, ckeys_desc, key_text = {}, {}, {}
   for i, c in ipairs(w.pk) do
     keys[i] = "r." .. q(c)
     keys_as[i] = "r." .. q(c) .. " AS k" .. i
+    ckeys[i], ckeys_desc[i] = "k" .. i, "k" .. i .. " DESC"
+    key_text[i] = "'s' || r." .. q(c) .. "::text"
   end
   local function bound(op, first)
     local p = {}
@@ -99,11 +104,21 @@ local function build(n, w, where, chunk)
   local holes = {
     table = q(w.schema) .. "." .. q(w.table), keys = concat(keys, ", "), keys_as = concat(keys_as, ", "),
     where = where or "1 = 1", payload = payload, hash = hash or "0", limit = tostring(math.tointeger(chunk)),
+    ckeys = concat(ckeys, ", "), ckeys_desc = concat(ckeys_desc, ", "),
+    key_text = "pg_catalog.json_build_array(" .. concat(key_text, ", ") .. ")::text",
   }
   local function fill(text, extra)
     return (text:gsub("{([%w_]+)}", function(k) return extra[k] or holes[k] end))
   end
   local truth = "1 = 1"
+  if s.backfill_chunk then -- the chunk in one statement (PostgreSQL)
+    return {
+      count = fill(s.backfill_count, {}),
+      chunk_first = fill(s.backfill_chunk, { after = truth }),
+      chunk_next = fill(s.backfill_chunk, { after = bound(">", 4) }),
+      nkeys = np,
+    }
+  end
   return {
     count = fill(s.backfill_count, {}),
     lock_first = fill(s.backfill_lock, { after = truth }),
@@ -333,6 +348,18 @@ function Notifier:_backfill_chunk(job)
   end
   job.done = count_of(r.rows_done)
   local after, keys = decode_key(r.last_key), nil
+  if plan.chunk_first then
+    local args = { w.wire, self._consumer, tbl }
+    for i = 1, after and plan.nkeys or 0 do args[#args + 1] = after[i] end
+    rows, err = q(after and plan.chunk_next or plan.chunk_first, table.unpack(args, 1, #args))
+    if not rows then return abort(err) end
+    local got, ok = count_of(rows[1] and rows[1].n), true
+    if got == 0 then ok, err = q(s.backfill_finish, "done", self._consumer, tbl) end
+    if ok then ok, err = q(s.backfill_commit) end
+    if not ok then return abort(err) end
+    job.done = job.done + got
+    return got
+  end
   if after then
     keys, err = q(plan.lock_next, table.unpack(after, 1, plan.nkeys))
   else
