@@ -1,7 +1,7 @@
 -- bench/backfill.lua — the host side of bench/backfill.sh: a durable consumer that backfills
 -- one PostgreSQL table into a "read" handler that counts the rows.
 --
---   build/sqlnotify-lua bench/backfill.lua URL TABLE CONSUMER CHUNK N MODE [CTL]
+--   build/sqlnotify-lua bench/backfill.lua URL TABLE CONSUMER CHUNK N MODE [CTL [RATE]]
 --
 -- The table has a durable UPDATE watch carrying v and n (so its trigger is installed, and the
 -- read rows carry the same columns as bench/backfill.sh's COPY), with a handler that does
@@ -15,17 +15,19 @@
 --           cancelled, and once no read row arrived for half a second the host prints "idle".
 --           Every 0.2 s it writes "ROWS SECONDS" to CTL.stat: read rows handled so far, and
 --           sqlnotify.now().
+-- RATE: the notifier's backfill_rate (rows/s at most; none when absent or 0).
 -- Prints "ready" once started. Not a test.
 local sqlnotify = require("sqlnotify")
 
 local url, tbl, consumer, chunk, N, mode, ctl =
   arg[1], arg[2], arg[3], math.tointeger(tonumber(arg[4])), math.tointeger(tonumber(arg[5])), arg[6], arg[7]
+local rate = tonumber(arg[8] or "0")
 assert(url and tbl and consumer and chunk and N and (mode == "once" or (mode == "toggle" and ctl)),
   "usage: backfill.lua URL TABLE CONSUMER CHUNK N once|toggle [CTL]")
 local now, fmt = sqlnotify.now, string.format
 io.stdout:setvbuf("line")
 
-local n = assert(sqlnotify.notifier{ url = url, consumer = consumer })
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, backfill_rate = rate > 0 and rate or nil })
 n:watch(tbl, "update", { extra_columns = { "v", "n" } })
 n:subscribe(tbl, "update", function() end)
 

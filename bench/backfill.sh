@@ -10,11 +10,13 @@
 #     again each time it reads the last row, so it runs for the whole pgbench run) against
 #     without. One host runs through both, so the table's trigger and its reader are the same
 #     in each and only the backfill differs. BENCH_BACKFILL_ROUNDS rounds, the two alternating;
-#     the ratio is the median of the rounds' own. Target >= 0.9x.
+#     the ratio is the median of the rounds' own. Target >= 0.9x. Then the same with the
+#     notifier's backfill_rate at BENCH_BACKFILL_RATE rows/s (no target: what the knob buys).
 # Environment: SQLNOTIFY_BENCH_PG_URL (default postgresql://root@127.0.0.1/test; makes and
 # drops the schema sqlnotify_bench_bf and the consumers bench_bf_*), BENCH_BACKFILL_N
 # (1000000), BENCH_BACKFILL_CLIENTS (4), BENCH_BACKFILL_SECONDS (10), BENCH_BACKFILL_ROUNDS
-# (3), BENCH_BACKFILL_WCHUNK (10000). About two minutes.
+# (3), BENCH_BACKFILL_WCHUNK (1000, the default chunk), BENCH_BACKFILL_RATE (10000). About
+# three minutes.
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -24,7 +26,8 @@ N=${BENCH_BACKFILL_N:-1000000}
 CLIENTS=${BENCH_BACKFILL_CLIENTS:-4}
 SECS=${BENCH_BACKFILL_SECONDS:-10}
 ROUNDS=${BENCH_BACKFILL_ROUNDS:-3}
-WCHUNK=${BENCH_BACKFILL_WCHUNK:-10000}
+WCHUNK=${BENCH_BACKFILL_WCHUNK:-1000}
+RATE_LIMIT=${BENCH_BACKFILL_RATE:-10000}
 S=sqlnotify_bench_bf
 T=$S.t
 T0=$(date +%s)
@@ -117,8 +120,12 @@ backfill_once 1000
 R1000=$RATE
 
 # ----- 2. the writers, with and without a backfill -----
+# writers RATE: ROUNDS rounds of pgbench without and with a backfill read at RATE rows/s at most
+# (0: as fast as it goes) into $TMP/rounds.RATE: "off on ratio backfill-rows/s" a round
+writers() {
 CTL=$TMP/ctl
-host bench_bf_writers "$WCHUNK" toggle "$CTL"
+rm -f "$CTL" "$CTL.stat"
+host "bench_bf_writers_$1" "$WCHUNK" toggle "$CTL" "$1"
 KIND=$(psql -Atq "$URL" -c "SELECT string_agg(DISTINCT l.lanname, ',') FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
   JOIN pg_language l ON l.oid = p.prolang WHERE t.tgrelid = '$T'::regclass AND NOT t.tgisinternal")
 [ -n "$KIND" ] || die "no trigger on $T: the host's watch did not install one"
@@ -133,8 +140,8 @@ k=0
 until [ -s "$CTL.stat" ]; do
   k=$((k + 1)); [ $k -lt 100 ] || die "the host wrote no $CTL.stat"; sleep 0.05
 done
-say "pgbench, $CLIENTS clients of one-row updates, $SECS s a run: without and with a backfill x $ROUNDS"
-: >"$TMP/rounds"
+say "pgbench, $CLIENTS clients of one-row updates, $SECS s a run: without and with a backfill (backfill_rate $1) x $ROUNDS"
+: >"$TMP/rounds.$1"
 IDLES=0
 r=0
 while [ $r -lt "$ROUNDS" ]; do
@@ -157,28 +164,38 @@ while [ $r -lt "$ROUNDS" ]; do
   rm -f "$CTL"
   IDLES=$((IDLES + 1))
   wait_for '^idle' "$IDLES" 60
-  echo "$OFF $ON $a $b" | awk '{ printf "%.0f %.0f %.4f %.0f\n", $1, $2, $2 / $1, ($5 - $3) / ($6 - $4) }' >>"$TMP/rounds"
+  echo "$OFF $ON $a $b" | awk '{ printf "%.0f %.0f %.4f %.0f\n", $1, $2, $2 / $1, ($5 - $3) / ($6 - $4) }' >>"$TMP/rounds.$1"
 done
-PASSES=$(grep -c 'backfill of .* done' "$TMP/host.err" || true)
+PASSES=$((PASSES + $(grep -c 'backfill of .* done' "$TMP/host.err" || true)))
 stop_host
-W_OFF=$(cut -d' ' -f1 "$TMP/rounds" | median)
-W_ON=$(cut -d' ' -f2 "$TMP/rounds" | median)
-W_R=$(cut -d' ' -f3 "$TMP/rounds" | median)
-W_RATE=$(cut -d' ' -f4 "$TMP/rounds" | median)
-W_ROUNDS=$(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $3 }' "$TMP/rounds")
+"$HOST" --drop-consumer "$URL" "bench_bf_writers_$1" >/dev/null 2>&1 || true
+}
+# row RATE TARGET: the table's row of writers RATE
+row() {
+  f=$TMP/rounds.$1
+  awk -v off="$(cut -d' ' -f1 "$f" | median)" -v on="$(cut -d' ' -f2 "$f" | median)" -v wr="$(cut -d' ' -f3 "$f" | median)" \
+    -v rate="$(cut -d' ' -f4 "$f" | median)" -v rounds="$(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $3 }' "$f")" \
+    -v limit="$1" -v target="$2" -v wchunk="$WCHUNK" -v c="$CLIENTS" -v secs="$SECS" -v nr="$ROUNDS" 'BEGIN {
+    lim = limit > 0 ? sprintf(", backfill_rate %d", limit) : ""
+    printf "| writers: pgbench -c %d, one-row UPDATEs, %d s, tps with a backfill (chunk %d%s) / without (median of %d rounds) | - | %d / %d tps | %.2fx (rounds %s) | %s | %s |\n",
+      c, secs, wchunk, lim, nr, on, off, wr, rounds, target ? ">= 0.9x" : "-", target ? (wr >= 0.9 ? "yes" : "NO") : "-"
+    printf "| backfill rows/s while the writers ran (chunk %d%s) | - | %d/s | - | - | - |\n", wchunk, lim, rate
+  }'
+}
+PASSES=0
+writers 0
+writers "$RATE_LIMIT"
 
 echo
 echo "Backfill (PostgreSQL; $N rows of (id int, v text, n int); a durable consumer, a \"read\" handler that counts):"
 echo "| metric | COPY TO STDOUT | sqlnotify-lua | ratio | target | met? |"
 echo "|---|---|---|---|---|---|"
-awk -v copy="$COPY" -v r10="$R10000" -v r1="$R1000" -v off="$W_OFF" -v on="$W_ON" -v wr="$W_R" -v rate="$W_RATE" \
-  -v rounds="$W_ROUNDS" -v wchunk="$WCHUNK" -v c="$CLIENTS" -v secs="$SECS" -v nr="$ROUNDS" 'BEGIN {
+awk -v copy="$COPY" -v r10="$R10000" -v r1="$R1000" 'BEGIN {
   printf "| rows/s into Lua, chunk 10000 (n:backfill to the last handler call) | %d/s | %d/s | %.3fx | >= 200000/s | %s |\n",
     copy, r10, r10 / copy, r10 >= 200000 ? "yes" : "NO"
   printf "| rows/s into Lua, chunk 1000 (the default) | %d/s | %d/s | %.3fx | - | - |\n", copy, r1, r1 / copy
-  printf "| writers: pgbench -c %d, one-row UPDATEs, %d s, tps with a backfill (chunk %d) / without (median of %d rounds) | - | %d / %d tps | %.2fx (rounds %s) | >= 0.9x | %s |\n",
-    c, secs, wchunk, nr, on, off, wr, rounds, wr >= 0.9 ? "yes" : "NO"
-  printf "| backfill rows/s while the writers ran (chunk %d) | - | %d/s | - | - | - |\n", wchunk, rate
 }'
+row 0 1
+row "$RATE_LIMIT" 0
 echo "trigger on $T: $KIND; backfills that read the whole table while the writers ran: $PASSES"
 echo "bench took $(($(date +%s) - T0)) s; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -75,6 +75,10 @@ for _, d in ipairs(dialects) do
         "start_at applies to a consumer")
       assert.error_matches(function() sqlnotify.notifier{ url = env.url, consumer = "x", start_at = "now" } end,
         'start_at must be "end", "beginning" or "snapshot", got "now"')
+      assert.error_matches(function() sqlnotify.notifier{ url = env.url, backfill_rate = 100 } end,
+        "backfill_rate applies to a consumer")
+      assert.error_matches(function() sqlnotify.notifier{ url = env.url, consumer = "x", backfill_rate = 0 } end,
+        "backfill_rate must be a number of rows per second from 1, got 0")
       local n = notifier({ consumer = "s35a" })
       assert.error_matches(function() n:backfill(tbl("nokey")) end, "has no primary key; a backfill reads it in key order")
       assert.error_matches(function() n:backfill(tbl("n"), { chunk = 0 }) end, "chunk must be a whole number from 1 to 100000")
@@ -199,6 +203,23 @@ for _, d in ipairs(dialects) do
       for i, e in ipairs(got) do assert.equal(i, e[1]) end
       assert.same({ 1, "v1" }, got[1])
       assert.same({ 20 }, got[20]) -- read after the rename: the other columns (here none)
+    end)
+
+    it("reads at most backfill_rate rows a second, every row once", function()
+      table_n(300)
+      local n = notifier({ consumer = "s35r", backfill_rate = 400 })
+      local got = {}
+      n:watch(tbl("n"), "insert")
+      n:subscribe(tbl("n"), "read", function(ev) got[#got + 1] = ev.id end)
+      assert(n:start())
+      local t0 = sqlnotify.now()
+      n:backfill(tbl("n"), { chunk = 50 })
+      assert.is_true(H.run_until(function() return #got == 300 end, 20), "rows read: " .. #got)
+      -- six chunks of 50 at 400 rows/s: the sixth starts 5 x 0.125 s after the first
+      local secs = sqlnotify.now() - t0
+      assert.is_true(secs >= 0.6, fmt("300 rows at 400 rows/s took %.2f s", secs))
+      for i = 1, 300 do assert.equal(i, got[i]) end
+      assert.is_true(H.run_until(function() return n:backfills()[1].state == "done" end, 5))
     end)
 
     it("finishes when its table is emptied under it", function()

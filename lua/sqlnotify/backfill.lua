@@ -272,6 +272,7 @@ function Notifier:_backfill_step(job)
     if plan then job.plan, job.stale = plan, nil end
   end
   job.in_chunk = true
+  local t0 = now
   local ok, n, err = pcall(self._backfill_chunk, self, job)
   job.in_chunk = false
   if not ok then error(n, 0) end
@@ -312,6 +313,7 @@ function Notifier:_backfill_step(job)
       rate > 0 and fmt(", about %.0f s left", left / rate) or "")
     job.said, job.said_done = now, job.done
   end
+  if self._bf_rate then return math.max(t0 + n / self._bf_rate - now, 0) end -- backfill_rate: rows/s at most
   return nil
 end
 

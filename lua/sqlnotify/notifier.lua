@@ -249,7 +249,7 @@ local NOTIFIER_OPTIONS = {
   url = true, revoke_on_model_change = true, cleanup_on_start = true, use_logger = true, retention = true,
   verify_interval = true, nulls = true, overflow_schema = true,
   consumer = true, start_at = true, consumer_retention = true, shares = true, lease = true,
-  concurrency = true, retry = true, shutdown_grace = true,
+  concurrency = true, retry = true, shutdown_grace = true, backfill_rate = true,
 }
 local DEFAULT_GRACE = 10 -- seconds in-flight handlers get after SIGTERM/SIGINT
 
@@ -282,7 +282,11 @@ function M.notifier(opts)
   if opts.lease ~= nil and (type(opts.lease) ~= "number" or not (opts.lease >= 0.5 and opts.lease <= 3600)) then
     fail(2, "lease must be a number of seconds from 0.5 to 3600")
   end
-  for _, k in ipairs({ "shares", "lease" }) do
+  local rate = opts.backfill_rate
+  if rate ~= nil and (type(rate) ~= "number" or not (rate >= 1 and rate < math.huge)) then
+    fail(2, "backfill_rate must be a number of rows per second from 1, got %s", tostring(rate))
+  end
+  for _, k in ipairs({ "shares", "lease", "backfill_rate" }) do
     if opts[k] ~= nil and opts.consumer == nil then fail(2, "%s applies to a consumer: set consumer too", k) end
   end
   if opts.start_at ~= nil and opts.start_at ~= "end" and opts.start_at ~= "beginning" and opts.start_at ~= "snapshot" then
@@ -338,6 +342,7 @@ function M.notifier(opts)
     _reads = {},       -- the "read" watches (backfills' rows: no trigger), in watch order
     _backfills = {},   -- read watch -> its backfill running here (backfill.lua)
     _snapshot = opts.start_at == "snapshot",
+    _bf_rate = opts.backfill_rate, -- rows/s a backfill reads at most here (nil: as fast as it goes)
     _url = url,        -- for the backfills' own connection
     _use_logger = opts.use_logger ~= false,
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
