@@ -11,8 +11,8 @@
  * truncated ("t": true); a trigger column that is gone counts as unchanged. The trigger is
  * made for the table as it is (pg_watch_now): the columns it no longer has are not read at
  * all, so one renamed back is seen by the host's next read of the table (the C trigger gets
- * the columns as declared, and sends one back at once). The user's write never fails here. Floats go out with extra_float_digits of at
- * least 1 (see FLOAT_GUARD).
+ * the columns as declared, and sends one back at once). The user's write never fails here.
+ * Floats go out with extra_float_digits of at least 1 (see FLOAT_GUARD).
  */
 #include "triggers.h"
 

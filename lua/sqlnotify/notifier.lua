@@ -905,6 +905,9 @@ function Notifier:start()
       if me then me:_verify() end
     end)
   end
+  for _, w in ipairs(self._watches) do
+    if #w.gone > 0 then self:_watch_gone() break end -- stopped and started again with a column gone
+  end
   self:_log("info", "listening on %d channel(s) of %s", #self._watches, h:target())
   if self._durable then self:_backlog() end
   if self._durable then
