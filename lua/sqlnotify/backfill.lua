@@ -317,6 +317,38 @@ function Notifier:_backfill_step(job)
   return nil
 end
 
+-- A chunk statement's arguments: args, then the key the chunk goes on after (if any).
+local function with_after(args, after, nkeys)
+  for i = 1, after and nkeys or 0 do args[#args + 1] = after[i] end
+  return args
+end
+
+-- A chunk's rows into the journal, and where it ends saved, in the transaction q runs in: how
+-- many rows (0: none left), or nil and the error. In one statement (PostgreSQL's
+-- backfill_chunk) or in three (lock, copy, save).
+local function chunk_in_one(q, plan, _, wire, consumer, tbl, after)
+  local args = with_after({ wire, consumer, tbl }, after, plan.nkeys)
+  local rows, err = q(after and plan.chunk_next or plan.chunk_first, table.unpack(args, 1, #args))
+  if not rows then return nil, err end
+  return count_of(rows[1] and rows[1].n)
+end
+
+local function chunk_in_three(q, plan, s, wire, consumer, tbl, after)
+  local args = with_after({}, after, plan.nkeys)
+  local keys, err = q(after and plan.lock_next or plan.lock_first, table.unpack(args, 1, #args))
+  if not keys then return nil, err end
+  local got = #keys
+  if got == 0 then return 0 end
+  local last = keys[got]
+  args = with_after({ wire }, after, plan.nkeys)
+  for i = 1, plan.nkeys do args[#args + 1] = last["k" .. i] end
+  local ok
+  ok, err = q(after and plan.copy_next or plan.copy_first, table.unpack(args, 1, #args))
+  if ok then ok, err = q(s.backfill_save, encode_key(last, plan.nkeys), got, consumer, tbl) end
+  if not ok then return nil, err end
+  return got
+end
+
 -- One chunk in one transaction: how many rows it wrote (0: the table is read to its end, and
 -- the backfill is done), "gone" and why (cancelled, finished or dropped elsewhere), "busy"
 -- (another member holds it), or nil and the error.
@@ -349,37 +381,12 @@ function Notifier:_backfill_chunk(job)
     return "gone", rows and rows[1] and ("it is " .. rows[1].state) or "it is gone (its consumer dropped)"
   end
   job.done = count_of(r.rows_done)
-  local after, keys = decode_key(r.last_key), nil
-  if plan.chunk_first then
-    local args = { w.wire, self._consumer, tbl }
-    for i = 1, after and plan.nkeys or 0 do args[#args + 1] = after[i] end
-    rows, err = q(after and plan.chunk_next or plan.chunk_first, table.unpack(args, 1, #args))
-    if not rows then return abort(err) end
-    local got, ok = count_of(rows[1] and rows[1].n), true
-    if got == 0 then ok, err = q(s.backfill_finish, "done", self._consumer, tbl) end
-    if ok then ok, err = q(s.backfill_commit) end
-    if not ok then return abort(err) end
-    job.done = job.done + got
-    return got
-  end
-  if after then
-    keys, err = q(plan.lock_next, table.unpack(after, 1, plan.nkeys))
-  else
-    keys, err = q(plan.lock_first)
-  end
-  if not keys then return abort(err) end
-  local got, ok = #keys, nil
-  if got == 0 then
-    ok, err = q(s.backfill_finish, "done", self._consumer, tbl)
-    if ok then ok, err = q(s.backfill_commit) end
-    if not ok then return abort(err) end
-    return 0
-  end
-  local last, args = keys[got], { w.wire }
-  for i = 1, after and plan.nkeys or 0 do args[#args + 1] = after[i] end
-  for i = 1, plan.nkeys do args[#args + 1] = last["k" .. i] end
-  ok, err = q(after and plan.copy_next or plan.copy_first, table.unpack(args, 1, #args))
-  if ok then ok, err = q(s.backfill_save, encode_key(last, plan.nkeys), got, self._consumer, tbl) end
+  local got
+  got, err = (plan.chunk_first and chunk_in_one or chunk_in_three)(q, plan, s, w.wire, self._consumer, tbl,
+    decode_key(r.last_key))
+  if not got then return abort(err) end
+  local ok = true
+  if got == 0 then ok, err = q(s.backfill_finish, "done", self._consumer, tbl) end
   if ok then ok, err = q(s.backfill_commit) end
   if not ok then return abort(err) end
   job.done = job.done + got
