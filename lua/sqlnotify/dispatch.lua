@@ -519,7 +519,10 @@ end
 function Notifier:_dispatch(batch, n, ts, seqs, written)
   local by_channel, subs, q = self._by_channel, self._subs, self._q
   self._debug = core.log_level() == "debug"
-  local done, prefix, buffered = 0, true, false
+  -- done: how many events from the batch's start are finished, which the caller acknowledges.
+  -- An event of an earlier batch still in flight (waiting, or retrying) comes before them all:
+  -- then none is, whatever finishes here; the queue's records acknowledge them once it is done.
+  local done, prefix, buffered = 0, q.ph > q.pt, false
   for i = 1, 2 * n, 2 do
     if stopping() then break end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
