@@ -7,7 +7,11 @@
 --   e.g.   sqlnotify-lua scripts/examples/mqtt_relay.lua postgresql://localhost/shop public.orders
 --   watch: mosquitto_sub -t 'db/#' -v -q 1
 local sqlnotify = require("sqlnotify")
-local url, tbl = assert(arg[1], "usage: mqtt_relay.lua URL TABLE [MQTT_URL [PREFIX]]"), assert(arg[2], "TABLE missing")
+local url, tbl = arg[1], arg[2]
+if not tbl then
+  io.stderr:write("usage: sqlnotify-lua scripts/examples/mqtt_relay.lua URL TABLE [MQTT_URL [PREFIX]]\n")
+  os.exit(2)
+end
 local prefix = arg[4] or "db"
 local mq = sqlnotify.mqtt{ url = arg[3] or "mqtt://127.0.0.1:1883", client_id = "sqlnotify-relay" }
 local n = assert(sqlnotify.notifier{ url = url, consumer = "mqtt_relay", concurrency = 64,

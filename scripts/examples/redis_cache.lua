@@ -8,7 +8,11 @@
 --   else redis://127.0.0.1:6379/0 (redis://:password@host:port/db for AUTH and SELECT).
 local sqlnotify = require("sqlnotify")
 
-local url = arg[1] or os.getenv("DATABASE_URL") or error("give a database URL (or set DATABASE_URL)")
+local url = arg[1] or os.getenv("DATABASE_URL")
+if not url then
+  io.stderr:write("usage: sqlnotify-lua scripts/examples/redis_cache.lua DATABASE_URL [TABLE [REDIS_URL]]\n")
+  os.exit(2)
+end
 local tbl = arg[2] or "products"
 local r = sqlnotify.redis{ url = arg[3] or os.getenv("REDIS_URL") or "redis://127.0.0.1:6379/0", timeout = 5 }
 
