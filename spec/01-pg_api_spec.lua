@@ -102,6 +102,9 @@ describe("sqlnotify (PostgreSQL API)", function()
       assert.are.equal(1, #failures)
       assert.matches('^handler for insert on "spec01"%."users" failed for id 1: [^\n]*spec/01%-pg_api_spec%.lua:%d+: '
         .. "boom in handler\nstack traceback:\n", failures[1])
+      -- the traceback is the handler's: it ends at its function, without the runtime's frames
+      assert.matches("stack traceback:\n\t%[C%]: in function 'error'\n\t[^\n]*spec/01%-pg_api_spec%.lua:%d+: in "
+        .. "function <[^\n]*spec/01%-pg_api_spec%.lua:%d+>$", failures[1])
     end)
 
     it("sends a row too large for a notification as its key, truncated, and the write succeeds", function()

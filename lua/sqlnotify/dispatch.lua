@@ -256,7 +256,12 @@ local raised
 local mismatch = filters.mismatch
 local function with_traceback(e)
   raised = e
-  return traceback(tostring(e), 2)
+  local msg = tostring(e)
+  local tb = traceback(msg, 2)
+  -- the frames from the runtime's xpcall on are the runtime's, the same at every failure: the
+  -- traceback ends with the handler's own
+  local cut = tb:find("\n\t[C]: in function 'xpcall'", #msg + 1, true)
+  return cut and tb:sub(1, cut - 1) or tb
 end
 
 -- What with_traceback made, as the error and its traceback ("stack traceback:\n..."), so that
