@@ -94,7 +94,7 @@ function M.new(opts)
   end
   o.insecure = opts.insecure == true
   local ok, c = pcall(core.mqtt_new, o)
-  if not ok then bad(2, "%s", (tostring(c):gsub("^sqlnotify: mqtt: ", ""))) end
+  if not ok then bad(2, "%s", (tostring(c):gsub("^sqlnotify: ", ""):gsub("^mqtt: ", ""))) end
   return setmetatable({ _c = c, _timeout = timeout, _name = o.name }, Client)
 end
 
