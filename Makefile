@@ -60,8 +60,8 @@ DB_LIBS += $(MYSQL_LIBS)
 endif
 
 # The clients of SPEC §8.2, each built where its library is installed (else its constructor
-# names the Debian package): libcurl, hiredis, the NATS C client, libmosquitto.
-OBJS    += $(BUILD)/clients.o $(BUILD)/http.o $(BUILD)/redis.o $(BUILD)/nats.o $(BUILD)/mqtt.o
+# names the Debian package): libcurl, hiredis, the NATS C client, libmosquitto, librdkafka.
+OBJS    += $(BUILD)/clients.o $(BUILD)/http.o $(BUILD)/redis.o $(BUILD)/nats.o $(BUILD)/mqtt.o $(BUILD)/kafka.o
 CURL_CFLAGS := $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS := $(shell pkg-config --libs libcurl 2>/dev/null)
 HIREDIS_CFLAGS := $(shell pkg-config --cflags hiredis 2>/dev/null)
@@ -70,8 +70,10 @@ NATS_CFLAGS := $(shell pkg-config --cflags libnats 2>/dev/null)
 NATS_LIBS := $(shell pkg-config --libs libnats 2>/dev/null)
 MOSQUITTO_CFLAGS := $(shell pkg-config --cflags libmosquitto 2>/dev/null)
 MOSQUITTO_LIBS := $(shell pkg-config --libs libmosquitto 2>/dev/null)
+RDKAFKA_CFLAGS := $(shell pkg-config --cflags rdkafka 2>/dev/null)
+RDKAFKA_LIBS := $(shell pkg-config --libs rdkafka 2>/dev/null)
 CLIENT_CFLAGS :=
-$(foreach c,CURL HIREDIS NATS MOSQUITTO,$(if $($(c)_LIBS),$(eval CLIENT_CFLAGS += -DSN_HAVE_$(c) $($(c)_CFLAGS))$(eval DB_LIBS += $($(c)_LIBS))))
+$(foreach c,CURL HIREDIS NATS MOSQUITTO RDKAFKA,$(if $($(c)_LIBS),$(eval CLIENT_CFLAGS += -DSN_HAVE_$(c) $($(c)_CFLAGS))$(eval DB_LIBS += $($(c)_LIBS))))
 
 all: $(HOST) $(MODULE)
 

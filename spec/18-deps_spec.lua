@@ -39,7 +39,8 @@ describe("tools/deps.sh", function()
     assert.matches("exit=0", out, 1, true)
     assert.matches("install %-y %-qq lua5%.4 .* lua%-busted luarocks sqlite3 postgresql%-client chromium "
       .. "lua%-cqueues socat libmariadb%-dev mariadb%-client libcurl4%-openssl%-dev libhiredis%-dev libnats%-dev "
-      .. "libmosquitto%-dev redis%-server nats%-server mosquitto mosquitto%-clients prometheus curl\n$", H.slurp(log))
+      .. "libmosquitto%-dev redis%-server nats%-server mosquitto mosquitto%-clients "
+      .. "librdkafka%-dev prometheus curl\n$", H.slurp(log))
   end)
 
   it("refuses an unknown target with a usage line", function()

@@ -1,6 +1,6 @@
 /*
  * clients.h — what the clients of the systems handlers feed (SPEC §8.2: http.c, redis.c,
- * nats.c, mqtt.c) share: a reply to the Lua side, and their openers.
+ * nats.c, mqtt.c, kafka.c) share: a reply to the Lua side, and their openers.
  *
  * A client's call starts its request on our loop and returns at once; when the answer comes
  * (from a loop callback, never from inside the call that started it) the reply function
@@ -34,6 +34,7 @@ void sn_http_open(lua_State *L);
 void sn_redis_open(lua_State *L);
 void sn_nats_open(lua_State *L);
 void sn_mqtt_open(lua_State *L);
+void sn_kafka_open(lua_State *L);
 /* The host is leaving (every Lua state closed, the loop still there): release what a client
  * library keeps process-wide (cnats's threads). */
 void sn_clients_shutdown(void);

@@ -1502,6 +1502,7 @@ int luaopen_sqlnotify_core(lua_State *L)
     sn_redis_open(L);
     sn_nats_open(L);
     sn_mqtt_open(L);
+    sn_kafka_open(L);
     lua_pushstring(L, SQLNOTIFY_VERSION);
     lua_setfield(L, -2, "version");
     return 1;

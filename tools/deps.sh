@@ -10,7 +10,7 @@ case "$what" in
   live) need="$build lua-cqueues" ;;
   check) need="$build lua-busted luarocks sqlite3 postgresql-client chromium lua-cqueues socat libmariadb-dev mariadb-client
     libcurl4-openssl-dev libhiredis-dev libnats-dev libmosquitto-dev redis-server nats-server mosquitto mosquitto-clients
-    prometheus curl" ;;
+    librdkafka-dev prometheus curl" ;;
   *) echo "usage: tools/deps.sh build|live|check" >&2; exit 2 ;;
 esac
 missing=""

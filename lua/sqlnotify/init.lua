@@ -62,8 +62,8 @@ M.io, M.cqueues, M.step = core.io, core.cqueues, core.step
 M.sleep, M.spawn, M.waiter = delivery.sleep, delivery.spawn, delivery.waiter
 
 -- The clients of the systems handlers feed (SPEC §8.2), loaded on first use:
--- sqlnotify.http, sqlnotify.redis, sqlnotify.nats, sqlnotify.mqtt.
-local CLIENTS = { http = true, redis = true, nats = true, mqtt = true }
+-- sqlnotify.http, sqlnotify.redis, sqlnotify.nats, sqlnotify.mqtt, sqlnotify.kafka.
+local CLIENTS = { http = true, redis = true, nats = true, mqtt = true, kafka = true }
 setmetatable(M, { __index = function(t, k)
   if not CLIENTS[k] then return nil end
   local mod = require("sqlnotify." .. k)
