@@ -41,14 +41,7 @@ local function count(text, plain)
   end
 end
 
--- Whether the process is there (a zombie is not: this machine's init reaps it late).
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local stat = f:read("a")
-  f:close()
-  return stat:match("^%d+ %b() (%a)") ~= "Z"
-end
+local alive = H.running -- a zombie is not (this machine's init reaps it late)
 
 -- A mock cluster in a process of its own: c.bootstrap, c.down(), c.up(), c.stop().
 local function cluster(...)

@@ -406,13 +406,23 @@ function Daemon:kill(sig)
   if self.pid then H.sh(string.format("kill -%s %s 2>/dev/null", sig or "TERM", self.pid)) end
 end
 
+-- Whether process pid runs. A zombie does not: the daemon's parent shell has gone, and the
+-- process that inherits it may reap it a second or more later (kill -0 still succeeds then).
+function H.running(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local stat = f:read("a")
+  f:close()
+  return stat:match("^%d+ %b() (%a)") ~= "Z"
+end
+
 function Daemon:stop()
   if not self.pid then return end
   self:kill("TERM")
   local deadline = H.now() + 5
-  while H.sh("kill -0 " .. self.pid .. " 2>/dev/null") and H.now() < deadline do H.sleep(0.05) end
+  while H.running(self.pid) and H.now() < deadline do H.sleep(0.02) end
   self:kill("KILL")
-  while H.sh("kill -0 " .. self.pid .. " 2>/dev/null") do H.sleep(0.02) end
+  while H.running(self.pid) do H.sleep(0.02) end
   self.pid = nil
 end
 
