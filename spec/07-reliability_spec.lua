@@ -15,14 +15,7 @@ local function url_with(url, param)
   return url .. (url:find("?", 1, true) and "&" or "?") .. param
 end
 
-local function count(s, plain)
-  local n, at = 0, 1
-  while true do
-    local i, j = s:find(plain, at, true)
-    if not i then return n end
-    n, at = n + 1, j + 1
-  end
-end
+local count = H.count
 
 -- ISO timestamps of log lines (same format and clock as the ticks the scripts write).
 local function log_times(err, plain)

@@ -22,24 +22,7 @@ local function build_peer()
   assert(ok, "cannot build spec/support/kafka_peer.c: " .. H.slurp(log))
 end
 
-local function wait_until(cond, timeout)
-  local deadline = H.now() + timeout
-  local v = cond()
-  while not v and H.now() < deadline do
-    H.sleep(0.02)
-    v = cond()
-  end
-  return v
-end
-
-local function count(text, plain)
-  local n, i = 0, 1
-  while true do
-    local s, e = text:find(plain, i, true)
-    if not s then return n end
-    n, i = n + 1, e + 1
-  end
-end
+local wait_until, count = H.wait_until, H.count
 
 local alive = H.running -- a zombie is not (this machine's init reaps it late)
 

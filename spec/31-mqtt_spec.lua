@@ -60,16 +60,7 @@ local function subscriber(port, topic, extra)
   return s
 end
 
--- Wait until cond() or the timeout; returns cond()'s last value.
-local function wait_until(cond, timeout)
-  local deadline = H.now() + timeout
-  local v = cond()
-  while not v and H.now() < deadline do
-    H.sleep(0.05)
-    v = cond()
-  end
-  return v
-end
+local wait_until = H.wait_until
 
 -- The relay: a durable PostgreSQL consumer of table t publishing each insert as ev:json() at QoS 1 to
 -- s31/<t>/<id>; a failed publish raises, so the event is retried.

@@ -200,6 +200,28 @@ function H.collector()
   return got, handler
 end
 
+-- Poll cond() (every 20 ms, the loop not running) until it is true or timeout seconds
+-- passed; returns cond()'s last value.
+function H.wait_until(cond, timeout)
+  local deadline = H.now() + timeout
+  local v = cond()
+  while not v and H.now() < deadline do
+    H.sleep(0.02)
+    v = cond()
+  end
+  return v
+end
+
+-- How many times plain (no pattern) occurs in text.
+function H.count(text, plain)
+  local n, at = 0, 1
+  while true do
+    local i, j = text:find(plain, at, true)
+    if not i then return n end
+    n, at = n + 1, j + 1
+  end
+end
+
 -- Run the loop until cond() is true or timeout seconds passed. Returns cond().
 function H.run_until(cond, timeout)
   timeout = timeout or 10
