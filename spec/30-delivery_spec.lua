@@ -237,6 +237,12 @@ for _, d in ipairs(dialects) do
     local function notifier()
       return assert(sqlnotify.notifier{ url = d.url(db), use_logger = false })
     end
+    -- drop the consumer and its dead letters (what a case made)
+    local function forget(consumer)
+      local n = notifier()
+      d.forget(n, consumer)
+      n:close()
+    end
 
     for _, conc in ipairs({ 4, 1 }) do
       it(fmt("retries a failing key; every event done once, in key order; concurrency %d %s", conc,
@@ -270,9 +276,7 @@ for _, d in ipairs(dialects) do
         end
         assert.matches("failed for id 1 %(attempt 1 of 5%): [^\n]*: transient 1\n", p:stderr())
         p:stop()
-        local n = notifier()
-        d.forget(n, consumer)
-        n:close()
+        forget(consumer)
       end)
     end
 
@@ -394,9 +398,7 @@ for _, d in ipairs(dialects) do
           p2:stop()
         end
         p:stop()
-        local n = notifier()
-        d.forget(n, consumer .. m)
-        n:close()
+        forget(consumer .. m)
       end
     end)
 
@@ -481,9 +483,7 @@ for _, d in ipairs(dialects) do
         assert.equal(1, seen, k .. " in " .. table.concat(again, " "))
       end
       p2:stop()
-      local n = notifier()
-      d.forget(n, consumer)
-      n:close()
+      forget(consumer)
     end)
 
     for _, sig in ipairs({ "TERM", "KILL" }) do
@@ -516,9 +516,7 @@ for _, d in ipairs(dialects) do
         assert.equal("1:0", got[1], table.concat(got, " "))
         for i = 2, #got do assert.is_truthy(got[i] == "2:0" or got[i] == "3:0", table.concat(got, " ")) end
         p2:stop()
-        local n = notifier()
-        d.forget(n, consumer)
-        n:close()
+        forget(consumer)
       end)
     end
 
@@ -540,9 +538,7 @@ for _, d in ipairs(dialects) do
       H.sleep(0.5)
       assert.same(sorted(expected(64)), sorted(keys(done(p2))))
       p2:stop()
-      local n = notifier()
-      d.forget(n, consumer)
-      n:close()
+      forget(consumer)
     end)
 
     it("durable events carry written_at, the journal row's time, for a catch-up seconds later; live ones not",
@@ -598,9 +594,7 @@ for _, d in ipairs(dialects) do
       end
       assert.same(expected(2), ks)
       p:stop()
-      local n = notifier()
-      d.forget(n, consumer)
-      n:close()
+      forget(consumer)
     end)
 
     it("live: a reload hands the events in flight or waiting for a retry to the new handlers, in order", function()
@@ -653,9 +647,7 @@ for _, d in ipairs(dialects) do
       local want = expected(8)
       assert.same(sorted({ table.unpack(want, 9) }), sorted(keys(done(p2))))
       p2:stop()
-      local n = notifier()
-      d.forget(n, consumer)
-      n:close()
+      forget(consumer)
     end)
   end)
 end
