@@ -55,6 +55,11 @@ enum sn_type { SN_NULL = 0, SN_BOOL, SN_INT, SN_FLOAT, SN_TEXT };
  * Any other top-level key, a duplicate key, a non-object where an object is due, or a
  * key column missing from "id" makes the payload malformed: logged and skipped.
  *
+ * One payload on a durable read watch's channel is no row (PostgreSQL): a backfill's mark,
+ * "mark <process> <chunk> <share>" (hex, decimal, decimal), written by backfill_read
+ * (statements.sql) once per share after a chunk read into memory. backfill.lua takes it
+ * before decoding (it is no JSON object); an older release logs it as malformed and skips it.
+ *
  * Values inside "id", "x", "o", "oid":
  *   SQL NULL            null. A key present with null is a carried column that is NULL;
  *                       a key absent is a column not carried (or dropped since).

@@ -191,6 +191,33 @@ WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {hash} AS h, {key_tex
       rows_done = rows_done + (SELECT count(*) FROM r0), updated_at = pg_catalog.now()
     WHERE consumer = $2 AND tbl = $3 AND EXISTS (SELECT 1 FROM r0))
 SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
+-- name: backfill_read
+-- (wire, consumer, mark, bound): a chunk read into memory, for a member that holds every
+-- share of its consumer (backfill.lua delivers it from there; docs/design.md, Backfill): its
+-- rows' payloads in key order (the last with its key as text), no lock taken and nothing
+-- written but a mark for each share, into the
+-- journal on the read watch's channel ($3 and the share, which the trigger's payload never
+-- is: it is no JSON object). The marks' ids come after this statement's snapshot was taken,
+-- so a share's mark arrives after every change of that share the rows already carry.
+WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {key_text} AS kt FROM {table} r
+    WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit}),
+  m AS MATERIALIZED (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, s AS h,
+      pg_catalog.pg_notify('sqlnotify:journal', '') AS woke FROM pg_catalog.generate_series(0, (SELECT c.nshares - 1 FROM sqlnotify.consumers c WHERE c.name = $2)) s),
+  j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 0),
+  j1 AS (INSERT INTO sqlnotify.journal_1 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
+  j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
+    WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2)
+SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN kt END AS kt
+FROM (SELECT p, kt FROM r0 ORDER BY {ckeys}) o
+-- name: backfill_shares
+-- (consumer): the shares its marks go to, one each
+SELECT nshares FROM sqlnotify.consumers WHERE name = $1
+-- name: backfill_save
+-- (last_key, rows, consumer, tbl): chunks read into memory, done
+UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()
+WHERE consumer = $3 AND tbl = $4 AND state = 'running'
 -- name: backfill_finish
 -- (state, consumer, tbl)
 UPDATE sqlnotify.backfills SET state = $1, updated_at = now() WHERE consumer = $2 AND tbl = $3 AND state = 'running'

@@ -16,6 +16,12 @@
 -- chunk's lock, copy and save are one statement (backfill_chunk), so its rows stay locked for
 -- that statement and the commit only.
 --
+-- On PostgreSQL, a member that holds every share of its consumer reads its chunks into memory
+-- instead (backfill_read): no lock, no row written but a mark per share into the journal,
+-- after the chunk's snapshot. The chunk waits for its marks; a change of one of its keys that
+-- arrives meanwhile drops that key's row (the change is as new as the row, or newer); then its
+-- rows go to the queue. Where it ends is saved once its rows are done, so kill -9 reads it again.
+--
 -- These are methods of the notifier: notifier.lua copies them in and binds its helpers.
 local core = require("sqlnotify.core")
 local statements = require("sqlnotify.statements")
@@ -35,6 +41,11 @@ local AHEAD = 2           -- chunks written and not yet seen arriving before the
 local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway,
                           -- where consumers are groups (other members hold the shares its rows went to)
 local FAIL_SAY_AFTER = 10 -- seconds of failing chunks before a warning (a held row fails a few)
+local MEM_AHEAD = 3       -- chunks read into memory and not yet done before the next waits
+local MARK_WAIT = 30      -- seconds a chunk read into memory waits for its marks before it is read again
+-- the marks of this process's chunks: no mark of another process, or one left by an earlier run
+local MARK = fmt("mark %08x%08x ", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+local marks = 0
 
 -- The key of a table in sqlnotify.backfills: schema.table as the notifier names it.
 local function tbl_of(w) return w.schema .. "." .. w.table end
@@ -111,11 +122,13 @@ local function build(n, w, where, chunk)
     return (text:gsub("{([%w_]+)}", function(k) return extra[k] or holes[k] end))
   end
   local truth = "1 = 1"
-  if s.backfill_chunk then -- the chunk in one statement (PostgreSQL)
+  if s.backfill_chunk then -- the chunk in one statement (PostgreSQL), or into memory
     return {
       count = fill(s.backfill_count, {}),
       chunk_first = fill(s.backfill_chunk, { after = truth }),
       chunk_next = fill(s.backfill_chunk, { after = bound(">", 4) }),
+      read_first = s.backfill_read and fill(s.backfill_read, { after = truth }),
+      read_next = s.backfill_read and fill(s.backfill_read, { after = bound(">", 4) }),
       nkeys = np,
     }
   end
@@ -131,6 +144,15 @@ end
 
 -- A statement of ours, its table made first when it is missing.
 local function run(n, key, ...) return statements.run_made(n, "backfill_create", key, ...) end
+
+-- A statement on the backfills' connection h: asynchronous where the driver has it.
+local function querier(h)
+  return function(sql, ...)
+    local rows, err, in_tx = delivery.await("a backfill", h.query_start, h, sql, ...)
+    if rows == nil and err == false then return h:query(sql, ...) end -- no asynchronous call here
+    return rows, err, in_tx
+  end
+end
 
 local function count_of(v) return math.tointeger(tonumber(v) or 0) or 0 end
 
@@ -181,10 +203,11 @@ function Notifier:_backfill_resume(w, plan)
     if not plan then return nil, e end
   end
   local old = self._backfills[w]
-  if old then old.stopped = true end
+  if old then self:_backfill_drop(old) end
   local job = {
     w = w, plan = plan, chunk = count_of(r.chunk), done = count_of(r.rows_done), total = count_of(r.total),
     where = r.where_sql, wrote = 0, t0 = core.now(), moved = core.now(), said = core.now(), said_done = 0,
+    ready = {}, -- chunks read into memory whose marks came, their rows going to the queue
   }
   job.base = job.done
   w.arrived = w.arrived or 0
@@ -250,11 +273,29 @@ function Notifier:_backfill_go()
   end)
 end
 
+-- A chunk statement's arguments: args, then the key the chunk goes on after (if any).
+local function with_after(args, after, nkeys)
+  for i = 1, after and nkeys or 0 do args[#args + 1] = after[i] end
+  return args
+end
+
+-- A progress line every PROGRESS_EVERY seconds.
+function Notifier:_backfill_progress(job, now)
+  if now - job.said < PROGRESS_EVERY then return end
+  local rate = (job.done - job.said_done) / (now - job.said)
+  local left = math.max(job.total - job.done, 0)
+  self:_log("info", "backfill of %s: %d of about %d rows (%.0f rows/s)%s", job.w.name, job.done, job.total, rate,
+    rate > 0 and fmt(", about %.0f s left", left / rate) or "")
+  job.said, job.said_done = now, job.done
+end
+
 -- One step of a running backfill: a chunk, when this process has seen all but about AHEAD
--- chunks of its rows arrive. Returns how long to wait before the next step, or nil.
+-- chunks of its rows arrive (read into memory: when fewer than MEM_AHEAD are not done).
+-- Returns how long to wait before the next step, or nil.
 function Notifier:_backfill_step(job)
   local now, w = core.now(), job.w
-  if job.cancel then return self:_backfill_cancel_now(job) end
+  local mem = job.chunks
+  if job.cancel and not (mem and #mem > 0) then return self:_backfill_cancel_now(job) end
   local re = job.replace
   if re then
     job.replace = nil
@@ -264,20 +305,26 @@ function Notifier:_backfill_step(job)
   end
   if w.arrived > job.seen then job.seen, job.moved = w.arrived, now end
   local idle = self._caps.groups and now - job.moved >= IDLE_AHEAD
-  if job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD and not idle then
-    return 0.005
-  end
+  local behind = job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD
+  if not mem and behind and not idle then return 0.005 end
   if job.stale then -- the last chunk failed: the table may have changed (a column renamed, dropped)
     local plan = build(self, w, job.where, job.chunk)
     if plan then job.plan, job.stale = plan, nil end
   end
   job.in_chunk = true
   local t0 = now
-  local ok, n, err = pcall(self._backfill_chunk, self, job)
+  local ok, n, err = pcall(function()
+    if not mem and not behind and self:_backfill_in_memory(job) then
+      mem, job.chunks = {}, {}
+      self:_log("info", "backfill of %s: chunks read into memory (this process holds every share)", w.name)
+    end
+    return (mem and self._backfill_read or self._backfill_chunk)(self, job)
+  end)
   job.in_chunk = false
   if not ok then error(n, 0) end
   if job.stopped or self._forget then return nil end
   now = core.now()
+  if n == "wait" then return err end
   if n == nil then
     job.stale = true
     job.failing = job.failing or now
@@ -291,7 +338,7 @@ function Notifier:_backfill_step(job)
   end
   job.failing, job.delay, job.warned = nil, nil, nil
   if n == "gone" then
-    job.stopped = true
+    self:_backfill_drop(job)
     self._backfills[w] = nil
     self:_log("info", "backfill of %s stopped after %d rows: %s", w.name, job.done, err)
     return nil
@@ -305,22 +352,214 @@ function Notifier:_backfill_step(job)
       job.done, job.done - job.base, secs, (job.done - job.base) / math.max(secs, 1e-3))
     return nil
   end
-  job.wrote, job.moved = job.wrote + n, now
-  if now - job.said >= PROGRESS_EVERY then
-    local rate = (job.done - job.said_done) / (now - job.said)
-    local left = math.max(job.total - job.done, 0)
-    self:_log("info", "backfill of %s: %d of about %d rows (%.0f rows/s)%s", w.name, job.done, job.total, rate,
-      rate > 0 and fmt(", about %.0f s left", left / rate) or "")
-    job.said, job.said_done = now, job.done
-  end
+  job.wrote, job.moved = job.wrote + (mem and 0 or n), now
+  self:_backfill_progress(job, now)
   if self._bf_rate then return math.max(t0 + n / self._bf_rate - now, 0) end -- backfill_rate: rows/s at most
   return nil
 end
 
--- A chunk statement's arguments: args, then the key the chunk goes on after (if any).
-local function with_after(args, after, nkeys)
-  for i = 1, after and nkeys or 0 do args[#args + 1] = after[i] end
-  return args
+-- ===== chunks read into memory (PostgreSQL, a member holding every share)
+
+-- A chunk waiting for its marks is told of every change its table's events bring meanwhile.
+local function track(n, c, name)
+  local t = n._bf_track[name]
+  if not t then
+    t = {}
+    n._bf_track[name] = t
+  end
+  t[#t + 1] = c
+end
+
+local function untrack(n, c, name)
+  local t = n._bf_track[name]
+  if not t then return end
+  for i = #t, 1, -1 do
+    if t[i] == c then table.remove(t, i) end
+  end
+  if #t == 0 then n._bf_track[name] = nil end
+end
+
+-- The job stops; its chunks that wait for their marks are let go (not saved: read again).
+function Notifier:_backfill_drop(job)
+  job.stopped = true
+  for _, c in ipairs(job.chunks or {}) do untrack(self, c, job.w.name) end
+  job.chunks, job.ready = nil, {}
+end
+
+-- Whether the next chunk goes into memory: on PostgreSQL, where this member holds every share
+-- of its consumer (every change of the table comes here, and every mark) and no batch
+-- subscription takes the read rows (they go the journal's way, to be batched).
+function Notifier:_backfill_in_memory(job)
+  if not job.plan.read_first then return false end
+  local chan = self._subs[job.w.channel]
+  if not chan or chan.n == 0 or chan.nb > 0 then return false end
+  if not job.nshares then
+    local h = self:_backfill_conn()
+    local rows = h and querier(h)(statements.of(self).backfill_shares, self._consumer)
+    if not rows or not rows[1] then return false end
+    job.nshares = count_of(rows[1].nshares)
+  end
+  local ok, down, held = pcall(self._h.status, self._h)
+  return ok and down == 0 and held ~= nil and held > 0 and held == job.nshares
+end
+
+-- A read row is done (returned, or dead-lettered): its chunk is done with its last.
+local function read_done(job)
+  local c = job.read
+  c.left = c.left - 1
+  if c.left == 0 and not c.emitting then c.done = true end
+end
+
+local key_of = delivery.key_of
+
+-- A change of the table arrived: a chunk waiting for its marks will not deliver that key's row.
+function Notifier:_backfill_touch(track_list, w, ev)
+  local key = key_of(w, ev)
+  local old = ev.old_id ~= nil and key_of(w, { id = ev.old_id }) or nil
+  for i = 1, #track_list do
+    local t = track_list[i].touched
+    t[key] = true
+    if old then t[old] = true end
+  end
+end
+
+-- Every mark of the chunk came: every change its rows carry has arrived before them. Its rows
+-- go to the queue in key order, EMIT_SLICE at a time (the loop goes on between two: the next
+-- chunk is read meanwhile); a change of one of its keys that arrives before that key's row
+-- went drops the row, as one that arrived before the marks did.
+local EMIT_SLICE = 500
+
+function Notifier:_backfill_emit(job, c)
+  c.emitted, c.emitting, c.pos = true, true, 1
+  local ready = job.ready
+  ready[#ready + 1] = c
+  if job.emitter then return end
+  job.emitter = true
+  delivery.spawn(function()
+    local w, q = job.w, self._q
+    local more = { on_done = read_done }
+    while ready[1] and not job.stopped and not core.stopping() do
+      local cur = ready[1]
+      local now, touched, rows = core.now(), cur.touched, cur.rows
+      if next(touched) == nil then touched = nil end -- no change came: no key to look up
+      more.read = cur
+      local last = math.min(cur.pos + EMIT_SLICE - 1, cur.n)
+      for i = cur.pos, last do
+        local p = rows[i].p
+        local ev = self:_event(w, w.channel, p, now)
+        if ev and not (touched and touched[key_of(w, ev)]) then
+          w.mc.delivered = w.mc.delivered + 1
+          cur.left, cur.sent = cur.left + 1, cur.sent + 1
+          if q:add(w, ev, nil, self._retry, p, w.wire, more) == true then cur.left = cur.left - 1 end
+        end
+      end
+      cur.pos = last + 1
+      if cur.pos > cur.n then
+        table.remove(ready, 1)
+        untrack(self, cur, w.name)
+        cur.rows, cur.touched, cur.emitting = nil, nil, false
+        if cur.left == 0 then cur.done = true end
+      end
+      if ready[1] then delivery.sleep(0) end
+    end
+    job.emitter = nil
+  end)
+end
+
+-- A mark arrived on the read watch's channel: "mark <process> <chunk> <share>".
+function Notifier:_backfill_mark(w, payload)
+  local job = self._backfills[w]
+  local ch = job and job.chunks
+  if not ch then return end
+  local token, share = payload:match("^(mark %x+ %d+ )(%d+)$")
+  if not token then return end
+  for _, c in ipairs(ch) do
+    if c.token == token then
+      if not c.emitted and c.rows and not c.seen[share] then
+        c.seen[share], c.nseen = true, c.nseen + 1
+        if c.nseen >= job.nshares then self:_backfill_emit(job, c) end
+      end
+      return
+    end
+  end
+end
+
+-- One step of a backfill read into memory: the chunks done saved, then the next chunk read.
+-- Returns as _backfill_chunk does, or "wait" and how long.
+function Notifier:_backfill_read(job)
+  local now, w, s, tbl, plan = core.now(), job.w, statements.of(self), tbl_of(job.w), job.plan
+  local h, herr = self:_backfill_conn()
+  if not h then return nil, herr end
+  local q, ch = querier(h), job.chunks
+  local nd, rows_done = 0, 0
+  while ch[nd + 1] and ch[nd + 1].done do
+    nd = nd + 1
+    rows_done = rows_done + ch[nd].sent -- a dropped row is not counted: a change of its key came instead
+  end
+  if nd > 0 then -- the chunks done from the first: where the last ends, in one statement
+    local ok, err = q(s.backfill_save, ch[nd].kt, rows_done, self._consumer, tbl)
+    if not ok then return nil, err end
+    if job.stopped then return "wait" end
+    for _ = 1, nd do table.remove(ch, 1) end
+    job.done = job.done + rows_done
+  end
+  for i, c in ipairs(ch) do
+    if not c.emitted and now - c.at > MARK_WAIT then -- its consumer's shares moved meanwhile
+      self:_log("warn", "backfill of %s: a chunk read into memory did not see its marks come in %d s; "
+        .. "it is read again", w.name, MARK_WAIT)
+      for j = #ch, i, -1 do
+        untrack(self, ch[j], w.name)
+        ch[j] = nil
+      end
+      job.after, job.ended, job.nshares = c.from, nil, nil
+      break
+    end
+  end
+  if job.ended then
+    if #ch > 0 then return "wait", 0.005 end
+    local ok, err = q(s.backfill_finish, "done", self._consumer, tbl)
+    if not ok then return nil, err end
+    return 0
+  end
+  if job.cancel or #ch >= MEM_AHEAD then return "wait", 0.005 end
+  if not self:_backfill_in_memory(job) then -- the journal's way, once these are done
+    if #ch > 0 then return "wait", 0.005 end
+    job.chunks = nil
+    self:_log("info", "backfill of %s: chunks go through the journal", w.name)
+    return "wait", 0
+  end
+  local r, err = self:_backfill_claim(q, s, tbl)
+  if r == nil or r == "gone" or r == "busy" then return r, err end
+  local after = job.after
+  if #ch == 0 then -- everything read is saved: from where the table says
+    after, job.done = decode_key(r.last_key), count_of(r.rows_done)
+  end
+  marks = marks + 1
+  local c = { at = now, from = after, touched = {}, seen = {}, nseen = 0, left = 0, n = 0, sent = 0,
+    token = fmt("%s%d ", MARK, marks) }
+  track(self, c, w.name)
+  local args = with_after({ w.wire, self._consumer, c.token }, after, plan.nkeys)
+  local rows
+  rows, err = q(after and plan.read_next or plan.read_first, table.unpack(args, 1, #args))
+  if rows and #rows > 0 then
+    c.rows, c.n, c.kt = rows, #rows, rows[#rows].kt
+    ch[#ch + 1] = c -- before the commit: its marks may come before the commit's answer
+  end
+  local ok = rows
+  if ok then ok, err = q(s.backfill_commit) end
+  if not ok then
+    untrack(self, c, w.name)
+    if ch[#ch] == c then ch[#ch] = nil end
+    q(s.backfill_rollback)
+    return nil, err
+  end
+  if #rows == 0 then
+    untrack(self, c, w.name)
+    job.ended = true
+    return "wait", 0
+  end
+  job.after = decode_key(c.kt)
+  return #rows
 end
 
 -- A chunk's rows into the journal, and where it ends saved, in the transaction q runs in: how
@@ -349,46 +588,52 @@ local function chunk_in_three(q, plan, s, wire, consumer, tbl, after)
   return got
 end
 
+-- A chunk's transaction begun, and the backfill's row claimed for it: the row, or "gone" and
+-- why (cancelled, finished or dropped elsewhere), or "busy" (another member holds it), or nil
+-- and the error; rolled back unless the row came.
+function Notifier:_backfill_claim(q, s, tbl)
+  for _, stmt in ipairs(statements.list(s, "backfill_begin")) do
+    local ok, err = q(stmt)
+    if not ok then
+      q(s.backfill_rollback)
+      return nil, err
+    end
+  end
+  local rows, err = q(s.backfill_claim, self._consumer, tbl)
+  if not rows then
+    q(s.backfill_rollback)
+    return nil, err
+  end
+  local r = rows[1]
+  if r and r.state == "running" then return r end
+  q(s.backfill_rollback)
+  if r then return "gone", "it is " .. r.state .. " (elsewhere)" end
+  rows = q(s.backfill_get, self._consumer, tbl)
+  if rows and rows[1] and rows[1].state == "running" then return "busy" end
+  return "gone", rows and rows[1] and ("it is " .. rows[1].state) or "it is gone (its consumer dropped)"
+end
+
 -- One chunk in one transaction: how many rows it wrote (0: the table is read to its end, and
--- the backfill is done), "gone" and why (cancelled, finished or dropped elsewhere), "busy"
--- (another member holds it), or nil and the error.
+-- the backfill is done), "gone" and why, "busy", or nil and the error (as _backfill_claim).
 function Notifier:_backfill_chunk(job)
   local w, plan, s = job.w, job.plan, statements.of(self)
   local tbl = tbl_of(w)
   local h, herr = self:_backfill_conn()
   if not h then return nil, herr end
-  local function q(sql, ...)
-    local rows, err, in_tx = delivery.await("a backfill", h.query_start, h, sql, ...)
-    if rows == nil and err == false then return h:query(sql, ...) end -- no asynchronous call here
-    return rows, err, in_tx
-  end
-  local function abort(e)
-    q(s.backfill_rollback)
-    return nil, e
-  end
-  for _, stmt in ipairs(statements.list(s, "backfill_begin")) do
-    local ok, err = q(stmt)
-    if not ok then return abort(err) end
-  end
-  local rows, err = q(s.backfill_claim, self._consumer, tbl)
-  if not rows then return abort(err) end
-  local r = rows[1]
-  if not r or r.state ~= "running" then
-    q(s.backfill_rollback)
-    if r then return "gone", "it is " .. r.state .. " (elsewhere)" end
-    rows = q(s.backfill_get, self._consumer, tbl)
-    if rows and rows[1] and rows[1].state == "running" then return "busy" end
-    return "gone", rows and rows[1] and ("it is " .. rows[1].state) or "it is gone (its consumer dropped)"
-  end
+  local q = querier(h)
+  local r, err = self:_backfill_claim(q, s, tbl)
+  if r == nil or r == "gone" or r == "busy" then return r, err end
   job.done = count_of(r.rows_done)
   local got
   got, err = (plan.chunk_first and chunk_in_one or chunk_in_three)(q, plan, s, w.wire, self._consumer, tbl,
     decode_key(r.last_key))
-  if not got then return abort(err) end
-  local ok = true
+  local ok = got
   if got == 0 then ok, err = q(s.backfill_finish, "done", self._consumer, tbl) end
   if ok then ok, err = q(s.backfill_commit) end
-  if not ok then return abort(err) end
+  if not ok then
+    q(s.backfill_rollback)
+    return nil, err
+  end
   job.done = job.done + got
   return got
 end
@@ -411,7 +656,7 @@ end
 
 function Notifier:_backfills_stop()
   for w, job in pairs(self._backfills) do
-    job.stopped = true
+    self:_backfill_drop(job)
     self._backfills[w] = nil
   end
   if self._bh and not self._bf_running then self:_backfill_release() end

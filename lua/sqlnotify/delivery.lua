@@ -348,7 +348,7 @@ local function over(q, job)
     for _, it in ipairs(job.items) do
       if it.rec then part_done(q, it.rec) end
     end
-  elseif not job.seq and not job.replay then
+  elseif not job.seq and not job.replay and not job.read then
     q.live = q.live - 1
     q.lives[job] = nil
   end
@@ -389,7 +389,7 @@ finish = function(job, err, failed, raw)
     job.policy = q.n:_policy_of(failed)
   end
   local policy = job.policy
-  if job.attempt >= policy.attempts or (not job.seq and not job.replay and not job.items and q.live > LIVE_BOUND) then
+  if job.attempt >= policy.attempts or (not job.seq and not job.replay and not job.read and not job.items and q.live > LIVE_BOUND) then
     return give_up(q, job, err)
   end
   local wait = backoff(policy, job.attempt)
@@ -427,18 +427,19 @@ function Queue:_register(job)
   if job.seq then
     self.pt = self.pt + 1
     self.pend[self.pt] = job
-  elseif not job.replay then
+  elseif not job.replay and not job.read then
     self.live = self.live + 1
     self.lives[job] = true
   end
 end
 
 -- A new event, in delivery order (payload and channel: what a dead letter keeps; more: fields
--- of the job, for a replay). Returns true when it is done already. With nothing in flight the
+-- of the job: a replay's, or a backfill's row read into memory, which runs at once as an
+-- event does). Returns true when it is done already. With nothing in flight the
 -- handlers run at once, and only an event that waits or fails gets a record.
 function Queue:add(w, ev, seq, policy, payload, channel, more)
   local co, tag, err, failed, raw
-  if not more and self.active == 0 and self.ph > self.pt then
+  if (not more or more.read) and self.active == 0 and self.ph > self.pt then
     co = worker()
     tag, err, failed, raw = step(co, self.n._run, self.n, w, ev)
     if tag == DONE and not err then return true end

@@ -536,9 +536,14 @@ function Notifier:_dispatch(batch, n, ts, seqs, written)
     local seq = seqs and seqs[(i + 1) // 2]
     local wat = written and written[(i + 1) // 2]
     local finished
-    if chan and (chan.n > 0 or chan.nb > 0) and self._started then
+    if w and w.read and batch[i + 1]:byte(1) ~= 123 then -- no JSON object: a backfill's mark (backfill.lua)
+      if self._started then self:_backfill_mark(w, batch[i + 1]) end
+      finished = q:skip(seq)
+    elseif chan and (chan.n > 0 or chan.nb > 0) and self._started then
       local ev, newer = self:_event(w, w.channel, batch[i + 1], ts)
       if newer then self:_newer(w, channel, seq, batch[i + 1], newer) end
+      local track = ev and self._bf_track[w.name]
+      if track then self:_backfill_touch(track, w, ev) end
       local bsubs = ev and chan.nb > 0 and self:_batch_matching(chan, w, ev, {})
       if bsubs and #bsubs > 0 then -- batch subscriptions take it too: its record waits for them
         w.mc.delivered = w.mc.delivered + 1

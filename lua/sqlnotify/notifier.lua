@@ -341,6 +341,7 @@ function M.notifier(opts)
     _watches = {},     -- in watch order
     _reads = {},       -- the "read" watches (backfills' rows: no trigger), in watch order
     _backfills = {},   -- read watch -> its backfill running here (backfill.lua)
+    _bf_track = {},    -- table name -> chunks read into memory waiting for their marks (backfill.lua)
     _snapshot = opts.start_at == "snapshot",
     _bf_rate = opts.backfill_rate, -- rows/s a backfill reads at most here (nil: as fast as it goes)
     _url = url,        -- for the backfills' own connection
