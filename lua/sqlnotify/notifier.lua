@@ -684,8 +684,11 @@ function Notifier:_install(w)
   -- a capture read before it was made is this run's own when this notifier listened first (an
   -- install a lock held back): not one lost while the consumer was away
   if status == "restored" and w.listened then status = "created" end
-  if status == "created" or status == "replaced" then
-    self:_log("info", "trigger for %s on %s %s (channel %s)%s", w.op, w.name, status, w.channel, late)
+  if status == "created" then
+    self:_log("info", "trigger for %s on %s created (channel %s)%s", w.op, w.name, w.channel, late)
+  elseif status == "replaced" then -- its marker differed: what it captures, or the release that made it
+    self:_log("info", "trigger for %s on %s replaced: the one there captured other columns or options, or an "
+      .. "earlier release made it (channel %s)%s", w.op, w.name, w.channel, late)
   elseif status == "restored" then
     -- its trigger went while the consumer was away (--drop, a DROP, a restore): from then on
     -- nothing was captured, and when that was is known only up to the consumer's last visit
