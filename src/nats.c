@@ -519,13 +519,28 @@ static void deliver_reply(client *c, post *m)
     pend_free(p);
 }
 
-/* One post at a time: what the replies start meanwhile queues behind the rest (adapter). */
+/* Posts handled, freed together: natsMsg_Destroy hands each message to cnats's collector
+ * thread, waking it only when it sleeps; freed one by one between handlers, every ack paid a
+ * futex wake and a context switch on the loop thread (bench/RESULTS.md, Clients). */
+enum { DONE_BATCH = 256 };
+
+static void free_done(post **done, int *ndone)
+{
+    for (int i = 0; i < *ndone; i++)
+        post_free(done[i]);
+    *ndone = 0;
+}
+
+/* One post at a time: what the replies start meanwhile queues behind the rest (adapter).
+ * A message is destroyed only after the drain's matching, so its address, the key of a
+ * publish, cannot be reused by a publish made meanwhile: it stays unique until then. */
 static void on_mailbox(struct ev_loop *l, ev_async *w, int revents)
 {
     (void)l;
     (void)w;
     (void)revents;
-    post *m;
+    post *m, *done[DONE_BATCH];
+    int ndone = 0;
     while ((m = post_take()) != NULL) {
         client *c;
         switch (m->type) {
@@ -559,8 +574,11 @@ static void on_mailbox(struct ev_loop *l, ev_async *w, int revents)
                 sn_log(SN_LOG_WARN, "nats: %s: %s", c->where, m->text != NULL ? m->text : "error");
             break;
         }
-        post_free(m);
+        done[ndone++] = m;
+        if (ndone == DONE_BATCH)
+            free_done(done, &ndone);
     }
+    free_done(done, &ndone);
 }
 
 /* cnats keeps threads of its own (timers, callbacks) past the last connection. Loaded as a
