@@ -209,7 +209,7 @@ function Notifier:_backfill_resume(w, plan)
     where = r.where_sql, wrote = 0, t0 = core.now(), moved = core.now(), said = core.now(), said_done = 0,
     ready = {}, -- chunks read into memory whose marks came, their rows going to the queue
   }
-  job.base = job.done
+  job.base, job.said_done = job.done, job.done -- the rate counts this run's rows only
   w.arrived = w.arrived or 0
   job.seen, job.base_arrived = w.arrived, w.arrived
   self._backfills[w] = job
