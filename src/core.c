@@ -1234,6 +1234,15 @@ static int h_hold(lua_State *L)
     return 1;
 }
 
+/* h:keep(on) -> whether the driver keeps every share it holds (dialect.h, keep). */
+static int h_keep(lua_State *L)
+{
+    sn_link *k = check_handle(L)->link;
+    int on = lua_toboolean(L, 2);
+    lua_pushboolean(L, k->d->keep != NULL && k->d->keep(k->conn, on));
+    return 1;
+}
+
 static int h_notify(lua_State *L)
 {
     sn_link *k = check_handle(L)->link;
@@ -1414,6 +1423,7 @@ static const luaL_Reg conn_meth[] = {
     {"notify", h_notify},
     {"ack", h_ack},
     {"hold", h_hold},
+    {"keep", h_keep},
     {"query", h_query},
     {"query_start", h_query_start},
     {"handover", h_handover},

@@ -319,6 +319,12 @@ typedef struct sn_dialect {
      * writes the last ack as it always does. Returns 1, or 0 when the connection has no
      * durable reader (live mode: nothing to hold, the runtime keeps what is in flight). */
     int (*hold)(sn_conn *c, int on);
+    /* Durable groups: keep(c, 1) keeps every share this member holds through the balancing
+     * (no other member takes one) until keep(c, 0): what it delivers outside the journal (a
+     * backfill's chunk read into memory) must not meet a change of the same key delivered by
+     * another member meanwhile. A lease that lapses loses them all the same. Returns 1, or 0
+     * (NULL: no groups). */
+    int (*keep)(sn_conn *c, int on);
     /* Every consumer of the database's journal: rows of
      *   (name, lag_events, lag_seconds, members, last_seen)   (numbers as decimal text,
      *   last_seen ISO 8601). -1 and err on failure. NULL: no durable mode. */

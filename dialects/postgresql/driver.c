@@ -81,6 +81,7 @@ const sn_dialect sn_postgresql_dialect = {
     .notify = pg_notify,
     .ack = pg_jr_ack,
     .hold = pg_jr_hold,
+    .keep = pg_jr_keep_shares,
     .consumers = pg_consumers,
     .drop_consumer = pg_drop_consumer,
     .query = pg_query,

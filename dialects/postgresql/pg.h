@@ -236,6 +236,7 @@ void pg_jr_unlisten(sn_conn *c, const char *channel);
 void pg_jr_stop(sn_conn *c);
 void pg_jr_ack(sn_conn *c, int64_t seq);
 int pg_jr_hold(sn_conn *c, int on);
+int pg_jr_keep_shares(sn_conn *c, int on);
 void pg_jr_status(sn_conn *c, double *down, int *shares); /* sn_dialect.status */
 /* the durable watches installed, kept to install again when the journal was dropped */
 int pg_jr_keep(sn_conn *c, const sn_watch *w);

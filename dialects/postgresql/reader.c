@@ -92,6 +92,7 @@ struct pg_jr {
     int64_t carried;   /* the ack the statement in flight carries (0: none) */
     int64_t saved;     /* held: the last ack a statement wrote */
     int held;          /* hold(1): the page's handlers are still running; no fetch */
+    int keep_all;      /* keep(1): every share held is kept through the balancing */
     int keep_refused;  /* the 9-argument lease() may not be called (a grant of journal 8) */
     int at_refused;    /* fetch_at() may not be called (a grant of journal 9): fetch(), no written_at */
     int lease_keep;    /* the lease step in flight is that one */
@@ -403,16 +404,25 @@ static int jr_send(struct pg_jr *j, int query)
         if (sh.fail || ep.fail) {
             ok = 0;
         } else if (query == JQ_LEASE) {
-            /* held: the page's shares are kept through the balancing (journal 9) */
-            int keep = j->held && j->nack > 0 && !j->keep_refused;
+            /* held: the page's shares are kept through the balancing (journal 9); kept: all */
+            int keep = ((j->held && j->nack > 0) || j->keep_all) && !j->keep_refused;
+            sn_sbuf kp = {0};
+            if (keep && j->keep_all) {
+                sn_sb_add(&kp, "{");
+                for (int s = 0, k = 0; s < j->c->nshares; s++)
+                    if (j->epoch[s] >= 0)
+                        sn_sb_addf(&kp, k++ ? ",%d" : "%d", s);
+                sn_sb_add(&kp, "}");
+            }
             const char *vals[9] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
-                                   acked, sh.p};
+                                   acked, kp.p != NULL ? kp.p : sh.p};
             ok = PQsendQueryParams(j->db,
                                    keep ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                                         : "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)",
                                    keep ? 9 : 8, NULL, vals, NULL, NULL, 0);
             j->lease_sent = pg_clock();
             j->lease_keep = keep;
+            free(kp.p);
         } else {
             const char *vals[7] = {j->c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked,
                                    j->chan_array ? j->chan_array : "{}"};
@@ -1114,6 +1124,15 @@ void pg_jr_status(sn_conn *c, double *down, int *shares)
     struct pg_jr *j = c->jr;
     *down = j && j->lost_at > 0 ? pg_clock() - j->lost_at : 0;
     *shares = j ? j->nheld : -1;
+}
+
+/* keep(1): the lease steps keep every share held (journal 9's p_keep), keep(0): as before. */
+int pg_jr_keep_shares(sn_conn *c, int on)
+{
+    if (c->consumer == NULL || c->jr == NULL)
+        return 0;
+    c->jr->keep_all = on;
+    return 1;
 }
 
 /* hold(1) inside deliver: the rest of the page goes on, then nothing is fetched. hold(0)
