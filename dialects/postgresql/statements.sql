@@ -212,12 +212,22 @@ WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {key_text} AS kt FROM
 SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN kt END AS kt
 FROM (SELECT p, kt FROM r0 ORDER BY {ckeys}) o
 -- name: backfill_shares
--- (consumer): the shares its marks go to, one each
-SELECT nshares FROM sqlnotify.consumers WHERE name = $1
+-- (consumer): the shares its marks go to, one each, and its members whose lease runs
+SELECT c.nshares, (SELECT count(*) FROM sqlnotify.members m
+    WHERE m.consumer = c.name AND m.expires > pg_catalog.now()) AS members
+  FROM sqlnotify.consumers c WHERE c.name = $1
 -- name: backfill_save
--- (last_key, rows, consumer, tbl): chunks read into memory, done
+-- (last_key, rows, consumer, tbl): a chunk done, under the claim
 UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()
 WHERE consumer = $3 AND tbl = $4 AND state = 'running'
+-- name: backfill_save_from
+-- (last_key, rows, consumer, tbl, from): chunks read into memory, done, saved outside the
+-- claim: only where the first of them began, so a backfill started again meanwhile (by
+-- another process: last_key back to NULL) is not moved past rows it has not read. A row
+-- back: saved; none: started again (backfill.lua reads from the table's row again).
+UPDATE sqlnotify.backfills SET last_key = $1, rows_done = rows_done + $2, updated_at = now()
+WHERE consumer = $3 AND tbl = $4 AND state = 'running' AND last_key IS NOT DISTINCT FROM $5
+RETURNING 1 AS saved
 -- name: backfill_finish
 -- (state, consumer, tbl)
 UPDATE sqlnotify.backfills SET state = $1, updated_at = now() WHERE consumer = $2 AND tbl = $3 AND state = 'running'

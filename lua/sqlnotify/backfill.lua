@@ -257,6 +257,7 @@ function Notifier:_backfill_go()
             delay = 1
           end
           job.at = core.now() + (delay or 0)
+          me:_backfill_keep()
           if me._forget then me:_backfills_forget(me._forget) end
         end
         if not job.stopped then soonest = math.min(soonest, job.at or 0) end
@@ -268,6 +269,7 @@ function Notifier:_backfill_go()
     local me = ref[1]
     if me then
       me._bf_running = false
+      me:_backfill_keep()
       me:_backfill_release()
     end
   end)
@@ -384,23 +386,70 @@ function Notifier:_backfill_drop(job)
   job.stopped = true
   for _, c in ipairs(job.chunks or {}) do untrack(self, c, job.w.name) end
   job.chunks, job.ready = nil, {}
+  self:_backfill_keep()
+end
+
+-- While a backfill reads into memory, this member keeps every share through the balancing
+-- (dialect.h, keep): a member that joins takes none until the rows read are done, so none of
+-- them meets a change of its key delivered there meanwhile. It then reads through the
+-- journal (_backfill_in_memory counts the members), and the shares balance once it is done.
+function Notifier:_backfill_keep()
+  local any = false
+  for _, job in pairs(self._backfills) do
+    if job.chunks and not job.stopped then any = true end
+  end
+  if any ~= (self._bf_keep or false) and self._h then
+    self._bf_keep = any
+    pcall(self._h.keep, self._h, any)
+  end
+end
+
+-- Whether every change of w's table that reaches a handler here carries what its read rows
+-- carry, under the same key, to handlers without filters: then a change that came after a
+-- chunk's snapshot stands for that key's read row, which is dropped. Else a read row could be
+-- dropped for a change its handler never gets (filtered out, or without the row's columns),
+-- or kept past one (another key): the chunks go through the journal, in commit order.
+local function changes_stand_for_rows(n, w)
+  for _, x in ipairs(n._watches) do
+    local chan = x ~= w and not x.read and x.schema == w.schema and x.table == w.table and n._subs[x.channel]
+    if chan and (chan.n > 0 or chan.nb > 0) then
+      if chan.nb > 0 or #chan.all ~= chan.n or #x.pk ~= #w.pk then return false end
+      for i = 1, #w.pk do
+        if x.pk[i] ~= w.pk[i] then return false end
+      end
+      if x.op ~= "delete" and not x.all then
+        if w.all then return false end
+        local has = {}
+        for _, c in ipairs(x.extra) do has[c] = true end
+        for _, c in ipairs(w.extra) do
+          if not has[c] then return false end
+        end
+      end
+    end
+  end
+  return true
 end
 
 -- Whether the next chunk goes into memory: on PostgreSQL, where this member holds every share
--- of its consumer (every change of the table comes here, and every mark) and no batch
--- subscription takes the read rows (they go the journal's way, to be batched).
+-- of its consumer (every change of the table comes here, and every mark), no batch
+-- subscription takes the read rows (they go the journal's way, to be batched), and the
+-- table's changes stand for its rows (above).
 function Notifier:_backfill_in_memory(job)
   if not job.plan.read_first then return false end
   local chan = self._subs[job.w.channel]
   if not chan or chan.n == 0 or chan.nb > 0 then return false end
-  if not job.nshares then
-    local h = self:_backfill_conn()
-    local rows = h and querier(h)(statements.of(self).backfill_shares, self._consumer)
-    if not rows or not rows[1] then return false end
-    job.nshares = count_of(rows[1].nshares)
-  end
+  if not changes_stand_for_rows(self, job.w) then return false end
+  local h = self:_backfill_conn()
+  local rows = h and querier(h)(statements.of(self).backfill_shares, self._consumer)
+  if not rows or not rows[1] or count_of(rows[1].members) > 1 then return false end -- a member joined
+  job.nshares = count_of(rows[1].nshares)
   local ok, down, held = pcall(self._h.status, self._h)
-  return ok and down == 0 and held ~= nil and held > 0 and held == job.nshares
+  if not (ok and down == 0 and held ~= nil and held > 0 and held == job.nshares) then return false end
+  if not self._bf_keep then -- before the chunk is read: no share leaves while its rows are out
+    self._bf_keep = true
+    pcall(self._h.keep, self._h, true)
+  end
+  return true
 end
 
 -- A read row is done (returned, or dead-lettered): its chunk is done with its last.
@@ -497,9 +546,18 @@ function Notifier:_backfill_read(job)
     rows_done = rows_done + ch[nd].sent -- a dropped row is not counted: a change of its key came instead
   end
   if nd > 0 then -- the chunks done from the first: where the last ends, in one statement
-    local ok, err = q(s.backfill_save, ch[nd].kt, rows_done, self._consumer, tbl)
+    local ok, err = q(s.backfill_save_from, ch[nd].kt, rows_done, self._consumer, tbl, ch[1].from_text)
     if not ok then return nil, err end
     if job.stopped then return "wait" end
+    if #ok == 0 then -- started again elsewhere (or moved on by another member): from the table's row
+      self:_log("info", "backfill of %s: started again elsewhere; the chunks read into memory are let go",
+        w.name)
+      for i = #ch, 1, -1 do
+        untrack(self, ch[i], w.name)
+        ch[i] = nil
+      end
+      return "wait", 0
+    end
     for _ = 1, nd do table.remove(ch, 1) end
     job.done = job.done + rows_done
   end
@@ -511,7 +569,7 @@ function Notifier:_backfill_read(job)
         untrack(self, ch[j], w.name)
         ch[j] = nil
       end
-      job.after, job.ended, job.nshares = c.from, nil, nil
+      job.after, job.ended = c.from, nil
       break
     end
   end
@@ -536,11 +594,16 @@ function Notifier:_backfill_read(job)
   end
   marks = marks + 1
   local c = { at = now, from = after, touched = {}, seen = {}, nseen = 0, left = 0, n = 0, sent = 0,
-    token = fmt("%s%d ", MARK, marks) }
+    token = fmt("%s%d ", MARK, marks), from_text = #ch > 0 and ch[#ch].kt or r.last_key }
   track(self, c, w.name)
   local args = with_after({ w.wire, self._consumer, c.token }, after, plan.nkeys)
   local rows
   rows, err = q(after and plan.read_next or plan.read_first, table.unpack(args, 1, #args))
+  if job.stopped then -- stopped while it read: not the job's any more, its marks not written
+    untrack(self, c, w.name)
+    q(s.backfill_rollback)
+    return "wait"
+  end
   if rows and #rows > 0 then
     c.rows, c.n, c.kt = rows, #rows, rows[#rows].kt
     ch[#ch + 1] = c -- before the commit: its marks may come before the commit's answer
@@ -659,6 +722,7 @@ function Notifier:_backfills_stop()
     self:_backfill_drop(job)
     self._backfills[w] = nil
   end
+  self._bf_track, self._bf_keep = {}, nil -- a chunk whose read was in flight is tracked and in no job's list yet
   if self._bh and not self._bf_running then self:_backfill_release() end
 end
 
