@@ -583,6 +583,7 @@ function Notifier:_backfill_read(job)
   if not self:_backfill_in_memory(job) then -- the journal's way, once these are done
     if #ch > 0 then return "wait", 0.005 end
     job.chunks = nil
+    job.wrote, job.base_arrived = 0, w.arrived -- the rows emitted from memory count as arrived
     self:_log("info", "backfill of %s: chunks go through the journal", w.name)
     return "wait", 0
   end
