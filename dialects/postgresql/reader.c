@@ -254,6 +254,16 @@ static void jr_refused(struct pg_jr *j, int *v, int n)
                   "page again");
 }
 
+/* The shares held, in order, into v (room for nshares): how many. */
+static int jr_held_shares(const struct pg_jr *j, int *v)
+{
+    int k = 0;
+    for (int s = 0; s < j->c->nshares; s++)
+        if (j->epoch[s] >= 0)
+            v[k++] = s;
+    return k;
+}
+
 /* The member's clock: a lease it could not renew in time is gone. */
 static void jr_check_lease(struct pg_jr *j)
 {
@@ -261,12 +271,10 @@ static void jr_check_lease(struct pg_jr *j)
     if (j->nheld == 0 || pg_clock() - j->lease_ok <= j->c->lease)
         return;
     int *v = malloc((size_t)n * sizeof *v);
+    if (v)
+        k = jr_held_shares(j, v);
     for (int s = 0; s < n; s++)
-        if (j->epoch[s] >= 0) {
-            if (v)
-                v[k++] = s;
-            j->epoch[s] = -1;
-        }
+        j->epoch[s] = -1;
     j->nheld = 0;
     char why[160];
     snprintf(why, sizeof why, "no lease renewal for %.1f s (lease %g s): another member may take them",
@@ -407,15 +415,12 @@ static int jr_send(struct pg_jr *j, int query)
             /* held: the page's shares are kept through the balancing (journal 9); kept: all */
             int keep = ((j->held && j->nack > 0) || j->keep_all) && !j->keep_refused;
             sn_sbuf kp = {0};
-            if (keep && j->keep_all) {
-                sn_sb_add(&kp, "{");
-                for (int s = 0, k = 0; s < j->c->nshares; s++)
-                    if (j->epoch[s] >= 0)
-                        sn_sb_addf(&kp, k++ ? ",%d" : "%d", s);
-                sn_sb_add(&kp, "}");
-            }
+            int *kv = keep && j->keep_all ? malloc((size_t)j->c->nshares * sizeof *kv) : NULL;
+            if (kv != NULL) /* without memory: the page's shares only, as when held */
+                sb_ints(&kp, kv, NULL, jr_held_shares(j, kv));
+            free(kv);
             const char *vals[9] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
-                                   acked, kp.p != NULL ? kp.p : sh.p};
+                                   acked, kp.p != NULL && !kp.fail ? kp.p : sh.p};
             ok = PQsendQueryParams(j->db,
                                    keep ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9)"
                                         : "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -393,15 +393,19 @@ end
 -- (dialect.h, keep): a member that joins takes none until the rows read are done, so none of
 -- them meets a change of its key delivered there meanwhile. It then reads through the
 -- journal (_backfill_in_memory counts the members), and the shares balance once it is done.
+local function keep_shares(n, on)
+  if on ~= (n._bf_keep or false) and n._h then
+    n._bf_keep = on
+    pcall(n._h.keep, n._h, on)
+  end
+end
+
 function Notifier:_backfill_keep()
   local any = false
   for _, job in pairs(self._backfills) do
     if job.chunks and not job.stopped then any = true end
   end
-  if any ~= (self._bf_keep or false) and self._h then
-    self._bf_keep = any
-    pcall(self._h.keep, self._h, any)
-  end
+  keep_shares(self, any)
 end
 
 -- Whether every change of w's table that reaches a handler here carries what its read rows
@@ -445,10 +449,7 @@ function Notifier:_backfill_in_memory(job)
   job.nshares = count_of(rows[1].nshares)
   local ok, down, held = pcall(self._h.status, self._h)
   if not (ok and down == 0 and held ~= nil and held > 0 and held == job.nshares) then return false end
-  if not self._bf_keep then -- before the chunk is read: no share leaves while its rows are out
-    self._bf_keep = true
-    pcall(self._h.keep, self._h, true)
-  end
+  keep_shares(self, true) -- before the chunk is read: no share leaves while its rows are out
   return true
 end
 
