@@ -271,7 +271,9 @@ for _, d in ipairs(dialects) do
       n:backfill(tbl("n"), { chunk = 2 })
       assert.is_true(H.run_until(function() return n:backfills()[1].state == "done" end, 20))
       H.run_for(0.3)
-      assert.is_true(#got >= 2 and #got <= 6, "rows read: " .. #got)
+      -- read before the delete, at most: the first chunk (through the journal), and on PostgreSQL
+      -- three more read into memory ahead of it (MEM_AHEAD); elsewhere two written ahead (AHEAD)
+      assert.is_true(#got >= 2 and #got <= 8, "rows read: " .. #got)
       for i, id in ipairs(got) do assert.equal(i, id) end
       assert.equal(#got, n:backfills()[1].done)
     end)
