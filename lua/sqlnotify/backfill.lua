@@ -680,11 +680,18 @@ end
 
 -- One chunk in one transaction: how many rows it wrote (0: the table is read to its end, and
 -- the backfill is done), "gone" and why, "busy", or nil and the error (as _backfill_claim).
+-- A member of a group that holds no share reads none: while another member has chunks read
+-- into memory and not yet saved it keeps every share, and a chunk read from the saved
+-- position would deliver those rows again (one that holds none cannot deliver them anyway).
 function Notifier:_backfill_chunk(job)
   local w, plan, s = job.w, job.plan, statements.of(self)
   local tbl = tbl_of(w)
   local h, herr = self:_backfill_conn()
   if not h then return nil, herr end
+  if self._caps.groups then -- a member holding no share reads no chunk (below)
+    local ok, _, held = pcall(self._h.status, self._h)
+    if ok and held == 0 then return "busy" end
+  end
   local q = querier(h)
   local r, err = self:_backfill_claim(q, s, tbl)
   if r == nil or r == "gone" or r == "busy" then return r, err end
