@@ -19,16 +19,26 @@ local PACE = 2
 
 -- The watcher: every change and every backfilled row as "E op id ver v" (a delete's ver and
 -- v are the old row's); every pace-th event it takes a millisecond more, as handlers with
--- work to do would.
+-- work to do would. With arg[5] = "clock" each line ends with " @" and sqlnotify.now() when
+-- the handler began (microseconds; the clock every process of the machine reads); arg[6],
+-- when given, is the member's lease (s); with arg[7] = "spin" the millisecond is spent in the
+-- handler without yielding, as work on the CPU would.
 local WATCHER = [[
 local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
 local url, tbl, consumer, pace, handled = arg[1], arg[2], arg[3], tonumber(arg[4]), 0
-local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, start_at = "snapshot" })
+local clock, lease = arg[5] == "clock", tonumber(arg[6])
+if arg[7] == "spin" then
+  sqlnotify = setmetatable({ sleep = function(s)
+    local t = sqlnotify.now() + s
+    repeat until sqlnotify.now() >= t
+  end }, { __index = sqlnotify })
+end
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, start_at = "snapshot", lease = lease })
 for _, op in ipairs({ "insert", "update", "delete" }) do n:watch(tbl, op, { extra_columns = { "ver", "v" } }) end
 local function show(ev)
-  io.write(string.format("E %s %s %s %s\n", ev.operation, tostring(ev.id), tostring(ev.extra_columns.ver),
-    tostring(ev.extra_columns.v)))
+  io.write(string.format("E %s %s %s %s%s\n", ev.operation, tostring(ev.id), tostring(ev.extra_columns.ver),
+    tostring(ev.extra_columns.v), clock and string.format(" @%.6f", sqlnotify.now()) or ""))
   handled = handled + 1
   if handled % pace == 0 then sqlnotify.sleep(0.001) end
 end
@@ -369,3 +379,186 @@ for _, d in ipairs(dialects) do
     end)
   end)
 end
+
+-- A second member joins a PostgreSQL consumer whose lone member is reading its backfill into
+-- memory. While that member holds chunks read into memory it keeps every share (the driver's
+-- keep), so no change of one of their keys is delivered by the newcomer before the read row;
+-- it then sees the newcomer's lease and reads the next chunks through the journal, and the
+-- shares balance once the chunks in memory are done. Both processes print when each handler
+-- began, on sqlnotify.now(): the machine's clock, which both read. That orders one key's
+-- events across them: a share moves only after the handlers of its events returned and were
+-- acknowledged (a page in flight keeps its shares through the balancing), and the new holder
+-- fetches that key's later events only after it took the share, so the handler of a key's
+-- later event began after the earlier one's had. The handlers spin rather than sleep: a member
+-- whose handlers yield keeps the shares of the page in flight, busy with read rows to the
+-- backfill's end, and that would keep the shares in place without the keep.
+local JOIN_PACE = 1 -- a millisecond an event: the backfill lasts about 10 s
+local JOIN_LEASE = 3 -- a lease step a second: the shares move within about 2 s of the keep's end
+
+-- What a watcher started with "clock" printed, with when each handler began.
+local function timed_events(p)
+  local out = {}
+  for op, id, ver, v, t in p:stdout():gmatch("E (%a+) (%d+) (%d+) (%S+) @([%d.]+)\n") do
+    out[#out + 1] = { op = op, id = tonumber(id), ver = tonumber(ver), v = v, t = tonumber(t) }
+  end
+  return out
+end
+
+-- Two processes' events in one list by when their handlers began, each process's in its order.
+local function merged(a, b)
+  local out, i, j = {}, 1, 1
+  while a[i] or b[j] do
+    if b[j] == nil or (a[i] and a[i].t <= b[j].t) then
+      out[#out + 1], i = a[i], i + 1
+    else
+      out[#out + 1], j = b[j], j + 1
+    end
+  end
+  return out
+end
+
+describe("a snapshot backfill on PostgreSQL that a second member joins", function()
+  local pg = dialects[1]
+  local procs, probe = {}, nil
+  local function track(p) procs[#procs + 1] = p return p end
+  after_each(function()
+    local admin = assert(sqlnotify.notifier{ url = H.pg_url, use_logger = false })
+    if probe then probe:close() probe = nil end
+    H.reap(procs, admin, "s34_")
+    admin:close()
+    pg.drop()
+  end)
+
+  it("while it reads into memory loses no row, reads none twice, and none after a newer change", function()
+    pg.create()
+    local url, seed, consumer = H.pg_url, math.random(1, 1 << 30), "s34_join"
+    local writer = track(H.host(WRITER, { url, pg.written, pg.param, tostring(seed), tostring(KEYS) }))
+    assert(writer:wait_for("ready\n", 20), "the writer did not start: " .. writer:stderr())
+    assert(writer:wait_for("W [^\n]*\n" .. ("W [^\n]*\n"):rep(19), 20), "the writer does not write: " .. writer:stderr())
+
+    local function watcher()
+      local p = track(H.host(WATCHER, { url, pg.watched, consumer, tostring(JOIN_PACE), "clock", tostring(JOIN_LEASE),
+        "spin" }))
+      assert(p:wait_for("ready\n", 20), "the watcher did not start: " .. p:stderr())
+      return p
+    end
+    local w1 = watcher()
+    assert(w1:wait_for("backfill of [^\n]*: chunks read into memory", 20, "err"), w1:stderr())
+    probe = assert(sqlnotify.notifier{ url = url, consumer = consumer, use_logger = false })
+    local function progress() return (probe:backfills() or {})[1] or { done = 0 } end
+    -- the shares member process p holds, by the consumer's list (none: {})
+    local function held(p)
+      for _, c in ipairs(assert(probe:consumers())) do
+        if c.name == consumer then
+          for m, shares in pairs(c.holders or {}) do
+            if m:find(":" .. p.pid .. ":", 1, true) then return shares end
+          end
+        end
+      end
+      return {}
+    end
+
+    -- a quarter done (saved: the chunks read into memory ahead of it are not yet)
+    local deadline = H.now() + 30
+    while progress().done < ROWS // 4 and H.now() < deadline and not w1:exited() do H.sleep(0.02) end
+    assert.is_true(progress().done >= ROWS // 4, w1:stderr())
+    assert.are.equal(16, #held(w1))
+    local w2 = watcher()
+    local joined = progress() -- w2's lease is current by now: n:start() took it
+    assert.are.equal("running", joined.state, w1:stderr())
+    assert.is_true(joined.done < ROWS * 3 // 4, fmt("%d rows done when watcher 2 joined", joined.done))
+
+    -- the backfill ends, and by then or soon after both members hold shares
+    deadline = H.now() + 40
+    local function finished() return (w1:stderr() .. w2:stderr()):find("backfill of [^\n]* done") ~= nil end
+    while not (finished() and #held(w1) > 0 and #held(w2) > 0) and H.now() < deadline
+        and not w1:exited() and not w2:exited() do
+      H.sleep(0.05)
+    end
+    assert.is_true(finished(), "the backfill did not finish:\n" .. w1:stderr() .. w2:stderr())
+    local h1, h2 = #held(w1), #held(w2)
+    assert.is_true(h1 > 0 and h2 > 0 and h1 + h2 == 16, fmt("shares: %d and %d", h1, h2))
+    writer:stop()
+
+    local table_now, e1, e2
+    deadline = H.now() + 60
+    repeat
+      H.sleep(0.2)
+      table_now = rows_of(pg.contents())
+      e1, e2 = timed_events(w1), timed_events(w2)
+    until #differing(fold(merged(e1, e2)), table_now) == 0 or H.now() > deadline or w1:exited() or w2:exited()
+    local all = merged(e1, e2)
+    local named = { { w1, "watcher 1" }, { w2, "watcher 2" }, { writer, "writer" } }
+    local context = fmt("(seed %d; the table has %d keys; watcher 1 printed %d events, watcher 2 %d)",
+      seed, count(table_now), #e1, #e2)
+    -- no lease ran out under the handlers (a lapsed lease loses its shares, kept or not)
+    for i, p in ipairs({ w1, w2 }) do
+      assert.is_nil(p:stderr():find(" lost shares ", 1, true), fmt("watcher %d lost shares:\n%s", i, p:stderr()))
+    end
+
+    -- the last state per key, in the order the handlers began, is the table's
+    local state = fold(all)
+    local diff = differing(state, table_now)
+    if #diff > 0 then
+      local lines = {}
+      for i = 1, math.min(10, #diff) do
+        local id = diff[i]
+        lines[i] = fmt("  key %d: the handlers end with %s, the table has %s\n%s", id,
+          state[id] and "ver " .. state[id] or "no row", table_now[id] and "ver " .. table_now[id] or "no row",
+          history(id, named))
+      end
+      error(fmt("%d keys differ from the table %s; the first:\n%s", #diff, context, table.concat(lines, "\n")))
+    end
+
+    -- per key, both watchers' events together are a history the table can have had: no read
+    -- row after a newer change, none read twice, whichever member delivered them
+    local bad = violations(all)
+    if #bad > 0 then
+      local lines = {}
+      for j = 1, math.min(10, #bad) do
+        lines[j] = fmt("  key %d, event %d of both: %s\n%s", bad[j].id, bad[j].line, bad[j].why,
+          history(bad[j].id, named))
+      end
+      error(fmt("%d events out of order across the members %s; the first:\n%s", #bad, context,
+        table.concat(lines, "\n")))
+    end
+    local before, behind = met(all)
+    assert.is_true(before > 0 and behind > 0,
+      fmt("keys changed before their read: %d, after it: %d %s", before, behind, context))
+
+    -- every key no writer touched was read, as it was
+    local read0, untouched, missing = {}, 0, {}
+    for _, e in ipairs(all) do
+      if e.op == "read" then read0[e.id] = read0[e.id] or e.ver == 0 end
+    end
+    for id, ver in pairs(table_now) do
+      if ver == 0 then
+        untouched = untouched + 1
+        if not read0[id] then missing[#missing + 1] = id end
+      end
+    end
+    table.sort(missing)
+    assert.is_true(untouched > ROWS // 2, context)
+    assert.are.same({}, { table.unpack(missing, 1, 10) }, fmt("untouched keys never read (%d)", #missing))
+
+    -- the join came during the backfill: watcher 1 read into memory and, once watcher 2's lease
+    -- was current, went the journal's way; watcher 2 never read into memory, took shares from
+    -- watcher 1 and delivered events of their keys, read rows among them
+    local s1, s2 = w1:stderr(), w2:stderr()
+    local switched = s1:match("(%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z) [^\n]*: chunks go through the journal\n")
+    assert(switched, "watcher 1 never went the journal's way:\n" .. s1)
+    assert.is_nil(s2:find(": chunks read into memory", 1, true), s2)
+    local gave = s1:match("(%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z) [^\n]*member [^\n]*:" .. w1.pid
+      .. ":%x+ gave up shares [^\n]*: to balance the group\n")
+    assert(gave, "watcher 1 gave up no share:\n" .. s1)
+    assert.matches("member [^\n]*:" .. w2.pid .. ":%x+ took shares ", s2)
+    -- the chunks in memory were done before a share left (the keep): the log's times say so
+    assert.is_true(gave >= switched, fmt("shares given up at %s, the chunks in memory done at %s", gave, switched))
+    local r2 = 0
+    for _, e in ipairs(e2) do if e.op == "read" then r2 = r2 + 1 end end
+    assert.is_true(#e2 > 0 and r2 > 0, fmt("watcher 2 printed %d events, %d read rows %s", #e2, r2, context))
+    assert.are.equal("done", progress().state)
+    w1:stop()
+    w2:stop()
+  end)
+end)
