@@ -164,9 +164,10 @@ FROM sqlnotify.backfills WHERE consumer = $1 ORDER BY tbl COLLATE "C"
 BEGIN
 -- name: backfill_claim
 -- (consumer, tbl): the backfill's row, locked for the chunk; none while another member reads
--- one. With it, for the chunk's transaction: floats and bytea as the triggers send them
-SELECT last_key, rows_done, state, pg_catalog.set_config('extra_float_digits', '1', true) AS f,
-  pg_catalog.set_config('bytea_output', 'hex', true) AS b
+-- one. With it, for the session (the backfills' own connection, where a chunk read into
+-- memory is read after the claim's commit): floats and bytea as the triggers send them
+SELECT last_key, rows_done, state, pg_catalog.set_config('extra_float_digits', '1', false) AS f,
+  pg_catalog.set_config('bytea_output', 'hex', false) AS b
 FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2 FOR UPDATE SKIP LOCKED
 -- name: backfill_chunk
 -- (wire, consumer, tbl, bound): a chunk in one statement (the other dialects take three:

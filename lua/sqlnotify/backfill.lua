@@ -381,6 +381,21 @@ local function untrack(n, c, name)
   if #t == 0 then n._bf_track[name] = nil end
 end
 
+-- The chunks from the i-th on are let go (read again): forgotten, and the rows of one being
+-- emitted go no further. Its changes are no longer tracked, so a row left in it could follow
+-- a newer change of its key.
+local function let_go(n, job, i)
+  local ch, ready = job.chunks, job.ready
+  for j = #ch, i, -1 do
+    local c = ch[j]
+    untrack(n, c, job.w.name)
+    for k = #ready, 1, -1 do
+      if ready[k] == c then table.remove(ready, k) end
+    end
+    ch[j] = nil
+  end
+end
+
 -- The job stops; its chunks that wait for their marks are let go (not saved: read again).
 function Notifier:_backfill_drop(job)
   job.stopped = true
@@ -525,9 +540,9 @@ function Notifier:_backfill_mark(w, payload)
   if not token then return end
   for _, c in ipairs(ch) do
     if c.token == token then
-      if not c.emitted and c.rows and not c.seen[share] then
+      if not c.emitted and not c.seen[share] then
         c.seen[share], c.nseen = true, c.nseen + 1
-        if c.nseen >= job.nshares then self:_backfill_emit(job, c) end
+        if c.nseen >= job.nshares and c.rows then self:_backfill_emit(job, c) end
       end
       return
     end
@@ -553,10 +568,7 @@ function Notifier:_backfill_read(job)
     if #ok == 0 then -- started again elsewhere (or moved on by another member): from the table's row
       self:_log("info", "backfill of %s: started again elsewhere; the chunks read into memory are let go",
         w.name)
-      for i = #ch, 1, -1 do
-        untrack(self, ch[i], w.name)
-        ch[i] = nil
-      end
+      let_go(self, job, 1)
       return "wait", 0
     end
     for _ = 1, nd do table.remove(ch, 1) end
@@ -566,10 +578,7 @@ function Notifier:_backfill_read(job)
     if not c.emitted and now - c.at > MARK_WAIT then -- its consumer's shares moved meanwhile
       self:_log("warn", "backfill of %s: a chunk read into memory did not see its marks come in %d s; "
         .. "it is read again", w.name, MARK_WAIT)
-      for j = #ch, i, -1 do
-        untrack(self, ch[j], w.name)
-        ch[j] = nil
-      end
+      let_go(self, job, i)
       job.after, job.ended = c.from, nil
       break
     end
@@ -590,6 +599,13 @@ function Notifier:_backfill_read(job)
   end
   local r, err = self:_backfill_claim(q, s, tbl)
   if r == nil or r == "gone" or r == "busy" then return r, err end
+  -- the claim's transaction ends here: the read is one statement, committed by the server
+  -- without waiting for this process (whose loop a handler may block on a lock the read took)
+  local ok0, err0 = q(s.backfill_commit)
+  if not ok0 then
+    q(s.backfill_rollback)
+    return nil, err0
+  end
   local after = job.after
   if #ch == 0 then -- everything read is saved: from where the table says
     after, job.done = decode_key(r.last_key), count_of(r.rows_done)
@@ -598,31 +614,25 @@ function Notifier:_backfill_read(job)
   local c = { at = now, from = after, touched = {}, seen = {}, nseen = 0, left = 0, n = 0, sent = 0,
     token = fmt("%s%d ", MARK, marks), from_text = #ch > 0 and ch[#ch].kt or r.last_key }
   track(self, c, w.name)
+  ch[#ch + 1] = c -- before the read: its marks may come before the read's answer
   local args = with_after({ w.wire, self._consumer, c.token }, after, plan.nkeys)
   local rows
   rows, err = q(after and plan.read_next or plan.read_first, table.unpack(args, 1, #args))
-  if job.stopped then -- stopped while it read: not the job's any more, its marks not written
+  if job.stopped then -- stopped while it read: not the job's any more (its marks go unheeded)
     untrack(self, c, w.name)
-    q(s.backfill_rollback)
     return "wait"
   end
-  if rows and #rows > 0 then
-    c.rows, c.n, c.kt = rows, #rows, rows[#rows].kt
-    ch[#ch + 1] = c -- before the commit: its marks may come before the commit's answer
-  end
-  local ok = rows
-  if ok then ok, err = q(s.backfill_commit) end
-  if not ok then
+  if not rows or #rows == 0 then -- failed (nothing written), or the table is read to its end
     untrack(self, c, w.name)
-    if ch[#ch] == c then ch[#ch] = nil end
-    q(s.backfill_rollback)
-    return nil, err
-  end
-  if #rows == 0 then
-    untrack(self, c, w.name)
+    for i = #ch, 1, -1 do
+      if ch[i] == c then table.remove(ch, i) end
+    end
+    if not rows then return nil, err end
     job.ended = true
     return "wait", 0
   end
+  c.rows, c.n, c.kt = rows, #rows, rows[#rows].kt
+  if c.nseen >= job.nshares then self:_backfill_emit(job, c) end
   job.after = decode_key(c.kt)
   return #rows
 end
