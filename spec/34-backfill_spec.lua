@@ -191,6 +191,41 @@ local function met(...)
   return count(before), count(after)
 end
 
+-- The last state per key (state, folded from the handlers' output) is the table's.
+local function assert_state_is(state, table_now, named, context)
+  local diff = differing(state, table_now)
+  if #diff == 0 then return end
+  local lines = {}
+  for i = 1, math.min(10, #diff) do
+    local id = diff[i]
+    lines[i] = fmt("  key %d: the handlers end with %s, the table has %s\n%s", id,
+      state[id] and "ver " .. state[id] or "no row", table_now[id] and "ver " .. table_now[id] or "no row",
+      history(id, named))
+  end
+  error(fmt("%d keys differ from the table %s; the first:\n%s", #diff, context, table.concat(lines, "\n")))
+end
+
+-- Every key no writer touched (version 0 in the table) was read, as it was, in one of the
+-- lists; returns how many there are.
+local function assert_untouched_read(table_now, context, ...)
+  local read0, untouched, missing = {}, 0, {}
+  for _, list in ipairs({ ... }) do
+    for _, e in ipairs(list) do
+      if e.op == "read" then read0[e.id] = read0[e.id] or e.ver == 0 end
+    end
+  end
+  for id, ver in pairs(table_now) do
+    if ver == 0 then
+      untouched = untouched + 1
+      if not read0[id] then missing[#missing + 1] = id end
+    end
+  end
+  table.sort(missing)
+  assert.is_true(untouched > ROWS // 2, context) -- the writer cannot have reached most keys
+  assert.are.same({}, { table.unpack(missing, 1, 10) }, fmt("untouched keys never read (%d)", #missing))
+  return untouched
+end
+
 local dialects = {
   {
     name = "PostgreSQL", consumer = "s34_pg", param = "$", in_memory = true,
@@ -290,18 +325,7 @@ for _, d in ipairs(dialects) do
         seed, count(table_now), #e1, #e2)
 
       -- the last state per key is the table's
-      local state = fold(e1, e2)
-      local diff = differing(state, table_now)
-      if #diff > 0 then
-        local lines = {}
-        for i = 1, math.min(10, #diff) do
-          local id = diff[i]
-          lines[i] = fmt("  key %d: the handlers end with %s, the table has %s\n%s", id,
-            state[id] and "ver " .. state[id] or "no row", table_now[id] and "ver " .. table_now[id] or "no row",
-            history(id, named))
-        end
-        error(fmt("%d keys differ from the table %s; the first:\n%s", #diff, context, table.concat(lines, "\n")))
-      end
+      assert_state_is(fold(e1, e2), table_now, named, context)
 
       -- per key, each watcher's output is a history the table can have had
       for i, list in ipairs({ e1, e2 }) do
@@ -322,22 +346,7 @@ for _, d in ipairs(dialects) do
         fmt("keys changed before their read: %d, after it: %d %s", before, behind, context))
 
       -- every key no writer touched was read, as it was
-      local read0, untouched = {}, 0
-      for _, list in ipairs({ e1, e2 }) do
-        for _, e in ipairs(list) do
-          if e.op == "read" then read0[e.id] = read0[e.id] or e.ver == 0 end
-        end
-      end
-      local missing = {}
-      for id, ver in pairs(table_now) do
-        if ver == 0 then
-          untouched = untouched + 1
-          if not read0[id] then missing[#missing + 1] = id end
-        end
-      end
-      table.sort(missing)
-      assert.is_true(untouched > ROWS // 2, context) -- the writer cannot have reached most keys
-      assert.are.same({}, { table.unpack(missing, 1, 10) }, fmt("untouched keys never read (%d)", #missing))
+      local untouched = assert_untouched_read(table_now, context, e1, e2)
 
       -- watcher 1 started the backfill; watcher 2 took it up after the chunks that committed
       local total = tonumber(w1:stderr():match("backfill of [^\n]*: reading (%d+) rows in chunks of " .. CHUNK .. "\n"))
@@ -497,18 +506,7 @@ describe("a snapshot backfill on PostgreSQL that a second member joins", functio
     end
 
     -- the last state per key, in the order the handlers began, is the table's
-    local state = fold(all)
-    local diff = differing(state, table_now)
-    if #diff > 0 then
-      local lines = {}
-      for i = 1, math.min(10, #diff) do
-        local id = diff[i]
-        lines[i] = fmt("  key %d: the handlers end with %s, the table has %s\n%s", id,
-          state[id] and "ver " .. state[id] or "no row", table_now[id] and "ver " .. table_now[id] or "no row",
-          history(id, named))
-      end
-      error(fmt("%d keys differ from the table %s; the first:\n%s", #diff, context, table.concat(lines, "\n")))
-    end
+    assert_state_is(fold(all), table_now, named, context)
 
     -- per key, both watchers' events together are a history the table can have had: no read
     -- row after a newer change, none read twice, whichever member delivered them
@@ -527,19 +525,7 @@ describe("a snapshot backfill on PostgreSQL that a second member joins", functio
       fmt("keys changed before their read: %d, after it: %d %s", before, behind, context))
 
     -- every key no writer touched was read, as it was
-    local read0, untouched, missing = {}, 0, {}
-    for _, e in ipairs(all) do
-      if e.op == "read" then read0[e.id] = read0[e.id] or e.ver == 0 end
-    end
-    for id, ver in pairs(table_now) do
-      if ver == 0 then
-        untouched = untouched + 1
-        if not read0[id] then missing[#missing + 1] = id end
-      end
-    end
-    table.sort(missing)
-    assert.is_true(untouched > ROWS // 2, context)
-    assert.are.same({}, { table.unpack(missing, 1, 10) }, fmt("untouched keys never read (%d)", #missing))
+    assert_untouched_read(table_now, context, all)
 
     -- the join came during the backfill: watcher 1 read into memory and, once watcher 2's lease
     -- was current, went the journal's way; watcher 2 never read into memory, took shares from
