@@ -404,6 +404,13 @@ function Notifier:_backfill_drop(job)
   self:_backfill_keep()
 end
 
+-- The reader's state (dialect.h, status): whether it is down, and how many shares it holds;
+-- nothing when it cannot say.
+local function status_of(n)
+  local ok, down, held = pcall(n._h.status, n._h)
+  if ok then return down, held end
+end
+
 -- While a backfill reads into memory, this member keeps every share through the balancing
 -- (dialect.h, keep): a member that joins takes none until the rows read are done, so none of
 -- them meets a change of its key delivered there meanwhile. It then reads through the
@@ -462,8 +469,8 @@ function Notifier:_backfill_in_memory(job)
   local rows = h and querier(h)(statements.of(self).backfill_shares, self._consumer)
   if not rows or not rows[1] or count_of(rows[1].members) > 1 then return false end -- a member joined
   job.nshares = count_of(rows[1].nshares)
-  local ok, down, held = pcall(self._h.status, self._h)
-  if not (ok and down == 0 and held ~= nil and held > 0 and held == job.nshares) then return false end
+  local down, held = status_of(self)
+  if not (down == 0 and held ~= nil and held > 0 and held == job.nshares) then return false end
   keep_shares(self, true) -- before the chunk is read: no share leaves while its rows are out
   return true
 end
@@ -618,15 +625,9 @@ function Notifier:_backfill_read(job)
   local args = with_after({ w.wire, self._consumer, c.token }, after, plan.nkeys)
   local rows
   rows, err = q(after and plan.read_next or plan.read_first, table.unpack(args, 1, #args))
-  if job.stopped then -- stopped while it read: not the job's any more (its marks go unheeded)
-    untrack(self, c, w.name)
-    return "wait"
-  end
+  if job.stopped then return "wait" end -- stopped while it read (_backfill_drop let c go)
   if not rows or #rows == 0 then -- failed (nothing written), or the table is read to its end
-    untrack(self, c, w.name)
-    for i = #ch, 1, -1 do
-      if ch[i] == c then table.remove(ch, i) end
-    end
+    let_go(self, job, #ch) -- c, the last
     if not rows then return nil, err end
     job.ended = true
     return "wait", 0
@@ -698,10 +699,7 @@ function Notifier:_backfill_chunk(job)
   local tbl = tbl_of(w)
   local h, herr = self:_backfill_conn()
   if not h then return nil, herr end
-  if self._caps.groups then -- a member holding no share reads no chunk (below)
-    local ok, _, held = pcall(self._h.status, self._h)
-    if ok and held == 0 then return "busy" end
-  end
+  if self._caps.groups and select(2, status_of(self)) == 0 then return "busy" end -- (above)
   local q = querier(h)
   local r, err = self:_backfill_claim(q, s, tbl)
   if r == nil or r == "gone" or r == "busy" then return r, err end
@@ -741,7 +739,7 @@ function Notifier:_backfills_stop()
     self:_backfill_drop(job)
     self._backfills[w] = nil
   end
-  self._bf_track, self._bf_keep = {}, nil -- a chunk whose read was in flight is tracked and in no job's list yet
+  self._bf_track, self._bf_keep = {}, nil -- a stop leaves nothing tracked, nothing kept
   if self._bh and not self._bf_running then self:_backfill_release() end
 end
 
