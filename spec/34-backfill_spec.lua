@@ -130,6 +130,15 @@ local function count(t)
   return c
 end
 
+-- The keys of the read rows in the lists, as a set.
+local function read_keys(...)
+  local out = {}
+  for _, list in ipairs({ ... }) do
+    for _, e in ipairs(list) do if e.op == "read" then out[e.id] = true end end
+  end
+  return out
+end
+
 -- What each process printed about one key.
 local function history(id, named)
   local out = {}
@@ -313,13 +322,22 @@ for _, d in ipairs(dialects) do
       assert.is_true(w2:wait_for("backfill of [^\n]* done", 60, "err"), "watcher 2 did not finish:\n" .. w2:stderr())
       writer:stop()
 
-      local table_now, e1, e2
+      local done, here = w2:stderr():match("backfill of [^\n]* done: (%d+) rows, (%d+) read by this process")
+      done, here = tonumber(done), tonumber(here)
+      assert(done, "watcher 2 did not say how many rows it read:\n" .. w2:stderr())
+
+      -- until the handlers reach the table's state and print as many keys read as the chunks
+      -- counted: the state alone can be reached first, by the changes, with the read rows of
+      -- changed keys still on their way
+      local table_now, e1, e2, distinct
       deadline = H.now() + 60
       repeat
         H.sleep(0.2)
         table_now = rows_of(d.contents(db))
         e1, e2 = events(w1), events(w2)
-      until #differing(fold(e1, e2), table_now) == 0 or H.now() > deadline or w2:exited()
+        distinct = read_keys(e1, e2)
+      until (#differing(fold(e1, e2), table_now) == 0 and count(distinct) >= done) or H.now() > deadline
+        or w2:exited()
       local named = { { w1, "watcher 1" }, { w2, "watcher 2" }, { writer, "writer" } }
       local context = fmt("(seed %d; the table has %d keys; watcher 1 printed %d events, watcher 2 %d)",
         seed, count(table_now), #e1, #e2)
@@ -364,14 +382,8 @@ for _, d in ipairs(dialects) do
         assert.are.equal(0, after % CHUNK)
       end
       assert.is_true(after >= at.done, "resumed after " .. after) -- what had committed when it was killed
-      local done, here = w2:stderr():match("backfill of [^\n]* done: (%d+) rows, (%d+) read by this process")
-      done, here = tonumber(done), tonumber(here)
       assert.is_true(done > after, w2:stderr()) -- watcher 2 read chunks of its own
       assert.are.equal(done - after, here)
-      local distinct = {}
-      for _, list in ipairs({ e1, e2 }) do
-        for _, e in ipairs(list) do if e.op == "read" then distinct[e.id] = true end end
-      end
       -- every row a chunk counted is a read row; PostgreSQL's copy may add rows inserted into
       -- the chunk's range after its lock
       assert.is_true(count(distinct) >= done, fmt("%d keys read, %d rows counted", count(distinct), done))
