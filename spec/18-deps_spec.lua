@@ -74,7 +74,7 @@ describe("the build", function()
         .. "/lua/?/init.lua;;"), H.shell_quote(build .. "/sqlnotify-lua"), H.shell_quote(script), H.shell_quote(out))))
       return H.slurp(out)
     end
-    local make = "cd " .. H.shell_quote(H.root) .. " && make -s all SANITIZE= BUILD=" .. H.shell_quote(build)
+    local make = "cd " .. H.shell_quote(H.root) .. " && make -s -j2 all SANITIZE= BUILD=" .. H.shell_quote(build)
     finally(function() H.sh("rm -rf " .. H.shell_quote(build)) end)
     assert(H.sh(make .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
     assert.are.equal("sqlnotify: this build has no MySQL/MariaDB support (install libmariadb-dev and rebuild)\n", run())

@@ -136,7 +136,7 @@ describe("sqlnotify (MySQL/MariaDB)", function()
   describe("a build without MariaDB Connector/C", function()
     it("answers a mysql:// URL with what to install", function()
       local build = H.tmpdir() .. "/no-mysql"
-      assert(H.sh("make -s all SANITIZE= BUILD=" .. q(build) .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
+      assert(H.sh("make -s -j2 all SANITIZE= BUILD=" .. q(build) .. " MYSQL_LIBS= MYSQL_CFLAGS= >/dev/null 2>&1"))
       local script, out = H.tmpfile(".lua"), H.tmpfile(".out")
       H.spit(script, [[print(select(2, pcall(require("sqlnotify").notifier, { url = "mariadb+pymysql://u@h/db" })))]])
       assert(H.sh(fmt("LUA_PATH=%s %s %s >%s 2>&1", q(H.root .. "/lua/?.lua;" .. H.root .. "/lua/?/init.lua;;"),

@@ -231,12 +231,13 @@ describe("PostgreSQL groups", function()
 
   it("shows members and their shares in n:consumers(); a clean stop hands the shares over at once", function()
     H.psql(fmt("CREATE TABLE %s.c (id int PRIMARY KEY, v int NOT NULL)", S))
-    local a = member("c", "s23_show", 10)
+    local LEASE = 6 -- renewed every 2 s: the handover below comes well before a lease runs out
+    local a = member("c", "s23_show", LEASE)
     assert.is_true(H.run_until(function() return count(held("s23_show", a)) == 16 end, 10))
     local c = consumer("s23_show")
     assert.are.equal(16, c.shares)
     assert.are.equal(1, c.members)
-    local b = member("c", "s23_show", 10)
+    local b = member("c", "s23_show", LEASE)
     assert.is_true(H.run_until(function() return count(held("s23_show", b)) == 8 end, 20))
     assert.are.same({ 0, 1, 2, 3, 4, 5, 6, 7 }, held("s23_show", a))
     assert.are.same({ 8, 9, 10, 11, 12, 13, 14, 15 }, held("s23_show", b))
@@ -246,7 +247,7 @@ describe("PostgreSQL groups", function()
     -- a stops: b holds all 16 at its next renewal (a third of the lease), not after the lease
     a:stop()
     assert.is_nil(held("s23_show", a))
-    assert.is_true(H.run_until(function() return count(held("s23_show", b)) == 16 end, 10 / 3 + 2))
+    assert.is_true(H.run_until(function() return count(held("s23_show", b)) == 16 end, LEASE / 3 + 2))
     -- dropped under a running member: it says so and starts again at the end
     assert.is_true(admin:drop_consumer("s23_show"))
     assert.is_true(b:wait_for('consumer "s23_show" was dropped while member [^\n]*:' .. b.pid .. ":%x+ was reading "

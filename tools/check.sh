@@ -55,7 +55,7 @@ fi
 sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the MySQL specs
 
 # ----- build -----
-make --no-print-directory SANITIZE="$SANITIZE" BUILD="$BUILD" all || { echo "0 passed, 1 failed"; exit 1; }
+make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" SANITIZE="$SANITIZE" BUILD="$BUILD" all || { echo "0 passed, 1 failed"; exit 1; }
 
 # ----- specs -----
 export SQLNOTIFY_BUILD="$BUILD" SQLNOTIFY_TEST_PG_URL="$PG_URL" SANITIZE
