@@ -177,9 +177,10 @@ FROM sqlnotify.backfills WHERE consumer = $1 AND tbl = $2 FOR UPDATE SKIP LOCKED
 -- never deadlock), go into the journal each in the table of its id's epoch as
 -- sqlnotify.append() puts one (journal.c), numbered in key order (a volatile target is
 -- computed after the sort), and where the chunk ends is saved ({key_text}: the last key as
--- text, each value tagged a string, which PostgreSQL reads back as the column's type); the
+-- text from r0's k1, k2, ..., each value tagged a string, which PostgreSQL reads back as the
+-- column's type: made for that row only, as backfill_read does); the
 -- reader is woken on the channel of capture.h's PG_JOURNAL_CHANNEL. {ckeys}: k1, k2, ...
-WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {hash} AS h, {key_text} AS kt FROM {table} r
+WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {hash} AS h FROM {table} r
     WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit} FOR SHARE OF r NOWAIT),
   c AS (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, p, h FROM r0 ORDER BY {ckeys}),
   j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
@@ -188,7 +189,7 @@ WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {hash} AS h, {key_tex
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
   j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, p, h FROM c
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2),
-  sv AS (UPDATE sqlnotify.backfills SET last_key = (SELECT kt FROM r0 ORDER BY {ckeys_desc} LIMIT 1),
+  sv AS (UPDATE sqlnotify.backfills SET last_key = (SELECT {key_text} FROM r0 ORDER BY {ckeys_desc} LIMIT 1),
       rows_done = rows_done + (SELECT count(*) FROM r0), updated_at = pg_catalog.now()
     WHERE consumer = $2 AND tbl = $3 AND EXISTS (SELECT 1 FROM r0))
 SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
@@ -200,7 +201,7 @@ SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
 -- journal on the read watch's channel ($3 and the share, which the trigger's payload never
 -- is: it is no JSON object). The marks' ids come after this statement's snapshot was taken,
 -- so a share's mark arrives after every change of that share the rows already carry.
-WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {key_text} AS kt FROM {table} r
+WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p FROM {table} r
     WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit}),
   m AS MATERIALIZED (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, s AS h,
       pg_catalog.pg_notify('sqlnotify:journal', '') AS woke FROM pg_catalog.generate_series(0, (SELECT c.nshares - 1 FROM sqlnotify.consumers c WHERE c.name = $2)) s),
@@ -210,8 +211,8 @@ WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p, {key_text} AS kt FROM
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
   j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2)
-SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN kt END AS kt
-FROM (SELECT p, kt FROM r0 ORDER BY {ckeys}) o
+SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN {key_text} END AS kt
+FROM (SELECT * FROM r0 ORDER BY {ckeys}) o
 -- name: backfill_shares
 -- (consumer): the shares its marks go to, one each, and its members whose lease runs
 SELECT c.nshares, (SELECT count(*) FROM sqlnotify.members m

@@ -105,7 +105,7 @@ local function build(n, w, where, chunk)
     keys[i] = "r." .. q(c)
     keys_as[i] = "r." .. q(c) .. " AS k" .. i
     ckeys[i], ckeys_desc[i] = "k" .. i, "k" .. i .. " DESC"
-    key_text[i] = "'s' || r." .. q(c) .. "::text"
+    key_text[i] = "'s' || k" .. i .. "::text" -- of r0's columns, for the chunk's last row only
   end
   local function bound(op, first)
     local p = {}
