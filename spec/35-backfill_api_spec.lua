@@ -326,6 +326,7 @@ nl', true, '{"z": 1, "a": [1, 2.50, "x"]}', '\x00ff', '2026-01-02 03:04:05.678+0
     { name = "json, arrays and point (the plpgsql trigger)", cols = C_COLS .. ", j json, arr int[], pt point",
       more = ", j, arr, pt", values = { ", '{\"z\" : 1,   \"a\":2}', '{1,NULL,3}', '(1,2)'", ", 'null', NULL, NULL",
         ", '[]', '{}', NULL", ", '1.0', '{{1,2},{3,4}}', '(0,-0.5)'" } },
+    { name = 'extra_columns = "*"', cols = C_COLS, more = "", values = "", star = true },
   }
   for _, case in ipairs(cases) do
     it("has the values of the trigger's insert of the same row: " .. case.name, function()
@@ -339,7 +340,7 @@ nl', true, '{"z": 1, "a": [1, 2.50, "x"]}', '\x00ff', '2026-01-02 03:04:05.678+0
       local extra = { "ab", "b", "a", "é", "x\ty", "long name here", "by", "ts", "d", "u", "ival", "big" }
       for c in case.more:gmatch("(%w+)") do extra[#extra + 1] = c end
       n = assert(sqlnotify.notifier{ url = H.pg_url, consumer = "s35v", use_logger = false })
-      n:watch("spec35v.t", "insert", { extra_columns = extra })
+      n:watch("spec35v.t", "insert", { extra_columns = case.star and "*" or extra })
       local got = { insert = {}, read = {} }
       local function keep(ev)
         got[ev.operation][#got[ev.operation] + 1] = { id = ev.id, x = ev.extra_columns }

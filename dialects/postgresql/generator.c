@@ -562,21 +562,13 @@ int pg_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, c
     PGconn *db = c->ctl.conn;
     sn_sbuf k = {0};
     sb_text_object(&k, db, &t, "r", w->pk, w->npk);
-    if (w->extra_all) { /* the whole row: as the trigger makes it */
-        sn_sbuf kj = {0};
-        sn_sb_add(&kj, "(");
-        sn_sb_add(&kj, k.p ? k.p : "NULL");
-        sn_sb_add(&kj, ")::pg_catalog.jsonb");
-        sb_payload(payload, db, w, &t, kj.p, "r", NULL);
-        sn_sb_add(payload, "::text");
-        sn_sb_free(&kj);
-    } else { /* {"x": ..., "id": ...}: jsonb's order of the two keys (sb_text_object) */
-        sn_sb_add(payload, "('{\"x\": ' OPERATOR(pg_catalog.||) ");
-        sb_text_object(payload, db, &t, "r", w->extra, w->nextra);
-        sn_sb_add(payload, " OPERATOR(pg_catalog.||) ', \"id\": ' OPERATOR(pg_catalog.||) ");
-        sn_sb_add(payload, k.p ? k.p : "NULL");
-        sn_sb_add(payload, " OPERATOR(pg_catalog.||) '}')");
-    }
+    /* {"x": ..., "id": ...}: jsonb's order of the two keys (sb_text_object); a backfill names
+     * its extra columns (backfill.lua: every column for "*"), so there is no whole-row case */
+    sn_sb_add(payload, "('{\"x\": ' OPERATOR(pg_catalog.||) ");
+    sb_text_object(payload, db, &t, "r", w->extra, w->nextra);
+    sn_sb_add(payload, " OPERATOR(pg_catalog.||) ', \"id\": ' OPERATOR(pg_catalog.||) ");
+    sn_sb_add(payload, k.p ? k.p : "NULL");
+    sn_sb_add(payload, " OPERATOR(pg_catalog.||) '}')");
     sn_sb_add(hash, "pg_catalog.hashtext(");
     sn_sb_add(hash, k.p);
     sn_sb_add(hash, ") OPERATOR(pg_catalog.#) r.tableoid::int");
