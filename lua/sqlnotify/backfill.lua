@@ -496,10 +496,11 @@ function Notifier:_backfill_touch(track_list, w, ev)
 end
 
 -- Every mark of the chunk came: every change its rows carry has arrived before them. Its rows
--- go to the queue in key order, EMIT_SLICE at a time (the loop goes on between two: the next
--- chunk is read meanwhile); a change of one of its keys that arrives before that key's row
--- went drops the row, as one that arrived before the marks did.
-local EMIT_SLICE = 500
+-- go to the queue in key order, EMIT_SLICE at a time or less when handlers that run inline take
+-- EMIT_TIME (the loop goes on between two: the next chunk is read meanwhile, and lease steps,
+-- timers and acks are not held behind a slice of slow handlers); a change of one of its keys
+-- that arrives before that key's row went drops the row, as one that arrived before the marks did.
+local EMIT_SLICE, EMIT_TIME = 500, 0.05
 
 function Notifier:_backfill_emit(job, c)
   c.emitted, c.emitting, c.pos = true, true, 1
@@ -515,17 +516,21 @@ function Notifier:_backfill_emit(job, c)
       local now, touched, rows = core.now(), cur.touched, cur.rows
       if next(touched) == nil then touched = nil end -- no change came: no key to look up
       more.read = cur
-      local last = math.min(cur.pos + EMIT_SLICE - 1, cur.n)
-      for i = cur.pos, last do
+      local i, last, till = cur.pos, math.min(cur.pos + EMIT_SLICE - 1, cur.n), now + EMIT_TIME
+      while i <= last do
         local p = rows[i].p
         local ev = self:_event(w, w.channel, p, now)
+        i = i + 1
         if ev and not (touched and touched[key_of(w, ev)]) then
           w.mc.delivered = w.mc.delivered + 1
           cur.left, cur.sent = cur.left + 1, cur.sent + 1
-          if q:add(w, ev, nil, self._retry, p, w.wire, more) == true then cur.left = cur.left - 1 end
+          if q:add(w, ev, nil, self._retry, p, w.wire, more) == true then
+            cur.left = cur.left - 1 -- its handler ran here: the slice ends when its time is up
+            if core.now() >= till then break end
+          end
         end
       end
-      cur.pos = last + 1
+      cur.pos = i
       if cur.pos > cur.n then
         table.remove(ready, 1)
         untrack(self, cur, w.name)
