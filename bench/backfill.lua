@@ -15,19 +15,19 @@
 --           cancelled, and once no read row arrived for half a second the host prints "idle".
 --           Every 0.2 s it writes "ROWS SECONDS" to CTL.stat: read rows handled so far, and
 --           sqlnotify.now().
--- RATE: the notifier's backfill_rate (rows/s at most; none when absent or 0).
+-- RATE: the notifier's backfill_rate: rows/s at most, or "full"; absent or 0: the default, "auto".
 -- Prints "ready" once started. Not a test.
 local sqlnotify = require("sqlnotify")
 
 local url, tbl, consumer, chunk, N, mode, ctl =
   arg[1], arg[2], arg[3], math.tointeger(tonumber(arg[4])), math.tointeger(tonumber(arg[5])), arg[6], arg[7]
-local rate = tonumber(arg[8] or "0")
+local rate = arg[8] == "full" and "full" or tonumber(arg[8] or "0")
 assert(url and tbl and consumer and chunk and N and (mode == "once" or (mode == "toggle" and ctl)),
   "usage: backfill.lua URL TABLE CONSUMER CHUNK N once|toggle [CTL]")
 local now, fmt = sqlnotify.now, string.format
 io.stdout:setvbuf("line")
 
-local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, backfill_rate = rate > 0 and rate or nil })
+local n = assert(sqlnotify.notifier{ url = url, consumer = consumer, backfill_rate = (rate == "full" or rate > 0) and rate or nil })
 n:watch(tbl, "update", { extra_columns = { "v", "n" } })
 n:subscribe(tbl, "update", function() end)
 

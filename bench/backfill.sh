@@ -10,13 +10,14 @@
 #     again each time it reads the last row, so it runs for the whole pgbench run) against
 #     without. One host runs through both, so the table's trigger and its reader are the same
 #     in each and only the backfill differs. BENCH_BACKFILL_ROUNDS rounds, the two alternating;
-#     the ratio is the median of the rounds' own. Target >= 0.9x. Then the same with the
-#     notifier's backfill_rate at BENCH_BACKFILL_RATE rows/s (no target: what the knob buys).
+#     the ratio is the median of the rounds' own. Target >= 0.9x, with the default
+#     backfill_rate, "auto" (the pace yields to the writers). Then the same with "full" (as fast
+#     as it goes) and with BENCH_BACKFILL_RATE rows/s (no target: what the knob buys).
 # Environment: SQLNOTIFY_BENCH_PG_URL (default postgresql://root@127.0.0.1/test; makes and
 # drops the schema sqlnotify_bench_bf and the consumers bench_bf_*), BENCH_BACKFILL_N
 # (1000000), BENCH_BACKFILL_CLIENTS (4), BENCH_BACKFILL_SECONDS (10), BENCH_BACKFILL_ROUNDS
 # (3), BENCH_BACKFILL_WCHUNK (1000, the default chunk), BENCH_BACKFILL_RATE (10000). About
-# three minutes.
+# four minutes.
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -121,7 +122,7 @@ R1000=$RATE
 
 # ----- 2. the writers, with and without a backfill -----
 # writers RATE: ROUNDS rounds of pgbench without and with a backfill read at RATE rows/s at most
-# (0: as fast as it goes) into $TMP/rounds.RATE: "off on ratio backfill-rows/s" a round
+# (0: the default pace, "auto"; "full": as fast as it goes) into $TMP/rounds.RATE: "off on ratio backfill-rows/s" a round
 writers() {
 CTL=$TMP/ctl
 rm -f "$CTL" "$CTL.stat"
@@ -176,7 +177,7 @@ row() {
   awk -v off="$(cut -d' ' -f1 "$f" | median)" -v on="$(cut -d' ' -f2 "$f" | median)" -v wr="$(cut -d' ' -f3 "$f" | median)" \
     -v rate="$(cut -d' ' -f4 "$f" | median)" -v rounds="$(awk '{ printf "%s%.2f", (NR > 1 ? ", " : ""), $3 }' "$f")" \
     -v limit="$1" -v target="$2" -v wchunk="$WCHUNK" -v c="$CLIENTS" -v secs="$SECS" -v nr="$ROUNDS" 'BEGIN {
-    lim = limit > 0 ? sprintf(", backfill_rate %d", limit) : ""
+    lim = limit == "full" ? ", backfill_rate \"full\"" : limit > 0 ? sprintf(", backfill_rate %d", limit) : ", backfill_rate \"auto\", the default"
     printf "| writers: pgbench -c %d, one-row UPDATEs, %d s, tps with a backfill (chunk %d%s) / without (median of %d rounds) | - | %d / %d tps | %.2fx (rounds %s) | %s | %s |\n",
       c, secs, wchunk, lim, nr, on, off, wr, rounds, target ? ">= 0.9x" : "-", target ? (wr >= 0.9 ? "yes" : "NO") : "-"
     printf "| backfill rows/s while the writers ran (chunk %d%s) | - | %d/s | - | - | - |\n", wchunk, lim, rate
@@ -184,6 +185,7 @@ row() {
 }
 PASSES=0
 writers 0
+writers full
 writers "$RATE_LIMIT"
 
 echo
@@ -196,6 +198,7 @@ awk -v copy="$COPY" -v r10="$R10000" -v r1="$R1000" 'BEGIN {
   printf "| rows/s into Lua, chunk 1000 (the default) | %d/s | %d/s | %.3fx | - | - |\n", copy, r1, r1 / copy
 }'
 row 0 1
+row full 0
 row "$RATE_LIMIT" 0
 echo "trigger on $T: $KIND; backfills that read the whole table while the writers ran: $PASSES"
 echo "bench took $(($(date +%s) - T0)) s; load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -78,7 +78,9 @@ for _, d in ipairs(dialects) do
       assert.error_matches(function() sqlnotify.notifier{ url = env.url, backfill_rate = 100 } end,
         "backfill_rate applies to a consumer")
       assert.error_matches(function() sqlnotify.notifier{ url = env.url, consumer = "x", backfill_rate = 0 } end,
-        "backfill_rate must be a number of rows per second from 1, got 0")
+        'backfill_rate must be "auto", "full" or a number of rows per second from 1, got 0')
+      assert.error_matches(function() sqlnotify.notifier{ url = env.url, consumer = "x", backfill_rate = "fast" } end,
+        'backfill_rate must be "auto", "full" or a number of rows per second from 1, got fast')
       local n = notifier({ consumer = "s35a" })
       assert.error_matches(function() n:backfill(tbl("nokey")) end, "has no primary key; a backfill reads it in key order")
       assert.error_matches(function() n:backfill(tbl("n"), { chunk = 0 }) end, "chunk must be a whole number from 1 to 100000")
@@ -389,4 +391,83 @@ nl', true, '{"z": 1, "a": [1, 2.50, "x"]}', '\x00ff', '2026-01-02 03:04:05.678+0
       end
     end)
   end
+end)
+
+-- The pace of backfill_rate = "auto" (lua/sqlnotify/pace.lua), driven by a model: a backfill
+-- that reads FREE rows/s alone, writers that make BASE writes/s alone and lose LOSS of their
+-- rate at the backfill's full speed (in proportion below it), time in steps of one chunk, and
+-- where asked a noise that moves the writers' rate by up to NOISE each second, as a real
+-- second's tps moves (pgbench's varies by a tenth).
+describe("backfill pace", function()
+  local pace = require("sqlnotify.pace")
+  local FREE, CHUNK, BASE = 300000, 1000, 2000
+
+  local function model()
+    return { p = pace.new(), t = 0, rows = 0, writes = 0, seed = 12345, mul = 1 }
+  end
+  local function noise(m) -- a multiplier in [1 - NOISE, 1 + NOISE] from the model's own generator
+    m.seed = (m.seed * 1103515245 + 12345) % 2147483648
+    return 2 * m.seed / 2147483648 - 1
+  end
+  -- Runs the model to t1 with writers of base writes/s losing loss; returns the rows read and
+  -- the writes made meanwhile.
+  local function run(m, t1, base, loss, amount)
+    local rows0, writes0 = m.rows, m.writes
+    while m.t < t1 do
+      local hold = m.p:step(m.t, math.floor(m.writes), m.rows)
+      local dt, read = hold, 0
+      if hold == 0 then dt, read = CHUNK / math.min(m.p.cap or FREE, FREE), CHUNK end
+      if amount and math.floor(m.t) ~= m.sec then m.sec, m.mul = math.floor(m.t), 1 + amount * noise(m) end
+      m.writes = m.writes + dt * base * m.mul * (1 - loss * (read / dt) / FREE)
+      m.rows, m.t = m.rows + read, m.t + dt
+    end
+    return m.rows - rows0, m.writes - writes0
+  end
+  local fmt = string.format
+
+  it("reads as fast as it goes while no writes come", function()
+    local m = model()
+    local rows = run(m, 30, 0, 0.5)
+    assert.is_nil(m.p.cap)
+    assert.equal(FREE * 30, rows)
+  end)
+
+  it("holds writers that lose rate to it at 90% of their rate alone or more, then lets go when they stop", function()
+    local m = model()
+    run(m, 10, BASE, 0.4) -- learning
+    local rows, writes = run(m, 70, BASE, 0.4)
+    assert.is_true(writes >= 0.9 * BASE * 60, fmt("writes %.0f of %d", writes, BASE * 60))
+    -- and reads on: writers at 90% leave it a quarter of FREE in this model
+    assert.is_true(rows >= 0.05 * FREE * 60 and rows <= 0.3 * FREE * 60, fmt("rows %d", rows))
+    assert.is_number(m.p.cap)
+    run(m, 75, 0, 0.4) -- the writers stopped
+    assert.is_nil(m.p.cap)
+    rows = run(m, 85, 0, 0.4)
+    assert.equal(FREE * 10, rows)
+  end)
+
+  it("climbs back near full speed when the writers do not lose rate to it", function()
+    local m = model()
+    run(m, 40, BASE, 0)
+    local rows = run(m, 70, BASE, 0)
+    -- only the probes (0.5 s in 8) cost it
+    assert.is_true(rows >= 0.85 * FREE * 30, fmt("rows %d of %d", rows, FREE * 30))
+  end)
+
+  it("errs on the writers' side when their rate moves on its own", function()
+    local m = model()
+    run(m, 10, BASE, 0.4, 0.15)
+    local rows, writes = run(m, 130, BASE, 0.4, 0.15)
+    assert.is_true(writes >= 0.9 * BASE * 120, fmt("writes %.0f of %d", writes, BASE * 120))
+    assert.is_true(rows >= 0.005 * FREE * 120, fmt("rows %d", rows)) -- slow, not stopped
+  end)
+
+  it("keeps what it learned over a pause with no backfill, and starts a new window", function()
+    local m = model()
+    run(m, 20, BASE, 0.4)
+    local cap = m.p.cap
+    m.t = m.t + 60 -- no step for a minute: no window spans it
+    assert.equal(0, m.p:step(m.t, math.floor(m.writes) + 5000000, m.rows))
+    assert.equal(cap, m.p.cap)
+  end)
 end)

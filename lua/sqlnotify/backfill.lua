@@ -286,7 +286,9 @@ function Notifier:_backfill_progress(job, now)
   if now - job.said < PROGRESS_EVERY then return end
   local rate = (job.done - job.said_done) / (now - job.said)
   local left = math.max(job.total - job.done, 0)
-  self:_log("info", "backfill of %s: %d of about %d rows (%.0f rows/s)%s", job.w.name, job.done, job.total, rate,
+  local cap = self._bf_pace and self._bf_pace.cap
+  self:_log("info", "backfill of %s: %d of about %d rows (%.0f rows/s%s)%s", job.w.name, job.done, job.total, rate,
+    cap and fmt(", paced to at most %.0f for the writers", cap) or "",
     rate > 0 and fmt(", about %.0f s left", left / rate) or "")
   job.said, job.said_done = now, job.done
 end
@@ -309,6 +311,8 @@ function Notifier:_backfill_step(job)
   local idle = self._caps.groups and now - job.moved >= IDLE_AHEAD
   local behind = job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD
   if not mem and behind and not idle then return 0.005 end
+  local hold = self._bf_pace and self._bf_pace:step(now, self._seen, self._bf_rows)
+  if hold and hold > 0 then return hold end -- the pace measures the writers alone
   if job.stale then -- the last chunk failed: the table may have changed (a column renamed, dropped)
     local plan = build(self, w, job.where, job.chunk)
     if plan then job.plan, job.stale = plan, nil end
@@ -355,8 +359,15 @@ function Notifier:_backfill_step(job)
     return nil
   end
   job.wrote, job.moved = job.wrote + (mem and 0 or n), now
+  self._bf_rows = self._bf_rows + n
   self:_backfill_progress(job, now)
   if self._bf_rate then return math.max(t0 + n / self._bf_rate - now, 0) end -- backfill_rate: rows/s at most
+  local cap = self._bf_pace and self._bf_pace.cap -- "auto": the pace's, shared by the running backfills
+  if cap then
+    local k = 0
+    for _, other in pairs(self._backfills) do k = k + (other.stopped and 0 or 1) end
+    return math.max(t0 + n * k / cap - now, 0)
+  end
   return nil
 end
 

@@ -86,7 +86,8 @@ local EventMeta = { __index = {
 } }
 
 function Notifier:_event(w, channel, payload, ts)
-  if w.read then w.arrived = w.arrived + 1 end -- a backfill's row: the next chunk waits for them
+  if w.read then w.arrived = w.arrived + 1 -- a backfill's row: the next chunk waits for them
+  else self._seen = self._seen + 1 end -- a change: the backfills' pace counts the writers by them
   local ev, why, flag = decode(w.plan or self:_plan(w), payload, channel, ts)
   local drift = ev and flag
   if not ev and flag then -- a newer wire version: this release cannot read it (nil, the reason)

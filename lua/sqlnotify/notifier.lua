@@ -10,6 +10,7 @@ local dead = require("sqlnotify.dead_letters")
 local metrics = require("sqlnotify.metrics")
 local dispatch = require("sqlnotify.dispatch")
 local backfill = require("sqlnotify.backfill")
+local pace = require("sqlnotify.pace")
 local json = require("cjson.safe").new() -- our own instance: the user's cjson settings stay theirs
 
 json.decode_max_depth(64) -- anyone can NOTIFY a watched channel: bound what a payload can nest
@@ -283,8 +284,8 @@ function M.notifier(opts)
     fail(2, "lease must be a number of seconds from 0.5 to 3600")
   end
   local rate = opts.backfill_rate
-  if rate ~= nil and (type(rate) ~= "number" or not (rate >= 1 and rate < math.huge)) then
-    fail(2, "backfill_rate must be a number of rows per second from 1, got %s", tostring(rate))
+  if rate ~= nil and rate ~= "auto" and rate ~= "full" and (type(rate) ~= "number" or not (rate >= 1 and rate < math.huge)) then
+    fail(2, 'backfill_rate must be "auto", "full" or a number of rows per second from 1, got %s', tostring(rate))
   end
   for _, k in ipairs({ "shares", "lease", "backfill_rate" }) do
     if opts[k] ~= nil and opts.consumer == nil then fail(2, "%s applies to a consumer: set consumer too", k) end
@@ -343,7 +344,9 @@ function M.notifier(opts)
     _backfills = {},   -- read watch -> its backfill running here (backfill.lua)
     _bf_track = {},    -- table name -> chunks read into memory waiting for their marks (backfill.lua)
     _snapshot = opts.start_at == "snapshot",
-    _bf_rate = opts.backfill_rate, -- rows/s a backfill reads at most here (nil: as fast as it goes)
+    _bf_rate = type(opts.backfill_rate) == "number" and opts.backfill_rate or nil, -- rows/s a backfill reads at most
+    _bf_pace = (opts.backfill_rate or "auto") == "auto" and pace.new() or nil, -- else: a pace that yields to writers
+    _bf_rows = 0, _seen = 0, -- rows the backfills read; change events seen (the writers, to the pace)
     _url = url,        -- for the backfills' own connection
     _use_logger = opts.use_logger ~= false,
     _by_key = {},      -- schema \0 table \0 op \0 label -> watch
