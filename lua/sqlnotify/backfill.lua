@@ -361,13 +361,13 @@ function Notifier:_backfill_step(job)
   job.wrote, job.moved = job.wrote + (mem and 0 or n), now
   self._bf_rows = self._bf_rows + n
   self:_backfill_progress(job, now)
-  if self._bf_rate then return math.max(t0 + n / self._bf_rate - now, 0) end -- backfill_rate: rows/s at most
-  local cap = self._bf_pace and self._bf_pace.cap -- "auto": the pace's, shared by the running backfills
-  if cap then
+  local rate = self._bf_rate -- backfill_rate: rows/s at most; "auto": the pace's cap, shared
+  if not rate and self._bf_pace and self._bf_pace.cap then
     local k = 0
     for _, other in pairs(self._backfills) do k = k + (other.stopped and 0 or 1) end
-    return math.max(t0 + n * k / cap - now, 0)
+    rate = self._bf_pace.cap / k
   end
+  if rate then return math.max(t0 + n / rate - now, 0) end
   return nil
 end
 
