@@ -86,8 +86,7 @@ local EventMeta = { __index = {
 } }
 
 function Notifier:_event(w, channel, payload, ts)
-  if w.read then w.arrived = w.arrived + 1 -- a backfill's row: the next chunk waits for them
-  else self._seen = self._seen + 1 end -- a change: the backfills' pace counts the writers by them
+  if w.read then w.arrived = w.arrived + 1 end -- a backfill's row: the next chunk waits for them
   local ev, why, flag = decode(w.plan or self:_plan(w), payload, channel, ts)
   local drift = ev and flag
   if not ev and flag then -- a newer wire version: this release cannot read it (nil, the reason)
@@ -96,6 +95,7 @@ function Notifier:_event(w, channel, payload, ts)
     self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
     return nil
   end
+  if not w.read then self._seen = self._seen + 1 end -- a change: the backfills' pace counts writers by them
   if drift and self:_recheck(w, ts) then ev = decode(w.plan or self:_plan(w), payload, channel, ts) or ev end
   if ev.truncated then
     if #w.gone == 0 then self:_recheck(w, ts) end
