@@ -58,7 +58,31 @@ sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the
 make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" SANITIZE="$SANITIZE" BUILD="$BUILD" all || { echo "0 passed, 1 failed"; exit 1; }
 
 # ----- specs -----
-export SQLNOTIFY_BUILD="$BUILD" SQLNOTIFY_TEST_PG_URL="$PG_URL" SANITIZE
+# The spec files run in SQLNOTIFY_CHECK_JOBS workers side by side (2 by default: most of a
+# spec's time is spent waiting on servers and timers, not on the CPU). Each worker has a
+# PostgreSQL and a MariaDB database of its own, made afresh, so that a spec sees only what
+# its own worker made; everything else a spec makes (schemas, roles, clusters, ports) is
+# named per spec file already. A worker takes the next file no worker has taken, the
+# largest first. Where SQLNOTIFY_TEST_PG_URL or SQLNOTIFY_TEST_MYSQL_URL names a database,
+# one worker runs, unless SQLNOTIFY_CHECK_JOBS says otherwise.
+if [ -n "${SQLNOTIFY_TEST_PG_URL:-}${SQLNOTIFY_TEST_MYSQL_URL:-}" ]; then JOBS=${SQLNOTIFY_CHECK_JOBS:-1}
+else JOBS=${SQLNOTIFY_CHECK_JOBS:-2}; fi
+case "$JOBS" in ''|*[!0-9]*|0) echo "check: SQLNOTIFY_CHECK_JOBS must be a number from 1, got $JOBS" >&2
+  echo "0 passed, 1 failed"; exit 1 ;; esac
+MYSQL_URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/$OWN_DB}
+k=2
+while [ $k -le "$JOBS" ]; do
+  if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
+    psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS ${OWN_DB}_$k WITH (FORCE)" -c "CREATE DATABASE ${OWN_DB}_$k" \
+      >/dev/null 2>&1 && sh tools/pgext.sh "${PG_URL%/*}/${OWN_DB}_$k" \
+      || { echo "check: cannot make the database ${OWN_DB}_$k" >&2; echo "0 passed, 1 failed"; exit 1; }
+  fi
+  [ -n "${SQLNOTIFY_TEST_MYSQL_URL:-}" ] || sh tools/mariadb.sh "${MYSQL_URL%/*}/${OWN_DB}_$k" \
+    || { echo "0 passed, 1 failed"; exit 1; }
+  k=$((k + 1))
+done
+
+export SQLNOTIFY_BUILD="$BUILD" SANITIZE
 preload=""
 if [ -n "$SANITIZE" ]; then
   # The module is loaded by lua5.4, which is not built with the sanitizers: preload their
@@ -67,14 +91,45 @@ if [ -n "$SANITIZE" ]; then
   # lua5.4 and busted are not ours: leaks are checked on the host binary, in the specs that run it.
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
-out=$(mktemp)
-[ $# -gt 0 ] || set -- spec
-LD_PRELOAD="$preload" busted --lua=lua5.4 -o TAP "$@" 2>&1 | tee "$out"
-skipped=$(grep -c '^ok [0-9]* - # SKIP' "$out")
-passed=$(($(grep -c '^ok ' "$out") - skipped))
-failed=$(grep -c '^not ok ' "$out")
-if ! grep -q '^1\.\.' "$out"; then failed=$((failed + 1)); fi   # busted itself failed to run
-rm -f "$out"
+
+# The arguments: spec files and folders (spec/ when none), and busted's options for each file.
+work=$(mktemp -d /tmp/sqlnotify-check.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+: >"$work/files"
+n=$#
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  if [ -d "$a" ]; then find "$a" -name '*_spec.lua' >>"$work/files"
+  elif [ -f "$a" ]; then echo "$a" >>"$work/files"
+  else set -- "$@" "$a"; fi
+done
+[ -s "$work/files" ] || find spec -name '*_spec.lua' >>"$work/files"
+# shellcheck disable=SC2046
+ls -S $(cat "$work/files") >"$work/order"
+
+# worker K [busted options]: run the files nobody took yet, each one's TAP printed whole when
+# it ends; a file busted did not finish (no plan line) counts as one failure.
+worker() {
+  wk=$1; shift
+  if [ "$wk" = 1 ]; then pg=$PG_URL my=$MYSQL_URL
+  else pg=${PG_URL%/*}/${OWN_DB}_$wk my=${MYSQL_URL%/*}/${OWN_DB}_$wk; fi
+  while read -r f; do
+    mkdir "$work/taken.$(echo "$f" | tr / _)" 2>/dev/null || continue
+    out="$work/out.$(echo "$f" | tr / _)"
+    t0=$(date +%s)
+    SQLNOTIFY_TEST_PG_URL=$pg SQLNOTIFY_TEST_MYSQL_URL=$my LD_PRELOAD="$preload" \
+      busted --lua=lua5.4 -o TAP "$@" "$f" >"$out" 2>&1
+    grep -q '^1\.\.' "$out" || echo "not ok - busted did not finish $f" >>"$out"
+    ( flock 9; echo "# $f ($(($(date +%s) - t0)) s, worker $wk)"; cat "$out" ) 9>"$work/print"
+  done <"$work/order"
+}
+k=1
+while [ $k -le "$JOBS" ]; do worker $k "$@" & k=$((k + 1)); done
+wait
+cat "$work"/out.* >"$work/all"
+skipped=$(grep -c '^ok [0-9]* - # SKIP' "$work/all")
+passed=$(($(grep -c '^ok ' "$work/all") - skipped))
+failed=$(grep -c '^not ok ' "$work/all")
 if [ "$skipped" -gt 0 ] && [ "${SQLNOTIFY_ALLOW_SKIP:-0}" != 1 ]; then
   echo "check: $skipped spec(s) skipped; every spec must run here (see the SKIP lines above)" >&2
   failed=$((failed + skipped))

@@ -3,9 +3,10 @@
 # mariadb-server from Debian's packages where it is missing, starts it where it is installed
 # but stopped, lets this user in over TCP where a fresh install does not, and makes the
 # specs' database afresh (SQLNOTIFY_TEST_MYSQL_URL names another one: it is only created
-# if missing). Installs only through apt, and says so.
+# if missing), or the one its argument names (a second worker's). Installs only through apt,
+# and says so.
 set -u
-URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/sqlnotify_check}
+URL=${1:-${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/sqlnotify_check}}
 say() { echo "check: $*"; }
 
 # mysql://user[:pass]@host[:port]/db[?...] -> the parts the client needs
@@ -54,7 +55,7 @@ if ! client -e 'SELECT 1' >/dev/null 2>&1; then
   fi
 fi
 
-if [ -z "${SQLNOTIFY_TEST_MYSQL_URL:-}" ]; then
+if [ $# -gt 0 ] || [ -z "${SQLNOTIFY_TEST_MYSQL_URL:-}" ]; then
   client -e "DROP DATABASE IF EXISTS \`$db\`; CREATE DATABASE \`$db\` CHARACTER SET utf8mb4" >/dev/null
 else
   client -e "CREATE DATABASE IF NOT EXISTS \`$db\` CHARACTER SET utf8mb4" >/dev/null
