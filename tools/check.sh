@@ -14,6 +14,19 @@ PG_URL=${SQLNOTIFY_TEST_PG_URL:-postgresql://root@127.0.0.1/$OWN_DB}
 
 say() { echo "check: $*"; }
 
+# How many workers run the spec files (below, "specs"): checked before anything is touched.
+JOBS=${SQLNOTIFY_CHECK_JOBS:-2}
+case "$JOBS" in ''|*[!0-9]*|0) echo "check: SQLNOTIFY_CHECK_JOBS must be a number from 1, got $JOBS" >&2
+  echo "0 passed, 1 failed"; exit 1 ;; esac
+if [ -n "${SQLNOTIFY_TEST_PG_URL:-}${SQLNOTIFY_TEST_MYSQL_URL:-}" ]; then
+  if [ -n "${SQLNOTIFY_CHECK_JOBS:-}" ] && [ "$JOBS" -gt 1 ]; then
+    echo "check: SQLNOTIFY_CHECK_JOBS=$JOBS needs databases of check's own; unset SQLNOTIFY_TEST_PG_URL" \
+      "and SQLNOTIFY_TEST_MYSQL_URL, or run one worker" >&2
+    echo "0 passed, 1 failed"; exit 1
+  fi
+  JOBS=1
+fi
+
 # ----- packages -----
 sh tools/deps.sh check || { echo "0 passed, 1 failed"; exit 1; }
 
@@ -64,21 +77,14 @@ make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" SANITIZE="$SANITIZE
 # its own worker made; everything else a spec makes (schemas, roles, clusters, ports) is
 # named per spec file already. A worker takes the next file no worker has taken, the
 # largest first. Where SQLNOTIFY_TEST_PG_URL or SQLNOTIFY_TEST_MYSQL_URL names a database,
-# one worker runs, unless SQLNOTIFY_CHECK_JOBS says otherwise.
-if [ -n "${SQLNOTIFY_TEST_PG_URL:-}${SQLNOTIFY_TEST_MYSQL_URL:-}" ]; then JOBS=${SQLNOTIFY_CHECK_JOBS:-1}
-else JOBS=${SQLNOTIFY_CHECK_JOBS:-2}; fi
-case "$JOBS" in ''|*[!0-9]*|0) echo "check: SQLNOTIFY_CHECK_JOBS must be a number from 1, got $JOBS" >&2
-  echo "0 passed, 1 failed"; exit 1 ;; esac
+# one worker runs: the others' databases would be made on a server that is not ours.
 MYSQL_URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/$OWN_DB}
 k=2
-while [ $k -le "$JOBS" ]; do
-  if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
-    psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS ${OWN_DB}_$k WITH (FORCE)" -c "CREATE DATABASE ${OWN_DB}_$k" \
-      >/dev/null 2>&1 && sh tools/pgext.sh "${PG_URL%/*}/${OWN_DB}_$k" \
-      || { echo "check: cannot make the database ${OWN_DB}_$k" >&2; echo "0 passed, 1 failed"; exit 1; }
-  fi
-  [ -n "${SQLNOTIFY_TEST_MYSQL_URL:-}" ] || sh tools/mariadb.sh "${MYSQL_URL%/*}/${OWN_DB}_$k" \
-    || { echo "0 passed, 1 failed"; exit 1; }
+while [ $k -le "$JOBS" ]; do # worker k's databases (none is named by a URL: JOBS is 1 then)
+  psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS ${OWN_DB}_$k WITH (FORCE)" -c "CREATE DATABASE ${OWN_DB}_$k" \
+    >/dev/null 2>&1 && sh tools/pgext.sh "${PG_URL%/*}/${OWN_DB}_$k" \
+    || { echo "check: cannot make the database ${OWN_DB}_$k" >&2; echo "0 passed, 1 failed"; exit 1; }
+  sh tools/mariadb.sh "${MYSQL_URL%/*}/${OWN_DB}_$k" || { echo "0 passed, 1 failed"; exit 1; }
   k=$((k + 1))
 done
 
