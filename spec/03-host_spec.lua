@@ -85,6 +85,30 @@ describe("sqlnotify-lua", function()
       assert.are.equal("loaded\ntick\n", out)
     end)
 
+    it("exits 0 on a SIGTERM that comes while it stops on its own", function()
+      local flag = H.tmpfile(".flag")
+      local p = H.host(string.format([[
+        local sqlnotify = require("sqlnotify")
+        sqlnotify.after(0, function() print("running") end)
+        -- nothing is left to wait on: the host stops, and closing the state runs this
+        _G.slow = setmetatable({}, { __gc = function()
+          io.stdout:write("closing\n")
+          io.stdout:flush()
+          local deadline = os.time() + 30
+          while os.time() < deadline do
+            local f = io.open(%q)
+            if f then f:close() break end
+          end
+        end })
+      ]], flag))
+      assert.is_true(p:wait_for("running\nclosing\n"), p:stderr())
+      p:kill("TERM")
+      H.sleep(0.05) -- the signal is taken while the state closes
+      H.spit(flag, "")
+      assert.are.equal(0, p:wait())
+      assert.are.equal("running\nclosing\n", p:stdout())
+    end)
+
     it("survives a SIGHUP while the script loads, and reloads once the loop runs", function()
       local flag = H.tmpfile(".flag")
       local p = H.host(string.format([[

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -147,6 +148,16 @@ static void on_signal(int sig)
     ev_async_send(loop, &stop_async);
 }
 
+/* The host's loop ended (a stop signal, or nothing left to wait on) and it tears down to
+ * exit 0. A stop signal meanwhile, such as a TERM sent as the host was already stopping on its
+ * own, ends it at once with that status: the signal's default action would make it look killed
+ * (143). Nothing waits in a handler by then. */
+static void on_late_signal(int sig)
+{
+    (void)sig;
+    _exit(0);
+}
+
 /* The stop hook (core.set_stop_hook) of the newest Lua state: asked, when a stop signal
  * comes, how many seconds the handlers in flight get (0: none in flight). The state clears
  * it as it closes (a sentinel's __gc). */
@@ -267,8 +278,14 @@ void sn_run_loop(void)
     sigaction(SIGTERM, &sa, &old_term);
     ev_run(l, 0);
     ev_timer_stop(l, &grace_timer);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    if (host_mode) { /* the host exits next: see on_late_signal */
+        sa.sa_handler = on_late_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+    } else {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
     stop_requested = 0;
 }
 
