@@ -425,7 +425,6 @@ describe("backfill pace", function()
     end
     return m.rows - rows0, m.writes - writes0
   end
-  local fmt = string.format
 
   it("reads as fast as it goes while no writes come", function()
     local m = model()

@@ -79,12 +79,14 @@ make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" SANITIZE="$SANITIZE
 # largest first. Where SQLNOTIFY_TEST_PG_URL or SQLNOTIFY_TEST_MYSQL_URL names a database,
 # one worker runs: the others' databases would be made on a server that is not ours.
 MYSQL_URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/$OWN_DB}
+# of_worker URL K: worker K's database on URL's server (the first worker's is URL's own)
+of_worker() { if [ "$2" = 1 ]; then echo "$1"; else echo "${1%/*}/${OWN_DB}_$2"; fi; }
 k=2
 while [ $k -le "$JOBS" ]; do # worker k's databases (none is named by a URL: JOBS is 1 then)
   psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS ${OWN_DB}_$k WITH (FORCE)" -c "CREATE DATABASE ${OWN_DB}_$k" \
-    >/dev/null 2>&1 && sh tools/pgext.sh "${PG_URL%/*}/${OWN_DB}_$k" \
+    >/dev/null 2>&1 && sh tools/pgext.sh "$(of_worker "$PG_URL" $k)" \
     || { echo "check: cannot make the database ${OWN_DB}_$k" >&2; echo "0 passed, 1 failed"; exit 1; }
-  sh tools/mariadb.sh "${MYSQL_URL%/*}/${OWN_DB}_$k" || { echo "0 passed, 1 failed"; exit 1; }
+  sh tools/mariadb.sh "$(of_worker "$MYSQL_URL" $k)" || { echo "0 passed, 1 failed"; exit 1; }
   k=$((k + 1))
 done
 
@@ -117,11 +119,11 @@ ls -S $(cat "$work/files") >"$work/order"
 # it ends; a file busted did not finish (no plan line) counts as one failure.
 worker() {
   wk=$1; shift
-  if [ "$wk" = 1 ]; then pg=$PG_URL my=$MYSQL_URL
-  else pg=${PG_URL%/*}/${OWN_DB}_$wk my=${MYSQL_URL%/*}/${OWN_DB}_$wk; fi
+  pg=$(of_worker "$PG_URL" "$wk") my=$(of_worker "$MYSQL_URL" "$wk")
   while read -r f; do
-    mkdir "$work/taken.$(echo "$f" | tr / _)" 2>/dev/null || continue
-    out="$work/out.$(echo "$f" | tr / _)"
+    id=$(echo "$f" | tr / _)
+    mkdir "$work/taken.$id" 2>/dev/null || continue
+    out="$work/out.$id"
     t0=$(date +%s)
     SQLNOTIFY_TEST_PG_URL=$pg SQLNOTIFY_TEST_MYSQL_URL=$my LD_PRELOAD="$preload" \
       busted --lua=lua5.4 -o TAP "$@" "$f" >"$out" 2>&1
