@@ -472,3 +472,92 @@ describe("backfill pace", function()
     assert.equal(cap, m.p.cap)
   end)
 end)
+
+-- The pace counts the writers at work by the changes a process reads. A durable consumer's
+-- backlog, read after it was away, is not them: it is a handler's pace, and it must not hold
+-- a backfill back. The same backlog read moments after it was written is (the control). On
+-- PostgreSQL, whose backfill reads into memory, beside the backlog rather than behind it.
+describe("backfill pace, through the host on PostgreSQL", function()
+  local BACKLOG, BIG = 3000, 200000
+  local SCRIPT = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local backlog, big = tonumber(arg[2]), tonumber(arg[3])
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = "s35pace" })
+local changes, reads = 0, 0
+local function check()
+  if changes == backlog and reads == big then print("done") end
+end
+n:watch("spec35p.c", "insert")
+n:subscribe("spec35p.c", "insert", function()
+  local t = sqlnotify.now() + 0.001
+  while sqlnotify.now() < t do end -- a handler's work: the backlog takes seconds
+  changes = changes + 1
+  check()
+end)
+for _, op in ipairs({ "insert", "update", "delete" }) do
+  n:watch("spec35p.big", op)
+  n:subscribe("spec35p.big", op, function() end)
+end
+n:subscribe("spec35p.big", "read", function()
+  reads = reads + 1
+  check()
+end)
+assert(n:start())
+n:backfill("spec35p.big", { chunk = 1000 })
+]]
+  local procs
+  local function drop_consumer()
+    local n = assert(sqlnotify.notifier({ url = H.pg_url, use_logger = false }))
+    n:drop_consumer("s35pace")
+    n:close()
+  end
+  before_each(function()
+    procs = {}
+    H.fresh_schema("spec35p")
+    H.psql(fmt("CREATE TABLE spec35p.c (id int PRIMARY KEY, v text); CREATE TABLE spec35p.big (id int PRIMARY KEY,"
+      .. " v text); INSERT INTO spec35p.big SELECT i, 'v' || i FROM generate_series(1, %d) i;", BIG))
+    local n = assert(sqlnotify.notifier({ url = H.pg_url, consumer = "s35pace", use_logger = false }))
+    n:watch("spec35p.c", "insert")
+    for _, op in ipairs({ "insert", "update", "delete" }) do n:watch("spec35p.big", op) end
+    assert(n:start())
+    n:close() -- the consumer is away; its capture stays
+    H.psql(fmt("INSERT INTO spec35p.c SELECT i, 'c' || i FROM generate_series(1, %d) i;", BACKLOG))
+  end)
+  after_each(function()
+    for _, p in ipairs(procs) do p:kill("KILL") end
+    drop_consumer()
+    H.drop_schema("spec35p")
+  end)
+  local function consume()
+    local p = H.host(SCRIPT, { H.pg_url, tostring(BACKLOG), tostring(BIG) }, "SQLNOTIFY_LOG_LEVEL=debug ")
+    procs[#procs + 1] = p
+    assert(p:wait_for("done\n", 60), "the host did not read every change and row: " .. p:stderr())
+    p:kill()
+    assert.equal(0, p:wait(20))
+    p:assert_clean()
+    local said = {} -- the pace's and the backfill's own lines: the events' debug lines are many
+    for l in p:stderr():gmatch("[^\n]+") do
+      if l:find("sqlnotify: backfill", 1, true) then said[#said + 1] = l end
+    end
+    return table.concat(said, "\n")
+  end
+  local CAPPED = "backfill pace: writers at about %d+ changes/s alone; reading at most %d+ rows/s"
+
+  it("leaves a backfill free while a consumer reads a backlog written over 5 s before", function()
+    H.sleep(6)
+    local said = consume()
+    assert.matches("chunks read into memory", said)
+    assert.is_nil(said:match(CAPPED), said)
+  end)
+
+  it("holds a backfill back while the changes it reads are fresh, and lets go once they stop", function()
+    local said = consume()
+    assert.matches("chunks read into memory", said)
+    local capped = said:find(CAPPED)
+    assert.is_number(capped, said)
+    local free = said:find("backfill pace: the writers stopped; reading as fast as it goes", capped, true)
+    assert.is_number(free, said)
+    assert.is_nil(said:find(CAPPED, free), said) -- once
+  end)
+end)

@@ -37,6 +37,7 @@ local Notifier = {}
 local DEFAULT_CHUNK = 1000
 local MAX_CHUNK = 100000
 local PROGRESS_EVERY = 5  -- seconds between two progress lines
+local PACE_TICK = 0.5     -- seconds at most between two steps while a chunk waits for the rate
 local AHEAD = 2           -- chunks written and not yet seen arriving before the next waits
 local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the next chunk goes anyway,
                           -- where consumers are groups (other members hold the shares its rows went to)
@@ -311,8 +312,20 @@ function Notifier:_backfill_step(job)
   local idle = self._caps.groups and now - job.moved >= IDLE_AHEAD
   local behind = job.wrote - (w.arrived - job.base_arrived) >= job.chunk * AHEAD
   if not mem and behind and not idle then return 0.005 end
-  local hold = self._bf_pace and self._bf_pace:step(now, self._seen, self._bf_rows)
+  local pace, was = self._bf_pace, self._bf_pace and self._bf_pace.cap
+  local hold = pace and pace:step(now, self._seen, self._bf_rows)
+  if pace and (pace.cap == nil) ~= (was == nil) then
+    self:_log("debug", pace.cap and "backfill pace: writers at about %.0f changes/s alone; reading at most %.0f rows/s"
+      or "backfill pace: the writers stopped; reading as fast as it goes", pace.base, pace.cap)
+  end
   if hold and hold > 0 then return hold end -- the pace measures the writers alone
+  local last = job.last -- the previous chunk's start and rows: the next waits for the rate
+  if last then
+    local rate = self:_backfill_rate()
+    local due = rate and last.t0 + last.n / rate
+    if due and now < due then return math.min(due - now, PACE_TICK) end
+    job.last = nil
+  end
   if job.stale then -- the last chunk failed: the table may have changed (a column renamed, dropped)
     local plan = build(self, w, job.where, job.chunk)
     if plan then job.plan, job.stale = plan, nil end
@@ -361,14 +374,23 @@ function Notifier:_backfill_step(job)
   job.wrote, job.moved = job.wrote + (mem and 0 or n), now
   self._bf_rows = self._bf_rows + n
   self:_backfill_progress(job, now)
-  local rate = self._bf_rate -- backfill_rate: rows/s at most; "auto": the pace's cap, shared
+  local rate = self:_backfill_rate()
+  if not rate then return nil end
+  job.last = { t0 = t0, n = n }
+  return math.max(math.min(t0 + n / rate - now, PACE_TICK), 0)
+end
+
+-- The rows/s each running backfill may read now: backfill_rate, or under "auto" the pace's cap
+-- shared among them; nil: as fast as it goes. Asked again at every step while a chunk waits
+-- for it, so the pace keeps measuring and a cap let go or raised shortens the wait.
+function Notifier:_backfill_rate()
+  local rate = self._bf_rate
   if not rate and self._bf_pace and self._bf_pace.cap then
     local k = 0
     for _, other in pairs(self._backfills) do k = k + (other.stopped and 0 or 1) end
-    rate = self._bf_pace.cap / k
+    rate = self._bf_pace.cap / math.max(k, 1)
   end
-  if rate then return math.max(t0 + n / rate - now, 0) end
-  return nil
+  return rate
 end
 
 -- ===== chunks read into memory (PostgreSQL, a member holding every share)

@@ -8,6 +8,7 @@ local core = require("sqlnotify.core")
 local filters = require("sqlnotify.filters")
 local dead = require("sqlnotify.dead_letters")
 local metrics = require("sqlnotify.metrics")
+local pace = require("sqlnotify.pace")
 
 local fmt, concat, sort = string.format, table.concat, table.sort
 local show, show_id = filters.show, filters.show_id
@@ -95,7 +96,6 @@ function Notifier:_event(w, channel, payload, ts)
     self:_log("warn", "skipping malformed payload on channel %s: %s: %s", channel, why, shorten(payload))
     return nil
   end
-  if not w.read then self._seen = self._seen + 1 end -- a change: the backfills' pace counts writers by them
   if drift and self:_recheck(w, ts) then ev = decode(w.plan or self:_plan(w), payload, channel, ts) or ev end
   if ev.truncated then
     if #w.gone == 0 then self:_recheck(w, ts) end
@@ -542,6 +542,7 @@ function Notifier:_dispatch(batch, n, ts, seqs, written)
       finished = q:skip(seq)
     elseif chan and (chan.n > 0 or chan.nb > 0) and self._started then
       local ev, newer = self:_event(w, w.channel, batch[i + 1], ts)
+      if ev and not w.read and pace.fresh(ts, wat) then self._seen = self._seen + 1 end -- the pace's writers
       if newer then self:_newer(w, channel, seq, batch[i + 1], newer) end
       local track = ev and self._bf_track[w.name]
       if track then self:_backfill_touch(track, w, ev) end

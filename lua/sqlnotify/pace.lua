@@ -2,7 +2,8 @@
 -- (backfill_rate = "auto", the default; docs/design.md, Backfill).
 --
 -- A backfill at full speed takes CPU and I/O the writers need. The writers' rate is what the
--- process sees of it: the change events of its watches. With none, a backfill reads as fast
+-- process sees of it: the change events of its watches, those written lately (a backlog read
+-- after an outage is not the writers at work). With none, a backfill reads as fast
 -- as it goes. When they flow, the backfill holds still for PROBE seconds to measure them alone,
 -- then reads at a cap that follows the writers' rate window by window: down (DOWN) when they
 -- fall under KEEP of their rate alone, up (UP) when they do not. A second's rate of writers
@@ -23,6 +24,8 @@ local FIRST = 1 / 8       -- the first cap, of the rate read before writes came
 local MIN_WRITES = 50     -- writes a second under which writers are not counted as flowing
 local MIN_CAP = 100       -- rows/s the cap never goes below: a backfill always ends
 local STALE = 3           -- seconds without a step after which the next starts a new window
+local FRESH = 5           -- seconds from its write within which a durable change read counts as
+-- the writers' (an older one is a backlog read after an outage or a restart: a handler's pace)
 
 local Pace = {}
 Pace.__index = Pace
@@ -35,6 +38,13 @@ end
 -- A new window from now.
 function Pace:_window(now, writes, rows)
   self.t, self.w, self.r = now, writes, rows
+end
+
+--- pace.fresh(now, written) -> whether a change read at now counts as the writers' at work: a
+-- live one (written nil) does; a durable one when its journal row was written FRESH seconds ago
+-- or less, by the database's clock (a later one, a clock ahead, counts too).
+function M.fresh(now, written)
+  return not written or now - written <= FRESH
 end
 
 --- p:step(now, writes, rows) -> seconds to hold still (0: read on at p.cap).
