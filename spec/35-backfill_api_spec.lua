@@ -1,7 +1,8 @@
 -- Backfill's API (SPEC §8.3) on PostgreSQL, SQLite and MariaDB, in process: what it refuses and
 -- where; keys of every shape read in the database's own key order, each row once; a where
 -- condition; n:backfills() and n:cancel_backfill(); a table truncated under a running
--- backfill. spec/34-backfill_spec.lua is the end-to-end case with writers and kill -9.
+-- backfill; the pace's model, and the pace through the host beside a consumer's backlog.
+-- spec/34-backfill_spec.lua is the end-to-end case with writers and kill -9.
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
