@@ -319,12 +319,11 @@ function Notifier:_backfill_step(job)
       or "backfill pace: the writers stopped; reading as fast as it goes", pace.base, pace.cap)
   end
   if hold and hold > 0 then return hold end -- the pace measures the writers alone
-  local last = job.last -- the previous chunk's start and rows: the next waits for the rate
-  if last then
+  if job.last_n then -- the previous chunk's rows, read from job.last_t0: the next waits for the rate
     local rate = self:_backfill_rate()
-    local due = rate and last.t0 + last.n / rate
+    local due = rate and job.last_t0 + job.last_n / rate
     if due and now < due then return math.min(due - now, PACE_TICK) end
-    job.last = nil
+    job.last_n = nil
   end
   if job.stale then -- the last chunk failed: the table may have changed (a column renamed, dropped)
     local plan = build(self, w, job.where, job.chunk)
@@ -374,10 +373,8 @@ function Notifier:_backfill_step(job)
   job.wrote, job.moved = job.wrote + (mem and 0 or n), now
   self._bf_rows = self._bf_rows + n
   self:_backfill_progress(job, now)
-  local rate = self:_backfill_rate()
-  if not rate then return nil end
-  job.last = { t0 = t0, n = n }
-  return math.max(math.min(t0 + n / rate - now, PACE_TICK), 0)
+  job.last_t0, job.last_n = t0, n -- the next step waits for the rate, if any
+  return nil
 end
 
 -- The rows/s each running backfill may read now: backfill_rate, or under "auto" the pace's cap
