@@ -50,46 +50,46 @@ if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ] && ! psql "$ADMIN_URL" -Atc 'select 1' >/
       || su postgres -c "createuser -s $(id -un)"
   fi
 fi
-if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
-  psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS $OWN_DB WITH (FORCE)" -c "CREATE DATABASE $OWN_DB" >/dev/null 2>&1 \
-    || { echo "check: cannot create the database $OWN_DB on 127.0.0.1:5432" >&2; echo "0 passed, 1 failed"; exit 1; }
-fi
+# Each worker (below, "specs") has a PostgreSQL and a MariaDB database of its own, made
+# afresh; where SQLNOTIFY_TEST_PG_URL or SQLNOTIFY_TEST_MYSQL_URL names one, there is one
+# worker, and that database is the one its URL names.
+MYSQL_URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/$OWN_DB}
+# of_worker URL K: worker K's database on URL's server (the first worker's is URL's own)
+of_worker() { if [ "$2" = 1 ]; then echo "$1"; else echo "${1%/*}/${OWN_DB}_$2"; fi; }
+# own_pg K: worker K's PostgreSQL database made afresh, with the triggers in C (pgext/)
+# created there at their current version
+own_pg() {
+  db=$OWN_DB; [ "$1" = 1 ] || db=${OWN_DB}_$1
+  psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null 2>&1 \
+    || { echo "check: cannot create the database $db on 127.0.0.1:5432" >&2; return 1; }
+  sh tools/pgext.sh "$(of_worker "$PG_URL" "$1")"
+}
+k=1
+while [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ] && [ $k -le "$JOBS" ]; do
+  own_pg $k || { echo "0 passed, 1 failed"; exit 1; }
+  k=$((k + 1))
+done
 if ! psql "$PG_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "check: cannot reach PostgreSQL at $PG_URL" >&2
   echo "0 passed, 1 failed"; exit 1
 fi
-
-# The triggers in C (pgext/), into the server the specs use when it runs here (the specs'
-# database is made afresh above, so the extension is created there at its current version).
-if [ -z "${SQLNOTIFY_TEST_PG_URL:-}" ]; then
-  sh tools/pgext.sh "$PG_URL" || { echo "0 passed, 1 failed"; exit 1; }
-fi
-
-sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the MySQL specs
+sh tools/mariadb.sh || { echo "0 passed, 1 failed"; exit 1; }  # MariaDB for the MySQL specs: the URL's, or worker 1's
+k=2
+while [ $k -le "$JOBS" ]; do
+  sh tools/mariadb.sh "$(of_worker "$MYSQL_URL" $k)" || { echo "0 passed, 1 failed"; exit 1; }
+  k=$((k + 1))
+done
 
 # ----- build -----
 make --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" SANITIZE="$SANITIZE" BUILD="$BUILD" all || { echo "0 passed, 1 failed"; exit 1; }
 
 # ----- specs -----
 # The spec files run in SQLNOTIFY_CHECK_JOBS workers side by side (2 by default: most of a
-# spec's time is spent waiting on servers and timers, not on the CPU). Each worker has a
-# PostgreSQL and a MariaDB database of its own, made afresh, so that a spec sees only what
-# its own worker made; everything else a spec makes (schemas, roles, clusters, ports) is
-# named per spec file already. A worker takes the next file no worker has taken, the
-# largest first. Where SQLNOTIFY_TEST_PG_URL or SQLNOTIFY_TEST_MYSQL_URL names a database,
-# one worker runs: the others' databases would be made on a server that is not ours.
-MYSQL_URL=${SQLNOTIFY_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/$OWN_DB}
-# of_worker URL K: worker K's database on URL's server (the first worker's is URL's own)
-of_worker() { if [ "$2" = 1 ]; then echo "$1"; else echo "${1%/*}/${OWN_DB}_$2"; fi; }
-k=2
-while [ $k -le "$JOBS" ]; do # worker k's databases (none is named by a URL: JOBS is 1 then)
-  psql "$ADMIN_URL" -q -c "DROP DATABASE IF EXISTS ${OWN_DB}_$k WITH (FORCE)" -c "CREATE DATABASE ${OWN_DB}_$k" \
-    >/dev/null 2>&1 && sh tools/pgext.sh "$(of_worker "$PG_URL" $k)" \
-    || { echo "check: cannot make the database ${OWN_DB}_$k" >&2; echo "0 passed, 1 failed"; exit 1; }
-  sh tools/mariadb.sh "$(of_worker "$MYSQL_URL" $k)" || { echo "0 passed, 1 failed"; exit 1; }
-  k=$((k + 1))
-done
-
+# spec's time is spent waiting on servers and timers, not on the CPU), each on the databases
+# made above, so that a spec sees only what its own worker made; everything else a spec makes
+# (schemas, roles, clusters, ports) is named per spec file already. A worker takes the next
+# file no worker has taken, the largest first. Where a URL names a database, one worker runs:
+# the others' databases would be made on a server that is not ours.
 export SQLNOTIFY_BUILD="$BUILD" SANITIZE
 preload=""
 if [ -n "$SANITIZE" ]; then
