@@ -260,6 +260,54 @@ for _, d in ipairs(dialects) do
         assert.equal("journal", path("s35m4", nil, { extra_columns = { "id" }, primary_keys = { "v" } }))
       end)
 
+      -- A chunk's marks take their journal ids once their statement has its xid, as every writer
+      -- of the journal does: a fetch whose snapshot fell between the ids and the xid would move
+      -- its floor past them, and the chunk would wait 30 s for marks that never come. An open
+      -- ALTER SEQUENCE holds the read statement at its first id, where it must have its xid.
+      it("has its xid before a chunk read into memory takes its marks' ids", function()
+        table_n(30)
+        local n = notifier({ consumer = "s35x" })
+        local said, log = {}, n._log
+        n._log = function(self, level, ...)
+          said[#said + 1] = fmt(...)
+          return log(self, level, ...)
+        end
+        local got = {}
+        n:watch(tbl("n"), "insert", { extra_columns = { "v" } })
+        n:watch(tbl("n"), "read", { extra_columns = { "v" } })
+        n:subscribe(tbl("n"), "read", function(ev) got[#got + 1] = ev.id end)
+        assert(n:start())
+        local holder = notifier({})
+        assert(holder:query("BEGIN"))
+        assert(holder:query("ALTER SEQUENCE sqlnotify.journal_id CACHE 1")) -- as it is: a lock, no change
+        n:backfill(tbl("n"), { chunk = 10 })
+        local xid
+        local function waiting()
+          local rows = assert(holder:query("SELECT COALESCE(backend_xid::text, 'none') AS x FROM pg_stat_activity"
+            .. " WHERE wait_event_type = 'Lock' AND datname = current_database() AND query LIKE '%generate_series%'"))
+          xid = rows[1] and rows[1].x
+          return xid ~= nil
+        end
+        local blocked = false
+        for _ = 1, 40 do -- (the loop runs between: holder's query is called outside it)
+          H.run_for(0.5)
+          blocked = waiting()
+          if blocked then break end
+        end
+        assert(holder:query("COMMIT"))
+        assert.is_true(blocked, "no chunk's read waited for the journal's sequence")
+        assert.not_equal("none", xid)
+        local ok = H.run_until(function() return #got == 30 and n:backfills()[1].state == "done" end, 20)
+        local memory = false
+        for _, l in ipairs(said) do
+          memory = memory or l:find(": chunks read into memory", 1, true) ~= nil
+          assert.is_nil(l:find("did not see its marks", 1, true), l)
+        end
+        assert.is_true(ok, "rows read: " .. #got)
+        assert.is_true(memory)
+        for i = 1, 30 do assert.equal(i, got[i]) end
+      end)
+
       -- Rows read into memory go to handlers that run inline; slow handlers must not hold the
       -- loop for a whole slice of rows, or lease steps, timers and acks wait behind them.
       it("lets the loop run between slow handlers of a chunk read into memory", function()

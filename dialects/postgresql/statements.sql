@@ -200,11 +200,16 @@ SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
 -- written but a mark for each share, into the
 -- journal on the read watch's channel ($3 and the share, which the trigger's payload never
 -- is: it is no JSON object). The marks' ids come after this statement's snapshot was taken,
--- so a share's mark arrives after every change of that share the rows already carry.
+-- so a share's mark arrives after every change of that share the rows already carry. Like
+-- every writer's (journal.sql, floor_of), they are taken once the statement has its xid (m's
+-- filter, evaluated once before its rows): this statement takes no lock, and an id taken
+-- before the xid could fall below the floor of a fetch whose snapshot came in between; that
+-- mark would never come, and the chunk would wait MARK_WAIT to be read again.
 WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p FROM {table} r
     WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit}),
   m AS MATERIALIZED (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, s AS h,
-      pg_catalog.pg_notify('sqlnotify:journal', '') AS woke FROM pg_catalog.generate_series(0, (SELECT c.nshares - 1 FROM sqlnotify.consumers c WHERE c.name = $2)) s),
+      pg_catalog.pg_notify('sqlnotify:journal', '') AS woke FROM pg_catalog.generate_series(0, (SELECT c.nshares - 1 FROM sqlnotify.consumers c WHERE c.name = $2)) s
+    WHERE pg_catalog.pg_current_xact_id() IS NOT NULL),
   j0 AS (INSERT INTO sqlnotify.journal_0 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 0),
   j1 AS (INSERT INTO sqlnotify.journal_1 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
