@@ -8,6 +8,7 @@ local sqlnotify = require("sqlnotify")
 
 -- Ports of this spec (19100-19109).
 local P_SQLITE, P_BUSY, P_LUA, P_DURABLE, P_PROXY, P_PG, P_IDLE = 19100, 19101, 19102, 19103, 19104, 19105, 19106
+local P_FDS = 19107
 local S = "spec32"
 
 -- GET url with the curl CLI: status code, body.
@@ -168,6 +169,73 @@ describe("--metrics on SQLite", function()
     local deadline = H.now() + 20
     while H.slurp(ended) == "" and H.now() < deadline do H.sleep(0.1) end
     assert.are.equal("0", H.slurp(ended):match("%d+"))
+    p:stop()
+  end)
+
+  -- The CPU seconds process pid has used (user and system), from /proc.
+  local function cpu_of(pid)
+    local f = assert(io.open("/proc/" .. pid .. "/stat"))
+    local stat = f:read("a")
+    f:close()
+    local utime, stime = stat:match("^%d+ %b() %a" .. (" %S+"):rep(10) .. " (%d+) (%d+)")
+    return (tonumber(utime) + tonumber(stime)) / 100 -- USER_HZ
+  end
+
+  -- Out of descriptors, a waiting connection keeps the listening socket readable: accepting
+  -- again at once would spin the loop. It pauses, says so once, and serves it when one is free.
+  it("pauses instead of spinning while out of descriptors, and serves once one is free", function()
+    local hog = [[
+      local sqlnotify = require("sqlnotify")
+      local held, free = {}, arg[1]
+      while true do
+        local f = io.open("/dev/null")
+        if not f then break end
+        held[#held + 1] = f
+      end
+      print("hogged " .. #held)
+      local t
+      t = sqlnotify.every(0.05, function()
+        table.remove(held):close() -- a descriptor to look for the flag with, taken back at once
+        local f = io.open(free)
+        if not f then
+          held[#held + 1] = io.open("/dev/null")
+          return
+        end
+        f:close()
+        for _, h in ipairs(held) do h:close() end
+        held = {}
+        print("freed")
+        t:stop()
+      end)
+      sqlnotify.every(0.05, function() end) -- keeps the host running
+    ]]
+    local free = H.tmpfile(".free")
+    os.remove(free)
+    local wrapper = H.host_wrapper
+    H.host_wrapper = "prlimit --nofile=64:64 " .. wrapper
+    H.host_options = { "--metrics", "127.0.0.1:" .. P_FDS }
+    p = H.host(hog, { free })
+    H.host_options, H.host_wrapper = nil, wrapper
+    assert.is_true(p:wait_for("hogged %d+", 10), p:stderr())
+    local code = H.tmpfile(".code")
+    H.sh(string.format("curl -s -m 20 -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/health >%s 2>/dev/null &",
+      P_FDS, H.shell_quote(code)))
+    H.sleep(0.5)
+    local before = cpu_of(p.pid)
+    H.sleep(2)
+    local used = cpu_of(p.pid) - before
+    assert.is_true(used < 0.5, string.format("%.2f s of CPU in 2 s while out of descriptors", used))
+    assert.are.equal("", H.slurp(code)) -- still waiting
+    H.spit(free, "")
+    assert.is_true(p:wait_for("freed", 10), p:stderr())
+    local deadline = H.now() + 10
+    while H.slurp(code) == "" and H.now() < deadline do H.sleep(0.05) end
+    assert.are.equal("200", H.slurp(code))
+    local said = 0
+    for _ in p:stderr():gmatch("cannot accept a connection: Too many open files; trying again every 0.5 s") do
+      said = said + 1
+    end
+    assert.are.equal(1, said, p:stderr())
     p:stop()
   end)
 

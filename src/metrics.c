@@ -27,6 +27,8 @@
 
 #define MX_REQ_MAX 8192   /* bytes of request line and headers */
 #define MX_DEADLINE 10.0  /* seconds a connection may take from accept to its last byte written */
+#define MX_PAUSE 0.5      /* seconds without accepting after running out of descriptors */
+#define MX_PAUSE_LOG 60.0 /* seconds between two warnings of that */
 #define MX_CONNS 64       /* connections at once; then the oldest idle one makes room */
 #define MX_HOOKS 4        /* Lua states alive at once (a reload: the old one and the new one) */
 
@@ -44,6 +46,8 @@ typedef struct mx_conn {
 static struct {
     int fd;               /* -1: not serving */
     ev_io accept;
+    ev_timer pause;       /* out of descriptors: accept is stopped until it fires */
+    double paused_said;   /* ev_now of the last warning of that */
     char addr[256];       /* as given, for messages */
     mx_conn *conns;
     int nconns;
@@ -220,13 +224,37 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     conn_close((mx_conn *)((char *)w - offsetof(mx_conn, deadline)));
 }
 
+/* Accepting again after a pause. Exactly one of accept and pause is active, unreferenced. */
+static void on_pause(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)w, (void)revents;
+    ev_ref(loop); /* the timer stopped on its own */
+    ev_io_start(loop, &mx.accept);
+    ev_unref(loop);
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)revents;
     for (int i = 0; i < 64; i++) { /* a burst, then the loop's other watchers get their turn */
         int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+            /* the connection stays queued and the socket readable: accepting again at once
+             * would spin the loop until a descriptor is free, so wait a little */
+            if (mx.paused_said == 0 || ev_now(loop) - mx.paused_said >= MX_PAUSE_LOG) {
+                mx.paused_said = ev_now(loop);
+                sn_log(SN_LOG_WARN, "metrics on %s: cannot accept a connection: %s; trying again every %.1f s",
+                       mx.addr, strerror(errno), MX_PAUSE);
+            }
+            ev_ref(loop);
+            ev_io_stop(loop, &mx.accept);
+            ev_timer_set(&mx.pause, MX_PAUSE, 0.);
+            ev_timer_start(loop, &mx.pause);
+            ev_unref(loop);
+            return;
+        }
         if (fd < 0)
-            return; /* EAGAIN, or a failure of one connection (EMFILE: next time) */
+            return; /* EAGAIN, or a failure of one connection */
         if (mx.nconns == MX_CONNS) { /* full: the oldest that sent no whole request goes */
             mx_conn *idle = NULL;
             for (mx_conn *o = mx.conns; o; o = o->next)
@@ -315,6 +343,7 @@ int sn_metrics_listen(const char *addr, char *err, size_t errlen)
     snprintf(mx.addr, sizeof mx.addr, "%s", addr);
     struct ev_loop *loop = sn_loop();
     ev_io_init(&mx.accept, on_accept, fd, EV_READ);
+    ev_timer_init(&mx.pause, on_pause, MX_PAUSE, 0.);
     ev_io_start(loop, &mx.accept);
     ev_unref(loop); /* serving alone does not keep the program running */
     sn_log(SN_LOG_INFO, "serving /metrics, /health and /ready on %s", addr);
@@ -331,6 +360,7 @@ void sn_metrics_close(void)
         conn_close(mx.conns);
     ev_ref(loop);
     ev_io_stop(loop, &mx.accept);
+    ev_timer_stop(loop, &mx.pause);
     close(mx.fd);
     mx.fd = -1;
 }
