@@ -46,8 +46,8 @@ local function wait_get(port, path, code, pattern, timeout)
   return false, tostring(c) .. " " .. tostring(body)
 end
 
-local ODD = 'q"b\\s\nn' -- a quote, a backslash, a newline
-local ODD_SQL = '"q""b\\s\nn"'
+local ODD = 'q"b\\s\nn\xff' -- a quote, a backslash, a newline, a byte that is no UTF-8
+local ODD_SQL = '"q""b\\s\nn\xff"'
 
 describe("--metrics on SQLite", function()
   local db, p
@@ -104,7 +104,7 @@ describe("--metrics on SQLite", function()
     assert.are.equal(3, value(body, "sqlnotify_dead_letters_total{" .. T .. "}"))
     assert.are.equal(10, value(body, "sqlnotify_commit_to_handler_seconds_count{" .. T .. "}"))
     assert.are.equal(10, value(body, "sqlnotify_commit_to_handler_seconds_bucket{" .. T .. ',le="+Inf"}'))
-    local O = 'consumer="",table="main.q\\"b\\\\s\\nn",operation="insert"'
+    local O = 'consumer="",table="main.q\\"b\\\\s\\nn\u{FFFD}",operation="insert"'
     assert.are.equal(2, value(body, "sqlnotify_events_delivered_total{" .. O .. "}"), body)
     assert.are.equal(0, value(body, "sqlnotify_handler_failures_total{" .. O .. "}"))
     assert.are.equal(1, value(body, 'sqlnotify_connection_up{consumer="",database="SQLite database \\"' .. db .. '\\""}'))

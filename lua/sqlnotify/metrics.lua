@@ -77,7 +77,26 @@ end
 -- ===== the text format =====
 
 local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
-local function esc(v) return (tostring(v):gsub('[\\"\n]', ESC)) end
+-- A label value: backslash, quote and newline escaped, and a byte that is not part of valid
+-- UTF-8 made U+FFFD (as the JSON log does), or Prometheus refuses the whole scrape: table and
+-- consumer names are anyone's (SQLite takes any bytes).
+local function esc(v)
+  v = tostring(v)
+  if not utf8.len(v) then
+    local out, i = {}, 1
+    while i <= #v do
+      local _, bad = utf8.len(v, i)
+      if not bad then
+        out[#out + 1] = v:sub(i)
+        break
+      end
+      out[#out + 1] = v:sub(i, bad - 1) .. "\u{FFFD}"
+      i = bad + 1
+    end
+    v = table.concat(out)
+  end
+  return (v:gsub('[\\"\n]', ESC))
+end
 
 local function num(v)
   if v ~= v then return "NaN" end
