@@ -389,11 +389,15 @@ static void schedule_retry(rclient *c)
 }
 
 /* The server refused AUTH or SELECT: the waiting calls get its answer now; later calls get it
- * at once until a connection is ready (the server's configuration may change: we retry). */
+ * at once until a connection is ready (the server's configuration may change: we retry). The
+ * refusal is logged when its answer is new: retried every 1-2 s, the same one is said once. */
 static void refuse_waiting(rclient *c, const char *what, const char *err)
 {
     char msg[400];
     snprintf(msg, sizeof msg, "sqlnotify: redis: %s refused by %s:%d: %s", what, c->host, c->port, err);
+    if (c->fatal == NULL || strcmp(c->fatal, msg) != 0)
+        sn_log(SN_LOG_WARN, "redis %s:%d: %s refused: %s; trying again (said again when the answer changes)",
+               c->host, c->port, what, err);
     free(c->fatal);
     c->fatal = strdup(msg);
     snprintf(c->why, sizeof c->why, "%s refused: %s", what, err);
@@ -412,7 +416,6 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
                      ac->c.errstr[0] ? ac->c.errstr : "closed");
         } else if (r->type == REDIS_REPLY_ERROR) {
             int select = c->handshake == 0 && c->db != 0; /* SELECT is sent last */
-            sn_log(SN_LOG_WARN, "redis %s:%d: %s refused: %s", c->host, c->port, select ? "SELECT" : "AUTH", r->str);
             refuse_waiting(c, select ? "SELECT" : "AUTH", r->str);
             if (c->state != CLOSED) { /* the replies ran Lua: it may have closed the client */
                 drop_connection(c, NULL); /* deferred by hiredis: we are in its callback */
