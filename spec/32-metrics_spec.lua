@@ -184,6 +184,8 @@ describe("--metrics on SQLite", function()
   -- Out of descriptors, a waiting connection keeps the listening socket readable: accepting
   -- again at once would spin the loop. It pauses, says so once, and serves it when one is free.
   it("pauses instead of spinning while out of descriptors, and serves once one is free", function()
+    -- valgrind closes a connection accepted past its descriptor limit itself (then EMFILE)
+    local valgrind = H.host_wrapper:find("valgrind", 1, true)
     local hog = [[
       local sqlnotify = require("sqlnotify")
       local held, free = {}, arg[1]
@@ -225,12 +227,13 @@ describe("--metrics on SQLite", function()
     H.sleep(2)
     local used = cpu_of(p.pid) - before
     assert.is_true(used < 0.5, string.format("%.2f s of CPU in 2 s while out of descriptors", used))
-    assert.are.equal("", H.slurp(code)) -- still waiting
+    if not valgrind then assert.are.equal("", H.slurp(code)) end -- still waiting
     H.spit(free, "")
     assert.is_true(p:wait_for("freed", 10), p:stderr())
     local deadline = H.now() + 10
-    while H.slurp(code) == "" and H.now() < deadline do H.sleep(0.05) end
-    assert.are.equal("200", H.slurp(code))
+    while not valgrind and H.slurp(code) == "" and H.now() < deadline do H.sleep(0.05) end
+    if not valgrind then assert.are.equal("200", H.slurp(code)) end
+    assert.are.same({ 200, "ok\n" }, { get(P_FDS, "/health") })
     local said = 0
     for _ in p:stderr():gmatch("cannot accept a connection: Too many open files; trying again every 0.5 s") do
       said = said + 1
