@@ -312,12 +312,21 @@ static void on_up(natsConnection *nc, void *closure)
     notice((uint64_t)(uintptr_t)closure, P_UP, NULL);
 }
 
+/* cnats's texts start with where in its sources they were made: "(conn.c:3041): ". */
+static const char *plain(const char *text)
+{
+    if (text == NULL || text[0] != '(')
+        return text;
+    const char *end = strstr(text, "): ");
+    return end != NULL && memchr(text, ' ', (size_t)(end - text)) == NULL ? end + 3 : text;
+}
+
 static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     (void)sub;
     const char *last = NULL;
     natsConnection_GetLastError(nc, &last);
-    notice((uint64_t)(uintptr_t)closure, P_ERROR, last != NULL && *last ? last : natsStatus_GetText(err));
+    notice((uint64_t)(uintptr_t)closure, P_ERROR, last != NULL && *last ? plain(last) : natsStatus_GetText(err));
 }
 
 /* ===== pending calls ===== */
@@ -697,12 +706,13 @@ static int nc_close(lua_State *L)
     return 0;
 }
 
-static int fail_now(lua_State *L, const char *what, const char *subject, natsStatus s)
+/* nil, "sqlnotify: nats: publish to 's': nats://host:port: <cnats's last error>" */
+static int fail_now(lua_State *L, client *c, const char *what, const char *subject, natsStatus s)
 {
     const char *last = nats_GetLastError(NULL);
     lua_pushnil(L);
-    lua_pushfstring(L, "sqlnotify: nats: %s '%s': %s", what, subject,
-                    last != NULL && *last ? last : natsStatus_GetText(s));
+    lua_pushfstring(L, "sqlnotify: nats: %s '%s': %s: %s", what, subject, c->where,
+                    last != NULL && *last ? plain(last) : natsStatus_GetText(s));
     return 2;
 }
 
@@ -749,7 +759,8 @@ static void release_held(client *c)
             const char *last = nats_GetLastError(NULL);
             natsMsg_Destroy(msg);
             ev_timer_stop(sn_loop(), &p->timer);
-            pend_fail(p, "publish to '%s': %s", p->subject, last != NULL && *last ? last : natsStatus_GetText(s));
+            pend_fail(p, "publish to '%s': %s: %s", p->subject, c->where,
+                      last != NULL && *last ? plain(last) : natsStatus_GetText(s));
             continue;
         }
         p->kind = K_PUB;
@@ -774,7 +785,7 @@ static int nc_publish(lua_State *L)
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, data, (int)len);
     if (s != NATS_OK)
-        return fail_now(L, "publish to", subject, s);
+        return fail_now(L, c, "publish to", subject, s);
     if (!c->up) { /* held until the first connection (K_HELD) */
         pend *p = pend_new(L, c, K_HELD, 0, subject, 6, c->timeout);
         if (p == NULL || (msg_id != NULL && (p->msg_id = strdup(msg_id)) == NULL)
@@ -790,7 +801,7 @@ static int nc_publish(lua_State *L)
     s = js_send(c, &msg, msg_id, stream, c->timeout);
     if (s != NATS_OK) {
         natsMsg_Destroy(msg);
-        return fail_now(L, "publish to", subject, s);
+        return fail_now(L, c, "publish to", subject, s);
     }
     if (pend_new(L, c, K_PUB, key, subject, 6, c->timeout) == NULL)
         return luaL_error(L, "sqlnotify: nats: out of memory");
@@ -809,7 +820,7 @@ static int nc_publish_core(lua_State *L)
         return luaL_error(L, "sqlnotify: nats: message too large (%zu bytes)", len);
     natsStatus s = natsConnection_Publish(c->nc, subject, data, (int)len);
     if (s != NATS_OK)
-        return fail_now(L, "publish to", subject, s);
+        return fail_now(L, c, "publish to", subject, s);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -831,7 +842,7 @@ static int nc_request(lua_State *L)
         natsInbox *inbox = NULL;
         s = natsInbox_Create(&inbox);
         if (s != NATS_OK)
-            return fail_now(L, "request to", subject, s);
+            return fail_now(L, c, "request to", subject, s);
         size_t n = strlen(inbox);
         char *prefix = malloc(n + 2), *wild = malloc(n + 3);
         if (prefix == NULL || wild == NULL) {
@@ -850,7 +861,7 @@ static int nc_request(lua_State *L)
         if (s != NATS_OK) {
             free(prefix);
             c->rsub = NULL;
-            return fail_now(L, "request to", subject, s);
+            return fail_now(L, c, "request to", subject, s);
         }
         free(c->inbox);
         c->inbox = prefix;
@@ -860,7 +871,7 @@ static int nc_request(lua_State *L)
     snprintf(reply, sizeof reply, "%s%llu", c->inbox, (unsigned long long)token);
     s = natsConnection_PublishRequest(c->nc, subject, reply, data, (int)len);
     if (s != NATS_OK)
-        return fail_now(L, "request to", subject, s);
+        return fail_now(L, c, "request to", subject, s);
     if (pend_new(L, c, K_REQ, (uintptr_t)token, subject, 5, timeout) == NULL)
         return luaL_error(L, "sqlnotify: nats: out of memory");
     lua_pushboolean(L, 1);
@@ -956,7 +967,7 @@ static int nats_new(lua_State *L)
         natsOptions_Destroy(opts);
         client_cleanup(c, 0);
         return luaL_error(L, "sqlnotify: nats: bad option for %s: %s", where,
-                          last != NULL && *last ? last : natsStatus_GetText(s));
+                          last != NULL && *last ? plain(last) : natsStatus_GetText(s));
     }
     s = natsConnection_Connect(&c->nc, opts);
     if (s == NATS_NOT_YET_CONNECTED)
@@ -976,7 +987,7 @@ static int nats_new(lua_State *L)
         const char *last = nats_GetLastError(NULL);
         lua_pushnil(L);
         lua_pushfstring(L, "sqlnotify: nats: cannot connect to %s: %s", where,
-                        last != NULL && *last ? last : natsStatus_GetText(s));
+                        last != NULL && *last ? plain(last) : natsStatus_GetText(s));
         client_cleanup(c, 0);
         return 2;
     }
