@@ -3,13 +3,17 @@
 -- inserts from a durable SQLite consumer survives a kill -9 of the relay and a restart of
 -- the server with exactly 2,000 messages in the stream, each row once; a subject no stream
 -- takes is retried then dead-lettered; a server down at start makes calls wait for their
--- deadline while the loop goes on; misuse raises at the caller's line.
+-- deadline while the loop goes on; misuse raises at the caller's line. Servers that refuse
+-- the credentials (ports 17510, 17511), at start and after a restart with another password:
+-- cnats closes the connection, calls fail at once saying why, the refusal is logged once, and
+-- the client connects again once they are accepted.
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
 
 local fmt, q = string.format, H.shell_quote
 
 local PORT, DOWN_PORT, LATE_PORT = 14230, 14233, 14231
+local AUTH_PORT, MID_PORT = 17510, 17511
 local URL = "nats://127.0.0.1:" .. PORT
 
 -- Stream administration through the client itself: "create S" (subjects s.>, file storage,
@@ -279,6 +283,182 @@ end)
       assert.matches("late\tnil\tsqlnotify: nats: publish to 'late31.x': no stream takes this subject (no responders)\n",
         p:stdout(), 1, true)
       assert.is_nil(p:stderr():find("secret31", 1, true))
+      p:assert_clean()
+    end)
+end)
+
+describe("sqlnotify.nats and a server that refuses the credentials", function()
+  local procs, servers, dirs = {}, {}, {}
+  local function track(p) procs[#procs + 1] = p; return p end
+  -- a private server on port with --user good --pass pass, JetStream stored in its own directory
+  local function nats_auth(port, pass)
+    local dir = H.tmpdir() .. "/nats31-auth-" .. port
+    H.sh("rm -rf " .. q(dir))
+    dirs[#dirs + 1] = dir
+    local d = H.daemon(fmt("nats-server -a 127.0.0.1 -p %d --user good --pass %s -js -sd %s", port, pass, dir), port)
+    servers[#servers + 1] = d
+    return d
+  end
+  -- the same server (its stream kept) restarted with another password
+  local function restart(d, port, pass)
+    d.cmd = d.cmd:gsub("%-%-pass %S+", "--pass " .. pass)
+    d:stop()
+    d:start()
+  end
+  local function count(text, plain)
+    local n, at = 0, 1
+    while true do
+      local i = text:find(plain, at, true)
+      if not i then return n end
+      n, at = n + 1, i + #plain
+    end
+  end
+  after_each(function()
+    for _, p in ipairs(procs) do
+      if not p:exited() then p:kill("KILL"); p:wait() end
+    end
+    for _, d in ipairs(servers) do d:stop() end
+    for _, dir in ipairs(dirs) do H.sh("rm -rf " .. q(dir)) end
+    procs, servers, dirs = {}, {}, {}
+  end)
+
+  it("refused at start: a client, not an error; calls fail at once saying why; it connects once accepted",
+    function()
+      local server = nats_auth(AUTH_PORT, "wrong31")
+      local p = track(H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local nc, err = sqlnotify.nats{ url = "nats://good:pw31@127.0.0.1:" .. arg[1], timeout = 20 }
+print("made", nc ~= nil, err)
+sqlnotify.spawn(function() -- held until the first connection, which never comes: fails at cnats's close
+  local t0 = sqlnotify.now()
+  local r, e = nc:publish("auth31.held", "x", { msg_id = "h1" })
+  print("held", r, e, sqlnotify.now() - t0 < 5)
+end)
+sqlnotify.spawn(function()
+  while nc:publish_core("auth31.core", "x") do sqlnotify.sleep(0.02) end -- buffered until cnats closes
+  print("status", nc:status())
+  print("core", nc:publish_core("auth31.core", "x"))
+  print("request", nc:request("auth31.x", "x"))
+  print("publish", nc:publish("auth31.a", "x", { msg_id = "a1" }))
+  print("waiting")
+  while nc:status() ~= "connected" do sqlnotify.sleep(0.02) end
+  print("status", nc:status())
+  local r = assert(nc:request("$JS.API.STREAM.CREATE.AUTH31",
+    '{"name":"AUTH31","subjects":["auth31.>"],"storage":"file"}'))
+  print("created", r:find('"did_create":true', 1, true) ~= nil)
+  local a = assert(nc:publish("auth31.a", "x", { msg_id = "a1" }))
+  print("acked", a.stream, a.seq, a.duplicate)
+  print("messages", assert(nc:request("$JS.API.STREAM.INFO.AUTH31", "")):match('"messages":(%d+)'))
+  nc:close()
+  sqlnotify.stop()
+end)
+]], { tostring(AUTH_PORT) }))
+      assert(p:wait_for("waiting", 20), p:stdout() .. p:stderr())
+      assert(p:wait_for("held", 5), p:stdout() .. p:stderr())
+      local down = "sqlnotify: nats: nats://good:***@127.0.0.1:" .. AUTH_PORT .. ": not connected (Authorization Violation)"
+      local got, held = {}, {} -- the held publish is answered from the loop: before or after the rest
+      for l in p:stdout():gmatch("[^\n]+") do
+        if l:find("^held") then held[#held + 1] = l else got[#got + 1] = l end
+      end
+      assert.same({ "held\tnil\t" .. down .. "\ttrue" }, held)
+      assert.same({
+        "made\ttrue\tnil",
+        "status\treconnecting",
+        "core\tnil\t" .. down,
+        "request\tnil\t" .. down,
+        "publish\tnil\t" .. down,
+        "waiting" }, got)
+      restart(server, AUTH_PORT, "pw31")
+      assert.equal(0, p:wait(30), p:stderr())
+      local out = p:stdout():gsub("held\t[^\n]*\n", "")
+      assert.matches("\nwaiting\nstatus\tconnected\ncreated\ttrue\nacked\tAUTH31\t1\tfalse\nmessages\t1\n$", out)
+      local err = p:stderr()
+      assert.equal(1, count(err, "warn  sqlnotify: nats: nats://good:***@127.0.0.1:" .. AUTH_PORT
+        .. ": not connected (Authorization Violation); connecting again with backoff\n"), err)
+      assert.equal(1, count(err, "Authorization Violation"), err)
+      assert.equal(1, count(err, "nats: connected again to nats://good:***@127.0.0.1:" .. AUTH_PORT .. "\n"), err)
+      assert.is_nil(err:find("pw31", 1, true))
+      p:assert_clean()
+    end)
+
+  it("refused after a restart with another password: in-flight calls fail, then back with the old one",
+    function()
+      local server = nats_auth(MID_PORT, "pw31")
+      local p = track(H.host([[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local nc = sqlnotify.nats{ url = "nats://good:pw31@127.0.0.1:" .. arg[1], timeout = 30 }
+sqlnotify.spawn(function()
+  local r = assert(nc:request("$JS.API.STREAM.CREATE.MID31", '{"name":"MID31","subjects":["mid31.>"],"storage":"file"}'))
+  print("created", r:find('"did_create":true', 1, true) ~= nil)
+  local a = assert(nc:publish("mid31.a", "one", { msg_id = "m1" }))
+  print("acked", a.stream, a.seq, a.duplicate)
+  print("ready")
+  while nc:status() == "connected" do sqlnotify.sleep(0.02) end
+  -- in flight while cnats reconnects, to the server that refuses: fails when cnats closes
+  sqlnotify.spawn(function()
+    local t0 = sqlnotify.now()
+    local r2, e2 = nc:request("nobody31.here", "x")
+    print("inflight request", r2, e2, sqlnotify.now() - t0 < 10)
+  end)
+  local t0 = sqlnotify.now()
+  local r1, e1 = nc:publish("mid31.b", "lost", { msg_id = "m2" })
+  print("inflight publish", r1, e1, sqlnotify.now() - t0 < 10)
+  print("status", nc:status())
+  print("core", nc:publish_core("mid31.c", "x"))
+  print("publish", nc:publish("mid31.b", "x", { msg_id = "m2" }))
+  print("waiting")
+  while nc:status() ~= "connected" do sqlnotify.sleep(0.02) end
+  print("status", nc:status())
+  a = assert(nc:publish("mid31.b", "two", { msg_id = "m3" }))
+  print("acked", a.stream, a.seq, a.duplicate)
+  a = assert(nc:publish("mid31.a", "one again", { msg_id = "m1" }))
+  print("acked", a.stream, a.seq, a.duplicate)
+  print("nobody", nc:request("nobody31.here", "x", 1))
+  print("messages", assert(nc:request("$JS.API.STREAM.INFO.MID31", "")):match('"messages":(%d+)'))
+  nc:close()
+  sqlnotify.stop()
+end)
+]], { tostring(MID_PORT) }))
+      assert(p:wait_for("ready", 20), p:stdout() .. p:stderr())
+      restart(server, MID_PORT, "other31")
+      assert(p:wait_for("waiting", 20), p:stdout() .. p:stderr())
+      assert(p:wait_for("inflight request", 5) and p:wait_for("inflight publish", 5), p:stdout() .. p:stderr())
+      local down = "sqlnotify: nats: nats://good:***@127.0.0.1:" .. MID_PORT .. ": not connected (Authorization Violation)"
+      local got, inflight = {}, {} -- the two in-flight answers come in either order
+      for l in p:stdout():gmatch("[^\n]+") do
+        if l:find("^inflight") then inflight[#inflight + 1] = l else got[#got + 1] = l end
+      end
+      table.sort(inflight)
+      assert.same({
+        "inflight publish\tnil\t" .. down .. "\ttrue",
+        "inflight request\tnil\t" .. down .. "\ttrue",
+      }, inflight)
+      assert.same({
+        "created\ttrue",
+        "acked\tMID31\t1\tfalse",
+        "ready",
+        "status\treconnecting",
+        "core\tnil\t" .. down,
+        "publish\tnil\t" .. down,
+        "waiting",
+      }, got)
+      restart(server, MID_PORT, "pw31")
+      assert.equal(0, p:wait(30), p:stderr())
+      assert.matches("\nwaiting\nstatus\tconnected\nacked\tMID31\t2\tfalse\nacked\tMID31\t1\ttrue\n"
+        .. "nobody\tnil\tsqlnotify: nats: request to 'nobody31.here': no responders\nmessages\t2\n$",
+        (p:stdout():gsub("inflight [^\n]*\n", "")))
+      local err = p:stderr()
+      local url = "nats://good:***@127.0.0.1:" .. MID_PORT
+      assert.equal(1, count(err, "warn  sqlnotify: nats: disconnected from " .. url .. "; reconnecting\n"), err)
+      assert.equal(1, count(err, "warn  sqlnotify: nats: " .. url .. ": Authorization Violation\n"), err)
+      assert.equal(1, count(err, "warn  sqlnotify: nats: " .. url
+        .. ": not connected (Authorization Violation); connecting again with backoff\n"), err)
+      assert.equal(2, count(err, "Authorization Violation"), err)
+      assert.equal(1, count(err, "nats: connected again to " .. url .. "\n"), err)
+      assert.is_nil(err:find("pw31", 1, true))
+      assert.is_nil(err:find("other31", 1, true))
       p:assert_clean()
     end)
 end)

@@ -16,6 +16,14 @@
  * when it fails cnats goes on trying from its reconnect thread, forever, and the calls made
  * meanwhile are buffered by cnats and answered by their deadline. Connecting from a thread
  * instead would leave calls with no connection object to buffer them in.
+ *
+ * cnats gives a connection up for good in one case: a server that refuses the credentials
+ * twice in a row (an authorization violation closes it whatever the reconnect limit). Then
+ * (its closed callback, or a call that finds it closed first) we make a new one, at once and
+ * then after the shared backoff (sn_backoff), each attempt on the loop thread like the first
+ * but without cnats's retry, so that it says why it failed. Meanwhile calls, and the ones
+ * waiting on the closed connection, fail at once with that cause. Each connection gets a new
+ * client number, so what the old one still posts finds nothing.
  */
 #include <lauxlib.h>
 
@@ -37,9 +45,14 @@
 
 #define NATS_META "sqlnotify.nats_conn"
 
+/* The shared backoff (sn_backoff) between connections cnats closed: 50-100 ms up to 2.5-5 s. */
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 5.0
+
 /* K_HELD: a publish made before the first connection, keyed by its own address: cnats
- * refuses headers (Nats-Msg-Id) until the server said it takes them, so it waits here. */
-enum { K_PUB = 1, K_REQ = 2, K_HELD = 3 };
+ * refuses headers (Nats-Msg-Id) until the server said it takes them, so it waits here.
+ * K_LOST: a call on a connection cnats closed, keyed likewise, answered from the loop. */
+enum { K_PUB = 1, K_REQ = 2, K_HELD = 3, K_LOST = 4 };
 
 struct client;
 
@@ -55,6 +68,7 @@ typedef struct pend {
     natsMsg *held;     /* K_HELD: the message, and its options */
     char *msg_id, *stream;
     const char *why;   /* set: answer this instead of the timeout (the client closed) */
+    char *lost;        /* K_LOST: the whole answer ("<url>: not connected (<cause>)") */
     sn_reply reply;
     ev_timer timer;
 } pend;
@@ -71,16 +85,25 @@ typedef struct client {
     int fd, events, io_on;
     pend **buckets;
     size_t nbuckets, count;
-    double timeout;
-    char *where; /* host:port, no credentials: for messages */
+    double timeout, ctimeout;
+    char *url;   /* with the credentials: handed to cnats only, never shown */
+    char *name;  /* the client name, or NULL */
+    char *where; /* the URL without the password: for messages */
     int closed;  /* 1: closed by close(); the pendings are being answered */
-    int up;      /* it connected once: cnats knows the server takes headers */
+    int up;      /* this connection connected: cnats knows the server takes headers */
+    int lost;    /* a connection was closed by cnats since the last one up: log the next up */
     int freed;   /* the cleanup ran */
+    ev_timer retry;     /* a new connection once cnats closed the last one (nc is NULL then) */
+    sn_backoff backoff;
+    char cause[256];    /* why it is not connected: the calls made meanwhile say it */
+    char logged[256];   /* the last cause logged at warn since it was up: repeats are not */
+    char err_logged[256]; /* likewise for cnats's asynchronous errors */
+    char hint[256];       /* cnats's last asynchronous error: why it may close the connection */
 } client;
 
 /* ===== the mailbox: from cnats's threads to the loop thread ===== */
 
-enum { P_ATTACH, P_READ, P_WRITE, P_DETACH, P_ACK, P_REPLY, P_DOWN, P_UP, P_ERROR };
+enum { P_ATTACH, P_READ, P_WRITE, P_DETACH, P_ACK, P_REPLY, P_DOWN, P_UP, P_ERROR, P_CLOSED };
 
 typedef struct post {
     struct post *next;
@@ -329,6 +352,15 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     notice((uint64_t)(uintptr_t)closure, P_ERROR, last != NULL && *last ? plain(last) : natsStatus_GetText(err));
 }
 
+/* cnats gave the connection up (or close() closed it): its last error says why. */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    const char *last = NULL;
+    natsStatus s = natsConnection_GetLastError(nc, &last);
+    notice((uint64_t)(uintptr_t)closure, P_CLOSED,
+           last != NULL && *last ? plain(last) : s != NATS_OK ? natsStatus_GetText(s) : NULL);
+}
+
 /* ===== pending calls ===== */
 
 static size_t slot(client *c, int kind, uintptr_t key)
@@ -392,6 +424,7 @@ static void pend_free(pend *p)
     free(p->msg_id);
     free(p->stream);
     free(p->subject);
+    free(p->lost);
     free(p);
 }
 
@@ -424,6 +457,17 @@ static const char *status_word(natsConnStatus s)
     }
 }
 
+/* status() and the messages: a connection cnats closed is one we are replacing. */
+static natsConnStatus status_of(client *c)
+{
+    if (c->closed || c->freed)
+        return NATS_CONN_STATUS_CLOSED;
+    if (c->nc == NULL)
+        return NATS_CONN_STATUS_RECONNECTING;
+    natsConnStatus s = natsConnection_Status(c->nc);
+    return s == NATS_CONN_STATUS_CLOSED ? NATS_CONN_STATUS_RECONNECTING : s;
+}
+
 static void on_deadline(struct ev_loop *l, ev_timer *w, int revents)
 {
     (void)l;
@@ -437,7 +481,11 @@ static void on_deadline(struct ev_loop *l, ev_timer *w, int revents)
         pend_fail(p, "%s '%s': %s", what, p->subject, p->why);
         return;
     }
-    natsConnStatus st = c->nc != NULL ? natsConnection_Status(c->nc) : NATS_CONN_STATUS_CLOSED;
+    if (p->lost != NULL) {
+        pend_fail(p, "%s", p->lost);
+        return;
+    }
+    natsConnStatus st = status_of(c);
     if (st == NATS_CONN_STATUS_CONNECTED)
         pend_fail(p, "%s '%s': no answer within %g s%s", what, p->subject, c->timeout,
                   p->kind != K_REQ ? " (no JetStream acknowledgement)" : "");
@@ -458,7 +506,7 @@ static pend *pend_new(lua_State *L, client *c, int kind, uintptr_t key, const ch
     }
     p->c = c;
     p->kind = kind;
-    p->key = kind == K_HELD ? (uintptr_t)p : key;
+    p->key = kind == K_HELD || kind == K_LOST ? (uintptr_t)p : key;
     p->subject = s;
     p->reply.ref = LUA_NOREF;
     sn_reply_take(L, reply_idx, &p->reply);
@@ -469,9 +517,191 @@ static pend *pend_new(lua_State *L, client *c, int kind, uintptr_t key, const ch
     return p;
 }
 
-/* ===== the loop thread's side of the mailbox ===== */
-
 static void release_held(client *c);
+
+/* ===== connections ===== */
+
+/* The options of a connection, its callbacks tagged with the client's current number. retry:
+ * a first attempt that fails goes on in cnats's reconnect thread (else Connect says why). */
+static natsStatus make_opts(client *c, int retry, natsOptions **out)
+{
+    void *tag = (void *)(uintptr_t)c->id;
+    natsOptions *opts = NULL;
+    natsStatus s = natsOptions_Create(&opts);
+    if (s == NATS_OK) s = natsOptions_SetURL(opts, c->url);
+    if (s == NATS_OK && c->name != NULL) s = natsOptions_SetName(opts, c->name);
+    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, (int64_t)(c->ctimeout * 1000));
+    if (s == NATS_OK) s = natsOptions_SetEventLoop(opts, tag, ad_attach, ad_read, ad_write, ad_detach);
+    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, true);
+    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1); /* forever */
+    if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+    if (s == NATS_OK) s = natsOptions_SetReconnectJitter(opts, 100, 1000);
+    if (s == NATS_OK && retry) s = natsOptions_SetRetryOnFailedConnect(opts, true, on_up, tag);
+    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_down, tag);
+    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_up, tag);
+    if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_closed, tag);
+    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_error, tag);
+    if (s != NATS_OK) {
+        natsOptions_Destroy(opts);
+        opts = NULL;
+    }
+    *out = opts;
+    return s;
+}
+
+/* Close and free the connection and what hangs on it; the watcher lets its socket go. */
+static void drop_conn(client *c)
+{
+    if (c->io_on) {
+        ev_io_stop(sn_loop(), &c->io);
+        c->io_on = 0;
+    }
+    c->fd = -1;
+    c->events = 0;
+    if (c->nc == NULL)
+        return;
+    /* the closing runs detach on this thread, or queued: either way it finds no socket */
+    natsConnection_Close(c->nc);
+    if (c->rsub != NULL)
+        natsSubscription_Destroy(c->rsub);
+    c->rsub = NULL;
+    jsCtx_Destroy(c->js);
+    c->js = NULL;
+    natsConnection_Destroy(c->nc);
+    c->nc = NULL;
+}
+
+/* At warn, once per cause until a connection is up again: a server that keeps refusing is
+ * retried every few seconds, and says the same each time. */
+static void log_cause(client *c)
+{
+    if (strcmp(c->cause, c->logged) == 0)
+        return;
+    snprintf(c->logged, sizeof c->logged, "%s", c->cause);
+    sn_log(SN_LOG_WARN, "nats: %s: not connected (%s); connecting again with backoff", c->where, c->cause);
+}
+
+/* Connected (at once, or later through cnats's connected or reconnected callback). */
+static void became_up(client *c, int from_cnats)
+{
+    if (c->lost || from_cnats)
+        sn_log(SN_LOG_INFO, "nats: %s %s", c->lost ? "connected again to" : c->up ? "reconnected to" : "connected to",
+               c->where);
+    c->lost = 0;
+    sn_backoff_reset(&c->backoff);
+    c->cause[0] = c->logged[0] = c->err_logged[0] = c->hint[0] = '\0';
+    if (!c->up)
+        release_held(c);
+}
+
+/* A connection under a new client number (what the old one still posts finds nothing): one
+ * attempt bounded by connect_timeout. The first (retry): when it fails, cnats's reconnect
+ * thread goes on and the calls are buffered meanwhile. One after cnats closed the last: no
+ * connection unless it connects, and cnats's own words for why not (its closed callback only
+ * has "No server available"). NATS_OK: connected or connecting; else c->cause says why. */
+static natsStatus connect_now(client *c, int retry)
+{
+    c->id = next_id++;
+    c->up = 0;
+    natsOptions *opts = NULL;
+    natsStatus s = make_opts(c, retry, &opts);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&c->nc, opts);
+    if (s == NATS_NOT_YET_CONNECTED)
+        s = NATS_OK; /* cnats's reconnect thread goes on; calls are buffered meanwhile */
+    if (s == NATS_OK) {
+        jsOptions jo;
+        jsOptions_Init(&jo);
+        jo.Wait = (int64_t)(c->timeout * 1000);
+        jo.PublishAsync.AckHandler = on_ack;
+        jo.PublishAsync.AckHandlerClosure = (void *)(uintptr_t)c->id;
+        s = natsConnection_JetStream(&c->js, c->nc, &jo);
+    }
+    natsOptions_Destroy(opts);
+    if (s != NATS_OK) {
+        const char *last = nats_GetLastError(NULL);
+        snprintf(c->cause, sizeof c->cause, "%s", last != NULL && *last ? plain(last) : natsStatus_GetText(s));
+        drop_conn(c);
+        return s;
+    }
+    if (natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
+        became_up(c, 0);
+    return NATS_OK;
+}
+
+static void schedule_retry(client *c)
+{
+    ev_timer_stop(sn_loop(), &c->retry);
+    ev_timer_set(&c->retry, sn_backoff_next(&c->backoff), 0.);
+    ev_timer_start(sn_loop(), &c->retry);
+}
+
+static void on_retry(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)l;
+    (void)revents;
+    client *c = w->data;
+    if (c->closed || c->freed || c->nc != NULL)
+        return;
+    if (connect_now(c, 0) != NATS_OK) {
+        log_cause(c);
+        schedule_retry(c);
+    }
+}
+
+/* cnats closed the connection for good (its closed callback came, or a call found it so).
+ * The calls waiting on it cannot be answered (their replies would come to its subscription,
+ * their acknowledgements to its JetStream context): they become K_LOST, answered from the
+ * loop with why, so that this runs no Lua and a call may run it. A new connection is tried at
+ * once, then after the backoff. */
+static void lost(client *c, const char *why)
+{
+    drop_conn(c);
+    c->lost = 1;
+    pend *list = NULL;
+    for (size_t i = 0; i < c->nbuckets; i++)
+        for (pend *p = c->buckets[i], *nx; p != NULL; p = nx) {
+            nx = p->next;
+            if (p->why == NULL && p->kind != K_LOST) {
+                pend_unlink(c, p->kind, p->key);
+                p->next = list;
+                list = p;
+            }
+        }
+    /* "No server available" is all cnats keeps; its asynchronous error said more */
+    if (why == NULL || strcmp(why, natsStatus_GetText(NATS_NO_SERVER)) == 0)
+        why = c->hint[0] != '\0' ? c->hint : why;
+    char cause[256];
+    snprintf(cause, sizeof cause, "%s", why != NULL ? why : "closed by the NATS client");
+    if (connect_now(c, 0) != NATS_OK) {
+        snprintf(cause, sizeof cause, "%s", c->cause);
+        log_cause(c);
+        schedule_retry(c);
+    }
+    char *text = NULL;
+    for (pend *p = list, *nx; p != NULL; p = nx) {
+        nx = p->next;
+        if (text == NULL && asprintf(&text, "%s: not connected (%s)", c->where, cause) < 0)
+            text = NULL;
+        p->lost = text != NULL ? strdup(text) : NULL; /* else: the timeout's words */
+        p->kind = K_LOST;
+        p->key = (uintptr_t)p;
+        pend_insert(c, p);
+        ev_timer_stop(sn_loop(), &p->timer);
+        ev_timer_set(&p->timer, 0, 0);
+        ev_timer_start(sn_loop(), &p->timer);
+    }
+    free(text);
+}
+
+/* A call finds the connection closed by cnats before its closed callback came. */
+static void check_lost(client *c)
+{
+    if (c->nc != NULL && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CLOSED)
+        lost(c, NULL);
+}
+
+/* ===== the loop thread's side of the mailbox ===== */
 
 static void deliver_ack(client *c, post *m)
 {
@@ -568,19 +798,25 @@ static void on_mailbox(struct ev_loop *l, ev_async *w, int revents)
                 deliver_reply(c, m);
             break;
         case P_DOWN:
-            if ((c = find(m->id)) != NULL && !c->closed)
+            if ((c = find(m->id)) != NULL && !c->closed && !c->lost)
                 sn_log(SN_LOG_WARN, "nats: disconnected from %s; reconnecting", c->where);
             break;
         case P_UP:
-            if ((c = find(m->id)) != NULL && !c->closed) {
-                sn_log(SN_LOG_INFO, "nats: %s %s", c->up ? "reconnected to" : "connected to", c->where);
-                if (!c->up)
-                    release_held(c);
+            if ((c = find(m->id)) != NULL && !c->closed && c->nc != NULL)
+                became_up(c, 1);
+            break;
+        case P_ERROR: /* once per text until it is up again: cnats repeats them on each attempt */
+            if ((c = find(m->id)) == NULL || c->closed || m->text == NULL)
+                break;
+            snprintf(c->hint, sizeof c->hint, "%s", m->text);
+            if (strcmp(m->text, c->err_logged) != 0) {
+                snprintf(c->err_logged, sizeof c->err_logged, "%s", m->text);
+                sn_log(SN_LOG_WARN, "nats: %s: %s", c->where, m->text);
             }
             break;
-        case P_ERROR:
-            if ((c = find(m->id)) != NULL && !c->closed)
-                sn_log(SN_LOG_WARN, "nats: %s: %s", c->where, m->text != NULL ? m->text : "error");
+        case P_CLOSED: /* by cnats (by close(): c->closed; a failed connect_now: nc is NULL) */
+            if ((c = find(m->id)) != NULL && !c->closed && c->nc != NULL)
+                lost(c, m->text);
             break;
         }
         done[ndone++] = m;
@@ -626,7 +862,7 @@ static void mailbox_start(void)
 static client *check_client(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, NATS_META);
-    if (c->nc == NULL)
+    if (c->closed || c->freed)
         luaL_error(L, "sqlnotify: nats: this client is closed");
     return c;
 }
@@ -644,24 +880,9 @@ static void unregister(client *c)
  * (close()); else they are dropped (__gc: the state is going). Safe to call twice. */
 static void client_cleanup(client *c, int answer)
 {
-    if (c->nc != NULL) {
-        if (c->io_on) {
-            ev_io_stop(sn_loop(), &c->io);
-            c->io_on = 0;
-        }
-        c->fd = -1;
-        c->events = 0;
-        /* the closing runs detach on this thread, or queued: either way it finds no socket */
-        natsConnection_Close(c->nc);
-        if (c->rsub != NULL)
-            natsSubscription_Destroy(c->rsub);
-        c->rsub = NULL;
-        jsCtx_Destroy(c->js);
-        c->js = NULL;
-        natsConnection_Destroy(c->nc);
-        c->nc = NULL;
-        c->closed = 1;
-    }
+    ev_timer_stop(sn_loop(), &c->retry);
+    drop_conn(c);
+    c->closed = 1;
     if (answer) {
         for (size_t i = 0; i < c->nbuckets; i++)
             for (pend *p = c->buckets[i]; p != NULL; p = p->next) {
@@ -688,6 +909,10 @@ static void client_cleanup(client *c, int answer)
     c->inbox = NULL;
     free(c->where);
     c->where = NULL;
+    free(c->url);
+    c->url = NULL;
+    free(c->name);
+    c->name = NULL;
     c->freed = 1;
 }
 
@@ -713,6 +938,15 @@ static int fail_now(lua_State *L, client *c, const char *what, const char *subje
     lua_pushnil(L);
     lua_pushfstring(L, "sqlnotify: nats: %s '%s': %s: %s", what, subject, c->where,
                     last != NULL && *last ? plain(last) : natsStatus_GetText(s));
+    return 2;
+}
+
+/* A call while cnats's closed connection waits for its replacement: at once, with the cause. */
+static int not_connected(lua_State *L, client *c)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "sqlnotify: nats: %s: not connected (%s)", c->where,
+                    c->cause[0] != '\0' ? c->cause : "connecting again");
     return 2;
 }
 
@@ -782,6 +1016,9 @@ static int nc_publish(lua_State *L)
     luaL_checktype(L, 6, LUA_TFUNCTION);
     if (len > INT32_MAX)
         return luaL_error(L, "sqlnotify: nats: message too large (%zu bytes)", len);
+    check_lost(c);
+    if (c->nc == NULL)
+        return not_connected(L, c);
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, data, (int)len);
     if (s != NATS_OK)
@@ -818,6 +1055,9 @@ static int nc_publish_core(lua_State *L)
     const char *data = luaL_checklstring(L, 3, &len);
     if (len > INT32_MAX)
         return luaL_error(L, "sqlnotify: nats: message too large (%zu bytes)", len);
+    check_lost(c);
+    if (c->nc == NULL)
+        return not_connected(L, c);
     natsStatus s = natsConnection_Publish(c->nc, subject, data, (int)len);
     if (s != NATS_OK)
         return fail_now(L, c, "publish to", subject, s);
@@ -837,6 +1077,9 @@ static int nc_request(lua_State *L)
     luaL_checktype(L, 5, LUA_TFUNCTION);
     if (len > INT32_MAX)
         return luaL_error(L, "sqlnotify: nats: message too large (%zu bytes)", len);
+    check_lost(c);
+    if (c->nc == NULL)
+        return not_connected(L, c);
     natsStatus s;
     if (c->rsub == NULL) {
         natsInbox *inbox = NULL;
@@ -882,7 +1125,7 @@ static int nc_request(lua_State *L)
 static int nc_status(lua_State *L)
 {
     client *c = luaL_checkudata(L, 1, NATS_META);
-    lua_pushstring(L, status_word(c->nc != NULL ? natsConnection_Status(c->nc) : NATS_CONN_STATUS_CLOSED));
+    lua_pushstring(L, status_word(status_of(c)));
     return 1;
 }
 
@@ -912,8 +1155,9 @@ static void createnatsmeta(lua_State *L)
     lua_pop(L, 1);
 }
 
-/* core.nats_new(url, where, timeout, connect_timeout, name|nil) -> handle | nil, err.
- * The options were checked in nats.lua; where is the URL without credentials. */
+/* core.nats_new(url, where, timeout, connect_timeout, name|nil) -> handle. The options were
+ * checked in nats.lua; where is the URL without the password. A server that cannot be
+ * reached or refuses is no error: cnats, then we, keep trying (the calls say why meanwhile). */
 static int nats_new(lua_State *L)
 {
     const char *url = luaL_checkstring(L, 1);
@@ -926,17 +1170,27 @@ static int nats_new(lua_State *L)
     memset(c, 0, sizeof *c);
     c->fd = -1;
     c->freed = 1; /* nothing to release until it is registered */
+    ev_init(&c->io, on_io);
+    c->io.data = c;
+    ev_init(&c->retry, on_retry);
+    c->retry.data = c;
     luaL_setmetatable(L, NATS_META);
 
     mailbox_start();
     c->timeout = timeout;
+    c->ctimeout = ctimeout;
+    c->backoff = (sn_backoff){.first = BACKOFF_MIN, .cap = BACKOFF_MAX};
     c->where = strdup(where);
+    c->url = strdup(url);
+    c->name = name != NULL ? strdup(name) : NULL;
     c->nbuckets = 64;
     c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
-    if (c->where == NULL || c->buckets == NULL) {
+    if (c->where == NULL || c->url == NULL || (name != NULL && c->name == NULL) || c->buckets == NULL) {
         free(c->where);
+        free(c->url);
+        free(c->name);
         free(c->buckets);
-        c->where = NULL;
+        c->where = c->url = c->name = NULL;
         c->buckets = NULL;
         return luaL_error(L, "sqlnotify: nats: out of memory");
     }
@@ -944,52 +1198,20 @@ static int nats_new(lua_State *L)
     c->next = registry;
     registry = c;
     c->freed = 0;
-    ev_init(&c->io, on_io);
-    c->io.data = c;
 
-    void *tag = (void *)(uintptr_t)c->id;
     natsOptions *opts = NULL;
-    natsStatus s = natsOptions_Create(&opts);
-    if (s == NATS_OK) s = natsOptions_SetURL(opts, url);
-    if (s == NATS_OK && name != NULL) s = natsOptions_SetName(opts, name);
-    if (s == NATS_OK) s = natsOptions_SetTimeout(opts, (int64_t)(ctimeout * 1000));
-    if (s == NATS_OK) s = natsOptions_SetEventLoop(opts, tag, ad_attach, ad_read, ad_write, ad_detach);
-    if (s == NATS_OK) s = natsOptions_SetAllowReconnect(opts, true);
-    if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1); /* forever */
-    if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
-    if (s == NATS_OK) s = natsOptions_SetReconnectJitter(opts, 100, 1000);
-    if (s == NATS_OK) s = natsOptions_SetRetryOnFailedConnect(opts, true, on_up, tag);
-    if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(opts, on_down, tag);
-    if (s == NATS_OK) s = natsOptions_SetReconnectedCB(opts, on_up, tag);
-    if (s == NATS_OK) s = natsOptions_SetErrorHandler(opts, on_error, tag);
+    natsStatus s = make_opts(c, 1, &opts); /* a bad option raises; connect_now makes them anew */
+    natsOptions_Destroy(opts);
     if (s != NATS_OK) {
         const char *last = nats_GetLastError(NULL);
-        natsOptions_Destroy(opts);
         client_cleanup(c, 0);
         return luaL_error(L, "sqlnotify: nats: bad option for %s: %s", where,
                           last != NULL && *last ? plain(last) : natsStatus_GetText(s));
     }
-    s = natsConnection_Connect(&c->nc, opts);
-    if (s == NATS_NOT_YET_CONNECTED)
-        s = NATS_OK; /* cnats's reconnect thread goes on; calls are buffered meanwhile */
-    if (s == NATS_OK) {
-        jsOptions jo;
-        jsOptions_Init(&jo);
-        jo.Wait = (int64_t)(timeout * 1000);
-        jo.PublishAsync.AckHandler = on_ack;
-        jo.PublishAsync.AckHandlerClosure = tag;
-        s = natsConnection_JetStream(&c->js, c->nc, &jo);
-    }
-    natsOptions_Destroy(opts);
-    if (s == NATS_OK && natsConnection_Status(c->nc) == NATS_CONN_STATUS_CONNECTED)
-        c->up = 1;
-    if (s != NATS_OK) {
-        const char *last = nats_GetLastError(NULL);
-        lua_pushnil(L);
-        lua_pushfstring(L, "sqlnotify: nats: cannot connect to %s: %s", where,
-                        last != NULL && *last ? plain(last) : natsStatus_GetText(s));
-        client_cleanup(c, 0);
-        return 2;
+    if (connect_now(c, 1) != NATS_OK) {
+        c->lost = 1;
+        log_cause(c);
+        schedule_retry(c);
     }
     return 1;
 }

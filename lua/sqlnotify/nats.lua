@@ -126,7 +126,8 @@ function Client:request(subject, data, timeout)
   return r -- one value: cjson.decode(assert(nc:request(...))) works
 end
 
---- nc:status() -> "connected" | "connecting" | "reconnecting" | "closed" | ...
+--- nc:status() -> "connected" | "connecting" | "reconnecting" | "closed" (after close()) | ...
+-- (a connection cnats closed, refusing credentials, is replaced: "reconnecting" meanwhile)
 function Client:status()
   return self._h:status()
 end
@@ -144,7 +145,8 @@ end
 
 local OPTS = { url = true, timeout = true, connect_timeout = true, name = true }
 
---- sqlnotify.nats{ url =, timeout = 5, connect_timeout = 2, name = } -> client | nil, err
+--- sqlnotify.nats{ url =, timeout = 5, connect_timeout = 2, name = } -> client (a server down or
+-- refusing is retried in the background: not an error)
 local function new(_, opts)
   if type(opts) ~= "table" then bad(2, "sqlnotify.nats needs a table { url = \"nats://host:port\" }, got %s", type(opts)) end
   for k in pairs(opts) do
