@@ -8,7 +8,7 @@ local sqlnotify = require("sqlnotify")
 
 -- Ports of this spec (19100-19109).
 local P_SQLITE, P_BUSY, P_LUA, P_DURABLE, P_PROXY, P_PG, P_IDLE = 19100, 19101, 19102, 19103, 19104, 19105, 19106
-local P_FDS = 19107
+local P_FDS, P_STALL = 19107, 19108
 local S = "spec32"
 
 -- GET url with the curl CLI: status code, body.
@@ -382,5 +382,83 @@ describe("--metrics on PostgreSQL", function()
       'sqlnotify_events_delivered_total{consumer="spec32_c",table="spec32.t",operation="insert"}'))
     assert.is_true(promtool(body))
     p:stop()
+  end)
+
+  it("keeps its loop, /health and /metrics while the server stalls; its checks wait for an answer, and SIGTERM "
+    .. "leaves within 5 s", function()
+    local db = H.pg_url:match("/([^/?]+)$") or H.pg_url:match("/([^/?]+)%?")
+    local stall = H.pg_proxy(db)
+    finally(function()
+      stall.stop()
+      local n = H.pg_notifier()
+      n:drop_consumer("spec32_stall")
+      n:close()
+    end)
+    -- statements wait 8 s for an answer; the leave at exit gets at most 5
+    local url = string.format("postgresql://root@127.0.0.1:%d/%s?connect_timeout=2&sqlnotify_statement_timeout=8",
+      stall.port, db)
+    H.host_options = { "--metrics", "127.0.0.1:" .. P_STALL }
+    p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      local n = assert(sqlnotify.notifier{ url = os.getenv("PG"), consumer = "spec32_stall", verify_interval = 0.5 })
+      n:watch("spec32.t", "insert")
+      n:subscribe("spec32.t", "insert", function(ev) print("ev " .. ev.id) end)
+      n:on("error", function(msg, ctx) if ctx.source == "verify" then print("verify: " .. msg) end end)
+      local last, worst = sqlnotify.now(), 0 -- the longest the loop was away, in whole seconds
+      sqlnotify.every(0.1, function()
+        local now = sqlnotify.now()
+        if now - last >= worst + 1 then
+          worst = math.floor(now - last)
+          print("held " .. worst)
+        end
+        last = now
+      end)
+      sqlnotify.after(0, function() print("ready") end) -- once started
+    ]], nil, "PG=" .. H.shell_quote(url))
+    H.host_options = nil
+    assert.is_true(p:wait_for("ready", 10), p:stderr())
+    H.psql("INSERT INTO spec32.t VALUES (1), (2);")
+    assert.is_true(p:wait_for("ev 2\n", 10), p:stderr() .. p:stdout())
+    assert.is_true((wait_get(P_STALL, "/metrics", 200, '\nsqlnotify_lag_events{consumer="spec32_stall"} 0\n', 20)))
+
+    stall.stall()
+    H.psql("INSERT INTO spec32.t VALUES (3);") -- straight to the server: in the journal, read once it answers
+    -- scrapes during the stall ask for the lag again (every 5 s), the triggers' check every 0.5 s
+    local deadline, scrapes = H.now() + 12, 0
+    repeat
+      local code, body = get(P_STALL, "/health")
+      assert.are.equal(200, code)
+      assert.are.equal("ok\n", body)
+      code = get(P_STALL, "/metrics")
+      assert.are.equal(200, code)
+      scrapes = scrapes + 1
+      H.sleep(0.5)
+    until H.now() > deadline
+    assert.is_true(scrapes >= 10)
+    local target = 'database "' .. db .. '" on 127.0.0.1:' .. stall.port
+    local skipped = "checking the triggers is skipped while " .. target .. " does not answer: statement on "
+      .. target .. " timed out after 8 s (sqlnotify_statement_timeout in the URL); the query connection was closed"
+    assert.are.equal("ready\nev 1\nev 2\nverify: " .. skipped .. "\n", p:stdout())
+    local _, said = p:stderr():gsub("does not answer", "")
+    assert.are.equal(1, said, p:stderr())
+    assert.truthy(p:stderr():find(" warn  sqlnotify: " .. skipped .. "\n", 1, true), p:stderr())
+
+    stall.resume()
+    assert.is_true(p:wait_for("ev 3\n", 20), p:stderr() .. p:stdout())
+    assert.is_true(p:wait_for(" info  sqlnotify: " .. target:gsub("%p", "%%%0") .. " answers again: its periodic "
+      .. "checks run again\n", 10, "err"), p:stderr())
+    H.psql("INSERT INTO spec32.t VALUES (4);")
+    assert.is_true(p:wait_for("ev 4\n", 10), p:stderr() .. p:stdout())
+
+    stall.stall()
+    p:kill("TERM")
+    assert.are.equal(0, p:wait(20), p:stderr())
+    p:assert_clean()
+    -- nothing held the loop a whole second, nor delivered anything twice
+    assert.are.equal("ready\nev 1\nev 2\nverify: " .. skipped .. "\nev 3\nev 4\n", p:stdout())
+    assert.truthy(p:stderr():find(' warn  sqlnotify: consumer "spec32_stall" could not leave its group: statement on '
+      .. target .. " timed out after 5 s (sqlnotify_statement_timeout in the URL); the control connection was "
+      .. "closed; its shares pass to the others when its lease runs out, and what it acknowledged since the last "
+      .. "save is delivered again\n", 1, true), p:stderr())
   end)
 end)

@@ -264,7 +264,7 @@ function H.pg_proxy(db)
   function p.resume() H.sh(p.command("CONT")) end
   function p.stop()
     p.resume()
-    H.sh(string.format("for c in $(pgrep -P %s); do kill $c; done; kill %s", p.pid, p.pid))
+    H.sh(string.format("for c in $(pgrep -P %s); do kill $c; done; kill %s 2>/dev/null", p.pid, p.pid))
   end
   return p
 end

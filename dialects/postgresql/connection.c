@@ -241,7 +241,7 @@ PGconn *pg_connect_start(const sn_conn *c)
     return PQconnectStartParams(kw, val, 1);
 }
 
-static void connect_err(const sn_conn *c, PGconn *conn, const char *why, char *err, size_t errlen)
+void pg_connect_err(const sn_conn *c, PGconn *conn, const char *why, char *err, size_t errlen)
 {
     char line[700];
     const char *db = conn ? PQdb(conn) : NULL, *host = conn ? PQhost(conn) : NULL;
@@ -286,18 +286,18 @@ int pg_connect_finish(sn_conn *c, PGconn **conn, char *err, size_t errlen)
         if (r == 0) {
             char why[96];
             snprintf(why, sizeof why, "timed out after %g s (connect_timeout)", c->connect_timeout);
-            connect_err(c, pc, why, err, errlen);
+            pg_connect_err(c, pc, why, err, errlen);
             goto out;
         }
         if (r < 0) {
-            connect_err(c, pc, strerror(errno), err, errlen);
+            pg_connect_err(c, pc, strerror(errno), err, errlen);
             goto out;
         }
         st = PQconnectPoll(pc);
     }
     return 0;
 fail:
-    connect_err(c, pc, NULL, err, errlen);
+    pg_connect_err(c, pc, NULL, err, errlen);
 out:
     PQfinish(pc);
     *conn = NULL;
@@ -347,12 +347,18 @@ int pg_db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen)
     d->conn = pg_connect_start(c);
     if (pg_connect_finish(c, &d->conn, err, errlen) < 0)
         return -1;
+    pg_db_opened(c, d);
+    return 0;
+}
+
+/* d->conn has just connected: set it up, and say so when it is back. */
+void pg_db_opened(sn_conn *c, pg_db *d)
+{
     PQsetNoticeReceiver(d->conn, pg_on_notice, c);
     PQsetnonblocking(d->conn, 1); /* sends never block: we wait with poll and a deadline */
     if (d->up_before)
         sn_logf(&c->sink, SN_LOG_INFO, "%s to %s re-established", d->what, c->target);
     d->up_before = 1;
-    return 0;
 }
 
 enum { EX_DONE = 0, EX_FAILED = -1, EX_LOST = -2, EX_TIMEOUT = -3 };

@@ -35,6 +35,7 @@
 /* Our URL parameter (removed before libpq sees the URL, which refuses unknown ones). */
 #define PG_URL_STATEMENT_TIMEOUT "sqlnotify_statement_timeout"
 #define PG_DEFAULT_CONNECT_TIMEOUT 10.0   /* seconds; the URL's connect_timeout wins */
+#define PG_LEAVE_TIMEOUT 5.0              /* seconds at most for a durable consumer's leave at stop */
 #define PG_DEFAULT_STATEMENT_TIMEOUT 30.0 /* seconds; sqlnotify_statement_timeout wins */
 
 enum pg_ln_state {
@@ -62,6 +63,10 @@ typedef struct pg_aq {
     PGresult *keep;  /* the last result so far */
     int failed;      /* err holds the first failure */
     int in_tx;       /* a transaction was open when it was sent */
+    int connecting;  /* the query connection is being opened (PQconnectPoll); then the statement */
+    char *sql;       /* while connecting: the statement and its parameters, copies */
+    char **vals;
+    int nparams;
     char err[600];
 } pg_aq;
 
@@ -163,6 +168,8 @@ PGconn *pg_connect_start(const sn_conn *c);
 /* Drive an attempt to the end within the connect deadline. 0, or -1 with err (and the
  * attempt finished and freed). */
 int pg_connect_finish(sn_conn *c, PGconn **conn, char *err, size_t errlen);
+/* "cannot connect to <target>: <why, or libpq's message>", scrubbed. */
+void pg_connect_err(const sn_conn *c, PGconn *conn, const char *why, char *err, size_t errlen);
 void pg_on_notice(void *arg, const PGresult *res);
 
 enum { PG_RETRY = 1, PG_SCRIPT = 2 };
@@ -255,6 +262,7 @@ int pg_query_start(sn_conn *c, const char *sql, int nparams, const sn_value *par
                    size_t errlen);
 void *pg_query_cancel(sn_conn *c);
 int pg_db_ensure(sn_conn *c, pg_db *d, char *err, size_t errlen);
+void pg_db_opened(sn_conn *c, pg_db *d);
 
 #pragma GCC visibility pop
 

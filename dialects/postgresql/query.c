@@ -192,6 +192,31 @@ done:
 
 /* ===== query_start: the same on the loop ===== */
 
+/* The copies kept while the connection opens. */
+static void aq_unkeep(pg_aq *a)
+{
+    for (int i = 0; a->vals && i < a->nparams; i++)
+        free(a->vals[i]);
+    free(a->vals);
+    free(a->sql);
+    a->vals = NULL;
+    a->sql = NULL;
+    a->nparams = 0;
+}
+
+static int aq_keep(pg_aq *a, const char *sql, int nparams, const char *const *vals)
+{
+    a->sql = strdup(sql);
+    a->vals = calloc(nparams > 0 ? (size_t)nparams : 1, sizeof *a->vals);
+    a->nparams = nparams;
+    if (a->sql == NULL || a->vals == NULL)
+        return -1;
+    for (int i = 0; i < nparams; i++)
+        if (vals[i] && (a->vals[i] = strdup(vals[i])) == NULL)
+            return -1;
+    return 0;
+}
+
 /* The statement is over: r, or NULL and a->err. The connection is closed when lost. */
 static void aq_end(sn_conn *c, sn_result *r, int lost)
 {
@@ -200,6 +225,8 @@ static void aq_end(sn_conn *c, sn_result *r, int lost)
     ev_timer_stop(c->loop, &a->timer);
     PQclear(a->keep);
     a->keep = NULL;
+    aq_unkeep(a);
+    a->connecting = 0;
     if (lost) {
         PQfinish(c->user.conn);
         c->user.conn = NULL;
@@ -263,9 +290,68 @@ static void aq_read(sn_conn *c)
     }
 }
 
+/* Watch the query connection's socket for events (it may change while connecting). */
+static void aq_arm(sn_conn *c, int events)
+{
+    pg_aq *a = &c->aq;
+    ev_io_stop(c->loop, &a->io);
+    ev_io_set(&a->io, PQsocket(c->user.conn), events);
+    ev_io_start(c->loop, &a->io);
+}
+
+/* Send the statement on the connected query connection; its deadline starts. */
+static int aq_send(sn_conn *c, const char *sql, int nparams, const char *const *vals, char *err, size_t errlen)
+{
+    pg_aq *a = &c->aq;
+    PGconn *db = c->user.conn;
+    a->in_tx = PQtransactionStatus(db) != PQTRANS_IDLE;
+    if (!PQsendQueryParams(db, sql, nparams, NULL, vals, NULL, NULL, 0)) { /* libpq copied the values */
+        char why[400];
+        pg_one_line(why, sizeof why, PQerrorMessage(db));
+        pg_scrub(c, why, sizeof why);
+        sn_seterr(err, errlen, "%s", why);
+        if (PQstatus(db) == CONNECTION_BAD) {
+            PQfinish(c->user.conn);
+            c->user.conn = NULL;
+        }
+        return -1;
+    }
+    aq_arm(c, EV_READ | EV_WRITE);
+    ev_timer_stop(c->loop, &a->timer);
+    ev_timer_set(&a->timer, c->stmt_timeout > 0 ? c->stmt_timeout : 1e9, 0.);
+    ev_timer_start(c->loop, &a->timer);
+    return 0;
+}
+
+/* One step of opening the query connection; once it is up, the statement goes. */
+static void aq_connect_step(sn_conn *c)
+{
+    pg_aq *a = &c->aq;
+    switch (PQconnectPoll(c->user.conn)) {
+    case PGRES_POLLING_READING:
+        aq_arm(c, EV_READ);
+        return;
+    case PGRES_POLLING_WRITING:
+        aq_arm(c, EV_WRITE);
+        return;
+    case PGRES_POLLING_OK:
+        a->connecting = 0;
+        pg_db_opened(c, &c->user);
+        if (aq_send(c, a->sql, a->nparams, (const char *const *)a->vals, a->err, sizeof a->err) < 0)
+            return aq_end(c, NULL, 1);
+        aq_unkeep(a);
+        return;
+    default:
+        pg_connect_err(c, c->user.conn, NULL, a->err, sizeof a->err);
+        return aq_end(c, NULL, 1);
+    }
+}
+
 static void aq_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     sn_conn *c = (sn_conn *)((char *)w - offsetof(sn_conn, aq.io));
+    if (c->aq.connecting)
+        return aq_connect_step(c);
     if (revents & EV_WRITE) {
         int f = PQflush(c->user.conn);
         if (f < 0)
@@ -286,12 +372,21 @@ static void aq_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     sn_conn *c = (sn_conn *)((char *)w - offsetof(sn_conn, aq.timer));
     pg_aq *a = &c->aq;
-    sn_seterr(a->err, sizeof a->err,
-              "statement on %s timed out after %g s (%s in the URL); the query connection was closed%s", c->target,
-              c->stmt_timeout, PG_URL_STATEMENT_TIMEOUT, a->in_tx ? " and its open transaction rolled back" : "");
+    if (a->connecting) {
+        char why[96];
+        snprintf(why, sizeof why, "timed out after %g s (connect_timeout)", c->connect_timeout);
+        pg_connect_err(c, c->user.conn, why, a->err, sizeof a->err);
+    } else {
+        sn_seterr(a->err, sizeof a->err,
+                  "statement on %s timed out after %g s (%s in the URL); the query connection was closed%s",
+                  c->target, c->stmt_timeout, PG_URL_STATEMENT_TIMEOUT,
+                  a->in_tx ? " and its open transaction rolled back" : "");
+    }
     aq_end(c, NULL, 1);
 }
 
+/* The query connection is opened (or opened again) on the loop too: a server that does not
+ * answer holds the statement, not the loop, for connect_timeout. */
 int pg_query_start(sn_conn *c, const char *sql, int nparams, const sn_value *params,
                    void (*done)(void *ud, sn_result *r, int in_tx, const char *err), void *ud, char *err,
                    size_t errlen)
@@ -306,35 +401,42 @@ int pg_query_start(sn_conn *c, const char *sql, int nparams, const sn_value *par
     int rc = -1;
     if (text_params(nparams, params, &vals, &num, err, errlen) < 0)
         goto done;
-    /* a connection found lost is opened again (blocking, within connect_timeout), as query does */
     if (c->user.conn && PQstatus(c->user.conn) == CONNECTION_OK && PQtransactionStatus(c->user.conn) == PQTRANS_IDLE
-        && !PQconsumeInput(c->user.conn)) {
+        && !PQconsumeInput(c->user.conn)) { /* found lost while idle: opened again */
         PQfinish(c->user.conn);
         c->user.conn = NULL;
     }
-    if (pg_db_ensure(c, &c->user, err, errlen) < 0)
-        goto done;
-    PGconn *db = c->user.conn;
-    a->in_tx = PQtransactionStatus(db) != PQTRANS_IDLE;
-    if (!PQsendQueryParams(db, sql, nparams, NULL, vals, NULL, NULL, 0)) { /* libpq copied the values */
-        char why[400];
-        pg_one_line(why, sizeof why, PQerrorMessage(db));
-        pg_scrub(c, why, sizeof why);
-        sn_seterr(err, errlen, "%s", why);
-        if (PQstatus(db) == CONNECTION_BAD) {
+    ev_init(&a->io, aq_on_io);
+    ev_init(&a->timer, aq_on_timeout);
+    if (c->user.conn && PQstatus(c->user.conn) == CONNECTION_OK) {
+        if (aq_send(c, sql, nparams, vals, err, errlen) < 0)
+            goto done;
+    } else {
+        PQfinish(c->user.conn);
+        c->user.conn = pg_connect_start(c);
+        if (c->user.conn == NULL || PQstatus(c->user.conn) == CONNECTION_BAD) {
+            pg_connect_err(c, c->user.conn, NULL, err, errlen);
             PQfinish(c->user.conn);
             c->user.conn = NULL;
+            goto done;
         }
-        goto done;
+        if (aq_keep(a, sql, nparams, vals) < 0) {
+            aq_unkeep(a);
+            PQfinish(c->user.conn);
+            c->user.conn = NULL;
+            sn_seterr(err, errlen, "out of memory");
+            goto done;
+        }
+        a->connecting = 1;
+        a->in_tx = 0;
+        aq_arm(c, EV_WRITE); /* as if PQconnectPoll had said PGRES_POLLING_WRITING */
+        ev_timer_set(&a->timer, c->connect_timeout, 0.);
+        ev_timer_start(c->loop, &a->timer);
     }
     a->done = done;
     a->ud = ud;
     a->failed = 0;
     a->err[0] = '\0';
-    ev_io_init(&a->io, aq_on_io, PQsocket(db), EV_READ | EV_WRITE);
-    ev_io_start(c->loop, &a->io);
-    ev_timer_init(&a->timer, aq_on_timeout, c->stmt_timeout > 0 ? c->stmt_timeout : 1e9, 0);
-    ev_timer_start(c->loop, &a->timer);
     rc = 0;
 done:
     free(vals);
@@ -352,6 +454,8 @@ void *pg_query_cancel(sn_conn *c)
     ev_timer_stop(c->loop, &a->timer);
     PQclear(a->keep);
     a->keep = NULL;
+    aq_unkeep(a);
+    a->connecting = 0;
     a->done = NULL;
     a->ud = NULL;
     PQfinish(c->user.conn); /* the statement's answer would come to whoever asks next */

@@ -1081,7 +1081,7 @@ void pg_jr_unlisten(sn_conn *c, const char *channel)
 }
 
 /* Stop reading: write the last ack and leave the group, so the other members take the
- * shares at once (on the control connection, within its deadline). The cursor stays in the
+ * shares at once (on the control connection, within PG_LEAVE_TIMEOUT). The cursor stays in the
  * database; when that fails, the lease runs out and an unwritten ack is redelivered. */
 void pg_jr_stop(sn_conn *c)
 {
@@ -1094,15 +1094,28 @@ void pg_jr_stop(sn_conn *c)
         ev_ref(c->loop);
         ev_timer_stop(c->loop, &j->maint);
         ev_timer_stop(c->loop, &j->lease);
-        char acked[32], state[6] = "", err[256];
+        char acked[32], state[6] = "", err[600];
         sn_sbuf sh = {0}, ep = {0};
         snprintf(acked, sizeof acked, "%lld", (long long)j->acked);
         sb_ints(&sh, j->ack_share, NULL, j->nack);
         sb_ints(&ep, NULL, j->ack_epoch, j->nack);
         const char *vals[6] = {c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked};
-        if (!sh.fail && !ep.fail)
-            PQclear(pg_exec(c, &c->ctl, "SELECT sqlnotify.leave($1, $2, $3, $4, $5, $6)", 6, vals, 0, state, err,
-                            sizeof err));
+        /* the loop waits here (stop, close, exit): a server that does not answer gets less
+         * time than a statement does; what is not written is delivered again */
+        double ct = c->connect_timeout, st = c->stmt_timeout;
+        c->connect_timeout = ct < PG_LEAVE_TIMEOUT ? ct : PG_LEAVE_TIMEOUT;
+        c->stmt_timeout = st > 0 && st < PG_LEAVE_TIMEOUT ? st : PG_LEAVE_TIMEOUT;
+        PGresult *res = sh.fail || ep.fail ? NULL
+                                           : pg_exec(c, &c->ctl, "SELECT sqlnotify.leave($1, $2, $3, $4, $5, $6)",
+                                                     6, vals, 0, state, err, sizeof err);
+        c->connect_timeout = ct;
+        c->stmt_timeout = st;
+        if (res == NULL)
+            sn_logf(&c->sink, SN_LOG_WARN,
+                    "consumer \"%s\" could not leave its group: %s; its shares pass to the others when its lease "
+                    "runs out, and what it acknowledged since the last save is delivered again",
+                    c->consumer, sh.fail || ep.fail ? "out of memory" : err);
+        PQclear(res);
         free(sh.p);
         free(ep.p);
     }

@@ -3,6 +3,7 @@
 -- fields (dispatch.lua's _dispatch, _call, _dead_letter; delivery.lua's retry), never allocates.
 -- The HTTP server is C (src/metrics.c); it asks respond() for every path but /health.
 local core = require("sqlnotify.core")
+local delivery = require("sqlnotify.delivery")
 local catalog = require("sqlnotify.catalog")
 
 local M = {}
@@ -55,7 +56,8 @@ local function refresh(notifiers)
   for _, n in ipairs(notifiers) do
     if n._consumer and n._started and not n._closed then
       local ok, down = pcall(n._h.status, n._h)
-      local up = ok and down == 0 -- a lost connection is not waited for: its last figures stay
+      -- a lost connection is not waited for, nor a server that does not answer: last figures stay
+      local up = ok and down == 0 and n:_answers("reading the consumers' lag")
       if up and not fresh[n._consumer] then
         local okc, rows = pcall(n.consumers, n)
         -- failed (a server that stalls makes each statement wait out its timeout): no second one
@@ -214,9 +216,10 @@ function M.render(notifiers)
   local now = core.now()
   if now - lag_at >= LAG_EVERY and not lag_due then
     lag_due = true
-    core.after(0, function()
+    delivery.spawn(function() -- it waits for the server's answer (Notifier:_answers)
+      local ok, err = pcall(refresh, notifiers)
       lag_due, lag_at = false, core.now()
-      refresh(notifiers)
+      if not ok then error(err, 0) end
     end)
   end
   local names = keys_sorted(lag)

@@ -909,7 +909,13 @@ function Notifier:start()
     local ref = setmetatable({ self }, { __mode = "v" })
     self._verify_timer = core.every(self._verify_interval, function()
       local me = ref[1]
-      if me then me:_verify() end
+      if me and not me._verifying then
+        me._verifying = true
+        delivery.spawn(function()
+          if me:_answers("checking the triggers") then me:_verify() end
+          me._verifying = false
+        end)
+      end
     end)
   end
   for _, w in ipairs(self._watches) do
@@ -1101,6 +1107,32 @@ function Notifier:on(name, fn)
     end)
   end
   return self
+end
+
+-- Does the server answer? The periodic checks (the triggers here, the consumers' lag in
+-- metrics.lua) ask with blocking statements: a server that stalls (its connection open,
+-- nothing coming back) would hold the whole loop for each statement's timeout, /health and
+-- the handlers with it. So a coroutine first asks SELECT 1 on the query connection, on the
+-- loop, and the checks run only once it was answered. Said once an outage (what: whose check
+-- waits), in the log and to n:on("error") (source "verify"). true, or false.
+function Notifier:_answers(what)
+  local ok, rows, err = pcall(self._query_async, self, "SELECT 1")
+  if self._closed then return false end
+  if ok and rows then
+    if self._unanswered then
+      self._unanswered = false
+      self:_log("info", "%s answers again: its periodic checks run again", self._h:target())
+    end
+    return true
+  end
+  if not self._unanswered then
+    self._unanswered = true
+    local msg = fmt("%s is skipped while %s does not answer: %s", what, self._h:target(),
+      (one_line(tostring(ok and err or rows)):gsub("^sqlnotify: ", "")))
+    self:_log("warn", "%s", msg)
+    self:_emit_error(msg, { source = "verify" })
+  end
+  return false
 end
 
 -- Is every trigger still ours? Another process watching the same table and operation with
