@@ -2,8 +2,8 @@
 -- under a writing process (at-least-once, per-row order), start_at, two consumers,
 -- dropping one, a consumer away past retention told what it missed, one that stopped
 -- coming named in the log, each consumer's own retention, the standby taking
--- over from a killed holder and from one paused past its lease, n:consumers(). One SQLite
--- file per test.
+-- over from a killed holder and from one paused past its lease, n:consumers(), the
+-- consumers' table dropped under a running consumer. One SQLite file per test.
 local H = require("helper")
 
 local q, fmt = H.shell_quote, string.format
@@ -414,6 +414,35 @@ print("ready")
     assert.are.equal(1, by.busy.members)
     p:stop()
     assert.are.same({ 1, 2 }, ks(events(p)))
+  end)
+
+  -- Every save of the position used to fail unsaid (its statement could not be prepared),
+  -- delivery went on, and a kill -9 then lost what was committed after the last save: the
+  -- consumer started "new" at the log's end.
+  it("makes its table again when it is dropped under a running consumer, so a kill -9 then loses nothing", function()
+    local path = fresh_db()
+    setup(path)
+    local p = track(reader(path, "tabled"))
+    cli(path, "INSERT INTO items (k) VALUES (1);")
+    assert.is_true(wait_events(p, 1))
+    cli(path, "DROP TABLE sqlnotify_consumers;\nINSERT INTO items (k) VALUES (2);")
+    assert.is_true(wait_events(p, 2))
+    assert.is_true(p:wait_for('consumer "tabled" was dropped while this process read it; recorded it again after row %d',
+      20, "err"))
+    assert.is_true(H.wait_until(function()
+      local ok, pos = pcall(cli, path, "SELECT position FROM sqlnotify_consumers WHERE name = 'tabled';")
+      return ok and pos == "2\n"
+    end, 10))
+    p:kill("KILL")
+    p:wait()
+    cli(path, "INSERT INTO items (k) VALUES (3);")
+    local p2 = track(reader(path, "tabled"))
+    assert.is_true(wait_events(p2, 1))
+    H.sleep(0.2)
+    p2:stop()
+    assert.are.same({ 1, 2 }, ks(events(p)))
+    assert.are.same({ 3 }, ks(events(p2)))
+    assert.is_falsy(p2:stderr():find("is new", 1, true))
   end)
 
   it("reads from the log's end when the consumer stands past it (a file restored from an older copy)", function()

@@ -307,8 +307,12 @@ void sqd_consumer_try_lease(sn_conn *c)
     short_wait(c, 1);
     if (sqlite3_prepare_v2(c->rd, "SELECT holder, holder_pid, holder_host, " NOW_SQL
                            " - heartbeat, position FROM " CONSUMERS_TABLE " WHERE name = ?1",
-                           -1, &st, NULL) != SQLITE_OK)
+                           -1, &st, NULL) != SQLITE_OK) {
+        /* the table dropped: make it, and the next tick records us in it (below) */
+        if (have_table(c->rd) == 0)
+            ensure_table(c->rd, NULL, 0);
         goto out;
+    }
     sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {   /* dropped since: record it again where we stand */
@@ -411,6 +415,25 @@ static int record_again(sn_conn *c)
     return SQLITE_OK;
 }
 
+static int save(sn_conn *c, int release);
+
+/* The position cannot be written: the consumers' table was dropped, or the file replaced by
+ * one without it. Said nothing and went on delivering, so a kill -9 meanwhile lost what came
+ * since. Make the table and record us again where we stand; else say so once and hold (no new
+ * batch before it is saved). 0, or -1. */
+static int save_unprepared(sn_conn *c, int release)
+{
+    char why[256];
+    snprintf(why, sizeof why, "%s", sqlite3_errmsg(c->rd));
+    if (have_table(c->rd) == 0 && ensure_table(c->rd, why, sizeof why) == 0 && record_again(c) == SQLITE_OK)
+        return release ? save(c, 1) : 0;
+    if (!c->save_failed)
+        sn_logf(&c->sink, SN_LOG_WARN, "saving the position of consumer \"%s\" in %s failed: "
+                "%s; retrying", c->consumer, c->target, why);
+    c->save_failed = 1;
+    return -1;
+}
+
 /* Write the position (and renew the lease). 0, or -1: busy, retried later. */
 static int save(sn_conn *c, int release)
 {
@@ -422,7 +445,7 @@ static int save(sn_conn *c, int release)
         : "UPDATE " CONSUMERS_TABLE " SET position = ?2, last_seen = " NOW_SQL
           ", heartbeat = " NOW_SQL " WHERE name = ?1 AND holder = ?3";
     if (sqlite3_prepare_v2(c->rd, sql, -1, &st, NULL) != SQLITE_OK)
-        return -1;
+        return save_unprepared(c, release);
     sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, c->pos_pending);
     sqlite3_bind_int64(st, 3, c->holder_id);
