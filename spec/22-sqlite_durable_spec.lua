@@ -3,7 +3,8 @@
 -- dropping one, a consumer away past retention told what it missed, one that stopped
 -- coming named in the log, each consumer's own retention, the standby taking
 -- over from a killed holder and from one paused past its lease, n:consumers(), the
--- consumers' table dropped under a running consumer. One SQLite file per test.
+-- consumers' table dropped under a running consumer, its file replaced. One SQLite file per
+-- test.
 local H = require("helper")
 
 local q, fmt = H.shell_quote, string.format
@@ -443,6 +444,38 @@ print("ready")
     assert.are.same({ 1, 2 }, ks(events(p)))
     assert.are.same({ 3 }, ks(events(p2)))
     assert.is_falsy(p2:stderr():find("is new", 1, true))
+  end)
+
+  -- The reader reopened a replaced file but recorded nothing there: the same silent saves
+  -- as above, and a kill -9 lost what was committed to the new file.
+  it("records the consumer in a file that replaced its database, so a kill -9 then loses nothing", function()
+    local path = fresh_db()
+    cli(path, "CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);") -- no -wal left behind by mv
+    local p = track(reader(path, "moved"))
+    cli(path, "INSERT INTO items (k) VALUES (1);")
+    assert.is_true(wait_events(p, 1))
+    cli(path .. ".new", "CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);")
+    assert(H.sh("mv " .. q(path .. ".new") .. " " .. q(path)))
+    assert.is_true(p:wait_for('the trigger for update on "main"."items" was missing or changed; re%-created it', 20, "err"))
+    local _, news = p:stderr():gsub('consumer "moved" is new: it starts at the end', "")
+    assert.are.equal(2, news) -- at its start, and in the new file
+    cli(path, "INSERT INTO items (k) VALUES (2);")
+    assert.is_true(wait_events(p, 2))
+    assert.is_true(H.wait_until(function()
+      local ok, pos = pcall(cli, path, "SELECT position FROM sqlnotify_consumers WHERE name = 'moved';")
+      return ok and pos == "2\n"
+    end, 10))
+    p:kill("KILL")
+    p:wait()
+    cli(path, "INSERT INTO items (k) VALUES (3);")
+    local p2 = track(reader(path, "moved"))
+    assert.is_true(wait_events(p2, 1))
+    H.sleep(0.2)
+    p2:stop()
+    assert.are.same({ 1, 2 }, ks(events(p)))
+    assert.are.same({ 3 }, ks(events(p2)))
+    -- the new file's log is made past the cursor, so seq goes on
+    assert.are.same({ 1, 2, 3 }, H.pluck(table.move(events(p2), 1, 1, 3, events(p)), "seq"))
   end)
 
   it("reads from the log's end when the consumer stands past it (a file restored from an older copy)", function()

@@ -574,6 +574,28 @@ void sqd_kick_lease(sn_conn *c, double delay)
     sqd_timer_start_unref(c->loop, &c->lease);
 }
 
+/* The file was replaced and the reader reopened on the new one: the position in memory and
+ * the acks of what the old file delivered mean nothing there. Record the consumer and what it
+ * reads where the new file lacks them (start_at), and take the lease there as at a start, which
+ * reads from the new file's position. Before, nothing was recorded: every save failed unsaid,
+ * and a kill -9 lost what was committed to the new file until the next start. */
+void sqd_consumer_reopened(sn_conn *c)
+{
+    char why[256];
+    int bad = sqd_consumer_register(c, why, sizeof why);
+    for (int i = 0; !bad && i < c->nchans; i++)
+        bad = sqd_consumer_reads(c, c->chans[i].name, why, sizeof why);
+    if (bad)
+        sn_logf(&c->sink, SN_LOG_ERROR, "consumer \"%s\" cannot be recorded in %s after it was "
+                "replaced: %s; nothing is delivered until it is (retried)", c->consumer, c->target, why);
+    c->active = 0;
+    c->held = 0;
+    c->save_failed = 0;
+    c->standby_pid = 0;
+    sqd_consumer_try_lease(c);
+    sqd_kick_lease(c, LEASE_BEAT);
+}
+
 void sqd_consumer_stop(sn_conn *c)
 {
     sqd_consumer_release(c);   /* writes the last ack, held or not */

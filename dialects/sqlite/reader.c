@@ -672,6 +672,8 @@ int sqd_reader_reopen(sn_conn *c, char *err, size_t errlen)
         return -1;
     reader_timers_start(c);
     sqd_heartbeat(c);
+    if (c->consumer)
+        sqd_consumer_reopened(c);
     return 0;
 }
 

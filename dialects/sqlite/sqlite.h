@@ -190,6 +190,8 @@ int sqd_consumer_holds(sn_conn *c);
 /* Save and give the lease up; stop the timer. */
 void sqd_consumer_release(sn_conn *c);
 void sqd_consumer_stop(sn_conn *c);
+/* The file was replaced: record the consumer in the new one and take its lease there. */
+void sqd_consumer_reopened(sn_conn *c);
 int sqd_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 
