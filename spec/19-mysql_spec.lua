@@ -1,9 +1,10 @@
 -- MySQL/MariaDB: the API cases shared with PostgreSQL (spec/cases/api.lua), then what is
 -- MySQL's own: URLs, the catalog, odd names, ALTER TABLE, the journal's
--- late commits (two writers with interleaved commits), durable consumers, pruning, and
--- the real host killed with kill -9 and restarted. Everything lives in one database
--- (SQLNOTIFY_TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306/sqlnotify_check, which
--- tools/mariadb.sh makes); this file's tables are named s19_*. The values on the wire, type
+-- late commits (two writers with interleaved commits), durable consumers, pruning, a
+-- truncated journal, and the real host killed with kill -9 and restarted. Everything lives
+-- in one database (SQLNOTIFY_TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306/sqlnotify_check,
+-- which tools/mariadb.sh makes; the truncated journal in one of its own, <db>_back); this
+-- file's tables are named s19_*. The values on the wire, type
 -- by type, are spec/cases/wire.lua (spec 33).
 local H = require("helper")
 local sqlnotify = require("sqlnotify")
@@ -757,6 +758,61 @@ print("ready")
       local ks = {}
       for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
       assert.are.same({ 4 }, ks)
+    end)
+  end)
+
+  -- TRUNCATE hands the journal's ids out again from 1, below every position: the reader, which
+  -- fetches above its position, skipped the rows written since without a word. The test has a
+  -- database of its own, so no other test's reader sees its journal go back.
+  describe("a journal whose ids went back", function()
+    local BDB = DB .. "_back"
+    local BURL = URL:gsub("/[^/?]*(%??[^/]*)$", "/" .. BDB .. "%1")
+    before_each(function()
+      sql(fmt("DROP DATABASE IF EXISTS `%s`; CREATE DATABASE `%s`;"
+        .. " CREATE TABLE `%s`.t (id bigint AUTO_INCREMENT PRIMARY KEY, who char(1) NOT NULL, k int NOT NULL);",
+        BDB, BDB, BDB))
+    end)
+    after_each(function() sql(fmt("DROP DATABASE IF EXISTS `%s`", BDB)) end)
+
+    local function back_reader()
+      local p = H.host(READER, { BURL, BDB .. ".t", "s19_back", "-", "3600" })
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      return p
+    end
+    local function ins(from, to)
+      local rows = {}
+      for k = from, to do rows[#rows + 1] = fmt("('a', %d)", k) end
+      sql(fmt("INSERT INTO `%s`.t (who, k) VALUES %s", BDB, table.concat(rows, ", ")))
+    end
+    local function pos()
+      return sql(fmt("SELECT pos FROM `%s`.sqlnotify_consumers WHERE name = 's19_back'", BDB))
+    end
+    local function ks(list) return H.pluck(list, "k") end
+
+    it("delivers what was written after a TRUNCATE of the journal, says so, and a kill -9 then loses nothing", function()
+      local p = track(back_reader())
+      ins(1, 3)
+      assert.is_true(wait_events(p, 3))
+      assert.is_true(H.wait_until(function() return pos() == "3\n" end, 10))
+      sql(fmt("TRUNCATE `%s`.sqlnotify_journal", BDB))
+      ins(4, 5)
+      assert.is_true(wait_events(p, 5))
+      assert.is_true(p:wait_for(fmt('the journal\'s ids in database "%s" went back: its newest row is id 2, below 3 where'
+        .. " this consumer stands %%(the journal was truncated or its AUTO_INCREMENT reset%%)", BDB), 10, "err"))
+      ins(6, 6)
+      assert.is_true(wait_events(p, 6))
+      assert.is_true(H.wait_until(function() return pos() == "3\n" end, 10)) -- id 3 of the new journal
+      p:kill("KILL")
+      p:wait()
+      ins(7, 7)
+      local p2 = track(back_reader())
+      assert.is_true(wait_events(p2, 1))
+      H.sleep(0.3)
+      p2:stop()
+      assert.are.same({ 1, 2, 3, 4, 5, 6 }, ks(events(p)))
+      assert.are.same({ 1, 2, 3, 1, 2, 3 }, H.pluck(events(p), "seq"))
+      assert.are.same({ 7 }, ks(events(p2)))
+      assert.is_falsy(p2:stderr():find("went back", 1, true))
     end)
   end)
 

@@ -98,6 +98,7 @@ typedef struct my_reader {
     double last_save;
     int64_t probe_lo;    /* the gap being probed */
     double next_prune;
+    double back_checked; /* the last look for ids that went back (a truncated journal) */
     int prune_lock;      /* this session prunes for the database */
     int prune_off;       /* pruning failed for a reason that will not pass (rights) */
     int prune_rounds;

@@ -42,6 +42,7 @@
 #define PRUNE_EVERY 10.0
 #define PRUNE_BATCH 5000
 #define PRUNE_ROUNDS 20     /* batches per prune turn */
+#define BACK_EVERY 1.0      /* seconds between two looks for ids that went back */
 #define STANDBY_RETRY 1.0
 #define SYNC_DEADLINE 2.0   /* the final save at stop */
 
@@ -532,6 +533,7 @@ static void fetch(sn_conn *c)
 /* ===== after a round: save, probe a gap, prune ===== */
 
 static void probe(sn_conn *c);
+static void check_back(sn_conn *c);
 static void prune(sn_conn *c);
 
 static void saved(sn_conn *c, int ok)
@@ -592,7 +594,7 @@ static void probed(sn_conn *c, int ok)
             }
             break;
         }
-    prune(c);
+    check_back(c);
 }
 
 static void probe(sn_conn *c)
@@ -610,10 +612,70 @@ static void probe(sn_conn *c)
             return;
         }
     }
-    prune(c);
+    check_back(c);
 }
 
 static void idle(sn_conn *c) { later(c, NEXT_POLL, c->r.held ? MAX_INTERVAL : c->r.interval); }
+
+/* ===== ids that went back ===== */
+
+/* TRUNCATE of the journal, an ALTER TABLE ... AUTO_INCREMENT, or a restart of a server that
+ * does not keep the counter (MySQL before 8.0, MariaDB before 10.2.4) with a journal pruning
+ * had emptied, hands ids out again from the bottom. The fetch reads above high only, so the
+ * rows written since were skipped without a word. Rows at or below high never go before the
+ * ones above them, so a newest row below high says it. Then the journal is read again from
+ * its first row: the rows written since, and any older one still there once more (at least
+ * once). The pruned mark goes too, or a start would take the new rows for pruned ones. */
+static void back_marked(sn_conn *c, int ok)
+{
+    if (!ok) {
+        failed(c, "recording that the journal's ids went back");
+        return;
+    }
+    prune(c);
+}
+
+static void back_read(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        failed(c, "reading the journal's newest id");
+        return;
+    }
+    MYSQL_ROW row = mysql_fetch_row(r->res);
+    int64_t top = row && row[0] ? atoll(row[0]) : -1;
+    if (top < 0 || top >= r->st.high || r->held) {
+        prune(c);
+        return;
+    }
+    sn_logf(&c->sink, SN_LOG_ERROR,
+            "the journal's ids in database \"%s\" went back: its newest row is id %lld, below %lld where %s stands"
+            " (the journal was truncated or its AUTO_INCREMENT reset); reading it again from its first row: the"
+            " rows written since are delivered, and rows older than that still there again",
+            c->p.db, (long long)top, (long long)r->st.high, durable(c) ? "this consumer" : "this reader");
+    while (r->st.n > 0)
+        my_state_drop(&r->st, 0);
+    r->st.high = 0;
+    r->dirty = durable(c);
+    r->interval = 0;
+    r->sql.len = 0;
+    sn_sb_addf(&r->sql, "UPDATE %s SET below = 0 WHERE id = 1", c->pruned);
+    exec(c, back_marked);
+}
+
+static void check_back(sn_conn *c)
+{
+    my_reader *r = &c->r;
+    double now = my_now();
+    if (!r->started || r->held || now - r->back_checked < BACK_EVERY) {
+        prune(c);
+        return;
+    }
+    r->back_checked = now;
+    r->sql.len = 0;
+    sn_sb_addf(&r->sql, "SELECT MAX(id) FROM %s", c->journal);
+    exec(c, back_read);
+}
 
 static void prune_delete(sn_conn *c);
 
