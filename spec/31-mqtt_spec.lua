@@ -13,11 +13,11 @@ local PORT, PORT_LATE, PORT_DOWN = 11890, 11891, 11899
 
 -- A broker config in its own directory; persistence keeps the subscriber's session (and
 -- the QoS 1 messages queued for it) across a restart.
-local function broker(port, persist)
+local function broker(port, persist, extra)
   local dir = H.tmpdir()
   local conf = dir .. "/mosquitto.conf"
   local f = assert(io.open(conf, "w"))
-  f:write(fmt("listener %d 127.0.0.1\nallow_anonymous true\n", port))
+  f:write(fmt("listener %d 127.0.0.1\nallow_anonymous true\n%s", port, extra or ""))
   if persist then
     f:write(fmt("persistence true\npersistence_location %s/\nautosave_interval 1\n", dir))
     -- started as root, mosquitto drops to its own user before it saves: without the right to
@@ -234,6 +234,47 @@ describe("sqlnotify.mqtt", function()
     assert.equal(0, p:wait(20), p:stdout() .. p:stderr())
     p:assert_clean()
     assert.matches("late\ttrue\n", p:stdout())
+  end)
+
+  it("a message the broker drops the connection for is not sent again by itself: the relay goes on", function()
+    -- A broker refuses a packet above its max_packet_size by closing the connection. The
+    -- publish fails ("lost before the PUBACK") and the event is retried, then dead-lettered;
+    -- libmosquitto used to keep the message and send it again after every reconnect, so each
+    -- new connection was dropped at once, and every later row failed and was dead-lettered too.
+    daemons[#daemons + 1] = broker(PORT + 3, false, "max_packet_size 2000\n")
+    local sub = subscriber(PORT + 3, "s31/big/#")
+    subs[#subs + 1] = sub
+    H.sleep(0.3)
+    local db = H.tmpdir() .. "/mq31big.db"
+    H.sqlite_cli(db, "CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT);")
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:" .. arg[2], timeout = 2 }
+      local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. arg[1], consumer = "mq31big", concurrency = 1,
+        retry = { attempts = 2, delay = 0.05, max_delay = 0.1 } })
+      n:watch("big", "insert", { extra_columns = { "v" } })
+      n:subscribe("big", "insert", function(ev)
+        local ok, err = mq:publish("s31/big/" .. ev.id, ev.extra_columns.v, { qos = 1 })
+        print(string.format("try %d %s", ev.id, tostring(err)))
+        assert(ok, err)
+      end)
+      n:on("dead_letter", function(ev, info) print(string.format("dead %d %d", ev.id, info.attempts)) end)
+      assert(n:start())
+      print("ready")
+    ]], { db, tostring(PORT + 3) })
+    procs[#procs + 1] = p
+    assert.is_true(p:wait_for("ready", 10), p:stderr())
+    H.sqlite_cli(db, "INSERT INTO big VALUES (1, 'one'), (2, 'two'), (3, printf('%.5000c', 'x')), (4, 'four'),"
+      .. " (5, 'five'), (6, 'six');")
+    assert.is_true(wait_until(function() return #sub.lines() >= 5 end, 20),
+      "the subscriber got:\n" .. table.concat(sub.lines(), "\n") .. "\nrelay:\n" .. p:stdout() .. p:stderr():sub(-1500))
+    assert.same({ "s31/big/1 one", "s31/big/2 two", "s31/big/4 four", "s31/big/5 five", "s31/big/6 six" }, sub.lines())
+    local lost = "sqlnotify: mqtt: connection to 127.0.0.1:" .. (PORT + 3) .. " lost before the PUBACK"
+    assert.equal(table.concat({ "ready", "try 1 nil", "try 2 nil", "try 3 " .. lost, "try 3 " .. lost, "dead 3 2",
+      "try 4 nil", "try 5 nil", "try 6 nil" }, "\n") .. "\n", p:stdout())
+    -- One loss per attempt of the big message, not one per reconnect.
+    assert.equal(2, H.count(p:stderr(), "lost (The connection was lost.), reconnecting"), p:stderr())
   end)
 
   it("refuses a bad URL or option at the caller's line", function()

@@ -10,8 +10,9 @@
  *
  * A publish waits for the connection (up to its deadline); QoS 0 answers once libmosquitto
  * wrote or queued it, QoS 1 once the PUBACK came. A QoS 1 message in flight when the
- * connection drops fails at once (the event is retried by the runtime): libmosquitto's own
- * resend after the reconnect may deliver it once more, which at-least-once allows.
+ * connection drops fails at once (the event is retried by the runtime), and each reconnect
+ * is made on a fresh libmosquitto client, so libmosquitto never sends again a message whose
+ * publish has already failed: the runtime's retry is the only resend.
  */
 #include <lauxlib.h>
 
@@ -56,8 +57,16 @@ typedef struct mq_req {
     char *err; /* the answer: NULL for true */
 } mq_req;
 
+/* What a libmosquitto client is made from, kept to make a fresh one for each reconnect. */
+typedef struct mq_conf {
+    char *host; /* the address (the name with TLS) */
+    char *id, *user, *pass, *cafile, *capath;
+    int port, keepalive, clean, tls, insecure;
+} mq_conf;
+
 typedef struct sn_mqtt {
     struct mosquitto *m; /* NULL: closed */
+    mq_conf conf;
     ev_io io;
     int fd, events;    /* what io watches (-1: nothing) */
     ev_timer misc;     /* mosquitto_loop_misc each second */
@@ -288,6 +297,45 @@ static void misc_start(sn_mqtt *c)
     }
 }
 
+static void on_connect(struct mosquitto *m, void *ud, int rc);
+static void on_disconnect(struct mosquitto *m, void *ud, int rc);
+static void on_publish(struct mosquitto *m, void *ud, int mid);
+
+/* A libmosquitto client from c->conf, not connected: NULL and *what, *rc on failure. */
+static struct mosquitto *client_make(sn_mqtt *c, const char **what, int *rc)
+{
+    const mq_conf *f = &c->conf;
+    struct mosquitto *m = mosquitto_new(f->id, f->clean != 0, c);
+    if (m == NULL) {
+        *what = "cannot create the client";
+        *rc = MOSQ_ERR_ERRNO;
+        return NULL;
+    }
+    mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+    mosquitto_connect_callback_set(m, on_connect);
+    mosquitto_disconnect_callback_set(m, on_disconnect);
+    mosquitto_publish_callback_set(m, on_publish);
+    *rc = 0;
+    if ((f->user != NULL || f->pass != NULL) &&
+        (*rc = mosquitto_username_pw_set(m, f->user ? f->user : "", f->pass)) != 0) {
+        *what = "username";
+    } else if (f->tls) {
+        if (f->cafile == NULL && f->capath == NULL)
+            *rc = mosquitto_int_option(m, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
+        else
+            *rc = mosquitto_tls_set(m, f->cafile, f->capath, NULL, NULL, NULL);
+        if (*rc != 0)
+            *what = "TLS (cafile, capath)";
+        else if (f->insecure)
+            mosquitto_tls_insecure_set(m, true);
+    }
+    if (*rc != 0) {
+        mosquitto_destroy(m);
+        return NULL;
+    }
+    return m;
+}
+
 static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
@@ -297,7 +345,21 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
     ev_io_stop(sn_loop(), &c->io);
     c->fd = -1;
     c->events = 0;
-    int rc = mosquitto_reconnect_async(c->m);
+    /* A fresh client, not mosquitto_reconnect_async: the old one still holds the messages
+     * of the lost connection and would send them again once connected. Their publishes have
+     * failed (the runtime retries them), and one the broker drops the connection for (above
+     * its max_packet_size) would end every new connection at once, for good. */
+    const char *what = NULL;
+    int rc;
+    struct mosquitto *m = client_make(c, &what, &rc);
+    if (m == NULL) {
+        snprintf(c->last, sizeof c->last, "%s: %s", what, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        retry_later(c);
+        return;
+    }
+    mosquitto_destroy(c->m);
+    c->m = m;
+    rc = mosquitto_connect_async(c->m, c->conf.host, c->conf.port, c->conf.keepalive);
     if (rc != MOSQ_ERR_SUCCESS)
         set_errno_reason(c, rc);
     else
@@ -353,6 +415,11 @@ static void mqtt_release(sn_mqtt *c, const char *err)
         c->fd = -1;
         c->connected = 0;
     }
+    char **confs[] = {&c->conf.host, &c->conf.id, &c->conf.user, &c->conf.pass, &c->conf.cafile, &c->conf.capath};
+    for (size_t i = 0; i < sizeof confs / sizeof confs[0]; i++) {
+        free(*confs[i]);
+        *confs[i] = NULL;
+    }
     for (mq_req *r = c->head, *next; r != NULL; r = next) {
         next = r->next;
         if (err != NULL) {
@@ -401,6 +468,13 @@ static int opt_bool(lua_State *L, const char *key, int def)
     return v;
 }
 
+/* A copy of s (NULL stays NULL) into *to; 0, or -1 out of memory. */
+static int conf_dup(char **to, const char *s)
+{
+    *to = s ? strdup(s) : NULL;
+    return s != NULL && *to == NULL ? -1 : 0;
+}
+
 static int mqtt_fail_new(lua_State *L, sn_mqtt *c, const char *what, int rc)
 {
     mqtt_release(c, NULL);
@@ -442,26 +516,17 @@ static int l_mqtt_new(lua_State *L)
     ev_init(&c->misc, on_misc);
     ev_init(&c->retry, on_retry);
 
-    c->m = mosquitto_new(id, clean != 0, c);
-    if (c->m == NULL)
-        return luaL_error(L, "sqlnotify: mqtt: cannot create the client: %s", strerror(errno));
-    mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
-    mosquitto_connect_callback_set(c->m, on_connect);
-    mosquitto_disconnect_callback_set(c->m, on_disconnect);
-    mosquitto_publish_callback_set(c->m, on_publish);
-    int rc;
-    if ((user != NULL || pass != NULL) && (rc = mosquitto_username_pw_set(c->m, user ? user : "", pass)) != 0)
-        return mqtt_fail_new(L, c, "username", rc);
-    if (tls) {
-        if (cafile == NULL && capath == NULL)
-            rc = mosquitto_int_option(c->m, MOSQ_OPT_TLS_USE_OS_CERTS, 1);
-        else
-            rc = mosquitto_tls_set(c->m, cafile, capath, NULL, NULL, NULL);
-        if (rc != 0)
-            return mqtt_fail_new(L, c, "TLS (cafile, capath)", rc);
-        if (insecure)
-            mosquitto_tls_insecure_set(c->m, true);
+    c->conf = (mq_conf){.port = port, .keepalive = keepalive, .clean = clean, .tls = tls, .insecure = insecure};
+    if (conf_dup(&c->conf.id, id) || conf_dup(&c->conf.user, user) || conf_dup(&c->conf.pass, pass) ||
+        conf_dup(&c->conf.cafile, cafile) || conf_dup(&c->conf.capath, capath)) {
+        mqtt_release(c, NULL);
+        return luaL_error(L, "sqlnotify: mqtt: out of memory");
     }
+    const char *what = NULL;
+    int rc;
+    c->m = client_make(c, &what, &rc);
+    if (c->m == NULL)
+        return mqtt_fail_new(L, c, what, rc);
     /* libmosquitto resolves the host on every (re)connect, blocking: a name is resolved once
      * here (a constructor runs at load time) and the address used from then on. With TLS the
      * name stays: the certificate is checked against it. */
@@ -478,8 +543,12 @@ static int l_mqtt_new(lua_State *L)
         if (e == 0)
             host = addr;
     }
+    if (conf_dup(&c->conf.host, host)) {
+        mqtt_release(c, NULL);
+        return luaL_error(L, "sqlnotify: mqtt: out of memory");
+    }
     /* A refused or unreachable broker is no error here: publish waits for the reconnect. */
-    rc = mosquitto_connect_async(c->m, host, port, keepalive);
+    rc = mosquitto_connect_async(c->m, c->conf.host, port, keepalive);
     if (rc == MOSQ_ERR_INVAL)
         return mqtt_fail_new(L, c, "connect", rc);
     if (rc != MOSQ_ERR_SUCCESS)
