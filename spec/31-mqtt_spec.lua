@@ -277,6 +277,56 @@ describe("sqlnotify.mqtt", function()
     assert.equal(2, H.count(p:stderr(), "lost (The connection was lost.), reconnecting"), p:stderr())
   end)
 
+  it("a broker that stops answering: the loss names the keepalive, and publishes go on once it answers", function()
+    local d = broker(PORT + 4, false)
+    daemons[#daemons + 1] = d
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:" .. arg[1], keepalive = 5, timeout = 1 }
+      sqlnotify.spawn(function()
+        while true do
+          print("publish", mq:publish("s31/ka", "x", { qos = 1 }))
+          sqlnotify.sleep(0.2)
+        end
+      end)
+    ]], { tostring(PORT + 4) })
+    procs[#procs + 1] = p
+    assert.is_true(p:wait_for("publish\ttrue\n", 10), p:stdout() .. p:stderr())
+    d:kill("STOP")
+    finally(function() d:kill("CONT") end)
+    -- libmosquitto pings after a keepalive without a word from the broker and gives up after
+    -- another: about 10 s.
+    assert.is_true(p:wait_for("lost %(", 20, "err"), p:stdout() .. p:stderr())
+    local name = "127.0.0.1:" .. (PORT + 4)
+    assert.matches("warn  sqlnotify: mqtt: connection to " .. name:gsub("%.", "%%.")
+      .. " lost %(the broker did not answer within the keepalive, 5 s%), reconnecting\n", p:stderr())
+    H.sleep(2) -- publishes wait for the connection now
+    d:kill("CONT")
+    local out = p:stdout()
+    assert.is_true(wait_until(function()
+      return p:stdout():find("publish\tnil[^\n]*\npublish\ttrue\n") ~= nil
+    end, 20), p:stdout() .. p:stderr())
+    p:kill("TERM")
+    p:wait(10)
+    out = p:stdout()
+    local nopuback, lost, waited = 0, 0, 0
+    for l in out:gmatch("publish\tnil[^\n]*") do
+      if l == "publish\tnil\tsqlnotify: mqtt: no PUBACK from " .. name .. " within 1 s" then
+        nopuback = nopuback + 1
+      elseif l == "publish\tnil\tsqlnotify: mqtt: connection to " .. name .. " lost before the PUBACK" then
+        lost = lost + 1 -- the one in flight when libmosquitto gave up
+      else
+        -- never "Unknown error." (what libmosquitto calls its keepalive code)
+        assert.equal("publish\tnil\tsqlnotify: mqtt: not connected to " .. name
+          .. " within 1 s: the broker did not answer within the keepalive, 5 s", l)
+        waited = waited + 1
+      end
+    end
+    assert.is_true(nopuback >= 4 and lost <= 1 and waited >= 1, out)
+    assert.not_matches("Unknown error", p:stderr())
+  end)
+
   it("refuses a bad URL or option at the caller's line", function()
     local function err_of(opts)
       local line = debug.getinfo(1, "l").currentline + 1

@@ -84,6 +84,20 @@ static int lib_ready;
 
 static void settle(sn_mqtt *c);
 
+/* What rc means, errno's words where it says so. libmosquitto 2.0 has no text for its
+ * keepalive code (a broker silent through the keepalive and the ping after it): it would
+ * say "Unknown error.". */
+static const char *rc_text(const sn_mqtt *c, int rc, char *buf, size_t size)
+{
+    if (rc == MOSQ_ERR_ERRNO)
+        return strerror(errno);
+    if (rc == MOSQ_ERR_KEEPALIVE) {
+        snprintf(buf, size, "the broker did not answer within the keepalive, %d s", c->conf.keepalive);
+        return buf;
+    }
+    return mosquitto_strerror(rc);
+}
+
 /* ===== requests ===== */
 
 static void req_unlink(mq_req *r)
@@ -210,11 +224,12 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc)
 {
     (void)m;
     sn_mqtt *c = ud;
+    char buf[128];
+    const char *why = rc_text(c, rc, buf, sizeof buf);
     if (c->connected)
-        sn_log(SN_LOG_WARN, "mqtt: connection to %s lost (%s), reconnecting", c->name,
-               rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        sn_log(SN_LOG_WARN, "mqtt: connection to %s lost (%s), reconnecting", c->name, why);
     if (rc != 0 && c->last[0] == '\0')
-        snprintf(c->last, sizeof c->last, "%s", rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        snprintf(c->last, sizeof c->last, "%s", why);
     c->connected = 0;
     c->lost = 1;
 }
@@ -286,7 +301,8 @@ static void settle(sn_mqtt *c)
 
 static void set_errno_reason(sn_mqtt *c, int rc)
 {
-    snprintf(c->last, sizeof c->last, "%s", rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+    char buf[128];
+    snprintf(c->last, sizeof c->last, "%s", rc_text(c, rc, buf, sizeof buf));
 }
 
 static void misc_start(sn_mqtt *c)
