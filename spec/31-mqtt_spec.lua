@@ -327,6 +327,29 @@ describe("sqlnotify.mqtt", function()
     assert.not_matches("Unknown error", p:stderr())
   end)
 
+  it("two clients with one client_id: they back off and the log says why, no reconnect storm", function()
+    -- Two copies of a relay with a fixed client_id (a consumer group's members): the broker
+    -- closes the older connection whenever the other connects. Each CONNACK used to reset the
+    -- backoff, so the two took turns every 50-100 ms, each with a warning, for ever.
+    daemons[#daemons + 1] = broker(PORT + 5, false)
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local url = "mqtt://127.0.0.1:" .. arg[1]
+      local a = sqlnotify.mqtt{ url = url, client_id = "s31twin", timeout = 1 }
+      local b = sqlnotify.mqtt{ url = url, client_id = "s31twin", timeout = 1 }
+      sqlnotify.after(4, sqlnotify.stop)
+    ]], { tostring(PORT + 5) })
+    procs[#procs + 1] = p
+    assert.equal(0, p:wait(15), p:stderr())
+    local err = p:stderr()
+    local losses = H.count(err, "mqtt: connection to 127.0.0.1:" .. (PORT + 5) .. " lost")
+    -- 0.05-0.1 s, then doubling: at most 6 losses each in 4 s (there were 40 and more)
+    assert.is_true(losses >= 2 and losses <= 12, losses .. " losses:\n" .. err)
+    assert.matches('lost %(The connection was lost%.%) 0%.%d s after the broker accepted it, reconnecting;'
+      .. ' a broker closes a client when another connects with its client_id %("s31twin"%)\n', err)
+  end)
+
   it("refuses a bad URL or option at the caller's line", function()
     local function err_of(opts)
       local line = debug.getinfo(1, "l").currentline + 1

@@ -39,6 +39,8 @@
 /* The shared backoff (sn_backoff) from 50-100 ms up to 2.5-5 s. */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+/* A connection that lasted this long starts the backoff over when it is lost. */
+#define STEADY 10.0
 
 enum { REQ_WAITING, REQ_SENT, REQ_DONE };
 
@@ -75,6 +77,7 @@ typedef struct sn_mqtt {
     int connected;     /* CONNACK accepted and not lost since */
     int lost;          /* the library reported a disconnect since the last settle */
     int fresh;         /* connected since the last settle: publish what waited */
+    double up_at;      /* when the broker accepted the connection */
     char name[300];    /* host:port, for messages (never the password) */
     char last[256];    /* why the last connection failed */
     mq_req *head, *tail;
@@ -212,7 +215,7 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
     if (rc == 0) {
         c->connected = 1;
         c->fresh = 1;
-        sn_backoff_reset(&c->backoff);
+        c->up_at = ev_now(sn_loop());
         c->last[0] = '\0';
         sn_log(SN_LOG_DEBUG, "mqtt: connected to %s", c->name);
     } else {
@@ -226,8 +229,20 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc)
     sn_mqtt *c = ud;
     char buf[128];
     const char *why = rc_text(c, rc, buf, sizeof buf);
-    if (c->connected)
-        sn_log(SN_LOG_WARN, "mqtt: connection to %s lost (%s), reconnecting", c->name, why);
+    if (c->connected) {
+        /* Not at the CONNACK: a broker that closes each connection at once (another client
+         * took the client_id over) would be reconnected to every 50-100 ms, for ever. */
+        double lived = ev_now(sn_loop()) - c->up_at;
+        if (lived >= STEADY)
+            sn_backoff_reset(&c->backoff);
+        if (lived < 1. && c->conf.id != NULL)
+            sn_log(SN_LOG_WARN,
+                   "mqtt: connection to %s lost (%s) %.1f s after the broker accepted it, reconnecting; a broker "
+                   "closes a client when another connects with its client_id (\"%s\")",
+                   c->name, why, lived, c->conf.id);
+        else
+            sn_log(SN_LOG_WARN, "mqtt: connection to %s lost (%s), reconnecting", c->name, why);
+    }
     if (rc != 0 && c->last[0] == '\0')
         snprintf(c->last, sizeof c->last, "%s", why);
     c->connected = 0;
