@@ -350,6 +350,48 @@ describe("sqlnotify.mqtt", function()
       .. ' a broker closes a client when another connects with its client_id %("s31twin"%)\n', err)
   end)
 
+  it("two copies of scripts/examples/mqtt_relay.lua share the work and keep their connections", function()
+    -- A consumer group of two: each copy relays its shares. The example used to give every copy
+    -- the client_id "sqlnotify-relay", so the broker closed one whenever the other connected.
+    daemons[#daemons + 1] = broker(PORT + 6, false)
+    local sub = subscriber(PORT + 6, "s31ex/#")
+    subs[#subs + 1] = sub
+    H.sleep(0.3)
+    local schema = H.fresh_schema("spec31ex")
+    H.psql("CREATE TABLE spec31ex.t (id int PRIMARY KEY, v text)")
+    local script = H.slurp(H.root .. "/scripts/examples/mqtt_relay.lua")
+    local args = { H.pg_url, "spec31ex.t", "mqtt://127.0.0.1:" .. (PORT + 6), "s31ex" }
+    local a, b = H.host(script, args), H.host(script, args)
+    procs[#procs + 1], procs[#procs + 2] = a, b
+    finally(function()
+      for _, p in ipairs({ a, b }) do
+        if not p:exited() then p:kill("KILL") p:wait() end
+      end
+      local n = H.pg_notifier()
+      n:drop_consumer("mqtt_relay")
+      n:close()
+      H.drop_schema(schema)
+    end)
+    -- both members hold shares before the rows come
+    assert.is_true(wait_until(function()
+      local ea, eb = a:stderr(), b:stderr()
+      return ea:find("took shares", 1, true) ~= nil and eb:find("took shares", 1, true) ~= nil and
+        (ea .. eb):find("gave up shares", 1, true) ~= nil
+    end, 20), a:stderr() .. b:stderr())
+    H.psql("INSERT INTO spec31ex.t SELECT g, 'v' || g FROM generate_series(1, 200) g")
+    assert.is_true(wait_until(function() return #sub.lines() >= 200 end, 20), #sub.lines() .. " lines")
+    H.sleep(1)
+    local ids = {}
+    for _, l in ipairs(sub.lines()) do
+      local id = assert(tonumber(l:match("^s31ex/t/insert/(%d+) {")), l)
+      assert.is_nil(ids[id], "twice: " .. l)
+      ids[id] = true
+    end
+    for i = 1, 200 do assert.is_true(ids[i], "missing " .. i) end
+    assert.not_matches("lost", a:stderr())
+    assert.not_matches("lost", b:stderr())
+  end)
+
   it("refuses a bad URL or option at the caller's line", function()
     local function err_of(opts)
       local line = debug.getinfo(1, "l").currentline + 1
