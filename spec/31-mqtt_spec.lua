@@ -327,6 +327,28 @@ describe("sqlnotify.mqtt", function()
     assert.not_matches("Unknown error", p:stderr())
   end)
 
+  it("a broker that takes the connection but never answers: publish says so at its timeout", function()
+    local d = broker(PORT + 7, false)
+    daemons[#daemons + 1] = d
+    d:kill("STOP") -- the kernel still accepts its connections
+    finally(function() d:kill("CONT") end)
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local mq = sqlnotify.mqtt{ url = "mqtt://127.0.0.1:" .. arg[1], timeout = 1 }
+      sqlnotify.spawn(function()
+        print(mq:publish("s31/mute", "x", { qos = 1 }))
+        sqlnotify.stop()
+      end)
+    ]], { tostring(PORT + 7) })
+    procs[#procs + 1] = p
+    assert.equal(0, p:wait(10), p:stderr())
+    p:assert_clean()
+    -- it said "not connected to 127.0.0.1:11897 within 1 s", and no why
+    assert.equal("nil\tsqlnotify: mqtt: not connected to 127.0.0.1:" .. (PORT + 7)
+      .. " within 1 s: the broker took the connection but has not answered it\n", p:stdout())
+  end)
+
   it("two clients with one client_id: they back off and the log says why, no reconnect storm", function()
     -- Two copies of a relay with a fixed client_id (a consumer group's members): the broker
     -- closes the older connection whenever the other connects. Each CONNACK used to reset the

@@ -157,8 +157,18 @@ static void on_req_timer(struct ev_loop *loop, ev_timer *w, int revents)
     char msg[1024];
     const char *err = r->err;
     if (r->state == REQ_WAITING) {
+        const char *why = c->last;
+        if (why[0] == '\0' && c->m != NULL && mosquitto_socket(c->m) >= 0) {
+            /* No failure yet: say how far the connection got (a broker stopped, or behind a
+             * network that drops everything, is given up only after the keepalive). */
+            struct sockaddr_storage sa;
+            socklen_t len = sizeof sa;
+            why = getpeername(mosquitto_socket(c->m), (struct sockaddr *)&sa, &len) == 0
+                      ? "the broker took the connection but has not answered it"
+                      : "the TCP connection is not made yet";
+        }
         snprintf(msg, sizeof msg, "sqlnotify: mqtt: not connected to %s within %g s%s%s", c->name, r->timeout,
-                 c->last[0] ? ": " : "", c->last);
+                 why[0] ? ": " : "", why);
         err = msg;
     } else if (r->state == REQ_SENT) {
         snprintf(msg, sizeof msg, "sqlnotify: mqtt: no PUBACK from %s within %g s", c->name, r->timeout);
