@@ -349,6 +349,51 @@ describe("sqlnotify.mqtt", function()
       .. " within 1 s: the broker took the connection but has not answered it\n", p:stdout())
   end)
 
+  it("a broker that refuses the credentials: said once in the log, without the password, and when it takes them", function()
+    local dir = H.tmpdir()
+    local pw = dir .. "/pw"
+    local function passwd(secret) -- mosquitto reads it after it dropped to its own user
+      assert(H.sh(fmt("mosquitto_passwd -b -c %s relay %s >/dev/null 2>&1 && chmod 0644 %s && chmod a+x %s",
+        q(pw), q(secret), q(pw), q(dir))))
+    end
+    passwd("s3cret-pw")
+    local d = broker(PORT + 8, false, fmt("password_file %s\nallow_anonymous false\n", pw))
+    daemons[#daemons + 1] = d
+    local p = H.host([[
+      local sqlnotify = require("sqlnotify")
+      io.stdout:setvbuf("line")
+      local mq = sqlnotify.mqtt{ url = "mqtt://relay:wrong-pw@127.0.0.1:" .. arg[1], timeout = 1 }
+      sqlnotify.spawn(function()
+        print(mq:publish("s31/auth", "x", { qos = 1 }))
+        sqlnotify.sleep(1)
+        print("waited")
+        local ok, err
+        for _ = 1, 20 do
+          ok, err = mq:publish("s31/auth", "x", { qos = 1 })
+          if ok then break end
+        end
+        print(ok, err)
+        sqlnotify.stop()
+      end)
+    ]], { tostring(PORT + 8) })
+    procs[#procs + 1] = p
+    assert.is_true(p:wait_for("waited\n", 10), p:stderr())
+    passwd("wrong-pw") -- the broker takes the client's password from now on
+    d:kill("HUP")
+    assert.equal(0, p:wait(30), p:stderr())
+    local name = "127.0.0.1:" .. (PORT + 8)
+    assert.equal("nil\tsqlnotify: mqtt: not connected to " .. name
+      .. " within 1 s: the broker refused the connection: Connection Refused: not authorised.\nwaited\ntrue\tnil\n",
+      p:stdout())
+    -- tried some 6 times in the first 2 s: said once (it said nothing at all), and the end of it
+    local err = p:stderr()
+    assert.equal(1, H.count(err, "refused"), err)
+    assert.matches("warn  sqlnotify: mqtt: " .. name:gsub("%.", "%%.") .. " refused the connection %(Connection Refused:"
+      .. " not authorised%.%): tried again with backoff until it takes it\n.*info  sqlnotify: mqtt: connected to "
+      .. name:gsub("%.", "%%.") .. " again\n", err)
+    assert.not_matches("wrong%-pw", err)
+  end)
+
   it("two clients with one client_id: they back off and the log says why, no reconnect storm", function()
     -- Two copies of a relay with a fixed client_id (a consumer group's members): the broker
     -- closes the older connection whenever the other connects. Each CONNACK used to reset the

@@ -78,6 +78,7 @@ typedef struct sn_mqtt {
     int lost;          /* the library reported a disconnect since the last settle */
     int fresh;         /* connected since the last settle: publish what waited */
     double up_at;      /* when the broker accepted the connection */
+    int refused;       /* the broker refused a CONNECT since the last accepted one (logged) */
     char name[300];    /* host:port, for messages (never the password) */
     char last[256];    /* why the last connection failed */
     mq_req *head, *tail;
@@ -227,9 +228,16 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
         c->fresh = 1;
         c->up_at = ev_now(sn_loop());
         c->last[0] = '\0';
-        sn_log(SN_LOG_DEBUG, "mqtt: connected to %s", c->name);
+        sn_log(c->refused ? SN_LOG_INFO : SN_LOG_DEBUG, "mqtt: connected to %s%s", c->name, c->refused ? " again" : "");
+        c->refused = 0;
     } else {
         snprintf(c->last, sizeof c->last, "the broker refused the connection: %s", mosquitto_connack_string(rc));
+        /* Once a spell: the client tries again every few seconds (wrong credentials, an id
+         * the broker does not take), and only publishes said why. */
+        if (!c->refused)
+            sn_log(SN_LOG_WARN, "mqtt: %s refused the connection (%s): tried again with backoff until it takes it",
+                   c->name, mosquitto_connack_string(rc));
+        c->refused = 1;
     }
 }
 
