@@ -122,7 +122,7 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
     /* Keys: the primary key, then unique indexes on whole columns (no prefix, no expression). */
     if (my_query(c,
                  "SELECT TABLE_NAME, INDEX_NAME, COLUMN_NAME, SEQ_IN_INDEX,"
-                 " SUM(SUB_PART IS NOT NULL OR COLUMN_NAME IS NULL) OVER (PARTITION BY INDEX_NAME)"
+                 " SUM(SUB_PART IS NOT NULL OR COLUMN_NAME IS NULL) OVER (PARTITION BY INDEX_NAME), NULLABLE"
                  " FROM information_schema.STATISTICS"
                  " WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0"
                  " ORDER BY INDEX_NAME = 'PRIMARY' DESC, INDEX_NAME, SEQ_IN_INDEX",
@@ -135,7 +135,9 @@ int my_describe(sn_conn *c, const char *schema, const char *table, sn_result **o
         if (!same(cell(keys, i, 0), table) || col == NULL || num(keys, i, 4) > 0)
             continue;
         int pk = strcmp(index, "PRIMARY") == 0;
-        if (add_row(r, pk ? "pk" : "unique", col, pk ? NULL : index, pos, NULL) < 0)
+        const char *nullable = cell(keys, i, 5);
+        if (add_row(r, pk ? "pk" : "unique", col, pk ? NULL : index, pos,
+                    !pk && nullable && strcmp(nullable, "YES") == 0 ? "nullable" : NULL) < 0)
             goto oom;
     }
     *out = r;

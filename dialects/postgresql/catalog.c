@@ -11,7 +11,8 @@
  * ::name comparison beside it lets the catalog indexes be used. Views and materialized
  * views are described too, marked "view", so the caller can say why they cannot be
  * watched. Keys: every valid unique index without a WHERE clause or expressions (a
- * UNIQUE constraint is one of them; so is the primary key). A column of a domain is
+ * UNIQUE constraint is one of them; so is the primary key), each column of a unique key
+ * marked "nullable" where it can hold NULL. A column of a domain is
  * described by the type under it (the decoder and the filters go by what the value is: a
  * domain over numeric carries every digit). Each column's class (src/dialect.h) comes from
  * that type: this is the one place PostgreSQL's types are sorted into classes. */
@@ -59,7 +60,8 @@ static const char describe_sql[] =
     "  FROM t JOIN k ON k.indisprimary"
     "  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
     "  UNION ALL"
-    "  SELECT 3, ic.relname::text, k.ord, 'unique', a.attname::text, ic.relname::text, k.ord::text, NULL"
+    "  SELECT 3, ic.relname::text, k.ord, 'unique', a.attname::text, ic.relname::text, k.ord::text,"
+    "         CASE WHEN NOT a.attnotnull THEN 'nullable' END"
     "  FROM t JOIN k ON true JOIN pg_catalog.pg_class ic ON ic.oid = k.indexrelid"
     "  JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
     " ) s ORDER BY s1, s2 COLLATE \"C\", s3";

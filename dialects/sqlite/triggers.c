@@ -717,8 +717,10 @@ static int describe_rows(sqlite3 *db, sn_result *r, const char *kind, const char
     int rc, column = strcmp(kind, "column") == 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *b = (const char *)sqlite3_column_text(st, 1);
-        if (add_row(r, kind, (const char *)sqlite3_column_text(st, 0), b,
-                    (const char *)sqlite3_column_text(st, 2), column ? affinity_class(b, strict) : NULL)) {
+        const char *cls = column ? affinity_class(b, strict)
+                                 : sqlite3_column_count(st) > 3 ? (const char *)sqlite3_column_text(st, 3) : NULL;
+        if (add_row(r, kind, (const char *)sqlite3_column_text(st, 0), b, (const char *)sqlite3_column_text(st, 2),
+                    cls)) {
             sqlite3_finalize(st);
             sn_seterr(err, errlen, "out of memory");
             return -1;
@@ -749,9 +751,11 @@ int sqd_describe(sn_conn *c, const char *schema, const char *table, sn_result **
     static const char pk_sql[] =
         "SELECT name, NULL, pk FROM pragma_table_xinfo(?1, 'main') WHERE pk > 0 ORDER BY pk";
     /* Unique indexes and constraints over the whole table whose columns are all plain
-     * columns: a partial or expression index says nothing about a row's identity. */
+     * columns: a partial or expression index says nothing about a row's identity. A column
+     * that can hold NULL is marked "nullable" (such a key does not tell those rows apart). */
     static const char unique_sql[] =
-        "SELECT ii.name, il.name, ii.seqno + 1 "
+        "SELECT ii.name, il.name, ii.seqno + 1, "
+        "(SELECT 'nullable' FROM pragma_table_xinfo(?1, 'main') AS x WHERE x.name = ii.name AND x.\"notnull\" = 0) "
         "FROM pragma_index_list(?1, 'main') AS il, pragma_index_info(il.name, 'main') AS ii "
         "WHERE il.\"unique\" = 1 AND il.partial = 0 AND NOT EXISTS ("
         "  SELECT 1 FROM pragma_index_info(il.name, 'main') AS x WHERE x.name IS NULL) "

@@ -183,7 +183,7 @@ function Notifier:_table(t, level)
   -- Each column's class is the driver's (src/dialect.h): "integer", "decimal(2)", ...; a
   -- loose table's columns may also hold values of other classes (SQLite without STRICT).
   info = { schema = rows[1][2], table = rows[1][3], columns = {}, colnames = {}, types = {}, pk = {}, uniques = {},
-    type_of = {}, class_of = {}, scale_of = {}, loose = rows[1][5] == "loose" }
+    nullable = {}, type_of = {}, class_of = {}, scale_of = {}, loose = rows[1][5] == "loose" }
   for i = 2, #rows do
     local kind, a, b = rows[i][1], rows[i][2], rows[i][3]
     if kind == "column" then
@@ -200,6 +200,7 @@ function Notifier:_table(t, level)
       local u = info.uniques[b] or {}
       info.uniques[b] = u
       u[#u + 1] = a
+      if rows[i][5] == "nullable" then info.nullable[b] = true end -- a column of it can hold NULL
     end
   end
   info.name = qname(info.schema, info.table)
@@ -240,6 +241,16 @@ local function is_key(info, cols)
   if same_set(cols, info.pk) then return true end
   for _, u in pairs(info.uniques) do
     if same_set(cols, u) then return true end
+  end
+  return false
+end
+
+-- Whether cols are a key no row can have NULL in: the primary key, or a unique key over
+-- NOT NULL columns (rows with a NULL there are not told apart, nor ordered, by it).
+local function is_key_of_every_row(info, cols)
+  if same_set(cols, info.pk) then return true end
+  for name, u in pairs(info.uniques) do
+    if same_set(cols, u) and not info.nullable[name] then return true end
   end
   return false
 end
@@ -607,6 +618,10 @@ function Notifier:_read_watch(info, opts, level)
   if #pk == 0 then
     fail(level + 1, "table %s has no primary key; a backfill reads it in key order (watch(%q, \"read\", "
       .. "{primary_keys = {...}}) names a unique key)", info.name, info.name)
+  end
+  if not is_key_of_every_row(info, pk) then
+    fail(level + 1, "primary_keys {%s} of table %s can be NULL; a backfill reads in key order and needs a key "
+      .. "every row has (make its columns NOT NULL)", concat(pk, ", "), info.name)
   end
   local channel = default_channel(info.schema, info.table, M.READ)
   -- the consumer's own: the columns are not in it, so that a watch made later can add its own
