@@ -1003,12 +1003,14 @@ function Notifier:_flush_reports()
 end
 
 -- What was in flight when the notifier stopped: a durable consumer's events come again at
--- the next start (their acks were never sent); live ones are said with their payloads.
+-- the next start (their acks were never sent), and so do the rows of its backfill read into
+-- memory (their chunk is not saved until they are done: it is read again, and a reloaded
+-- script's backfill reads it, so they are not handed over); live ones are said with their payloads.
 function Notifier:_drop_in_flight()
   local jobs = self._q:reset()
   local live = {}
   for _, job in ipairs(jobs) do
-    if not job.seq and not job.replay then live[#live + 1] = job end
+    if not job.seq and not job.replay and not (self._durable and job.w.read) then live[#live + 1] = job end
   end
   local durable = #jobs - #live
   -- a reload: the new script's handlers take the live ones over, in delivery order
