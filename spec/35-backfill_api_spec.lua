@@ -690,3 +690,70 @@ end)
     assert.equal(ROWS, again[#again])
   end)
 end)
+
+-- A chunk read into memory waits for its marks, which come through the journal behind what
+-- the consumer had not read yet. Its wait for them used to count from the read: a consumer
+-- more than that wait (30 s) behind read its chunks again and again, each time saying its marks
+-- did not come, and its backfill went no further until the backlog was read. The wait counts
+-- from when the reader last moved below the marks. Here the wait is 1 s and the backlog 4 s.
+describe("a PostgreSQL backfill read into memory behind a backlog", function()
+  local BACKLOG, ROWS = 4000, 3000
+  local backfill = require("sqlnotify.backfill")
+  local wait0, n
+  before_each(function()
+    H.fresh_schema("spec35w")
+    H.psql(fmt("CREATE TABLE spec35w.c (id int PRIMARY KEY); CREATE TABLE spec35w.t (id int PRIMARY KEY, v text);"
+      .. " INSERT INTO spec35w.t SELECT i, 'v' || i FROM generate_series(1, %d) i;", ROWS))
+    local n0 = assert(sqlnotify.notifier({ url = H.pg_url, consumer = "s35wait", use_logger = false }))
+    n0:watch("spec35w.c", "insert")
+    assert(n0:start())
+    n0:close() -- the consumer is away; its capture stays
+    H.psql(fmt("INSERT INTO spec35w.c SELECT i FROM generate_series(1, %d) i;", BACKLOG))
+    wait0, backfill.MARK_WAIT = backfill.MARK_WAIT, 1
+  end)
+  after_each(function()
+    backfill.MARK_WAIT = wait0
+    if n then
+      n:drop_consumer("s35wait")
+      n:close()
+    end
+    H.drop_schema("spec35w")
+  end)
+
+  it("waits for its marks while the reader reads the backlog below them, and reads each chunk once", function()
+    n = assert(sqlnotify.notifier({ url = H.pg_url, consumer = "s35wait", backfill_rate = "full",
+      use_logger = os.getenv("SQLNOTIFY_VERBOSE") ~= nil }))
+    local said, log = {}, n._log
+    n._log = function(self, level, ...)
+      said[#said + 1] = fmt(...)
+      return log(self, level, ...)
+    end
+    local got, changes, first_read = {}, 0, nil
+    n:watch("spec35w.c", "insert")
+    n:subscribe("spec35w.c", "insert", function()
+      local t = sqlnotify.now() + 0.001
+      while sqlnotify.now() < t do end -- a handler's work: the backlog takes 4 s
+      changes = changes + 1
+    end)
+    n:watch("spec35w.t", "update", { extra_columns = { "v" } })
+    n:subscribe("spec35w.t", "update", function() end)
+    n:subscribe("spec35w.t", "read", function(ev)
+      first_read = first_read or changes
+      got[#got + 1] = ev.id
+    end)
+    assert(n:start())
+    n:backfill("spec35w.t", { chunk = 1000 })
+    assert.is_true(H.run_until(function()
+      local b = n:backfills()
+      return #got >= ROWS and b[1] and b[1].state == "done"
+    end, 60), "got " .. #got .. " rows, " .. changes .. " changes")
+    H.run_for(0.3)
+    local text = table.concat(said, "\n")
+    assert.matches("chunks read into memory", text)
+    assert.is_nil(text:find("did not see its marks come", 1, true), text)
+    assert.equal(BACKLOG, changes)
+    assert.equal(BACKLOG, first_read) -- the marks came behind the backlog, and the rows with them
+    assert.equal(ROWS, #got)
+    for i = 1, ROWS do assert.equal(i, got[i]) end
+  end)
+end)

@@ -204,7 +204,8 @@ SELECT count(*) AS n, pg_catalog.pg_notify('sqlnotify:journal', '') FROM c
 -- every writer's (journal.sql, floor_of), they are taken once the statement has its xid (m's
 -- filter, evaluated once before its rows): this statement takes no lock, and an id taken
 -- before the xid could fall below the floor of a fetch whose snapshot came in between; that
--- mark would never come, and the chunk would wait MARK_WAIT to be read again.
+-- mark would never come, and the chunk would wait MARK_WAIT to be read again. mk, on the
+-- first row: the marks' first id (the chunk waits while the reader is still below it).
 WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p FROM {table} r
     WHERE {after} AND ({where}) ORDER BY {keys} LIMIT {limit}),
   m AS MATERIALIZED (SELECT pg_catalog.nextval('sqlnotify.journal_id') AS id, s AS h,
@@ -216,7 +217,8 @@ WITH r0 AS MATERIALIZED (SELECT {keys_as}, {payload} AS p FROM {table} r
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 1),
   j2 AS (INSERT INTO sqlnotify.journal_2 (id, channel, payload, hash) SELECT id, $1, $3::text || h::text, h FROM m
     WHERE (id OPERATOR(pg_catalog.>>) 32) OPERATOR(pg_catalog.%) 3 = 2)
-SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN {key_text} END AS kt
+SELECT p, CASE WHEN pg_catalog.row_number() OVER () = (SELECT pg_catalog.count(*) FROM r0) THEN {key_text} END AS kt,
+  CASE WHEN pg_catalog.row_number() OVER () = 1 THEN (SELECT pg_catalog.min(id) FROM m) END AS mk
 FROM (SELECT * FROM r0 ORDER BY {ckeys}) o
 -- name: backfill_shares
 -- (consumer): the shares its marks go to, one each, and its members whose lease runs

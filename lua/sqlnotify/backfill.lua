@@ -33,6 +33,7 @@ local fmt, concat = string.format, table.concat
 local fail, one_line, check_notifier, check_options, error_level -- notifier.lua's, bound by B.bind
 
 local Notifier = {}
+local B = { methods = Notifier } -- the module; MARK_WAIT is a field of it, for the specs
 
 local DEFAULT_CHUNK = 1000
 local MAX_CHUNK = 100000
@@ -43,8 +44,10 @@ local IDLE_AHEAD = 1      -- seconds without a read row arriving after which the
                           -- where consumers are groups (other members hold the shares its rows went to)
 local FAIL_SAY_AFTER = 10 -- seconds of failing chunks before a warning (a held row fails a few)
 local MEM_AHEAD = 3       -- chunks read into memory and not yet done before the next waits
-local MARK_WAIT = 30      -- seconds a chunk read into memory waits for its marks before it is read again
+local MARK_WAIT = 30      -- seconds a chunk read into memory waits for its marks before it is read again,
+                          -- counted from when the reader last moved below them
 -- the marks of this process's chunks: no mark of another process, or one left by an earlier run
+B.MARK_WAIT = MARK_WAIT
 local MARK = fmt("mark %08x%08x ", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
 local marks = 0
 
@@ -616,10 +619,15 @@ function Notifier:_backfill_read(job)
     for _ = 1, nd do table.remove(ch, 1) end
     job.done = job.done + rows_done
   end
+  local below = (self._bf_seq or 0) -- the journal's last id the reader handed over, and when
+  local moved = self._bf_seq_at or 0
   for i, c in ipairs(ch) do
-    if not c.emitted and now - c.at > MARK_WAIT then -- its consumer's shares moved meanwhile
-      self:_log("warn", "backfill of %s: a chunk read into memory did not see its marks come in %d s; "
-        .. "it is read again", w.name, MARK_WAIT)
+    -- while the reader works its way through a backlog below the marks, they are behind it: the
+    -- wait counts from when it last moved
+    local since = c.mark and below < c.mark and math.max(c.at, moved) or c.at
+    if not c.emitted and now - since > B.MARK_WAIT then -- its consumer's shares moved meanwhile
+      self:_log("warn", "backfill of %s: a chunk read into memory did not see its marks come in %g s; "
+        .. "it is read again", w.name, B.MARK_WAIT)
       let_go(self, job, i)
       job.after, job.ended = c.from, nil
       break
@@ -667,7 +675,7 @@ function Notifier:_backfill_read(job)
     job.ended = true
     return "wait", 0
   end
-  c.rows, c.n, c.kt = rows, #rows, rows[#rows].kt
+  c.rows, c.n, c.kt, c.mark = rows, #rows, rows[#rows].kt, math.tointeger(tonumber(rows[1].mk))
   if c.nseen >= job.nshares then self:_backfill_emit(job, c) end
   job.after = decode_key(c.kt)
   return #rows
@@ -865,7 +873,9 @@ function Notifier:_backfills_forget(name)
   if s.backfill_forget then self._h:query(s.backfill_forget, name) end
 end
 
-local B = { methods = Notifier, DEFAULT_CHUNK = DEFAULT_CHUNK }
+
+
+B.DEFAULT_CHUNK = DEFAULT_CHUNK
 
 --- bind(helpers): notifier.lua's helpers these methods use.
 function B.bind(h)

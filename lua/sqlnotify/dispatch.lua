@@ -528,13 +528,14 @@ function Notifier:_dispatch(batch, n, ts, seqs, written)
   -- done: how many events from the batch's start are finished, which the caller acknowledges.
   -- An event of an earlier batch still in flight (waiting, or retrying) comes before them all:
   -- then none is, whatever finishes here; the queue's records acknowledge them once it is done.
-  local done, prefix, buffered = 0, q.ph > q.pt, false
+  local done, prefix, buffered, hi = 0, q.ph > q.pt, false, self._bf_seq or 0
   for i = 1, 2 * n, 2 do
     if stopping() then break end -- SIGINT/SIGTERM arrived: no handler starts after it
     local channel = batch[i]
     local w = by_channel[channel]
     local chan = w and subs[w.channel]
     local seq = seqs and seqs[(i + 1) // 2]
+    if seq and seq > hi then hi = seq end
     local wat = written and written[(i + 1) // 2]
     local finished
     if w and w.read and batch[i + 1]:byte(1) ~= 123 then -- no JSON object: a backfill's mark (backfill.lua)
@@ -583,6 +584,9 @@ function Notifier:_dispatch(batch, n, ts, seqs, written)
     end
   end
   if buffered then q:flush() end
+  -- how far the reader has come, and when it last moved: a chunk read into memory waits for
+  -- its marks while the reader works its way through the journal below them (backfill.lua)
+  if hi > (self._bf_seq or 0) then self._bf_seq, self._bf_seq_at = hi, core.now() end
   if seqs and q.ph <= q.pt and not q.held then q.held = self._h:hold(true) end
   if self._catchup and seqs then
     self._catchup.seen = self._catchup.seen + n
