@@ -698,6 +698,55 @@ describe("delivery options", function()
   end)
 end)
 
+-- An UPDATE that changes a row's key ends the old key and starts the new one: with
+-- concurrency, it waits for the old key's events before it as well as the new key's. It used to
+-- be ordered with its new key only, so it ran beside an earlier event of the old key, and a
+-- handler mirroring the table (delete the old key, write the new) saw the old key's earlier
+-- write land after its delete: a row the table no longer has.
+describe("an UPDATE of the key with concurrency (PostgreSQL)", function()
+  local n
+  before_each(function()
+    H.fresh_schema("spec30k")
+    H.psql("CREATE TABLE spec30k.t (id int PRIMARY KEY, v text); INSERT INTO spec30k.t VALUES (1, 'v'), (2, 'v');")
+  end)
+  after_each(function()
+    if n then
+      n:drop_consumer("s30key")
+      n:close()
+    end
+    H.drop_schema("spec30k")
+  end)
+
+  it("runs after the old key's events before it, and before the new key's after it", function()
+    n = assert(sqlnotify.notifier{ url = H.pg_url, consumer = "s30key", concurrency = 8,
+      use_logger = os.getenv("SQLNOTIFY_VERBOSE") ~= nil })
+    n:watch("spec30k.t", "update", { extra_columns = { "v" } })
+    local log = {}
+    n:subscribe("spec30k.t", "update", function(ev)
+      local what = fmt("%d%s %s", ev.id, ev.old_id and fmt(" (was %d)", ev.old_id) or "", ev.extra_columns.v)
+      log[#log + 1] = "start " .. what
+      if ev.extra_columns.v == "slow" then sqlnotify.sleep(0.3) end
+      log[#log + 1] = "done " .. what
+    end)
+    assert(n:start())
+    H.psql("BEGIN; UPDATE spec30k.t SET v = 'slow' WHERE id = 1; UPDATE spec30k.t SET id = 101, v = 'moved' WHERE id = 1;"
+      .. " UPDATE spec30k.t SET v = 'after' WHERE id = 101; UPDATE spec30k.t SET id = 1, v = 'back' WHERE id = 2;"
+      .. " COMMIT;")
+    assert.is_true(H.run_until(function() return #log >= 8 end, 10), table.concat(log, "\n"))
+    H.run_for(0.2)
+    assert.same({
+      "start 1 slow",
+      "done 1 slow",
+      "start 101 (was 1) moved",
+      "done 101 (was 1) moved",
+      "start 101 after",
+      "done 101 after",
+      "start 1 (was 2) back", -- key 1 again: after the event that moved key 1 away
+      "done 1 (was 2) back",
+    }, log)
+  end)
+end)
+
 describe("ev:json()", function()
   it("gives the event as one JSON object: its fields, SQL NULL as null", function()
     local db = H.fresh_sqlite("delivery30j")

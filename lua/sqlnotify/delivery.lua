@@ -339,7 +339,23 @@ local function part_done(q, rec)
   if rec.left == 0 and rec.self_done then acked(q, rec) end
 end
 
--- The job is over (done or given up): its key's next job, the slot, the ack.
+-- A job let key k go: the next job behind it holds it now, and its turn comes once it holds
+-- every key it waits for (an UPDATE that changed the key waits for its old key and its new one).
+local function key_free(q, k)
+  local wl = q.keys[k]
+  if wl and #wl > 0 then
+    local nx = table.remove(wl, 1)
+    nx.waits = (nx.waits or 1) - 1
+    if nx.waits == 0 then
+      q.rt = q.rt + 1
+      q.ready[q.rt] = nx
+    end
+  else
+    q.keys[k] = nil
+  end
+end
+
+-- The job is over (done or given up): its keys' next jobs, the slot, the ack.
 local function over(q, job)
   q.active = q.active - 1
   if job.items then
@@ -352,13 +368,8 @@ local function over(q, job)
     q.live = q.live - 1
     q.lives[job] = nil
   end
-  local wl = q.keys[job.key]
-  if wl and #wl > 0 then
-    q.rt = q.rt + 1
-    q.ready[q.rt] = table.remove(wl, 1)
-  else
-    q.keys[job.key] = nil
-  end
+  key_free(q, job.key)
+  if job.okey then key_free(q, job.okey) end
   if job.seq then acked(q, job) end
   if job.on_done then job.on_done(job) end
   next_ready(q)
@@ -447,10 +458,15 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
   self.pos = self.pos + 1
   local job = { q = self, w = w, ev = ev, seq = seq, key = key_of(w, ev), attempt = 1, policy = policy,
     gen = self.gen, payload = payload, channel = channel, pos = self.pos }
+  if ev.old_id ~= nil then -- a changed key: the old key's events before it come first, and it before the next
+    local okey = key_of(w, { id = ev.old_id })
+    if okey ~= job.key then job.okey = okey end
+  end
   if more then for k, v in pairs(more) do job[k] = v end end
   if tag then -- it ran: it waits (its coroutine is the job's now) or it failed
     self:_register(job)
     self.keys[job.key] = {}
+    if job.okey then self.keys[job.okey] = {} end
     job.started = true
     self.active = self.active + 1
     if tag == DONE then
@@ -462,13 +478,18 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
     return job.done, job
   end
   self:_register(job)
-  local wl = self.keys[job.key]
-  if wl then
-    wl[#wl + 1] = job
-  else
-    self.keys[job.key] = {}
-    admit(self, job)
+  local waits = 0
+  for _, k in ipairs({ job.key, job.okey }) do
+    local wl = self.keys[k]
+    if wl then
+      wl[#wl + 1] = job
+      waits = waits + 1
+    else
+      self.keys[k] = {}
+    end
   end
+  job.waits = waits
+  if waits == 0 then admit(self, job) end
   return job.done, job
 end
 
