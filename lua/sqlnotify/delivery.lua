@@ -355,6 +355,17 @@ local function key_free(q, k)
   end
 end
 
+-- job takes key k: 1 when it waits behind another job holding it, 0 when it holds it now.
+local function take_key(q, job, k)
+  local wl = q.keys[k]
+  if wl then
+    wl[#wl + 1] = job
+    return 1
+  end
+  q.keys[k] = {}
+  return 0
+end
+
 -- The job is over (done or given up): its keys' next jobs, the slot, the ack.
 local function over(q, job)
   q.active = q.active - 1
@@ -478,16 +489,7 @@ function Queue:add(w, ev, seq, policy, payload, channel, more)
     return job.done, job
   end
   self:_register(job)
-  local waits = 0
-  for _, k in ipairs({ job.key, job.okey }) do
-    local wl = self.keys[k]
-    if wl then
-      wl[#wl + 1] = job
-      waits = waits + 1
-    else
-      self.keys[k] = {}
-    end
-  end
+  local waits = take_key(self, job, job.key) + (job.okey and take_key(self, job, job.okey) or 0)
   job.waits = waits
   if waits == 0 then admit(self, job) end
   return job.done, job
