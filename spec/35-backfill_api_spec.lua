@@ -178,6 +178,37 @@ for _, d in ipairs(dialects) do
       assert.matches("^sqlnotify: no backfill of .- is running$", why)
     end)
 
+    if d.name == "PostgreSQL" then -- the query connection's statements run on the loop here
+      it("waits its turn from a coroutine while a handler's statement runs on the query connection", function()
+        table_n(10)
+        local n = notifier({ consumer = "s35q" })
+        n:watch(tbl("n"), "read", { extra_columns = { "v" } })
+        local got, order = {}, {}
+        n:subscribe(tbl("n"), "read", function(ev) got[#got + 1] = ev.id .. "=" .. ev.extra_columns.v end)
+        assert(n:start())
+        sqlnotify.spawn(function()
+          order[#order + 1] = "sleep"
+          assert(n:query("SELECT pg_sleep(0.5)"))
+          order[#order + 1] = "slept"
+        end)
+        sqlnotify.spawn(function()
+          local ok, err = pcall(n.backfill, n, tbl("n"), { chunk = 4 })
+          order[#order + 1] = ok and "backfill" or err
+        end)
+        -- where it cannot wait, it says so
+        assert.error_matches(function() n:backfill(tbl("n")) end, "backfill: the query connection is in use by a "
+          .. "handler's statement or transaction; call n:backfill from a handler or a coroutine of sqlnotify.spawn, "
+          .. "where it waits its turn %(not inside its own transaction%)")
+        assert.is_true(H.run_until(function() return #got >= 10 end, 20))
+        H.run_for(0.3)
+        assert.same({ "sleep", "slept", "backfill" }, order)
+        local want = {}
+        for i = 1, 10 do want[i] = i .. "=v" .. i end
+        assert.same(want, got)
+        assert.equal("done", n:backfills()[1].state)
+      end)
+    end
+
     it("starts again from the first key when asked over a running backfill, and stops with its dropped consumer",
       function()
       table_n(30)

@@ -814,8 +814,13 @@ function Notifier:backfill(t, opts)
     fail(2, "backfill chunk must be a whole number from 1 to %d", MAX_CHUNK)
   end
   local w = self:_find_watch(t, "read", nil, 2)
-  if self:_query_taken() then fail(2, "backfill: the query connection is in use by a handler's transaction") end
-  local ok, err = self:_backfill_begin(w, where, chunk, "start")
+  if not self:_query_turn() then
+    fail(2, "backfill: the query connection is in use by a handler's statement or transaction; call n:backfill "
+      .. "from a handler or a coroutine of sqlnotify.spawn, where it waits its turn (not inside its own transaction)")
+  end
+  local okc, ok, err = pcall(self._backfill_begin, self, w, where, chunk, "start")
+  if self._qlock then self:_query_next() end -- the turn passes on
+  if not okc then error(ok, 0) end
   if not ok then error(one_line(err), error_level(2)) end
   return self
 end

@@ -1406,6 +1406,22 @@ function Notifier:_query_taken()
   return lock ~= nil and (lock.busy or lock.owner ~= nil)
 end
 
+-- For a call that runs its blocking statements on the query connection (n:backfill): true once
+-- the connection is free; from a handler or a spawned coroutine it waits its turn (then the
+-- caller runs without yielding, and passes the turn on with _query_next). false: taken, and
+-- the caller cannot wait, or holds the transaction itself.
+function Notifier:_query_turn()
+  local lock, co = self._qlock, coroutine.running()
+  while self:_query_taken() do
+    if lock.owner == co or not delivery.can_wait() then return false end
+    local w = delivery.waiter()
+    lock.t = lock.t + 1
+    lock.waiting[lock.t] = w
+    w:wait()
+  end
+  return true
+end
+
 --- n:query(sql, ...) -> rows | nil, err. In a handler (or a spawned coroutine) on PostgreSQL it
 -- yields while the statement runs (libpq's asynchronous calls). The statements of handlers
 -- side by side take turns on the one query connection, and a transaction one of them opens
