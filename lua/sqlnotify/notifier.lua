@@ -1400,6 +1400,14 @@ function Notifier:replay_dead_letters(opts)
   return queued
 end
 
+-- Wait at the end of the query connection's queue until _query_next wakes this coroutine.
+local function wait_turn(lock)
+  local w = delivery.waiter()
+  lock.t = lock.t + 1
+  lock.waiting[lock.t] = w
+  w:wait()
+end
+
 -- Whether the query connection is a handler's now: its statement runs, or its transaction is open.
 function Notifier:_query_taken()
   local lock = self._qlock
@@ -1414,10 +1422,7 @@ function Notifier:_query_turn()
   local lock, co = self._qlock, coroutine.running()
   while self:_query_taken() do
     if lock.owner == co or not delivery.can_wait() then return false end
-    local w = delivery.waiter()
-    lock.t = lock.t + 1
-    lock.waiting[lock.t] = w
-    w:wait()
+    wait_turn(lock)
   end
   return true
 end
@@ -1449,12 +1454,7 @@ function Notifier:_query_async(sql, ...)
     lock = { waiting = {}, h = 1, t = 0 }
     self._qlock = lock
   end
-  while lock.busy or (lock.owner and lock.owner ~= co) do
-    local w = delivery.waiter()
-    lock.t = lock.t + 1
-    lock.waiting[lock.t] = w
-    w:wait()
-  end
+  while lock.busy or (lock.owner and lock.owner ~= co) do wait_turn(lock) end
   lock.busy = true
   local h = self._h
   local ok, rows, err, in_tx = pcall(delivery.await, "n:query", h.query_start, h, sql, ...)
