@@ -209,6 +209,41 @@ for _, d in ipairs(dialects) do
       end)
     end
 
+    if d.name == "PostgreSQL" then
+      it("cancels a backfill running elsewhere in the query connection's turn", function()
+        table_n(30)
+        local a = notifier({ consumer = "s35k" })
+        a:watch(tbl("n"), "read", { extra_columns = { "v" } })
+        local seen = 0
+        a:subscribe(tbl("n"), "read", function() seen = seen + 1 end)
+        assert(a:start())
+        a:backfill(tbl("n"), { chunk = 1 })
+        assert.is_true(H.run_until(function() return seen >= 3 end, 20))
+        a:close() -- its backfill stays running, for the next process of the consumer
+        local b = notifier({ consumer = "s35k" })
+        b:watch(tbl("n"), "read", { extra_columns = { "v" } })
+        assert.equal("running", b:backfills()[1].state)
+        local order = {}
+        sqlnotify.spawn(function()
+          order[#order + 1] = "sleep"
+          assert(b:query("SELECT pg_sleep(0.5)"))
+          order[#order + 1] = "slept"
+        end)
+        sqlnotify.spawn(function()
+          local ok, err = b:cancel_backfill(tbl("n"))
+          order[#order + 1] = ok and "cancelled" or err
+        end)
+        local no, why = b:cancel_backfill(tbl("n")) -- where it cannot wait, it says so
+        assert.is_nil(no)
+        assert.equal("sqlnotify: cancel_backfill: the query connection is in use by a handler's statement or "
+          .. "transaction; call n:cancel_backfill from a handler or a coroutine of sqlnotify.spawn, where it waits "
+          .. "its turn (not inside its own transaction)", why)
+        assert.is_true(H.run_until(function() return #order >= 3 end, 20))
+        assert.same({ "sleep", "slept", "cancelled" }, order)
+        assert.equal("cancelled", b:backfills()[1].state)
+      end)
+    end
+
     it("starts again from the first key when asked over a running backfill, and stops with its dropped consumer",
       function()
       table_n(30)

@@ -840,17 +840,9 @@ function Notifier:backfills()
   return out
 end
 
---- n:cancel_backfill(table) -> true | nil, message: the backfill reads no more chunks (the rows
--- of those it read are still delivered). One running here stops after the chunk it is
--- reading, if any; its state says "cancelled" from then on.
-function Notifier:cancel_backfill(t)
-  check_notifier(self, 2)
-  local w = self:_find_watch(t, "read", nil, 2)
-  local job = self._backfills[w]
-  if job and not job.stopped then
-    job.cancel, job.at = true, 0
-    return true
-  end
+-- A cancel of a backfill running elsewhere (another process of the group, or none): its row
+-- says "cancelled", in the query connection's turn.
+local function cancel_stored(self, w)
   local rows, err = run(self, "backfill_get", self._consumer, tbl_of(w))
   if not rows then return nil, one_line(err) end
   local r = rows[1]
@@ -859,6 +851,29 @@ function Notifier:cancel_backfill(t)
   if not rows then return nil, one_line(err) end
   self:_log("info", "backfill of %s cancelled after %d rows", w.name, count_of(r.rows_done))
   return true
+end
+
+--- n:cancel_backfill(table) -> true | nil, message: the backfill reads no more chunks (the rows
+-- of those it read are still delivered). One running here stops after the chunk it is
+-- reading, if any; its state says "cancelled" from then on. One running elsewhere is marked
+-- on the query connection: from a handler or a spawned coroutine the call waits its turn there.
+function Notifier:cancel_backfill(t)
+  check_notifier(self, 2)
+  local w = self:_find_watch(t, "read", nil, 2)
+  local job = self._backfills[w]
+  if job and not job.stopped then
+    job.cancel, job.at = true, 0
+    return true
+  end
+  if not self:_query_turn() then
+    return nil, "sqlnotify: cancel_backfill: the query connection is in use by a handler's statement or "
+      .. "transaction; call n:cancel_backfill from a handler or a coroutine of sqlnotify.spawn, where it waits "
+      .. "its turn (not inside its own transaction)"
+  end
+  local okc, ok, err = pcall(cancel_stored, self, w)
+  if self._qlock then self:_query_next() end -- the turn passes on
+  if not okc then error(ok, 0) end
+  return ok, err
 end
 
 -- A dropped consumer's backfills go with it (a missing table: it had none). This consumer's
