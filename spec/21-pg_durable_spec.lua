@@ -650,6 +650,37 @@ print("ready")
     assert.are.same({ 1, 3, 4 }, ks(got))
   end)
 
+  it("keeps every change of a watched table dropped and made again, or swapped in by renames, until dropped", function()
+    fresh("t20")
+    local p = reader("t20", "s21_remade")
+    sql(fmt("INSERT INTO %s.t20 (k) VALUES (1)", S))
+    assert.is_true(wait_events(p, 1), p:stderr())
+    -- a migration's ways: the table made anew and written at once; a copy swapped in by two
+    -- renames in one transaction (the old one keeps its triggers under its new name)
+    sql(fmt("DROP TABLE %s.t20; CREATE TABLE %s.t20 (id bigserial PRIMARY KEY, k int NOT NULL);"
+      .. " INSERT INTO %s.t20 (k) VALUES (2);"
+      .. " BEGIN; CREATE TABLE %s.t20_new (LIKE %s.t20 INCLUDING ALL); ALTER TABLE %s.t20 RENAME TO t20_old;"
+      .. " ALTER TABLE %s.t20_new RENAME TO t20; INSERT INTO %s.t20 (k) VALUES (3); COMMIT;"
+      .. " UPDATE %s.t20 SET k = 4 WHERE k = 3;", S, S, S, S, S, S, S, S, S))
+    assert.is_true(wait_events(p, 4), p:stderr())
+    p:stop()
+    local got = events(p)
+    assert.are.same({ "i", "i", "i", "u" }, H.pluck(got, "op"))
+    assert.are.same({ 1, 2, 3, 4 }, ks(got))
+    local function triggers()
+      return tonumber(sql(fmt("SELECT count(*) FROM pg_trigger WHERE tgrelid = '%s.t20'::regclass AND NOT tgisinternal",
+        S)):match("%d+"))
+    end
+    assert.are.equal(2, triggers())
+    -- once its consumer is dropped, its triggers go, and a table made again gets none
+    assert(admin:drop_consumer("s21_remade"))
+    assert.are.equal(0, triggers())
+    sql(fmt("DROP TABLE %s.t20, %s.t20_old; CREATE TABLE %s.t20 (id bigserial PRIMARY KEY, k int NOT NULL)", S, S, S))
+    assert.are.equal(0, triggers())
+    assert.are.equal("0", sql(fmt("SELECT count(*) FROM sqlnotify.triggers_made WHERE schema_name = '%s'"
+      .. " AND table_name = 't20'", S)):match("%d+"))
+  end)
+
   it("leaves live mode as it was: no journal rows, one NOTIFY per row", function()
     fresh("t8")
     local p = reader("t8")
@@ -707,6 +738,6 @@ describe("PostgreSQL journal upgrade", function()
     p:stop()
     assert.are.equal("insert 1 10 at\ninsert 2 20 at\nupdate 1 11 at\ninsert 3 30 at\n", p:stdout():gsub("ready\n", ""))
     assert.matches('consumer "j6" starts 3 event%(s%) behind', p:stderr())
-    assert.are.equal("sqlnotify journal 10", H.psql("SELECT obj_description('sqlnotify'::regnamespace)", url):match("[^\n]+"))
+    assert.are.equal("sqlnotify journal 11", H.psql("SELECT obj_description('sqlnotify'::regnamespace)", url):match("[^\n]+"))
   end)
 end)

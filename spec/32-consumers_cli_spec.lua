@@ -63,7 +63,7 @@ local backends = {
       local lines = {}
       if b.leftover then lines[#lines + 1] = fmt("function public.%s (no trigger uses it)", b.leftover) end
       lines[#lines + 1] = "schema sqlnotify (tables consumers, dead_letters, journal_0, journal_1, journal_2, members, "
-        .. "reads, shares, state, and everything else in it)"
+        .. "reads, shares, state, triggers_made, and everything else in it)"
       if b.sql("SELECT count(*) FROM pg_extension WHERE extname = 'sqlnotify_capture'") == "1\n" then
         lines[#lines + 1] = "extension sqlnotify_capture (version "
           .. b.sql("SELECT extversion FROM pg_extension WHERE extname = 'sqlnotify_capture'"):match("[^\n]+") .. ")"
@@ -79,7 +79,8 @@ local backends = {
         UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname LIKE 'sqlnotify%'
         UNION ALL SELECT 'extension ' || extname FROM pg_extension WHERE extname LIKE 'sqlnotify%'
         UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE obj_description(oid, 'pg_proc') LIKE 'sqlnotify%'
-        UNION ALL SELECT 'table ' || relname FROM pg_class WHERE relname LIKE 'sqlnotify%' ORDER BY 1]])
+        UNION ALL SELECT 'table ' || relname FROM pg_class WHERE relname LIKE 'sqlnotify%'
+        UNION ALL SELECT 'event trigger ' || evtname FROM pg_event_trigger WHERE evtname LIKE 'sqlnotify%' ORDER BY 1]])
     end,
   },
   {

@@ -542,3 +542,47 @@ REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;
 -- journal 5: reading is the owner's, and of the roles it grants it to (these functions
 -- run as the owner: open to every role, they read every payload and moved any consumer)
 REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]), sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.fetch_at(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8), sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(), sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text), sqlnotify.reads_has(text, text), sqlnotify.sequence_moved() FROM PUBLIC;
+-- journal 11: a watched table dropped and created again, or renamed into place (a migration
+-- tool's swap), gets its durable triggers back in the DDL's own transaction, so before any
+-- row can be written to it: from the statements kept when they were made (triggers.c keeps
+-- them, and forgets them with the trigger), while a consumer reads its channel. The event
+-- trigger runs them as a superuser: made only when the journal is made by one, and only a
+-- superuser's table of statements is run; elsewhere the notifiers' check repairs, later.
+-- It never fails the user's DDL: a trigger that cannot be made again is a warning.
+CREATE TABLE IF NOT EXISTS sqlnotify.triggers_made (schema_name text NOT NULL, table_name text NOT NULL, tgname text NOT NULL, channel text NOT NULL, ddl text[] NOT NULL, PRIMARY KEY (schema_name, table_name, tgname));
+CREATE OR REPLACE FUNCTION sqlnotify.remake_triggers() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE r record; s text;
+BEGIN
+  FOR r IN SELECT DISTINCT m.schema_name, m.table_name, m.tgname, m.ddl
+      FROM pg_catalog.pg_event_trigger_ddl_commands() d
+      JOIN pg_catalog.pg_class c ON c.oid = d.objid AND c.relkind IN ('r', 'p')
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      JOIN sqlnotify.triggers_made m ON m.schema_name = n.nspname::text AND m.table_name = c.relname::text
+      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname::text = m.tgname)
+        AND EXISTS (SELECT FROM sqlnotify.reads rd WHERE rd.channel = m.channel)
+        AND (SELECT o.rolsuper FROM pg_catalog.pg_class k JOIN pg_catalog.pg_roles o ON o.oid = k.relowner
+          WHERE k.oid = 'sqlnotify.triggers_made'::pg_catalog.regclass)
+  LOOP
+    BEGIN
+      FOREACH s IN ARRAY r.ddl LOOP EXECUTE s; END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'sqlnotify: trigger % on %.% not made again: %', quote_ident(r.tgname),
+        quote_ident(r.schema_name), quote_ident(r.table_name), SQLERRM;
+    END;
+  END LOOP;
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'sqlnotify: watched tables made again not checked: %', SQLERRM;
+END $f$;
+DO $m$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'sqlnotify_remake_triggers')
+     AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+    -- what it runs as a superuser, only a superuser writes
+    ALTER TABLE sqlnotify.triggers_made OWNER TO CURRENT_USER;
+    REVOKE ALL ON sqlnotify.triggers_made FROM PUBLIC;
+    CREATE EVENT TRIGGER sqlnotify_remake_triggers ON ddl_command_end
+      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+      EXECUTE FUNCTION sqlnotify.remake_triggers();
+  END IF;
+END $m$;

@@ -74,6 +74,9 @@ SELECT pg_catalog.pg_get_userbyid(s.nspowner) AS owner, pg_catalog.pg_has_role(s
       JOIN pg_catalog.pg_class c ON c.oid = x.tgrelid WHERE x.oid = d.objid)
      WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN (SELECT COALESCE(c.relnamespace, x.connamespace)
       FROM pg_catalog.pg_constraint x LEFT JOIN pg_catalog.pg_class c ON c.oid = x.conrelid WHERE x.oid = d.objid)
+     -- ours, on its function in the schema (journal 11): it goes with it
+     WHEN 'pg_catalog.pg_event_trigger'::pg_catalog.regclass THEN (SELECT s.oid FROM pg_catalog.pg_event_trigger x
+      WHERE x.oid = d.objid AND x.evtname = 'sqlnotify_remake_triggers')
     END IS DISTINCT FROM s.oid) AS dependents
 FROM pg_catalog.pg_namespace s WHERE s.nspname = 'sqlnotify'
 -- name: drop_schema

@@ -597,10 +597,27 @@ static int own_lock(sn_conn *c, const sn_watch *w, const char *verb, int strong,
     return held;
 }
 
+/* Whether this role may keep (priv "INSERT, UPDATE") or forget ("DELETE") the statements that
+ * make durable triggers again (journal 11): a table only a superuser writes, as the event
+ * trigger that runs them is one's. Not there, or not allowed: 0, and the trigger is only
+ * repaired by the notifiers' checks. */
+static int made_allowed(sn_conn *c, const char *priv)
+{
+    char e[256];
+    const char *vals[1] = {priv};
+    PGresult *res = pg_exec(c, &c->ctl,
+                            "SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass('sqlnotify.triggers_made'),"
+                            " $1) IS TRUE",
+                            1, vals, 0, NULL, e, sizeof e);
+    int ok = res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return ok;
+}
+
 /* BEGIN; drops; function; trigger; comments; COMMIT. exists: a trigger of this name may be
  * there (DROP TRIGGER takes ACCESS EXCLUSIVE; CREATE TRIGGER alone lets readers go on). */
 static void sb_install_script(sn_sbuf *b, sn_conn *c, const sn_watch *w, const plan *p, const char *drops,
-                              int create, int exists)
+                              int create, int exists, int keep)
 {
     PGconn *db = c->ctl.conn;
     sn_sbuf fn = {0}, tbl = {0}, comment = {0};
@@ -642,21 +659,43 @@ static void sb_install_script(sn_sbuf *b, sn_conn *c, const sn_watch *w, const p
             sn_sb_add(b, tbl.p);
             sn_sb_add(b, ";\n");
         }
-        sn_sb_add(b, "CREATE TRIGGER ");
-        pg_sb_quote(b, db, p->name, 1);
-        sn_sb_add(b, " AFTER ");
-        sn_sb_add(b, op_sql[w->op]);
-        sn_sb_add(b, " ON ");
-        sn_sb_add(b, tbl.p);
-        sn_sb_add(b, " FOR EACH ROW EXECUTE FUNCTION ");
-        sn_sb_add(b, callee.p ? callee.p : "");
-        sn_sb_add(b, ";\nCOMMENT ON TRIGGER ");
-        pg_sb_quote(b, db, p->name, 1);
-        sn_sb_add(b, " ON ");
-        sn_sb_add(b, tbl.p);
-        sn_sb_add(b, " IS ");
-        pg_sb_quote(b, db, note, 0);
-        sn_sb_add(b, ";\n");
+        sn_sbuf make = {0}, mark = {0};
+        sn_sb_add(&make, "CREATE TRIGGER ");
+        pg_sb_quote(&make, db, p->name, 1);
+        sn_sb_add(&make, " AFTER ");
+        sn_sb_add(&make, op_sql[w->op]);
+        sn_sb_add(&make, " ON ");
+        sn_sb_add(&make, tbl.p);
+        sn_sb_add(&make, " FOR EACH ROW EXECUTE FUNCTION ");
+        sn_sb_add(&make, callee.p ? callee.p : "");
+        sn_sb_add(&mark, "COMMENT ON TRIGGER ");
+        pg_sb_quote(&mark, db, p->name, 1);
+        sn_sb_add(&mark, " ON ");
+        sn_sb_add(&mark, tbl.p);
+        sn_sb_add(&mark, " IS ");
+        pg_sb_quote(&mark, db, note, 0);
+        if (make.fail || mark.fail)
+            b->fail = make.fail ? make.fail : mark.fail;
+        const char *mk = make.p ? make.p : "", *mr = mark.p ? mark.p : "";
+        sn_sb_addf(b, "%s;\n%s;\n", mk, mr);
+        if (keep) { /* kept for the event trigger that makes it again (journal 11) */
+            sn_sb_add(b, "INSERT INTO sqlnotify.triggers_made (schema_name, table_name, tgname, channel, ddl) VALUES (");
+            pg_sb_quote(b, db, w->schema, 0);
+            sn_sb_add(b, ", ");
+            pg_sb_quote(b, db, w->table, 0);
+            sn_sb_add(b, ", ");
+            pg_sb_quote(b, db, p->name, 0);
+            sn_sb_add(b, ", ");
+            pg_sb_quote(b, db, w->channel, 0);
+            sn_sb_add(b, ", ARRAY[");
+            pg_sb_quote(b, db, mk, 0);
+            sn_sb_add(b, ", ");
+            pg_sb_quote(b, db, mr, 0);
+            sn_sb_add(b, "]) ON CONFLICT (schema_name, table_name, tgname)"
+                         " DO UPDATE SET channel = EXCLUDED.channel, ddl = EXCLUDED.ddl;\n");
+        }
+        free(make.p);
+        free(mark.p);
         if (p->capture && p->leftover) { /* the plpgsql function this watch had before */
             sn_sb_add(b, "DROP FUNCTION IF EXISTS ");
             sn_sb_add(b, fn.p);
@@ -735,7 +774,8 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
         }
         if (create || drops.len > 0) {
             int strong = st != ST_NONE || drops.len > 0;
-            sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create, st != ST_NONE);
+            int keep = create && c->consumer && made_allowed(c, "INSERT, UPDATE");
+            sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create, st != ST_NONE, keep);
             if (script.fail) {
                 sn_seterr(err, errlen, "%s", script.fail);
                 goto next;
@@ -802,6 +842,30 @@ int pg_verify(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 }
 
 /* ===== uninstall, drop ===== */
+
+/* The statements kept to make durable triggers again (journal 11) go with the triggers: those
+ * in scope as drop_scope's ($1 schema, $2 table, $3 channel line), or of one trigger ($4).
+ * A role that may not forget them leaves them: they make a trigger again only while a
+ * consumer reads its channel. */
+static const char forget_made_sql[] =
+    "DELETE FROM sqlnotify.triggers_made m"
+    " WHERE CASE WHEN $2::text IS NOT NULL THEN m.table_name = $2 AND CASE WHEN $1::text IS NULL"
+    "        THEN m.schema_name = ANY (pg_catalog.current_schemas(false)) ELSE m.schema_name = $1 END"
+    "   WHEN $1::text IS NOT NULL THEN m.schema_name = $1 ELSE true END"
+    "  AND ($3::text IS NULL OR $3 = E'\\nchannel=' || pg_catalog.octet_length(m.channel) || ':' || m.channel || E'\\n')"
+    "  AND ($4::text IS NULL OR m.tgname = $4)";
+
+static int forget_made(sn_conn *c, const char *schema, const char *table, const char *chanline, const char *tgname,
+                       char *err, size_t errlen)
+{
+    if (!made_allowed(c, "DELETE"))
+        return 0;
+    const char *vals[4] = {schema, table, chanline, tgname};
+    PGresult *res = pg_exec(c, &c->ctl, forget_made_sql, 4, vals, 0, NULL, err, errlen);
+    int rc = res == NULL ? -1 : 0;
+    PQclear(res);
+    return rc;
+}
 
 int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
 {
@@ -870,6 +934,8 @@ int pg_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
         free(s.p);
     }
     free(b.p);
+    if (rc == 0)
+        rc = forget_made(c, w->schema, w->table, NULL, name, err, errlen);
     return rc;
 }
 
@@ -957,6 +1023,8 @@ static int drop_scope(sn_conn *c, const char *schema, const char *table, const c
         goto out;
     }
     if (b.len > 0 && pg_script(c, b.p, NULL, err, errlen) < 0)
+        goto out;
+    if (forget_made(c, schema, table, chanline, NULL, err, errlen) < 0)
         goto out;
     if (pg_script(c, "COMMIT", NULL, err, errlen) == 0)
         dropped = n;
