@@ -681,6 +681,29 @@ print("ready")
       .. " AND table_name = 't20'", S)):match("%d+"))
   end)
 
+  it("runs no kept statement when a role that is not a superuser may write them", function()
+    local role = "sn_spec21_remaker"
+    drop_role(role)
+    fresh("t21")
+    local p = reader("t21", "s21_granted")
+    sql(fmt("INSERT INTO %s.t21 (k) VALUES (1)", S))
+    assert.is_true(wait_events(p, 1), p:stderr())
+    local ok, err = pcall(function()
+      -- a grant (or ALTER DEFAULT PRIVILEGES) that lets another role write the statements the
+      -- event trigger runs as a superuser
+      sql(fmt("CREATE ROLE %s LOGIN; GRANT SELECT, INSERT ON sqlnotify.triggers_made TO %s", role, role))
+      H.psql(fmt("INSERT INTO sqlnotify.triggers_made SELECT schema_name, table_name, 'sn_spec21_evil', channel,"
+        .. " ARRAY['ALTER ROLE %s SUPERUSER'] FROM sqlnotify.triggers_made WHERE schema_name = '%s'"
+        .. " AND table_name = 't21' LIMIT 1", role, S), H.pg_url_as(role))
+      sql(fmt("DROP TABLE %s.t21; CREATE TABLE %s.t21 (id bigserial PRIMARY KEY, k int NOT NULL)", S, S))
+      assert.are.equal("f", sql(fmt("SELECT rolsuper FROM pg_roles WHERE rolname = '%s'", role)):match("[tf]"))
+    end)
+    p:stop()
+    sql("DELETE FROM sqlnotify.triggers_made WHERE tgname = 'sn_spec21_evil'")
+    drop_role(role)
+    assert(ok, err)
+  end)
+
   it("leaves live mode as it was: no journal rows, one NOTIFY per row", function()
     fresh("t8")
     local p = reader("t8")
@@ -739,5 +762,40 @@ describe("PostgreSQL journal upgrade", function()
     assert.are.equal("insert 1 10 at\ninsert 2 20 at\nupdate 1 11 at\ninsert 3 30 at\n", p:stdout():gsub("ready\n", ""))
     assert.matches('consumer "j6" starts 3 event%(s%) behind', p:stderr())
     assert.are.equal("sqlnotify journal 11", H.psql("SELECT obj_description('sqlnotify'::regnamespace)", url):match("[^\n]+"))
+  end)
+end)
+
+describe("PostgreSQL journal in a schema another role owns", function()
+  -- A database of its own, whose schema sqlnotify a role that is not a superuser made.
+  local DB = "sqlnotify_check_owned"
+  local role = "sn_spec21_owner"
+  local url = H.pg_url:gsub("^(postgresql://[^/]*/)[^?]*", "%1" .. DB)
+  local function drop_db()
+    sql(fmt("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'", DB))
+    sql("DROP DATABASE IF EXISTS " .. DB)
+  end
+  local p
+  before_each(function()
+    drop_db()
+    drop_role(role)
+    sql("CREATE DATABASE " .. DB)
+    sql(fmt("CREATE ROLE %s LOGIN; GRANT CREATE ON DATABASE %s TO %s", role, DB, role))
+  end)
+  after_each(function()
+    if p and not p:exited() then p:kill("KILL") p:wait() end
+    drop_db()
+    drop_role(role)
+  end)
+
+  it("makes no event trigger there and keeps no statements: its owner could run SQL as the superuser", function()
+    H.psql("CREATE SCHEMA sqlnotify", (url:gsub("^(postgresql://)[^@/]*@", "%1" .. role .. "@")))
+    H.psql("CREATE TABLE public.items (id int PRIMARY KEY, k int NOT NULL)", url)
+    p = H.host(READER, { url, "public.items", "s21_owned", "-" })
+    assert.is_true(p:wait_for("ready\n", 20), p:stderr())
+    H.psql("INSERT INTO public.items VALUES (1, 10)", url)
+    assert.is_true(wait_events(p, 1), p:stderr())
+    p:stop()
+    assert.are.equal("0", H.psql("SELECT count(*) FROM pg_event_trigger", url):match("%d+"))
+    assert.are.equal("0", H.psql("SELECT count(*) FROM sqlnotify.triggers_made", url):match("%d+"))
   end)
 end)

@@ -546,14 +546,28 @@ REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint),
 -- tool's swap), gets its durable triggers back in the DDL's own transaction, so before any
 -- row can be written to it: from the statements kept when they were made (triggers.c keeps
 -- them, and forgets them with the trigger), while a consumer reads its channel. The event
--- trigger runs them as a superuser: made only when the journal is made by one, and only a
--- superuser's table of statements is run; elsewhere the notifiers' check repairs, later.
+-- trigger runs them as a superuser: made only when the journal is made by one in a schema one
+-- owns, and it runs nothing unless the schema, the statements' table and the reads it looks
+-- at are a superuser's (the owner of any of them could run SQL of its choice as one: a view
+-- in place of reads calls its functions as the superuser) and no other role was granted
+-- writing the statements; elsewhere the notifiers' check repairs, later.
 -- It never fails the user's DDL: a trigger that cannot be made again is a warning.
 CREATE TABLE IF NOT EXISTS sqlnotify.triggers_made (schema_name text NOT NULL, table_name text NOT NULL, tgname text NOT NULL, channel text NOT NULL, ddl text[] NOT NULL, PRIMARY KEY (schema_name, table_name, tgname));
 CREATE OR REPLACE FUNCTION sqlnotify.remake_triggers() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE r record; s text;
+DECLARE r record; s text; open boolean;
 BEGIN
+  IF NOT COALESCE((SELECT pg_catalog.bool_and(COALESCE(o.rolsuper, false)) FROM (VALUES
+        ((SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'sqlnotify')),
+        ((SELECT k.relowner FROM pg_catalog.pg_class k WHERE k.oid = 'sqlnotify.triggers_made'::pg_catalog.regclass)),
+        ((SELECT k.relowner FROM pg_catalog.pg_class k WHERE k.oid = 'sqlnotify.reads'::pg_catalog.regclass))) v (id)
+      LEFT JOIN pg_catalog.pg_roles o ON o.oid = v.id), false) THEN
+    RETURN;
+  END IF;
+  open := EXISTS (SELECT FROM pg_catalog.pg_class k CROSS JOIN LATERAL pg_catalog.aclexplode(k.relacl) a
+    LEFT JOIN pg_catalog.pg_roles o ON o.oid = a.grantee
+    WHERE k.oid = 'sqlnotify.triggers_made'::pg_catalog.regclass
+      AND a.privilege_type IN ('INSERT', 'UPDATE', 'TRIGGER') AND NOT COALESCE(o.rolsuper, false));
   FOR r IN SELECT DISTINCT m.schema_name, m.table_name, m.tgname, m.ddl
       FROM pg_catalog.pg_event_trigger_ddl_commands() d
       JOIN pg_catalog.pg_class c ON c.oid = d.objid AND c.relkind IN ('r', 'p')
@@ -562,9 +576,12 @@ BEGIN
       WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
         AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname::text = m.tgname)
         AND EXISTS (SELECT FROM sqlnotify.reads rd WHERE rd.channel = m.channel)
-        AND (SELECT o.rolsuper FROM pg_catalog.pg_class k JOIN pg_catalog.pg_roles o ON o.oid = k.relowner
-          WHERE k.oid = 'sqlnotify.triggers_made'::pg_catalog.regclass)
   LOOP
+    IF open THEN
+      RAISE WARNING 'sqlnotify: trigger % on %.% not made again: a role that is not a superuser may write sqlnotify.triggers_made (REVOKE it)',
+        quote_ident(r.tgname), quote_ident(r.schema_name), quote_ident(r.table_name);
+      CONTINUE;
+    END IF;
     BEGIN
       FOREACH s IN ARRAY r.ddl LOOP EXECUTE s; END LOOP;
     EXCEPTION WHEN OTHERS THEN
@@ -576,13 +593,24 @@ EXCEPTION WHEN OTHERS THEN
   RAISE WARNING 'sqlnotify: watched tables made again not checked: %', SQLERRM;
 END $f$;
 DO $m$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'sqlnotify_remake_triggers')
-     AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
-    -- what it runs as a superuser, only a superuser writes
-    ALTER TABLE sqlnotify.triggers_made OWNER TO CURRENT_USER;
+  IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+     AND (SELECT r.rolsuper FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+       WHERE n.nspname = 'sqlnotify') THEN
+    -- what it runs as a superuser, only a superuser writes: statements another role kept in
+    -- a table of its own (or triggers it put on it) are not taken over
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_class k JOIN pg_catalog.pg_roles r ON r.oid = k.relowner
+        WHERE k.oid = 'sqlnotify.triggers_made'::pg_catalog.regclass) THEN
+      DROP TABLE sqlnotify.triggers_made CASCADE;
+      CREATE TABLE sqlnotify.triggers_made (schema_name text NOT NULL, table_name text NOT NULL, tgname text NOT NULL, channel text NOT NULL, ddl text[] NOT NULL, PRIMARY KEY (schema_name, table_name, tgname));
+    END IF;
     REVOKE ALL ON sqlnotify.triggers_made FROM PUBLIC;
-    CREATE EVENT TRIGGER sqlnotify_remake_triggers ON ddl_command_end
-      WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
-      EXECUTE FUNCTION sqlnotify.remake_triggers();
+    -- the event trigger runs it as its owner: another role's (made by a journal setup of
+    -- that role) would be that role's to change
+    ALTER FUNCTION sqlnotify.remake_triggers() OWNER TO CURRENT_USER;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger WHERE evtname = 'sqlnotify_remake_triggers') THEN
+      CREATE EVENT TRIGGER sqlnotify_remake_triggers ON ddl_command_end
+        WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+        EXECUTE FUNCTION sqlnotify.remake_triggers();
+    END IF;
   END IF;
 END $m$;

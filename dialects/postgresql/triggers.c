@@ -597,18 +597,30 @@ static int own_lock(sn_conn *c, const sn_watch *w, const char *verb, int strong,
     return held;
 }
 
-/* Whether this role may keep (priv "INSERT, UPDATE") or forget ("DELETE") the statements that
- * make durable triggers again (journal 11): a table only a superuser writes, as the event
- * trigger that runs them is one's. Not there, or not allowed: 0, and the trigger is only
- * repaired by the notifiers' checks. */
-static int made_allowed(sn_conn *c, const char *priv)
+/* Whether this role may keep (keep: 1, privilege INSERT and UPDATE) or forget (keep: 0,
+ * DELETE) the statements that make durable triggers again (journal 11). Kept only where the
+ * event trigger runs them (journal.sql): the schema, the statements' table and the reads are a
+ * superuser's and no role that is not one may write the statements; a role that owns its own
+ * journal may write its table but keeps nothing in it (a superuser's setup later would not run
+ * what it wrote). Not there, or not allowed: 0, and the trigger is only repaired by the
+ * notifiers' checks. */
+static int made_allowed(sn_conn *c, int keep)
 {
     char e[256];
-    const char *vals[1] = {priv};
-    PGresult *res = pg_exec(c, &c->ctl,
-                            "SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass('sqlnotify.triggers_made'),"
-                            " $1) IS TRUE",
-                            1, vals, 0, NULL, e, sizeof e);
+    const char *vals[2] = {keep ? "INSERT, UPDATE" : "DELETE", keep ? "t" : "f"};
+    PGresult *res = pg_exec(
+        c, &c->ctl,
+        "SELECT pg_catalog.has_table_privilege(pg_catalog.to_regclass('sqlnotify.triggers_made'), $1) IS TRUE"
+        " AND (NOT $2::boolean OR (COALESCE((SELECT pg_catalog.bool_and(COALESCE(o.rolsuper, false)) FROM (VALUES"
+        "   ((SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'sqlnotify')),"
+        "   ((SELECT k.relowner FROM pg_catalog.pg_class k WHERE k.oid = pg_catalog.to_regclass('sqlnotify.triggers_made'))),"
+        "   ((SELECT k.relowner FROM pg_catalog.pg_class k WHERE k.oid = pg_catalog.to_regclass('sqlnotify.reads')))) v (id)"
+        "  LEFT JOIN pg_catalog.pg_roles o ON o.oid = v.id), false)"
+        " AND NOT EXISTS (SELECT FROM pg_catalog.pg_class k CROSS JOIN LATERAL pg_catalog.aclexplode(k.relacl) a"
+        "  LEFT JOIN pg_catalog.pg_roles o ON o.oid = a.grantee"
+        "  WHERE k.oid = pg_catalog.to_regclass('sqlnotify.triggers_made')"
+        "   AND a.privilege_type IN ('INSERT', 'UPDATE', 'TRIGGER') AND NOT COALESCE(o.rolsuper, false))))",
+        2, vals, 0, NULL, e, sizeof e);
     int ok = res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     return ok;
@@ -774,7 +786,7 @@ int pg_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, si
         }
         if (create || drops.len > 0) {
             int strong = st != ST_NONE || drops.len > 0;
-            int keep = create && c->consumer && made_allowed(c, "INSERT, UPDATE");
+            int keep = create && c->consumer && made_allowed(c, 1);
             sb_install_script(&script, c, w, &p, drops.p ? drops.p : "", create, st != ST_NONE, keep);
             if (script.fail) {
                 sn_seterr(err, errlen, "%s", script.fail);
@@ -858,7 +870,7 @@ static const char forget_made_sql[] =
 static int forget_made(sn_conn *c, const char *schema, const char *table, const char *chanline, const char *tgname,
                        char *err, size_t errlen)
 {
-    if (!made_allowed(c, "DELETE"))
+    if (!made_allowed(c, 0))
         return 0;
     const char *vals[4] = {schema, table, chanline, tgname};
     PGresult *res = pg_exec(c, &c->ctl, forget_made_sql, 4, vals, 0, NULL, err, errlen);
