@@ -770,6 +770,7 @@ describe("PostgreSQL journal in a schema another role owns", function()
   local DB = "sqlnotify_check_owned"
   local role = "sn_spec21_owner"
   local url = H.pg_url:gsub("^(postgresql://[^/]*/)[^?]*", "%1" .. DB)
+  local url_as = (url:gsub("^(postgresql://)[^@/]*@", "%1"):gsub("^(postgresql://)", "%1" .. role .. "@"))
   local function drop_db()
     sql(fmt("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '%s'", DB))
     sql("DROP DATABASE IF EXISTS " .. DB)
@@ -788,7 +789,7 @@ describe("PostgreSQL journal in a schema another role owns", function()
   end)
 
   it("makes no event trigger there and keeps no statements: its owner could run SQL as the superuser", function()
-    H.psql("CREATE SCHEMA sqlnotify", (url:gsub("^(postgresql://)[^@/]*@", "%1" .. role .. "@")))
+    H.psql("CREATE SCHEMA sqlnotify", url_as)
     H.psql("CREATE TABLE public.items (id int PRIMARY KEY, k int NOT NULL)", url)
     p = H.host(READER, { url, "public.items", "s21_owned", "-" })
     assert.is_true(p:wait_for("ready\n", 20), p:stderr())
@@ -797,5 +798,20 @@ describe("PostgreSQL journal in a schema another role owns", function()
     p:stop()
     assert.are.equal("0", H.psql("SELECT count(*) FROM pg_event_trigger", url):match("%d+"))
     assert.are.equal("0", H.psql("SELECT count(*) FROM sqlnotify.triggers_made", url):match("%d+"))
+  end)
+
+  it("makes its journal in a schema an administrator made for it, with no right to create in the database",
+    function()
+    sql(fmt("REVOKE CREATE ON DATABASE %s FROM %s", DB, role))
+    H.psql(fmt("CREATE SCHEMA sqlnotify AUTHORIZATION %s; CREATE TABLE public.items (id int PRIMARY KEY, k int NOT NULL);"
+      .. " ALTER TABLE public.items OWNER TO %s; GRANT CREATE ON SCHEMA public TO %s", role, role, role), url)
+    p = H.host(READER, { url_as, "public.items", "s21_owned", "-" })
+    assert.is_true(p:wait_for("ready\n", 20), p:stderr())
+    H.psql("INSERT INTO public.items VALUES (1, 10)", url)
+    assert.is_true(wait_events(p, 1), p:stderr())
+    p:stop()
+    assert.are.same({ 10 }, ks(events(p)))
+    assert.are.equal(role, H.psql("SELECT tableowner FROM pg_tables WHERE schemaname = 'sqlnotify'"
+      .. " AND tablename = 'journal_0'", url):match("[^\n]+"))
   end)
 end)

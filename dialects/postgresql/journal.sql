@@ -11,7 +11,11 @@
 -- Embedded in the program at build time (tools/embed.sh): this file is the SQL; no C string
 -- holds a copy of it.
 SELECT pg_catalog.pg_advisory_xact_lock(7146359124501207);
-CREATE SCHEMA IF NOT EXISTS sqlnotify;
+-- not CREATE SCHEMA IF NOT EXISTS: it asks for CREATE on the database even when the schema
+-- is there, made for this role by an administrator (CREATE SCHEMA sqlnotify AUTHORIZATION)
+DO $m$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'sqlnotify') THEN CREATE SCHEMA sqlnotify; END IF;
+END $m$;
 GRANT USAGE ON SCHEMA sqlnotify TO PUBLIC;
 CREATE SEQUENCE IF NOT EXISTS sqlnotify.journal_id;
 CREATE TABLE IF NOT EXISTS sqlnotify.journal_0 (id bigint NOT NULL DEFAULT pg_catalog.nextval('sqlnotify.journal_id'), xid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), channel text NOT NULL, payload text NOT NULL, created_at timestamptz NOT NULL DEFAULT pg_catalog.now());
