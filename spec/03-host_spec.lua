@@ -138,11 +138,11 @@ describe("sqlnotify-lua", function()
     it("prints --help for the tools and refuses their misuse with exit 2", function()
       local code, out = run { "--help" }
       assert.are.equal(0, code)
-      assert.matches("sqlnotify%-lua %-%-list URL | %-%-drop URL %[table%] | %-%-dead%-letters URL %[consumer%] | "
+      assert.matches("sqlnotify%-lua %-%-list URL | %-%-drop URL %[table%] %[%-%-yes%] | %-%-dead%-letters URL %[consumer%] | "
         .. "%-%-lua%-path", out)
       assert.matches("  %-%-dead%-letters URL %[consumer%]\n", out)
       assert.matches("  %-%-list URL  ", out)
-      assert.matches("  %-%-drop URL %[table%]  ", out)
+      assert.matches("  %-%-drop URL %[table%] %[%-%-yes%]\n", out)
       assert.matches("  %-%-lua%-path  ", out)
       local _, err
       code, _, err = run { "--list" }

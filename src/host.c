@@ -25,7 +25,7 @@
 
 static const char usage_text[] =
     "usage: sqlnotify-lua [options] script.lua [script args...]\n"
-    "       sqlnotify-lua --list URL | --drop URL [table] | --dead-letters URL [consumer] | --lua-path\n"
+    "       sqlnotify-lua --list URL | --drop URL [table] [--yes] | --dead-letters URL [consumer] | --lua-path\n"
     "       sqlnotify-lua --consumers URL | --drop-consumer URL NAME | --uninstall URL [--yes]\n"
     "\n"
     "Run a Lua watcher script that reacts to INSERT, UPDATE and DELETE on database tables.\n"
@@ -41,8 +41,10 @@ static const char usage_text[] =
     "\n"
     "tools:\n"
     "  --list URL             print every sqlnotify trigger in the database\n"
-    "  --drop URL [table]     drop the sqlnotify triggers and functions on one table\n"
-    "                         (\"schema.table\"), or in the whole database\n"
+    "  --drop URL [table] [--yes]\n"
+    "                         drop the sqlnotify triggers and functions on one table\n"
+    "                         (\"schema.table\"), or in the whole database (--yes: even the capture\n"
+    "                         of a durable consumer seen in the last minute)\n"
     "  --dead-letters URL [consumer]\n"
     "                         print the events whose handlers failed on every attempt\n"
     "  --consumers URL        print the durable consumers: lag, members, shares, dead letters\n"
@@ -450,7 +452,8 @@ static int print_lua_path(void)
 }
 
 /* --list URL / --drop URL [table] / ...: sqlnotify.cli's function, whose result is the exit
- * status; --uninstall gets how many times --yes was given instead of a second argument. */
+ * status; --uninstall gets how many times --yes was given instead of a second argument, --drop
+ * whether it was given. */
 static int run_tool(const char *fn, const char *url, const char *table, int yes)
 {
     lua_State *L = luaL_newstate();
@@ -469,11 +472,19 @@ static int run_tool(const char *fn, const char *url, const char *table, int yes)
     } else {
         lua_getfield(L, -1, fn);
         lua_pushstring(L, url);
-        if (strcmp(fn, "uninstall") == 0)
+        int nargs = 2;
+        if (strcmp(fn, "uninstall") == 0) {
             lua_pushinteger(L, yes);
-        else
+        } else if (strcmp(fn, "drop") == 0) { /* drop(url, table, out, err, yes) */
             lua_pushstring(L, table);
-        if (lua_pcall(L, 2, 1, 0) != LUA_OK)
+            lua_pushnil(L);
+            lua_pushnil(L);
+            lua_pushboolean(L, yes > 0);
+            nargs = 5;
+        } else {
+            lua_pushstring(L, table);
+        }
+        if (lua_pcall(L, nargs, 1, 0) != LUA_OK)
             log_failure(lua_tostring(L, -1));
         else
             status = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : lua_isnil(L, -1) ? 0 : 1;
@@ -565,8 +576,13 @@ int main(int argc, char **argv)
             return usage_error("%s", "--lua-path takes nothing else");
         return print_lua_path();
     }
-    if (yes && (tool < 0 || tools[tool].opt != OPT_UNINSTALL))
-        return usage_error("%s", "--yes goes with --uninstall only");
+    /* --drop URL table --yes: the table ends the options, so a --yes after it is counted here */
+    if (tool >= 0 && tools[tool].opt == OPT_DROP && argc - optind == 2 && strcmp(argv[argc - 1], "--yes") == 0) {
+        yes++;
+        argc--;
+    }
+    if (yes && (tool < 0 || (tools[tool].opt != OPT_UNINSTALL && tools[tool].opt != OPT_DROP)))
+        return usage_error("%s", "--yes goes with --uninstall and --drop only");
     if (tool >= 0) {
         if (argc - optind > tools[tool].max)
             return usage_error("unexpected argument \"%s\"", argv[optind + tools[tool].max]);

@@ -85,17 +85,77 @@ function M.list(url, out, err)
   end)
 end
 
---- drop(url, [table], [out], [err]) -> 0 | 1: drop sqlnotify's triggers and functions on one
--- table ("table" or "schema.table"), or in the whole database when table is nil.
-function M.drop(url, tbl, out, err)
+-- Seconds since an ISO 8601 UTC time ("2024-05-01T10:00:00.123Z"), by this machine's clock.
+local function age(iso)
+  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
+  if not y then return nil end
+  y, mo = tonumber(y), tonumber(mo)
+  -- days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+  local yy = mo <= 2 and y - 1 or y
+  local era = (yy >= 0 and yy or yy - 399) // 400
+  local yoe = yy - era * 400
+  local doy = (153 * (mo > 2 and mo - 3 or mo + 9) + 2) // 5 + tonumber(d) - 1
+  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+  return os.time() - (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec))
+end
+
+local RECENT = 60 -- seconds: a consumer seen since is taken as running
+
+-- The consumers that look like running (a live member, or seen in the last minute): their
+-- names, each with how it was seen, in the order --consumers lists them.
+local function running(n)
+  local out = {}
+  if not catalog.consumers_exist(n) then return out end
+  for _, r in ipairs(n:consumers() or {}) do
+    local ago = age(r.last_seen)
+    if (r.members or 0) > 0 or (ago and ago < RECENT) then
+      out[#out + 1] = r.name
+      out[r.name] = string.format("was seen %s (%d live member(s))",
+        ago and string.format("%d s ago", math.max(ago, 0)) or "at " .. tostring(r.last_seen), r.members or 0)
+    end
+  end
+  return out
+end
+
+--- drop(url, [table], [out], [err], [yes]) -> 0 | 1: drop sqlnotify's triggers and functions on
+-- one table ("table" or "schema.table"), or in the whole database when table is nil. A durable
+-- consumer's capture is not dropped while that consumer looks like running (as for uninstall)
+-- unless yes: it would make the trigger again at its next check, and what is written meanwhile
+-- is lost to it.
+function M.drop(url, tbl, out, err, yes)
   out = out or io.stdout
   local errout = err or io.stderr
   return with_notifier(url, err, function(n)
     local count, e, where, info
+    if tbl ~= nil then info = n:_table(tbl, 1) end
     -- the durable consumers' captures it takes, to say what they will miss
-    local rows = n._h:list() or {}
-    if tbl ~= nil then
-      info = n:_table(tbl, 1)
+    local captures = {}
+    local reads = catalog.reads(n)
+    for _, r in ipairs(n._h:list() or {}) do
+      local wire = tostring(r[4] or "")
+      local plain, capture = sqlnotify._capture_of(wire)
+      if capture ~= "live" and (not info or (r[1] == info.schema and r[2] == info.table)) then
+        captures[#captures + 1] = { op = r[3] or "?", name = r[1] .. "." .. r[2], plain = plain, capture = capture,
+          who = reads[wire] or {} }
+      end
+    end
+    local seen = #captures > 0 and running(n) or {}
+    local busy = {}
+    for _, c in ipairs(captures) do
+      for _, who in ipairs(c.who) do
+        if seen[who] then busy[#busy + 1] = { c = c, who = who } end
+      end
+    end
+    if #busy > 0 and not yes then
+      for _, b in ipairs(busy) do
+        errout:write(string.format("sqlnotify: consumer %q reads the capture of %s on %s (channel %s, %s) and %s: "
+          .. "it would make the trigger again at its next check and miss what is written meanwhile; stop it first, "
+          .. "or give --yes to drop it anyway\n", b.who, b.c.op, b.c.name, b.c.plain, b.c.capture, seen[b.who]))
+      end
+      errout:write("sqlnotify: nothing dropped\n")
+      return 1
+    end
+    if info then
       count, e = n._h:drop(info.schema, info.table)
       where = "on " .. info.name
     else
@@ -104,13 +164,15 @@ function M.drop(url, tbl, out, err)
     end
     if not count then error(e, 0) end
     out:write(string.format("dropped %d sqlnotify trigger(s) %s\n", count, where))
-    for _, r in ipairs(rows) do
-      local plain, capture = sqlnotify._capture_of(tostring(r[4] or ""))
-      if capture ~= "live" and (not info or (r[1] == info.schema and r[2] == info.table)) then
-        errout:write(string.format("sqlnotify: warning: dropped the capture of a durable consumer for %s on %s.%s "
-          .. "(channel %s, %s): its changes from now until that consumer starts again are not captured, and it "
-          .. "says so at error level when it does\n", r[3] or "?", r[1], r[2], plain, capture))
-      end
+    for _, c in ipairs(captures) do
+      local running_now = false
+      for _, who in ipairs(c.who) do running_now = running_now or seen[who] ~= nil end
+      errout:write(string.format("sqlnotify: warning: dropped the capture of a durable consumer for %s on %s "
+        .. "(channel %s, %s): %s\n", c.op, c.name, c.plain, c.capture, running_now
+        and "a consumer reading it may be running: it makes the trigger again at its next check (verify_interval) "
+          .. "and says at error level what it did not capture meanwhile"
+        or "its changes from now until that consumer starts again are not captured, and it says so at error level "
+          .. "when it does"))
     end
     return 0
   end)
@@ -142,20 +204,6 @@ end
 -- ===== consumers =====
 
 local CONSUMER_COLUMNS = { "consumer", "lag_events", "lag_seconds", "members", "shares", "last_seen", "dead_letters" }
-
--- Seconds since an ISO 8601 UTC time ("2024-05-01T10:00:00.123Z"), by this machine's clock.
-local function age(iso)
-  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
-  if not y then return nil end
-  y, mo = tonumber(y), tonumber(mo)
-  -- days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
-  local yy = mo <= 2 and y - 1 or y
-  local era = (yy >= 0 and yy or yy - 399) // 400
-  local yoe = yy - era * 400
-  local doy = (153 * (mo > 2 and mo - 3 or mo + 9) + 2) // 5 + tonumber(d) - 1
-  local days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-  return os.time() - (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec))
-end
 
 --- consumers(url, [out], [err]) -> 0 | 1: a table of every durable consumer of the database:
 -- its lag (events of its own tables, and the seconds since the oldest), live members, shares
@@ -216,7 +264,6 @@ end
 
 -- ===== uninstall =====
 
-local RECENT = 60 -- seconds: a consumer seen since is taken as running
 
 -- The lines an object prints: one per trigger, else one.
 local function describe(o)
@@ -236,19 +283,6 @@ local function describe(o)
   return { string.format("%s %s%s%s", o.kind, o.name, o.note and " (" .. o.note .. ")" or "", mark) }
 end
 
--- The consumers that look like running: a live member, or seen in the last minute.
-local function running(n)
-  if not catalog.consumers_exist(n) then return {} end
-  local out = {}
-  for _, r in ipairs(n:consumers() or {}) do
-    local ago = age(r.last_seen)
-    if (r.members or 0) > 0 or (ago and ago < RECENT) then
-      out[#out + 1] = string.format("consumer %q was seen %s (%d live member(s))", r.name,
-        ago and string.format("%d s ago", math.max(ago, 0)) or "at " .. tostring(r.last_seen), r.members or 0)
-    end
-  end
-  return out
-end
 
 --- uninstall(url, yes, [out], [err]) -> 0 | 1: print every object of sqlnotify's in the database
 -- (triggers and their functions, journal, consumer and dead-letter tables, PostgreSQL's schema
@@ -280,13 +314,13 @@ function M.uninstall(url, yes, out, err)
       end
       out:write(string.format("%d object(s); --yes drops them\n", count))
       for _, b in ipairs(busy) do
-        errout:write("sqlnotify: warning: ", b, ": --yes refuses while it may run (stop it first, or give --yes twice)\n")
+        errout:write(string.format("sqlnotify: warning: consumer %q %s", b, busy[b]), ": --yes refuses while it may run (stop it first, or give --yes twice)\n")
       end
       return 0
     end
     if yes == 1 and #busy > 0 then
       for _, b in ipairs(busy) do
-        errout:write("sqlnotify: ", b, ": stop it first, or give --yes twice to uninstall anyway (its journal goes, "
+        errout:write(string.format("sqlnotify: consumer %q %s", b, busy[b]), ": stop it first, or give --yes twice to uninstall anyway (its journal goes, "
           .. "and what is written meanwhile is lost)\n")
       end
       errout:write("sqlnotify: nothing dropped\n")
