@@ -3,8 +3,9 @@
 -- dropping one, a consumer away past retention told what it missed, one that stopped
 -- coming named in the log, each consumer's own retention, the standby taking
 -- over from a killed holder and from one paused past its lease, n:consumers(), the
--- consumers' table dropped under a running consumer, its file replaced. One SQLite file per
--- test.
+-- consumers' table dropped under a running consumer, its file replaced, a watched table
+-- dropped and made again (or swapped in by renames) under a running consumer. One SQLite file
+-- per test.
 local H = require("helper")
 
 local q, fmt = H.shell_quote, string.format
@@ -69,6 +70,24 @@ local function reader(path, consumer, start_at, retention, pause)
   assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
   return p
 end
+
+-- A consumer of items' inserts, updates and deletes whose check (verify_interval) is an hour
+-- away: only the reader's own look at a schema change can put a trigger back in time. Prints
+-- "op id k seq". With a third argument "cleanup", n:cleanup() right after the start.
+local REMADE = [==[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = "sqlite:///" .. arg[1], consumer = arg[2], verify_interval = 3600 })
+for _, op in ipairs { "insert", "update", "delete" } do
+  n:watch("items", op, { extra_columns = { "k" } })
+  n:subscribe("items", op, function(ev)
+    io.write(string.format("%s %d %d %d\n", ev.operation, ev.id, ev.extra_columns.k, ev.seq))
+  end)
+end
+assert(n:start())
+if arg[3] == "cleanup" then assert(n:cleanup()) end
+print("ready")
+]==]
 
 local function events(p)
   local out = {}
@@ -525,6 +544,153 @@ print("ready")
     for k = 1, 31 do want[k] = k end
     assert.are.same(want, ks(events(p2)))
     assert.are.same({ table.unpack(want, 1, before) }, ks(events(p1)))
+  end)
+
+  describe("a watched table dropped and made again, or swapped in by renames", function()
+    local function remade(path, consumer, cleanup)
+      local p = track(H.host(REMADE, { path, consumer, cleanup }))
+      assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+      return p
+    end
+    local WHEN = "%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ"
+    local function gone_line(consumer, op)
+      return fmt('consumer "%s": the trigger for %s on "main"%%."items" was gone %%(its table dropped and made again, '
+        .. "or the trigger dropped%%): made it again; changes written to the table between %s and now were not "
+        .. "captured\n", consumer, op, WHEN)
+    end
+    -- the log's lines saying so, and the three triggers back on items
+    local function wait_remade(p, consumer)
+      for _, op in ipairs { "insert", "update", "delete" } do
+        assert.is_true(p:wait_for(gone_line(consumer, op), 20, "err"), p:stderr())
+      end
+    end
+    local function triggers(path, tbl)
+      return tonumber(cli(path, fmt("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '%s'"
+        .. " AND sql LIKE '%%sqlnotify:%%';", tbl)):match("%d+"))
+    end
+    local function said(p, pattern)
+      local _, times = p:stderr():gsub(pattern, "")
+      return times
+    end
+    local WRITES = "INSERT INTO items (k) VALUES (2); INSERT INTO items (k) VALUES (3);\n"
+      .. "UPDATE items SET k = 4 WHERE k = 3; DELETE FROM items WHERE k = 2;"
+
+    it("makes its triggers again at once, so every later change of the new table is delivered", function()
+      local path = fresh_db()
+      setup(path)
+      local p = remade(path, "rebuilt")
+      cli(path, "INSERT INTO items (k) VALUES (1);")
+      assert.is_true(wait_events(p, 1), p:stderr())
+      cli(path, "DROP TABLE items; CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);")
+      wait_remade(p, "rebuilt")
+      assert.are.equal(3, triggers(path, "items"))
+      cli(path, WRITES)
+      assert.is_true(wait_events(p, 5), p:stderr())
+      H.sleep(0.3)
+      p:stop()
+      assert.are.same({
+        { op = "insert", id = 1, k = 1, seq = 1 },
+        { op = "insert", id = 1, k = 2, seq = 2 },
+        { op = "insert", id = 2, k = 3, seq = 3 },
+        { op = "update", id = 2, k = 4, seq = 4 },
+        { op = "delete", id = 1, k = 2, seq = 5 },
+      }, events(p))
+      for _, op in ipairs { "insert", "update", "delete" } do assert.are.equal(1, said(p, gone_line("rebuilt", op))) end
+      assert.is_nil(p:stderr():find("missing or changed", 1, true))
+    end)
+
+    it("makes them again on a copy renamed into the table's place, and not on the old one", function()
+      local path = fresh_db()
+      setup(path)
+      local p = remade(path, "swapped")
+      cli(path, "INSERT INTO items (k) VALUES (1);")
+      assert.is_true(wait_events(p, 1), p:stderr())
+      -- gh-ost's way: a copy, filled, then swapped in by two renames in one transaction (the
+      -- old table takes its triggers along under its new name)
+      cli(path, "BEGIN; CREATE TABLE items_new (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);\n"
+        .. "INSERT INTO items_new SELECT id, k FROM items;\n"
+        .. "ALTER TABLE items RENAME TO items_old; ALTER TABLE items_new RENAME TO items; COMMIT;")
+      wait_remade(p, "swapped")
+      assert.are.same({ 3, 0 }, { triggers(path, "items"), triggers(path, "items_old") })
+      cli(path, WRITES .. "\nINSERT INTO items_old (k) VALUES (99); UPDATE items SET k = 5 WHERE id = 1;")
+      assert.is_true(wait_events(p, 6), p:stderr())
+      H.sleep(0.3)
+      p:stop()
+      assert.are.same({
+        { op = "insert", id = 1, k = 1, seq = 1 },
+        { op = "insert", id = 2, k = 2, seq = 2 },
+        { op = "insert", id = 3, k = 3, seq = 3 },
+        { op = "update", id = 3, k = 4, seq = 4 },
+        { op = "delete", id = 2, k = 2, seq = 5 },
+        { op = "update", id = 1, k = 5, seq = 6 },
+      }, events(p))
+      assert.is_nil(p:stderr():find("missing or changed", 1, true))
+    end)
+
+    it("makes each once when two processes' consumers of one capture both see the change", function()
+      local path = fresh_db()
+      setup(path)
+      local a, b = remade(path, "left"), remade(path, "right")
+      cli(path, "DROP TABLE items; CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);")
+      assert.is_true(H.wait_until(function() return triggers(path, "items") == 3 end, 20))
+      H.sleep(0.5) -- the other one's look, too
+      assert.are.equal(3, triggers(path, "items"))
+      cli(path, WRITES)
+      assert.is_true(wait_events(a, 4) and wait_events(b, 4), a:stderr() .. b:stderr())
+      H.sleep(0.3)
+      a:stop()
+      b:stop()
+      local want = { "insert 1 2", "insert 2 3", "update 2 4", "delete 1 2" }
+      for _, p in ipairs { a, b } do
+        local got = {}
+        for i, e in ipairs(events(p)) do got[i] = fmt("%s %d %d", e.op, e.id, e.k) end
+        assert.are.same(want, got)
+      end
+      -- each trigger made by one of them, said by that one; nothing failed
+      for _, op in ipairs { "insert", "update", "delete" } do
+        assert.are.equal(1, said(a, gone_line("left", op)) + said(b, gone_line("right", op)))
+      end
+      for _, p in ipairs { a, b } do assert.is_nil(p:stderr():find("cannot", 1, true), p:stderr()) end
+    end)
+
+    it("forgets them once n:cleanup() dropped them: neither that drop nor a table made again brings them back", function()
+      local path = fresh_db()
+      setup(path)
+      local p = remade(path, "cleaned", "cleanup")
+      H.sleep(1)
+      assert.are.equal(0, triggers(path, "items"))
+      cli(path, "DROP TABLE items; CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL);\n"
+        .. "INSERT INTO items (k) VALUES (1);")
+      H.sleep(1.5)
+      assert.are.equal(0, triggers(path, "items"))
+      p:stop()
+      assert.are.same({}, events(p))
+      assert.is_nil(p:stderr():find("was gone", 1, true))
+    end)
+
+    it("says once, without failing a write, that a new table without a column the trigger names gets none", function()
+      local path = fresh_db()
+      setup(path)
+      local p = remade(path, "narrow")
+      cli(path, "DROP TABLE items; CREATE TABLE items (id INTEGER PRIMARY KEY, j INTEGER);")
+      local line = 'consumer "narrow": the trigger for insert on "main"%."items" was gone %(its table dropped and made '
+        .. "again, or the trigger dropped%) and cannot be made again as it was: the table has no column \"k\" now; "
+        .. "changes written to the table since " .. WHEN .. " are not captured until the next check %(verify_interval%) "
+        .. "adapts the watch to the table\n"
+      assert.is_true(p:wait_for(line, 20, "err"), p:stderr())
+      -- writes go on (a trigger naming k would fail every one), and another schema change says nothing again
+      cli(path, "INSERT INTO items (j) VALUES (1); CREATE TABLE other (x);")
+      H.sleep(1.5)
+      assert.are.equal(1, said(p, line))
+      assert.are.equal(0, triggers(path, "items"))
+      assert.is_false(p:exited())
+      -- dropped and not made again: the check's, as before; nothing said here
+      cli(path, "DROP TABLE items;")
+      H.sleep(1.5)
+      p:stop()
+      assert.are.equal(1, said(p, line))
+      assert.are.equal(0, said(p, "was gone %(its table dropped and made again, or the trigger dropped%): made it"))
+    end)
   end)
 
   it("hands over to the standby when the holder stops cleanly", function()

@@ -128,9 +128,15 @@ local function cases(d)
         H.shell_quote(d.table("t3")))))
       d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (2, 'a2', 'b2')", "t3")) -- not captured
       c:kill("CONT")
-      assert(c:wait_for('error sqlnotify: consumer "s28_repair": the trigger for insert on [^\n]*t3[^\n]* was missing '
-        .. "or changed; re%-created it: changes between %d[^\n]* and %d[^\n]* %(when it was last seen whole, "
-        .. "and now%) may not have been captured and are not delivered", 20, "err"), c:stderr())
+      -- SQLite's reader puts it back at once when it sees the schema change, before the check
+      local said = d.name == "SQLite"
+        and 'error sqlnotify: consumer "s28_repair": the trigger for insert on [^\n]*t3[^\n]* was gone %(its table '
+          .. "dropped and made again, or the trigger dropped%): made it again; changes written to the table between "
+          .. "%d[^\n]* and now were not captured"
+        or 'error sqlnotify: consumer "s28_repair": the trigger for insert on [^\n]*t3[^\n]* was missing '
+          .. "or changed; re%-created it: changes between %d[^\n]* and %d[^\n]* %(when it was last seen whole, "
+          .. "and now%) may not have been captured and are not delivered"
+      assert(c:wait_for(said, 20, "err"), c:stderr())
       d.exec(d.sql("INSERT INTO %s (id, a, b) VALUES (3, 'a3', 'b3')", "t3"))
       assert.are.same({ "i 1 a=a1", "i 3 a=a3" }, wait_lines({ c }, 2))
       H.sleep(0.3)

@@ -1,7 +1,8 @@
 /*
  * dialects/sqlite/journal.c — the change log and the readers table, and the one
  * housekeeping timer that keeps them: heartbeats, pruning, forgetting dead readers,
- * noticing a replaced file and schema changes (a dropped log, renamed columns).
+ * noticing a replaced file and schema changes (a dropped log, renamed columns, a durable
+ * trigger gone with its table).
  *
  * Pruning never removes a row a live reader has not read: each listening reader
  * keeps (id, position, heartbeat, timeout) in sqlnotify_readers, and rows go only
@@ -320,8 +321,10 @@ static int schema_check(sn_conn *c)
     sqlite3_int64 v = one_int(c->db, "PRAGMA schema_version", -1);
     if (v < 0)
         return -1;   /* locked by a writer */
-    if (v == c->schema_seen)
+    if (v == c->schema_seen) {
+        c->schema_same_at = ev_now(c->loop);
         return 0;
+    }
     if (sqd_ensure_tables(c, &created, why, sizeof why)) {
         rc = sqlite3_errcode(c->db);
         if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED)
@@ -333,6 +336,10 @@ static int schema_check(sn_conn *c)
         sn_logf(&c->sink, SN_LOG_WARN, "the change log table " CHANGES_TABLE " of %s was "
                 "dropped; created it again (writes to watched tables failed while it was "
                 "missing)", c->target);
+    /* before the repair: a durable trigger gone with its table captures nothing meanwhile */
+    rc = sqd_remake_triggers(c);
+    if (rc != SQLITE_OK)
+        return -1;
     rc = sqd_repair_triggers(c);
     if (rc != SQLITE_OK)
         return -1;

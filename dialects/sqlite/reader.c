@@ -210,6 +210,22 @@ static int fetch_batch(sn_conn *c, size_t *kept)
     return rows;
 }
 
+/* A schema change first (one header read): a dropped log is made again, a durable trigger
+ * gone with its table is made again, triggers naming renamed columns are regenerated, a log
+ * made again is read from its start. dv: the data_version just read, or -1. */
+static void schema_look(sn_conn *c, sqlite3_int64 dv)
+{
+    int rc = sqlite3_step(c->sv_stmt);
+    sqlite3_int64 sv = rc == SQLITE_ROW ? sqlite3_column_int64(c->sv_stmt, 0) : -1;
+    sqlite3_reset(c->sv_stmt);
+    if (sv >= 0 && sv == c->schema_seen) {
+        c->schema_same_at = ev_now(c->loop);
+        c->same_dv = dv;
+    } else if (sv >= 0 && sqd_schema_check(c)) {
+        sqd_house_reschedule(c, 1);
+    }
+}
+
 /* The one path every wake-up feeds: confirm a change with PRAGMA data_version, then
  * deliver batches until one comes back short. Returns 0 if c was freed inside a
  * handler (the caller must not touch it), else 1. */
@@ -225,6 +241,8 @@ static int check(sn_conn *c)
          * the release reads at once) */
         if ((c->save_failed || c->pos_pending > c->acked) && sqd_consumer_flush(c))
             sqd_kick(c, BUSY_RETRY_MAX);
+        /* but a trigger gone with its table is made again now, not after the handlers */
+        schema_look(c, -1);
         return 1;
     }
     if (c->consumer && c->save_failed && sqd_consumer_flush(c)) {
@@ -247,16 +265,13 @@ static int check(sn_conn *c)
     }
     sqlite3_int64 dv = sqlite3_column_int64(c->dv_stmt, 0);
     sqlite3_reset(c->dv_stmt);
-    if (dv == c->dv && c->busy_delay <= 0 && !c->last_err)
+    if (dv == c->dv && c->busy_delay <= 0 && !c->last_err) {
+        if (dv == c->same_dv)
+            c->schema_same_at = ev_now(c->loop);   /* no commit since the schema was found the same */
         return 1;
+    }
 
-    /* A schema change first (one header read): a dropped log is made again, triggers
-     * naming renamed columns are regenerated, a log made again is read from its start. */
-    rc = sqlite3_step(c->sv_stmt);
-    sqlite3_int64 sv = rc == SQLITE_ROW ? sqlite3_column_int64(c->sv_stmt, 0) : -1;
-    sqlite3_reset(c->sv_stmt);
-    if (sv >= 0 && sv != c->schema_seen && sqd_schema_check(c))
-        sqd_house_reschedule(c, 1);
+    schema_look(c, dv);
 
     unsigned gen = c->gen;
     for (;;) {
@@ -606,6 +621,7 @@ static int reader_open(sn_conn *c, int fresh, char *err, size_t errlen)
         goto fail;
     sqlite3_bind_int(c->fetch_stmt, 2, FETCH_LIMIT);   /* bindings survive resets */
     c->gen++;
+    c->same_dv = -1;
     watch_files_start(c);
 
     /* listen() is a blocking call: wait for a writer here if needed */

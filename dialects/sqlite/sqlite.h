@@ -9,7 +9,8 @@
  *
  *   connection.c  URL, open/close, reopening a replaced file, notify, query, descriptor
  *   journal.c     the log and readers tables, heartbeats, pruning, schema-change repair
- *   triggers.c    catalog (describe), trigger names, generation, install, drop, list, verify
+ *   triggers.c    catalog (describe), trigger names, generation, install, drop, list, verify,
+ *                 repair; a durable trigger made again at once when a schema change took it
  *   reader.c      the reader: reading batches, gaps, file-change wake-ups
  *   consumers.c   durable mode: consumers' positions and leases in sqlnotify_consumers
  *
@@ -75,6 +76,10 @@ struct sn_conn {
     ino_t ino;
     int replaced_logged;         /* a reopen failed: logged once until it works */
     sqlite3_int64 schema_seen;   /* PRAGMA schema_version last checked; -1: never */
+    double schema_same_at;       /* ev_now() when the schema was last known still at schema_seen */
+    sqlite3_int64 same_dv;       /* the reader's data_version when it last found it so; -1: none */
+    struct made *made;           /* durable triggers this connection installed (triggers.c) */
+    int nmade, capmade;
 
     /* listening; rd != NULL while listening */
     sqlite3 *rd;
@@ -207,6 +212,13 @@ int sqd_row_sql(sn_conn *c, const sn_watch *w, sn_sbuf *payload, sn_sbuf *hash, 
 /* Regenerate our triggers whose table lost a column they name (renamed or dropped).
  * 0, or an SQLite result code (SQLITE_BUSY: try again later). */
 int sqd_repair_triggers(sn_conn *c);
+/* While reading as a durable consumer: make again at once each durable trigger this connection
+ * installed that a schema change took away from its table (the table dropped and made again,
+ * a copy renamed into its place), as it was made. Cheap when none is missing: one catalog
+ * lookup each. 0, or an SQLite result code (SQLITE_BUSY: try again later). */
+int sqd_remake_triggers(sn_conn *c);
+/* Forget every kept trigger (close). */
+void sqd_made_free(sn_conn *c);
 
 /* ===== reader.c ===== */
 int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen);

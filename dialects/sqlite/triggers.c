@@ -800,6 +800,90 @@ fail:
     return -1;
 }
 
+/* ===== durable triggers kept, to be made again at once ===== */
+
+/* SQLite drops a table's triggers with it and has no hook on DDL, so a durable trigger whose
+ * table was dropped and made again (or a copy renamed into its place) would capture nothing
+ * until the notifier's next check (verify_interval). Each connection keeps the CREATE TRIGGER
+ * of the durable triggers it installed, and its reader makes one again as soon as it sees the
+ * schema change (sqd_remake_triggers). The kept text is also where the trigger's description
+ * is read back from once the trigger itself is gone. */
+struct made {
+    char *name, *table, *channel, *ddl;
+    double seen;                 /* ev_now() when last known whole */
+    int whole;                   /* found on its table at the last look (or just installed) */
+    int refused;                 /* could not be made again as it was: said once */
+};
+
+static struct made *made_find(sn_conn *c, const char *name)
+{
+    for (int i = 0; i < c->nmade; i++)
+        if (strcmp(c->made[i].name, name) == 0)
+            return &c->made[i];
+    return NULL;
+}
+
+static void made_clear(struct made *m)
+{
+    free(m->name);
+    free(m->table);
+    free(m->channel);
+    free(m->ddl);
+}
+
+/* Keep (or renew) the statement that made a durable watch's trigger `name`. Out of memory it
+ * is not kept: the check repairs the trigger, as it does without this. */
+static void made_keep(sn_conn *c, const sn_watch *w, const char *name, const char *ddl)
+{
+    if (!c->consumer || !sn_watch_durable(w))
+        return;
+    struct made m = {sqd_strdup(name), sqd_strdup(w->table), sqd_strdup(w->channel), sqd_strdup(ddl),
+                     ev_now(c->loop), 1, 0};
+    struct made *slot = made_find(c, name);
+    if (slot) {
+        made_clear(slot);
+        *slot = c->made[--c->nmade];   /* an old text must not outlive its trigger */
+    }
+    if (m.name && m.table && m.channel && m.ddl && c->nmade == c->capmade) {
+        int cap = c->capmade ? c->capmade * 2 : 8;
+        struct made *p = realloc(c->made, (size_t)cap * sizeof *p);
+        if (p) {
+            c->made = p;
+            c->capmade = cap;
+        }
+    }
+    if (!m.name || !m.table || !m.channel || !m.ddl || c->nmade == c->capmade) {
+        made_clear(&m);
+        return;
+    }
+    c->made[c->nmade++] = m;
+}
+
+/* Forget the kept triggers named `name`, or else on `table`, or else of `channel`; all when
+ * the three are NULL. Their watch or capture was dropped: nothing makes them again. */
+static void made_forget(sn_conn *c, const char *name, const char *table, const char *channel)
+{
+    int k = 0;
+    for (int i = 0; i < c->nmade; i++) {
+        struct made *m = &c->made[i];
+        int match = name ? strcmp(m->name, name) == 0 : table ? strcmp(m->table, table) == 0
+                  : channel ? strcmp(m->channel, channel) == 0 : 1;
+        if (match)
+            made_clear(m);
+        else
+            c->made[k++] = *m;
+    }
+    c->nmade = k;
+}
+
+void sqd_made_free(sn_conn *c)
+{
+    made_forget(c, NULL, NULL, NULL);
+    free(c->made);
+    c->made = NULL;
+    c->capmade = 0;
+}
+
 /* ===== dialect: triggers ===== */
 
 /* Whether column i of list l already appeared earlier in d's lists. */
@@ -1027,6 +1111,11 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
     sqd_kick(c, 0);
 done:
     sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    /* the text that makes it, as the catalog keeps it (found) or as just made */
+    if (result == SN_INSTALL_UNCHANGED)
+        made_keep(c, w, name, sql);
+    else if (result == SN_INSTALL_CREATED || result == SN_INSTALL_REPLACED || result == SN_INSTALL_RESTORED)
+        made_keep(c, w, name, ddl);
     free(sql);
     free(tbl);
     sqlite3_free(comment);
@@ -1084,6 +1173,7 @@ int sqd_uninstall(sn_conn *c, const sn_watch *w, char *err, size_t errlen)
     }
     if (sqd_txn_commit(c->db, nested, why, sizeof why))
         goto fail_txn;
+    made_forget(c, names[0], NULL, NULL);
     return 0;
 
 fail_txn:
@@ -1139,6 +1229,7 @@ static int drop_where(sn_conn *c, const char *table, const char *channel, char *
     sqlite3_free(sql);
     if (rc || sqd_txn_commit(c->db, nested, why, whylen))
         goto fail_txn;
+    made_forget(c, NULL, table, channel);
     return count;
 
 fail_txn:
@@ -1412,5 +1503,157 @@ out:
         desc_free(&fixes[i].d);
     }
     free(fixes);
+    return rc;
+}
+
+/* ===== a durable trigger gone with its table, made again ===== */
+
+/* Whether the reader reads the channel: a watch a reload took away keeps its trigger, but
+ * nothing reads it to need it made again. */
+static int reads_channel(const sn_conn *c, const char *channel)
+{
+    for (int i = 0; i < c->nchans; i++)
+        if (strcmp(c->chans[i].name, channel) == 0)
+            return 1;
+    return 0;
+}
+
+static void utc(double t, char out[32])
+{
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Make m's trigger again on its table, as it was made: rebuild() from its description for the
+ * table as it is now, which is the kept text itself while the table has every column the trigger
+ * names (and follows the table for extra_columns = "*"). A column missing would make every write
+ * to the table fail: then it is not made, said once, and left to the check, which adapts the
+ * watch to the table (a column gone is left out, a key gone sends nothing). Under the write lock
+ * it looks again, as install does, so that two processes that saw the same change make it once.
+ * SQLITE_OK (made, there already, or not to be made), or an SQLite result code to try again. */
+static int remake(sn_conn *c, struct made *m)
+{
+    char why[512] = "out of memory", table[512], since[32];
+    char *gone = NULL, *sql = NULL, *tbl = NULL;
+    int never, nested = 0, rc = SQLITE_OK;
+    desc d;
+
+    quoted_table(table, sizeof table, m->table);
+    utc(m->seen, since);
+    if (parse_desc(c->db, m->ddl, &d))
+        return SQLITE_OK;   /* our own text: cannot be; the check repairs */
+    char *ddl = rebuild(c->db, m->name, m->table, &d, &gone, &never);
+    const char *op = op_names[d.op >= 0 ? d.op : 0];
+    desc_free(&d);
+    if (!ddl)
+        goto out;   /* the table went again meanwhile (or out of memory): as before, the check's */
+    if (gone) {
+        snprintf(why, sizeof why, "the table has no column%s %s now", strchr(gone, ',') ? "s" : "", gone);
+        goto refused;
+    }
+    /* a writer of the new table may hold the lock: wait a little, as a position's save does */
+    sqlite3_busy_timeout(c->db, SAVE_BUSY_MS);
+    if (sqd_txn_begin(c->db, &nested, why, sizeof why)) {
+        rc = sqlite3_errcode(c->db);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+            goto out;
+        rc = SQLITE_OK;   /* not retried before the next schema change: said once */
+        goto refused;
+    }
+    int found = find_trigger(c->db, m->name, &sql, &tbl, why, sizeof why);
+    int there = found > 0 && strcmp(tbl, m->table) == 0;   /* another process made it since */
+    if (found > 0 && !there && !strstr(sql, MARKER_PREFIX)) {
+        sqd_txn_rollback(c->db, nested);
+        snprintf(why, sizeof why, "a trigger named \"%s\" that sqlnotify did not make is in the way", m->name);
+        goto refused;
+    }
+    /* found on another table: a rename took it along (the swap's old table); it goes with it */
+    if (found < 0 || (!there && ((found > 0 && drop_trigger(c->db, m->name, why, sizeof why)) ||
+                                 sqd_exec(c->db, ddl, why, sizeof why))) ||
+        sqd_txn_commit(c->db, nested, why, sizeof why)) {
+        rc = sqlite3_errcode(c->db);
+        sqd_txn_rollback(c->db, nested);
+        if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+            goto out;
+        rc = SQLITE_OK;
+        goto refused;
+    }
+    if (!there)
+        sn_logf(&c->sink, SN_LOG_ERROR, "consumer \"%s\": the trigger for %s on %s was gone (its table dropped and "
+                "made again, or the trigger dropped): made it again; changes written to the table between %s and "
+                "now were not captured", c->consumer, op, table, since);
+    char *kept = sqd_strdup(ddl);
+    if (kept) {
+        free(m->ddl);
+        m->ddl = kept;
+    }
+    m->seen = ev_now(c->loop);
+    m->whole = 1;
+    m->refused = 0;
+    goto out;
+
+refused:
+    if (!m->refused)
+        sn_logf(&c->sink, SN_LOG_ERROR, "consumer \"%s\": the trigger for %s on %s was gone (its table dropped and "
+                "made again, or the trigger dropped) and cannot be made again as it was: %s; changes written to the "
+                "table since %s are not captured until the next check (verify_interval) adapts the watch to the "
+                "table", c->consumer, op, table, why, since);
+    m->refused = 1;
+out:
+    sqlite3_busy_timeout(c->db, 0);
+    free(sql);
+    free(tbl);
+    free(gone);
+    sqlite3_free(ddl);
+    return rc;
+}
+
+int sqd_remake_triggers(sn_conn *c)
+{
+    sqlite3_stmt *st;
+    int rc = SQLITE_OK;
+
+    if (!c->rd || !c->consumer || c->nmade == 0)
+        return SQLITE_OK;   /* made again only while a consumer reads what it captures */
+    /* the cheap look, by name: a schema change of anything else costs only this */
+    if (sqlite3_prepare_v2(c->db, "SELECT (SELECT tbl_name FROM main.sqlite_master WHERE type = 'trigger' "
+                                  "AND name = ?1), EXISTS (SELECT 1 FROM main.sqlite_master "
+                                  "WHERE type = 'table' AND name = ?2)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return sqlite3_errcode(c->db);
+    for (int i = 0; i < c->nmade && rc == SQLITE_OK; i++) {
+        struct made *m = &c->made[i];
+        sqlite3_bind_text(st, 1, m->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, m->table, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            rc = sqlite3_errcode(c->db);
+            break;
+        }
+        const char *on = (const char *)sqlite3_column_text(st, 0);
+        int whole = on && strcmp(on, m->table) == 0, table = sqlite3_column_int(st, 1);
+        sqlite3_reset(st);
+        if (whole) {
+            m->seen = ev_now(c->loop);
+            m->whole = 1;
+            m->refused = 0;
+            continue;
+        }
+        /* Whole at the last look, and while the schema was found unchanged after it: the
+         * last moment it is known to have captured. */
+        if (m->whole && c->schema_same_at > m->seen)
+            m->seen = c->schema_same_at;
+        m->whole = 0;
+        /* no table (dropped, not made again): the check says so, as before */
+        if (table && reads_channel(c, m->channel))
+            rc = remake(c, m);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        sn_logf(&c->sink, SN_LOG_WARN, "cannot look for the durable triggers of %s after a schema change: %s",
+                c->target, sqlite3_errstr(rc));
+        rc = SQLITE_OK;   /* as the repair: not retried before the next schema change */
+    }
     return rc;
 }
