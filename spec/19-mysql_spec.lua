@@ -1,7 +1,8 @@
 -- MySQL/MariaDB: the API cases shared with PostgreSQL (spec/cases/api.lua), then what is
 -- MySQL's own: URLs, the catalog, odd names, ALTER TABLE, the journal's
 -- late commits (two writers with interleaved commits), durable consumers, pruning, a
--- truncated journal, and the real host killed with kill -9 and restarted. Everything lives
+-- table made again under a consumer, a truncated journal, and the real host killed with
+-- kill -9 and restarted. Everything lives
 -- in one database (SQLNOTIFY_TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306/sqlnotify_check,
 -- which tools/mariadb.sh makes; the truncated journal in one of its own, <db>_back); this
 -- file's tables are named s19_*. The values on the wire, type
@@ -355,7 +356,7 @@ local sqlnotify = require("sqlnotify")
 io.stdout:setvbuf("line")
 local url, tbl, consumer, start_at, retention = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5])
 local n = assert(sqlnotify.notifier{ url = url, consumer = consumer ~= "-" and consumer or nil,
-  start_at = start_at ~= "-" and start_at or nil, retention = retention })
+  start_at = start_at ~= "-" and start_at or nil, retention = retention, verify_interval = tonumber(arg[6]) })
 n:watch(tbl, "insert", { extra_columns = { "who", "k" } })
 n:subscribe(tbl, "insert", function(ev)
   io.write(string.format("%s %d %d %d\n", ev.extra_columns.who, ev.extra_columns.k, ev.id, ev.seq or 0))
@@ -364,8 +365,9 @@ assert(n:start())
 print("ready")
 ]]
 
-local function reader(tbl, consumer, start_at, retention)
-  local p = H.host(READER, { URL, DB .. "." .. tbl, consumer or "-", start_at or "-", tostring(retention or 3600) })
+local function reader(tbl, consumer, start_at, retention, verify_interval)
+  local p = H.host(READER, { URL, DB .. "." .. tbl, consumer or "-", start_at or "-", tostring(retention or 3600),
+    verify_interval and tostring(verify_interval) })
   assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
   return p
 end
@@ -758,6 +760,55 @@ print("ready")
       local ks = {}
       for _, e in ipairs(events(p2)) do ks[#ks + 1] = e.k end
       assert.are.same({ 4 }, ks)
+    end)
+
+    -- MySQL has no DDL hook: the triggers go with the old table. With the periodic check an
+    -- hour away, only the reader's look (once a second) has them made again.
+    it("makes the triggers of a table dropped and made again, or swapped in by renames, again within seconds", function()
+      local ddl = "(id bigint AUTO_INCREMENT PRIMARY KEY, who char(1) NOT NULL, k int NOT NULL)"
+      sql("DROP TABLE IF EXISTS s19_remade_old")
+      fresh("s19_remade")
+      local p = track(reader("s19_remade", "s19_remade", nil, nil, 3600))
+      sql("INSERT INTO s19_remade (who, k) VALUES ('a', 1)")
+      assert.is_true(wait_events(p, 1), p:stderr())
+      local line = fmt('error sqlnotify: consumer "s19_remade": the trigger for insert on "%s"%%."s19_remade" was'
+        .. " missing or changed; re%%-created it: changes between %%d%%d%%d%%d%%-%%d%%d%%-%%d%%dT%%d%%d:%%d%%d:%%d%%dZ"
+        .. " and %%d%%d%%d%%d%%-%%d%%d%%-%%d%%dT%%d%%d:%%d%%d:%%d%%dZ %%(when it was last seen whole, and now%%) may not"
+        .. " have been captured and are not delivered\n", DB:gsub("%p", "%%%0"))
+      local function repairs(proc)
+        local out = {}
+        for l in proc:stderr():gmatch("[^\n]*\n") do
+          if l:find(line) then out[#out + 1] = l end
+        end
+        return out
+      end
+      -- dropped and made again, as a migration that rebuilds it does
+      sql(fmt("DROP TABLE s19_remade; CREATE TABLE s19_remade %s", ddl))
+      assert.is_true(p:wait_count(repairs, 1, 10), p:stderr())
+      sql("INSERT INTO s19_remade (who, k) VALUES ('b', 2); INSERT INTO s19_remade (who, k) VALUES ('b', 3)")
+      assert.is_true(wait_events(p, 3), p:stderr())
+      -- a copy swapped in by renames, as gh-ost does: the old table takes its trigger along
+      sql(fmt("CREATE TABLE s19_remade_new %s; RENAME TABLE s19_remade TO s19_remade_old, s19_remade_new TO s19_remade",
+        ddl))
+      assert.is_true(p:wait_count(repairs, 2, 10), p:stderr())
+      sql("INSERT INTO s19_remade (who, k) VALUES ('c', 4), ('c', 5); INSERT INTO s19_remade (who, k) VALUES ('c', 6)")
+      assert.is_true(wait_events(p, 6), p:stderr())
+      H.run_for(0.3)
+      p:stop()
+      local got = events(p)
+      for i, e in ipairs(got) do
+        assert.is_true(e.seq > (i > 1 and got[i - 1].seq or 0), "in journal order")
+        e.seq = nil
+      end
+      assert.are.same({ { who = "a", k = 1, id = 1 }, { who = "b", k = 2, id = 1 }, { who = "b", k = 3, id = 2 },
+        { who = "c", k = 4, id = 1 }, { who = "c", k = 5, id = 2 }, { who = "c", k = 6, id = 3 } }, got)
+      assert.are.equal(2, #repairs(p))
+      -- the trigger moved from the table renamed away to the one in its place
+      assert.are.equal(1, count(fmt("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = '%s'"
+        .. " AND EVENT_OBJECT_TABLE = 's19_remade'", DB)))
+      assert.are.equal(0, count(fmt("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = '%s'"
+        .. " AND EVENT_OBJECT_TABLE = 's19_remade_old'", DB)))
+      sql("DROP TABLE s19_remade_old")
     end)
   end)
 

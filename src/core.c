@@ -431,7 +431,7 @@ static void createtimermeta(lua_State *L)
  * notifier whose dispatch function refers back to it (handle -> function -> notifier ->
  * handle) is then an ordinary cycle the collector frees. Only a listening handle is
  * anchored (self_ref), and with it what it calls. */
-enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, UV_ERROR = 4, HANDLE_NUV = 4 };
+enum { UV_DISPATCH = 1, UV_RECONNECTED = 2, UV_BATCH = 3, UV_ERROR = 4, UV_TRIGGERS_GONE = 5, HANDLE_NUV = 5 };
 
 typedef struct sn_handle {
     sn_link *link;     /* NULL once closed */
@@ -701,6 +701,26 @@ static void link_reconnected(void *ud, double outage, int may_have_missed)
     callback(L, 3, "reconnect notice");
 }
 
+static int call_triggers_gone(lua_State *L)
+{
+    if (lua_getiuservalue(L, 1, UV_TRIGGERS_GONE) != LUA_TFUNCTION)
+        return 0;
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+static void link_triggers_gone(void *ud)
+{
+    sn_link *k = ud;
+    sn_handle *h = k->receiver;
+    if (h == NULL || h->self_ref == LUA_NOREF)
+        return;
+    lua_State *L = h->L;
+    lua_pushcfunction(L, call_triggers_gone);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
+    callback(L, 1, "trigger check notice");
+}
+
 /* close, __gc and __close: release the link and everything the handle holds. */
 static void handle_release(lua_State *L, int idx)
 {
@@ -833,6 +853,7 @@ static int l_open(lua_State *L)
     k->sink.deliver = link_deliver;
     k->sink.log = link_log;
     k->sink.reconnected = link_reconnected;
+    k->sink.triggers_gone = link_triggers_gone;
     char err[1024] = "";
     k->conn = d->open(clean, sn_loop(), &k->sink, &opt, err, sizeof err);
     if (k->conn == NULL) {
@@ -1176,6 +1197,18 @@ static int h_set_reconnected(lua_State *L)
     return 0;
 }
 
+/* h:set_triggers_gone(fn | nil): fn() when the durable reader saw one of its triggers gone from
+ * a table that is there (sn_sink.triggers_gone) */
+static int h_set_triggers_gone(lua_State *L)
+{
+    check_handle(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_TRIGGERS_GONE);
+    return 0;
+}
+
 /* h:set_dispatch(fn): fn(batch, n, timestamp, seqs, written) -> handled, for every batch of events
  * (seqs: the journal positions in durable mode, else nil; written: when each journal row was written,
  * seconds since the epoch, where the driver read it, else nil; handled: how many events it went
@@ -1433,6 +1466,7 @@ static const luaL_Reg conn_meth[] = {
     {"status", h_status},
     {"set_dispatch", h_set_dispatch},
     {"set_reconnected", h_set_reconnected},
+    {"set_triggers_gone", h_set_triggers_gone},
     {"set_error", h_set_error},
     {"listen", h_listen},
     {"unlisten", h_unlisten},

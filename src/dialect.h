@@ -163,6 +163,12 @@ typedef struct sn_sink {
      * channel again; may_have_missed is 1 when events committed meanwhile may be lost
      * (live mode). NULL: not wanted. */
     void (*reconnected)(void *ud, double outage, int may_have_missed);
+    /* Durable mode: a trigger the reader reads is gone from a table that is there (dropped and
+     * made again, or a copy renamed into its place, where the database has no DDL hook to keep
+     * it: MySQL). The runtime runs its trigger check now rather than at its next turn: it makes
+     * the trigger again and says what was not captured. Called once each time one is seen gone,
+     * from the loop, outside deliver. NULL: not wanted. */
+    void (*triggers_gone)(void *ud);
 } sn_sink;
 
 /* What one watch asks for. All names are literal catalog names; the driver quotes. A watch

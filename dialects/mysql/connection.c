@@ -689,6 +689,7 @@ static void d_close(sn_conn *c)
         return;
     }
     my_reader_close(c);
+    my_forget_all(c);
     if (c->q)
         mysql_close(c->q);
     if (c->uq)
@@ -710,6 +711,18 @@ void my_conn_free(sn_conn *c)
 
 static const char *d_target(sn_conn *c) { return c->target; }
 
+/* A durable trigger that is in is kept for the reader to look for: MySQL has no DDL hook, so
+ * a table made again under it would go uncaptured until the notifier's next check (reader.c). */
+static int d_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, size_t errlen)
+{
+    int rc = my_install(c, w, replace_changed, err, errlen);
+    if (rc != SN_INSTALL_ERROR && rc != SN_INSTALL_BUSY && c->consumer && my_keep(c, w) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return SN_INSTALL_ERROR;
+    }
+    return rc;
+}
+
 static const char *const schemes[] = {"mysql", "mariadb", NULL};
 
 static void d_status(sn_conn *c, double *down, int *shares)
@@ -728,7 +741,7 @@ const sn_dialect sn_mysql_dialect = {
     .close = d_close,
     .target = d_target,
     .describe = my_describe,
-    .install = my_install,
+    .install = d_install,
     .uninstall = my_uninstall,
     .drop = my_drop,
     .list = my_list,

@@ -7,7 +7,7 @@
  *   sql.c         building SQL text: identifiers, literals, hex
  *   catalog.c     describe, and the journal's tables
  *   triggers.c    trigger generation, install, uninstall, drop, list, verify
- *   reader.c      the non-blocking journal reader on the libev loop
+ *   reader.c      the non-blocking journal reader on the libev loop (its SQL: reader.sql)
  *   consumers.c   where a reader stands: pending ids, the start position, consumers
  */
 #ifndef SQLNOTIFY_MY_H
@@ -31,6 +31,9 @@ void my_sb_ident(sn_sbuf *b, const char *name);                     /* `name`, b
 void my_sb_qname(sn_sbuf *b, const char *schema, const char *name); /* `schema`.`name` */
 void my_sb_lit(sn_sbuf *b, const char *s, size_t n);                /* 'text', escaped */
 void my_sb_hex(sn_sbuf *b, const char *s, size_t n);                /* lower-case hex digits */
+/* Statement name of a .sql text kept as data (reader.sql), each ? replaced by the next of
+ * lits as a literal. 0, or -1: no such statement, or lits ran out. */
+int my_sb_statement(sn_sbuf *b, const char *text, const char *name, const char *const *lits, int n);
 /* Hex digits back into bytes: 0, or -1 when they are not hex. */
 int my_unhex(const char *hex, size_t n, sn_sbuf *out);
 
@@ -103,6 +106,9 @@ typedef struct my_reader {
     int prune_off;       /* pruning failed for a reason that will not pass (rights) */
     int prune_rounds;
     long long prune_last, prune_cut;
+    double trig_looked;  /* durable: the last look for the triggers it reads (their tables made again) */
+    double trig_every;   /* seconds from one look to the next (0: TRIGGERS_EVERY) */
+    int trig_said;       /* that look failed, and it was said: not again until one works */
     double err_logged;   /* rate limit of repeated statement errors */
     int err_suppressed;
     /* the batch being delivered */
@@ -114,6 +120,13 @@ typedef struct my_reader {
     size_t applied;      /* rows of the batch st has seen (the held batch: up to the last ack) */
     char lockname[65];
 } my_reader;
+
+/* A durable trigger this connection installed, which the reader looks for on its table. */
+typedef struct my_kept {
+    char *schema, *table, *channel;
+    char name[64];
+    int gone; /* seen gone, its table there, and the runtime told: not again until seen or installed */
+} my_kept;
 
 /* ===== connections ===== */
 
@@ -137,6 +150,8 @@ struct sn_conn {
     int journal_ok;          /* the journal's tables exist */
     char *journal, *consumers, *pruned; /* quoted `db`.`table` names */
     int in_deliver, closing; /* close() from inside deliver waits for it to return */
+    my_kept *kept;           /* durable: the triggers installed (reader.c looks for them) */
+    int nkept;
     my_reader r;
 };
 
@@ -176,6 +191,11 @@ void my_stop(sn_conn *c);
 void my_ack(sn_conn *c, int64_t seq);
 int my_hold(sn_conn *c, int on);
 void my_reader_close(sn_conn *c);
+/* Durable: w's trigger is in (installed or found there): the reader looks for it. 0, or -1 out of memory. */
+int my_keep(sn_conn *c, const sn_watch *w);
+/* The trigger schema.name was dropped by us: the reader no longer looks for it. */
+void my_forget(sn_conn *c, const char *schema, const char *name);
+void my_forget_all(sn_conn *c);
 
 /* consumers.c */
 int my_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
@@ -185,7 +205,8 @@ int my_consumer_register(sn_conn *c, char *err, size_t errlen);
 /* The server-wide lock a consumer's reader holds: one process reads a consumer at a time. */
 void my_lock_name(sn_conn *c, const char *consumer, char out[65]);
 
-/* statements.sql, compiled in by tools/embed.sh. */
+/* statements.sql and reader.sql, compiled in by tools/embed.sh. */
 extern const char mysql_statements_sql[];
+extern const char mysql_reader_sql[];
 
 #endif

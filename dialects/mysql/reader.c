@@ -22,6 +22,8 @@
  * reads a consumer at a time (GET_LOCK on the reader's session), others stand by and
  * take over when its session ends.
  *
+ * Durable triggers (once a second): a table made again has lost them (see check_triggers).
+ *
  * Held (hold(), durable only): the batch's handlers finish after deliver returned. The
  * tick then reads nothing; it saves the position (acks outside deliver move st as they
  * come), keeps last_seen fresh, probes and prunes. The lock is the session's, so it stays
@@ -43,6 +45,9 @@
 #define PRUNE_BATCH 5000
 #define PRUNE_ROUNDS 20     /* batches per prune turn */
 #define BACK_EVERY 1.0      /* seconds between two looks for ids that went back */
+#define TRIGGERS_EVERY 1.0  /* seconds between two looks for the durable triggers (tables made again), */
+#define TRIGGERS_SHARE 0.02 /* or more: the looks take at most this share of the reader's time */
+#define TRIGGERS_MAX 30.0   /* (however slow the server) */
 #define STANDBY_RETRY 1.0
 #define SYNC_DEADLINE 2.0   /* the final save at stop */
 
@@ -534,6 +539,7 @@ static void fetch(sn_conn *c)
 
 static void probe(sn_conn *c);
 static void check_back(sn_conn *c);
+static void check_triggers(sn_conn *c);
 static void prune(sn_conn *c);
 
 static void saved(sn_conn *c, int ok)
@@ -632,7 +638,7 @@ static void back_marked(sn_conn *c, int ok)
         failed(c, "recording that the journal's ids went back");
         return;
     }
-    prune(c);
+    check_triggers(c);
 }
 
 static void back_read(sn_conn *c, int ok)
@@ -645,7 +651,7 @@ static void back_read(sn_conn *c, int ok)
     MYSQL_ROW row = mysql_fetch_row(r->res);
     int64_t top = row && row[0] ? atoll(row[0]) : -1;
     if (top < 0 || top >= r->st.high || r->held) {
-        prune(c);
+        check_triggers(c);
         return;
     }
     sn_logf(&c->sink, SN_LOG_ERROR,
@@ -668,13 +674,171 @@ static void check_back(sn_conn *c)
     my_reader *r = &c->r;
     double now = my_now();
     if (!r->started || r->held || now - r->back_checked < BACK_EVERY) {
-        prune(c);
+        check_triggers(c);
         return;
     }
     r->back_checked = now;
     r->sql.len = 0;
     sn_sb_addf(&r->sql, "SELECT MAX(id) FROM %s", c->journal);
     exec(c, back_read);
+}
+
+/* ===== the durable triggers, gone with their table ===== */
+
+/* MySQL has no DDL hook: a watched table dropped and made again, or a copy renamed into its
+ * place (gh-ost's swap), has lost its triggers (they went with the old table), and nothing
+ * written to it was captured until the notifier's check (verify_interval, 60 s by default)
+ * made them again. So once a second the reader looks for the triggers it reads, on the tables
+ * they were made on (one statement, reader.sql, between two rounds), and when one is gone
+ * while its table is there, tells the runtime (sink.triggers_gone), which runs that check at
+ * once: it makes them again through the one repair path and says what could not be captured.
+ * About a second of changes is lost instead of a minute.
+ *
+ * Told once each time one goes: until it is seen again (or installed again) it is the check's
+ * to retry, and to say once a verify_interval when it cannot. One whose table is not there is
+ * not told about (nothing to make it on): a table dropped and not made again costs nothing
+ * more. Only triggers installed are looked for, so the session sees them (information_schema
+ * shows a trigger to whoever may make it), and the reader's session is the same user's. A
+ * failed look is said once and does not hold the reading up. */
+static int reads(const my_reader *r, const char *channel)
+{
+    for (int i = 0; i < r->nchan; i++)
+        if (strcmp(r->chans[i], channel) == 0)
+            return 1;
+    return 0;
+}
+
+static void triggers_read(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        if (my_conn_lost(mysql_errno(r->m))) {
+            failed(c, "looking for the durable triggers");
+            return;
+        }
+        if (!r->trig_said)
+            sn_logf(&c->sink, SN_LOG_WARN, "cannot look for the durable triggers of %s: %s; a table made again is found"
+                    " by the notifier's check (verify_interval)", c->target, mysql_error(r->m));
+        r->trig_said = 1;
+        prune(c);
+        return;
+    }
+    r->trig_said = 0;
+    /* about 1.3 ms a table (MariaDB parses its triggers' text): a consumer of many tables, or a
+     * slow server, looks less often rather than spending more than its share of the reader */
+    double every = (my_now() - r->trig_looked) / TRIGGERS_SHARE;
+    r->trig_every = every < TRIGGERS_EVERY ? TRIGGERS_EVERY : every > TRIGGERS_MAX ? TRIGGERS_MAX : every;
+    int tell = 0;
+    for (int i = 0; i < c->nkept; i++) {
+        my_kept *k = &c->kept[i];
+        if (!reads(r, k->channel))
+            continue;
+        int table = 0, in = 0;
+        MYSQL_ROW row;
+        mysql_data_seek(r->res, 0);
+        /* information_schema compares names without case: exact matches only */
+        while ((row = mysql_fetch_row(r->res)) != NULL)
+            if (row[0] && row[1] && strcmp(row[0], k->schema) == 0 && strcmp(row[1], k->table) == 0) {
+                table |= row[2] == NULL;
+                in |= row[2] != NULL && strcmp(row[2], k->name) == 0;
+            }
+        if (in) {
+            k->gone = 0;
+        } else if (table && !k->gone) {
+            k->gone = 1;
+            tell = 1;
+        }
+    }
+    if (tell && c->sink.triggers_gone) {
+        c->in_deliver = 1; /* the notice may stop or close us: done once it returned */
+        c->sink.triggers_gone(c->sink.ud);
+        c->in_deliver = 0;
+        if (c->closing) {
+            my_conn_free(c);
+            return;
+        }
+        if (r->stop_pending) {
+            r->stop_pending = 0;
+            my_stop(c);
+            return;
+        }
+    }
+    prune(c);
+}
+
+/* Bounded as every statement of the reader is: by read_timeout (the connection is then lost
+ * and made again, and the notifier checks its triggers at the reconnect). */
+static void check_triggers(sn_conn *c)
+{
+    my_reader *r = &c->r;
+    double now = my_now();
+    if (!durable(c) || !r->started || now - r->trig_looked < (r->trig_every > 0 ? r->trig_every : TRIGGERS_EVERY)) {
+        prune(c);
+        return;
+    }
+    r->trig_looked = now;
+    r->sql.len = 0;
+    int parts = 0;
+    for (int i = 0; i < c->nkept; i++) {
+        const my_kept *k = &c->kept[i];
+        int dup = !reads(r, k->channel);
+        for (int j = 0; j < i && !dup; j++) /* one part a table */
+            dup = reads(r, c->kept[j].channel) && strcmp(c->kept[j].schema, k->schema) == 0 &&
+                  strcmp(c->kept[j].table, k->table) == 0;
+        if (dup)
+            continue;
+        const char *lits[4] = {k->schema, k->table, k->schema, k->table};
+        if (parts++)
+            sn_sb_add(&r->sql, " UNION ALL ");
+        if (my_sb_statement(&r->sql, mysql_reader_sql, "triggers_of_table", lits, 4) < 0) {
+            sn_logf(&c->sink, SN_LOG_ERROR, "journal reader: reader.sql has no statement triggers_of_table");
+            parts = 0;
+            break;
+        }
+    }
+    if (parts == 0) {
+        prune(c);
+        return;
+    }
+    exec(c, triggers_read);
+}
+
+/* A copy of w's trigger, the one kept for its name replaced. */
+int my_keep(sn_conn *c, const sn_watch *w)
+{
+    char name[64];
+    sn_trigger_name(w, name);
+    my_forget(c, w->schema, name);
+    my_kept k = {.schema = strdup(w->schema), .table = strdup(w->table), .channel = strdup(w->channel)};
+    snprintf(k.name, sizeof k.name, "%s", name);
+    my_kept *grown = k.schema && k.table && k.channel ? realloc(c->kept, (size_t)(c->nkept + 1) * sizeof *grown) : NULL;
+    if (grown == NULL) {
+        free(k.schema), free(k.table), free(k.channel);
+        return -1;
+    }
+    c->kept = grown;
+    c->kept[c->nkept++] = k;
+    return 0;
+}
+
+void my_forget(sn_conn *c, const char *schema, const char *name)
+{
+    for (int i = 0; i < c->nkept; i++)
+        if (strcmp(c->kept[i].schema, schema) == 0 && strcmp(c->kept[i].name, name) == 0) {
+            my_kept *k = &c->kept[i];
+            free(k->schema), free(k->table), free(k->channel);
+            *k = c->kept[--c->nkept];
+            return;
+        }
+}
+
+void my_forget_all(sn_conn *c)
+{
+    for (int i = 0; i < c->nkept; i++)
+        free(c->kept[i].schema), free(c->kept[i].table), free(c->kept[i].channel);
+    free(c->kept);
+    c->kept = NULL;
+    c->nkept = 0;
 }
 
 static void prune_delete(sn_conn *c);

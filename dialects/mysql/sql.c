@@ -84,3 +84,44 @@ int my_unhex(const char *hex, size_t n, sn_sbuf *out)
     return out->fail ? -1 : 0;
 }
 
+
+/* Statement name of a .sql text kept as data (a line "-- name: <name>" up to the next one,
+ * comment lines left out, as lua/sqlnotify/statements.lua reads them) appended to b, each ?
+ * replaced by the next of lits as a literal. 0, or -1: no such statement, or lits ran out. */
+int my_sb_statement(sn_sbuf *b, const char *text, const char *name, const char *const *lits, int n)
+{
+    size_t nlen = strlen(name);
+    const char *p = text;
+    for (;;) {
+        p = strstr(p, "-- name: ");
+        if (p == NULL)
+            return -1;
+        if ((p == text || p[-1] == '\n') && strncmp(p + 9, name, nlen) == 0 && (p[9 + nlen] == '\n' || !p[9 + nlen]))
+            break;
+        p += 9;
+    }
+    p = strchr(p, '\n');
+    int used = 0;
+    while (p && *++p && strncmp(p, "-- name: ", 9) != 0) {
+        const char *end = strchr(p, '\n');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *s = p;
+        while (s < p + len && (*s == ' ' || *s == '\t'))
+            s++;
+        if (!(s + 1 < p + len && s[0] == '-' && s[1] == '-') && s < p + len) {
+            for (const char *q = p; q < p + len; q++) {
+                if (*q != '?') {
+                    sn_sb_addn(b, q, 1);
+                } else if (used < n) {
+                    my_sb_lit(b, lits[used], strlen(lits[used]));
+                    used++;
+                } else {
+                    return -1;
+                }
+            }
+            sn_sb_addn(b, " ", 1);
+        }
+        p = end;
+    }
+    return 0;
+}

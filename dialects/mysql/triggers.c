@@ -879,6 +879,14 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     }
     if (drop_legacy(c, w, &all, err, errlen) < 0)
         goto done;
+    /* Ours on another table: the one it was made on was renamed away, and the trigger went with
+     * it (a copy swapped into its place, as gh-ost does). It no longer captures this table, and
+     * its name (one per schema) is this table's: it goes, and this table gets one. */
+    if (mine && strcmp(mine->table, w->table) != 0) {
+        if (drop_one(c, mine->schema, mine->name, err, errlen) < 0)
+            goto done;
+        mine = NULL;
+    }
     if (mine == NULL) {
         /* A trigger of this name that is not ours: never touch it. */
         sn_result *r = NULL;
@@ -888,6 +896,13 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             goto done;
         int taken = r->nrows > 0;
         sn_result_free(r);
+        /* another process made it meanwhile (two consumers of one capture starting, or
+         * repairing a table made again, at the same moment): theirs is in */
+        char ignored[256];
+        if (taken && my_verify(c, w, ignored, sizeof ignored) == 1) {
+            rc = SN_INSTALL_UNCHANGED;
+            goto done;
+        }
         if (taken) {
             sn_sbuf b = {0};
             cannot(&b, w, "create");
@@ -897,6 +912,8 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
             goto done;
         }
         rc = ddl(c, &now, &ci, name, 0, SN_INSTALL_CREATED, err, errlen);
+        if (rc == SN_INSTALL_ERROR && my_verify(c, w, ignored, sizeof ignored) == 1) /* the same, later */
+            rc = SN_INSTALL_UNCHANGED;
         if (rc == SN_INSTALL_CREATED && c->consumer && my_read_before(c, w->channel))
             rc = SN_INSTALL_RESTORED;
         goto done;
@@ -938,6 +955,8 @@ static int drop_one(sn_conn *c, const char *schema, const char *name, char *err,
     }
     run(c, "SET SESSION lock_wait_timeout = " MY_LOCK_WAIT, ignored, sizeof ignored);
     rc = b.fail ? -1 : rc;
+    if (rc == 0)
+        my_forget(c, schema, name);
     sn_sb_free(&b);
     return rc;
 }

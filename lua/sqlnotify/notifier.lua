@@ -385,6 +385,12 @@ function M.notifier(opts)
     local me = ref[1]
     if me then return me:_reconnected(outage, may_have_missed) end
   end)
+  -- the durable reader saw a trigger gone from its table (MySQL): the check now (none while
+  -- verify_interval = false turns the checks off)
+  h:set_triggers_gone(function()
+    local me = ref[1]
+    if me and me._started and me._verify_interval then me:_check_triggers(true) end
+  end)
   created = created + 1
   all_notifiers[self] = created
   if in_host() then pending_autostart[#pending_autostart + 1] = self end
@@ -924,13 +930,7 @@ function Notifier:start()
     local ref = setmetatable({ self }, { __mode = "v" })
     self._verify_timer = core.every(self._verify_interval, function()
       local me = ref[1]
-      if me and not me._verifying then
-        me._verifying = true
-        delivery.spawn(function()
-          if me:_answers("checking the triggers") then me:_verify() end
-          me._verifying = false
-        end)
-      end
+      if me then me:_check_triggers() end
     end)
   end
   for _, w in ipairs(self._watches) do
@@ -1152,10 +1152,33 @@ function Notifier:_answers(what)
   return false
 end
 
+-- The trigger check (_verify), in a coroutine of its own (its statements wait on the loop),
+-- unless one runs. soon: the durable reader saw a trigger it reads gone from a table that is
+-- there (MySQL, which has no DDL hook to keep them: a table dropped and made again, or a copy
+-- renamed into its place), so the check runs now, not at its next turn, and its window is
+-- about a second; one that came while a check ran has it run again.
+function Notifier:_check_triggers(soon)
+  if self._verifying then
+    self._verify_again = self._verify_again or soon
+    return
+  end
+  self._verifying = true
+  delivery.spawn(function()
+    repeat
+      self._verify_again = false
+      if self:_answers("checking the triggers") then self:_verify(soon) end
+      soon = true -- run again: for a notice
+    until not self._verify_again or self._closed
+    self._verifying = false
+  end)
+end
+
 -- Is every trigger still ours? Another process watching the same table and operation with
 -- other options, or a hand-made DROP, takes it away; say so once, loudly. The tables' columns
 -- are read first: a trigger made again for a table that changed is no one else's doing.
-function Notifier:_verify()
+-- soon (a check the durable reader asked for): a watch already found lost is left to the
+-- periodic check, which tries again and says so once an interval, however often tables go.
+function Notifier:_verify(soon)
   if not self._started or self._closed then return end
   local now, read = core.now(), {}
   for _, w in ipairs(self._watches) do
@@ -1166,32 +1189,37 @@ function Notifier:_verify()
     end
   end
   for _, w in ipairs(self._watches) do
-    self:_reinstall_now(w)
-    -- not checked: one to be made again for a change of its table, one whose key is gone
-    -- nor one a lock held back (not installed yet, so not lost)
-    local skip, ok, err = w.reinstall or w.keygone or w.retry, true, nil
-    if not skip then ok, err = self._h:verify(w) end
-    if ok == nil then
-      local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
-      self:_log("warn", "%s", msg)
-      self:_emit_error(msg, { source = "verify", schema = w.schema, table = w.table, operation = w.op,
-        channel = w.channel })
-    elseif not ok and self._durable and self._revoke then
-      self:_repair(w)
-    elseif not ok and not w.lost then
-      w.lost = true
-      local msg = fmt("trigger for %s on %s was replaced or dropped by someone else (another watcher of this table "
-        .. "and operation with other options, or a DROP); its events may be missing or wrong until this notifier "
-        .. "is started again", w.op, w.name)
-      self:_log("error", "%s", msg)
-      self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
-        channel = w.channel })
-    elseif ok and w.lost and not skip then
-      w.lost = false
-      self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
-    end
-    if ok then w.verified_at = core.now() end
+    if not (soon and w.lost) then self:_verify_one(w) end
   end
+end
+
+-- One watch's part of the check: its trigger ours, or put back (durable) or said lost.
+function Notifier:_verify_one(w)
+  self:_reinstall_now(w)
+  -- not checked: one to be made again for a change of its table, one whose key is gone
+  -- nor one a lock held back (not installed yet, so not lost)
+  local skip, ok, err = w.reinstall or w.keygone or w.retry, true, nil
+  if not skip then ok, err = self._h:verify(w) end
+  if ok == nil then
+    local msg = fmt("cannot check the trigger for %s on %s: %s", w.op, w.name, one_line(err):sub(12))
+    self:_log("warn", "%s", msg)
+    self:_emit_error(msg, { source = "verify", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
+  elseif not ok and self._durable and self._revoke then
+    self:_repair(w)
+  elseif not ok and not w.lost then
+    w.lost = true
+    local msg = fmt("trigger for %s on %s was replaced or dropped by someone else (another watcher of this table "
+      .. "and operation with other options, or a DROP); its events may be missing or wrong until this notifier "
+      .. "is started again", w.op, w.name)
+    self:_log("error", "%s", msg)
+    self:_emit_error(msg, { source = "trigger", schema = w.schema, table = w.table, operation = w.op,
+      channel = w.channel })
+  elseif ok and w.lost and not skip then
+    w.lost = false
+    self:_log("info", "trigger for %s on %s is this watch's again", w.op, w.name)
+  end
+  if ok then w.verified_at = core.now() end
 end
 
 local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t)) end
