@@ -435,7 +435,7 @@ describe("sqlnotify.mqtt", function()
         if not p:exited() then p:kill("KILL") p:wait() end
       end
       local n = H.pg_notifier()
-      n:drop_consumer("mqtt_relay")
+      n:drop_consumer("mqtt_relay_spec31ex_t") -- the example names it after its table
       n:close()
       H.drop_schema(schema)
     end)

@@ -14,7 +14,8 @@ if not url then
 end
 local tbl, topic = arg[2] or "outbox", arg[4] or "outbox"
 local k = sqlnotify.kafka{ brokers = arg[3] or os.getenv("KAFKA_BROKERS") or "127.0.0.1:9092", timeout = 10 }
-local n = assert(sqlnotify.notifier{ url = url, consumer = os.getenv("CONSUMER") or "kafka_outbox",
+local n = assert(sqlnotify.notifier{ url = url,
+  consumer = os.getenv("CONSUMER") or "kafka_outbox_" .. tbl:gsub("%W", "_"),
   concurrency = 64, retry = { attempts = math.huge, delay = 0.5, max_delay = 30 } }) -- never drops
 n:watch(tbl, "insert", { extra_columns = "*" }) -- the whole row travels in ev:json()
 n:subscribe(tbl, "insert", function(ev)

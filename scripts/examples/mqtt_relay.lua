@@ -16,8 +16,8 @@ local prefix = arg[4] or "db"
 -- No client_id: each copy gets a random one. Copies of the relay share its consumer's work
 -- (a group), and a broker closes a client whenever another connects with the same client_id.
 local mq = sqlnotify.mqtt{ url = arg[3] or "mqtt://127.0.0.1:1883" }
-local n = assert(sqlnotify.notifier{ url = url, consumer = "mqtt_relay", concurrency = 64,
-  retry = { attempts = math.huge, delay = 0.5, max_delay = 30 } })
+local n = assert(sqlnotify.notifier{ url = url, consumer = "mqtt_relay_" .. tbl:gsub("%W", "_"),
+  concurrency = 64, retry = { attempts = math.huge, delay = 0.5, max_delay = 30 } })
 for _, op in ipairs({ "insert", "update", "delete" }) do
   n:watch(tbl, op)
   n:subscribe(tbl, op, function(ev)

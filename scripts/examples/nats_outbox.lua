@@ -15,8 +15,8 @@ sqlnotify.spawn(function() -- the stream, unless one takes the subject already (
     .. '"duplicate_window":7200000000000}'):format(subject))
 end)
 
-local n = assert(sqlnotify.notifier{ url = url, consumer = "nats_outbox", concurrency = 64,
-  retry = { attempts = math.huge, delay = 0.5, max_delay = 30 } }) -- a broker down waits, never drops
+local n = assert(sqlnotify.notifier{ url = url, consumer = "nats_outbox_" .. tbl:gsub("%W", "_"),
+  concurrency = 64, retry = { attempts = math.huge, delay = 0.5, max_delay = 30 } }) -- a broker down waits, never drops
 n:watch(tbl, "insert", { extra_columns = "*" }) -- the whole row travels in ev:json()
 n:subscribe(tbl, "insert", function(ev)
   assert(nc:publish(subject, ev:json(), { msg_id = tostring(ev.id) })) -- nil, err -> retried

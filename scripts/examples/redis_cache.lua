@@ -16,8 +16,8 @@ end
 local tbl = arg[2] or "products"
 local r = sqlnotify.redis{ url = arg[3] or os.getenv("REDIS_URL") or "redis://127.0.0.1:6379/0", timeout = 5 }
 
-local n = assert(sqlnotify.notifier{ url = url, consumer = "redis_cache", concurrency = 64,
-  retry = { attempts = math.huge, delay = 0.2, max_delay = 10 } })
+local n = assert(sqlnotify.notifier{ url = url, consumer = "redis_cache_" .. tbl:gsub("%W", "_"),
+  concurrency = 64, retry = { attempts = math.huge, delay = 0.2, max_delay = 10 } })
 
 for _, op in ipairs({ "insert", "update", "delete" }) do
   n:watch(tbl, op)

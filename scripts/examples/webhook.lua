@@ -14,8 +14,8 @@ if not (url and tbl and hook) then
   io.stderr:write("usage: sqlnotify-lua scripts/examples/webhook.lua DATABASE_URL TABLE WEBHOOK_URL\n") os.exit(2)
 end
 
-local n = assert(sqlnotify.notifier{ url = url, consumer = "webhook", concurrency = 16,
-  retry = { attempts = math.huge, delay = 1, max_delay = 60 } })
+local n = assert(sqlnotify.notifier{ url = url, consumer = "webhook_" .. tbl:gsub("%W", "_"),
+  concurrency = 16, retry = { attempts = math.huge, delay = 1, max_delay = 60 } })
 
 local function post(ev) -- a 5xx or no answer: nil, err, and assert raises (a retry)
   local status = assert(sqlnotify.http.request{ method = "POST", url = hook, body = ev:json(), timeout = 10,
