@@ -260,6 +260,22 @@ static void failed(sn_conn *c, const char *what)
 
 /* ===== connecting, and the consumer's lock ===== */
 
+/* After Lua ran (a delivery or a notice): close() or stop() from it were only noted, and are
+ * done here. 1: done, the caller returns at once. */
+static int closed_or_stopped(sn_conn *c)
+{
+    if (c->closing) {
+        my_conn_free(c);
+        return 1;
+    }
+    if (c->r.stop_pending) {
+        c->r.stop_pending = 0;
+        my_stop(c);
+        return 1;
+    }
+    return 0;
+}
+
 static void lock(sn_conn *c);
 
 static void connected(sn_conn *c, int ok)
@@ -277,15 +293,8 @@ static void connected(sn_conn *c, int ok)
             c->in_deliver = 1;      /* the notice may stop or close us: done once it returned */
             c->sink.reconnected(c->sink.ud, outage, 0);
             c->in_deliver = 0;
-            if (c->closing) {
-                my_conn_free(c);
+            if (closed_or_stopped(c))
                 return;
-            }
-            if (r->stop_pending) {
-                r->stop_pending = 0;
-                my_stop(c);
-                return;
-            }
         }
     }
     sn_backoff_reset(&r->backoff);
@@ -482,15 +491,8 @@ static void fetched(sn_conn *c, int ok)
      * points into res: only ids outlive it, for the acks of a held batch. */
     size_t upto = apply(c);
     mysql_free_result(res);
-    if (c->closing) { /* close() from a handler */
-        my_conn_free(c);
+    if (closed_or_stopped(c)) /* close() or stop() from a handler */
         return;
-    }
-    if (r->stop_pending) { /* stop() from a handler */
-        r->stop_pending = 0;
-        my_stop(c);
-        return;
-    }
     if (n == BATCH && upto == n)
         r->interval = 0;
     else if (n > 0 && upto > 0)
@@ -753,15 +755,8 @@ static void triggers_read(sn_conn *c, int ok)
         c->in_deliver = 1; /* the notice may stop or close us: done once it returned */
         c->sink.triggers_gone(c->sink.ud);
         c->in_deliver = 0;
-        if (c->closing) {
-            my_conn_free(c);
+        if (closed_or_stopped(c))
             return;
-        }
-        if (r->stop_pending) {
-            r->stop_pending = 0;
-            my_stop(c);
-            return;
-        }
     }
     prune(c);
 }
