@@ -260,6 +260,113 @@ describe("PostgreSQL groups", function()
     assert.are.equal(0, consumer("s23_show").members)
   end)
 
+  -- journal 12: a member reads only while its channels include every other live member's
+  local TABLES = [[
+local sqlnotify = require("sqlnotify")
+io.stdout:setvbuf("line")
+local n = assert(sqlnotify.notifier{ url = arg[1], consumer = arg[2], lease = 1.5 })
+for tbl in arg[3]:gmatch("[^,]+") do
+  n:watch(tbl, "insert")
+  n:subscribe(tbl, "insert", function(ev) io.write(string.format("e %s %d\n", ev.table, ev.id)) end)
+end
+assert(n:start())
+print("ready")
+]]
+
+  local function tables_member(consumer, list)
+    local p = H.host(TABLES, { URL, consumer, list })
+    procs[#procs + 1] = p
+    assert(p:wait_for("ready\n", 20), "the host did not start: " .. p:stderr())
+    return p
+  end
+
+  local function got(p)
+    local out = {}
+    for t, id in p:stdout():gmatch("e (%S+) (%d+)\n") do out[#out + 1] = t .. " " .. id end
+    return out
+  end
+
+  local function rows(tbl, from, to)
+    local out, sql = {}, {}
+    for k = from, to do
+      out[#out + 1] = tbl .. " " .. k
+      sql[#sql + 1] = fmt("INSERT INTO %s.%s VALUES (%d);", S, tbl, k)
+    end
+    H.psql(table.concat(sql, "\n"))
+    return out
+  end
+
+  local function waits_line(consumer, p, other, tbl)
+    return fmt('consumer "%s": member [^ ]+:%d:[^ ]+ reads nothing while member [^ ]+:%d:[^ ]+ watches "%s", '
+      .. "which it does not: the members of a consumer must watch the same tables and events %%(give each script its own "
+      .. "consumer name%%); it reads again when that member stops or watches no more than this one",
+      consumer, p.pid, other.pid, tbl:gsub("%p", "%%%0"))
+  end
+
+  local function said(p, pattern)
+    local _, k = p:stderr():gsub(pattern, "")
+    return k
+  end
+
+  it("holds members watching different tables to nothing until one stops, so neither passes the other's rows",
+    function()
+    H.psql(fmt("CREATE TABLE %s.ta (id int PRIMARY KEY); CREATE TABLE %s.tb (id int PRIMARY KEY)", S, S))
+    local a = tables_member("s23_tables", S .. ".ta")
+    local first = rows("ta", 1, 3)
+    assert.is_true(H.run_until(function() return #got(a) == 3 end, 10))
+    local b = tables_member("s23_tables", S .. ".tb")
+    local wa, wb = waits_line("s23_tables", a, b, "sqlnotify_spec23_tb_insert"), waits_line("s23_tables", b, a, "sqlnotify_spec23_ta_insert")
+    assert.is_true(H.run_until(function() return said(a, wa) == 1 and said(b, wb) == 1 end, 10),
+      a:stderr() .. b:stderr())
+    assert.is_true(H.run_until(function() return held("s23_tables", a) == nil and held("s23_tables", b) == nil end, 5))
+    -- written while both wait: nobody reads them, nobody passes them
+    local later_a = rows("ta", 4, 7)
+    rows("tb", 1, 4)
+    H.sleep(2)
+    assert.are.same(first, got(a))
+    assert.are.same({}, got(b))
+    b:kill("TERM")
+    b:wait()
+    assert.is_true(H.run_until(function() return #got(a) == 7 end, 10), a:stderr())
+    for _, r in ipairs(later_a) do first[#first + 1] = r end
+    assert.are.same(first, got(a))
+    assert.are.equal(1, said(a, 'consumer "s23_tables": member [^ ]+:' .. a.pid .. ":[^ ]+ reads again: no member "
+      .. "watches a channel it does not"))
+    assert.are.equal(1, said(a, wa))
+  end)
+
+  it("moves the work to a new member that watches one more table, and leaves it with the old ones while the "
+    .. "new ones watch fewer", function()
+    H.psql(fmt("CREATE TABLE %s.tc (id int PRIMARY KEY); CREATE TABLE %s.td (id int PRIMARY KEY)", S, S))
+    local old = tables_member("s23_deploy", S .. ".tc")
+    local before = rows("tc", 1, 2)
+    assert.is_true(H.run_until(function() return #got(old) == 2 end, 10))
+    local new = tables_member("s23_deploy", S .. ".tc," .. S .. ".td")
+    local wold = waits_line("s23_deploy", old, new, "sqlnotify_spec23_td_insert")
+    assert.is_true(H.run_until(function()
+      return said(old, wold) == 1 and count(held("s23_deploy", new)) == 16
+    end, 10), old:stderr())
+    local want = rows("tc", 3, 7)
+    for _, r in ipairs(rows("td", 1, 5)) do want[#want + 1] = r end
+    assert.is_true(H.run_until(function() return #got(new) == 10 end, 10), new:stderr())
+    table.sort(want)
+    local have = got(new)
+    table.sort(have)
+    assert.are.same(want, have)
+    assert.are.same(before, got(old))
+    -- the other way round: a member that watches fewer tables than the one reading waits
+    local fewer = tables_member("s23_deploy", S .. ".tc")
+    assert.is_true(H.run_until(function()
+      return said(fewer, waits_line("s23_deploy", fewer, new, "sqlnotify_spec23_td_insert")) == 1
+    end, 10), fewer:stderr())
+    local more = rows("td", 6, 8)
+    assert.is_true(H.run_until(function() return #got(new) == 13 end, 10))
+    H.sleep(1)
+    assert.are.same({}, got(fewer))
+    assert.are.same(more, { table.unpack(got(new), 11) })
+    assert.are.equal(16, count(held("s23_deploy", new)))
+  end)
+
   it("keeps its lease through a page of slow handlers, so no other member takes a row's later changes first",
     function()
     H.psql(fmt("CREATE TABLE %s.slow (id int PRIMARY KEY, v int NOT NULL)", S))

@@ -14,7 +14,7 @@
  */
 #include "pg.h"
 
-#define JOURNAL_VERSION "sqlnotify journal 11"
+#define JOURNAL_VERSION "sqlnotify journal 12"
 
 /* The schema and its functions: journal.sql, embedded at build time (tools/embed.sh). */
 

@@ -161,12 +161,21 @@ END $f$;
 -- flight, are never released to balance (another member would deliver them again, side by
 -- side with the handlers still running them); the member stays over its fair count until
 -- it is released.
+-- journal 12: p_channels, the channels the member reads (plain, without a capture's tag). A
+-- member reads only while its channels include every other live member's: one that watches
+-- fewer tables or events would pass the rest's rows in its shares, never to be delivered. Such a member holds no
+-- shares (its kept ones until their events are done) and gets one row (-2, NULL, 'member <m>
+-- watches "t", ...'): a rolling deploy that adds a table or an event moves the work to the new members
+-- at once, one that drops one leaves it with the old ones until they stop, and two
+-- scripts on different tables under one name both wait, nothing lost. NULL: a member of an
+-- earlier release, told apart from none.
+ALTER TABLE sqlnotify.members ADD COLUMN IF NOT EXISTS channels text[];
 CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,
   p_shares int[],
-  p_epochs bigint[], p_batch text, p_acked bigint, p_keep int[])
+  p_epochs bigint[], p_batch text, p_acked bigint, p_keep int[], p_channels text[])
 RETURNS TABLE (share int, epoch bigint, note text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE n int; live int; fair int; held int; d interval := make_interval(secs => p_lease);
+DECLARE n int; live int; fair int; held int; d interval := make_interval(secs => p_lease); waits text;
 BEGIN
   SELECT c.nshares INTO n FROM sqlnotify.consumers c WHERE c.name = p_name FOR UPDATE;
   IF NOT FOUND THEN
@@ -176,18 +185,29 @@ BEGIN
     RETURN QUERY SELECT -1, NULL::bigint, 'registered'::text;
   END IF;
   UPDATE sqlnotify.consumers c SET last_seen = now() WHERE c.name = p_name;
-  INSERT INTO sqlnotify.members AS m (consumer, member, pid, expires)
-    VALUES (p_name, p_member, pg_backend_pid(), now() + d)
-    ON CONFLICT (consumer, member) DO UPDATE SET pid = EXCLUDED.pid, expires = EXCLUDED.expires;
+  INSERT INTO sqlnotify.members AS m (consumer, member, pid, expires, channels)
+    VALUES (p_name, p_member, pg_backend_pid(), now() + d, p_channels)
+    ON CONFLICT (consumer, member) DO UPDATE SET pid = EXCLUDED.pid, expires = EXCLUDED.expires,
+      channels = EXCLUDED.channels;
   DELETE FROM sqlnotify.members m WHERE m.consumer = p_name AND m.member <> p_member
     AND (m.expires < now() - d OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.pid));
+  SELECT 'member ' || o.member || ' watches ' || (SELECT string_agg('"' || replace(t, '"', '""') || '"', ', '
+      ORDER BY t) FROM unnest(o.channels) t WHERE NOT t = ANY (p_channels)) INTO waits
+    FROM sqlnotify.members o WHERE o.consumer = p_name AND o.member <> p_member AND o.expires > now()
+      AND NOT o.channels <@ p_channels
+    ORDER BY o.joined, o.member LIMIT 1;
+  IF waits IS NOT NULL THEN
+    RETURN QUERY SELECT -2, NULL::bigint, waits;
+  END IF;
   PERFORM 1 FROM sqlnotify.shares s WHERE s.consumer = p_name ORDER BY s.share FOR UPDATE;
   RETURN QUERY SELECT rf, NULL::bigint, 'refused'::text FROM sqlnotify.ack(p_name, p_member, p_shares,
     p_epochs, p_batch, p_acked) rf;
   UPDATE sqlnotify.shares s SET expires = now() + d WHERE s.consumer = p_name AND s.owner = p_member;
-  SELECT count(*) INTO live FROM sqlnotify.members m WHERE m.consumer = p_name AND m.expires > now();
+  SELECT count(*) INTO live FROM sqlnotify.members m WHERE m.consumer = p_name AND m.expires > now()
+    AND NOT EXISTS (SELECT 1 FROM sqlnotify.members o WHERE o.consumer = p_name AND o.member <> m.member
+      AND o.expires > now() AND NOT o.channels <@ m.channels);
   SELECT count(*) INTO held FROM sqlnotify.shares s WHERE s.consumer = p_name AND s.owner = p_member;
-  fair := (n + live - 1) / GREATEST(live, 1);
+  fair := CASE WHEN waits IS NULL THEN (n + live - 1) / GREATEST(live, 1) ELSE 0 END;
   IF held > fair THEN
     RETURN QUERY UPDATE sqlnotify.shares s SET owner = NULL, expires = NULL
       WHERE s.consumer = p_name AND s.share IN (SELECT s2.share FROM sqlnotify.shares s2
@@ -213,14 +233,21 @@ BEGIN
       RETURNING s.share, s.epoch, cand.why;
   END IF;
 END $f$;
--- the call of journal 8's readers, and of a member with nothing in flight (a role granted
--- only the functions of journal 8 calls this one)
+-- the calls of journal 9's and journal 8's readers (and of a role granted only their
+-- functions): members that do not say their tables
+CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,
+  p_shares int[], p_epochs bigint[], p_batch text, p_acked bigint, p_keep int[])
+RETURNS TABLE (share int, epoch bigint, note text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+  SELECT * FROM sqlnotify.lease(p_name, p_member, p_lease, p_nshares, p_shares, p_epochs, p_batch, p_acked,
+    p_keep, NULL::text[])
+$f$;
 CREATE OR REPLACE FUNCTION sqlnotify.lease(p_name text, p_member text, p_lease float8, p_nshares int,
   p_shares int[], p_epochs bigint[], p_batch text, p_acked bigint)
 RETURNS TABLE (share int, epoch bigint, note text)
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
   SELECT * FROM sqlnotify.lease(p_name, p_member, p_lease, p_nshares, p_shares, p_epochs, p_batch, p_acked,
-    '{}'::int[])
+    '{}'::int[], NULL::text[])
 $f$;
 -- journal 8: the id sequence's guards. The bounds above hold only while ids come out of the
 -- sequence in the order writers take them: CACHE 1, never moved back. A session caching 50
@@ -545,7 +572,7 @@ $f$;
 REVOKE ALL ON FUNCTION sqlnotify.maintain(float8, float8) FROM PUBLIC;
 -- journal 5: reading is the owner's, and of the roles it grants it to (these functions
 -- run as the owner: open to every role, they read every payload and moved any consumer)
-REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]), sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.fetch_at(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8), sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(), sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text), sqlnotify.reads_has(text, text), sqlnotify.sequence_moved() FROM PUBLIC;
+REVOKE ALL ON FUNCTION sqlnotify.ack(text, text, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]), sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[], text[]), sqlnotify.fetch(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.fetch_at(text, text, int[], bigint[], text, bigint, text[], int), sqlnotify.register(text, boolean, int), sqlnotify.register(text, boolean, int, float8), sqlnotify.leave(text, text, int[], bigint[], text, bigint), sqlnotify.consumer_list(), sqlnotify.reads_channel(text, text, text), sqlnotify.reads_forget(text, text), sqlnotify.reads_has(text, text), sqlnotify.sequence_moved() FROM PUBLIC;
 -- journal 11: a watched table dropped and created again, or renamed into place (a migration
 -- tool's swap), gets its durable triggers back in the DDL's own transaction, so before any
 -- row can be written to it: from the statements kept when they were made (triggers.c keeps

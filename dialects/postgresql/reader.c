@@ -96,9 +96,13 @@ struct pg_jr {
     int keep_refused;  /* the 9-argument lease() may not be called (a grant of journal 8) */
     int at_refused;    /* fetch_at() may not be called (a grant of journal 9): fetch(), no written_at */
     int lease_keep;    /* the lease step in flight is that one */
+    int chans_refused;  /* the 10-argument lease() may not be called (a grant of journal 11 or before) */
+    int lease_chans;  /* the lease step in flight is that one */
+    char *waits;       /* what this member waits for (another reads channels it does not), or NULL */
     char **chans;
     size_t nchans, cap;
     char *chan_array;  /* the channels as a text[] literal, for fetch */
+    char *plain_array; /* their plain names (no capture's tag) once each, for the lease step (journal 12) */
     int reads_said;    /* said that its channels cannot be recorded */
 };
 
@@ -284,6 +288,32 @@ static void jr_check_lease(struct pg_jr *j)
     free(v);
 }
 
+/* Whether another live member reads a channel this one does not (journal 12): then this
+ * one reads nothing (its shares would pass that channel's rows), said when it starts and
+ * when what it waits for changes, and when it reads again. */
+static void jr_waits(struct pg_jr *j, PGresult *res)
+{
+    const char *waits = NULL;
+    for (int i = 0; i < PQntuples(res); i++)
+        if (atoi(PQgetvalue(res, i, 0)) == -2 && !PQgetisnull(res, i, 2))
+            waits = PQgetvalue(res, i, 2);
+    if (waits != NULL && (j->waits == NULL || strcmp(j->waits, waits) != 0)) {
+        sn_logf(&j->c->sink, SN_LOG_ERROR,
+                "consumer \"%s\": member %s reads nothing while %s, which it does not: the members of a "
+                "consumer must watch the same tables and events (give each script its own consumer name); it reads "
+                "again when that member stops or watches no more than this one",
+                j->c->consumer, j->member, waits);
+        free(j->waits);
+        j->waits = strdup(waits); /* without memory: said again at the next step */
+    } else if (waits == NULL && j->waits != NULL) {
+        sn_logf(&j->c->sink, SN_LOG_INFO, "consumer \"%s\": member %s reads again: no member watches a channel it "
+                "does not", j->c->consumer, j->member);
+        free(j->waits);
+        j->waits = NULL;
+        j->want_fetch = 1;
+    }
+}
+
 /* The lease step's answer: the member's shares now, and what moved. */
 static void jr_lease_result(struct pg_jr *j, PGresult *res)
 {
@@ -297,6 +327,7 @@ static void jr_lease_result(struct pg_jr *j, PGresult *res)
     }
     for (int s = 0; s < n; s++)
         now[s] = -1;
+    jr_waits(j, res);
     for (int i = 0; i < rows; i++) {
         int s = atoi(PQgetvalue(res, i, 0));
         if (s == -1) /* sqlnotify.lease() made the consumer again */
@@ -419,14 +450,19 @@ static int jr_send(struct pg_jr *j, int query)
             if (kv != NULL) /* without memory: the page's shares only, as when held */
                 sb_ints(&kp, kv, NULL, jr_held_shares(j, kv));
             free(kv);
-            const char *vals[9] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
-                                   acked, kp.p != NULL && !kp.fail ? kp.p : sh.p};
+            /* journal 12 says the member's channels too; its p_keep is empty when nothing is kept */
+            int chans = !j->chans_refused && j->plain_array != NULL;
+            const char *vals[10] = {j->c->consumer, j->member, lease, nshares, sh.p, ep.p, j->batch ? j->batch : "",
+                                    acked, !keep && chans ? "{}" : kp.p != NULL && !kp.fail ? kp.p : sh.p,
+                                    j->plain_array};
             ok = PQsendQueryParams(j->db,
-                                   keep ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                                        : "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)",
-                                   keep ? 9 : 8, NULL, vals, NULL, NULL, 0);
+                                   chans ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                                   : keep ? "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                                          : "SELECT * FROM sqlnotify.lease($1, $2, $3, $4, $5, $6, $7, $8)",
+                                   chans ? 10 : keep ? 9 : 8, NULL, vals, NULL, NULL, 0);
             j->lease_sent = pg_clock();
-            j->lease_keep = keep;
+            j->lease_keep = keep && !chans;
+            j->lease_chans = chans;
             free(kp.p);
         } else {
             const char *vals[7] = {j->c->consumer, j->member, sh.p, ep.p, j->batch ? j->batch : "", acked,
@@ -684,6 +720,13 @@ static void jr_result(struct pg_jr *j)
      * said once. lease(..., p_keep) of journal 9: the held shares unkept; fetch_at() of 10:
      * no row times. */
     int refused = *why && strcmp(state, "42501") == 0 && PQstatus(j->db) == CONNECTION_OK;
+    if (refused && query == JQ_LEASE && j->lease_chans) {
+        jr_fall_back(j, page, &j->chans_refused, &j->want_lease,
+                     "sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[], text[]) (journal "
+                     "12), so its members are not told apart by the tables they watch (one that watches fewer "
+                     "passes the others' rows)");
+        return;
+    }
     if (refused && query == JQ_LEASE && j->lease_keep) {
         jr_fall_back(j, page, &j->keep_refused, &j->want_lease,
                      "sqlnotify.lease(text, text, float8, int, int[], bigint[], text, bigint, int[]) (journal 9), so "
@@ -821,7 +864,7 @@ static void jr_next(struct pg_jr *j)
     } else if (j->want_absent) {
         j->want_absent = 0;
         jr_send(j, JQ_ABSENT);
-    } else if (j->want_fetch && !j->held && j->nheld > 0 && (j->hold_until == 0 || ev_now(j->c->loop) >= j->hold_until)) {
+    } else if (j->want_fetch && !j->held && !j->waits && j->nheld > 0 && (j->hold_until == 0 || ev_now(j->c->loop) >= j->hold_until)) {
         j->want_fetch = 0;
         j->hold_until = 0;
         ev_timer_stop(j->c->loop, &j->poll);
@@ -921,26 +964,42 @@ static void jr_lease_cb(struct ev_loop *loop, ev_timer *w, int revents)
 }
 
 /* '{"a","b"}' with every channel quoted for an array literal */
+static void jr_array_add(sn_sbuf *b, const char *p, size_t n)
+{
+    sn_sb_add(b, b->len > 1 ? ",\"" : "\"");
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '"' || p[i] == '\\')
+            sn_sb_add(b, "\\");
+        sn_sb_addn(b, p + i, 1);
+    }
+    sn_sb_add(b, "\"");
+}
+
+/* The channels as text[] literals: all of them (fetch), and their plain names once each (lease) */
 static int jr_chan_array(struct pg_jr *j)
 {
-    sn_sbuf b = {0};
+    sn_sbuf b = {0}, t = {0};
     sn_sb_add(&b, "{");
+    sn_sb_add(&t, "{");
     for (size_t i = 0; i < j->nchans; i++) {
-        sn_sb_add(&b, i ? ",\"" : "\"");
-        for (const char *p = j->chans[i]; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                sn_sb_add(&b, "\\");
-            sn_sb_addn(&b, p, 1);
-        }
-        sn_sb_add(&b, "\"");
+        jr_array_add(&b, j->chans[i], strlen(j->chans[i]));
+        size_t n = (size_t)sn_plain_len(j->chans[i]), k = 0;
+        while (k < i && !((size_t)sn_plain_len(j->chans[k]) == n && memcmp(j->chans[k], j->chans[i], n) == 0))
+            k++;
+        if (k == i)
+            jr_array_add(&t, j->chans[i], n);
     }
     sn_sb_add(&b, "}");
-    if (b.fail) {
+    sn_sb_add(&t, "}");
+    if (b.fail || t.fail) {
         free(b.p);
+        free(t.p);
         return -1;
     }
     free(j->chan_array);
+    free(j->plain_array);
     j->chan_array = b.p;
+    j->plain_array = t.p;
     return 0;
 }
 
@@ -950,6 +1009,8 @@ static void jr_free(struct pg_jr *j)
         free(j->chans[i]);
     free(j->chans);
     free(j->chan_array);
+    free(j->plain_array);
+    free(j->waits);
     free(j->epoch);
     free(j->ack_share);
     free(j->ack_epoch);
@@ -1057,6 +1118,7 @@ int pg_jr_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         jr_connect(j);
     } else {
         j->want_fetch = 1;
+        j->want_lease = 1; /* the other members see its tables at their next step */
         jr_next(j);
     }
     return 0;
@@ -1075,6 +1137,8 @@ void pg_jr_unlisten(sn_conn *c, const char *channel)
             free(j->chans[i]);
             j->chans[i] = j->chans[--j->nchans];
             jr_chan_array(j);
+            j->want_lease = 1;
+            jr_next(j);
             return;
         }
     }
