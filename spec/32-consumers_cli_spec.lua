@@ -291,6 +291,12 @@ describe("sqlnotify-lua's consumer commands", function()
           out:match("\n(%d+) consumer%(s%)") })
         code, out, err = run { "--drop-consumer", b.url, "s32_b" }
         assert.are.same({ 1, "", fmt('sqlnotify: no consumer "s32_b" in %s\n', target) }, { code, out, err })
+        -- the dead letters of a consumer that is there, and of a name that is not
+        code, out, err = run { "--dead-letters", b.url, "s32_a" }
+        assert.are.same({ 0, "", fmt("\n1 dead letter(s) in %s\n", target) },
+          { code, err, out:match("\n[^\n]+\n$") })
+        assert.are.same({ 1, "", fmt('sqlnotify: no consumer "s32_b" in %s\n', target) },
+          { run { "--dead-letters", b.url, "s32_b" } })
       end)
 
       it("--uninstall lists exactly our objects, drops nothing without --yes, and everything with it", function()

@@ -185,6 +185,11 @@ function M.dead_letters(url, consumer, out, err)
   return with_notifier(url, err, function(n)
     local rows, e = n:dead_letters{ consumer = consumer, limit = 100000 }
     if not rows then error(e, 0) end
+    if #rows == 0 and consumer then -- a name mistyped is not a consumer without dead letters
+      local known = false
+      for _, r in ipairs(assert(n:consumers())) do known = known or r.name == consumer end
+      if not known then error(string.format("sqlnotify: no consumer %q in %s", consumer, n._h:target()), 0) end
+    end
     if #rows == 0 then
       out:write(string.format("no dead letters%s in %s\n", consumer and " of consumer " .. consumer or "",
         n._h:target()))
