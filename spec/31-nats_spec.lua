@@ -283,6 +283,13 @@ end)
       assert.matches("late\tnil\tsqlnotify: nats: publish to 'late31.x': no stream takes this subject (no responders)\n",
         p:stdout(), 1, true)
       assert.is_nil(p:stderr():find("secret31", 1, true))
+      -- a wrong or idle address is said at once, once, and so is the connection when it comes
+      for _, w in ipairs { "u:***@127.0.0.1:" .. DOWN_PORT, "127.0.0.1:" .. LATE_PORT } do
+        local _, k = p:stderr():gsub(("sqlnotify: nats: nats://" .. w .. ": not connected (the first attempt "
+          .. "failed); connecting again with backoff\n"):gsub("%p", "%%%0"), "")
+        assert.equal(1, k, p:stderr())
+      end
+      assert.matches("sqlnotify: nats: connected to nats://127.0.0.1:" .. LATE_PORT .. "\n", p:stderr(), 1, true)
       p:assert_clean()
     end)
 end)

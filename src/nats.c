@@ -607,8 +607,13 @@ static natsStatus connect_now(client *c, int retry)
     natsStatus s = make_opts(c, retry, &opts);
     if (s == NATS_OK)
         s = natsConnection_Connect(&c->nc, opts);
-    if (s == NATS_NOT_YET_CONNECTED)
-        s = NATS_OK; /* cnats's reconnect thread goes on; calls are buffered meanwhile */
+    if (s == NATS_NOT_YET_CONNECTED) { /* cnats's reconnect thread goes on; calls are buffered meanwhile */
+        /* a wrong address is said now, not when the first call times out (cnats keeps no
+         * cause here: its error is "Not Yet Connected") */
+        snprintf(c->cause, sizeof c->cause, "the first attempt failed");
+        log_cause(c);
+        s = NATS_OK;
+    }
     if (s == NATS_OK) {
         jsOptions jo;
         jsOptions_Init(&jo);
