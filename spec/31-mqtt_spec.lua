@@ -234,6 +234,14 @@ describe("sqlnotify.mqtt", function()
     assert.equal(0, p:wait(20), p:stdout() .. p:stderr())
     p:assert_clean()
     assert.matches("late\ttrue\n", p:stdout())
+    -- each address where nothing listens is said at once, and once; the late one's connection too
+    local err = p:stderr()
+    for _, name in ipairs { "127.0.0.1:" .. PORT_DOWN, "localhost:" .. PORT_LATE } do
+      assert.are.equal(1, H.count(err, "warn  sqlnotify: mqtt: cannot connect to " .. name .. " (Connection refused): "
+        .. "tried again with backoff until it does\n"), err)
+    end
+    assert.are.equal(2, H.count(err, "cannot connect"), err)
+    assert.are.equal(1, H.count(err, "info  sqlnotify: mqtt: connected to localhost:" .. PORT_LATE .. "\n"), err)
   end)
 
   it("a message the broker drops the connection for is not sent again by itself: the relay goes on", function()
@@ -390,7 +398,7 @@ describe("sqlnotify.mqtt", function()
     assert.equal(1, H.count(err, "refused"), err)
     assert.matches("warn  sqlnotify: mqtt: " .. name:gsub("%.", "%%.") .. " refused the connection %(Connection Refused:"
       .. " not authorised%.%): tried again with backoff until it takes it\n.*info  sqlnotify: mqtt: connected to "
-      .. name:gsub("%.", "%%.") .. " again\n", err)
+      .. name:gsub("%.", "%%.") .. "\n", err) -- never connected before: not "again"
     assert.not_matches("wrong%-pw", err)
   end)
 

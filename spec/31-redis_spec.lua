@@ -155,7 +155,7 @@ describe("sqlnotify.redis", function()
       hang:stop()
     end)
     hang:kill("STOP")
-    local out = run(fmt([[
+    local out, err = run(fmt([[
     local ticks = 0
     local t = sqlnotify.every(0.05, function() ticks = ticks + 1 end)
     local dead = sqlnotify.redis{ url = "redis://127.0.0.1:%d", timeout = 0.6 }
@@ -182,6 +182,11 @@ describe("sqlnotify.redis", function()
       '"pending" nil "sqlnotify: redis: the client was closed (r:close())"',
       "END",
     }, out)
+    -- the address where nothing listens is said at once, and once
+    local said = fmt("warn  sqlnotify: redis 127.0.0.1:%d: cannot connect (Connection refused); trying again with "
+      .. "backoff\n", PORT_DEAD)
+    assert.are.equal(1, H.count(err, said), err)
+    assert.are.equal(1, H.count(err, "cannot connect"), err)
   end)
 
   it("sends AUTH and SELECT from the URL; a wrong password or database says so, never the password", function()

@@ -78,7 +78,8 @@ typedef struct sn_mqtt {
     int lost;          /* the library reported a disconnect since the last settle */
     int fresh;         /* connected since the last settle: publish what waited */
     double up_at;      /* when the broker accepted the connection */
-    int refused;       /* the broker refused a CONNECT since the last accepted one (logged) */
+    int refused;       /* the broker refused a CONNECT, or none was made, since the last accepted one (logged) */
+    int ever;          /* a CONNECT was accepted once: the next is "again" */
     char name[300];    /* host:port, for messages (never the password) */
     char last[256];    /* why the last connection failed */
     mq_req *head, *tail;
@@ -228,8 +229,9 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
         c->fresh = 1;
         c->up_at = ev_now(sn_loop());
         c->last[0] = '\0';
-        sn_log(c->refused ? SN_LOG_INFO : SN_LOG_DEBUG, "mqtt: connected to %s%s", c->name, c->refused ? " again" : "");
+        sn_log(c->refused ? SN_LOG_INFO : SN_LOG_DEBUG, "mqtt: connected to %s%s", c->name, c->ever ? " again" : "");
         c->refused = 0;
+        c->ever = 1;
     } else {
         snprintf(c->last, sizeof c->last, "the broker refused the connection: %s", mosquitto_connack_string(rc));
         /* Once a spell: the client tries again every few seconds (wrong credentials, an id
@@ -313,6 +315,11 @@ static void settle(sn_mqtt *c)
                 req_failf(r, "sqlnotify: mqtt: connection to %s lost before the PUBACK", c->name);
     }
     if (mosquitto_socket(c->m) < 0) {
+        if (!c->ever && !c->refused && c->last[0] != '\0') { /* a wrong address: said now, once */
+            sn_log(SN_LOG_WARN, "mqtt: cannot connect to %s (%s): tried again with backoff until it does", c->name,
+                   c->last);
+            c->refused = 1;
+        }
         c->connected = 0;
         watch(c);
         ev_timer_stop(sn_loop(), &c->misc);

@@ -76,7 +76,8 @@ typedef struct rclient {
     ev_timer deadline; /* connect + AUTH + SELECT */
     sn_backoff backoff;
     int handshake;   /* handshake replies still to come */
-    int lost;        /* a connection was lost: log when it is back */
+    int lost;        /* a connection was lost, or could not be made (said): log when it is up */
+    int ever;        /* it was connected once: the next connection is "again" */
     char why[256];   /* why the connection is not ready (for a call's timeout) */
     char *fatal;     /* AUTH or SELECT refused: calls fail at once until a connection is ready */
     rreq *qh, *qt;   /* calls waiting for a connection, in call order */
@@ -367,9 +368,10 @@ static void became_ready(rclient *c)
     free(c->fatal);
     c->fatal = NULL;
     if (c->lost) {
-        sn_log(SN_LOG_INFO, "redis %s:%d: connected again", c->host, c->port);
+        sn_log(SN_LOG_INFO, "redis %s:%d: connected%s", c->host, c->port, c->ever ? " again" : "");
         c->lost = 0;
     }
+    c->ever = 1;
     while (c->qh != NULL && c->state == READY) {
         rreq *q = c->qh;
         unqueue(c, q);
@@ -436,6 +438,10 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         /* hiredis frees the context after this */
         snprintf(c->why, sizeof c->why, "%s", ac->c.errstr[0] ? ac->c.errstr : "cannot connect");
+        if (!c->lost) /* once an outage (a wrong address too): the loss said it already */
+            sn_log(SN_LOG_WARN, "redis %s:%d: cannot connect (%s); trying again with backoff", c->host, c->port,
+                   c->why);
+        c->lost = 1;
         c->ac = NULL;
         schedule_retry(c);
         return;
