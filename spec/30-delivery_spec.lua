@@ -22,7 +22,8 @@ local f = assert(io.open(modefile))
 local mode = f:read("l")
 f:close()
 local n = assert(sqlnotify.notifier{ url = url, consumer = consumer ~= "-" and consumer or nil, concurrency = conc,
-  retry = { attempts = attempts == "inf" and math.huge or tonumber(attempts), delay = 0.05, max_delay = 0.2 },
+  retry = { attempts = attempts == "inf" and math.huge or tonumber(attempts),
+    delay = mode == "sleep1fail" and 30 or 0.05, max_delay = mode == "sleep1fail" and 30 or 0.2 },
   shutdown_grace = 5 })
 n:watch(tbl, "insert", { extra_columns = { "v" } })
 n:watch(tbl, "update", { extra_columns = { "v" } })
@@ -39,6 +40,7 @@ local function handler(ev)
   if mode == "slow" and id == 1 then sqlnotify.sleep(60) end
   if mode == "slow" and id == 2 then error("forever") end
   if mode == "sleep1" then sqlnotify.sleep(1) end
+  if mode == "sleep1fail" then sqlnotify.sleep(1) if id == 1 then error("fails in the grace") end end
   if mode == "sleep60" then sqlnotify.sleep(60) end
   if mode == "binary" and id == 1 then error("bad \255 byte\0 end", 0) end
   print(string.format("done %d %d", id, v))
@@ -646,6 +648,30 @@ for _, d in ipairs(dialects) do
       H.sleep(0.5)
       local want = expected(8)
       assert.same(sorted({ table.unpack(want, 9) }), sorted(keys(done(p2))))
+      p2:stop()
+      forget(consumer)
+    end)
+
+    it("SIGTERM: a handler that fails in the grace ends it as one that returns does, and comes again", function()
+      local t, consumer = table_name(), "s30_termfail"
+      d.create(db, t)
+      mode("sleep1fail")
+      local p = watcher(t, consumer, 8, 3)
+      d.write(db, t, 2) -- 8 events: the 2 inserts start at once, each key's updates wait for it
+      assert.is_true(p:wait_count(started, 2, 20), p:stdout() .. p:stderr())
+      local t0 = H.now()
+      p:kill("TERM")
+      assert.equal(0, p:wait(10))
+      -- the grace is 5 s, the retry 30 s on: it ended when the last handler did (it used to wait
+      -- for the retry's timer, which did nothing, until the grace's end)
+      assert.is_true(H.now() - t0 < 4, fmt("stopped after %.1f s", H.now() - t0))
+      assert.same({ "2:0" }, keys(done(p)))
+      mode("ok")
+      local p2 = watcher(t, consumer, 8, 3)
+      -- 2:0 comes again too: the cursor stops at 1:0, before it (at least once)
+      assert.is_true(p2:wait_count(done, 8, 20), p2:stdout() .. p2:stderr())
+      H.sleep(0.5)
+      assert.same(sorted(expected(2)), sorted(keys(done(p2))))
       p2:stop()
       forget(consumer)
     end)
