@@ -362,7 +362,10 @@ describe("--metrics on PostgreSQL", function()
     assert.is_true(p:wait_for("ready", 10), p:stderr())
     H.psql("INSERT INTO spec32.t SELECT generate_series(1, 5);")
     assert.is_true(p:wait_for("ev 5\n", 20), p:stderr() .. p:stdout())
-    -- lag is read after a scrape, from the loop: a later scrape shows it
+    -- lag is read once when the consumer starts, so the first scrape has it; then after a
+    -- scrape, from the loop: a later scrape shows it
+    local _, first = get(P_PG, "/metrics")
+    assert.is_number(value(first, 'sqlnotify_lag_events{consumer="spec32_c"}'), first)
     local ok, body = false, nil
     local deadline = H.now() + 20
     repeat

@@ -76,6 +76,29 @@ local function refresh(notifiers)
   for db, rows in pairs(jfresh) do journal[db] = rows or nil end
 end
 
+-- Read the lag off the scrape (it waits for the servers' answers). The first read, made when
+-- the metrics are served or a consumer starts, counts only when it found a consumer started.
+local function read_lag(notifiers, first)
+  lag_due = true
+  delivery.spawn(function()
+    local ok, err = pcall(refresh, notifiers)
+    lag_due = false
+    if not first or next(lag) ~= nil then lag_at = core.now() end
+    if not ok then error(err, 0) end
+  end)
+end
+
+-- The live notifiers (notifier.lua sets it: it requires this module).
+M.notifiers = function() return {} end
+
+--- A consumer started, or the metrics are served: the lag is read now once, so that the
+-- first scrape has it (later ones read it every LAG_EVERY).
+function M.soon()
+  if not M.on or lag_due or lag_at > -math.huge then return end
+  lag_due = true
+  core.after(0, function() read_lag(M.notifiers(), true) end)
+end
+
 -- ===== the text format =====
 
 local ESC = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
@@ -214,14 +237,7 @@ function M.render(notifiers)
 
   -- consumers: lag (read now and then, off the scrape), shares held
   local now = core.now()
-  if now - lag_at >= LAG_EVERY and not lag_due then
-    lag_due = true
-    delivery.spawn(function() -- it waits for the server's answer (Notifier:_answers)
-      local ok, err = pcall(refresh, notifiers)
-      lag_due, lag_at = false, core.now()
-      if not ok then error(err, 0) end
-    end)
-  end
+  if now - lag_at >= LAG_EVERY and not lag_due then read_lag(notifiers) end
   local names = keys_sorted(lag)
   gauge(out, "sqlnotify_lag_events", "Journal events not yet acknowledged by the consumer (its own tables; read "
     .. "every few seconds).", "consumer", names, function(name) return lag[name][1] end)
@@ -278,6 +294,7 @@ function M.serve(opts, level)
   local ok, err = core.metrics_listen(opts.listen)
   if not ok then error(err, level) end
   M.on = true
+  M.soon()
   return true
 end
 

@@ -404,6 +404,7 @@ local function live_notifiers()
   sort(list, function(a, b) return all_notifiers[a] < all_notifiers[b] end)
   return list
 end
+metrics.notifiers = live_notifiers
 
 -- A line of this notifier's (a durable one's names its consumer: a field of the JSON log).
 function Notifier:_log(level, ...)
@@ -944,6 +945,7 @@ function Notifier:start()
       self:stop()
       return nil, one_line(err)
     end
+    metrics.soon() -- the first scrape has its lag
   end
   return self
 end
