@@ -71,6 +71,11 @@ describe("sqlnotify-lua", function()
       local code, out = run { "-l", "error", path, "one", "two" }
       assert.are.equal(0, code)
       assert.are.equal(path .. "\tone\ttwo\t2\tone\ttwo\n", out)
+      -- one spelled like the host's option is still the script's, and the host says so once
+      local code2, out2, err2 = run { path, "--metrics", ":9", "--reload" }
+      assert.are.same({ 0, path .. "\t--metrics\t:9\t3\t--metrics\t:9\t--reload\n",
+        "sqlnotify: warning: --metrics after the script's name is the script's argument (arg[1]); sqlnotify-lua's "
+        .. "options go before the script\n" }, { code2, out2, err2 })
     end)
 
     it("exits 0 when the script stops the loop", function()

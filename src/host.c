@@ -595,6 +595,23 @@ int main(int argc, char **argv)
     }
     if (optind >= argc)
         return usage_error("%s", "no script given");
+    /* The script's arguments are its own, as lua's are; one spelled like an option of ours
+     * was meant for us more often than not: said, once, and left to the script. */
+    for (int i = optind + 1; i < argc; i++) {
+        const char *a = argv[i];
+        for (size_t k = 0; longopts[k].name != NULL; k++) {
+            size_t n = strlen(longopts[k].name);
+            if (strncmp(a, "--", 2) == 0 && strncmp(a + 2, longopts[k].name, n) == 0 &&
+                (a[2 + n] == '\0' || a[2 + n] == '=')) {
+                fprintf(stderr,
+                        "sqlnotify: warning: %s after the script's name is the script's argument (arg[%d]); "
+                        "sqlnotify-lua's options go before the script\n",
+                        a, i - optind);
+                i = argc;
+                break;
+            }
+        }
+    }
 
     /* Events printed by a watcher are read by pipes and tails as they happen. */
     setvbuf(stdout, NULL, _IOLBF, 0);
