@@ -32,7 +32,7 @@ HOST    := $(BUILD)/sqlnotify-lua
 MODULE  := $(BUILD)/sqlnotify/core.so
 CONFIG_FILE := $(BUILD)/config.flags
 OBJS    := $(BUILD)/core.o $(BUILD)/decode.o $(BUILD)/reload.o $(BUILD)/io.o $(BUILD)/sbuf.o
-OBJS    += $(BUILD)/sdnotify.o $(BUILD)/log.o $(BUILD)/metrics.o
+OBJS    += $(BUILD)/sdnotify.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/members.o
 HEADERS := src/dialect.h src/sqlnotify.h src/binding.h
 
 # Each driver is a folder, dialects/DIR, with its private headers: its x.c is compiled to

@@ -498,6 +498,33 @@ void sn_sb_fail(sn_sbuf *b, const char *why); /* a static reason, kept when it i
 int sn_sb_reserve(sn_sbuf *b, size_t more);
 void sn_sb_free(sn_sbuf *b);
 
+/* ===== a durable consumer's members (SQLite, MySQL: src/members.c) =====
+ *
+ * One process at a time reads a consumer there, and the journal holds every capture's rows:
+ * the reader delivers its own tables' and its cursor passes the rest. So a process reads its
+ * consumer only while its tables include every other live member's; each keeps its tables
+ * (plain channels, sn_tables_text) beside a heartbeat where the others see them. */
+
+/* The tables a process reads: plain channel names, sorted, each once. {0} is empty. */
+typedef struct sn_tables {
+    char **v;
+    int n;
+} sn_tables;
+
+/* channel's plain name among them: 1 added, 0 there already, -1 out of memory. */
+int sn_tables_add(sn_tables *t, const char *channel);
+/* The plain name of channel out of them. */
+void sn_tables_remove(sn_tables *t, const char *channel);
+/* One a line, in order ("" for none). */
+void sn_tables_text(const sn_tables *t, sn_sbuf *b);
+void sn_tables_free(sn_tables *t);
+/* What a live member (pid on host) reads, text as sn_tables_text made it, and t does not:
+ * appended to b as "pid 12 on host: a, b" ("; " before when b has one). 1 when any. */
+int sn_tables_lacking(const sn_tables *t, long long pid, const char *host, const char *text, sn_sbuf *b);
+/* Say it once per change: lacking (what sn_tables_lacking appended for `members` members;
+ * NULL: nothing, the consumer may be read) against *said, the last said (freed, replaced). */
+void sn_members_say(const sn_sink *sink, const char *consumer, char **said, const char *lacking, int members);
+
 static inline void sn_logf(const sn_sink *sink, int level, const char *fmt, ...)
 {
     char buf[1024];
