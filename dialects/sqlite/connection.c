@@ -339,6 +339,7 @@ int sqd_reopen(sn_conn *c)
 
 void sqd_free_conn(sn_conn *c)
 {
+    sqd_members_leave(c);
     sqd_made_free(c);
     free(c->consumer);
     free(c->arena);

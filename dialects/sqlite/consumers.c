@@ -56,18 +56,22 @@ static void short_wait(sn_conn *c, int on)
 
 /* ===== registering ===== */
 
-static int have_table(sqlite3 *db)
+/* Whether the file has table name: 1, 0, or -1 (could not tell). */
+static int have_named(sqlite3 *db, const char *name)
 {
     sqlite3_stmt *st;
     int yes = 0;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = '"
-                           CONSUMERS_TABLE "'", -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1", -1, &st,
+                           NULL) != SQLITE_OK)
         return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     yes = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
     sqlite3_finalize(st);
     return yes;
 }
+
+static int have_table(sqlite3 *db) { return have_named(db, CONSUMERS_TABLE); }
 
 /* Each consumer's own retention, in a column that files made by earlier versions lack. */
 static int ensure_retention(sqlite3 *db, char *err, size_t errlen)
@@ -257,6 +261,189 @@ int sqd_consumer_register(sn_conn *c, char *err, size_t errlen)
     return bad ? -1 : 0;
 }
 
+/* ===== members: the tables of each process of a consumer ===== */
+
+/* A process reads its consumer only while its tables include every other live member's
+ * (src/dialect.h). Each process, holder or standby, keeps a row in MEMBERS_TABLE: its tables
+ * and a heartbeat, written each LEASE_BEAT; a row not written for LEASE_TIMEOUT, or whose pid
+ * is gone on this host, is no live member's. Tables that grow (a watch installed or listened
+ * to) are recorded at once, and then a change log row on MEMBERS_CHANNEL says so: the holder
+ * meets it before any row the new tables' triggers capture, and looks at the members there
+ * (sqd_members_fence) instead of at its next beat, so it never passes one of those rows
+ * unseen. A holder that finds itself blocked gives the lease up (sqd_consumer_yield). */
+
+static int ensure_members(sqlite3 *db, char *err, size_t errlen)
+{
+    return sqd_exec(db, "CREATE TABLE IF NOT EXISTS " MEMBERS_TABLE " ("
+                    "consumer TEXT NOT NULL, "
+                    "member INTEGER NOT NULL, "      /* the process's lease id (holder) */
+                    "pid INTEGER NOT NULL, "
+                    "host TEXT NOT NULL, "
+                    "tables TEXT NOT NULL, "         /* its plain channels, one a line */
+                    "heartbeat REAL NOT NULL, "
+                    "PRIMARY KEY (consumer, member))", err, errlen);
+}
+
+/* Our row, and with mark then a change log row saying our tables changed. SQLITE_OK or not. */
+static int members_write(sn_conn *c, sqlite3 *db, const char *text, int mark)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "INSERT INTO " MEMBERS_TABLE " (consumer, member, pid, host, tables, heartbeat) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, " NOW_SQL ") ON CONFLICT (consumer, member) DO UPDATE SET "
+                           "pid = excluded.pid, host = excluded.host, tables = excluded.tables, "
+                           "heartbeat = excluded.heartbeat", -1, &st, NULL) != SQLITE_OK)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->holder_id);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)getpid());
+    sqlite3_bind_text(st, 4, c->host, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, text, -1, SQLITE_STATIC);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK || !mark)
+        return rc;
+    if (sqlite3_prepare_v2(db, "INSERT INTO " CHANGES_TABLE " (channel, payload) VALUES ('" MEMBERS_CHANNEL "', ?1)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
+/* Write our tables when they changed (or always, with beat: the heartbeat). On db, waiting
+ * as its busy timeout says. SQLITE_OK or not. */
+static int members_record(sn_conn *c, sqlite3 *db, int beat)
+{
+    sn_sbuf b = {0};
+    sn_tables_text(&c->tables, &b);
+    if (b.fail) {
+        sn_sb_free(&b);
+        return SQLITE_NOMEM;
+    }
+    int changed = !c->tables_said || strcmp(b.p, c->tables_said) != 0, rc = SQLITE_OK;
+    if (changed || beat) {
+        rc = members_write(c, db, b.p, changed);
+        if (rc != SQLITE_OK && ensure_members(db, NULL, 0) == 0)
+            rc = members_write(c, db, b.p, changed);
+    }
+    if (rc == SQLITE_OK && changed) {
+        free(c->tables_said);
+        c->tables_said = b.p;
+        b.p = NULL;
+    }
+    sn_sb_free(&b);
+    return rc;
+}
+
+int sqd_members_add(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    if (!c->consumer)
+        return 0;
+    if (sn_tables_add(&c->tables, channel) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    sqlite3 *db = c->rd ? c->rd : c->db;   /* the reader's before it listens: never a user's transaction */
+    if (c->rd)
+        sqlite3_busy_timeout(c->rd, BUSY_TIMEOUT_MS);
+    int rc = members_record(c, db, 0);
+    if (c->rd)
+        sqlite3_busy_timeout(c->rd, 0);
+    if (rc != SQLITE_OK) {
+        sn_seterr(err, errlen, "cannot record the tables of this member of consumer \"%s\": %s", c->consumer,
+                  sqlite3_errmsg(db));
+        return -1;
+    }
+    return 0;
+}
+
+void sqd_members_remove(sn_conn *c, const char *channel)
+{
+    size_t plain = (size_t)sn_plain_len(channel);
+    for (int i = 0; i < c->nchans; i++)   /* another capture of its table is still read */
+        if ((size_t)sn_plain_len(c->chans[i].name) == plain && strncmp(c->chans[i].name, channel, plain) == 0)
+            return;
+    sn_tables_remove(&c->tables, channel);   /* recorded at the next beat */
+}
+
+/* Look at the other live members: 0 (c->blocked and the log say what), or -1 (unknown). */
+static int members_look(sn_conn *c, int quiet)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(c->rd, "SELECT pid, host, tables FROM " MEMBERS_TABLE " WHERE consumer = ?1 AND "
+                           "member <> ?2 AND heartbeat >= " NOW_SQL " - ?3 ORDER BY pid", -1, &st, NULL) != SQLITE_OK) {
+        if (have_named(c->rd, MEMBERS_TABLE) != 0)
+            return -1;
+        st = NULL;   /* no member ever wrote its row */
+    }
+    sn_sbuf lacking = {0};
+    int members = 0, rc = SQLITE_DONE;
+    if (st) {
+        sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, c->holder_id);
+        sqlite3_bind_double(st, 3, LEASE_TIMEOUT);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            sqlite3_int64 pid = sqlite3_column_int64(st, 0);
+            const char *host = (const char *)sqlite3_column_text(st, 1);
+            if (!holder_gone(c, pid, host))
+                members += sn_tables_lacking(&c->tables, (long long)pid, host,
+                                             (const char *)sqlite3_column_text(st, 2), &lacking);
+        }
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_DONE || lacking.fail) {
+        sn_sb_free(&lacking);
+        return -1;
+    }
+    c->blocked = members > 0;
+    if (!quiet)
+        sn_members_say(&c->sink, c->consumer, &c->blocked_said, members ? lacking.p : NULL, members);
+    sn_sb_free(&lacking);
+    return 0;
+}
+
+void sqd_members_beat(sn_conn *c, int quiet)
+{
+    if (!c->rd || !c->consumer)
+        return;
+    short_wait(c, 1);
+    members_record(c, c->rd, 1);
+    members_look(c, quiet);
+    short_wait(c, 0);
+}
+
+int sqd_members_fence(sn_conn *c)
+{
+    /* inside the fetch's read: the member row written before this one is there */
+    return members_look(c, 0) < 0 || c->blocked;
+}
+
+/* Our row goes at a clean stop: a standby that watches less need not wait for it to age. */
+void sqd_members_leave(sn_conn *c)
+{
+    sqlite3_stmt *st;
+    sqlite3 *db = c->rd ? c->rd : c->db;
+    if (c->rd)
+        sqlite3_busy_timeout(c->rd, 200);
+    if (db && c->consumer && c->tables_said &&
+        sqlite3_prepare_v2(db, "DELETE FROM " MEMBERS_TABLE " WHERE consumer = ?1 AND member = ?2", -1, &st,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, c->holder_id);
+        step_done(st);
+    }
+    if (c->rd)
+        sqlite3_busy_timeout(c->rd, 0);
+    sqd_members_free(c);
+}
+
+void sqd_members_free(sn_conn *c)
+{
+    sn_tables_free(&c->tables);
+    free(c->tables_said);
+    free(c->blocked_said);
+    c->tables_said = c->blocked_said = NULL;
+    c->blocked = 0;
+}
+
 /* ===== the lease ===== */
 
 /* We hold the lease now: read from the consumer's position; say loudly what pruning
@@ -341,6 +528,10 @@ void sqd_consumer_try_lease(sn_conn *c)
     int expired = !free_ && (holder == c->holder_id || age > LEASE_TIMEOUT);
     int dead = !free_ && !expired && holder_gone(c, pid, host);
     sqlite3_finalize(st);
+    if (c->blocked) {   /* another member watches a table we do not: said by the beat */
+        c->acked = c->pos_pending = position;   /* what we hold back meanwhile */
+        goto out;
+    }
     if (!free_ && !expired && !dead) {
         if (!c->standby_pid)
             sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\" is being read by another process "
@@ -546,6 +737,19 @@ void sqd_consumer_release(sn_conn *c)
     c->active = 0;
 }
 
+/* Blocked (sqd_members_fence, the beat) while holding the lease: what was handed to the
+ * handlers is done (not held, not inside deliver), so save where they got and give the lease
+ * up; the member whose tables include ours takes it, or no one until one of us stops. */
+void sqd_consumer_yield(sn_conn *c)
+{
+    if (!c->active || c->held || c->depth)
+        return;
+    sqd_consumer_release(c);
+    c->standby_pid = 0;
+    sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\": stopped reading after row %lld; this process stands by",
+            c->consumer, (long long)c->acked);
+}
+
 static void lease_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sn_conn *c = t->data;
@@ -553,6 +757,11 @@ static void lease_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     if (c->depth)
         return;   /* inside a handler: the batch is ours until it is acked */
+    sqd_members_beat(c, 0);
+    if (c->active && c->blocked && !c->held) {
+        sqd_consumer_yield(c);   /* held: the release reads on, and check() gives it up then */
+        return;
+    }
     if (c->active) {
         if (sqd_consumer_flush(c) == 0 && !c->active)
             sqd_consumer_try_lease(c);   /* the row was dropped: make it again */
@@ -599,6 +808,7 @@ void sqd_consumer_reopened(sn_conn *c)
 void sqd_consumer_stop(sn_conn *c)
 {
     sqd_consumer_release(c);   /* writes the last ack, held or not */
+    sqd_members_leave(c);
     c->held = 0;               /* what was in flight comes again after a new listen */
     sqd_timer_stop_unref(c->loop, &c->lease);
     c->standby_pid = 0;

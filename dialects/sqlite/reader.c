@@ -157,13 +157,17 @@ static void report_gap(sn_conn *c, sqlite3_int64 from, sqlite3_int64 to)
 }
 
 /* Read one batch past the cursor. Returns the number of rows read (kept or not), or -1
- * after a failed read (already handled). *kept receives the number of batch events. */
-static int fetch_batch(sn_conn *c, size_t *kept)
+ * after a failed read (already handled). *kept receives the number of batch events; *fenced
+ * is set when the batch stops before a member row of the consumer's that blocks it (or whose
+ * members could not be read): the cursor stays before it. */
+static int fetch_batch(sn_conn *c, size_t *kept, int *fenced)
 {
     sqlite3_stmt *st = c->fetch_stmt;
     sqlite3_int64 last = c->cursor;
     size_t n = 0;
     int rows = 0, rc;
+
+    *fenced = 0;
 
     c->arena_len = 0;
     sqlite3_bind_int64(st, 1, c->cursor);
@@ -174,6 +178,15 @@ static int fetch_batch(sn_conn *c, size_t *kept)
         rows++;
         if (seq > last + 1)
             report_gap(c, last + 1, seq - 1);
+        if (c->consumer && ch && chlen == sizeof MEMBERS_CHANNEL - 1 && memcmp(ch, MEMBERS_CHANNEL, chlen) == 0) {
+            /* a member's tables changed here: look before passing anything they capture */
+            const char *who = (const char *)sqlite3_column_text(st, 2);
+            if (who && strcmp(who, c->consumer) == 0 && sqd_members_fence(c)) {
+                rows--;
+                *fenced = 1;
+                break;
+            }
+        }
         last = seq;
         if (!ch)
             continue;
@@ -196,7 +209,7 @@ static int fetch_batch(sn_conn *c, size_t *kept)
         c->batch_last = seq;
         n++;
     }
-    if (rc != SQLITE_DONE) {
+    if (rc != SQLITE_DONE && !*fenced) {
         /* nothing of a failed batch is delivered: it is read again from the same cursor */
         read_failed(c, rc);
         sqlite3_reset(st);
@@ -235,6 +248,10 @@ static int check(sn_conn *c)
         return 1;
     if (c->consumer && !c->active)
         return 1;   /* standing by: the lease timer takes over when it can */
+    if (c->consumer && c->blocked && !c->held) {
+        sqd_consumer_yield(c);   /* another member watches more: done with what was handed out */
+        return 1;
+    }
     if (c->consumer && c->held) {
         /* handlers of the last batch still run: write their acks, read nothing until
          * hold(0) (the changes wait in the log, the wake-ups that missed them do not matter:
@@ -276,7 +293,8 @@ static int check(sn_conn *c)
     unsigned gen = c->gen;
     for (;;) {
         size_t n = 0;
-        int rows = fetch_batch(c, &n);
+        int fenced;
+        int rows = fetch_batch(c, &n, &fenced);
         if (rows < 0)
             return 1;   /* dv not recorded: the retry reads again */
         if (c->consumer && !n && rows > 0 && c->pos_pending < c->batch_end)
@@ -342,6 +360,16 @@ static int check(sn_conn *c)
                 if (c->held)
                     return 1;   /* no next page until hold(0), which reads on from the last ack */
             }
+        }
+        if (fenced) {
+            /* read again from the member row: at once by the next holder, or here a moment
+             * later when its members could not be read */
+            c->dv = -1;
+            if (c->blocked)
+                sqd_consumer_yield(c);
+            else
+                sqd_kick(c, ERROR_RETRY);
+            return 1;
         }
         if (rows < FETCH_LIMIT)
             break;
@@ -712,6 +740,9 @@ static int start_listening(sn_conn *c, char *err, size_t errlen)
         sn_logf(&c->sink, SN_LOG_DEBUG, "%s: reader position not written yet: %s", c->target,
                 sqlite3_errmsg(c->db));
     if (c->consumer) {
+        /* quiet: the tables of the listens still to come are not ours yet, and what is
+         * missing then is said at the next beat */
+        sqd_members_beat(c, 1);
         sqd_consumer_try_lease(c);   /* holder now, or standing by (said so) */
         sqd_kick_lease(c, LEASE_BEAT);
     }
@@ -769,7 +800,7 @@ int sqd_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         c->chans = p;
         c->capchans = cap;
     }
-    if (c->consumer && sqd_consumer_reads(c, channel, err, errlen)) {
+    if (c->consumer && (sqd_consumer_reads(c, channel, err, errlen) || sqd_members_add(c, channel, err, errlen))) {
         free(ch.name);
         return -1;
     }
@@ -789,4 +820,6 @@ void sqd_unlisten(sn_conn *c, const char *channel)
     free(c->chans[i].name);
     memmove(&c->chans[i], &c->chans[i + 1], (size_t)(c->nchans - i - 1) * sizeof c->chans[0]);
     c->nchans--;
+    if (c->consumer)
+        sqd_members_remove(c, channel);
 }

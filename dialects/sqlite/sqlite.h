@@ -37,6 +37,8 @@
 #define READERS_TABLE "sqlnotify_readers"
 #define CONSUMERS_TABLE "sqlnotify_consumers"
 #define READS_TABLE "sqlnotify_reads" /* the channels each consumer reads, for its lag */
+#define MEMBERS_TABLE "sqlnotify_members" /* each process of a consumer: its tables, a heartbeat */
+#define MEMBERS_CHANNEL "sqlnotify:members" /* change log rows: a member's tables changed here */
 #define NOW_SQL "((julianday('now') - 2440587.5) * 86400.0)"
 
 #define BUSY_TIMEOUT_MS 5000     /* query connection: blocking calls may wait this long */
@@ -125,6 +127,10 @@ struct sn_conn {
     double beat_ok;              /* ev_time() of our last lease write that took */
     int held;                    /* hold(1): handlers of the last batch still run; read nothing */
     ev_timer lease;
+    sn_tables tables;            /* what this process reads (installed, listened to): its member row */
+    char *tables_said;           /* the tables as last recorded, one a line */
+    char *blocked_said;          /* what other members watch that we do not, as last logged */
+    int blocked;                 /* a live member watches a table we do not: read nothing */
 
     int depth;                   /* > 0 while inside a sink callback */
     int dead;                    /* close() was called inside one: free on the way out */
@@ -197,6 +203,23 @@ void sqd_consumer_release(sn_conn *c);
 void sqd_consumer_stop(sn_conn *c);
 /* The file was replaced: record the consumer in the new one and take its lease there. */
 void sqd_consumer_reopened(sn_conn *c);
+/* Members (a process reads its consumer only while its tables include every other live
+ * member's): add channel's table to ours and record them at once (a blocking call: install,
+ * listen), with a change log row when they changed. 0, or -1 and err. */
+int sqd_members_add(sn_conn *c, const char *channel, char *err, size_t errlen);
+/* Channel no longer listened to: its table leaves ours (recorded at the next beat). */
+void sqd_members_remove(sn_conn *c, const char *channel);
+/* Our member row was seen in the change log (fetch_batch, inside its read): look at the
+ * members now. 1: blocked, stop before this row. */
+int sqd_members_fence(sn_conn *c);
+/* Each LEASE_BEAT, and before the first lease attempt (quiet: nothing said yet): write our
+ * member row, look at the others. */
+void sqd_members_beat(sn_conn *c, int quiet);
+/* Blocked while holding the lease: save, give the lease up, stand by (not while held). */
+void sqd_consumer_yield(sn_conn *c);
+/* Our row goes (a clean stop, a close), and what we kept about members. */
+void sqd_members_leave(sn_conn *c);
+void sqd_members_free(sn_conn *c);
 int sqd_consumers(sn_conn *c, sn_result **out, char *err, size_t errlen);
 int sqd_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 

@@ -1028,6 +1028,10 @@ int sqd_install(sn_conn *c, const sn_watch *w, int replace_changed, char *err, s
         sn_seterr(err, errlen, "invalid trigger marker");
         return SN_INSTALL_ERROR;
     }
+    /* A member whose tables grow says so before its trigger captures a row: the holder must
+     * not pass those rows for a consumer that does not watch them (consumers.c, members) */
+    if (c->consumer && sn_watch_durable(w) && sqd_members_add(c, w->channel, err, errlen) != 0)
+        return SN_INSTALL_ERROR;
     snprintf(mark, sizeof mark, MARKER_PREFIX "%d:%s ", SQL_VERSION, w->marker);
     sn_trigger_name(w, name);
     v1_name(w->plain_channel, oldname);
