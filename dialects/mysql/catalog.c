@@ -6,6 +6,7 @@
  *   sqlnotify_journal    id (AUTO_INCREMENT), channel, payload, created_at (UTC)
  *   sqlnotify_consumers  one row per durable consumer: pos, pending, low, last_seen
  *   sqlnotify_pruned     the id below which pruning may have removed rows
+ *   sqlnotify_members    each process of a durable consumer: its tables, a heartbeat
  */
 #include "my.h"
 
@@ -212,6 +213,20 @@ int my_journal_make(sn_conn *c, int64_t first_id, char *err, size_t errlen)
                   " channel VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
                   " PRIMARY KEY (consumer, channel)) ENGINE=InnoDB"
                   " COMMENT='sqlnotify: the channels each durable consumer reads'");
+    if (rc == 0)
+        rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+    /* each process of a durable consumer, holder or standby: the tables it reads, a heartbeat */
+    b.len = 0;
+    sn_sb_add(&b, "CREATE TABLE IF NOT EXISTS ");
+    my_sb_qname(&b, c->p.db, MY_MEMBERS);
+    sn_sb_add(&b, " (consumer VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,"
+                  " member BIGINT NOT NULL," /* the process's random id */
+                  " pid BIGINT NOT NULL,"
+                  " host VARCHAR(255) CHARACTER SET utf8mb4 NOT NULL,"
+                  " tables MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL," /* one a line */
+                  " heartbeat DATETIME(6) NOT NULL,"
+                  " PRIMARY KEY (consumer, member)) ENGINE=InnoDB"
+                  " COMMENT='sqlnotify: the processes of each durable consumer and the tables they read'");
     if (rc == 0)
         rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
     if (b.fail)

@@ -15,6 +15,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_CONNECT_TIMEOUT 10
 #define DEFAULT_READ_TIMEOUT 30
@@ -652,6 +653,14 @@ static sn_conn *d_open(const char *url, struct ev_loop *loop, const sn_sink *sin
     if (opt && opt->consumer && (c->consumer = strdup(opt->consumer)) == NULL) {
         sn_seterr(err, errlen, "out of memory");
         goto fail;
+    }
+    if (c->consumer) {
+        if (gethostname(c->host, sizeof c->host - 1) != 0 || !*c->host)
+            strcpy(c->host, "?");
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t seed[3] = {(uint64_t)ts.tv_sec, (uint64_t)ts.tv_nsec, (uint64_t)getpid()};
+        c->member = (int64_t)(sn_hash64(seed, sizeof seed, (uint64_t)(uintptr_t)c) & INT64_MAX);
     }
     sn_sbuf b = {0};
     my_sb_qname(&b, c->p.db, MY_JOURNAL);

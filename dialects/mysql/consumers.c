@@ -14,6 +14,8 @@
 #include "my.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <unistd.h>
 
 #define START_WINDOW 10000 /* ids below the end in which a starting reader looks for open gaps */
 
@@ -392,4 +394,97 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen)
         sn_seterr(err, errlen, "out of memory");
     sn_sb_free(&sql);
     return rc < 0 ? -1 : found;
+}
+
+/* ===== members: the tables of each process of a consumer ===== */
+
+/* A process reads its consumer only while its tables include every other live member's
+ * (src/dialect.h). Each process, holder or standby, keeps a row in MY_MEMBERS: its tables and
+ * a heartbeat, written each MY_MEMBER_BEAT by the reader; a row not written for
+ * MY_MEMBER_TIMEOUT, or whose pid is gone on this host, is no live member's. Tables that grow
+ * (a watch installed or listened to) are recorded at once, and then a journal row on
+ * MY_MEMBERS_CHANNEL says so: the holder meets it before any row the new tables' triggers
+ * capture (their ids are taken after it), and looks at the members there instead of at its
+ * next beat (reader.c), so it never passes one of those rows unseen. */
+
+void my_member_sql(sn_conn *c, sn_sbuf *b, const char *name, const char *tables)
+{
+    char member[24], pid[24];
+    snprintf(member, sizeof member, "%lld", (long long)c->member);
+    snprintf(pid, sizeof pid, "%lld", (long long)getpid());
+    const char *lits[5] = {c->consumer, member, pid, c->host, tables ? tables : ""};
+    int n = strcmp(name, "member_write") == 0 ? 5 : strcmp(name, "member_mark") == 0 ? 1 : 2;
+    if (my_sb_statement(b, mysql_reader_sql, name, lits, n) < 0)
+        sn_sb_fail(b, "reader.sql lacks a statement of the members");
+}
+
+int my_pid_gone(const sn_conn *c, long long pid, const char *host)
+{
+    if (pid <= 0 || !host || strcmp(host, c->host) != 0)
+        return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+int my_members_add(sn_conn *c, const char *channel, char *err, size_t errlen)
+{
+    if (!c->consumer)
+        return 0;
+    sn_sbuf text = {0}, b = {0};
+    if (sn_tables_add(&c->tables, channel) < 0) {
+        sn_seterr(err, errlen, "out of memory");
+        return -1;
+    }
+    sn_tables_text(&c->tables, &text);
+    int rc = 0;
+    if (text.fail) {
+        sn_seterr(err, errlen, "out of memory");
+        rc = -1;
+    } else if (!c->tables_said || strcmp(text.p, c->tables_said) != 0) {
+        rc = my_journal_ensure(c, err, errlen);
+        my_member_sql(c, &b, "member_write", text.p);
+        if (rc == 0)
+            rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+        b.len = 0;
+        my_member_sql(c, &b, "member_mark", NULL);
+        if (rc == 0)
+            rc = b.fail ? -1 : my_exec(c, c->q, b.p, b.len, NULL, err, errlen);
+        if (b.fail) {
+            sn_seterr(err, errlen, "%s", b.fail);
+        } else if (rc < 0) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", err);
+            sn_seterr(err, errlen, "cannot record the tables of this member of consumer \"%s\": %s", c->consumer, why);
+        } else {
+            free(c->tables_said);
+            c->tables_said = text.p;
+            text.p = NULL;
+        }
+    }
+    sn_sb_free(&b);
+    sn_sb_free(&text);
+    return rc;
+}
+
+void my_members_remove(sn_conn *c, const char *channel)
+{
+    size_t plain = (size_t)sn_plain_len(channel);
+    for (int i = 0; i < c->r.nchan; i++) /* another capture of its table is still read */
+        if ((size_t)sn_plain_len(c->r.chans[i]) == plain && strncmp(c->r.chans[i], channel, plain) == 0)
+            return;
+    sn_tables_remove(&c->tables, channel); /* recorded at the next beat */
+}
+
+void my_members_leave(sn_conn *c)
+{
+    if (c->consumer && c->tables_said && c->q) {
+        char err[256];
+        sn_sbuf b = {0};
+        my_member_sql(c, &b, "member_leave", NULL);
+        if (!b.fail)
+            my_exec(c, c->q, b.p, b.len, NULL, err, sizeof err);
+        sn_sb_free(&b);
+    }
+    sn_tables_free(&c->tables);
+    free(c->tables_said);
+    c->tables_said = NULL;
 }

@@ -24,6 +24,10 @@
 #define MY_CONSUMERS "sqlnotify_consumers"
 #define MY_PRUNED "sqlnotify_pruned"
 #define MY_READS "sqlnotify_reads" /* the channels each consumer reads, for its lag */
+#define MY_MEMBERS "sqlnotify_members" /* each process of a consumer: its tables, a heartbeat */
+#define MY_MEMBERS_CHANNEL "sqlnotify:members" /* journal rows: a member's tables changed here */
+#define MY_MEMBER_BEAT 1.0     /* seconds between two writes of a member row (and looks at the others) */
+#define MY_MEMBER_TIMEOUT "10" /* seconds: a member row not written for this long is no live member's */
 
 /* ===== SQL text: MySQL's quoting into the kit's string (sn_sbuf, src/dialect.h) ===== */
 
@@ -118,6 +122,13 @@ typedef struct my_reader {
     size_t nrows, nev, cap;
     long acked;          /* the last row the runtime acknowledged, -1 none */
     size_t applied;      /* rows of the batch st has seen (the held batch: up to the last ack) */
+    /* durable: the other members (consumers.c) */
+    int blocked;         /* a live member watches a table we do not: read nothing */
+    char *blocked_said;  /* what it watches that we do not, as last logged */
+    double members_looked;
+    int64_t fence;       /* a member row of ours met in the journal: the round looks at the members */
+    int64_t fence_ok;    /* the last one looked at and not blocking: read past it */
+    void (*members_next)(sn_conn *c); /* what follows a look at the members */
     char lockname[65];
 } my_reader;
 
@@ -152,6 +163,10 @@ struct sn_conn {
     int in_deliver, closing; /* close() from inside deliver waits for it to return */
     my_kept *kept;           /* durable: the triggers installed (reader.c looks for them) */
     int nkept;
+    sn_tables tables;        /* durable: what this process reads (installed, listened to) */
+    char *tables_said;       /* the tables as last recorded with a journal row, one a line */
+    int64_t member;          /* durable: this process's id among the consumer's members */
+    char host[256];          /* gethostname(): a member's pid is only checked on its host */
     my_reader r;
 };
 
@@ -204,6 +219,18 @@ int my_drop_consumer(sn_conn *c, const char *name, char *err, size_t errlen);
 int my_consumer_register(sn_conn *c, char *err, size_t errlen);
 /* The server-wide lock a consumer's reader holds: one process reads a consumer at a time. */
 void my_lock_name(sn_conn *c, const char *consumer, char out[65]);
+/* Members (a process reads its consumer only while its tables include every other live
+ * member's, src/dialect.h): channel's table joins ours, recorded at once (a blocking call:
+ * install, listen) with a journal row after when they changed. 0, or -1 and err. */
+int my_members_add(sn_conn *c, const char *channel, char *err, size_t errlen);
+/* Channel no longer listened to: its table leaves ours (recorded at the next beat). */
+void my_members_remove(sn_conn *c, const char *channel);
+/* Statement name of reader.sql's members for this process (tables: for member_write). */
+void my_member_sql(sn_conn *c, sn_sbuf *b, const char *name, const char *tables);
+/* Our member row goes (a clean stop) and what we kept about members. */
+void my_members_leave(sn_conn *c);
+/* 1 when pid on host is a process of this host that is gone. */
+int my_pid_gone(const sn_conn *c, long long pid, const char *host);
 
 /* statements.sql and reader.sql, compiled in by tools/embed.sh. */
 extern const char mysql_statements_sql[];

@@ -345,15 +345,24 @@ static void locked(sn_conn *c, int ok)
     load(c);
 }
 
-static void lock(sn_conn *c)
+static void members(sn_conn *c, void (*next)(sn_conn *));
+
+/* Standing by: the lock only while our tables include every other live member's. */
+static void lock_now(sn_conn *c)
 {
     my_reader *r = &c->r;
+    if (r->blocked) { /* said by the look */
+        later(c, NEXT_LOCK, STANDBY_RETRY);
+        return;
+    }
     r->sql.len = 0;
     sn_sb_add(&r->sql, "SELECT GET_LOCK(");
     my_sb_lit(&r->sql, r->lockname, strlen(r->lockname));
     sn_sb_add(&r->sql, ", 0)");
     exec(c, locked);
 }
+
+static void lock(sn_conn *c) { members(c, lock_now); }
 
 /* The consumer's row: where it stands, and whether pruning went past it while it was away. */
 static void loaded(sn_conn *c, int ok)
@@ -471,6 +480,11 @@ static void fetched(sn_conn *c, int ok)
     r->nrows = r->nev = 0;
     MYSQL_ROW row;
     while ((row = mysql_fetch_row(res)) != NULL) {
+        if (durable(c) && row[4] && strcmp(row[4], "1") == 0 && atoll(row[0]) > r->fence_ok) {
+            /* a member's tables changed here: the rest waits for the look (check_members) */
+            r->fence = atoll(row[0]);
+            break;
+        }
         r->ids[r->nrows] = atoll(row[0]);
         if (row[2]) { /* on one of our channels */
             unsigned long *len = mysql_fetch_lengths(res);
@@ -480,6 +494,7 @@ static void fetched(sn_conn *c, int ok)
         }
         r->nrows++;
     }
+    n = r->nrows;
     r->acked = -1;
     r->applied = 0;
     if (r->nev > 0) {
@@ -504,9 +519,15 @@ static void fetched(sn_conn *c, int ok)
     after_round(c);
 }
 
+static void yield(sn_conn *c);
+
 static void fetch(sn_conn *c)
 {
     my_reader *r = &c->r;
+    if (durable(c) && r->locked && r->blocked && !r->held) {
+        yield(c); /* another member watches more: the round that found it was done */
+        return;
+    }
     sn_sbuf *b = &r->sql;
     b->len = 0;
     sn_sb_add(b, "SELECT id, channel, ");
@@ -522,6 +543,12 @@ static void fetch(sn_conn *c)
     }
     /* created_at is UTC: seconds since the epoch without the session's time_zone */
     sn_sb_add(b, durable(c) ? ", TIMESTAMPDIFF(MICROSECOND, '1970-01-01', created_at) / 1e6" : ", NULL");
+    if (durable(c)) { /* a member row of this consumer's (consumers.c) */
+        sn_sb_add(b, ", channel = ");
+        my_sb_lit(b, MY_MEMBERS_CHANNEL, strlen(MY_MEMBERS_CHANNEL));
+        sn_sb_add(b, " AND payload = ");
+        my_sb_lit(b, c->consumer, strlen(c->consumer));
+    }
     sn_sb_addf(b, " FROM %s WHERE ", c->journal);
     int above = r->st.n < MAX_RANGES; /* too many open gaps: let them settle first */
     if (above)
@@ -541,6 +568,7 @@ static void fetch(sn_conn *c)
 
 static void probe(sn_conn *c);
 static void check_back(sn_conn *c);
+static void check_members(sn_conn *c);
 static void check_triggers(sn_conn *c);
 static void prune(sn_conn *c);
 
@@ -640,7 +668,7 @@ static void back_marked(sn_conn *c, int ok)
         failed(c, "recording that the journal's ids went back");
         return;
     }
-    check_triggers(c);
+    check_members(c);
 }
 
 static void back_read(sn_conn *c, int ok)
@@ -653,7 +681,7 @@ static void back_read(sn_conn *c, int ok)
     MYSQL_ROW row = mysql_fetch_row(r->res);
     int64_t top = row && row[0] ? atoll(row[0]) : -1;
     if (top < 0 || top >= r->st.high || r->held) {
-        check_triggers(c);
+        check_members(c);
         return;
     }
     sn_logf(&c->sink, SN_LOG_ERROR,
@@ -676,13 +704,139 @@ static void check_back(sn_conn *c)
     my_reader *r = &c->r;
     double now = my_now();
     if (!r->started || r->held || now - r->back_checked < BACK_EVERY) {
-        check_triggers(c);
+        check_members(c);
         return;
     }
     r->back_checked = now;
     r->sql.len = 0;
     sn_sb_addf(&r->sql, "SELECT MAX(id) FROM %s", c->journal);
     exec(c, back_read);
+}
+
+/* ===== the other members of a durable consumer ===== */
+
+/* Once a MY_MEMBER_BEAT, and at once when a round met a member row of ours in the journal
+ * (fence): our member row is written, the others' read (consumers.c). Reading, a process that
+ * finds a live member watching a table it does not gives the consumer up (yield); standing
+ * by, it takes the lock only while none does (lock_now). */
+static void members_read(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        failed(c, "looking at the consumer's other members");
+        return;
+    }
+    sn_sbuf lacking = {0};
+    int members = 0;
+    MYSQL_ROW row;
+    while ((row = mysql_fetch_row(r->res)) != NULL) {
+        long long pid = row[0] ? atoll(row[0]) : 0;
+        if (!my_pid_gone(c, pid, row[1]))
+            members += sn_tables_lacking(&c->tables, pid, row[1], row[2], &lacking);
+    }
+    if (lacking.fail) {
+        sn_logf(&c->sink, SN_LOG_ERROR, "journal reader: out of memory");
+        members = 0;
+    }
+    r->blocked = members > 0;
+    sn_members_say(&c->sink, c->consumer, &r->blocked_said, members ? lacking.p : NULL, members);
+    sn_sb_free(&lacking);
+    r->members_looked = my_now();
+    if (r->fence && !r->blocked) /* read past it from now on */
+        r->fence_ok = r->fence;
+    r->fence = 0;
+    void (*next)(sn_conn *) = r->members_next;
+    r->members_next = NULL;
+    next(c);
+}
+
+static void member_written(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        failed(c, "recording this member's tables");
+        return;
+    }
+    r->sql.len = 0;
+    my_member_sql(c, &r->sql, "members_live", NULL);
+    exec(c, members_read);
+}
+
+/* Write our member row, look at the others, then next(c). */
+static void members(sn_conn *c, void (*next)(sn_conn *))
+{
+    my_reader *r = &c->r;
+    sn_sbuf text = {0};
+    sn_tables_text(&c->tables, &text);
+    r->members_next = next;
+    r->sql.len = 0;
+    my_member_sql(c, &r->sql, "member_write", text.p);
+    sn_sb_fail(&r->sql, text.fail);
+    sn_sb_free(&text);
+    exec(c, member_written);
+}
+
+static void given_up(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        failed(c, "giving the consumer's lock up");
+        return;
+    }
+    r->locked = 0;
+    sn_logf(&c->sink, SN_LOG_INFO, "consumer \"%s\": stopped reading after id %lld; this process stands by", c->consumer,
+            (long long)r->st.high);
+    later(c, NEXT_LOCK, STANDBY_RETRY);
+}
+
+static void yield_saved(sn_conn *c, int ok)
+{
+    my_reader *r = &c->r;
+    if (!ok) {
+        failed(c, "saving the consumer's position");
+        return;
+    }
+    r->dirty = r->dirty_late;
+    r->last_save = my_now();
+    r->sql.len = 0;
+    sn_sb_add(&r->sql, "SELECT RELEASE_LOCK(");
+    my_sb_lit(&r->sql, r->lockname, strlen(r->lockname));
+    sn_sb_add(&r->sql, ")");
+    exec(c, given_up);
+}
+
+/* Blocked while holding the lock: what the last round handed out is done (not held), so save
+ * where the handlers got and give the lock up; the member whose tables include ours takes it,
+ * or no one until one of us stops. Held: the release reads on, and fetch() gives it up then. */
+static void yield(sn_conn *c)
+{
+    my_reader *r = &c->r;
+    if (r->held) {
+        check_triggers(c);
+        return;
+    }
+    r->nrows = r->nev = r->applied = 0;
+    r->acked = -1;
+    save_sql(c);
+    exec(c, yield_saved);
+}
+
+static void members_judged(sn_conn *c)
+{
+    if (c->r.blocked)
+        yield(c);
+    else
+        check_triggers(c);
+}
+
+static void check_members(sn_conn *c)
+{
+    my_reader *r = &c->r;
+    if (!durable(c) || !r->locked || (!r->fence && my_now() - r->members_looked < MY_MEMBER_BEAT)) {
+        check_triggers(c);
+        return;
+    }
+    members(c, members_judged);
 }
 
 /* ===== the durable triggers, gone with their table ===== */
@@ -1029,6 +1183,8 @@ int my_listen(sn_conn *c, const char *channel, char *err, size_t errlen)
         sn_sb_free(&b);
         if (rc < 0)
             return -1;
+        if (my_members_add(c, channel, err, errlen) < 0)
+            return -1;
         /* the captures it read for this declared channel before its columns changed, which no
          * other consumer reads: they go */
         size_t plain = (size_t)sn_plain_len(channel);
@@ -1084,6 +1240,8 @@ void my_unlisten(sn_conn *c, const char *channel)
         if (strcmp(r->chans[i], channel) == 0) {
             free(r->chans[i]);
             r->chans[i] = r->chans[--r->nchan];
+            if (durable(c))
+                my_members_remove(c, channel);
             return;
         }
 }
@@ -1148,6 +1306,14 @@ void my_stop(sn_conn *c)
             if (exec_sync(c, deadline) == 0)
                 r->dirty = 0;
         }
+    }
+    if (durable(c)) { /* our member row goes: a standby that watches less need not wait for it to age */
+        my_members_leave(c);
+        free(r->blocked_said);
+        r->blocked_said = NULL;
+        r->blocked = 0;
+        r->fence = r->fence_ok = 0;
+        r->members_looked = 0;
     }
     teardown(c);
     r->on = 0;

@@ -14,3 +14,22 @@ SELECT TABLE_SCHEMA, TABLE_NAME, NULL FROM information_schema.TABLES WHERE TABLE
 UNION ALL
 SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS
 WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?
+
+-- ===== the members of a durable consumer (consumers.c; reader.c's look each MY_MEMBER_BEAT)
+-- Each takes its literals in this order, as many as it has: consumer, member, pid, host, tables.
+
+-- name: member_write
+-- this process's row: its tables (one a line) and a heartbeat
+INSERT INTO sqlnotify_members (consumer, member, pid, host, tables, heartbeat)
+VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE pid = VALUES(pid), host = VALUES(host),
+tables = VALUES(tables), heartbeat = VALUES(heartbeat)
+-- name: member_mark
+-- after a write whose tables changed, in the journal (channel MY_MEMBERS_CHANNEL): the holder
+-- meets it before any row the new tables' triggers capture
+INSERT INTO sqlnotify_journal (channel, payload) VALUES ('sqlnotify:members', ?)
+-- name: members_live
+-- the other members, written within MY_MEMBER_TIMEOUT
+SELECT pid, host, tables FROM sqlnotify_members WHERE consumer = ? AND member <> ?
+AND heartbeat > UTC_TIMESTAMP(6) - INTERVAL 10 SECOND ORDER BY pid
+-- name: member_leave
+DELETE FROM sqlnotify_members WHERE consumer = ? AND member = ?

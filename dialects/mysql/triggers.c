@@ -833,6 +833,9 @@ int my_install(sn_conn *c, const sn_watch *w, int replace, char *err, size_t err
     sn_trigger_name(w, name);
     if (my_journal_ensure(c, err, errlen) < 0)
         return SN_INSTALL_ERROR;
+    /* a member whose tables grow says so before its trigger captures a row (consumers.c) */
+    if (c->consumer && sn_watch_durable(w) && my_members_add(c, w->channel, err, errlen) < 0)
+        return SN_INSTALL_ERROR;
     if (load_columns(c, w, &ci, err, errlen) < 0)
         goto done;
     if (watch_now(w, &ci, &now, &cols) < 0) {
