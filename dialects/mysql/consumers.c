@@ -413,8 +413,9 @@ void my_member_sql(sn_conn *c, sn_sbuf *b, const char *name, const char *tables)
     snprintf(member, sizeof member, "%lld", (long long)c->member);
     snprintf(pid, sizeof pid, "%lld", (long long)getpid());
     const char *lits[5] = {c->consumer, member, pid, c->host, tables ? tables : ""};
-    int n = strcmp(name, "member_write") == 0 ? 5 : strcmp(name, "member_mark") == 0 ? 1 : 2;
-    if (my_sb_statement(b, mysql_reader_sql, name, lits, n) < 0)
+    const char *mark[3] = {c->consumer, c->consumer, member};
+    int is_mark = strcmp(name, "member_mark") == 0, n = strcmp(name, "member_write") == 0 ? 5 : is_mark ? 3 : 2;
+    if (my_sb_statement(b, mysql_reader_sql, name, is_mark ? mark : lits, n) < 0)
         sn_sb_fail(b, "reader.sql lacks a statement of the members");
 }
 

@@ -16,7 +16,8 @@ SELECT EVENT_OBJECT_SCHEMA, EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_sc
 WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ?
 
 -- ===== the members of a durable consumer (consumers.c; reader.c's look each MY_MEMBER_BEAT)
--- Each takes its literals in this order, as many as it has: consumer, member, pid, host, tables.
+-- Each takes its literals in this order, as many as it has: consumer, member, pid, host, tables
+-- (member_mark its own).
 
 -- name: member_write
 -- this process's row: its tables (one a line) and a heartbeat
@@ -24,9 +25,13 @@ INSERT INTO sqlnotify_members (consumer, member, pid, host, tables, heartbeat)
 VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE pid = VALUES(pid), host = VALUES(host),
 tables = VALUES(tables), heartbeat = VALUES(heartbeat)
 -- name: member_mark
--- after a write whose tables changed, in the journal (channel MY_MEMBERS_CHANNEL): the holder
--- meets it before any row the new tables' triggers capture
-INSERT INTO sqlnotify_journal (channel, payload) VALUES ('sqlnotify:members', ?)
+-- (consumer, consumer, member) after a write whose tables changed, in the journal (channel
+-- MY_MEMBERS_CHANNEL), where another member lives: the holder meets it before any row the new
+-- tables' triggers capture (a process alone has no reader to warn: one that comes later reads
+-- our row before it reads the journal)
+INSERT INTO sqlnotify_journal (channel, payload) SELECT 'sqlnotify:members', ? FROM DUAL WHERE EXISTS
+(SELECT 1 FROM sqlnotify_members WHERE consumer = ? AND member <> ?
+AND heartbeat > UTC_TIMESTAMP(6) - INTERVAL 10 SECOND)
 -- name: members_live
 -- the other members, written within MY_MEMBER_TIMEOUT
 SELECT pid, host, tables FROM sqlnotify_members WHERE consumer = ? AND member <> ?

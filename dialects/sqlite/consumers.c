@@ -301,10 +301,15 @@ static int members_write(sn_conn *c, sqlite3 *db, const char *text, int mark)
     int rc = step_done(st);
     if (rc != SQLITE_OK || !mark)
         return rc;
-    if (sqlite3_prepare_v2(db, "INSERT INTO " CHANGES_TABLE " (channel, payload) VALUES ('" MEMBERS_CHANNEL "', ?1)",
-                           -1, &st, NULL) != SQLITE_OK)
+    /* only where another member lives: a process alone has no reader to warn (one that comes
+     * later reads our row before it reads the log) */
+    if (sqlite3_prepare_v2(db, "INSERT INTO " CHANGES_TABLE " (channel, payload) SELECT '" MEMBERS_CHANNEL "', ?1 "
+                           "WHERE EXISTS (SELECT 1 FROM " MEMBERS_TABLE " WHERE consumer = ?1 AND member <> ?2 AND "
+                           "heartbeat >= " NOW_SQL " - ?3)", -1, &st, NULL) != SQLITE_OK)
         return SQLITE_ERROR;
     sqlite3_bind_text(st, 1, c->consumer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->holder_id);
+    sqlite3_bind_double(st, 3, LEASE_TIMEOUT);
     return step_done(st);
 }
 
