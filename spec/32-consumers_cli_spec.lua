@@ -96,7 +96,7 @@ local backends = {
     shares = "-",
     rest = function()
       return { "table sqlnotify_changes", "table sqlnotify_consumers", "table sqlnotify_dead_letters",
-        "table sqlnotify_readers", "table sqlnotify_reads" }
+        "table sqlnotify_members", "table sqlnotify_readers", "table sqlnotify_reads" }
     end,
     left = function(b)
       return b.sql("SELECT type || ' ' || name FROM sqlite_master WHERE name LIKE 'sqlnotify%' ORDER BY 1;")
@@ -116,7 +116,7 @@ local backends = {
     shares = "-",
     rest = function()
       return { "table sqlnotify_consumers", "table sqlnotify_dead_letters", "table sqlnotify_journal",
-        "table sqlnotify_pruned", "table sqlnotify_reads" }
+        "table sqlnotify_members", "table sqlnotify_pruned", "table sqlnotify_reads" }
     end,
     left = function(b)
       return b.sql(fmt("SELECT CONCAT('table ', table_name) FROM information_schema.tables WHERE table_schema = '%s'"
